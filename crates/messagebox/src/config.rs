@@ -1,0 +1,1080 @@
+//! Configuration: hosts, declared properties, send ports and send port groups, with the
+//! send port state machine of SPEC §5.1. Every change is one transaction; changes that
+//! alter routing take the exclusive routing lock and bump the routing version.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::filter::{self, Filter};
+use crate::routing::{GroupSubscription, PortSubscription, RoutingTable};
+use crate::value::{validate_property_name, PropertyType};
+use crate::{begin_routing_change, Error, MessageBox, Result, TrackingLevel, DEFAULT_HOST};
+
+/// URI schemes an address may use (SPEC §8).
+pub const SUPPORTED_SCHEMES: &[&str] = &[
+    "file", "http", "https", "amqp", "amqps", "mqtt", "mailto", "mbx",
+];
+
+/// Longest object name, in bytes.
+pub const NAME_MAX_BYTES: usize = 128;
+
+/// Checks an object name (host, port, group, location): letters, digits, `_ . -`.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_MAX_BYTES
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{kind} name '{name}' is not valid: use 1-{NAME_MAX_BYTES} letters, digits, '_', '.' or '-' (example: orders-eu)"
+        )))
+    }
+}
+
+/// Checks an adapter address: `scheme:rest` with a supported scheme.
+pub fn validate_address(arg: &str, address: &str) -> Result<()> {
+    let example = "(example: file:///data/out/%MessageID%.xml)";
+    let Some((scheme, rest)) = address.split_once(':') else {
+        return Err(Error::Invalid(format!(
+            "{arg}: '{address}' is not a URI: it needs a scheme {example}"
+        )));
+    };
+    if !SUPPORTED_SCHEMES.contains(&scheme) {
+        return Err(Error::Invalid(format!(
+            "{arg}: unknown scheme '{scheme}' in '{address}': use one of {} {example}",
+            SUPPORTED_SCHEMES.join(", ")
+        )));
+    }
+    if rest.is_empty() || address.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!(
+            "{arg}: '{address}' is not a valid address {example}"
+        )));
+    }
+    if scheme == "file" && !rest.starts_with("///") {
+        return Err(Error::Invalid(format!(
+            "{arg}: a file address names an absolute folder: file:///dir/... (got '{address}') {example}"
+        )));
+    }
+    Ok(())
+}
+
+/// Compiles a filter against the declared property types.
+pub(crate) async fn compile_filter(
+    tx: &mut Transaction<'_, Postgres>,
+    text: &str,
+) -> Result<Filter> {
+    let rows = sqlx::query("SELECT name, type FROM properties")
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut declared: HashMap<String, PropertyType> = HashMap::new();
+    for row in rows {
+        let ty: String = row.get(1);
+        declared.insert(row.get(0), ty.parse().map_err(Error::Corrupt)?);
+    }
+    Ok(filter::compile(text, &|name| declared.get(name).copied())?)
+}
+
+/// Loads the subscription set (called under the shared routing lock).
+pub(crate) async fn load_routing_table(
+    tx: &mut Transaction<'_, Postgres>,
+    version: i64,
+) -> Result<RoutingTable> {
+    let mut table = RoutingTable {
+        version,
+        ..Default::default()
+    };
+    let rows = sqlx::query(
+        "SELECT s.port_id, s.filter FROM subscriptions s WHERE s.kind = 'port' ORDER BY s.port_id",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let filter: sqlx::types::Json<Filter> = row.try_get(1)?;
+        table.ports.push(PortSubscription {
+            port_id: row.get(0),
+            filter: filter.0,
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT s.group_id, s.filter,
+                coalesce(array_agg(m.port_id ORDER BY m.port_id) FILTER (WHERE p.state <> 'unenlisted'), '{}')
+           FROM subscriptions s
+           LEFT JOIN send_port_group_members m ON m.group_id = s.group_id
+           LEFT JOIN send_ports p ON p.id = m.port_id
+          WHERE s.kind = 'group'
+          GROUP BY s.group_id, s.filter
+          ORDER BY s.group_id",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let filter: sqlx::types::Json<Filter> = row.try_get(1)?;
+        table.groups.push(GroupSubscription {
+            group_id: row.get(0),
+            filter: filter.0,
+            members: row.get(2),
+        });
+    }
+    let ordered: Vec<i64> = sqlx::query_scalar("SELECT id FROM send_ports WHERE ordered")
+        .fetch_all(&mut **tx)
+        .await?;
+    table.ordered_ports = ordered.into_iter().collect::<HashSet<_>>();
+    Ok(table)
+}
+
+// ------------------------------------------------------------------------------------
+// Hosts
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Host {
+    pub name: String,
+    pub throttle_publish: i64,
+    pub throttle_inflight: i64,
+    pub tracking: String,
+    pub instances_alive: i64,
+    pub send_ports: i64,
+    pub receive_locations: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostSpec {
+    pub name: String,
+    pub throttle_publish: Option<i64>,
+    pub throttle_inflight: Option<i64>,
+    pub tracking: Option<TrackingLevel>,
+}
+
+// ------------------------------------------------------------------------------------
+// Send ports
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    Fixed,
+    Exponential,
+}
+
+impl Backoff {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backoff::Fixed => "fixed",
+            Backoff::Exponential => "exponential",
+        }
+    }
+}
+
+/// Which state `create` leaves a port or group in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialState {
+    /// Enlisted, not delivering (the default: collects its messages from the start).
+    #[default]
+    Stopped,
+    Started,
+    Unenlisted,
+}
+
+impl InitialState {
+    fn as_str(self) -> &'static str {
+        match self {
+            InitialState::Stopped => "stopped",
+            InitialState::Started => "started",
+            InitialState::Unenlisted => "unenlisted",
+        }
+    }
+}
+
+/// Everything `send-port create` takes.
+#[derive(Debug, Clone)]
+pub struct SendPortSpec {
+    pub name: String,
+    pub host: String,
+    /// `None` for a dynamic port.
+    pub address: Option<String>,
+    pub allow_address: Vec<String>,
+    pub filter: Option<String>,
+    pub ordered: bool,
+    pub stop_on_failure: bool,
+    pub ordered_commit_batch: i32,
+    pub retry_count: i32,
+    pub retry_interval_s: i64,
+    pub retry_backoff: Backoff,
+    pub retry_max_interval_s: i64,
+    pub backup_address: Option<String>,
+    pub backup_retry_count: i32,
+    pub backup_retry_interval_s: i64,
+    pub route_failed: bool,
+    pub tracking: Option<TrackingLevel>,
+    pub solicit_response: bool,
+    pub settings: BTreeMap<String, String>,
+    pub initial_state: InitialState,
+}
+
+impl SendPortSpec {
+    /// A static port with the defaults of SPEC §5.2.
+    pub fn new(name: &str, address: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            host: DEFAULT_HOST.to_owned(),
+            address: Some(address.to_owned()),
+            allow_address: Vec::new(),
+            filter: None,
+            ordered: false,
+            stop_on_failure: false,
+            ordered_commit_batch: 32,
+            retry_count: 3,
+            retry_interval_s: 300,
+            retry_backoff: Backoff::Fixed,
+            retry_max_interval_s: 3600,
+            backup_address: None,
+            backup_retry_count: 3,
+            backup_retry_interval_s: 300,
+            route_failed: false,
+            tracking: None,
+            solicit_response: false,
+            settings: BTreeMap::new(),
+            initial_state: InitialState::Stopped,
+        }
+    }
+
+    pub fn with_filter(mut self, filter: &str) -> Self {
+        self.filter = Some(filter.to_owned());
+        self
+    }
+
+    pub fn with_state(mut self, state: InitialState) -> Self {
+        self.initial_state = state;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_name("send port", &self.name)?;
+        match &self.address {
+            Some(a) => {
+                validate_address("--address", a)?;
+                if !self.allow_address.is_empty() {
+                    return Err(Error::Invalid(
+                        "--allow-address: only a dynamic port lists allowed addresses; add --dynamic or drop --allow-address".into(),
+                    ));
+                }
+            }
+            None => {
+                if self.allow_address.is_empty() {
+                    return Err(Error::Invalid(
+                        "--allow-address: a dynamic port must list the address prefixes it may send to (example: --allow-address file:///data/out/)".into(),
+                    ));
+                }
+                for a in &self.allow_address {
+                    validate_address("--allow-address", a)?;
+                }
+            }
+        }
+        if let Some(b) = &self.backup_address {
+            validate_address("--backup-address", b)?;
+        }
+        if self.ordered && self.address.is_none() {
+            return Err(Error::Invalid(
+                "--ordered: a dynamic send port cannot be ordered (each message may go to a different endpoint); drop --ordered or give a fixed --address".into(),
+            ));
+        }
+        if self.ordered && self.backup_address.is_some() {
+            return Err(Error::Invalid(
+                "--backup-address: ordered ports do not use backup transports (switching endpoints would break the order); drop --backup-address".into(),
+            ));
+        }
+        if self.stop_on_failure && !self.ordered {
+            return Err(Error::Invalid(
+                "--stop-on-failure: only an ordered port can stop on failure; add --ordered".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.ordered_commit_batch) {
+            return Err(Error::Invalid(format!(
+                "--ordered-commit-batch: {} is out of range 1..10000 (example: 32)",
+                self.ordered_commit_batch
+            )));
+        }
+        if self.retry_count < 0 || self.backup_retry_count < 0 {
+            return Err(Error::Invalid(
+                "--retry-count: must be 0 or more (example: 3)".into(),
+            ));
+        }
+        for k in self.settings.keys() {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(Error::Invalid(format!(
+                    "--set: setting name '{k}' is not valid: letters, digits, '_' or '-' (example: --set append=true)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A send port as `show` and `list` report it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SendPort {
+    pub id: i64,
+    pub name: String,
+    pub host: String,
+    pub address: Option<String>,
+    pub dynamic: bool,
+    pub allow_address: Vec<String>,
+    pub filter: Option<String>,
+    pub state: String,
+    pub ordered: bool,
+    pub stop_on_failure: bool,
+    pub ordered_commit_batch: i32,
+    pub retry_count: i32,
+    pub retry_interval_s: i64,
+    pub retry_backoff: String,
+    pub retry_max_interval_s: i64,
+    pub backup_address: Option<String>,
+    pub backup_retry_count: i32,
+    pub backup_retry_interval_s: i64,
+    pub route_failed: bool,
+    pub tracking: String,
+    pub solicit_response: bool,
+    pub groups: Vec<String>,
+}
+
+const SEND_PORT_SELECT: &str = "
+    SELECT p.id, p.name, h.name AS host, p.address, p.dynamic, p.allow_address,
+           p.filter_text AS filter, p.state, p.ordered, p.stop_on_failure, p.ordered_commit_batch,
+           p.retry_count, p.retry_interval_s, p.retry_backoff, p.retry_max_interval_s,
+           p.backup_address, p.backup_retry_count, p.backup_retry_interval_s, p.route_failed,
+           coalesce(p.tracking, h.tracking) AS tracking, p.solicit_response,
+           coalesce((SELECT array_agg(g.name ORDER BY g.name) FROM send_port_group_members m
+                     JOIN send_port_groups g ON g.id = m.group_id WHERE m.port_id = p.id), '{}') AS groups
+      FROM send_ports p JOIN hosts h ON h.id = p.host_id";
+
+/// Counts of a port's deliveries that block unenlist/delete.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PortWork {
+    pub waiting: i64,
+    pub in_flight: i64,
+    pub suspended: i64,
+}
+
+/// A send port group as `list` reports it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SendPortGroup {
+    pub id: i64,
+    pub name: String,
+    pub filter: Option<String>,
+    pub state: String,
+    pub members: Vec<String>,
+}
+
+/// What a state change did, for the CLI to print.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub object: String,
+    pub from: String,
+    pub to: String,
+    /// Deliveries suspended by `unenlist --force`.
+    pub suspended: i64,
+}
+
+impl Change {
+    pub fn changed(&self) -> bool {
+        self.from != self.to
+    }
+}
+
+struct PortRow {
+    id: i64,
+    state: String,
+    filter_text: Option<String>,
+}
+
+async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
+    let row =
+        sqlx::query("SELECT id, state, filter_text FROM send_ports WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found("send port", name, "`mbx send-port list` shows the ports")
+            })?;
+    Ok(PortRow {
+        id: row.get(0),
+        state: row.get(1),
+        filter_text: row.get(2),
+    })
+}
+
+async fn port_work(tx: &mut Transaction<'_, Postgres>, port_id: i64) -> Result<PortWork> {
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'ready'),
+                (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'claimed'),
+                (SELECT count(*) FROM suspended_items WHERE port_id = $1)",
+    )
+    .bind(port_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(PortWork {
+        waiting: row.get(0),
+        in_flight: row.get(1),
+        suspended: row.get(2),
+    })
+}
+
+async fn host_id(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64> {
+    sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(
+                "host",
+                name,
+                "create it with `mbx host create NAME` or use --host default",
+            )
+        })
+}
+
+/// Inserts or replaces the subscription of a port/group (none when it has no filter).
+async fn set_subscription(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    id: i64,
+    filter: Option<&Filter>,
+) -> Result<()> {
+    let column = if kind == "port" {
+        "port_id"
+    } else {
+        "group_id"
+    };
+    sqlx::query(&format!("DELETE FROM subscriptions WHERE {column} = $1"))
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(filter) = filter {
+        sqlx::query(&format!(
+            "INSERT INTO subscriptions (kind, {column}, filter) VALUES ($1, $2, $3)"
+        ))
+        .bind(kind)
+        .bind(id)
+        .bind(sqlx::types::Json(filter))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+impl MessageBox {
+    // --- hosts -------------------------------------------------------------------------
+
+    pub async fn host_create(&self, spec: &HostSpec) -> Result<()> {
+        validate_name("host", &spec.name)?;
+        for (arg, v) in [
+            ("--throttle-publish", spec.throttle_publish),
+            ("--throttle-inflight", spec.throttle_inflight),
+        ] {
+            if let Some(v) = v {
+                if v <= 0 {
+                    return Err(Error::Invalid(format!(
+                        "{arg}: must be above 0 (example: {arg} 50000)"
+                    )));
+                }
+            }
+        }
+        let res = sqlx::query(
+            "INSERT INTO hosts (name, throttle_publish, throttle_inflight, tracking)
+             VALUES ($1, coalesce($2, 50000), coalesce($3, 1000), coalesce($4, 'failures'))",
+        )
+        .bind(&spec.name)
+        .bind(spec.throttle_publish)
+        .bind(spec.throttle_inflight)
+        .bind(spec.tracking.map(|t| t.as_str()))
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
+                kind: "host",
+                name: spec.name.clone(),
+                hint: "`mbx host list` shows the hosts".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn host_list(&self) -> Result<Vec<Host>> {
+        Ok(sqlx::query_as::<_, Host>(
+            "SELECT h.name, h.throttle_publish, h.throttle_inflight, h.tracking,
+                    (SELECT count(*) FROM host_instances i WHERE i.host_id = h.id AND i.state = 'alive') AS instances_alive,
+                    (SELECT count(*) FROM send_ports p WHERE p.host_id = h.id) AS send_ports,
+                    (SELECT count(*) FROM receive_locations l WHERE l.host_id = h.id) AS receive_locations
+               FROM hosts h ORDER BY h.name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Deletes a host; refused while ports, locations or live instances are bound to it.
+    pub async fn host_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::not_found("host", name, "`mbx host list` shows the hosts"))?;
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM send_ports WHERE host_id = $1),
+                    (SELECT count(*) FROM receive_locations WHERE host_id = $1),
+                    (SELECT count(*) FROM host_instances WHERE host_id = $1 AND state = 'alive')",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (ports, locations, alive): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if ports + locations + alive > 0 {
+            return Err(Error::Refused(format!(
+                "host '{name}' still has {ports} send port(s), {locations} receive location(s) and {alive} live instance(s); move or delete them first"
+            )));
+        }
+        sqlx::query("DELETE FROM host_instances WHERE host_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- properties ----------------------------------------------------------------------
+
+    pub async fn property_create(&self, name: &str, ty: PropertyType) -> Result<()> {
+        validate_property_name(name).map_err(|e| Error::Invalid(format!("NAME: {e}")))?;
+        if name.starts_with("mbx.") {
+            return Err(Error::Invalid(format!(
+                "NAME: '{name}' is in the system namespace mbx; declare properties in your own namespace (example: Order.Amount)"
+            )));
+        }
+        let res = sqlx::query("INSERT INTO properties (name, type) VALUES ($1, $2)")
+            .bind(name)
+            .bind(ty.as_str())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
+                kind: "property",
+                name: name.to_owned(),
+                hint: "delete it first to change its type".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn property_list(&self) -> Result<Vec<(String, PropertyType)>> {
+        let rows = sqlx::query("SELECT name, type FROM properties ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let ty: String = r.get(1);
+                Ok((r.get(0), ty.parse().map_err(Error::Corrupt)?))
+            })
+            .collect()
+    }
+
+    /// Declared types of the given properties (undeclared ones are absent: strings).
+    pub async fn property_types(&self) -> Result<HashMap<String, PropertyType>> {
+        Ok(self.property_list().await?.into_iter().collect())
+    }
+
+    /// Deletes a declaration; refused while a filter compares the property.
+    pub async fn property_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query("DELETE FROM properties WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Err(Error::not_found(
+                "property",
+                name,
+                "`mbx property list` shows the declarations",
+            ));
+        }
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(p.name, g.name) FROM subscriptions s
+               LEFT JOIN send_ports p ON p.id = s.port_id
+               LEFT JOIN send_port_groups g ON g.id = s.group_id
+              WHERE jsonb_path_exists(s.filter, '$.any_of[*][*].property ? (@ == $n)', jsonb_build_object('n', $1::text))",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            return Err(Error::Refused(format!(
+                "property '{name}' is used by the filters of {}; change those filters first",
+                users.join(", ")
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- send ports ----------------------------------------------------------------------
+
+    /// Creates a send port: `stopped` (enlisted) unless the spec says otherwise.
+    pub async fn send_port_create(&self, spec: &SendPortSpec) -> Result<SendPort> {
+        spec.validate()?;
+        let mut tx = self.pool.begin().await?;
+        let filter = match &spec.filter {
+            Some(text) => Some(compile_filter(&mut tx, text).await?),
+            None => None,
+        };
+        let host_id = host_id(&mut tx, &spec.host).await?;
+        let enlisted = spec.initial_state != InitialState::Unenlisted;
+        if enlisted && filter.is_some() {
+            begin_routing_change(&mut tx).await?;
+        }
+        let settings: serde_json::Value = serde_json::to_value(&spec.settings)
+            .map_err(|e| Error::Invalid(format!("--set: {e}")))?;
+        let res = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO send_ports (name, host_id, address, dynamic, allow_address, filter_text, state,
+                 ordered, stop_on_failure, ordered_commit_batch, retry_count, retry_interval_s,
+                 retry_backoff, retry_max_interval_s, backup_address, backup_retry_count,
+                 backup_retry_interval_s, route_failed, tracking, solicit_response, settings)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
+             RETURNING id",
+        )
+        .bind(&spec.name)
+        .bind(host_id)
+        .bind(&spec.address)
+        .bind(spec.address.is_none())
+        .bind(&spec.allow_address)
+        .bind(filter.as_ref().map(|f| f.to_string()))
+        .bind(spec.initial_state.as_str())
+        .bind(spec.ordered)
+        .bind(spec.stop_on_failure)
+        .bind(spec.ordered_commit_batch)
+        .bind(spec.retry_count)
+        .bind(spec.retry_interval_s)
+        .bind(spec.retry_backoff.as_str())
+        .bind(spec.retry_max_interval_s)
+        .bind(&spec.backup_address)
+        .bind(spec.backup_retry_count)
+        .bind(spec.backup_retry_interval_s)
+        .bind(spec.route_failed)
+        .bind(spec.tracking.map(|t| t.as_str()))
+        .bind(spec.solicit_response)
+        .bind(settings)
+        .fetch_one(&mut *tx)
+        .await;
+        let id = match res {
+            Ok(id) => id,
+            Err(e) if crate::error::is_unique_violation(&e) => {
+                return Err(Error::AlreadyExists {
+                    kind: "send port",
+                    name: spec.name.clone(),
+                    hint: "choose another name or delete it first".into(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if spec.ordered {
+            sqlx::query("INSERT INTO ordered_sequences (port_id) VALUES ($1)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO leases (port_id) VALUES ($1)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if enlisted {
+            set_subscription(&mut tx, "port", id, filter.as_ref()).await?;
+        }
+        let port = fetch_port(&mut tx, &spec.name).await?;
+        tx.commit().await?;
+        Ok(port)
+    }
+
+    pub async fn send_port_show(&self, name: &str) -> Result<SendPort> {
+        let mut tx = self.pool.begin().await?;
+        let port = fetch_port(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(port)
+    }
+
+    pub async fn send_port_list(&self) -> Result<Vec<SendPort>> {
+        Ok(
+            sqlx::query_as::<_, SendPort>(&format!("{SEND_PORT_SELECT} ORDER BY p.name"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// unenlisted → stopped: the port's filter becomes a subscription.
+    pub async fn send_port_enlist(&self, name: &str) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        let port = lock_port_for_enlist(&mut tx, name).await?;
+        let change = if port.state == "unenlisted" {
+            enlist_port(&mut tx, &port).await?;
+            set_port_state(&mut tx, port.id, "stopped").await?;
+            change(name, &port.state, "stopped")
+        } else {
+            change(name, &port.state, &port.state)
+        };
+        tx.commit().await?;
+        Ok(change)
+    }
+
+    /// → started (enlisting if needed): its waiting deliveries become claimable.
+    pub async fn send_port_start(&self, name: &str) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        let port = lock_port_for_enlist(&mut tx, name).await?;
+        refuse_if_suspended(name, &port.state)?;
+        if port.state == "unenlisted" {
+            enlist_port(&mut tx, &port).await?;
+        }
+        set_port_state(&mut tx, port.id, "started").await?;
+        tx.commit().await?;
+        Ok(change(name, &port.state, "started"))
+    }
+
+    /// started → stopped: deliveries wait ("waiting: port stopped"); routing is unchanged.
+    pub async fn send_port_stop(&self, name: &str) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        let port = lock_port(&mut tx, name).await?;
+        refuse_if_suspended(name, &port.state)?;
+        let to = if port.state == "started" {
+            "stopped"
+        } else {
+            port.state.as_str()
+        };
+        set_port_state(&mut tx, port.id, to).await?;
+        tx.commit().await?;
+        Ok(change(name, &port.state, to))
+    }
+
+    /// → unenlisted: refused while deliveries wait (with their count) unless `force`,
+    /// which suspends the waiting ones (kind `failed`); always refused while some are in
+    /// flight.
+    pub async fn send_port_unenlist(&self, name: &str, force: bool) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        begin_routing_change(&mut tx).await?;
+        let port = lock_port(&mut tx, name).await?;
+        refuse_if_suspended(name, &port.state)?;
+        if port.state == "unenlisted" {
+            tx.commit().await?;
+            return Ok(change(name, "unenlisted", "unenlisted"));
+        }
+        let work = port_work(&mut tx, port.id).await?;
+        if work.in_flight > 0 {
+            return Err(Error::Refused(format!(
+                "send port '{name}' has {} deliveries in flight; stop it and wait for them to finish",
+                work.in_flight
+            )));
+        }
+        let mut suspended = 0;
+        if work.waiting > 0 {
+            if !force {
+                return Err(Error::Refused(format!(
+                    "send port '{name}' has {} waiting deliveries; start it to send them, or unenlist with --force to suspend them",
+                    work.waiting
+                )));
+            }
+            suspended = crate::suspended::suspend_waiting_of_port(
+                &mut tx,
+                port.id,
+                "port unenlisted with --force",
+            )
+            .await?;
+        }
+        sqlx::query("DELETE FROM subscriptions WHERE port_id = $1")
+            .bind(port.id)
+            .execute(&mut *tx)
+            .await?;
+        set_port_state(&mut tx, port.id, "unenlisted").await?;
+        tx.commit().await?;
+        let mut c = change(name, &port.state, "unenlisted");
+        c.suspended = suspended;
+        Ok(c)
+    }
+
+    /// Replaces a port's filter (`None` removes it: the port then receives nothing).
+    pub async fn send_port_set_filter(&self, name: &str, filter: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let compiled = match filter {
+            Some(text) => Some(compile_filter(&mut tx, text).await?),
+            None => None,
+        };
+        begin_routing_change(&mut tx).await?;
+        let port = lock_port(&mut tx, name).await?;
+        sqlx::query("UPDATE send_ports SET filter_text = $2 WHERE id = $1")
+            .bind(port.id)
+            .bind(compiled.as_ref().map(|f| f.to_string()))
+            .execute(&mut *tx)
+            .await?;
+        if port.state != "unenlisted" {
+            set_subscription(&mut tx, "port", port.id, compiled.as_ref()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a port; refused, with the counts, while it has deliveries or suspended items.
+    pub async fn send_port_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        begin_routing_change(&mut tx).await?;
+        let port = lock_port(&mut tx, name).await?;
+        let work = port_work(&mut tx, port.id).await?;
+        if work.waiting + work.in_flight + work.suspended > 0 {
+            return Err(Error::Refused(format!(
+                "send port '{name}' has {} waiting, {} in-flight deliveries and {} suspended items; deliver or terminate them first",
+                work.waiting, work.in_flight, work.suspended
+            )));
+        }
+        sqlx::query("DELETE FROM send_port_group_members WHERE port_id = $1")
+            .bind(port.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM send_ports WHERE id = $1")
+            .bind(port.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- send port groups ------------------------------------------------------------------
+
+    pub async fn group_create(
+        &self,
+        name: &str,
+        filter: Option<&str>,
+        state: InitialState,
+    ) -> Result<SendPortGroup> {
+        validate_name("send port group", name)?;
+        let mut tx = self.pool.begin().await?;
+        let compiled = match filter {
+            Some(text) => Some(compile_filter(&mut tx, text).await?),
+            None => None,
+        };
+        begin_routing_change(&mut tx).await?;
+        let res = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO send_port_groups (name, filter_text, state) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(compiled.as_ref().map(|f| f.to_string()))
+        .bind(state.as_str())
+        .fetch_one(&mut *tx)
+        .await;
+        let id = match res {
+            Ok(id) => id,
+            Err(e) if crate::error::is_unique_violation(&e) => {
+                return Err(Error::AlreadyExists {
+                    kind: "send port group",
+                    name: name.to_owned(),
+                    hint: "choose another name".into(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if state != InitialState::Unenlisted {
+            set_subscription(&mut tx, "group", id, compiled.as_ref()).await?;
+        }
+        let group = fetch_group(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    pub async fn group_list(&self) -> Result<Vec<SendPortGroup>> {
+        Ok(
+            sqlx::query_as::<_, SendPortGroup>(&format!("{GROUP_SELECT} ORDER BY g.name"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Adds ports to a group; returns how many were added (already members are skipped).
+    pub async fn group_add(&self, name: &str, ports: &[String]) -> Result<u64> {
+        self.group_membership(name, ports, true).await
+    }
+
+    /// Removes ports from a group; returns how many were removed.
+    pub async fn group_remove(&self, name: &str, ports: &[String]) -> Result<u64> {
+        self.group_membership(name, ports, false).await
+    }
+
+    async fn group_membership(&self, name: &str, ports: &[String], add: bool) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        begin_routing_change(&mut tx).await?;
+        let group_id = lock_group(&mut tx, name).await?.0;
+        let mut ids = Vec::with_capacity(ports.len());
+        for port in ports {
+            ids.push(lock_port(&mut tx, port).await?.id);
+        }
+        let n = if add {
+            sqlx::query(
+                "INSERT INTO send_port_group_members (group_id, port_id)
+                 SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+        } else {
+            sqlx::query(
+                "DELETE FROM send_port_group_members WHERE group_id = $1 AND port_id = ANY($2)",
+            )
+        }
+        .bind(group_id)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn group_start(&self, name: &str) -> Result<Change> {
+        self.group_set_state(name, "started").await
+    }
+
+    pub async fn group_stop(&self, name: &str) -> Result<Change> {
+        self.group_set_state(name, "stopped").await
+    }
+
+    async fn group_set_state(&self, name: &str, to: &str) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        // lock order: routing lock, then the group row
+        begin_routing_change(&mut tx).await?;
+        let (id, from, filter_text) = lock_group(&mut tx, name).await?;
+        let to = if to == "stopped" && from == "unenlisted" {
+            "unenlisted"
+        } else {
+            to
+        };
+        if from == "unenlisted" && to == "started" {
+            let compiled = match &filter_text {
+                Some(text) => Some(compile_filter(&mut tx, text).await?),
+                None => None,
+            };
+            set_subscription(&mut tx, "group", id, compiled.as_ref()).await?;
+        }
+        sqlx::query("UPDATE send_port_groups SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(change(name, &from, to))
+    }
+}
+
+const GROUP_SELECT: &str = "
+    SELECT g.id, g.name, g.filter_text AS filter, g.state,
+           coalesce((SELECT array_agg(p.name ORDER BY p.name) FROM send_port_group_members m
+                     JOIN send_ports p ON p.id = m.port_id WHERE m.group_id = g.id), '{}') AS members
+      FROM send_port_groups g";
+
+async fn fetch_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<SendPort> {
+    sqlx::query_as::<_, SendPort>(&format!("{SEND_PORT_SELECT} WHERE p.name = $1"))
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::not_found("send port", name, "`mbx send-port list` shows the ports"))
+}
+
+async fn fetch_group(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<SendPortGroup> {
+    sqlx::query_as::<_, SendPortGroup>(&format!("{GROUP_SELECT} WHERE g.name = $1"))
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| group_not_found(name))
+}
+
+fn group_not_found(name: &str) -> Error {
+    Error::not_found(
+        "send port group",
+        name,
+        "`mbx send-port-group list` shows the groups",
+    )
+}
+
+async fn lock_group(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<(i64, String, Option<String>)> {
+    let row = sqlx::query(
+        "SELECT id, state, filter_text FROM send_port_groups WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| group_not_found(name))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// Locks a port that may be enlisted: lock order is always routing lock, then port row,
+/// so a port that looks unenlisted gets the routing lock first.
+async fn lock_port_for_enlist(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM send_ports WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let routing_locked = state.as_deref() == Some("unenlisted");
+    if routing_locked {
+        begin_routing_change(tx).await?;
+    }
+    let port = lock_port(tx, name).await?;
+    if port.state == "unenlisted" && !routing_locked {
+        // it was unenlisted concurrently: rare; the routing lock now comes second
+        begin_routing_change(tx).await?;
+    }
+    Ok(port)
+}
+
+/// Turns an enlisting port's filter into its subscription (routing lock already held).
+async fn enlist_port(tx: &mut Transaction<'_, Postgres>, port: &PortRow) -> Result<()> {
+    let compiled = match &port.filter_text {
+        Some(text) => Some(compile_filter(tx, text).await?),
+        None => None,
+    };
+    set_subscription(tx, "port", port.id, compiled.as_ref()).await
+}
+
+async fn set_port_state(tx: &mut Transaction<'_, Postgres>, id: i64, state: &str) -> Result<()> {
+    sqlx::query("UPDATE send_ports SET state = $2 WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn refuse_if_suspended(name: &str, state: &str) -> Result<()> {
+    if state == "suspended" {
+        return Err(Error::Refused(format!(
+            "send port '{name}' is suspended after a failure; `mbx send-port resume {name}` retries the failed message, `mbx send-port skip {name}` suspends it and goes on"
+        )));
+    }
+    Ok(())
+}
+
+fn change(object: &str, from: &str, to: &str) -> Change {
+    Change {
+        object: object.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        suspended: 0,
+    }
+}

@@ -1,0 +1,625 @@
+//! Claiming, completing and failing deliveries (SPEC §4, §5.2). Every operation takes a
+//! batch and is a fixed number of statements however large the batch: no per-message
+//! round trips. Claims carry the instance id and a claim token that completions and
+//! failures must match, so a reclaimed delivery cannot be completed by its former holder.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::context::system;
+use crate::{Context, Error, MessageBox, Result, Value};
+
+/// Default number of deliveries one claim takes.
+pub const CLAIM_BATCH_DEFAULT: i64 = 100;
+
+/// Default cap on the body bytes of one claim.
+pub const CLAIM_BYTES_DEFAULT: i64 = 64 * 1024 * 1024;
+
+/// Which transport of its port a delivery is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Primary,
+    Backup,
+}
+
+impl Transport {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "primary" => Ok(Transport::Primary),
+            "backup" => Ok(Transport::Backup),
+            other => Err(Error::Corrupt(format!("unknown transport '{other}'"))),
+        }
+    }
+}
+
+/// A delivery claimed by a host instance, with everything the adapter needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery_id: i64,
+    pub claim_token: Uuid,
+    pub message_id: Uuid,
+    pub port_id: i64,
+    pub port_name: String,
+    pub transport: Transport,
+    /// The address of the transport in use (`None` for a dynamic port: the context has it).
+    pub address: Option<String>,
+    pub retries: i32,
+    pub seq: Option<i64>,
+    pub content_type: String,
+    /// The body, unless it is chunked (`MessageBox::message_body` streams it then).
+    pub body: Option<Bytes>,
+    pub body_size: i64,
+    /// The message's context with the per-delivery values overlaid (SPEC §1).
+    pub context: Context,
+}
+
+/// Limits of one claim.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    pub max_count: i64,
+    pub max_bytes: i64,
+}
+
+impl Default for ClaimLimits {
+    fn default() -> Self {
+        Self {
+            max_count: CLAIM_BATCH_DEFAULT,
+            max_bytes: CLAIM_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// A failed attempt, reported by the adapter.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub delivery_id: i64,
+    pub claim_token: Uuid,
+    pub error: String,
+    /// False when the message cannot be sent in principle (→ `failed-final` at once).
+    pub retryable: bool,
+}
+
+/// Retry settings of one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub count: i32,
+    pub interval_s: i64,
+    pub exponential: bool,
+    pub max_interval_s: i64,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `retry` (1-based).
+    pub fn delay_s(&self, retry: i32) -> i64 {
+        if !self.exponential {
+            return self.interval_s;
+        }
+        let factor = 1i64
+            .checked_shl((retry - 1).clamp(0, 62) as u32)
+            .unwrap_or(i64::MAX);
+        self.interval_s
+            .saturating_mul(factor)
+            .min(self.max_interval_s.max(self.interval_s))
+    }
+}
+
+/// What happens to a delivery after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailDecision {
+    /// Retry the same transport after `delay_s`; `retries` is the new count.
+    Retry { retries: i32, delay_s: i64 },
+    /// Retries exhausted on the primary: move to the backup transport now.
+    ToBackup,
+    /// Suspend the delivery as `failed` (resumable) or `failed-final`.
+    Suspend { resumable: bool },
+    /// An ordered port with `--stop-on-failure`: the port becomes `suspended`, the head
+    /// stays in place.
+    SuspendPort,
+}
+
+/// The facts a failure decision depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct FailFacts {
+    pub transport: Transport,
+    pub retries: i32,
+    pub retryable: bool,
+    pub primary: RetryPolicy,
+    pub backup: Option<RetryPolicy>,
+    pub ordered: bool,
+    pub stop_on_failure: bool,
+}
+
+/// SPEC §5.2/§5.3: retries, then backup, then suspend; ordered ports never resume a
+/// failed message later (it would break the order) and with stop-on-failure hold the port.
+pub fn decide_failure(f: &FailFacts) -> FailDecision {
+    let give_up = if f.ordered && f.stop_on_failure {
+        FailDecision::SuspendPort
+    } else if f.ordered || !f.retryable {
+        FailDecision::Suspend { resumable: false }
+    } else {
+        FailDecision::Suspend { resumable: true }
+    };
+    if !f.retryable {
+        return give_up;
+    }
+    let policy = match f.transport {
+        Transport::Primary => f.primary,
+        Transport::Backup => f.backup.unwrap_or(f.primary),
+    };
+    if f.retries < policy.count {
+        let retries = f.retries + 1;
+        return FailDecision::Retry {
+            retries,
+            delay_s: policy.delay_s(retries),
+        };
+    }
+    if f.transport == Transport::Primary && f.backup.is_some() && !f.ordered {
+        return FailDecision::ToBackup;
+    }
+    give_up
+}
+
+/// What a batch of failures turned into.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FailReport {
+    pub retried: u64,
+    pub moved_to_backup: u64,
+    pub suspended: u64,
+    pub ports_suspended: u64,
+    /// Failures whose claim no longer matched (reclaimed meanwhile): ignored.
+    pub stale: u64,
+}
+
+impl MessageBox {
+    /// Claims up to `limits.max_count` ready, due deliveries of a started port, capped by
+    /// body bytes (the first one always fits), for `instance`. `FOR UPDATE SKIP LOCKED`
+    /// lets every instance of the host claim from the same port at once.
+    pub async fn deliveries_claim(
+        &self,
+        instance: Uuid,
+        port_id: i64,
+        limits: ClaimLimits,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let token = Uuid::new_v4();
+        let rows = sqlx::query(
+            "WITH cand AS (
+                SELECT d.id, d.body_size, d.priority FROM deliveries d
+                 WHERE d.port_id = $1 AND d.state = 'ready' AND d.not_before <= now()
+                   AND EXISTS (SELECT 1 FROM send_ports p WHERE p.id = $1 AND p.state = 'started')
+                   AND (d.via_port OR EXISTS (SELECT 1 FROM send_port_groups g
+                                               WHERE g.id = ANY (d.via_groups) AND g.state = 'started'))
+                 ORDER BY d.priority DESC, d.id
+                 LIMIT $2
+                 FOR UPDATE OF d SKIP LOCKED),
+             capped AS (
+                SELECT id FROM (SELECT id, sum(body_size) OVER (ORDER BY priority DESC, id) - body_size AS before
+                                  FROM cand) c
+                 WHERE before < $3),
+             claimed AS (
+                UPDATE deliveries d SET state = 'claimed', claimed_by = $4, claim_token = $5, claimed_at = now()
+                  FROM capped WHERE d.id = capped.id
+                RETURNING d.id, d.message_id, d.port_id, d.transport, d.retries, d.seq, d.priority),
+             ev AS (
+                INSERT INTO tracking_events (message_id, event, port_id, instance_id)
+                SELECT c.message_id, 'claimed', c.port_id, $4 FROM claimed c
+                  JOIN send_ports p ON p.id = c.port_id JOIN hosts h ON h.id = p.host_id
+                 WHERE coalesce(p.tracking, h.tracking) = 'all')
+             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name,
+                    CASE WHEN c.transport = 'backup' THEN p.backup_address ELSE p.address END,
+                    m.content_type, m.body, m.body_size, m.context, m.published_at
+               FROM claimed c JOIN messages m ON m.id = c.message_id JOIN send_ports p ON p.id = c.port_id
+              ORDER BY c.priority DESC, c.id",
+        )
+        .bind(port_id)
+        .bind(limits.max_count.max(1))
+        .bind(limits.max_bytes.max(1))
+        .bind(instance)
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let transport = Transport::parse(row.get::<&str, _>(2))?;
+            let retries: i32 = row.get(3);
+            let seq: Option<i64> = row.get(4);
+            let port_name: String = row.get(5);
+            let message_id: Uuid = row.get(1);
+            let published_at: DateTime<Utc> = row.get(11);
+            let ctx_json: serde_json::Value = row.get(10);
+            let mut context: Context = serde_json::from_value(ctx_json)
+                .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))?;
+            overlay(
+                &mut context,
+                message_id,
+                published_at,
+                &port_name,
+                retries,
+                seq,
+            )?;
+            let body: Option<Vec<u8>> = row.get(8);
+            out.push(ClaimedDelivery {
+                delivery_id: row.get(0),
+                claim_token: token,
+                message_id,
+                port_id,
+                port_name,
+                transport,
+                address: row.get(6),
+                retries,
+                seq,
+                content_type: row.get(7),
+                body: body.map(Bytes::from),
+                body_size: row.get(9),
+                context,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Completes deliveries the endpoint confirmed: deletes them, and their message when
+    /// nothing else references it, in one statement. Returns the ids completed; a
+    /// delivery whose claim no longer matches (reclaimed meanwhile) is left alone.
+    pub async fn deliveries_complete(
+        &self,
+        instance: Uuid,
+        done: &[(i64, Uuid)],
+    ) -> Result<Vec<i64>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
+        let tokens: Vec<Uuid> = done.iter().map(|d| d.1).collect();
+        let completed: Vec<i64> = sqlx::query_scalar(
+            "WITH done AS (
+                DELETE FROM deliveries d USING unnest($1::int8[], $2::uuid[]) AS c(id, token)
+                 WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3
+                RETURNING d.id, d.message_id, d.port_id),
+             gone AS (
+                DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM done)
+                   AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                    WHERE x.message_id = m.id AND x.id NOT IN (SELECT id FROM done))
+                   AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
+                RETURNING m.id),
+             ev AS (
+                INSERT INTO tracking_events (message_id, event, port_id, instance_id)
+                SELECT done.message_id, 'delivered', done.port_id, $3 FROM done
+                  JOIN send_ports p ON p.id = done.port_id JOIN hosts h ON h.id = p.host_id
+                 WHERE coalesce(p.tracking, h.tracking) <> 'off')
+             SELECT id FROM done",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(completed)
+    }
+
+    /// Gives claimed deliveries back unchanged (graceful stop): ready again at once.
+    pub async fn deliveries_release(&self, instance: Uuid, claims: &[(i64, Uuid)]) -> Result<u64> {
+        let ids: Vec<i64> = claims.iter().map(|d| d.0).collect();
+        let tokens: Vec<Uuid> = claims.iter().map(|d| d.1).collect();
+        Ok(sqlx::query(
+            "UPDATE deliveries d SET state = 'ready', claimed_by = NULL, claim_token = NULL, claimed_at = NULL
+               FROM unnest($1::int8[], $2::uuid[]) AS c(id, token)
+              WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(instance)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Records failed attempts and decides each delivery's fate (retry at `not_before`,
+    /// backup transport, suspend `failed`/`failed-final`, or suspend an ordered port), in
+    /// one transaction with a fixed number of statements.
+    pub async fn deliveries_fail(
+        &self,
+        instance: Uuid,
+        failures: &[Failure],
+    ) -> Result<FailReport> {
+        let mut report = FailReport::default();
+        if failures.is_empty() {
+            return Ok(report);
+        }
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> = failures.iter().map(|f| f.delivery_id).collect();
+        let tokens: Vec<Uuid> = failures.iter().map(|f| f.claim_token).collect();
+        let rows = sqlx::query(
+            "SELECT d.id, d.transport, d.retries, p.retry_count, p.retry_interval_s,
+                    p.retry_backoff = 'exponential', p.retry_max_interval_s,
+                    p.backup_address IS NOT NULL, p.backup_retry_count, p.backup_retry_interval_s,
+                    p.ordered, p.stop_on_failure, p.id
+               FROM deliveries d JOIN send_ports p ON p.id = d.port_id
+               JOIN unnest($1::int8[], $2::uuid[]) AS c(id, token) ON c.id = d.id AND c.token = d.claim_token
+              WHERE d.claimed_by = $3
+              ORDER BY d.id
+              FOR UPDATE OF d",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(instance)
+        .fetch_all(&mut *tx)
+        .await?;
+        report.stale = (failures.len() - rows.len()) as u64;
+
+        let mut upd_ids = Vec::new();
+        let mut upd_retries = Vec::new();
+        let mut upd_delay = Vec::new();
+        let mut upd_transport = Vec::new();
+        let mut upd_error = Vec::new();
+        let mut sus_ids = Vec::new();
+        let mut sus_kind = Vec::new();
+        let mut sus_error = Vec::new();
+        let mut ports_to_suspend = Vec::new();
+        for row in rows {
+            let id: i64 = row.get(0);
+            let Some(failure) = failures.iter().find(|f| f.delivery_id == id) else {
+                continue;
+            };
+            let transport = Transport::parse(row.get::<&str, _>(1))?;
+            let exponential: bool = row.get(5);
+            let facts = FailFacts {
+                transport,
+                retries: row.get(2),
+                retryable: failure.retryable,
+                primary: RetryPolicy {
+                    count: row.get(3),
+                    interval_s: row.get(4),
+                    exponential,
+                    max_interval_s: row.get(6),
+                },
+                backup: row.get::<bool, _>(7).then(|| RetryPolicy {
+                    count: row.get(8),
+                    interval_s: row.get(9),
+                    exponential: false,
+                    max_interval_s: row.get(9),
+                }),
+                ordered: row.get(10),
+                stop_on_failure: row.get(11),
+            };
+            let error = truncate_error(&failure.error);
+            match decide_failure(&facts) {
+                FailDecision::Retry { retries, delay_s } => {
+                    report.retried += 1;
+                    upd_ids.push(id);
+                    upd_retries.push(retries);
+                    upd_delay.push(delay_s as f64);
+                    upd_transport.push(if transport == Transport::Primary {
+                        "primary"
+                    } else {
+                        "backup"
+                    });
+                    upd_error.push(error);
+                }
+                FailDecision::ToBackup => {
+                    report.moved_to_backup += 1;
+                    upd_ids.push(id);
+                    upd_retries.push(0);
+                    upd_delay.push(0.0);
+                    upd_transport.push("backup");
+                    upd_error.push(error);
+                }
+                FailDecision::SuspendPort => {
+                    // the head stays in place, unclaimed, until resume or skip
+                    upd_ids.push(id);
+                    upd_retries.push(facts.retries);
+                    upd_delay.push(0.0);
+                    upd_transport.push("primary");
+                    upd_error.push(error);
+                    let port_id: i64 = row.get(12);
+                    if !ports_to_suspend.contains(&port_id) {
+                        ports_to_suspend.push(port_id);
+                    }
+                }
+                FailDecision::Suspend { resumable } => {
+                    report.suspended += 1;
+                    sus_ids.push(id);
+                    sus_kind.push(if resumable { "failed" } else { "failed-final" });
+                    sus_error.push(error);
+                }
+            }
+        }
+        if !upd_ids.is_empty() {
+            sqlx::query(
+                "WITH u AS (
+                    UPDATE deliveries d
+                       SET state = 'ready', claimed_by = NULL, claim_token = NULL, claimed_at = NULL,
+                           retries = c.retries, transport = c.transport,
+                           not_before = now() + make_interval(secs => c.delay),
+                           errors = d.errors || jsonb_build_array(jsonb_build_object(
+                               'at', now(), 'transport', d.transport, 'attempt', d.retries + 1,
+                               'instance', $6::uuid, 'error', c.error))
+                      FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::text[], $5::text[])
+                           AS c(id, retries, delay, transport, error)
+                     WHERE d.id = c.id
+                    RETURNING d.id, d.message_id, d.port_id, d.transport, d.not_before, jsonb_array_length(d.errors) AS n, c.error)
+                 INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
+                 SELECT u.message_id, 'published', u.port_id, NULL, 'routed to ' || p.name
+                   FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
+                  WHERE u.n = 1 AND coalesce(p.tracking, h.tracking) = 'failures'
+                 UNION ALL
+                 SELECT u.message_id, 'attempt-failed', u.port_id, $6, u.error
+                   FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
+                  WHERE coalesce(p.tracking, h.tracking) <> 'off'
+                 UNION ALL
+                 SELECT u.message_id, 'retry-scheduled', u.port_id, $6,
+                        u.transport || ' transport at ' || to_char(u.not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                   FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
+                  WHERE coalesce(p.tracking, h.tracking) <> 'off' AND p.state <> 'suspended'",
+            )
+            .bind(&upd_ids)
+            .bind(&upd_retries)
+            .bind(&upd_delay)
+            .bind(&upd_transport)
+            .bind(&upd_error)
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !sus_ids.is_empty() {
+            crate::suspended::suspend_deliveries(
+                &mut tx,
+                &sus_ids,
+                &sus_kind,
+                &sus_error,
+                Some(instance),
+            )
+            .await?;
+        }
+        if !ports_to_suspend.is_empty() {
+            report.ports_suspended = sqlx::query(
+                "UPDATE send_ports SET state = 'suspended' WHERE id = ANY($1) AND state <> 'suspended'",
+            )
+            .bind(&ports_to_suspend)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+/// Longest error text kept per attempt.
+pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
+
+fn truncate_error(e: &str) -> String {
+    if e.len() <= ERROR_TEXT_MAX_BYTES {
+        return e.to_owned();
+    }
+    let mut end = ERROR_TEXT_MAX_BYTES;
+    while !e.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &e[..end])
+}
+
+/// Overlays the per-delivery and row-derived system properties on a stored context.
+fn overlay(
+    context: &mut Context,
+    message_id: Uuid,
+    published_at: DateTime<Utc>,
+    port_name: &str,
+    retries: i32,
+    seq: Option<i64>,
+) -> Result<()> {
+    context.promote(system::MESSAGE_ID, Value::String(message_id.to_string()))?;
+    context.write(system::PUBLISHED_AT, Value::Timestamp(published_at))?;
+    context.write(system::SEND_PORT_NAME, Value::String(port_name.to_owned()))?;
+    context.write(system::RETRY_COUNT, Value::Integer(i64::from(retries)))?;
+    if let Some(seq) = seq {
+        context.write(system::SEQUENCE, Value::Integer(seq))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: RetryPolicy = RetryPolicy {
+        count: 2,
+        interval_s: 10,
+        exponential: false,
+        max_interval_s: 10,
+    };
+
+    fn facts() -> FailFacts {
+        FailFacts {
+            transport: Transport::Primary,
+            retries: 0,
+            retryable: true,
+            primary: P,
+            backup: None,
+            ordered: false,
+            stop_on_failure: false,
+        }
+    }
+
+    #[test]
+    fn retries_then_suspends_failed() {
+        let mut f = facts();
+        assert_eq!(
+            decide_failure(&f),
+            FailDecision::Retry {
+                retries: 1,
+                delay_s: 10
+            }
+        );
+        f.retries = 2;
+        assert_eq!(
+            decide_failure(&f),
+            FailDecision::Suspend { resumable: true }
+        );
+    }
+
+    #[test]
+    fn exhausted_primary_moves_to_backup_then_backup_retries_then_suspends() {
+        let mut f = facts();
+        f.retries = 2;
+        f.backup = Some(RetryPolicy {
+            count: 1,
+            interval_s: 5,
+            exponential: false,
+            max_interval_s: 5,
+        });
+        assert_eq!(decide_failure(&f), FailDecision::ToBackup);
+        f.transport = Transport::Backup;
+        f.retries = 0;
+        assert_eq!(
+            decide_failure(&f),
+            FailDecision::Retry {
+                retries: 1,
+                delay_s: 5
+            }
+        );
+        f.retries = 1;
+        assert_eq!(
+            decide_failure(&f),
+            FailDecision::Suspend { resumable: true }
+        );
+    }
+
+    #[test]
+    fn not_retryable_is_final_at_once() {
+        let mut f = facts();
+        f.retryable = false;
+        assert_eq!(
+            decide_failure(&f),
+            FailDecision::Suspend { resumable: false }
+        );
+    }
+
+    #[test]
+    fn ordered_ports_suspend_final_or_hold_the_port() {
+        let mut f = facts();
+        f.ordered = true;
+        f.retries = 2;
+        assert_eq!(
+            decide_failure(&f),
+            FailDecision::Suspend { resumable: false }
+        );
+        f.stop_on_failure = true;
+        assert_eq!(decide_failure(&f), FailDecision::SuspendPort);
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            count: 10,
+            interval_s: 10,
+            exponential: true,
+            max_interval_s: 60,
+        };
+        let delays: Vec<i64> = (1..=5).map(|r| p.delay_s(r)).collect();
+        assert_eq!(delays, vec![10, 20, 40, 60, 60]);
+        assert_eq!(p.delay_s(100), 60);
+    }
+}

@@ -1,0 +1,97 @@
+//! The MessageBox error type: one enum, lowercase messages, a clear split between bad
+//! input (the operator can fix the command), refusals (the state forbids it now), and
+//! database errors (retryable when connection-class).
+
+use crate::filter::FilterError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A named object does not exist.
+    #[error("{kind} '{name}' does not exist; {hint}")]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        hint: String,
+    },
+    /// A named object exists already.
+    #[error("{kind} '{name}' already exists; {hint}")]
+    AlreadyExists {
+        kind: &'static str,
+        name: String,
+        hint: String,
+    },
+    /// Bad input: names the argument, the problem and a right example.
+    #[error("{0}")]
+    Invalid(String),
+    /// A filter that does not parse or type-check.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The current state forbids the change (with counts where there are some).
+    #[error("{0}")]
+    Refused(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Bad input the caller can fix by changing the command (exit code 2 in `mbx`).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound { .. }
+                | Error::AlreadyExists { .. }
+                | Error::Invalid(_)
+                | Error::Filter(_)
+        )
+    }
+
+    /// Connection-class failures (SQLSTATE 08xxx, 57P01 admin shutdown, I/O, pool
+    /// timeouts): the unit of work may be re-run.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Database(e) => is_retryable_sqlx(e),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn not_found(
+        kind: &'static str,
+        name: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+pub(crate) fn is_retryable_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .map(|c| {
+                c.starts_with("08")
+                    || c == "57P01"
+                    || c == "57P02"
+                    || c == "57P03"
+                    || c == "40001"
+                    || c == "40P01"
+            })
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// Whether a database error is a unique violation (23505).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

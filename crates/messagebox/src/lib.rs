@@ -1,0 +1,234 @@
+//! The mbx MessageBox on PostgreSQL: schema access, publish and routing,
+//! claim/complete/retry/suspend, suspended items, tracking, maintenance and stats.
+//!
+//! All SQL of mbx lives in this crate. Every operation that changes state is one
+//! transaction; hot-path operations (publish, claim, complete, fail) take batches.
+
+pub mod config;
+pub mod context;
+pub mod delivery;
+mod error;
+pub mod filter;
+pub mod instances;
+pub mod maintenance;
+pub mod publish;
+pub mod routing;
+pub mod stats;
+pub mod suspended;
+pub mod value;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+pub use context::{Context, ContextProperty};
+pub use error::{Error, Result};
+pub use routing::{RouteTarget, RoutingTable};
+pub use value::{PropertyType, Value};
+
+/// The MessageBox schema, embedded from `migrations/` at the workspace root.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Name of the host that `mbx init` creates and `--host` defaults to.
+pub const DEFAULT_HOST: &str = "default";
+
+/// Statement timeout set on every connection: nothing waits forever.
+pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
+
+/// Tracking level (SPEC §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackingLevel {
+    Off,
+    Failures,
+    All,
+}
+
+impl TrackingLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackingLevel::Off => "off",
+            TrackingLevel::Failures => "failures",
+            TrackingLevel::All => "all",
+        }
+    }
+}
+
+impl std::str::FromStr for TrackingLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(TrackingLevel::Off),
+            "failures" => Ok(TrackingLevel::Failures),
+            "all" => Ok(TrackingLevel::All),
+            _ => Err(format!(
+                "unknown tracking level '{s}': use off, failures or all"
+            )),
+        }
+    }
+}
+
+/// A handle on one MessageBox (one group): a connection pool and the cached routing table.
+#[derive(Clone)]
+pub struct MessageBox {
+    pool: PgPool,
+    routing: Arc<RwLock<Arc<RoutingTable>>>,
+}
+
+impl MessageBox {
+    /// Connects to the MessageBox at `url` (no migrations are run).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| Error::Invalid(format!("database url: {e}")))?;
+        let options = options.options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// Wraps an existing pool (tests get one per test database from `#[sqlx::test]`).
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self {
+            pool,
+            routing: Arc::new(RwLock::new(Arc::new(RoutingTable::default()))),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies migrations (under sqlx's advisory lock, so concurrent callers do not race),
+    /// records the group and creates host `default`. Idempotent; returns what it did.
+    pub async fn init(&self, group_name: Option<&str>) -> Result<InitReport> {
+        let before: i64 =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or_default(); // no table yet: nothing applied
+        MIGRATOR.run(&self.pool).await?;
+        let after: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        let group_created = sqlx::query(
+            "INSERT INTO mbx_group (id, name) VALUES ($1, $2) ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(group_name.unwrap_or("default"))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let group: String = sqlx::query_scalar("SELECT name FROM mbx_group")
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(wanted) = group_name {
+            if wanted != group {
+                return Err(Error::Refused(format!(
+                    "this MessageBox is group '{group}', not '{wanted}'; omit --group or use a new database"
+                )));
+            }
+        }
+        let host_created =
+            sqlx::query("INSERT INTO hosts (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                .bind(DEFAULT_HOST)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        tx.commit().await?;
+        Ok(InitReport {
+            group,
+            migrations_applied: (after - before).max(0) as u64,
+            group_created,
+            default_host_created: host_created,
+        })
+    }
+
+    /// Fails with a clear error when the schema is missing or newer than this binary.
+    pub async fn check_schema(&self) -> Result<()> {
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|_| {
+            Error::Refused("this database has no MessageBox yet; run `mbx init` first".to_owned())
+        })?;
+        let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(Error::Refused(format!(
+                "the MessageBox has migration {v}, newer than this binary knows; upgrade mbx"
+            )));
+        }
+        if applied.len() < known.len() {
+            return Err(Error::Refused(
+                "the MessageBox schema is older than this binary; run `mbx init` to migrate it"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the routing lock in shared mode and returns the routing table current for
+    /// this transaction, reloading the cache if the version moved.
+    pub(crate) async fn routing_for_publish(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<Arc<RoutingTable>> {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(routing::ROUTING_LOCK_KEY)
+            .execute(&mut **tx)
+            .await?;
+        // A new statement: its snapshot is taken after the lock is held, so it sees every
+        // routing change that committed before.
+        let version: i64 = sqlx::query_scalar("SELECT version FROM routing_state")
+            .fetch_one(&mut **tx)
+            .await?;
+        {
+            let cached = self.routing.read().map_err(|_| poisoned())?;
+            if cached.version == version {
+                return Ok(cached.clone());
+            }
+        }
+        let table = Arc::new(config::load_routing_table(tx, version).await?);
+        let mut cached = self.routing.write().map_err(|_| poisoned())?;
+        if cached.version < version {
+            *cached = table.clone();
+        }
+        Ok(table)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Corrupt("routing cache lock poisoned".to_owned())
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitReport {
+    pub group: String,
+    pub migrations_applied: u64,
+    pub group_created: bool,
+    pub default_host_created: bool,
+}
+
+/// Takes the routing lock exclusively and bumps the routing version: call in every
+/// transaction that changes routing, before reading what it changes.
+pub(crate) async fn begin_routing_change(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(routing::ROUTING_LOCK_KEY)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE routing_state SET version = version + 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Maintenance: deletes message bodies that no delivery or suspended item references,
+//! purges tracking events past retention and expired dedup records — each in bounded
+//! batches so no statement holds locks for long.
+
+use serde::Serialize;
+
+use crate::publish::DEDUP_WINDOW_S;
+use crate::{MessageBox, Result};
+
+/// Rows one maintenance statement touches at most.
+pub const MAINTENANCE_BATCH_MAX: i64 = 1000;
+
+/// Default tracking retention (SPEC §7.2).
+pub const TRACKING_RETENTION_DEFAULT_S: i64 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MaintenanceReport {
+    pub orphan_messages_deleted: u64,
+    pub tracking_events_purged: u64,
+    pub dedup_records_purged: u64,
+}
+
+impl MessageBox {
+    /// One maintenance pass: each step repeats in batches of `batch` until nothing is left.
+    pub async fn maintenance_run(
+        &self,
+        tracking_retention_s: i64,
+        batch: i64,
+    ) -> Result<MaintenanceReport> {
+        let batch = batch.clamp(1, MAINTENANCE_BATCH_MAX);
+        let mut report = MaintenanceReport::default();
+        loop {
+            // messages older than a minute only: a publish in flight has no deliveries yet
+            let n = sqlx::query(
+                "DELETE FROM messages WHERE id IN (
+                    SELECT m.id FROM messages m
+                     WHERE m.published_at < now() - interval '1 minute'
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
+                       AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
+                     LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.orphan_messages_deleted += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM tracking_events WHERE id IN (
+                    SELECT id FROM tracking_events WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+            )
+            .bind(tracking_retention_s as f64)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.tracking_events_purged += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM received_sources WHERE (receive_location_id, source_id) IN (
+                    SELECT receive_location_id, source_id FROM received_sources
+                     WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
+            )
+            .bind(DEDUP_WINDOW_S as f64)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            report.dedup_records_purged += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every tracking event of a message, in order (`mbx track`).
+    pub async fn tracking_events(&self, message_id: uuid::Uuid) -> Result<Vec<TrackingEvent>> {
+        Ok(sqlx::query_as::<_, TrackingEvent>(
+            "SELECT e.at, e.event, p.name AS port, e.instance_id, e.detail
+               FROM tracking_events e LEFT JOIN send_ports p ON p.id = e.port_id
+              WHERE e.message_id = $1 ORDER BY e.id",
+        )
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TrackingEvent {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub event: String,
+    pub port: Option<String>,
+    pub instance_id: Option<uuid::Uuid>,
+    pub detail: Option<String>,
+}

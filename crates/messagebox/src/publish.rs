@@ -1,0 +1,375 @@
+//! Publishing (SPEC §3): one transaction inserts the messages and their contexts, routes
+//! them with the subscription set current at commit, and inserts one delivery per
+//! matching subscriber or a routing-failure suspended item. Only after it commits may the
+//! sender be acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bytes::Bytes;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::routing::RouteTarget;
+use crate::{Context, Error, MessageBox, Result};
+
+/// Bodies up to this size live in the message row; larger ones are stored in chunks.
+pub const BODY_INLINE_MAX_BYTES: usize = 1024 * 1024;
+
+/// Size of one stored chunk of a large body.
+pub const BODY_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Default `--max-message-size`.
+pub const MAX_MESSAGE_SIZE_DEFAULT_BYTES: u64 = 100 * 1000 * 1000;
+
+/// How long a (receive location, source id) pair is remembered for idempotent receive.
+pub const DEDUP_WINDOW_S: i64 = 24 * 3600;
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub body: Bytes,
+    pub content_type: String,
+    pub context: Context,
+    /// Idempotent receive: (receive location id, source id).
+    pub source: Option<(i64, String)>,
+}
+
+impl NewMessage {
+    pub fn new(body: impl Into<Bytes>, content_type: &str, context: Context) -> Self {
+        Self {
+            body: body.into(),
+            content_type: content_type.to_owned(),
+            context,
+            source: None,
+        }
+    }
+}
+
+/// What became of one published message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Published {
+    /// Routed to `deliveries` subscribers.
+    Routed { message_id: Uuid, deliveries: usize },
+    /// No subscriber matched: kept as suspended item `suspended_id`.
+    RoutingFailure { message_id: Uuid, suspended_id: i64 },
+    /// Its source id was published within the dedup window: dropped.
+    Duplicate,
+}
+
+/// Who publishes: the host (for tracking and throttling) and the receive location.
+#[derive(Debug, Clone, Default)]
+pub struct Publisher {
+    pub host_id: Option<i64>,
+    pub receive_location_id: Option<i64>,
+}
+
+impl MessageBox {
+    /// Publishes a batch of messages in one transaction; returns one outcome per message,
+    /// in order.
+    pub async fn publish(
+        &self,
+        publisher: &Publisher,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Published>> {
+        let mut tx = self.pool.begin().await?;
+        let outcomes = self.publish_in(&mut tx, publisher, messages).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    pub(crate) async fn publish_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        publisher: &Publisher,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Published>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = messages.iter().map(|_| Uuid::now_v7()).collect();
+        let fresh = dedup_sources(tx, &ids, &messages).await?;
+
+        // 1. messages and bodies (before the routing lock, so a large body never stalls a
+        //    subscription change)
+        let mut m_ids = Vec::new();
+        let mut m_types = Vec::new();
+        let mut m_bodies: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut m_sizes = Vec::new();
+        let mut m_contexts = Vec::new();
+        let mut chunked = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            if !fresh[i] {
+                continue;
+            }
+            m_ids.push(ids[i]);
+            m_types.push(m.content_type.clone());
+            m_sizes.push(m.body.len() as i64);
+            m_contexts
+                .push(serde_json::to_value(&m.context).map_err(|e| Error::Invalid(e.to_string()))?);
+            if m.body.len() > BODY_INLINE_MAX_BYTES {
+                m_bodies.push(None);
+                chunked.push(i);
+            } else {
+                m_bodies.push(Some(m.body.to_vec()));
+            }
+        }
+        if m_ids.is_empty() {
+            return Ok(vec![Published::Duplicate; messages.len()]);
+        }
+        sqlx::query(
+            "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
+             SELECT id, ct, body, size, body IS NULL, ctx, $6, $7
+               FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int8[], $5::jsonb[]) AS t(id, ct, body, size, ctx)",
+        )
+        .bind(&m_ids)
+        .bind(&m_types)
+        .bind(&m_bodies)
+        .bind(&m_sizes)
+        .bind(&m_contexts)
+        .bind(publisher.host_id)
+        .bind(publisher.receive_location_id)
+        .execute(&mut **tx)
+        .await?;
+        for &i in &chunked {
+            store_chunks(tx, ids[i], &messages[i].body).await?;
+        }
+
+        // 2. route under the shared routing lock
+        let table = self.routing_for_publish(tx).await?;
+        let mut routes: Vec<(usize, Vec<RouteTarget>)> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            if fresh[i] {
+                routes.push((i, table.route(&m.context)));
+            }
+        }
+
+        // 3. ordered ports: take sequences under the per-port row lock, in port-id order
+        let mut ordered_counts: BTreeMap<i64, i64> = BTreeMap::new();
+        for (_, targets) in &routes {
+            for t in targets {
+                if table.is_ordered(t.port_id) {
+                    *ordered_counts.entry(t.port_id).or_default() += 1;
+                }
+            }
+        }
+        let mut next_seq: BTreeMap<i64, i64> = BTreeMap::new();
+        if !ordered_counts.is_empty() {
+            let ports: Vec<i64> = ordered_counts.keys().copied().collect();
+            let counts: Vec<i64> = ordered_counts.values().copied().collect();
+            sqlx::query(
+                "SELECT 1 FROM ordered_sequences WHERE port_id = ANY($1) AND order_key = '' ORDER BY port_id FOR UPDATE",
+            )
+            .bind(&ports)
+            .execute(&mut **tx)
+            .await?;
+            let rows: Vec<(i64, i64)> = sqlx::query_as(
+                "UPDATE ordered_sequences s SET next_seq = s.next_seq + c.n
+                   FROM unnest($1::int8[], $2::int8[]) AS c(port_id, n)
+                  WHERE s.port_id = c.port_id AND s.order_key = ''
+                 RETURNING s.port_id, s.next_seq - c.n",
+            )
+            .bind(&ports)
+            .bind(&counts)
+            .fetch_all(&mut **tx)
+            .await?;
+            next_seq.extend(rows);
+        }
+
+        // 4. deliveries (and their tracking events, in the same statement)
+        let mut d_msg = Vec::new();
+        let mut d_port = Vec::new();
+        let mut d_via_port = Vec::new();
+        let mut d_via_groups = Vec::new();
+        let mut d_seq: Vec<Option<i64>> = Vec::new();
+        let mut d_size = Vec::new();
+        let mut failures = Vec::new();
+        let mut outcomes = vec![Published::Duplicate; messages.len()];
+        for (i, targets) in &routes {
+            if targets.is_empty() {
+                failures.push(*i);
+                continue;
+            }
+            outcomes[*i] = Published::Routed {
+                message_id: ids[*i],
+                deliveries: targets.len(),
+            };
+            for t in targets {
+                d_msg.push(ids[*i]);
+                d_port.push(t.port_id);
+                d_via_port.push(t.via_port);
+                d_via_groups.push(pg_bigint_array(&t.via_groups));
+                d_size.push(messages[*i].body.len() as i64);
+                d_seq.push(match next_seq.get_mut(&t.port_id) {
+                    Some(seq) => {
+                        let s = *seq;
+                        *seq += 1;
+                        Some(s)
+                    }
+                    None => None,
+                });
+            }
+        }
+        if !d_msg.is_empty() {
+            sqlx::query(
+                "WITH d AS (
+                    INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size)
+                    SELECT m, p, vp, vg::bigint[], s, CASE WHEN s IS NULL THEN NULL ELSE '' END, sz
+                      FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::int8[])
+                           AS t(m, p, vp, vg, s, sz)
+                    RETURNING message_id, port_id)
+                 INSERT INTO tracking_events (message_id, event, port_id, detail)
+                 SELECT d.message_id, 'published', d.port_id, 'routed to ' || p.name
+                   FROM d JOIN send_ports p ON p.id = d.port_id JOIN hosts h ON h.id = p.host_id
+                  WHERE coalesce(p.tracking, h.tracking) = 'all'",
+            )
+            .bind(&d_msg)
+            .bind(&d_port)
+            .bind(&d_via_port)
+            .bind(&d_via_groups)
+            .bind(&d_seq)
+            .bind(&d_size)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        // 5. routing failures
+        if !failures.is_empty() {
+            let f_ids: Vec<Uuid> = failures.iter().map(|&i| ids[i]).collect();
+            let reasons: Vec<String> = failures
+                .iter()
+                .map(|&i| routing_failure_reason(&messages[i].context))
+                .collect();
+            let suspended: Vec<(Uuid, i64)> = sqlx::query_as(
+                "WITH s AS (
+                    INSERT INTO suspended_items (message_id, kind, reason, receive_location_id)
+                    SELECT m, 'routing-failure', r, $3 FROM unnest($1::uuid[], $2::text[]) AS t(m, r)
+                    RETURNING id, message_id, reason),
+                 ev AS (
+                    INSERT INTO tracking_events (message_id, event, detail)
+                    SELECT s.message_id, 'routing-failed', s.reason FROM s
+                     WHERE coalesce((SELECT tracking FROM hosts WHERE id = $4), 'failures') <> 'off')
+                 SELECT message_id, id FROM s",
+            )
+            .bind(&f_ids)
+            .bind(&reasons)
+            .bind(publisher.receive_location_id)
+            .bind(publisher.host_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (message_id, suspended_id) in suspended {
+                if let Some(i) = failures.iter().copied().find(|&i| ids[i] == message_id) {
+                    outcomes[i] = Published::RoutingFailure {
+                        message_id,
+                        suspended_id,
+                    };
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The reason recorded for a routing failure: names the promoted properties.
+pub(crate) fn routing_failure_reason(context: &Context) -> String {
+    format!(
+        "no subscriber matched; promoted properties: {}",
+        context.promoted_summary()
+    )
+}
+
+/// `{1,2,3}`: a bigint[] literal, for passing arrays of arrays through unnest.
+pub(crate) fn pg_bigint_array(values: &[i64]) -> String {
+    let inner: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Records source ids; returns per message whether it is fresh (not a duplicate within
+/// the dedup window). Duplicates inside the batch keep only their first occurrence.
+async fn dedup_sources(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+    messages: &[NewMessage],
+) -> Result<Vec<bool>> {
+    let mut fresh = vec![true; messages.len()];
+    let mut seen = HashSet::new();
+    let mut locs = Vec::new();
+    let mut srcs = Vec::new();
+    let mut mids = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if let Some((loc, src)) = &m.source {
+            if !seen.insert((*loc, src.clone())) {
+                fresh[i] = false;
+                continue;
+            }
+            locs.push(*loc);
+            srcs.push(src.clone());
+            mids.push(ids[i]);
+        }
+    }
+    if locs.is_empty() {
+        return Ok(fresh);
+    }
+    let accepted: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
+        "INSERT INTO received_sources (receive_location_id, source_id, message_id)
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[])
+         ON CONFLICT (receive_location_id, source_id) DO UPDATE
+            SET message_id = excluded.message_id, published_at = now()
+          WHERE received_sources.published_at < now() - make_interval(secs => $4)
+         RETURNING message_id",
+    )
+    .bind(&locs)
+    .bind(&srcs)
+    .bind(&mids)
+    .bind(DEDUP_WINDOW_S as f64)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    for (i, m) in messages.iter().enumerate() {
+        if m.source.is_some() && fresh[i] && !accepted.contains(&ids[i]) {
+            fresh[i] = false;
+        }
+    }
+    Ok(fresh)
+}
+
+async fn store_chunks(tx: &mut Transaction<'_, Postgres>, id: Uuid, body: &Bytes) -> Result<()> {
+    for (seq, chunk) in body.chunks(BODY_CHUNK_BYTES).enumerate() {
+        sqlx::query("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(seq as i32)
+            .bind(chunk)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+impl MessageBox {
+    /// The whole body of a message (inline or chunked).
+    pub async fn message_body(&self, id: Uuid) -> Result<Bytes> {
+        let row: Option<(Option<Vec<u8>>, bool)> =
+            sqlx::query_as("SELECT body, chunked FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            None => Err(Error::not_found(
+                "message",
+                id.to_string(),
+                "it was delivered or terminated",
+            )),
+            Some((Some(body), false)) => Ok(Bytes::from(body)),
+            Some((_, _)) => {
+                let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT data FROM message_chunks WHERE message_id = $1 ORDER BY seq",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(Bytes::from(chunks.concat()))
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Counters of SPEC §5.1, per port and group-wide, in one query each.
+
+use serde::Serialize;
+
+use crate::{MessageBox, Result};
+
+/// Per-port counters; they do not overlap.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PortStats {
+    pub name: String,
+    pub state: String,
+    /// Ready or held (port stopped or suspended, or queued behind an ordered head).
+    pub backlog: i64,
+    /// Waiting for a retry time.
+    pub retrying: i64,
+    /// Claimed by an instance.
+    pub in_flight: i64,
+    /// Suspended items of this port.
+    pub suspended: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Messages still referenced by a delivery or suspended item.
+    pub spool_messages: i64,
+    pub suspended_total: i64,
+    pub ports: Vec<PortStats>,
+}
+
+impl MessageBox {
+    pub async fn stats(&self) -> Result<Stats> {
+        let mut tx = self.pool.begin().await?;
+        // one snapshot for all counters
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let ports = sqlx::query_as::<_, PortStats>(
+            "SELECT p.name, p.state,
+                    coalesce(d.backlog, 0) AS backlog, coalesce(d.retrying, 0) AS retrying,
+                    coalesce(d.in_flight, 0) AS in_flight, coalesce(s.n, 0) AS suspended
+               FROM send_ports p
+               LEFT JOIN (SELECT port_id,
+                                 count(*) FILTER (WHERE state = 'ready' AND not_before <= now()) AS backlog,
+                                 count(*) FILTER (WHERE state = 'ready' AND not_before > now()) AS retrying,
+                                 count(*) FILTER (WHERE state = 'claimed') AS in_flight
+                            FROM deliveries GROUP BY port_id) d ON d.port_id = p.id
+               LEFT JOIN (SELECT port_id, count(*) AS n FROM suspended_items GROUP BY port_id) s ON s.port_id = p.id
+              ORDER BY p.name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let (spool_messages, suspended_total): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM messages m
+                      WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
+                         OR EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)),
+                    (SELECT count(*) FROM suspended_items)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Stats {
+            spool_messages,
+            suspended_total,
+            ports,
+        })
+    }
+}

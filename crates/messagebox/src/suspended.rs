@@ -1,0 +1,474 @@
+//! Suspended items (SPEC §1, §5.2): messages held for an operator. List, show, save,
+//! resume and terminate act on one id or on a filter, are idempotent and report counts.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::publish::pg_bigint_array;
+use crate::{Context, Error, MessageBox, Result};
+
+/// The kinds of suspended item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    RoutingFailure,
+    ReceiveFailure,
+    Failed,
+    FailedFinal,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::RoutingFailure,
+        Kind::ReceiveFailure,
+        Kind::Failed,
+        Kind::FailedFinal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::RoutingFailure => "routing-failure",
+            Kind::ReceiveFailure => "receive-failure",
+            Kind::Failed => "failed",
+            Kind::FailedFinal => "failed-final",
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown kind '{s}': use routing-failure, receive-failure, failed or failed-final"))
+    }
+}
+
+/// Which suspended items an operation acts on. All given conditions must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    pub id: Option<i64>,
+    pub port: Option<String>,
+    pub kind: Option<Kind>,
+    /// Case-insensitive substring of the reason or of any attempt's error.
+    pub error_like: Option<String>,
+    /// Suspended at least this long ago.
+    pub older_than_s: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// One line of `suspended list`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SuspendedItem {
+    pub id: i64,
+    pub message_id: Uuid,
+    pub kind: String,
+    pub resumable: bool,
+    pub port: Option<String>,
+    pub reason: String,
+    pub suspended_at: DateTime<Utc>,
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AttemptError {
+    pub at: DateTime<Utc>,
+    pub transport: String,
+    pub attempt: i64,
+    #[serde(default)]
+    pub instance: Option<Uuid>,
+    pub error: String,
+}
+
+/// `suspended show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuspendedDetail {
+    #[serde(flatten)]
+    pub item: SuspendedItem,
+    pub content_type: String,
+    pub body_size: i64,
+    pub published_at: DateTime<Utc>,
+    pub context: Context,
+    pub attempts: Vec<AttemptError>,
+}
+
+/// What `resume` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResumeReport {
+    /// Items put back as fresh deliveries or routed again.
+    pub resumed: u64,
+    /// Deliveries created by re-routing routing failures.
+    pub deliveries: u64,
+    /// Routing failures that still match no subscriber: they stay suspended.
+    pub still_unrouted: u64,
+    /// Selected items that cannot be resumed (receive-failure, failed-final).
+    pub not_resumable: u64,
+}
+
+const SELECT_WHERE: &str = "
+      FROM suspended_items s LEFT JOIN send_ports p ON p.id = s.port_id
+     WHERE ($1::int8 IS NULL OR s.id = $1)
+       AND ($2::text IS NULL OR p.name = $2)
+       AND ($3::text IS NULL OR s.kind = $3)
+       AND ($4::text IS NULL OR strpos(lower(s.reason), lower($4)) > 0
+            OR strpos(lower(s.errors::text), lower($4)) > 0)
+       AND ($5::float8 IS NULL OR s.suspended_at <= now() - make_interval(secs => $5))";
+
+fn bind_selector<'q, O>(
+    q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    sel: &'q Selector,
+) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    q.bind(sel.id)
+        .bind(sel.port.as_deref())
+        .bind(sel.kind.map(|k| k.as_str()))
+        .bind(sel.error_like.as_deref())
+        .bind(sel.older_than_s.map(|s| s as f64))
+        .bind(sel.limit.unwrap_or(i64::MAX))
+}
+
+impl MessageBox {
+    pub async fn suspended_list(&self, sel: &Selector) -> Result<Vec<SuspendedItem>> {
+        self.check_selector_port(sel).await?;
+        let sql = format!(
+            "SELECT s.id, s.message_id, s.kind, s.resumable, p.name AS port, s.reason, s.suspended_at
+             {SELECT_WHERE} ORDER BY s.id LIMIT $6"
+        );
+        Ok(bind_selector(sqlx::query_as::<_, SuspendedItem>(&sql), sel)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn suspended_show(&self, id: i64) -> Result<SuspendedDetail> {
+        let sel = Selector {
+            id: Some(id),
+            ..Default::default()
+        };
+        let item = self
+            .suspended_list(&sel)
+            .await?
+            .pop()
+            .ok_or_else(|| not_found(id))?;
+        let row = sqlx::query(
+            "SELECT m.content_type, m.body_size, m.published_at, m.context, s.errors
+               FROM suspended_items s JOIN messages m ON m.id = s.message_id WHERE s.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+        let context: Context = serde_json::from_value(row.get(3))
+            .map_err(|e| Error::Corrupt(format!("context of suspended item {id}: {e}")))?;
+        let attempts: Vec<AttemptError> = serde_json::from_value(row.get(4))
+            .map_err(|e| Error::Corrupt(format!("errors of suspended item {id}: {e}")))?;
+        Ok(SuspendedDetail {
+            item,
+            content_type: row.get(0),
+            body_size: row.get(1),
+            published_at: row.get(2),
+            context,
+            attempts,
+        })
+    }
+
+    /// The body of a suspended item's message (`suspended save`).
+    pub async fn suspended_body(&self, id: i64) -> Result<bytes::Bytes> {
+        let message_id: Uuid =
+            sqlx::query_scalar("SELECT message_id FROM suspended_items WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+        self.message_body(message_id).await
+    }
+
+    /// Resumes the selected resumable items: `failed` ones become fresh deliveries
+    /// (retries reset, primary transport); routing failures are routed again and stay
+    /// suspended if still nothing matches.
+    pub async fn suspended_resume(&self, sel: &Selector) -> Result<ResumeReport> {
+        self.check_selector_port(sel).await?;
+        let mut report = ResumeReport::default();
+        let mut tx = self.pool.begin().await?;
+        let rows = bind_selector(
+            sqlx::query_as::<_, (i64, Uuid, String, Option<i64>, bool, Vec<i64>, Option<String>, Option<i64>, serde_json::Value)>(
+                &format!(
+                    "SELECT s.id, s.message_id, s.kind, s.port_id, s.via_port, s.via_groups, s.order_key, s.seq,
+                            (SELECT context FROM messages m WHERE m.id = s.message_id)
+                     {SELECT_WHERE} ORDER BY s.id LIMIT $6 FOR UPDATE OF s"
+                ),
+            ),
+            sel,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if let (Some(id), true) = (sel.id, rows.is_empty()) {
+            // idempotent: a second resume of the same id finds nothing and says so
+            tx.commit().await?;
+            return Err(not_found(id));
+        }
+        let mut failed_ids = Vec::new();
+        let mut reroute = Vec::new();
+        for (id, message_id, kind, _port, _vp, _vg, _ok, _seq, ctx) in rows {
+            match kind.as_str() {
+                "failed" => failed_ids.push(id),
+                "routing-failure" => {
+                    let context: Context = serde_json::from_value(ctx)
+                        .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))?;
+                    reroute.push((id, message_id, context));
+                }
+                _ => report.not_resumable += 1,
+            }
+        }
+        if !failed_ids.is_empty() {
+            let n = sqlx::query(
+                "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING *),
+                 d AS (
+                    INSERT INTO deliveries (message_id, port_id, via_port, via_groups, order_key, seq, body_size)
+                    SELECT s.message_id, s.port_id,
+                           s.via_port OR cardinality(s.via_groups) = 0, s.via_groups, s.order_key, s.seq,
+                           (SELECT body_size FROM messages m WHERE m.id = s.message_id)
+                      FROM s
+                    RETURNING message_id, port_id)
+                 INSERT INTO tracking_events (message_id, event, port_id, detail)
+                 SELECT d.message_id, 'resumed', d.port_id, 'by operator' FROM d
+                   JOIN send_ports p ON p.id = d.port_id JOIN hosts h ON h.id = p.host_id
+                  WHERE coalesce(p.tracking, h.tracking) <> 'off'",
+            )
+            .bind(&failed_ids)
+            .execute(&mut *tx)
+            .await?;
+            let _ = n;
+            report.resumed += failed_ids.len() as u64;
+            report.deliveries += failed_ids.len() as u64;
+        }
+        if !reroute.is_empty() {
+            let table = self.routing_for_publish(&mut tx).await?;
+            let mut routed_items = Vec::new();
+            let (mut d_msg, mut d_port, mut d_vp, mut d_vg, mut d_ordered) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, message_id, context) in &reroute {
+                let targets = table.route(context);
+                if targets.is_empty() {
+                    report.still_unrouted += 1;
+                    continue;
+                }
+                routed_items.push(*id);
+                for t in targets {
+                    d_msg.push(*message_id);
+                    d_port.push(t.port_id);
+                    d_vp.push(t.via_port);
+                    d_vg.push(pg_bigint_array(&t.via_groups));
+                    d_ordered.push(table.is_ordered(t.port_id));
+                }
+            }
+            if !routed_items.is_empty() {
+                // ordered ports: the re-routed message takes the next sequence, in port order
+                let mut ports: Vec<i64> = d_port
+                    .iter()
+                    .zip(&d_ordered)
+                    .filter(|(_, o)| **o)
+                    .map(|(p, _)| *p)
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                let mut seqs: Vec<Option<i64>> = vec![None; d_port.len()];
+                for port in ports {
+                    let n = d_port.iter().filter(|p| **p == port).count() as i64;
+                    let first: i64 = sqlx::query_scalar(
+                        "UPDATE ordered_sequences SET next_seq = next_seq + $2
+                          WHERE port_id = $1 AND order_key = '' RETURNING next_seq - $2",
+                    )
+                    .bind(port)
+                    .bind(n)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let mut next = first;
+                    for (i, p) in d_port.iter().enumerate() {
+                        if *p == port {
+                            seqs[i] = Some(next);
+                            next += 1;
+                        }
+                    }
+                }
+                let created = sqlx::query(
+                    "INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size)
+                     SELECT m, p, vp, vg::bigint[], s, CASE WHEN s IS NULL THEN NULL ELSE '' END,
+                            (SELECT body_size FROM messages x WHERE x.id = m)
+                       FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[]) AS t(m, p, vp, vg, s)",
+                )
+                .bind(&d_msg)
+                .bind(&d_port)
+                .bind(&d_vp)
+                .bind(&d_vg)
+                .bind(&seqs)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
+                     INSERT INTO tracking_events (message_id, event, detail)
+                     SELECT message_id, 'resumed', 'routed again by operator' FROM s",
+                )
+                .bind(&routed_items)
+                .execute(&mut *tx)
+                .await?;
+                report.resumed += routed_items.len() as u64;
+                report.deliveries += created;
+            }
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Terminates the selected items: removes them, and their message when nothing else
+    /// references it. Idempotent; returns how many were removed.
+    pub async fn suspended_terminate(&self, sel: &Selector) -> Result<u64> {
+        self.check_selector_port(sel).await?;
+        let sql = format!(
+            "WITH sel AS (SELECT s.id {SELECT_WHERE} ORDER BY s.id LIMIT $6 FOR UPDATE OF s),
+             gone AS (DELETE FROM suspended_items x USING sel WHERE x.id = sel.id RETURNING x.id, x.message_id),
+             msgs AS (
+                DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM gone)
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
+                   AND NOT EXISTS (SELECT 1 FROM suspended_items o
+                                    WHERE o.message_id = m.id AND o.id NOT IN (SELECT id FROM gone))
+                RETURNING m.id),
+             ev AS (INSERT INTO tracking_events (message_id, event, detail)
+                    SELECT message_id, 'terminated', 'by operator' FROM gone)
+             SELECT count(*) FROM gone"
+        );
+        let mut tx = self.pool.begin().await?;
+        let (n,): (i64,) = bind_selector(sqlx::query_as(&sql), sel)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if n == 0 {
+            if let Some(id) = sel.id {
+                return Err(not_found(id));
+            }
+        }
+        Ok(n as u64)
+    }
+
+    /// Keeps a message that a receive pipeline rejected (non-resumable).
+    pub async fn suspend_receive_failure(
+        &self,
+        publisher: &crate::publish::Publisher,
+        message: crate::publish::NewMessage,
+        reason: &str,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
+             VALUES ($1, $2, $3, $4, false, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(&message.content_type)
+        .bind(message.body.as_ref())
+        .bind(message.body.len() as i64)
+        .bind(serde_json::to_value(&message.context).map_err(|e| Error::Invalid(e.to_string()))?)
+        .bind(publisher.host_id)
+        .bind(publisher.receive_location_id)
+        .execute(&mut *tx)
+        .await?;
+        let sid: i64 = sqlx::query_scalar(
+            "WITH s AS (INSERT INTO suspended_items (message_id, kind, reason, receive_location_id)
+                        VALUES ($1, 'receive-failure', $2, $3) RETURNING id, message_id, reason),
+             ev AS (INSERT INTO tracking_events (message_id, event, detail) SELECT message_id, 'suspended', reason FROM s)
+             SELECT id FROM s",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(publisher.receive_location_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(sid)
+    }
+
+    async fn check_selector_port(&self, sel: &Selector) -> Result<()> {
+        if let Some(port) = &sel.port {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM send_ports WHERE name = $1)")
+                    .bind(port)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if !exists {
+                return Err(Error::not_found(
+                    "send port",
+                    port.clone(),
+                    "`mbx send-port list` shows the ports",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_found(id: i64) -> Error {
+    Error::not_found(
+        "suspended item",
+        id.to_string(),
+        "it may have been resumed or terminated already; `mbx suspended list` shows the items",
+    )
+}
+
+/// Moves deliveries (claimed or not) to suspended items of the given kinds, with their
+/// last error appended, in one statement; writes a `suspended` tracking event.
+pub(crate) async fn suspend_deliveries(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+    kinds: &[&str],
+    errors: &[String],
+    instance: Option<Uuid>,
+) -> Result<u64> {
+    sqlx::query(
+        "WITH c AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) AS c(id, kind, error)),
+         d AS (DELETE FROM deliveries d USING c WHERE d.id = c.id
+               RETURNING d.*, c.kind AS new_kind, c.error AS new_error),
+         s AS (
+            INSERT INTO suspended_items (message_id, kind, port_id, via_port, via_groups, order_key, seq, reason, errors)
+            SELECT d.message_id, d.new_kind, d.port_id, d.via_port, d.via_groups, d.order_key, d.seq, d.new_error,
+                   d.errors || jsonb_build_array(jsonb_build_object(
+                       'at', now(), 'transport', d.transport, 'attempt', d.retries + 1,
+                       'instance', $4::uuid, 'error', d.new_error))
+              FROM d
+            RETURNING message_id, port_id, kind, reason, jsonb_array_length(errors) AS n)
+         INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
+         SELECT s.message_id, 'published', s.port_id, NULL, 'routed to ' || p.name
+           FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
+          WHERE s.n = 1 AND coalesce(p.tracking, h.tracking) = 'failures'
+         UNION ALL
+         SELECT s.message_id, 'suspended', s.port_id, $4, s.kind || ': ' || s.reason
+           FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
+          WHERE coalesce(p.tracking, h.tracking) <> 'off'",
+    )
+    .bind(ids)
+    .bind(kinds)
+    .bind(errors)
+    .bind(instance)
+    .execute(&mut **tx)
+    .await?;
+    Ok(ids.len() as u64)
+}
+
+/// `unenlist --force`: suspends every waiting delivery of a port as `failed`.
+pub(crate) async fn suspend_waiting_of_port(
+    tx: &mut Transaction<'_, Postgres>,
+    port_id: i64,
+    reason: &str,
+) -> Result<i64> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE port_id = $1 AND state = 'ready' ORDER BY id FOR UPDATE",
+    )
+    .bind(port_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let kinds = vec!["failed"; ids.len()];
+    let errors = vec![reason.to_owned(); ids.len()];
+    suspend_deliveries(tx, &ids, &kinds, &errors, None).await?;
+    Ok(ids.len() as i64)
+}
