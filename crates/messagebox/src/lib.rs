@@ -232,3 +232,13 @@ pub(crate) async fn begin_routing_change(tx: &mut Transaction<'_, Postgres>) -> 
         .await?;
     Ok(())
 }
+
+/// Creates the database named by `url` if it does not exist; returns whether it did.
+pub async fn create_database_if_missing(url: &str) -> Result<bool> {
+    use sqlx::migrate::MigrateDatabase;
+    if sqlx::Postgres::database_exists(url).await? {
+        return Ok(false);
+    }
+    sqlx::Postgres::create_database(url).await?;
+    Ok(true)
+}

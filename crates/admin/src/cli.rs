@@ -1,0 +1,345 @@
+//! The command line of `mbx` (SPEC §7.1): clap definitions only.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mbx",
+    version,
+    about = "Administer an mbx group: hosts, ports, groups, messages, suspended items.",
+    after_help = "Example:\n  export MBX_DATABASE_URL=postgres://postgres@127.0.0.1:5432/mbx\n  mbx init\n  mbx send-port create eu --address 'file:///tmp/eu/%MessageID%.xml' --filter 'Order.Region == \"EU\"'\n  mbx stats"
+)]
+pub struct Cli {
+    /// PostgreSQL URL of the MessageBox (the group's database).
+    #[arg(long, env = "MBX_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Output format of read commands.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or migrate the MessageBox (idempotent) and the host `default`.
+    #[command(after_help = "Example:\n  mbx init --group orders")]
+    Init {
+        /// Name of the group this MessageBox is (recorded on first init).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Hosts, instances (alive/dead), ports, spool and suspended items at a glance.
+    #[command(after_help = "Example:\n  mbx status --output json")]
+    Status,
+    /// Hosts: logical containers that receive locations and send ports are bound to.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Running host instances (mbx-host processes).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Declared property types (undeclared properties are strings).
+    #[command(subcommand)]
+    Property(PropertyCommand),
+    /// Send ports: subscribers that deliver messages through an adapter.
+    #[command(subcommand, name = "send-port")]
+    SendPort(SendPortCommand),
+    /// Send port groups: a filter shared by several send ports.
+    #[command(subcommand, name = "send-port-group")]
+    SendPortGroup(GroupCommand),
+    /// Publish messages.
+    #[command(subcommand)]
+    Message(MessageCommand),
+    /// Suspended items: messages held for an operator.
+    #[command(subcommand)]
+    Suspended(SuspendedCommand),
+    /// Spool size and per-port backlog, retrying, in-flight and suspended counts.
+    #[command(after_help = "Example:\n  mbx stats --output json")]
+    Stats,
+    /// Every tracked event of a message, in order.
+    #[command(after_help = "Example:\n  mbx track 0192f7a4-0c1e-7b5e-9a2f-3d4c5b6a7980")]
+    Track {
+        /// The message id (mbx.MessageId).
+        message_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// Create a host.
+    #[command(after_help = "Example:\n  mbx host create edi --throttle-publish 20000")]
+    Create {
+        name: String,
+        /// Undelivered deliveries of messages this host published before its receive
+        /// locations slow down.
+        #[arg(long)]
+        throttle_publish: Option<i64>,
+        /// In-flight messages per instance before it claims no more.
+        #[arg(long)]
+        throttle_inflight: Option<i64>,
+        /// Tracking level of the host's ports: off, failures, all.
+        #[arg(long)]
+        tracking: Option<String>,
+    },
+    /// List hosts.
+    #[command(after_help = "Example:\n  mbx host list --output json")]
+    List,
+    /// Delete a host (refused while ports, locations or live instances use it).
+    #[command(after_help = "Example:\n  mbx host delete edi")]
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// List host instances with their heartbeat age.
+    #[command(after_help = "Example:\n  mbx instance list")]
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PropertyCommand {
+    /// Declare a property's type.
+    #[command(after_help = "Example:\n  mbx property create Order.Amount --type integer")]
+    Create {
+        name: String,
+        /// string, integer, decimal, boolean or timestamp.
+        #[arg(long = "type", default_value = "string")]
+        ty: String,
+    },
+    /// List declared properties.
+    #[command(after_help = "Example:\n  mbx property list")]
+    List,
+    /// Delete a declaration (refused while a filter uses the property).
+    #[command(after_help = "Example:\n  mbx property delete Order.Amount")]
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct SendPortCreate {
+    pub name: String,
+    /// Host the port runs on.
+    #[arg(long, default_value = "default")]
+    pub host: String,
+    /// Primary transport address, e.g. file:///data/out/%MessageID%.xml.
+    #[arg(long, required_unless_present = "dynamic", conflicts_with = "dynamic")]
+    pub address: Option<String>,
+    /// The address comes from each message's mbx.OutboundTransportLocation.
+    #[arg(long)]
+    pub dynamic: bool,
+    /// Address prefixes a dynamic port may send to (repeatable).
+    #[arg(long = "allow-address", requires = "dynamic")]
+    pub allow_address: Vec<String>,
+    /// Subscription filter, e.g. 'Order.Region == "EU"'. Without one the port receives nothing.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Deliver one at a time in publication order.
+    #[arg(long)]
+    pub ordered: bool,
+    /// Ordered ports: hold the port (state suspended) when the head message fails.
+    #[arg(long)]
+    pub stop_on_failure: bool,
+    /// Ordered ports: completions committed per batch.
+    #[arg(long, default_value_t = 32)]
+    pub ordered_commit_batch: i32,
+    /// Retries on the primary transport.
+    #[arg(long, default_value_t = 3)]
+    pub retry_count: i32,
+    /// Time between retries (s, m, h).
+    #[arg(long, default_value = "5m")]
+    pub retry_interval: String,
+    /// fixed or exponential (doubling up to --retry-max-interval).
+    #[arg(long, default_value = "fixed")]
+    pub retry_backoff: String,
+    /// Longest interval with exponential backoff.
+    #[arg(long, default_value = "1h")]
+    pub retry_max_interval: String,
+    /// Backup transport address, used when the primary's retries are exhausted.
+    #[arg(long)]
+    pub backup_address: Option<String>,
+    /// Retries on the backup transport.
+    #[arg(long, default_value_t = 3)]
+    pub backup_retry_count: i32,
+    /// Time between backup retries.
+    #[arg(long, default_value = "5m")]
+    pub backup_retry_interval: String,
+    /// Also publish an error report for failed messages.
+    #[arg(long)]
+    pub route_failed: bool,
+    /// Tracking level: off, failures, all (default: the host's).
+    #[arg(long)]
+    pub tracking: Option<String>,
+    /// Publish the endpoint's response.
+    #[arg(long)]
+    pub solicit_response: bool,
+    /// Adapter setting KEY=VALUE (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Start delivering at once.
+    #[arg(long, conflicts_with = "unenlisted")]
+    pub start: bool,
+    /// Create without a subscription (receives nothing until enlisted).
+    #[arg(long)]
+    pub unenlisted: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SendPortCommand {
+    /// Create a send port (stopped: it collects its messages, sends after `start`).
+    #[command(
+        after_help = "Example:\n  mbx send-port create eu --address 'file:///tmp/eu/%MessageID%.xml' --filter 'Order.Region == \"EU\"'"
+    )]
+    Create(Box<SendPortCreate>),
+    /// Show a port's settings and counters.
+    #[command(after_help = "Example:\n  mbx send-port show eu --output json")]
+    Show { name: String },
+    /// List send ports.
+    #[command(after_help = "Example:\n  mbx send-port list")]
+    List,
+    /// Subscribe an unenlisted port (stopped: collects, does not send).
+    #[command(after_help = "Example:\n  mbx send-port enlist eu")]
+    Enlist { name: String },
+    /// Start delivering (enlists if needed).
+    #[command(after_help = "Example:\n  mbx send-port start eu")]
+    Start { name: String },
+    /// Stop delivering; messages keep arriving and wait.
+    #[command(after_help = "Example:\n  mbx send-port stop eu")]
+    Stop { name: String },
+    /// Remove the subscription (refused while deliveries wait, unless --force).
+    #[command(after_help = "Example:\n  mbx send-port unenlist eu --force")]
+    Unenlist {
+        name: String,
+        /// Suspend the waiting deliveries (kind failed) first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a port (refused while it has deliveries or suspended items).
+    #[command(after_help = "Example:\n  mbx send-port delete eu")]
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create a send port group (stopped unless --start).
+    #[command(
+        after_help = "Example:\n  mbx send-port-group create all-eu --filter 'Order.Region == \"EU\"'"
+    )]
+    Create {
+        name: String,
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, conflicts_with = "unenlisted")]
+        start: bool,
+        #[arg(long)]
+        unenlisted: bool,
+    },
+    /// Add ports to a group.
+    #[command(after_help = "Example:\n  mbx send-port-group add all-eu eu archive")]
+    Add {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
+    /// Remove ports from a group.
+    #[command(after_help = "Example:\n  mbx send-port-group remove all-eu archive")]
+    Remove {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
+    /// Start a group: deliveries reached through it can be sent.
+    #[command(after_help = "Example:\n  mbx send-port-group start all-eu")]
+    Start { name: String },
+    /// Stop a group.
+    #[command(after_help = "Example:\n  mbx send-port-group stop all-eu")]
+    Stop { name: String },
+    /// List groups and their members.
+    #[command(after_help = "Example:\n  mbx send-port-group list")]
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MessageCommand {
+    /// Publish one message from a file or stdin.
+    #[command(
+        after_help = "Example:\n  mbx message publish --promote Order.Region=EU --file order.xml"
+    )]
+    Publish {
+        /// Promote a property (routable): NAME=VALUE, typed by its declaration.
+        #[arg(long = "promote")]
+        promote: Vec<String>,
+        /// Write a property (carried along, not routable): NAME=VALUE.
+        #[arg(long = "property")]
+        property: Vec<String>,
+        /// Body file (default: stdin).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Content type (default: from the file extension, else application/octet-stream).
+        #[arg(long)]
+        content_type: Option<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SuspendedFilter {
+    /// Only items of this send port.
+    #[arg(long)]
+    pub port: Option<String>,
+    /// routing-failure, receive-failure, failed or failed-final.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Reason or an attempt's error contains TEXT (case-insensitive).
+    #[arg(long)]
+    pub error_like: Option<String>,
+    /// Suspended at least this long ago (s, m, h, d).
+    #[arg(long)]
+    pub older_than: Option<String>,
+    /// At most N items.
+    #[arg(long)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SuspendedCommand {
+    /// List suspended items.
+    #[command(
+        after_help = "Example:\n  mbx suspended list --kind routing-failure --older-than 1h"
+    )]
+    List {
+        #[command(flatten)]
+        filter: SuspendedFilter,
+    },
+    /// Show an item: context, body size and every attempt's error.
+    #[command(after_help = "Example:\n  mbx suspended show 42")]
+    Show { id: String },
+    /// Write an item's body to a file (or stdout).
+    #[command(after_help = "Example:\n  mbx suspended save 42 --to order-42.xml")]
+    Save {
+        id: String,
+        #[arg(long)]
+        to: Option<std::path::PathBuf>,
+    },
+    /// Resume resumable items (by id or filter): failed → fresh delivery, routing failure → routed again.
+    #[command(
+        after_help = "Example:\n  mbx suspended resume 42\n  mbx suspended resume --port eu --kind failed"
+    )]
+    Resume {
+        id: Option<String>,
+        #[command(flatten)]
+        filter: SuspendedFilter,
+    },
+    /// Remove items (by id or filter) and their messages when nothing else needs them.
+    #[command(
+        after_help = "Example:\n  mbx suspended terminate --kind routing-failure --older-than 7d"
+    )]
+    Terminate {
+        id: Option<String>,
+        #[command(flatten)]
+        filter: SuspendedFilter,
+    },
+}

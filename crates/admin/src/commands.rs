@@ -1,0 +1,882 @@
+//! What each command does: parse and check arguments, call the MessageBox, print.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use anyhow::{Context as _, Result};
+use mbx_messagebox::config::{Backoff, InitialState, SendPortSpec};
+use mbx_messagebox::context::system;
+use mbx_messagebox::publish::{NewMessage, Published, Publisher};
+use mbx_messagebox::suspended::{Kind, Selector};
+use mbx_messagebox::{Context, MessageBox, PropertyType, TrackingLevel, Value};
+use serde_json::json;
+
+use crate::cli::*;
+use crate::output::{self, opt, table};
+use crate::Usage;
+
+/// Connections the CLI opens at most.
+const CLI_MAX_CONNECTIONS: u32 = 2;
+
+/// Largest body `mbx message publish` reads (SPEC §3 item 4 default).
+const PUBLISH_MAX_BYTES: u64 = 100 * 1000 * 1000;
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let url = cli.database_url.clone().ok_or_else(|| {
+        Usage("--database-url: not set; pass --database-url postgres://USER@HOST:5432/DB or set MBX_DATABASE_URL".into())
+    })?;
+    let json_out = cli.output == Output::Json;
+    if let Command::Init { group } = &cli.command {
+        return init(&url, group.as_deref(), json_out).await;
+    }
+    let mbx = connect(&url).await?;
+    mbx.check_schema()
+        .await
+        .with_context(|| format!("MessageBox at {}", redact(&url)))?;
+    match cli.command {
+        Command::Init { .. } => unreachable!("handled above"),
+        Command::Status => status(&mbx, json_out).await,
+        Command::Host(c) => host(&mbx, c, json_out).await,
+        Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
+        Command::Property(c) => property(&mbx, c, json_out).await,
+        Command::SendPort(c) => send_port(&mbx, c, json_out).await,
+        Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
+        Command::Message(MessageCommand::Publish {
+            promote,
+            property,
+            file,
+            content_type,
+        }) => publish(&mbx, &promote, &property, file, content_type, json_out).await,
+        Command::Suspended(c) => suspended(&mbx, c, json_out).await,
+        Command::Stats => stats(&mbx, json_out).await,
+        Command::Track { message_id } => track(&mbx, &message_id, json_out).await,
+    }
+}
+
+/// The URL with its password hidden, for messages.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    format!("{scheme}://{userinfo}@{host}")
+                }
+            }
+            None => url.to_owned(),
+        },
+        None => "(unparsable url)".to_owned(),
+    }
+}
+
+async fn connect(url: &str) -> Result<MessageBox> {
+    MessageBox::connect(url, CLI_MAX_CONNECTIONS).await.with_context(|| {
+        format!(
+            "cannot connect to the MessageBox at {}; check that PostgreSQL runs and the URL is right",
+            redact(url)
+        )
+    })
+}
+
+async fn init(url: &str, group: Option<&str>, json_out: bool) -> Result<()> {
+    if let Some(g) = group {
+        mbx_messagebox::config::validate_name("group", g)
+            .map_err(|e| Usage(format!("--group: {e}")))?;
+    }
+    let created_db = mbx_messagebox::create_database_if_missing(url)
+        .await
+        .with_context(|| format!("cannot create the database of {}", redact(url)))?;
+    let mbx = connect(url).await?;
+    let report = mbx
+        .init(group)
+        .await
+        .with_context(|| format!("init of {}", redact(url)))?;
+    if json_out {
+        return output::json(&json!({"database_created": created_db, "report": report}));
+    }
+    if created_db {
+        println!("created database {}", redact(url));
+    }
+    if report.migrations_applied > 0 {
+        println!("applied {} migration(s)", report.migrations_applied);
+    } else {
+        println!("schema is current");
+    }
+    if report.group_created {
+        println!("created group '{}'", report.group);
+    }
+    if report.default_host_created {
+        println!("created host 'default'");
+    }
+    println!("MessageBox of group '{}' is ready", report.group);
+    Ok(())
+}
+
+fn tracking_arg(arg: &str, v: &Option<String>) -> Result<Option<TrackingLevel>> {
+    v.as_deref()
+        .map(|s| {
+            s.parse::<TrackingLevel>()
+                .map_err(|e| Usage(format!("{arg}: {e}")).into())
+        })
+        .transpose()
+}
+
+async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
+    match c {
+        HostCommand::Create {
+            name,
+            throttle_publish,
+            throttle_inflight,
+            tracking,
+        } => {
+            let spec = mbx_messagebox::config::HostSpec {
+                name: name.clone(),
+                throttle_publish,
+                throttle_inflight,
+                tracking: tracking_arg("--tracking", &tracking)?,
+            };
+            mbx.host_create(&spec).await?;
+            println!("created host '{name}'");
+        }
+        HostCommand::List => {
+            let hosts = mbx.host_list().await?;
+            if json_out {
+                return output::json(&hosts);
+            }
+            let rows: Vec<Vec<String>> = hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.instances_alive.to_string(),
+                        h.send_ports.to_string(),
+                        h.receive_locations.to_string(),
+                        h.throttle_publish.to_string(),
+                        h.throttle_inflight.to_string(),
+                        h.tracking.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "HOST",
+                    "ALIVE",
+                    "SEND PORTS",
+                    "LOCATIONS",
+                    "THROTTLE PUBLISH",
+                    "THROTTLE INFLIGHT",
+                    "TRACKING",
+                ],
+                &rows,
+            );
+        }
+        HostCommand::Delete { name } => {
+            mbx.host_delete(&name).await?;
+            println!("deleted host '{name}'");
+        }
+    }
+    Ok(())
+}
+
+async fn instances(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let list = mbx.instance_list().await?;
+    if json_out {
+        return output::json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.host.clone(),
+                i.state.clone(),
+                format!("{:.1}s", i.heartbeat_age_s),
+                i.machine.clone(),
+                i.pid.to_string(),
+                i.version.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "INSTANCE",
+            "HOST",
+            "STATE",
+            "HEARTBEAT AGE",
+            "MACHINE",
+            "PID",
+            "VERSION",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn property(mbx: &MessageBox, c: PropertyCommand, json_out: bool) -> Result<()> {
+    match c {
+        PropertyCommand::Create { name, ty } => {
+            let ty: PropertyType = ty.parse().map_err(|e| Usage(format!("--type: {e}")))?;
+            mbx.property_create(&name, ty).await?;
+            println!("declared property {name} as {ty}");
+        }
+        PropertyCommand::List => {
+            let list = mbx.property_list().await?;
+            if json_out {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(n, t)| json!({"name": n, "type": t}))
+                    .collect();
+                return output::json(&v);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|(n, t)| vec![n.clone(), t.to_string()])
+                .collect();
+            table(&["PROPERTY", "TYPE"], &rows);
+        }
+        PropertyCommand::Delete { name } => {
+            mbx.property_delete(&name).await?;
+            println!("deleted property {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Parses a duration argument: `30s`, `5m`, `1h`, `2d` (humantime syntax).
+pub fn duration_s(arg: &str, text: &str) -> Result<i64> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| Usage(format!("{arg}: '{text}' is not a duration ({e}); use a number with s, m, h or d (example: {arg} 5m)")))?;
+    i64::try_from(d.as_secs())
+        .map_err(|_| Usage(format!("{arg}: '{text}' is too long (example: {arg} 5m)")).into())
+}
+
+fn key_value<'a>(arg: &str, text: &'a str, example: &str) -> Result<(&'a str, &'a str)> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim(), v)),
+        _ => Err(Usage(format!(
+            "{arg}: '{text}' is not NAME=VALUE (example: {arg} {example})"
+        ))
+        .into()),
+    }
+}
+
+async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Result<()> {
+    match c {
+        SendPortCommand::Create(a) => {
+            let mut settings = BTreeMap::new();
+            for s in &a.set {
+                let (k, v) = key_value("--set", s, "append=true")?;
+                settings.insert(k.to_owned(), v.to_owned());
+            }
+            let backoff = match a.retry_backoff.as_str() {
+                "fixed" => Backoff::Fixed,
+                "exponential" => Backoff::Exponential,
+                other => {
+                    return Err(Usage(format!(
+                        "--retry-backoff: unknown '{other}'; use fixed or exponential (example: --retry-backoff exponential)"
+                    ))
+                    .into())
+                }
+            };
+            let spec = SendPortSpec {
+                name: a.name.clone(),
+                host: a.host.clone(),
+                address: a.address.clone(),
+                allow_address: a.allow_address.clone(),
+                filter: a.filter.clone(),
+                ordered: a.ordered,
+                stop_on_failure: a.stop_on_failure,
+                ordered_commit_batch: a.ordered_commit_batch,
+                retry_count: a.retry_count,
+                retry_interval_s: duration_s("--retry-interval", &a.retry_interval)?,
+                retry_backoff: backoff,
+                retry_max_interval_s: duration_s("--retry-max-interval", &a.retry_max_interval)?,
+                backup_address: a.backup_address.clone(),
+                backup_retry_count: a.backup_retry_count,
+                backup_retry_interval_s: duration_s(
+                    "--backup-retry-interval",
+                    &a.backup_retry_interval,
+                )?,
+                route_failed: a.route_failed,
+                tracking: tracking_arg("--tracking", &a.tracking)?,
+                solicit_response: a.solicit_response,
+                settings,
+                initial_state: if a.start {
+                    InitialState::Started
+                } else if a.unenlisted {
+                    InitialState::Unenlisted
+                } else {
+                    InitialState::Stopped
+                },
+            };
+            let port = mbx
+                .send_port_create(&spec)
+                .await
+                .map_err(|e| filter_arg(e, "--filter"))?;
+            if json_out {
+                return output::json(&port);
+            }
+            println!("created send port '{}' ({})", port.name, port.state);
+            match &port.filter {
+                Some(f) => println!("filter: {f}"),
+                None => println!("no filter: the port receives nothing until one is set"),
+            }
+        }
+        SendPortCommand::Show { name } => {
+            let port = mbx.send_port_show(&name).await?;
+            let stats = mbx.stats().await?;
+            let counters = stats.ports.iter().find(|p| p.name == name);
+            if json_out {
+                return output::json(&json!({"port": port, "counters": counters}));
+            }
+            let mut rows = vec![
+                ("name", port.name.clone()),
+                ("state", port.state.clone()),
+                ("host", port.host.clone()),
+                ("address", opt(&port.address)),
+                ("filter", opt(&port.filter)),
+                ("groups", port.groups.join(", ")),
+                ("ordered", port.ordered.to_string()),
+                (
+                    "retry",
+                    format!(
+                        "{} × {}s ({})",
+                        port.retry_count, port.retry_interval_s, port.retry_backoff
+                    ),
+                ),
+                ("backup address", opt(&port.backup_address)),
+                ("tracking", port.tracking.clone()),
+            ];
+            if port.dynamic {
+                rows.push(("allowed addresses", port.allow_address.join(", ")));
+            }
+            if let Some(c) = counters {
+                rows.push(("backlog", c.backlog.to_string()));
+                rows.push(("retrying", c.retrying.to_string()));
+                rows.push(("in flight", c.in_flight.to_string()));
+                rows.push(("suspended", c.suspended.to_string()));
+            }
+            for (k, v) in rows {
+                println!("{k:<18} {v}");
+            }
+        }
+        SendPortCommand::List => {
+            let ports = mbx.send_port_list().await?;
+            if json_out {
+                return output::json(&ports);
+            }
+            let rows: Vec<Vec<String>> = ports
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.state.clone(),
+                        p.host.clone(),
+                        p.address.clone().unwrap_or_else(|| "(dynamic)".into()),
+                        opt(&p.filter),
+                    ]
+                })
+                .collect();
+            table(&["SEND PORT", "STATE", "HOST", "ADDRESS", "FILTER"], &rows);
+        }
+        SendPortCommand::Enlist { name } => {
+            print_change(mbx.send_port_enlist(&name).await?, json_out)?
+        }
+        SendPortCommand::Start { name } => {
+            print_change(mbx.send_port_start(&name).await?, json_out)?
+        }
+        SendPortCommand::Stop { name } => print_change(mbx.send_port_stop(&name).await?, json_out)?,
+        SendPortCommand::Unenlist { name, force } => {
+            print_change(mbx.send_port_unenlist(&name, force).await?, json_out)?
+        }
+        SendPortCommand::Delete { name } => {
+            mbx.send_port_delete(&name).await?;
+            println!("deleted send port '{name}'");
+        }
+    }
+    Ok(())
+}
+
+/// Names the argument a filter error came from.
+fn filter_arg(e: mbx_messagebox::Error, arg: &str) -> anyhow::Error {
+    match e {
+        mbx_messagebox::Error::Filter(f) => {
+            anyhow::Error::new(mbx_messagebox::Error::Filter(f)).context(arg.to_owned())
+        }
+        other => other.into(),
+    }
+}
+
+fn print_change(c: mbx_messagebox::config::Change, json_out: bool) -> Result<()> {
+    if json_out {
+        return output::json(&c);
+    }
+    if c.changed() {
+        println!("'{}': {} → {}", c.object, c.from, c.to);
+    } else {
+        println!("'{}' is already {}; nothing changed", c.object, c.to);
+    }
+    if c.suspended > 0 {
+        println!("suspended {} waiting deliveries (kind failed)", c.suspended);
+    }
+    Ok(())
+}
+
+async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> {
+    match c {
+        GroupCommand::Create {
+            name,
+            filter,
+            start,
+            unenlisted,
+        } => {
+            let state = if start {
+                InitialState::Started
+            } else if unenlisted {
+                InitialState::Unenlisted
+            } else {
+                InitialState::Stopped
+            };
+            let g = mbx
+                .group_create(&name, filter.as_deref(), state)
+                .await
+                .map_err(|e| filter_arg(e, "--filter"))?;
+            if json_out {
+                return output::json(&g);
+            }
+            println!("created send port group '{}' ({})", g.name, g.state);
+        }
+        GroupCommand::Add { name, ports } => {
+            let n = mbx.group_add(&name, &ports).await?;
+            println!("added {n} port(s) to '{name}'");
+        }
+        GroupCommand::Remove { name, ports } => {
+            let n = mbx.group_remove(&name, &ports).await?;
+            println!("removed {n} port(s) from '{name}'");
+        }
+        GroupCommand::Start { name } => print_change(mbx.group_start(&name).await?, json_out)?,
+        GroupCommand::Stop { name } => print_change(mbx.group_stop(&name).await?, json_out)?,
+        GroupCommand::List => {
+            let groups = mbx.group_list().await?;
+            if json_out {
+                return output::json(&groups);
+            }
+            let rows: Vec<Vec<String>> = groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.name.clone(),
+                        g.state.clone(),
+                        g.members.join(","),
+                        opt(&g.filter),
+                    ]
+                })
+                .collect();
+            table(&["GROUP", "STATE", "MEMBERS", "FILTER"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// Builds a context from `--promote` and `--property` arguments, typed by declaration.
+async fn build_context(
+    mbx: &MessageBox,
+    promote: &[String],
+    property: &[String],
+) -> Result<Context> {
+    let types = mbx.property_types().await?;
+    let mut context = Context::new();
+    for (arg, items, promoted) in [
+        ("--promote", promote, true),
+        ("--property", property, false),
+    ] {
+        for item in items {
+            let (name, text) = key_value(arg, item, "Order.Region=EU")?;
+            if name.starts_with("mbx.") && name != system::OUTBOUND_TRANSPORT_LOCATION {
+                return Err(Usage(format!(
+                    "{arg} {name}: the mbx namespace is set by the engine; only {} may be given (example: {arg} Order.Region=EU)",
+                    system::OUTBOUND_TRANSPORT_LOCATION
+                ))
+                .into());
+            }
+            let ty = types.get(name).copied().unwrap_or(PropertyType::String);
+            let value =
+                Value::parse_as(ty, text).map_err(|e| Usage(format!("{arg} {name}: {e}")))?;
+            let res = if promoted {
+                context.promote(name, value)
+            } else {
+                context.write(name, value)
+            };
+            res.map_err(|e| Usage(format!("{arg}: {e}")))?;
+        }
+    }
+    Ok(context)
+}
+
+fn content_type_for(path: Option<&std::path::Path>) -> &'static str {
+    match path.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+        Some("xml") => "application/xml",
+        Some("json") => "application/json",
+        Some("txt") | Some("csv") => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn publish(
+    mbx: &MessageBox,
+    promote: &[String],
+    property: &[String],
+    file: Option<std::path::PathBuf>,
+    content_type: Option<String>,
+    json_out: bool,
+) -> Result<()> {
+    let mut context = build_context(mbx, promote, property).await?;
+    let body = match &file {
+        Some(path) => {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| Usage(format!("--file: cannot read '{}': {e}", path.display())))?;
+            if meta.len() > PUBLISH_MAX_BYTES {
+                return Err(Usage(format!(
+                    "--file: '{}' has {} bytes, more than the {PUBLISH_MAX_BYTES}-byte message limit",
+                    path.display(),
+                    meta.len()
+                ))
+                .into());
+            }
+            std::fs::read(path)
+                .map_err(|e| Usage(format!("--file: cannot read '{}': {e}", path.display())))?
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(PUBLISH_MAX_BYTES + 1)
+                .read_to_end(&mut buf)
+                .context("reading the body from stdin")?;
+            if buf.len() as u64 > PUBLISH_MAX_BYTES {
+                return Err(Usage(format!(
+                    "stdin: the body is larger than the {PUBLISH_MAX_BYTES}-byte message limit"
+                ))
+                .into());
+            }
+            buf
+        }
+    };
+    let content_type = content_type.unwrap_or_else(|| content_type_for(file.as_deref()).to_owned());
+    context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
+    context.write(system::INBOUND_TRANSPORT_TYPE, Value::String("cli".into()))?;
+    if let Some(name) = file
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+    {
+        context.write(system::SOURCE_FILE_NAME, Value::String(name.to_owned()))?;
+    }
+    let outcome = mbx
+        .publish(
+            &Publisher::default(),
+            vec![NewMessage::new(body, &content_type, context)],
+        )
+        .await?;
+    let outcome = outcome
+        .into_iter()
+        .next()
+        .context("publish returned no outcome")?;
+    if json_out {
+        return output::json(&outcome);
+    }
+    match outcome {
+        Published::Routed { message_id, deliveries } => {
+            println!("published message {message_id}: routed to {deliveries} subscriber(s)")
+        }
+        Published::RoutingFailure {
+            message_id,
+            suspended_id,
+        } => println!(
+            "published message {message_id}: no subscriber matched; kept as suspended item {suspended_id} (routing-failure)"
+        ),
+        Published::Duplicate => println!("duplicate: already published within the dedup window"),
+    }
+    Ok(())
+}
+
+fn parse_id(text: &str) -> Result<i64> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| Usage(format!("ID: '{text}' is not a suspended item id; ids are numbers (example: mbx suspended show 42)")).into())
+}
+
+fn selector(id: Option<&str>, f: &SuspendedFilter) -> Result<Selector> {
+    Ok(Selector {
+        id: id.map(parse_id).transpose()?,
+        port: f.port.clone(),
+        kind: f
+            .kind
+            .as_deref()
+            .map(|k| k.parse::<Kind>().map_err(|e| Usage(format!("--kind: {e}"))))
+            .transpose()?,
+        error_like: f.error_like.clone(),
+        older_than_s: f
+            .older_than
+            .as_deref()
+            .map(|t| duration_s("--older-than", t))
+            .transpose()?,
+        limit: match f.limit {
+            Some(n) if n <= 0 => {
+                return Err(Usage("--limit: must be above 0 (example: --limit 100)".into()).into())
+            }
+            other => other,
+        },
+    })
+}
+
+fn require_scope(id: Option<&str>, f: &SuspendedFilter, verb: &str) -> Result<()> {
+    if id.is_none()
+        && f.port.is_none()
+        && f.kind.is_none()
+        && f.error_like.is_none()
+        && f.older_than.is_none()
+    {
+        return Err(Usage(format!(
+            "ID: give an item id or a filter (--port, --kind, --error-like, --older-than) (example: mbx suspended {verb} 42)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Result<()> {
+    match c {
+        SuspendedCommand::List { filter } => {
+            let items = mbx.suspended_list(&selector(None, &filter)?).await?;
+            if json_out {
+                return output::json(&items);
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.to_string(),
+                        i.kind.clone(),
+                        opt(&i.port),
+                        i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        i.message_id.to_string(),
+                        i.reason.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID",
+                    "KIND",
+                    "PORT",
+                    "SUSPENDED AT (UTC)",
+                    "MESSAGE",
+                    "REASON",
+                ],
+                &rows,
+            );
+        }
+        SuspendedCommand::Show { id } => {
+            let d = mbx.suspended_show(parse_id(&id)?).await?;
+            if json_out {
+                return output::json(&d);
+            }
+            println!("id             {}", d.item.id);
+            println!(
+                "kind           {} ({})",
+                d.item.kind,
+                if d.item.resumable {
+                    "resumable"
+                } else {
+                    "not resumable"
+                }
+            );
+            println!("port           {}", opt(&d.item.port));
+            println!("message        {}", d.item.message_id);
+            println!("published at   {}", d.published_at);
+            println!("suspended at   {}", d.item.suspended_at);
+            println!("reason         {}", d.item.reason);
+            println!("content type   {}", d.content_type);
+            println!("body size      {} bytes", d.body_size);
+            println!("context:");
+            for (name, p) in d.context.iter() {
+                let mark = if p.promoted { "promoted" } else { "written" };
+                println!(
+                    "  {name} = {} ({}, {mark})",
+                    p.value.to_plain_string(),
+                    p.value.property_type()
+                );
+            }
+            println!("attempts: {}", d.attempts.len());
+            for a in &d.attempts {
+                println!(
+                    "  #{} {} {} {}",
+                    a.attempt,
+                    a.at.format("%Y-%m-%d %H:%M:%S"),
+                    a.transport,
+                    a.error
+                );
+            }
+        }
+        SuspendedCommand::Save { id, to } => {
+            let body = mbx.suspended_body(parse_id(&id)?).await?;
+            match to {
+                Some(path) => {
+                    std::fs::write(&path, &body)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("wrote {} bytes to {}", body.len(), path.display());
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&body)?;
+                }
+            }
+        }
+        SuspendedCommand::Resume { id, filter } => {
+            require_scope(id.as_deref(), &filter, "resume")?;
+            let report = mbx
+                .suspended_resume(&selector(id.as_deref(), &filter)?)
+                .await?;
+            if json_out {
+                return output::json(&report);
+            }
+            println!(
+                "resumed {} item(s) as {} deliveries",
+                report.resumed, report.deliveries
+            );
+            if report.still_unrouted > 0 {
+                println!(
+                    "{} routing failure(s) still match no subscriber and stay suspended",
+                    report.still_unrouted
+                );
+            }
+            if report.not_resumable > 0 {
+                println!(
+                    "{} item(s) are not resumable (receive-failure or failed-final); terminate them instead",
+                    report.not_resumable
+                );
+            }
+        }
+        SuspendedCommand::Terminate { id, filter } => {
+            require_scope(id.as_deref(), &filter, "terminate")?;
+            let n = mbx
+                .suspended_terminate(&selector(id.as_deref(), &filter)?)
+                .await?;
+            if json_out {
+                return output::json(&json!({"terminated": n}));
+            }
+            println!("terminated {n} item(s)");
+        }
+    }
+    Ok(())
+}
+
+async fn stats(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let s = mbx.stats().await?;
+    if json_out {
+        return output::json(&s);
+    }
+    println!(
+        "spool: {} message(s); suspended: {} item(s)",
+        s.spool_messages, s.suspended_total
+    );
+    let rows: Vec<Vec<String>> = s
+        .ports
+        .iter()
+        .map(|p| {
+            let state = if p.state == "stopped" && p.backlog > 0 {
+                "stopped (waiting: port stopped)".to_owned()
+            } else {
+                p.state.clone()
+            };
+            vec![
+                p.name.clone(),
+                state,
+                p.backlog.to_string(),
+                p.retrying.to_string(),
+                p.in_flight.to_string(),
+                p.suspended.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SEND PORT",
+            "STATE",
+            "BACKLOG",
+            "RETRYING",
+            "IN FLIGHT",
+            "SUSPENDED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let hosts = mbx.host_list().await?;
+    let instances = mbx.instance_list().await?;
+    let stats = mbx.stats().await?;
+    if json_out {
+        return output::json(&json!({"hosts": hosts, "instances": instances, "stats": stats}));
+    }
+    println!("hosts:");
+    for h in &hosts {
+        let dead = instances
+            .iter()
+            .filter(|i| i.host == h.name && i.state == "dead")
+            .count();
+        println!("  {:<16} {} alive, {dead} dead", h.name, h.instances_alive);
+    }
+    println!("instances:");
+    if instances.is_empty() {
+        println!("  none running (start one with `mbx-host --host default`)");
+    }
+    for i in &instances {
+        println!(
+            "  {} {:<10} {:<7} heartbeat {:.1}s ago on {} (pid {})",
+            i.id, i.host, i.state, i.heartbeat_age_s, i.machine, i.pid
+        );
+    }
+    println!("send ports:");
+    for p in &stats.ports {
+        println!(
+            "  {:<16} {:<10} backlog {} retrying {} in flight {} suspended {}",
+            p.name, p.state, p.backlog, p.retrying, p.in_flight, p.suspended
+        );
+    }
+    println!(
+        "spool: {} message(s); suspended: {} item(s)",
+        stats.spool_messages, stats.suspended_total
+    );
+    Ok(())
+}
+
+async fn track(mbx: &MessageBox, message_id: &str, json_out: bool) -> Result<()> {
+    let id: uuid::Uuid = message_id
+        .parse()
+        .map_err(|_| Usage(format!("MESSAGE_ID: '{message_id}' is not a message id (example: 0192f7a4-0c1e-7b5e-9a2f-3d4c5b6a7980)")))?;
+    let events = mbx.tracking_events(id).await?;
+    if json_out {
+        return output::json(&events);
+    }
+    if events.is_empty() {
+        println!("no tracked events for {id} (tracking level off, or purged after retention)");
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                e.event.clone(),
+                opt(&e.port),
+                opt(&e.detail),
+            ]
+        })
+        .collect();
+    table(&["AT (UTC)", "EVENT", "PORT", "DETAIL"], &rows);
+    Ok(())
+}
