@@ -1,0 +1,592 @@
+//! The `mbx` CLI, run as the real binary against a fresh database per test: prepare state
+//! → run the binary → check exit code and output → check the MessageBox.
+
+use mbx_e2e::{bin, database_url, Mbx};
+use serde_json::Value as Json;
+use sqlx::PgPool;
+
+/// A fresh, empty database with `mbx init` run on it by the binary.
+fn init(pool: &PgPool) -> Mbx {
+    let mbx = Mbx::new(database_url(pool));
+    mbx.ok(&["init"]);
+    mbx
+}
+
+fn port_stats<'a>(stats: &'a Json, port: &str) -> &'a Json {
+    stats["ports"]
+        .as_array()
+        .expect("ports array")
+        .iter()
+        .find(|p| p["name"] == port)
+        .unwrap_or_else(|| panic!("no port {port} in {stats}"))
+}
+
+/// Counts of every configuration and message table: "nothing changed" means equal counts.
+async fn snapshot(pool: &PgPool) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in [
+        "hosts",
+        "properties",
+        "send_ports",
+        "send_port_groups",
+        "send_port_group_members",
+        "subscriptions",
+        "messages",
+        "deliveries",
+        "suspended_items",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        out.push(n);
+    }
+    let v: i64 = sqlx::query_scalar("SELECT version FROM routing_state")
+        .fetch_one(pool)
+        .await
+        .expect("version");
+    out.push(v);
+    out
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_new_user_routes_a_message_and_resumes_a_routing_failure(pool: PgPool) {
+    let mbx = Mbx::new(database_url(&pool));
+    let first = mbx.ok(&["init"]);
+    assert!(first.contains("created host 'default'"), "{first}");
+    let second = mbx.ok(&["init"]);
+    assert!(second.contains("schema is current"), "{second}");
+    assert!(
+        !second.contains("created host"),
+        "init twice creates nothing: {second}"
+    );
+
+    let out = mbx.ok(&[
+        "send-port",
+        "create",
+        "eu",
+        "--address",
+        "file:///tmp/eu/%MessageID%.xml",
+        "--filter",
+        "Order.Region == \"EU\"",
+    ]);
+    assert!(out.contains("(stopped)"), "{out}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let order = dir.path().join("order.xml");
+    std::fs::write(&order, "<order region='EU'/>").expect("write order");
+    let order = order.to_str().expect("utf-8 path");
+    mbx.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.Region=EU",
+        "--file",
+        order,
+    ]);
+    let stats = mbx.json(&["stats"]);
+    let eu = port_stats(&stats, "eu");
+    assert_eq!(eu["backlog"], 1, "{stats}");
+    assert_eq!(eu["state"], "stopped");
+    assert_eq!(eu["in_flight"], 0);
+    assert_eq!(stats["spool_messages"], 1);
+
+    let out = mbx.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.Region=US",
+        "--file",
+        order,
+    ]);
+    assert!(out.contains("no subscriber matched"), "{out}");
+    let items = mbx.json(&["suspended", "list"]);
+    let items = items.as_array().expect("array");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["kind"], "routing-failure");
+    let reason = items[0]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("Order.Region=US"),
+        "the reason names the promoted properties: {reason}"
+    );
+    let id = items[0]["id"].to_string();
+
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "us",
+        "--address",
+        "file:///tmp/us/%MessageID%.xml",
+        "--filter",
+        "Order.Region == 'US'",
+    ]);
+    let out = mbx.ok(&["suspended", "resume", &id]);
+    assert!(out.contains("resumed 1"), "{out}");
+    let stats = mbx.json(&["stats"]);
+    assert_eq!(port_stats(&stats, "us")["backlog"], 1, "{stats}");
+    assert_eq!(stats["suspended_total"], 0);
+    // idempotent: the item is gone, a second resume says so and changes nothing
+    let before = snapshot(&pool).await;
+    let err = mbx.fails(&["suspended", "resume", &id], 2);
+    assert!(err.contains("does not exist"), "{err}");
+    assert_eq!(snapshot(&pool).await, before);
+
+    let err = mbx.fails(
+        &[
+            "send-port",
+            "create",
+            "x",
+            "--address",
+            "file:///tmp/x/%MessageID%",
+            "--filter",
+            "Order.Region ==",
+        ],
+        2,
+    );
+    assert!(err.contains("column 16"), "names the column: {err}");
+    assert!(err.contains("--filter"), "names the argument: {err}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&["property", "create", "Order.Amount", "--type", "integer"]);
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "eu",
+        "--address",
+        "file:///tmp/eu/%MessageID%.xml",
+        "--filter",
+        "Order.Amount > 1",
+    ]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--retry-interval",
+                "5 parsecs",
+            ],
+            "--retry-interval",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--host",
+                "nohost",
+            ],
+            "host 'nohost' does not exist",
+        ),
+        (
+            &["send-port", "create", "a", "--address", "ftp://x/y"],
+            "unknown scheme 'ftp'",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--filter",
+                "Order.Amount > 'x'",
+            ],
+            "declared integer",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--set",
+                "novalue",
+            ],
+            "--set",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--tracking",
+                "verbose",
+            ],
+            "--tracking",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--retry-backoff",
+                "linear",
+            ],
+            "--retry-backoff",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--dynamic",
+                "--allow-address",
+                "file:///out/",
+                "--ordered",
+            ],
+            "cannot be ordered",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--ordered",
+                "--backup-address",
+                "file:///b/x",
+            ],
+            "backup",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "bad name",
+                "--address",
+                "file:///t/x",
+            ],
+            "send port name",
+        ),
+        (
+            &["send-port", "create", "eu", "--address", "file:///t/x"],
+            "already exists",
+        ),
+        (
+            &["send-port", "start", "nope"],
+            "send port 'nope' does not exist",
+        ),
+        (
+            &["send-port-group", "add", "nogroup", "eu"],
+            "send port group 'nogroup' does not exist",
+        ),
+        (&["property", "create", "Region"], "namespace"),
+        (
+            &["property", "create", "Order.X", "--type", "float"],
+            "--type",
+        ),
+        (
+            &["message", "publish", "--promote", "Order.Amount=abc"],
+            "not a valid integer",
+        ),
+        (
+            &["message", "publish", "--promote", "mbx.MessageId=x"],
+            "mbx namespace",
+        ),
+        (
+            &["message", "publish", "--promote", "NoEquals"],
+            "NAME=VALUE",
+        ),
+        (&["suspended", "list", "--kind", "broken"], "--kind"),
+        (
+            &["suspended", "list", "--older-than", "soon"],
+            "--older-than",
+        ),
+        (&["suspended", "show", "abc"], "ID"),
+        (&["suspended", "terminate"], "give an item id or a filter"),
+        (&["track", "not-a-uuid"], "MESSAGE_ID"),
+        (&["send-port", "frobnicate"], "unrecognized subcommand"),
+        (&["--output", "yaml", "stats"], "--output"),
+    ];
+    let before = snapshot(&pool).await;
+    for (args, expected) in cases {
+        let line = mbx.fails(args, 2);
+        assert!(
+            line.contains(expected),
+            "mbx {args:?}: expected '{expected}' in: {line}"
+        );
+        assert_eq!(snapshot(&pool).await, before, "mbx {args:?} changed state");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn refusals_name_their_counts_and_force_suspends(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "eu",
+        "--address",
+        "file:///tmp/eu/%MessageID%",
+        "--filter",
+        "exists(Order.Region)",
+    ]);
+    for _ in 0..2 {
+        mbx.ok(&[
+            "message",
+            "publish",
+            "--promote",
+            "Order.Region=EU",
+            "--file",
+            "/dev/null",
+        ]);
+    }
+    let before = snapshot(&pool).await;
+    let err = mbx.fails(&["send-port", "unenlist", "eu"], 1);
+    assert!(err.contains("2 waiting deliveries"), "{err}");
+    let err = mbx.fails(&["send-port", "delete", "eu"], 1);
+    assert!(err.contains("2 waiting"), "{err}");
+    assert_eq!(snapshot(&pool).await, before);
+
+    let out = mbx.ok(&["send-port", "unenlist", "eu", "--force"]);
+    assert!(out.contains("stopped → unenlisted"), "{out}");
+    assert!(out.contains("suspended 2"), "{out}");
+    let stats = mbx.json(&["stats"]);
+    assert_eq!(port_stats(&stats, "eu")["suspended"], 2, "{stats}");
+    assert_eq!(port_stats(&stats, "eu")["backlog"], 0);
+    // unenlisted: new messages no longer route to it
+    let out = mbx.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.Region=EU",
+        "--file",
+        "/dev/null",
+    ]);
+    assert!(out.contains("no subscriber matched"), "{out}");
+    let out = mbx.ok(&["suspended", "terminate", "--port", "eu"]);
+    assert!(out.contains("terminated 2"), "{out}");
+    let out = mbx.ok(&["suspended", "terminate", "--port", "eu"]);
+    assert!(out.contains("terminated 0"), "idempotent: {out}");
+    mbx.ok(&["send-port", "delete", "eu"]);
+    assert!(mbx
+        .json(&["send-port", "list"])
+        .as_array()
+        .expect("array")
+        .is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn groups_deliver_once_per_member_and_typed_promotion_routes(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&["property", "create", "Order.Amount", "--type", "integer"]);
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "big",
+        "--address",
+        "file:///tmp/big/%MessageID%",
+        "--filter",
+        "Order.Amount >= 100",
+    ]);
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "archive",
+        "--address",
+        "file:///tmp/archive/%MessageID%",
+    ]);
+    mbx.ok(&[
+        "send-port-group",
+        "create",
+        "all",
+        "--filter",
+        "exists(Order.Amount)",
+    ]);
+    let out = mbx.ok(&["send-port-group", "add", "all", "big", "archive"]);
+    assert!(out.contains("added 2"), "{out}");
+    let groups = mbx.json(&["send-port-group", "list"]);
+    assert_eq!(groups[0]["members"], serde_json::json!(["archive", "big"]));
+
+    // 150 matches big's own filter and the group: one delivery each for big and archive
+    mbx.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.Amount=150",
+        "--file",
+        "/dev/null",
+    ]);
+    // 50 (numeric, not string compare) only reaches the group
+    mbx.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.Amount=50",
+        "--file",
+        "/dev/null",
+    ]);
+    let stats = mbx.json(&["stats"]);
+    assert_eq!(port_stats(&stats, "big")["backlog"], 2, "{stats}");
+    assert_eq!(port_stats(&stats, "archive")["backlog"], 2, "{stats}");
+    let (via_port, via_group): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE via_port), count(*) FILTER (WHERE cardinality(via_groups) = 1)
+           FROM deliveries d JOIN send_ports p ON p.id = d.port_id WHERE p.name = 'big'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("paths");
+    assert_eq!(
+        (via_port, via_group),
+        (1, 2),
+        "the 150 delivery records both paths"
+    );
+
+    let out = mbx.ok(&["send-port-group", "start", "all"]);
+    assert!(out.contains("stopped → started"), "{out}");
+    let out = mbx.ok(&["send-port-group", "remove", "all", "archive"]);
+    assert!(out.contains("removed 1"), "{out}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn publish_reads_stdin_and_save_writes_the_body_back(pool: PgPool) {
+    let mbx = init(&pool);
+    let r = mbx.run_with_stdin(
+        &[
+            "message",
+            "publish",
+            "--promote",
+            "Order.Region=XX",
+            "--content-type",
+            "text/plain",
+        ],
+        b"hello body",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let items = mbx.json(&["suspended", "list", "--kind", "routing-failure"]);
+    let id = items[0]["id"].to_string();
+    let shown = mbx.json(&["suspended", "show", &id]);
+    assert_eq!(shown["body_size"], 10);
+    assert_eq!(shown["content_type"], "text/plain");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let to = dir.path().join("body.txt");
+    mbx.ok(&[
+        "suspended",
+        "save",
+        &id,
+        "--to",
+        to.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(std::fs::read(&to).expect("saved"), b"hello body");
+}
+
+#[sqlx::test(migrations = false)]
+async fn status_and_lists_answer_in_tables_and_json(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&["host", "create", "edi", "--throttle-publish", "100"]);
+    let hosts = mbx.json(&["host", "list"]);
+    let names: Vec<&str> = hosts
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["default", "edi"]);
+    let table = mbx.ok(&["host", "list"]);
+    assert!(table.starts_with("HOST"), "{table}");
+    let status = mbx.ok(&["status"]);
+    assert!(
+        status.contains("default") && status.contains("spool: 0"),
+        "{status}"
+    );
+    let status = mbx.json(&["status"]);
+    assert!(status["instances"]
+        .as_array()
+        .expect("instances")
+        .is_empty());
+    mbx.ok(&["host", "delete", "edi"]);
+    assert_eq!(mbx.json(&["instance", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["init"],
+        &["status"],
+        &["host", "create"],
+        &["host", "list"],
+        &["host", "delete"],
+        &["instance", "list"],
+        &["property", "create"],
+        &["property", "list"],
+        &["property", "delete"],
+        &["send-port", "create"],
+        &["send-port", "show"],
+        &["send-port", "list"],
+        &["send-port", "enlist"],
+        &["send-port", "start"],
+        &["send-port", "stop"],
+        &["send-port", "unenlist"],
+        &["send-port", "delete"],
+        &["send-port-group", "create"],
+        &["send-port-group", "add"],
+        &["send-port-group", "remove"],
+        &["send-port-group", "start"],
+        &["send-port-group", "stop"],
+        &["send-port-group", "list"],
+        &["message", "publish"],
+        &["suspended", "list"],
+        &["suspended", "show"],
+        &["suspended", "save"],
+        &["suspended", "resume"],
+        &["suspended", "terminate"],
+        &["stats"],
+        &["track"],
+    ];
+    for c in commands {
+        let out = std::process::Command::new(bin("mbx"))
+            .args(c.iter().copied().chain(["--help"]))
+            .output()
+            .expect("run mbx");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "mbx {c:?} --help failed");
+        assert!(
+            text.contains("Example"),
+            "mbx {c:?} --help has no example:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_unreachable_database_is_named_with_its_password_hidden() {
+    let out = std::process::Command::new(bin("mbx"))
+        .args(["stats"])
+        .env_remove("MBX_DATABASE_URL")
+        .output()
+        .expect("run mbx");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MBX_DATABASE_URL"), "{err}");
+
+    let out = std::process::Command::new(bin("mbx"))
+        .args(["stats"])
+        .env(
+            "MBX_DATABASE_URL",
+            "postgres://admin:s3cret@127.0.0.1:1/nowhere",
+        )
+        .output()
+        .expect("run mbx");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("postgres://admin:***@127.0.0.1:1/nowhere"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "password leaked: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
