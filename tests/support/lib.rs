@@ -140,3 +140,19 @@ impl Mbx {
         lines[0].to_owned()
     }
 }
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaks no process.
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,161 @@
+//! `mbx-host` as a real process: registration, graceful stop, and reclaiming the claims of
+//! an instance killed with SIGKILL.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mbx_e2e::{bin, database_url, Reaped};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::delivery::ClaimLimits;
+use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::{Context, MessageBox, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn start_host(url: &str) -> Reaped {
+    Reaped(
+        Command::new(bin("mbx-host"))
+            .args(["--host", "default"])
+            .env("MBX_DATABASE_URL", url)
+            .env("MBX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mbx-host"),
+    )
+}
+
+/// The MessageBox of a test database, initialised as `mbx init` would.
+async fn messagebox(pool: &PgPool) -> MessageBox {
+    let mbx = MessageBox::from_pool(pool.clone());
+    mbx.init(None).await.expect("init");
+    mbx
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn instance_of_pid(pool: &PgPool, pid: u32) -> Option<(Uuid, String)> {
+    sqlx::query_as(
+        "SELECT id, state FROM host_instances WHERE pid = $1 ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(pid as i32)
+    .fetch_optional(pool)
+    .await
+    .expect("query instances")
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_host_registers_and_stops_gracefully_on_sigterm(pool: PgPool) {
+    messagebox(&pool).await;
+    let url = database_url(&pool);
+    let mut host = start_host(&url);
+    let pid = host.pid();
+    wait_for(
+        "the instance to register",
+        Duration::from_secs(30),
+        || async { matches!(instance_of_pid(&pool, pid).await, Some((_, s)) if s == "alive") },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || host.0.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(code.success(), "mbx-host exits 0 on SIGTERM: {code:?}");
+    assert_eq!(
+        instance_of_pid(&pool, pid).await.map(|i| i.1).as_deref(),
+        Some("stopped")
+    );
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_live_host_reclaims_the_claims_of_a_killed_one(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let mut dying = start_host(&url);
+    let pid = dying.pid();
+    wait_for(
+        "the first instance to register",
+        Duration::from_secs(30),
+        || async { instance_of_pid(&pool, pid).await.is_some() },
+    )
+    .await;
+    let (dead_id, _) = instance_of_pid(&pool, pid).await.expect("registered");
+
+    // the first instance holds a claim when it is killed
+    mbx.send_port_create(
+        &SendPortSpec::new("out", "file:///tmp/out/%MessageID%")
+            .with_filter("exists(Order.Id)")
+            .with_state(InitialState::Started),
+    )
+    .await
+    .expect("port");
+    let mut ctx = Context::new();
+    ctx.promote("Order.Id", Value::Integer(1)).expect("promote");
+    mbx.publish(
+        &Publisher::default(),
+        vec![NewMessage::new(&b"x"[..], "text/plain", ctx)],
+    )
+    .await
+    .expect("publish");
+    let port_id: i64 = sqlx::query_scalar("SELECT id FROM send_ports WHERE name = 'out'")
+        .fetch_one(&pool)
+        .await
+        .expect("port id");
+    let claimed = mbx
+        .deliveries_claim(dead_id, port_id, ClaimLimits::default())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    dying.0.kill().expect("SIGKILL");
+    dying.0.wait().expect("reap");
+    // its heartbeat is now as old as the dead timeout would make it
+    sqlx::query(
+        "UPDATE host_instances SET heartbeat_at = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(dead_id)
+    .execute(&pool)
+    .await
+    .expect("age heartbeat");
+
+    let _survivor = start_host(&url);
+    wait_for(
+        "the survivor to reclaim the delivery",
+        Duration::from_secs(30),
+        || async {
+            let row: (String, i32) = sqlx::query_as("SELECT state, reclaims FROM deliveries")
+                .fetch_one(&pool)
+                .await
+                .expect("delivery");
+            row == ("ready".to_owned(), 1)
+        },
+    )
+    .await;
+    assert_eq!(
+        instance_of_pid(&pool, pid).await.map(|i| i.1).as_deref(),
+        Some("dead")
+    );
+    // the former holder's completion is refused: its claim token no longer matches
+    let done = mbx
+        .deliveries_complete(dead_id, &[(claimed[0].delivery_id, claimed[0].claim_token)])
+        .await
+        .expect("complete");
+    assert!(done.is_empty());
+}
