@@ -398,15 +398,18 @@ struct PortRow {
     filter_text: Option<String>,
 }
 
+/// Locks a port's row for a state or filter change. `NO KEY UPDATE`, not `UPDATE`: a
+/// publish holds a key-share lock on the row (the foreign key of its deliveries) until it
+/// commits, and a start or stop must neither wait for publishes nor make them wait (nor
+/// deadlock with one that holds the shared routing lock).
 async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
-    let row =
-        sqlx::query("SELECT id, state, filter_text FROM send_ports WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| {
-                Error::not_found("send port", name, "`mbx send-port list` shows the ports")
-            })?;
+    let row = sqlx::query(
+        "SELECT id, state, filter_text FROM send_ports WHERE name = $1 FOR NO KEY UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| Error::not_found("send port", name, "`mbx send-port list` shows the ports"))?;
     Ok(PortRow {
         id: row.get(0),
         state: row.get(1),
@@ -618,7 +621,7 @@ impl MessageBox {
             "SELECT coalesce(p.name, g.name) FROM subscriptions s
                LEFT JOIN send_ports p ON p.id = s.port_id
                LEFT JOIN send_port_groups g ON g.id = s.group_id
-              WHERE jsonb_path_exists(s.filter, '$.any_of[*][*].property ? (@ == $n)', jsonb_build_object('n', $1::text))",
+              WHERE jsonb_path_exists(s.filter, '$.any_of[*][*].*.property ? (@ == $n)', jsonb_build_object('n', $1::text))",
         )
         .bind(name)
         .fetch_all(&mut *tx)

@@ -176,7 +176,8 @@ pub struct FailReport {
 
 impl MessageBox {
     /// Claims up to `limits.max_count` ready, due deliveries of a started port, capped by
-    /// body bytes (the first one always fits), for `instance`. `FOR UPDATE SKIP LOCKED`
+    /// body bytes (their sum stays within `limits.max_bytes`, except that the first one
+    /// always fits), for `instance`, which must be registered and alive. `FOR UPDATE SKIP LOCKED`
     /// lets every instance of the host claim from the same port at once.
     pub async fn deliveries_claim(
         &self,
@@ -190,15 +191,19 @@ impl MessageBox {
                 SELECT d.id, d.body_size, d.priority FROM deliveries d
                  WHERE d.port_id = $1 AND d.state = 'ready' AND d.not_before <= now()
                    AND EXISTS (SELECT 1 FROM send_ports p WHERE p.id = $1 AND p.state = 'started')
+                   -- a declared-dead (or unknown) instance claims nothing: what it claimed
+                   -- would only be reclaimed again, counting toward poison
+                   AND EXISTS (SELECT 1 FROM host_instances i WHERE i.id = $4 AND i.state = 'alive')
                    AND (d.via_port OR EXISTS (SELECT 1 FROM send_port_groups g
                                                WHERE g.id = ANY (d.via_groups) AND g.state = 'started'))
                  ORDER BY d.priority DESC, d.id
                  LIMIT $2
                  FOR UPDATE OF d SKIP LOCKED),
              capped AS (
-                SELECT id FROM (SELECT id, sum(body_size) OVER (ORDER BY priority DESC, id) - body_size AS before
+                SELECT id FROM (SELECT id, sum(body_size) OVER (ORDER BY priority DESC, id) AS upto,
+                                       row_number() OVER (ORDER BY priority DESC, id) AS n
                                   FROM cand) c
-                 WHERE before < $3),
+                 WHERE upto <= $3 OR n = 1),
              claimed AS (
                 UPDATE deliveries d SET state = 'claimed', claimed_by = $4, claim_token = $5, claimed_at = now()
                   FROM capped WHERE d.id = capped.id
@@ -354,6 +359,8 @@ impl MessageBox {
         let mut upd_delay = Vec::new();
         let mut upd_transport = Vec::new();
         let mut upd_error = Vec::new();
+        // the tracking event after `attempt-failed`, if any
+        let mut upd_event: Vec<Option<&str>> = Vec::new();
         let mut sus_ids = Vec::new();
         let mut sus_kind = Vec::new();
         let mut sus_error = Vec::new();
@@ -397,6 +404,7 @@ impl MessageBox {
                         "backup"
                     });
                     upd_error.push(error);
+                    upd_event.push(Some("retry-scheduled"));
                 }
                 FailDecision::ToBackup => {
                     report.moved_to_backup += 1;
@@ -405,6 +413,7 @@ impl MessageBox {
                     upd_delay.push(0.0);
                     upd_transport.push("backup");
                     upd_error.push(error);
+                    upd_event.push(Some("moved-to-backup"));
                 }
                 FailDecision::SuspendPort => {
                     // the head stays in place, unclaimed, until resume or skip
@@ -413,6 +422,7 @@ impl MessageBox {
                     upd_delay.push(0.0);
                     upd_transport.push("primary");
                     upd_error.push(error);
+                    upd_event.push(None);
                     let port_id: i64 = row.get(12);
                     if !ports_to_suspend.contains(&port_id) {
                         ports_to_suspend.push(port_id);
@@ -436,10 +446,11 @@ impl MessageBox {
                            errors = d.errors || jsonb_build_array(jsonb_build_object(
                                'at', now(), 'transport', d.transport, 'attempt', d.retries + 1,
                                'instance', $6::uuid, 'error', c.error))
-                      FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::text[], $5::text[])
-                           AS c(id, retries, delay, transport, error)
+                      FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::text[], $5::text[], $7::text[])
+                           AS c(id, retries, delay, transport, error, event)
                      WHERE d.id = c.id
-                    RETURNING d.id, d.message_id, d.port_id, d.transport, d.not_before, jsonb_array_length(d.errors) AS n, c.error)
+                    RETURNING d.id, d.message_id, d.port_id, d.transport, d.not_before,
+                              jsonb_array_length(d.errors) AS n, c.error, c.event)
                  INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
                  SELECT u.message_id, 'published', u.port_id, NULL, 'routed to ' || p.name
                    FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
@@ -449,10 +460,10 @@ impl MessageBox {
                    FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
                   WHERE coalesce(p.tracking, h.tracking) <> 'off'
                  UNION ALL
-                 SELECT u.message_id, 'retry-scheduled', u.port_id, $6,
+                 SELECT u.message_id, u.event, u.port_id, $6,
                         u.transport || ' transport at ' || to_char(u.not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                    FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
-                  WHERE coalesce(p.tracking, h.tracking) <> 'off' AND p.state <> 'suspended'",
+                  WHERE coalesce(p.tracking, h.tracking) <> 'off' AND u.event IS NOT NULL",
             )
             .bind(&upd_ids)
             .bind(&upd_retries)
@@ -460,6 +471,7 @@ impl MessageBox {
             .bind(&upd_transport)
             .bind(&upd_error)
             .bind(instance)
+            .bind(&upd_event)
             .execute(&mut *tx)
             .await?;
         }
@@ -470,6 +482,7 @@ impl MessageBox {
                 &sus_kind,
                 &sus_error,
                 Some(instance),
+                true,
             )
             .await?;
         }

@@ -140,7 +140,9 @@ impl MessageBox {
                  WHERE d.state = 'claimed' AND d.claimed_by = i.id AND i.state <> 'alive'
                 RETURNING d.id, d.reclaims, d.message_id, d.port_id, i.id AS instance),
              ev AS (INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
-                    SELECT r.message_id, 'reclaimed', r.port_id, r.instance, 'holder instance died' FROM r)
+                    SELECT r.message_id, 'reclaimed', r.port_id, r.instance, 'holder instance died'
+                      FROM r JOIN send_ports p ON p.id = r.port_id JOIN hosts h ON h.id = p.host_id
+                     WHERE coalesce(p.tracking, h.tracking) <> 'off')
              SELECT id, reclaims FROM r",
         )
         .fetch_all(&mut *tx)
@@ -157,7 +159,8 @@ impl MessageBox {
                 .filter(|(_, n)| *n > max_deliveries)
                 .map(|(_, n)| format!("poison message: its holder died {n} times while sending it (--max-deliveries {max_deliveries})"))
                 .collect();
-            crate::suspended::suspend_deliveries(&mut tx, &poison, &kinds, &errors, None).await?;
+            crate::suspended::suspend_deliveries(&mut tx, &poison, &kinds, &errors, None, false)
+                .await?;
         }
         tx.commit().await?;
         Ok(ReclaimReport {

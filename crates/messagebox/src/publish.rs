@@ -334,7 +334,11 @@ async fn dedup_sources(
     Ok(fresh)
 }
 
-async fn store_chunks(tx: &mut Transaction<'_, Postgres>, id: Uuid, body: &Bytes) -> Result<()> {
+pub(crate) async fn store_chunks(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    body: &Bytes,
+) -> Result<()> {
     for (seq, chunk) in body.chunks(BODY_CHUNK_BYTES).enumerate() {
         sqlx::query("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
             .bind(id)

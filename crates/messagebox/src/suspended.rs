@@ -309,7 +309,9 @@ impl MessageBox {
                 sqlx::query(
                     "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
                      INSERT INTO tracking_events (message_id, event, detail)
-                     SELECT message_id, 'resumed', 'routed again by operator' FROM s",
+                     SELECT s.message_id, 'resumed', 'routed again by operator' FROM s
+                       JOIN messages m ON m.id = s.message_id LEFT JOIN hosts h ON h.id = m.publisher_host_id
+                      WHERE coalesce(h.tracking, 'failures') <> 'off'",
                 )
                 .bind(&routed_items)
                 .execute(&mut *tx)
@@ -328,15 +330,20 @@ impl MessageBox {
         self.check_selector_port(sel).await?;
         let sql = format!(
             "WITH sel AS (SELECT s.id {SELECT_WHERE} ORDER BY s.id LIMIT $6 FOR UPDATE OF s),
-             gone AS (DELETE FROM suspended_items x USING sel WHERE x.id = sel.id RETURNING x.id, x.message_id),
+             gone AS (DELETE FROM suspended_items x USING sel WHERE x.id = sel.id
+                      RETURNING x.id, x.message_id, x.port_id),
              msgs AS (
                 DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM gone)
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
                    AND NOT EXISTS (SELECT 1 FROM suspended_items o
                                     WHERE o.message_id = m.id AND o.id NOT IN (SELECT id FROM gone))
                 RETURNING m.id),
-             ev AS (INSERT INTO tracking_events (message_id, event, detail)
-                    SELECT message_id, 'terminated', 'by operator' FROM gone)
+             ev AS (INSERT INTO tracking_events (message_id, event, port_id, detail)
+                    SELECT g.message_id, 'terminated', g.port_id, 'by operator' FROM gone g
+                      LEFT JOIN send_ports p ON p.id = g.port_id
+                      LEFT JOIN hosts h ON h.id = coalesce(p.host_id,
+                          (SELECT m.publisher_host_id FROM messages m WHERE m.id = g.message_id))
+                     WHERE coalesce(p.tracking, h.tracking, 'failures') <> 'off')
              SELECT count(*) FROM gone"
         );
         let mut tx = self.pool.begin().await?;
@@ -361,28 +368,36 @@ impl MessageBox {
     ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let id = Uuid::now_v7();
+        // like a published body: inline up to 1 MiB, else in chunks
+        let chunked = message.body.len() > crate::publish::BODY_INLINE_MAX_BYTES;
         sqlx::query(
             "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
-             VALUES ($1, $2, $3, $4, false, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $3 IS NULL, $5, $6, $7)",
         )
         .bind(id)
         .bind(&message.content_type)
-        .bind(message.body.as_ref())
+        .bind((!chunked).then_some(message.body.as_ref()))
         .bind(message.body.len() as i64)
         .bind(serde_json::to_value(&message.context).map_err(|e| Error::Invalid(e.to_string()))?)
         .bind(publisher.host_id)
         .bind(publisher.receive_location_id)
         .execute(&mut *tx)
         .await?;
+        if chunked {
+            crate::publish::store_chunks(&mut tx, id, &message.body).await?;
+        }
         let sid: i64 = sqlx::query_scalar(
             "WITH s AS (INSERT INTO suspended_items (message_id, kind, reason, receive_location_id)
                         VALUES ($1, 'receive-failure', $2, $3) RETURNING id, message_id, reason),
-             ev AS (INSERT INTO tracking_events (message_id, event, detail) SELECT message_id, 'suspended', reason FROM s)
+             ev AS (INSERT INTO tracking_events (message_id, event, detail)
+                    SELECT message_id, 'suspended', reason FROM s
+                     WHERE coalesce((SELECT tracking FROM hosts WHERE id = $4), 'failures') <> 'off')
              SELECT id FROM s",
         )
         .bind(id)
         .bind(reason)
         .bind(publisher.receive_location_id)
+        .bind(publisher.host_id)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -416,14 +431,18 @@ fn not_found(id: i64) -> Error {
     )
 }
 
-/// Moves deliveries (claimed or not) to suspended items of the given kinds, with their
-/// last error appended, in one statement; writes a `suspended` tracking event.
+/// Moves deliveries (claimed or not) to suspended items of the given kinds, in one
+/// statement, with `errors` as their reasons; writes a `suspended` tracking event. When
+/// `attempt` is true the suspension ends a failed send attempt: its error is appended to
+/// the item's attempts and tracked as `attempt-failed`. Otherwise (unenlist --force,
+/// poison) no attempt is invented: the reason says why.
 pub(crate) async fn suspend_deliveries(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[i64],
     kinds: &[&str],
     errors: &[String],
     instance: Option<Uuid>,
+    attempt: bool,
 ) -> Result<u64> {
     sqlx::query(
         "WITH c AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) AS c(id, kind, error)),
@@ -432,15 +451,20 @@ pub(crate) async fn suspend_deliveries(
          s AS (
             INSERT INTO suspended_items (message_id, kind, port_id, via_port, via_groups, order_key, seq, reason, errors)
             SELECT d.message_id, d.new_kind, d.port_id, d.via_port, d.via_groups, d.order_key, d.seq, d.new_error,
-                   d.errors || jsonb_build_array(jsonb_build_object(
+                   CASE WHEN $5 THEN d.errors || jsonb_build_array(jsonb_build_object(
                        'at', now(), 'transport', d.transport, 'attempt', d.retries + 1,
                        'instance', $4::uuid, 'error', d.new_error))
+                   ELSE d.errors END
               FROM d
             RETURNING message_id, port_id, kind, reason, jsonb_array_length(errors) AS n)
          INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
          SELECT s.message_id, 'published', s.port_id, NULL, 'routed to ' || p.name
            FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
-          WHERE s.n = 1 AND coalesce(p.tracking, h.tracking) = 'failures'
+          WHERE s.n = (CASE WHEN $5 THEN 1 ELSE 0 END) AND coalesce(p.tracking, h.tracking) = 'failures'
+         UNION ALL
+         SELECT s.message_id, 'attempt-failed', s.port_id, $4, s.reason
+           FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
+          WHERE $5 AND coalesce(p.tracking, h.tracking) <> 'off'
          UNION ALL
          SELECT s.message_id, 'suspended', s.port_id, $4, s.kind || ': ' || s.reason
            FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
@@ -450,6 +474,7 @@ pub(crate) async fn suspend_deliveries(
     .bind(kinds)
     .bind(errors)
     .bind(instance)
+    .bind(attempt)
     .execute(&mut **tx)
     .await?;
     Ok(ids.len() as u64)
@@ -469,6 +494,6 @@ pub(crate) async fn suspend_waiting_of_port(
     .await?;
     let kinds = vec!["failed"; ids.len()];
     let errors = vec![reason.to_owned(); ids.len()];
-    suspend_deliveries(tx, &ids, &kinds, &errors, None).await?;
+    suspend_deliveries(tx, &ids, &kinds, &errors, None, false).await?;
     Ok(ids.len() as i64)
 }
