@@ -34,6 +34,8 @@ async fn snapshot(pool: &PgPool) -> Vec<i64> {
         "messages",
         "deliveries",
         "suspended_items",
+        "receive_ports",
+        "receive_locations",
     ] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
             .fetch_one(pool)
@@ -310,6 +312,93 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
         (&["suspended", "terminate"], "give an item id or a filter"),
         (&["track", "not-a-uuid"], "MESSAGE_ID"),
         (&["send-port", "frobnicate"], "unrecognized subcommand"),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "noport",
+                "--address",
+                "file:///in/*.xml",
+            ],
+            "receive port 'noport' does not exist",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "file:///in/*.xml",
+                "--pipeline",
+                "csv",
+            ],
+            "--pipeline",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "file:///in/*.xml",
+                "--max-message-size",
+                "huge",
+            ],
+            "--max-message-size",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "file:///in/*.json",
+                "--pipeline",
+                "json",
+                "--promote",
+                "Order.Region=region",
+            ],
+            "starts with '/'",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "file:///in/*.xml",
+                "--promote",
+                "Order.Region=/r",
+            ],
+            "passthru",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "http:///orders",
+                "--ordered",
+            ],
+            "--ordered",
+        ),
+        (
+            &["receive-location", "enable", "nope"],
+            "receive location 'nope' does not exist",
+        ),
         (&["--output", "yaml", "stats"], "--output"),
     ];
     let before = snapshot(&pool).await;
@@ -525,6 +614,13 @@ fn every_command_has_help_with_an_example() {
         &["property", "create"],
         &["property", "list"],
         &["property", "delete"],
+        &["receive-port", "create"],
+        &["receive-port", "list"],
+        &["receive-location", "create"],
+        &["receive-location", "enable"],
+        &["receive-location", "disable"],
+        &["receive-location", "delete"],
+        &["receive-location", "list"],
         &["send-port", "create"],
         &["send-port", "show"],
         &["send-port", "list"],
@@ -589,4 +685,54 @@ fn a_missing_or_unreachable_database_is_named_with_its_password_hidden() {
     );
     assert!(!err.contains("s3cret"), "password leaked: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn receive_locations_are_created_disabled_and_deleted_only_when_disabled(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&["receive-port", "create", "orders"]);
+    let out = mbx.ok(&[
+        "receive-location",
+        "create",
+        "orders-in",
+        "--port",
+        "orders",
+        "--address",
+        "file:///data/in/*.json",
+        "--pipeline",
+        "json",
+        "--promote",
+        "Order.Region=/region",
+        "--max-message-size",
+        "1MiB",
+        "--set",
+        "poll=1s",
+    ]);
+    assert!(out.contains("disabled"), "{out}");
+    let list = mbx.json(&["receive-location", "list"]);
+    let loc = &list[0];
+    assert_eq!(loc["name"], "orders-in");
+    assert_eq!(loc["port"], "orders");
+    assert_eq!(loc["pipeline"], "json");
+    assert_eq!(loc["promote"]["Order.Region"], "/region");
+    assert_eq!(loc["settings"]["poll"], "1s");
+    assert_eq!(loc["max_message_size"], 1024 * 1024);
+    assert_eq!(loc["enabled"], false);
+    let ports = mbx.json(&["receive-port", "list"]);
+    assert_eq!(ports[0]["locations"], serde_json::json!(["orders-in"]));
+
+    assert!(mbx
+        .ok(&["receive-location", "enable", "orders-in"])
+        .contains("disabled → enabled"));
+    assert!(mbx
+        .ok(&["receive-location", "enable", "orders-in"])
+        .contains("nothing changed"));
+    let err = mbx.fails(&["receive-location", "delete", "orders-in"], 1);
+    assert!(err.contains("disable it first"), "{err}");
+    mbx.ok(&["receive-location", "disable", "orders-in"]);
+    mbx.ok(&["receive-location", "delete", "orders-in"]);
+    assert_eq!(
+        mbx.json(&["receive-location", "list"]),
+        serde_json::json!([])
+    );
 }

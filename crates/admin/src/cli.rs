@@ -47,6 +47,12 @@ pub enum Command {
     /// Declared property types (undeclared properties are strings).
     #[command(subcommand)]
     Property(PropertyCommand),
+    /// Receive ports: named entry points holding receive locations.
+    #[command(subcommand, name = "receive-port")]
+    ReceivePort(ReceivePortCommand),
+    /// Receive locations: an adapter address + pipeline, bound to a host.
+    #[command(subcommand, name = "receive-location")]
+    ReceiveLocation(ReceiveLocationCommand),
     /// Send ports: subscribers that deliver messages through an adapter.
     #[command(subcommand, name = "send-port")]
     SendPort(SendPortCommand),
@@ -342,4 +348,69 @@ pub enum SuspendedCommand {
         #[command(flatten)]
         filter: SuspendedFilter,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReceivePortCommand {
+    /// Create a receive port.
+    #[command(after_help = "Example:\n  mbx receive-port create orders")]
+    Create {
+        name: String,
+        /// Request-response: the sender waits for a reply.
+        #[arg(long)]
+        two_way: bool,
+    },
+    /// List receive ports and their locations.
+    #[command(after_help = "Example:\n  mbx receive-port list")]
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveLocationCreate {
+    pub name: String,
+    /// The receive port this location feeds.
+    #[arg(long)]
+    pub port: String,
+    /// Host whose instances run the location.
+    #[arg(long, default_value = "default")]
+    pub host: String,
+    /// Adapter address, e.g. file:///data/in/*.xml or http:///orders.
+    #[arg(long)]
+    pub address: String,
+    /// passthru, json or xml.
+    #[arg(long, default_value = "passthru")]
+    pub pipeline: String,
+    /// Promote PROP=PATH from the body: a JSON pointer or an XML element path (repeatable).
+    #[arg(long = "promote")]
+    pub promote: Vec<String>,
+    /// Receive in order on one instance at a time (pull adapters).
+    #[arg(long)]
+    pub ordered: bool,
+    /// Largest message accepted, e.g. 100MB, 1MiB.
+    #[arg(long, default_value = "100MB")]
+    pub max_message_size: String,
+    /// Adapter setting KEY=VALUE (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReceiveLocationCommand {
+    /// Create a receive location (disabled until `enable`).
+    #[command(
+        after_help = "Example:\n  mbx receive-location create orders-in --port orders --address 'file:///data/in/*.json' --pipeline json --promote Order.Region=/region"
+    )]
+    Create(Box<ReceiveLocationCreate>),
+    /// Start receiving on this location.
+    #[command(after_help = "Example:\n  mbx receive-location enable orders-in")]
+    Enable { name: String },
+    /// Stop receiving on this location.
+    #[command(after_help = "Example:\n  mbx receive-location disable orders-in")]
+    Disable { name: String },
+    /// Delete a disabled location.
+    #[command(after_help = "Example:\n  mbx receive-location delete orders-in")]
+    Delete { name: String },
+    /// List receive locations.
+    #[command(after_help = "Example:\n  mbx receive-location list --output json")]
+    List,
 }

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use mbx_messagebox::config::{Backoff, InitialState, SendPortSpec};
 use mbx_messagebox::context::system;
 use mbx_messagebox::publish::{NewMessage, Published, Publisher};
+use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::suspended::{Kind, Selector};
 use mbx_messagebox::{Context, MessageBox, PropertyType, TrackingLevel, Value};
 use serde_json::json;
@@ -39,6 +40,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Host(c) => host(&mbx, c, json_out).await,
         Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
         Command::Property(c) => property(&mbx, c, json_out).await,
+        Command::ReceivePort(c) => receive_port(&mbx, c, json_out).await,
+        Command::ReceiveLocation(c) => receive_location(&mbx, c, json_out).await,
         Command::SendPort(c) => send_port(&mbx, c, json_out).await,
         Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
         Command::Message(MessageCommand::Publish {
@@ -262,14 +265,131 @@ fn key_value<'a>(arg: &str, text: &'a str, example: &str) -> Result<(&'a str, &'
     }
 }
 
+/// Collects repeated `--flag NAME=VALUE` arguments into a map.
+fn key_values(arg: &str, items: &[String], example: &str) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for item in items {
+        let (k, v) = key_value(arg, item, example)?;
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
+}
+
+async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -> Result<()> {
+    match c {
+        ReceivePortCommand::Create { name, two_way } => {
+            mbx.receive_port_create(&name, two_way).await?;
+            let kind = if two_way { "two-way" } else { "one-way" };
+            println!("created receive port '{name}' ({kind})");
+        }
+        ReceivePortCommand::List => {
+            let ports = mbx.receive_port_list().await?;
+            if json_out {
+                return output::json(&ports);
+            }
+            let rows: Vec<Vec<String>> = ports
+                .iter()
+                .map(|p| {
+                    let kind = if p.two_way { "two-way" } else { "one-way" };
+                    vec![p.name.clone(), kind.to_owned(), p.locations.join(",")]
+                })
+                .collect();
+            table(&["RECEIVE PORT", "KIND", "LOCATIONS"], &rows);
+        }
+    }
+    Ok(())
+}
+
+async fn receive_location(
+    mbx: &MessageBox,
+    c: ReceiveLocationCommand,
+    json_out: bool,
+) -> Result<()> {
+    match c {
+        ReceiveLocationCommand::Create(a) => {
+            let size: bytesize::ByteSize = a.max_message_size.parse().map_err(|e| {
+                Usage(format!(
+                    "--max-message-size: '{}' is not a size ({e}) (example: --max-message-size 100MB)",
+                    a.max_message_size
+                ))
+            })?;
+            let spec = ReceiveLocationSpec {
+                name: a.name.clone(),
+                port: a.port.clone(),
+                host: a.host.clone(),
+                address: a.address.clone(),
+                pipeline: a.pipeline.clone(),
+                promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
+                settings: key_values("--set", &a.set, "mask=*.xml")?,
+                ordered: a.ordered,
+                max_message_size: size.as_u64(),
+            };
+            let loc = mbx.receive_location_create(&spec).await?;
+            if json_out {
+                return output::json(&loc);
+            }
+            println!(
+                "created receive location '{}' on port '{}' (disabled; `mbx receive-location enable {}` starts it)",
+                loc.name, loc.port, loc.name
+            );
+        }
+        ReceiveLocationCommand::Enable { name } => {
+            let changed = mbx.receive_location_set_enabled(&name, true).await?;
+            println!(
+                "'{name}': {}",
+                if changed {
+                    "disabled → enabled"
+                } else {
+                    "already enabled; nothing changed"
+                }
+            );
+        }
+        ReceiveLocationCommand::Disable { name } => {
+            let changed = mbx.receive_location_set_enabled(&name, false).await?;
+            println!(
+                "'{name}': {}",
+                if changed {
+                    "enabled → disabled"
+                } else {
+                    "already disabled; nothing changed"
+                }
+            );
+        }
+        ReceiveLocationCommand::Delete { name } => {
+            mbx.receive_location_delete(&name).await?;
+            println!("deleted receive location '{name}'");
+        }
+        ReceiveLocationCommand::List => {
+            let list = mbx.receive_location_list().await?;
+            if json_out {
+                return output::json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.name.clone(),
+                        l.port.clone(),
+                        if l.enabled { "enabled" } else { "disabled" }.to_owned(),
+                        l.host.clone(),
+                        l.pipeline.clone(),
+                        l.address.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &["LOCATION", "PORT", "STATE", "HOST", "PIPELINE", "ADDRESS"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Result<()> {
     match c {
         SendPortCommand::Create(a) => {
-            let mut settings = BTreeMap::new();
-            for s in &a.set {
-                let (k, v) = key_value("--set", s, "append=true")?;
-                settings.insert(k.to_owned(), v.to_owned());
-            }
+            let settings = key_values("--set", &a.set, "append=true")?;
             let backoff = match a.retry_backoff.as_str() {
                 "fixed" => Backoff::Fixed,
                 "exponential" => Backoff::Exponential,

@@ -433,7 +433,7 @@ async fn port_work(tx: &mut Transaction<'_, Postgres>, port_id: i64) -> Result<P
     })
 }
 
-async fn host_id(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64> {
+pub(crate) async fn host_id(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64> {
     sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut **tx)

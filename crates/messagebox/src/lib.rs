@@ -12,6 +12,7 @@ pub mod filter;
 pub mod instances;
 pub mod maintenance;
 pub mod publish;
+pub mod receive;
 pub mod routing;
 pub mod stats;
 pub mod suspended;

@@ -1,0 +1,264 @@
+//! Receive-side configuration: receive ports and receive locations (SPEC §1, §7.1).
+//! A location is an adapter address + pipeline + promotions, bound to a host, enabled or
+//! disabled; running hosts pick up changes (issue 3's host loops read this table).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::config::{host_id, validate_address, validate_name};
+use crate::error::is_unique_violation;
+use crate::publish::MAX_MESSAGE_SIZE_DEFAULT_BYTES;
+use crate::value::validate_property_name;
+use crate::{Error, MessageBox, Result, DEFAULT_HOST};
+
+/// Receive pipelines (SPEC §1).
+pub const PIPELINES: &[&str] = &["passthru", "json", "xml"];
+
+/// Everything `receive-location create` takes.
+#[derive(Debug, Clone)]
+pub struct ReceiveLocationSpec {
+    pub name: String,
+    pub port: String,
+    pub host: String,
+    pub address: String,
+    pub pipeline: String,
+    /// Property name → path in the body (JSON pointer or XML element path).
+    pub promote: BTreeMap<String, String>,
+    pub settings: BTreeMap<String, String>,
+    pub ordered: bool,
+    pub max_message_size: u64,
+}
+
+impl ReceiveLocationSpec {
+    pub fn new(name: &str, port: &str, address: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            port: port.to_owned(),
+            host: DEFAULT_HOST.to_owned(),
+            address: address.to_owned(),
+            pipeline: "passthru".to_owned(),
+            promote: BTreeMap::new(),
+            settings: BTreeMap::new(),
+            ordered: false,
+            max_message_size: MAX_MESSAGE_SIZE_DEFAULT_BYTES,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_name("receive location", &self.name)?;
+        validate_address("--address", &self.address)?;
+        if !PIPELINES.contains(&self.pipeline.as_str()) {
+            return Err(Error::Invalid(format!(
+                "--pipeline: unknown pipeline '{}'; use passthru, json or xml (example: --pipeline json)",
+                self.pipeline
+            )));
+        }
+        if !self.promote.is_empty() && self.pipeline == "passthru" {
+            return Err(Error::Invalid(
+                "--promote: the passthru pipeline reads no body; use --pipeline json or xml to promote from it".into(),
+            ));
+        }
+        for (prop, path) in &self.promote {
+            validate_property_name(prop).map_err(|e| Error::Invalid(format!("--promote: {e}")))?;
+            if !path.starts_with('/') {
+                return Err(Error::Invalid(format!(
+                    "--promote {prop}={path}: a path starts with '/' (example: --promote Order.Region=/region)"
+                )));
+            }
+        }
+        if self.ordered
+            && !matches!(
+                self.address.split(':').next(),
+                Some("file" | "amqp" | "amqps" | "mqtt")
+            )
+        {
+            return Err(Error::Invalid(
+                "--ordered: only pull adapters (file, amqp, mqtt) receive in order; over HTTP the client keeps its order"
+                    .into(),
+            ));
+        }
+        if self.max_message_size == 0 {
+            return Err(Error::Invalid(
+                "--max-message-size: must be above 0 (example: 100MB)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A receive location as `list` reports it and hosts read it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ReceiveLocation {
+    pub id: i64,
+    pub name: String,
+    pub port: String,
+    pub two_way: bool,
+    pub host: String,
+    pub address: String,
+    pub pipeline: String,
+    pub promote: sqlx::types::Json<BTreeMap<String, String>>,
+    pub settings: sqlx::types::Json<BTreeMap<String, String>>,
+    pub ordered: bool,
+    pub max_message_size: i64,
+    pub enabled: bool,
+}
+
+/// A receive port as `list` reports it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ReceivePort {
+    pub name: String,
+    pub two_way: bool,
+    pub locations: Vec<String>,
+}
+
+const LOCATION_SELECT: &str = "
+    SELECT l.id, l.name, r.name AS port, r.two_way, h.name AS host, l.address, l.pipeline,
+           l.promote, l.settings, l.ordered, l.max_message_size, l.enabled
+      FROM receive_locations l
+      JOIN receive_ports r ON r.id = l.receive_port_id
+      JOIN hosts h ON h.id = l.host_id";
+
+fn location_not_found(name: &str) -> Error {
+    Error::not_found(
+        "receive location",
+        name,
+        "`mbx receive-location list` shows the locations",
+    )
+}
+
+impl MessageBox {
+    pub async fn receive_port_create(&self, name: &str, two_way: bool) -> Result<()> {
+        validate_name("receive port", name)?;
+        match sqlx::query("INSERT INTO receive_ports (name, two_way) VALUES ($1, $2)")
+            .bind(name)
+            .bind(two_way)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+                kind: "receive port",
+                name: name.to_owned(),
+                hint: "choose another name".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn receive_port_list(&self) -> Result<Vec<ReceivePort>> {
+        Ok(sqlx::query_as::<_, ReceivePort>(
+            "SELECT r.name, r.two_way,
+                    coalesce(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.id IS NOT NULL), '{}') AS locations
+               FROM receive_ports r LEFT JOIN receive_locations l ON l.receive_port_id = r.id
+              GROUP BY r.id ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Creates a receive location, disabled (enable it to start receiving).
+    pub async fn receive_location_create(
+        &self,
+        spec: &ReceiveLocationSpec,
+    ) -> Result<ReceiveLocation> {
+        spec.validate()?;
+        let mut tx = self.pool.begin().await?;
+        let port_id: i64 = sqlx::query_scalar("SELECT id FROM receive_ports WHERE name = $1")
+            .bind(&spec.port)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(
+                    "receive port",
+                    spec.port.clone(),
+                    "create it with `mbx receive-port create NAME`",
+                )
+            })?;
+        let host_id = host_id(&mut tx, &spec.host).await?;
+        let max = i64::try_from(spec.max_message_size)
+            .map_err(|_| Error::Invalid("--max-message-size: too large (example: 100MB)".into()))?;
+        let res = sqlx::query(
+            "INSERT INTO receive_locations (name, receive_port_id, host_id, address, pipeline, promote, settings,
+                                            ordered, max_message_size)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&spec.name)
+        .bind(port_id)
+        .bind(host_id)
+        .bind(&spec.address)
+        .bind(&spec.pipeline)
+        .bind(sqlx::types::Json(&spec.promote))
+        .bind(sqlx::types::Json(&spec.settings))
+        .bind(spec.ordered)
+        .bind(max)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::AlreadyExists {
+                    kind: "receive location",
+                    name: spec.name.clone(),
+                    hint: "choose another name or delete it first".into(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let loc =
+            sqlx::query_as::<_, ReceiveLocation>(&format!("{LOCATION_SELECT} WHERE l.name = $1"))
+                .bind(&spec.name)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(loc)
+    }
+
+    pub async fn receive_location_list(&self) -> Result<Vec<ReceiveLocation>> {
+        Ok(
+            sqlx::query_as::<_, ReceiveLocation>(&format!("{LOCATION_SELECT} ORDER BY l.name"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Enables or disables a location; returns whether it changed.
+    pub async fn receive_location_set_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        let row = sqlx::query(
+            "UPDATE receive_locations l SET enabled = $2
+               FROM (SELECT id, enabled AS before FROM receive_locations WHERE name = $1 FOR UPDATE) o
+              WHERE l.id = o.id
+             RETURNING o.before",
+        )
+        .bind(name)
+        .bind(enabled)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| location_not_found(name))?;
+        let before: bool = row.get(0);
+        Ok(before != enabled)
+    }
+
+    /// Deletes a location; refused while it is enabled.
+    pub async fn receive_location_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let enabled: bool =
+            sqlx::query_scalar("SELECT enabled FROM receive_locations WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| location_not_found(name))?;
+        if enabled {
+            return Err(Error::Refused(format!(
+                "receive location '{name}' is enabled; disable it first with `mbx receive-location disable {name}`"
+            )));
+        }
+        sqlx::query("DELETE FROM receive_locations WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
