@@ -1,1 +1,269 @@
-//! Adapters.
+//! mbx adapters: the receive and send contracts, one module per adapter, and the receive
+//! pipelines.
+//!
+//! The contract is written out in `docs/adapter-contract.md`; this crate is its code:
+//!
+//! - **send side** — [`SendAdapter::send`] takes a batch of [`OutboundMessage`]s and returns
+//!   at once; the adapter does its I/O on its own tasks and reports exactly one
+//!   [`SendReport`] per message on the [`OutcomeSender`] it was given. An [`Outcome`] is
+//!   `Delivered` (the endpoint confirmed) or `Failed { error, retryable }`. No adapter
+//!   decides retry policy: the engine does.
+//! - **receive side** — a [`ReceiveAdapter`] runs until its shutdown signal fires, hands
+//!   batches of [`InboundMessage`]s to the host's [`Submitter`], awaits the commit, and
+//!   only then acknowledges its source (FILE: deletes the file).
+//! - **registry** — [`registry`] maps a URI scheme to its adapter, in one closed table.
+//! - **pipelines** — [`pipeline`] disassembles and promotes (`passthru`, `json`, `xml`).
+//!
+//! Architecture invariant: this crate knows nothing about PostgreSQL or the MessageBox;
+//! `crates/host` glues adapters to `mbx-messagebox`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub mod context;
+pub mod error;
+pub mod file;
+pub mod http;
+pub mod pipeline;
+pub mod registry;
+pub mod settings;
+
+pub use context::{system, MessageContext};
+pub use error::{ConfigError, ReceiveError, RegistryError, SubmitError};
+pub use registry::{Registry, Scheme};
+pub use settings::Settings;
+
+/// A promoted value is at most this many bytes (SPEC §1).
+pub const PROMOTED_VALUE_MAX_BYTES: usize = 256;
+
+// ------------------------------------------------------------------------------------------
+// Send side
+
+/// One message handed to a send adapter: one delivery of one message to one port.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    /// The delivery this attempt belongs to; outcomes are reported against it.
+    pub delivery_id: Uuid,
+    /// `mbx.MessageId` of the message.
+    pub message_id: Uuid,
+    /// The send port's name (`mbx.SendPortName`).
+    pub port_name: String,
+    /// The resolved address: the port's static address, or the message's
+    /// `mbx.OutboundTransportLocation` for a dynamic port (already checked against the
+    /// port's allowed prefixes by the engine).
+    pub address: String,
+    /// The port's adapter settings (`--set KEY=VALUE`).
+    pub settings: Settings,
+    /// The body, as the send pipeline produced it.
+    pub body: Bytes,
+    /// The body's content type (`mbx.ContentType`).
+    pub content_type: String,
+    /// The context as the adapter sees it: the message's properties with the per-delivery
+    /// values (`mbx.RetryCount`, `mbx.SendPortName`, `mbx.Sequence`, `mbx.Epoch`) overlaid.
+    pub context: MessageContext,
+}
+
+/// The result of one send attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint confirmed it has the message (file renamed into place and fsync'd,
+    /// HTTP 2xx received, …).
+    Delivered,
+    /// The attempt failed. `retryable = false` means the message cannot be sent in
+    /// principle (bad macro value, address outside the folder, invalid header value): the
+    /// engine suspends it `failed-final` at once.
+    Failed { error: String, retryable: bool },
+}
+
+impl Outcome {
+    /// A failure from a typed error and its classification.
+    pub fn failed(error: impl std::fmt::Display, retryable: bool) -> Self {
+        Outcome::Failed {
+            error: error.to_string(),
+            retryable,
+        }
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered)
+    }
+}
+
+/// One message's outcome, reported by a send adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    pub delivery_id: Uuid,
+    pub message_id: Uuid,
+    pub outcome: Outcome,
+}
+
+/// Where a send adapter reports outcomes. The host owns the receiving end; if it is
+/// dropped (the host is stopping), adapters drop their reports: the deliveries stay
+/// claimed and are released or reclaimed by the engine.
+pub type OutcomeSender = mpsc::Sender<SendReport>;
+
+/// Reports `outcome` for `message`; a closed channel is not an error (see [`OutcomeSender`]).
+pub(crate) async fn report(outcomes: &OutcomeSender, message: &OutboundMessage, outcome: Outcome) {
+    let report = SendReport {
+        delivery_id: message.delivery_id,
+        message_id: message.message_id,
+        outcome,
+    };
+    if outcomes.send(report).await.is_err() {
+        tracing::debug!(
+            delivery_id = %message.delivery_id,
+            "outcome receiver closed; report dropped"
+        );
+    }
+}
+
+/// The send side of an adapter (SPEC §8: accept a batch, report each message's outcome
+/// asynchronously).
+#[async_trait]
+pub trait SendAdapter: Send + Sync {
+    /// The adapter's name as operators see it (`FILE`, `HTTP`).
+    fn name(&self) -> &'static str;
+
+    /// Checks an address and the port settings without sending anything, so a port can be
+    /// refused at configuration time.
+    fn validate(&self, address: &str, settings: &Settings) -> Result<(), ConfigError>;
+
+    /// Accepts a batch and returns at once; MUST be called from within a Tokio runtime.
+    /// I/O runs on the adapter's own tasks; exactly one [`SendReport`] per message is sent
+    /// on `outcomes`, `Delivered` only after the endpoint confirmed.
+    fn send(&self, batch: Vec<OutboundMessage>, outcomes: OutcomeSender);
+
+    /// Whether the endpoint at `address` looks reachable, without sending a message.
+    async fn health(&self, address: &str, settings: &Settings) -> Health;
+}
+
+// ------------------------------------------------------------------------------------------
+// Receive side
+
+/// One message as a receive adapter read it, before the receive pipeline.
+#[derive(Debug, Clone)]
+pub struct InboundMessage {
+    pub body: Bytes,
+    pub content_type: String,
+    /// Written (not promoted) properties the adapter sets, e.g. `mbx.SourceFileName`,
+    /// `mbx.InboundTransportLocation`, `mbx.InboundTransportType`.
+    pub properties: MessageContext,
+    /// Identifies the source message for idempotent receive (SPEC §3 item 6): the same
+    /// source delivered twice carries the same id. `None` when the source cannot repeat.
+    pub source_id: Option<String>,
+}
+
+/// Implemented by the host: publishes a batch in one transaction (running the receive
+/// pipeline on each message first).
+#[async_trait]
+pub trait Submitter: Send + Sync {
+    /// Returns `Ok` only once the whole batch is committed in the MessageBox (published,
+    /// or kept as a suspended item such as a routing or receive failure). An error means
+    /// nothing of the batch may be acknowledged; the adapter retries later. The host may
+    /// make this wait while it is throttled.
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError>;
+}
+
+/// A future that completes when the adapter must stop (mini-redis style).
+pub type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What a receive adapter is told about where it runs.
+#[derive(Debug, Clone)]
+pub struct ReceiveLocationSpec {
+    /// The receive location's name (for logs).
+    pub location_name: String,
+    /// The location's address, e.g. `file:///data/in/*.xml`.
+    pub address: String,
+    /// The location's adapter settings (`--set KEY=VALUE`).
+    pub settings: Settings,
+    /// This host instance's id: marks the sources it claims, so that a dead instance's
+    /// claims can be told apart and reclaimed. Letters, digits and `-` only.
+    pub instance_id: String,
+}
+
+/// A source left claimed (by this or another instance), as [`ReceiveAdapter::reclaim`]
+/// shows it to the host's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimInfo {
+    /// The source's name before it was claimed.
+    pub original_name: String,
+    /// The instance id that claimed it.
+    pub claim_id: String,
+    /// How long ago it was claimed (as far as the source can tell).
+    pub age: Duration,
+}
+
+/// The host's decision whether to put a claimed source back (typically: its claim id is
+/// not a live instance).
+pub type ReclaimFilter = dyn Fn(&ClaimInfo) -> bool + Send + Sync;
+
+/// What a reclaim pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// Sources put back to be received again.
+    pub reclaimed: usize,
+    /// Claimed sources the decision left alone, or that could not be put back (logged).
+    pub kept: usize,
+}
+
+/// The receive side of an adapter (SPEC §8: submit batches and await commit).
+#[async_trait]
+pub trait ReceiveAdapter: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Receives until `shutdown` fires: reads batches, submits them, acknowledges the
+    /// source only after a successful submit. Operating errors (a folder gone, a submit
+    /// failing) are logged and retried; only a broken configuration returns an error.
+    async fn run(
+        &self,
+        submitter: &dyn Submitter,
+        shutdown: ShutdownSignal,
+    ) -> Result<(), ReceiveError>;
+
+    /// Puts back sources left claimed, for which `should_reclaim` says yes (typically: the
+    /// claim id is not a live instance). The host decides when to call it.
+    async fn reclaim(&self, should_reclaim: &ReclaimFilter) -> Result<ReclaimReport, ReceiveError> {
+        let _ = should_reclaim;
+        Ok(ReclaimReport::default())
+    }
+
+    /// Whether the source looks usable.
+    async fn health(&self) -> Health;
+}
+
+// ------------------------------------------------------------------------------------------
+// Health
+
+/// A health check's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unhealthy { reason: String },
+}
+
+impl Health {
+    pub fn unhealthy(reason: impl Into<String>) -> Self {
+        Health::Unhealthy {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// Builds a [`Settings`] map from pairs; convenient for tests and the host.
+pub fn settings_from<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect::<BTreeMap<_, _>>()
+}

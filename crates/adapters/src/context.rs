@@ -1,0 +1,103 @@
+//! The context as an adapter sees it: property name → value as text.
+//!
+//! Typing values is the MessageBox's job (`mbx_messagebox::Context`); adapters read and
+//! write plain strings, under the same system property names.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+/// Names of the system properties (SPEC §1); the same strings as
+/// `mbx_messagebox::context::system`.
+pub mod system {
+    pub const MESSAGE_ID: &str = "mbx.MessageId";
+    pub const MESSAGE_TYPE: &str = "mbx.MessageType";
+    pub const CONTENT_TYPE: &str = "mbx.ContentType";
+    pub const PUBLISHED_AT: &str = "mbx.PublishedAt";
+    pub const RECEIVE_PORT_NAME: &str = "mbx.ReceivePortName";
+    pub const RECEIVE_LOCATION_NAME: &str = "mbx.ReceiveLocationName";
+    pub const INBOUND_TRANSPORT_TYPE: &str = "mbx.InboundTransportType";
+    pub const INBOUND_TRANSPORT_LOCATION: &str = "mbx.InboundTransportLocation";
+    pub const OUTBOUND_TRANSPORT_LOCATION: &str = "mbx.OutboundTransportLocation";
+    pub const SOURCE_FILE_NAME: &str = "mbx.SourceFileName";
+    pub const RETRY_COUNT: &str = "mbx.RetryCount";
+    pub const RETRY_INTERVAL: &str = "mbx.RetryInterval";
+    pub const SEND_PORT_NAME: &str = "mbx.SendPortName";
+    pub const SEQUENCE: &str = "mbx.Sequence";
+    pub const EPOCH: &str = "mbx.Epoch";
+    /// The system namespace: set by the engine and adapters only.
+    pub const NAMESPACE: &str = "mbx";
+}
+
+/// A small owned map `namespace.Name` → value as text, ordered by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageContext(BTreeMap<String, String>);
+
+impl MessageContext {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a property, replacing any previous value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(name.into(), value.into());
+    }
+
+    /// Builder form of [`insert`](Self::insert).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `mbx.MessageId`, if present and a UUID.
+    pub fn message_id(&self) -> Option<Uuid> {
+        self.get(system::MESSAGE_ID)
+            .and_then(|v| Uuid::parse_str(v).ok())
+    }
+
+    /// `mbx.SourceFileName`.
+    pub fn source_file_name(&self) -> Option<&str> {
+        self.get(system::SOURCE_FILE_NAME)
+    }
+
+    /// `mbx.SendPortName`.
+    pub fn send_port_name(&self) -> Option<&str> {
+        self.get(system::SEND_PORT_NAME)
+    }
+
+    /// `mbx.Sequence` (ordered ports).
+    pub fn sequence(&self) -> Option<&str> {
+        self.get(system::SEQUENCE)
+    }
+
+    /// `mbx.Epoch` (ordered ports).
+    pub fn epoch(&self) -> Option<&str> {
+        self.get(system::EPOCH)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for MessageContext {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,197 @@
+//! FILE send: one file per message (temp name, fsync, rename — no torn files), or append
+//! to one file. Never writes outside the configured folder.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::config::{FileSendConfig, MacroError, NamePattern, FILE_TEMP_MARKER};
+use crate::error::ConfigError;
+use crate::settings::Settings;
+use crate::{Health, OutboundMessage, Outcome, OutcomeSender, SendAdapter, SendReport};
+
+/// Why one FILE send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileSendError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Macro(#[from] MacroError),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FileSendError {
+    /// A bad address or macro value can never succeed; an I/O error (folder missing, not
+    /// writable, disk full) may once an operator fixes it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, FileSendError::Io { .. })
+    }
+
+    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        FileSendError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// The FILE send adapter. Stateless apart from a lock that keeps appends of concurrent
+/// batches from interleaving.
+#[derive(Debug, Default)]
+pub struct FileSendAdapter {
+    append_lock: Arc<Mutex<()>>,
+}
+
+impl FileSendAdapter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl SendAdapter for FileSendAdapter {
+    fn name(&self) -> &'static str {
+        "FILE"
+    }
+
+    fn validate(&self, address: &str, settings: &Settings) -> Result<(), ConfigError> {
+        FileSendConfig::parse(address, settings).map(|_| ())
+    }
+
+    fn send(&self, batch: Vec<OutboundMessage>, outcomes: OutcomeSender) {
+        let append_lock = Arc::clone(&self.append_lock);
+        // File I/O blocks: the whole batch runs on one blocking thread, in order (which is
+        // what an ordered port's append file needs), reporting each message as it is done.
+        tokio::task::spawn_blocking(move || {
+            for message in &batch {
+                let outcome = match write_message(message, &append_lock) {
+                    Ok(path) => {
+                        tracing::debug!(
+                            delivery_id = %message.delivery_id,
+                            port = %message.port_name,
+                            path = %path.display(),
+                            "file written"
+                        );
+                        Outcome::Delivered
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            delivery_id = %message.delivery_id,
+                            port = %message.port_name,
+                            retryable = err.is_retryable(),
+                            error = %err,
+                            "file send failed"
+                        );
+                        Outcome::failed(&err, err.is_retryable())
+                    }
+                };
+                let report = SendReport {
+                    delivery_id: message.delivery_id,
+                    message_id: message.message_id,
+                    outcome,
+                };
+                if outcomes.blocking_send(report).is_err() {
+                    tracing::debug!(delivery_id = %message.delivery_id, "outcome receiver closed; report dropped");
+                }
+            }
+        });
+    }
+
+    async fn health(&self, address: &str, settings: &Settings) -> Health {
+        let config = match FileSendConfig::parse(address, settings) {
+            Ok(c) => c,
+            Err(e) => return Health::unhealthy(e.to_string()),
+        };
+        let folder = config.folder;
+        let probe = tokio::task::spawn_blocking(move || probe_writable(&folder)).await;
+        match probe {
+            Ok(Ok(())) => Health::Healthy,
+            Ok(Err(e)) => Health::unhealthy(e.to_string()),
+            Err(e) => Health::unhealthy(format!("health probe failed: {e}")),
+        }
+    }
+}
+
+/// Creates and removes a hidden probe file: the folder exists and is writable.
+fn probe_writable(folder: &Path) -> Result<(), FileSendError> {
+    let probe = folder.join(format!(".mbx-health{FILE_TEMP_MARKER}{}", Uuid::new_v4()));
+    File::create(&probe).map_err(|e| FileSendError::io("create probe file", &probe, e))?;
+    fs::remove_file(&probe).map_err(|e| FileSendError::io("remove probe file", &probe, e))
+}
+
+/// Writes one message; returns the path written.
+fn write_message(
+    message: &OutboundMessage,
+    append_lock: &Mutex<()>,
+) -> Result<PathBuf, FileSendError> {
+    let config = FileSendConfig::parse(&message.address, &message.settings)?;
+    let name = config
+        .pattern
+        .render(message.message_id, &message.context, Utc::now())?;
+    let path = NamePattern::path_in(&config.folder, &name);
+    if config.append {
+        // A poisoned lock only means another append panicked; the file itself is fine.
+        let _guard = append_lock.lock().unwrap_or_else(|p| p.into_inner());
+        append(&path, &message.body)?;
+    } else {
+        write_new(&config.folder, &name, &path, &message.body)?;
+    }
+    Ok(path)
+}
+
+/// Temp name in the same folder, write, fsync, rename into place, fsync the folder.
+fn write_new(folder: &Path, name: &str, path: &Path, body: &[u8]) -> Result<(), FileSendError> {
+    let tmp = folder.join(format!(".{name}{FILE_TEMP_MARKER}{}", Uuid::new_v4()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| FileSendError::io("create", &tmp, e))?;
+        f.write_all(body)
+            .map_err(|e| FileSendError::io("write", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| FileSendError::io("fsync", &tmp, e))?;
+        drop(f);
+        // Replaces an existing file of the same name: a re-sent message (same
+        // %MessageID%) overwrites its own earlier copy instead of failing forever.
+        fs::rename(&tmp, path).map_err(|e| FileSendError::io("rename into place", path, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(folder)
+}
+
+/// Appends the body to `path` (created if missing) and fsyncs it.
+fn append(path: &Path, body: &[u8]) -> Result<(), FileSendError> {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| FileSendError::io("open for append", path, e))?;
+    f.write_all(body)
+        .map_err(|e| FileSendError::io("append to", path, e))?;
+    f.sync_data()
+        .map_err(|e| FileSendError::io("fsync", path, e))
+}
+
+/// Makes a rename durable: fsync the directory that holds it.
+pub(crate) fn sync_dir(folder: &Path) -> Result<(), FileSendError> {
+    File::open(folder)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FileSendError::io("fsync folder", folder, e))
+}

@@ -1,0 +1,180 @@
+//! The closed registry of adapters, keyed by URI scheme.
+//!
+//! Adding an adapter = one module plus one row in [`SCHEMES`] and one arm in each of
+//! [`Registry::send_adapter`] and [`Registry::receive_adapter`]. Nothing else in the
+//! engine knows adapter names.
+
+use std::sync::Arc;
+
+use crate::error::{RegistryError, Side};
+use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
+use crate::http::config::validate_receive_address;
+use crate::http::HttpSendAdapter;
+use crate::settings::Settings;
+use crate::{ReceiveAdapter, ReceiveLocationSpec, SendAdapter};
+
+/// A URI scheme mbx has an adapter for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    File,
+    Http,
+    Https,
+}
+
+/// Every scheme, with its spelling in addresses: the one table of adapters.
+pub const SCHEMES: &[(&str, Scheme)] = &[
+    ("file", Scheme::File),
+    ("http", Scheme::Http),
+    ("https", Scheme::Https),
+];
+
+/// The longest scheme name looked up (anything longer is not a scheme we know).
+const SCHEME_MAX_BYTES: usize = 32;
+
+impl Scheme {
+    /// The scheme of `address` (`file:///…` → `File`); unknown schemes are an error that
+    /// lists the known ones.
+    pub fn of_address(address: &str) -> Result<Scheme, RegistryError> {
+        let Some((raw, _)) = address.split_once(':') else {
+            return Err(RegistryError::NoScheme {
+                address: address.to_owned(),
+            });
+        };
+        let valid = !raw.is_empty()
+            && raw.len() <= SCHEME_MAX_BYTES
+            && raw.starts_with(|c: char| c.is_ascii_alphabetic())
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !valid {
+            return Err(RegistryError::NoScheme {
+                address: address.to_owned(),
+            });
+        }
+        let lower = raw.to_ascii_lowercase();
+        SCHEMES
+            .iter()
+            .find(|(name, _)| *name == lower)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| RegistryError::UnknownScheme {
+                scheme: raw.to_owned(),
+                address: address.to_owned(),
+                known: SCHEMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::File => "file",
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The adapter's name as operators see it (`mbx.InboundTransportType`).
+    pub fn adapter_name(self) -> &'static str {
+        match self {
+            Scheme::File => "FILE",
+            Scheme::Http | Scheme::Https => "HTTP",
+        }
+    }
+}
+
+/// One instance of each send adapter, shared by every port of a host instance, and the
+/// constructor of receive adapters.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    file_send: Arc<FileSendAdapter>,
+    http_send: Arc<HttpSendAdapter>,
+}
+
+impl Registry {
+    pub fn new() -> Result<Self, RegistryError> {
+        Ok(Self {
+            file_send: Arc::new(FileSendAdapter::new()),
+            http_send: Arc::new(HttpSendAdapter::new()?),
+        })
+    }
+
+    /// The send adapter for `address`'s scheme.
+    pub fn send_adapter(&self, address: &str) -> Result<Arc<dyn SendAdapter>, RegistryError> {
+        Ok(match Scheme::of_address(address)? {
+            Scheme::File => self.file_send.clone(),
+            Scheme::Http | Scheme::Https => self.http_send.clone(),
+        })
+    }
+
+    /// Every send adapter, once, with a scheme it serves (for the conformance test and
+    /// health listings).
+    pub fn send_adapters(&self) -> Vec<(Scheme, Arc<dyn SendAdapter>)> {
+        vec![
+            (Scheme::File, self.file_send.clone() as Arc<dyn SendAdapter>),
+            (Scheme::Http, self.http_send.clone() as Arc<dyn SendAdapter>),
+        ]
+    }
+
+    /// Checks a send address and port settings at configuration time.
+    pub fn validate_send(
+        &self,
+        address: &str,
+        settings: &Settings,
+    ) -> Result<Scheme, RegistryError> {
+        let scheme = Scheme::of_address(address)?;
+        self.send_adapter(address)?.validate(address, settings)?;
+        Ok(scheme)
+    }
+
+    /// Checks a receive address and location settings at configuration time.
+    pub fn validate_receive(
+        &self,
+        address: &str,
+        settings: &Settings,
+    ) -> Result<Scheme, RegistryError> {
+        let scheme = Scheme::of_address(address)?;
+        match scheme {
+            Scheme::File => {
+                FileReceiveConfig::parse(address, settings)?;
+            }
+            Scheme::Http | Scheme::Https => validate_receive_address(address)?,
+        }
+        Ok(scheme)
+    }
+
+    /// Builds the receive adapter of one receive location.
+    pub fn receive_adapter(
+        &self,
+        spec: ReceiveLocationSpec,
+    ) -> Result<Box<dyn ReceiveAdapter>, RegistryError> {
+        match Scheme::of_address(&spec.address)? {
+            Scheme::File => Ok(Box::new(FileReceiveAdapter::new(spec)?)),
+            Scheme::Http | Scheme::Https => Err(RegistryError::Unsupported {
+                adapter: "HTTP",
+                side: Side::Receive,
+                hint: ": HTTP receive locations are served by the host's --http-listen listener",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_are_looked_up_case_insensitively() {
+        assert_eq!(Scheme::of_address("file:///x/*.xml").unwrap(), Scheme::File);
+        assert_eq!(Scheme::of_address("HTTPS://x/y").unwrap(), Scheme::Https);
+        assert!(matches!(
+            Scheme::of_address("gopher://x"),
+            Err(RegistryError::UnknownScheme { .. })
+        ));
+        assert!(matches!(
+            Scheme::of_address("/tmp/x"),
+            Err(RegistryError::NoScheme { .. })
+        ));
+    }
+}

@@ -1,0 +1,133 @@
+//! Adapter settings (`--set KEY=VALUE`): a map of strings, validated by each adapter's
+//! `config.rs` into a typed config before anything runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Adapter settings as configured: key → value.
+pub type Settings = BTreeMap<String, String>;
+
+/// Refuses any key not in `known` (the `deny_unknown_fields` of settings maps).
+pub(crate) fn check_known(
+    adapter: &'static str,
+    settings: &Settings,
+    known: &[&str],
+) -> Result<(), ConfigError> {
+    for key in settings.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownSetting {
+                adapter,
+                key: key.clone(),
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `true`/`false` (also `yes`/`no`, `1`/`0`).
+pub(crate) fn get_bool(settings: &Settings, key: &str, default: bool) -> Result<bool, ConfigError> {
+    match settings.get(key).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "true" | "yes" | "1" => Ok(true),
+            "false" | "no" | "0" => Ok(false),
+            _ => Err(ConfigError::setting(key, &v, "expected true or false")),
+        },
+    }
+}
+
+/// A positive integer within `1..=max`.
+pub(crate) fn get_count(
+    settings: &Settings,
+    key: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = settings.get(key) else {
+        return Ok(default);
+    };
+    let n: u64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::setting(key, raw, "expected a positive integer, e.g. 100"))?;
+    if n == 0 || n > max {
+        return Err(ConfigError::setting(
+            key,
+            raw,
+            format!("must be between 1 and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// A size: plain bytes or with a unit (`KB`, `MB`, `GB` = powers of 1000; `KiB`, `MiB`,
+/// `GiB` = powers of 1024), within `1..=max_bytes`.
+pub(crate) fn get_size_bytes(
+    settings: &Settings,
+    key: &str,
+    default_bytes: u64,
+    max_bytes: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = settings.get(key) else {
+        return Ok(default_bytes);
+    };
+    let bytes = parse_size_bytes(raw)
+        .ok_or_else(|| ConfigError::setting(key, raw, "expected a size, e.g. 100MB or 1048576"))?;
+    if bytes == 0 || bytes > max_bytes {
+        return Err(ConfigError::setting(
+            key,
+            raw,
+            format!("must be between 1 and {max_bytes} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses `1048576`, `100MB`, `1MiB`, `512KB`; `None` if malformed or overflowing.
+pub fn parse_size_bytes(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// A duration like `30s`, `500ms`, `5m`, within `min..=max`.
+pub(crate) fn get_duration(
+    settings: &Settings,
+    key: &str,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = settings.get(key) else {
+        return Ok(default);
+    };
+    let d = humantime::parse_duration(raw.trim())
+        .map_err(|e| ConfigError::setting(key, raw, format!("{e}; expected e.g. 30s or 500ms")))?;
+    if d < min || d > max {
+        return Err(ConfigError::setting(
+            key,
+            raw,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}

@@ -1,0 +1,192 @@
+//! The send-side conformance test every registered send adapter passes
+//! (docs/adapter-contract.md): each message of a batch gets exactly one outcome, and
+//! `Delivered` only once the endpoint has the message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mbx_adapters::{system, OutboundMessage, Outcome, Registry, Scheme, SendAdapter, Settings};
+use tokio::sync::mpsc;
+
+use crate::support::{file_url, message, TestServer, TEST_DEADLINE};
+
+/// The contract, checked for one adapter: `good` messages must be delivered, `bad` ones
+/// must fail; `endpoint_has` looks at the real endpoint.
+async fn check_send_contract(
+    adapter: Arc<dyn SendAdapter>,
+    good: Vec<OutboundMessage>,
+    bad: Vec<OutboundMessage>,
+    endpoint_has: &(dyn Fn(&OutboundMessage) -> bool + Sync),
+) {
+    let mut expected: HashMap<uuid::Uuid, (OutboundMessage, bool)> = HashMap::new();
+    for m in &good {
+        expected.insert(m.delivery_id, (m.clone(), true));
+    }
+    for m in &bad {
+        expected.insert(m.delivery_id, (m.clone(), false));
+    }
+    let mut batch = good;
+    batch.extend(bad);
+    // Interleave good and bad messages: one failure must not swallow the others' outcomes.
+    batch.sort_by_key(|m| m.delivery_id);
+
+    let (tx, mut rx) = mpsc::channel(4); // smaller than the batch: adapters must wait, not drop
+    adapter.send(batch, tx);
+    let mut outcomes: HashMap<uuid::Uuid, Outcome> = HashMap::new();
+    tokio::time::timeout(TEST_DEADLINE, async {
+        while let Some(report) = rx.recv().await {
+            let (m, should_deliver) = expected
+                .get(&report.delivery_id)
+                .unwrap_or_else(|| panic!("{}: report for an unknown delivery", adapter.name()));
+            assert_eq!(report.message_id, m.message_id);
+            if report.outcome.is_delivered() {
+                assert!(
+                    *should_deliver,
+                    "{}: a bad message reported delivered",
+                    adapter.name()
+                );
+                assert!(
+                    endpoint_has(m),
+                    "{}: delivered before the endpoint had it",
+                    adapter.name()
+                );
+            } else {
+                assert!(
+                    !*should_deliver,
+                    "{}: good message failed: {:?}",
+                    adapter.name(),
+                    report.outcome
+                );
+            }
+            let previous = outcomes.insert(report.delivery_id, report.outcome);
+            assert!(
+                previous.is_none(),
+                "{}: two outcomes for one message",
+                adapter.name()
+            );
+        }
+    })
+    .await
+    .expect("all outcomes within the test deadline");
+    assert_eq!(
+        outcomes.len(),
+        expected.len(),
+        "{}: every message got an outcome",
+        adapter.name()
+    );
+}
+
+#[tokio::test]
+async fn every_registered_send_adapter_honours_the_contract() {
+    let registry = Registry::new().unwrap();
+    for (scheme, adapter) in registry.send_adapters() {
+        // Exhaustive on purpose: a new scheme does not compile until it has a fixture here.
+        match scheme {
+            Scheme::File => {
+                let dir = tempfile::tempdir().unwrap();
+                let address = file_url(dir.path(), "%MessageID%.xml");
+                let good: Vec<_> = (0..6)
+                    .map(|i| message(&address, Settings::new(), &format!("<m>{i}</m>")))
+                    .collect();
+                let bad: Vec<_> = (0..2)
+                    .map(|_| {
+                        let mut m = message(
+                            &file_url(dir.path(), "%SourceFileName%"),
+                            Settings::new(),
+                            "bad",
+                        );
+                        m.context.insert(system::SOURCE_FILE_NAME, "../escape");
+                        m
+                    })
+                    .collect();
+                let folder = dir.path().to_owned();
+                let has = move |m: &OutboundMessage| {
+                    std::fs::read(folder.join(format!("{}.xml", m.message_id)))
+                        .ok()
+                        .as_deref()
+                        == Some(&m.body[..])
+                };
+                check_send_contract(adapter, good, bad, &has).await;
+            }
+            Scheme::Http | Scheme::Https => {
+                let server = TestServer::start().await;
+                let good: Vec<_> = (0..6)
+                    .map(|i| {
+                        message(
+                            &server.url("/status/200"),
+                            Settings::new(),
+                            &format!("<m>{i}</m>"),
+                        )
+                    })
+                    .collect();
+                let mut bad: Vec<_> = (0..2)
+                    .map(|_| message(&server.url("/status/400"), Settings::new(), "bad"))
+                    .collect();
+                bad.push(message(&server.url("/status/503"), Settings::new(), "bad"));
+                let has = |m: &OutboundMessage| {
+                    let key = format!("{}.{}", m.message_id, m.port_name);
+                    server.keys().get(&key).copied().unwrap_or(0) >= 1
+                };
+                check_send_contract(adapter, good, bad, &has).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn send_returns_before_the_endpoint_answers() {
+    // The endpoint never answers and the timeout is 30s: `send` returning at all shows the
+    // I/O runs on the adapter's own tasks.
+    let server = TestServer::start().await;
+    let registry = Registry::new().unwrap();
+    let adapter = registry.send_adapter(&server.url("/hang")).unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    adapter.send(
+        vec![message(&server.url("/hang"), Settings::new(), "x")],
+        tx,
+    );
+    assert!(rx.try_recv().is_err(), "no outcome yet");
+}
+
+#[test]
+fn the_registry_is_keyed_by_scheme() {
+    let registry = Registry::new().unwrap();
+    assert_eq!(
+        registry
+            .send_adapter("file:///out/%MessageID%.xml")
+            .unwrap()
+            .name(),
+        "FILE"
+    );
+    assert_eq!(
+        registry
+            .send_adapter("https://partner.example/in")
+            .unwrap()
+            .name(),
+        "HTTP"
+    );
+    let err = registry.send_adapter("gopher://x/y").err().unwrap();
+    assert!(
+        err.to_string().contains("unknown scheme \"gopher\""),
+        "{err}"
+    );
+    assert!(registry
+        .validate_send("file:///out/%Nope%.xml", &Settings::new())
+        .is_err());
+    assert_eq!(
+        registry
+            .validate_receive("http:///orders", &Settings::new())
+            .unwrap(),
+        Scheme::Http
+    );
+    assert!(registry
+        .validate_receive("file:///in/*.xml", &Settings::new())
+        .is_ok());
+    let http_receive = registry.receive_adapter(mbx_adapters::ReceiveLocationSpec {
+        location_name: "x".into(),
+        address: "http:///orders".into(),
+        settings: Settings::new(),
+        instance_id: "i-1".into(),
+    });
+    assert!(http_receive.is_err());
+}

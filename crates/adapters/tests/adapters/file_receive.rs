@@ -1,0 +1,371 @@
+//! FILE receive against a real directory, with a recording submitter.
+
+use std::fs;
+use std::path::Path;
+
+use mbx_adapters::file::FileReceiveAdapter;
+use mbx_adapters::{
+    settings_from, system, ReceiveAdapter, ReceiveLocationSpec, Settings, ShutdownSignal,
+};
+use tokio::sync::oneshot;
+
+use crate::support::{file_url, names, Recorder, TEST_DEADLINE};
+
+const INSTANCE: &str = "3f1c6a2e-0000-4000-8000-000000000001";
+
+fn adapter(dir: &Path, mask: &str, settings: Settings) -> FileReceiveAdapter {
+    FileReceiveAdapter::new(ReceiveLocationSpec {
+        location_name: "orders-in".to_owned(),
+        address: file_url(dir, mask),
+        settings,
+        instance_id: INSTANCE.to_owned(),
+    })
+    .expect("valid location")
+}
+
+fn write(dir: &Path, name: &str, body: &str) {
+    fs::write(dir.join(name), body).unwrap();
+}
+
+#[tokio::test]
+async fn picks_matching_files_only_and_deletes_them_after_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.xml", "<a/>");
+    write(dir.path(), "b.xml", "<b/>");
+    write(dir.path(), "c.json", "{}");
+    write(dir.path(), ".hidden.xml", "<h/>");
+    let recorder = Recorder::new();
+    let report = adapter(dir.path(), "*.xml", Settings::new())
+        .poll_once(recorder.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(report.submitted, 2);
+    let batches = recorder.batches();
+    assert_eq!(batches.len(), 1);
+    let got: Vec<(String, String, String)> = batches[0]
+        .iter()
+        .map(|m| {
+            (
+                m.properties
+                    .get(system::SOURCE_FILE_NAME)
+                    .unwrap()
+                    .to_owned(),
+                String::from_utf8(m.body.to_vec()).unwrap(),
+                m.content_type.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a.xml".into(), "<a/>".into(), "application/xml".into()),
+            ("b.xml".into(), "<b/>".into(), "application/xml".into()),
+        ]
+    );
+    let m = &batches[0][0];
+    assert_eq!(
+        m.properties.get(system::INBOUND_TRANSPORT_TYPE),
+        Some("FILE")
+    );
+    assert_eq!(
+        m.properties.get(system::INBOUND_TRANSPORT_LOCATION),
+        Some(file_url(dir.path(), "*.xml").as_str())
+    );
+    assert_eq!(
+        names(dir.path()),
+        vec![".hidden.xml".to_owned(), "c.json".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_submit_puts_files_back_and_source_ids_stay_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.xml", "<a/>");
+    write(dir.path(), "b.xml", "<b/>");
+    let recorder = Recorder::new();
+    let location = adapter(dir.path(), "*.xml", Settings::new());
+
+    recorder.set_fail(true);
+    let report = location.poll_once(recorder.as_ref()).await.unwrap();
+    assert!(report.submit_failed);
+    assert_eq!(report.submitted, 0);
+    assert_eq!(
+        names(dir.path()),
+        vec!["a.xml".to_owned(), "b.xml".to_owned()],
+        "restored, no claimed leftovers"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("a.xml")).unwrap(),
+        "<a/>"
+    );
+
+    // The same files read twice (here: after a put-back) carry the same source ids.
+    recorder.set_fail(false);
+    let first = location.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!(first.submitted, 2);
+    let ids: Vec<String> = recorder.batches()[0]
+        .iter()
+        .map(|m| m.source_id.clone().unwrap())
+        .collect();
+    assert!(ids[0].starts_with("a.xml:4:"), "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(names(dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn source_ids_are_name_size_and_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.xml", "<a/>");
+    let mtime = fs::metadata(dir.path().join("a.xml"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let recorder = Recorder::new();
+    adapter(dir.path(), "*.xml", Settings::new())
+        .poll_once(recorder.as_ref())
+        .await
+        .unwrap();
+    let ns = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert_eq!(
+        recorder.batches()[0][0].source_id.as_deref(),
+        Some(format!("a.xml:4:{ns}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn files_are_claimed_during_submit_and_a_put_back_never_overwrites_a_newer_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.xml", "old");
+    let recorder = Recorder::new();
+    recorder.set_fail(true);
+    let folder = dir.path().to_owned();
+    recorder.set_during_submit(move |_| {
+        // While submitting, the file is claimed: its name is free, and nobody else sees it.
+        let listing = names(&folder);
+        assert_eq!(listing, vec![format!(".a.xml.mbx-claimed-{INSTANCE}")]);
+        // A producer drops a new file of the same name meanwhile.
+        fs::write(folder.join("a.xml"), "new").unwrap();
+    });
+    let report = adapter(dir.path(), "*.xml", Settings::new())
+        .poll_once(recorder.as_ref())
+        .await
+        .unwrap();
+    assert!(report.submit_failed);
+    assert_eq!(fs::read_to_string(dir.path().join("a.xml")).unwrap(), "new");
+    assert_eq!(
+        names(dir.path()),
+        vec![format!(".a.xml.mbx-claimed-{INSTANCE}"), "a.xml".to_owned()],
+        "the old file stays claimed, for reclaim"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_on_one_folder_receive_each_file_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..200 {
+        write(dir.path(), &format!("{i:03}.xml"), &format!("<m>{i}</m>"));
+    }
+    let instance = |id: &str| {
+        FileReceiveAdapter::new(ReceiveLocationSpec {
+            location_name: "orders-in".to_owned(),
+            address: file_url(dir.path(), "*.xml"),
+            settings: settings_from([("batch_max", "7")]),
+            instance_id: id.to_owned(),
+        })
+        .unwrap()
+    };
+    let (one, two) = (instance("instance-1"), instance("instance-2"));
+    let (r1, r2) = (Recorder::new(), Recorder::new());
+    let (a, b) = tokio::join!(one.poll_once(r1.as_ref()), two.poll_once(r2.as_ref()));
+    assert_eq!(a.unwrap().submitted + b.unwrap().submitted, 200);
+    let mut got: Vec<String> = r1
+        .batches()
+        .concat()
+        .into_iter()
+        .chain(r2.batches().concat())
+        .map(|m| m.properties.source_file_name().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let want: Vec<String> = (0..200).map(|i| format!("{i:03}.xml")).collect();
+    assert_eq!(got, want, "every file once, none twice");
+    assert_eq!(names(dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn names_too_long_to_claim_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{}.xml", "n".repeat(200));
+    write(dir.path(), &long, "<a/>");
+    let recorder = Recorder::new();
+    let report = adapter(dir.path(), "*.xml", Settings::new())
+        .poll_once(recorder.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((report.submitted, report.rejected), (0, 1));
+    let rejected = names(&dir.path().join(".mbx-rejected"));
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    let reason = rejected
+        .iter()
+        .find(|n| n.ends_with(".reason.txt"))
+        .unwrap();
+    let text = fs::read_to_string(dir.path().join(".mbx-rejected").join(reason)).unwrap();
+    assert!(text.contains(&long), "{text}");
+}
+
+#[tokio::test]
+async fn oversized_files_are_rejected_with_a_reason_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "big.xml", "<big>0123456789</big>");
+    write(dir.path(), "ok.xml", "<ok/>");
+    let recorder = Recorder::new();
+    let report = adapter(
+        dir.path(),
+        "*.xml",
+        settings_from([("max_message_size", "10")]),
+    )
+    .poll_once(recorder.as_ref())
+    .await
+    .unwrap();
+    assert_eq!((report.submitted, report.rejected), (1, 1));
+    let submitted: Vec<_> = recorder.batches().concat();
+    assert_eq!(submitted.len(), 1);
+    assert_eq!(submitted[0].properties.source_file_name(), Some("ok.xml"));
+    let rejected = dir.path().join(".mbx-rejected");
+    assert_eq!(
+        names(&rejected),
+        vec!["big.xml".to_owned(), "big.xml.reason.txt".to_owned()]
+    );
+    assert_eq!(
+        fs::read_to_string(rejected.join("big.xml")).unwrap(),
+        "<big>0123456789</big>"
+    );
+    let reason = fs::read_to_string(rejected.join("big.xml.reason.txt")).unwrap();
+    assert!(
+        reason.contains("21 bytes") && reason.contains("max_message_size"),
+        "{reason}"
+    );
+    assert_eq!(names(dir.path()), vec![".mbx-rejected".to_owned()]);
+}
+
+#[tokio::test]
+async fn batches_are_bounded_by_count_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        write(dir.path(), &format!("{i}.txt"), "123456");
+    }
+    let recorder = Recorder::new();
+    adapter(dir.path(), "*.txt", settings_from([("batch_max", "2")]))
+        .poll_once(recorder.as_ref())
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = recorder.batches().iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![2, 2, 1]);
+
+    for i in 0..3 {
+        write(dir.path(), &format!("{i}.txt"), "123456");
+    }
+    let recorder = Recorder::new();
+    adapter(
+        dir.path(),
+        "*.txt",
+        settings_from([("batch_bytes_max", "10")]),
+    )
+    .poll_once(recorder.as_ref())
+    .await
+    .unwrap();
+    let sizes: Vec<usize> = recorder.batches().iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![1, 1, 1], "6-byte files, 10 bytes per batch");
+}
+
+#[tokio::test]
+async fn files_claimed_by_a_dead_instance_are_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), ".a.xml.mbx-claimed-dead-1", "<a/>");
+    write(dir.path(), ".b.xml.mbx-claimed-live-1", "<b/>");
+    let location = adapter(dir.path(), "*.xml", Settings::new());
+    let report = location
+        .reclaim(&|c: &mbx_adapters::ClaimInfo| c.claim_id != "live-1")
+        .await
+        .unwrap();
+    assert_eq!((report.reclaimed, report.kept), (1, 1));
+    assert_eq!(
+        names(dir.path()),
+        vec![".b.xml.mbx-claimed-live-1".to_owned(), "a.xml".to_owned()]
+    );
+    let recorder = Recorder::new();
+    assert_eq!(
+        location
+            .poll_once(recorder.as_ref())
+            .await
+            .unwrap()
+            .submitted,
+        1
+    );
+}
+
+#[tokio::test]
+async fn run_receives_until_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.xml", "<a/>");
+    let location = adapter(
+        dir.path(),
+        "*.xml",
+        settings_from([("poll_interval", "20ms")]),
+    );
+    let recorder = Recorder::new();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown: ShutdownSignal = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    let runner = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move { location.run(recorder.as_ref(), shutdown).await })
+    };
+    recorder.wait_for_batches(1).await;
+    // A file dropped while the location runs is picked up by a later poll.
+    write(dir.path(), "b.xml", "<b/>");
+    recorder.wait_for_batches(2).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(TEST_DEADLINE, runner)
+        .await
+        .expect("stopped within the deadline")
+        .unwrap()
+        .unwrap();
+    let got: Vec<_> = recorder
+        .batches()
+        .concat()
+        .iter()
+        .map(|m| m.properties.source_file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, vec!["a.xml".to_owned(), "b.xml".to_owned()]);
+    assert_eq!(
+        names(dir.path()),
+        Vec::<String>::new(),
+        "acknowledged before run returned"
+    );
+}
+
+#[tokio::test]
+async fn bad_locations_are_refused() {
+    let spec = |address: &str, instance: &str| ReceiveLocationSpec {
+        location_name: "x".into(),
+        address: address.into(),
+        settings: Settings::new(),
+        instance_id: instance.into(),
+    };
+    assert!(FileReceiveAdapter::new(spec("file:///in/*.xml", "ok-1")).is_ok());
+    assert!(FileReceiveAdapter::new(spec("file:///in/*.xml", "bad/id")).is_err());
+    assert!(FileReceiveAdapter::new(spec("file://in/*.xml", "ok-1")).is_err());
+    let dir = tempfile::tempdir().unwrap();
+    assert!(adapter(dir.path(), "*.xml", Settings::new())
+        .health()
+        .await
+        .is_healthy());
+    assert!(!adapter(&dir.path().join("gone"), "*.xml", Settings::new())
+        .health()
+        .await
+        .is_healthy());
+}

@@ -1,0 +1,173 @@
+//! FILE send against a real directory.
+
+use mbx_adapters::file::FileSendAdapter;
+use mbx_adapters::{settings_from, system, Outcome, SendAdapter, Settings};
+
+use crate::support::{assert_failed, file_url, message, names, send_all, send_one};
+
+#[tokio::test]
+async fn one_file_per_message_named_by_macro_with_intact_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let m = message(
+        &file_url(dir.path(), "%MessageID%.xml"),
+        Settings::new(),
+        "<Order>1</Order>",
+    );
+    let expected = format!("{}.xml", m.message_id);
+    assert_eq!(send_one(&adapter, m).await, Outcome::Delivered);
+    assert_eq!(
+        names(dir.path()),
+        vec![expected.clone()],
+        "exactly the one file, no temp leftovers"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(expected)).unwrap(),
+        "<Order>1</Order>"
+    );
+}
+
+#[tokio::test]
+async fn source_file_name_and_datetime_macros_expand() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let mut m = message(
+        &file_url(dir.path(), "%SourceFileName%.%datetime%.out"),
+        Settings::new(),
+        "x",
+    );
+    m.context.insert(system::SOURCE_FILE_NAME, "order-7.xml");
+    assert_eq!(send_one(&adapter, m).await, Outcome::Delivered);
+    let files = names(dir.path());
+    assert_eq!(files.len(), 1);
+    let name = &files[0];
+    assert!(
+        name.starts_with("order-7.xml.") && name.ends_with("Z.out"),
+        "{name}"
+    );
+    assert!(!name.contains(':'), "no ':' in %datetime%: {name}");
+}
+
+#[tokio::test]
+async fn macro_values_that_escape_the_folder_are_refused_and_nothing_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let adapter = FileSendAdapter::new();
+    for bad in ["../x", "a/b", "..", "a\\b", "a\0b", "a\nb"] {
+        let mut m = message(
+            &file_url(&out, "%SourceFileName%"),
+            Settings::new(),
+            "escape",
+        );
+        m.context.insert(system::SOURCE_FILE_NAME, bad);
+        let error = assert_failed(&send_one(&adapter, m).await, false);
+        assert!(error.contains("SourceFileName"), "{error}");
+    }
+    assert_eq!(
+        names(&out),
+        Vec::<String>::new(),
+        "nothing written in the folder"
+    );
+    assert_eq!(
+        names(root.path()),
+        vec!["out".to_owned()],
+        "nothing written outside it"
+    );
+}
+
+#[tokio::test]
+async fn names_too_long_for_a_temp_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = message(
+        &file_url(dir.path(), "%SourceFileName%"),
+        Settings::new(),
+        "x",
+    );
+    m.context.insert(system::SOURCE_FILE_NAME, "n".repeat(201));
+    assert_failed(&send_one(&FileSendAdapter::new(), m).await, false);
+    assert_eq!(names(dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_missing_source_file_name_cannot_be_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = message(
+        &file_url(dir.path(), "%SourceFileName%"),
+        Settings::new(),
+        "x",
+    );
+    assert_failed(&send_one(&FileSendAdapter::new(), m).await, false);
+}
+
+#[tokio::test]
+async fn a_missing_folder_is_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("not-there");
+    let m = message(&file_url(&gone, "%MessageID%.xml"), Settings::new(), "x");
+    let error = assert_failed(&send_one(&FileSendAdapter::new(), m).await, true);
+    assert!(error.contains("not-there"), "{error}");
+}
+
+#[tokio::test]
+async fn a_bad_address_or_setting_is_not_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let m = message(&file_url(dir.path(), "%Nope%.xml"), Settings::new(), "x");
+    assert_failed(&send_one(&adapter, m).await, false);
+    let m = message(
+        &file_url(dir.path(), "%MessageID%.xml"),
+        settings_from([("apend", "true")]),
+        "x",
+    );
+    assert_failed(&send_one(&adapter, m).await, false);
+    assert!(adapter
+        .validate(&file_url(dir.path(), "%MessageID%.xml"), &Settings::new())
+        .is_ok());
+}
+
+#[tokio::test]
+async fn append_mode_appends_in_order_to_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let address = file_url(dir.path(), "orders.log");
+    let append = settings_from([("append", "true")]);
+    let batch = vec![
+        message(&address, append.clone(), "one\n"),
+        message(&address, append.clone(), "two\n"),
+    ];
+    let reports = send_all(&adapter, batch).await;
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Delivered),
+        "{reports:?}"
+    );
+    let m = message(&address, append, "three\n");
+    assert_eq!(send_one(&adapter, m).await, Outcome::Delivered);
+    assert_eq!(names(dir.path()), vec!["orders.log".to_owned()]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("orders.log")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+}
+
+#[tokio::test]
+async fn health_probes_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    assert!(adapter
+        .health(&file_url(dir.path(), "%MessageID%"), &Settings::new())
+        .await
+        .is_healthy());
+    assert!(!adapter
+        .health(
+            &file_url(&dir.path().join("nope"), "%MessageID%"),
+            &Settings::new()
+        )
+        .await
+        .is_healthy());
+    assert_eq!(
+        names(dir.path()),
+        Vec::<String>::new(),
+        "the probe leaves nothing behind"
+    );
+}

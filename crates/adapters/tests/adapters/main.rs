@@ -1,0 +1,9 @@
+//! Integration tests of mbx-adapters against a real directory (tempfile) and a real HTTP
+//! server (axum on 127.0.0.1:0). One test binary keeps link time down.
+
+mod conformance;
+mod file_receive;
+mod file_send;
+mod http_send;
+mod pipeline;
+mod support;

@@ -1,0 +1,250 @@
+//! Helpers shared by the tests: messages, outcome collection, a recording submitter and a
+//! recording HTTP server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes as AxumBytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use mbx_adapters::{
+    InboundMessage, MessageContext, OutboundMessage, SendAdapter, SendReport, Settings,
+    SubmitError, Submitter,
+};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+/// A guard against a hung test, never a stand-in for a condition.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn message(address: &str, settings: Settings, body: &str) -> OutboundMessage {
+    let message_id = Uuid::new_v4();
+    OutboundMessage {
+        delivery_id: Uuid::new_v4(),
+        message_id,
+        port_name: "out-port".to_owned(),
+        address: address.to_owned(),
+        settings,
+        body: Bytes::from(body.to_owned()),
+        content_type: "application/xml".to_owned(),
+        context: MessageContext::new()
+            .with(mbx_adapters::system::MESSAGE_ID, message_id.to_string()),
+    }
+}
+
+/// Sends `batch` and returns every report, once the adapter has dropped its senders.
+pub async fn send_all(adapter: &dyn SendAdapter, batch: Vec<OutboundMessage>) -> Vec<SendReport> {
+    let (tx, mut rx) = mpsc::channel(16);
+    adapter.send(batch, tx);
+    let mut reports = Vec::new();
+    tokio::time::timeout(TEST_DEADLINE, async {
+        while let Some(r) = rx.recv().await {
+            reports.push(r);
+        }
+    })
+    .await
+    .expect("adapter reported within the test deadline");
+    reports
+}
+
+/// Sends one message and returns its single outcome.
+pub async fn send_one(adapter: &dyn SendAdapter, m: OutboundMessage) -> mbx_adapters::Outcome {
+    let id = m.delivery_id;
+    let mut reports = send_all(adapter, vec![m]).await;
+    assert_eq!(reports.len(), 1, "exactly one report per message");
+    let r = reports.remove(0);
+    assert_eq!(r.delivery_id, id);
+    r.outcome
+}
+
+pub fn assert_failed(outcome: &mbx_adapters::Outcome, want_retryable: bool) -> String {
+    match outcome {
+        mbx_adapters::Outcome::Failed { error, retryable } => {
+            assert_eq!(*retryable, want_retryable, "retryable for error: {error}");
+            error.clone()
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// A recording submitter
+
+/// Code a test runs inside `submit`, i.e. while the batch's sources are claimed.
+type DuringSubmit = Box<dyn Fn(&[InboundMessage]) + Send + Sync>;
+
+/// Records submitted batches; fails while `fail` is set.
+pub struct Recorder {
+    pub batches: Mutex<Vec<Vec<InboundMessage>>>,
+    pub fail: AtomicBool,
+    during_submit: Mutex<Option<DuringSubmit>>,
+    submitted: watch::Sender<usize>,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            batches: Mutex::new(Vec::new()),
+            fail: AtomicBool::new(false),
+            during_submit: Mutex::new(None),
+            submitted: watch::channel(0).0,
+        })
+    }
+
+    pub fn set_fail(&self, fail: bool) {
+        self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    pub fn set_during_submit(&self, f: impl Fn(&[InboundMessage]) + Send + Sync + 'static) {
+        *self.during_submit.lock().unwrap() = Some(Box::new(f));
+    }
+
+    pub fn batches(&self) -> Vec<Vec<InboundMessage>> {
+        self.batches.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` batches were submitted (successfully or not).
+    pub async fn wait_for_batches(&self, n: usize) {
+        let mut rx = self.submitted.subscribe();
+        tokio::time::timeout(TEST_DEADLINE, rx.wait_for(|c| *c >= n))
+            .await
+            .expect("batches submitted within the test deadline")
+            .expect("recorder alive");
+    }
+}
+
+#[async_trait]
+impl Submitter for Recorder {
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError> {
+        if let Some(f) = self.during_submit.lock().unwrap().as_ref() {
+            f(&batch);
+        }
+        let failing = self.fail.load(Ordering::SeqCst);
+        if !failing {
+            self.batches.lock().unwrap().push(batch);
+        }
+        self.submitted.send_modify(|c| *c += 1);
+        if failing {
+            Err(SubmitError::new("messagebox unreachable (test)"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// A recording HTTP server
+
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: AxumBytes,
+}
+
+/// An axum server on 127.0.0.1:0: `/status/{code}` answers that code after recording the
+/// request; `/hang` records it and never answers.
+pub struct TestServer {
+    pub base: String,
+    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Seen = Arc<Mutex<Vec<SeenRequest>>>;
+
+async fn answer(
+    State(seen): State<Seen>,
+    Path(code): Path<u16>,
+    headers: HeaderMap,
+    body: AxumBytes,
+) -> StatusCode {
+    seen.lock().unwrap().push(SeenRequest {
+        path: format!("/status/{code}"),
+        headers,
+        body,
+    });
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn hang(State(seen): State<Seen>, headers: HeaderMap, body: AxumBytes) -> StatusCode {
+    seen.lock().unwrap().push(SeenRequest {
+        path: "/hang".to_owned(),
+        headers,
+        body,
+    });
+    std::future::pending::<()>().await;
+    StatusCode::OK
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/status/{code}", post(answer).put(answer))
+            .route("/hang", post(hang))
+            .with_state(Arc::clone(&seen));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { base, seen, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests carried each Idempotency-Key.
+    pub fn keys(&self) -> HashMap<String, usize> {
+        let mut keys = HashMap::new();
+        for r in self.seen() {
+            if let Some(k) = r
+                .headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+            {
+                *keys.entry(k.to_owned()).or_default() += 1;
+            }
+        }
+        keys
+    }
+}
+
+/// An address where nothing listens: bind, note the port, close.
+pub async fn refused_address() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/status/200")
+}
+
+pub fn file_url(dir: &std::path::Path, last: &str) -> String {
+    format!("file://{}/{last}", dir.display())
+}
+
+/// Names in `dir`, sorted (hidden ones included).
+pub fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
