@@ -50,7 +50,7 @@ pub const PROMOTED_VALUE_MAX_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {
     /// The delivery this attempt belongs to; outcomes are reported against it.
-    pub delivery_id: Uuid,
+    pub delivery_id: i64,
     /// `mbx.MessageId` of the message.
     pub message_id: Uuid,
     /// The send port's name (`mbx.SendPortName`).
@@ -99,7 +99,7 @@ impl Outcome {
 /// One message's outcome, reported by a send adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendReport {
-    pub delivery_id: Uuid,
+    pub delivery_id: i64,
     pub message_id: Uuid,
     pub outcome: Outcome,
 }

@@ -18,7 +18,7 @@ async fn check_send_contract(
     bad: Vec<OutboundMessage>,
     endpoint_has: &(dyn Fn(&OutboundMessage) -> bool + Sync),
 ) {
-    let mut expected: HashMap<uuid::Uuid, (OutboundMessage, bool)> = HashMap::new();
+    let mut expected: HashMap<i64, (OutboundMessage, bool)> = HashMap::new();
     for m in &good {
         expected.insert(m.delivery_id, (m.clone(), true));
     }
@@ -32,7 +32,7 @@ async fn check_send_contract(
 
     let (tx, mut rx) = mpsc::channel(4); // smaller than the batch: adapters must wait, not drop
     adapter.send(batch, tx);
-    let mut outcomes: HashMap<uuid::Uuid, Outcome> = HashMap::new();
+    let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     tokio::time::timeout(TEST_DEADLINE, async {
         while let Some(report) = rx.recv().await {
             let (m, should_deliver) = expected

@@ -23,10 +23,13 @@ use uuid::Uuid;
 /// A guard against a hung test, never a stand-in for a condition.
 pub const TEST_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Distinct delivery ids for test messages.
+static NEXT_DELIVERY_ID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
 pub fn message(address: &str, settings: Settings, body: &str) -> OutboundMessage {
     let message_id = Uuid::new_v4();
     OutboundMessage {
-        delivery_id: Uuid::new_v4(),
+        delivery_id: NEXT_DELIVERY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         message_id,
         port_name: "out-port".to_owned(),
         address: address.to_owned(),
