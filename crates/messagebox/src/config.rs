@@ -345,6 +345,8 @@ pub struct SendPort {
     pub route_failed: bool,
     pub tracking: String,
     pub solicit_response: bool,
+    /// Adapter settings (`--set KEY=VALUE`).
+    pub settings: sqlx::types::Json<BTreeMap<String, String>>,
     pub groups: Vec<String>,
 }
 
@@ -353,7 +355,7 @@ const SEND_PORT_SELECT: &str = "
            p.filter_text AS filter, p.state, p.ordered, p.stop_on_failure, p.ordered_commit_batch,
            p.retry_count, p.retry_interval_s, p.retry_backoff, p.retry_max_interval_s,
            p.backup_address, p.backup_retry_count, p.backup_retry_interval_s, p.route_failed,
-           coalesce(p.tracking, h.tracking) AS tracking, p.solicit_response,
+           coalesce(p.tracking, h.tracking) AS tracking, p.solicit_response, p.settings,
            coalesce((SELECT array_agg(g.name ORDER BY g.name) FROM send_port_group_members m
                      JOIN send_port_groups g ON g.id = m.group_id WHERE m.port_id = p.id), '{}') AS groups
       FROM send_ports p JOIN hosts h ON h.id = p.host_id";

@@ -71,11 +71,26 @@ impl std::str::FromStr for TrackingLevel {
     }
 }
 
+/// The LISTEN/NOTIFY channel on which publishes wake waiting host instances.
+pub const PUBLISH_CHANNEL: &str = "mbx_publish";
+
+/// At most one publish notification per publisher per this period (SPEC §3 item 5).
+pub const NOTIFY_COALESCE_MS: u64 = 10;
+
 /// A handle on one MessageBox (one group): a connection pool and the cached routing table.
 #[derive(Clone)]
 pub struct MessageBox {
     pool: PgPool,
     routing: Arc<RwLock<Arc<RoutingTable>>>,
+    notify: Arc<NotifyState>,
+}
+
+/// Coalescing of publish notifications: a leading notify, then at most one trailing one
+/// per period, so the last publish of a burst is never left unannounced.
+#[derive(Default)]
+struct NotifyState {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    trailing_pending: std::sync::atomic::AtomicBool,
 }
 
 impl MessageBox {
@@ -98,6 +113,7 @@ impl MessageBox {
         Self {
             pool,
             routing: Arc::new(RwLock::new(Arc::new(RoutingTable::default()))),
+            notify: Arc::new(NotifyState::default()),
         }
     }
 
@@ -205,6 +221,51 @@ impl MessageBox {
             *cached = table.clone();
         }
         Ok(table)
+    }
+}
+
+impl MessageBox {
+    /// Wakes waiting host instances after a publish committed (never inside the publish
+    /// transaction: PostgreSQL serialises the commits of notifying transactions). Failures
+    /// are ignored: instances also poll.
+    pub(crate) async fn notify_published(&self) {
+        use std::sync::atomic::Ordering;
+        let period = Duration::from_millis(NOTIFY_COALESCE_MS);
+        let now = std::time::Instant::now();
+        let leading = match self.notify.last.lock() {
+            Ok(mut last) => {
+                if last.is_none_or(|t| now.duration_since(t) >= period) {
+                    *last = Some(now);
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(_) => true,
+        };
+        if leading {
+            self.send_notify().await;
+        } else if !self.notify.trailing_pending.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(period).await;
+                this.notify.trailing_pending.store(false, Ordering::Release);
+                if let Ok(mut last) = this.notify.last.lock() {
+                    *last = Some(std::time::Instant::now());
+                }
+                this.send_notify().await;
+            });
+        }
+    }
+
+    async fn send_notify(&self) {
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(PUBLISH_CHANNEL)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "publish notification failed; instances will poll");
+        }
     }
 }
 

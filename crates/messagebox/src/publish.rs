@@ -75,6 +75,12 @@ impl MessageBox {
         let mut tx = self.pool.begin().await?;
         let outcomes = self.publish_in(&mut tx, publisher, messages).await?;
         tx.commit().await?;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Published::Routed { .. }))
+        {
+            self.notify_published().await;
+        }
         Ok(outcomes)
     }
 

@@ -321,6 +321,9 @@ impl MessageBox {
             }
         }
         tx.commit().await?;
+        if report.deliveries > 0 {
+            self.notify_published().await;
+        }
         Ok(report)
     }
 

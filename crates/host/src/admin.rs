@@ -1,0 +1,60 @@
+//! The admin listener: `/healthz` (process up), `/readyz` (MessageBox reachable and its
+//! schema current), `/metrics` (Prometheus text).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::error;
+
+use crate::Shared;
+
+/// The process-wide Prometheus recorder (installed once; tests run several hosts in one
+/// process).
+pub(crate) fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                error!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                None
+            }
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    metrics: Option<PrometheusHandle>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AdminState { shared, metrics });
+    if let Err(e) = axum::serve(listener, app).await {
+        error!(error = %e, "admin listener failed");
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    match s.shared.mbx.check_schema().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    }
+}
+
+async fn render_metrics(State(s): State<AdminState>) -> String {
+    s.metrics.as_ref().map(|h| h.render()).unwrap_or_default()
+}

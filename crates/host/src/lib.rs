@@ -1,0 +1,353 @@
+//! `mbx-host`: one host instance of an mbx group (SPEC §4), callable in-process by tests
+//! through [`run`].
+//!
+//! Tasks of one instance, all stopped by one shutdown signal:
+//! - heartbeat + reclaim: renews this instance's heartbeat on the database clock and puts
+//!   back the claims of dead instances (poison after `max_deliveries`);
+//! - supervisor: every `poll_interval` reads the started send ports and enabled receive
+//!   locations bound to this host and starts or stops their loops (configuration changes
+//!   reach a running instance within one interval, without restart);
+//! - publish listener: LISTEN on the MessageBox's publish channel, waking the delivery
+//!   loops within milliseconds of a publish (polling remains the fallback);
+//! - one delivery loop per started port: claim a batch → send adapter → complete / fail;
+//! - one receive runner per enabled location: adapter → pipeline → publish → acknowledge;
+//! - maintenance, and the admin listener (`/healthz`, `/readyz`, `/metrics`).
+
+mod admin;
+mod delivery;
+mod receive;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use mbx_adapters::Registry;
+use mbx_messagebox::instances::{DEAD_AFTER_S, MAX_DELIVERIES_DEFAULT};
+use mbx_messagebox::maintenance::{MAINTENANCE_BATCH_MAX, TRACKING_RETENTION_DEFAULT_S};
+use mbx_messagebox::MessageBox;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+/// Heartbeat period (SPEC §4: every 2 s; an instance is dead after 10 s).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 2_000;
+
+/// Default configuration poll interval (SPEC §4: changes reach instances within 1 s).
+pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
+
+/// Maintenance period.
+pub const MAINTENANCE_INTERVAL_S: u64 = 60;
+
+/// Connections one instance opens at most.
+pub const POOL_MAX_CONNECTIONS: u32 = 16;
+
+/// How long a graceful stop waits for loops to finish their batch (SPEC §4: exit in 30 s).
+pub const SHUTDOWN_GRACE_S: u64 = 20;
+
+/// Settings of one host instance.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub database_url: String,
+    pub host: String,
+    /// `/healthz`, `/readyz`, `/metrics`; `None` serves nothing.
+    pub admin_listen: Option<SocketAddr>,
+    pub max_deliveries: i32,
+    pub poll_interval: Duration,
+    /// Deliveries one claim takes at most.
+    pub claim_batch: i64,
+    /// Body bytes one claim takes at most.
+    pub claim_bytes: i64,
+}
+
+impl HostConfig {
+    pub fn new(database_url: &str, host: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            host: host.to_owned(),
+            admin_listen: None,
+            max_deliveries: MAX_DELIVERIES_DEFAULT,
+            poll_interval: Duration::from_millis(POLL_INTERVAL_DEFAULT_MS),
+            claim_batch: mbx_messagebox::delivery::CLAIM_BATCH_DEFAULT,
+            claim_bytes: mbx_messagebox::delivery::CLAIM_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// What the loops of one instance share.
+pub(crate) struct Shared {
+    pub mbx: MessageBox,
+    pub config: HostConfig,
+    pub registry: Registry,
+    /// This instance's id; replaced when it re-registers after being declared dead.
+    pub instance: watch::Sender<Uuid>,
+    /// Woken on every publish notification.
+    pub published: Notify,
+    /// Becomes true when the instance stops.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn instance_id(&self) -> Uuid {
+        *self.instance.borrow()
+    }
+}
+
+/// Runs one host instance until `shutdown` resolves, then stops gracefully: stops
+/// receiving, lets delivery loops finish their batch, releases what is left, deregisters.
+pub async fn run(
+    config: HostConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let mbx = MessageBox::connect(&config.database_url, POOL_MAX_CONNECTIONS)
+        .await
+        .context("cannot connect to the MessageBox; check MBX_DATABASE_URL")?;
+    mbx.init(None).await.context("migrating the MessageBox")?;
+    let registry = Registry::new().context("building the adapter registry")?;
+    let machine = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
+    let id = register(&mbx, &config, &machine).await?;
+    info!(instance = %id, host = %config.host, "host instance registered");
+    let metrics = admin::metrics_handle();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (instance_tx, _) = watch::channel(id);
+    let shared = Arc::new(Shared {
+        mbx: mbx.clone(),
+        config: config.clone(),
+        registry,
+        instance: instance_tx,
+        published: Notify::new(),
+        stopping: stop_rx,
+    });
+
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(addr) = config.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --admin-listen {addr}"))?;
+        info!(address = %listener.local_addr()?, "admin listener ready");
+        tasks.push(tokio::spawn(admin::serve(
+            listener,
+            shared.clone(),
+            metrics,
+        )));
+    }
+    tasks.push(tokio::spawn(heartbeat_loop(shared.clone(), machine)));
+    tasks.push(tokio::spawn(listen_loop(shared.clone())));
+    tasks.push(tokio::spawn(maintenance_loop(shared.clone())));
+    let supervisor = tokio::spawn(supervisor_loop(shared.clone()));
+
+    shutdown.await;
+    info!("stopping: no more receiving; finishing in-flight batches");
+    let _ = stop_tx.send(true);
+    shared.published.notify_waiters();
+    if tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_S), supervisor)
+        .await
+        .is_err()
+    {
+        warn!("loops did not stop within the grace period; their claims are released");
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let released = mbx
+        .instance_deregister(shared.instance_id())
+        .await
+        .context("deregistering")?;
+    info!(released, "host instance stopped");
+    Ok(())
+}
+
+async fn register(mbx: &MessageBox, config: &HostConfig, machine: &str) -> Result<Uuid> {
+    mbx.instance_register(
+        &config.host,
+        machine,
+        std::process::id() as i32,
+        env!("CARGO_PKG_VERSION"),
+    )
+    .await
+    .with_context(|| format!("registering an instance of host '{}'", config.host))
+}
+
+/// Sleeps `d` unless the instance is stopping; returns false when it is.
+pub(crate) async fn pause(shared: &Shared, d: Duration) -> bool {
+    let mut stopping = shared.stopping.clone();
+    if *stopping.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => !*stopping.borrow(),
+        _ = stopping.changed() => false,
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
+    let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+    loop {
+        let id = shared.instance_id();
+        match shared.mbx.instance_heartbeat(id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(instance = %id, "declared dead by another instance; re-registering");
+                match register(&shared.mbx, &shared.config, &machine).await {
+                    Ok(new_id) => {
+                        let _ = shared.instance.send(new_id);
+                    }
+                    Err(e) => error!(error = %e, "re-registration failed"),
+                }
+            }
+            Err(e) => error!(error = %e, "heartbeat failed"),
+        }
+        match shared
+            .mbx
+            .instances_reclaim_dead(DEAD_AFTER_S, shared.config.max_deliveries)
+            .await
+        {
+            Ok(r)
+                if r.deliveries_reclaimed + r.poison_suspended + r.instances_declared_dead > 0 =>
+            {
+                metrics::counter!("mbx_deliveries_reclaimed_total")
+                    .increment(r.deliveries_reclaimed);
+                info!(
+                    dead = r.instances_declared_dead,
+                    reclaimed = r.deliveries_reclaimed,
+                    poison = r.poison_suspended,
+                    "reclaimed dead instances' work"
+                );
+                shared.published.notify_waiters();
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "reclaim failed"),
+        }
+        if !pause(&shared, period).await {
+            return;
+        }
+    }
+}
+
+async fn maintenance_loop(shared: Arc<Shared>) {
+    loop {
+        match shared.mbx.stats().await {
+            Ok(s) => {
+                metrics::gauge!("mbx_spool_messages").set(s.spool_messages as f64);
+                metrics::gauge!("mbx_suspended_items").set(s.suspended_total as f64);
+            }
+            Err(e) => warn!(error = %e, "stats for metrics failed"),
+        }
+        if let Err(e) = shared
+            .mbx
+            .maintenance_run(TRACKING_RETENTION_DEFAULT_S, MAINTENANCE_BATCH_MAX)
+            .await
+        {
+            error!(error = %e, "maintenance failed");
+        }
+        if !pause(&shared, Duration::from_secs(MAINTENANCE_INTERVAL_S)).await {
+            return;
+        }
+    }
+}
+
+/// LISTEN on the publish channel; reconnects with a pause when the connection drops.
+async fn listen_loop(shared: Arc<Shared>) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(shared.mbx.pool()).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(mbx_messagebox::PUBLISH_CHANNEL).await {
+                    warn!(error = %e, "LISTEN failed; polling only");
+                } else {
+                    loop {
+                        match listener.recv().await {
+                            Ok(_) => shared.published.notify_waiters(),
+                            Err(e) => {
+                                warn!(error = %e, "publish listener lost its connection");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "publish listener cannot connect; polling only"),
+        }
+        if !pause(&shared, shared.config.poll_interval).await {
+            return;
+        }
+    }
+}
+
+/// Running loops by object id: name, task, and its stop signal.
+type Loops = HashMap<i64, (String, JoinHandle<()>, watch::Sender<bool>)>;
+
+/// Makes `loops` match `wanted`: stops loops of objects no longer wanted (or whose task
+/// ended), starts loops for new ones.
+fn reconcile<T>(
+    loops: &mut Loops,
+    wanted: HashMap<i64, (String, T)>,
+    kind: &str,
+    spawn: impl Fn(T, watch::Receiver<bool>) -> JoinHandle<()>,
+) {
+    loops.retain(|id, (name, handle, stop)| {
+        let keep = wanted.contains_key(id) && !handle.is_finished();
+        if !keep {
+            info!(%kind, name = %name, "loop stopping");
+            let _ = stop.send(true);
+        }
+        keep
+    });
+    for (id, (name, object)) in wanted {
+        if let std::collections::hash_map::Entry::Vacant(slot) = loops.entry(id) {
+            info!(%kind, name = %name, "loop starting");
+            let (stop_tx, stop_rx) = watch::channel(false);
+            slot.insert((name, spawn(object, stop_rx), stop_tx));
+        }
+    }
+}
+
+/// Starts and stops the loops of ports and locations as the configuration changes.
+async fn supervisor_loop(shared: Arc<Shared>) {
+    let mut ports: Loops = HashMap::new();
+    let mut locations: Loops = HashMap::new();
+    loop {
+        match shared.mbx.send_port_list().await {
+            Ok(list) => {
+                let wanted = list
+                    .into_iter()
+                    .filter(|p| p.host == shared.config.host && p.state == "started")
+                    .map(|p| (p.id, (p.name.clone(), p)))
+                    .collect();
+                reconcile(&mut ports, wanted, "send port", |port, stop| {
+                    tokio::spawn(delivery::port_loop(shared.clone(), port, stop))
+                });
+            }
+            Err(e) => warn!(error = %e, "reading send ports failed"),
+        }
+        match shared.mbx.receive_location_list().await {
+            Ok(list) => {
+                let wanted = list
+                    .into_iter()
+                    .filter(|l| l.host == shared.config.host && l.enabled)
+                    .map(|l| (l.id, (l.name.clone(), l)))
+                    .collect();
+                reconcile(&mut locations, wanted, "receive location", |loc, stop| {
+                    tokio::spawn(receive::location_loop(shared.clone(), loc, stop))
+                });
+            }
+            Err(e) => warn!(error = %e, "reading receive locations failed"),
+        }
+        if !pause(&shared, shared.config.poll_interval).await {
+            break;
+        }
+    }
+    // stopping: receive first, then let delivery loops finish their batch
+    for (_, (_, handle, stop)) in locations.drain() {
+        let _ = stop.send(true);
+        let _ = handle.await;
+    }
+    for (_, (_, _, stop)) in ports.iter() {
+        let _ = stop.send(true);
+    }
+    for (_, (_, handle, _)) in ports.drain() {
+        let _ = handle.await;
+    }
+}

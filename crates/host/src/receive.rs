@@ -1,0 +1,235 @@
+//! One runner per enabled receive location: the receive adapter submits batches; the
+//! submitter runs the location's pipeline, publishes in one transaction and returns only
+//! after the commit, so the adapter acknowledges its source (FILE: deletes the file) only
+//! for messages that are safe in the MessageBox.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
+use mbx_adapters::{InboundMessage, ReceiveLocationSpec, SubmitError, Submitter};
+use mbx_messagebox::context::system;
+use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::receive::ReceiveLocation;
+use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::{pause, Shared};
+
+pub(crate) async fn location_loop(
+    shared: Arc<Shared>,
+    loc: ReceiveLocation,
+    stop: watch::Receiver<bool>,
+) {
+    let until_stopped = |mut stop: watch::Receiver<bool>, mut stopping: watch::Receiver<bool>| async move {
+        loop {
+            if *stop.borrow() || *stopping.borrow() {
+                return;
+            }
+            tokio::select! {
+                r = stop.changed() => if r.is_err() { return },
+                r = stopping.changed() => if r.is_err() { return },
+            }
+        }
+    };
+    let submitter = match LocationSubmitter::new(&shared, &loc).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(location = %loc.name, error = %e, "receive location cannot start");
+            until_stopped(stop, shared.stopping.clone()).await;
+            return;
+        }
+    };
+    loop {
+        let mut settings = loc.settings.0.clone();
+        settings.insert(
+            "max_message_size".to_owned(),
+            loc.max_message_size.to_string(),
+        );
+        let spec = ReceiveLocationSpec {
+            location_name: loc.name.clone(),
+            address: loc.address.clone(),
+            settings,
+            instance_id: shared.instance_id().simple().to_string(),
+        };
+        let adapter = match shared.registry.receive_adapter(spec) {
+            Ok(a) => a,
+            Err(e) => {
+                error!(location = %loc.name, error = %e, "receive location cannot start");
+                until_stopped(stop, shared.stopping.clone()).await;
+                return;
+            }
+        };
+        // files claimed by instances that are no longer alive go back to the folder
+        match shared.mbx.instance_list().await {
+            Ok(list) => {
+                let alive: HashSet<String> = list
+                    .iter()
+                    .filter(|i| i.state == "alive")
+                    .map(|i| i.id.simple().to_string())
+                    .collect();
+                let filter = move |c: &mbx_adapters::ClaimInfo| !alive.contains(&c.claim_id);
+                match adapter.reclaim(&filter).await {
+                    Ok(r) if r.reclaimed > 0 => {
+                        info!(location = %loc.name, reclaimed = r.reclaimed, "reclaimed files of dead instances")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(location = %loc.name, error = %e, "reclaiming claimed files failed")
+                    }
+                }
+            }
+            Err(e) => warn!(location = %loc.name, error = %e, "listing instances failed"),
+        }
+        let shutdown = Box::pin(until_stopped(stop.clone(), shared.stopping.clone()));
+        match adapter.run(&submitter, shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                error!(location = %loc.name, error = %e, "receive location failed; restarting");
+                if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes what one location receives.
+struct LocationSubmitter {
+    mbx: MessageBox,
+    location: ReceiveLocation,
+    pipeline: Pipeline,
+    publisher: Publisher,
+    declared: HashMap<String, PropertyType>,
+}
+
+impl LocationSubmitter {
+    async fn new(shared: &Shared, loc: &ReceiveLocation) -> anyhow::Result<Self> {
+        let kind: PipelineKind = loc.pipeline.parse()?;
+        let promotions = loc
+            .promote
+            .0
+            .iter()
+            .map(|(property, path)| Promotion {
+                property: property.clone(),
+                path: path.clone(),
+            })
+            .collect();
+        let pipeline = Pipeline::new(kind, promotions)?;
+        let host_id: Option<i64> = None;
+        Ok(Self {
+            mbx: shared.mbx.clone(),
+            location: loc.clone(),
+            pipeline,
+            publisher: Publisher {
+                host_id,
+                receive_location_id: Some(loc.id),
+            },
+            declared: shared.mbx.property_types().await?,
+        })
+    }
+
+    /// The context of one received message, or the reason it is a receive failure.
+    fn context(&self, m: &InboundMessage) -> Result<Context, String> {
+        let mut ctx = Context::new();
+        let scheme = self
+            .location
+            .address
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let put = |ctx: &mut Context, name: &str, value: String, promoted: bool| {
+            let v = Value::String(value);
+            let r = if promoted {
+                ctx.promote(name, v)
+            } else {
+                ctx.write(name, v)
+            };
+            r.map_err(|e| e.to_string())
+        };
+        for (name, value) in m.properties.iter() {
+            put(&mut ctx, name, value.to_owned(), false)?;
+        }
+        put(
+            &mut ctx,
+            system::RECEIVE_PORT_NAME,
+            self.location.port.clone(),
+            true,
+        )?;
+        put(
+            &mut ctx,
+            system::RECEIVE_LOCATION_NAME,
+            self.location.name.clone(),
+            true,
+        )?;
+        put(&mut ctx, system::INBOUND_TRANSPORT_TYPE, scheme, true)?;
+        put(
+            &mut ctx,
+            system::CONTENT_TYPE,
+            m.content_type.clone(),
+            false,
+        )?;
+        let out = self
+            .pipeline
+            .run(&m.body)
+            .map_err(|e| format!("{} pipeline: {e}", self.pipeline.kind().as_str()))?;
+        if let Some(t) = out.message_type {
+            put(&mut ctx, system::MESSAGE_TYPE, t, true)?;
+        }
+        for (name, text) in out.promoted {
+            let ty = self
+                .declared
+                .get(&name)
+                .copied()
+                .unwrap_or(PropertyType::String);
+            let value = Value::parse_as(ty, &text).map_err(|e| format!("promoting {name}: {e}"))?;
+            ctx.promote(&name, value).map_err(|e| e.to_string())?;
+        }
+        Ok(ctx)
+    }
+}
+
+#[async_trait]
+impl Submitter for LocationSubmitter {
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError> {
+        let mut messages = Vec::with_capacity(batch.len());
+        for m in batch {
+            match self.context(&m) {
+                Ok(context) => messages.push(NewMessage {
+                    body: m.body,
+                    content_type: m.content_type,
+                    context,
+                    source: m.source_id.map(|s| (self.location.id, s)),
+                }),
+                Err(reason) => {
+                    // kept as a non-resumable receive failure; the source is then acknowledged
+                    let mut context = Context::new();
+                    for (name, value) in m.properties.iter() {
+                        let _ = context.write(name, Value::String(value.to_owned()));
+                    }
+                    let failed = NewMessage::new(m.body, &m.content_type, context);
+                    warn!(location = %self.location.name, %reason, "receive failure");
+                    self.mbx
+                        .suspend_receive_failure(&self.publisher, failed, &reason)
+                        .await
+                        .map_err(|e| SubmitError::new(e.to_string()))?;
+                    metrics::counter!("mbx_receive_failures_total", "location" => self.location.name.clone()).increment(1);
+                }
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let n = messages.len() as u64;
+        self.mbx
+            .publish(&self.publisher, messages)
+            .await
+            .map_err(|e| SubmitError::new(e.to_string()))?;
+        metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
+            .increment(n);
+        Ok(())
+    }
+}
