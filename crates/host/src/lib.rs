@@ -15,6 +15,7 @@
 
 mod admin;
 mod delivery;
+mod http_receive;
 mod receive;
 
 use std::collections::HashMap;
@@ -38,6 +39,9 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 2_000;
 /// Default configuration poll interval (SPEC §4: changes reach instances within 1 s).
 pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 
+/// Default port of `--http-listen` (SPEC §8: `0.0.0.0:8080`).
+pub const HTTP_LISTEN_DEFAULT_PORT: u16 = 8080;
+
 /// Maintenance period.
 pub const MAINTENANCE_INTERVAL_S: u64 = 60;
 
@@ -54,6 +58,9 @@ pub struct HostConfig {
     pub host: String,
     /// `/healthz`, `/readyz`, `/metrics`; `None` serves nothing.
     pub admin_listen: Option<SocketAddr>,
+    /// Where this instance serves its host's HTTP receive locations (bound when the first
+    /// one starts).
+    pub http_listen: SocketAddr,
     pub max_deliveries: i32,
     pub poll_interval: Duration,
     /// Deliveries one claim takes at most.
@@ -68,6 +75,7 @@ impl HostConfig {
             database_url: database_url.to_owned(),
             host: host.to_owned(),
             admin_listen: None,
+            http_listen: SocketAddr::from(([0, 0, 0, 0], HTTP_LISTEN_DEFAULT_PORT)),
             max_deliveries: MAX_DELIVERIES_DEFAULT,
             poll_interval: Duration::from_millis(POLL_INTERVAL_DEFAULT_MS),
             claim_batch: mbx_messagebox::delivery::CLAIM_BATCH_DEFAULT,
@@ -87,6 +95,8 @@ pub(crate) struct Shared {
     pub published: Notify,
     /// Becomes true when the instance stops.
     pub stopping: watch::Receiver<bool>,
+    /// The HTTP receive locations this instance serves.
+    pub http: http_receive::HttpReceive,
 }
 
 impl Shared {
@@ -120,6 +130,7 @@ pub async fn run(
         instance: instance_tx,
         published: Notify::new(),
         stopping: stop_rx,
+        http: Default::default(),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();

@@ -25,6 +25,9 @@ struct Args {
     /// Address for /healthz, /readyz and /metrics (port 0 picks a free one).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Address this instance serves its host's HTTP receive locations on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
     /// A message whose claim was reclaimed more than this many times is suspended as poison.
     #[arg(long, default_value_t = MAX_DELIVERIES_DEFAULT)]
     max_deliveries: i32,
@@ -44,6 +47,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let mut config = HostConfig::new(&args.database_url, &args.host);
     config.admin_listen = args.admin_listen;
+    config.http_listen = args.http_listen;
     config.max_deliveries = args.max_deliveries;
     config.poll_interval = args.poll_interval;
     let shutdown = async {

@@ -16,7 +16,7 @@ use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::{pause, Shared};
+use crate::{http_receive, pause, Shared};
 
 pub(crate) async fn location_loop(
     shared: Arc<Shared>,
@@ -35,13 +35,47 @@ pub(crate) async fn location_loop(
         }
     };
     let submitter = match LocationSubmitter::new(&shared, &loc).await {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
             error!(location = %loc.name, error = %e, "receive location cannot start");
             until_stopped(stop, shared.stopping.clone()).await;
             return;
         }
     };
+    if let Some(path) = http_receive::path_of(&loc.address) {
+        // served by this instance's HTTP listener until the location stops
+        let token = match loc
+            .settings
+            .0
+            .get("bearer_token")
+            .map(|r| http_receive::resolve_secret("bearer_token", r))
+        {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                error!(location = %loc.name, error = %e, "receive location cannot start");
+                until_stopped(stop, shared.stopping.clone()).await;
+                return;
+            }
+            None => None,
+        };
+        while !http_receive::ensure_listener(&shared).await {
+            if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
+                return;
+            }
+        }
+        shared.http.add(
+            path.clone(),
+            http_receive::Route {
+                location: loc.name.clone(),
+                max_bytes: u64::try_from(loc.max_message_size).unwrap_or(0),
+                token,
+                submitter,
+            },
+        );
+        until_stopped(stop, shared.stopping.clone()).await;
+        shared.http.remove(&path);
+        return;
+    }
     loop {
         let mut settings = loc.settings.0.clone();
         settings.insert(
@@ -84,7 +118,7 @@ pub(crate) async fn location_loop(
             Err(e) => warn!(location = %loc.name, error = %e, "listing instances failed"),
         }
         let shutdown = Box::pin(until_stopped(stop.clone(), shared.stopping.clone()));
-        match adapter.run(&submitter, shutdown).await {
+        match adapter.run(submitter.as_ref(), shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 error!(location = %loc.name, error = %e, "receive location failed; restarting");

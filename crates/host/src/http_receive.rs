@@ -1,0 +1,209 @@
+//! HTTP receive (SPEC §8): every instance of a host serves the host's enabled HTTP receive
+//! locations on its `--http-listen` address (a load balancer fronts the instances). One-way:
+//! a POST is answered 202 only after its publish committed; 413 over the location's size
+//! limit; 401 on a missing or wrong bearer token when the location has one; 503 with
+//! Retry-After when the MessageBox cannot take the message (throttling will answer the same).
+//! The listener is bound when the first HTTP location starts, so instances without HTTP
+//! locations need no port.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use mbx_adapters::{system, InboundMessage, MessageContext, Submitter};
+use tokio::sync::Mutex;
+use tracing::{error, info, warn};
+
+use crate::Shared;
+
+/// Seconds a client is told to wait before retrying a 503.
+pub const RETRY_AFTER_S: u64 = 1;
+
+/// Longest accepted `Idempotency-Key`, used as the source id for deduplication.
+pub const IDEMPOTENCY_KEY_MAX_BYTES: usize = 200;
+
+/// One served location.
+pub(crate) struct Route {
+    pub location: String,
+    pub max_bytes: u64,
+    /// The expected bearer token, resolved from an `env:`/`file:` reference.
+    pub token: Option<String>,
+    pub submitter: Arc<dyn Submitter>,
+}
+
+/// The routes of this instance's HTTP receive locations, by path.
+#[derive(Default)]
+pub(crate) struct HttpReceive {
+    routes: RwLock<HashMap<String, Arc<Route>>>,
+    listening: Mutex<bool>,
+}
+
+/// The path an HTTP receive address serves: `http:///orders` → `/orders`.
+pub(crate) fn path_of(address: &str) -> Option<String> {
+    let rest = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))?;
+    let slash = rest.find('/')?;
+    let path = &rest[slash..];
+    (path.len() > 1).then(|| path.to_owned())
+}
+
+/// Resolves a secret reference: `env:NAME` or `file:PATH`; plain text is refused (secrets
+/// are never stored in the MessageBox).
+pub(crate) fn resolve_secret(setting: &str, reference: &str) -> Result<String, String> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        std::env::var(name)
+            .map_err(|_| format!("{setting}: environment variable {name} is not set"))
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("{setting}: cannot read {path}: {e}"))
+    } else {
+        Err(format!(
+            "{setting}: give a reference, env:NAME or file:PATH, never the secret itself"
+        ))
+    }
+}
+
+impl HttpReceive {
+    pub fn add(&self, path: String, route: Route) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.insert(path, Arc::new(route));
+        }
+    }
+
+    pub fn remove(&self, path: &str) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.remove(path);
+        }
+    }
+
+    fn route(&self, path: &str) -> Option<Arc<Route>> {
+        self.routes.read().ok()?.get(path).cloned()
+    }
+}
+
+/// Binds the listener once; returns false (and logs) if it cannot be bound now.
+pub(crate) async fn ensure_listener(shared: &Arc<Shared>) -> bool {
+    let mut listening = shared.http.listening.lock().await;
+    if *listening {
+        return true;
+    }
+    let addr = shared.config.http_listen;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP receive listener ready");
+            let app = Router::new().fallback(handle).with_state(shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    error!(error = %e, "HTTP receive listener failed");
+                }
+            });
+            *listening = true;
+            true
+        }
+        Err(e) => {
+            error!(address = %addr, error = %e, "cannot bind --http-listen; give each instance on a machine its own address");
+            false
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (status, format!("{text}\n")).into_response()
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let Some(route) = shared.http.route(&path) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no receive location serves {path}"),
+        );
+    };
+    if request.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
+    }
+    if let Some(token) = &route.token {
+        if !bearer_ok(request.headers(), token) {
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            );
+        }
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_bytes) {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the limit is {} bytes", route.max_bytes),
+        );
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let source_id = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(k)) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX_BYTES => Some(k.to_owned()),
+        Some(_) => return plain(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_BYTES} visible ASCII characters"
+            ),
+        ),
+        None => None,
+    };
+    let limit = usize::try_from(route.max_bytes).unwrap_or(usize::MAX);
+    let body = match axum::body::to_bytes(Body::new(request.into_body()), limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the limit is {} bytes", route.max_bytes),
+            )
+        }
+    };
+    let properties = MessageContext::new().with(system::INBOUND_TRANSPORT_LOCATION, path.clone());
+    let message = InboundMessage {
+        body,
+        content_type,
+        properties,
+        source_id,
+    };
+    match route.submitter.submit(vec![message]).await {
+        Ok(()) => plain(StatusCode::ACCEPTED, "accepted".into()),
+        Err(e) => {
+            warn!(location = %route.location, error = %e, "HTTP receive could not publish");
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the MessageBox cannot take the message now; retry".into(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+            r
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! HTTP receive → HTTP send through two real `mbx-host` processes: every accepted POST
+//! reaches the endpoint exactly once with its Idempotency-Key; wrong tokens, oversized
+//! bodies and unknown paths are refused and publish nothing.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use mbx_e2e::{bin, database_url, Reaped};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::receive::ReceiveLocationSpec;
+use mbx_messagebox::MessageBox;
+use sqlx::PgPool;
+
+const MESSAGES: usize = 200;
+const TOKEN: &str = "s3cret-token";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_host(url: &str, http_port: u16) -> Reaped {
+    Reaped(
+        Command::new(bin("mbx-host"))
+            .args(["--host", "default", "--poll-interval", "200ms"])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .env("MBX_DATABASE_URL", url)
+            .env("MBX_TEST_BEARER", TOKEN)
+            .env("MBX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mbx-host"),
+    )
+}
+
+async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type Received = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
+/// The endpoint: records (Idempotency-Key, body) of every request and answers 200.
+async fn start_sink() -> (u16, Received) {
+    let received: Received = Arc::default();
+    let r = received.clone();
+    let app = Router::new().route(
+        "/sink",
+        post(move |headers: HeaderMap, body: String| {
+            let r = r.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                r.lock().expect("sink lock").push((key, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let port = listener.local_addr().expect("sink addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink serve") });
+    (port, received)
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn http_posts_reach_the_endpoint_exactly_once_through_two_hosts(pool: PgPool) {
+    let mbx = MessageBox::from_pool(pool.clone());
+    mbx.init(None).await.expect("init");
+    let (sink_port, received) = start_sink().await;
+    mbx.receive_port_create("api", false)
+        .await
+        .expect("receive port");
+    let mut loc = ReceiveLocationSpec::new("api-in", "api", "http:///orders");
+    loc.pipeline = "json".into();
+    loc.promote.insert("Order.Id".into(), "/id".into());
+    loc.max_message_size = 1000;
+    loc.settings
+        .insert("bearer_token".into(), "env:MBX_TEST_BEARER".into());
+    mbx.receive_location_create(&loc).await.expect("location");
+    mbx.receive_location_set_enabled("api-in", true)
+        .await
+        .expect("enable");
+    mbx.send_port_create(
+        &SendPortSpec::new("to-sink", &format!("http://127.0.0.1:{sink_port}/sink"))
+            .with_filter("mbx.ReceivePortName == 'api'")
+            .with_state(InitialState::Started),
+    )
+    .await
+    .expect("send port");
+
+    let url = database_url(&pool);
+    let ports = [free_port(), free_port()];
+    let _hosts = [start_host(&url, ports[0]), start_host(&url, ports[1])];
+    let client = reqwest::Client::new();
+    let orders = |p: u16| format!("http://127.0.0.1:{p}/orders");
+    for p in ports {
+        // the route is served once an unauthenticated POST gets 401
+        wait_for(
+            "the HTTP receive location on each instance",
+            Duration::from_secs(30),
+            || {
+                let req = client.post(orders(p)).body("{}");
+                async move { matches!(req.send().await, Ok(r) if r.status() == 401) }
+            },
+        )
+        .await;
+    }
+
+    let mut sent = BTreeMap::new();
+    for i in 0..MESSAGES {
+        let body = format!("{{\"id\": {i}, \"item\": \"widget-{i}\"}}");
+        let r = client
+            .post(orders(ports[i % 2]))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 202, "POST {i}");
+        sent.insert(body, ());
+    }
+    // refusals publish nothing
+    let wrong = client
+        .post(orders(ports[0]))
+        .bearer_auth("nope")
+        .body("{\"id\": -1}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(wrong.status(), 401);
+    let big = client
+        .post(orders(ports[1]))
+        .bearer_auth(TOKEN)
+        .body("x".repeat(2000))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(big.status(), 413);
+    let unknown = client
+        .post(format!("http://127.0.0.1:{}/nowhere", ports[0]))
+        .bearer_auth(TOKEN)
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unknown.status(), 404);
+
+    wait_for(
+        "every message at the endpoint",
+        Duration::from_secs(60),
+        || async { received.lock().expect("lock").len() >= MESSAGES },
+    )
+    .await;
+    wait_for("an empty spool", Duration::from_secs(30), || async {
+        mbx.stats().await.expect("stats").spool_messages == 0
+    })
+    .await;
+    let got = received.lock().expect("lock").clone();
+    assert_eq!(got.len(), MESSAGES, "exactly once each");
+    let bodies: BTreeMap<String, ()> = got.iter().map(|(_, b)| (b.clone(), ())).collect();
+    assert_eq!(
+        bodies, sent,
+        "every accepted body arrived intact; refused ones did not"
+    );
+    for (key, _) in &got {
+        let key = key.as_deref().expect("Idempotency-Key header");
+        assert!(key.ends_with(".to-sink"), "{key}");
+    }
+    let stats = mbx.stats().await.expect("stats");
+    assert_eq!(stats.suspended_total, 0);
+}
