@@ -104,6 +104,10 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
         .iter()
         .map(|d| (d.delivery_id, d.claim_token))
         .collect();
+    let published: HashMap<i64, chrono::DateTime<chrono::Utc>> = batch
+        .iter()
+        .map(|d| (d.delivery_id, d.published_at))
+        .collect();
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     let mut by_adapter: HashMap<&'static str, (Arc<dyn SendAdapter>, Vec<OutboundMessage>)> =
         HashMap::new();
@@ -165,7 +169,18 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
     let mut failures = Vec::new();
     for (id, token) in &tokens {
         match outcomes.remove(id) {
-            Some(Outcome::Delivered) => delivered.push((*id, *token)),
+            Some(Outcome::Delivered) => {
+                // publish commit → endpoint confirmed (database clock vs ours: approximate)
+                if let Some(at) = published.get(id) {
+                    let latency = (chrono::Utc::now() - *at)
+                        .num_microseconds()
+                        .unwrap_or(0)
+                        .max(0);
+                    metrics::histogram!("mbx_delivery_latency_seconds", "port" => port.name.clone())
+                        .record(latency as f64 / 1e6);
+                }
+                delivered.push((*id, *token))
+            }
             Some(Outcome::Failed { error, retryable }) => failures.push(Failure {
                 delivery_id: *id,
                 claim_token: *token,

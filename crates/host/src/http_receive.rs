@@ -168,12 +168,14 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .to_owned();
     let source_id = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(k)) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX_BYTES => Some(k.to_owned()),
-        Some(_) => return plain(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Some(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!(
                 "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_BYTES} visible ASCII characters"
             ),
-        ),
+            )
+        }
         None => None,
     };
     let limit = usize::try_from(route.max_bytes).unwrap_or(usize::MAX);

@@ -53,6 +53,8 @@ pub struct ClaimedDelivery {
     /// The body, unless it is chunked (`MessageBox::message_body` streams it then).
     pub body: Option<Bytes>,
     pub body_size: i64,
+    /// When the message's publish committed (database clock).
+    pub published_at: DateTime<Utc>,
     /// The message's context with the per-delivery values overlaid (SPEC §1).
     pub context: Context,
 }
@@ -259,6 +261,7 @@ impl MessageBox {
                 content_type: row.get(7),
                 body: body.map(Bytes::from),
                 body_size: row.get(9),
+                published_at,
                 context,
             });
         }
