@@ -1,0 +1,377 @@
+//! README command 1 (SPEC §12 item 1): `scripts/mbx-local up` starts a private PostgreSQL,
+//! migrates, creates the demo flow and two host instances; a file dropped in `demo/in`
+//! arrives in `demo/out` and in the ordered port's log; `down` stops everything and a
+//! second `up` starts it again.
+//!
+//! The script runs as written, with `MBX_HOME` pointing at a temporary folder, the binaries
+//! of this test build (`MBX_BIN_DIR`, `MBX_SKIP_BUILD=1`) and free ports.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mbx_e2e::{bin, Mbx, Run};
+use serde_json::Value as Json;
+
+/// A local cluster under a temporary `MBX_HOME`; `down` runs when dropped, even when the
+/// test fails, before the folder is removed.
+struct Cluster {
+    home: tempfile::TempDir,
+    pg_port: u16,
+    admin_port: u16,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let home = tempfile::Builder::new()
+            .prefix("mbx-local-")
+            .tempdir()
+            .expect("tempdir");
+        // When the test runs as root, the script runs PostgreSQL as another user, which
+        // must be able to reach the data folder below this one.
+        set_mode(home.path(), 0o755);
+        Self {
+            home,
+            pg_port: free_port(),
+            admin_port: free_port(),
+        }
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn script(&self, args: &[&str]) -> Run {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mbx-local");
+        let bin_dir = bin("mbx").parent().expect("bin dir").to_path_buf();
+        Command::new(script)
+            .args(args)
+            .current_dir(self.home())
+            .env("MBX_HOME", self.home())
+            .env("MBX_SKIP_BUILD", "1")
+            .env("MBX_BIN_DIR", bin_dir)
+            .env("MBX_PG_PORT", self.pg_port.to_string())
+            .env("MBX_ADMIN_PORT", self.admin_port.to_string())
+            .env("MBX_WAIT_SECONDS", "40")
+            .env_remove("MBX_DATABASE_URL")
+            .env_remove("MBX_LOG")
+            .output()
+            .expect("run scripts/mbx-local")
+            .into()
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.script(args);
+        assert_eq!(
+            r.code,
+            0,
+            "scripts/mbx-local {args:?} failed:\n{}{}\n{}",
+            r.stdout,
+            r.stderr,
+            self.logs()
+        );
+        r
+    }
+
+    /// The tails of the cluster's logs, for failure messages.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in ["postgres.log", "host-1.log", "host-2.log"] {
+            let path = self.home().join(".mbx/logs").join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            all.push_str(&format!("--- {name} (last lines)\n{tail}\n"));
+        }
+        all
+    }
+
+    fn host_pids(&self) -> Vec<i64> {
+        (1..=2)
+            .map(|n| {
+                let path = self.home().join(format!(".mbx/run/host-{n}.pid"));
+                std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                    .trim()
+                    .parse()
+                    .expect("pid file holds a pid")
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.script(&["down"]);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn accepting(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().expect("addr"),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The URL the script tells the user to export.
+fn exported_url(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export MBX_DATABASE_URL="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `export MBX_DATABASE_URL=` line in:\n{stdout}"))
+        .to_owned()
+}
+
+/// (id, pid, state) of every instance.
+fn instances(mbx: &Mbx) -> Vec<(String, i64, String)> {
+    let list = mbx.json(&["instance", "list"]);
+    list.as_array()
+        .expect("instance list is an array")
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().expect("id").to_owned(),
+                i["pid"].as_i64().expect("pid"),
+                i["state"].as_str().expect("state").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn alive_pids(mbx: &Mbx) -> Vec<i64> {
+    let mut pids: Vec<i64> = instances(mbx)
+        .into_iter()
+        .filter(|i| i.2 == "alive")
+        .map(|i| i.1)
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn named<'a>(list: &'a Json, name: &str) -> &'a Json {
+    list.as_array()
+        .expect("list is an array")
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("no '{name}' in {list:#}"))
+}
+
+/// The process is gone (or a zombie nobody reaped yet).
+fn exited(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the admin listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read response");
+    response
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
+    let cluster = Cluster::new();
+    let home = cluster.home().to_path_buf();
+
+    // up: PostgreSQL, init, demo bindings, two alive hosts, and what to do next
+    let up = cluster.ok(&["up"]);
+    assert!(
+        up.stdout.contains("demo/in"),
+        "up names demo/in:\n{}",
+        up.stdout
+    );
+    assert!(up.stdout.contains("down"), "up names down:\n{}", up.stdout);
+    let url = exported_url(&up.stdout);
+    assert!(
+        url.contains(&format!(":{}/", cluster.pg_port)),
+        "the private PostgreSQL listens on MBX_PG_PORT: {url}"
+    );
+    assert!(accepting(cluster.pg_port));
+    assert!(
+        home.join(".mbx/pg/PG_VERSION").exists(),
+        "data under .mbx/pg"
+    );
+    let mbx = Mbx::new(url.clone());
+
+    let mut pids = cluster.host_pids();
+    pids.sort();
+    assert_eq!(
+        alive_pids(&mbx),
+        pids,
+        "two alive instances, the script's hosts"
+    );
+    let first_ids: Vec<String> = instances(&mbx).into_iter().map(|i| i.0).collect();
+
+    let locations = mbx.json(&["receive-location", "list"]);
+    let demo_in = named(&locations, "demo-in");
+    assert_eq!(demo_in["port"], "demo");
+    assert_eq!(demo_in["pipeline"], "xml");
+    assert_eq!(demo_in["enabled"], true);
+    assert_eq!(
+        demo_in["address"],
+        format!("file://{}/demo/in/*.xml", home.display())
+    );
+    assert_eq!(demo_in["promote"]["Demo.Region"], "/order/region");
+    let ports = mbx.json(&["send-port", "list"]);
+    let out = named(&ports, "demo-out");
+    assert_eq!(out["state"], "started");
+    assert_eq!(
+        out["address"],
+        format!("file://{}/demo/out/%MessageID%.xml", home.display())
+    );
+    assert_eq!(out["filter"], r#"mbx.ReceivePortName == "demo""#);
+    let ordered = named(&ports, "demo-ordered");
+    assert_eq!(ordered["state"], "started");
+    assert_eq!(ordered["ordered"], true);
+    assert_eq!(
+        ordered["address"],
+        format!("file://{}/demo/ordered/orders.log", home.display())
+    );
+
+    // the admin listener answers, when the hosts have one
+    let admin = home.join(".mbx/run/host-1.admin");
+    if admin.exists() {
+        let port: u16 = std::fs::read_to_string(&admin)
+            .expect("admin port")
+            .trim()
+            .parse()
+            .expect("port number");
+        let response = http_get(port, "/healthz");
+        let status_line = response.lines().next().unwrap_or_default();
+        assert!(status_line.contains(" 200 "), "/healthz: {response}");
+    }
+
+    // up again is idempotent: same hosts, nothing duplicated
+    let again = cluster.ok(&["up"]);
+    assert!(again.stdout.contains("already running"), "{}", again.stdout);
+    assert_eq!(cluster.host_pids().len(), 2);
+    assert_eq!(alive_pids(&mbx), pids, "no extra host instance");
+    assert_eq!(
+        mbx.json(&["receive-location", "list"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        mbx.json(&["send-port", "list"]).as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let status = cluster.ok(&["status"]);
+    assert!(
+        status.stdout.contains("host-1: running"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("host-2: running"),
+        "{}",
+        status.stdout
+    );
+
+    // the demo flow, as the output says: drop the sample in demo/in
+    let sample = std::fs::read(home.join("demo/sample-order.xml")).expect("sample copied");
+    std::fs::copy(
+        home.join("demo/sample-order.xml"),
+        home.join("demo/in/sample-order.xml"),
+    )
+    .expect("drop the sample");
+    let limit = Duration::from_secs(30);
+    wait_for("the order in demo/out", limit, || {
+        files_in(&home.join("demo/out"))
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "xml"))
+    });
+    let delivered = files_in(&home.join("demo/out"));
+    let delivered: Vec<&PathBuf> = delivered
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "xml"))
+        .collect();
+    assert_eq!(delivered.len(), 1, "one file per message: {delivered:?}");
+    assert_eq!(std::fs::read(delivered[0]).expect("read"), sample);
+    let log = home.join("demo/ordered/orders.log");
+    wait_for("the order in demo/ordered/orders.log", limit, || {
+        std::fs::read(&log).map(|b| b == sample).unwrap_or(false)
+    });
+    wait_for("demo/in to be empty", limit, || {
+        files_in(&home.join("demo/in")).is_empty()
+    });
+
+    // down: the hosts stop gracefully, then PostgreSQL
+    let down = cluster.ok(&["down"]);
+    assert!(
+        !accepting(cluster.pg_port),
+        "PostgreSQL stopped:\n{}",
+        down.stdout
+    );
+    for pid in &pids {
+        assert!(exited(*pid), "host pid {pid} still runs after down");
+    }
+    let status = cluster.ok(&["status"]);
+    assert!(
+        status.stdout.contains("host-1: not running"),
+        "{}",
+        status.stdout
+    );
+
+    // up after down reuses the data; the first instances deregistered (stopped)
+    let up = cluster.ok(&["up"]);
+    assert_eq!(exported_url(&up.stdout), url, "same URL after a restart");
+    let now = instances(&mbx);
+    for id in &first_ids {
+        let state = now
+            .iter()
+            .find(|i| &i.0 == id)
+            .map(|i| i.2.as_str())
+            .unwrap_or("missing");
+        assert_eq!(state, "stopped", "instance {id} after down");
+    }
+    assert_eq!(alive_pids(&mbx).len(), 2);
+    cluster.ok(&["down"]);
+    assert!(!accepting(cluster.pg_port));
+}
