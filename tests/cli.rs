@@ -736,3 +736,22 @@ async fn receive_locations_are_created_disabled_and_deleted_only_when_disabled(p
         serde_json::json!([])
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_closed_output_pipe_ends_quietly(pool: PgPool) {
+    let mbx = init(&pool);
+    let mut child = std::process::Command::new(bin("mbx"))
+        .args(["host", "list"])
+        .env("MBX_DATABASE_URL", &mbx.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mbx");
+    drop(child.stdout.take()); // the reader goes away, as with `mbx host list | head -0`
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked"),
+        "mbx panicked on a closed pipe: {err}"
+    );
+}

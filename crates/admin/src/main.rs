@@ -24,6 +24,12 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `mbx status | head` into a panic on the closed
+    // pipe; a CLI should end quietly like other Unix tools.
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
