@@ -5,11 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
-use mbx_adapters::{InboundMessage, ReceiveLocationSpec, SubmitError, Submitter};
+use mbx_adapters::{InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitter};
 use mbx_messagebox::context::system;
+use mbx_messagebox::instances::DEAD_AFTER_S;
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::receive::ReceiveLocation;
 use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
@@ -96,29 +98,24 @@ pub(crate) async fn location_loop(
                 return;
             }
         };
-        // files claimed by instances that are no longer alive go back to the folder
-        match shared.mbx.instance_list().await {
-            Ok(list) => {
-                let alive: HashSet<String> = list
-                    .iter()
-                    .filter(|i| i.state == "alive")
-                    .map(|i| i.id.simple().to_string())
-                    .collect();
-                let filter = move |c: &mbx_adapters::ClaimInfo| !alive.contains(&c.claim_id);
-                match adapter.reclaim(&filter).await {
-                    Ok(r) if r.reclaimed > 0 => {
-                        info!(location = %loc.name, reclaimed = r.reclaimed, "reclaimed files of dead instances")
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(location = %loc.name, error = %e, "reclaiming claimed files failed")
-                    }
+        let shutdown = Box::pin(until_stopped(stop.clone(), shared.stopping.clone()));
+        // files claimed by instances that are no longer alive go back to the folder, at
+        // start and then every dead-instance timeout while the location runs
+        let reclaimer = async {
+            loop {
+                reclaim_dead_claims(&shared, adapter.as_ref(), &loc.name).await;
+                if !pause(&shared, Duration::from_secs(DEAD_AFTER_S as u64)).await {
+                    return;
                 }
             }
-            Err(e) => warn!(location = %loc.name, error = %e, "listing instances failed"),
-        }
-        let shutdown = Box::pin(until_stopped(stop.clone(), shared.stopping.clone()));
-        match adapter.run(submitter.as_ref(), shutdown).await {
+        };
+        let run = adapter.run(submitter.as_ref(), shutdown);
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            _ = reclaimer => run.await,
+        };
+        match result {
             Ok(()) => return,
             Err(e) => {
                 error!(location = %loc.name, error = %e, "receive location failed; restarting");
@@ -127,6 +124,31 @@ pub(crate) async fn location_loop(
                 }
             }
         }
+    }
+}
+
+/// Puts back files claimed by instances that are not alive (their claim id is the
+/// instance id).
+async fn reclaim_dead_claims(shared: &Shared, adapter: &dyn ReceiveAdapter, location: &str) {
+    match shared.mbx.instance_list().await {
+        Ok(list) => {
+            let alive: HashSet<String> = list
+                .iter()
+                .filter(|i| i.state == "alive")
+                .map(|i| i.id.simple().to_string())
+                .collect();
+            let filter = move |c: &mbx_adapters::ClaimInfo| !alive.contains(&c.claim_id);
+            match adapter.reclaim(&filter).await {
+                Ok(r) if r.reclaimed > 0 => {
+                    info!(location = %location, reclaimed = r.reclaimed, "reclaimed files of dead instances")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(location = %location, error = %e, "reclaiming claimed files failed")
+                }
+            }
+        }
+        Err(e) => warn!(location = %location, error = %e, "listing instances failed"),
     }
 }
 
