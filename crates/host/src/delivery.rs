@@ -29,10 +29,13 @@ pub(crate) async fn port_loop(
         max_count: shared.config.claim_batch,
         max_bytes: shared.config.claim_bytes,
     };
+    shared.progressed(port.id);
     loop {
         if *stop.borrow() || *shared.stopping.borrow() {
+            shared.forget_progress(port.id);
             return;
         }
+        shared.progressed(port.id);
         // register for the wake-up before claiming, so a publish in between is not missed
         let notified = shared.published.notified();
         tokio::pin!(notified);
@@ -47,6 +50,7 @@ pub(crate) async fn port_loop(
             Err(e) => {
                 warn!(port = %port.name, error = %e, "claim failed");
                 if !pause(&shared, shared.config.poll_interval).await {
+                    shared.forget_progress(port.id);
                     return;
                 }
                 continue;
@@ -163,6 +167,7 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
     drop(tx);
     // every adapter reports each message once, then drops its sender
     while let Some(report) = rx.recv().await {
+        shared.progressed(port.id);
         outcomes.insert(report.delivery_id, report.outcome);
     }
     let mut delivered = Vec::new();

@@ -42,6 +42,9 @@ pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 /// Default port of `--http-listen` (SPEC §8: `0.0.0.0:8080`).
 pub const HTTP_LISTEN_DEFAULT_PORT: u16 = 8080;
 
+/// Default `--watchdog-stall`: well above an adapter's default send timeout (30 s).
+pub const WATCHDOG_STALL_DEFAULT_S: u64 = 120;
+
 /// Maintenance period.
 pub const MAINTENANCE_INTERVAL_S: u64 = 60;
 
@@ -67,6 +70,10 @@ pub struct HostConfig {
     pub claim_batch: i64,
     /// Body bytes one claim takes at most.
     pub claim_bytes: i64,
+    /// A delivery loop that makes no progress (no claim, no outcome) for this long counts
+    /// as stalled: the heartbeat is withheld so the instance is declared dead and another
+    /// takes over its work (SPEC §4).
+    pub watchdog_stall: Duration,
 }
 
 impl HostConfig {
@@ -80,6 +87,7 @@ impl HostConfig {
             poll_interval: Duration::from_millis(POLL_INTERVAL_DEFAULT_MS),
             claim_batch: mbx_messagebox::delivery::CLAIM_BATCH_DEFAULT,
             claim_bytes: mbx_messagebox::delivery::CLAIM_BYTES_DEFAULT,
+            watchdog_stall: Duration::from_secs(WATCHDOG_STALL_DEFAULT_S),
         }
     }
 }
@@ -97,11 +105,35 @@ pub(crate) struct Shared {
     pub stopping: watch::Receiver<bool>,
     /// The HTTP receive locations this instance serves.
     pub http: http_receive::HttpReceive,
+    /// Last progress of each delivery loop, by port id (the watchdog reads it).
+    pub progress: std::sync::Mutex<HashMap<i64, std::time::Instant>>,
 }
 
 impl Shared {
     pub fn instance_id(&self) -> Uuid {
         *self.instance.borrow()
+    }
+
+    /// A delivery loop made progress (claimed, waited, or got an outcome).
+    pub fn progressed(&self, port_id: i64) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.insert(port_id, std::time::Instant::now());
+        }
+    }
+
+    /// The loop of a port ended: the watchdog no longer watches it.
+    pub fn forget_progress(&self, port_id: i64) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.remove(&port_id);
+        }
+    }
+
+    /// The port id and stall time of a delivery loop stalled past the watchdog limit.
+    fn stalled_loop(&self) -> Option<(i64, Duration)> {
+        let p = self.progress.lock().ok()?;
+        p.iter()
+            .map(|(id, t)| (*id, t.elapsed()))
+            .find(|(_, d)| *d > self.config.watchdog_stall)
     }
 }
 
@@ -131,6 +163,7 @@ pub async fn run(
         published: Notify::new(),
         stopping: stop_rx,
         http: Default::default(),
+        progress: Default::default(),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -198,6 +231,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
     let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
     loop {
         let id = shared.instance_id();
+        if let Some((port_id, stalled)) = shared.stalled_loop() {
+            error!(
+                port_id,
+                stalled_s = stalled.as_secs(),
+                "a delivery loop is stalled; heartbeat withheld so another instance takes over"
+            );
+            if !pause(&shared, period).await {
+                return;
+            }
+            continue;
+        }
         match shared.mbx.instance_heartbeat(id).await {
             Ok(true) => {}
             Ok(false) => {

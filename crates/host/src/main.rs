@@ -34,6 +34,10 @@ struct Args {
     /// Configuration poll interval and wake-up fallback (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: std::time::Duration,
+    /// A delivery loop without progress this long stops the heartbeat (another instance
+    /// then takes over its work).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    watchdog_stall: std::time::Duration,
 }
 
 #[tokio::main]
@@ -50,6 +54,7 @@ async fn main() -> Result<()> {
     config.http_listen = args.http_listen;
     config.max_deliveries = args.max_deliveries;
     config.poll_interval = args.poll_interval;
+    config.watchdog_stall = args.watchdog_stall;
     let shutdown = async {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         match term {
