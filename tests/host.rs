@@ -1,52 +1,16 @@
 //! `mbx-host` as a real process: registration, graceful stop, and reclaiming the claims of
 //! an instance killed with SIGKILL.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use mbx_e2e::{bin, database_url, Reaped};
+use mbx_e2e::{database_url, messagebox, start_host, wait_for};
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::delivery::ClaimLimits;
 use mbx_messagebox::publish::{NewMessage, Publisher};
-use mbx_messagebox::{Context, MessageBox, Value};
+use mbx_messagebox::{Context, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn start_host(url: &str) -> Reaped {
-    Reaped(
-        Command::new(bin("mbx-host"))
-            .args(["--host", "default"])
-            .env("MBX_DATABASE_URL", url)
-            .env("MBX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mbx-host"),
-    )
-}
-
-/// The MessageBox of a test database, initialised as `mbx init` would.
-async fn messagebox(pool: &PgPool) -> MessageBox {
-    let mbx = MessageBox::from_pool(pool.clone());
-    mbx.init(None).await.expect("init");
-    mbx
-}
-
-/// Polls `cond` until it holds or `deadline` passes.
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn instance_of_pid(pool: &PgPool, pid: u32) -> Option<(Uuid, String)> {
     sqlx::query_as(
@@ -62,7 +26,7 @@ async fn instance_of_pid(pool: &PgPool, pid: u32) -> Option<(Uuid, String)> {
 async fn a_host_registers_and_stops_gracefully_on_sigterm(pool: PgPool) {
     messagebox(&pool).await;
     let url = database_url(&pool);
-    let mut host = start_host(&url);
+    let mut host = start_host(&url, &[]);
     let pid = host.pid();
     wait_for(
         "the instance to register",
@@ -89,7 +53,7 @@ async fn a_host_registers_and_stops_gracefully_on_sigterm(pool: PgPool) {
 async fn a_live_host_reclaims_the_claims_of_a_killed_one(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let url = database_url(&pool);
-    let mut dying = start_host(&url);
+    let mut dying = start_host(&url, &[]);
     let pid = dying.pid();
     wait_for(
         "the first instance to register",
@@ -135,7 +99,7 @@ async fn a_live_host_reclaims_the_claims_of_a_killed_one(pool: PgPool) {
     .await
     .expect("age heartbeat");
 
-    let _survivor = start_host(&url);
+    let _survivor = start_host(&url, &[]);
     wait_for(
         "the survivor to reclaim the delivery",
         Duration::from_secs(30),

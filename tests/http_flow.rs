@@ -3,14 +3,13 @@
 //! bodies and unknown paths are refused and publish nothing.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
-use mbx_e2e::{bin, database_url, Reaped};
+use mbx_e2e::{database_url, start_host_with_env, wait_for, Reaped};
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::MessageBox;
@@ -27,33 +26,12 @@ fn free_port() -> u16 {
 }
 
 fn start_host(url: &str, http_port: u16) -> Reaped {
-    Reaped(
-        Command::new(bin("mbx-host"))
-            .args(["--host", "default", "--poll-interval", "200ms"])
-            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-            .env("MBX_DATABASE_URL", url)
-            .env("MBX_TEST_BEARER", TOKEN)
-            .env("MBX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mbx-host"),
+    let listen = format!("127.0.0.1:{http_port}");
+    start_host_with_env(
+        url,
+        &["--poll-interval", "200ms", "--http-listen", &listen],
+        &[("MBX_TEST_BEARER", TOKEN)],
     )
-}
-
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 type Received = Arc<Mutex<Vec<(Option<String>, String)>>>;

@@ -2,47 +2,17 @@
 //! with a send timeout longer than the stall limit) stops heartbeating, is declared dead,
 //! and another instance reclaims its work.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::routing::post;
 use axum::Router;
-use mbx_e2e::{bin, database_url, Reaped};
+use mbx_e2e::{database_url, start_host, wait_for};
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::{Context, MessageBox, Value};
 use sqlx::PgPool;
-
-fn start_host(url: &str, extra: &[&str]) -> Reaped {
-    Reaped(
-        Command::new(bin("mbx-host"))
-            .args(["--host", "default", "--poll-interval", "200ms"])
-            .args(extra)
-            .env("MBX_DATABASE_URL", url)
-            .env("MBX_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mbx-host"),
-    )
-}
-
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_stalled_instance_is_declared_dead_and_its_work_reclaimed(pool: PgPool) {
@@ -71,7 +41,10 @@ async fn a_stalled_instance_is_declared_dead_and_its_work_reclaimed(pool: PgPool
     mbx.send_port_create(&spec).await.expect("port");
 
     let url = database_url(&pool);
-    let stalling = start_host(&url, &["--watchdog-stall", "2s"]);
+    let stalling = start_host(
+        &url,
+        &["--poll-interval", "200ms", "--watchdog-stall", "2s"],
+    );
     let pid = stalling.pid() as i32;
     let mut ctx = Context::new();
     ctx.promote("Order.Id", Value::Integer(1)).expect("promote");
@@ -108,7 +81,7 @@ async fn a_stalled_instance_is_declared_dead_and_its_work_reclaimed(pool: PgPool
     )
     .await;
 
-    let _survivor = start_host(&url, &[]);
+    let _survivor = start_host(&url, &["--poll-interval", "200ms"]);
     wait_for(
         "the survivor to reclaim the delivery",
         Duration::from_secs(30),

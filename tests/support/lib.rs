@@ -1,9 +1,13 @@
 //! Helpers for the end-to-end tests: find the real binaries, point them at the test's own
-//! database, run them and check exit code and output.
+//! database, run them and check exit code and output; start `mbx-host` processes and wait
+//! for conditions with a deadline.
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
 /// Where the workspace's binaries are: next to the test executable's `deps/` folder.
@@ -155,4 +159,113 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `mbx-host` flags for tests that want changes and retries picked up quickly: a 200 ms
+/// configuration poll (and wake-up fallback) and an admin listener on a free port.
+pub const FAST_HOST: &[&str] = &["--poll-interval", "200ms", "--admin-listen", "127.0.0.1:0"];
+
+/// Starts a real `mbx-host --host default` process with `args` against `url`; it logs
+/// warnings to the test's stderr and is killed when the guard is dropped.
+pub fn start_host(url: &str, args: &[&str]) -> Reaped {
+    start_host_with_env(url, args, &[])
+}
+
+/// [`start_host`] with extra environment variables (e.g. a secret a setting refers to).
+pub fn start_host_with_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Reaped {
+    Reaped(
+        Command::new(bin("mbx-host"))
+            .args(["--host", "default"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("MBX_DATABASE_URL", url)
+            .env("MBX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mbx-host"),
+    )
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` once `deadline` passed.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(
+        eventually(deadline, cond).await,
+        "timed out after {deadline:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` every 50 ms until it holds (true) or `deadline` passed (false), for tests
+/// that explain a timeout with their own diagnosis.
+pub async fn eventually<F, Fut>(deadline: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return true;
+        }
+        if start.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The files of `dir` with extension `ext`, leaving out hidden ones (temporary and claimed
+/// files start with a dot).
+pub fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == ext)
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect()
+}
+
+/// The contents of [`files_in`] `dir`.
+pub fn bodies_in(dir: &Path, ext: &str) -> Vec<String> {
+    files_in(dir, ext)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read file"))
+        .collect()
+}
+
+/// The MessageBox of a `#[sqlx::test]` database, initialised as `mbx init` would.
+pub async fn messagebox(pool: &PgPool) -> MessageBox {
+    let mbx = MessageBox::from_pool(pool.clone());
+    mbx.init(None).await.expect("init");
+    mbx
+}
+
+/// Waits until exactly `n` instances are alive.
+pub async fn wait_for_alive(mbx: &MessageBox, n: usize) {
+    wait_for(
+        &format!("{n} live instances"),
+        Duration::from_secs(30),
+        || async {
+            let list = mbx.instance_list().await.expect("instances");
+            list.iter().filter(|i| i.state == "alive").count() == n
+        },
+    )
+    .await;
+}
+
+/// Waits until nothing is left to deliver or suspended: spool and suspended items both 0.
+pub async fn wait_for_empty_spool(mbx: &MessageBox, deadline: Duration) {
+    wait_for("an empty spool", deadline, || async {
+        let s = mbx.stats().await.expect("stats");
+        s.spool_messages == 0 && s.suspended_total == 0
+    })
+    .await;
 }
