@@ -4,9 +4,10 @@
 //! Tasks of one instance, all stopped by one shutdown signal:
 //! - heartbeat + reclaim: renews this instance's heartbeat on the database clock and puts
 //!   back the claims of dead instances (poison after `max_deliveries`);
-//! - supervisor: every `poll_interval` reads the started send ports and enabled receive
-//!   locations bound to this host and starts or stops their loops (configuration changes
-//!   reach a running instance within one interval, without restart);
+//! - supervisor: on every configuration notification (LISTEN `mbx_config`, sent by
+//!   triggers on commit) and at least every `poll_interval`, reads the started send ports
+//!   and enabled receive locations bound to this host and starts or stops their loops
+//!   (configuration changes reach a running instance at once, without restart);
 //! - publish listener: LISTEN on the MessageBox's publish channel, waking the delivery
 //!   loops within milliseconds of a publish (polling remains the fallback);
 //! - one delivery loop per started port: claim a batch → send adapter → complete / fail;
@@ -101,6 +102,8 @@ pub(crate) struct Shared {
     pub instance: watch::Sender<Uuid>,
     /// Woken on every publish notification.
     pub published: Notify,
+    /// Woken on every configuration-change notification.
+    pub config_changed: Notify,
     /// Becomes true when the instance stops.
     pub stopping: watch::Receiver<bool>,
     /// The HTTP receive locations this instance serves.
@@ -161,6 +164,7 @@ pub async fn run(
         registry,
         instance: instance_tx,
         published: Notify::new(),
+        config_changed: Notify::new(),
         stopping: stop_rx,
         http: Default::default(),
         progress: Default::default(),
@@ -309,11 +313,21 @@ async fn listen_loop(shared: Arc<Shared>) {
     loop {
         match sqlx::postgres::PgListener::connect_with(shared.mbx.pool()).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen(mbx_messagebox::PUBLISH_CHANNEL).await {
+                let channels = [
+                    mbx_messagebox::PUBLISH_CHANNEL,
+                    mbx_messagebox::CONFIG_CHANNEL,
+                ];
+                if let Err(e) = listener.listen_all(channels).await {
                     warn!(error = %e, "LISTEN failed; polling only");
                 } else {
+                    // a new connection may have missed notifications: look once
+                    shared.published.notify_waiters();
+                    shared.config_changed.notify_one();
                     loop {
                         match listener.recv().await {
+                            Ok(n) if n.channel() == mbx_messagebox::CONFIG_CHANNEL => {
+                                shared.config_changed.notify_one()
+                            }
                             Ok(_) => shared.published.notify_waiters(),
                             Err(e) => {
                                 warn!(error = %e, "publish listener lost its connection");
@@ -390,8 +404,17 @@ async fn supervisor_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "reading receive locations failed"),
         }
-        if !pause(&shared, shared.config.poll_interval).await {
+        // a port that was started again may have waiting deliveries: let loops look now
+        shared.published.notify_waiters();
+        // the next look: on a configuration notification, or after the poll interval
+        let mut stopping = shared.stopping.clone();
+        if *stopping.borrow() {
             break;
+        }
+        tokio::select! {
+            _ = shared.config_changed.notified() => {}
+            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = stopping.changed() => break,
         }
     }
     // stopping: receive first, then let delivery loops finish their batch

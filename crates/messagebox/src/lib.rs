@@ -74,6 +74,10 @@ impl std::str::FromStr for TrackingLevel {
 /// The LISTEN/NOTIFY channel on which publishes wake waiting host instances.
 pub const PUBLISH_CHANNEL: &str = "mbx_publish";
 
+/// The channel on which configuration changes (ports, groups, locations) are announced,
+/// by triggers, on commit.
+pub const CONFIG_CHANNEL: &str = "mbx_config";
+
 /// At most one publish notification per publisher per this period (SPEC §3 item 5).
 pub const NOTIFY_COALESCE_MS: u64 = 10;
 
