@@ -619,15 +619,24 @@ impl MessageBox {
                 "`mbx property list` shows the declarations",
             ));
         }
-        let users: Vec<String> = sqlx::query_scalar(
-            "SELECT coalesce(p.name, g.name) FROM subscriptions s
-               LEFT JOIN send_ports p ON p.id = s.port_id
-               LEFT JOIN send_port_groups g ON g.id = s.group_id
-              WHERE jsonb_path_exists(s.filter, '$.any_of[*][*].*.property ? (@ == $n)', jsonb_build_object('n', $1::text))",
+        // every filter counts, enlisted or not: an unenlisted port's filter is compiled
+        // again (against the declarations) when it is enlisted
+        let filters: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, filter_text FROM send_ports WHERE filter_text IS NOT NULL
+             UNION ALL
+             SELECT name, filter_text FROM send_port_groups WHERE filter_text IS NOT NULL",
         )
-        .bind(name)
         .fetch_all(&mut *tx)
         .await?;
+        let users: Vec<String> = filters
+            .into_iter()
+            .filter(|(_, text)| {
+                filter::parse(text)
+                    .and_then(|e| e.normalize())
+                    .is_ok_and(|f| f.properties().any(|p| p == name))
+            })
+            .map(|(owner, _)| owner)
+            .collect();
         if !users.is_empty() {
             return Err(Error::Refused(format!(
                 "property '{name}' is used by the filters of {}; change those filters first",

@@ -10,6 +10,9 @@ use crate::{MessageBox, Result};
 /// Rows one maintenance statement touches at most.
 pub const MAINTENANCE_BATCH_MAX: i64 = 1000;
 
+/// Dead or stopped instances holding nothing are forgotten after this long.
+pub const INSTANCE_RETENTION_S: i64 = 7 * 24 * 3600;
+
 /// Default tracking retention (SPEC §7.2).
 pub const TRACKING_RETENTION_DEFAULT_S: i64 = 7 * 24 * 3600;
 
@@ -18,6 +21,7 @@ pub struct MaintenanceReport {
     pub orphan_messages_deleted: u64,
     pub tracking_events_purged: u64,
     pub dedup_records_purged: u64,
+    pub instances_forgotten: u64,
 }
 
 impl MessageBox {
@@ -79,6 +83,15 @@ impl MessageBox {
                 break;
             }
         }
+        report.instances_forgotten = sqlx::query(
+            "DELETE FROM host_instances i
+              WHERE i.state <> 'alive' AND i.heartbeat_at < now() - make_interval(secs => $1)
+                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.claimed_by = i.id)",
+        )
+        .bind(INSTANCE_RETENTION_S as f64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(report)
     }
 

@@ -415,7 +415,20 @@ async fn a_property_used_by_a_filter_cannot_be_deleted(pool: PgPool) {
     let msg = refused(mbx.property_delete("Order.Amount").await.unwrap_err());
     assert!(msg.contains("big"), "{msg}");
     assert_eq!(mbx.property_list().await.unwrap().len(), 1);
+    // an unenlisted port's filter counts too: it is compiled again when enlisted
+    port(
+        &mbx,
+        "later",
+        Some("Order.Amount < 5"),
+        InitialState::Unenlisted,
+    )
+    .await;
     mbx.send_port_set_filter("big", Some("exists(Order.Region)"))
+        .await
+        .unwrap();
+    let msg = refused(mbx.property_delete("Order.Amount").await.unwrap_err());
+    assert!(msg.contains("later"), "{msg}");
+    mbx.send_port_set_filter("later", Some("exists(Order.Region)"))
         .await
         .unwrap();
     mbx.property_delete("Order.Amount").await.unwrap();

@@ -284,3 +284,41 @@ async fn maintenance_purges_old_tracking_events_and_dedup_records(pool: PgPool) 
     let r = mbx.maintenance_run(7 * 24 * 3600, 2).await.unwrap();
     assert_eq!((r.tracking_events_purged, r.dedup_records_purged), (0, 0));
 }
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn maintenance_forgets_old_dead_instances_that_hold_nothing(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let old_dead = mbx.instance_register("default", "m", 1, "t").await.unwrap();
+    let old_holder = mbx.instance_register("default", "m", 2, "t").await.unwrap();
+    let alive = mbx.instance_register("default", "m", 3, "t").await.unwrap();
+    started(&mbx, "eu", EU).await;
+    publish_region(&mbx, "EU").await;
+    let port_id: i64 = sqlx::query_scalar("SELECT id FROM send_ports WHERE name = 'eu'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let claimed = mbx
+        .deliveries_claim(old_holder, port_id, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    sqlx::query(
+        "UPDATE host_instances SET state = 'dead', heartbeat_at = now() - interval '30 days' WHERE id <> $1",
+    )
+    .bind(alive)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let r = mbx.maintenance_run(7 * 24 * 3600, 1000).await.unwrap();
+    assert_eq!(r.instances_forgotten, 1);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM host_instances ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(!left.contains(&old_dead));
+    assert!(
+        left.contains(&old_holder),
+        "an instance still holding a claim is kept"
+    );
+    assert!(left.contains(&alive));
+}
