@@ -110,6 +110,38 @@ pub struct SendReport {
 pub type OutcomeSender = mpsc::Sender<SendReport>;
 
 /// Reports `outcome` for `message`; a closed channel is not an error (see [`OutcomeSender`]).
+/// Turns the result of one send attempt into its outcome, logging it: `Ok` carries what
+/// was delivered to (a path, a status), `Err` the error and whether it is retryable.
+pub(crate) fn outcome_of<E: std::fmt::Display>(
+    message: &OutboundMessage,
+    adapter: &'static str,
+    result: Result<String, (E, bool)>,
+) -> Outcome {
+    match result {
+        Ok(detail) => {
+            tracing::debug!(
+                delivery_id = %message.delivery_id,
+                port = %message.port_name,
+                adapter,
+                %detail,
+                "message delivered"
+            );
+            Outcome::Delivered
+        }
+        Err((err, retryable)) => {
+            tracing::warn!(
+                delivery_id = %message.delivery_id,
+                port = %message.port_name,
+                adapter,
+                retryable,
+                error = %err,
+                "send failed"
+            );
+            Outcome::failed(&err, retryable)
+        }
+    }
+}
+
 pub(crate) async fn report(outcomes: &OutcomeSender, message: &OutboundMessage, outcome: Outcome) {
     let report = SendReport {
         delivery_id: message.delivery_id,

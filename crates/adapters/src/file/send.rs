@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::config::{FileSendConfig, MacroError, NamePattern, FILE_TEMP_MARKER};
 use crate::error::ConfigError;
 use crate::settings::Settings;
-use crate::{Health, OutboundMessage, Outcome, OutcomeSender, SendAdapter, SendReport};
+use crate::{Health, OutboundMessage, OutcomeSender, SendAdapter, SendReport};
 
 /// Why one FILE send failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,27 +76,13 @@ impl SendAdapter for FileSendAdapter {
         // what an ordered port's append file needs), reporting each message as it is done.
         tokio::task::spawn_blocking(move || {
             for message in &batch {
-                let outcome = match write_message(message, &append_lock) {
-                    Ok(path) => {
-                        tracing::debug!(
-                            delivery_id = %message.delivery_id,
-                            port = %message.port_name,
-                            path = %path.display(),
-                            "file written"
-                        );
-                        Outcome::Delivered
-                    }
-                    Err(err) => {
-                        tracing::warn!(
-                            delivery_id = %message.delivery_id,
-                            port = %message.port_name,
-                            retryable = err.is_retryable(),
-                            error = %err,
-                            "file send failed"
-                        );
-                        Outcome::failed(&err, err.is_retryable())
-                    }
-                };
+                let result = write_message(message, &append_lock)
+                    .map(|path| path.display().to_string())
+                    .map_err(|err| {
+                        let retryable = err.is_retryable();
+                        (err, retryable)
+                    });
+                let outcome = crate::outcome_of(message, "file", result);
                 let report = SendReport {
                     delivery_id: message.delivery_id,
                     message_id: message.message_id,

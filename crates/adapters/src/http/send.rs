@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use super::config::HttpSendConfig;
 use crate::error::{ConfigError, RegistryError};
 use crate::settings::Settings;
-use crate::{report, Health, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
+use crate::{report, Health, OutboundMessage, OutcomeSender, SendAdapter};
 
 /// Requests in flight at once per adapter (all ports of a host instance share it); more
 /// wait for a permit on their own task, never on the caller's.
@@ -118,27 +118,14 @@ impl SendAdapter for HttpSendAdapter {
                 // The semaphore is never closed, so acquiring only fails if it were; then
                 // sending without a permit is still correct, merely less bounded.
                 let _permit = in_flight.acquire_owned().await.ok();
-                let outcome = match send_one(&client, &message).await {
-                    Ok(status) => {
-                        tracing::debug!(
-                            delivery_id = %message.delivery_id,
-                            port = %message.port_name,
-                            status = status.as_u16(),
-                            "http message delivered"
-                        );
-                        Outcome::Delivered
-                    }
-                    Err(err) => {
-                        tracing::warn!(
-                            delivery_id = %message.delivery_id,
-                            port = %message.port_name,
-                            retryable = err.is_retryable(),
-                            error = %err,
-                            "http send failed"
-                        );
-                        Outcome::failed(&err, err.is_retryable())
-                    }
-                };
+                let result = send_one(&client, &message)
+                    .await
+                    .map(|status| format!("HTTP {}", status.as_u16()))
+                    .map_err(|err| {
+                        let retryable = err.is_retryable();
+                        (err, retryable)
+                    });
+                let outcome = crate::outcome_of(&message, "http", result);
                 report(&outcomes, &message, outcome).await;
             });
         }
