@@ -6,11 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mbx_e2e::{
-    database_url, files_in, messagebox, start_host, wait_for, wait_for_alive, wait_for_empty_spool,
-    FAST_HOST,
+    database_url, file_route, files_in, messagebox, start_host, wait_for, wait_for_alive,
+    wait_for_empty_spool, FileRoute, FAST_HOST,
 };
-use mbx_messagebox::config::{InitialState, SendPortSpec};
-use mbx_messagebox::receive::ReceiveLocationSpec;
 use sqlx::PgPool;
 
 const FILES: usize = 1000;
@@ -19,39 +17,20 @@ const FILES: usize = 1000;
 async fn files_flow_through_two_hosts_exactly_once(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (inbox, outbox) = (dir.path().join("in"), dir.path().join("out"));
-    std::fs::create_dir_all(&inbox).expect("in");
-    std::fs::create_dir_all(&outbox).expect("out");
-
     let url = database_url(&pool);
     let _hosts = [start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
     wait_for_alive(&mbx, 2).await;
 
     // bindings created while the hosts run
-    mbx.receive_port_create("orders", false)
-        .await
-        .expect("receive port");
-    let mut loc = ReceiveLocationSpec::new(
-        "orders-in",
-        "orders",
-        &format!("file://{}/*.xml", inbox.display()),
-    );
-    loc.pipeline = "xml".into();
-    loc.promote.insert("Order.Id".into(), "/order/id".into());
-    mbx.receive_location_create(&loc).await.expect("location");
-    mbx.receive_location_set_enabled("orders-in", true)
-        .await
-        .expect("enable");
-    mbx.send_port_create(
-        &SendPortSpec::new(
-            "out",
-            &format!("file://{}/%MessageID%.xml", outbox.display()),
-        )
-        .with_filter("mbx.ReceivePortName == 'orders' and exists(Order.Id)")
-        .with_state(InitialState::Started),
+    let FileRoute { inbox, outbox } = file_route(
+        &mbx,
+        dir.path(),
+        "xml",
+        "xml",
+        "/order/id",
+        "%MessageID%.xml",
     )
-    .await
-    .expect("send port");
+    .await;
 
     let mut sent = BTreeSet::new();
     for i in 0..FILES {

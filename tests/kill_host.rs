@@ -12,11 +12,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mbx_e2e::{
-    bodies_in, database_url, eventually, files_in, messagebox, start_host, wait_for_alive,
-    FAST_HOST,
+    bodies_in, database_url, eventually, file_route, files_in, messagebox, start_host,
+    wait_for_alive, FileRoute, FAST_HOST,
 };
-use mbx_messagebox::config::{InitialState, SendPortSpec};
-use mbx_messagebox::receive::ReceiveLocationSpec;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -42,34 +40,16 @@ fn claimed_by(dir: &Path, instance: Uuid) -> Vec<String> {
 async fn kill_9_of_one_host_during_a_run_loses_nothing(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (inbox, outbox) = (dir.path().join("in"), dir.path().join("out"));
-    std::fs::create_dir_all(&inbox).expect("in");
-    std::fs::create_dir_all(&outbox).expect("out");
-    mbx.receive_port_create("orders", false)
-        .await
-        .expect("receive port");
-    let mut loc = ReceiveLocationSpec::new(
-        "orders-in",
-        "orders",
-        &format!("file://{}/*.xml", inbox.display()),
-    );
-    loc.pipeline = "xml".into();
-    loc.promote.insert("Order.Id".into(), "/order/id".into());
-    mbx.receive_location_create(&loc).await.expect("location");
-    mbx.receive_location_set_enabled("orders-in", true)
-        .await
-        .expect("enable");
-    mbx.send_port_create(
-        &SendPortSpec::new(
-            "out",
-            // a name per attempt, so that a re-sent message shows as a duplicate
-            &format!("file://{}/%MessageID%_%datetime%.xml", outbox.display()),
-        )
-        .with_filter("exists(Order.Id)")
-        .with_state(InitialState::Started),
+    // a name per attempt, so that a re-sent message shows as a duplicate
+    let FileRoute { inbox, outbox } = file_route(
+        &mbx,
+        dir.path(),
+        "xml",
+        "xml",
+        "/order/id",
+        "%MessageID%_%datetime%.xml",
     )
-    .await
-    .expect("send port");
+    .await;
 
     let url = database_url(&pool);
     let mut victim = start_host(&url, FAST_HOST);

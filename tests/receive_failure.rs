@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use mbx_e2e::{
-    database_url, files_in, messagebox, start_host, wait_for, wait_for_alive, FAST_HOST,
+    database_url, file_route, files_in, messagebox, start_host, wait_for, wait_for_alive,
+    FileRoute, FAST_HOST,
 };
-use mbx_messagebox::config::{InitialState, SendPortSpec};
-use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::suspended::{Kind, Selector};
 use sqlx::PgPool;
 
@@ -16,33 +15,8 @@ use sqlx::PgPool;
 async fn a_malformed_body_is_suspended_with_its_offset_and_the_rest_flows(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (inbox, outbox) = (dir.path().join("in"), dir.path().join("out"));
-    std::fs::create_dir_all(&inbox).expect("in");
-    std::fs::create_dir_all(&outbox).expect("out");
-    mbx.receive_port_create("orders", false)
-        .await
-        .expect("port");
-    let mut loc = ReceiveLocationSpec::new(
-        "orders-in",
-        "orders",
-        &format!("file://{}/*.json", inbox.display()),
-    );
-    loc.pipeline = "json".into();
-    loc.promote.insert("Order.Id".into(), "/id".into());
-    mbx.receive_location_create(&loc).await.expect("location");
-    mbx.receive_location_set_enabled("orders-in", true)
-        .await
-        .expect("enable");
-    mbx.send_port_create(
-        &SendPortSpec::new(
-            "out",
-            &format!("file://{}/%MessageID%.json", outbox.display()),
-        )
-        .with_filter("exists(Order.Id)")
-        .with_state(InitialState::Started),
-    )
-    .await
-    .expect("send port");
+    let FileRoute { inbox, outbox } =
+        file_route(&mbx, dir.path(), "json", "json", "/id", "%MessageID%.json").await;
     let _host = start_host(&database_url(&pool), FAST_HOST);
     wait_for_alive(&mbx, 1).await;
 

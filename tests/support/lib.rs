@@ -269,3 +269,53 @@ pub async fn wait_for_empty_spool(mbx: &MessageBox, deadline: Duration) {
     })
     .await;
 }
+
+/// The folders of a FILE → FILE route made by [`file_route`].
+pub struct FileRoute {
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+}
+
+/// Binds a FILE → FILE route under `dir`: receive port `orders` with the enabled location
+/// `orders-in` reading `dir/in/*.<ext>` through `pipeline`, promoting `Order.Id` from
+/// `id_path`; and the started send port `out` writing `dir/out/<out_pattern>` for every
+/// message of that port with an `Order.Id`.
+pub async fn file_route(
+    mbx: &MessageBox,
+    dir: &Path,
+    ext: &str,
+    pipeline: &str,
+    id_path: &str,
+    out_pattern: &str,
+) -> FileRoute {
+    use mbx_messagebox::config::{InitialState, SendPortSpec};
+    use mbx_messagebox::receive::ReceiveLocationSpec;
+    let route = FileRoute {
+        inbox: dir.join("in"),
+        outbox: dir.join("out"),
+    };
+    std::fs::create_dir_all(&route.inbox).expect("create in/");
+    std::fs::create_dir_all(&route.outbox).expect("create out/");
+    mbx.receive_port_create("orders", false)
+        .await
+        .expect("receive port");
+    let address = format!("file://{}/*.{ext}", route.inbox.display());
+    let mut loc = ReceiveLocationSpec::new("orders-in", "orders", &address);
+    loc.pipeline = pipeline.to_owned();
+    loc.promote.insert("Order.Id".into(), id_path.to_owned());
+    mbx.receive_location_create(&loc)
+        .await
+        .expect("receive location");
+    mbx.receive_location_set_enabled("orders-in", true)
+        .await
+        .expect("enable");
+    let out = format!("file://{}/{out_pattern}", route.outbox.display());
+    mbx.send_port_create(
+        &SendPortSpec::new("out", &out)
+            .with_filter("mbx.ReceivePortName == 'orders' and exists(Order.Id)")
+            .with_state(InitialState::Started),
+    )
+    .await
+    .expect("send port");
+    route
+}
