@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::value::{validate_property_name, Value, PROMOTED_VALUE_MAX_BYTES};
 use crate::{Error, Result};
 
-/// Names of the system properties that the engine itself sets (SPEC §1).
+/// Names of the system properties that the engine itself sets (SPEC §1). `mbx_adapters::system`
+/// holds the same names (adapters must not depend on this crate); `tests/vocabulary.rs`
+/// keeps the two equal.
 pub mod system {
     pub const MESSAGE_ID: &str = "mbx.MessageId";
     pub const MESSAGE_TYPE: &str = "mbx.MessageType";
