@@ -52,6 +52,56 @@ impl FileSendError {
 #[derive(Debug, Default)]
 pub struct FileSendAdapter {
     append_lock: Arc<Mutex<()>>,
+    /// When each folder was last swept for stale temp files.
+    swept: Arc<Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>>,
+}
+
+/// A temp file older than this was left by an instance that died mid-write: removed.
+pub const FILE_TEMP_STALE_S: u64 = 600;
+
+/// How often one folder is swept for stale temp files, at most.
+pub const FILE_TEMP_SWEEP_INTERVAL_S: u64 = 3600;
+
+/// Removes temp files (`.<name>.mbx-tmp-<uuid>`) older than [`FILE_TEMP_STALE_S`] from
+/// `folder`, at most once per [`FILE_TEMP_SWEEP_INTERVAL_S`] per folder; returns how many.
+fn sweep_stale_temp_files(
+    swept: &Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>,
+    folder: &Path,
+) -> usize {
+    {
+        let mut last = swept.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.get(folder).is_none_or(|t| {
+            t.elapsed() >= std::time::Duration::from_secs(FILE_TEMP_SWEEP_INTERVAL_S)
+        });
+        if !due {
+            return 0;
+        }
+        last.insert(folder.to_owned(), std::time::Instant::now());
+    }
+    let Ok(entries) = fs::read_dir(folder) else {
+        return 0;
+    };
+    let stale = std::time::Duration::from_secs(FILE_TEMP_STALE_S);
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_temp = name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(FILE_TEMP_MARKER));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > stale);
+        if is_temp && old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(folder = %folder.display(), removed, "removed stale temp files of a dead writer");
+    }
+    removed
 }
 
 impl FileSendAdapter {
@@ -72,11 +122,12 @@ impl SendAdapter for FileSendAdapter {
 
     fn send(&self, batch: Vec<OutboundMessage>, outcomes: OutcomeSender) {
         let append_lock = Arc::clone(&self.append_lock);
+        let swept = Arc::clone(&self.swept);
         // File I/O blocks: the whole batch runs on one blocking thread, in order (which is
         // what an ordered port's append file needs), reporting each message as it is done.
         tokio::task::spawn_blocking(move || {
             for message in &batch {
-                let result = write_message(message, &append_lock)
+                let result = write_message(message, &append_lock, &swept)
                     .map(|path| path.display().to_string())
                     .map_err(|err| {
                         let retryable = err.is_retryable();
@@ -121,8 +172,10 @@ fn probe_writable(folder: &Path) -> Result<(), FileSendError> {
 fn write_message(
     message: &OutboundMessage,
     append_lock: &Mutex<()>,
+    swept: &Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>,
 ) -> Result<PathBuf, FileSendError> {
     let config = FileSendConfig::parse(&message.address, &message.settings)?;
+    sweep_stale_temp_files(swept, &config.folder);
     let name = config
         .pattern
         .render(message.message_id, &message.context, Utc::now())?;

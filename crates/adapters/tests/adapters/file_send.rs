@@ -171,3 +171,37 @@ async fn health_probes_the_folder() {
         "the probe leaves nothing behind"
     );
 }
+
+#[tokio::test]
+async fn stale_temp_files_of_a_dead_writer_are_swept_and_fresh_ones_kept() {
+    use mbx_adapters::file::send::FILE_TEMP_STALE_S;
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join(".old.xml.mbx-tmp-0000");
+    let fresh = dir.path().join(".new.xml.mbx-tmp-1111");
+    for p in [&stale, &fresh] {
+        std::fs::write(p, "partial").unwrap();
+    }
+    let long_ago = SystemTime::now() - Duration::from_secs(FILE_TEMP_STALE_S + 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let adapter = FileSendAdapter::new();
+    let m = message(
+        &file_url(dir.path(), "%MessageID%.xml"),
+        Settings::new(),
+        "<a/>",
+    );
+    assert_eq!(send_one(&adapter, m).await, Outcome::Delivered);
+    assert!(
+        !stale.exists(),
+        "a temp file older than the limit is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a temp file another writer may still be writing is kept"
+    );
+}
