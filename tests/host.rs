@@ -63,14 +63,19 @@ async fn a_live_host_reclaims_the_claims_of_a_killed_one(pool: PgPool) {
     .await;
     let (dead_id, _) = instance_of_pid(&pool, pid).await.expect("registered");
 
-    // the first instance holds a claim when it is killed
-    mbx.send_port_create(
-        &SendPortSpec::new("out", "file:///tmp/out/%MessageID%")
-            .with_filter("exists(Order.Id)")
-            .with_state(InitialState::Started),
-    )
+    // the first instance holds a claim when it is killed (made by the test on its behalf:
+    // the port is bound to a host no instance runs, so no loop sends it meanwhile)
+    mbx.host_create(&mbx_messagebox::config::HostSpec {
+        name: "elsewhere".into(),
+        ..Default::default()
+    })
     .await
-    .expect("port");
+    .expect("host");
+    let mut spec = SendPortSpec::new("out", "file:///tmp/out/%MessageID%")
+        .with_filter("exists(Order.Id)")
+        .with_state(InitialState::Started);
+    spec.host = "elsewhere".into();
+    mbx.send_port_create(&spec).await.expect("port");
     let mut ctx = Context::new();
     ctx.promote("Order.Id", Value::Integer(1)).expect("promote");
     mbx.publish(

@@ -11,10 +11,15 @@ use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::{ClaimLimits, ClaimedDelivery, Failure};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::{pause, Shared};
+use mbx_messagebox::ordered::{LEASE_MARGIN_MS, LEASE_TTL_MS};
+
+/// Send timeout of HTTP sends on ordered ports: below the lease margin, so a replaced
+/// owner emits at most the one message it was sending (SPEC §5.3).
+pub const ORDERED_SEND_TIMEOUT_MS: i64 = LEASE_MARGIN_MS - 1_000;
 
 /// Attempts to record a batch's outcomes before giving up (the claims then stay until this
 /// instance is declared dead and they are reclaimed).
@@ -102,21 +107,18 @@ fn resolve_address(port: &SendPort, d: &ClaimedDelivery) -> Result<String, Strin
     Ok(address)
 }
 
-async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec<ClaimedDelivery>) {
-    let started = Instant::now();
-    let tokens: HashMap<i64, Uuid> = batch
-        .iter()
-        .map(|d| (d.delivery_id, d.claim_token))
-        .collect();
-    let published: HashMap<i64, chrono::DateTime<chrono::Utc>> = batch
-        .iter()
-        .map(|d| (d.delivery_id, d.published_at))
-        .collect();
+/// Sends claimed deliveries through their adapters and collects one outcome each. On an
+/// ordered port, HTTP sends time out within the lease margin unless the port says less.
+async fn send_all(
+    shared: &Shared,
+    port: &SendPort,
+    batch: &[ClaimedDelivery],
+) -> HashMap<i64, Outcome> {
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     let mut by_adapter: HashMap<&'static str, (Arc<dyn SendAdapter>, Vec<OutboundMessage>)> =
         HashMap::new();
     for d in batch {
-        let address = match resolve_address(port, &d) {
+        let address = match resolve_address(port, d) {
             Ok(a) => a,
             Err(e) => {
                 outcomes.insert(d.delivery_id, Outcome::failed(e, false));
@@ -143,15 +145,19 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
                 }
             },
         };
+        let mut settings = port.settings.0.clone();
+        if port.ordered && address.starts_with("http") && !settings.contains_key("timeout") {
+            settings.insert("timeout".to_owned(), format!("{ORDERED_SEND_TIMEOUT_MS}ms"));
+        }
         let message = OutboundMessage {
             delivery_id: d.delivery_id,
             message_id: d.message_id,
             port_name: port.name.clone(),
             address,
-            settings: port.settings.0.clone(),
+            settings,
             body,
             content_type: d.content_type.clone(),
-            context: adapter_context(&d),
+            context: adapter_context(d),
         };
         by_adapter
             .entry(adapter.name())
@@ -170,6 +176,20 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
         shared.progressed(port.id);
         outcomes.insert(report.delivery_id, report.outcome);
     }
+    outcomes
+}
+
+async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec<ClaimedDelivery>) {
+    let started = Instant::now();
+    let tokens: HashMap<i64, Uuid> = batch
+        .iter()
+        .map(|d| (d.delivery_id, d.claim_token))
+        .collect();
+    let published: HashMap<i64, chrono::DateTime<chrono::Utc>> = batch
+        .iter()
+        .map(|d| (d.delivery_id, d.published_at))
+        .collect();
+    let mut outcomes = send_all(shared, port, &batch).await;
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for (id, token) in &tokens {
@@ -239,3 +259,196 @@ async fn record(
         }
     }
 }
+
+/// An ordered port's loop on every instance of its host: try to take the lease; while it
+/// is held, hand the adapter one message at a time in sequence order.
+pub(crate) async fn ordered_port_loop(
+    shared: Arc<Shared>,
+    port: SendPort,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        shared.progressed(port.id);
+        if *stop.borrow() || *shared.stopping.borrow() {
+            shared.forget_progress(port.id);
+            return;
+        }
+        let instance = shared.instance_id();
+        match shared
+            .mbx
+            .port_lease_acquire(instance, port.id, LEASE_TTL_MS)
+            .await
+        {
+            Ok(Some(epoch)) => {
+                info!(port = %port.name, epoch, "ordered port lease taken");
+                metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
+                    .increment(1);
+                own_ordered_port(&shared, &port, instance, epoch, &mut stop).await;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(port = %port.name, error = %e, "lease acquisition failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Milliseconds since `start`, for an atomic "last renewal" clock.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// While this instance holds the lease at `epoch`: renew it every TTL/3 on its own task,
+/// and deliver in order until the lease is lost, its last renewal is older than
+/// TTL − margin (own monotonic clock), or the loop is stopped.
+async fn own_ordered_port(
+    shared: &Arc<Shared>,
+    port: &SendPort,
+    instance: Uuid,
+    epoch: i64,
+    stop: &mut watch::Receiver<bool>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let clock = Instant::now();
+    let renewed_ms = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicBool::new(false));
+    let renewer = {
+        let (shared, renewed_ms, lost, port_id) =
+            (shared.clone(), renewed_ms.clone(), lost.clone(), port.id);
+        tokio::spawn(async move {
+            let period = Duration::from_millis((LEASE_TTL_MS / 3) as u64);
+            loop {
+                tokio::time::sleep(period).await;
+                let asked = millis_since(clock);
+                match shared
+                    .mbx
+                    .port_lease_renew(instance, port_id, epoch, LEASE_TTL_MS)
+                    .await
+                {
+                    Ok(true) => renewed_ms.store(asked, Ordering::Release),
+                    Ok(false) => {
+                        lost.store(true, Ordering::Release);
+                        return;
+                    }
+                    Err(e) => warn!(port_id, error = %e, "lease renewal failed"),
+                }
+            }
+        })
+    };
+    let may_send = || {
+        !lost.load(Ordering::Acquire)
+            && millis_since(clock).saturating_sub(renewed_ms.load(Ordering::Acquire))
+                < (LEASE_TTL_MS - LEASE_MARGIN_MS) as u64
+    };
+    let commit_batch = i64::from(port.ordered_commit_batch.max(1));
+    let mut pending: Vec<(i64, Uuid)> = Vec::new();
+    'owner: loop {
+        shared.progressed(port.id);
+        if *stop.borrow() || *shared.stopping.borrow() || !may_send() {
+            break;
+        }
+        let notified = shared.published.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch = match shared
+            .mbx
+            .deliveries_claim_ordered(instance, port.id, epoch, commit_batch)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(port = %port.name, error = %e, "ordered claim failed");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let mut flushed_at = Instant::now();
+        for d in batch {
+            if !may_send() {
+                break 'owner;
+            }
+            let outcome = send_all(shared, port, std::slice::from_ref(&d))
+                .await
+                .remove(&d.delivery_id)
+                .unwrap_or_else(|| {
+                    Outcome::failed("the adapter reported no outcome for this message", true)
+                });
+            match outcome {
+                Outcome::Delivered => {
+                    pending.push((d.delivery_id, d.claim_token));
+                    if pending.len() as i64 >= commit_batch
+                        || flushed_at.elapsed() >= Duration::from_millis(ORDERED_COMMIT_INTERVAL_MS)
+                    {
+                        record(
+                            shared,
+                            port,
+                            instance,
+                            std::mem::take(&mut pending),
+                            Vec::new(),
+                        )
+                        .await;
+                        flushed_at = Instant::now();
+                    }
+                }
+                Outcome::Failed { error, retryable } => {
+                    // completions first, then the failure: the head is retried, suspended
+                    // or holds the port; the next claim starts from the head again
+                    record(
+                        shared,
+                        port,
+                        instance,
+                        std::mem::take(&mut pending),
+                        Vec::new(),
+                    )
+                    .await;
+                    let failure = Failure {
+                        delivery_id: d.delivery_id,
+                        claim_token: d.claim_token,
+                        error,
+                        retryable,
+                    };
+                    record(shared, port, instance, Vec::new(), vec![failure]).await;
+                    continue 'owner;
+                }
+            }
+        }
+        record(
+            shared,
+            port,
+            instance,
+            std::mem::take(&mut pending),
+            Vec::new(),
+        )
+        .await;
+    }
+    record(
+        shared,
+        port,
+        instance,
+        std::mem::take(&mut pending),
+        Vec::new(),
+    )
+    .await;
+    renewer.abort();
+    if lost.load(Ordering::Acquire) || !may_send() {
+        warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
+    } else if let Err(e) = shared
+        .mbx
+        .port_lease_release(instance, port.id, epoch)
+        .await
+    {
+        warn!(port = %port.name, error = %e, "lease release failed; it expires by itself");
+    }
+}
+
+/// Longest time delivered messages of an ordered port wait for their completion commit.
+pub const ORDERED_COMMIT_INTERVAL_MS: u64 = 10;

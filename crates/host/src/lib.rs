@@ -386,7 +386,11 @@ async fn supervisor_loop(shared: Arc<Shared>) {
                     .map(|p| (p.id, (p.name.clone(), p)))
                     .collect();
                 reconcile(&mut ports, wanted, "send port", |port, stop| {
-                    tokio::spawn(delivery::port_loop(shared.clone(), port, stop))
+                    if port.ordered {
+                        tokio::spawn(delivery::ordered_port_loop(shared.clone(), port, stop))
+                    } else {
+                        tokio::spawn(delivery::port_loop(shared.clone(), port, stop))
+                    }
                 });
             }
             Err(e) => warn!(error = %e, "reading send ports failed"),

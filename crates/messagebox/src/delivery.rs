@@ -192,6 +192,7 @@ impl MessageBox {
             "WITH cand AS (
                 SELECT d.id, d.body_size, d.priority FROM deliveries d
                  WHERE d.port_id = $1 AND d.state = 'ready' AND d.not_before <= now()
+                   AND d.seq IS NULL -- ordered ports are claimed by their lease holder only
                    AND EXISTS (SELECT 1 FROM send_ports p WHERE p.id = $1 AND p.state = 'started')
                    -- a declared-dead (or unknown) instance claims nothing: what it claimed
                    -- would only be reclaimed again, counting toward poison
@@ -228,44 +229,7 @@ impl MessageBox {
         .bind(token)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let transport = Transport::parse(row.get::<&str, _>(2))?;
-            let retries: i32 = row.get(3);
-            let seq: Option<i64> = row.get(4);
-            let port_name: String = row.get(5);
-            let message_id: Uuid = row.get(1);
-            let published_at: DateTime<Utc> = row.get(11);
-            let ctx_json: serde_json::Value = row.get(10);
-            let mut context: Context = serde_json::from_value(ctx_json)
-                .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))?;
-            overlay(
-                &mut context,
-                message_id,
-                published_at,
-                &port_name,
-                retries,
-                seq,
-            )?;
-            let body: Option<Vec<u8>> = row.get(8);
-            out.push(ClaimedDelivery {
-                delivery_id: row.get(0),
-                claim_token: token,
-                message_id,
-                port_id,
-                port_name,
-                transport,
-                address: row.get(6),
-                retries,
-                seq,
-                content_type: row.get(7),
-                body: body.map(Bytes::from),
-                body_size: row.get(9),
-                published_at,
-                context,
-            });
-        }
-        Ok(out)
+        claimed_deliveries(rows, token, port_id, None)
     }
 
     /// Completes deliveries the endpoint confirmed: deletes them, and their message when
@@ -285,6 +249,9 @@ impl MessageBox {
             "WITH done AS (
                 DELETE FROM deliveries d USING unnest($1::int8[], $2::uuid[]) AS c(id, token)
                  WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3
+                   AND (d.seq IS NULL OR EXISTS (
+                        SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = 0 AND l.holder = $3
+                           AND l.epoch = d.claim_epoch AND l.expires_at > now()))
                 RETURNING d.id, d.message_id, d.port_id),
              gone AS (
                 DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM done)
@@ -347,6 +314,9 @@ impl MessageBox {
                FROM deliveries d JOIN send_ports p ON p.id = d.port_id
                JOIN unnest($1::int8[], $2::uuid[]) AS c(id, token) ON c.id = d.id AND c.token = d.claim_token
               WHERE d.claimed_by = $3
+                AND (d.seq IS NULL OR EXISTS (
+                     SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = 0 AND l.holder = $3
+                        AND l.epoch = d.claim_epoch AND l.expires_at > now()))
               ORDER BY d.id
               FOR UPDATE OF d",
         )
@@ -501,6 +471,57 @@ impl MessageBox {
         tx.commit().await?;
         Ok(report)
     }
+}
+
+/// Maps the rows of a claim statement (id, message_id, transport, retries, seq, port name,
+/// address, content_type, body, body_size, context, published_at) to claimed deliveries.
+pub(crate) fn claimed_deliveries(
+    rows: Vec<sqlx::postgres::PgRow>,
+    token: Uuid,
+    port_id: i64,
+    epoch: Option<i64>,
+) -> Result<Vec<ClaimedDelivery>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let transport = Transport::parse(row.get::<&str, _>(2))?;
+        let retries: i32 = row.get(3);
+        let seq: Option<i64> = row.get(4);
+        let port_name: String = row.get(5);
+        let message_id: Uuid = row.get(1);
+        let published_at: DateTime<Utc> = row.get(11);
+        let ctx_json: serde_json::Value = row.get(10);
+        let mut context: Context = serde_json::from_value(ctx_json)
+            .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))?;
+        overlay(
+            &mut context,
+            message_id,
+            published_at,
+            &port_name,
+            retries,
+            seq,
+        )?;
+        if let Some(epoch) = epoch {
+            context.write(system::EPOCH, Value::Integer(epoch))?;
+        }
+        let body: Option<Vec<u8>> = row.get(8);
+        out.push(ClaimedDelivery {
+            delivery_id: row.get(0),
+            claim_token: token,
+            message_id,
+            port_id,
+            port_name,
+            transport,
+            address: row.get(6),
+            retries,
+            seq,
+            content_type: row.get(7),
+            body: body.map(Bytes::from),
+            body_size: row.get(9),
+            published_at,
+            context,
+        });
+    }
+    Ok(out)
 }
 
 /// Longest error text kept per attempt.

@@ -11,6 +11,7 @@ mod error;
 pub mod filter;
 pub mod instances;
 pub mod maintenance;
+pub mod ordered;
 pub mod publish;
 pub mod receive;
 pub mod routing;

@@ -494,7 +494,11 @@ async fn an_ordered_port_numbers_its_deliveries_in_publish_order(pool: PgPool) {
     publish_n(&mbx, 2).await;
     publish_n(&mbx, 1).await;
     let i = instance(&mbx).await;
-    let c = claim(&mbx, i, id).await;
+    assert!(
+        claim(&mbx, i, id).await.is_empty(),
+        "only the lease holder claims an ordered port"
+    );
+    let c = claim_ordered(&mbx, i, id).await;
     let seqs: Vec<Option<i64>> = c.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, [Some(1), Some(2), Some(3)]);
     assert_eq!(
@@ -512,7 +516,7 @@ async fn an_ordered_failure_is_final_or_suspends_the_port(pool: PgPool) {
     let i = instance(&mbx).await;
 
     // without stop-on-failure: failed-final (resuming later would break the order)
-    let c = claim_one(&mbx, i, plain).await;
+    let c = claim_ordered(&mbx, i, plain).await.remove(0);
     mbx.deliveries_fail(i, &[failure(&c, "down", true)])
         .await
         .unwrap();
@@ -523,7 +527,7 @@ async fn an_ordered_failure_is_final_or_suspends_the_port(pool: PgPool) {
     );
 
     // with it: the port is suspended, the head stays in place and is not retried
-    let c = claim_one(&mbx, i, stop).await;
+    let c = claim_ordered(&mbx, i, stop).await.remove(0);
     let r = mbx
         .deliveries_fail(i, &[failure(&c, "down", true)])
         .await
@@ -531,7 +535,7 @@ async fn an_ordered_failure_is_final_or_suspends_the_port(pool: PgPool) {
     assert_eq!((r.ports_suspended, r.retried, r.suspended), (1, 0, 0));
     assert_eq!(mbx.send_port_show("stop").await.unwrap().state, "suspended");
     make_due(&pool).await;
-    assert!(claim(&mbx, i, stop).await.is_empty());
+    assert!(claim_ordered(&mbx, i, stop).await.is_empty());
     let (state, seq): (String, Option<i64>) =
         sqlx::query_as("SELECT state, seq FROM deliveries WHERE port_id = $1")
             .bind(stop)

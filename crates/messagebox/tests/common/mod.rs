@@ -218,3 +218,25 @@ pub async fn receive_location(pool: &PgPool, name: &str) -> i64 {
 pub fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
+
+/// Takes the (free) lease of an ordered port for `instance` and claims its head, in order.
+pub async fn claim_ordered(mbx: &MessageBox, instance: Uuid, port_id: i64) -> Vec<ClaimedDelivery> {
+    use mbx_messagebox::ordered::LEASE_TTL_MS;
+    let epoch = match mbx
+        .port_lease_acquire(instance, port_id, LEASE_TTL_MS)
+        .await
+        .expect("lease")
+    {
+        Some(e) => e,
+        None => {
+            mbx.port_lease_info(port_id)
+                .await
+                .expect("lease info")
+                .expect("an ordered port")
+                .epoch
+        }
+    };
+    mbx.deliveries_claim_ordered(instance, port_id, epoch, 100)
+        .await
+        .expect("ordered claim")
+}

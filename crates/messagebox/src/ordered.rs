@@ -1,0 +1,173 @@
+//! Ordered delivery (SPEC §5.3): one lease per ordered port (holder, epoch, expiry on the
+//! database clock) that changes hands only by expiry, and the in-order claim of its
+//! lease holder.
+//!
+//! ```text
+//!   free/expired ──acquire (epoch+1)──► held by A ──renew (same epoch)──► held by A
+//!        ▲                                   │
+//!        └──────── expiry (A paused, dead, partitioned) or release ◄───┘
+//! ```
+//! Fencing: a claim on an ordered port records the epoch; completing or failing it checks,
+//! in the same statement, that the claimer still holds the lease at that epoch and that it
+//! has not expired. So once the lease has moved, a former owner changes nothing.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::delivery::ClaimedDelivery;
+use crate::{MessageBox, Result};
+
+/// Lease time to live (SPEC §5.3: 10 s).
+pub const LEASE_TTL_MS: i64 = 10_000;
+
+/// The owner stops handing messages to the adapter once its last successful renewal is
+/// older than TTL − this margin; ordered sends must time out within it.
+pub const LEASE_MARGIN_MS: i64 = 3_000;
+
+/// An ordered port's lease, as `send-port show` and `status` report it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct LeaseInfo {
+    pub holder: Option<Uuid>,
+    pub epoch: i64,
+    pub live: bool,
+    pub next_seq: i64,
+}
+
+impl MessageBox {
+    /// Takes the lease of an ordered port if it is free or expired; returns the new epoch.
+    /// A live lease (even this instance's own) is not taken: renew it instead.
+    pub async fn port_lease_acquire(
+        &self,
+        instance: Uuid,
+        port_id: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE leases SET holder = $2, epoch = epoch + 1,
+                               expires_at = now() + make_interval(secs => $3)
+              WHERE port_id = $1 AND bucket = 0
+                AND (holder IS NULL OR expires_at IS NULL OR expires_at <= now())
+                AND EXISTS (SELECT 1 FROM host_instances i WHERE i.id = $2 AND i.state = 'alive')
+             RETURNING epoch",
+        )
+        .bind(port_id)
+        .bind(instance)
+        .bind(ttl_ms as f64 / 1000.0)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Renews a lease this instance holds at `epoch`; false if it expired or moved.
+    pub async fn port_lease_renew(
+        &self,
+        instance: Uuid,
+        port_id: i64,
+        epoch: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE leases SET expires_at = now() + make_interval(secs => $4)
+              WHERE port_id = $1 AND bucket = 0 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+        )
+        .bind(port_id)
+        .bind(instance)
+        .bind(epoch)
+        .bind(ttl_ms as f64 / 1000.0)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Graceful stop: lets the lease expire now, so another instance takes over at once.
+    pub async fn port_lease_release(&self, instance: Uuid, port_id: i64, epoch: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = now()
+              WHERE port_id = $1 AND bucket = 0 AND holder = $2 AND epoch = $3",
+        )
+        .bind(port_id)
+        .bind(instance)
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The lease and sequence of an ordered port (`None` for an unordered one).
+    pub async fn port_lease_info(&self, port_id: i64) -> Result<Option<LeaseInfo>> {
+        Ok(sqlx::query_as::<_, LeaseInfo>(
+            "SELECT l.holder, l.epoch, coalesce(l.expires_at > now(), false) AS live, s.next_seq
+               FROM leases l JOIN ordered_sequences s ON s.port_id = l.port_id AND s.order_key = ''
+              WHERE l.port_id = $1 AND l.bucket = 0",
+        )
+        .bind(port_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The lease holder's in-order claim: the head of the port's sequence, up to `max`
+    /// deliveries, stopping before the first one that is not due (waiting for a retry) or
+    /// not claimable (only reached through a stopped group) — nothing overtakes the head.
+    /// Deliveries still claimed by a former owner are taken over. Returns nothing unless
+    /// `instance` holds the live lease at `epoch` and the port is started.
+    pub async fn deliveries_claim_ordered(
+        &self,
+        instance: Uuid,
+        port_id: i64,
+        epoch: i64,
+        max: i64,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let token = Uuid::new_v4();
+        let rows = sqlx::query(
+            "WITH head AS (
+                SELECT d.id, d.seq,
+                       (d.not_before <= now()
+                        AND (d.via_port OR EXISTS (SELECT 1 FROM send_port_groups g
+                                                    WHERE g.id = ANY (d.via_groups) AND g.state = 'started')))
+                       AS ready
+                  FROM deliveries d
+                 WHERE d.port_id = $1 AND d.seq IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM leases l WHERE l.port_id = $1 AND l.bucket = 0 AND l.holder = $2
+                                  AND l.epoch = $3 AND l.expires_at > now())
+                   AND EXISTS (SELECT 1 FROM send_ports p WHERE p.id = $1 AND p.state = 'started')
+                 ORDER BY d.seq
+                 LIMIT $4
+                 FOR UPDATE OF d),
+             due AS (
+                SELECT h.id FROM head h
+                 WHERE NOT EXISTS (SELECT 1 FROM head x WHERE x.seq <= h.seq AND NOT x.ready)),
+             claimed AS (
+                UPDATE deliveries d SET state = 'claimed', claimed_by = $2, claim_token = $5,
+                                        claimed_at = now(), claim_epoch = $3
+                  FROM due WHERE d.id = due.id
+                RETURNING d.id, d.message_id, d.port_id, d.transport, d.retries, d.seq),
+             ev AS (
+                INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
+                SELECT c.message_id, 'claimed', c.port_id, $2, 'epoch ' || $3 FROM claimed c
+                  JOIN send_ports p ON p.id = c.port_id JOIN hosts h ON h.id = p.host_id
+                 WHERE coalesce(p.tracking, h.tracking) = 'all')
+             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name,
+                    CASE WHEN c.transport = 'backup' THEN p.backup_address ELSE p.address END,
+                    m.content_type, m.body, m.body_size, m.context, m.published_at
+               FROM claimed c JOIN messages m ON m.id = c.message_id JOIN send_ports p ON p.id = c.port_id
+              ORDER BY c.seq",
+        )
+        .bind(port_id)
+        .bind(instance)
+        .bind(epoch)
+        .bind(max.max(1))
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await?;
+        crate::delivery::claimed_deliveries(rows, token, port_id, Some(epoch))
+    }
+
+    /// How many leases changed hands (epoch above 1) — for tests and metrics.
+    pub async fn port_lease_epoch(&self, port_id: i64) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT epoch FROM leases WHERE port_id = $1 AND bucket = 0")
+            .bind(port_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}

@@ -1,0 +1,186 @@
+//! Ordered ports (SPEC §5.3) at the MessageBox level: one lease holder, in-order claims
+//! that never overtake the head, takeover only after expiry with epoch + 1, and fencing of
+//! a former holder's completions.
+
+mod common;
+
+use common::*;
+use mbx_messagebox::config::InitialState;
+use mbx_messagebox::ordered::LEASE_TTL_MS;
+use mbx_messagebox::{MessageBox, Value};
+use sqlx::PgPool;
+
+async fn ordered_port(mbx: &MessageBox) -> i64 {
+    let mut spec = spec("seq", Some("exists(Seq.N)")).with_state(InitialState::Started);
+    spec.ordered = true;
+    create(mbx, spec).await
+}
+
+async fn publish_n(mbx: &MessageBox, n: i64) {
+    for i in 0..n {
+        publish(mbx, msg(&[("Seq.N", Value::Integer(i))])).await;
+    }
+}
+
+fn numbers(claimed: &[mbx_messagebox::delivery::ClaimedDelivery]) -> Vec<i64> {
+    claimed
+        .iter()
+        .map(|d| match d.context.promoted("Seq.N") {
+            Some(Value::Integer(n)) => *n,
+            other => panic!("Seq.N missing: {other:?}"),
+        })
+        .collect()
+}
+
+async fn expire_lease(pool: &PgPool, port_id: i64) {
+    sqlx::query("UPDATE leases SET expires_at = now() - interval '1 second' WHERE port_id = $1")
+        .bind(port_id)
+        .execute(pool)
+        .await
+        .expect("expire");
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn one_holder_claims_in_order_and_a_takeover_fences_the_former(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let port = ordered_port(&mbx).await;
+    publish_n(&mbx, 5).await;
+    let (a, b) = (instance(&mbx).await, instance(&mbx).await);
+
+    // unordered claims never take ordered deliveries
+    assert!(claim(&mbx, a, port).await.is_empty());
+    let epoch_a = mbx
+        .port_lease_acquire(a, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("free lease");
+    assert_eq!(epoch_a, 1);
+    assert_eq!(
+        mbx.port_lease_acquire(b, port, LEASE_TTL_MS).await.unwrap(),
+        None,
+        "held by A"
+    );
+    assert!(
+        mbx.deliveries_claim_ordered(b, port, epoch_a, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "B holds nothing"
+    );
+
+    let head = mbx
+        .deliveries_claim_ordered(a, port, epoch_a, 3)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&head), vec![0, 1, 2]);
+    let seqs: Vec<i64> = head.iter().map(|d| d.seq.expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(head[0].context.get("mbx.Epoch").is_some());
+    assert_eq!(complete(&mbx, a, &[&head[0]]).await.len(), 1);
+    assert!(mbx
+        .port_lease_renew(a, port, epoch_a, LEASE_TTL_MS)
+        .await
+        .unwrap());
+
+    // A pauses past the TTL; B takes over with epoch + 1 and re-claims from the head
+    expire_lease(&pool, port).await;
+    assert!(
+        !mbx.port_lease_renew(a, port, epoch_a, LEASE_TTL_MS)
+            .await
+            .unwrap(),
+        "an expired lease is not renewed"
+    );
+    let epoch_b = mbx
+        .port_lease_acquire(b, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("expired lease");
+    assert_eq!(epoch_b, epoch_a + 1);
+    assert!(
+        complete(&mbx, a, &[&head[1]]).await.is_empty(),
+        "the former holder is fenced"
+    );
+    let fail = mbx
+        .deliveries_fail(a, &[failure(&head[2], "late", true)])
+        .await
+        .unwrap();
+    assert_eq!(fail.stale, 1, "its failures change nothing either");
+    let taken = mbx
+        .deliveries_claim_ordered(b, port, epoch_b, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        numbers(&taken),
+        vec![1, 2, 3, 4],
+        "the new holder resumes at the first uncompleted"
+    );
+    let refs: Vec<_> = taken.iter().collect();
+    assert_eq!(complete(&mbx, b, &refs).await.len(), 4);
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_head_waiting_for_its_retry_blocks_everything_behind_it(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let port = ordered_port(&mbx).await;
+    publish_n(&mbx, 3).await;
+    let a = instance(&mbx).await;
+    let epoch = mbx
+        .port_lease_acquire(a, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("lease");
+    let head = mbx
+        .deliveries_claim_ordered(a, port, epoch, 1)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&head), vec![0]);
+    let r = mbx
+        .deliveries_fail(a, &[failure(&head[0], "503", true)])
+        .await
+        .unwrap();
+    assert_eq!(r.retried, 1);
+    assert!(
+        mbx.deliveries_claim_ordered(a, port, epoch, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing overtakes a head that waits for its retry"
+    );
+    make_due(&pool).await;
+    let again = mbx
+        .deliveries_claim_ordered(a, port, epoch, 10)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&again), vec![0, 1, 2]);
+    assert_eq!(again[0].retries, 1);
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_released_lease_is_taken_at_once_and_a_dead_instance_cannot_take_one(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let port = ordered_port(&mbx).await;
+    let (a, b) = (instance(&mbx).await, instance(&mbx).await);
+    let epoch = mbx
+        .port_lease_acquire(a, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("lease");
+    mbx.port_lease_release(a, port, epoch).await.unwrap();
+    sqlx::query("UPDATE host_instances SET state = 'dead' WHERE id = $1")
+        .bind(b)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        mbx.port_lease_acquire(b, port, LEASE_TTL_MS).await.unwrap(),
+        None
+    );
+    let c = instance(&mbx).await;
+    assert_eq!(
+        mbx.port_lease_acquire(c, port, LEASE_TTL_MS).await.unwrap(),
+        Some(epoch + 1)
+    );
+    let info = mbx.port_lease_info(port).await.unwrap().expect("ordered");
+    assert_eq!(info.holder, Some(c));
+    assert!(info.live);
+}
