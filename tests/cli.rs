@@ -755,3 +755,49 @@ async fn a_closed_output_pipe_ends_quietly(pool: PgPool) {
         "mbx panicked on a closed pipe: {err}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn send_port_show_reports_an_ordered_ports_lease_and_sequence(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "seq",
+        "--address",
+        "file:///tmp/seq/log",
+        "--ordered",
+        "--set",
+        "append=true",
+        "--filter",
+        "exists(Order.Id)",
+    ]);
+    mbx.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.Id=1",
+        "--file",
+        "/dev/null",
+    ]);
+    let shown = mbx.json(&["send-port", "show", "seq"]);
+    assert_eq!(shown["lease"]["epoch"], 0, "{shown}");
+    assert_eq!(shown["lease"]["holder"], serde_json::Value::Null);
+    assert_eq!(shown["lease"]["next_seq"], 2, "one sequence number taken");
+    let text = mbx.ok(&["send-port", "show", "seq"]);
+    assert!(
+        text.contains("owner") && text.contains("next sequence"),
+        "{text}"
+    );
+    let plain = mbx.json(&[
+        "send-port",
+        "create",
+        "plain",
+        "--address",
+        "file:///tmp/p/x",
+    ]);
+    assert_eq!(plain["ordered"], false);
+    assert_eq!(
+        mbx.json(&["send-port", "show", "plain"])["lease"],
+        serde_json::Value::Null
+    );
+}

@@ -448,8 +448,13 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             let port = mbx.send_port_show(&name).await?;
             let stats = mbx.stats().await?;
             let counters = stats.ports.iter().find(|p| p.name == name);
+            let lease = if port.ordered {
+                mbx.port_lease_info(port.id).await?
+            } else {
+                None
+            };
             if json_out {
-                return output::json(&json!({"port": port, "counters": counters}));
+                return output::json(&json!({"port": port, "counters": counters, "lease": lease}));
             }
             let mut rows = vec![
                 ("name", port.name.clone()),
@@ -471,6 +476,16 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             ];
             if port.dynamic {
                 rows.push(("allowed addresses", port.allow_address.join(", ")));
+            }
+            if let Some(l) = &lease {
+                let owner = match (l.holder, l.live) {
+                    (Some(h), true) => h.to_string(),
+                    (Some(h), false) => format!("none (lease of {h} expired)"),
+                    (None, _) => "none".to_owned(),
+                };
+                rows.push(("owner", owner));
+                rows.push(("epoch", l.epoch.to_string()));
+                rows.push(("next sequence", l.next_seq.to_string()));
             }
             if let Some(c) = counters {
                 rows.push(("backlog", c.backlog.to_string()));
