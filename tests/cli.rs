@@ -628,6 +628,8 @@ fn every_command_has_help_with_an_example() {
         &["send-port", "start"],
         &["send-port", "stop"],
         &["send-port", "unenlist"],
+        &["send-port", "resume"],
+        &["send-port", "skip"],
         &["send-port", "delete"],
         &["send-port-group", "create"],
         &["send-port-group", "add"],

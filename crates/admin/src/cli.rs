@@ -224,6 +224,12 @@ pub enum SendPortCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Ordered port held after a failure (--stop-on-failure): retry the failed head and go on.
+    #[command(after_help = "Example:\n  mbx send-port resume ledger")]
+    Resume { name: String },
+    /// Ordered port held after a failure: suspend the failed head (failed-final) and go on.
+    #[command(after_help = "Example:\n  mbx send-port skip ledger")]
+    Skip { name: String },
     /// Delete a port (refused while it has deliveries or suspended items).
     #[command(after_help = "Example:\n  mbx send-port delete eu")]
     Delete { name: String },

@@ -526,6 +526,19 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
         SendPortCommand::Unenlist { name, force } => {
             print_change(mbx.send_port_unenlist(&name, force).await?, json_out)?
         }
+        SendPortCommand::Resume { name } => {
+            print_change(mbx.send_port_resume(&name).await?, json_out)?
+        }
+        SendPortCommand::Skip { name } => {
+            let c = mbx.send_port_skip(&name).await?;
+            if !json_out && c.suspended > 0 {
+                println!("the failed head message is suspended (failed-final)");
+            }
+            print_change(
+                mbx_messagebox::config::Change { suspended: 0, ..c },
+                json_out,
+            )?
+        }
         SendPortCommand::Delete { name } => {
             mbx.send_port_delete(&name).await?;
             println!("deleted send port '{name}'");

@@ -162,6 +162,83 @@ impl MessageBox {
         crate::delivery::claimed_deliveries(rows, token, port_id, Some(epoch))
     }
 
+    /// `send-port resume`: an ordered port suspended after a failure retries its head
+    /// (retries reset) and starts again.
+    pub async fn send_port_resume(&self, name: &str) -> Result<crate::config::Change> {
+        self.unsuspend(name, false).await
+    }
+
+    /// `send-port skip`: an ordered port suspended after a failure suspends its head as
+    /// `failed-final` and goes on with the next message.
+    pub async fn send_port_skip(&self, name: &str) -> Result<crate::config::Change> {
+        self.unsuspend(name, true).await
+    }
+
+    /// Both lock the head and bump the lease epoch (expiring the lease), so they cannot
+    /// race the owner: whatever it still does with the old epoch is fenced.
+    async fn unsuspend(&self, name: &str, skip: bool) -> Result<crate::config::Change> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, state FROM send_ports WHERE name = $1 FOR NO KEY UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (port_id, state) = row.ok_or_else(|| {
+            crate::Error::not_found("send port", name, "`mbx send-port list` shows the ports")
+        })?;
+        if state != "suspended" {
+            let verb = if skip { "skip" } else { "resume" };
+            return Err(crate::Error::Refused(format!(
+                "send port '{name}' is {state}, not suspended; `send-port {verb}` acts on an ordered port held after a failure"
+            )));
+        }
+        let head: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE port_id = $1 AND seq IS NOT NULL ORDER BY seq LIMIT 1 FOR UPDATE",
+        )
+        .bind(port_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE leases SET epoch = epoch + 1, expires_at = now() WHERE port_id = $1 AND bucket = 0",
+        )
+        .bind(port_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(head) = head {
+            if skip {
+                crate::suspended::suspend_deliveries(
+                    &mut tx,
+                    &[head],
+                    &["failed-final"],
+                    &["skipped by an operator (send-port skip)".to_owned()],
+                    None,
+                    false,
+                )
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'ready', claimed_by = NULL, claim_token = NULL,
+                            claimed_at = NULL, retries = 0, transport = 'primary', not_before = now()
+                      WHERE id = $1",
+                )
+                .bind(head)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query("UPDATE send_ports SET state = 'started' WHERE id = $1")
+            .bind(port_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(crate::config::Change {
+            object: name.to_owned(),
+            from: "suspended".to_owned(),
+            to: "started".to_owned(),
+            suspended: i64::from(skip && head.is_some()),
+        })
+    }
+
     /// How many leases changed hands (epoch above 1) — for tests and metrics.
     pub async fn port_lease_epoch(&self, port_id: i64) -> Result<Option<i64>> {
         let row = sqlx::query("SELECT epoch FROM leases WHERE port_id = $1 AND bucket = 0")

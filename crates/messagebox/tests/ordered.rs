@@ -184,3 +184,67 @@ async fn a_released_lease_is_taken_at_once_and_a_dead_instance_cannot_take_one(p
     assert_eq!(info.holder, Some(c));
     assert!(info.live);
 }
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn resume_retries_the_held_head_and_skip_suspends_it(pool: PgPool) {
+    use mbx_messagebox::suspended::{Kind, Selector};
+    let mbx = mbx(pool.clone()).await;
+    let mut spec = spec("ledger", Some("exists(Seq.N)")).with_state(InitialState::Started);
+    spec.ordered = true;
+    spec.stop_on_failure = true;
+    spec.retry_count = 0;
+    let port = create(&mbx, spec).await;
+    publish_n(&mbx, 3).await;
+    let a = instance(&mbx).await;
+    let refused = mbx
+        .send_port_resume("ledger")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not suspended"), "{refused}");
+
+    let head = claim_ordered(&mbx, a, port).await.remove(0);
+    let r = mbx
+        .deliveries_fail(a, &[failure(&head, "down", true)])
+        .await
+        .unwrap();
+    assert_eq!(r.ports_suspended, 1);
+    let epoch_before = mbx.port_lease_epoch(port).await.unwrap().unwrap();
+    let c = mbx.send_port_resume("ledger").await.unwrap();
+    assert_eq!((c.from.as_str(), c.to.as_str()), ("suspended", "started"));
+    assert_eq!(
+        mbx.port_lease_epoch(port).await.unwrap().unwrap(),
+        epoch_before + 1,
+        "the epoch moves"
+    );
+    assert!(
+        complete(&mbx, a, &[&head]).await.is_empty(),
+        "the old owner is fenced"
+    );
+    let again = claim_ordered(&mbx, a, port).await;
+    assert_eq!(numbers(&again), vec![0, 1, 2], "the head is retried first");
+    assert_eq!(again[0].retries, 0, "retries reset");
+
+    mbx.deliveries_fail(a, &[failure(&again[0], "down again", true)])
+        .await
+        .unwrap();
+    assert_eq!(
+        mbx.send_port_show("ledger").await.unwrap().state,
+        "suspended"
+    );
+    mbx.send_port_skip("ledger").await.unwrap();
+    let items = mbx
+        .suspended_list(&Selector {
+            kind: Some(Kind::FailedFinal),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    let next = claim_ordered(&mbx, a, port).await;
+    assert_eq!(
+        numbers(&next),
+        vec![1, 2],
+        "after skip the port goes on with the next"
+    );
+}
