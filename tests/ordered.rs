@@ -1,0 +1,559 @@
+//! Ordered delivery through real `mbx-host` processes (SPEC §5.3): publication order is
+//! commit order, exactly one instance owns an ordered port at a time, and when the owner is
+//! killed another instance takes over by lease expiry and carries on in order.
+//!
+//! Each test has a checker: what the endpoint received is compared with what was published
+//! (lost, unexpected, duplicates), and the order of first arrivals is checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use mbx_e2e::{
+    database_url, eventually, messagebox, start_host, wait_for, wait_for_alive, FAST_HOST,
+};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::publish::{NewMessage, Published, Publisher};
+use mbx_messagebox::{Context, MessageBox, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// `--ordered-commit-batch` (default): a crash re-sends at most that many messages.
+const COMMIT_BATCH: usize = 32;
+/// The lease TTL (SPEC §5.3).
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Creates the ordered FILE port `name` in `state`, appending every message matching
+/// `filter` to `log`.
+async fn ordered_append_port(
+    mbx: &MessageBox,
+    name: &str,
+    log: &Path,
+    filter: &str,
+    state: InitialState,
+) {
+    let mut spec = SendPortSpec::new(name, &format!("file://{}", log.display()))
+        .with_filter(filter)
+        .with_state(state);
+    spec.ordered = true;
+    spec.settings.insert("append".into(), "true".into());
+    mbx.send_port_create(&spec)
+        .await
+        .expect("ordered send port");
+}
+
+/// The complete lines of `path` so far (a line still being written is left out); none if
+/// the file does not exist yet.
+fn lines_of(path: &Path) -> Vec<String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("read {}: {e}", path.display()),
+    };
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => return Vec::new(),
+    };
+    complete.split('\n').map(str::to_owned).collect()
+}
+
+/// One message with promoted property `property` = `value`.
+fn message(property: &str, value: i64, body: String) -> NewMessage {
+    let mut ctx = Context::new();
+    ctx.promote(property, Value::Integer(value))
+        .expect("promote");
+    NewMessage::new(body, "text/plain", ctx)
+}
+
+/// Publishes `messages` in one call and checks each was routed.
+async fn publish_routed(mbx: &MessageBox, messages: Vec<NewMessage>) {
+    let n = messages.len();
+    let outcomes = mbx
+        .publish(&Publisher::default(), messages)
+        .await
+        .expect("publish");
+    assert_eq!(outcomes.len(), n);
+    for o in outcomes {
+        assert!(
+            matches!(o, Published::Routed { deliveries: 1, .. }),
+            "routed to the ordered port: {o:?}"
+        );
+    }
+}
+
+/// The lease of port `name`: (holder, its pid, epoch) while a live holder has it.
+async fn lease_owner(pool: &PgPool, name: &str) -> Option<(Uuid, i32, i64)> {
+    sqlx::query_as(
+        "SELECT l.holder, i.pid, l.epoch
+           FROM leases l
+           JOIN send_ports p ON p.id = l.port_id
+           JOIN host_instances i ON i.id = l.holder
+          WHERE p.name = $1 AND l.expires_at > now()",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .expect("lease owner")
+}
+
+async fn lease_epoch(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT l.epoch FROM leases l JOIN send_ports p ON p.id = l.port_id WHERE p.name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .expect("lease epoch")
+}
+
+const PRODUCERS: i64 = 4;
+const PER_PRODUCER: i64 = 100;
+
+/// One publish as its producer saw it: when the call started and when it returned
+/// (committed).
+#[derive(Clone, Copy)]
+struct PublishCall {
+    started: Instant,
+    returned: Instant,
+}
+
+/// Four concurrent publishers, one message per publish call, to an ordered FILE port run
+/// by two hosts. The port is started when half the messages are published: the backlog is
+/// sent in order, then the rest as they come. A message whose publish started only after
+/// another's publish had returned was committed after it, so it must be appended after it:
+/// the file's order is the commit order. In particular each producer's messages arrive in
+/// its own order.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn concurrent_publishers_deliver_in_commit_order_through_two_hosts(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("ordered.log");
+    // stopped: enlisted, its deliveries wait until it is started
+    ordered_append_port(
+        &mbx,
+        "ordered",
+        &log,
+        "exists(Seq.Producer)",
+        InitialState::Stopped,
+    )
+    .await;
+    let url = database_url(&pool);
+    let _hosts = [start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    wait_for_alive(&mbx, 2).await;
+
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let (mbx, count) = (mbx.clone(), count.clone());
+        producers.push(tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for n in 0..PER_PRODUCER {
+                let started = Instant::now();
+                publish_routed(
+                    &mbx,
+                    vec![message(
+                        "Seq.Producer",
+                        producer,
+                        format!("{producer}:{n}\n"),
+                    )],
+                )
+                .await;
+                calls.push(PublishCall {
+                    started,
+                    returned: Instant::now(),
+                });
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            calls
+        }));
+    }
+    let total = (PRODUCERS * PER_PRODUCER) as usize;
+    wait_for(
+        "half the messages published",
+        Duration::from_secs(30),
+        || {
+            let published = count.load(Ordering::SeqCst);
+            async move { published >= total / 2 }
+        },
+    )
+    .await;
+    mbx.send_port_start("ordered").await.expect("start port");
+    let mut published: BTreeMap<String, PublishCall> = BTreeMap::new();
+    for (producer, task) in producers.into_iter().enumerate() {
+        for (n, call) in task.await.expect("producer").into_iter().enumerate() {
+            published.insert(format!("{producer}:{n}"), call);
+        }
+    }
+    assert_eq!(published.len(), total);
+
+    let complete = eventually(Duration::from_secs(40), || async {
+        lines_of(&log).len() >= total
+    })
+    .await;
+    let lines = lines_of(&log);
+
+    // the checker
+    let mut received: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &lines {
+        *received.entry(l.as_str()).or_default() += 1;
+    }
+    let lost: Vec<&String> = published
+        .keys()
+        .filter(|k| !received.contains_key(k.as_str()))
+        .collect();
+    let unexpected: Vec<&&str> = received
+        .keys()
+        .filter(|k| !published.contains_key(**k))
+        .collect();
+    let duplicates: usize = received.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{} lines: lost {}, unexpected {}, duplicates {duplicates}",
+        lines.len(),
+        lost.len(),
+        unexpected.len()
+    );
+    assert!(
+        complete,
+        "timed out: {} of {total} lines after 40 s",
+        lines.len()
+    );
+    assert!(lost.is_empty(), "lost: {:?}", &lost[..lost.len().min(5)]);
+    assert!(unexpected.is_empty(), "unexpected lines: {unexpected:?}");
+    assert_eq!(duplicates, 0, "duplicates without any crash");
+
+    // each producer's messages in its own publish order
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        let (producer, n) = l.split_once(':').expect("producer:n");
+        let n: i64 = n.parse().expect("n");
+        if let Some(&before) = last.get(producer) {
+            assert!(
+                n > before,
+                "line {i}: producer {producer}'s message {n} was delivered after its message \
+                 {before}, though it was published (and committed) before it"
+            );
+        }
+        last.insert(producer, n);
+    }
+
+    // across producers: nothing is delivered before a message that committed before its
+    // publish started
+    let mut latest_start: Option<(Instant, &str)> = None;
+    for (i, l) in lines.iter().enumerate() {
+        let call = published[l.as_str()];
+        if let Some((started, earlier)) = latest_start {
+            assert!(
+                started <= call.returned,
+                "line {i}: '{l}' committed before the publish of '{earlier}' even started, yet \
+                 it was delivered after it: delivery order differs from commit order"
+            );
+        }
+        match latest_start {
+            Some((s, _)) if s >= call.started => {}
+            _ => latest_start = Some((call.started, l.as_str())),
+        }
+    }
+}
+
+const KILL_MESSAGES: usize = 600;
+/// Delivered before the kill, at least.
+const KILL_AFTER: usize = 100;
+
+/// kill -9 of the lease owner of an ordered FILE port in the middle of a run: another
+/// instance takes the lease when it expires (epoch + 1) and resumes at the first message
+/// whose completion was not committed. Nothing is lost or reordered; at most one commit
+/// batch is appended twice.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_owner_is_killed_and_another_instance_takes_over_in_order(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("ordered.log");
+    ordered_append_port(
+        &mbx,
+        "ordered",
+        &log,
+        "exists(Seq.N)",
+        InitialState::Started,
+    )
+    .await;
+    let url = database_url(&pool);
+    let mut hosts = vec![start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    wait_for_alive(&mbx, 2).await;
+
+    for chunk in (0..KILL_MESSAGES).collect::<Vec<_>>().chunks(20) {
+        let batch = chunk
+            .iter()
+            .map(|&n| message("Seq.N", n as i64, format!("{n}\n")))
+            .collect();
+        publish_routed(&mbx, batch).await;
+    }
+
+    // kill the owner once some arrived
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (victim_id, victim_pid, epoch_before) = loop {
+        let delivered = lines_of(&log).len();
+        let owner = if delivered >= KILL_AFTER {
+            lease_owner(&pool, "ordered").await
+        } else {
+            None
+        };
+        if let Some(owner) = owner {
+            break owner;
+        }
+        assert!(
+            delivered < KILL_MESSAGES,
+            "all {KILL_MESSAGES} messages were delivered ({delivered} lines) and no instance \
+             holds the port's lease: the ordered port has no owner to kill"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {KILL_AFTER} lines and a lease owner: {delivered} lines"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let victim = hosts
+        .iter()
+        .position(|h| h.pid() as i32 == victim_pid)
+        .unwrap_or_else(|| {
+            panic!("the lease holder {victim_id} (pid {victim_pid}) is none of the test's hosts")
+        });
+    let mut victim = hosts.swap_remove(victim);
+    victim.0.kill().expect("SIGKILL");
+    let killed_at = Instant::now();
+    victim.0.wait().expect("reap");
+    let at_kill = lines_of(&log).len();
+    eprintln!("killed owner {victim_id} (epoch {epoch_before}) after {at_kill} lines");
+    assert!(
+        at_kill < KILL_MESSAGES,
+        "the kill must happen during the run: all {KILL_MESSAGES} were delivered already"
+    );
+    // restarted at once, as a process supervisor would
+    hosts.push(start_host(&url, FAST_HOST));
+
+    // takeover: within the TTL (+ a poll interval and slack) of the last renewal
+    let takeover = eventually(LEASE_TTL + Duration::from_secs(5), || async {
+        lines_of(&log).len() > at_kill
+    })
+    .await;
+    let took_over_after = killed_at.elapsed();
+    let distinct = |lines: &[String]| lines.iter().collect::<BTreeSet<_>>().len();
+    let done = eventually(Duration::from_secs(30), || async {
+        distinct(&lines_of(&log)) >= KILL_MESSAGES
+    })
+    .await;
+    let lines = lines_of(&log);
+
+    // the checker
+    let sent: BTreeSet<String> = (0..KILL_MESSAGES).map(|n| n.to_string()).collect();
+    let mut received: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut first_arrivals: Vec<usize> = Vec::new();
+    for l in &lines {
+        let count = received.entry(l.as_str()).or_default();
+        if *count == 0 {
+            if let Ok(n) = l.parse() {
+                first_arrivals.push(n);
+            }
+        }
+        *count += 1;
+    }
+    let lost = sent
+        .iter()
+        .filter(|b| !received.contains_key(b.as_str()))
+        .count();
+    let unexpected: Vec<&&str> = received.keys().filter(|b| !sent.contains(**b)).collect();
+    let duplicates: usize = received.values().map(|n| n - 1).sum();
+    let out_of_order = first_arrivals
+        .iter()
+        .enumerate()
+        .find(|&(i, &n)| n != i)
+        .map(|(i, &n)| (i, n));
+    let epoch_after = lease_epoch(&pool, "ordered").await;
+    eprintln!(
+        "new lines after {took_over_after:?}; {} lines: lost {lost}, unexpected {}, duplicates \
+         {duplicates}, first arrivals out of order at {out_of_order:?}, epoch {epoch_before} → \
+         {epoch_after}",
+        lines.len(),
+        unexpected.len()
+    );
+    assert!(
+        takeover,
+        "no line appended within {:?} of killing the owner: no other instance took over",
+        LEASE_TTL + Duration::from_secs(5)
+    );
+    assert_eq!(lost, 0, "lost messages");
+    assert!(unexpected.is_empty(), "unexpected lines: {unexpected:?}");
+    assert_eq!(
+        out_of_order, None,
+        "first arrivals are not 0, 1, 2, …: (position, number) of the first out of order"
+    );
+    assert!(
+        duplicates <= COMMIT_BATCH,
+        "{duplicates} duplicates: more than one commit batch ({COMMIT_BATCH}) re-sent"
+    );
+    assert!(done, "the run completed");
+    assert!(
+        epoch_after >= 2,
+        "the lease moved by expiry to a new owner with epoch + 1: epoch is {epoch_after}"
+    );
+    let owner = lease_owner(&pool, "ordered").await.map(|o| o.0);
+    assert_ne!(
+        owner,
+        Some(victim_id),
+        "the killed instance still holds the lease"
+    );
+}
+
+/// One request as the endpoint saw it.
+#[derive(Debug, Clone)]
+struct Request {
+    body: String,
+    sequence: Option<i64>,
+    epoch: Option<i64>,
+    arrived: Instant,
+    answered: Instant,
+}
+
+#[derive(Default)]
+struct Sink {
+    requests: Mutex<Vec<Request>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// The endpoint: records every request with its `mbx-sequence` / `mbx-epoch` headers,
+/// takes ~5 ms, answers 200; counts requests in progress at once.
+async fn start_sink() -> (u16, Arc<Sink>) {
+    let sink = Arc::new(Sink::default());
+    let s = sink.clone();
+    let app = Router::new().route(
+        "/sink",
+        post(move |headers: HeaderMap, body: String| {
+            let s = s.clone();
+            async move {
+                let arrived = Instant::now();
+                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let number = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i64>().ok())
+                };
+                let (sequence, epoch) = (number("mbx-sequence"), number("mbx-epoch"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                s.requests.lock().expect("sink lock").push(Request {
+                    body,
+                    sequence,
+                    epoch,
+                    arrived,
+                    answered: Instant::now(),
+                });
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let port = listener.local_addr().expect("sink addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink serve") });
+    (port, sink)
+}
+
+const HTTP_MESSAGES: usize = 200;
+
+/// Three hosts run one ordered HTTP port: the endpoint never sees two requests at once;
+/// every request carries `mbx-sequence` (consecutive, increasing) and the one owner's
+/// `mbx-epoch`.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ordered_port_runs_on_one_instance_at_a_time(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let (sink_port, sink) = start_sink().await;
+    let mut spec = SendPortSpec::new("ordered", &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    mbx.send_port_create(&spec)
+        .await
+        .expect("ordered send port");
+    let url = database_url(&pool);
+    let _hosts = [
+        start_host(&url, FAST_HOST),
+        start_host(&url, FAST_HOST),
+        start_host(&url, FAST_HOST),
+    ];
+    wait_for_alive(&mbx, 3).await;
+
+    for chunk in (0..HTTP_MESSAGES).collect::<Vec<_>>().chunks(20) {
+        let batch = chunk
+            .iter()
+            .map(|&n| message("Seq.N", n as i64, format!("message {n}")))
+            .collect();
+        publish_routed(&mbx, batch).await;
+    }
+    wait_for(
+        &format!("{HTTP_MESSAGES} distinct requests at the endpoint"),
+        Duration::from_secs(30),
+        || async {
+            let r = sink.requests.lock().expect("sink lock");
+            r.iter().map(|r| &r.body).collect::<BTreeSet<_>>().len() >= HTTP_MESSAGES
+        },
+    )
+    .await;
+    let mut requests = sink.requests.lock().expect("sink lock").clone();
+    requests.sort_by_key(|r| r.arrived);
+
+    // the checker
+    let sent: BTreeSet<String> = (0..HTTP_MESSAGES).map(|n| format!("message {n}")).collect();
+    let bodies: Vec<&String> = requests.iter().map(|r| &r.body).collect();
+    let unexpected: Vec<&&String> = bodies.iter().filter(|b| !sent.contains(**b)).collect();
+    assert!(unexpected.is_empty(), "unexpected bodies: {unexpected:?}");
+    assert_eq!(
+        bodies.len(),
+        HTTP_MESSAGES,
+        "each message sent exactly once (no crash, no takeover)"
+    );
+    let max_in_flight = sink.max_in_flight.load(Ordering::SeqCst);
+    assert_eq!(
+        max_in_flight, 1,
+        "{max_in_flight} requests were in progress at once: the ordered port was sent \
+         concurrently"
+    );
+    for pair in requests.windows(2) {
+        assert!(
+            pair[1].arrived >= pair[0].answered,
+            "'{}' arrived before '{}' was answered: two sends overlapped",
+            pair[1].body,
+            pair[0].body
+        );
+    }
+    // delivery order is publication order: the bodies in order, the sequences consecutive
+    let expected: Vec<String> = (0..HTTP_MESSAGES).map(|n| format!("message {n}")).collect();
+    let in_order: Vec<String> = requests.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(in_order, expected, "arrival order is publication order");
+    let sequences: Vec<Option<i64>> = requests.iter().map(|r| r.sequence).collect();
+    assert!(
+        sequences.iter().all(Option::is_some),
+        "every ordered send carries an mbx-sequence header: {:?}",
+        &sequences[..sequences.len().min(5)]
+    );
+    let first = sequences[0].expect("sequence");
+    let consecutive: Vec<Option<i64>> = (first..first + HTTP_MESSAGES as i64).map(Some).collect();
+    assert_eq!(
+        sequences, consecutive,
+        "sequences arrive strictly increasing without gaps"
+    );
+    let epochs: BTreeSet<Option<i64>> = requests.iter().map(|r| r.epoch).collect();
+    let epoch = lease_epoch(&pool, "ordered").await;
+    assert_eq!(
+        epochs,
+        BTreeSet::from([Some(epoch)]),
+        "every send carries the one owner's epoch (the lease's, {epoch})"
+    );
+}
