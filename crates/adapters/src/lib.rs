@@ -102,6 +102,10 @@ pub struct SendReport {
     pub delivery_id: i64,
     pub message_id: Uuid,
     pub outcome: Outcome,
+    /// After a delivery, the endpoint's position that includes it (FILE append: the file
+    /// and its length). The engine commits it with the completion and, after an ordered
+    /// port changes owner, hands the last committed one to [`SendAdapter::restore`].
+    pub checkpoint: Option<String>,
 }
 
 /// Where a send adapter reports outcomes. The host owns the receiving end; if it is
@@ -147,6 +151,7 @@ pub(crate) async fn report(outcomes: &OutcomeSender, message: &OutboundMessage, 
         delivery_id: message.delivery_id,
         message_id: message.message_id,
         outcome,
+        checkpoint: None,
     };
     if outcomes.send(report).await.is_err() {
         tracing::debug!(
@@ -174,6 +179,15 @@ pub trait SendAdapter: Send + Sync {
 
     /// Whether the endpoint at `address` looks reachable, without sending a message.
     async fn health(&self, address: &str, settings: &Settings) -> Health;
+
+    /// Before a new owner of an ordered port sends, puts the endpoint back to the last
+    /// committed `checkpoint` (FILE append: truncate the file to the committed length), so
+    /// messages sent but not committed by a crashed owner are not there twice. Adapters
+    /// without positions keep the default: nothing to do.
+    async fn restore(&self, checkpoint: &str) -> Result<(), String> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -113,8 +113,9 @@ async fn send_all(
     shared: &Shared,
     port: &SendPort,
     batch: &[ClaimedDelivery],
-) -> HashMap<i64, Outcome> {
+) -> (HashMap<i64, Outcome>, HashMap<i64, String>) {
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
+    let mut checkpoints: HashMap<i64, String> = HashMap::new();
     let mut by_adapter: HashMap<&'static str, (Arc<dyn SendAdapter>, Vec<OutboundMessage>)> =
         HashMap::new();
     for d in batch {
@@ -174,9 +175,12 @@ async fn send_all(
     // every adapter reports each message once, then drops its sender
     while let Some(report) = rx.recv().await {
         shared.progressed(port.id);
+        if let Some(c) = report.checkpoint {
+            checkpoints.insert(report.delivery_id, c);
+        }
         outcomes.insert(report.delivery_id, report.outcome);
     }
-    outcomes
+    (outcomes, checkpoints)
 }
 
 async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec<ClaimedDelivery>) {
@@ -189,7 +193,7 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
         .iter()
         .map(|d| (d.delivery_id, d.published_at))
         .collect();
-    let mut outcomes = send_all(shared, port, &batch).await;
+    let (mut outcomes, _) = send_all(shared, port, &batch).await;
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for (id, token) in &tokens {
@@ -343,7 +347,17 @@ async fn own_ordered_port(
                 < (LEASE_TTL_MS - LEASE_MARGIN_MS) as u64
     };
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
+    if let Err(e) = restore_endpoint(shared, port).await {
+        error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
+        renewer.abort();
+        let _ = shared
+            .mbx
+            .port_lease_release(instance, port.id, epoch)
+            .await;
+        return;
+    }
     let mut pending: Vec<(i64, Uuid)> = Vec::new();
+    let mut checkpoint: Option<String> = None;
     'owner: loop {
         shared.progressed(port.id);
         if *stop.borrow() || *shared.stopping.borrow() || !may_send() {
@@ -376,40 +390,31 @@ async fn own_ordered_port(
             if !may_send() {
                 break 'owner;
             }
-            let outcome = send_all(shared, port, std::slice::from_ref(&d))
-                .await
-                .remove(&d.delivery_id)
-                .unwrap_or_else(|| {
-                    Outcome::failed("the adapter reported no outcome for this message", true)
-                });
+            let (mut outcomes, mut checkpoints) =
+                send_all(shared, port, std::slice::from_ref(&d)).await;
+            let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
+                Outcome::failed("the adapter reported no outcome for this message", true)
+            });
             match outcome {
                 Outcome::Delivered => {
                     pending.push((d.delivery_id, d.claim_token));
+                    if let Some(c) = checkpoints.remove(&d.delivery_id) {
+                        checkpoint = Some(c);
+                    }
                     if pending.len() as i64 >= commit_batch
                         || flushed_at.elapsed() >= Duration::from_millis(ORDERED_COMMIT_INTERVAL_MS)
                     {
-                        record(
-                            shared,
-                            port,
-                            instance,
-                            std::mem::take(&mut pending),
-                            Vec::new(),
-                        )
-                        .await;
+                        let done = std::mem::take(&mut pending);
+                        commit_ordered(shared, port, instance, epoch, done, checkpoint.clone())
+                            .await;
                         flushed_at = Instant::now();
                     }
                 }
                 Outcome::Failed { error, retryable } => {
                     // completions first, then the failure: the head is retried, suspended
                     // or holds the port; the next claim starts from the head again
-                    record(
-                        shared,
-                        port,
-                        instance,
-                        std::mem::take(&mut pending),
-                        Vec::new(),
-                    )
-                    .await;
+                    let done = std::mem::take(&mut pending);
+                    commit_ordered(shared, port, instance, epoch, done, checkpoint.clone()).await;
                     let failure = Failure {
                         delivery_id: d.delivery_id,
                         claim_token: d.claim_token,
@@ -421,23 +426,11 @@ async fn own_ordered_port(
                 }
             }
         }
-        record(
-            shared,
-            port,
-            instance,
-            std::mem::take(&mut pending),
-            Vec::new(),
-        )
-        .await;
+        let done = std::mem::take(&mut pending);
+        commit_ordered(shared, port, instance, epoch, done, checkpoint.clone()).await;
     }
-    record(
-        shared,
-        port,
-        instance,
-        std::mem::take(&mut pending),
-        Vec::new(),
-    )
-    .await;
+    let done = std::mem::take(&mut pending);
+    commit_ordered(shared, port, instance, epoch, done, checkpoint).await;
     renewer.abort();
     if lost.load(Ordering::Acquire) || !may_send() {
         warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
@@ -448,6 +441,68 @@ async fn own_ordered_port(
     {
         warn!(port = %port.name, error = %e, "lease release failed; it expires by itself");
     }
+}
+
+/// Commits an ordered port's delivered messages with the endpoint checkpoint that
+/// includes them (fenced on the lease); retried like `record`.
+async fn commit_ordered(
+    shared: &Shared,
+    port: &SendPort,
+    instance: Uuid,
+    epoch: i64,
+    delivered: Vec<(i64, Uuid)>,
+    checkpoint: Option<String>,
+) {
+    if delivered.is_empty() {
+        return;
+    }
+    for attempt in 1..=RECORD_ATTEMPTS_MAX {
+        match shared
+            .mbx
+            .deliveries_complete_ordered(
+                instance,
+                &delivered,
+                port.id,
+                epoch,
+                checkpoint.as_deref(),
+            )
+            .await
+        {
+            Ok(done) => {
+                metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
+                    .increment(done.len() as u64);
+                if done.len() < delivered.len() {
+                    warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
+                          "completions fenced: the lease moved on");
+                }
+                return;
+            }
+            Err(e) => {
+                error!(port = %port.name, attempt, error = %e, "committing completions failed");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+}
+
+/// A new owner puts the endpoint back to the checkpoint committed with the last
+/// completion (FILE append: truncates what a crashed owner sent but did not commit).
+async fn restore_endpoint(shared: &Shared, port: &SendPort) -> Result<(), String> {
+    let info = shared
+        .mbx
+        .port_lease_info(port.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (Some(checkpoint), Some(address)) =
+        (info.and_then(|i| i.checkpoint), port.address.as_deref())
+    else {
+        return Ok(());
+    };
+    let adapter = shared
+        .registry
+        .send_adapter(address)
+        .map_err(|e| e.to_string())?;
+    adapter.restore(&checkpoint).await
 }
 
 /// Longest time delivered messages of an ordered port wait for their completion commit.

@@ -240,6 +240,30 @@ impl MessageBox {
         instance: Uuid,
         done: &[(i64, Uuid)],
     ) -> Result<Vec<i64>> {
+        self.complete_with_checkpoint(instance, done, None).await
+    }
+
+    /// Completes deliveries of an ordered port and, in the same statement, records the
+    /// endpoint `checkpoint` (port, epoch, position) that includes them — only if the
+    /// claimer still holds that port's lease at that epoch.
+    pub async fn deliveries_complete_ordered(
+        &self,
+        instance: Uuid,
+        done: &[(i64, Uuid)],
+        port_id: i64,
+        epoch: i64,
+        checkpoint: Option<&str>,
+    ) -> Result<Vec<i64>> {
+        self.complete_with_checkpoint(instance, done, checkpoint.map(|c| (port_id, epoch, c)))
+            .await
+    }
+
+    async fn complete_with_checkpoint(
+        &self,
+        instance: Uuid,
+        done: &[(i64, Uuid)],
+        checkpoint: Option<(i64, i64, &str)>,
+    ) -> Result<Vec<i64>> {
         if done.is_empty() {
             return Ok(Vec::new());
         }
@@ -259,6 +283,10 @@ impl MessageBox {
                                     WHERE x.message_id = m.id AND x.id NOT IN (SELECT id FROM done))
                    AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
                 RETURNING m.id),
+             cp AS (
+                UPDATE leases l SET checkpoint = $6
+                 WHERE $6::text IS NOT NULL AND l.port_id = $4 AND l.bucket = 0 AND l.holder = $3
+                   AND l.epoch = $5 AND l.expires_at > now() AND EXISTS (SELECT 1 FROM done)),
              ev AS (
                 INSERT INTO tracking_events (message_id, event, port_id, instance_id)
                 SELECT done.message_id, 'delivered', done.port_id, $3 FROM done
@@ -269,6 +297,9 @@ impl MessageBox {
         .bind(&ids)
         .bind(&tokens)
         .bind(instance)
+        .bind(checkpoint.map(|c| c.0))
+        .bind(checkpoint.map(|c| c.1))
+        .bind(checkpoint.map(|c| c.2))
         .fetch_all(&self.pool)
         .await?;
         Ok(completed)

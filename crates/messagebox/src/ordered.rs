@@ -31,6 +31,8 @@ pub struct LeaseInfo {
     pub epoch: i64,
     pub live: bool,
     pub next_seq: i64,
+    /// The endpoint position committed with the last completion (FILE append).
+    pub checkpoint: Option<String>,
 }
 
 impl MessageBox {
@@ -96,7 +98,8 @@ impl MessageBox {
     /// The lease and sequence of an ordered port (`None` for an unordered one).
     pub async fn port_lease_info(&self, port_id: i64) -> Result<Option<LeaseInfo>> {
         Ok(sqlx::query_as::<_, LeaseInfo>(
-            "SELECT l.holder, l.epoch, coalesce(l.expires_at > now(), false) AS live, s.next_seq
+            "SELECT l.holder, l.epoch, coalesce(l.expires_at > now(), false) AS live, s.next_seq,
+                    l.checkpoint
                FROM leases l JOIN ordered_sequences s ON s.port_id = l.port_id AND s.order_key = ''
               WHERE l.port_id = $1 AND l.bucket = 0",
         )

@@ -248,3 +248,58 @@ async fn resume_retries_the_held_head_and_skip_suspends_it(pool: PgPool) {
         "after skip the port goes on with the next"
     );
 }
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_checkpoint_is_recorded_with_the_holders_completions_only(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let port = ordered_port(&mbx).await;
+    publish_n(&mbx, 2).await;
+    let (a, b) = (instance(&mbx).await, instance(&mbx).await);
+    let epoch_a = mbx
+        .port_lease_acquire(a, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .unwrap();
+    let head = mbx
+        .deliveries_claim_ordered(a, port, epoch_a, 2)
+        .await
+        .unwrap();
+    let done = mbx
+        .deliveries_complete_ordered(
+            a,
+            &[(head[0].delivery_id, head[0].claim_token)],
+            port,
+            epoch_a,
+            Some("4:/x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    let info = mbx.port_lease_info(port).await.unwrap().unwrap();
+    assert_eq!(info.checkpoint.as_deref(), Some("4:/x"));
+
+    expire_lease(&pool, port).await;
+    let epoch_b = mbx
+        .port_lease_acquire(b, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = mbx
+        .deliveries_complete_ordered(
+            a,
+            &[(head[1].delivery_id, head[1].claim_token)],
+            port,
+            epoch_a,
+            Some("8:/x"),
+        )
+        .await
+        .unwrap();
+    assert!(stale.is_empty());
+    let info = mbx.port_lease_info(port).await.unwrap().unwrap();
+    assert_eq!(
+        info.checkpoint.as_deref(),
+        Some("4:/x"),
+        "a fenced completion records nothing"
+    );
+    assert_eq!(info.epoch, epoch_b);
+}

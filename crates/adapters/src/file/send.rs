@@ -127,8 +127,13 @@ impl SendAdapter for FileSendAdapter {
         // what an ordered port's append file needs), reporting each message as it is done.
         tokio::task::spawn_blocking(move || {
             for message in &batch {
-                let result = write_message(message, &append_lock, &swept)
-                    .map(|path| path.display().to_string())
+                let written = write_message(message, &append_lock, &swept);
+                let checkpoint = match &written {
+                    Ok((path, Some(len))) => Some(append_checkpoint(path, *len)),
+                    _ => None,
+                };
+                let result = written
+                    .map(|(path, _)| path.display().to_string())
                     .map_err(|err| {
                         let retryable = err.is_retryable();
                         (err, retryable)
@@ -138,12 +143,20 @@ impl SendAdapter for FileSendAdapter {
                     delivery_id: message.delivery_id,
                     message_id: message.message_id,
                     outcome,
+                    checkpoint,
                 };
                 if outcomes.blocking_send(report).is_err() {
                     tracing::debug!(delivery_id = %message.delivery_id, "outcome receiver closed; report dropped");
                 }
             }
         });
+    }
+
+    async fn restore(&self, checkpoint: &str) -> Result<(), String> {
+        let checkpoint = checkpoint.to_owned();
+        tokio::task::spawn_blocking(move || restore_append_checkpoint(&checkpoint))
+            .await
+            .map_err(|e| format!("restore task failed: {e}"))?
     }
 
     async fn health(&self, address: &str, settings: &Settings) -> Health {
@@ -173,7 +186,7 @@ fn write_message(
     message: &OutboundMessage,
     append_lock: &Mutex<()>,
     swept: &Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>,
-) -> Result<PathBuf, FileSendError> {
+) -> Result<(PathBuf, Option<u64>), FileSendError> {
     let config = FileSendConfig::parse(&message.address, &message.settings)?;
     sweep_stale_temp_files(swept, &config.folder);
     let name = config
@@ -183,11 +196,11 @@ fn write_message(
     if config.append {
         // A poisoned lock only means another append panicked; the file itself is fine.
         let _guard = append_lock.lock().unwrap_or_else(|p| p.into_inner());
-        append(&path, &message.body)?;
-    } else {
-        write_new(&config.folder, &name, &path, &message.body)?;
+        let len = append(&path, &message.body)?;
+        return Ok((path, Some(len)));
     }
-    Ok(path)
+    write_new(&config.folder, &name, &path, &message.body)?;
+    Ok((path, None))
 }
 
 /// Temp name in the same folder, write, fsync, rename into place, fsync the folder.
@@ -216,7 +229,8 @@ fn write_new(folder: &Path, name: &str, path: &Path, body: &[u8]) -> Result<(), 
 }
 
 /// Appends the body to `path` (created if missing) and fsyncs it.
-fn append(path: &Path, body: &[u8]) -> Result<(), FileSendError> {
+/// Appends and fsyncs; returns the file's length afterwards (the append checkpoint).
+fn append(path: &Path, body: &[u8]) -> Result<u64, FileSendError> {
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
@@ -225,7 +239,42 @@ fn append(path: &Path, body: &[u8]) -> Result<(), FileSendError> {
     f.write_all(body)
         .map_err(|e| FileSendError::io("append to", path, e))?;
     f.sync_data()
-        .map_err(|e| FileSendError::io("fsync", path, e))
+        .map_err(|e| FileSendError::io("fsync", path, e))?;
+    f.metadata()
+        .map(|m| m.len())
+        .map_err(|e| FileSendError::io("stat", path, e))
+}
+
+/// `<length>:<path>`: the committed length of an append file.
+fn append_checkpoint(path: &Path, len: u64) -> String {
+    format!("{len}:{}", path.display())
+}
+
+/// Truncates an append file to its committed length (see `SendAdapter::restore`); a file
+/// already shorter, or missing, is left as it is.
+pub fn restore_append_checkpoint(checkpoint: &str) -> Result<(), String> {
+    let (len, path) = checkpoint
+        .split_once(':')
+        .and_then(|(l, p)| Some((l.parse::<u64>().ok()?, Path::new(p))))
+        .ok_or_else(|| format!("not a FILE append checkpoint: {checkpoint:?}"))?;
+    let f = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("opening {}: {e}", path.display())),
+    };
+    let current = f
+        .metadata()
+        .map_err(|e| format!("stat {}: {e}", path.display()))?
+        .len();
+    if current > len {
+        f.set_len(len)
+            .map_err(|e| format!("truncating {}: {e}", path.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("fsync {}: {e}", path.display()))?;
+        tracing::info!(path = %path.display(), from = current, to = len,
+                       "append file truncated to its committed length after a takeover");
+    }
+    Ok(())
 }
 
 /// Makes a rename durable: fsync the directory that holds it.

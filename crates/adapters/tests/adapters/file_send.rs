@@ -205,3 +205,36 @@ async fn stale_temp_files_of_a_dead_writer_are_swept_and_fresh_ones_kept() {
         "a temp file another writer may still be writing is kept"
     );
 }
+
+#[tokio::test]
+async fn an_append_checkpoint_restores_the_file_to_its_committed_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let url = file_url(dir.path(), "log.txt");
+    let append = settings_from([("append", "true")]);
+    let reports = send_all(
+        &adapter,
+        ["one\n", "two\n", "three\n"]
+            .iter()
+            .map(|b| message(&url, append.clone(), b))
+            .collect(),
+    )
+    .await;
+    let checkpoints: Vec<String> = reports
+        .iter()
+        .map(|r| r.checkpoint.clone().expect("append reports a checkpoint"))
+        .collect();
+    // a crash after "three" was written but only "two" was committed
+    adapter.restore(&checkpoints[1]).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    // restoring to a later point than the file's length changes nothing
+    adapter.restore(&checkpoints[2]).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert!(adapter.restore("garbage").await.is_err());
+}
