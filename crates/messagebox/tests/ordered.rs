@@ -303,3 +303,45 @@ async fn a_checkpoint_is_recorded_with_the_holders_completions_only(pool: PgPool
     );
     assert_eq!(info.epoch, epoch_b);
 }
+
+/// T3 at the MessageBox: three instances race for a free lease on a barrier, 50 rounds;
+/// exactly one wins each round, with the epoch moving by one.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn racing_instances_get_exactly_one_owner_each_round(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let port = ordered_port(&mbx).await;
+    let instances = [
+        instance(&mbx).await,
+        instance(&mbx).await,
+        instance(&mbx).await,
+    ];
+    let mut last_epoch = 0;
+    for round in 0..50 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(instances.len()));
+        let tasks: Vec<_> = instances
+            .iter()
+            .map(|&i| {
+                // each racer is its own MessageBox handle, as separate hosts would be
+                let racer = MessageBox::from_pool(pool.clone());
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    racer
+                        .port_lease_acquire(i, port, LEASE_TTL_MS)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            if let Some(epoch) = t.await.unwrap() {
+                winners.push(epoch);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(winners[0], last_epoch + 1, "round {round}");
+        last_epoch = winners[0];
+        expire_lease(&pool, port).await;
+    }
+}
