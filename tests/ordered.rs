@@ -691,3 +691,62 @@ async fn a_paused_owner_is_fenced_and_emits_at_most_the_message_it_was_sending(p
     })
     .await;
 }
+
+const RECEIVE_FILES: usize = 200;
+
+/// SPEC §5.4: an ordered FILE receive location runs on one instance at a time and takes
+/// files in name order, one batch at a time; through an ordered send port the files come
+/// out in the order of their names, each exactly once.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ordered_receive_location_takes_files_in_name_order_on_one_instance(pool: PgPool) {
+    use mbx_messagebox::receive::ReceiveLocationSpec;
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (inbox, log) = (dir.path().join("in"), dir.path().join("out.log"));
+    std::fs::create_dir_all(&inbox).expect("in");
+    for n in 0..RECEIVE_FILES {
+        std::fs::write(inbox.join(format!("{n:04}.txt")), format!("file {n:04}\n")).expect("write");
+    }
+    mbx.receive_port_create("feed", false)
+        .await
+        .expect("receive port");
+    let mut loc = ReceiveLocationSpec::new(
+        "feed-in",
+        "feed",
+        &format!("file://{}/*.txt", inbox.display()),
+    );
+    loc.ordered = true;
+    loc.settings.insert("batch_max".into(), "7".into());
+    mbx.receive_location_create(&loc).await.expect("location");
+    ordered_append_port(
+        &mbx,
+        "feed-out",
+        &log,
+        "mbx.ReceivePortName == 'feed'",
+        InitialState::Started,
+    )
+    .await;
+    let url = database_url(&pool);
+    let _hosts = [start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    wait_for_alive(&mbx, 2).await;
+    mbx.receive_location_set_enabled("feed-in", true)
+        .await
+        .expect("enable");
+
+    wait_for(
+        "every file in the output",
+        Duration::from_secs(60),
+        || async { lines_of(&log).len() >= RECEIVE_FILES },
+    )
+    .await;
+    let expected: Vec<String> = (0..RECEIVE_FILES).map(|n| format!("file {n:04}")).collect();
+    assert_eq!(lines_of(&log), expected, "name order, exactly once");
+    let holders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM leases l JOIN receive_locations r ON r.id = l.location_id
+          WHERE r.name = 'feed-in' AND l.holder IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("lease");
+    assert_eq!(holders, 1, "the location ran under its lease");
+}

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::lease::{Leased, Tenure};
 use crate::{pause, Shared};
-use mbx_messagebox::ordered::{LEASE_MARGIN_MS, LEASE_TTL_MS};
+use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 
 /// Send timeout of HTTP sends on ordered ports: below the lease margin, so a replaced
 /// owner emits at most the one message it was sending (SPEC §5.3).
@@ -278,11 +279,7 @@ pub(crate) async fn ordered_port_loop(
             return;
         }
         let instance = shared.instance_id();
-        match shared
-            .mbx
-            .port_lease_acquire(instance, port.id, LEASE_TTL_MS)
-            .await
-        {
+        match Leased::Port(port.id).acquire(&shared, instance).await {
             Ok(Some(epoch)) => {
                 info!(port = %port.name, epoch, "ordered port lease taken");
                 metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
@@ -299,11 +296,6 @@ pub(crate) async fn ordered_port_loop(
     }
 }
 
-/// Milliseconds since `start`, for an atomic "last renewal" clock.
-fn millis_since(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// While this instance holds the lease at `epoch`: renew it every TTL/3 on its own task,
 /// and deliver in order until the lease is lost, its last renewal is older than
 /// TTL − margin (own monotonic clock), or the loop is stopped.
@@ -314,42 +306,12 @@ async fn own_ordered_port(
     epoch: i64,
     stop: &mut watch::Receiver<bool>,
 ) {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let clock = Instant::now();
-    let renewed_ms = Arc::new(AtomicU64::new(0));
-    let lost = Arc::new(AtomicBool::new(false));
-    let renewer = {
-        let (shared, renewed_ms, lost, port_id) =
-            (shared.clone(), renewed_ms.clone(), lost.clone(), port.id);
-        tokio::spawn(async move {
-            let period = Duration::from_millis((LEASE_TTL_MS / 3) as u64);
-            loop {
-                tokio::time::sleep(period).await;
-                let asked = millis_since(clock);
-                match shared
-                    .mbx
-                    .port_lease_renew(instance, port_id, epoch, LEASE_TTL_MS)
-                    .await
-                {
-                    Ok(true) => renewed_ms.store(asked, Ordering::Release),
-                    Ok(false) => {
-                        lost.store(true, Ordering::Release);
-                        return;
-                    }
-                    Err(e) => warn!(port_id, error = %e, "lease renewal failed"),
-                }
-            }
-        })
-    };
-    let may_send = || {
-        !lost.load(Ordering::Acquire)
-            && millis_since(clock).saturating_sub(renewed_ms.load(Ordering::Acquire))
-                < (LEASE_TTL_MS - LEASE_MARGIN_MS) as u64
-    };
+    let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch);
+    let may_send = || tenure.may_act();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
     if let Err(e) = restore_endpoint(shared, port).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
-        renewer.abort();
+        drop(tenure);
         let _ = shared
             .mbx
             .port_lease_release(instance, port.id, epoch)
@@ -431,8 +393,9 @@ async fn own_ordered_port(
     }
     let done = std::mem::take(&mut pending);
     commit_ordered(shared, port, instance, epoch, done, checkpoint).await;
-    renewer.abort();
-    if lost.load(Ordering::Acquire) || !may_send() {
+    let lost = !may_send();
+    drop(tenure);
+    if lost {
         warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
     } else if let Err(e) = shared
         .mbx

@@ -17,6 +17,7 @@
 mod admin;
 mod delivery;
 mod http_receive;
+mod lease;
 mod receive;
 
 use std::collections::HashMap;

@@ -18,6 +18,7 @@ use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::lease::{Leased, Tenure};
 use crate::{http_receive, pause, Shared};
 
 pub(crate) async fn location_loop(
@@ -79,6 +80,35 @@ pub(crate) async fn location_loop(
         return;
     }
     loop {
+        // an ordered location runs on the lease holder only, one batch at a time in name
+        // order (the FILE adapter submits its next batch after the previous committed)
+        let tenure = if loc.ordered {
+            let instance = shared.instance_id();
+            let leased = Leased::Location(loc.id);
+            match leased.acquire(&shared, instance).await {
+                Ok(Some(epoch)) => {
+                    info!(location = %loc.name, epoch, "ordered receive location lease taken");
+                    Some((
+                        Tenure::start(&shared, leased, instance, epoch),
+                        instance,
+                        epoch,
+                    ))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    warn!(location = %loc.name, error = %e, "lease acquisition failed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if loc.ordered && tenure.is_none() {
+            if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
+                return;
+            }
+            continue;
+        }
         let mut settings = loc.settings.0.clone();
         settings.insert(
             "max_message_size".to_owned(),
@@ -98,7 +128,19 @@ pub(crate) async fn location_loop(
                 return;
             }
         };
-        let shutdown = Box::pin(until_stopped(stop.clone(), shared.stopping.clone()));
+        let stopped = until_stopped(stop.clone(), shared.stopping.clone());
+        let shutdown: mbx_adapters::ShutdownSignal = match &tenure {
+            Some((t, _, _)) => {
+                let ended = t.ended_signal();
+                Box::pin(async move {
+                    tokio::select! {
+                        _ = stopped => {}
+                        _ = ended => {}
+                    }
+                })
+            }
+            None => Box::pin(stopped),
+        };
         // files claimed by instances that are no longer alive go back to the folder, at
         // start and then every dead-instance timeout while the location runs
         let reclaimer = async {
@@ -115,7 +157,23 @@ pub(crate) async fn location_loop(
             r = &mut run => r,
             _ = reclaimer => run.await,
         };
+        if let Some((t, instance, epoch)) = tenure {
+            let held = t.may_act();
+            drop(t);
+            if held {
+                let _ = Leased::Location(loc.id)
+                    .release(&shared, instance, epoch)
+                    .await;
+            }
+        }
+        let stopping = *stop.borrow() || *shared.stopping.borrow();
         match result {
+            // an ordered location whose lease ended tries to take it again
+            Ok(()) if loc.ordered && !stopping => {
+                if !pause(&shared, shared.config.poll_interval).await {
+                    return;
+                }
+            }
             Ok(()) => return,
             Err(e) => {
                 error!(location = %loc.name, error = %e, "receive location failed; restarting");

@@ -24,6 +24,29 @@ pub const LEASE_TTL_MS: i64 = 10_000;
 /// older than TTL − this margin; ordered sends must time out within it.
 pub const LEASE_MARGIN_MS: i64 = 3_000;
 
+/// What a lease belongs to: an ordered send port or an ordered receive location.
+#[derive(Debug, Clone, Copy)]
+enum LeaseOf {
+    Port(i64),
+    Location(i64),
+}
+
+impl LeaseOf {
+    /// The `leases` column naming the owner (a closed set: never input).
+    fn column(self) -> &'static str {
+        match self {
+            LeaseOf::Port(_) => "port_id",
+            LeaseOf::Location(_) => "location_id",
+        }
+    }
+
+    fn id(self) -> i64 {
+        match self {
+            LeaseOf::Port(id) | LeaseOf::Location(id) => id,
+        }
+    }
+}
+
 /// An ordered port's lease, as `send-port show` and `status` report it.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct LeaseInfo {
@@ -44,19 +67,8 @@ impl MessageBox {
         port_id: i64,
         ttl_ms: i64,
     ) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "UPDATE leases SET holder = $2, epoch = epoch + 1,
-                               expires_at = now() + make_interval(secs => $3)
-              WHERE port_id = $1 AND bucket = 0
-                AND (holder IS NULL OR expires_at IS NULL OR expires_at <= now())
-                AND EXISTS (SELECT 1 FROM host_instances i WHERE i.id = $2 AND i.state = 'alive')
-             RETURNING epoch",
-        )
-        .bind(port_id)
-        .bind(instance)
-        .bind(ttl_ms as f64 / 1000.0)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.lease_acquire(LeaseOf::Port(port_id), instance, ttl_ms)
+            .await
     }
 
     /// Renews a lease this instance holds at `epoch`; false if it expired or moved.
@@ -67,11 +79,78 @@ impl MessageBox {
         epoch: i64,
         ttl_ms: i64,
     ) -> Result<bool> {
-        Ok(sqlx::query(
+        self.lease_renew(LeaseOf::Port(port_id), instance, epoch, ttl_ms)
+            .await
+    }
+
+    /// Graceful stop: lets the lease expire now, so another instance takes over at once.
+    pub async fn port_lease_release(&self, instance: Uuid, port_id: i64, epoch: i64) -> Result<()> {
+        self.lease_release(LeaseOf::Port(port_id), instance, epoch)
+            .await
+    }
+
+    /// The same lease for an ordered receive location (SPEC §5.4).
+    pub async fn location_lease_acquire(
+        &self,
+        instance: Uuid,
+        location_id: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>> {
+        self.lease_acquire(LeaseOf::Location(location_id), instance, ttl_ms)
+            .await
+    }
+
+    pub async fn location_lease_renew(
+        &self,
+        instance: Uuid,
+        location_id: i64,
+        epoch: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        self.lease_renew(LeaseOf::Location(location_id), instance, epoch, ttl_ms)
+            .await
+    }
+
+    pub async fn location_lease_release(
+        &self,
+        instance: Uuid,
+        location_id: i64,
+        epoch: i64,
+    ) -> Result<()> {
+        self.lease_release(LeaseOf::Location(location_id), instance, epoch)
+            .await
+    }
+
+    async fn lease_acquire(&self, of: LeaseOf, instance: Uuid, ttl_ms: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(&format!(
+            "UPDATE leases SET holder = $2, epoch = epoch + 1,
+                               expires_at = now() + make_interval(secs => $3)
+              WHERE {} = $1 AND bucket = 0
+                AND (holder IS NULL OR expires_at IS NULL OR expires_at <= now())
+                AND EXISTS (SELECT 1 FROM host_instances i WHERE i.id = $2 AND i.state = 'alive')
+             RETURNING epoch",
+            of.column()
+        ))
+        .bind(of.id())
+        .bind(instance)
+        .bind(ttl_ms as f64 / 1000.0)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn lease_renew(
+        &self,
+        of: LeaseOf,
+        instance: Uuid,
+        epoch: i64,
+        ttl_ms: i64,
+    ) -> Result<bool> {
+        Ok(sqlx::query(&format!(
             "UPDATE leases SET expires_at = now() + make_interval(secs => $4)
-              WHERE port_id = $1 AND bucket = 0 AND holder = $2 AND epoch = $3 AND expires_at > now()",
-        )
-        .bind(port_id)
+              WHERE {} = $1 AND bucket = 0 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+            of.column()
+        ))
+        .bind(of.id())
         .bind(instance)
         .bind(epoch)
         .bind(ttl_ms as f64 / 1000.0)
@@ -81,13 +160,13 @@ impl MessageBox {
             == 1)
     }
 
-    /// Graceful stop: lets the lease expire now, so another instance takes over at once.
-    pub async fn port_lease_release(&self, instance: Uuid, port_id: i64, epoch: i64) -> Result<()> {
-        sqlx::query(
+    async fn lease_release(&self, of: LeaseOf, instance: Uuid, epoch: i64) -> Result<()> {
+        sqlx::query(&format!(
             "UPDATE leases SET expires_at = now()
-              WHERE port_id = $1 AND bucket = 0 AND holder = $2 AND epoch = $3",
-        )
-        .bind(port_id)
+              WHERE {} = $1 AND bucket = 0 AND holder = $2 AND epoch = $3",
+            of.column()
+        ))
+        .bind(of.id())
         .bind(instance)
         .bind(epoch)
         .execute(&self.pool)

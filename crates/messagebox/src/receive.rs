@@ -206,6 +206,15 @@ impl MessageBox {
             }
             Err(e) => return Err(e.into()),
         }
+        if spec.ordered {
+            // one instance at a time receives an ordered location (SPEC §5.4)
+            sqlx::query(
+                "INSERT INTO leases (location_id) SELECT id FROM receive_locations WHERE name = $1",
+            )
+            .bind(&spec.name)
+            .execute(&mut *tx)
+            .await?;
+        }
         let loc =
             sqlx::query_as::<_, ReceiveLocation>(&format!("{LOCATION_SELECT} WHERE l.name = $1"))
                 .bind(&spec.name)

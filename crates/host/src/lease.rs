@@ -1,0 +1,156 @@
+//! Holding a lease (SPEC §5.3/§5.4): a [`Tenure`] renews it every TTL/3 on its own task
+//! and tells its holder whether it may still act — not once the lease is lost, nor once
+//! the last successful renewal is older than TTL − margin on this process's monotonic
+//! clock (a paused or partitioned holder stops before its lease can expire).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mbx_messagebox::ordered::{LEASE_MARGIN_MS, LEASE_TTL_MS};
+use tokio::task::JoinHandle;
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::Shared;
+
+/// What a lease belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Leased {
+    Port(i64),
+    Location(i64),
+}
+
+impl Leased {
+    pub async fn acquire(
+        self,
+        shared: &Shared,
+        instance: Uuid,
+    ) -> mbx_messagebox::Result<Option<i64>> {
+        match self {
+            Leased::Port(id) => {
+                shared
+                    .mbx
+                    .port_lease_acquire(instance, id, LEASE_TTL_MS)
+                    .await
+            }
+            Leased::Location(id) => {
+                shared
+                    .mbx
+                    .location_lease_acquire(instance, id, LEASE_TTL_MS)
+                    .await
+            }
+        }
+    }
+
+    async fn renew(
+        self,
+        shared: &Shared,
+        instance: Uuid,
+        epoch: i64,
+    ) -> mbx_messagebox::Result<bool> {
+        match self {
+            Leased::Port(id) => {
+                shared
+                    .mbx
+                    .port_lease_renew(instance, id, epoch, LEASE_TTL_MS)
+                    .await
+            }
+            Leased::Location(id) => {
+                shared
+                    .mbx
+                    .location_lease_renew(instance, id, epoch, LEASE_TTL_MS)
+                    .await
+            }
+        }
+    }
+
+    pub async fn release(
+        self,
+        shared: &Shared,
+        instance: Uuid,
+        epoch: i64,
+    ) -> mbx_messagebox::Result<()> {
+        match self {
+            Leased::Port(id) => shared.mbx.port_lease_release(instance, id, epoch).await,
+            Leased::Location(id) => shared.mbx.location_lease_release(instance, id, epoch).await,
+        }
+    }
+}
+
+/// One holding of a lease at one epoch; the renewer stops when it is dropped.
+pub(crate) struct Tenure {
+    clock: Instant,
+    renewed_ms: Arc<AtomicU64>,
+    lost: Arc<AtomicBool>,
+    renewer: JoinHandle<()>,
+}
+
+/// Not lost, and renewed less than TTL − margin ago.
+fn may_act(clock: Instant, renewed_ms: &AtomicU64, lost: &AtomicBool) -> bool {
+    !lost.load(Ordering::Acquire)
+        && millis_since(clock).saturating_sub(renewed_ms.load(Ordering::Acquire))
+            < (LEASE_TTL_MS - LEASE_MARGIN_MS) as u64
+}
+
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Tenure {
+    /// Starts renewing a lease just acquired at `epoch`.
+    pub fn start(shared: &Arc<Shared>, leased: Leased, instance: Uuid, epoch: i64) -> Self {
+        let clock = Instant::now();
+        let renewed_ms = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (shared, renewed_ms, lost) = (shared.clone(), renewed_ms.clone(), lost.clone());
+            tokio::spawn(async move {
+                let period = Duration::from_millis((LEASE_TTL_MS / 3) as u64);
+                loop {
+                    tokio::time::sleep(period).await;
+                    let asked = millis_since(clock);
+                    match leased.renew(&shared, instance, epoch).await {
+                        Ok(true) => renewed_ms.store(asked, Ordering::Release),
+                        Ok(false) => {
+                            lost.store(true, Ordering::Release);
+                            return;
+                        }
+                        Err(e) => warn!(?leased, error = %e, "lease renewal failed"),
+                    }
+                }
+            })
+        };
+        Self {
+            clock,
+            renewed_ms,
+            lost,
+            renewer,
+        }
+    }
+
+    /// Whether the holder may still hand work over.
+    pub fn may_act(&self) -> bool {
+        may_act(self.clock, &self.renewed_ms, &self.lost)
+    }
+
+    /// A future that resolves once the holder may no longer act (owns what it needs, so
+    /// it can be a receive adapter's shutdown signal).
+    pub fn ended_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (clock, renewed_ms, lost) = (self.clock, self.renewed_ms.clone(), self.lost.clone());
+        async move {
+            loop {
+                if !may_act(clock, &renewed_ms, &lost) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Tenure {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
