@@ -785,9 +785,17 @@ async fn send_port_show_reports_an_ordered_ports_lease_and_sequence(pool: PgPool
     assert_eq!(shown["lease"]["epoch"], 0, "{shown}");
     assert_eq!(shown["lease"]["holder"], serde_json::Value::Null);
     assert_eq!(shown["lease"]["next_seq"], 2, "one sequence number taken");
+    assert_eq!(shown["lease"]["head"], "waiting");
     let text = mbx.ok(&["send-port", "show", "seq"]);
     assert!(
         text.contains("owner") && text.contains("next sequence"),
+        "{text}"
+    );
+    let status = mbx.json(&["status"]);
+    assert_eq!(status["ordered_ports"]["seq"]["next_seq"], 2, "{status}");
+    let text = mbx.ok(&["status"]);
+    assert!(
+        text.contains("ordered: owner none epoch 0 next sequence 2 head waiting"),
         "{text}"
     );
     let plain = mbx.json(&[

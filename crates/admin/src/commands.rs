@@ -486,6 +486,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 rows.push(("owner", owner));
                 rows.push(("epoch", l.epoch.to_string()));
                 rows.push(("next sequence", l.next_seq.to_string()));
+                rows.push(("head", l.head.clone()));
             }
             if let Some(c) = counters {
                 rows.push(("backlog", c.backlog.to_string()));
@@ -968,8 +969,21 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     let hosts = mbx.host_list().await?;
     let instances = mbx.instance_list().await?;
     let stats = mbx.stats().await?;
+    let mut ordered = BTreeMap::new();
+    for p in mbx
+        .send_port_list()
+        .await?
+        .into_iter()
+        .filter(|p| p.ordered)
+    {
+        if let Some(lease) = mbx.port_lease_info(p.id).await? {
+            ordered.insert(p.name, lease);
+        }
+    }
     if json_out {
-        return output::json(&json!({"hosts": hosts, "instances": instances, "stats": stats}));
+        return output::json(
+            &json!({"hosts": hosts, "instances": instances, "stats": stats, "ordered_ports": ordered}),
+        );
     }
     println!("hosts:");
     for h in &hosts {
@@ -995,6 +1009,16 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
             "  {:<16} {:<10} backlog {} retrying {} in flight {} suspended {}",
             p.name, p.state, p.backlog, p.retrying, p.in_flight, p.suspended
         );
+        if let Some(l) = ordered.get(&p.name) {
+            let owner = match (l.holder, l.live) {
+                (Some(h), true) => h.to_string(),
+                _ => "none".to_owned(),
+            };
+            println!(
+                "  {:<16} ordered: owner {owner} epoch {} next sequence {} head {}",
+                "", l.epoch, l.next_seq, l.head
+            );
+        }
     }
     println!(
         "spool: {} message(s); suspended: {} item(s)",

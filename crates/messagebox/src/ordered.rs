@@ -56,6 +56,8 @@ pub struct LeaseInfo {
     pub next_seq: i64,
     /// The endpoint position committed with the last completion (FILE append).
     pub checkpoint: Option<String>,
+    /// The head delivery: `none`, `waiting`, `retrying` (due later) or `in flight`.
+    pub head: String,
 }
 
 impl MessageBox {
@@ -178,7 +180,12 @@ impl MessageBox {
     pub async fn port_lease_info(&self, port_id: i64) -> Result<Option<LeaseInfo>> {
         Ok(sqlx::query_as::<_, LeaseInfo>(
             "SELECT l.holder, l.epoch, coalesce(l.expires_at > now(), false) AS live, s.next_seq,
-                    l.checkpoint
+                    l.checkpoint,
+                    coalesce((SELECT CASE WHEN d.state = 'claimed' THEN 'in flight'
+                                          WHEN d.not_before > now() THEN 'retrying'
+                                          ELSE 'waiting' END
+                                FROM deliveries d WHERE d.port_id = l.port_id AND d.seq IS NOT NULL
+                               ORDER BY d.seq LIMIT 1), 'none') AS head
                FROM leases l JOIN ordered_sequences s ON s.port_id = l.port_id AND s.order_key = ''
               WHERE l.port_id = $1 AND l.bucket = 0",
         )
