@@ -844,3 +844,63 @@ async fn five_kills_of_the_owner_lose_nothing_and_keep_the_order(pool: PgPool) {
         "FILE append is exactly-once: no duplicates across {T1_KILLS} takeovers"
     );
 }
+
+/// Many ordered ports run concurrently, each independent, spread over the instances.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn ordered_ports_spread_over_the_instances(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for p in 0..6 {
+        let log = dir.path().join(format!("p{p}.log"));
+        ordered_append_port(
+            &mbx,
+            &format!("p{p}"),
+            &log,
+            &format!("Seq.Port == {p}"),
+            InitialState::Started,
+        )
+        .await;
+    }
+    let url = database_url(&pool);
+    let _first = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    let _second = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 2).await;
+    wait_for(
+        "three ports on each instance",
+        Duration::from_secs(40),
+        || async {
+            let per_holder: Vec<i64> = sqlx::query_scalar(
+                "SELECT count(*) FROM leases WHERE port_id IS NOT NULL AND expires_at > now()
+              GROUP BY holder ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("leases");
+            per_holder == vec![3, 3]
+        },
+    )
+    .await;
+    // each port delivers its own messages, in order
+    for p in 0..6i64 {
+        let batch = (0..20)
+            .map(|n| {
+                let mut ctx = Context::new();
+                ctx.promote("Seq.Port", Value::Integer(p)).expect("promote");
+                NewMessage::new(format!("{n}\n"), "text/plain", ctx)
+            })
+            .collect();
+        publish_routed(&mbx, batch).await;
+    }
+    for p in 0..6 {
+        let log = dir.path().join(format!("p{p}.log"));
+        wait_for(
+            &format!("port p{p} delivered"),
+            Duration::from_secs(30),
+            || async { lines_of(&log).len() >= 20 },
+        )
+        .await;
+        let expected: Vec<String> = (0..20).map(|n| n.to_string()).collect();
+        assert_eq!(lines_of(&log), expected, "port p{p}");
+    }
+}

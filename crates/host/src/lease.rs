@@ -154,3 +154,79 @@ impl Drop for Tenure {
         self.renewer.abort();
     }
 }
+
+/// Spreads ordered ports over the instances of a host: an instance takes a free lease only
+/// while it holds fewer than its fair share (ordered ports ÷ live instances, rounded up),
+/// and hands one back (a graceful release, taken over at once) while it holds more — so
+/// a newly started instance gets its part.
+#[derive(Default)]
+pub(crate) struct Share {
+    held: AtomicU64,
+    ordered_ports: AtomicU64,
+    instances: AtomicU64,
+}
+
+impl Share {
+    pub fn set_ordered_ports(&self, n: usize) {
+        self.ordered_ports.store(n as u64, Ordering::Release);
+    }
+
+    pub fn set_instances(&self, n: usize) {
+        self.instances.store(n as u64, Ordering::Release);
+    }
+
+    fn fair(&self) -> u64 {
+        let ports = self.ordered_ports.load(Ordering::Acquire);
+        let instances = self.instances.load(Ordering::Acquire).max(1);
+        ports.div_ceil(instances).max(1)
+    }
+
+    /// Reserves a slot before trying to take a lease; false while at the fair share.
+    pub fn reserve(&self) -> bool {
+        let fair = self.fair();
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h < fair).then_some(h + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a reserved slot back (the lease was not taken, or was let go).
+    pub fn unreserve(&self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| h.checked_sub(1));
+    }
+
+    /// Whether this holder should hand its lease back to even out the load; at most
+    /// `held − fair` holders get true.
+    pub fn should_yield(&self) -> bool {
+        let fair = self.fair();
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h > fair).then(|| h - 1)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_takes_up_to_its_fair_share_and_yields_the_excess() {
+        let share = Share::default();
+        share.set_ordered_ports(5);
+        share.set_instances(1);
+        assert!((0..5).all(|_| share.reserve()), "alone it takes every port");
+        assert!(!share.reserve());
+        share.set_instances(2); // a second instance joins: fair share is 3
+        assert!(share.should_yield());
+        assert!(share.should_yield());
+        assert!(!share.should_yield(), "only the excess yields");
+        assert!(!share.reserve(), "and it does not take them back");
+        share.unreserve();
+        assert!(share.reserve());
+    }
+}

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub http: http_receive::HttpReceive,
     /// Last progress of each delivery loop, by port id (the watchdog reads it).
     pub progress: std::sync::Mutex<HashMap<i64, std::time::Instant>>,
+    /// Spreading ordered ports over the host's instances (see `lease::Share`).
+    pub share: lease::Share,
 }
 
 impl Shared {
@@ -169,6 +171,7 @@ pub async fn run(
         stopping: stop_rx,
         http: Default::default(),
         progress: Default::default(),
+        share: Default::default(),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -259,6 +262,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
                 }
             }
             Err(e) => error!(error = %e, "heartbeat failed"),
+        }
+        match shared.mbx.instance_list().await {
+            Ok(list) => {
+                let alive = list
+                    .iter()
+                    .filter(|i| i.host == shared.config.host && i.state == "alive")
+                    .count();
+                shared.share.set_instances(alive);
+            }
+            Err(e) => warn!(error = %e, "listing instances failed"),
         }
         match shared
             .mbx
@@ -381,11 +394,14 @@ async fn supervisor_loop(shared: Arc<Shared>) {
     loop {
         match shared.mbx.send_port_list().await {
             Ok(list) => {
-                let wanted = list
+                let wanted: HashMap<i64, _> = list
                     .into_iter()
                     .filter(|p| p.host == shared.config.host && p.state == "started")
                     .map(|p| (p.id, (p.name.clone(), p)))
                     .collect();
+                shared
+                    .share
+                    .set_ordered_ports(wanted.values().filter(|(_, p)| p.ordered).count());
                 reconcile(&mut ports, wanted, "send port", |port, stop| {
                     if port.ordered {
                         tokio::spawn(delivery::ordered_port_loop(shared.clone(), port, stop))
