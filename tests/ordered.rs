@@ -904,3 +904,78 @@ async fn ordered_ports_spread_over_the_instances(pool: PgPool) {
         assert_eq!(lines_of(&log), expected, "port p{p}");
     }
 }
+
+const T3_ROUNDS: usize = 50;
+const T3_PER_ROUND: usize = 4;
+
+/// T3: three hosts started at once, 50 rounds: each round exactly one instance owns the
+/// ordered port (one epoch on every send of the round) and no two sends overlap. The hosts
+/// run in-process (`mbx_host::run`) so a round costs milliseconds; each stops gracefully,
+/// releasing its lease for the next round.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn three_hosts_started_at_once_have_exactly_one_owner_each_round(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let (sink_port, sink) = start_sink().await;
+    let mut spec = SendPortSpec::new("t3", &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    mbx.send_port_create(&spec)
+        .await
+        .expect("ordered send port");
+    let url = database_url(&pool);
+    let mut next = 0usize;
+    for round in 0..T3_ROUNDS {
+        let batch = (next..next + T3_PER_ROUND)
+            .map(|n| message("Seq.N", n as i64, format!("message {n}")))
+            .collect();
+        publish_routed(&mbx, batch).await;
+        next += T3_PER_ROUND;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let hosts: Vec<_> = (0..3)
+            .map(|_| {
+                let mut config = mbx_host::HostConfig::new(&url, "default");
+                config.poll_interval = Duration::from_millis(50);
+                let mut stop = stop_rx.clone();
+                tokio::spawn(mbx_host::run(config, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }))
+            })
+            .collect();
+        wait_for(
+            &format!("round {round} delivered"),
+            Duration::from_secs(30),
+            || async { sink.requests.lock().expect("sink lock").len() >= next },
+        )
+        .await;
+        stop_tx.send(true).expect("stop");
+        for h in hosts {
+            h.await.expect("join").expect("host stops cleanly");
+        }
+        let requests = sink.requests.lock().expect("sink lock").clone();
+        let round_epochs: BTreeSet<Option<i64>> = requests[next - T3_PER_ROUND..]
+            .iter()
+            .map(|r| r.epoch)
+            .collect();
+        assert_eq!(
+            round_epochs.len(),
+            1,
+            "round {round}: sends under several epochs {round_epochs:?}"
+        );
+        assert_eq!(
+            requests.len(),
+            next,
+            "round {round}: each message sent once"
+        );
+    }
+    assert_eq!(
+        sink.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "two sends overlapped"
+    );
+    assert_eq!(
+        lease_epoch(&pool, "t3").await,
+        T3_ROUNDS as i64,
+        "one acquisition per round"
+    );
+}
