@@ -54,7 +54,7 @@ pub const FILE_RECEIVE_SETTINGS: &[&str] = &[
     "content_type",
 ];
 /// The settings FILE send accepts.
-pub const FILE_SEND_SETTINGS: &[&str] = &["append"];
+pub const FILE_SEND_SETTINGS: &[&str] = &["append", "records"];
 
 /// A validated FILE receive location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +155,10 @@ pub struct FileSendConfig {
     /// `append`: append every message to the one file the pattern names (fsync'd after
     /// each write) instead of writing one file per message.
     pub append: bool,
+    /// `records` (append mode): precede each message with a header line
+    /// `#mbx Sequence=<n> Epoch=<e> Length=<bytes>` so a reader can drop a stale owner's
+    /// record or split messages without separators (SPEC §5.3).
+    pub records: bool,
 }
 
 impl FileSendConfig {
@@ -164,10 +168,19 @@ impl FileSendConfig {
         let pattern =
             NamePattern::parse(last).map_err(|p| ConfigError::address(address, p, SEND_EXAMPLE))?;
         let append = settings::get_bool(settings, "append", false)?;
+        let records = settings::get_bool(settings, "records", false)?;
+        if records && !append {
+            return Err(ConfigError::setting(
+                "records",
+                "true",
+                "records are headers of an append file; add --set append=true".to_owned(),
+            ));
+        }
         Ok(Self {
             folder,
             pattern,
             append,
+            records,
         })
     }
 }

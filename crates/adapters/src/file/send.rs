@@ -196,7 +196,17 @@ fn write_message(
     if config.append {
         // A poisoned lock only means another append panicked; the file itself is fine.
         let _guard = append_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let len = append(&path, &message.body)?;
+        let len = if config.records {
+            let header = format!(
+                "#mbx Sequence={} Epoch={} Length={}\n",
+                message.context.sequence().unwrap_or("-"),
+                message.context.epoch().unwrap_or("-"),
+                message.body.len()
+            );
+            append(&path, &[header.as_bytes(), &message.body[..]].concat())?
+        } else {
+            append(&path, &message.body)?
+        };
         return Ok((path, Some(len)));
     }
     write_new(&config.folder, &name, &path, &message.body)?;

@@ -238,3 +238,31 @@ async fn an_append_checkpoint_restores_the_file_to_its_committed_length() {
     );
     assert!(adapter.restore("garbage").await.is_err());
 }
+
+#[tokio::test]
+async fn append_records_carry_sequence_epoch_and_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let url = file_url(dir.path(), "ordered.log");
+    let settings = settings_from([("append", "true"), ("records", "true")]);
+    let mut m = message(&url, settings, "hello");
+    m.context.insert(system::SEQUENCE, "7");
+    m.context.insert(system::EPOCH, "2");
+    assert_eq!(send_one(&adapter, m).await, Outcome::Delivered);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ordered.log")).unwrap(),
+        "#mbx Sequence=7 Epoch=2 Length=5\nhello"
+    );
+    let not_append = message(
+        &file_url(dir.path(), "x.log"),
+        settings_from([("records", "true")]),
+        "x",
+    );
+    assert!(matches!(
+        send_one(&adapter, not_append).await,
+        Outcome::Failed {
+            retryable: false,
+            ..
+        }
+    ));
+}
