@@ -468,6 +468,19 @@ async fn start_sink() -> (u16, Arc<Sink>) {
     (port, sink)
 }
 
+/// A started ordered HTTP port `name` (filter `exists(Seq.N)`) sending to a new sink.
+async fn ordered_http_port(mbx: &MessageBox, name: &str) -> Arc<Sink> {
+    let (sink_port, sink) = start_sink().await;
+    let mut spec = SendPortSpec::new(name, &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    mbx.send_port_create(&spec)
+        .await
+        .expect("ordered send port");
+    sink
+}
+
 const HTTP_MESSAGES: usize = 200;
 
 /// Three hosts run one ordered HTTP port: the endpoint never sees two requests at once;
@@ -476,14 +489,7 @@ const HTTP_MESSAGES: usize = 200;
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn an_ordered_port_runs_on_one_instance_at_a_time(pool: PgPool) {
     let mbx = messagebox(&pool).await;
-    let (sink_port, sink) = start_sink().await;
-    let mut spec = SendPortSpec::new("ordered", &format!("http://127.0.0.1:{sink_port}/sink"))
-        .with_filter("exists(Seq.N)")
-        .with_state(InitialState::Started);
-    spec.ordered = true;
-    mbx.send_port_create(&spec)
-        .await
-        .expect("ordered send port");
+    let sink = ordered_http_port(&mbx, "ordered").await;
     let url = database_url(&pool);
     let _hosts = [
         start_host(&url, FAST_HOST),
@@ -578,14 +584,7 @@ fn signal(pid: i32, sig: &str) {
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_paused_owner_is_fenced_and_emits_at_most_the_message_it_was_sending(pool: PgPool) {
     let mbx = messagebox(&pool).await;
-    let (sink_port, sink) = start_sink().await;
-    let mut spec = SendPortSpec::new("ordered", &format!("http://127.0.0.1:{sink_port}/sink"))
-        .with_filter("exists(Seq.N)")
-        .with_state(InitialState::Started);
-    spec.ordered = true;
-    mbx.send_port_create(&spec)
-        .await
-        .expect("ordered send port");
+    let sink = ordered_http_port(&mbx, "ordered").await;
     let url = database_url(&pool);
     let _hosts = [start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
     wait_for_alive(&mbx, 2).await;
@@ -915,14 +914,7 @@ const T3_PER_ROUND: usize = 4;
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn three_hosts_started_at_once_have_exactly_one_owner_each_round(pool: PgPool) {
     let mbx = messagebox(&pool).await;
-    let (sink_port, sink) = start_sink().await;
-    let mut spec = SendPortSpec::new("t3", &format!("http://127.0.0.1:{sink_port}/sink"))
-        .with_filter("exists(Seq.N)")
-        .with_state(InitialState::Started);
-    spec.ordered = true;
-    mbx.send_port_create(&spec)
-        .await
-        .expect("ordered send port");
+    let sink = ordered_http_port(&mbx, "t3").await;
     let url = database_url(&pool);
     let mut next = 0usize;
     for round in 0..T3_ROUNDS {
