@@ -31,6 +31,7 @@ pub mod context;
 pub mod error;
 pub mod file;
 pub mod http;
+pub mod null;
 pub mod pipeline;
 pub mod registry;
 pub mod settings;

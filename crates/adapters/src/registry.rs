@@ -10,6 +10,7 @@ use crate::error::{RegistryError, Side};
 use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
 use crate::http::config::validate_receive_address;
 use crate::http::HttpSendAdapter;
+use crate::null::NullSendAdapter;
 use crate::settings::Settings;
 use crate::{ReceiveAdapter, ReceiveLocationSpec, SendAdapter};
 
@@ -19,6 +20,7 @@ pub enum Scheme {
     File,
     Http,
     Https,
+    Null,
 }
 
 /// Every scheme, with its spelling in addresses: the one table of adapters.
@@ -26,6 +28,7 @@ pub const SCHEMES: &[(&str, Scheme)] = &[
     ("file", Scheme::File),
     ("http", Scheme::Http),
     ("https", Scheme::Https),
+    ("null", Scheme::Null),
 ];
 
 /// The longest scheme name looked up (anything longer is not a scheme we know).
@@ -72,6 +75,7 @@ impl Scheme {
             Scheme::File => "file",
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Null => "null",
         }
     }
 
@@ -80,6 +84,7 @@ impl Scheme {
         match self {
             Scheme::File => "FILE",
             Scheme::Http | Scheme::Https => "HTTP",
+            Scheme::Null => "NULL",
         }
     }
 }
@@ -90,6 +95,7 @@ impl Scheme {
 pub struct Registry {
     file_send: Arc<FileSendAdapter>,
     http_send: Arc<HttpSendAdapter>,
+    null_send: Arc<NullSendAdapter>,
 }
 
 impl Registry {
@@ -97,6 +103,7 @@ impl Registry {
         Ok(Self {
             file_send: Arc::new(FileSendAdapter::new()),
             http_send: Arc::new(HttpSendAdapter::new()?),
+            null_send: Arc::new(NullSendAdapter::new()),
         })
     }
 
@@ -105,6 +112,7 @@ impl Registry {
         Ok(match Scheme::of_address(address)? {
             Scheme::File => self.file_send.clone(),
             Scheme::Http | Scheme::Https => self.http_send.clone(),
+            Scheme::Null => self.null_send.clone(),
         })
     }
 
@@ -114,6 +122,7 @@ impl Registry {
         vec![
             (Scheme::File, self.file_send.clone() as Arc<dyn SendAdapter>),
             (Scheme::Http, self.http_send.clone() as Arc<dyn SendAdapter>),
+            (Scheme::Null, self.null_send.clone() as Arc<dyn SendAdapter>),
         ]
     }
 
@@ -140,6 +149,13 @@ impl Registry {
                 FileReceiveConfig::parse(address, settings)?;
             }
             Scheme::Http | Scheme::Https => validate_receive_address(address)?,
+            Scheme::Null => {
+                return Err(RegistryError::Unsupported {
+                    adapter: "NULL",
+                    side: Side::Receive,
+                    hint: ": NULL is a send-only sink",
+                })
+            }
         }
         Ok(scheme)
     }
@@ -155,6 +171,11 @@ impl Registry {
                 adapter: "HTTP",
                 side: Side::Receive,
                 hint: ": HTTP receive locations are served by the host's --http-listen listener",
+            }),
+            Scheme::Null => Err(RegistryError::Unsupported {
+                adapter: "NULL",
+                side: Side::Receive,
+                hint: ": NULL is a send-only sink",
             }),
         }
     }

@@ -14,7 +14,7 @@ use crate::{begin_routing_change, Error, MessageBox, Result, TrackingLevel, DEFA
 
 /// URI schemes an address may use (SPEC §8).
 pub const SUPPORTED_SCHEMES: &[&str] = &[
-    "file", "http", "https", "amqp", "amqps", "mqtt", "mailto", "mbx",
+    "file", "http", "https", "amqp", "amqps", "mqtt", "mailto", "mbx", "null",
 ];
 
 /// Longest object name, in bytes.

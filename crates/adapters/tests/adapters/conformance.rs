@@ -129,6 +129,13 @@ async fn every_registered_send_adapter_honours_the_contract() {
                 };
                 check_send_contract(adapter, good, bad, &has).await;
             }
+            Scheme::Null => {
+                // a sink: every message is confirmed, none can fail
+                let good: Vec<_> = (0..6)
+                    .map(|i| message("null://discard", Settings::new(), &format!("<m>{i}</m>")))
+                    .collect();
+                check_send_contract(adapter, good, Vec::new(), &|_| true).await;
+            }
         }
     }
 }
@@ -165,6 +172,13 @@ fn the_registry_is_keyed_by_scheme() {
             .name(),
         "HTTP"
     );
+    assert_eq!(
+        registry.send_adapter("null://discard").unwrap().name(),
+        "NULL"
+    );
+    assert!(registry
+        .validate_receive("null://x", &Settings::new())
+        .is_err());
     let err = registry.send_adapter("gopher://x/y").err().unwrap();
     assert!(
         err.to_string().contains("unknown scheme \"gopher\""),
