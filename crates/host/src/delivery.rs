@@ -200,14 +200,8 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
     for (id, token) in &tokens {
         match outcomes.remove(id) {
             Some(Outcome::Delivered) => {
-                // publish commit → endpoint confirmed (database clock vs ours: approximate)
                 if let Some(at) = published.get(id) {
-                    let latency = (chrono::Utc::now() - *at)
-                        .num_microseconds()
-                        .unwrap_or(0)
-                        .max(0);
-                    metrics::histogram!("mbx_delivery_latency_seconds", "port" => port.name.clone())
-                        .record(latency as f64 / 1e6);
+                    observe_latency(port, *at);
                 }
                 delivered.push((*id, *token))
             }
@@ -228,6 +222,17 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
     let labels = [("port", port.name.clone())];
     metrics::histogram!("mbx_send_batch_seconds", &labels).record(started.elapsed().as_secs_f64());
     record(shared, port, instance, delivered, failures).await;
+}
+
+/// Publish → endpoint confirmed, per port (the publish transaction's start on the database
+/// clock against ours: an upper bound of publish-commit → confirmation).
+fn observe_latency(port: &SendPort, published_at: chrono::DateTime<chrono::Utc>) {
+    let latency = (chrono::Utc::now() - published_at)
+        .num_microseconds()
+        .unwrap_or(0)
+        .max(0);
+    metrics::histogram!("mbx_delivery_latency_seconds", "port" => port.name.clone())
+        .record(latency as f64 / 1e6);
 }
 
 async fn record(
@@ -379,6 +384,7 @@ async fn own_ordered_port(
             });
             match outcome {
                 Outcome::Delivered => {
+                    observe_latency(port, d.published_at);
                     pending.push((d.delivery_id, d.claim_token));
                     if let Some(c) = checkpoints.remove(&d.delivery_id) {
                         checkpoint = Some(c);

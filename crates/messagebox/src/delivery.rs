@@ -188,6 +188,7 @@ impl MessageBox {
         limits: ClaimLimits,
     ) -> Result<Vec<ClaimedDelivery>> {
         let token = Uuid::new_v4();
+        let mut tx = crate::begin_relaxed(&self.pool).await?;
         let rows = sqlx::query(
             "WITH cand AS (
                 SELECT d.id, d.body_size, d.priority FROM deliveries d
@@ -227,8 +228,9 @@ impl MessageBox {
         .bind(limits.max_bytes.max(1))
         .bind(instance)
         .bind(token)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         claimed_deliveries(rows, token, port_id, None)
     }
 

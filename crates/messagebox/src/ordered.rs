@@ -207,6 +207,7 @@ impl MessageBox {
         max: i64,
     ) -> Result<Vec<ClaimedDelivery>> {
         let token = Uuid::new_v4();
+        let mut tx = crate::begin_relaxed(&self.pool).await?;
         let rows = sqlx::query(
             "WITH head AS (
                 SELECT d.id, d.seq,
@@ -246,8 +247,9 @@ impl MessageBox {
         .bind(epoch)
         .bind(max.max(1))
         .bind(token)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         crate::delivery::claimed_deliveries(rows, token, port_id, Some(epoch))
     }
 
