@@ -74,6 +74,66 @@ pub enum Command {
         /// The message id (mbx.MessageId).
         message_id: String,
     },
+    /// Benchmark mbx end to end with its peers in the same run (SPEC §11): creates its
+    /// own databases on the server of --database-url and drops them after.
+    #[command(
+        after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
+    )]
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), or all.
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    pub workload: Vec<String>,
+    /// Measured time of each run, after the warm-up.
+    #[arg(long, default_value = "20s")]
+    pub duration: String,
+    /// Warm-up of each run, not counted.
+    #[arg(long, default_value = "3s")]
+    pub warmup: String,
+    /// Host instances of the main runs.
+    #[arg(long, default_value_t = 2)]
+    pub instances: usize,
+    /// Peers measured on the unordered workload: pgmq, rabbitmq, ceiling (empty: none).
+    #[arg(long, default_value = "pgmq,rabbitmq,ceiling", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Instance counts of the scaling runs (empty: none).
+    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    pub scaling: Vec<String>,
+    /// Messages of the drain run (0: none).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: u64,
+    /// Runs of each measurement; the report gives their medians.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Messages per publish, claim and completion (the same for every peer).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 2)]
+    pub producers: usize,
+    /// Skip the 50%-load latency runs.
+    #[arg(long)]
+    pub no_half_load: bool,
+    /// Skip the tracking=all run.
+    #[arg(long)]
+    pub no_tracking_all: bool,
+    /// RabbitMQ for the rabbitmq peer.
+    #[arg(
+        long,
+        env = "MBX_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// The mbx-host binary (default: the one next to this mbx).
+    #[arg(long)]
+    pub host_bin: Option<std::path::PathBuf>,
+    /// One JSON object on stdout instead of the table (same as --output json).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

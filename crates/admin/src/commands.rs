@@ -30,12 +30,15 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Init { group } = &cli.command {
         return init(&url, group.as_deref(), json_out).await;
     }
+    if let Command::Bench(args) = &cli.command {
+        return crate::bench::bench(&url, args, json_out).await;
+    }
     let mbx = connect(&url).await?;
     mbx.check_schema()
         .await
         .with_context(|| format!("MessageBox at {}", redact(&url)))?;
     match cli.command {
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Bench(_) => unreachable!("handled above"),
         Command::Status => status(&mbx, json_out).await,
         Command::Host(c) => host(&mbx, c, json_out).await,
         Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 2 bad input (one line naming the argument, the problem and a
 //! right example; nothing changed); 1 anything else (refusals, database errors).
 
+mod bench;
 mod cli;
 mod commands;
 mod output;
@@ -57,14 +58,18 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MBX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // the benchmark's publishers and peers need more than one thread; everything else is
+    // one request after another
+    let mut builder = if matches!(cli.command, cli::Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -1,0 +1,134 @@
+//! `mbx bench`: argument checking and output; the benchmark itself is `mbx-bench`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mbx_bench::mbx::Workload;
+use mbx_bench::measure::Progress;
+use mbx_bench::report::{self, Options, Peer};
+
+use crate::cli::BenchArgs;
+use crate::Usage;
+
+fn duration(arg: &str, text: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        Usage(format!(
+            "{arg}: '{text}' is not a duration ({e}); use a number with ms, s or m (example: {arg} 20s)"
+        ))
+    })?;
+    if d.is_zero() {
+        return Err(Usage(format!("{arg}: must be more than 0 (example: {arg} 20s)")).into());
+    }
+    Ok(d)
+}
+
+fn list<T>(
+    arg: &str,
+    items: &[String],
+    parse: impl Fn(&str) -> Option<T>,
+    known: &str,
+) -> Result<Vec<T>> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            parse(s).ok_or_else(|| {
+                Usage(format!(
+                    "{arg}: unknown value '{s}'; use one or more of {known}, comma-separated"
+                ))
+                .into()
+            })
+        })
+        .collect()
+}
+
+pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
+    let workloads = if args.workload.iter().any(|w| w.trim() == "all") {
+        Workload::ALL.to_vec()
+    } else {
+        list(
+            "--workload",
+            &args.workload,
+            Workload::parse,
+            "unordered, ordered, fanout, many-ordered, all",
+        )?
+    };
+    if workloads.is_empty() {
+        return Err(Usage(
+            "--workload: empty; use one of unordered, ordered, fanout, many-ordered, all".into(),
+        )
+        .into());
+    }
+    let peers = list(
+        "--peers",
+        &args.peers,
+        Peer::parse,
+        "pgmq, rabbitmq, ceiling",
+    )?;
+    let scaling = list(
+        "--scaling",
+        &args.scaling,
+        |s| s.parse::<usize>().ok().filter(|n| (1..=64).contains(n)),
+        "instance counts 1..64 (example: --scaling 1,2,4)",
+    )?;
+    for (arg, v, max) in [
+        ("--instances", args.instances, 64),
+        ("--runs", args.runs, 100),
+        ("--batch", args.batch, 10_000),
+        ("--producers", args.producers, 64),
+    ] {
+        if v == 0 || v > max {
+            return Err(Usage(format!(
+                "{arg}: {v} is out of range; use 1..{max} (example: {arg} 2)"
+            ))
+            .into());
+        }
+    }
+    let host_bin = match &args.host_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("locating the mbx binary")?
+            .with_file_name("mbx-host"),
+    };
+    Ok(Options {
+        server_url: url.to_owned(),
+        amqp_url: args.amqp_url.clone(),
+        workloads,
+        peers,
+        duration: duration("--duration", &args.duration)?,
+        warmup: duration("--warmup", &args.warmup)?,
+        instances: args.instances,
+        scaling,
+        backlog: args.backlog,
+        batch: args.batch,
+        body_size: 1024,
+        producers: args.producers,
+        window: 200 * args.batch as u64,
+        runs: args.runs,
+        host_bin,
+        half_load: !args.no_half_load,
+        tracking_all: !args.no_tracking_all,
+    })
+}
+
+pub async fn bench(url: &str, args: &BenchArgs, json_out: bool) -> Result<()> {
+    let options = options(args, url)?;
+    if !options.host_bin.is_file() {
+        return Err(Usage(format!(
+            "--host-bin: {} does not exist; build it with `cargo build --release --bins` or pass --host-bin PATH",
+            options.host_bin.display()
+        ))
+        .into());
+    }
+    let progress = Progress::new(false);
+    let report = report::run(&options, &progress)
+        .await
+        .context("mbx bench")?;
+    if json_out || args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::render_table(&report));
+    }
+    Ok(())
+}

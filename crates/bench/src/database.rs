@@ -1,0 +1,125 @@
+//! Scratch databases: every run gets a fresh database on the server it was pointed at,
+//! dropped afterwards (also when the run fails).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection;
+
+use crate::BenchError;
+
+/// A database created for one run.
+#[derive(Debug)]
+pub struct Scratch {
+    server_url: String,
+    name: String,
+    url: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Scratch {
+    /// Creates `mbx_bench_<pid>_<tag>_<n>` on the server of `url` (any database on it).
+    pub async fn create(url: &str, tag: &str) -> Result<Self, BenchError> {
+        let name = format!(
+            "mbx_bench_{}_{}_{}",
+            std::process::id(),
+            tag.replace('-', "_"),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(|e| {
+            BenchError::Setup(format!(
+                "cannot connect to PostgreSQL at {}: {e}; start it or pass --database-url",
+                redact(url)
+            ))
+        })?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(Self {
+            server_url: url.to_owned(),
+            url: with_database(url, &name),
+            name,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Drops the database (forcing its connections off); failures are only logged.
+    pub async fn drop_now(self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        match sqlx::PgConnection::connect(&self.server_url).await {
+            Ok(mut conn) => {
+                if let Err(e) = sqlx::query(&sql).execute(&mut conn).await {
+                    tracing::warn!(database = %self.name, error = %e, "could not drop the scratch database");
+                }
+                let _ = conn.close().await;
+            }
+            Err(e) => {
+                tracing::warn!(database = %self.name, error = %e, "could not drop the scratch database")
+            }
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name` (query parameters kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:***{}", &url[..start], &rest[..colon], &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=require", "x"),
+            "postgres://u:p@h/x?sslmode=require"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "x"),
+            "postgres://h:5432/x"
+        );
+    }
+
+    #[test]
+    fn hides_the_password() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,53 @@
+//! `mbx bench` (SPEC §11): measures mbx end to end — publish → route → deliver →
+//! complete — on the machine it runs on, with its peers in the same run on the same
+//! PostgreSQL, and reports throughput, latency, memory, scaling and drain.
+
+pub mod database;
+pub mod error;
+pub mod mbx;
+pub mod measure;
+pub mod peers;
+pub mod report;
+
+use std::time::Duration;
+
+pub use error::BenchError;
+use measure::{LatencySummary, Throughput};
+
+/// What one system is asked to do in one run. Every system gets the same spec.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The benchmark's own database (created by the run, dropped after).
+    pub database_url: String,
+    /// RabbitMQ, for the `rabbitmq` peer.
+    pub amqp_url: String,
+    /// The measured interval (after the warm-up).
+    pub duration: Duration,
+    /// Run before measuring starts; not counted.
+    pub warmup: Duration,
+    /// Messages per publish, per claim/read and per completion/delete/ack.
+    pub batch: usize,
+    /// Body size in bytes (1 KiB).
+    pub body_size: usize,
+    /// Concurrent consumers (mbx: host instances; pgmq: readers; RabbitMQ: consumers).
+    pub consumers: usize,
+    /// Concurrent producers.
+    pub producers: usize,
+    /// Paced publish rate in messages/s (the 50%-load run); `None` = as fast as possible.
+    pub rate: Option<f64>,
+    /// Closed-loop cap on messages published but not yet consumed.
+    pub window: u64,
+}
+
+/// What one run of one system measured.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// Completions in the measured interval (deliveries, for fan-out).
+    pub throughput: Option<Throughput>,
+    /// Publish commit (or confirm) → hand-off to the consumer.
+    pub latency: Option<LatencySummary>,
+    /// Peak resident memory of the consuming process, where it is a process of ours.
+    pub peak_rss_mb: Option<f64>,
+    /// How the figure was obtained, where it differs from the common method.
+    pub notes: Vec<String>,
+}

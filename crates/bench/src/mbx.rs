@@ -1,0 +1,606 @@
+//! The mbx side of the benchmark: a fresh MessageBox per run, real `mbx-host` processes
+//! delivering to `null:` send ports (the engine, not an endpoint, is measured), and
+//! in-process publishers standing in for receive locations (batches of `spec.batch`, one
+//! transaction each, exactly what a receive location's batch does).
+//!
+//! Throughput is read from the hosts' own `mbx_messages_delivered_total`; latency from
+//! their `mbx_delivery_latency_seconds` summary (publish transaction start → the NULL
+//! adapter's confirmation, database clock against the host's: an upper bound of the
+//! publish-commit → hand-off latency); peak RSS from `/proc/<pid>/status` (VmHWM).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mbx_messagebox::config::{HostSpec, InitialState, SendPortSpec};
+use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::{Context, MessageBox, TrackingLevel, Value};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::measure::{thousands, Interval, Pacer, Progress, Window};
+use crate::{database, BenchError, Measured, RunSpec};
+
+/// The workloads of SPEC §11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// (a) one unordered port.
+    Unordered,
+    /// (b) one ordered port.
+    Ordered,
+    /// (c) every message to 10 ports.
+    Fanout,
+    /// (d) 100 ordered ports at once, messages spread over them.
+    ManyOrdered,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [
+        Workload::Unordered,
+        Workload::Ordered,
+        Workload::Fanout,
+        Workload::ManyOrdered,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Unordered => "unordered",
+            Workload::Ordered => "ordered",
+            Workload::Fanout => "fanout",
+            Workload::ManyOrdered => "many-ordered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    fn ports(self) -> usize {
+        match self {
+            Workload::Unordered | Workload::Ordered => 1,
+            Workload::Fanout => 10,
+            Workload::ManyOrdered => 100,
+        }
+    }
+
+    fn ordered(self) -> bool {
+        matches!(self, Workload::Ordered | Workload::ManyOrdered)
+    }
+
+    /// Deliveries per published message.
+    pub fn fan_out(self) -> u64 {
+        match self {
+            Workload::Fanout => 10,
+            _ => 1,
+        }
+    }
+}
+
+/// One mbx run: a workload, the number of host instances and the tracking level.
+#[derive(Debug, Clone)]
+pub struct MbxRun {
+    pub workload: Workload,
+    pub instances: usize,
+    /// `None`: the default level.
+    pub tracking: Option<TrackingLevel>,
+    pub host_bin: PathBuf,
+    /// Shown in the progress line.
+    pub label: String,
+}
+
+/// The host the benchmark's ports are bound to.
+const BENCH_HOST: &str = "bench";
+
+/// Runs one workload against a fresh MessageBox in `spec.database_url`'s server.
+pub async fn run(
+    spec: &RunSpec,
+    run: &MbxRun,
+    progress: &Progress,
+) -> Result<Measured, BenchError> {
+    let db = database::Scratch::create(&spec.database_url, "mbx").await?;
+    let result = run_in(spec, run, progress, db.url()).await;
+    db.drop_now().await;
+    result
+}
+
+async fn run_in(
+    spec: &RunSpec,
+    run: &MbxRun,
+    progress: &Progress,
+    url: &str,
+) -> Result<Measured, BenchError> {
+    let mbx = MessageBox::connect(url, (spec.producers as u32 + 2).max(4)).await?;
+    setup(&mbx, run.workload, run.tracking, true).await?;
+    let hosts = Hosts::start(&run.host_bin, url, run.instances).await?;
+    let window = Window::new(spec.window);
+    let total = spec.warmup + spec.duration;
+    let deadline = Instant::now() + total;
+
+    let mut producers = Vec::new();
+    for p in 0..spec.producers {
+        let mbx = mbx.clone();
+        let window = window.clone();
+        let spec = spec.clone();
+        let workload = run.workload;
+        producers.push(tokio::spawn(async move {
+            publish_until(&mbx, &spec, workload, p, &window, deadline).await
+        }));
+    }
+
+    let mut interval = Interval::new();
+    let started = Instant::now();
+    let mut last = (Instant::now(), 0u64);
+    let mut rate = 0.0;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let delivered = hosts.delivered().await;
+        window.consumed.store(delivered, Ordering::Relaxed);
+        if interval_due(&interval, started, spec.warmup) {
+            interval.start(delivered);
+        }
+        let dt = last.0.elapsed().as_secs_f64();
+        if dt >= 1.0 {
+            rate = delivered.saturating_sub(last.1) as f64 / dt;
+            last = (Instant::now(), delivered);
+        }
+        progress.update(&format!(
+            "{} {:.0}s/{:.0}s {} deliveries/s backlog {}",
+            run.label,
+            started.elapsed().as_secs_f64(),
+            total.as_secs_f64(),
+            thousands(rate),
+            thousands(window.backlog() as f64)
+        ));
+    }
+    let delivered = hosts.delivered().await;
+    let throughput = interval.finish(delivered);
+    for p in producers {
+        p.await
+            .map_err(|e| BenchError::Setup(format!("publisher task: {e}")))??;
+    }
+    let latency = hosts.latency().await;
+    let peak_rss_mb = hosts.peak_rss_mb();
+    hosts.stop().await;
+    let mut notes = vec![format!(
+        "{} instance(s), batch {}, NULL send ports, tracking {}",
+        run.instances,
+        spec.batch,
+        run.tracking.map(|t| t.as_str()).unwrap_or("default")
+    )];
+    if spec.rate.is_some() {
+        notes.push("paced".to_owned());
+    }
+    Ok(Measured {
+        throughput: Some(throughput),
+        latency,
+        peak_rss_mb,
+        notes,
+    })
+}
+
+fn interval_due(interval: &Interval, started: Instant, warmup: Duration) -> bool {
+    !interval.started() && started.elapsed() >= warmup
+}
+
+/// Creates the host, the ports (started or stopped) and their filters.
+async fn setup(
+    mbx: &MessageBox,
+    workload: Workload,
+    tracking: Option<TrackingLevel>,
+    started: bool,
+) -> Result<(), BenchError> {
+    mbx.init(None).await?;
+    mbx.host_create(&HostSpec {
+        name: BENCH_HOST.to_owned(),
+        throttle_publish: None,
+        throttle_inflight: None,
+        tracking,
+    })
+    .await?;
+    for i in 0..workload.ports() {
+        let filter = match workload {
+            Workload::ManyOrdered => format!("Bench.Port == \"p{i}\""),
+            _ => "Bench.Kind == \"bench\"".to_owned(),
+        };
+        let mut port = SendPortSpec::new(&format!("p{i}"), "null://bench")
+            .with_filter(&filter)
+            .with_state(if started {
+                InitialState::Started
+            } else {
+                InitialState::Stopped
+            });
+        port.host = BENCH_HOST.to_owned();
+        port.ordered = workload.ordered();
+        mbx.send_port_create(&port).await?;
+    }
+    Ok(())
+}
+
+fn message(workload: Workload, body: &Bytes, n: u64) -> Result<NewMessage, BenchError> {
+    let mut ctx = Context::new();
+    ctx.promote("Bench.Kind", Value::String("bench".to_owned()))?;
+    if workload == Workload::ManyOrdered {
+        ctx.promote(
+            "Bench.Port",
+            Value::String(format!("p{}", n % workload.ports() as u64)),
+        )?;
+    }
+    Ok(NewMessage::new(
+        body.clone(),
+        "application/octet-stream",
+        ctx,
+    ))
+}
+
+/// One publisher: batches of `spec.batch` in one transaction each, paced and windowed.
+async fn publish_until(
+    mbx: &MessageBox,
+    spec: &RunSpec,
+    workload: Workload,
+    index: usize,
+    window: &Window,
+    deadline: Instant,
+) -> Result<(), BenchError> {
+    let body = Bytes::from(vec![b'x'; spec.body_size]);
+    let publisher = Publisher::default();
+    let rate = spec.rate.map(|r| r / spec.producers.max(1) as f64);
+    let mut pacer = Pacer::new(rate);
+    let mut n = index as u64 * 1_000_000_000;
+    while Instant::now() < deadline {
+        window.admit(deadline).await;
+        pacer.wait(spec.batch as u64).await;
+        if Instant::now() >= deadline {
+            break;
+        }
+        let batch = (0..spec.batch)
+            .map(|i| message(workload, &body, n + i as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        n += spec.batch as u64;
+        mbx.publish(&publisher, batch).await?;
+        window.add_produced(spec.batch as u64 * workload.fan_out());
+    }
+    Ok(())
+}
+
+/// Drain of a backlog: publishes `backlog` messages to a stopped port, starts it, and
+/// samples the spool until it is empty.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drain {
+    pub backlog: u64,
+    pub instances: usize,
+    pub publish_s: f64,
+    pub drain_s: f64,
+    pub msgs_per_s: f64,
+    /// (seconds since the port started, deliveries left, bytes of the spool tables).
+    pub spool: Vec<SpoolSample>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SpoolSample {
+    pub t_s: f64,
+    pub deliveries: i64,
+    pub spool_mb: f64,
+}
+
+pub async fn drain(
+    spec: &RunSpec,
+    backlog: u64,
+    instances: usize,
+    host_bin: &Path,
+    progress: &Progress,
+) -> Result<Drain, BenchError> {
+    let db = database::Scratch::create(&spec.database_url, "drain").await?;
+    let result = drain_in(spec, backlog, instances, host_bin, progress, db.url()).await;
+    db.drop_now().await;
+    result
+}
+
+async fn drain_in(
+    spec: &RunSpec,
+    backlog: u64,
+    instances: usize,
+    host_bin: &Path,
+    progress: &Progress,
+    url: &str,
+) -> Result<Drain, BenchError> {
+    let mbx = MessageBox::connect(url, 6).await?;
+    setup(&mbx, Workload::Unordered, None, false).await?;
+    let window = Window::new(u64::MAX);
+    let started = Instant::now();
+    let producers = spec.producers.max(1);
+    let per = backlog.div_ceil(producers as u64);
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let mbx = mbx.clone();
+        let window = window.clone();
+        let body = Bytes::from(vec![b'x'; spec.body_size]);
+        let batch = spec.batch as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            let publisher = Publisher::default();
+            while sent < per {
+                let n = batch.min(per - sent);
+                let msgs = (0..n)
+                    .map(|i| message(Workload::Unordered, &body, p as u64 * per + sent + i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                mbx.publish(&publisher, msgs).await?;
+                sent += n;
+                window.add_produced(n);
+            }
+            Ok::<_, BenchError>(())
+        }));
+    }
+    let ticker = {
+        let window = window.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                progress.update(&format!(
+                    "drain: publishing the backlog {}/{}",
+                    thousands(window.produced.load(Ordering::Relaxed) as f64),
+                    thousands(backlog as f64)
+                ));
+            }
+        }
+    };
+    let publishing = async {
+        for t in tasks {
+            t.await
+                .map_err(|e| BenchError::Setup(format!("publisher task: {e}")))??;
+        }
+        Ok::<_, BenchError>(())
+    };
+    tokio::select! {
+        r = publishing => r?,
+        _ = ticker => {}
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+
+    let hosts = Hosts::start(host_bin, url, instances).await?;
+    let t0 = Instant::now();
+    mbx.send_port_start("p0").await?;
+    let mut spool = Vec::new();
+    loop {
+        let (left, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM deliveries),
+                    pg_total_relation_size('messages') + pg_total_relation_size('deliveries')",
+        )
+        .fetch_one(mbx.pool())
+        .await?;
+        let t_s = t0.elapsed().as_secs_f64();
+        spool.push(SpoolSample {
+            t_s,
+            deliveries: left,
+            spool_mb: bytes as f64 / 1e6,
+        });
+        progress.update(&format!(
+            "drain {t_s:.0}s: {} deliveries left",
+            thousands(left as f64)
+        ));
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let drain_s = t0.elapsed().as_secs_f64();
+    hosts.stop().await;
+    Ok(Drain {
+        backlog,
+        instances,
+        publish_s,
+        drain_s,
+        msgs_per_s: backlog as f64 / drain_s.max(1e-9),
+        spool,
+    })
+}
+
+/// The `mbx-host` processes of one run, each with its admin listener.
+struct Hosts {
+    children: Vec<(Child, u16)>,
+    http: reqwest::Client,
+}
+
+impl Hosts {
+    async fn start(bin: &Path, url: &str, n: usize) -> Result<Self, BenchError> {
+        if !bin.is_file() {
+            return Err(BenchError::Setup(format!(
+                "mbx-host not found at {}: build it (cargo build --release --bins) or pass --host-bin",
+                bin.display()
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| BenchError::Setup(format!("HTTP client: {e}")))?;
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let port = free_port()?;
+            let child = Command::new(bin)
+                .args(["--host", BENCH_HOST, "--http-listen", "127.0.0.1:0"])
+                .args(["--admin-listen", &format!("127.0.0.1:{port}")])
+                .env("MBX_DATABASE_URL", url)
+                .env("MBX_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| BenchError::Setup(format!("starting {}: {e}", bin.display())))?;
+            children.push((child, port));
+        }
+        let hosts = Self { children, http };
+        hosts.wait_ready().await?;
+        Ok(hosts)
+    }
+
+    async fn wait_ready(&self) -> Result<(), BenchError> {
+        let until = Instant::now() + Duration::from_secs(30);
+        for (_, port) in &self.children {
+            loop {
+                let ok = self
+                    .http
+                    .get(format!("http://127.0.0.1:{port}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    break;
+                }
+                if Instant::now() > until {
+                    return Err(BenchError::Setup(format!(
+                        "mbx-host on admin port {port} not ready within 30 s"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn metrics(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, port) in &self.children {
+            if let Ok(r) = self
+                .http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+            {
+                if let Ok(text) = r.text().await {
+                    out.push(text);
+                }
+            }
+        }
+        out
+    }
+
+    /// Deliveries completed by all instances so far.
+    async fn delivered(&self) -> u64 {
+        self.metrics()
+            .await
+            .iter()
+            .map(|t| sum_metric(t, "mbx_messages_delivered_total"))
+            .sum::<f64>() as u64
+    }
+
+    /// The worst p50/p99/max over instances and ports.
+    async fn latency(&self) -> Option<crate::measure::LatencySummary> {
+        let texts = self.metrics().await;
+        let q = |quantile: &str| {
+            texts
+                .iter()
+                .flat_map(|t| quantiles(t, "mbx_delivery_latency_seconds", quantile))
+                .fold(None::<f64>, |acc, v| Some(acc.map_or(v, |a| a.max(v))))
+        };
+        let count: f64 = texts
+            .iter()
+            .map(|t| sum_metric(t, "mbx_delivery_latency_seconds_count"))
+            .sum();
+        Some(crate::measure::LatencySummary {
+            p50_ms: q("0.5")? * 1e3,
+            p99_ms: q("0.99")? * 1e3,
+            max_ms: q("1")? * 1e3,
+            samples: count as u64,
+        })
+    }
+
+    fn peak_rss_mb(&self) -> Option<f64> {
+        self.children
+            .iter()
+            .filter_map(|(c, _)| c.id())
+            .filter_map(peak_rss_kb)
+            .max()
+            .map(|kb| kb as f64 / 1024.0)
+    }
+
+    async fn stop(mut self) {
+        for (child, _) in &mut self.children {
+            let _ = child.start_kill();
+        }
+        for (child, _) in &mut self.children {
+            let _ = child.wait().await;
+        }
+    }
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// VmHWM of a process, in KiB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The sum of every series of `name` (exact name, any labels) in Prometheus text.
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every series of summary `name` with `quantile="q"`.
+fn quantiles(text: &str, name: &str, q: &str) -> Vec<f64> {
+    let label = format!("quantile=\"{q}\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# TYPE mbx_messages_delivered_total counter
+mbx_messages_delivered_total{port=\"p0\"} 120
+mbx_messages_delivered_total{port=\"p1\"} 30
+mbx_messages_delivered_total_other 5
+# TYPE mbx_delivery_latency_seconds summary
+mbx_delivery_latency_seconds{port=\"p0\",quantile=\"0.5\"} 0.002
+mbx_delivery_latency_seconds{port=\"p0\",quantile=\"0.99\"} 0.02
+mbx_delivery_latency_seconds{port=\"p1\",quantile=\"0.5\"} 0.004
+mbx_delivery_latency_seconds_count{port=\"p0\"} 120
+";
+
+    #[test]
+    fn sums_every_series_of_exactly_that_metric() {
+        assert_eq!(sum_metric(TEXT, "mbx_messages_delivered_total"), 150.0);
+        assert_eq!(
+            sum_metric(TEXT, "mbx_delivery_latency_seconds_count"),
+            120.0
+        );
+    }
+
+    #[test]
+    fn reads_one_quantile_of_every_series() {
+        assert_eq!(
+            quantiles(TEXT, "mbx_delivery_latency_seconds", "0.5"),
+            vec![0.002, 0.004]
+        );
+        assert_eq!(
+            quantiles(TEXT, "mbx_delivery_latency_seconds", "0.99"),
+            vec![0.02]
+        );
+    }
+
+    #[test]
+    fn every_workload_parses_back() {
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()), Some(w));
+        }
+    }
+}
