@@ -284,7 +284,7 @@ pub(crate) async fn ordered_port_loop(
             return;
         }
         let instance = shared.instance_id();
-        if !shared.share.reserve() {
+        if !shared.share.may_take() {
             // at this instance's fair share: leave free leases to the others
             tokio::select! {
                 _ = tokio::time::sleep(shared.config.poll_interval) => {}
@@ -292,18 +292,14 @@ pub(crate) async fn ordered_port_loop(
             }
             continue;
         }
-        let acquired = Leased::Port(port.id).acquire(&shared, instance).await;
-        if !matches!(acquired, Ok(Some(_))) {
-            shared.share.unreserve();
-        }
-        match acquired {
+        match Leased::Port(port.id).acquire(&shared, instance).await {
             Ok(Some(epoch)) => {
                 info!(port = %port.name, epoch, "ordered port lease taken");
                 metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
                     .increment(1);
-                if !own_ordered_port(&shared, &port, instance, epoch, &mut stop).await {
-                    shared.share.unreserve();
-                }
+                shared.share.taken(port.id);
+                own_ordered_port(&shared, &port, instance, epoch, &mut stop).await;
+                shared.share.let_go(port.id);
             }
             Ok(None) => {}
             Err(e) => warn!(port = %port.name, error = %e, "lease acquisition failed"),
@@ -324,9 +320,8 @@ async fn own_ordered_port(
     instance: Uuid,
     epoch: i64,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) {
     let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch);
-    let mut yielded = false;
     let may_send = || tenure.may_act();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
     if let Err(e) = restore_endpoint(shared, port).await {
@@ -336,7 +331,7 @@ async fn own_ordered_port(
             .mbx
             .port_lease_release(instance, port.id, epoch)
             .await;
-        return false;
+        return;
     }
     let mut pending: Vec<(i64, Uuid)> = Vec::new();
     let mut checkpoint: Option<String> = None;
@@ -345,9 +340,8 @@ async fn own_ordered_port(
         if *stop.borrow() || *shared.stopping.borrow() || !may_send() {
             break;
         }
-        if shared.share.should_yield() {
+        if shared.share.should_yield(port.id) {
             info!(port = %port.name, epoch, "handing the lease over to spread ordered ports");
-            yielded = true;
             break;
         }
         let notified = shared.published.notified();
@@ -430,7 +424,6 @@ async fn own_ordered_port(
     {
         warn!(port = %port.name, error = %e, "lease release failed; it expires by itself");
     }
-    yielded
 }
 
 /// Commits an ordered port's delivered messages with the endpoint checkpoint that

@@ -155,13 +155,15 @@ impl Drop for Tenure {
     }
 }
 
-/// Spreads ordered ports over the instances of a host: an instance takes a free lease only
-/// while it holds fewer than its fair share (ordered ports ÷ live instances, rounded up),
-/// and hands one back (a graceful release, taken over at once) while it holds more — so
-/// a newly started instance gets its part.
-#[derive(Default)]
+/// Spreads ordered ports over the instances of a host: an instance tries to take a free
+/// lease only while it holds fewer than its fair share (ordered ports ÷ live instances,
+/// rounded up), and hands one back (a graceful release, taken over at once) while it holds
+/// more — so a newly started instance gets its part. It counts the ports it really holds
+/// (a set, not a counter of reservations: concurrent attempts may overshoot the share for a
+/// moment, and the yields even that out).
+#[derive(Default, Debug)]
 pub(crate) struct Share {
-    held: AtomicU64,
+    held: std::sync::Mutex<std::collections::HashSet<i64>>,
     ordered_ports: AtomicU64,
     instances: AtomicU64,
 }
@@ -175,38 +177,40 @@ impl Share {
         self.instances.store(n as u64, Ordering::Release);
     }
 
-    fn fair(&self) -> u64 {
+    fn fair(&self) -> usize {
         let ports = self.ordered_ports.load(Ordering::Acquire);
         let instances = self.instances.load(Ordering::Acquire).max(1);
-        ports.div_ceil(instances).max(1)
+        usize::try_from(ports.div_ceil(instances).max(1)).unwrap_or(usize::MAX)
     }
 
-    /// Reserves a slot before trying to take a lease; false while at the fair share.
-    pub fn reserve(&self) -> bool {
+    fn with_held<T>(&self, f: impl FnOnce(&mut std::collections::HashSet<i64>) -> T) -> T {
+        match self.held.lock() {
+            Ok(mut held) => f(&mut held),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Whether to try for a free lease: below the fair share.
+    pub fn may_take(&self) -> bool {
         let fair = self.fair();
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                (h < fair).then_some(h + 1)
-            })
-            .is_ok()
+        self.with_held(|h| h.len() < fair)
     }
 
-    /// Gives a reserved slot back (the lease was not taken, or was let go).
-    pub fn unreserve(&self) {
-        let _ = self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| h.checked_sub(1));
+    /// A lease on `port` was taken.
+    pub fn taken(&self, port: i64) {
+        self.with_held(|h| h.insert(port));
     }
 
-    /// Whether this holder should hand its lease back to even out the load; at most
-    /// `held − fair` holders get true.
-    pub fn should_yield(&self) -> bool {
+    /// The lease on `port` was let go (or lost).
+    pub fn let_go(&self, port: i64) {
+        self.with_held(|h| h.remove(&port));
+    }
+
+    /// Whether the holder of `port` should hand it back to even out the load; at most
+    /// `held − fair` holders get true, and `port` no longer counts as held then.
+    pub fn should_yield(&self, port: i64) -> bool {
         let fair = self.fair();
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                (h > fair).then(|| h - 1)
-            })
-            .is_ok()
+        self.with_held(|h| h.len() > fair && h.remove(&port))
     }
 }
 
@@ -219,14 +223,20 @@ mod tests {
         let share = Share::default();
         share.set_ordered_ports(5);
         share.set_instances(1);
-        assert!((0..5).all(|_| share.reserve()), "alone it takes every port");
-        assert!(!share.reserve());
+        for port in 0..5 {
+            assert!(share.may_take(), "alone it takes every port");
+            share.taken(port);
+        }
+        assert!(!share.may_take());
         share.set_instances(2); // a second instance joins: fair share is 3
-        assert!(share.should_yield());
-        assert!(share.should_yield());
-        assert!(!share.should_yield(), "only the excess yields");
-        assert!(!share.reserve(), "and it does not take them back");
-        share.unreserve();
-        assert!(share.reserve());
+        assert!(share.should_yield(0));
+        assert!(share.should_yield(1));
+        assert!(!share.should_yield(2), "only the excess yields");
+        assert!(!share.may_take(), "and it does not take them back");
+        share.let_go(3); // a lease lost
+        assert!(share.may_take());
+        share.let_go(3); // letting go twice counts once
+        share.taken(3);
+        assert!(!share.may_take());
     }
 }
