@@ -115,6 +115,9 @@ async fn run_in(
     let mbx = MessageBox::connect(url, (spec.producers as u32 + 2).max(4)).await?;
     setup(&mbx, run.workload, run.tracking, true).await?;
     let hosts = Hosts::start(&run.host_bin, url, run.instances).await?;
+    if run.workload.ordered() {
+        leases_spread(&mbx, run.workload.ports(), run.instances, progress).await?;
+    }
     let window = Window::new(spec.window);
     let total = spec.warmup + spec.duration;
     let deadline = Instant::now() + total;
@@ -183,6 +186,41 @@ async fn run_in(
 
 fn interval_due(interval: &Interval, started: Instant, warmup: Duration) -> bool {
     !interval.started() && started.elapsed() >= warmup
+}
+
+/// Waits for the steady state of ordered ports: every port's lease held, none of the
+/// instances above its fair share (a host starting up takes every lease, then hands the
+/// others' share over). Measuring before that would measure the start-up.
+async fn leases_spread(
+    mbx: &MessageBox,
+    ports: usize,
+    instances: usize,
+    progress: &Progress,
+) -> Result<(), BenchError> {
+    let fair = ports.div_ceil(instances.max(1)) as i64;
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (held, most): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(n), 0)::int8, coalesce(max(n), 0)::int8 FROM (
+                SELECT count(*) AS n FROM leases
+                 WHERE port_id IS NOT NULL AND holder IS NOT NULL AND expires_at > now()
+                 GROUP BY holder) h",
+        )
+        .fetch_one(mbx.pool())
+        .await?;
+        if held == ports as i64 && most <= fair {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(BenchError::Setup(format!(
+                "ordered port leases not spread within 60 s: {held} of {ports} held, at most {most} by one instance (fair share {fair})"
+            )));
+        }
+        progress.update(&format!(
+            "waiting for the ordered ports' leases: {held}/{ports} held"
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Creates the host, the ports (started or stopped) and their filters.
@@ -422,9 +460,14 @@ impl Hosts {
                 .args(["--host", BENCH_HOST, "--http-listen", "127.0.0.1:0"])
                 .args(["--admin-listen", &format!("127.0.0.1:{port}")])
                 .env("MBX_DATABASE_URL", url)
-                .env("MBX_LOG", "warn")
+                // the hosts' log level: warnings unless MBX_BENCH_HOST_LOG says otherwise
+                .env(
+                    "MBX_LOG",
+                    std::env::var("MBX_BENCH_HOST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                )
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                // their logs go to our stderr: stdout is the report's
+                .stdout(Stdio::from(std::io::stderr()))
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| BenchError::Setup(format!("starting {}: {e}", bin.display())))?;
