@@ -1,6 +1,9 @@
 //! One delivery loop per started send port: claim a batch, hand it to the send adapter,
 //! then complete what the endpoint confirmed and fail the rest — each a single batched
 //! MessageBox call. The loop waits on publish notifications, with polling as fallback.
+//! On an unordered port the outcomes of one batch are recorded while the next batch is
+//! claimed and sent ([`COMPLETIONS_IN_FLIGHT`]): the completion's commit (an fsync) no
+//! longer stalls the loop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,10 @@ use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 /// owner emits at most the one message it was sending (SPEC §5.3).
 pub const ORDERED_SEND_TIMEOUT_MS: i64 = LEASE_MARGIN_MS - 1_000;
 
+/// Batches of an unordered port whose outcomes may be being recorded while the loop claims
+/// the next one.
+pub const COMPLETIONS_IN_FLIGHT: usize = 1;
+
 /// Attempts to record a batch's outcomes before giving up (the claims then stay until this
 /// instance is declared dead and they are reclaimed).
 const RECORD_ATTEMPTS_MAX: u32 = 5;
@@ -36,8 +43,12 @@ pub(crate) async fn port_loop(
         max_bytes: shared.config.claim_bytes,
     };
     shared.progressed(port.id);
+    let port = Arc::new(port);
+    let mut recording = tokio::task::JoinSet::new();
     loop {
         if *stop.borrow() || *shared.stopping.borrow() {
+            // outcomes already known are recorded before the loop ends
+            while recording.join_next().await.is_some() {}
             shared.forget_progress(port.id);
             return;
         }
@@ -49,13 +60,21 @@ pub(crate) async fn port_loop(
         let instance = shared.instance_id();
         match shared.mbx.deliveries_claim(instance, port.id, limits).await {
             Ok(batch) if !batch.is_empty() => {
-                send_batch(&shared, &port, instance, batch).await;
+                let (delivered, failures) = send_batch(&shared, &port, batch).await;
+                while recording.len() >= COMPLETIONS_IN_FLIGHT {
+                    recording.join_next().await;
+                }
+                let (shared, port) = (shared.clone(), port.clone());
+                recording.spawn(async move {
+                    record(&shared, &port, instance, delivered, failures).await;
+                });
                 continue;
             }
             Ok(_) => {}
             Err(e) => {
                 warn!(port = %port.name, error = %e, "claim failed");
                 if !pause(&shared, shared.config.poll_interval).await {
+                    while recording.join_next().await.is_some() {}
                     shared.forget_progress(port.id);
                     return;
                 }
@@ -184,7 +203,12 @@ async fn send_all(
     (outcomes, checkpoints)
 }
 
-async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec<ClaimedDelivery>) {
+/// Sends a claimed batch; returns what to complete and what to fail.
+async fn send_batch(
+    shared: &Shared,
+    port: &SendPort,
+    batch: Vec<ClaimedDelivery>,
+) -> (Vec<(i64, Uuid)>, Vec<Failure>) {
     let started = Instant::now();
     let tokens: HashMap<i64, Uuid> = batch
         .iter()
@@ -221,7 +245,7 @@ async fn send_batch(shared: &Shared, port: &SendPort, instance: Uuid, batch: Vec
     }
     let labels = [("port", port.name.clone())];
     metrics::histogram!("mbx_send_batch_seconds", &labels).record(started.elapsed().as_secs_f64());
-    record(shared, port, instance, delivered, failures).await;
+    (delivered, failures)
 }
 
 /// Publish → endpoint confirmed, per port (the publish transaction's start on the database
