@@ -198,6 +198,7 @@ async fn instances(mbx: &MessageBox, json_out: bool) -> Result<()> {
                 i.id.to_string(),
                 i.host.clone(),
                 i.state.clone(),
+                i.throttle.clone().unwrap_or_else(|| "-".to_owned()),
                 format!("{:.1}s", i.heartbeat_age_s),
                 i.machine.clone(),
                 i.pid.to_string(),
@@ -210,6 +211,7 @@ async fn instances(mbx: &MessageBox, json_out: bool) -> Result<()> {
             "INSTANCE",
             "HOST",
             "STATE",
+            "THROTTLED",
             "HEARTBEAT AGE",
             "MACHINE",
             "PID",
@@ -1002,8 +1004,17 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     }
     for i in &instances {
         println!(
-            "  {} {:<10} {:<7} heartbeat {:.1}s ago on {} (pid {})",
-            i.id, i.host, i.state, i.heartbeat_age_s, i.machine, i.pid
+            "  {} {:<10} {:<7} heartbeat {:.1}s ago on {} (pid {}){}",
+            i.id,
+            i.host,
+            i.state,
+            i.heartbeat_age_s,
+            i.machine,
+            i.pid,
+            i.throttle
+                .as_deref()
+                .map(|t| format!(" THROTTLED ({t})"))
+                .unwrap_or_default()
         );
     }
     println!("send ports:");

@@ -38,7 +38,7 @@ pub(crate) async fn port_loop(
     port: SendPort,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limits = ClaimLimits {
+    let base = ClaimLimits {
         max_count: shared.config.claim_batch,
         max_bytes: shared.config.claim_bytes,
     };
@@ -58,7 +58,20 @@ pub(crate) async fn port_loop(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let instance = shared.instance_id();
-        match shared.mbx.deliveries_claim(instance, port.id, limits).await {
+        // the delivery throttle: claim no more than in-flight work leaves room for
+        let Some((limits, mut in_flight)) = shared.throttle.reserve(base) else {
+            tokio::select! {
+                _ = shared.throttle.inflight_drained() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        let claimed = shared.mbx.deliveries_claim(instance, port.id, limits).await;
+        match &claimed {
+            Ok(batch) => in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum()),
+            Err(_) => in_flight.settle(0, 0),
+        }
+        match claimed {
             Ok(batch) if !batch.is_empty() => {
                 let (delivered, failures) = send_batch(&shared, &port, batch).await;
                 while recording.len() >= COMPLETIONS_IN_FLIGHT {
@@ -67,6 +80,7 @@ pub(crate) async fn port_loop(
                 let (shared, port) = (shared.clone(), port.clone());
                 recording.spawn(async move {
                     record(&shared, &port, instance, delivered, failures).await;
+                    drop(in_flight);
                 });
                 continue;
             }
@@ -371,9 +385,20 @@ async fn own_ordered_port(
         let notified = shared.published.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let wanted = ClaimLimits {
+            max_count: commit_batch,
+            max_bytes: i64::MAX,
+        };
+        let Some((limits, mut in_flight)) = shared.throttle.reserve(wanted) else {
+            tokio::select! {
+                _ = shared.throttle.inflight_drained() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
         let batch = match shared
             .mbx
-            .deliveries_claim_ordered(instance, port.id, epoch, commit_batch)
+            .deliveries_claim_ordered(instance, port.id, epoch, limits.max_count)
             .await
         {
             Ok(b) => b,
@@ -390,6 +415,7 @@ async fn own_ordered_port(
             }
             continue;
         }
+        in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
         let mut flushed_at = Instant::now();
         for d in batch {
             if !may_send() {

@@ -149,6 +149,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             );
         }
     }
+    if shared.throttle.publish_throttled() {
+        return unavailable(
+            "publish throttle on: the backlog of this host is past its threshold; retry",
+        );
+    }
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -199,13 +204,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(()) => plain(StatusCode::ACCEPTED, "accepted".into()),
         Err(e) => {
             warn!(location = %route.location, error = %e, "HTTP receive could not publish");
-            let mut r = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the MessageBox cannot take the message now; retry".into(),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
-            r
+            unavailable("the MessageBox cannot take the message now; retry")
         }
     }
+}
+
+/// 503 with Retry-After.
+fn unavailable(why: &str) -> Response {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    r
 }

@@ -19,6 +19,7 @@ mod delivery;
 mod http_receive;
 mod lease;
 mod receive;
+mod throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -113,6 +114,10 @@ pub(crate) struct Shared {
     pub progress: std::sync::Mutex<HashMap<i64, std::time::Instant>>,
     /// Spreading ordered ports over the host's instances (see `lease::Share`).
     pub share: lease::Share,
+    /// The host's id (publishes are attributed to it, for its publish throttle).
+    pub host_id: i64,
+    /// The publish and delivery throttles (SPEC §9).
+    pub throttle: Arc<throttle::Throttle>,
 }
 
 impl Shared {
@@ -156,6 +161,12 @@ pub async fn run(
     let registry = Registry::new().context("building the adapter registry")?;
     let machine = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
     let id = register(&mbx, &config, &machine).await?;
+    let limits = mbx.host_limits(&config.host).await.with_context(|| {
+        format!(
+            "reading the throttling thresholds of host '{}'",
+            config.host
+        )
+    })?;
     info!(instance = %id, host = %config.host, "host instance registered");
     let metrics = admin::metrics_handle();
 
@@ -172,6 +183,11 @@ pub async fn run(
         http: Default::default(),
         progress: Default::default(),
         share: Default::default(),
+        host_id: limits.host_id,
+        throttle: Arc::new(throttle::Throttle::new(
+            limits.throttle_publish,
+            limits.throttle_inflight,
+        )),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -189,6 +205,7 @@ pub async fn run(
     tasks.push(tokio::spawn(heartbeat_loop(shared.clone(), machine)));
     tasks.push(tokio::spawn(listen_loop(shared.clone())));
     tasks.push(tokio::spawn(maintenance_loop(shared.clone())));
+    tasks.push(tokio::spawn(throttle::monitor_loop(shared.clone())));
     let supervisor = tokio::spawn(supervisor_loop(shared.clone()));
 
     shutdown.await;

@@ -217,6 +217,10 @@ struct LocationSubmitter {
     pipeline: Pipeline,
     publisher: Publisher,
     declared: HashMap<String, PropertyType>,
+    /// FILE and other polling locations wait here while the publish throttle is on (HTTP
+    /// answers 503 instead, before it reads the request).
+    throttle: Option<Arc<crate::throttle::Throttle>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl LocationSubmitter {
@@ -232,16 +236,18 @@ impl LocationSubmitter {
             })
             .collect();
         let pipeline = Pipeline::new(kind, promotions)?;
-        let host_id: Option<i64> = None;
+        let polls = http_receive::path_of(&loc.address).is_none();
         Ok(Self {
             mbx: shared.mbx.clone(),
             location: loc.clone(),
             pipeline,
             publisher: Publisher {
-                host_id,
+                host_id: Some(shared.host_id),
                 receive_location_id: Some(loc.id),
             },
             declared: shared.mbx.property_types().await?,
+            throttle: polls.then(|| shared.throttle.clone()),
+            stopping: shared.stopping.clone(),
         })
     }
 
@@ -309,6 +315,19 @@ impl LocationSubmitter {
 #[async_trait]
 impl Submitter for LocationSubmitter {
     async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError> {
+        if let Some(throttle) = &self.throttle {
+            if throttle.publish_throttled() {
+                info!(location = %self.location.name, "publish throttle on: holding the batch");
+                let mut stopping = self.stopping.clone();
+                tokio::select! {
+                    _ = throttle.publish_allowed() => {}
+                    _ = stopping.wait_for(|s| *s) => {
+                        // not published, so not acknowledged: the source keeps it
+                        return Err(SubmitError::new("the host is stopping"));
+                    }
+                }
+            }
+        }
         let mut messages = Vec::with_capacity(batch.len());
         for m in batch {
             match self.context(&m) {

@@ -25,6 +25,8 @@ pub struct Instance {
     pub heartbeat_age_s: f64,
     /// `alive`, `dead` (heartbeat too old or declared dead) or `stopped`.
     pub state: String,
+    /// What it is throttled on (`publish`, `inflight`, both), if anything (SPEC §9).
+    pub throttle: Option<String>,
 }
 
 /// What one reclaim pass did.
@@ -104,7 +106,8 @@ impl MessageBox {
             "SELECT i.id, h.name AS host, i.machine, i.pid, i.version, i.started_at,
                     extract(epoch FROM now() - i.heartbeat_at)::float8 AS heartbeat_age_s,
                     CASE WHEN i.state = 'alive' AND i.heartbeat_at < now() - make_interval(secs => $1)
-                         THEN 'dead' ELSE i.state END AS state
+                         THEN 'dead' ELSE i.state END AS state,
+                    CASE WHEN i.state = 'alive' THEN i.throttle END AS throttle
                FROM host_instances i JOIN hosts h ON h.id = i.host_id
               ORDER BY h.name, i.started_at",
         )

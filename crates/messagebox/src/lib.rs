@@ -17,6 +17,7 @@ pub mod receive;
 pub mod routing;
 pub mod stats;
 pub mod suspended;
+pub mod throttle;
 pub mod value;
 
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,267 @@
+//! Throttling (SPEC §9) with a real `mbx-host`: T13 — messages arrive faster than they
+//! drain (the send port is stopped: a drain rate of 0) past the host's publish threshold;
+//! the throttle engages (FILE stops taking files, HTTP answers 503 + Retry-After, the state
+//! shows in `mbx status` and `/metrics`), memory stays bounded, and once the port drains
+//! everything arrives exactly once and the throttle releases. And the delivery throttle:
+//! an instance never has more messages in flight than its `throttle_inflight`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Router;
+use mbx_e2e::{
+    bodies_in, database_url, file_route, files_in, messagebox, start_host, wait_for,
+    wait_for_alive, FileRoute,
+};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::receive::ReceiveLocationSpec;
+use mbx_messagebox::MessageBox;
+use sqlx::PgPool;
+
+const FILES: usize = 400;
+const THRESHOLD: i64 = 100;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn throttle_of_the_instance(mbx: &MessageBox) -> Option<String> {
+    let list = mbx.instance_list().await.expect("instances");
+    list.into_iter()
+        .find(|i| i.state == "alive")
+        .and_then(|i| i.throttle)
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_backlog_past_the_publish_threshold_slows_receive_down_and_drains_without_loss(
+    pool: PgPool,
+) {
+    let mbx = messagebox(&pool).await;
+    sqlx::query("UPDATE hosts SET throttle_publish = $1 WHERE name = 'default'")
+        .bind(THRESHOLD)
+        .execute(&pool)
+        .await
+        .expect("threshold");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let FileRoute { inbox, outbox } =
+        file_route(&mbx, dir.path(), "json", "json", "/id", "%MessageID%.json").await;
+    mbx.send_port_stop("out").await.expect("stop the port");
+    // an HTTP location on the same host
+    mbx.receive_port_create("api", false).await.expect("port");
+    mbx.receive_location_create(&ReceiveLocationSpec::new("api-in", "api", "http:///orders"))
+        .await
+        .expect("location");
+    mbx.receive_location_set_enabled("api-in", true)
+        .await
+        .expect("enable");
+    let (http, admin) = (free_port(), free_port());
+    let host = start_host(
+        &database_url(&pool),
+        &[
+            "--poll-interval",
+            "200ms",
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ],
+    );
+    wait_for_alive(&mbx, 1).await;
+    // files keep arriving (about 200/s) while nothing drains
+    let writer = {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            for i in 0..FILES {
+                let (tmp, name) = (
+                    inbox.join(format!(".o-{i:04}.tmp")),
+                    inbox.join(format!("o-{i:04}.json")),
+                );
+                std::fs::write(&tmp, format!(r#"{{"id": {i}}}"#)).expect("write");
+                std::fs::rename(&tmp, &name).expect("rename");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    wait_for(
+        "the publish throttle engages",
+        Duration::from_secs(60),
+        || async { throttle_of_the_instance(&mbx).await.as_deref() == Some("publish") },
+    )
+    .await;
+    // it holds: files wait in the inbox rather than piling up in the MessageBox
+    let stats = mbx.stats().await.expect("stats");
+    let backlog: i64 = stats.ports.iter().map(|p| p.backlog).sum();
+    assert!(
+        backlog >= THRESHOLD && backlog < FILES as i64,
+        "backlog stops near the threshold: {backlog}"
+    );
+    assert!(
+        !files_in(&inbox, "json").is_empty(),
+        "files not taken stay in the inbox"
+    );
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://127.0.0.1:{http}/orders"))
+        .body("<order/>")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("mbx_throttled{kind=\"publish\"} 1"),
+        "{metrics}"
+    );
+    let status = mbx_e2e::Mbx::new(database_url(&pool)).ok(&["status"]);
+    assert!(status.contains("THROTTLED (publish)"), "{status}");
+
+    // drain: everything arrives once, and the throttle lets go
+    writer.await.expect("writer");
+    mbx.send_port_start("out").await.expect("start the port");
+    wait_for(
+        "every file delivered and the inbox empty",
+        Duration::from_secs(120),
+        || async {
+            files_in(&outbox, "json").len() >= FILES && files_in(&inbox, "json").is_empty()
+        },
+    )
+    .await;
+    wait_for(
+        "the publish throttle releases",
+        Duration::from_secs(30),
+        || async { throttle_of_the_instance(&mbx).await.is_none() },
+    )
+    .await;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for body in bodies_in(&outbox, "json") {
+        *seen.entry(body).or_default() += 1;
+    }
+    let lost: Vec<usize> = (0..FILES)
+        .filter(|i| !seen.contains_key(&format!(r#"{{"id": {i}}}"#)))
+        .collect();
+    let duplicates: Vec<&String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(b, _)| b)
+        .collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
+    let rss = peak_rss_mb(host.pid());
+    assert!(rss < 200.0, "host memory stays bounded: {rss:.0} MB");
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_instance_never_has_more_in_flight_than_its_delivery_throttle(pool: PgPool) {
+    const INFLIGHT: i64 = 5;
+    let mbx = messagebox(&pool).await;
+    sqlx::query("UPDATE hosts SET throttle_inflight = $1 WHERE name = 'default'")
+        .bind(INFLIGHT)
+        .execute(&pool)
+        .await
+        .expect("threshold");
+    // an endpoint that holds every request until released, counting those it holds
+    let (held, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = {
+        let (held, most, gate) = (held.clone(), most.clone(), gate.clone());
+        Router::new().route(
+            "/slow",
+            post(move || {
+                let (held, most, gate) = (held.clone(), most.clone(), gate.clone());
+                async move {
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _permit = gate.acquire().await.expect("gate");
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    for name in ["a", "b", "c"] {
+        mbx.send_port_create(
+            &SendPortSpec::new(name, &format!("http://127.0.0.1:{port}/slow"))
+                .with_filter("exists(T.N)")
+                .with_state(InitialState::Started),
+        )
+        .await
+        .expect("port");
+    }
+    for i in 0..10 {
+        let mut ctx = mbx_messagebox::Context::new();
+        ctx.promote("T.N", mbx_messagebox::Value::Integer(i))
+            .expect("promote");
+        mbx.publish(
+            &Default::default(),
+            vec![mbx_messagebox::publish::NewMessage::new(
+                "x".as_bytes().to_vec(),
+                "text/plain",
+                ctx,
+            )],
+        )
+        .await
+        .expect("publish");
+    }
+    let _host = start_host(&database_url(&pool), &["--poll-interval", "200ms"]);
+    wait_for_alive(&mbx, 1).await;
+    wait_for(
+        "the delivery throttle engages with the endpoint holding its requests",
+        Duration::from_secs(60),
+        || async {
+            held.load(Ordering::SeqCst) > 0
+                && throttle_of_the_instance(&mbx).await.as_deref() == Some("inflight")
+        },
+    )
+    .await;
+    // 30 deliveries wait and three ports could each claim 10: still only 5 in flight
+    let stats = mbx.stats().await.expect("stats");
+    let in_flight: i64 = stats.ports.iter().map(|p| p.in_flight).sum();
+    assert_eq!(in_flight, INFLIGHT, "{stats:?}");
+    gate.add_permits(1000);
+    wait_for(
+        "all 30 deliveries done",
+        Duration::from_secs(60),
+        || async {
+            mbx.stats()
+                .await
+                .map(|s| s.ports.iter().all(|p| p.backlog + p.in_flight == 0))
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (1..=INFLIGHT as usize).contains(&most),
+        "at most {INFLIGHT} requests at once, saw {most}"
+    );
+}
