@@ -59,23 +59,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The URL with its password hidden, for messages.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}")
-                } else {
-                    format!("{scheme}://{userinfo}@{host}")
-                }
-            }
-            None => url.to_owned(),
-        },
-        None => "(unparsable url)".to_owned(),
-    }
-}
+use mbx_messagebox::redact_url as redact;
 
 async fn connect(url: &str) -> Result<MessageBox> {
     MessageBox::connect(url, CLI_MAX_CONNECTIONS).await.with_context(|| {

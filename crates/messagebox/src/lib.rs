@@ -314,6 +314,33 @@ pub(crate) async fn begin_routing_change(tx: &mut Transaction<'_, Postgres>) -> 
     Ok(())
 }
 
+/// `url` with its password replaced by `***`, for messages and logs (SPEC §10: errors name
+/// the URL, password hidden).
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end],
+                    &userinfo[..colon],
+                    &rest[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+
 /// Creates the database named by `url` if it does not exist; returns whether it did.
 pub async fn create_database_if_missing(url: &str) -> Result<bool> {
     use sqlx::migrate::MigrateDatabase;
@@ -322,4 +349,24 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool> {
     }
     sqlx::Postgres::create_database(url).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden_and_nothing_else_changes() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db@x"), "postgres://h/db@x");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 }

@@ -30,18 +30,19 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-use super::pgmq::redact_url;
+use crate::database::redact as redact_url;
 use crate::measure::{thousands, Progress, Throughput};
 use crate::{BenchError, Measured, RunSpec};
 
 const PEER: &str = "ceiling";
 
 pub async fn run(spec: &RunSpec, progress: &Progress) -> Result<Measured, BenchError> {
-    let table = format!(
-        "bench_ceiling_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    run_on_table(spec, progress, &table).await
+    run_on_table(
+        spec,
+        progress,
+        &crate::database::unique_name("bench_ceiling"),
+    )
+    .await
 }
 
 /// [`run`] with a given table name (created, then dropped): `table` must be a plain

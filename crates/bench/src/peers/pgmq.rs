@@ -50,11 +50,7 @@ struct BodyOwned {
 }
 
 pub async fn run(spec: &RunSpec, progress: &Progress) -> Result<Measured, BenchError> {
-    let name = format!(
-        "mbx_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    run_on_queue(spec, progress, &name).await
+    run_on_queue(spec, progress, &crate::database::unique_name("mbx_bench")).await
 }
 
 /// [`run`] on a queue of the given name (created, then dropped).
@@ -75,7 +71,7 @@ pub async fn run_on_queue(
                 format!(
                     "cannot connect to PostgreSQL at {}: {e}; check that the server runs and the \
                      database exists",
-                    redact_url(&spec.database_url)
+                    crate::database::redact(&spec.database_url)
                 ),
             )
         })?;
@@ -264,49 +260,4 @@ pub(crate) async fn drive(
         }
     }
     Ok((throughput, latencies))
-}
-
-/// `url` with any password replaced by `***` (for error messages).
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end],
-                    &userinfo[..colon],
-                    &rest[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db?x=1"),
-            "postgres://u:***@h:5432/db?x=1"
-        );
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres://h/db@x"), "postgres://h/db@x");
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
 }

@@ -35,7 +35,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 
-use super::pgmq::{drive, redact_url};
+use super::pgmq::drive;
+use crate::database::redact as redact_url;
 use crate::measure::{Latencies, Pacer, Progress, Window};
 use crate::{BenchError, Measured, RunSpec};
 
