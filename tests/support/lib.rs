@@ -43,21 +43,7 @@ pub fn database_url(pool: &PgPool) -> String {
 }
 
 /// Replaces the database name of a postgres URL.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
+pub use mbx_messagebox::url_with_database as with_database;
 
 /// The result of one run of `mbx`.
 #[derive(Debug)]

@@ -340,6 +340,22 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `url` with its database name replaced by `name` (query parameters kept).
+pub fn url_with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
 
 /// Creates the database named by `url` if it does not exist; returns whether it did.
 pub async fn create_database_if_missing(url: &str) -> Result<bool> {
@@ -354,6 +370,23 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool> {
 #[cfg(test)]
 mod redact_tests {
     use super::redact_url;
+
+    #[test]
+    fn the_database_name_is_replaced() {
+        use super::url_with_database;
+        assert_eq!(
+            url_with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            url_with_database("postgres://u:p@h/db?sslmode=require", "x"),
+            "postgres://u:p@h/x?sslmode=require"
+        );
+        assert_eq!(
+            url_with_database("postgres://h:5432", "x"),
+            "postgres://h:5432/x"
+        );
+    }
 
     #[test]
     fn passwords_are_hidden_and_nothing_else_changes() {
