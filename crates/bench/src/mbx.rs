@@ -541,12 +541,15 @@ impl Hosts {
             .iter()
             .map(|t| sum_metric(t, "mbx_delivery_latency_seconds_count"))
             .sum();
-        Some(crate::measure::LatencySummary {
-            p50_ms: q("0.5")? * 1e3,
-            p99_ms: q("0.99")? * 1e3,
-            max_ms: q("1")? * 1e3,
-            samples: count as u64,
-        })
+        Some(
+            crate::measure::LatencySummary {
+                p50_ms: q("0.5")? * 1e3,
+                p99_ms: q("0.99")? * 1e3,
+                max_ms: q("1")? * 1e3,
+                samples: count as u64,
+            }
+            .monotone(),
+        )
     }
 
     fn peak_rss_mb(&self) -> Option<f64> {

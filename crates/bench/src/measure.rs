@@ -24,6 +24,16 @@ pub struct LatencySummary {
     pub samples: u64,
 }
 
+impl LatencySummary {
+    /// p50 ≤ p99 ≤ max, as they are by definition: estimates (the hosts' summaries are
+    /// sketches with about 1% error) and medians taken field by field can cross.
+    pub fn monotone(mut self) -> Self {
+        self.p99_ms = self.p99_ms.max(self.p50_ms);
+        self.max_ms = self.max_ms.max(self.p99_ms);
+        self
+    }
+}
+
 impl Latencies {
     pub fn new() -> Self {
         Self::default()
@@ -281,6 +291,18 @@ mod tests {
             (50.0, 99.0, 100.0, 100)
         );
         assert!(Latencies::new().summary().is_none());
+    }
+
+    #[test]
+    fn estimates_are_made_monotone() {
+        let s = LatencySummary {
+            p50_ms: 5.0,
+            p99_ms: 9.9,
+            max_ms: 9.8,
+            samples: 3,
+        }
+        .monotone();
+        assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (5.0, 9.9, 9.9));
     }
 
     #[test]

@@ -151,12 +151,15 @@ fn combine(runs: &[Measured]) -> (f64, Option<LatencySummary>, Option<f64>, Vec<
     let latency = if lats.is_empty() {
         None
     } else {
-        Some(LatencySummary {
-            p50_ms: median(lats.iter().map(|l| l.p50_ms).collect()).unwrap_or(0.0),
-            p99_ms: median(lats.iter().map(|l| l.p99_ms).collect()).unwrap_or(0.0),
-            max_ms: median(lats.iter().map(|l| l.max_ms).collect()).unwrap_or(0.0),
-            samples: lats.iter().map(|l| l.samples).sum(),
-        })
+        Some(
+            LatencySummary {
+                p50_ms: median(lats.iter().map(|l| l.p50_ms).collect()).unwrap_or(0.0),
+                p99_ms: median(lats.iter().map(|l| l.p99_ms).collect()).unwrap_or(0.0),
+                max_ms: median(lats.iter().map(|l| l.max_ms).collect()).unwrap_or(0.0),
+                samples: lats.iter().map(|l| l.samples).sum(),
+            }
+            .monotone(),
+        )
     };
     let rss = median(runs.iter().filter_map(|m| m.peak_rss_mb).collect());
     let notes = runs.first().map(|m| m.notes.clone()).unwrap_or_default();
