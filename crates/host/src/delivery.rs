@@ -29,6 +29,9 @@ pub const ORDERED_SEND_TIMEOUT_MS: i64 = LEASE_MARGIN_MS - 1_000;
 /// the next one.
 pub const COMPLETIONS_IN_FLIGHT: usize = 1;
 
+/// Longest pause between two attempts of a unit of MessageBox work.
+const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
+
 /// Attempts to record a batch's outcomes before giving up (the claims then stay until this
 /// instance is declared dead and they are reclaimed).
 const RECORD_ATTEMPTS_MAX: u32 = 5;
@@ -66,7 +69,21 @@ pub(crate) async fn port_loop(
             }
             continue;
         };
-        let claimed = shared.mbx.deliveries_claim(instance, port.id, limits).await;
+        let token = Uuid::new_v4();
+        let claimed = shared
+            .mbx
+            .deliveries_claim_as(instance, port.id, limits, token)
+            .await;
+        if let Err(e) = &claimed {
+            if e.is_retryable() {
+                // the claim may have committed without us hearing of it: give back what
+                // it may hold, so nothing stays claimed by a live instance that lost it
+                retry_db(&shared, &port.name, "giving back an unknown claim", || {
+                    shared.mbx.deliveries_release_token(instance, token)
+                })
+                .await;
+            }
+        }
         match &claimed {
             Ok(batch) => in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum()),
             Err(_) => in_flight.settle(0, 0),
@@ -281,28 +298,48 @@ async fn record(
     failures: Vec<Failure>,
 ) {
     let labels = [("port", port.name.clone())];
-    for attempt in 1..=RECORD_ATTEMPTS_MAX {
-        let result = async {
-            let done = shared.mbx.deliveries_complete(instance, &delivered).await?;
-            let report = shared.mbx.deliveries_fail(instance, &failures).await?;
-            Ok::<_, mbx_messagebox::Error>((done.len(), report))
+    let recorded = retry_db(shared, &port.name, "recording outcomes", || async {
+        let done = shared.mbx.deliveries_complete(instance, &delivered).await?;
+        let report = shared.mbx.deliveries_fail(instance, &failures).await?;
+        Ok((done.len(), report))
+    })
+    .await;
+    if let Some((done, report)) = recorded {
+        metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
+        metrics::counter!("mbx_delivery_failures_total", &labels).increment(failures.len() as u64);
+        if done < delivered.len() || report.stale > 0 {
+            warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
+                  "some claims were reclaimed meanwhile; their outcomes were dropped");
         }
-        .await;
-        match result {
-            Ok((done, report)) => {
-                metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
-                metrics::counter!("mbx_delivery_failures_total", &labels)
-                    .increment(failures.len() as u64);
-                if done < delivered.len() || report.stale > 0 {
-                    warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
-                          "some claims were reclaimed meanwhile; their outcomes were dropped");
-                }
-                debug!(port = %port.name, delivered = done, failed = failures.len(), "batch recorded");
-                return;
-            }
+        debug!(port = %port.name, delivered = done, failed = failures.len(), "batch recorded");
+    }
+}
+
+/// Runs a unit of MessageBox work until it succeeds: after a connection-class error
+/// (SQLSTATE 08xxx, 57P01, I/O, pool timeout) for as long as the instance runs — the
+/// database comes back, and every unit is idempotent to re-run (completions and failures
+/// match claim tokens, so a re-run after a commit whose answer was lost finds nothing to
+/// do) — and after any other error up to [`RECORD_ATTEMPTS_MAX`] times. `None` when it gave
+/// up: the claims then stay until this instance stops (and releases them) or is declared
+/// dead (and another reclaims them).
+async fn retry_db<T, F, Fut>(shared: &Shared, port: &str, what: &str, mut work: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, mbx_messagebox::Error>>,
+{
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        match work().await {
+            Ok(v) => return Some(v),
             Err(e) => {
-                error!(port = %port.name, attempt, error = %e, "recording outcomes failed");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                let retryable = e.is_retryable();
+                error!(port, attempt, retryable, error = %e, "{what} failed");
+                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || *shared.stopping.borrow() {
+                    return None;
+                }
+                let backoff = (200 * u64::from(attempt)).min(RETRY_BACKOFF_MAX_MS);
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
         }
     }
@@ -489,31 +526,22 @@ async fn commit_ordered(
     if delivered.is_empty() {
         return;
     }
-    for attempt in 1..=RECORD_ATTEMPTS_MAX {
-        match shared
-            .mbx
-            .deliveries_complete_ordered(
-                instance,
-                &delivered,
-                port.id,
-                epoch,
-                checkpoint.as_deref(),
-            )
-            .await
-        {
-            Ok(done) => {
-                metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
-                    .increment(done.len() as u64);
-                if done.len() < delivered.len() {
-                    warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
-                          "completions fenced: the lease moved on");
-                }
-                return;
-            }
-            Err(e) => {
-                error!(port = %port.name, attempt, error = %e, "committing completions failed");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
+    let committed = retry_db(shared, &port.name, "committing completions", || {
+        shared.mbx.deliveries_complete_ordered(
+            instance,
+            &delivered,
+            port.id,
+            epoch,
+            checkpoint.as_deref(),
+        )
+    })
+    .await;
+    if let Some(done) = committed {
+        metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
+            .increment(done.len() as u64);
+        if done.len() < delivered.len() {
+            warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
+                  "completions fenced: the lease moved on");
         }
     }
 }

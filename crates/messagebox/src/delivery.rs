@@ -187,7 +187,20 @@ impl MessageBox {
         port_id: i64,
         limits: ClaimLimits,
     ) -> Result<Vec<ClaimedDelivery>> {
-        let token = Uuid::new_v4();
+        self.deliveries_claim_as(instance, port_id, limits, Uuid::new_v4())
+            .await
+    }
+
+    /// [`Self::deliveries_claim`] with the caller's claim token: if the claim fails with a
+    /// connection-class error the caller cannot tell whether it committed, and gives
+    /// whatever it may have claimed back with [`Self::deliveries_release_token`].
+    pub async fn deliveries_claim_as(
+        &self,
+        instance: Uuid,
+        port_id: i64,
+        limits: ClaimLimits,
+        token: Uuid,
+    ) -> Result<Vec<ClaimedDelivery>> {
         let mut tx = crate::begin_relaxed(&self.pool).await?;
         let rows = sqlx::query(
             "WITH cand AS (
@@ -305,6 +318,20 @@ impl MessageBox {
         .fetch_all(&self.pool)
         .await?;
         Ok(completed)
+    }
+
+    /// Gives back whatever a claim with `token` took (the claim's outcome was unknown to
+    /// its caller); idempotent.
+    pub async fn deliveries_release_token(&self, instance: Uuid, token: Uuid) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET state = 'ready', claimed_by = NULL, claim_token = NULL, claimed_at = NULL
+              WHERE claim_token = $1 AND claimed_by = $2",
+        )
+        .bind(token)
+        .bind(instance)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Gives claimed deliveries back unchanged (graceful stop): ready again at once.
