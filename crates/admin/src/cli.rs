@@ -74,12 +74,31 @@ pub enum Command {
         /// The message id (mbx.MessageId).
         message_id: String,
     },
+    /// Database roles: a migrator (owns the schema), a host role (DML only), a reader.
+    #[command(subcommand)]
+    Roles(RolesCommand),
     /// Benchmark mbx end to end with its peers in the same run (SPEC §11): creates its
     /// own databases on the server of --database-url and drops them after.
     #[command(
         after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
     )]
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolesCommand {
+    /// Create `<prefix>_migrator`, `<prefix>_host` and `<prefix>_reader` (login roles without
+    /// passwords) and grant them their privileges on this MessageBox; revoke PUBLIC's.
+    /// Idempotent: run it again after `mbx init` applied new migrations. Needs a superuser
+    /// or the database owner with CREATEROLE.
+    #[command(
+        after_help = "Example:\n  mbx roles create --prefix mbx\n  psql -c \"ALTER ROLE mbx_host PASSWORD 'from-your-vault'\"\n  mbx-host --database-url postgres://mbx_host@db:5432/mbx"
+    )]
+    Create {
+        /// Prefix of the role names.
+        #[arg(long, default_value = "mbx")]
+        prefix: String,
+    },
 }
 
 #[derive(Args, Debug)]

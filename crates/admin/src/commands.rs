@@ -56,6 +56,24 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats => stats(&mbx, json_out).await,
         Command::Track { message_id } => track(&mbx, &message_id, json_out).await,
+        Command::Roles(RolesCommand::Create { prefix }) => {
+            let names = mbx_messagebox::security::RoleNames::with_prefix(&prefix)?;
+            mbx.roles_apply(&names)
+                .await
+                .context("creating the roles (needs a superuser, or the owner with CREATEROLE)")?;
+            if json_out {
+                return output::json(&names);
+            }
+            println!(
+                "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only); PUBLIC revoked",
+                names.migrator, names.host, names.reader
+            );
+            println!(
+                "next: give each a password or certificate (ALTER ROLE {} PASSWORD '...') and point the hosts at postgres://{}@HOST/DB",
+                names.host, names.host
+            );
+            Ok(())
+        }
     }
 }
 

@@ -157,7 +157,11 @@ pub async fn run(
     let mbx = MessageBox::connect(&config.database_url, POOL_MAX_CONNECTIONS)
         .await
         .context("cannot connect to the MessageBox; check MBX_DATABASE_URL")?;
-    mbx.init(None).await.context("migrating the MessageBox")?;
+    // a host migrates only when the schema is behind: with separate roles (`mbx roles`)
+    // its role has no DDL, and a current schema needs none
+    if mbx.check_schema().await.is_err() {
+        mbx.init(None).await.context("migrating the MessageBox")?;
+    }
     let registry = Registry::new().context("building the adapter registry")?;
     let machine = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
     let id = register(&mbx, &config, &machine).await?;

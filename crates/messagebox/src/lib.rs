@@ -15,6 +15,7 @@ pub mod ordered;
 pub mod publish;
 pub mod receive;
 pub mod routing;
+pub mod security;
 pub mod stats;
 pub mod suspended;
 pub mod throttle;
