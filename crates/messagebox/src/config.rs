@@ -310,10 +310,12 @@ impl SendPortSpec {
             if k.is_empty()
                 || !k
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                || k.starts_with('.')
+                || k.ends_with('.')
             {
                 return Err(Error::Invalid(format!(
-                    "--set: setting name '{k}' is not valid: letters, digits, '_' or '-' (example: --set append=true)"
+                    "--set: setting name '{k}' is not valid: letters, digits, '_', '-' or '.' inside (example: --set header.X-Order-Id=Order.Id)"
                 )));
             }
         }
