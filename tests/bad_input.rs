@@ -91,11 +91,7 @@ async fn crlf_in_a_promoted_value_used_as_a_header_is_rejected_and_never_sent(po
             }),
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = mbx_e2e::serve_on_loopback(app).await;
     let mut spec = SendPortSpec::new("partner", &format!("http://127.0.0.1:{port}/in"))
         .with_filter("exists(Order.Ref)")
         .with_state(InitialState::Started);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
-use mbx_e2e::{database_url, start_host_with_env, wait_for, Reaped};
+use mbx_e2e::{database_url, free_port, start_host_with_env, wait_for, Reaped};
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::MessageBox;
@@ -17,13 +17,6 @@ use sqlx::PgPool;
 
 const MESSAGES: usize = 200;
 const TOKEN: &str = "s3cret-token";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn start_host(url: &str, http_port: u16) -> Reaped {
     let listen = format!("127.0.0.1:{http_port}");

@@ -46,11 +46,7 @@ async fn a_slow_endpoint_times_out_as_a_failure_and_other_ports_keep_flowing(poo
                 }),
             )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = mbx_e2e::serve_on_loopback(app).await;
 
     let mut slow = SendPortSpec::new("slow", &format!("http://127.0.0.1:{port}/slow"))
         .with_filter("T.Kind == 'slow'")

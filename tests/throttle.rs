@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::routing::post;
 use axum::Router;
 use mbx_e2e::{
-    bodies_in, database_url, file_route, files_in, messagebox, start_host, wait_for,
+    bodies_in, database_url, file_route, files_in, free_port, messagebox, start_host, wait_for,
     wait_for_alive, FileRoute,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
@@ -23,13 +23,6 @@ use sqlx::PgPool;
 
 const FILES: usize = 400;
 const THRESHOLD: i64 = 100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 async fn throttle_of_the_instance(mbx: &MessageBox) -> Option<String> {
     let list = mbx.instance_list().await.expect("instances");
@@ -203,11 +196,7 @@ async fn an_instance_never_has_more_in_flight_than_its_delivery_throttle(pool: P
             }),
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = mbx_e2e::serve_on_loopback(app).await;
     for name in ["a", "b", "c"] {
         mbx.send_port_create(
             &SendPortSpec::new(name, &format!("http://127.0.0.1:{port}/slow"))

@@ -305,3 +305,21 @@ pub async fn file_route(
     .expect("send port");
     route
 }
+
+/// A free TCP port on loopback (bound, read, released: for a process to bind next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns the port.
+pub async fn serve_on_loopback(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback endpoint");
+    let port = listener.local_addr().expect("endpoint address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
