@@ -220,6 +220,8 @@ pub async fn run(options: &Options, progress: &Progress) -> Result<Report, Bench
 
     for &workload in &options.workloads {
         let r = measure_mbx(options, workload, options.instances, None, progress, runs).await?;
+        // mbx's row first, then what is measured beside it on the same workload
+        let mut beside = Vec::new();
         if workload == Workload::Unordered {
             for &peer in &options.peers {
                 let p = measure_peer(options, peer, progress, runs).await?;
@@ -230,7 +232,7 @@ pub async fn run(options: &Options, progress: &Progress) -> Result<Report, Bench
                         ratio: r.msgs_per_s / p.msgs_per_s,
                     });
                 }
-                results.push(p);
+                beside.push(p);
             }
             if options.tracking_all {
                 let mut t = measure_mbx(
@@ -243,16 +245,11 @@ pub async fn run(options: &Options, progress: &Progress) -> Result<Report, Bench
                 )
                 .await?;
                 t.workload = format!("{}-tracking-all", workload.name());
-                results.push(t);
+                beside.push(t);
             }
         }
-        results.insert(
-            results
-                .iter()
-                .position(|x: &ResultRow| x.workload == workload.name())
-                .unwrap_or(results.len()),
-            r,
-        );
+        results.push(r);
+        results.extend(beside);
     }
 
     let mut scaling = Vec::new();
