@@ -128,3 +128,68 @@ async fn a_live_host_reclaims_the_claims_of_a_killed_one(pool: PgPool) {
         .expect("complete");
     assert!(done.is_empty());
 }
+
+/// An instance declared dead while it still runs (its heartbeat was late, e.g. during a
+/// database outage) registers again under a new id and goes on delivering under it: claims
+/// made under the dead id would claim nothing.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_instance_declared_dead_registers_again_and_delivers(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    mbx.send_port_create(
+        &SendPortSpec::new("drain", "null:drain")
+            .with_filter("exists(Order.Id)")
+            .with_state(InitialState::Started),
+    )
+    .await
+    .expect("send port");
+    let url = database_url(&pool);
+    let host = start_host(&url, mbx_e2e::FAST_HOST);
+    let pid = host.pid();
+    wait_for(
+        "the instance to register",
+        Duration::from_secs(30),
+        || async { matches!(instance_of_pid(&pool, pid).await, Some((_, s)) if s == "alive") },
+    )
+    .await;
+    let (first, _) = instance_of_pid(&pool, pid).await.expect("instance");
+    sqlx::query("UPDATE host_instances SET state = 'dead' WHERE id = $1")
+        .bind(first)
+        .execute(&pool)
+        .await
+        .expect("declare the instance dead");
+    wait_for(
+        "the process to register again under a new id",
+        Duration::from_secs(30),
+        || async {
+            matches!(instance_of_pid(&pool, pid).await,
+                     Some((id, s)) if id != first && s == "alive")
+        },
+    )
+    .await;
+    let mut ctx = Context::new();
+    ctx.promote("Order.Id", Value::Integer(1)).expect("promote");
+    mbx.publish(
+        &Publisher::default(),
+        vec![NewMessage::new("after re-registering", "text/plain", ctx)],
+    )
+    .await
+    .expect("publish");
+    wait_for(
+        "the message delivered by the re-registered instance",
+        Duration::from_secs(30),
+        || async { mbx.stats().await.expect("stats").spool_messages == 0 },
+    )
+    .await;
+    let still: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM host_instances WHERE pid = $1 AND state = 'alive'",
+    )
+    .bind(pid as i32)
+    .fetch_one(&pool)
+    .await
+    .expect("instances");
+    assert_eq!(
+        still, 1,
+        "one live instance for the process, not a new one per heartbeat"
+    );
+    drop(host);
+}

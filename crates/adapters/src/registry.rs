@@ -91,11 +91,21 @@ impl Scheme {
 
 /// One instance of each send adapter, shared by every port of a host instance, and the
 /// constructor of receive adapters.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Registry {
-    file_send: Arc<FileSendAdapter>,
-    http_send: Arc<HttpSendAdapter>,
-    null_send: Arc<NullSendAdapter>,
+    file_send: Arc<dyn SendAdapter>,
+    http_send: Arc<dyn SendAdapter>,
+    null_send: Arc<dyn SendAdapter>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("file_send", &self.file_send.name())
+            .field("http_send", &self.http_send.name())
+            .field("null_send", &self.null_send.name())
+            .finish()
+    }
 }
 
 impl Registry {
@@ -105,6 +115,18 @@ impl Registry {
             http_send: Arc::new(HttpSendAdapter::new()?),
             null_send: Arc::new(NullSendAdapter::new()),
         })
+    }
+
+    /// Serves the sends of `scheme` (`http` and `https` share one adapter) with `adapter`
+    /// instead of the built-in one. It exists so tests can inject faults (an adapter that
+    /// panics) into a real host; `mbx-host` itself only ever uses [`Registry::new`].
+    pub fn with_send_adapter(mut self, scheme: Scheme, adapter: Arc<dyn SendAdapter>) -> Self {
+        match scheme {
+            Scheme::File => self.file_send = adapter,
+            Scheme::Http | Scheme::Https => self.http_send = adapter,
+            Scheme::Null => self.null_send = adapter,
+        }
+        self
     }
 
     /// The send adapter for `address`'s scheme.
@@ -120,9 +142,9 @@ impl Registry {
     /// health listings).
     pub fn send_adapters(&self) -> Vec<(Scheme, Arc<dyn SendAdapter>)> {
         vec![
-            (Scheme::File, self.file_send.clone() as Arc<dyn SendAdapter>),
-            (Scheme::Http, self.http_send.clone() as Arc<dyn SendAdapter>),
-            (Scheme::Null, self.null_send.clone() as Arc<dyn SendAdapter>),
+            (Scheme::File, self.file_send.clone()),
+            (Scheme::Http, self.http_send.clone()),
+            (Scheme::Null, self.null_send.clone()),
         ]
     }
 

@@ -1,15 +1,21 @@
 //! One delivery loop per started send port: claim a batch, hand it to the send adapter,
 //! then complete what the endpoint confirmed and fail the rest — each a single batched
-//! MessageBox call. The loop waits on publish notifications, with polling as fallback.
+//! MessageBox call. The loop waits on publish notifications and for its port's next retry
+//! due time (`idle_wait`), with polling as fallback.
 //! On an unordered port the outcomes of one batch are recorded while the next batch is
 //! claimed and sent ([`COMPLETIONS_IN_FLIGHT`]): the completion's commit (an fsync) no
 //! longer stalls the loop.
+//!
+//! A send adapter that panics — in `send` or on one of its own tasks — leaves its messages
+//! without outcomes: they fail non-retryable naming the panic, like any message that
+//! cannot be sent in principle (suspended `failed-final`; an ordered port with
+//! stop-on-failure is held instead), and the loop goes on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mbx_adapters::{MessageContext, OutboundMessage, Outcome, SendAdapter};
+use mbx_adapters::{MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::{ClaimLimits, ClaimedDelivery, Failure};
@@ -112,10 +118,30 @@ pub(crate) async fn port_loop(
                 continue;
             }
         }
+        // nothing to claim: wait for a publish, the port's next retry due time, or the
+        // outcomes still being recorded (they may schedule a retry sooner than the poll)
+        let idle = idle_wait(&shared, &port).await;
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = tokio::time::sleep(idle) => {}
+            Some(_) = recording.join_next(), if !recording.is_empty() => {}
             _ = stop.changed() => {}
+        }
+    }
+}
+
+/// How long a delivery loop that claimed nothing sleeps before it claims again: until the
+/// port's earliest scheduled retry falls due, so a retry is sent at its due time (SPEC
+/// §5.2) rather than up to a poll interval later; at most the poll interval, which also
+/// stands in when the MessageBox cannot say (the claim that follows reports the error).
+async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
+    let poll = shared.config.poll_interval;
+    match shared.mbx.deliveries_next_due(port.id).await {
+        Ok(Some(due)) => due.min(poll),
+        Ok(None) => poll,
+        Err(e) => {
+            debug!(port = %port.name, error = %e, "next due time unknown; polling");
+            poll
         }
     }
 }
@@ -219,11 +245,15 @@ async fn send_all(
     }
     let expected: usize = by_adapter.values().map(|(_, v)| v.len()).sum();
     let (tx, mut rx) = mpsc::channel(expected.max(1));
+    // what each adapter was handed, with the panic of its `send` call if it panicked
+    let mut handed: Vec<(Vec<i64>, Option<String>)> = Vec::with_capacity(by_adapter.len());
     for (_, (adapter, messages)) in by_adapter {
-        adapter.send(messages, tx.clone());
+        let ids = messages.iter().map(|m| m.delivery_id).collect();
+        handed.push((ids, send_guarded(adapter.as_ref(), messages, tx.clone())));
     }
     drop(tx);
-    // every adapter reports each message once, then drops its sender
+    // every adapter reports each message once, then drops its sender; a task of the
+    // adapter that panics drops its sender too, so this ends either way
     while let Some(report) = rx.recv().await {
         shared.progressed(port.id);
         if let Some(c) = report.checkpoint {
@@ -231,7 +261,60 @@ async fn send_all(
         }
         outcomes.insert(report.delivery_id, report.outcome);
     }
+    // a message handed over without an outcome is poison: its adapter panicked (in `send`,
+    // caught above with its message, or on a task it spawned, whose panic only the log
+    // shows). Sending it again would most likely panic again, so it is not retried.
+    for (ids, panicked) in handed {
+        let missing: Vec<i64> = ids
+            .into_iter()
+            .filter(|id| !outcomes.contains_key(id))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let reason = match panicked {
+            Some(message) => format!("send adapter panicked: {message}"),
+            None => ADAPTER_LOST_OUTCOME.to_owned(),
+        };
+        error!(port = %port.name, messages = missing.len(), %reason,
+               "send adapter failed without outcomes; suspending the messages non-resumable");
+        for id in missing {
+            outcomes.insert(id, Outcome::failed(&reason, false));
+        }
+    }
     (outcomes, checkpoints)
+}
+
+/// The reason of a message whose adapter ended without reporting its outcome and without
+/// panicking in `send` itself.
+const ADAPTER_LOST_OUTCOME: &str = "send adapter panicked or lost the message: its tasks \
+     ended without reporting an outcome (a panic's message is in the host's log)";
+
+/// Hands `batch` to `adapter`, catching a panic of `send` itself (a panic on one of the
+/// adapter's own tasks is seen as missing outcomes instead): returns the panic's message.
+/// Unwind safety: the batch and the sender are gone with the call, and nothing of this
+/// loop is left half-changed; the adapter's own state is the adapter's concern.
+fn send_guarded(
+    adapter: &dyn SendAdapter,
+    batch: Vec<OutboundMessage>,
+    outcomes: OutcomeSender,
+) -> Option<String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        adapter.send(batch, outcomes)
+    }))
+    .err()
+    .map(|payload| panic_message(payload.as_ref()))
+}
+
+/// The text of a panic's payload (`panic!("…")` carries a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic without a text message)".to_owned()
+    }
 }
 
 /// Sends a claimed batch; returns what to complete and what to fail.
@@ -445,9 +528,11 @@ async fn own_ordered_port(
             }
         };
         if batch.is_empty() {
+            // the head may be a retry: wake at its due time
+            let idle = idle_wait(shared, port).await;
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = tokio::time::sleep(idle) => {}
                 _ = stop.changed() => {}
             }
             continue;

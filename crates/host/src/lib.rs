@@ -24,13 +24,13 @@ mod throttle;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use mbx_adapters::Registry;
 use mbx_messagebox::instances::{DEAD_AFTER_S, MAX_DELIVERIES_DEFAULT};
 use mbx_messagebox::maintenance::{MAINTENANCE_BATCH_MAX, TRACKING_RETENTION_DEFAULT_S};
-use mbx_messagebox::MessageBox;
+use mbx_messagebox::{MessageBox, SchemaState};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -154,15 +154,41 @@ pub async fn run(
     config: HostConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    let registry = Registry::new().context("building the adapter registry")?;
+    run_with_registry(config, registry, shutdown).await
+}
+
+/// [`run`] with the given adapter registry instead of the built-in one. It exists so tests
+/// can inject faults through their own adapters (`Registry::with_send_adapter`, e.g. a
+/// send adapter that panics); `mbx-host` calls [`run`].
+pub async fn run_with_registry(
+    config: HostConfig,
+    registry: Registry,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let at = mbx_messagebox::redact_url(&config.database_url);
     let mbx = MessageBox::connect(&config.database_url, POOL_MAX_CONNECTIONS)
         .await
-        .context("cannot connect to the MessageBox; check MBX_DATABASE_URL")?;
+        .with_context(|| {
+            format!("cannot connect to the MessageBox at {at}; check MBX_DATABASE_URL and that PostgreSQL runs")
+        })?;
     // a host migrates only when the schema is behind: with separate roles (`mbx roles`)
-    // its role has no DDL, and a current schema needs none
-    if mbx.check_schema().await.is_err() {
-        mbx.init(None).await.context("migrating the MessageBox")?;
+    // its role has no DDL, and a current schema needs none; it never touches a schema a
+    // newer mbx migrated
+    let state = mbx.schema_state().await.with_context(|| {
+        format!("cannot read the MessageBox schema at {at}; check MBX_DATABASE_URL and the role's rights")
+    })?;
+    match state {
+        SchemaState::Current => {}
+        SchemaState::Missing | SchemaState::Behind => {
+            mbx.init(None)
+                .await
+                .with_context(|| format!("migrating the MessageBox at {at}"))?;
+        }
+        SchemaState::Newer(v) => anyhow::bail!(
+            "the MessageBox at {at} has migration {v}, newer than this mbx-host knows; upgrade mbx-host"
+        ),
     }
-    let registry = Registry::new().context("building the adapter registry")?;
     let machine = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
     let id = register(&mbx, &config, &machine).await?;
     let limits = mbx.host_limits(&config.host).await.with_context(|| {
@@ -258,6 +284,8 @@ pub(crate) async fn pause(shared: &Shared, d: Duration) -> bool {
 
 async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
     let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+    // since when heartbeats have succeeded on time without a failure in between
+    let mut connected_since: Option<Instant> = None;
     loop {
         let id = shared.instance_id();
         if let Some((port_id, stalled)) = shared.stalled_loop() {
@@ -271,18 +299,28 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             }
             continue;
         }
+        let asked = Instant::now();
         match shared.mbx.instance_heartbeat(id).await {
-            Ok(true) => {}
+            // a heartbeat that waited longer than its period for a connection was cut
+            // off as much as a failed one
+            Ok(true) if asked.elapsed() > period => connected_since = Some(Instant::now()),
+            Ok(true) => {
+                connected_since.get_or_insert_with(Instant::now);
+            }
             Ok(false) => {
                 warn!(instance = %id, "declared dead by another instance; re-registering");
                 match register(&shared.mbx, &shared.config, &machine).await {
                     Ok(new_id) => {
-                        let _ = shared.instance.send(new_id);
+                        // `send` would fail (nobody subscribes) and keep the dead id
+                        shared.instance.send_replace(new_id);
                     }
                     Err(e) => error!(error = %e, "re-registration failed"),
                 }
             }
-            Err(e) => error!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                connected_since = None;
+                error!(error = %e, "heartbeat failed");
+            }
         }
         match shared.mbx.instance_list().await {
             Ok(list) => {
@@ -294,11 +332,22 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             }
             Err(e) => warn!(error = %e, "listing instances failed"),
         }
-        match shared
-            .mbx
-            .instances_reclaim_dead(DEAD_AFTER_S, shared.config.max_deliveries)
-            .await
-        {
+        // After a database outage every instance's heartbeat is stale: declare others
+        // dead only once this one has itself been connected for the dead timeout, so
+        // they have had the time to heartbeat again (otherwise all would declare each
+        // other dead and reclaim each other's work).
+        let settled = connected_since.is_some_and(|since| {
+            since.elapsed() >= Duration::from_secs(DEAD_AFTER_S.unsigned_abs())
+        });
+        let reclaimed = if settled {
+            shared
+                .mbx
+                .instances_reclaim_dead(DEAD_AFTER_S, shared.config.max_deliveries)
+                .await
+        } else {
+            Ok(Default::default())
+        };
+        match reclaimed {
             Ok(r)
                 if r.deliveries_reclaimed + r.poison_suspended + r.instances_declared_dead > 0 =>
             {

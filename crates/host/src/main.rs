@@ -1,8 +1,8 @@
 //! `mbx-host`: run one host instance of an mbx group (SPEC §4). See `mbx_host::run`.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
-use anyhow::Result;
 use clap::Parser;
 use mbx_host::{run, HostConfig};
 use mbx_messagebox::instances::MAX_DELIVERIES_DEFAULT;
@@ -40,15 +40,56 @@ struct Args {
     watchdog_stall: std::time::Duration,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Exit codes: 0 after a graceful stop; 2 bad arguments (one line naming the argument);
+/// 1 anything else (one line: what failed, where, and what to do).
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                let _ = err.print();
+                return ExitCode::SUCCESS;
+            }
+            // one line: clap's first, without its usage and "For more information" footer
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{first} (see mbx-host --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(host(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // the whole chain on one line ("context: cause: cause")
+            let line = format!("{e:#}").replace('\n', " ");
+            error!(error = %line, "mbx-host stopped");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn host(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MBX_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
     let mut config = HostConfig::new(&args.database_url, &args.host);
     config.admin_listen = args.admin_listen;
     config.http_listen = args.http_listen;

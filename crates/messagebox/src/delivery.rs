@@ -247,6 +247,24 @@ impl MessageBox {
         claimed_deliveries(rows, token, port_id, None)
     }
 
+    /// How long until the port's next ready delivery falls due: the earliest `not_before`
+    /// still in the future (a scheduled retry), measured on the database clock; `None`
+    /// when no ready delivery of the port waits for a due time. A delivery loop that
+    /// claimed nothing sleeps this long (at most its poll interval), so a retry is sent at
+    /// its due time, not up to a poll interval later (SPEC §5.2). Deliveries already due
+    /// but not claimable (behind an ordered head, through a stopped group) are left out:
+    /// waking for them would only spin.
+    pub async fn deliveries_next_due(&self, port_id: i64) -> Result<Option<std::time::Duration>> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM min(not_before) - now())::float8 FROM deliveries
+              WHERE port_id = $1 AND state = 'ready' AND not_before > now()",
+        )
+        .bind(port_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
+    }
+
     /// Completes deliveries the endpoint confirmed: deletes them, and their message when
     /// nothing else references it, in one statement. Returns the ids completed; a
     /// delivery whose claim no longer matches (reclaimed meanwhile) is left alone.

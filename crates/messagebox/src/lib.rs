@@ -84,6 +84,20 @@ pub const CONFIG_CHANNEL: &str = "mbx_config";
 /// At most one publish notification per publisher per this period (SPEC §3 item 5).
 pub const NOTIFY_COALESCE_MS: u64 = 10;
 
+/// Where a database's schema stands against this binary's migrations
+/// ([`MessageBox::schema_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaState {
+    /// No MessageBox yet (`mbx init` creates it).
+    Missing,
+    /// Some of this binary's migrations are not applied yet.
+    Behind,
+    /// Exactly this binary's migrations.
+    Current,
+    /// A migration this binary does not know (a newer mbx migrated it).
+    Newer(i64),
+}
+
 /// A handle on one MessageBox (one group): a connection pool and the cached routing table.
 #[derive(Clone)]
 pub struct MessageBox {
@@ -176,29 +190,46 @@ impl MessageBox {
         })
     }
 
-    /// Fails with a clear error when the schema is missing or newer than this binary.
-    pub async fn check_schema(&self) -> Result<()> {
+    /// Where the database's schema stands against this binary's migrations.
+    pub async fn schema_state(&self) -> Result<SchemaState> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Ok(SchemaState::Missing);
+        }
         let applied: Vec<i64> = sqlx::query_scalar(
             "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
         )
         .fetch_all(&self.pool)
-        .await
-        .map_err(|_| {
-            Error::Refused("this database has no MessageBox yet; run `mbx init` first".to_owned())
-        })?;
+        .await?;
         let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
         if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
-            return Err(Error::Refused(format!(
-                "the MessageBox has migration {v}, newer than this binary knows; upgrade mbx"
-            )));
+            return Ok(SchemaState::Newer(*v));
         }
-        if applied.len() < known.len() {
-            return Err(Error::Refused(
+        Ok(if applied.len() < known.len() {
+            SchemaState::Behind
+        } else {
+            SchemaState::Current
+        })
+    }
+
+    /// Fails with a clear error when the schema is missing, older or newer than this
+    /// binary.
+    pub async fn check_schema(&self) -> Result<()> {
+        match self.schema_state().await? {
+            SchemaState::Current => Ok(()),
+            SchemaState::Missing => Err(Error::Refused(
+                "this database has no MessageBox yet; run `mbx init` first".to_owned(),
+            )),
+            SchemaState::Behind => Err(Error::Refused(
                 "the MessageBox schema is older than this binary; run `mbx init` to migrate it"
                     .to_owned(),
-            ));
+            )),
+            SchemaState::Newer(v) => Err(Error::Refused(format!(
+                "the MessageBox has migration {v}, newer than this binary knows; upgrade mbx"
+            ))),
         }
-        Ok(())
     }
 
     /// Takes the routing lock in shared mode and returns the routing table current for

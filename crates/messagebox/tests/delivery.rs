@@ -305,6 +305,54 @@ async fn a_retryable_failure_is_retried_after_the_interval(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn next_due_is_the_earliest_future_retry_of_the_port(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    let mut sp = spec("p", Some(EU)).with_state(mbx_messagebox::config::InitialState::Started);
+    sp.retry_count = 2;
+    sp.retry_interval_s = 60;
+    let id = create(&mbx, sp).await;
+    let mut other = spec("q", Some(EU)).with_state(mbx_messagebox::config::InitialState::Started);
+    other.retry_count = 2;
+    other.retry_interval_s = 5;
+    let other = create(&mbx, other).await;
+    assert_eq!(
+        mbx.deliveries_next_due(id).await.unwrap(),
+        None,
+        "no deliveries"
+    );
+    publish_n(&mbx, 2).await;
+    assert_eq!(
+        mbx.deliveries_next_due(id).await.unwrap(),
+        None,
+        "deliveries already due are for the claim, not for a wake-up"
+    );
+    let i = instance(&mbx).await;
+    let c = claim_n(&mbx, i, id, 1).await;
+    assert_eq!(mbx.deliveries_next_due(id).await.unwrap(), None, "claimed");
+    mbx.deliveries_fail(i, &[failure(&c[0], "503", true)])
+        .await
+        .unwrap();
+    // the other port's sooner retry is not this port's
+    let q = claim_n(&mbx, i, other, 1).await;
+    mbx.deliveries_fail(i, &[failure(&q[0], "503", true)])
+        .await
+        .unwrap();
+    let due = mbx.deliveries_next_due(id).await.unwrap().expect("a retry");
+    assert!(
+        (55.0..=60.0).contains(&due.as_secs_f64()),
+        "the retry is due in {due:?}"
+    );
+    let due = mbx
+        .deliveries_next_due(other)
+        .await
+        .unwrap()
+        .expect("a retry");
+    assert!((0.0..=5.0).contains(&due.as_secs_f64()), "{due:?}");
+    make_due(&pool).await;
+    assert_eq!(mbx.deliveries_next_due(id).await.unwrap(), None, "due now");
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn exponential_backoff_doubles_the_retry_interval(pool: PgPool) {
     let mbx = mbx(pool.clone()).await;
     let mut sp = spec("p", Some(EU)).with_state(mbx_messagebox::config::InitialState::Started);
