@@ -8,12 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::Router;
+use mbx_e2e::sink::{start_sink, Request, Sink};
 use mbx_e2e::{
     database_url, eventually, messagebox, start_host, wait_for, wait_for_alive, FAST_HOST,
 };
@@ -408,64 +406,6 @@ async fn the_owner_is_killed_and_another_instance_takes_over_in_order(pool: PgPo
         Some(victim_id),
         "the killed instance still holds the lease"
     );
-}
-
-/// One request as the endpoint saw it.
-#[derive(Debug, Clone)]
-struct Request {
-    body: String,
-    sequence: Option<i64>,
-    epoch: Option<i64>,
-    arrived: Instant,
-    answered: Instant,
-}
-
-#[derive(Default)]
-struct Sink {
-    requests: Mutex<Vec<Request>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-}
-
-/// The endpoint: records every request with its `mbx-sequence` / `mbx-epoch` headers,
-/// takes ~5 ms, answers 200; counts requests in progress at once.
-async fn start_sink() -> (u16, Arc<Sink>) {
-    let sink = Arc::new(Sink::default());
-    let s = sink.clone();
-    let app = Router::new().route(
-        "/sink",
-        post(move |headers: HeaderMap, body: String| {
-            let s = s.clone();
-            async move {
-                let arrived = Instant::now();
-                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                let number = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i64>().ok())
-                };
-                let (sequence, epoch) = (number("mbx-sequence"), number("mbx-epoch"));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                s.in_flight.fetch_sub(1, Ordering::SeqCst);
-                s.requests.lock().expect("sink lock").push(Request {
-                    body,
-                    sequence,
-                    epoch,
-                    arrived,
-                    answered: Instant::now(),
-                });
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sink");
-    let port = listener.local_addr().expect("sink addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("sink serve") });
-    (port, sink)
 }
 
 /// A started ordered HTTP port `name` (filter `exists(Seq.N)`) sending to a new sink.

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
+pub mod fault_proxy;
+pub mod pg_cluster;
+pub mod sink;
+
 /// Where the workspace's binaries are: next to the test executable's `deps/` folder.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -166,11 +170,21 @@ pub fn start_host_with_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Re
             .envs(env.iter().copied())
             .env("MBX_DATABASE_URL", url)
             .env("MBX_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(host_logs())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn mbx-host"),
     )
+}
+
+/// Where hosts log (`tracing` writes to stdout): nowhere, unless `MBX_TEST_HOST_LOGS` is
+/// set, then to the test's output (with `--no-capture`), to see what a host did.
+fn host_logs() -> Stdio {
+    if std::env::var_os("MBX_TEST_HOST_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 /// Polls `cond` every 50 ms until it holds; panics naming `what` once `deadline` passed.

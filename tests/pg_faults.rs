@@ -1,0 +1,485 @@
+//! PostgreSQL itself fails under load (SPEC §9, issue 6), through real `mbx-host`
+//! processes:
+//! - T4: the server is restarted (`pg_ctl stop -m fast`, then `-m immediate`, a crash) on
+//!   a private cluster while files flow: no host exits, the hosts report not-ready while it
+//!   is down and ready again after, nothing is lost, and the flow is back within 30 s.
+//! - T6: the owner of an ordered port loses its connection to PostgreSQL (blackholed by the
+//!   fault proxy) for longer than the lease TTL: it stops sending before its lease can
+//!   expire, another instance takes over only after the TTL, the two never overlap, and
+//!   nothing is lost or reordered.
+//! - T7: every connection to PostgreSQL is reset, and every reconnect refused, for 5 s:
+//!   the hosts reconnect at a bounded rate and the flow recovers within 10 s.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mbx_e2e::fault_proxy::{FaultProxy, Mode};
+use mbx_e2e::pg_cluster::PgCluster;
+use mbx_e2e::sink::start_sink;
+use mbx_e2e::{
+    bodies_in, database_url, file_route, files_in, free_port, messagebox, server_url, start_host,
+    wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
+};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::{Context, MessageBox, Value};
+use sqlx::PgPool;
+
+/// The lease TTL (SPEC §5.3).
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// `--ordered-commit-batch` (default): a takeover re-sends at most that many messages.
+const COMMIT_BATCH: usize = 32;
+
+/// Writes `<order><id>N</id></order>` files into a folder at a steady pace on its own
+/// thread until stopped; counts what it wrote.
+struct Writer {
+    written: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// `per_tick` files every 50 ms into `inbox`.
+    fn start(inbox: &Path, per_tick: usize) -> Writer {
+        let (written, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (w, s, inbox) = (written.clone(), stop.clone(), inbox.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                for _ in 0..per_tick {
+                    let i = w.load(Ordering::SeqCst);
+                    let tmp = inbox.join(format!(".o-{i:06}.tmp"));
+                    std::fs::write(&tmp, format!("<order><id>{i}</id></order>")).expect("write");
+                    std::fs::rename(&tmp, inbox.join(format!("o-{i:06}.xml"))).expect("rename");
+                    w.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Writer {
+            written,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn written(&self) -> usize {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Stops writing; returns how many files were written.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+        self.written()
+    }
+}
+
+/// The checker for a FILE → FILE run of `written` orders: lost must be 0; returns the
+/// number of duplicate deliveries (a file re-received after a publish whose answer was
+/// lost).
+fn check_files(outbox: &Path, written: usize) -> usize {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for body in bodies_in(outbox, "xml") {
+        *seen.entry(body).or_default() += 1;
+    }
+    let lost: Vec<usize> = (0..written)
+        .filter(|i| !seen.contains_key(&format!("<order><id>{i}</id></order>")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} of {written}: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(seen.len(), written, "unexpected bodies in the outbox");
+    seen.values().map(|n| n - 1).sum()
+}
+
+fn assert_running(hosts: &mut [Reaped]) {
+    for h in hosts {
+        assert!(
+            h.0.try_wait().expect("try_wait").is_none(),
+            "a host exited on a database fault"
+        );
+    }
+}
+
+/// `/readyz` of a host's admin listener: its HTTP status, 0 when it does not answer.
+async fn readyz(admin: u16) -> u16 {
+    let client = reqwest::Client::new();
+    match client
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+fn host_args(admin: u16) -> Vec<String> {
+    vec![
+        "--poll-interval".into(),
+        "200ms".into(),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+    ]
+}
+
+fn start(url: &str, args: &[String]) -> Reaped {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_host(url, &args)
+}
+
+/// T4 on a private cluster: two hosts run a FILE → FILE flow while PostgreSQL is stopped
+/// with `mode` for a few seconds and started again.
+async fn restart_under_load(mode: &str) {
+    let cluster = PgCluster::start();
+    let url = cluster.url("postgres");
+    let pool = PgPool::connect(&url)
+        .await
+        .expect("connect the private cluster");
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let FileRoute { inbox, outbox } = file_route(
+        &mbx,
+        dir.path(),
+        "xml",
+        "xml",
+        "/order/id",
+        "%MessageID%.xml",
+    )
+    .await;
+    let admin = free_port();
+    let mut hosts = vec![
+        start(&url, &host_args(admin)),
+        start(&url, &host_args(free_port())),
+    ];
+    wait_for_alive(&mbx, 2).await;
+    let writer = Writer::start(&inbox, 10);
+    wait_for("200 files delivered", Duration::from_secs(60), || async {
+        files_in(&outbox, "xml").len() >= 200
+    })
+    .await;
+    pool.close().await;
+
+    cluster.stop(mode);
+    // the fault lasts until the hosts noticed it: not ready while the MessageBox is down
+    wait_for(
+        "/readyz to answer 503 while PostgreSQL is down",
+        Duration::from_secs(30),
+        || async { readyz(admin).await == 503 },
+    )
+    .await;
+    assert_running(&mut hosts);
+    cluster.start_again();
+    let restarted = Instant::now();
+    let written_at_restart = writer.written();
+    wait_for(
+        "/readyz to answer 200 after the restart",
+        Duration::from_secs(30),
+        || async { readyz(admin).await == 200 },
+    )
+    .await;
+    // the flow is back within 30 s: everything written before the restart (the backlog of
+    // the outage included) is delivered within 30 s of it
+    let back = mbx_e2e::eventually(Duration::from_secs(30), || async {
+        files_in(&outbox, "xml").len() >= written_at_restart
+    })
+    .await;
+    if !back {
+        let pool = PgPool::connect(&url).await.expect("reconnect");
+        let mbx = MessageBox::from_pool(pool);
+        let stats = mbx.stats().await;
+        eprintln!("instances: {:?}", mbx.instance_list().await);
+        panic!(
+            "{mode}: 30 s after the restart {} of {written_at_restart} files are delivered, \
+             {} wait in the inbox; {stats:?}",
+            files_in(&outbox, "xml").len(),
+            files_in(&inbox, "xml").len()
+        );
+    }
+    eprintln!(
+        "{mode}: {written_at_restart} files delivered {:?} after the restart",
+        restarted.elapsed()
+    );
+    let written = writer.stop();
+    wait_for(
+        "every file delivered and the inbox empty",
+        Duration::from_secs(120),
+        || async {
+            files_in(&outbox, "xml").len() >= written && files_in(&inbox, "xml").is_empty()
+        },
+    )
+    .await;
+    assert_running(&mut hosts);
+    let duplicates = check_files(&outbox, written);
+    eprintln!("{mode}: {written} files, lost 0, {duplicates} duplicates");
+    // a duplicate is a FILE batch re-received after its publish's answer was lost: at most
+    // one batch per host per restart
+    assert!(duplicates <= 2 * 100, "{duplicates} duplicates");
+    let pool = PgPool::connect(&url).await.expect("reconnect");
+    let mbx = MessageBox::from_pool(pool);
+    mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t4_postgres_restarted_fast_under_load_loses_nothing() {
+    restart_under_load("fast").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t4_postgres_crashed_immediate_under_load_loses_nothing() {
+    restart_under_load("immediate").await;
+}
+
+/// The shared server's address, for the fault proxy.
+fn server_addr() -> SocketAddr {
+    let url = server_url();
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let hostport = authority.rsplit('@').next().unwrap_or(authority);
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    };
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().expect("DATABASE_URL names host:port")
+}
+
+async fn lease_holder_pid(pool: &PgPool, port: &str) -> Option<(i32, i64)> {
+    sqlx::query_as(
+        "SELECT i.pid, l.epoch
+           FROM leases l
+           JOIN send_ports p ON p.id = l.port_id
+           JOIN host_instances i ON i.id = l.holder
+          WHERE p.name = $1 AND l.expires_at > now()",
+    )
+    .bind(port)
+    .fetch_optional(pool)
+    .await
+    .expect("lease holder")
+}
+
+fn numbered(n: usize) -> NewMessage {
+    let mut ctx = Context::new();
+    ctx.promote("Seq.N", Value::Integer(n as i64))
+        .expect("promote");
+    NewMessage::new(format!("message {n}"), "text/plain", ctx)
+}
+
+async fn publish_numbered(mbx: &MessageBox, range: std::ops::Range<usize>) {
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(50) {
+        mbx.publish(
+            &Publisher::default(),
+            chunk.iter().map(|&n| numbered(n)).collect(),
+        )
+        .await
+        .expect("publish");
+    }
+}
+
+const BLACKHOLE_MESSAGES: usize = 1500;
+
+/// T6: host A reaches PostgreSQL through the fault proxy and owns an ordered HTTP port;
+/// host B connects directly. A's connections are blackholed for longer than the TTL.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let (sink_port, sink) = start_sink().await;
+    let mut spec = SendPortSpec::new("ordered", &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    mbx.send_port_create(&spec).await.expect("ordered port");
+    let url = database_url(&pool);
+    let proxy = FaultProxy::start(server_addr()).await;
+    let a = start_host(&proxy.url_for(&url), FAST_HOST);
+    wait_for(
+        "host A to own the port",
+        Duration::from_secs(30),
+        || async {
+            lease_holder_pid(&pool, "ordered")
+                .await
+                .is_some_and(|(pid, _)| pid == a.pid() as i32)
+        },
+    )
+    .await;
+    let b = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 2).await;
+    publish_numbered(&mbx, 0..BLACKHOLE_MESSAGES).await;
+    wait_for(
+        "50 requests at the endpoint",
+        Duration::from_secs(30),
+        || async { sink.requests.lock().expect("sink lock").len() >= 50 },
+    )
+    .await;
+    let (_, old_epoch) = lease_holder_pid(&pool, "ordered")
+        .await
+        .expect("A still owns the port");
+
+    proxy.set(Mode::Blackhole);
+    let cut = Instant::now();
+    wait_for(
+        "B to send with a newer epoch",
+        LEASE_TTL + Duration::from_secs(20),
+        || async {
+            sink.requests
+                .lock()
+                .expect("sink lock")
+                .iter()
+                .any(|r| r.epoch.is_some_and(|e| e > old_epoch))
+        },
+    )
+    .await;
+    let requests = sink.by_arrival();
+    let takeover = requests
+        .iter()
+        .find(|r| r.epoch.is_some_and(|e| e > old_epoch))
+        .expect("takeover request");
+    let last_old = requests
+        .iter()
+        .filter(|r| r.epoch == Some(old_epoch))
+        .map(|r| r.answered)
+        .max()
+        .expect("A sent before the cut");
+    // A renewed at most TTL/3 before the cut, so its lease ran at least 2/3 TTL past it
+    let after_cut = takeover.arrived.duration_since(cut);
+    assert!(
+        after_cut >= LEASE_TTL * 2 / 3 - Duration::from_millis(500),
+        "B took over {after_cut:?} after the cut: before A's lease could expire"
+    );
+    assert!(
+        last_old < cut + LEASE_TTL,
+        "A was still sending {:?} after the cut, past its lease",
+        last_old.duration_since(cut)
+    );
+    assert!(
+        last_old <= takeover.arrived,
+        "A's last send ended {:?} after B's first began: the owners overlapped",
+        last_old.duration_since(takeover.arrived)
+    );
+    eprintln!(
+        "A stopped {:?} after the cut; B took over {after_cut:?} after it",
+        last_old.saturating_duration_since(cut)
+    );
+
+    // heal: A's held statements reach PostgreSQL late and are fenced; it keeps running
+    proxy.set(Mode::Pass);
+    wait_for(
+        "every message delivered",
+        Duration::from_secs(120),
+        || async { sink.distinct() >= BLACKHOLE_MESSAGES },
+    )
+    .await;
+    mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+    let mut hosts = [a, b];
+    assert_running(&mut hosts);
+    let requests = sink.by_arrival();
+    let stale = requests
+        .iter()
+        .filter(|r| r.arrived > takeover.arrived && r.epoch == Some(old_epoch))
+        .count();
+    assert_eq!(stale, 0, "A sent {stale} messages after the takeover");
+    let mut first = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &requests {
+        if seen.insert(r.body.clone()) {
+            first.push(r.body.clone());
+        }
+    }
+    let expected: Vec<String> = (0..BLACKHOLE_MESSAGES)
+        .map(|n| format!("message {n}"))
+        .collect();
+    assert_eq!(
+        first, expected,
+        "lost = 0, unexpected = 0, first arrivals in publication order"
+    );
+    let duplicates = requests.len() - BLACKHOLE_MESSAGES;
+    assert!(
+        duplicates <= COMMIT_BATCH,
+        "{duplicates} duplicates (at most the uncommitted batch)"
+    );
+    assert_eq!(
+        sink.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "two sends of the ordered port were in progress at once"
+    );
+}
+
+/// T7: two hosts reach PostgreSQL through the fault proxy; for 5 s it resets every open
+/// connection and every new one.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn t7_a_connection_reset_storm_recovers_within_10s(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let FileRoute { inbox, outbox } = file_route(
+        &mbx,
+        dir.path(),
+        "xml",
+        "xml",
+        "/order/id",
+        "%MessageID%.xml",
+    )
+    .await;
+    let proxy = FaultProxy::start(server_addr()).await;
+    let url = proxy.url_for(&database_url(&pool));
+    let mut hosts = vec![start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    wait_for_alive(&mbx, 2).await;
+    let writer = Writer::start(&inbox, 5);
+    wait_for("100 files delivered", Duration::from_secs(60), || async {
+        files_in(&outbox, "xml").len() >= 100
+    })
+    .await;
+
+    const STORM: Duration = Duration::from_secs(5);
+    let before = proxy.accepted();
+    proxy.set(Mode::Reset);
+    tokio::time::sleep(STORM).await; // the fault's duration, not a synchronisation
+    let reconnects = proxy.accepted() - before;
+    proxy.set(Mode::Pass);
+    let healed = Instant::now();
+    let written_at_heal = writer.written();
+    let rate = reconnects as f64 / STORM.as_secs_f64();
+    eprintln!("{reconnects} connection attempts in the {STORM:?} storm ({rate:.1}/s)");
+    assert!(
+        reconnects >= 2,
+        "the hosts kept trying to reconnect during the storm: {reconnects}"
+    );
+    // bounded: backoff, not a busy loop (2 hosts)
+    assert!(
+        rate <= 2.0 * 25.0,
+        "{rate:.1} reconnects/s during the storm: reconnects are not backed off"
+    );
+    wait_for(
+        "everything written before the heal delivered within 10 s",
+        Duration::from_secs(10),
+        || async { files_in(&outbox, "xml").len() >= written_at_heal },
+    )
+    .await;
+    eprintln!("recovered {:?} after the storm", healed.elapsed());
+    let written = writer.stop();
+    wait_for(
+        "every file delivered and the inbox empty",
+        Duration::from_secs(60),
+        || async {
+            files_in(&outbox, "xml").len() >= written && files_in(&inbox, "xml").is_empty()
+        },
+    )
+    .await;
+    assert_running(&mut hosts);
+    let duplicates = check_files(&outbox, written);
+    assert!(duplicates <= 2 * 100, "{duplicates} duplicates");
+    mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+}

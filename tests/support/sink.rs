@@ -1,0 +1,84 @@
+//! An HTTP endpoint for ordered-delivery tests: records every request with its
+//! `mbx-sequence` / `mbx-epoch` headers and arrival/answer times, takes ~5 ms, answers
+//! 200, and counts requests in progress at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+
+use crate::serve_on_loopback;
+
+/// One request as the endpoint saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub body: String,
+    pub sequence: Option<i64>,
+    pub epoch: Option<i64>,
+    pub arrived: Instant,
+    pub answered: Instant,
+}
+
+/// What the endpoint has seen.
+#[derive(Default)]
+pub struct Sink {
+    pub requests: Mutex<Vec<Request>>,
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+}
+
+impl Sink {
+    /// The requests so far, in order of arrival.
+    pub fn by_arrival(&self) -> Vec<Request> {
+        let mut r = self.requests.lock().expect("sink lock").clone();
+        r.sort_by_key(|r| r.arrived);
+        r
+    }
+
+    /// How many distinct bodies arrived.
+    pub fn distinct(&self) -> usize {
+        let r = self.requests.lock().expect("sink lock");
+        r.iter()
+            .map(|r| &r.body)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+}
+
+/// Serves the endpoint at `http://127.0.0.1:<port>/sink`; returns the port.
+pub async fn start_sink() -> (u16, Arc<Sink>) {
+    let sink = Arc::new(Sink::default());
+    let s = sink.clone();
+    let app = Router::new().route(
+        "/sink",
+        post(move |headers: HeaderMap, body: String| {
+            let s = s.clone();
+            async move {
+                let arrived = Instant::now();
+                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let number = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i64>().ok())
+                };
+                let (sequence, epoch) = (number("mbx-sequence"), number("mbx-epoch"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                s.requests.lock().expect("sink lock").push(Request {
+                    body,
+                    sequence,
+                    epoch,
+                    arrived,
+                    answered: Instant::now(),
+                });
+                "ok"
+            }
+        }),
+    );
+    (serve_on_loopback(app).await, sink)
+}
