@@ -84,8 +84,7 @@ fn main() -> ExitCode {
                     .downcast_ref::<mbx_messagebox::Error>()
                     .is_some_and(|e| e.is_bad_input());
             // one line: the outermost context and its causes
-            let msg: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-            eprintln!("error: {}", msg.join(": "));
+            eprintln!("error: {}", mbx_messagebox::one_line(&*err));
             if bad_input {
                 ExitCode::from(2)
             } else {

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // the whole chain on one line ("context: cause: cause")
-            let line = format!("{e:#}").replace('\n', " ");
+            let line = mbx_messagebox::one_line(&*e);
             error!(error = %line, "mbx-host stopped");
             eprintln!("error: {line}");
             ExitCode::FAILURE

@@ -95,3 +95,43 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line ("context: cause: cause"), each cause left out
+/// when the message before already says it (our errors and sqlx's repeat their source in
+/// their own message), newlines flattened: what the binaries print on failure.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = e.source();
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bad certificate\nfor localhost")]
+    struct Inner;
+
+    #[test]
+    fn causes_already_said_are_left_out_and_lines_joined() {
+        assert_eq!(
+            one_line(&Outer(Inner)),
+            "database error: bad certificate for localhost"
+        );
+    }
+}

@@ -28,7 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub use context::{Context, ContextProperty};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 pub use routing::{RouteTarget, RoutingTable};
 pub use value::{PropertyType, Value};
 
