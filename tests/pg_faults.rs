@@ -10,19 +10,17 @@
 //! - T7: every connection to PostgreSQL is reset, and every reconnect refused, for 5 s:
 //!   the hosts reconnect at a bounded rate and the flow recovers within 10 s.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
+use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::sink::start_sink;
 use mbx_e2e::{
-    bodies_in, database_url, file_route, files_in, free_port, messagebox, server_url, start_host,
-    wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
+    database_url, file_route, files_in, free_port, messagebox, server_url, start_host, wait_for,
+    wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
@@ -33,84 +31,6 @@ use sqlx::PgPool;
 const LEASE_TTL: Duration = Duration::from_secs(10);
 /// `--ordered-commit-batch` (default): a takeover re-sends at most that many messages.
 const COMMIT_BATCH: usize = 32;
-
-/// Writes `<order><id>N</id></order>` files into a folder at a steady pace on its own
-/// thread until stopped; counts what it wrote.
-struct Writer {
-    written: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    /// `per_tick` files every 50 ms into `inbox`.
-    fn start(inbox: &Path, per_tick: usize) -> Writer {
-        let (written, stop) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (w, s, inbox) = (written.clone(), stop.clone(), inbox.to_path_buf());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                for _ in 0..per_tick {
-                    let i = w.load(Ordering::SeqCst);
-                    let tmp = inbox.join(format!(".o-{i:06}.tmp"));
-                    std::fs::write(&tmp, format!("<order><id>{i}</id></order>")).expect("write");
-                    std::fs::rename(&tmp, inbox.join(format!("o-{i:06}.xml"))).expect("rename");
-                    w.fetch_add(1, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Writer {
-            written,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn written(&self) -> usize {
-        self.written.load(Ordering::SeqCst)
-    }
-
-    /// Stops writing; returns how many files were written.
-    fn stop(mut self) -> usize {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("writer thread");
-        }
-        self.written()
-    }
-}
-
-/// The checker for a FILE → FILE run of `written` orders: lost must be 0; returns the
-/// number of duplicate deliveries (a file re-received after a publish whose answer was
-/// lost).
-fn check_files(outbox: &Path, written: usize) -> usize {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for body in bodies_in(outbox, "xml") {
-        *seen.entry(body).or_default() += 1;
-    }
-    let lost: Vec<usize> = (0..written)
-        .filter(|i| !seen.contains_key(&format!("<order><id>{i}</id></order>")))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "lost {} of {written}: {lost:?}",
-        lost.len()
-    );
-    assert_eq!(seen.len(), written, "unexpected bodies in the outbox");
-    seen.values().map(|n| n - 1).sum()
-}
-
-fn assert_running(hosts: &mut [Reaped]) {
-    for h in hosts {
-        assert!(
-            h.0.try_wait().expect("try_wait").is_none(),
-            "a host exited on a database fault"
-        );
-    }
-}
 
 /// `/readyz` of a host's admin listener: its HTTP status, 0 when it does not answer.
 async fn readyz(admin: u16) -> u16 {

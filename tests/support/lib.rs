@@ -11,6 +11,7 @@ use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
 pub mod fault_proxy;
+pub mod load;
 pub mod pg_cluster;
 pub mod sink;
 
