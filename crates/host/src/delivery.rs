@@ -196,57 +196,21 @@ async fn send_all(
     let mut by_adapter: HashMap<&'static str, (Arc<dyn SendAdapter>, Vec<OutboundMessage>)> =
         HashMap::new();
     for d in batch {
-        let address = match resolve_address(port, d) {
-            Ok(a) => a,
-            Err(e) => {
-                outcomes.insert(d.delivery_id, Outcome::failed(e, false));
-                continue;
+        match outbound(shared, port, d).await {
+            Ok((adapter, message)) => by_adapter
+                .entry(adapter.name())
+                .or_insert_with(|| (adapter.clone(), Vec::new()))
+                .1
+                .push(message),
+            Err(outcome) => {
+                outcomes.insert(d.delivery_id, outcome);
             }
-        };
-        let adapter = match shared.registry.send_adapter(&address) {
-            Ok(a) => a,
-            Err(e) => {
-                outcomes.insert(d.delivery_id, Outcome::failed(e, false));
-                continue;
-            }
-        };
-        let body = match &d.body {
-            Some(b) => b.clone(),
-            None => match shared.mbx.message_body(d.message_id).await {
-                Ok(b) => b,
-                Err(e) => {
-                    outcomes.insert(
-                        d.delivery_id,
-                        Outcome::failed(format!("reading the body: {e}"), true),
-                    );
-                    continue;
-                }
-            },
-        };
-        let mut settings = port.settings.0.clone();
-        if port.ordered && address.starts_with("http") && !settings.contains_key("timeout") {
-            settings.insert("timeout".to_owned(), format!("{ORDERED_SEND_TIMEOUT_MS}ms"));
         }
-        let message = OutboundMessage {
-            delivery_id: d.delivery_id,
-            message_id: d.message_id,
-            port_name: port.name.clone(),
-            address,
-            settings,
-            body,
-            content_type: d.content_type.clone(),
-            context: adapter_context(d),
-        };
-        by_adapter
-            .entry(adapter.name())
-            .or_insert_with(|| (adapter.clone(), Vec::new()))
-            .1
-            .push(message);
     }
-    let expected: usize = by_adapter.values().map(|(_, v)| v.len()).sum();
-    let (tx, mut rx) = mpsc::channel(expected.max(1));
     // what each adapter was handed, with the panic of its `send` call if it panicked
     let mut handed: Vec<(Vec<i64>, Option<String>)> = Vec::with_capacity(by_adapter.len());
+    let expected: usize = by_adapter.values().map(|(_, v)| v.len()).sum();
+    let (tx, mut rx) = mpsc::channel(expected.max(1));
     for (_, (adapter, messages)) in by_adapter {
         let ids = messages.iter().map(|m| m.delivery_id).collect();
         handed.push((ids, send_guarded(adapter.as_ref(), messages, tx.clone())));
@@ -261,28 +225,99 @@ async fn send_all(
         }
         outcomes.insert(report.delivery_id, report.outcome);
     }
-    // a message handed over without an outcome is poison: its adapter panicked (in `send`,
-    // caught above with its message, or on a task it spawned, whose panic only the log
-    // shows). Sending it again would most likely panic again, so it is not retried.
+    // A message handed over without an outcome: its adapter panicked (in `send`, caught
+    // above with its message, or on a task it spawned, whose panic only the log shows).
+    // One such message is the poison. Of several, the panic may have been one message's
+    // only (a batch handled on one task stops at the message that panics): each is sent
+    // again on its own, and only one that panics alone is the poison. Poison is not
+    // retried: sending it again would most likely panic again.
     for (ids, panicked) in handed {
         let missing: Vec<i64> = ids
             .into_iter()
             .filter(|id| !outcomes.contains_key(id))
             .collect();
-        if missing.is_empty() {
+        if missing.len() == 1 {
+            outcomes.insert(missing[0], poison(port, panicked));
             continue;
         }
-        let reason = match panicked {
-            Some(message) => format!("send adapter panicked: {message}"),
-            None => ADAPTER_LOST_OUTCOME.to_owned(),
-        };
-        error!(port = %port.name, messages = missing.len(), %reason,
-               "send adapter failed without outcomes; suspending the messages non-resumable");
         for id in missing {
-            outcomes.insert(id, Outcome::failed(&reason, false));
+            let Some(d) = batch.iter().find(|d| d.delivery_id == id) else {
+                continue;
+            };
+            let (outcome, checkpoint) = send_alone(shared, port, d).await;
+            if let Some(c) = checkpoint {
+                checkpoints.insert(id, c);
+            }
+            outcomes.insert(id, outcome);
         }
     }
     (outcomes, checkpoints)
+}
+
+/// The message for `d` and the adapter that sends it, or the outcome that stops it before
+/// (an address or adapter refused, a body that cannot be read).
+async fn outbound(
+    shared: &Shared,
+    port: &SendPort,
+    d: &ClaimedDelivery,
+) -> Result<(Arc<dyn SendAdapter>, OutboundMessage), Outcome> {
+    let address = resolve_address(port, d).map_err(|e| Outcome::failed(e, false))?;
+    let adapter = shared
+        .registry
+        .send_adapter(&address)
+        .map_err(|e| Outcome::failed(e, false))?;
+    let body = match &d.body {
+        Some(b) => b.clone(),
+        None => shared
+            .mbx
+            .message_body(d.message_id)
+            .await
+            .map_err(|e| Outcome::failed(format!("reading the body: {e}"), true))?,
+    };
+    let mut settings = port.settings.0.clone();
+    if port.ordered && address.starts_with("http") && !settings.contains_key("timeout") {
+        settings.insert("timeout".to_owned(), format!("{ORDERED_SEND_TIMEOUT_MS}ms"));
+    }
+    let message = OutboundMessage {
+        delivery_id: d.delivery_id,
+        message_id: d.message_id,
+        port_name: port.name.clone(),
+        address,
+        settings,
+        body,
+        content_type: d.content_type.clone(),
+        context: adapter_context(d),
+    };
+    Ok((adapter, message))
+}
+
+/// Sends one message on its own (after its batch's adapter panicked): its outcome, or
+/// poison if the adapter panics again or reports nothing.
+async fn send_alone(
+    shared: &Shared,
+    port: &SendPort,
+    d: &ClaimedDelivery,
+) -> (Outcome, Option<String>) {
+    let (adapter, message) = match outbound(shared, port, d).await {
+        Ok(m) => m,
+        Err(outcome) => return (outcome, None),
+    };
+    let (tx, mut rx) = mpsc::channel(1);
+    let panicked = send_guarded(adapter.as_ref(), vec![message], tx);
+    match rx.recv().await {
+        Some(report) => (report.outcome, report.checkpoint),
+        None => (poison(port, panicked), None),
+    }
+}
+
+/// The outcome of a message its adapter panicked on: failed, not retryable.
+fn poison(port: &SendPort, panicked: Option<String>) -> Outcome {
+    let reason = match panicked {
+        Some(message) => format!("send adapter panicked: {message}"),
+        None => ADAPTER_LOST_OUTCOME.to_owned(),
+    };
+    error!(port = %port.name, %reason, "send adapter failed without an outcome; suspending the message non-resumable");
+    Outcome::failed(&reason, false)
 }
 
 /// The reason of a message whose adapter ended without reporting its outcome and without

@@ -312,3 +312,32 @@ async fn an_adapter_panic_on_an_ordered_port_suspends_the_message_and_the_order_
     assert_eq!(suspended_total(&mbx).await, 1, "only the poison message");
     host.stop_running_host().await;
 }
+
+/// A panic in `send` leaves the whole batch without outcomes, though only one message
+/// caused it: each is sent again on its own, the innocent ones are delivered and only the
+/// one that panics alone is poison.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_panic_in_send_poisons_only_the_message_that_panics_alone(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    port(&mbx, "d", "D.N", false).await;
+    // published before the host starts: one claim, one batch, one `send` call
+    publish(&mbx, "D.N", &["d-1", "d-poison-in-send", "d-2"]).await;
+    let host = Host::start(&pool);
+
+    let item = the_poison_item(&mbx, "send adapter panicked: poison pill in send").await;
+    assert_eq!(item.port.as_deref(), Some("d"));
+    assert!(!item.resumable, "{item:?}");
+    wait_for("the innocent messages of the batch", || async {
+        host.delivered_to("d").len() == 2
+    })
+    .await;
+    let mut d = host.delivered_to("d");
+    d.sort();
+    assert_eq!(d, ["d-1", "d-2"]);
+    wait_for("no delivery left claimed or pending", || async {
+        deliveries_left(&pool).await == 0
+    })
+    .await;
+    assert_eq!(suspended_total(&mbx).await, 1, "only the poison message");
+    host.stop_running_host().await;
+}
