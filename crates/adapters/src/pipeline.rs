@@ -425,8 +425,12 @@ impl XmlScan<'_, '_> {
                     if self.stack.is_empty() {
                         return Err(self.malformed("CDATA outside the root element", before));
                     }
-                    let text = String::from_utf8_lossy(&c).into_owned();
-                    self.on_text(&text)?;
+                    // text and attributes are decoded strictly by the reader; CDATA too
+                    let text = std::str::from_utf8(&c).map_err(|e| {
+                        let at = before + "<![CDATA[".len() as u64 + e.valid_up_to() as u64;
+                        self.malformed(format!("invalid UTF-8 in CDATA: {e}"), at)
+                    })?;
+                    self.on_text(text)?;
                 }
                 Event::Eof => {
                     if let Some(open) = self.stack.last() {

@@ -83,6 +83,7 @@ pub(crate) fn is_retryable_sqlx(e: &sqlx::Error) -> bool {
                     || c == "57P03"
                     || c == "40001"
                     || c == "40P01"
+                    || c == "55P03"
             })
             .unwrap_or(false),
         _ => false,

@@ -41,6 +41,15 @@ pub const DEFAULT_HOST: &str = "default";
 /// Statement timeout set on every connection: nothing waits forever.
 pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
+/// `lock_timeout` of every connection: a lock waited for longer fails the statement
+/// (SQLSTATE 55P03, retried as a transient error).
+pub const LOCK_TIMEOUT_MS: u64 = 10_000;
+
+/// `idle_in_transaction_session_timeout` of every connection: the server ends a session
+/// whose transaction stays idle this long (a host cut off mid-transaction), freeing its
+/// locks.
+pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 30_000;
+
 /// Tracking level (SPEC §7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -120,7 +129,16 @@ impl MessageBox {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::Invalid(format!("database url: {e}")))?;
-        let options = options.options([("statement_timeout", STATEMENT_TIMEOUT_MS.to_string())]);
+        // nothing hangs forever: a statement, a lock wait, or a transaction left idle by a
+        // client that vanished (its locks are freed by the server, not by TCP's keepalive)
+        let options = options.options([
+            ("statement_timeout", STATEMENT_TIMEOUT_MS.to_string()),
+            ("lock_timeout", LOCK_TIMEOUT_MS.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+            ),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))

@@ -14,7 +14,7 @@ use crate::filter::Filter;
 use crate::Context;
 
 /// Key of the transaction-level advisory lock that orders publishes and routing changes.
-pub(crate) const ROUTING_LOCK_KEY: i64 = 0x6d62_785f_726f_7574; // "mbx_rout"
+pub const ROUTING_LOCK_KEY: i64 = 0x6d62_785f_726f_7574; // "mbx_rout"
 
 /// One subscriber that a message reaches, with the paths that matched.
 #[derive(Debug, Clone, PartialEq, Eq)]

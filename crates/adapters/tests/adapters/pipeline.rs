@@ -190,3 +190,41 @@ fn pipeline_kinds_parse() {
     assert_eq!("xml".parse::<PipelineKind>().unwrap(), PipelineKind::Xml);
     assert!("csv".parse::<PipelineKind>().is_err());
 }
+
+/// T12: invalid UTF-8 in a value to promote is a malformed body (suspended non-resumable
+/// by the host), never a value with replacement characters.
+#[test]
+fn invalid_utf8_in_a_promoted_value_is_malformed() {
+    let json = pipeline(PipelineKind::Json, &["Order.Region=/region"]);
+    match json.run(b"{\"region\":\"E\xffU\"}") {
+        Err(PipelineError::Malformed { format, .. }) => assert_eq!(format, "json"),
+        other => panic!("json with invalid UTF-8: {other:?}"),
+    }
+    for (promotion, body) in [
+        (
+            "Order.Region=/Order/Region",
+            &b"<Order><Region>E\xffU</Region></Order>"[..],
+        ),
+        (
+            "Order.Region=/Order/Region",
+            &b"<Order><Region><![CDATA[E\xffU]]></Region></Order>"[..],
+        ),
+        (
+            "Order.Code=/Order/Region/@code",
+            &b"<Order><Region code=\"E\xffU\"/></Order>"[..],
+        ),
+    ] {
+        match pipeline(PipelineKind::Xml, &[promotion]).run(body) {
+            Err(PipelineError::Malformed {
+                format, message, ..
+            }) => {
+                assert_eq!(format, "xml");
+                assert!(
+                    message.to_lowercase().contains("utf"),
+                    "names the encoding problem: {message}"
+                );
+            }
+            other => panic!("xml with invalid UTF-8 {body:?}: {other:?}"),
+        }
+    }
+}
