@@ -19,11 +19,12 @@ use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::sink::start_sink;
 use mbx_e2e::{
-    database_url, file_route, files_in, free_port, messagebox, server_url, start_host, wait_for,
-    wait_for_alive, FileRoute, Reaped, FAST_HOST,
+    bodies_in, database_url, file_route, files_in, free_port, messagebox, server_url, start_host,
+    wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::{Context, MessageBox, Value};
 use sqlx::PgPool;
 
@@ -79,12 +80,38 @@ async fn restart_under_load(mode: &str) {
         "%MessageID%.xml",
     )
     .await;
-    let admin = free_port();
-    let mut hosts = vec![
-        start(&url, &host_args(admin)),
-        start(&url, &host_args(free_port())),
-    ];
+    // and HTTP → FILE: what was acknowledged (202) must arrive
+    let api_out = dir.path().join("api-out");
+    std::fs::create_dir_all(&api_out).expect("api-out");
+    mbx.receive_port_create("api", false)
+        .await
+        .expect("receive port");
+    mbx.receive_location_create(&ReceiveLocationSpec::new("api-in", "api", "http:///orders"))
+        .await
+        .expect("receive location");
+    mbx.receive_location_set_enabled("api-in", true)
+        .await
+        .expect("enable");
+    mbx.send_port_create(
+        &SendPortSpec::new(
+            "api-out",
+            &format!("file://{}/%MessageID%.txt", api_out.display()),
+        )
+        .with_filter("mbx.ReceivePortName == 'api'")
+        .with_state(InitialState::Started),
+    )
+    .await
+    .expect("send port");
+    let (admin, http) = (free_port(), free_port());
+    let mut first = host_args(admin);
+    first.extend(["--http-listen".to_owned(), format!("127.0.0.1:{http}")]);
+    let mut hosts = vec![start(&url, &first), start(&url, &host_args(free_port()))];
     wait_for_alive(&mbx, 2).await;
+    let client = reqwest::Client::new();
+    wait_for("an HTTP POST accepted", Duration::from_secs(30), || {
+        post_order(&client, http, "before")
+    })
+    .await;
     let writer = Writer::start(&inbox, 10);
     wait_for("200 files delivered", Duration::from_secs(60), || async {
         files_in(&outbox, "xml").len() >= 200
@@ -100,6 +127,19 @@ async fn restart_under_load(mode: &str) {
         || async { readyz(admin).await == 503 },
     )
     .await;
+    // never acknowledge what could not be committed: 503 + Retry-After, not 202
+    let during = client
+        .post(format!("http://127.0.0.1:{http}/orders"))
+        .body("during")
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("POST while PostgreSQL is down");
+    assert_eq!(during.status(), 503, "a POST while the MessageBox is down");
+    assert!(
+        during.headers().contains_key("retry-after"),
+        "503 says when to retry"
+    );
     assert_running(&mut hosts);
     cluster.start_again();
     let restarted = Instant::now();
@@ -132,6 +172,12 @@ async fn restart_under_load(mode: &str) {
         "{mode}: {written_at_restart} files delivered {:?} after the restart",
         restarted.elapsed()
     );
+    wait_for(
+        "an HTTP POST accepted after the restart",
+        Duration::from_secs(30),
+        || post_order(&client, http, "after"),
+    )
+    .await;
     let written = writer.stop();
     wait_for(
         "every file delivered and the inbox empty",
@@ -150,6 +196,24 @@ async fn restart_under_load(mode: &str) {
     let pool = PgPool::connect(&url).await.expect("reconnect");
     let mbx = MessageBox::from_pool(pool);
     mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+    let mut api = bodies_in(&api_out, "txt");
+    api.sort();
+    assert_eq!(
+        api,
+        ["after", "before"],
+        "what HTTP acknowledged, exactly once"
+    );
+}
+
+/// POSTs `body` to the HTTP receive location on `port`: whether it was acknowledged (202).
+async fn post_order(client: &reqwest::Client, port: u16, body: &str) -> bool {
+    client
+        .post(format!("http://127.0.0.1:{port}/orders"))
+        .body(body.to_owned())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 202)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +315,15 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
 
     proxy.set(Mode::Blackhole);
     let cut = Instant::now();
+    // A can no longer renew: its lease runs out at the expiry it last renewed to
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM l.expires_at - now())::float8
+           FROM leases l JOIN send_ports p ON p.id = l.port_id WHERE p.name = 'ordered'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("lease expiry");
+    let expiry = cut + Duration::from_secs_f64(left.max(0.0));
     wait_for(
         "B to send with a newer epoch",
         LEASE_TTL + Duration::from_secs(20),
@@ -274,16 +347,17 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
         .map(|r| r.answered)
         .max()
         .expect("A sent before the cut");
-    // A renewed at most TTL/3 before the cut, so its lease ran at least 2/3 TTL past it
+    // takeover only after the TTL: B's first send comes after A's lease expired
     let after_cut = takeover.arrived.duration_since(cut);
     assert!(
-        after_cut >= LEASE_TTL * 2 / 3 - Duration::from_millis(500),
-        "B took over {after_cut:?} after the cut: before A's lease could expire"
+        takeover.arrived + Duration::from_millis(100) >= expiry,
+        "B took over {after_cut:?} after the cut, {:?} before A's lease expired",
+        expiry.duration_since(takeover.arrived)
     );
     assert!(
-        last_old < cut + LEASE_TTL,
-        "A was still sending {:?} after the cut, past its lease",
-        last_old.duration_since(cut)
+        last_old < expiry,
+        "A was still sending {:?} after its lease expired",
+        last_old.duration_since(expiry)
     );
     assert!(
         last_old <= takeover.arrived,
