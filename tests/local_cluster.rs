@@ -7,12 +7,12 @@
 //! of this test build (`MBX_BIN_DIR`, `MBX_SKIP_BUILD=1`) and free ports.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mbx_e2e::{bin, Mbx, Run};
+use mbx_e2e::{bin, free_port, Mbx, Run};
 use serde_json::Value as Json;
 
 /// A local cluster under a temporary `MBX_HOME`; `down` runs when dropped, even when the
@@ -111,14 +111,6 @@ impl Drop for Cluster {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn accepting(port: u16) -> bool {

@@ -321,12 +321,23 @@ pub async fn file_route(
     route
 }
 
-/// A free TCP port on loopback (bound, read, released: for a process to bind next).
+/// A free TCP port on loopback for a process to bind next (bound, released).
+///
+/// Picked at random below Linux's ephemeral range (32768–60999): a port the kernel hands
+/// out for `bind(0)` is also what it hands out as the source port of outgoing connections,
+/// and the fault tests open many, so such a port may be taken again before the process
+/// binds it. Below the range only another test's pick can collide, and that is unlikely.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found between 20000 and 32000 on 127.0.0.1")
 }
 
 /// Serves `app` on a free loopback port for the rest of the test; returns the port.
