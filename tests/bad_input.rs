@@ -17,7 +17,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 use mbx_e2e::{
-    bin, database_url, eventually, file_route, files_in, free_port, messagebox, start_host,
+    bin, database_url, eventually, files_in, free_port, messagebox, order_route, start_host,
     wait_for, wait_for_alive, wait_for_empty_spool, FileRoute, Mbx, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
@@ -331,15 +331,7 @@ async fn a_file_over_max_message_size_is_moved_aside_with_a_reason_and_nothing_i
 async fn a_malformed_xml_body_is_suspended_with_the_parser_error_and_offset(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let FileRoute { inbox, outbox } = file_route(
-        &mbx,
-        dir.path(),
-        "xml",
-        "xml",
-        "/order/id",
-        "%MessageID%.xml",
-    )
-    .await;
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
     let _host = start_host(&database_url(&pool), FAST_HOST);
     wait_for_alive(&mbx, 1).await;
 

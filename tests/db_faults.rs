@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mbx_e2e::{
-    bodies_in, database_url, file_route, files_in, messagebox, server_url, start_host, wait_for,
+    bodies_in, database_url, files_in, messagebox, order_route, server_url, start_host, wait_for,
     wait_for_alive, FileRoute, FAST_HOST,
 };
 use sqlx::{Connection, PgPool};
@@ -20,15 +20,7 @@ const FILES: usize = 2000;
 async fn terminated_connections_mid_run_lose_nothing_and_leave_no_partial_state(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let FileRoute { inbox, outbox } = file_route(
-        &mbx,
-        dir.path(),
-        "xml",
-        "xml",
-        "/order/id",
-        "%MessageID%.xml",
-    )
-    .await;
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
     let url = database_url(&pool);
     let db: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&pool)

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mbx_e2e::{
-    database_url, file_route, files_in, messagebox, start_host, wait_for, wait_for_alive,
+    database_url, files_in, messagebox, order_route, start_host, wait_for, wait_for_alive,
     wait_for_empty_spool, FileRoute, FAST_HOST,
 };
 use sqlx::PgPool;
@@ -22,15 +22,7 @@ async fn files_flow_through_two_hosts_exactly_once(pool: PgPool) {
     wait_for_alive(&mbx, 2).await;
 
     // bindings created while the hosts run
-    let FileRoute { inbox, outbox } = file_route(
-        &mbx,
-        dir.path(),
-        "xml",
-        "xml",
-        "/order/id",
-        "%MessageID%.xml",
-    )
-    .await;
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
 
     let mut sent = BTreeSet::new();
     for i in 0..FILES {

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
 use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
-use mbx_e2e::sink::start_sink;
+use mbx_e2e::sink::{check_in_order, start_sink};
 use mbx_e2e::{
-    bodies_in, database_url, file_route, files_in, free_port, messagebox, server_url, start_host,
+    bodies_in, database_url, files_in, free_port, messagebox, order_route, server_url, start_host,
     wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
@@ -71,15 +71,7 @@ async fn restart_under_load(mode: &str) {
         .expect("connect the private cluster");
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let FileRoute { inbox, outbox } = file_route(
-        &mbx,
-        dir.path(),
-        "xml",
-        "xml",
-        "/order/id",
-        "%MessageID%.xml",
-    )
-    .await;
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
     // and HTTP → FILE: what was acknowledged (202) must arrive
     let api_out = dir.path().join("api-out");
     std::fs::create_dir_all(&api_out).expect("api-out");
@@ -386,21 +378,7 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
         .filter(|r| r.arrived > takeover.arrived && r.epoch == Some(old_epoch))
         .count();
     assert_eq!(stale, 0, "A sent {stale} messages after the takeover");
-    let mut first = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &requests {
-        if seen.insert(r.body.clone()) {
-            first.push(r.body.clone());
-        }
-    }
-    let expected: Vec<String> = (0..BLACKHOLE_MESSAGES)
-        .map(|n| format!("message {n}"))
-        .collect();
-    assert_eq!(
-        first, expected,
-        "lost = 0, unexpected = 0, first arrivals in publication order"
-    );
-    let duplicates = requests.len() - BLACKHOLE_MESSAGES;
+    let duplicates = check_in_order(&requests, BLACKHOLE_MESSAGES);
     assert!(
         duplicates <= COMMIT_BATCH,
         "{duplicates} duplicates (at most the uncommitted batch)"
@@ -418,15 +396,7 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
 async fn t7_a_connection_reset_storm_recovers_within_10s(pool: PgPool) {
     let mbx = messagebox(&pool).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let FileRoute { inbox, outbox } = file_route(
-        &mbx,
-        dir.path(),
-        "xml",
-        "xml",
-        "/order/id",
-        "%MessageID%.xml",
-    )
-    .await;
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
     let proxy = FaultProxy::start(server_addr()).await;
     let url = proxy.url_for(&database_url(&pool));
     let mut hosts = vec![start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];

@@ -321,6 +321,12 @@ pub async fn file_route(
     route
 }
 
+/// The orders route most tests use: [`file_route`] for `<order><id>N</id></order>` XML
+/// files, `Order.Id` promoted from `/order/id`, written out as `%MessageID%.xml`.
+pub async fn order_route(mbx: &MessageBox, dir: &Path) -> FileRoute {
+    file_route(mbx, dir, "xml", "xml", "/order/id", "%MessageID%.xml").await
+}
+
 /// A free TCP port on loopback for a process to bind next (bound, released).
 ///
 /// Picked at random below Linux's ephemeral range (32768–60999): a port the kernel hands

@@ -48,6 +48,25 @@ impl Sink {
     }
 }
 
+/// The checker of an ordered run of `published` messages "message 0" … "message N-1":
+/// nothing lost or unexpected, first arrivals in publication order. Returns the number of
+/// duplicate requests (re-sends after a takeover).
+pub fn check_in_order(requests: &[Request], published: usize) -> usize {
+    let mut first: Vec<&str> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in requests {
+        if seen.insert(r.body.as_str()) {
+            first.push(&r.body);
+        }
+    }
+    let expected: Vec<String> = (0..published).map(|n| format!("message {n}")).collect();
+    assert_eq!(
+        first, expected,
+        "lost = 0, unexpected = 0, first arrivals in publication order"
+    );
+    requests.len() - published
+}
+
 /// Serves the endpoint at `http://127.0.0.1:<port>/sink`; returns the port.
 pub async fn start_sink() -> (u16, Arc<Sink>) {
     let sink = Arc::new(Sink::default());
