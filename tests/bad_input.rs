@@ -367,11 +367,17 @@ async fn a_malformed_xml_body_is_suspended_with_the_parser_error_and_offset(pool
     assert_eq!(&body[..], bad.as_bytes());
 }
 
-/// `mbx-host` run until it exits by itself (within 60 s): its exit code and stderr.
+/// `mbx-host` run until it exits by itself (within 60 s): its exit code and stderr. An
+/// empty `url` leaves `MBX_DATABASE_URL` unset.
 async fn host_exit(url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(bin("mbx-host"))
+    let mut cmd = Command::new(bin("mbx-host"));
+    if url.is_empty() {
+        cmd.env_remove("MBX_DATABASE_URL");
+    } else {
+        cmd.env("MBX_DATABASE_URL", url);
+    }
+    let mut child = cmd
         .args(args)
-        .env("MBX_DATABASE_URL", url)
         .env("MBX_LOG", "warn")
         // what an operator sees, not a developer's backtrace
         .env_remove("RUST_BACKTRACE")
@@ -398,10 +404,12 @@ async fn host_exit(url: &str, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test]
 async fn mbx_host_with_a_bad_argument_exits_2_with_one_line_naming_it() {
     let url = "postgres://postgres@127.0.0.1:1/unused";
-    for (args, named) in [
-        (&["--poll-interval", "soon"][..], "--poll-interval"),
-        (&["--http-listen", "nowhere"][..], "--http-listen"),
-        (&["--no-such-flag"][..], "--no-such-flag"),
+    for (url, args, named) in [
+        (url, &["--poll-interval", "soon"][..], "--poll-interval"),
+        (url, &["--http-listen", "nowhere"][..], "--http-listen"),
+        (url, &["--no-such-flag"][..], "--no-such-flag"),
+        // neither MBX_DATABASE_URL nor --database-url: the line names the argument
+        ("", &[][..], "--database-url"),
     ] {
         let (code, err) = host_exit(url, args).await;
         assert_eq!(code, Some(2), "mbx-host {args:?}: {err}");

@@ -49,9 +49,8 @@ fn main() -> ExitCode {
                 };
             }
             // one line: clap's first line, without its "For more information" footer
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("{first} (see --help)");
+            let line = mbx_messagebox::usage_line(&err.render().to_string());
+            eprintln!("{line} (see --help)");
             return ExitCode::from(2);
         }
     };

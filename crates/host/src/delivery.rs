@@ -245,6 +245,7 @@ async fn send_all(
                 continue;
             };
             let (outcome, checkpoint) = send_alone(shared, port, d).await;
+            shared.progressed(port.id);
             if let Some(c) = checkpoint {
                 checkpoints.insert(id, c);
             }
@@ -517,7 +518,7 @@ async fn own_ordered_port(
     let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch);
     let may_send = || tenure.may_act();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
-    if let Err(e) = restore_endpoint(shared, port).await {
+    if let Err(e) = restore_endpoint(shared, port, may_send).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
         let _ = shared
@@ -668,12 +669,25 @@ async fn commit_ordered(
 
 /// A new owner puts the endpoint back to the checkpoint committed with the last
 /// completion (FILE append: truncates what a crashed owner sent but did not commit).
-async fn restore_endpoint(shared: &Shared, port: &SendPort) -> Result<(), String> {
-    let info = shared
-        .mbx
-        .port_lease_info(port.id)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn restore_endpoint(
+    shared: &Shared,
+    port: &SendPort,
+    may_act: impl Fn() -> bool,
+) -> Result<(), String> {
+    // a connection error while reading the checkpoint is retried while the lease holds:
+    // giving up would leave the lease held (its release fails too) until it expires
+    let info = loop {
+        match shared.mbx.port_lease_info(port.id).await {
+            Ok(info) => break info,
+            Err(e) if e.is_retryable() && may_act() => {
+                warn!(port = %port.name, error = %e, "reading the endpoint checkpoint failed; retrying");
+                if !pause(shared, Duration::from_millis(200)).await {
+                    return Err(e.to_string());
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     let (Some(checkpoint), Some(address)) =
         (info.and_then(|i| i.checkpoint), port.address.as_deref())
     else {

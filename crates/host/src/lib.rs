@@ -284,8 +284,9 @@ pub(crate) async fn pause(shared: &Shared, d: Duration) -> bool {
 
 async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
     let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
-    // since when heartbeats have succeeded on time without a failure in between
+    // since when heartbeats have succeeded without a failure or a long gap in between
     let mut connected_since: Option<Instant> = None;
+    let mut last_ok: Option<Instant> = None;
     loop {
         let id = shared.instance_id();
         if let Some((port_id, stalled)) = shared.stalled_loop() {
@@ -299,13 +300,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             }
             continue;
         }
-        let asked = Instant::now();
         match shared.mbx.instance_heartbeat(id).await {
-            // a heartbeat that waited longer than its period for a connection was cut
-            // off as much as a failed one
-            Ok(true) if asked.elapsed() > period => connected_since = Some(Instant::now()),
             Ok(true) => {
-                connected_since.get_or_insert_with(Instant::now);
+                // a heartbeat that came half the dead timeout after the previous one was
+                // cut off (e.g. waiting for a connection) as much as a failed one; a
+                // merely slow one (a busy pool) does not restart the wait
+                let gap_max = Duration::from_secs(DEAD_AFTER_S.unsigned_abs()) / 2;
+                if !matches!(last_ok, Some(t) if t.elapsed() <= gap_max) {
+                    connected_since = Some(Instant::now());
+                }
+                last_ok = Some(Instant::now());
             }
             Ok(false) => {
                 warn!(instance = %id, "declared dead by another instance; re-registering");

@@ -55,9 +55,8 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // one line: clap's first, without its usage and "For more information" footer
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("{first} (see mbx-host --help)");
+            let line = mbx_messagebox::usage_line(&err.render().to_string());
+            eprintln!("{line} (see mbx-host --help)");
             return ExitCode::from(2);
         }
     };

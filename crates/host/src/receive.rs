@@ -109,6 +109,11 @@ pub(crate) async fn location_loop(
             }
             continue;
         }
+        // the adapter claims files under the instance id: when the instance registers
+        // again (declared dead by another), it restarts under the new id, or its claims
+        // would look like a dead instance's and be put back while it publishes them
+        let mut ids = shared.instance.subscribe();
+        let started_as = *ids.borrow_and_update();
         let mut settings = loc.settings.0.clone();
         settings.insert(
             "max_message_size".to_owned(),
@@ -118,7 +123,7 @@ pub(crate) async fn location_loop(
             location_name: loc.name.clone(),
             address: loc.address.clone(),
             settings,
-            instance_id: shared.instance_id().simple().to_string(),
+            instance_id: started_as.simple().to_string(),
         };
         let adapter = match shared.registry.receive_adapter(spec) {
             Ok(a) => a,
@@ -129,18 +134,23 @@ pub(crate) async fn location_loop(
             }
         };
         let stopped = until_stopped(stop.clone(), shared.stopping.clone());
-        let shutdown: mbx_adapters::ShutdownSignal = match &tenure {
-            Some((t, _, _)) => {
-                let ended = t.ended_signal();
-                Box::pin(async move {
-                    tokio::select! {
-                        _ = stopped => {}
-                        _ = ended => {}
-                    }
-                })
-            }
-            None => Box::pin(stopped),
+        let registered_again = async move {
+            let _ = ids.changed().await;
         };
+        let ended = tenure.as_ref().map(|(t, _, _)| t.ended_signal());
+        let shutdown: mbx_adapters::ShutdownSignal = Box::pin(async move {
+            let ended = async move {
+                match ended {
+                    Some(ended) => ended.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stopped => {}
+                _ = ended => {}
+                _ = registered_again => {}
+            }
+        });
         // files claimed by instances that are no longer alive go back to the folder, at
         // start and then every dead-instance timeout while the location runs
         let reclaimer = async {
@@ -167,6 +177,10 @@ pub(crate) async fn location_loop(
             }
         }
         let stopping = *stop.borrow() || *shared.stopping.borrow();
+        if !stopping && shared.instance_id() != started_as {
+            info!(location = %loc.name, "instance registered again; restarting the location under its new id");
+            continue;
+        }
         match result {
             // an ordered location whose lease ended tries to take it again
             Ok(()) if loc.ordered && !stopping => {

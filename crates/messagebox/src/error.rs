@@ -116,9 +116,44 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     line.replace('\n', " ")
 }
 
+/// A command-line parser's error (clap's rendering) as one line: its first line and the
+/// indented lines right under it (the arguments a "required arguments were not provided"
+/// error names), without the usage and "For more information" footer.
+pub fn usage_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut line = lines
+        .next()
+        .unwrap_or("error: bad arguments")
+        .trim_end()
+        .to_owned();
+    for more in lines.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+        line.push(' ');
+        line.push_str(more.trim());
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, usage_line};
+
+    #[test]
+    fn usage_line_keeps_the_arguments_named_under_the_first_line() {
+        let missing = "error: the following required arguments were not provided:\n  \
+                       --database-url <DATABASE_URL>\n\nUsage: mbx-host --database-url \
+                       <DATABASE_URL>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line(missing),
+            "error: the following required arguments were not provided: --database-url \
+             <DATABASE_URL>"
+        );
+        let bad = "error: invalid value 'soon' for '--poll-interval <POLL_INTERVAL>': x\n\n\
+                   For more information, try '--help'.\n";
+        assert_eq!(
+            usage_line(bad),
+            "error: invalid value 'soon' for '--poll-interval <POLL_INTERVAL>': x"
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("database error: {0}")]

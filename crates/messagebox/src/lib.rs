@@ -28,7 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub use context::{Context, ContextProperty};
-pub use error::{one_line, Error, Result};
+pub use error::{one_line, usage_line, Error, Result};
 pub use routing::{RouteTarget, RoutingTable};
 pub use value::{PropertyType, Value};
 
@@ -168,7 +168,18 @@ impl MessageBox {
                 .fetch_one(&self.pool)
                 .await
                 .unwrap_or_default(); // no table yet: nothing applied
-        MIGRATOR.run(&self.pool).await?;
+        {
+            // migrations wait for sqlx's advisory lock (another instance migrating) and
+            // for table locks, and may run long on a big spool: no lock or statement
+            // timeout on their connection, which is closed afterwards rather than
+            // returned to the pool without the session's timeouts
+            let mut conn = self.pool.acquire().await?;
+            conn.close_on_drop();
+            for set in ["SET lock_timeout = 0", "SET statement_timeout = 0"] {
+                sqlx::query(set).execute(&mut *conn).await?;
+            }
+            MIGRATOR.run_direct(&mut *conn).await?;
+        }
         let after: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
             .fetch_one(&self.pool)
             .await?;
