@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use mbx_e2e::sink::{check_in_order, start_sink, Request, Sink};
 use mbx_e2e::{
-    database_url, eventually, messagebox, start_host, wait_for, wait_for_alive, FAST_HOST,
+    database_url, eventually, lease_owner, messagebox, start_host, wait_for, wait_for_alive,
+    FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Published, Publisher};
 use mbx_messagebox::{Context, MessageBox, Value};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 /// `--ordered-commit-batch` (default): a crash re-sends at most that many messages.
 const COMMIT_BATCH: usize = 32;
@@ -82,21 +82,6 @@ async fn publish_routed(mbx: &MessageBox, messages: Vec<NewMessage>) {
             "routed to the ordered port: {o:?}"
         );
     }
-}
-
-/// The lease of port `name`: (holder, its pid, epoch) while a live holder has it.
-async fn lease_owner(pool: &PgPool, name: &str) -> Option<(Uuid, i32, i64)> {
-    sqlx::query_as(
-        "SELECT l.holder, i.pid, l.epoch
-           FROM leases l
-           JOIN send_ports p ON p.id = l.port_id
-           JOIN host_instances i ON i.id = l.holder
-          WHERE p.name = $1 AND l.expires_at > now()",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await
-    .expect("lease owner")
 }
 
 async fn lease_epoch(pool: &PgPool, name: &str) -> i64 {

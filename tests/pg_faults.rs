@@ -19,8 +19,8 @@ use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::sink::{check_in_order, start_sink};
 use mbx_e2e::{
-    bodies_in, database_url, files_in, free_port, messagebox, order_route, server_url, start_host,
-    wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
+    bodies_in, database_url, files_in, free_port, lease_owner, messagebox, order_route, server_url,
+    start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
@@ -66,10 +66,7 @@ fn start(url: &str, args: &[String]) -> Reaped {
 async fn restart_under_load(mode: &str) {
     let cluster = PgCluster::start();
     let url = cluster.url("postgres");
-    let pool = PgPool::connect(&url)
-        .await
-        .expect("connect the private cluster");
-    let mbx = messagebox(&pool).await;
+    let (pool, mbx) = cluster.messagebox().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
     // and HTTP → FILE: what was acknowledged (202) must arrive
@@ -233,20 +230,6 @@ fn server_addr() -> SocketAddr {
     hostport.parse().expect("DATABASE_URL names host:port")
 }
 
-async fn lease_holder_pid(pool: &PgPool, port: &str) -> Option<(i32, i64)> {
-    sqlx::query_as(
-        "SELECT i.pid, l.epoch
-           FROM leases l
-           JOIN send_ports p ON p.id = l.port_id
-           JOIN host_instances i ON i.id = l.holder
-          WHERE p.name = $1 AND l.expires_at > now()",
-    )
-    .bind(port)
-    .fetch_optional(pool)
-    .await
-    .expect("lease holder")
-}
-
 fn numbered(n: usize) -> NewMessage {
     let mut ctx = Context::new();
     ctx.promote("Seq.N", Value::Integer(n as i64))
@@ -286,9 +269,9 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
         "host A to own the port",
         Duration::from_secs(30),
         || async {
-            lease_holder_pid(&pool, "ordered")
+            lease_owner(&pool, "ordered")
                 .await
-                .is_some_and(|(pid, _)| pid == a.pid() as i32)
+                .is_some_and(|(_, pid, _)| pid == a.pid() as i32)
         },
     )
     .await;
@@ -301,9 +284,8 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
         || async { sink.requests.lock().expect("sink lock").len() >= 50 },
     )
     .await;
-    let (_, old_epoch) = lease_holder_pid(&pool, "ordered")
-        .await
-        .expect("A still owns the port");
+    let (_, owner_pid, old_epoch) = lease_owner(&pool, "ordered").await.expect("a live owner");
+    assert_eq!(owner_pid, a.pid() as i32, "A still owns the port");
 
     proxy.set(Mode::Blackhole);
     let cut = Instant::now();

@@ -20,8 +20,7 @@ use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::sink::{check_in_order, start_sink};
 use mbx_e2e::{
-    files_in, messagebox, order_route, start_host, wait_for, wait_for_alive, FileRoute, Reaped,
-    FAST_HOST,
+    files_in, order_route, start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
@@ -84,10 +83,7 @@ async fn mixed_faults_lose_nothing_and_keep_the_order() {
     );
     let cluster = PgCluster::start();
     let url = cluster.url("postgres");
-    let pool = PgPool::connect(&url)
-        .await
-        .expect("connect the private cluster");
-    let mbx = messagebox(&pool).await;
+    let (pool, mbx) = cluster.messagebox().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
     let (sink_port, sink) = start_sink().await;

@@ -137,8 +137,8 @@ async fn verify_full_checks_the_chain_and_the_name_and_plain_connections_are_ref
     let plain = format!("postgres://postgres@localhost:{port}/postgres?sslmode=disable");
     let line = Mbx::new(plain).fails(&["init"], 1);
     assert!(
-        line.contains("localhost"),
-        "the refusal names the server: {line}"
+        line.contains("localhost") && line.contains("pg_hba.conf"),
+        "the server refuses a connection without TLS, and the line names it: {line}"
     );
 
     // the right CA and the name the certificate carries
@@ -147,14 +147,14 @@ async fn verify_full_checks_the_chain_and_the_name_and_plain_connections_are_ref
     let by_ip = url("127.0.0.1", "verify-full", &ca_file);
     let line = Mbx::new(by_ip).fails(&["status"], 1);
     assert!(
-        line.contains("127.0.0.1") && !line.contains('\n'),
-        "one line naming the server: {line}"
+        line.contains("127.0.0.1") && line.contains("not valid for name"),
+        "one line naming the server and the name check: {line}"
     );
     // a certificate from a CA the client does not trust: refused
     let line = Mbx::new(url("localhost", "verify-full", &other_ca)).fails(&["status"], 1);
     assert!(
-        line.contains("localhost"),
-        "one line naming the server: {line}"
+        line.contains("localhost") && line.contains("UnknownIssuer"),
+        "one line naming the server and the untrusted issuer: {line}"
     );
 
     // a host over verify-full registers and stays alive
@@ -173,15 +173,4 @@ async fn verify_full_checks_the_chain_and_the_name_and_plain_connections_are_ref
         },
     )
     .await;
-    let tls: bool = sqlx::query_scalar(
-        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-          WHERE a.backend_type = 'client backend'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("pg_stat_ssl");
-    assert!(
-        tls,
-        "every client connection (the host's included) uses TLS"
-    );
 }

@@ -321,6 +321,21 @@ pub async fn file_route(
     route
 }
 
+/// The lease of port `name`: (holder, its pid, epoch) while a live holder has it.
+pub async fn lease_owner(pool: &PgPool, name: &str) -> Option<(sqlx::types::Uuid, i32, i64)> {
+    sqlx::query_as(
+        "SELECT l.holder, i.pid, l.epoch
+           FROM leases l
+           JOIN send_ports p ON p.id = l.port_id
+           JOIN host_instances i ON i.id = l.holder
+          WHERE p.name = $1 AND l.expires_at > now()",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .expect("lease owner")
+}
+
 /// The orders route most tests use: [`file_route`] for `<order><id>N</id></order>` XML
 /// files, `Order.Id` promoted from `/order/id`, written out as `%MessageID%.xml`.
 pub async fn order_route(mbx: &MessageBox, dir: &Path) -> FileRoute {
@@ -336,8 +351,9 @@ pub async fn order_route(mbx: &MessageBox, dir: &Path) -> FileRoute {
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     for _ in 0..1000 {
+        // each RandomState is keyed anew: a fresh pseudo-random number per try
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(Instant::now().elapsed().as_nanos());
+        h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;

@@ -57,6 +57,16 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    /// A test that fails stops its writer too (before its folder is removed).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The checker for a FILE → FILE run of `written` orders: lost must be 0; returns the
 /// number of duplicate deliveries (a file re-received after a publish whose answer was
 /// lost).

@@ -83,6 +83,15 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// A pool on the cluster's `postgres` database and the MessageBox initialised there.
+    pub async fn messagebox(&self) -> (sqlx::PgPool, mbx_messagebox::MessageBox) {
+        let pool = sqlx::PgPool::connect(&self.url("postgres"))
+            .await
+            .expect("connect the private cluster");
+        let mbx = crate::messagebox(&pool).await;
+        (pool, mbx)
+    }
+
     /// Starts the (stopped) server and waits until it accepts connections.
     pub fn start_again(&self) {
         let log = self.dir.path().join("postgres.log").display().to_string();

@@ -32,6 +32,8 @@ type Delivered = Arc<Mutex<Vec<(String, String)>>>;
 /// Panics on "poison" bodies (see the module doc); confirms and records the others.
 struct PanickyAdapter {
     delivered: Delivered,
+    /// The size of each batch handed to `send`.
+    batches: Arc<Mutex<Vec<usize>>>,
 }
 
 #[async_trait]
@@ -45,6 +47,7 @@ impl SendAdapter for PanickyAdapter {
     }
 
     fn send(&self, batch: Vec<OutboundMessage>, outcomes: OutcomeSender) {
+        self.batches.lock().expect("batches lock").push(batch.len());
         if let Some(m) = batch.iter().find(|m| body_of(m).contains("poison-in-send")) {
             panic!("poison pill in send, delivery {}", m.delivery_id);
         }
@@ -84,6 +87,7 @@ struct Host {
     task: JoinHandle<anyhow::Result<()>>,
     stop: watch::Sender<bool>,
     delivered: Delivered,
+    batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Host {
@@ -99,8 +103,10 @@ impl Host {
             mbx_host::HostConfig::new(&mbx_messagebox::url_with_database(&server, &db), "default");
         config.poll_interval = Duration::from_millis(50);
         let delivered = Delivered::default();
+        let batches = Arc::new(Mutex::new(Vec::new()));
         let adapter = PanickyAdapter {
             delivered: delivered.clone(),
+            batches: batches.clone(),
         };
         let registry = Registry::new()
             .expect("registry")
@@ -113,6 +119,7 @@ impl Host {
             task,
             stop,
             delivered,
+            batches,
         }
     }
 
@@ -334,6 +341,9 @@ async fn a_panic_in_send_poisons_only_the_message_that_panics_alone(pool: PgPool
     let mut d = host.delivered_to("d");
     d.sort();
     assert_eq!(d, ["d-1", "d-2"]);
+    // the panic was on a batch of three, then each was sent alone
+    let batches = host.batches.lock().expect("batches lock").clone();
+    assert_eq!(batches, [3, 1, 1, 1], "the batch, then each message alone");
     wait_for("no delivery left claimed or pending", || async {
         deliveries_left(&pool).await == 0
     })
