@@ -142,6 +142,8 @@ async fn an_instance_declared_dead_registers_again_and_delivers(pool: PgPool) {
     )
     .await
     .expect("send port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let route = mbx_e2e::order_route(&mbx, dir.path()).await;
     let url = database_url(&pool);
     let host = start_host(&url, mbx_e2e::FAST_HOST);
     let pid = host.pid();
@@ -149,6 +151,15 @@ async fn an_instance_declared_dead_registers_again_and_delivers(pool: PgPool) {
         "the instance to register",
         Duration::from_secs(30),
         || async { matches!(instance_of_pid(&pool, pid).await, Some((_, s)) if s == "alive") },
+    )
+    .await;
+    // the FILE location runs (a file goes through) before the instance is declared dead
+    std::fs::write(route.inbox.join(".o-1.tmp"), "<order><id>1</id></order>").expect("write");
+    std::fs::rename(route.inbox.join(".o-1.tmp"), route.inbox.join("o-1.xml")).expect("rename");
+    wait_for(
+        "the first file delivered",
+        Duration::from_secs(30),
+        || async { mbx_e2e::files_in(&route.outbox, "xml").len() == 1 },
     )
     .await;
     let (first, _) = instance_of_pid(&pool, pid).await.expect("instance");
@@ -191,5 +202,45 @@ async fn an_instance_declared_dead_registers_again_and_delivers(pool: PgPool) {
         still, 1,
         "one live instance for the process, not a new one per heartbeat"
     );
+
+    // its FILE location (started before) now claims files under the new id: a file held
+    // claimed while the publish waits for the routing lock carries the new id
+    let (second, _) = instance_of_pid(&pool, pid).await.expect("instance");
+    let mut admin = pool.acquire().await.expect("connection");
+    sqlx::query("BEGIN")
+        .execute(&mut *admin)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(mbx_messagebox::routing::ROUTING_LOCK_KEY)
+        .execute(&mut *admin)
+        .await
+        .expect("hold the routing lock");
+    std::fs::write(route.inbox.join(".o-2.tmp"), "<order><id>2</id></order>").expect("write");
+    std::fs::rename(route.inbox.join(".o-2.tmp"), route.inbox.join("o-2.xml")).expect("rename");
+    let claimed_by = |id: uuid::Uuid| format!(".mbx-claimed-{}", id.simple());
+    wait_for("the file claimed", Duration::from_secs(30), || async {
+        std::fs::read_dir(&route.inbox)
+            .expect("inbox")
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".mbx-claimed-"))
+    })
+    .await;
+    let names: Vec<String> = std::fs::read_dir(&route.inbox)
+        .expect("inbox")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    sqlx::query("ROLLBACK")
+        .execute(&mut *admin)
+        .await
+        .expect("rollback");
+    assert!(
+        names.iter().any(|n| n.ends_with(&claimed_by(second))),
+        "claimed under the new id {second}, not the dead {first}: {names:?}"
+    );
+    wait_for("the file delivered", Duration::from_secs(30), || async {
+        mbx_e2e::files_in(&route.outbox, "xml").len() == 2
+    })
+    .await;
     drop(host);
 }
