@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
 use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
-use mbx_e2e::sink::{check_in_order, start_sink};
+use mbx_e2e::sink::{check_in_order, numbered, start_sink};
 use mbx_e2e::{
     bodies_in, database_url, files_in, free_port, lease_owner, messagebox, order_route, server_url,
     start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
-use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::publish::Publisher;
 use mbx_messagebox::receive::ReceiveLocationSpec;
-use mbx_messagebox::{Context, MessageBox, Value};
+use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
 /// The lease TTL (SPEC §5.3).
@@ -228,13 +228,6 @@ fn server_addr() -> SocketAddr {
     };
     let hostport = hostport.replace("localhost", "127.0.0.1");
     hostport.parse().expect("DATABASE_URL names host:port")
-}
-
-fn numbered(n: usize) -> NewMessage {
-    let mut ctx = Context::new();
-    ctx.promote("Seq.N", Value::Integer(n as i64))
-        .expect("promote");
-    NewMessage::new(format!("message {n}"), "text/plain", ctx)
 }
 
 async fn publish_numbered(mbx: &MessageBox, range: std::ops::Range<usize>) {

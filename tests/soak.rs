@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
 use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
-use mbx_e2e::sink::{check_in_order, start_sink};
+use mbx_e2e::sink::{check_in_order, numbered, start_sink};
 use mbx_e2e::{
     files_in, order_route, start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
-use mbx_messagebox::{Context, MessageBox, Value};
+use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
 #[derive(Debug, Clone, Copy)]
@@ -56,14 +56,7 @@ fn start_publisher(pool: PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
         let mbx = MessageBox::from_pool(pool);
         let mut next = 0usize;
         while !stop.load(Ordering::SeqCst) {
-            let batch: Vec<NewMessage> = (next..next + 10)
-                .map(|n| {
-                    let mut ctx = Context::new();
-                    ctx.promote("Seq.N", Value::Integer(n as i64))
-                        .expect("promote");
-                    NewMessage::new(format!("message {n}"), "text/plain", ctx)
-                })
-                .collect();
+            let batch: Vec<NewMessage> = (next..next + 10).map(numbered).collect();
             if mbx.publish(&Publisher::default(), batch).await.is_ok() {
                 next += 10;
             }

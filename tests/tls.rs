@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mbx_e2e::pg_cluster::PgCluster;
+use mbx_e2e::pg_cluster::{append, PgCluster};
 use mbx_e2e::{start_host, wait_for, Mbx, FAST_HOST};
 use sqlx::PgPool;
 
@@ -108,16 +108,10 @@ async fn verify_full_checks_the_chain_and_the_name_and_plain_connections_are_ref
             std::fs::Permissions::from_mode(0o600),
         )
         .expect("chmod server.key");
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .expect("postgresql.conf");
-        use std::io::Write;
-        writeln!(
-            conf,
-            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
-        )
-        .expect("write postgresql.conf");
+        append(
+            &data.join("postgresql.conf"),
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        );
         // TLS or nothing over TCP
         std::fs::write(
             data.join("pg_hba.conf"),

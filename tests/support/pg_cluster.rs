@@ -128,21 +128,26 @@ impl PgCluster {
         );
     }
 
-    /// Runs a server program as the cluster's owner; panics with its output on failure.
-    fn pg(&self, program: &str, args: &[&str]) {
+    /// A server program run as the cluster's owner (through `runuser` as root).
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut cmd = if running_as_root() {
+        if running_as_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&path);
             c
         } else {
             Command::new(&path)
-        };
-        let out = cmd
+        }
+    }
+
+    /// Runs a server program as the cluster's owner; panics with its output on failure.
+    fn pg(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
         assert!(
             out.status.success(),
             "{program} {args:?} failed: {}{}{}",
@@ -156,23 +161,17 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.data().join("postmaster.pid").exists() {
-            let path = self.bin.join("pg_ctl");
             let data = self.data().display().to_string();
-            let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-            let _ = if running_as_root() {
-                Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(&path)
-                    .args(args)
-                    .output()
-            } else {
-                Command::new(&path).args(args).output()
-            };
+            let _ = self
+                .command("pg_ctl")
+                .args(["-D", data.as_str(), "-m", "immediate", "-w", "stop"])
+                .output();
         }
     }
 }
 
-fn append(path: &Path, text: &str) {
+/// Appends `text` to the file at `path` (a cluster's `postgresql.conf`).
+pub fn append(path: &Path, text: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .append(true)

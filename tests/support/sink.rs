@@ -48,6 +48,15 @@ impl Sink {
     }
 }
 
+/// Message N of an ordered run: body "message N", `Seq.N` = N promoted (what
+/// [`check_in_order`] expects).
+pub fn numbered(n: usize) -> mbx_messagebox::publish::NewMessage {
+    let mut ctx = mbx_messagebox::Context::new();
+    ctx.promote("Seq.N", mbx_messagebox::Value::Integer(n as i64))
+        .expect("promote");
+    mbx_messagebox::publish::NewMessage::new(format!("message {n}"), "text/plain", ctx)
+}
+
 /// The checker of an ordered run of `published` messages "message 0" … "message N-1":
 /// nothing lost or unexpected, first arrivals in publication order. Returns the number of
 /// duplicate requests (re-sends after a takeover).

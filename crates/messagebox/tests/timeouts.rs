@@ -11,21 +11,10 @@ use sqlx::{Connection, PgPool};
 
 mod common;
 
-fn database_url(pool: &PgPool) -> String {
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("test pool names its database")
-        .to_owned();
-    mbx_messagebox::url_with_database(&server, &db)
-}
-
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_publish_stuck_behind_a_held_routing_lock_fails_after_the_lock_timeout(pool: PgPool) {
     common::mbx(pool.clone()).await;
-    let url = database_url(&pool);
+    let url = common::database_url(&pool);
     let mbx = MessageBox::connect(&url, 2).await.expect("connect");
     let timeouts: (String, String, String) = sqlx::query_as(
         "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),

@@ -16,6 +16,18 @@ pub async fn mbx(pool: PgPool) -> MessageBox {
     mbx
 }
 
+/// The URL of the database behind a `#[sqlx::test]` pool (on `DATABASE_URL`'s server).
+pub fn database_url(pool: &PgPool) -> String {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("test pool names its database")
+        .to_owned();
+    mbx_messagebox::url_with_database(&server, &db)
+}
+
 /// A static file port spec with a filter (or none).
 pub fn spec(name: &str, filter: Option<&str>) -> SendPortSpec {
     let mut s = SendPortSpec::new(name, &format!("file:///tmp/mbx-test/{name}"));
