@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mbx_e2e::sink::{check_in_order, start_sink, Request, Sink};
+use mbx_e2e::sink::{check_in_order, ordered_http_port, Request};
 use mbx_e2e::{
     database_url, eventually, lease_owner, messagebox, start_host, wait_for, wait_for_alive,
     FAST_HOST,
@@ -393,19 +393,6 @@ async fn the_owner_is_killed_and_another_instance_takes_over_in_order(pool: PgPo
     );
 }
 
-/// A started ordered HTTP port `name` (filter `exists(Seq.N)`) sending to a new sink.
-async fn ordered_http_port(mbx: &MessageBox, name: &str) -> Arc<Sink> {
-    let (sink_port, sink) = start_sink().await;
-    let mut spec = SendPortSpec::new(name, &format!("http://127.0.0.1:{sink_port}/sink"))
-        .with_filter("exists(Seq.N)")
-        .with_state(InitialState::Started);
-    spec.ordered = true;
-    mbx.send_port_create(&spec)
-        .await
-        .expect("ordered send port");
-    sink
-}
-
 const HTTP_MESSAGES: usize = 200;
 
 /// Three hosts run one ordered HTTP port: the endpoint never sees two requests at once;
@@ -533,13 +520,7 @@ async fn a_paused_owner_is_fenced_and_emits_at_most_the_message_it_was_sending(p
     wait_for(
         "a request with a newer epoch",
         LEASE_TTL + Duration::from_secs(15),
-        || async {
-            sink.requests
-                .lock()
-                .expect("sink lock")
-                .iter()
-                .any(|r| r.epoch.is_some_and(|e| e > old_epoch))
-        },
+        || async { sink.sent_after_epoch(old_epoch) },
     )
     .await;
     assert!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
 use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
-use mbx_e2e::sink::{check_in_order, numbered, start_sink};
+use mbx_e2e::sink::{check_in_order, numbered, ordered_http_port};
 use mbx_e2e::{
     bodies_in, database_url, files_in, free_port, lease_owner, messagebox, order_route, server_url,
     start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
@@ -249,12 +249,7 @@ const BLACKHOLE_MESSAGES: usize = 1500;
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: PgPool) {
     let mbx = messagebox(&pool).await;
-    let (sink_port, sink) = start_sink().await;
-    let mut spec = SendPortSpec::new("ordered", &format!("http://127.0.0.1:{sink_port}/sink"))
-        .with_filter("exists(Seq.N)")
-        .with_state(InitialState::Started);
-    spec.ordered = true;
-    mbx.send_port_create(&spec).await.expect("ordered port");
+    let sink = ordered_http_port(&mbx, "ordered").await;
     let url = database_url(&pool);
     let proxy = FaultProxy::start(server_addr()).await;
     let a = start_host(&proxy.url_for(&url), FAST_HOST);
@@ -294,13 +289,7 @@ async fn t6_an_owner_cut_off_past_the_lease_ttl_stops_before_the_takeover(pool: 
     wait_for(
         "B to send with a newer epoch",
         LEASE_TTL + Duration::from_secs(20),
-        || async {
-            sink.requests
-                .lock()
-                .expect("sink lock")
-                .iter()
-                .any(|r| r.epoch.is_some_and(|e| e > old_epoch))
-        },
+        || async { sink.sent_after_epoch(old_epoch) },
     )
     .await;
     let requests = sink.by_arrival();

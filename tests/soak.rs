@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
 use mbx_e2e::load::{assert_running, check_files, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
-use mbx_e2e::sink::{check_in_order, numbered, start_sink};
+use mbx_e2e::sink::{check_in_order, numbered, ordered_http_port};
 use mbx_e2e::{
     files_in, order_route, start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
-use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
@@ -79,12 +78,7 @@ async fn mixed_faults_lose_nothing_and_keep_the_order() {
     let (pool, mbx) = cluster.messagebox().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
-    let (sink_port, sink) = start_sink().await;
-    let mut spec = SendPortSpec::new("ordered", &format!("http://127.0.0.1:{sink_port}/sink"))
-        .with_filter("exists(Seq.N)")
-        .with_state(InitialState::Started);
-    spec.ordered = true;
-    mbx.send_port_create(&spec).await.expect("ordered port");
+    let sink = ordered_http_port(&mbx, "ordered").await;
 
     let proxy = FaultProxy::start(
         format!("127.0.0.1:{}", cluster.port())

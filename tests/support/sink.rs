@@ -38,6 +38,15 @@ impl Sink {
         r
     }
 
+    /// Whether a request with an epoch newer than `epoch` arrived (a takeover).
+    pub fn sent_after_epoch(&self, epoch: i64) -> bool {
+        self.requests
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .any(|r| r.epoch.is_some_and(|e| e > epoch))
+    }
+
     /// How many distinct bodies arrived.
     pub fn distinct(&self) -> usize {
         let r = self.requests.lock().expect("sink lock");
@@ -109,4 +118,18 @@ pub async fn start_sink() -> (u16, Arc<Sink>) {
         }),
     );
     (serve_on_loopback(app).await, sink)
+}
+
+/// A started ordered HTTP port `name` (filter `exists(Seq.N)`) sending to a new sink.
+pub async fn ordered_http_port(mbx: &mbx_messagebox::MessageBox, name: &str) -> Arc<Sink> {
+    use mbx_messagebox::config::{InitialState, SendPortSpec};
+    let (sink_port, sink) = start_sink().await;
+    let mut spec = SendPortSpec::new(name, &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    mbx.send_port_create(&spec)
+        .await
+        .expect("ordered send port");
+    sink
 }
