@@ -36,10 +36,7 @@ async fn a_host_serves_health_readiness_and_metrics(pool: PgPool) {
     .await
     .expect("port");
 
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let admin_port = mbx_e2e::free_port();
     let mut config = HostConfig::new(&database_url(&pool), "default");
     config.admin_listen = Some(([127, 0, 0, 1], admin_port).into());
     config.poll_interval = Duration::from_millis(100);

@@ -571,9 +571,24 @@ impl Hosts {
     }
 }
 
+/// A free loopback port for a host's admin listener, picked at random below Linux's
+/// ephemeral range (32768–60999): a port `bind(0)` hands out is also what outgoing
+/// connections (ours and the publishers' by the hundred) get as their source port, so it
+/// could be taken before the host binds it.
 fn free_port() -> Result<u16, BenchError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        // each RandomState is keyed anew: a fresh pseudo-random number per try
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(BenchError::Setup(
+        "no free port between 20000 and 32000 on 127.0.0.1 for a host's admin listener".into(),
+    ))
 }
 
 /// VmHWM of a process, in KiB.
