@@ -170,7 +170,7 @@ pub fn start_host_with_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Re
             .args(args)
             .envs(env.iter().copied())
             .env("MBX_DATABASE_URL", url)
-            .env("MBX_LOG", "warn")
+            .env("MBX_LOG", host_log_level())
             .stdout(host_logs())
             .stderr(Stdio::inherit())
             .spawn()
@@ -185,6 +185,15 @@ fn host_logs() -> Stdio {
         Stdio::inherit()
     } else {
         Stdio::null()
+    }
+}
+
+/// The hosts' `MBX_LOG`: `warn`, or the filter `MBX_TEST_HOST_LOGS` gives (other than
+/// `1`), e.g. `MBX_TEST_HOST_LOGS=info,mbx_host::delivery=debug`.
+fn host_log_level() -> String {
+    match std::env::var("MBX_TEST_HOST_LOGS") {
+        Ok(v) if !v.is_empty() && v != "1" => v,
+        _ => "warn".to_owned(),
     }
 }
 
