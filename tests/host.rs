@@ -22,18 +22,23 @@ async fn instance_of_pid(pool: &PgPool, pid: u32) -> Option<(Uuid, String)> {
     .expect("query instances")
 }
 
+/// Waits until the process `pid` has a live instance.
+async fn wait_registered(pool: &PgPool, pid: u32) {
+    wait_for(
+        "the instance to register",
+        Duration::from_secs(30),
+        || async { matches!(instance_of_pid(pool, pid).await, Some((_, s)) if s == "alive") },
+    )
+    .await;
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_host_registers_and_stops_gracefully_on_sigterm(pool: PgPool) {
     messagebox(&pool).await;
     let url = database_url(&pool);
     let mut host = start_host(&url, &[]);
     let pid = host.pid();
-    wait_for(
-        "the instance to register",
-        Duration::from_secs(30),
-        || async { matches!(instance_of_pid(&pool, pid).await, Some((_, s)) if s == "alive") },
-    )
-    .await;
+    wait_registered(&pool, pid).await;
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -147,12 +152,7 @@ async fn an_instance_declared_dead_registers_again_and_delivers(pool: PgPool) {
     let url = database_url(&pool);
     let host = start_host(&url, mbx_e2e::FAST_HOST);
     let pid = host.pid();
-    wait_for(
-        "the instance to register",
-        Duration::from_secs(30),
-        || async { matches!(instance_of_pid(&pool, pid).await, Some((_, s)) if s == "alive") },
-    )
-    .await;
+    wait_registered(&pool, pid).await;
     // the FILE location runs (a file goes through) before the instance is declared dead
     std::fs::write(route.inbox.join(".o-1.tmp"), "<order><id>1</id></order>").expect("write");
     std::fs::rename(route.inbox.join(".o-1.tmp"), route.inbox.join("o-1.xml")).expect("rename");

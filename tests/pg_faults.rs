@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mbx_e2e::fault_proxy::{FaultProxy, Mode};
-use mbx_e2e::load::{assert_running, check_files, Writer};
+use mbx_e2e::load::{assert_running, drain_and_check, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::sink::{check_in_order, numbered, ordered_http_port};
 use mbx_e2e::{
@@ -167,17 +167,9 @@ async fn restart_under_load(mode: &str) {
         || post_order(&client, http, "after"),
     )
     .await;
-    let written = writer.stop();
-    wait_for(
-        "every file delivered and the inbox empty",
-        Duration::from_secs(120),
-        || async {
-            files_in(&outbox, "xml").len() >= written && files_in(&inbox, "xml").is_empty()
-        },
-    )
-    .await;
+    let (written, duplicates) =
+        drain_and_check(writer, &inbox, &outbox, Duration::from_secs(120)).await;
     assert_running(&mut hosts);
-    let duplicates = check_files(&outbox, written);
     eprintln!("{mode}: {written} files, lost 0, {duplicates} duplicates");
     // a duplicate is a FILE batch re-received after its publish's answer was lost: at most
     // one batch per host per restart
@@ -399,17 +391,8 @@ async fn t7_a_connection_reset_storm_recovers_within_10s(pool: PgPool) {
     )
     .await;
     eprintln!("recovered {:?} after the storm", healed.elapsed());
-    let written = writer.stop();
-    wait_for(
-        "every file delivered and the inbox empty",
-        Duration::from_secs(60),
-        || async {
-            files_in(&outbox, "xml").len() >= written && files_in(&inbox, "xml").is_empty()
-        },
-    )
-    .await;
+    let (_, duplicates) = drain_and_check(writer, &inbox, &outbox, Duration::from_secs(60)).await;
     assert_running(&mut hosts);
-    let duplicates = check_files(&outbox, written);
     assert!(duplicates <= 2 * 100, "{duplicates} duplicates");
     mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
 }

@@ -95,3 +95,24 @@ pub fn assert_running(hosts: &mut [Reaped]) {
         );
     }
 }
+
+/// Stops `writer`, waits (up to `deadline`) until every file it wrote is delivered to
+/// `outbox` and `inbox` is empty, and runs [`check_files`]: returns (written, duplicates).
+pub async fn drain_and_check(
+    writer: Writer,
+    inbox: &Path,
+    outbox: &Path,
+    deadline: Duration,
+) -> (usize, usize) {
+    let written = writer.stop();
+    crate::wait_for(
+        "every file delivered and the inbox empty",
+        deadline,
+        || async {
+            crate::files_in(outbox, "xml").len() >= written
+                && crate::files_in(inbox, "xml").is_empty()
+        },
+    )
+    .await;
+    (written, check_files(outbox, written))
+}
