@@ -811,3 +811,60 @@ async fn send_port_show_reports_an_ordered_ports_lease_and_sequence(pool: PgPool
         serde_json::Value::Null
     );
 }
+
+/// `mbx init` from many processes at once on a database that does not exist yet: one
+/// creates it, every process exits 0 and the MessageBox is initialised once (on main,
+/// 20 of 25 failed with a duplicate key of `pg_database`).
+#[tokio::test]
+async fn concurrent_init_of_a_missing_database_succeeds_everywhere() {
+    use sqlx::Connection;
+    let name = format!("mbx_init_race_{}", uuid::Uuid::new_v4().simple());
+    let url = mbx_e2e::with_database(&mbx_e2e::server_url(), &name);
+    let children: Vec<_> = (0..25)
+        .map(|_| {
+            std::process::Command::new(bin("mbx"))
+                .args(["init", "--output", "json"])
+                .env("MBX_DATABASE_URL", &url)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn mbx init")
+        })
+        .collect();
+    let runs: Vec<mbx_e2e::Run> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait for mbx init").into())
+        .collect();
+    let mut server = sqlx::PgConnection::connect(&mbx_e2e::server_url())
+        .await
+        .expect("connect to the server");
+    let hosts: Option<i64> = match sqlx::PgConnection::connect(&url).await {
+        Ok(mut c) => sqlx::query_scalar("SELECT count(*) FROM hosts")
+            .fetch_one(&mut c)
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut server)
+        .await
+        .expect("drop the test database");
+    let failed: Vec<&mbx_e2e::Run> = runs.iter().filter(|r| r.code != 0).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 25 `mbx init` failed, e.g.: {}",
+        failed.len(),
+        failed[0].stderr
+    );
+    let created = runs
+        .iter()
+        .filter(|r| {
+            serde_json::from_str::<Json>(&r.stdout)
+                .ok()
+                .and_then(|j| j["database_created"].as_bool())
+                == Some(true)
+        })
+        .count();
+    assert_eq!(created, 1, "exactly one process created the database");
+    assert_eq!(hosts, Some(1), "one default host");
+}

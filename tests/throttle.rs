@@ -254,3 +254,63 @@ async fn an_instance_never_has_more_in_flight_than_its_delivery_throttle(pool: P
         "at most {INFLIGHT} requests at once, saw {most}"
     );
 }
+
+/// An ordered port with nothing to send does not hold the instance's in-flight budget:
+/// an unordered port beside it on the same instance delivers everything (on main, an
+/// idle ordered loop held a reservation of every in-flight byte through its idle wait,
+/// and the other port delivered 0 of 2,000 in 30 s while `mbx status` said
+/// `THROTTLED (inflight)`).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_idle_ordered_port_leaves_the_in_flight_budget_to_the_other_ports(pool: PgPool) {
+    use mbx_messagebox::publish::{NewMessage, Publisher};
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut idle = SendPortSpec::new("idle", &format!("file://{}/idle.log", dir.path().display()))
+        .with_filter("Order.Kind == 'never'")
+        .with_state(InitialState::Started);
+    idle.ordered = true;
+    idle.settings.insert("append".into(), "true".into());
+    mbx.send_port_create(&idle).await.expect("ordered port");
+    mbx.send_port_create(
+        &SendPortSpec::new("bulk", "null:bulk")
+            .with_filter("Order.Kind == 'bulk'")
+            .with_state(InitialState::Started),
+    )
+    .await
+    .expect("unordered port");
+    let host = start_host(&database_url(&pool), mbx_e2e::FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    wait_for(
+        "the ordered port's lease taken",
+        Duration::from_secs(30),
+        || async { mbx_e2e::lease_owner(&pool, "idle").await.is_some() },
+    )
+    .await;
+    const N: usize = 2_000;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+        let batch = chunk
+            .iter()
+            .map(|n| {
+                let mut ctx = mbx_messagebox::Context::new();
+                ctx.promote("Order.Kind", mbx_messagebox::Value::String("bulk".into()))
+                    .expect("promote");
+                NewMessage::new(format!("bulk {n}"), "text/plain", ctx)
+            })
+            .collect();
+        mbx.publish(&Publisher::default(), batch)
+            .await
+            .expect("publish");
+    }
+    let drained = mbx_e2e::eventually(Duration::from_secs(60), || async {
+        mbx.stats().await.expect("stats").spool_messages == 0
+    })
+    .await;
+    let left = mbx.stats().await.expect("stats").spool_messages;
+    let throttle = throttle_of_the_instance(&mbx).await;
+    drop(host);
+    assert!(
+        drained,
+        "{left} of {N} messages still undelivered after 60 s; instance throttle: {throttle:?}"
+    );
+    assert_eq!(throttle, None, "nothing in flight, so not throttled");
+}

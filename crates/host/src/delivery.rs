@@ -541,9 +541,11 @@ async fn own_ordered_port(
         let notified = shared.published.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // bounded in bytes like any claim, and given back while idle: an ordered port
+        // with nothing to send must not hold the instance's in-flight budget
         let wanted = ClaimLimits {
             max_count: commit_batch,
-            max_bytes: i64::MAX,
+            max_bytes: shared.config.claim_bytes,
         };
         let Some((limits, mut in_flight)) = shared.throttle.reserve(wanted) else {
             tokio::select! {
@@ -554,7 +556,7 @@ async fn own_ordered_port(
         };
         let batch = match shared
             .mbx
-            .deliveries_claim_ordered(instance, port.id, epoch, limits.max_count)
+            .deliveries_claim_ordered(instance, port.id, epoch, limits)
             .await
         {
             Ok(b) => b,
@@ -564,6 +566,7 @@ async fn own_ordered_port(
             }
         };
         if batch.is_empty() {
+            drop(in_flight);
             // the head may be a retry: wake at its due time
             let idle = idle_wait(shared, port).await;
             tokio::select! {

@@ -66,6 +66,16 @@ pub struct ClaimLimits {
     pub max_bytes: i64,
 }
 
+impl ClaimLimits {
+    /// At most `n` deliveries, whatever their size.
+    pub fn count(n: i64) -> Self {
+        Self {
+            max_count: n,
+            max_bytes: i64::MAX,
+        }
+    }
+}
+
 impl Default for ClaimLimits {
     fn default() -> Self {
         Self {

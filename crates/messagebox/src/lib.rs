@@ -419,13 +419,23 @@ pub fn url_with_database(url: &str, name: &str) -> String {
 }
 
 /// Creates the database named by `url` if it does not exist; returns whether it did.
+/// Safe from many processes at once: one creates it, the others find it created
+/// (`CREATE DATABASE` racing itself fails with `duplicate_database`, or with a unique
+/// violation on `pg_database` when both pass the check at the same moment).
 pub async fn create_database_if_missing(url: &str) -> Result<bool> {
     use sqlx::migrate::MigrateDatabase;
     if sqlx::Postgres::database_exists(url).await? {
         return Ok(false);
     }
-    sqlx::Postgres::create_database(url).await?;
-    Ok(true)
+    match sqlx::Postgres::create_database(url).await {
+        Ok(()) => Ok(true),
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

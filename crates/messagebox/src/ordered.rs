@@ -194,8 +194,9 @@ impl MessageBox {
         .await?)
     }
 
-    /// The lease holder's in-order claim: the head of the port's sequence, up to `max`
-    /// deliveries, stopping before the first one that is not due (waiting for a retry) or
+    /// The lease holder's in-order claim: the head of the port's sequence, up to
+    /// `limits` (count, and bytes of bodies: the head alone may pass the byte limit),
+    /// stopping before the first one that is not due (waiting for a retry) or
     /// not claimable (only reached through a stopped group) — nothing overtakes the head.
     /// Deliveries still claimed by a former owner are taken over. Returns nothing unless
     /// `instance` holds the live lease at `epoch` and the port is started.
@@ -204,13 +205,13 @@ impl MessageBox {
         instance: Uuid,
         port_id: i64,
         epoch: i64,
-        max: i64,
+        limits: crate::delivery::ClaimLimits,
     ) -> Result<Vec<ClaimedDelivery>> {
         let token = Uuid::new_v4();
         let mut tx = crate::begin_relaxed(&self.pool).await?;
         let rows = sqlx::query(
             "WITH head AS (
-                SELECT d.id, d.seq,
+                SELECT d.id, d.seq, d.body_size,
                        (d.not_before <= now()
                         AND (d.via_port OR EXISTS (SELECT 1 FROM send_port_groups g
                                                     WHERE g.id = ANY (d.via_groups) AND g.state = 'started')))
@@ -225,7 +226,8 @@ impl MessageBox {
                  FOR UPDATE OF d),
              due AS (
                 SELECT h.id FROM head h
-                 WHERE NOT EXISTS (SELECT 1 FROM head x WHERE x.seq <= h.seq AND NOT x.ready)),
+                 WHERE NOT EXISTS (SELECT 1 FROM head x WHERE x.seq <= h.seq AND NOT x.ready)
+                   AND (SELECT coalesce(sum(x.body_size), 0) FROM head x WHERE x.seq < h.seq) < $6),
              claimed AS (
                 UPDATE deliveries d SET state = 'claimed', claimed_by = $2, claim_token = $5,
                                         claimed_at = now(), claim_epoch = $3
@@ -245,8 +247,9 @@ impl MessageBox {
         .bind(port_id)
         .bind(instance)
         .bind(epoch)
-        .bind(max.max(1))
+        .bind(limits.max_count.max(1))
         .bind(token)
+        .bind(limits.max_bytes.max(1))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -61,15 +61,25 @@ async fn one_holder_claims_in_order_and_a_takeover_fences_the_former(pool: PgPoo
         "held by A"
     );
     assert!(
-        mbx.deliveries_claim_ordered(b, port, epoch_a, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        mbx.deliveries_claim_ordered(
+            b,
+            port,
+            epoch_a,
+            mbx_messagebox::delivery::ClaimLimits::count(10)
+        )
+        .await
+        .unwrap()
+        .is_empty(),
         "B holds nothing"
     );
 
     let head = mbx
-        .deliveries_claim_ordered(a, port, epoch_a, 3)
+        .deliveries_claim_ordered(
+            a,
+            port,
+            epoch_a,
+            mbx_messagebox::delivery::ClaimLimits::count(3),
+        )
         .await
         .unwrap();
     assert_eq!(numbers(&head), vec![0, 1, 2]);
@@ -106,7 +116,12 @@ async fn one_holder_claims_in_order_and_a_takeover_fences_the_former(pool: PgPoo
         .unwrap();
     assert_eq!(fail.stale, 1, "its failures change nothing either");
     let taken = mbx
-        .deliveries_claim_ordered(b, port, epoch_b, 10)
+        .deliveries_claim_ordered(
+            b,
+            port,
+            epoch_b,
+            mbx_messagebox::delivery::ClaimLimits::count(10),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -130,7 +145,12 @@ async fn a_head_waiting_for_its_retry_blocks_everything_behind_it(pool: PgPool) 
         .unwrap()
         .expect("lease");
     let head = mbx
-        .deliveries_claim_ordered(a, port, epoch, 1)
+        .deliveries_claim_ordered(
+            a,
+            port,
+            epoch,
+            mbx_messagebox::delivery::ClaimLimits::count(1),
+        )
         .await
         .unwrap();
     assert_eq!(numbers(&head), vec![0]);
@@ -140,15 +160,25 @@ async fn a_head_waiting_for_its_retry_blocks_everything_behind_it(pool: PgPool) 
         .unwrap();
     assert_eq!(r.retried, 1);
     assert!(
-        mbx.deliveries_claim_ordered(a, port, epoch, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        mbx.deliveries_claim_ordered(
+            a,
+            port,
+            epoch,
+            mbx_messagebox::delivery::ClaimLimits::count(10)
+        )
+        .await
+        .unwrap()
+        .is_empty(),
         "nothing overtakes a head that waits for its retry"
     );
     make_due(&pool).await;
     let again = mbx
-        .deliveries_claim_ordered(a, port, epoch, 10)
+        .deliveries_claim_ordered(
+            a,
+            port,
+            epoch,
+            mbx_messagebox::delivery::ClaimLimits::count(10),
+        )
         .await
         .unwrap();
     assert_eq!(numbers(&again), vec![0, 1, 2]);
@@ -261,7 +291,12 @@ async fn a_checkpoint_is_recorded_with_the_holders_completions_only(pool: PgPool
         .unwrap()
         .unwrap();
     let head = mbx
-        .deliveries_claim_ordered(a, port, epoch_a, 2)
+        .deliveries_claim_ordered(
+            a,
+            port,
+            epoch_a,
+            mbx_messagebox::delivery::ClaimLimits::count(2),
+        )
         .await
         .unwrap();
     let done = mbx
@@ -344,4 +379,43 @@ async fn racing_instances_get_exactly_one_owner_each_round(pool: PgPool) {
         last_epoch = winners[0];
         expire_lease(&pool, port).await;
     }
+}
+
+/// An ordered claim is bounded in bytes as well as count (the head alone may pass the
+/// byte limit, or a large message could never be sent).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ordered_claim_stops_at_its_byte_limit_but_always_takes_the_head(pool: PgPool) {
+    use mbx_messagebox::delivery::ClaimLimits;
+    let mbx = mbx(pool.clone()).await;
+    let port = ordered_port(&mbx).await;
+    publish_n(&mbx, 5).await; // bodies of 8 bytes each
+    let a = instance(&mbx).await;
+    let epoch = mbx
+        .port_lease_acquire(a, port, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("free lease");
+    let limits = |max_bytes| ClaimLimits {
+        max_count: 10,
+        max_bytes,
+    };
+    let first = mbx
+        .deliveries_claim_ordered(a, port, epoch, limits(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        numbers(&first),
+        vec![0],
+        "the head alone passes a byte limit"
+    );
+    assert_eq!(complete(&mbx, a, &[&first[0]]).await.len(), 1);
+    let next = mbx
+        .deliveries_claim_ordered(a, port, epoch, limits(17))
+        .await
+        .unwrap();
+    assert_eq!(
+        numbers(&next),
+        vec![1, 2, 3],
+        "8 + 8 < 17 bytes before the third"
+    );
 }

@@ -248,7 +248,12 @@ pub async fn claim_ordered(mbx: &MessageBox, instance: Uuid, port_id: i64) -> Ve
                 .epoch
         }
     };
-    mbx.deliveries_claim_ordered(instance, port_id, epoch, 100)
-        .await
-        .expect("ordered claim")
+    mbx.deliveries_claim_ordered(
+        instance,
+        port_id,
+        epoch,
+        mbx_messagebox::delivery::ClaimLimits::count(100),
+    )
+    .await
+    .expect("ordered claim")
 }
