@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use mbx_e2e::sink::{check_in_order, ordered_http_port, Request};
 use mbx_e2e::{
-    database_url, eventually, lease_owner, messagebox, start_host, wait_for, wait_for_alive,
-    FAST_HOST,
+    database_url, eventually, lease_owner, lines_of, messagebox, start_host, wait_for,
+    wait_for_alive, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::{NewMessage, Published, Publisher};
@@ -43,21 +43,6 @@ async fn ordered_append_port(
     mbx.send_port_create(&spec)
         .await
         .expect("ordered send port");
-}
-
-/// The complete lines of `path` so far (a line still being written is left out); none if
-/// the file does not exist yet.
-fn lines_of(path: &Path) -> Vec<String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-        Err(e) => panic!("read {}: {e}", path.display()),
-    };
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..i],
-        None => return Vec::new(),
-    };
-    complete.split('\n').map(str::to_owned).collect()
 }
 
 /// One message with promoted property `property` = `value`.

@@ -10,17 +10,16 @@
 //! - T7: every connection to PostgreSQL is reset, and every reconnect refused, for 5 s:
 //!   the hosts reconnect at a bounded rate and the flow recovers within 10 s.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mbx_e2e::fault_proxy::{FaultProxy, Mode};
+use mbx_e2e::fault_proxy::{server_addr, FaultProxy, Mode};
 use mbx_e2e::load::{assert_running, drain_and_check, Writer};
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::sink::{check_in_order, numbered, ordered_http_port};
 use mbx_e2e::{
-    bodies_in, database_url, files_in, free_port, lease_owner, messagebox, order_route, server_url,
-    start_host, wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
+    bodies_in, database_url, files_in, free_port, lease_owner, messagebox, order_route, start_host,
+    wait_for, wait_for_alive, FileRoute, Reaped, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::publish::Publisher;
@@ -205,21 +204,6 @@ async fn t4_postgres_restarted_fast_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t4_postgres_crashed_immediate_under_load_loses_nothing() {
     restart_under_load("immediate").await;
-}
-
-/// The shared server's address, for the fault proxy.
-fn server_addr() -> SocketAddr {
-    let url = server_url();
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let hostport = authority.rsplit('@').next().unwrap_or(authority);
-    let hostport = if hostport.contains(':') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:5432")
-    };
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().expect("DATABASE_URL names host:port")
 }
 
 async fn publish_numbered(mbx: &MessageBox, range: std::ops::Range<usize>) {

@@ -149,3 +149,18 @@ async fn pump(mut client: TcpStream, mut server: TcpStream, mut mode: watch::Rec
         }
     }
 }
+
+/// The shared server's address, for the fault proxy.
+pub fn server_addr() -> SocketAddr {
+    let url = crate::server_url();
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let hostport = authority.rsplit('@').next().unwrap_or(authority);
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    };
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().expect("DATABASE_URL names host:port")
+}

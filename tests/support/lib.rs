@@ -380,3 +380,18 @@ pub async fn serve_on_loopback(app: axum::Router) -> u16 {
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
 }
+
+/// The complete lines of `path` so far (a line still being written is left out); none if
+/// the file does not exist yet.
+pub fn lines_of(path: &Path) -> Vec<String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("read {}: {e}", path.display()),
+    };
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => return Vec::new(),
+    };
+    complete.split('\n').map(str::to_owned).collect()
+}

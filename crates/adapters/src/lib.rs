@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -69,6 +70,36 @@ pub struct OutboundMessage {
     /// The context as the adapter sees it: the message's properties with the per-delivery
     /// values (`mbx.RetryCount`, `mbx.SendPortName`, `mbx.Sequence`, `mbx.Epoch`) overlaid.
     pub context: MessageContext,
+    /// On an ordered port: whether its owner may still act (see [`Fence`]); `None` on an
+    /// unordered port.
+    pub fence: Option<Fence>,
+}
+
+/// Whether the owner of an ordered port may still act on its endpoint: true while it
+/// holds the port's lease and renewed it less than TTL − margin ago (SPEC §5.3). The
+/// engine checks it before handing each message over; an adapter whose endpoint it can
+/// lock (FILE append: the file's lock) checks it again *after* taking the lock, right
+/// before each side effect, so a former owner that stalls anywhere before that point
+/// changes nothing once the lease has moved, and one that stalls inside the locked
+/// section holds the next owner off until it is done.
+#[derive(Clone)]
+pub struct Fence(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Fence {
+    pub fn new(may_act: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Fence(Arc::new(may_act))
+    }
+
+    /// Whether the owner may still act now.
+    pub fn allows(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fence").field(&self.allows()).finish()
+    }
 }
 
 /// The result of one send attempt.
@@ -183,10 +214,11 @@ pub trait SendAdapter: Send + Sync {
 
     /// Before a new owner of an ordered port sends, puts the endpoint back to the last
     /// committed `checkpoint` (FILE append: truncate the file to the committed length), so
-    /// messages sent but not committed by a crashed owner are not there twice. Adapters
-    /// without positions keep the default: nothing to do.
-    async fn restore(&self, checkpoint: &str) -> Result<(), String> {
-        let _ = checkpoint;
+    /// messages sent but not committed by a crashed owner are not there twice — fenced
+    /// like a send: nothing is changed unless `fence` allows it at the moment of the
+    /// change. Adapters without positions keep the default: nothing to do.
+    async fn restore(&self, checkpoint: &str, fence: &Fence) -> Result<(), String> {
+        let _ = (checkpoint, fence);
         Ok(())
     }
 }
@@ -207,15 +239,27 @@ pub struct InboundMessage {
     pub source_id: Option<String>,
 }
 
+/// What became of one message of a committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Safe in the MessageBox: published, or kept as a suspended item (a routing or
+    /// receive failure). The adapter acknowledges its source.
+    Accepted,
+    /// Its source id was published within the dedup window, so it was dropped (SPEC §3
+    /// item 6). The adapter acknowledges its source too, but never unseen: FILE moves the
+    /// file to `.mbx-duplicates/` with a reason file.
+    Duplicate,
+}
+
 /// Implemented by the host: publishes a batch in one transaction (running the receive
 /// pipeline on each message first).
 #[async_trait]
 pub trait Submitter: Send + Sync {
-    /// Returns `Ok` only once the whole batch is committed in the MessageBox (published,
-    /// or kept as a suspended item such as a routing or receive failure). An error means
-    /// nothing of the batch may be acknowledged; the adapter retries later. The host may
-    /// make this wait while it is throttled.
-    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError>;
+    /// Returns `Ok` only once the whole batch is committed in the MessageBox, with one
+    /// [`Submitted`] per message, in order. An error means nothing of the batch may be
+    /// acknowledged; the adapter retries later. The host may make this wait while it is
+    /// throttled.
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError>;
 }
 
 /// A future that completes when the adapter must stop (mini-redis style).
@@ -233,6 +277,11 @@ pub struct ReceiveLocationSpec {
     /// This host instance's id: marks the sources it claims, so that a dead instance's
     /// claims can be told apart and reclaimed. Letters, digits and `-` only.
     pub instance_id: String,
+    /// An ordered location (SPEC §5.4): the adapter runs only while this instance holds
+    /// the location's lease, takes its sources strictly in order and never skips one it
+    /// could not take; sources still claimed by anyone else are a former holder's, to be
+    /// put back first.
+    pub ordered: bool,
 }
 
 /// A source left claimed (by this or another instance), as [`ReceiveAdapter::reclaim`]

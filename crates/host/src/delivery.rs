@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mbx_adapters::{MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
+use mbx_adapters::{Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::{ClaimLimits, ClaimedDelivery, Failure};
@@ -190,13 +190,14 @@ async fn send_all(
     shared: &Shared,
     port: &SendPort,
     batch: &[ClaimedDelivery],
+    fence: Option<&Fence>,
 ) -> (HashMap<i64, Outcome>, HashMap<i64, String>) {
     let mut outcomes: HashMap<i64, Outcome> = HashMap::new();
     let mut checkpoints: HashMap<i64, String> = HashMap::new();
     let mut by_adapter: HashMap<&'static str, (Arc<dyn SendAdapter>, Vec<OutboundMessage>)> =
         HashMap::new();
     for d in batch {
-        match outbound(shared, port, d).await {
+        match outbound(shared, port, d, fence).await {
             Ok((adapter, message)) => by_adapter
                 .entry(adapter.name())
                 .or_insert_with(|| (adapter.clone(), Vec::new()))
@@ -244,7 +245,7 @@ async fn send_all(
             let Some(d) = batch.iter().find(|d| d.delivery_id == id) else {
                 continue;
             };
-            let (outcome, checkpoint) = send_alone(shared, port, d).await;
+            let (outcome, checkpoint) = send_alone(shared, port, d, fence).await;
             shared.progressed(port.id);
             if let Some(c) = checkpoint {
                 checkpoints.insert(id, c);
@@ -261,6 +262,7 @@ async fn outbound(
     shared: &Shared,
     port: &SendPort,
     d: &ClaimedDelivery,
+    fence: Option<&Fence>,
 ) -> Result<(Arc<dyn SendAdapter>, OutboundMessage), Outcome> {
     let address = resolve_address(port, d).map_err(|e| Outcome::failed(e, false))?;
     let adapter = shared
@@ -288,6 +290,7 @@ async fn outbound(
         body,
         content_type: d.content_type.clone(),
         context: adapter_context(d),
+        fence: fence.cloned(),
     };
     Ok((adapter, message))
 }
@@ -298,8 +301,9 @@ async fn send_alone(
     shared: &Shared,
     port: &SendPort,
     d: &ClaimedDelivery,
+    fence: Option<&Fence>,
 ) -> (Outcome, Option<String>) {
-    let (adapter, message) = match outbound(shared, port, d).await {
+    let (adapter, message) = match outbound(shared, port, d, fence).await {
         Ok(m) => m,
         Err(outcome) => return (outcome, None),
     };
@@ -368,7 +372,7 @@ async fn send_batch(
         .iter()
         .map(|d| (d.delivery_id, d.published_at))
         .collect();
-    let (mut outcomes, _) = send_all(shared, port, &batch).await;
+    let (mut outcomes, _) = send_all(shared, port, &batch, None).await;
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
     for (id, token) in &tokens {
@@ -486,13 +490,14 @@ pub(crate) async fn ordered_port_loop(
             }
             continue;
         }
+        let asked = Instant::now();
         match Leased::Port(port.id).acquire(&shared, instance).await {
             Ok(Some(epoch)) => {
                 info!(port = %port.name, epoch, "ordered port lease taken");
                 metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
                     .increment(1);
                 shared.share.taken(port.id);
-                own_ordered_port(&shared, &port, instance, epoch, &mut stop).await;
+                own_ordered_port(&shared, &port, instance, epoch, asked, &mut stop).await;
                 shared.share.let_go(port.id);
             }
             Ok(None) => {}
@@ -513,12 +518,14 @@ async fn own_ordered_port(
     port: &SendPort,
     instance: Uuid,
     epoch: i64,
+    asked: Instant,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch);
+    let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch, asked);
     let may_send = || tenure.may_act();
+    let fence = tenure.fence();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
-    if let Err(e) = restore_endpoint(shared, port, may_send).await {
+    if let Err(e) = restore_endpoint(shared, port, &fence).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
         let _ = shared
@@ -583,7 +590,7 @@ async fn own_ordered_port(
                 break 'owner;
             }
             let (mut outcomes, mut checkpoints) =
-                send_all(shared, port, std::slice::from_ref(&d)).await;
+                send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await;
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
                 Outcome::failed("the adapter reported no outcome for this message", true)
             });
@@ -672,11 +679,8 @@ async fn commit_ordered(
 
 /// A new owner puts the endpoint back to the checkpoint committed with the last
 /// completion (FILE append: truncates what a crashed owner sent but did not commit).
-async fn restore_endpoint(
-    shared: &Shared,
-    port: &SendPort,
-    may_act: impl Fn() -> bool,
-) -> Result<(), String> {
+async fn restore_endpoint(shared: &Shared, port: &SendPort, fence: &Fence) -> Result<(), String> {
+    let may_act = || fence.allows();
     // a connection error while reading the checkpoint is retried while the lease holds:
     // giving up would leave the lease held (its release fails too) until it expires
     let info = loop {
@@ -700,7 +704,7 @@ async fn restore_endpoint(
         .registry
         .send_adapter(address)
         .map_err(|e| e.to_string())?;
-    adapter.restore(&checkpoint).await
+    adapter.restore(&checkpoint, fence).await
 }
 
 /// Longest time delivered messages of an ordered port wait for their completion commit.

@@ -201,7 +201,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         source_id,
     };
     match route.submitter.submit(vec![message]).await {
-        Ok(()) => plain(StatusCode::ACCEPTED, "accepted".into()),
+        // a repeat of an Idempotency-Key already published is accepted again, not twice
+        Ok(_) => plain(StatusCode::ACCEPTED, "accepted".into()),
         Err(e) => {
             warn!(location = %route.location, error = %e, "HTTP receive could not publish");
             unavailable("the MessageBox cannot take the message now; retry")

@@ -98,9 +98,17 @@ fn millis_since(start: Instant) -> u64 {
 }
 
 impl Tenure {
-    /// Starts renewing a lease just acquired at `epoch`.
-    pub fn start(shared: &Arc<Shared>, leased: Leased, instance: Uuid, epoch: i64) -> Self {
-        let clock = Instant::now();
+    /// Starts renewing a lease just acquired at `epoch` by a request sent at `asked`: the
+    /// lease's expiry counts from a moment after that, so the holder's own view (TTL −
+    /// margin from `asked`) ends before the lease can expire, however long the answer took.
+    pub fn start(
+        shared: &Arc<Shared>,
+        leased: Leased,
+        instance: Uuid,
+        epoch: i64,
+        asked: Instant,
+    ) -> Self {
+        let clock = asked;
         let renewed_ms = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
@@ -134,6 +142,13 @@ impl Tenure {
         may_act(self.clock, &self.renewed_ms, &self.lost)
     }
 
+    /// [`Self::may_act`] for a send adapter to check right before each change of its
+    /// endpoint (it outlives this holding: once the holding ends, it says no).
+    pub fn fence(&self) -> mbx_adapters::Fence {
+        let (clock, renewed_ms, lost) = (self.clock, self.renewed_ms.clone(), self.lost.clone());
+        mbx_adapters::Fence::new(move || may_act(clock, &renewed_ms, &lost))
+    }
+
     /// A future that resolves once the holder may no longer act (owns what it needs, so
     /// it can be a receive adapter's shutdown signal).
     pub fn ended_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -152,6 +167,8 @@ impl Tenure {
 impl Drop for Tenure {
     fn drop(&mut self) {
         self.renewer.abort();
+        // a fence handed out lives on in an adapter: it must say no from now on
+        self.lost.store(true, Ordering::Release);
     }
 }
 

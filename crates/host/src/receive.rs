@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
-use mbx_adapters::{InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitter};
+use mbx_adapters::{
+    InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitted, Submitter,
+};
 use mbx_messagebox::context::system;
 use mbx_messagebox::instances::DEAD_AFTER_S;
-use mbx_messagebox::publish::{NewMessage, Publisher};
+use mbx_messagebox::publish::{LocationFence, NewMessage, Published, Publisher};
 use mbx_messagebox::receive::ReceiveLocation;
 use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
 use tokio::sync::watch;
@@ -85,11 +87,18 @@ pub(crate) async fn location_loop(
         let tenure = if loc.ordered {
             let instance = shared.instance_id();
             let leased = Leased::Location(loc.id);
+            let asked = std::time::Instant::now();
             match leased.acquire(&shared, instance).await {
                 Ok(Some(epoch)) => {
                     info!(location = %loc.name, epoch, "ordered receive location lease taken");
+                    // every publish of this holding is fenced on the lease at this epoch
+                    submitter.hold(Some(LocationFence {
+                        location_id: loc.id,
+                        holder: instance,
+                        epoch,
+                    }));
                     Some((
-                        Tenure::start(&shared, leased, instance, epoch),
+                        Tenure::start(&shared, leased, instance, epoch, asked),
                         instance,
                         epoch,
                     ))
@@ -124,6 +133,7 @@ pub(crate) async fn location_loop(
             address: loc.address.clone(),
             settings,
             instance_id: started_as.simple().to_string(),
+            ordered: loc.ordered,
         };
         let adapter = match shared.registry.receive_adapter(spec) {
             Ok(a) => a,
@@ -168,6 +178,7 @@ pub(crate) async fn location_loop(
             _ = reclaimer => run.await,
         };
         if let Some((t, instance, epoch)) = tenure {
+            submitter.hold(None);
             let held = t.may_act();
             drop(t);
             if held {
@@ -235,6 +246,8 @@ struct LocationSubmitter {
     /// answers 503 instead, before it reads the request).
     throttle: Option<Arc<crate::throttle::Throttle>>,
     stopping: watch::Receiver<bool>,
+    /// An ordered location: the lease this instance holds now (none: publish nothing).
+    fence: std::sync::Mutex<Option<LocationFence>>,
 }
 
 impl LocationSubmitter {
@@ -258,11 +271,35 @@ impl LocationSubmitter {
             publisher: Publisher {
                 host_id: Some(shared.host_id),
                 receive_location_id: Some(loc.id),
+                fence: None,
             },
             declared: shared.mbx.property_types().await?,
             throttle: polls.then(|| shared.throttle.clone()),
             stopping: shared.stopping.clone(),
+            fence: std::sync::Mutex::new(None),
         })
+    }
+
+    /// An ordered location's holding began (the lease it holds) or ended (`None`).
+    fn hold(&self, fence: Option<LocationFence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    /// Who publishes the next batch: for an ordered location, fenced on its lease.
+    fn publisher(&self) -> Result<Publisher, SubmitError> {
+        if !self.location.ordered {
+            return Ok(self.publisher.clone());
+        }
+        match *self.fence.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(fence) => Ok(Publisher {
+                fence: Some(fence),
+                ..self.publisher.clone()
+            }),
+            None => Err(SubmitError::new(format!(
+                "this instance does not hold the lease of ordered receive location {}",
+                self.location.name
+            ))),
+        }
     }
 
     /// The context of one received message, or the reason it is a receive failure.
@@ -328,7 +365,7 @@ impl LocationSubmitter {
 
 #[async_trait]
 impl Submitter for LocationSubmitter {
-    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError> {
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
         if let Some(throttle) = &self.throttle {
             if throttle.publish_throttled() {
                 info!(location = %self.location.name, "publish throttle on: holding the batch");
@@ -342,15 +379,22 @@ impl Submitter for LocationSubmitter {
                 }
             }
         }
+        let publisher = self.publisher()?;
+        let mut outcomes = vec![Submitted::Accepted; batch.len()];
+        // which message of the batch each published one is
+        let mut published_from = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
-        for m in batch {
+        for (i, m) in batch.into_iter().enumerate() {
             match self.context(&m) {
-                Ok(context) => messages.push(NewMessage {
-                    body: m.body,
-                    content_type: m.content_type,
-                    context,
-                    source: m.source_id.map(|s| (self.location.id, s)),
-                }),
+                Ok(context) => {
+                    published_from.push(i);
+                    messages.push(NewMessage {
+                        body: m.body,
+                        content_type: m.content_type,
+                        context,
+                        source: m.source_id.map(|s| (self.location.id, s)),
+                    });
+                }
                 Err(reason) => {
                     // kept as a non-resumable receive failure; the source is then acknowledged
                     let mut context = Context::new();
@@ -368,15 +412,32 @@ impl Submitter for LocationSubmitter {
             }
         }
         if messages.is_empty() {
-            return Ok(());
+            return Ok(outcomes);
         }
-        let n = messages.len() as u64;
-        self.mbx
-            .publish(&self.publisher, messages)
+        let published = self
+            .mbx
+            .publish(&publisher, messages)
             .await
             .map_err(|e| SubmitError::new(e.to_string()))?;
+        let mut fresh = 0u64;
+        for (i, p) in published_from.into_iter().zip(&published) {
+            if matches!(p, Published::Duplicate) {
+                outcomes[i] = Submitted::Duplicate;
+            } else {
+                fresh += 1;
+            }
+        }
+        let duplicates = published.len() as u64 - fresh;
         metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
-            .increment(n);
-        Ok(())
+            .increment(fresh);
+        if duplicates > 0 {
+            // never silent: logged, counted, tracked (by the publish), and the adapter
+            // moves its source aside
+            warn!(location = %self.location.name, duplicates,
+                  "dropped messages whose source id was published within the dedup window");
+            metrics::counter!("mbx_receive_duplicates_total", "location" => self.location.name.clone())
+                .increment(duplicates);
+        }
+        Ok(outcomes)
     }
 }

@@ -35,6 +35,9 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The lease the work was fenced on moved on (or expired): nothing was changed.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl Error {

@@ -62,6 +62,17 @@ pub enum Published {
 pub struct Publisher {
     pub host_id: Option<i64>,
     pub receive_location_id: Option<i64>,
+    /// An ordered receive location's publish commits only while its publisher holds the
+    /// location's lease (SPEC §5.4).
+    pub fence: Option<LocationFence>,
+}
+
+/// The lease of an ordered receive location as its holder took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocationFence {
+    pub location_id: i64,
+    pub holder: Uuid,
+    pub epoch: i64,
 }
 
 impl MessageBox {
@@ -74,6 +85,9 @@ impl MessageBox {
     ) -> Result<Vec<Published>> {
         let mut tx = self.pool.begin().await?;
         let outcomes = self.publish_in(&mut tx, publisher, messages).await?;
+        if let Some(fence) = &publisher.fence {
+            check_fence(&mut tx, fence).await?;
+        }
         tx.commit().await?;
         if outcomes
             .iter()
@@ -276,6 +290,34 @@ impl MessageBox {
     }
 }
 
+/// The fence of an ordered location's publish, as the last statement before its commit:
+/// the lease row must still name this holder at this epoch and not have expired (on the
+/// database clock *now*, not at the transaction's start). `FOR SHARE` holds the row until
+/// the commit, so a takeover (an `UPDATE` of the row) waits for this publish to end and
+/// every batch the next holder publishes commits after it: a holder paused anywhere
+/// before this statement commits nothing, and one paused after it delays the takeover
+/// instead of publishing behind it.
+async fn check_fence(tx: &mut Transaction<'_, Postgres>, fence: &LocationFence) -> Result<()> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM leases
+          WHERE location_id = $1 AND bucket = 0 AND holder = $2 AND epoch = $3
+            AND expires_at > clock_timestamp()
+            FOR SHARE",
+    )
+    .bind(fence.location_id)
+    .bind(fence.holder)
+    .bind(fence.epoch)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(Error::Fenced(format!(
+            "the lease of ordered receive location {} at epoch {} is no longer held by this instance; nothing was published",
+            fence.location_id, fence.epoch
+        ))),
+    }
+}
+
 /// The reason recorded for a routing failure: names the promoted properties.
 pub(crate) fn routing_failure_reason(context: &Context) -> String {
     format!(
@@ -302,10 +344,14 @@ async fn dedup_sources(
     let mut locs = Vec::new();
     let mut srcs = Vec::new();
     let mut mids = Vec::new();
+    let mut dup_locs = Vec::new();
+    let mut dup_srcs = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         if let Some((loc, src)) = &m.source {
             if !seen.insert((*loc, src.clone())) {
                 fresh[i] = false;
+                dup_locs.push(*loc);
+                dup_srcs.push(src.clone());
                 continue;
             }
             locs.push(*loc);
@@ -333,9 +379,29 @@ async fn dedup_sources(
     .into_iter()
     .collect();
     for (i, m) in messages.iter().enumerate() {
-        if m.source.is_some() && fresh[i] && !accepted.contains(&ids[i]) {
-            fresh[i] = false;
+        if let (Some((loc, src)), true) = (&m.source, fresh[i]) {
+            if !accepted.contains(&ids[i]) {
+                fresh[i] = false;
+                dup_locs.push(*loc);
+                dup_srcs.push(src.clone());
+            }
         }
+    }
+    if !dup_locs.is_empty() {
+        // never silent: the message published first records each repeat
+        sqlx::query(
+            "INSERT INTO tracking_events (message_id, event, detail)
+             SELECT r.message_id, 'duplicate-dropped',
+                    'source ' || t.src || ' received again by ' || coalesce(l.name, 'a deleted location')
+                    || ' within the dedup window; dropped, not published again'
+               FROM unnest($1::int8[], $2::text[]) AS t(loc, src)
+               JOIN received_sources r ON r.receive_location_id = t.loc AND r.source_id = t.src
+               LEFT JOIN receive_locations l ON l.id = t.loc",
+        )
+        .bind(&dup_locs)
+        .bind(&dup_srcs)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(fresh)
 }

@@ -419,3 +419,73 @@ async fn an_ordered_claim_stops_at_its_byte_limit_but_always_takes_the_head(pool
         "8 + 8 < 17 bytes before the third"
     );
 }
+
+/// SPEC §5.4: an ordered receive location's publish commits only while its publisher
+/// holds the location's live lease at its epoch; once the lease expired or moved, the
+/// former holder's publish is refused and stores nothing.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ordered_locations_publish_commits_only_under_its_live_lease(pool: PgPool) {
+    use mbx_messagebox::publish::{LocationFence, Publisher};
+    use mbx_messagebox::receive::ReceiveLocationSpec;
+    let mbx = mbx(pool.clone()).await;
+    ordered_port(&mbx).await;
+    mbx.receive_port_create("rp", false).await.unwrap();
+    let mut spec = ReceiveLocationSpec::new("rl", "rp", "file:///tmp/mbx-test/in/*.xml");
+    spec.ordered = true;
+    mbx.receive_location_create(&spec).await.unwrap();
+    let loc = count(&pool, "SELECT id FROM receive_locations WHERE name = 'rl'").await;
+    let (a, b) = (instance(&mbx).await, instance(&mbx).await);
+    let epoch_a = mbx
+        .location_lease_acquire(a, loc, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("free lease");
+    let by = |holder, epoch| Publisher {
+        host_id: None,
+        receive_location_id: Some(loc),
+        fence: Some(LocationFence {
+            location_id: loc,
+            holder,
+            epoch,
+        }),
+    };
+    let one = |n| msg(&[("Seq.N", Value::Integer(n))]);
+    mbx.publish(&by(a, epoch_a), vec![one(0)])
+        .await
+        .expect("the holder publishes");
+    assert!(
+        matches!(
+            mbx.publish(&by(b, epoch_a), vec![one(1)]).await,
+            Err(mbx_messagebox::Error::Fenced(_))
+        ),
+        "not the holder"
+    );
+    sqlx::query(
+        "UPDATE leases SET expires_at = now() - interval '1 second' WHERE location_id = $1",
+    )
+    .bind(loc)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            mbx.publish(&by(a, epoch_a), vec![one(1)]).await,
+            Err(mbx_messagebox::Error::Fenced(_))
+        ),
+        "an expired lease fences its holder"
+    );
+    let epoch_b = mbx
+        .location_lease_acquire(b, loc, LEASE_TTL_MS)
+        .await
+        .unwrap()
+        .expect("expired lease taken");
+    assert!(matches!(
+        mbx.publish(&by(a, epoch_a), vec![one(1)]).await,
+        Err(mbx_messagebox::Error::Fenced(_))
+    ));
+    mbx.publish(&by(b, epoch_b), vec![one(2)])
+        .await
+        .expect("the new holder publishes");
+    assert_eq!(count(&pool, "SELECT count(*) FROM messages").await, 2);
+    assert_eq!(count(&pool, "SELECT count(*) FROM deliveries").await, 2);
+}

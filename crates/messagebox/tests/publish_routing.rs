@@ -256,6 +256,7 @@ async fn a_source_id_published_twice_is_a_duplicate(pool: PgPool) {
     let publisher = Publisher {
         host_id: None,
         receive_location_id: Some(loc),
+        fence: None,
     };
     let sourced = |src: &str| {
         let mut m = msg(&[("Order.Region", s("EU"))]);
@@ -280,6 +281,28 @@ async fn a_source_id_published_twice_is_a_duplicate(pool: PgPool) {
     assert_eq!(again[2], Published::Duplicate);
     assert_eq!(count(&pool, "SELECT count(*) FROM messages").await, 2);
     assert_eq!(count(&pool, "SELECT count(*) FROM deliveries").await, 2);
+    // never silent: each repeat is tracked on the message published first
+    let first_id = message_id(&first[0]);
+    let b_id = message_id(&again[1]);
+    let dropped = |id: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT detail FROM tracking_events WHERE message_id = $1 AND event = 'duplicate-dropped'",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let a_events = dropped(first_id).await;
+    assert_eq!(a_events.len(), 1, "{a_events:?}");
+    assert!(
+        a_events[0].contains("a.xml") && a_events[0].contains("received again by in"),
+        "{a_events:?}"
+    );
+    assert_eq!(dropped(b_id).await.len(), 1, "the in-batch repeat too");
 
     // past the dedup window the same source id is a new message
     sqlx::query("UPDATE received_sources SET published_at = now() - interval '25 hours'")
@@ -411,6 +434,7 @@ async fn concurrent_publishes_of_one_source_id_store_it_once(pool: PgPool) {
                 let publisher = Publisher {
                     host_id: None,
                     receive_location_id: Some(loc),
+                    fence: None,
                 };
                 mbx.publish(&publisher, vec![m])
                     .await

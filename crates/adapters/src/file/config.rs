@@ -32,8 +32,14 @@ pub const FILE_RECEIVE_POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 /// At most this many directory entries are examined per poll, so a huge folder costs
 /// bounded memory; the rest are picked up by later polls.
 pub const FILE_RECEIVE_SCAN_ENTRIES_MAX: usize = 100_000;
+/// How long a file's size and mtime must stay unchanged before it is taken, unless
+/// `settle` says otherwise (a file still being written is never taken half-written).
+pub const FILE_RECEIVE_SETTLE_DEFAULT_MS: u64 = 1_000;
 /// Where oversized files are moved, inside the receive folder.
 pub const FILE_REJECTED_DIR: &str = ".mbx-rejected";
+/// Where files dropped as duplicates (received again within the dedup window) are moved,
+/// inside the receive folder.
+pub const FILE_DUPLICATES_DIR: &str = ".mbx-duplicates";
 /// A claimed file is named `.<original>.mbx-claimed-<claim id>`.
 pub const FILE_CLAIM_MARKER: &str = ".mbx-claimed-";
 /// The longest file name FILE send writes: the temporary name
@@ -52,6 +58,7 @@ pub const FILE_RECEIVE_SETTINGS: &[&str] = &[
     "batch_bytes_max",
     "poll_interval",
     "content_type",
+    "settle",
 ];
 /// The settings FILE send accepts.
 pub const FILE_SEND_SETTINGS: &[&str] = &["append", "records"];
@@ -74,6 +81,9 @@ pub struct FileReceiveConfig {
     /// `content_type`: the content type given to received bodies; by default guessed from
     /// the extension (`.xml`, `.json`, `.txt`), else `application/octet-stream`.
     pub content_type: Option<String>,
+    /// `settle`: a file is taken only once its size and mtime have stayed unchanged this
+    /// long (`0s`: at once, for writers that write then rename).
+    pub settle: Duration,
 }
 
 impl FileReceiveConfig {
@@ -118,6 +128,13 @@ impl FileReceiveConfig {
             }
             Some(ct) => Some(ct.clone()),
         };
+        let settle = settings::get_duration(
+            settings,
+            "settle",
+            Duration::from_millis(FILE_RECEIVE_SETTLE_DEFAULT_MS),
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        )?;
         Ok(Self {
             folder,
             mask,
@@ -126,6 +143,7 @@ impl FileReceiveConfig {
             batch_bytes_max,
             poll_interval,
             content_type,
+            settle,
         })
     }
 

@@ -3,37 +3,50 @@
 //! Life of a file `a.xml` on instance `I`:
 //!
 //! ```text
-//!  a.xml ──rename──► .a.xml.mbx-claimed-I ──submit ok──► deleted
-//!    ▲                  │        │
-//!    └──submit failed───┘        └──larger than max_message_size──► .mbx-rejected/a.xml
-//!    ▲                                                               + a.xml.reason.txt
+//!  a.xml ──settled──► rename ──► .a.xml.mbx-claimed-I ──submit: accepted──► deleted
+//!    ▲                              │        │      └──submit: duplicate──► .mbx-duplicates/a.xml
+//!    └──submit failed, or changed───┘        │                               + a.xml.reason.txt
+//!       since it settled                     └──larger than max_message_size──► .mbx-rejected/a.xml
+//!    ▲                                                                          + a.xml.reason.txt
 //!    └──reclaim (instance I dead, decided by the host)── .a.xml.mbx-claimed-I
 //! ```
+//!
+//! A file is taken only once it is complete: its size and mtime unchanged for `settle`
+//! (1 s) — an mtime already that old counts — and unchanged again after it was claimed
+//! and read. Writers should still write under another name (or a hidden one) and rename
+//! into place: a writer that pauses longer than `settle` can be taken half-written.
 //!
 //! Renames within one folder are atomic, so two instances polling the same folder never
 //! both claim a file: the loser's rename finds nothing. A crash between commit and delete
 //! leaves a claimed file; reclaim puts it back and the MessageBox drops the repeat by its
-//! source id (name + size + mtime, which renames preserve).
+//! source id (name + size + mtime, which renames preserve) — moved to `.mbx-duplicates/`,
+//! never deleted unseen.
+//!
+//! An ordered location (one holder at a time, under its lease) takes files strictly in
+//! name order: before each poll it puts back files still claimed by anyone else (a
+//! former holder's), it stops at the first file not yet settled, and it never skips a
+//! file it could not take.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::config::{
-    FileReceiveConfig, FILE_CLAIM_MARKER, FILE_RECEIVE_SCAN_ENTRIES_MAX, FILE_REJECTED_DIR,
+    FileReceiveConfig, FILE_CLAIM_MARKER, FILE_DUPLICATES_DIR, FILE_RECEIVE_SCAN_ENTRIES_MAX,
+    FILE_REJECTED_DIR,
 };
 use crate::context::{system, MessageContext};
 use crate::error::{ConfigError, ReceiveError};
 use crate::{
     ClaimInfo, Health, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, ReclaimFilter,
-    ReclaimReport, ShutdownSignal, Submitter,
+    ReclaimReport, ShutdownSignal, Submitted, Submitter,
 };
 
 /// The longest instance id accepted as a claim id.
@@ -49,10 +62,15 @@ pub const FILE_RECEIVE_NAME_MAX_BYTES: usize =
 pub struct PollReport {
     /// Files submitted, committed and deleted.
     pub submitted: usize,
+    /// Files dropped as duplicates by the MessageBox, moved to `.mbx-duplicates/`.
+    pub duplicates: usize,
     /// Files moved to `.mbx-rejected/`.
     pub rejected: usize,
     /// A submit failed: its files were put back and the poll stopped early.
     pub submit_failed: bool,
+    /// Matching files left for a later poll: not settled yet (still being written), or
+    /// changed after they were claimed.
+    pub unsettled: usize,
 }
 
 /// The FILE receive adapter for one receive location.
@@ -67,13 +85,69 @@ struct Inner {
     address: String,
     claim_id: String,
     config: FileReceiveConfig,
+    ordered: bool,
+    /// Files seen but not taken yet: what they looked like and since when.
+    sightings: Mutex<HashMap<String, Sighting>>,
+}
+
+/// What identifies a version of a file: its size and mtime (nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: u128,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos()),
+        }
+    }
+}
+
+/// A file as first seen with its current stamp.
+#[derive(Debug, Clone, Copy)]
+struct Sighting {
+    stamp: Stamp,
+    since: Instant,
+}
+
+/// Whether a file with `stamp` has been left alone for `settle`: its mtime is that old by
+/// the wall clock, or this process has seen the same stamp for that long (which also
+/// covers an mtime in the future, from a writer's skewed clock). Records the sighting.
+fn is_settled(
+    sightings: &mut HashMap<String, Sighting>,
+    name: &str,
+    stamp: Stamp,
+    settle: Duration,
+    now: Instant,
+    wall_now_ns: u128,
+) -> bool {
+    if settle.is_zero() {
+        return true;
+    }
+    let quiet_by_mtime = wall_now_ns.saturating_sub(stamp.mtime_ns) >= settle.as_nanos();
+    match sightings.get(name) {
+        Some(seen) if seen.stamp == stamp => {
+            quiet_by_mtime || now.saturating_duration_since(seen.since) >= settle
+        }
+        _ => {
+            sightings.insert(name.to_owned(), Sighting { stamp, since: now });
+            quiet_by_mtime
+        }
+    }
 }
 
 /// A file found by a scan, not yet claimed.
 #[derive(Debug)]
 struct Candidate {
     name: String,
-    size: u64,
+    stamp: Stamp,
 }
 
 /// A file this instance claimed and read.
@@ -95,6 +169,8 @@ impl FileReceiveAdapter {
                 address: spec.address,
                 claim_id: spec.instance_id,
                 config,
+                ordered: spec.ordered,
+                sightings: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -103,22 +179,45 @@ impl FileReceiveAdapter {
         &self.inner.config
     }
 
-    /// One poll: scans the folder once and submits everything it found that matches the
-    /// mask, in name order, in batches bounded by count and bytes. Stops early (files put
-    /// back) at the first failed submit.
+    /// One poll: scans the folder once and submits every settled file it found that
+    /// matches the mask, in name order, in batches bounded by count and bytes. Stops early
+    /// (files put back) at the first failed submit.
     pub async fn poll_once(&self, submitter: &dyn Submitter) -> Result<PollReport, ReceiveError> {
+        self.poll(submitter, &|| false).await
+    }
+
+    /// [`Self::poll_once`], looking at `stopped` before each batch: once it says so, no
+    /// new file is taken (a batch already claimed is submitted and acknowledged first).
+    async fn poll(
+        &self,
+        submitter: &dyn Submitter,
+        stopped: &(dyn Fn() -> bool + Sync),
+    ) -> Result<PollReport, ReceiveError> {
         let inner = Arc::clone(&self.inner);
-        let mut candidates = blocking(move || inner.scan()).await??;
-        let mut report = PollReport::default();
+        let (mut candidates, unsettled) = blocking(move || {
+            if inner.ordered {
+                inner.put_back_foreign_claims();
+            }
+            inner.scan().map(|found| inner.settled(found))
+        })
+        .await??;
+        let mut report = PollReport {
+            unsettled,
+            ..PollReport::default()
+        };
         while !candidates.is_empty() {
+            if stopped() {
+                break;
+            }
             let inner = Arc::clone(&self.inner);
-            let (rest, claimed, rejected) = blocking(move || {
-                let (claimed, rejected) = inner.claim_batch(&mut candidates);
-                (candidates, claimed, rejected)
+            let (rest, claimed, rejected, changed) = blocking(move || {
+                let (claimed, rejected, changed) = inner.claim_batch(&mut candidates);
+                (candidates, claimed, rejected, changed)
             })
             .await?;
             candidates = rest;
             report.rejected += rejected;
+            report.unsettled += changed;
             if claimed.is_empty() {
                 continue;
             }
@@ -126,11 +225,13 @@ impl FileReceiveAdapter {
                 claimed.iter().map(|c| self.inner.inbound(c)).collect();
             let count = messages.len();
             match submitter.submit(messages).await {
-                Ok(()) => {
+                Ok(outcomes) => {
                     let inner = Arc::clone(&self.inner);
-                    blocking(move || inner.acknowledge(&claimed)).await?;
-                    report.submitted += count;
-                    tracing::debug!(location = %self.inner.location_name, files = count, "file batch submitted");
+                    let duplicates =
+                        blocking(move || inner.acknowledge(&claimed, &outcomes)).await?;
+                    report.submitted += count - duplicates;
+                    report.duplicates += duplicates;
+                    tracing::debug!(location = %self.inner.location_name, files = count, duplicates, "file batch submitted");
                 }
                 Err(err) => {
                     tracing::warn!(
@@ -161,7 +262,7 @@ async fn blocking<T: Send + 'static>(
 
 impl Inner {
     /// Lists matching regular files, in name order.
-    fn scan(&self) -> Result<VecDeque<Candidate>, ReceiveError> {
+    fn scan(&self) -> Result<Vec<Candidate>, ReceiveError> {
         let folder = &self.config.folder;
         let entries =
             fs::read_dir(folder).map_err(|e| ReceiveError::io("read folder", folder, e))?;
@@ -177,47 +278,109 @@ impl Inner {
             match entry.metadata() {
                 Ok(m) if m.is_file() => found.push(Candidate {
                     name,
-                    size: m.len(),
+                    stamp: Stamp::of(&m),
                 }),
                 _ => continue,
             }
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(found.into())
+        Ok(found)
+    }
+
+    /// The files of a scan that have settled, in name order, and how many have not; an
+    /// ordered location stops at the first one that has not (nothing overtakes it).
+    /// Forgets sightings of files no longer there.
+    fn settled(&self, found: Vec<Candidate>) -> (VecDeque<Candidate>, usize) {
+        let now = Instant::now();
+        let wall_now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut sightings = self.sightings.lock().unwrap_or_else(|p| p.into_inner());
+        let present: HashSet<&str> = found.iter().map(|c| c.name.as_str()).collect();
+        sightings.retain(|name, _| present.contains(name.as_str()));
+        drop(present);
+        let mut ready = VecDeque::new();
+        let mut unsettled = 0;
+        for c in found {
+            let settled = is_settled(
+                &mut sightings,
+                &c.name,
+                c.stamp,
+                self.config.settle,
+                now,
+                wall_now_ns,
+            );
+            if !settled {
+                unsettled += 1;
+            } else if !(self.ordered && unsettled > 0) {
+                ready.push_back(c);
+            }
+        }
+        (ready, unsettled)
     }
 
     /// Claims and reads the next batch from `candidates`; rejects oversized files on the
-    /// way. Returns the batch and how many files were rejected.
-    fn claim_batch(&self, candidates: &mut VecDeque<Candidate>) -> (Vec<Claimed>, usize) {
+    /// way. Returns the batch, how many files were rejected and how many had changed since
+    /// they settled (put back for a later poll). An ordered location ends the poll at the
+    /// first file it could not take (gone, changed, or an error): it never skips one.
+    fn claim_batch(&self, candidates: &mut VecDeque<Candidate>) -> (Vec<Claimed>, usize, usize) {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
-        let mut rejected = 0;
+        let (mut rejected, mut changed) = (0, 0);
         while let Some(next) = candidates.front() {
             let fits = batch.is_empty()
                 || (batch.len() < self.config.batch_count_max
-                    && bytes + next.size <= self.config.batch_bytes_max);
+                    && bytes + next.stamp.size <= self.config.batch_bytes_max);
             if !fits {
                 break;
             }
             let Some(c) = candidates.pop_front() else {
                 break;
             };
-            match self.claim_one(&c.name) {
+            let taken = match self.claim_one(&c.name, c.stamp) {
                 Ok(Some(ClaimResult::Claimed(claimed))) => {
                     bytes += claimed.body.len() as u64;
                     batch.push(claimed);
+                    true
                 }
-                Ok(Some(ClaimResult::Rejected)) => rejected += 1,
-                Ok(None) => {} // another instance claimed it first
-                Err(err) => tracing::warn!(
-                    location = %self.location_name,
-                    file = %c.name,
-                    error = %err,
-                    "cannot claim file; skipped this poll"
-                ),
+                Ok(Some(ClaimResult::Rejected)) => {
+                    rejected += 1;
+                    true
+                }
+                Ok(Some(ClaimResult::Changed)) => {
+                    changed += 1;
+                    false
+                }
+                Ok(None) => false, // another instance claimed it first
+                Err(err) => {
+                    tracing::warn!(
+                        location = %self.location_name,
+                        file = %c.name,
+                        error = %err,
+                        "cannot claim file; skipped this poll"
+                    );
+                    false
+                }
+            };
+            if !taken && self.ordered {
+                candidates.clear();
+                break;
             }
         }
-        (batch, rejected)
+        (batch, rejected, changed)
+    }
+
+    /// An ordered location's holder puts back every file claimed under another claim id:
+    /// only the holder takes files, so those are a former holder's (dead, or paused past
+    /// its lease, whose publish is fenced), and they come before any file left in the
+    /// folder.
+    fn put_back_foreign_claims(&self) {
+        let own = self.claim_id.clone();
+        if let Err(e) =
+            reclaim_claimed_files(&self.config.folder, &move |c: &ClaimInfo| c.claim_id != own)
+        {
+            tracing::warn!(location = %self.location_name, error = %e, "cannot put back a former holder's claimed files");
+        }
     }
 
     fn claimed_path(&self, name: &str) -> PathBuf {
@@ -226,7 +389,7 @@ impl Inner {
             .join(format!(".{name}{FILE_CLAIM_MARKER}{}", self.claim_id))
     }
 
-    fn claim_one(&self, name: &str) -> Result<Option<ClaimResult>, ReceiveError> {
+    fn claim_one(&self, name: &str, settled: Stamp) -> Result<Option<ClaimResult>, ReceiveError> {
         if name.len() > FILE_RECEIVE_NAME_MAX_BYTES {
             return Ok(self
                 .reject_long_name(name)?
@@ -239,36 +402,74 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ReceiveError::io("claim (rename)", &original, e)),
         }
-        let meta = match fs::metadata(&claimed_path) {
-            Ok(m) => m,
+        let stamp = match fs::metadata(&claimed_path) {
+            Ok(m) => Stamp::of(&m),
             Err(e) => {
                 self.restore_one(name, &claimed_path);
                 return Err(ReceiveError::io("stat", &claimed_path, e));
             }
         };
-        let size = meta.len();
-        if size > self.config.max_message_size_bytes {
-            self.reject(name, &claimed_path, size)?;
+        if stamp != settled {
+            // written to since it settled: back to the folder, to settle again
+            return Ok(Some(self.changed(name, &claimed_path)));
+        }
+        if stamp.size > self.config.max_message_size_bytes {
+            self.reject(name, &claimed_path, stamp.size)?;
             return Ok(Some(ClaimResult::Rejected));
         }
-        let body = match fs::read(&claimed_path) {
-            Ok(b) => b,
+        let read = fs::File::open(&claimed_path).and_then(|mut f| {
+            let mut body = Vec::with_capacity(usize::try_from(stamp.size).unwrap_or(0));
+            f.read_to_end(&mut body)?;
+            Ok((body, Stamp::of(&f.metadata()?)))
+        });
+        let body = match read {
+            // a writer still holding the file open may have written while it was read
+            Ok((_, after)) if after != stamp => return Ok(Some(self.changed(name, &claimed_path))),
+            Ok((body, _)) => body,
             Err(e) => {
                 self.restore_one(name, &claimed_path);
                 return Err(ReceiveError::io("read", &claimed_path, e));
             }
         };
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
         Ok(Some(ClaimResult::Claimed(Claimed {
             name: name.to_owned(),
             claimed_path,
-            source_id: source_id(name, size, mtime_ns),
+            source_id: source_id(name, stamp.size, stamp.mtime_ns),
             body: Bytes::from(body),
         })))
+    }
+
+    /// A claimed file that changed after it settled goes back, and settles again.
+    fn changed(&self, name: &str, claimed_path: &Path) -> ClaimResult {
+        tracing::info!(location = %self.location_name, file = %name,
+                       "file changed after it settled (still being written?); left for a later poll");
+        self.restore_one(name, claimed_path);
+        ClaimResult::Changed
+    }
+
+    /// Moves a claimed file into the folder's `aside` directory (`.mbx-rejected/`,
+    /// `.mbx-duplicates/`) under its name (or, if an earlier file of that name is there,
+    /// a unique one) and writes its reason file beside it.
+    fn move_aside(
+        &self,
+        aside: &str,
+        name: &str,
+        claimed_path: &Path,
+        reason: &str,
+    ) -> Result<(), ReceiveError> {
+        let dir = self.config.folder.join(aside);
+        fs::create_dir_all(&dir).map_err(|e| ReceiveError::io("create", &dir, e))?;
+        let mut target_name = name.to_owned();
+        if let Err(e) = rename_no_replace(claimed_path, &dir.join(&target_name)) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(ReceiveError::io("move aside", dir.join(&target_name), e));
+            }
+            // An earlier file of that name is there too: keep both.
+            target_name = format!("{name}.{}", uuid::Uuid::new_v4());
+            rename_no_replace(claimed_path, &dir.join(&target_name))
+                .map_err(|e| ReceiveError::io("move aside", dir.join(&target_name), e))?;
+        }
+        self.write_reason(&dir, &target_name, reason)
     }
 
     /// Moves a claimed, oversized file to `.mbx-rejected/` and writes its reason file; on
@@ -278,31 +479,12 @@ impl Inner {
             "{name}: {size} bytes is over the limit of {} bytes (max_message_size) of receive location {} ({}); nothing was published\n",
             self.config.max_message_size_bytes, self.location_name, self.address
         );
-        let dir = self
-            .rejected_dir()
-            .inspect_err(|_| self.restore_one(name, claimed_path))?;
-        let mut target_name = name.to_owned();
-        if let Err(e) = rename_no_replace(claimed_path, &dir.join(&target_name)) {
-            if e.kind() != io::ErrorKind::AlreadyExists {
+        if let Err(e) = self.move_aside(FILE_REJECTED_DIR, name, claimed_path, &reason) {
+            if claimed_path.exists() {
                 self.restore_one(name, claimed_path);
-                return Err(ReceiveError::io(
-                    "move to rejected",
-                    dir.join(&target_name),
-                    e,
-                ));
             }
-            // An earlier file of that name was rejected too: keep both.
-            target_name = format!("{name}.{}", uuid::Uuid::new_v4());
-            if let Err(e) = rename_no_replace(claimed_path, &dir.join(&target_name)) {
-                self.restore_one(name, claimed_path);
-                return Err(ReceiveError::io(
-                    "move to rejected",
-                    dir.join(&target_name),
-                    e,
-                ));
-            }
+            return Err(e);
         }
-        self.write_reason(&dir, &target_name, &reason)?;
         tracing::warn!(
             location = %self.location_name,
             file = %name,
@@ -343,6 +525,29 @@ impl Inner {
         Ok(dir)
     }
 
+    /// A file the MessageBox dropped as a duplicate: moved to `.mbx-duplicates/` with a
+    /// reason file saying how to send it again on purpose; if it cannot be moved it stays
+    /// claimed (logged), never deleted unseen.
+    fn set_aside_duplicate(&self, c: &Claimed) {
+        let reason = format!(
+            "{}: received again by receive location {} ({}) with the same name, size and mtime as a file published within the dedup window; dropped, not published again. To send it again on purpose, give it a new name or a new mtime (touch it) and put it back in the folder\n",
+            c.name, self.location_name, self.address
+        );
+        match self.move_aside(FILE_DUPLICATES_DIR, &c.name, &c.claimed_path, &reason) {
+            Ok(()) => tracing::warn!(
+                location = %self.location_name,
+                file = %c.name,
+                "duplicate file (published within the dedup window) moved to {FILE_DUPLICATES_DIR}"
+            ),
+            Err(e) => tracing::error!(
+                location = %self.location_name,
+                file = %c.name,
+                error = %e,
+                "duplicate file cannot be moved aside; it stays claimed"
+            ),
+        }
+    }
+
     fn write_reason(
         &self,
         dir: &Path,
@@ -372,10 +577,18 @@ impl Inner {
         }
     }
 
-    /// After commit: delete the claimed files. A file that cannot be deleted stays claimed
-    /// and is dropped as a repeat (same source id) if it is ever reclaimed.
-    fn acknowledge(&self, claimed: &[Claimed]) {
-        for c in claimed {
+    /// After commit: delete the claimed files the MessageBox accepted, move the ones it
+    /// dropped as duplicates aside; returns how many were duplicates. A file that cannot be
+    /// deleted stays claimed and is dropped as a repeat (same source id) if it is ever
+    /// reclaimed.
+    fn acknowledge(&self, claimed: &[Claimed], outcomes: &[Submitted]) -> usize {
+        let mut duplicates = 0;
+        for (i, c) in claimed.iter().enumerate() {
+            if outcomes.get(i) == Some(&Submitted::Duplicate) {
+                duplicates += 1;
+                self.set_aside_duplicate(c);
+                continue;
+            }
             if let Err(e) = fs::remove_file(&c.claimed_path) {
                 tracing::error!(
                     location = %self.location_name,
@@ -388,6 +601,7 @@ impl Inner {
         if let Err(e) = fs::File::open(&self.config.folder).and_then(|d| d.sync_all()) {
             tracing::warn!(location = %self.location_name, error = %e, "cannot fsync receive folder");
         }
+        duplicates
     }
 
     fn restore(&self, claimed: &[Claimed]) {
@@ -414,6 +628,8 @@ impl Inner {
 enum ClaimResult {
     Claimed(Claimed),
     Rejected,
+    /// Changed after it settled: put back.
+    Changed,
 }
 
 /// The source id of a file for idempotent receive: name + size + mtime (nanoseconds).
@@ -547,13 +763,28 @@ impl ReceiveAdapter for FileReceiveAdapter {
             "file receive started"
         );
         let mut last_error: Option<String> = None;
+        let poll_interval = self.inner.config.poll_interval;
+        // files not settled yet are looked at again sooner than an idle folder
+        let settle_check = poll_interval
+            .min(self.inner.config.settle / 4)
+            .max(Duration::from_millis(10));
         while !*stop_rx.borrow() {
             // A poll is never cancelled half-way: a submitted batch is always acknowledged
-            // or put back before the loop looks at the stop flag again.
-            let idle = match self.poll_once(submitter).await {
+            // or put back; the stop is looked at before each batch, so a disabled or
+            // stopped location takes no new file once the batch in hand is done.
+            let stopped = || *stop_rx.borrow();
+            let wait = match self.poll(submitter, &stopped).await {
                 Ok(report) => {
                     last_error = None;
-                    report.submitted == 0 || report.submit_failed
+                    if report.submit_failed {
+                        Some(poll_interval)
+                    } else if report.submitted + report.duplicates + report.rejected > 0 {
+                        None
+                    } else if report.unsettled > 0 {
+                        Some(settle_check)
+                    } else {
+                        Some(poll_interval)
+                    }
                 }
                 Err(err) => {
                     let text = err.to_string();
@@ -561,13 +792,13 @@ impl ReceiveAdapter for FileReceiveAdapter {
                         tracing::warn!(location = %self.inner.location_name, error = %text, "file receive poll failed; retrying");
                         last_error = Some(text);
                     }
-                    true
+                    Some(poll_interval)
                 }
             };
-            if idle {
+            if let Some(wait) = wait {
                 tokio::select! {
                     _ = stop_rx.changed() => {}
-                    _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }

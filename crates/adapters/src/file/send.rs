@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::config::{FileSendConfig, MacroError, NamePattern, FILE_TEMP_MARKER};
 use crate::error::ConfigError;
 use crate::settings::Settings;
-use crate::{Health, OutboundMessage, OutcomeSender, SendAdapter, SendReport};
+use crate::{Fence, Health, OutboundMessage, OutcomeSender, SendAdapter, SendReport};
 
 /// Why one FILE send failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +29,20 @@ pub enum FileSendError {
         #[source]
         source: std::io::Error,
     },
+    /// The ordered port's owner lost its lease before it could change the file: nothing
+    /// was written (the next owner sends the message).
+    #[error("{path}: not written, this instance no longer owns the ordered port")]
+    Fenced { path: PathBuf },
 }
 
 impl FileSendError {
     /// A bad address or macro value can never succeed; an I/O error (folder missing, not
     /// writable, disk full) may once an operator fixes it.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, FileSendError::Io { .. })
+        matches!(
+            self,
+            FileSendError::Io { .. } | FileSendError::Fenced { .. }
+        )
     }
 
     fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
@@ -152,9 +159,9 @@ impl SendAdapter for FileSendAdapter {
         });
     }
 
-    async fn restore(&self, checkpoint: &str) -> Result<(), String> {
-        let checkpoint = checkpoint.to_owned();
-        tokio::task::spawn_blocking(move || restore_append_checkpoint(&checkpoint))
+    async fn restore(&self, checkpoint: &str, fence: &Fence) -> Result<(), String> {
+        let (checkpoint, fence) = (checkpoint.to_owned(), fence.clone());
+        tokio::task::spawn_blocking(move || restore_append_checkpoint(&checkpoint, &fence))
             .await
             .map_err(|e| format!("restore task failed: {e}"))?
     }
@@ -203,9 +210,13 @@ fn write_message(
                 message.context.epoch().unwrap_or("-"),
                 message.body.len()
             );
-            append(&path, &[header.as_bytes(), &message.body[..]].concat())?
+            append(
+                &path,
+                &[header.as_bytes(), &message.body[..]].concat(),
+                message.fence.as_ref(),
+            )?
         } else {
-            append(&path, &message.body)?
+            append(&path, &message.body, message.fence.as_ref())?
         };
         return Ok((path, Some(len)));
     }
@@ -238,14 +249,50 @@ fn write_new(folder: &Path, name: &str, path: &Path, body: &[u8]) -> Result<(), 
     sync_dir(folder)
 }
 
-/// Appends the body to `path` (created if missing) and fsyncs it.
-/// Appends and fsyncs; returns the file's length afterwards (the append checkpoint).
-fn append(path: &Path, body: &[u8]) -> Result<u64, FileSendError> {
+/// How often an owner that finds an append file locked tries again.
+const APPEND_LOCK_RETRY_MS: u64 = 20;
+
+/// Takes the exclusive lock of an append file (`flock`, released when `f` is closed),
+/// then checks `fence`: the lock serialises every owner's change of the file, so a
+/// change made under the lock with the fence allowing it cannot land after a later
+/// owner's restore or append. A former owner paused while it holds the lock holds the
+/// next one off until it is done (or dies); the lock is held for one append or one
+/// truncate only. Waits while the lock is taken and the fence allows; without a fence
+/// (an unordered port) it waits for the lock only.
+fn lock_for_change(f: &File, path: &Path, fence: Option<&Fence>) -> Result<(), FileSendError> {
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if fence.is_some_and(|fence| !fence.allows()) {
+                    return Err(FileSendError::Fenced {
+                        path: path.to_owned(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(APPEND_LOCK_RETRY_MS));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(FileSendError::io("lock", path, e));
+            }
+        }
+    }
+    if fence.is_some_and(|fence| !fence.allows()) {
+        return Err(FileSendError::Fenced {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Appends the body to `path` (created if missing) under the file's lock, fenced, and
+/// fsyncs it; returns the file's length afterwards (the append checkpoint).
+fn append(path: &Path, body: &[u8], fence: Option<&Fence>) -> Result<u64, FileSendError> {
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
         .map_err(|e| FileSendError::io("open for append", path, e))?;
+    lock_for_change(&f, path, fence)?;
     f.write_all(body)
         .map_err(|e| FileSendError::io("append to", path, e))?;
     f.sync_data()
@@ -260,9 +307,10 @@ fn append_checkpoint(path: &Path, len: u64) -> String {
     format!("{len}:{}", path.display())
 }
 
-/// Truncates an append file to its committed length (see `SendAdapter::restore`); a file
-/// already shorter, or missing, is left as it is.
-pub fn restore_append_checkpoint(checkpoint: &str) -> Result<(), String> {
+/// Truncates an append file to its committed length (see `SendAdapter::restore`), under
+/// the file's lock and only while `fence` allows it; a file already shorter, or missing,
+/// is left as it is.
+pub fn restore_append_checkpoint(checkpoint: &str, fence: &Fence) -> Result<(), String> {
     let (len, path) = checkpoint
         .split_once(':')
         .and_then(|(l, p)| Some((l.parse::<u64>().ok()?, Path::new(p))))
@@ -272,6 +320,7 @@ pub fn restore_append_checkpoint(checkpoint: &str) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("opening {}: {e}", path.display())),
     };
+    lock_for_change(&f, path, Some(fence)).map_err(|e| e.to_string())?;
     let current = f
         .metadata()
         .map_err(|e| format!("stat {}: {e}", path.display()))?

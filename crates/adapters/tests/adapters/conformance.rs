@@ -201,6 +201,7 @@ fn the_registry_is_keyed_by_scheme() {
         address: "http:///orders".into(),
         settings: Settings::new(),
         instance_id: "i-1".into(),
+        ordered: false,
     });
     assert!(http_receive.is_err());
 }

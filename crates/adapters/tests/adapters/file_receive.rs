@@ -13,12 +13,28 @@ use crate::support::{file_url, names, Recorder, TEST_DEADLINE};
 
 const INSTANCE: &str = "3f1c6a2e-0000-4000-8000-000000000001";
 
+/// The adapter on `dir` with `settings`; files are taken as soon as they are seen
+/// (`settle=0s`) unless the settings say otherwise.
 fn adapter(dir: &Path, mask: &str, settings: Settings) -> FileReceiveAdapter {
+    adapter_with(dir, mask, settings, INSTANCE, false)
+}
+
+fn adapter_with(
+    dir: &Path,
+    mask: &str,
+    mut settings: Settings,
+    instance: &str,
+    ordered: bool,
+) -> FileReceiveAdapter {
+    settings
+        .entry("settle".to_owned())
+        .or_insert_with(|| "0s".to_owned());
     FileReceiveAdapter::new(ReceiveLocationSpec {
         location_name: "orders-in".to_owned(),
         address: file_url(dir, mask),
         settings,
-        instance_id: INSTANCE.to_owned(),
+        instance_id: instance.to_owned(),
+        ordered,
     })
     .expect("valid location")
 }
@@ -169,13 +185,13 @@ async fn two_instances_on_one_folder_receive_each_file_exactly_once() {
         write(dir.path(), &format!("{i:03}.xml"), &format!("<m>{i}</m>"));
     }
     let instance = |id: &str| {
-        FileReceiveAdapter::new(ReceiveLocationSpec {
-            location_name: "orders-in".to_owned(),
-            address: file_url(dir.path(), "*.xml"),
-            settings: settings_from([("batch_max", "7")]),
-            instance_id: id.to_owned(),
-        })
-        .unwrap()
+        adapter_with(
+            dir.path(),
+            "*.xml",
+            settings_from([("batch_max", "7")]),
+            id,
+            false,
+        )
     };
     let (one, two) = (instance("instance-1"), instance("instance-2"));
     let (r1, r2) = (Recorder::new(), Recorder::new());
@@ -355,6 +371,7 @@ async fn bad_locations_are_refused() {
         address: address.into(),
         settings: Settings::new(),
         instance_id: instance.into(),
+        ordered: false,
     };
     assert!(FileReceiveAdapter::new(spec("file:///in/*.xml", "ok-1")).is_ok());
     assert!(FileReceiveAdapter::new(spec("file:///in/*.xml", "bad/id")).is_err());
@@ -368,4 +385,200 @@ async fn bad_locations_are_refused() {
         .health()
         .await
         .is_healthy());
+}
+
+fn sources(recorder: &Recorder) -> Vec<String> {
+    recorder
+        .batches()
+        .concat()
+        .iter()
+        .map(|m| m.properties.source_file_name().unwrap().to_owned())
+        .collect()
+}
+
+/// A file written in chunks spaced closer than `settle` is taken only once the writer is
+/// done, whole (on main it was taken at the first poll, truncated, and the rest of its
+/// bytes went into a deleted file).
+#[tokio::test]
+async fn a_file_still_being_written_is_taken_only_once_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = adapter(dir.path(), "*.txt", settings_from([("settle", "1s")]));
+    let recorder = Recorder::new();
+    let path = dir.path().join("slow.txt");
+    let chunks: Vec<String> = (0..10).map(|i| format!("chunk {i}\n")).collect();
+    let writer = {
+        let (path, chunks) = (path.clone(), chunks.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::File::create(&path).unwrap();
+            for c in &chunks {
+                f.write_all(c.as_bytes()).unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut polls_while_writing = 0;
+    while recorder.batches().is_empty() {
+        assert!(started.elapsed() < TEST_DEADLINE, "never taken");
+        let report = location.poll_once(recorder.as_ref()).await.unwrap();
+        if !writer.is_finished() {
+            polls_while_writing += 1;
+            assert_eq!(
+                report.submitted, 0,
+                "taken while its writer was still writing"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        polls_while_writing > 5,
+        "the writer was slow enough to be seen"
+    );
+    let body = &recorder.batches()[0][0].body;
+    assert_eq!(std::str::from_utf8(body).unwrap(), chunks.concat());
+    assert_eq!(names(dir.path()), Vec::<String>::new());
+}
+
+/// A file dropped again with the same name, size and mtime (`cp -p`, a move back from an
+/// archive) is a duplicate: moved to `.mbx-duplicates/` with a reason file saying how to
+/// resubmit it, never deleted unseen (on main it vanished without a trace).
+#[tokio::test]
+async fn a_duplicate_is_moved_aside_with_a_reason_never_deleted_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = adapter(dir.path(), "*.xml", Settings::new());
+    let recorder = Recorder::new();
+    let mtime = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let drop_file = || {
+        write(dir.path(), "a.xml", "<a/>");
+        fs::File::options()
+            .write(true)
+            .open(dir.path().join("a.xml"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    };
+    drop_file();
+    let first = location.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!((first.submitted, first.duplicates), (1, 0));
+    drop_file();
+    let again = location.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!((again.submitted, again.duplicates), (0, 1));
+    assert_eq!(names(dir.path()), vec![".mbx-duplicates".to_owned()]);
+    let aside = dir.path().join(".mbx-duplicates");
+    assert_eq!(
+        names(&aside),
+        vec!["a.xml".to_owned(), "a.xml.reason.txt".to_owned()]
+    );
+    assert_eq!(fs::read_to_string(aside.join("a.xml")).unwrap(), "<a/>");
+    let reason = fs::read_to_string(aside.join("a.xml.reason.txt")).unwrap();
+    assert!(
+        reason.contains("dedup window") && reason.contains("new name"),
+        "{reason}"
+    );
+    // a third time: both kept
+    drop_file();
+    location.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!(names(&aside).len(), 4, "{:?}", names(&aside));
+}
+
+/// A stop takes effect between batches: once it fires, the poll in progress submits no
+/// new batch (on main a poll worked through its whole listing first: 3–5 s of files after
+/// `receive-location disable`).
+#[tokio::test]
+async fn a_stop_takes_effect_between_batches_not_after_the_whole_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        write(dir.path(), &format!("{i:02}.xml"), "<m/>");
+    }
+    let location = adapter(dir.path(), "*.xml", settings_from([("batch_max", "1")]));
+    let recorder = Recorder::new();
+    // each submit takes 100 ms: the listing of 50 files takes 5 s
+    recorder.set_during_submit(|_| std::thread::sleep(std::time::Duration::from_millis(100)));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown: ShutdownSignal = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    let runner = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move { location.run(recorder.as_ref(), shutdown).await })
+    };
+    recorder.wait_for_batches(2).await;
+    let at_stop = recorder.batches().len();
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(1), runner)
+        .await
+        .expect("run returned within 1 s of the stop")
+        .unwrap()
+        .unwrap();
+    let taken = recorder.batches().len();
+    assert!(
+        taken <= at_stop + 1,
+        "{taken} batches taken, {at_stop} at the stop: at most the one in hand may follow"
+    );
+    assert_eq!(
+        names(dir.path()).len(),
+        50 - taken,
+        "files not taken stay in the folder"
+    );
+}
+
+/// An ordered location puts back a former holder's claimed files before it takes any, so
+/// they keep their place in name order (on main they stayed claimed until that instance
+/// was declared dead, and the files after them were published first).
+#[tokio::test]
+async fn an_ordered_location_puts_back_a_former_holders_claims_first() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 1..=5 {
+        write(dir.path(), &format!("{i}.xml"), &format!("<m>{i}</m>"));
+    }
+    // a former holder (alive, paused) claimed 2.xml and 3.xml
+    for i in [2, 3] {
+        fs::rename(
+            dir.path().join(format!("{i}.xml")),
+            dir.path()
+                .join(format!(".{i}.xml.mbx-claimed-former-holder")),
+        )
+        .unwrap();
+    }
+    let location = adapter_with(dir.path(), "*.xml", Settings::new(), INSTANCE, true);
+    let recorder = Recorder::new();
+    let report = location.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!(report.submitted, 5);
+    assert_eq!(
+        sources(&recorder),
+        ["1.xml", "2.xml", "3.xml", "4.xml", "5.xml"]
+    );
+    assert_eq!(names(dir.path()), Vec::<String>::new());
+}
+
+/// An ordered location never skips a file: it stops at the first one not settled yet,
+/// where an unordered one takes the others.
+#[tokio::test]
+async fn an_ordered_location_stops_at_the_first_file_not_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for i in 1..=3 {
+        let p = dir.path().join(format!("{i}.xml"));
+        fs::write(&p, "<m/>").unwrap();
+        if i != 2 {
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+    let settle = || settings_from([("settle", "30s")]);
+    let ordered = adapter_with(dir.path(), "*.xml", settle(), INSTANCE, true);
+    let recorder = Recorder::new();
+    let report = ordered.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!((report.submitted, report.unsettled), (1, 1));
+    assert_eq!(sources(&recorder), ["1.xml"]);
+    let unordered = adapter_with(dir.path(), "*.xml", settle(), INSTANCE, false);
+    let report = unordered.poll_once(recorder.as_ref()).await.unwrap();
+    assert_eq!((report.submitted, report.unsettled), (1, 1));
+    assert_eq!(sources(&recorder), ["1.xml", "3.xml"]);
 }

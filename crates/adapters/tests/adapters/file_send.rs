@@ -1,9 +1,9 @@
 //! FILE send against a real directory.
 
 use mbx_adapters::file::FileSendAdapter;
-use mbx_adapters::{settings_from, system, Outcome, SendAdapter, Settings};
+use mbx_adapters::{settings_from, system, Fence, Outcome, SendAdapter, Settings};
 
-use crate::support::{assert_failed, file_url, message, names, send_all, send_one};
+use crate::support::{assert_failed, file_url, message, names, send_all, send_one, TEST_DEADLINE};
 
 #[tokio::test]
 async fn one_file_per_message_named_by_macro_with_intact_body() {
@@ -212,6 +212,7 @@ async fn an_append_checkpoint_restores_the_file_to_its_committed_length() {
     let adapter = FileSendAdapter::new();
     let url = file_url(dir.path(), "log.txt");
     let append = settings_from([("append", "true")]);
+    let owner = fence_allowing();
     let reports = send_all(
         &adapter,
         ["one\n", "two\n", "three\n"]
@@ -225,18 +226,89 @@ async fn an_append_checkpoint_restores_the_file_to_its_committed_length() {
         .map(|r| r.checkpoint.clone().expect("append reports a checkpoint"))
         .collect();
     // a crash after "three" was written but only "two" was committed
-    adapter.restore(&checkpoints[1]).await.unwrap();
+    adapter.restore(&checkpoints[1], &owner).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
         "one\ntwo\n"
     );
     // restoring to a later point than the file's length changes nothing
-    adapter.restore(&checkpoints[2]).await.unwrap();
+    adapter.restore(&checkpoints[2], &owner).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
         "one\ntwo\n"
     );
-    assert!(adapter.restore("garbage").await.is_err());
+    assert!(adapter.restore("garbage", &owner).await.is_err());
+}
+
+/// Appends and restores are fenced under the file's lock (issue 11 item 1): a former
+/// owner whose fence no longer allows it changes nothing, and one that finds the file
+/// locked (a later owner in the middle of a change) waits, then gives up once its own
+/// fence ends — never truncating or appending behind the lock's holder.
+#[tokio::test]
+async fn appends_and_restores_are_fenced_under_the_files_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = FileSendAdapter::new();
+    let url = file_url(dir.path(), "log.txt");
+    let append = settings_from([("append", "true")]);
+    let reports = send_all(
+        &adapter,
+        ["one\n", "two\n"]
+            .iter()
+            .map(|b| message(&url, append.clone(), b))
+            .collect(),
+    )
+    .await;
+    let first = reports[0].checkpoint.clone().expect("checkpoint");
+    let path = dir.path().join("log.txt");
+    let read = || std::fs::read_to_string(&path).unwrap();
+
+    // a former owner: its fence says no; it neither truncates nor appends
+    let former = Fence::new(|| false);
+    let err = adapter.restore(&first, &former).await.unwrap_err();
+    assert!(err.contains("no longer owns"), "{err}");
+    let mut late = message(&url, append.clone(), "stale\n");
+    late.fence = Some(former);
+    let report = send_all(&adapter, vec![late]).await.remove(0);
+    assert!(
+        matches!(&report.outcome, Outcome::Failed { retryable: true, error } if error.contains("no longer owns")),
+        "{report:?}"
+    );
+    assert_eq!(read(), "one\ntwo\n", "nothing changed");
+
+    // another owner holds the file's lock: this one waits while its fence allows it, and
+    // gives up, changing nothing, once the fence ends
+    let holder = std::fs::File::open(&path).unwrap();
+    holder.lock().unwrap();
+    let owns = Arc::new(AtomicBool::new(true));
+    let fence = {
+        let owns = owns.clone();
+        Fence::new(move || owns.load(Ordering::SeqCst))
+    };
+    let waiting = {
+        let (first, fence) = (first.clone(), fence.clone());
+        tokio::spawn(async move { FileSendAdapter::new().restore(&first, &fence).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "it waits for the lock");
+    owns.store(false, Ordering::SeqCst);
+    let err = tokio::time::timeout(TEST_DEADLINE, waiting)
+        .await
+        .expect("gave up once its fence ended")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("no longer owns"), "{err}");
+    assert_eq!(read(), "one\ntwo\n");
+
+    // the lock released, an owner whose fence allows it restores
+    drop(holder);
+    adapter.restore(&first, &fence_allowing()).await.unwrap();
+    assert_eq!(read(), "one\n");
+}
+
+fn fence_allowing() -> Fence {
+    Fence::new(|| true)
 }
 
 #[tokio::test]

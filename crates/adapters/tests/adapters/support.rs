@@ -15,7 +15,7 @@ use axum::Router;
 use bytes::Bytes;
 use mbx_adapters::{
     InboundMessage, MessageContext, OutboundMessage, SendAdapter, SendReport, Settings,
-    SubmitError, Submitter,
+    SubmitError, Submitted, Submitter,
 };
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -38,6 +38,7 @@ pub fn message(address: &str, settings: Settings, body: &str) -> OutboundMessage
         content_type: "application/xml".to_owned(),
         context: MessageContext::new()
             .with(mbx_adapters::system::MESSAGE_ID, message_id.to_string()),
+        fence: None,
     }
 }
 
@@ -88,6 +89,8 @@ pub struct Recorder {
     pub fail: AtomicBool,
     during_submit: Mutex<Option<DuringSubmit>>,
     submitted: watch::Sender<usize>,
+    /// Source ids accepted so far (the MessageBox's dedup, for the adapter's tests).
+    sources: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Recorder {
@@ -97,6 +100,7 @@ impl Recorder {
             fail: AtomicBool::new(false),
             during_submit: Mutex::new(None),
             submitted: watch::channel(0).0,
+            sources: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -124,11 +128,22 @@ impl Recorder {
 
 #[async_trait]
 impl Submitter for Recorder {
-    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<(), SubmitError> {
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
         if let Some(f) = self.during_submit.lock().unwrap().as_ref() {
             f(&batch);
         }
         let failing = self.fail.load(Ordering::SeqCst);
+        // a source id seen in an earlier batch is a duplicate, as the MessageBox says
+        let outcomes = {
+            let mut seen = self.sources.lock().unwrap();
+            batch
+                .iter()
+                .map(|m| match &m.source_id {
+                    Some(id) if !failing && !seen.insert(id.clone()) => Submitted::Duplicate,
+                    _ => Submitted::Accepted,
+                })
+                .collect()
+        };
         if !failing {
             self.batches.lock().unwrap().push(batch);
         }
@@ -136,7 +151,7 @@ impl Submitter for Recorder {
         if failing {
             Err(SubmitError::new("messagebox unreachable (test)"))
         } else {
-            Ok(())
+            Ok(outcomes)
         }
     }
 }

@@ -1,0 +1,374 @@
+//! Issue 11: data lost or reordered under hostile timing, with the stalls made real — a
+//! holder cut off from PostgreSQL by the fault proxy in the middle of its work, system
+//! calls delayed by `strace` — against real `mbx-host` processes and real PostgreSQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mbx_e2e::fault_proxy::{server_addr, FaultProxy, Mode};
+use mbx_e2e::sink::start_sink;
+use mbx_e2e::{
+    database_url, lines_of, messagebox, start_host, wait_for, wait_for_alive, FAST_HOST,
+};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::receive::ReceiveLocationSpec;
+use sqlx::PgPool;
+
+/// The lease TTL (SPEC §5.3).
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Writes `name` complete: under a hidden name first, then renamed into place.
+fn drop_file(inbox: &Path, name: &str, body: &str) {
+    let tmp = inbox.join(format!(".{name}.writing"));
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::rename(&tmp, inbox.join(name)).expect("rename into place");
+}
+
+/// The holder of receive location `name`'s live lease: (pid, epoch).
+async fn location_holder(pool: &PgPool, name: &str) -> Option<(i32, i64)> {
+    sqlx::query_as(
+        "SELECT i.pid, l.epoch FROM leases l
+           JOIN receive_locations r ON r.id = l.location_id
+           JOIN host_instances i ON i.id = l.holder
+          WHERE r.name = $1 AND l.expires_at > now()",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .expect("location lease")
+}
+
+const FIRST: usize = 20;
+const SECOND: usize = 20;
+
+/// Issue 11 item 2: host A holds an ordered FILE location and is cut off from PostgreSQL
+/// (blackholed by the fault proxy) after it claimed a batch and while it publishes it;
+/// host B takes the lease after the TTL and receives on. When A's connection heals, its
+/// held publish reaches PostgreSQL after B's batches — and is fenced: every file is
+/// published once, in name order (on main A's batch committed after B's, or came back
+/// only once A was declared dead: later files were published before earlier ones).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_paused_holder_of_an_ordered_location_publishes_nothing_after_the_takeover(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inbox = dir.path().join("in");
+    std::fs::create_dir_all(&inbox).expect("in");
+    mbx.receive_port_create("feed", false)
+        .await
+        .expect("receive port");
+    let mut loc = ReceiveLocationSpec::new(
+        "feed-in",
+        "feed",
+        &format!("file://{}/*.txt", inbox.display()),
+    );
+    loc.ordered = true;
+    for (k, v) in [
+        ("batch_max", "5"),
+        ("poll_interval", "50ms"),
+        ("settle", "0s"),
+    ] {
+        loc.settings.insert(k.into(), v.into());
+    }
+    mbx.receive_location_create(&loc).await.expect("location");
+    let (sink_port, sink) = start_sink().await;
+    let mut out = SendPortSpec::new("feed-out", &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("mbx.ReceivePortName == 'feed'")
+        .with_state(InitialState::Started);
+    out.ordered = true;
+    mbx.send_port_create(&out).await.expect("ordered send port");
+
+    let url = database_url(&pool);
+    let proxy = FaultProxy::start(server_addr()).await;
+    let a = start_host(&proxy.url_for(&url), FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    mbx.receive_location_set_enabled("feed-in", true)
+        .await
+        .expect("enable");
+    wait_for(
+        "A to hold the location",
+        Duration::from_secs(30),
+        || async {
+            location_holder(&pool, "feed-in")
+                .await
+                .is_some_and(|(pid, _)| pid == a.pid() as i32)
+        },
+    )
+    .await;
+    let (_, epoch_a) = location_holder(&pool, "feed-in").await.expect("holder");
+    let _b = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 2).await;
+
+    // cut A off, then give it files: it claims a batch and is stuck publishing it
+    proxy.set(Mode::Blackhole);
+    for n in 0..FIRST {
+        drop_file(&inbox, &format!("{n:04}.txt"), &format!("file {n:04}"));
+    }
+    wait_for("A to claim a batch", Duration::from_secs(10), || async {
+        std::fs::read_dir(&inbox)
+            .expect("read inbox")
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".mbx-claimed-"))
+    })
+    .await;
+    wait_for(
+        "B to take the location over",
+        LEASE_TTL + Duration::from_secs(20),
+        || async {
+            location_holder(&pool, "feed-in")
+                .await
+                .is_some_and(|(pid, epoch)| pid != a.pid() as i32 && epoch > epoch_a)
+        },
+    )
+    .await;
+    for n in FIRST..FIRST + SECOND {
+        drop_file(&inbox, &format!("{n:04}.txt"), &format!("file {n:04}"));
+    }
+    wait_for(
+        "B to publish and deliver every file",
+        Duration::from_secs(60),
+        || async { sink.distinct() >= FIRST + SECOND },
+    )
+    .await;
+    // heal: A's held publish reaches PostgreSQL now, after B's batches
+    proxy.set(Mode::Pass);
+    wait_for(
+        "A to reconnect and heartbeat again",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM host_instances WHERE pid = $1 AND state = 'alive'
+                    AND heartbeat_at > now() - interval '2 seconds'",
+            )
+            .bind(a.pid() as i32)
+            .fetch_one(&pool)
+            .await
+            .expect("A's heartbeat")
+                > 0
+        },
+    )
+    .await;
+    mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+    let published: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM received_sources s JOIN receive_locations r ON r.id = s.receive_location_id
+          WHERE r.name = 'feed-in'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("sources");
+    assert_eq!(
+        published as usize,
+        FIRST + SECOND,
+        "each file published once"
+    );
+    let requests = sink.by_arrival();
+    let mut first: Vec<&str> = Vec::new();
+    for r in &requests {
+        if !first.contains(&r.body.as_str()) {
+            first.push(&r.body);
+        }
+    }
+    let expected: Vec<String> = (0..FIRST + SECOND)
+        .map(|n| format!("file {n:04}"))
+        .collect();
+    assert_eq!(first, expected, "published in name order, nothing lost");
+    let left: Vec<_> = std::fs::read_dir(&inbox)
+        .expect("inbox")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".mbx-"))
+        .collect();
+    assert!(left.is_empty(), "files left in the folder: {left:?}");
+}
+
+/// Publishes ordered messages `m<N>` (one line each) for the port `log` of
+/// [`append_port`].
+async fn publish_lines(mbx: &mbx_messagebox::MessageBox, range: std::ops::Range<usize>) {
+    use mbx_messagebox::publish::{NewMessage, Publisher};
+    let batch = range
+        .map(|n| {
+            let mut ctx = mbx_messagebox::Context::new();
+            ctx.promote("Seq.N", mbx_messagebox::Value::Integer(n as i64))
+                .expect("promote");
+            NewMessage::new(format!("m{n:05}\n"), "text/plain", ctx)
+        })
+        .collect();
+    mbx.publish(&Publisher::default(), batch)
+        .await
+        .expect("publish");
+}
+
+fn expected_lines(n: usize) -> Vec<String> {
+    (0..n).map(|n| format!("m{n:05}")).collect()
+}
+
+/// The started ordered FILE append port `log` writing `path`.
+async fn append_port(mbx: &mbx_messagebox::MessageBox, path: &Path) {
+    let mut spec = SendPortSpec::new("log", &format!("file://{}", path.display()))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    spec.settings.insert("append".into(), "true".into());
+    mbx.send_port_create(&spec).await.expect("append port");
+}
+
+/// `strace` attached to every thread of a running process, delaying the system calls
+/// `inject` names (`strace -e inject=…` syntax) on `path` only; its log lists each traced
+/// call once it returned. Detaches when dropped (the process runs on, undelayed).
+struct Stall {
+    strace: mbx_e2e::Reaped,
+    log: std::path::PathBuf,
+}
+
+impl Stall {
+    fn attach(pid: u32, path: &Path, trace: &str, inject: &str, log: &Path) -> Stall {
+        let strace = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o"])
+            .arg(log)
+            .arg("-P")
+            .arg(path)
+            .args([
+                "-e",
+                &format!("trace={trace}"),
+                "-e",
+                &format!("inject={inject}"),
+            ])
+            .args(["-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace (apt-get install strace)");
+        Stall {
+            strace: mbx_e2e::Reaped(strace),
+            log: log.to_owned(),
+        }
+    }
+
+    /// Whether the process is traced now (every thread attached is not visible; the
+    /// main thread's TracerPid is).
+    fn attached(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            })
+            .unwrap_or(false)
+    }
+
+    /// The lines of the log naming `syscall` that ended delayed.
+    fn delayed(&self, syscall: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("{syscall}(")) && l.contains("DELAYED"))
+            .count()
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        let _ = self.strace.0.kill();
+    }
+}
+
+/// How long the stalled system call is held: past the lease TTL and the takeover.
+const STALL: Duration = Duration::from_secs(20);
+
+/// The owner of port `log` while it is not `not`: its pid.
+async fn owner_other_than(pool: &PgPool, not: u32) -> Option<i32> {
+    mbx_e2e::lease_owner(pool, "log")
+        .await
+        .map(|(_, pid, _)| pid)
+        .filter(|pid| *pid != not as i32)
+}
+
+/// Issue 11 item 1, the restore: A delivers and commits; it dies leaving an uncommitted
+/// tail. A2 takes the port over, and its truncate to the committed length stalls in the
+/// kernel (strace delays `ftruncate` by 20 s) while it is cut off from PostgreSQL, so its
+/// lease moves to B, which appends and commits. When A2's truncate finally runs it must
+/// not cut what B committed (on main it did: the file went back to A's length). Exactly
+/// once, in order.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_former_owners_late_truncate_never_removes_what_a_later_owner_committed(pool: PgPool) {
+    stalled_owner(pool, "ftruncate", "ftruncate:delay_enter=20000000").await;
+}
+
+/// Issue 11 item 1, the write: A2 owns the port and its 30th append stalls in `write` (20
+/// s) while it is cut off from PostgreSQL; B takes over. A2's late write must not land
+/// behind B's records (on main it did: a stale, duplicate record in the middle of B's).
+/// Exactly once, in order.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_former_owners_late_append_never_lands_behind_a_later_owners_records(pool: PgPool) {
+    stalled_owner(pool, "write", "write:delay_enter=20000000:when=30").await;
+}
+
+async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
+    const FIRST: usize = 100;
+    const TOTAL: usize = 300;
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("orders.log");
+    append_port(&mbx, &log).await;
+    let url = database_url(&pool);
+    let restore = syscall == "ftruncate";
+    if restore {
+        // A delivers and commits the first messages, then dies with an uncommitted tail
+        let a = start_host(&url, FAST_HOST);
+        publish_lines(&mbx, 0..FIRST).await;
+        mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+        drop(a); // SIGKILL: its lease runs out by itself
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open the log");
+        std::io::Write::write_all(&mut f, b"uncommitted tail of a dead owner\n").expect("tail");
+    }
+    let proxy = FaultProxy::start(server_addr()).await;
+    let a2 = start_host(&proxy.url_for(&url), FAST_HOST);
+    let stall = Stall::attach(
+        a2.pid(),
+        &log,
+        syscall,
+        inject,
+        &dir.path().join("strace.log"),
+    );
+    wait_for("strace to attach", Duration::from_secs(10), || async {
+        Stall::attached(a2.pid())
+    })
+    .await;
+    wait_for("A2 to own the port", Duration::from_secs(30), || async {
+        owner_other_than(&pool, 0).await == Some(a2.pid() as i32)
+    })
+    .await;
+    if !restore {
+        publish_lines(&mbx, 0..FIRST).await;
+        wait_for("A2's 29th append", Duration::from_secs(30), || async {
+            lines_of(&log).len() >= 29
+        })
+        .await;
+    }
+    // A2 is in (or about to enter) its stalled call: cut it off so its lease runs out
+    proxy.set(Mode::Blackhole);
+    let b = start_host(&url, FAST_HOST);
+    wait_for(
+        "B to own the port",
+        LEASE_TTL + Duration::from_secs(20),
+        || async { owner_other_than(&pool, a2.pid()).await == Some(b.pid() as i32) },
+    )
+    .await;
+    publish_lines(&mbx, FIRST..TOTAL).await;
+    wait_for(
+        "A2's stalled call to return",
+        STALL + Duration::from_secs(30),
+        || async { stall.delayed(syscall) >= 1 },
+    )
+    .await;
+    mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
+    proxy.set(Mode::Pass);
+    drop(stall);
+    assert_eq!(
+        lines_of(&log),
+        expected_lines(TOTAL),
+        "every message once, in order, nothing of B's cut or overtaken"
+    );
+    drop((a2, b));
+}
