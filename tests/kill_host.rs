@@ -109,12 +109,14 @@ async fn kill_9_of_one_host_during_a_run_loses_nothing(pool: PgPool) {
     // dead only after the real dead timeout, by whichever instance notices first
     let _replacement = start_host(&url, FAST_HOST);
     let started = Instant::now();
-    // done: every file received (none left, claimed or not), then nothing left to deliver
+    // done: every file received (none left, claimed or not; the victim's files that it
+    // had published before the kill come back as duplicates, moved to .mbx-duplicates/),
+    // then nothing left to deliver
     let done = eventually(RECOVERY, || async {
         std::fs::read_dir(&inbox)
             .expect("read inbox")
-            .next()
-            .is_none()
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name() == ".mbx-duplicates")
             && mbx.stats().await.expect("stats").spool_messages == 0
     })
     .await;
@@ -144,6 +146,16 @@ async fn kill_9_of_one_host_during_a_run_loses_nothing(pool: PgPool) {
         stuck.len(),
         &stuck[..stuck.len().min(3)]
     );
+    // what was set aside as a duplicate had been published (and so delivered) before
+    let aside = inbox.join(".mbx-duplicates");
+    if aside.exists() {
+        for body in bodies_in(&aside, "xml") {
+            assert!(
+                received.contains_key(&body),
+                "a file set aside as a duplicate was never delivered: {body}"
+            );
+        }
+    }
     assert_eq!(lost, 0, "lost bodies");
     assert_eq!(unexpected, 0, "unexpected bodies");
     assert!(

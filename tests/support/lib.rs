@@ -164,18 +164,41 @@ pub fn start_host(url: &str, args: &[&str]) -> Reaped {
 
 /// [`start_host`] with extra environment variables (e.g. a secret a setting refers to).
 pub fn start_host_with_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Reaped {
+    let mut command = host_command(Command::new(bin("mbx-host")), url, args);
     Reaped(
-        Command::new(bin("mbx-host"))
-            .args(["--host", "default"])
-            .args(args)
+        command
             .envs(env.iter().copied())
-            .env("MBX_DATABASE_URL", url)
-            .env("MBX_LOG", host_log_level())
-            .stdout(host_logs())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn mbx-host"),
     )
+}
+
+/// [`start_host`] with the process's open-file limit (soft and hard) set to `limit`.
+pub fn start_host_with_fd_limit(url: &str, args: &[&str], limit: u64) -> Reaped {
+    let mut shell = Command::new("bash");
+    shell.args([
+        "-c",
+        &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+        bin("mbx-host").to_str().expect("utf-8 path"),
+    ]);
+    Reaped(
+        host_command(shell, url, args)
+            .spawn()
+            .expect("spawn mbx-host under ulimit"),
+    )
+}
+
+/// `command` (which runs `mbx-host` with the arguments it is given) for `--host default`
+/// and `args` against `url`, logging as the tests want.
+fn host_command(mut command: Command, url: &str, args: &[&str]) -> Command {
+    command
+        .args(["--host", "default"])
+        .args(args)
+        .env("MBX_DATABASE_URL", url)
+        .env("MBX_LOG", host_log_level())
+        .stdout(host_logs())
+        .stderr(Stdio::inherit());
+    command
 }
 
 /// Where hosts log (`tracing` writes to stdout): nowhere, unless `MBX_TEST_HOST_LOGS` is

@@ -98,11 +98,8 @@ pub(crate) async fn ensure_listener(shared: &Arc<Shared>) -> bool {
         Ok(listener) => {
             info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP receive listener ready");
             let app = Router::new().fallback(handle).with_state(shared.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    error!(error = %e, "HTTP receive listener failed");
-                }
-            });
+            let cap = crate::http_server::connection_cap(crate::http_server::current_fd_limit());
+            tokio::spawn(crate::http_server::serve(listener, app, cap));
             *listening = true;
             true
         }

@@ -17,6 +17,7 @@
 mod admin;
 mod delivery;
 mod http_receive;
+mod http_server;
 mod lease;
 mod receive;
 mod throttle;
@@ -166,6 +167,10 @@ pub async fn run_with_registry(
     registry: Registry,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    // connections, files and sockets all take descriptors: the soft limit goes up to the
+    // hard one, and HTTP receive keeps its connections below it (http_server.rs)
+    let fd_limit = http_server::raise_fd_limit();
+    tracing::debug!(fd_limit, "open-file limit");
     let at = mbx_messagebox::redact_url(&config.database_url);
     let mbx = MessageBox::connect(&config.database_url, POOL_MAX_CONNECTIONS)
         .await
