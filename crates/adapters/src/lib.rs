@@ -24,10 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+pub mod body;
 pub mod context;
 pub mod error;
 pub mod file;
@@ -37,6 +38,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod settings;
 
+pub use body::{Body, ChunkSource, BODY_IN_MEMORY_MAX_BYTES};
 pub use context::{system, MessageContext};
 pub use error::{ConfigError, ReceiveError, RegistryError, SubmitError};
 pub use registry::{Registry, Scheme};
@@ -63,8 +65,9 @@ pub struct OutboundMessage {
     pub address: String,
     /// The port's adapter settings (`--set KEY=VALUE`).
     pub settings: Settings,
-    /// The body, as the send pipeline produced it.
-    pub body: Bytes,
+    /// The body, as the send pipeline produced it: in memory, or (above 1 MiB) read from
+    /// the MessageBox one chunk at a time.
+    pub body: Body,
     /// The body's content type (`mbx.ContentType`).
     pub content_type: String,
     /// The context as the adapter sees it: the message's properties with the per-delivery
@@ -229,7 +232,8 @@ pub trait SendAdapter: Send + Sync {
 /// One message as a receive adapter read it, before the receive pipeline.
 #[derive(Debug, Clone)]
 pub struct InboundMessage {
-    pub body: Bytes,
+    /// In memory, or (above 1 MiB) the file the adapter holds until it acknowledges.
+    pub body: Body,
     pub content_type: String,
     /// Written (not promoted) properties the adapter sets, e.g. `mbx.SourceFileName`,
     /// `mbx.InboundTransportLocation`, `mbx.InboundTransportType`.

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mbx_adapters::{Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
+use mbx_adapters::{
+    Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter,
+};
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::{ClaimLimits, ClaimedDelivery, Failure};
@@ -269,13 +271,14 @@ async fn outbound(
         .registry
         .send_adapter(&address)
         .map_err(|e| Outcome::failed(e, false))?;
+    // a body above 1 MiB is read from the MessageBox one chunk at a time as it is sent
     let body = match &d.body {
-        Some(b) => b.clone(),
-        None => shared
-            .mbx
-            .message_body(d.message_id)
-            .await
-            .map_err(|e| Outcome::failed(format!("reading the body: {e}"), true))?,
+        Some(b) => Body::Bytes(b.clone()),
+        None => Body::Chunks(Arc::new(StoredChunks {
+            mbx: shared.mbx.clone(),
+            message_id: d.message_id,
+            len: u64::try_from(d.body_size).unwrap_or(0),
+        })),
     };
     let mut settings = port.settings.0.clone();
     if port.ordered && address.starts_with("http") && !settings.contains_key("timeout") {
@@ -293,6 +296,29 @@ async fn outbound(
         fence: fence.cloned(),
     };
     Ok((adapter, message))
+}
+
+/// The stored chunks of a large body, for a send adapter to read one at a time.
+struct StoredChunks {
+    mbx: mbx_messagebox::MessageBox,
+    message_id: Uuid,
+    len: u64,
+}
+
+#[async_trait::async_trait]
+impl ChunkSource for StoredChunks {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn chunk(&self, index: u64) -> Result<Option<bytes::Bytes>, String> {
+        let seq =
+            i32::try_from(index).map_err(|_| format!("chunk {index} of a body is out of range"))?;
+        self.mbx
+            .message_chunk(self.message_id, seq)
+            .await
+            .map_err(|e| format!("reading chunk {seq} of message {}: {e}", self.message_id))
+    }
 }
 
 /// Sends one message on its own (after its batch's adapter panicked): its outcome, or

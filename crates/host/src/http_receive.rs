@@ -192,7 +192,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     };
     let properties = MessageContext::new().with(system::INBOUND_TRANSPORT_LOCATION, path.clone());
     let message = InboundMessage {
-        body,
+        body: mbx_adapters::Body::Bytes(body),
         content_type,
         properties,
         source_id,

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
 use mbx_adapters::{
-    InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitted, Submitter,
+    Body, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitted, Submitter,
 };
 use mbx_messagebox::context::system;
 use mbx_messagebox::instances::DEAD_AFTER_S;
-use mbx_messagebox::publish::{LocationFence, NewMessage, Published, Publisher};
+use mbx_messagebox::publish::{LocationFence, NewBody, NewMessage, Published, Publisher};
 use mbx_messagebox::receive::ReceiveLocation;
 use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
 use tokio::sync::watch;
@@ -235,6 +236,16 @@ async fn reclaim_dead_claims(shared: &Shared, adapter: &dyn ReceiveAdapter, loca
     }
 }
 
+/// The body to publish: in memory, or the file the adapter holds, read in chunks by the
+/// publish.
+async fn new_body(body: Body) -> Result<NewBody, String> {
+    Ok(match body {
+        Body::Bytes(b) => NewBody::Bytes(b),
+        Body::File { path, len } => NewBody::File { path, len },
+        chunks @ Body::Chunks(_) => NewBody::Bytes(chunks.to_bytes().await?),
+    })
+}
+
 /// Publishes what one location receives.
 struct LocationSubmitter {
     mbx: MessageBox,
@@ -303,7 +314,9 @@ impl LocationSubmitter {
     }
 
     /// The context of one received message, or the reason it is a receive failure.
-    fn context(&self, m: &InboundMessage) -> Result<Context, String> {
+    /// `body` is what the pipeline reads: the whole body for `json` and `xml`, nothing for
+    /// `passthru` (which promotes nothing from it, so a large body is never read here).
+    fn context(&self, m: &InboundMessage, body: &[u8]) -> Result<Context, String> {
         let mut ctx = Context::new();
         let scheme = self
             .location
@@ -345,7 +358,7 @@ impl LocationSubmitter {
         )?;
         let out = self
             .pipeline
-            .run(&m.body)
+            .run(body)
             .map_err(|e| format!("{} pipeline: {e}", self.pipeline.kind().as_str()))?;
         if let Some(t) = out.message_type {
             put(&mut ctx, system::MESSAGE_TYPE, t, true)?;
@@ -385,11 +398,17 @@ impl Submitter for LocationSubmitter {
         let mut published_from = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
         for (i, m) in batch.into_iter().enumerate() {
-            match self.context(&m) {
+            // a body the pipeline must read is read whole (json, xml); passthru reads none
+            let read = match (self.pipeline.kind(), &m.body) {
+                (PipelineKind::Passthru, _) => Bytes::new(),
+                (_, Body::Bytes(b)) => b.clone(),
+                (_, body) => body.to_bytes().await.map_err(SubmitError::new)?,
+            };
+            match self.context(&m, &read) {
                 Ok(context) => {
                     published_from.push(i);
                     messages.push(NewMessage {
-                        body: m.body,
+                        body: new_body(m.body).await.map_err(SubmitError::new)?,
                         content_type: m.content_type,
                         context,
                         source: m.source_id.map(|s| (self.location.id, s)),
@@ -401,7 +420,12 @@ impl Submitter for LocationSubmitter {
                     for (name, value) in m.properties.iter() {
                         let _ = context.write(name, Value::String(value.to_owned()));
                     }
-                    let failed = NewMessage::new(m.body, &m.content_type, context);
+                    let failed = NewMessage {
+                        body: new_body(m.body).await.map_err(SubmitError::new)?,
+                        content_type: m.content_type,
+                        context,
+                        source: None,
+                    };
                     warn!(location = %self.location.name, %reason, "receive failure");
                     self.mbx
                         .suspend_receive_failure(&self.publisher, failed, &reason)

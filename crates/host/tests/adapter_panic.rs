@@ -79,7 +79,7 @@ impl SendAdapter for PanickyAdapter {
 }
 
 fn body_of(m: &OutboundMessage) -> String {
-    String::from_utf8_lossy(&m.body).into_owned()
+    String::from_utf8_lossy(m.body.in_memory().expect("a small body")).into_owned()
 }
 
 /// A host instance running in-process with the panicking adapter; stopped by `stop`.

@@ -38,6 +38,9 @@ pub enum Error {
     /// The lease the work was fenced on moved on (or expired): nothing was changed.
     #[error("{0}")]
     Fenced(String),
+    /// A body to publish could not be read whole (a file that changed or vanished).
+    #[error("{0}")]
+    Body(String),
 }
 
 impl Error {

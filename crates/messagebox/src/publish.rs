@@ -4,6 +4,7 @@
 //! sender be acknowledged.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use sqlx::{Postgres, Transaction};
@@ -24,10 +25,65 @@ pub const MAX_MESSAGE_SIZE_DEFAULT_BYTES: u64 = 100 * 1000 * 1000;
 /// How long a (receive location, source id) pair is remembered for idempotent receive.
 pub const DEDUP_WINDOW_S: i64 = 24 * 3600;
 
+/// The body of a message to publish.
+#[derive(Debug, Clone)]
+pub enum NewBody {
+    /// In memory.
+    Bytes(Bytes),
+    /// A file of `len` bytes (a receive adapter's claimed file), read one chunk at a time
+    /// inside the publishing transaction: a large body is never held whole (SPEC §3).
+    File { path: PathBuf, len: u64 },
+}
+
+impl NewBody {
+    pub fn len(&self) -> u64 {
+        match self {
+            NewBody::Bytes(b) => b.len() as u64,
+            NewBody::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes to store in the message row, or `None` for a body stored in chunks.
+    pub(crate) async fn inline(&self) -> Result<Option<Vec<u8>>> {
+        if self.len() > BODY_INLINE_MAX_BYTES as u64 {
+            return Ok(None);
+        }
+        match self {
+            NewBody::Bytes(b) => Ok(Some(b.to_vec())),
+            NewBody::File { path, len } => {
+                let data = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| Error::Body(format!("reading {}: {e}", path.display())))?;
+                if data.len() as u64 != *len {
+                    return Err(changed_while_read(path, *len));
+                }
+                Ok(Some(data))
+            }
+        }
+    }
+}
+
+fn changed_while_read(path: &std::path::Path, len: u64) -> Error {
+    Error::Body(format!(
+        "{} is no longer the {len} bytes it was when it was taken (still being written?); nothing was published",
+        path.display()
+    ))
+}
+
+impl From<Bytes> for NewBody {
+    fn from(b: Bytes) -> Self {
+        NewBody::Bytes(b)
+    }
+}
+
 /// A message to publish.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    pub body: Bytes,
+    pub body: NewBody,
     pub content_type: String,
     pub context: Context,
     /// Idempotent receive: (receive location id, source id).
@@ -37,7 +93,7 @@ pub struct NewMessage {
 impl NewMessage {
     pub fn new(body: impl Into<Bytes>, content_type: &str, context: Context) -> Self {
         Self {
-            body: body.into(),
+            body: NewBody::Bytes(body.into()),
             content_type: content_type.to_owned(),
             context,
             source: None,
@@ -124,15 +180,14 @@ impl MessageBox {
             }
             m_ids.push(ids[i]);
             m_types.push(m.content_type.clone());
-            m_sizes.push(m.body.len() as i64);
+            m_sizes.push(i64::try_from(m.body.len()).unwrap_or(i64::MAX));
             m_contexts
                 .push(serde_json::to_value(&m.context).map_err(|e| Error::Invalid(e.to_string()))?);
-            if m.body.len() > BODY_INLINE_MAX_BYTES {
-                m_bodies.push(None);
+            let inline = m.body.inline().await?;
+            if inline.is_none() {
                 chunked.push(i);
-            } else {
-                m_bodies.push(Some(m.body.to_vec()));
             }
+            m_bodies.push(inline);
         }
         if m_ids.is_empty() {
             return Ok(vec![Published::Duplicate; messages.len()]);
@@ -219,7 +274,7 @@ impl MessageBox {
                 d_port.push(t.port_id);
                 d_via_port.push(t.via_port);
                 d_via_groups.push(pg_bigint_array(&t.via_groups));
-                d_size.push(messages[*i].body.len() as i64);
+                d_size.push(i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX));
                 d_seq.push(match next_seq.get_mut(&t.port_id) {
                     Some(seq) => {
                         let s = *seq;
@@ -406,20 +461,67 @@ async fn dedup_sources(
     Ok(fresh)
 }
 
+/// Stores a large body in chunks of [`BODY_CHUNK_BYTES`], one statement per chunk; a
+/// file is read one chunk at a time (and refused if it is no longer its length).
 pub(crate) async fn store_chunks(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
-    body: &Bytes,
+    body: &NewBody,
 ) -> Result<()> {
-    for (seq, chunk) in body.chunks(BODY_CHUNK_BYTES).enumerate() {
+    let insert = |seq: usize, chunk: Vec<u8>| {
         sqlx::query("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)")
             .bind(id)
-            .bind(seq as i32)
+            .bind(i32::try_from(seq).unwrap_or(i32::MAX))
             .bind(chunk)
-            .execute(&mut **tx)
-            .await?;
+    };
+    match body {
+        NewBody::Bytes(b) => {
+            for (seq, chunk) in b.chunks(BODY_CHUNK_BYTES).enumerate() {
+                insert(seq, chunk.to_vec()).execute(&mut **tx).await?;
+            }
+        }
+        NewBody::File { path, len } => {
+            use tokio::io::AsyncReadExt;
+            let io = |e: std::io::Error| Error::Body(format!("reading {}: {e}", path.display()));
+            let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+            let mut left = *len;
+            let mut seq = 0;
+            while left > 0 {
+                let want =
+                    usize::try_from(left.min(BODY_CHUNK_BYTES as u64)).unwrap_or(BODY_CHUNK_BYTES);
+                let mut chunk = vec![0u8; want];
+                file.read_exact(&mut chunk).await.map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        changed_while_read(path, *len)
+                    } else {
+                        io(e)
+                    }
+                })?;
+                insert(seq, chunk).execute(&mut **tx).await?;
+                left -= want as u64;
+                seq += 1;
+            }
+            if file.read(&mut [0u8; 1]).await.map_err(io)? != 0 {
+                return Err(changed_while_read(path, *len));
+            }
+        }
     }
     Ok(())
+}
+
+impl MessageBox {
+    /// Chunk `seq` of a body stored in chunks (`None` past the last): a send adapter reads
+    /// a large body one chunk at a time.
+    pub async fn message_chunk(&self, id: Uuid, seq: i32) -> Result<Option<Bytes>> {
+        let data: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT data FROM message_chunks WHERE message_id = $1 AND seq = $2",
+        )
+        .bind(id)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(data.map(Bytes::from))
+    }
 }
 
 impl MessageBox {

@@ -372,15 +372,16 @@ impl MessageBox {
         let mut tx = self.pool.begin().await?;
         let id = Uuid::now_v7();
         // like a published body: inline up to 1 MiB, else in chunks
-        let chunked = message.body.len() > crate::publish::BODY_INLINE_MAX_BYTES;
+        let inline = message.body.inline().await?;
+        let chunked = inline.is_none();
         sqlx::query(
             "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
              VALUES ($1, $2, $3, $4, $3 IS NULL, $5, $6, $7)",
         )
         .bind(id)
         .bind(&message.content_type)
-        .bind((!chunked).then_some(message.body.as_ref()))
-        .bind(message.body.len() as i64)
+        .bind(inline)
+        .bind(i64::try_from(message.body.len()).unwrap_or(i64::MAX))
         .bind(serde_json::to_value(&message.context).map_err(|e| Error::Invalid(e.to_string()))?)
         .bind(publisher.host_id)
         .bind(publisher.receive_location_id)

@@ -45,8 +45,8 @@ use super::config::{
 use crate::context::{system, MessageContext};
 use crate::error::{ConfigError, ReceiveError};
 use crate::{
-    ClaimInfo, Health, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, ReclaimFilter,
-    ReclaimReport, ShutdownSignal, Submitted, Submitter,
+    Body, ClaimInfo, Health, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, ReclaimFilter,
+    ReclaimReport, ShutdownSignal, Submitted, Submitter, BODY_IN_MEMORY_MAX_BYTES,
 };
 
 /// The longest instance id accepted as a claim id.
@@ -156,7 +156,9 @@ struct Claimed {
     name: String,
     claimed_path: PathBuf,
     source_id: String,
-    body: Bytes,
+    /// In memory up to 1 MiB; above, the claimed file itself (read by the engine while it
+    /// publishes, never held whole).
+    body: Body,
 }
 
 impl FileReceiveAdapter {
@@ -339,7 +341,7 @@ impl Inner {
             };
             let taken = match self.claim_one(&c.name, c.stamp) {
                 Ok(Some(ClaimResult::Claimed(claimed))) => {
-                    bytes += claimed.body.len() as u64;
+                    bytes += claimed.body.len();
                     batch.push(claimed);
                     true
                 }
@@ -417,6 +419,19 @@ impl Inner {
             self.reject(name, &claimed_path, stamp.size)?;
             return Ok(Some(ClaimResult::Rejected));
         }
+        if stamp.size > BODY_IN_MEMORY_MAX_BYTES {
+            // streamed: the engine reads the claimed file in chunks while it publishes
+            // (and refuses it if its length is no longer the settled one)
+            return Ok(Some(ClaimResult::Claimed(Claimed {
+                name: name.to_owned(),
+                source_id: source_id(name, stamp.size, stamp.mtime_ns),
+                body: Body::File {
+                    path: claimed_path.clone(),
+                    len: stamp.size,
+                },
+                claimed_path,
+            })));
+        }
         let read = fs::File::open(&claimed_path).and_then(|mut f| {
             let mut body = Vec::with_capacity(usize::try_from(stamp.size).unwrap_or(0));
             f.read_to_end(&mut body)?;
@@ -435,7 +450,7 @@ impl Inner {
             name: name.to_owned(),
             claimed_path,
             source_id: source_id(name, stamp.size, stamp.mtime_ns),
-            body: Bytes::from(body),
+            body: Body::Bytes(Bytes::from(body)),
         })))
     }
 

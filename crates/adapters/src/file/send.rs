@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::config::{FileSendConfig, MacroError, NamePattern, FILE_TEMP_MARKER};
 use crate::error::ConfigError;
 use crate::settings::Settings;
-use crate::{Fence, Health, OutboundMessage, OutcomeSender, SendAdapter, SendReport};
+use crate::{Body, Fence, Health, OutboundMessage, OutcomeSender, SendAdapter, SendReport};
 
 /// Why one FILE send failed.
 #[derive(Debug, thiserror::Error)]
@@ -212,11 +212,12 @@ fn write_message(
             );
             append(
                 &path,
-                &[header.as_bytes(), &message.body[..]].concat(),
+                Some(header.as_bytes()),
+                &message.body,
                 message.fence.as_ref(),
             )?
         } else {
-            append(&path, &message.body, message.fence.as_ref())?
+            append(&path, None, &message.body, message.fence.as_ref())?
         };
         return Ok((path, Some(len)));
     }
@@ -224,8 +225,9 @@ fn write_message(
     Ok((path, None))
 }
 
-/// Temp name in the same folder, write, fsync, rename into place, fsync the folder.
-fn write_new(folder: &Path, name: &str, path: &Path, body: &[u8]) -> Result<(), FileSendError> {
+/// Temp name in the same folder, write (a large body one chunk at a time), fsync, rename
+/// into place, fsync the folder.
+fn write_new(folder: &Path, name: &str, path: &Path, body: &Body) -> Result<(), FileSendError> {
     let tmp = folder.join(format!(".{name}{FILE_TEMP_MARKER}{}", Uuid::new_v4()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -233,7 +235,7 @@ fn write_new(folder: &Path, name: &str, path: &Path, body: &[u8]) -> Result<(), 
             .create_new(true)
             .open(&tmp)
             .map_err(|e| FileSendError::io("create", &tmp, e))?;
-        f.write_all(body)
+        body.write_blocking(&mut f)
             .map_err(|e| FileSendError::io("write", &tmp, e))?;
         f.sync_all()
             .map_err(|e| FileSendError::io("fsync", &tmp, e))?;
@@ -284,16 +286,27 @@ fn lock_for_change(f: &File, path: &Path, fence: Option<&Fence>) -> Result<(), F
     Ok(())
 }
 
-/// Appends the body to `path` (created if missing) under the file's lock, fenced, and
-/// fsyncs it; returns the file's length afterwards (the append checkpoint).
-fn append(path: &Path, body: &[u8], fence: Option<&Fence>) -> Result<u64, FileSendError> {
+/// Appends the record `header` (if any) and the body to `path` (created if missing) under
+/// the file's lock, fenced, and fsyncs it; returns the file's length afterwards (the
+/// append checkpoint). A crash part-way leaves a torn record past the committed length,
+/// which the next owner's restore removes.
+fn append(
+    path: &Path,
+    header: Option<&[u8]>,
+    body: &Body,
+    fence: Option<&Fence>,
+) -> Result<u64, FileSendError> {
     let mut f = OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
         .map_err(|e| FileSendError::io("open for append", path, e))?;
     lock_for_change(&f, path, fence)?;
-    f.write_all(body)
+    if let Some(header) = header {
+        f.write_all(header)
+            .map_err(|e| FileSendError::io("append to", path, e))?;
+    }
+    body.write_blocking(&mut f)
         .map_err(|e| FileSendError::io("append to", path, e))?;
     f.sync_data()
         .map_err(|e| FileSendError::io("fsync", path, e))?;

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use super::config::HttpSendConfig;
 use crate::error::{ConfigError, RegistryError};
 use crate::settings::Settings;
-use crate::{report, Health, OutboundMessage, OutcomeSender, SendAdapter};
+use crate::{report, Body, Health, OutboundMessage, OutcomeSender, SendAdapter};
 
 /// Requests in flight at once per adapter (all ports of a host instance share it); more
 /// wait for a permit on their own task, never on the caller's.
@@ -187,6 +187,50 @@ fn build_headers(
     Ok(headers)
 }
 
+/// The request body: in memory, or a large body streamed one stored chunk at a time
+/// (with its length, so the endpoint sees a `Content-Length`).
+fn request_body(body: &Body) -> reqwest::Body {
+    match body {
+        Body::Bytes(b) => reqwest::Body::from(b.clone()),
+        Body::Chunks(source) => {
+            let source = source.clone();
+            let chunks = futures_util::stream::try_unfold(0u64, move |index| {
+                let source = source.clone();
+                async move {
+                    match source.chunk(index).await {
+                        Ok(Some(chunk)) => Ok(Some((chunk, index + 1))),
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(std::io::Error::other(e)),
+                    }
+                }
+            });
+            reqwest::Body::wrap_stream(chunks)
+        }
+        Body::File { path, .. } => {
+            // not what the engine hands a send adapter, but a valid body all the same
+            let path = path.clone();
+            let pieces = futures_util::stream::try_unfold(None, move |file| {
+                let path = path.clone();
+                async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut file = match file {
+                        Some(f) => f,
+                        None => tokio::fs::File::open(&path).await?,
+                    };
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let n = file.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>(Some((bytes::Bytes::from(buf), Some(file))))
+                }
+            });
+            reqwest::Body::wrap_stream(pieces)
+        }
+    }
+}
+
 async fn send_one(
     client: &reqwest::Client,
     message: &OutboundMessage,
@@ -197,7 +241,8 @@ async fn send_one(
         .request(config.method.as_reqwest(), config.url.clone())
         .headers(headers)
         .timeout(config.timeout)
-        .body(message.body.clone())
+        .body(request_body(&message.body))
+        .header(reqwest::header::CONTENT_LENGTH, message.body.len())
         .send()
         .await
         .map_err(|e| classify_transport(&e, config.timeout))?;

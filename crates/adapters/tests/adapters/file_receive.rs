@@ -66,7 +66,7 @@ async fn picks_matching_files_only_and_deletes_them_after_submit() {
                     .get(system::SOURCE_FILE_NAME)
                     .unwrap()
                     .to_owned(),
-                String::from_utf8(m.body.to_vec()).unwrap(),
+                String::from_utf8(m.body.in_memory().unwrap().to_vec()).unwrap(),
                 m.content_type.clone(),
             )
         })
@@ -437,7 +437,10 @@ async fn a_file_still_being_written_is_taken_only_once_complete() {
         "the writer was slow enough to be seen"
     );
     let body = &recorder.batches()[0][0].body;
-    assert_eq!(std::str::from_utf8(body).unwrap(), chunks.concat());
+    assert_eq!(
+        std::str::from_utf8(body.in_memory().unwrap()).unwrap(),
+        chunks.concat()
+    );
     assert_eq!(names(dir.path()), Vec::<String>::new());
 }
 

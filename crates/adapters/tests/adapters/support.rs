@@ -34,7 +34,7 @@ pub fn message(address: &str, settings: Settings, body: &str) -> OutboundMessage
         port_name: "out-port".to_owned(),
         address: address.to_owned(),
         settings,
-        body: Bytes::from(body.to_owned()),
+        body: mbx_adapters::Body::Bytes(Bytes::from(body.to_owned())),
         content_type: "application/xml".to_owned(),
         context: MessageContext::new()
             .with(mbx_adapters::system::MESSAGE_ID, message_id.to_string()),
