@@ -54,16 +54,6 @@ fn holds_the_body(path: &std::path::Path, blocks: usize) -> Result<(), String> {
     }
 }
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
-
 /// What the HTTP endpoint received: (Content-Length header, bytes, the body matched).
 type Seen = Arc<Mutex<Vec<(Option<u64>, usize, bool)>>>;
 
@@ -131,7 +121,7 @@ async fn a_large_body_is_streamed_through_a_host_in_bounded_memory(pool: PgPool)
 
     let host = start_host(&database_url(&pool), FAST_HOST);
     wait_for_alive(&mbx, 1).await;
-    let rss_before = peak_rss_mb(host.pid());
+    let rss_before = mbx_e2e::peak_rss_mb(host.pid());
     // written under a hidden name, then renamed into place
     let tmp = inbox.join(".big.bin.writing");
     {
@@ -150,7 +140,7 @@ async fn a_large_body_is_streamed_through_a_host_in_bounded_memory(pool: PgPool)
             && !seen.lock().expect("seen").is_empty()
     })
     .await;
-    let peak = peak_rss_mb(host.pid());
+    let peak = mbx_e2e::peak_rss_mb(host.pid());
     let out = mbx_e2e::files_in(&outbox, "bin");
     assert_eq!(out.len(), 1, "one file written: {out:?}");
     holds_the_body(&out[0], blocks).expect("the FILE port wrote the body intact");

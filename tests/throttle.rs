@@ -31,16 +31,6 @@ async fn throttle_of_the_instance(mbx: &MessageBox) -> Option<String> {
         .and_then(|i| i.throttle)
 }
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
-
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_backlog_past_the_publish_threshold_slows_receive_down_and_drains_without_loss(
     pool: PgPool,
@@ -64,17 +54,9 @@ async fn a_backlog_past_the_publish_threshold_slows_receive_down_and_drains_with
         .await
         .expect("enable");
     let (http, admin) = (free_port(), free_port());
-    let host = start_host(
-        &database_url(&pool),
-        &[
-            "--poll-interval",
-            "200ms",
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
-    );
+    let args = mbx_e2e::http_host_args(http, admin);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let host = start_host(&database_url(&pool), &args);
     wait_for_alive(&mbx, 1).await;
     // files keep arriving (about 200/s) while nothing drains
     let writer = {
@@ -164,7 +146,7 @@ async fn a_backlog_past_the_publish_threshold_slows_receive_down_and_drains_with
         .collect();
     assert!(lost.is_empty(), "lost: {lost:?}");
     assert!(duplicates.is_empty(), "duplicates: {duplicates:?}");
-    let rss = peak_rss_mb(host.pid());
+    let rss = mbx_e2e::peak_rss_mb(host.pid());
     assert!(rss < 200.0, "host memory stays bounded: {rss:.0} MB");
 }
 

@@ -418,3 +418,27 @@ pub fn lines_of(path: &Path) -> Vec<String> {
     };
     complete.split('\n').map(str::to_owned).collect()
 }
+
+/// The peak resident memory (VmHWM) of process `pid`, in MB.
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+/// `mbx-host` flags for a host serving HTTP receive on `http` and its admin endpoints on
+/// `admin` (loopback), polling every 200 ms.
+pub fn http_host_args(http: u16, admin: u16) -> Vec<String> {
+    vec![
+        "--poll-interval".to_owned(),
+        "200ms".to_owned(),
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{http}"),
+        "--admin-listen".to_owned(),
+        format!("127.0.0.1:{admin}"),
+    ]
+}

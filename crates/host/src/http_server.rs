@@ -106,13 +106,17 @@ impl Registry {
         if conns.len() >= self.cap {
             let idle_enough = u64::try_from(EVICT_IDLE_AFTER.as_millis()).unwrap_or(u64::MAX);
             let oldest = conns
-                .values()
-                .filter(|c| c.active.load(Ordering::Acquire) == 0)
-                .min_by_key(|c| c.last_ms.load(Ordering::Acquire))
-                .filter(|c| now.saturating_sub(c.last_ms.load(Ordering::Acquire)) >= idle_enough)
-                .cloned();
-            match oldest {
+                .iter()
+                .filter(|(_, c)| c.active.load(Ordering::Acquire) == 0)
+                // idle longest; of those idle since the same moment, the oldest
+                .min_by_key(|(id, c)| (c.last_ms.load(Ordering::Acquire), **id))
+                .filter(|(_, c)| {
+                    now.saturating_sub(c.last_ms.load(Ordering::Acquire)) >= idle_enough
+                })
+                .map(|(id, _)| *id);
+            match oldest.and_then(|id| conns.remove(&id)) {
                 Some(c) => {
+                    // gone from the count at once: its task closes it right away
                     c.evict.notify_one();
                     self.evicted.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("mbx_http_connections_evicted_total").increment(1);

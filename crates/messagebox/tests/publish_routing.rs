@@ -352,6 +352,52 @@ async fn a_large_body_is_chunked_and_read_back_identical(pool: PgPool) {
     assert_eq!(c.body_size, body.len() as i64);
 }
 
+/// A body given as a file is read into chunks one at a time inside the publish, and read
+/// back one chunk at a time; a file that is no longer the length it was taken with is
+/// refused and nothing is stored.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_file_body_is_stored_in_chunks_and_a_changed_file_is_refused(pool: PgPool) {
+    use mbx_messagebox::publish::NewBody;
+    let mbx = mbx(pool.clone()).await;
+    started(&mbx, "eu", EU).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    let body: Vec<u8> = (0..(3 * 1024 * 1024 + 17))
+        .map(|i: u32| (i % 253) as u8)
+        .collect();
+    std::fs::write(&path, &body).unwrap();
+    let from_file = |len: u64| {
+        let mut m = msg(&[("Order.Region", s("EU"))]);
+        m.body = NewBody::File {
+            path: path.clone(),
+            len,
+        };
+        m
+    };
+    let p = publish(&mbx, from_file(body.len() as u64)).await;
+    let id = message_id(&p);
+    assert_eq!(count(&pool, "SELECT count(*) FROM message_chunks").await, 4);
+    let mut back = Vec::new();
+    let mut seq = 0;
+    while let Some(chunk) = mbx.message_chunk(id, seq).await.unwrap() {
+        assert!(chunk.len() <= 1024 * 1024);
+        back.extend_from_slice(&chunk);
+        seq += 1;
+    }
+    assert!(back == body, "read back chunk by chunk, identical");
+
+    // the file grew (or shrank) after it was taken: refused, nothing stored
+    for len in [body.len() as u64 - 1, body.len() as u64 + 1] {
+        let err = mbx
+            .publish(&Publisher::default(), vec![from_file(len)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Body(_)), "{err}");
+    }
+    assert_eq!(count(&pool, "SELECT count(*) FROM messages").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM message_chunks").await, 4);
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn typed_filters_compare_declared_integers(pool: PgPool) {
     let mbx = mbx(pool.clone()).await;

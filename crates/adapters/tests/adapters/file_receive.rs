@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
 use mbx_adapters::file::FileReceiveAdapter;
 use mbx_adapters::{
@@ -37,6 +38,23 @@ fn adapter_with(
         ordered,
     })
     .expect("valid location")
+}
+
+/// Runs `location` on its own task until the returned sender fires (or is dropped).
+fn spawn_run(
+    location: FileReceiveAdapter,
+    recorder: &Arc<Recorder>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), mbx_adapters::ReceiveError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown: ShutdownSignal = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    let recorder = recorder.clone();
+    let runner = tokio::spawn(async move { location.run(recorder.as_ref(), shutdown).await });
+    (stop, runner)
 }
 
 fn write(dir: &Path, name: &str, body: &str) {
@@ -332,14 +350,7 @@ async fn run_receives_until_shutdown() {
         settings_from([("poll_interval", "20ms")]),
     );
     let recorder = Recorder::new();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let shutdown: ShutdownSignal = Box::pin(async move {
-        let _ = stopped.await;
-    });
-    let runner = {
-        let recorder = recorder.clone();
-        tokio::spawn(async move { location.run(recorder.as_ref(), shutdown).await })
-    };
+    let (stop, runner) = spawn_run(location, &recorder);
     recorder.wait_for_batches(1).await;
     // A file dropped while the location runs is picked up by a later poll.
     write(dir.path(), "b.xml", "<b/>");
@@ -499,14 +510,7 @@ async fn a_stop_takes_effect_between_batches_not_after_the_whole_listing() {
     let recorder = Recorder::new();
     // each submit takes 100 ms: the listing of 50 files takes 5 s
     recorder.set_during_submit(|_| std::thread::sleep(std::time::Duration::from_millis(100)));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let shutdown: ShutdownSignal = Box::pin(async move {
-        let _ = stopped.await;
-    });
-    let runner = {
-        let recorder = recorder.clone();
-        tokio::spawn(async move { location.run(recorder.as_ref(), shutdown).await })
-    };
+    let (stop, runner) = spawn_run(location, &recorder);
     recorder.wait_for_batches(2).await;
     let at_stop = recorder.batches().len();
     stop.send(()).unwrap();
