@@ -4,33 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mbx_e2e::{database_url, messagebox, start_host, wait_for};
+use mbx_e2e::{database_url, instance_of_pid, messagebox, start_host, wait_for, wait_registered};
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::delivery::ClaimLimits;
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::{Context, Value};
 use sqlx::PgPool;
-use uuid::Uuid;
-
-async fn instance_of_pid(pool: &PgPool, pid: u32) -> Option<(Uuid, String)> {
-    sqlx::query_as(
-        "SELECT id, state FROM host_instances WHERE pid = $1 ORDER BY started_at DESC LIMIT 1",
-    )
-    .bind(pid as i32)
-    .fetch_optional(pool)
-    .await
-    .expect("query instances")
-}
-
-/// Waits until the process `pid` has a live instance.
-async fn wait_registered(pool: &PgPool, pid: u32) {
-    wait_for(
-        "the instance to register",
-        Duration::from_secs(30),
-        || async { matches!(instance_of_pid(pool, pid).await, Some((_, s)) if s == "alive") },
-    )
-    .await;
-}
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_host_registers_and_stops_gracefully_on_sigterm(pool: PgPool) {

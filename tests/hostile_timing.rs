@@ -292,13 +292,13 @@ async fn a_former_owners_late_truncate_never_removes_what_a_later_owner_committe
     stalled_owner(pool, "ftruncate", "ftruncate:delay_enter=20000000").await;
 }
 
-/// Issue 11 item 1, the write: A2 owns the port and its 30th append stalls in `write` (20
-/// s) while it is cut off from PostgreSQL; B takes over. A2's late write must not land
+/// Issue 11 item 1, the write: A2 owns the port and, some 30 appends in, its next append
+/// stalls in `write` (20 s) while it is cut off from PostgreSQL; B takes over. A2's late write must not land
 /// behind B's records (on main it did: a stale, duplicate record in the middle of B's).
 /// Exactly once, in order.
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_former_owners_late_append_never_lands_behind_a_later_owners_records(pool: PgPool) {
-    stalled_owner(pool, "write", "write:delay_enter=20000000:when=30").await;
+    stalled_owner(pool, "write", "write:delay_enter=20000000").await;
 }
 
 async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
@@ -324,28 +324,40 @@ async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
     }
     let proxy = FaultProxy::start(server_addr()).await;
     let a2 = start_host(&proxy.url_for(&url), FAST_HOST);
-    let stall = Stall::attach(
-        a2.pid(),
-        &log,
-        syscall,
-        inject,
-        &dir.path().join("strace.log"),
-    );
-    wait_for("strace to attach", Duration::from_secs(10), || async {
-        Stall::attached(a2.pid())
-    })
-    .await;
-    wait_for("A2 to own the port", Duration::from_secs(30), || async {
-        owner_other_than(&pool, 0).await == Some(a2.pid() as i32)
-    })
-    .await;
-    if !restore {
-        publish_lines(&mbx, 0..FIRST).await;
+    mbx_e2e::wait_registered(&pool, a2.pid()).await;
+    let strace_log = dir.path().join("strace.log");
+    // strace is attached once A2 runs (its runtime's threads all exist: a thread created
+    // while strace attaches could escape it). The truncate: before A2 can own the port
+    // (A's lease still holds it off). The write: while A2 is appending, so that its next
+    // write stalls (strace counts calls per thread, and appends move between threads).
+    let stall = if restore {
+        let stall = Stall::attach(a2.pid(), &log, syscall, inject, &strace_log);
+        wait_for("strace to attach", Duration::from_secs(10), || async {
+            Stall::attached(a2.pid())
+        })
+        .await;
+        wait_for("A2 to own the port", Duration::from_secs(30), || async {
+            owner_other_than(&pool, 0).await == Some(a2.pid() as i32)
+        })
+        .await;
+        stall
+    } else {
+        wait_for("A2 to own the port", Duration::from_secs(30), || async {
+            owner_other_than(&pool, 0).await == Some(a2.pid() as i32)
+        })
+        .await;
+        publish_lines(&mbx, 0..TOTAL).await;
         wait_for("A2's 29th append", Duration::from_secs(30), || async {
             lines_of(&log).len() >= 29
         })
         .await;
-    }
+        let stall = Stall::attach(a2.pid(), &log, syscall, inject, &strace_log);
+        wait_for("strace to attach", Duration::from_secs(10), || async {
+            Stall::attached(a2.pid())
+        })
+        .await;
+        stall
+    };
     // A2 is in (or about to enter) its stalled call: cut it off so its lease runs out
     proxy.set(Mode::Blackhole);
     let b = start_host(&url, FAST_HOST);
@@ -355,13 +367,18 @@ async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
         || async { owner_other_than(&pool, a2.pid()).await == Some(b.pid() as i32) },
     )
     .await;
-    publish_lines(&mbx, FIRST..TOTAL).await;
-    wait_for(
-        "A2's stalled call to return",
-        STALL + Duration::from_secs(30),
-        || async { stall.delayed(syscall) >= 1 },
-    )
+    if restore {
+        publish_lines(&mbx, FIRST..TOTAL).await;
+    }
+    let returned = mbx_e2e::eventually(STALL + Duration::from_secs(30), || async {
+        stall.delayed(syscall) >= 1
+    })
     .await;
+    assert!(
+        returned,
+        "A2's stalled {syscall} never returned; strace log:\n{}",
+        std::fs::read_to_string(&stall.log).unwrap_or_default()
+    );
     mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
     proxy.set(Mode::Pass);
     drop(stall);

@@ -442,3 +442,24 @@ pub fn http_host_args(http: u16, admin: u16) -> Vec<String> {
         format!("127.0.0.1:{admin}"),
     ]
 }
+
+/// The latest instance of process `pid`: (id, state).
+pub async fn instance_of_pid(pool: &PgPool, pid: u32) -> Option<(sqlx::types::Uuid, String)> {
+    sqlx::query_as(
+        "SELECT id, state FROM host_instances WHERE pid = $1 ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(pid as i32)
+    .fetch_optional(pool)
+    .await
+    .expect("query instances")
+}
+
+/// Waits until the process `pid` has a live instance.
+pub async fn wait_registered(pool: &PgPool, pid: u32) {
+    wait_for(
+        "the instance to register",
+        Duration::from_secs(30),
+        || async { matches!(instance_of_pid(pool, pid).await, Some((_, s)) if s == "alive") },
+    )
+    .await;
+}
