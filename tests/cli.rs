@@ -687,6 +687,9 @@ fn a_missing_or_unreachable_database_is_named_with_its_password_hidden() {
     );
     assert!(!err.contains("s3cret"), "password leaked: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // the cause, at once: not "pool timed out" after the pool's 10 s of retries
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("timed out"), "{err}");
 }
 
 #[sqlx::test(migrations = false)]

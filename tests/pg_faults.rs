@@ -380,3 +380,64 @@ async fn t7_a_connection_reset_storm_recovers_within_10s(pool: PgPool) {
     assert!(duplicates <= 2 * 100, "{duplicates} duplicates");
     mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
 }
+
+/// Issue 13: a host started while its MessageBox resets every connection (a server
+/// restarting, a proxy failing over) waits for it instead of exiting, and starts once the
+/// connections come through.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_host_started_while_connections_are_reset_waits_and_starts(pool: PgPool) {
+    messagebox(&pool).await;
+    let proxy = FaultProxy::start(server_addr()).await;
+    proxy.set(Mode::Reset);
+    let url = proxy.url_for(&database_url(&pool));
+    let mut host = start_host(&url, FAST_HOST);
+    wait_for(
+        "the host tries to connect three times",
+        Duration::from_secs(30),
+        || async { proxy.accepted() >= 3 },
+    )
+    .await;
+    assert!(
+        host.0.try_wait().expect("try_wait").is_none(),
+        "the host exited on a connection reset at start-up"
+    );
+    proxy.set(Mode::Pass);
+    mbx_e2e::wait_registered(&pool, host.pid()).await;
+    assert_running(std::slice::from_mut(&mut host));
+    // issue 12: it registers with the machine's name, whether or not HOSTNAME is exported
+    let machine: String = sqlx::query_scalar("SELECT machine FROM host_instances WHERE pid = $1")
+        .bind(host.pid() as i32)
+        .fetch_one(&pool)
+        .await
+        .expect("instance row");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    assert_eq!(machine, kernel.trim());
+}
+
+/// Issue 13: a host whose MessageBox never answers gives up after `--startup-timeout`
+/// with one line naming the address and the cause (not a pool timeout).
+#[tokio::test]
+async fn a_host_that_cannot_reach_the_messagebox_gives_up_naming_the_cause() {
+    let port = free_port();
+    let started = Instant::now();
+    let out = std::process::Command::new(mbx_e2e::bin("mbx-host"))
+        .args(["--startup-timeout", "2s", "--admin-listen", "127.0.0.1:0"])
+        .env(
+            "MBX_DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/mbx"),
+        )
+        .env("MBX_LOG", "error")
+        .output()
+        .expect("run mbx-host");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}")) && line.contains("refused"),
+        "the error names the address and the cause: {stderr}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it retried for its start-up timeout"
+    );
+}

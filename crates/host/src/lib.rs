@@ -58,6 +58,13 @@ pub const POOL_MAX_CONNECTIONS: u32 = 16;
 /// How long a graceful stop waits for loops to finish their batch (SPEC §4: exit in 30 s).
 pub const SHUTDOWN_GRACE_S: u64 = 20;
 
+/// Default `--startup-timeout`: how long start-up waits for an unreachable MessageBox.
+pub const STARTUP_TIMEOUT_DEFAULT_S: u64 = 60;
+
+/// First and longest pause between start-up attempts.
+const STARTUP_BACKOFF_MIN_MS: u64 = 250;
+const STARTUP_BACKOFF_MAX_MS: u64 = 5_000;
+
 /// Settings of one host instance.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -78,6 +85,9 @@ pub struct HostConfig {
     /// as stalled: the heartbeat is withheld so the instance is declared dead and another
     /// takes over its work (SPEC §4).
     pub watchdog_stall: Duration,
+    /// Start-up retries an unreachable MessageBox (refused or reset connections) this
+    /// long before it gives up.
+    pub startup_timeout: Duration,
 }
 
 impl HostConfig {
@@ -92,6 +102,7 @@ impl HostConfig {
             claim_batch: mbx_messagebox::delivery::CLAIM_BATCH_DEFAULT,
             claim_bytes: mbx_messagebox::delivery::CLAIM_BYTES_DEFAULT,
             watchdog_stall: Duration::from_secs(WATCHDOG_STALL_DEFAULT_S),
+            startup_timeout: Duration::from_secs(STARTUP_TIMEOUT_DEFAULT_S),
         }
     }
 }
@@ -171,37 +182,15 @@ pub async fn run_with_registry(
     // hard one, and HTTP receive keeps its connections below it (http_server.rs)
     let fd_limit = http_server::raise_fd_limit();
     tracing::debug!(fd_limit, "open-file limit");
-    let at = mbx_messagebox::redact_url(&config.database_url);
-    let mbx = MessageBox::connect(&config.database_url, POOL_MAX_CONNECTIONS)
-        .await
-        .with_context(|| {
-            format!("cannot connect to the MessageBox at {at}; check MBX_DATABASE_URL and that PostgreSQL runs")
-        })?;
-    // a host migrates only when the schema is behind: with separate roles (`mbx roles`)
-    // its role has no DDL, and a current schema needs none; it never touches a schema a
-    // newer mbx migrated
-    let state = mbx.schema_state().await.with_context(|| {
-        format!("cannot read the MessageBox schema at {at}; check MBX_DATABASE_URL and the role's rights")
-    })?;
-    match state {
-        SchemaState::Current => {}
-        SchemaState::Missing | SchemaState::Behind => {
-            mbx.init(None)
-                .await
-                .with_context(|| format!("migrating the MessageBox at {at}"))?;
+    let machine = machine_name();
+    tokio::pin!(shutdown);
+    let (mbx, limits, id) = tokio::select! {
+        started = start_up(&config, &machine) => started?,
+        _ = &mut shutdown => {
+            info!("stopped while starting");
+            return Ok(());
         }
-        SchemaState::Newer(v) => anyhow::bail!(
-            "the MessageBox at {at} has migration {v}, newer than this mbx-host knows; upgrade mbx-host"
-        ),
-    }
-    let machine = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
-    let id = register(&mbx, &config, &machine).await?;
-    let limits = mbx.host_limits(&config.host).await.with_context(|| {
-        format!(
-            "reading the throttling thresholds of host '{}'",
-            config.host
-        )
-    })?;
+    };
     info!(instance = %id, host = %config.host, "host instance registered");
     let metrics = admin::metrics_handle();
 
@@ -262,6 +251,101 @@ pub async fn run_with_registry(
         .context("deregistering")?;
     info!(released, "host instance stopped");
     Ok(())
+}
+
+/// Connects, migrates a schema that is behind, reads the host's thresholds and registers
+/// the instance. Each step retries what a MessageBox restarting or a network blip causes
+/// (refused or reset connections, a server shutting down) until `startup_timeout` has
+/// passed, warning with the cause each time; anything else fails at once.
+async fn start_up(
+    config: &HostConfig,
+    machine: &str,
+) -> Result<(MessageBox, mbx_messagebox::throttle::HostLimits, Uuid)> {
+    let at = mbx_messagebox::redact_url(&config.database_url);
+    let deadline = Instant::now() + config.startup_timeout;
+    let mbx = retry_start(deadline, "connecting to the MessageBox", || {
+        MessageBox::connect(&config.database_url, POOL_MAX_CONNECTIONS)
+    })
+    .await
+    .with_context(|| {
+        format!("cannot connect to the MessageBox at {at}; check MBX_DATABASE_URL and that PostgreSQL runs")
+    })?;
+    // a host migrates only when the schema is behind: with separate roles (`mbx roles`)
+    // its role has no DDL, and a current schema needs none; it never touches a schema a
+    // newer mbx migrated
+    let state = retry_start(deadline, "reading the MessageBox schema", || {
+        mbx.schema_state()
+    })
+    .await
+    .with_context(|| {
+        format!("cannot read the MessageBox schema at {at}; check MBX_DATABASE_URL and the role's rights")
+    })?;
+    match state {
+        SchemaState::Current => {}
+        SchemaState::Missing | SchemaState::Behind => {
+            retry_start(deadline, "migrating the MessageBox", || mbx.init(None))
+                .await
+                .with_context(|| format!("migrating the MessageBox at {at}"))?;
+        }
+        SchemaState::Newer(v) => anyhow::bail!(
+            "the MessageBox at {at} has migration {v}, newer than this mbx-host knows; upgrade mbx-host"
+        ),
+    }
+    let limits = retry_start(deadline, "reading the host's thresholds", || {
+        mbx.host_limits(&config.host)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "reading the throttling thresholds of host '{}'",
+            config.host
+        )
+    })?;
+    let id = retry_start(deadline, "registering the instance", || {
+        mbx.instance_register(
+            &config.host,
+            machine,
+            std::process::id() as i32,
+            env!("CARGO_PKG_VERSION"),
+        )
+    })
+    .await
+    .with_context(|| format!("registering an instance of host '{}'", config.host))?;
+    Ok((mbx, limits, id))
+}
+
+/// Runs one start-up step until it succeeds, fails for good, or `deadline` passes.
+async fn retry_start<T, F, Fut>(
+    deadline: Instant,
+    what: &str,
+    mut step: F,
+) -> mbx_messagebox::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = mbx_messagebox::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(STARTUP_BACKOFF_MIN_MS);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                // the last attempt falls on the deadline
+                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                warn!(error = %mbx_messagebox::one_line(&e), retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(Duration::from_millis(STARTUP_BACKOFF_MAX_MS));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The name of this machine, as `mbx instance list` shows it: the kernel's host name
+/// (shells and systemd do not export `HOSTNAME`), `unknown` if it is not valid UTF-8.
+fn machine_name() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 async fn register(mbx: &MessageBox, config: &HostConfig, machine: &str) -> Result<Uuid> {

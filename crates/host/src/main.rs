@@ -38,6 +38,10 @@ struct Args {
     /// then takes over its work).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     watchdog_stall: std::time::Duration,
+    /// How long start-up waits for an unreachable MessageBox (refused or reset
+    /// connections, a restarting server) before it gives up (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    startup_timeout: std::time::Duration,
 }
 
 /// Exit codes: 0 after a graceful stop; 2 bad arguments (one line naming the argument);
@@ -95,6 +99,7 @@ async fn host(args: Args) -> anyhow::Result<()> {
     config.max_deliveries = args.max_deliveries;
     config.poll_interval = args.poll_interval;
     config.watchdog_stall = args.watchdog_stall;
+    config.startup_timeout = args.startup_timeout;
     let shutdown = async {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         match term {

@@ -139,6 +139,14 @@ impl MessageBox {
                 IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
             ),
         ]);
+        // one connection first, for its own error: the pool retries a refused connection
+        // until its acquire timeout and then reports only "pool timed out", where a wrong
+        // port or a stopped server should say "connection refused" at once
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
