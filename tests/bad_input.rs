@@ -485,3 +485,74 @@ async fn migrations_newer_than_the_binaries_are_refused_naming_the_url_and_the_f
         mbx_messagebox::MIGRATOR.iter().count() + 1
     );
 }
+
+/// Issue 12: a payload must not set an engine property. A promotion into `mbx.*` (other
+/// than `mbx.OutboundTransportLocation`) is refused by `mbx` at creation; one that reaches
+/// the MessageBox another way (an older binary, a hand-edited row) is refused by the host
+/// that loads it: the location does not run, and nothing is published as if it came from
+/// another port, while the host's other locations run on.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_promotion_into_the_engine_namespace_is_refused_by_the_host_too(pool: PgPool) {
+    use mbx_messagebox::receive::ReceiveLocationSpec;
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
+    let spoof_dir = dir.path().join("spoof");
+    std::fs::create_dir_all(&spoof_dir).expect("mkdir");
+    let mut spoof = ReceiveLocationSpec::new(
+        "spoof-in",
+        "orders",
+        &format!("file://{}/*.xml", spoof_dir.display()),
+    );
+    spoof.pipeline = "xml".into();
+    spoof.promote.insert("Order.Id".into(), "/order/id".into());
+    mbx.receive_location_create(&spoof).await.expect("location");
+    // the library refuses the spoofing promotion as `mbx` does…
+    let mut refused = spoof.clone();
+    refused.name = "spoof-2".into();
+    refused
+        .promote
+        .insert("mbx.ReceivePortName".into(), "/order/port".into());
+    let err = mbx.receive_location_create(&refused).await.unwrap_err();
+    assert!(err.to_string().contains("set by the engine"), "{err}");
+    // …so it is written behind its back, as an older binary could have
+    sqlx::query(
+        "UPDATE receive_locations SET promote = promote || '{\"mbx.ReceivePortName\": \"/order/port\"}'::jsonb
+          WHERE name = 'spoof-in'",
+    )
+    .execute(&pool)
+    .await
+    .expect("hand-edit the row");
+    mbx.receive_location_set_enabled("spoof-in", true)
+        .await
+        .expect("enable");
+    std::fs::write(
+        spoof_dir.join("o-1.xml"),
+        "<order><id>1</id><port>payments</port></order>",
+    )
+    .expect("write");
+    std::fs::write(inbox.join("o-2.xml"), "<order><id>2</id></order>").expect("write");
+
+    let _host = start_host(&database_url(&pool), FAST_HOST);
+    // the host's other location runs: the control file goes through
+    wait_for(
+        "the control file delivered",
+        Duration::from_secs(30),
+        || async { files_in(&outbox, "xml").len() == 1 },
+    )
+    .await;
+    wait_for_empty_spool(&mbx, Duration::from_secs(30)).await;
+    // the spoofing location never took its file, and nothing was published under the
+    // port name the payload carried
+    assert!(
+        spoof_dir.join("o-1.xml").exists(),
+        "the spoofing location ran"
+    );
+    let delivered = std::fs::read_to_string(&files_in(&outbox, "xml")[0]).expect("read");
+    assert_eq!(delivered, "<order><id>2</id></order>");
+    assert!(mbx
+        .suspended_list(&Selector::default())
+        .await
+        .expect("list")
+        .is_empty());
+}

@@ -127,11 +127,16 @@ async fn a_new_user_routes_a_message_and_resumes_a_routing_failure(pool: PgPool)
     let stats = mbx.json(&["stats"]);
     assert_eq!(port_stats(&stats, "us")["backlog"], 1, "{stats}");
     assert_eq!(stats["suspended_total"], 0);
-    // idempotent: the item is gone, a second resume says so and changes nothing
+    // idempotent (issue 12): a runbook retrying the resume succeeds, says the item was
+    // already resumed, and changes nothing; an id that never existed is still refused
     let before = snapshot(&pool).await;
-    let err = mbx.fails(&["suspended", "resume", &id], 2);
-    assert!(err.contains("does not exist"), "{err}");
+    let out = mbx.ok(&["suspended", "resume", &id]);
+    assert!(out.contains("already resumed"), "{out}");
+    let out = mbx.ok(&["suspended", "terminate", &id]);
+    assert!(out.contains("already resumed"), "{out}");
     assert_eq!(snapshot(&pool).await, before);
+    let err = mbx.fails(&["suspended", "resume", "999999"], 2);
+    assert!(err.contains("does not exist"), "{err}");
 
     let err = mbx.fails(
         &[
@@ -189,7 +194,167 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
         ),
         (
             &["send-port", "create", "a", "--address", "ftp://x/y"],
-            "unknown scheme 'ftp'",
+            "--address: no adapter for ftp:// in this build",
+        ),
+        // issue 12: what no adapter, setting or flag of this build can run is refused at
+        // creation, by the adapter that would run it
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "amqp://guest@localhost/orders?queue=q",
+            ],
+            "no adapter for amqp://",
+        ),
+        (
+            &["send-port", "create", "a", "--address", "mqtt://localhost:1883/t"],
+            "no adapter for mqtt://",
+        ),
+        (
+            &["send-port", "create", "a", "--address", "mailto:ops@example.com"],
+            "no adapter for mailto://",
+        ),
+        (
+            &["send-port", "create", "a", "--address", "mbx://eu/orders"],
+            "no adapter for mbx://",
+        ),
+        (
+            &["send-port", "create", "a", "--address", "file:///tmp/x/%Bogus%.xml"],
+            "--address",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///tmp/x/%MessageID%.xml",
+                "--set",
+                "append=maybe",
+            ],
+            "--set: setting append",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///tmp/x/%MessageID%.xml",
+                "--set",
+                "bogus=1",
+            ],
+            "--set: unknown setting \"bogus\"",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///tmp/x/%MessageID%.xml",
+                "--backup-address",
+                "https://partner.example/in",
+                "--set",
+                "append=true",
+            ],
+            "--set",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "file:///t/x",
+                "--route-failed",
+            ],
+            "--route-failed: not available yet",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "http://127.0.0.1:1/q",
+                "--solicit-response",
+            ],
+            "--solicit-response: not available yet",
+        ),
+        (
+            &["receive-port", "create", "rr", "--two-way"],
+            "--two-way: not available yet",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "mqtt://localhost:1883/orders",
+            ],
+            "no adapter for mqtt://",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "http://example.com/orders",
+            ],
+            "empty authority",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "http:///orders",
+                "--set",
+                "bogus=1",
+            ],
+            "--set: unknown setting",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "http:///orders",
+                "--pipeline",
+                "json",
+                "--promote",
+                "mbx.ReceivePortName=/rp",
+            ],
+            "--promote: setting --promote=\"mbx.ReceivePortName=/rp\": mbx.ReceivePortName is set by the engine",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "http:///orders",
+                "--set",
+                "bearer_token=hunter2",
+            ],
+            "--set: setting bearer_token: give a reference, env:NAME or file:PATH",
         ),
         (
             &[
@@ -366,7 +531,7 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
                 "--promote",
                 "Order.Region=region",
             ],
-            "starts with '/'",
+            "start with '/'",
         ),
         (
             &[
@@ -408,6 +573,7 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
             line.contains(expected),
             "mbx {args:?}: expected '{expected}' in: {line}"
         );
+        assert!(!line.contains("hunter2"), "a secret was echoed: {line}");
         assert_eq!(snapshot(&pool).await, before, "mbx {args:?} changed state");
     }
 }
@@ -711,7 +877,7 @@ async fn receive_locations_are_created_disabled_and_deleted_only_when_disabled(p
         "--max-message-size",
         "1MiB",
         "--set",
-        "poll=1s",
+        "poll_interval=1s",
     ]);
     assert!(out.contains("disabled"), "{out}");
     let list = mbx.json(&["receive-location", "list"]);
@@ -720,7 +886,7 @@ async fn receive_locations_are_created_disabled_and_deleted_only_when_disabled(p
     assert_eq!(loc["port"], "orders");
     assert_eq!(loc["pipeline"], "json");
     assert_eq!(loc["promote"]["Order.Region"], "/region");
-    assert_eq!(loc["settings"]["poll"], "1s");
+    assert_eq!(loc["settings"]["poll_interval"], "1s");
     assert_eq!(loc["max_message_size"], 1024 * 1024);
     assert_eq!(loc["enabled"], false);
     let ports = mbx.json(&["receive-port", "list"]);
@@ -740,6 +906,21 @@ async fn receive_locations_are_created_disabled_and_deleted_only_when_disabled(p
         mbx.json(&["receive-location", "list"]),
         serde_json::json!([])
     );
+
+    // a secret is a reference, shown as written (issue 12)
+    mbx.ok(&[
+        "receive-location",
+        "create",
+        "secure-in",
+        "--port",
+        "orders",
+        "--address",
+        "http:///secure",
+        "--set",
+        "bearer_token=env:ORDERS_TOKEN",
+    ]);
+    let list = mbx.json(&["receive-location", "list"]);
+    assert_eq!(list[0]["settings"]["bearer_token"], "env:ORDERS_TOKEN");
 }
 
 #[sqlx::test(migrations = false)]

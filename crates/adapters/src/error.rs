@@ -26,6 +26,9 @@ pub enum ConfigError {
         value: String,
         problem: String,
     },
+    /// A secret setting given as anything but a reference: its value is not repeated.
+    #[error("setting {problem}")]
+    Secret { problem: String },
 }
 
 impl ConfigError {
@@ -71,7 +74,7 @@ impl std::fmt::Display for Side {
 pub enum RegistryError {
     #[error("address {address:?} has no scheme (example: file:///data/out/%MessageID%.xml)")]
     NoScheme { address: String },
-    #[error("unknown scheme {scheme:?} in address {address:?} (known: {known})")]
+    #[error("no adapter for {scheme}:// in this build (address {address:?}; adapters: {known})")]
     UnknownScheme {
         scheme: String,
         address: String,
@@ -83,6 +86,8 @@ pub enum RegistryError {
         side: Side,
         hint: &'static str,
     },
+    #[error("--ordered: the {adapter} adapter cannot receive in order (only file:// locations can; over HTTP the client keeps its order)")]
+    Unordered { adapter: &'static str },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot build the {adapter} adapter: {reason}")]

@@ -45,7 +45,7 @@ pub use registry::{Registry, Scheme};
 pub use settings::Settings;
 
 /// A promoted value is at most this many bytes (SPEC §1).
-pub const PROMOTED_VALUE_MAX_BYTES: usize = 256;
+pub use mbx_vocabulary::PROMOTED_VALUE_MAX_BYTES;
 
 // ------------------------------------------------------------------------------------------
 // Send side

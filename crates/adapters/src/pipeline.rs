@@ -78,7 +78,7 @@ impl FromStr for Promotion {
             .split_once('=')
             .ok_or_else(|| bad("expected PROPERTY=PATH"))?;
         let (property, path) = (property.trim(), path.trim());
-        check_property_name(property).map_err(|p| bad(&p))?;
+        mbx_vocabulary::validate_promotion_target(property).map_err(|p| bad(&p))?;
         if !path.starts_with('/') {
             return Err(bad("the path must start with '/'"));
         }
@@ -87,25 +87,6 @@ impl FromStr for Promotion {
             path: path.to_owned(),
         })
     }
-}
-
-/// `namespace.Name` with identifier parts; the `mbx` namespace is the engine's, except
-/// `mbx.OutboundTransportLocation`, which an operator may promote explicitly (SPEC §5.6).
-fn check_property_name(name: &str) -> Result<(), String> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let ident = |p: &&str| {
-        p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if parts.len() < 2 || !parts.iter().all(ident) {
-        return Err(format!(
-            "{name:?} is not a property name of the form namespace.Name"
-        ));
-    }
-    if parts[0] == crate::system::NAMESPACE && name != crate::system::OUTBOUND_TRANSPORT_LOCATION {
-        return Err(format!("{name}: the mbx namespace is set by the engine"));
-    }
-    Ok(())
 }
 
 /// What a pipeline found in a body.
@@ -166,6 +147,20 @@ impl Pipeline {
                 &promotions.len().to_string(),
                 format!("at most {PIPELINE_PROMOTIONS_MAX} promotions"),
             ));
+        }
+        // the host builds pipelines from what the MessageBox holds: a promotion written by
+        // an older `mbx` (or by hand) into the engine's namespace is refused here too
+        for p in &promotions {
+            let spec = format!("{}={}", p.property, p.path);
+            mbx_vocabulary::validate_promotion_target(&p.property)
+                .map_err(|problem| ConfigError::setting("--promote", &spec, problem))?;
+            if !p.path.starts_with('/') {
+                return Err(ConfigError::setting(
+                    "--promote",
+                    &spec,
+                    "the path must start with '/' (example: Order.Region=/region)",
+                ));
+            }
         }
         if kind == PipelineKind::Xml {
             for p in &promotions {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use crate::error::{RegistryError, Side};
 use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
-use crate::http::config::validate_receive_address;
+use crate::http::HttpReceiveConfig;
 use crate::http::HttpSendAdapter;
 use crate::null::NullSendAdapter;
+use crate::pipeline::{Pipeline, PipelineKind, Promotion};
 use crate::settings::Settings;
 use crate::{ReceiveAdapter, ReceiveLocationSpec, SendAdapter};
 
@@ -77,6 +78,13 @@ impl Scheme {
             Scheme::Https => "https",
             Scheme::Null => "null",
         }
+    }
+
+    /// Whether a receive location of this scheme can take its messages in order
+    /// (`--ordered`): only adapters that pull from a source they can read in order. Over
+    /// HTTP the client keeps its order.
+    pub fn receives_in_order(self) -> bool {
+        matches!(self, Scheme::File)
     }
 
     /// The adapter's name as operators see it (`mbx.InboundTransportType`).
@@ -170,7 +178,9 @@ impl Registry {
             Scheme::File => {
                 FileReceiveConfig::parse(address, settings)?;
             }
-            Scheme::Http | Scheme::Https => validate_receive_address(address)?,
+            Scheme::Http | Scheme::Https => {
+                HttpReceiveConfig::parse(address, settings)?;
+            }
             Scheme::Null => {
                 return Err(RegistryError::Unsupported {
                     adapter: "NULL",
@@ -179,6 +189,35 @@ impl Registry {
                 })
             }
         }
+        Ok(scheme)
+    }
+
+    /// Checks everything a receive location is created with, as the host would run it:
+    /// the address and settings by the adapter, `--ordered` against what the adapter can
+    /// do, and the pipeline with its promotions by the pipeline's own constructor.
+    pub fn validate_receive_location(
+        &self,
+        address: &str,
+        settings: &Settings,
+        ordered: bool,
+        pipeline: &str,
+        promote: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Scheme, RegistryError> {
+        let scheme = self.validate_receive(address, settings)?;
+        if ordered && !scheme.receives_in_order() {
+            return Err(RegistryError::Unordered {
+                adapter: scheme.adapter_name(),
+            });
+        }
+        let kind: PipelineKind = pipeline.parse()?;
+        let promotions = promote
+            .iter()
+            .map(|(property, path)| Promotion {
+                property: property.clone(),
+                path: path.clone(),
+            })
+            .collect();
+        Pipeline::new(kind, promotions)?;
         Ok(scheme)
     }
 

@@ -253,13 +253,15 @@ pub struct SendPortCreate {
     /// Time between backup retries.
     #[arg(long, default_value = "5m")]
     pub backup_retry_interval: String,
-    /// Also publish an error report for failed messages.
+    /// Also publish an error report for failed messages. Not available yet: refused until
+    /// failed-message routing is built.
     #[arg(long)]
     pub route_failed: bool,
     /// Tracking level: off, failures, all (default: the host's).
     #[arg(long)]
     pub tracking: Option<String>,
-    /// Publish the endpoint's response.
+    /// Publish the endpoint's response. Not available yet: refused until solicit-response
+    /// ports are built.
     #[arg(long)]
     pub solicit_response: bool,
     /// Adapter setting KEY=VALUE (repeatable).
@@ -441,7 +443,8 @@ pub enum ReceivePortCommand {
     #[command(after_help = "Example:\n  mbx receive-port create orders")]
     Create {
         name: String,
-        /// Request-response: the sender waits for a reply.
+        /// Request-response: the sender waits for a reply. Not available yet: refused until
+        /// two-way receive is built.
         #[arg(long)]
         two_way: bool,
     },

@@ -272,6 +272,17 @@ fn key_value<'a>(arg: &str, text: &'a str, example: &str) -> Result<(&'a str, &'
     }
 }
 
+/// Refuses a flag whose behaviour is not built yet: accepted, it would do nothing.
+fn not_built(flag: &str, given: bool, what: &str) -> Result<()> {
+    if given {
+        return Err(Usage(format!(
+            "{flag}: not available yet ({what} is not built in this version); drop {flag}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Collects repeated `--flag NAME=VALUE` arguments into a map.
 fn key_values(arg: &str, items: &[String], example: &str) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
@@ -285,6 +296,7 @@ fn key_values(arg: &str, items: &[String], example: &str) -> Result<BTreeMap<Str
 async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -> Result<()> {
     match c {
         ReceivePortCommand::Create { name, two_way } => {
+            not_built("--two-way", two_way, "two-way (request-response) receive")?;
             mbx.receive_port_create(&name, two_way).await?;
             let kind = if two_way { "two-way" } else { "one-way" };
             println!("created receive port '{name}' ({kind})");
@@ -331,6 +343,7 @@ async fn receive_location(
                 ordered: a.ordered,
                 max_message_size: size.as_u64(),
             };
+            crate::validate::receive_location(&spec)?;
             let loc = mbx.receive_location_create(&spec).await?;
             if json_out {
                 return output::json(&loc);
@@ -396,6 +409,12 @@ async fn receive_location(
 async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Result<()> {
     match c {
         SendPortCommand::Create(a) => {
+            not_built("--route-failed", a.route_failed, "failed-message routing")?;
+            not_built(
+                "--solicit-response",
+                a.solicit_response,
+                "solicit-response send ports",
+            )?;
             let settings = key_values("--set", &a.set, "append=true")?;
             let backoff = match a.retry_backoff.as_str() {
                 "fixed" => Backoff::Fixed,
@@ -438,6 +457,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                     InitialState::Stopped
                 },
             };
+            crate::validate::send_port(&spec)?;
             let port = mbx
                 .send_port_create(&spec)
                 .await
@@ -893,11 +913,27 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
         }
         SuspendedCommand::Resume { id, filter } => {
             require_scope(id.as_deref(), &filter, "resume")?;
-            let report = mbx
-                .suspended_resume(&selector(id.as_deref(), &filter)?)
-                .await?;
+            let sel = selector(id.as_deref(), &filter)?;
+            let report = mbx.suspended_resume(&sel).await?;
+            let settled = already_settled(
+                mbx,
+                sel.id,
+                report.resumed + report.not_resumable + report.still_unrouted,
+            )
+            .await?;
             if json_out {
-                return output::json(&report);
+                let mut value = serde_json::to_value(&report)?;
+                if let Some((s, at)) = settled {
+                    value["already"] = json!({"outcome": s, "at": at});
+                }
+                return output::json(&value);
+            }
+            if let (Some(id), Some((s, at))) = (sel.id, settled) {
+                println!(
+                    "item {id} was already {} at {at}; nothing to do",
+                    s.as_str()
+                );
+                return Ok(());
             }
             println!(
                 "resumed {} item(s) as {} deliveries",
@@ -918,16 +954,45 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
         }
         SuspendedCommand::Terminate { id, filter } => {
             require_scope(id.as_deref(), &filter, "terminate")?;
-            let n = mbx
-                .suspended_terminate(&selector(id.as_deref(), &filter)?)
-                .await?;
+            let sel = selector(id.as_deref(), &filter)?;
+            let n = mbx.suspended_terminate(&sel).await?;
+            let settled = already_settled(mbx, sel.id, n).await?;
             if json_out {
-                return output::json(&json!({"terminated": n}));
+                let mut value = json!({ "terminated": n });
+                if let Some((s, at)) = settled {
+                    value["already"] = json!({"outcome": s, "at": at});
+                }
+                return output::json(&value);
+            }
+            if let (Some(id), Some((s, at))) = (sel.id, settled) {
+                println!(
+                    "item {id} was already {} at {at}; nothing to do",
+                    s.as_str()
+                );
+                return Ok(());
             }
             println!("terminated {n} item(s)");
         }
     }
     Ok(())
+}
+
+/// For a command on one id that acted on nothing: what had become of the item (the
+/// MessageBox refuses ids that never existed, so one that acted on nothing had left).
+async fn already_settled(
+    mbx: &MessageBox,
+    id: Option<i64>,
+    acted_on: u64,
+) -> Result<
+    Option<(
+        mbx_messagebox::suspended::Settled,
+        chrono::DateTime<chrono::Utc>,
+    )>,
+> {
+    match id {
+        Some(id) if acted_on == 0 => Ok(mbx.suspended_settled(id).await?),
+        _ => Ok(None),
+    }
 }
 
 async fn stats(mbx: &MessageBox, json_out: bool) -> Result<()> {

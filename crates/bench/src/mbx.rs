@@ -200,14 +200,7 @@ async fn leases_spread(
     let fair = ports.div_ceil(instances.max(1)) as i64;
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let (held, most): (i64, i64) = sqlx::query_as(
-            "SELECT coalesce(sum(n), 0)::int8, coalesce(max(n), 0)::int8 FROM (
-                SELECT count(*) AS n FROM leases
-                 WHERE port_id IS NOT NULL AND holder IS NOT NULL AND expires_at > now()
-                 GROUP BY holder) h",
-        )
-        .fetch_one(mbx.pool())
-        .await?;
+        let (held, most) = mbx.lease_spread().await?;
         if held == ports as i64 && most <= fair {
             return Ok(());
         }
@@ -402,12 +395,7 @@ async fn drain_in(
     mbx.send_port_start("p0").await?;
     let mut spool = Vec::new();
     loop {
-        let (left, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM deliveries),
-                    pg_total_relation_size('messages') + pg_total_relation_size('deliveries')",
-        )
-        .fetch_one(mbx.pool())
-        .await?;
+        let (left, bytes) = mbx.spool_size().await?;
         let t_s = t0.elapsed().as_secs_f64();
         spool.push(SpoolSample {
             t_s,

@@ -52,23 +52,6 @@ pub(crate) fn path_of(address: &str) -> Option<String> {
     (path.len() > 1).then(|| path.to_owned())
 }
 
-/// Resolves a secret reference: `env:NAME` or `file:PATH`; plain text is refused (secrets
-/// are never stored in the MessageBox).
-pub(crate) fn resolve_secret(setting: &str, reference: &str) -> Result<String, String> {
-    if let Some(name) = reference.strip_prefix("env:") {
-        std::env::var(name)
-            .map_err(|_| format!("{setting}: environment variable {name} is not set"))
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| format!("{setting}: cannot read {path}: {e}"))
-    } else {
-        Err(format!(
-            "{setting}: give a reference, env:NAME or file:PATH, never the secret itself"
-        ))
-    }
-}
-
 impl HttpReceive {
     pub fn add(&self, path: String, route: Route) {
         if let Ok(mut routes) = self.routes.write() {

@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result};
 use mbx_adapters::Registry;
 use mbx_messagebox::instances::{DEAD_AFTER_S, MAX_DELIVERIES_DEFAULT};
 use mbx_messagebox::maintenance::{MAINTENANCE_BATCH_MAX, TRACKING_RETENTION_DEFAULT_S};
-use mbx_messagebox::{MessageBox, SchemaState};
+use mbx_messagebox::{MessageBox, SchemaState, Wakeup};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -485,36 +485,27 @@ async fn maintenance_loop(shared: Arc<Shared>) {
     }
 }
 
-/// LISTEN on the publish channel; reconnects with a pause when the connection drops.
+/// LISTEN on the publish and configuration channels; reconnects with a pause when the
+/// connection drops.
 async fn listen_loop(shared: Arc<Shared>) {
     loop {
-        match sqlx::postgres::PgListener::connect_with(shared.mbx.pool()).await {
+        match shared.mbx.listen().await {
             Ok(mut listener) => {
-                let channels = [
-                    mbx_messagebox::PUBLISH_CHANNEL,
-                    mbx_messagebox::CONFIG_CHANNEL,
-                ];
-                if let Err(e) = listener.listen_all(channels).await {
-                    warn!(error = %e, "LISTEN failed; polling only");
-                } else {
-                    // a new connection may have missed notifications: look once
-                    shared.published.notify_waiters();
-                    shared.config_changed.notify_one();
-                    loop {
-                        match listener.recv().await {
-                            Ok(n) if n.channel() == mbx_messagebox::CONFIG_CHANNEL => {
-                                shared.config_changed.notify_one()
-                            }
-                            Ok(_) => shared.published.notify_waiters(),
-                            Err(e) => {
-                                warn!(error = %e, "publish listener lost its connection");
-                                break;
-                            }
+                // a new connection may have missed notifications: look once
+                shared.published.notify_waiters();
+                shared.config_changed.notify_one();
+                loop {
+                    match listener.recv().await {
+                        Ok(Wakeup::ConfigChanged) => shared.config_changed.notify_one(),
+                        Ok(Wakeup::Published) => shared.published.notify_waiters(),
+                        Err(e) => {
+                            warn!(error = %e, "publish listener lost its connection");
+                            break;
                         }
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "publish listener cannot connect; polling only"),
+            Err(e) => warn!(error = %e, "publish listener cannot listen; polling only"),
         }
         if !pause(&shared, shared.config.poll_interval).await {
             return;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use mbx_adapters::http::HttpReceiveConfig;
 use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
 use mbx_adapters::{
     Body, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitted, Submitter,
@@ -50,19 +51,22 @@ pub(crate) async fn location_loop(
     };
     if let Some(path) = http_receive::path_of(&loc.address) {
         // served by this instance's HTTP listener until the location stops
-        let token = match loc
-            .settings
-            .0
-            .get("bearer_token")
-            .map(|r| http_receive::resolve_secret("bearer_token", r))
-        {
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
+        // checked as `mbx` checked it at creation (a row written otherwise is refused
+        // here too); the secret is resolved now, never stored
+        let token = HttpReceiveConfig::parse(&loc.address, &loc.settings.0)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                c.bearer_token
+                    .map(|r| r.resolve("bearer_token"))
+                    .transpose()
+            });
+        let token = match token {
+            Ok(t) => t,
+            Err(e) => {
                 error!(location = %loc.name, error = %e, "receive location cannot start");
                 until_stopped(stop, shared.stopping.clone()).await;
                 return;
             }
-            None => None,
         };
         while !http_receive::ensure_listener(&shared).await {
             if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {

@@ -7,28 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::value::{validate_property_name, Value, PROMOTED_VALUE_MAX_BYTES};
 use crate::{Error, Result};
 
-/// Names of the system properties that the engine itself sets (SPEC §1). `mbx_adapters::system`
-/// holds the same names (adapters must not depend on this crate); `tests/vocabulary.rs`
-/// keeps the two equal.
-pub mod system {
-    pub const MESSAGE_ID: &str = "mbx.MessageId";
-    pub const MESSAGE_TYPE: &str = "mbx.MessageType";
-    pub const CONTENT_TYPE: &str = "mbx.ContentType";
-    pub const PUBLISHED_AT: &str = "mbx.PublishedAt";
-    pub const RECEIVE_PORT_NAME: &str = "mbx.ReceivePortName";
-    pub const RECEIVE_LOCATION_NAME: &str = "mbx.ReceiveLocationName";
-    pub const INBOUND_TRANSPORT_TYPE: &str = "mbx.InboundTransportType";
-    pub const INBOUND_TRANSPORT_LOCATION: &str = "mbx.InboundTransportLocation";
-    pub const OUTBOUND_TRANSPORT_LOCATION: &str = "mbx.OutboundTransportLocation";
-    pub const SOURCE_FILE_NAME: &str = "mbx.SourceFileName";
-    pub const RETRY_COUNT: &str = "mbx.RetryCount";
-    pub const RETRY_INTERVAL: &str = "mbx.RetryInterval";
-    pub const SEND_PORT_NAME: &str = "mbx.SendPortName";
-    pub const SEQUENCE: &str = "mbx.Sequence";
-    pub const EPOCH: &str = "mbx.Epoch";
-    /// The system namespace: set by the engine and adapters only.
-    pub const NAMESPACE: &str = "mbx";
-}
+/// Names of the system properties that the engine itself sets (SPEC §1), from the
+/// shared vocabulary (`mbx-vocabulary`, which the adapters use too).
+pub use mbx_vocabulary::system;
 
 /// One property of a context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

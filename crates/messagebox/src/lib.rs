@@ -344,6 +344,42 @@ impl MessageBox {
     }
 }
 
+/// What a [`Listener`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Something was published: delivery loops look for work.
+    Published,
+    /// Ports, groups or locations changed: the supervisor reloads them.
+    ConfigChanged,
+}
+
+/// A dedicated connection LISTENing on the publish and configuration channels.
+pub struct Listener(sqlx::postgres::PgListener);
+
+impl Listener {
+    /// The next notification; an error means the connection is gone (listen again: a new
+    /// connection may have missed notifications, so look for work once after it).
+    pub async fn recv(&mut self) -> Result<Wakeup> {
+        let n = self.0.recv().await?;
+        Ok(if n.channel() == CONFIG_CHANNEL {
+            Wakeup::ConfigChanged
+        } else {
+            Wakeup::Published
+        })
+    }
+}
+
+impl MessageBox {
+    /// Opens a [`Listener`] on its own connection (with the pool's options).
+    pub async fn listen(&self) -> Result<Listener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener
+            .listen_all([PUBLISH_CHANNEL, CONFIG_CHANNEL])
+            .await?;
+        Ok(Listener(listener))
+    }
+}
+
 fn poisoned() -> Error {
     Error::Corrupt("routing cache lock poisoned".to_owned())
 }

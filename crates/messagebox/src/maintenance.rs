@@ -67,6 +67,21 @@ impl MessageBox {
                 break;
             }
         }
+        // what became of suspended items is kept as long as their tracking events
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM suspended_outcomes WHERE item_id IN (
+                    SELECT item_id FROM suspended_outcomes WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+            )
+            .bind(tracking_retention_s as f64)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if n < batch as u64 {
+                break;
+            }
+        }
         loop {
             let n = sqlx::query(
                 "DELETE FROM received_sources WHERE (receive_location_id, source_id) IN (

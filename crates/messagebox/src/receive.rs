@@ -10,11 +10,7 @@ use sqlx::Row;
 use crate::config::{host_id, validate_address, validate_name};
 use crate::error::is_unique_violation;
 use crate::publish::MAX_MESSAGE_SIZE_DEFAULT_BYTES;
-use crate::value::validate_property_name;
 use crate::{Error, MessageBox, Result, DEFAULT_HOST};
-
-/// Receive pipelines (SPEC §1).
-pub const PIPELINES: &[&str] = &["passthru", "json", "xml"];
 
 /// Everything `receive-location create` takes.
 #[derive(Debug, Clone)]
@@ -49,35 +45,12 @@ impl ReceiveLocationSpec {
     fn validate(&self) -> Result<()> {
         validate_name("receive location", &self.name)?;
         validate_address("--address", &self.address)?;
-        if !PIPELINES.contains(&self.pipeline.as_str()) {
-            return Err(Error::Invalid(format!(
-                "--pipeline: unknown pipeline '{}'; use passthru, json or xml (example: --pipeline json)",
-                self.pipeline
-            )));
-        }
-        if !self.promote.is_empty() && self.pipeline == "passthru" {
-            return Err(Error::Invalid(
-                "--promote: the passthru pipeline reads no body; use --pipeline json or xml to promote from it".into(),
-            ));
-        }
-        for (prop, path) in &self.promote {
-            validate_property_name(prop).map_err(|e| Error::Invalid(format!("--promote: {e}")))?;
-            if !path.starts_with('/') {
-                return Err(Error::Invalid(format!(
-                    "--promote {prop}={path}: a path starts with '/' (example: --promote Order.Region=/region)"
-                )));
-            }
-        }
-        if self.ordered
-            && !matches!(
-                self.address.split(':').next(),
-                Some("file" | "amqp" | "amqps" | "mqtt")
-            )
-        {
-            return Err(Error::Invalid(
-                "--ordered: only pull adapters (file, amqp, mqtt) receive in order; over HTTP the client keeps its order"
-                    .into(),
-            ));
+        // the pipeline, its paths and --ordered are checked by the adapters' registry
+        // (`Registry::validate_receive_location`), which knows them; the vocabulary's rule
+        // on promotion targets holds here too, so no caller stores a spoofing promotion
+        for prop in self.promote.keys() {
+            mbx_vocabulary::validate_promotion_target(prop)
+                .map_err(|e| Error::Invalid(format!("--promote: {e}")))?;
         }
         if self.max_message_size == 0 {
             return Err(Error::Invalid(

@@ -28,6 +28,30 @@ pub struct Stats {
 }
 
 impl MessageBox {
+    /// How the live leases of ordered ports are spread: (leases held in all, most held by
+    /// one instance). `mbx bench` waits for an even spread before it measures.
+    pub async fn lease_spread(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT coalesce(sum(n), 0)::int8, coalesce(max(n), 0)::int8 FROM (
+                SELECT count(*) AS n FROM leases
+                 WHERE port_id IS NOT NULL AND holder IS NOT NULL AND expires_at > now()
+                 GROUP BY holder) h",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The spool's size now: (deliveries waiting or in flight, bytes of the message and
+    /// delivery tables on disk).
+    pub async fn spool_size(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT count(*) FROM deliveries),
+                    pg_total_relation_size('messages') + pg_total_relation_size('deliveries')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn stats(&self) -> Result<Stats> {
         let mut tx = self.pool.begin().await?;
         // one snapshot for all counters

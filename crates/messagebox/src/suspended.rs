@@ -204,9 +204,13 @@ impl MessageBox {
         .fetch_all(&mut *tx)
         .await?;
         if let (Some(id), true) = (sel.id, rows.is_empty()) {
-            // idempotent: a second resume of the same id finds nothing and says so
+            // idempotent: a second resume of the same id changes nothing and succeeds;
+            // an id that never existed is refused
             tx.commit().await?;
-            return Err(not_found(id));
+            return match self.suspended_settled(id).await? {
+                Some(_) => Ok(report),
+                None => Err(not_found(id)),
+            };
         }
         let mut failed_ids = Vec::new();
         let mut reroute = Vec::new();
@@ -240,6 +244,7 @@ impl MessageBox {
             .execute(&mut *tx)
             .await?;
             let _ = n;
+            record_settled(&mut tx, &failed_ids, Settled::Resumed).await?;
             report.resumed += failed_ids.len() as u64;
             report.deliveries += failed_ids.len() as u64;
         }
@@ -316,6 +321,7 @@ impl MessageBox {
                 .bind(&routed_items)
                 .execute(&mut *tx)
                 .await?;
+                record_settled(&mut tx, &routed_items, Settled::Resumed).await?;
                 report.resumed += routed_items.len() as u64;
                 report.deliveries += created;
             }
@@ -341,6 +347,9 @@ impl MessageBox {
                    AND NOT EXISTS (SELECT 1 FROM suspended_items o
                                     WHERE o.message_id = m.id AND o.id NOT IN (SELECT id FROM gone))
                 RETURNING m.id),
+             settled AS (INSERT INTO suspended_outcomes (item_id, outcome)
+                         SELECT id, 'terminated' FROM gone
+                         ON CONFLICT (item_id) DO UPDATE SET outcome = excluded.outcome, at = excluded.at),
              ev AS (INSERT INTO tracking_events (message_id, event, port_id, detail)
                     SELECT g.message_id, 'terminated', g.port_id, 'by operator' FROM gone g
                       LEFT JOIN send_ports p ON p.id = g.port_id
@@ -356,10 +365,33 @@ impl MessageBox {
         tx.commit().await?;
         if n == 0 {
             if let Some(id) = sel.id {
-                return Err(not_found(id));
+                // idempotent, as resume
+                if self.suspended_settled(id).await?.is_none() {
+                    return Err(not_found(id));
+                }
             }
         }
         Ok(n as u64)
+    }
+
+    /// What became of suspended item `id` once it left the suspended items (within the
+    /// tracking retention): resumed or terminated, and when. `None` for an item still
+    /// suspended or that never existed.
+    pub async fn suspended_settled(&self, id: i64) -> Result<Option<(Settled, DateTime<Utc>)>> {
+        let row: Option<(String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT outcome, at FROM suspended_outcomes WHERE item_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(outcome, at)| {
+            let settled = match outcome.as_str() {
+                "resumed" => Settled::Resumed,
+                "terminated" => Settled::Terminated,
+                other => return Err(Error::Corrupt(format!("suspended outcome '{other}'"))),
+            };
+            Ok((settled, at))
+        })
+        .transpose()
     }
 
     /// Keeps a message that a receive pipeline rejected (non-resumable).
@@ -425,6 +457,40 @@ impl MessageBox {
         }
         Ok(())
     }
+}
+
+/// What became of a suspended item that left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Settled {
+    Resumed,
+    Terminated,
+}
+
+impl Settled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Resumed => "resumed",
+            Settled::Terminated => "terminated",
+        }
+    }
+}
+
+/// Records what became of the items `ids`, in the transaction that removes them.
+async fn record_settled(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+    settled: Settled,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO suspended_outcomes (item_id, outcome) SELECT unnest($1::int8[]), $2
+         ON CONFLICT (item_id) DO UPDATE SET outcome = excluded.outcome, at = excluded.at",
+    )
+    .bind(ids)
+    .bind(settled.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn not_found(id: i64) -> Error {

@@ -14,11 +14,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// Longest value, in bytes of its text form, that can be promoted (SPEC §1).
-pub const PROMOTED_VALUE_MAX_BYTES: usize = 256;
-
-/// Longest property name, in bytes.
-pub const PROPERTY_NAME_MAX_BYTES: usize = 128;
+pub use mbx_vocabulary::{
+    validate_property_name, PROMOTED_VALUE_MAX_BYTES, PROPERTY_NAME_MAX_BYTES,
+};
 
 /// The declared type of a property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,38 +151,6 @@ impl Value {
             Value::Timestamp(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         }
     }
-}
-
-/// Checks a property name: `identifier ( "." identifier )+`, identifiers
-/// `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn validate_property_name(name: &str) -> Result<(), String> {
-    let example = "(example: Order.Region)";
-    if name.len() > PROPERTY_NAME_MAX_BYTES {
-        return Err(format!(
-            "property name '{name}' is longer than {PROPERTY_NAME_MAX_BYTES} bytes"
-        ));
-    }
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() < 2 {
-        return Err(format!(
-            "property name '{name}' needs a namespace: namespace.Name {example}"
-        ));
-    }
-    for part in parts {
-        let mut chars = part.chars();
-        let ok = match chars.next() {
-            Some(c) if c.is_ascii_alphabetic() || c == '_' => {
-                chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            }
-            _ => false,
-        };
-        if !ok {
-            return Err(format!(
-                "property name '{name}' is not valid: each dot-separated part must start with a letter or '_' and hold only letters, digits and '_' {example}"
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -83,8 +83,18 @@ async fn resuming_a_failed_item_makes_a_fresh_delivery(pool: PgPool) {
         .unwrap()
         .is_empty());
 
-    let again = mbx.suspended_resume(&by_id(item.id)).await.unwrap_err();
-    assert!(matches!(again, Error::NotFound { .. }), "{again}");
+    // resumed again (a runbook retrying): nothing changes, no second delivery, success
+    let again = mbx.suspended_resume(&by_id(item.id)).await.unwrap();
+    assert_eq!((again.resumed, again.deliveries), (0, 0));
+    assert!(matches!(
+        mbx.suspended_settled(item.id).await.unwrap(),
+        Some((mbx_messagebox::suspended::Settled::Resumed, _))
+    ));
+    let never = mbx
+        .suspended_resume(&by_id(item.id + 1000))
+        .await
+        .unwrap_err();
+    assert!(matches!(never, Error::NotFound { .. }), "{never}");
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -131,8 +141,18 @@ async fn terminate_by_id_removes_the_item_and_its_message(pool: PgPool) {
     let (_, item, message) = suspended_on(&mbx, "p", "bad", false).await;
     assert_eq!(mbx.suspended_terminate(&by_id(item)).await.unwrap(), 1);
     assert!(!message_exists(&pool, message).await);
-    let again = mbx.suspended_terminate(&by_id(item)).await.unwrap_err();
-    assert!(matches!(again, Error::NotFound { .. }), "{again}");
+    // a runbook retrying: the second terminate changes nothing and succeeds
+    assert_eq!(mbx.suspended_terminate(&by_id(item)).await.unwrap(), 0);
+    assert!(matches!(
+        mbx.suspended_settled(item).await.unwrap(),
+        Some((mbx_messagebox::suspended::Settled::Terminated, _))
+    ));
+    // an id that never existed is still refused
+    let never = mbx
+        .suspended_terminate(&by_id(item + 1000))
+        .await
+        .unwrap_err();
+    assert!(matches!(never, Error::NotFound { .. }), "{never}");
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]

@@ -5,6 +5,8 @@ use std::time::Duration;
 use reqwest::header::HeaderName;
 use reqwest::Url;
 
+use mbx_vocabulary::SecretRef;
+
 use crate::error::ConfigError;
 use crate::settings::{self, Settings};
 
@@ -162,31 +164,64 @@ fn parse_send_url(address: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// Checks an HTTP receive address: `http:///path` (empty authority = this host's
-/// listener), a path of printable characters without a query or fragment.
-pub fn validate_receive_address(address: &str) -> Result<(), ConfigError> {
-    let path = address
-        .strip_prefix("http://")
-        .or_else(|| address.strip_prefix("https://"))
-        .ok_or_else(|| ConfigError::address(address, "expected http:///path", RECEIVE_EXAMPLE))?;
-    if !path.starts_with('/') {
-        return Err(ConfigError::address(
-            address,
-            "expected an empty authority (three slashes): the host's own listener serves it",
-            RECEIVE_EXAMPLE,
-        ));
+/// The settings an HTTP receive location accepts.
+pub const HTTP_RECEIVE_SETTINGS: &[&str] = &["bearer_token"];
+
+/// A validated HTTP receive address and settings: `http:///path` (empty authority = this
+/// host's listener) or `https:///path` (the listener with TLS, `mbx-host --tls-cert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReceiveConfig {
+    /// The path served, e.g. `/orders`.
+    pub path: String,
+    /// `https:///…`: served only over TLS.
+    pub tls: bool,
+    /// `bearer_token`: requests must carry `Authorization: Bearer <token>`; a secret, so
+    /// only a reference (`env:NAME`, `file:PATH`) is accepted.
+    pub bearer_token: Option<SecretRef>,
+}
+
+impl HttpReceiveConfig {
+    pub fn parse(address: &str, settings: &Settings) -> Result<Self, ConfigError> {
+        settings::check_known("HTTP", settings, HTTP_RECEIVE_SETTINGS)?;
+        let (tls, path) = if let Some(p) = address.strip_prefix("http://") {
+            (false, p)
+        } else if let Some(p) = address.strip_prefix("https://") {
+            (true, p)
+        } else {
+            return Err(ConfigError::address(
+                address,
+                "expected http:///path",
+                RECEIVE_EXAMPLE,
+            ));
+        };
+        if !path.starts_with('/') {
+            return Err(ConfigError::address(
+                address,
+                "expected an empty authority (three slashes): the host's own listener serves it",
+                RECEIVE_EXAMPLE,
+            ));
+        }
+        if path.len() < 2
+            || path.contains(['?', '#'])
+            || path.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(ConfigError::address(
+                address,
+                "expected a plain path such as /orders",
+                RECEIVE_EXAMPLE,
+            ));
+        }
+        let bearer_token = settings
+            .get("bearer_token")
+            .map(|r| SecretRef::parse("bearer_token", r))
+            .transpose()
+            .map_err(|problem| ConfigError::Secret { problem })?;
+        Ok(Self {
+            path: path.to_owned(),
+            tls,
+            bearer_token,
+        })
     }
-    if path.len() < 2
-        || path.contains(['?', '#'])
-        || path.chars().any(|c| c.is_control() || c == ' ')
-    {
-        return Err(ConfigError::address(
-            address,
-            "expected a plain path such as /orders",
-            RECEIVE_EXAMPLE,
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -218,9 +253,29 @@ mod tests {
 
     #[test]
     fn receive_addresses_name_a_path_on_the_host_listener() {
-        assert!(validate_receive_address("http:///orders").is_ok());
-        assert!(validate_receive_address("http://example.com/orders").is_err());
-        assert!(validate_receive_address("http:///").is_err());
-        assert!(validate_receive_address("http:///a?b").is_err());
+        let parse = |a: &str| HttpReceiveConfig::parse(a, &Settings::new());
+        let c = parse("http:///orders").unwrap();
+        assert_eq!((c.path.as_str(), c.tls), ("/orders", false));
+        assert!(parse("https:///secure").unwrap().tls);
+        assert!(parse("http://example.com/orders").is_err());
+        assert!(parse("http:///").is_err());
+        assert!(parse("http:///a?b").is_err());
+    }
+
+    #[test]
+    fn a_bearer_token_is_a_reference_never_the_secret() {
+        let with = |v: &str| {
+            HttpReceiveConfig::parse("http:///orders", &settings_from([("bearer_token", v)]))
+        };
+        assert_eq!(
+            with("env:ORDERS_TOKEN").unwrap().bearer_token,
+            Some(SecretRef::Env("ORDERS_TOKEN".into()))
+        );
+        let err = with("hunter2").unwrap_err().to_string();
+        assert!(
+            err.contains("bearer_token") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(HttpReceiveConfig::parse("http:///o", &settings_from([("bogus", "1")])).is_err());
     }
 }

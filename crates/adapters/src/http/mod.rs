@@ -4,10 +4,10 @@
 //! redirects not).
 //!
 //! HTTP receive is served by the host's own listener (`--http-listen`), not by an adapter
-//! task; [`config::validate_receive_address`] checks its addresses (`http:///orders`).
+//! task; [`config::HttpReceiveConfig`] checks its addresses (`http:///orders`) and settings.
 
 pub mod config;
 pub mod send;
 
-pub use config::{HttpMethod, HttpSendConfig};
+pub use config::{HttpMethod, HttpReceiveConfig, HttpSendConfig};
 pub use send::{HttpSendAdapter, HttpSendError};
