@@ -4,93 +4,12 @@
 //! name are both checked, a wrong CA or a wrong name is refused with one line, and a
 //! connection without TLS is not possible at all.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use mbx_e2e::certs::{ca, server_cert};
 use mbx_e2e::pg_cluster::{append, PgCluster};
 use mbx_e2e::{start_host, wait_for, Mbx, FAST_HOST};
 use sqlx::PgPool;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`<name>.crt`, `<name>.key`) in `dir`.
-fn ca(dir: &Path, name: &str) {
-    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ],
-    );
-}
-
-/// `server.crt` / `server.key` for DNS name `localhost`, signed by CA `ca`.
-fn server_cert(dir: &Path, ca: &str) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("write extensions");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_checks_the_chain_and_the_name_and_plain_connections_are_refused() {

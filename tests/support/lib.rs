@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
+pub mod certs;
 pub mod fault_proxy;
 pub mod load;
 pub mod pg_cluster;

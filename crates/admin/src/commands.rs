@@ -1052,10 +1052,17 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
             ordered.insert(p.name, lease);
         }
     }
+    let locations = mbx.receive_location_list().await?;
+    let runs = mbx.location_runs().await?;
     if json_out {
-        return output::json(
-            &json!({"hosts": hosts, "instances": instances, "stats": stats, "ordered_ports": ordered}),
-        );
+        return output::json(&json!({
+            "hosts": hosts,
+            "instances": instances,
+            "receive_locations": locations,
+            "location_runs": runs,
+            "stats": stats,
+            "ordered_ports": ordered,
+        }));
     }
     println!("hosts:");
     for h in &hosts {
@@ -1083,6 +1090,28 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
                 .map(|t| format!(" THROTTLED ({t})"))
                 .unwrap_or_default()
         );
+    }
+    println!("receive locations:");
+    if locations.is_empty() {
+        println!("  none (create one with `mbx receive-location create`)");
+    }
+    for l in &locations {
+        let mine: Vec<_> = runs.iter().filter(|r| r.location == l.name).collect();
+        let state = if !l.enabled {
+            "disabled".to_owned()
+        } else {
+            let running = mine.iter().filter(|r| r.running).count();
+            format!("enabled, runs on {running} instance(s)")
+        };
+        println!("  {:<16} {state} (host {}) {}", l.name, l.host, l.address);
+        for r in mine.iter().filter(|r| !r.running) {
+            println!(
+                "  {:<16} NOT RUNNING on {}: {}",
+                "",
+                r.instance,
+                opt(&r.problem)
+            );
+        }
     }
     println!("send ports:");
     for p in &stats.ports {

@@ -48,10 +48,31 @@ pub(crate) async fn serve(
     }
 }
 
+/// Ready when the MessageBox is reachable with a current schema and every enabled
+/// receive location of the host runs here (an HTTP listener whose address is taken, an
+/// https location without TLS, an unreadable secret: the balancer should send elsewhere).
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
-    match s.shared.mbx.check_schema().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    if let Err(e) = s.shared.mbx.check_schema().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"));
+    }
+    let problems: Vec<String> = match s.shared.location_problems.lock() {
+        Ok(p) => {
+            let mut v: Vec<String> = p
+                .values()
+                .map(|(name, why)| format!("receive location '{name}': {why}"))
+                .collect();
+            v.sort();
+            v
+        }
+        Err(_) => Vec::new(),
+    };
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
     }
 }
 

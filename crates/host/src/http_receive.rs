@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use mbx_adapters::{system, InboundMessage, MessageContext, Submitter};
 use tokio::sync::Mutex;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::Shared;
 
@@ -35,11 +35,14 @@ pub(crate) struct Route {
     pub submitter: Arc<dyn Submitter>,
 }
 
-/// The routes of this instance's HTTP receive locations, by path.
+/// The routes of this instance's HTTP receive locations, by listener and path: an
+/// `https:///…` location is served only by the TLS listener, an `http:///…` one only by
+/// the plain one.
 #[derive(Default)]
 pub(crate) struct HttpReceive {
-    routes: RwLock<HashMap<String, Arc<Route>>>,
-    listening: Mutex<bool>,
+    routes: RwLock<HashMap<(bool, String), Arc<Route>>>,
+    /// Whether the plain and the TLS listener are bound.
+    listening: Mutex<(bool, bool)>,
 }
 
 /// The path an HTTP receive address serves: `http:///orders` → `/orders`.
@@ -53,43 +56,68 @@ pub(crate) fn path_of(address: &str) -> Option<String> {
 }
 
 impl HttpReceive {
-    pub fn add(&self, path: String, route: Route) {
+    pub fn add(&self, tls: bool, path: String, route: Route) {
         if let Ok(mut routes) = self.routes.write() {
-            routes.insert(path, Arc::new(route));
+            routes.insert((tls, path), Arc::new(route));
         }
     }
 
-    pub fn remove(&self, path: &str) {
+    pub fn remove(&self, tls: bool, path: &str) {
         if let Ok(mut routes) = self.routes.write() {
-            routes.remove(path);
+            routes.remove(&(tls, path.to_owned()));
         }
     }
 
-    fn route(&self, path: &str) -> Option<Arc<Route>> {
-        self.routes.read().ok()?.get(path).cloned()
+    fn route(&self, tls: bool, path: &str) -> Option<Arc<Route>> {
+        self.routes
+            .read()
+            .ok()?
+            .get(&(tls, path.to_owned()))
+            .cloned()
     }
 }
 
-/// Binds the listener once; returns false (and logs) if it cannot be bound now.
-pub(crate) async fn ensure_listener(shared: &Arc<Shared>) -> bool {
+/// Binds the plain (`--http-listen`) or the TLS (`--https-listen`) listener once; the
+/// reason when it cannot serve now (no TLS configured, the address taken).
+pub(crate) async fn ensure_listener(shared: &Arc<Shared>, tls: bool) -> Result<(), String> {
     let mut listening = shared.http.listening.lock().await;
-    if *listening {
-        return true;
+    let bound = if tls {
+        &mut listening.1
+    } else {
+        &mut listening.0
+    };
+    if *bound {
+        return Ok(());
     }
-    let addr = shared.config.http_listen;
+    let acceptor = match (tls, &shared.tls) {
+        (false, _) => None,
+        (true, Some(acceptor)) => Some(acceptor.clone()),
+        (true, None) => {
+            return Err(
+                "this instance has no TLS: start mbx-host with --tls-cert and --tls-key to serve https:/// locations (never served in clear)"
+                    .to_owned(),
+            )
+        }
+    };
+    let (addr, flag) = if tls {
+        (shared.config.https_listen, "--https-listen")
+    } else {
+        (shared.config.http_listen, "--http-listen")
+    };
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
-            info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP receive listener ready");
-            let app = Router::new().fallback(handle).with_state(shared.clone());
+            info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls, "HTTP receive listener ready");
+            let app = Router::new()
+                .fallback(handle)
+                .with_state((shared.clone(), tls));
             let cap = crate::http_server::connection_cap(crate::http_server::current_fd_limit());
-            tokio::spawn(crate::http_server::serve(listener, app, cap));
-            *listening = true;
-            true
+            tokio::spawn(crate::http_server::serve(listener, app, cap, acceptor));
+            *bound = true;
+            Ok(())
         }
-        Err(e) => {
-            error!(address = %addr, error = %e, "cannot bind --http-listen; give each instance on a machine its own address");
-            false
-        }
+        Err(e) => Err(format!(
+            "cannot bind {flag} {addr}: {e}; give each instance on a machine its own address"
+        )),
     }
 }
 
@@ -110,9 +138,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let Some(route) = shared.http.route(&path) else {
+    let Some(route) = shared.http.route(tls, &path) else {
         return plain(
             StatusCode::NOT_FOUND,
             format!("no receive location serves {path}"),

@@ -167,8 +167,52 @@ impl Registry {
     }
 }
 
-/// Serves `app` on `listener` until the process ends, under the limits above.
-pub(crate) async fn serve(listener: TcpListener, app: Router, cap: usize) {
+/// The TLS acceptor of HTTPS receive from `--tls-cert` and `--tls-key` (PEM): TLS 1.2 and
+/// 1.3 with rustls' safe defaults. A file that cannot be read or holds no certificate or
+/// key fails the start with one line naming it.
+pub(crate) fn tls_acceptor(files: &crate::TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let cert = files.cert.display();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect())
+        .with_context(|| format!("--tls-cert {cert}: cannot read a PEM certificate chain"))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "--tls-cert {cert}: no certificate in the file (expected PEM, BEGIN CERTIFICATE)"
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| {
+        format!(
+            "--tls-key {}: cannot read a PEM private key",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "--tls-cert {cert} and --tls-key {}: the key does not fit the certificate",
+                files.key.display()
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` on `listener` until the process ends, under the limits above; over TLS
+/// when `tls` is given (the handshake must finish within the header-read timeout).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    cap: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     info!(cap, "HTTP receive connection cap");
     let registry = Arc::new(Registry {
         start: Instant::now(),
@@ -193,26 +237,37 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, cap: usize) {
             drop(stream);
             continue;
         };
-        let (registry, app) = (registry.clone(), app.clone());
+        let (registry, app, tls) = (registry.clone(), app.clone(), tls.clone());
         tokio::spawn(async move {
-            serve_connection(stream, app, &registry, &conn).await;
+            let _ = stream.set_nodelay(true);
+            let tracked = Tracked {
+                inner: stream,
+                registry: registry.clone(),
+                conn: conn.clone(),
+            };
+            match tls {
+                None => serve_connection(tracked, app, &registry, &conn).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tracked)).await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, app, &registry, &conn).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             registry.forget(id);
         });
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    app: Router,
-    registry: &Arc<Registry>,
-    conn: &Arc<Conn>,
-) {
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        registry: registry.clone(),
-        conn: conn.clone(),
-    });
+async fn serve_connection<S>(stream: S, app: Router, registry: &Arc<Registry>, conn: &Arc<Conn>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let service = {
         let conn = conn.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

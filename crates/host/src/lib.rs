@@ -46,6 +46,9 @@ pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 /// Default port of `--http-listen` (SPEC §8: `0.0.0.0:8080`).
 pub const HTTP_LISTEN_DEFAULT_PORT: u16 = 8080;
 
+/// Default port of `--https-listen` (`https:///…` locations, with `--tls-cert`).
+pub const HTTPS_LISTEN_DEFAULT_PORT: u16 = 8443;
+
 /// Default `--watchdog-stall`: well above an adapter's default send timeout (30 s).
 pub const WATCHDOG_STALL_DEFAULT_S: u64 = 120;
 
@@ -75,6 +78,12 @@ pub struct HostConfig {
     /// Where this instance serves its host's HTTP receive locations (bound when the first
     /// one starts).
     pub http_listen: SocketAddr,
+    /// Where this instance serves its host's HTTPS receive locations (`https:///…`), over
+    /// TLS with `tls`; bound when the first one starts.
+    pub https_listen: SocketAddr,
+    /// The certificate chain and private key (PEM files) HTTPS receive serves with; an
+    /// instance without them refuses to serve `https:///…` locations, visibly.
+    pub tls: Option<TlsFiles>,
     pub max_deliveries: i32,
     pub poll_interval: Duration,
     /// Deliveries one claim takes at most.
@@ -97,6 +106,8 @@ impl HostConfig {
             host: host.to_owned(),
             admin_listen: None,
             http_listen: SocketAddr::from(([0, 0, 0, 0], HTTP_LISTEN_DEFAULT_PORT)),
+            https_listen: SocketAddr::from(([0, 0, 0, 0], HTTPS_LISTEN_DEFAULT_PORT)),
+            tls: None,
             max_deliveries: MAX_DELIVERIES_DEFAULT,
             poll_interval: Duration::from_millis(POLL_INTERVAL_DEFAULT_MS),
             claim_batch: mbx_messagebox::delivery::CLAIM_BATCH_DEFAULT,
@@ -105,6 +116,13 @@ impl HostConfig {
             startup_timeout: Duration::from_secs(STARTUP_TIMEOUT_DEFAULT_S),
         }
     }
+}
+
+/// `--tls-cert` and `--tls-key`: PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// What the loops of one instance share.
@@ -130,6 +148,11 @@ pub(crate) struct Shared {
     pub host_id: i64,
     /// The publish and delivery throttles (SPEC §9).
     pub throttle: Arc<throttle::Throttle>,
+    /// HTTPS receive's TLS, from `--tls-cert`/`--tls-key` (none: https locations refused).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Enabled locations that cannot run on this instance, by id: (name, why). `/readyz`
+    /// answers 503 while any is here; the MessageBox has the same (`mbx status`).
+    pub location_problems: std::sync::Mutex<HashMap<i64, (String, String)>>,
 }
 
 impl Shared {
@@ -182,6 +205,10 @@ pub async fn run_with_registry(
     // hard one, and HTTP receive keeps its connections below it (http_server.rs)
     let fd_limit = http_server::raise_fd_limit();
     tracing::debug!(fd_limit, "open-file limit");
+    let tls = match &config.tls {
+        Some(files) => Some(http_server::tls_acceptor(files)?),
+        None => None,
+    };
     let machine = machine_name();
     tokio::pin!(shutdown);
     let (mbx, limits, id) = tokio::select! {
@@ -212,6 +239,8 @@ pub async fn run_with_registry(
             limits.throttle_publish,
             limits.throttle_inflight,
         )),
+        tls,
+        location_problems: Default::default(),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();

@@ -28,6 +28,17 @@ struct Args {
     /// Address this instance serves its host's HTTP receive locations on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_listen: SocketAddr,
+    /// Address this instance serves its host's HTTPS receive locations (https:///path) on,
+    /// over TLS with --tls-cert and --tls-key.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    https_listen: SocketAddr,
+    /// PEM certificate chain for HTTPS receive (with --tls-key). Without it, https:///
+    /// locations are refused on this instance (never served in clear).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for HTTPS receive (with --tls-cert).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
     /// A message whose claim was reclaimed more than this many times is suspended as poison.
     #[arg(long, default_value_t = MAX_DELIVERIES_DEFAULT)]
     max_deliveries: i32,
@@ -96,6 +107,11 @@ async fn host(args: Args) -> anyhow::Result<()> {
     let mut config = HostConfig::new(&args.database_url, &args.host);
     config.admin_listen = args.admin_listen;
     config.http_listen = args.http_listen;
+    config.https_listen = args.https_listen;
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(mbx_host::TlsFiles { cert, key }),
+        _ => None,
+    };
     config.max_deliveries = args.max_deliveries;
     config.poll_interval = args.poll_interval;
     config.watchdog_stall = args.watchdog_stall;

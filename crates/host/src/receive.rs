@@ -25,11 +25,56 @@ use tracing::{error, info, warn};
 use crate::lease::{Leased, Tenure};
 use crate::{http_receive, pause, Shared};
 
+/// Runs one enabled location until it is stopped; whether it runs here, or why not, is
+/// recorded for `mbx status` and `/readyz` while it is wanted, and forgotten after.
 pub(crate) async fn location_loop(
     shared: Arc<Shared>,
     loc: ReceiveLocation,
     stop: watch::Receiver<bool>,
 ) {
+    let id = loc.id;
+    run_location(shared.clone(), loc, stop).await;
+    if let Ok(mut p) = shared.location_problems.lock() {
+        p.remove(&id);
+    }
+    if let Err(e) = shared
+        .mbx
+        .location_run_clear(id, shared.instance_id())
+        .await
+    {
+        tracing::debug!(location_id = id, error = %e, "cannot clear the location's run record");
+    }
+}
+
+/// Records that `loc` runs on this instance (`problem: None`) or why it cannot; a problem
+/// is logged once per change.
+async fn report_run(shared: &Shared, loc: &ReceiveLocation, problem: Option<&str>) {
+    let changed = match shared.location_problems.lock() {
+        Ok(mut p) => match problem {
+            Some(why) => p
+                .insert(loc.id, (loc.name.clone(), why.to_owned()))
+                .is_none_or(|(_, before)| before != why),
+            None => p.remove(&loc.id).is_some(),
+        },
+        Err(_) => true,
+    };
+    match problem {
+        Some(why) if changed => {
+            error!(location = %loc.name, error = %why, "receive location cannot run")
+        }
+        None if changed => info!(location = %loc.name, "receive location runs"),
+        _ => {}
+    }
+    if let Err(e) = shared
+        .mbx
+        .location_run_report(loc.id, shared.instance_id(), problem)
+        .await
+    {
+        tracing::debug!(location = %loc.name, error = %e, "cannot record the location's run");
+    }
+}
+
+async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Receiver<bool>) {
     let until_stopped = |mut stop: watch::Receiver<bool>, mut stopping: watch::Receiver<bool>| async move {
         loop {
             if *stop.borrow() || *stopping.borrow() {
@@ -44,7 +89,7 @@ pub(crate) async fn location_loop(
     let submitter = match LocationSubmitter::new(&shared, &loc).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            error!(location = %loc.name, error = %e, "receive location cannot start");
+            report_run(&shared, &loc, Some(&format!("{e:#}"))).await;
             until_stopped(stop, shared.stopping.clone()).await;
             return;
         }
@@ -53,27 +98,38 @@ pub(crate) async fn location_loop(
         // served by this instance's HTTP listener until the location stops
         // checked as `mbx` checked it at creation (a row written otherwise is refused
         // here too); the secret is resolved now, never stored
-        let token = HttpReceiveConfig::parse(&loc.address, &loc.settings.0)
+        let config = HttpReceiveConfig::parse(&loc.address, &loc.settings.0)
             .map_err(|e| e.to_string())
             .and_then(|c| {
-                c.bearer_token
+                let token = c
+                    .bearer_token
                     .map(|r| r.resolve("bearer_token"))
-                    .transpose()
+                    .transpose()?;
+                Ok((c.tls, token))
             });
-        let token = match token {
-            Ok(t) => t,
+        let (tls, token) = match config {
+            Ok(c) => c,
             Err(e) => {
-                error!(location = %loc.name, error = %e, "receive location cannot start");
+                report_run(&shared, &loc, Some(&e)).await;
                 until_stopped(stop, shared.stopping.clone()).await;
                 return;
             }
         };
-        while !http_receive::ensure_listener(&shared).await {
-            if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
-                return;
+        // an address taken by another process may be freed: try again every poll; an
+        // instance without TLS stays refused until it is restarted with it
+        loop {
+            match http_receive::ensure_listener(&shared, tls).await {
+                Ok(()) => break,
+                Err(why) => {
+                    report_run(&shared, &loc, Some(&why)).await;
+                    if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
+                        return;
+                    }
+                }
             }
         }
         shared.http.add(
+            tls,
             path.clone(),
             http_receive::Route {
                 location: loc.name.clone(),
@@ -82,10 +138,12 @@ pub(crate) async fn location_loop(
                 submitter,
             },
         );
+        report_run(&shared, &loc, None).await;
         until_stopped(stop, shared.stopping.clone()).await;
-        shared.http.remove(&path);
+        shared.http.remove(tls, &path);
         return;
     }
+    report_run(&shared, &loc, None).await;
     loop {
         // an ordered location runs on the lease holder only, one batch at a time in name
         // order (the FILE adapter submits its next batch after the previous committed)
@@ -143,7 +201,7 @@ pub(crate) async fn location_loop(
         let adapter = match shared.registry.receive_adapter(spec) {
             Ok(a) => a,
             Err(e) => {
-                error!(location = %loc.name, error = %e, "receive location cannot start");
+                report_run(&shared, &loc, Some(&e.to_string())).await;
                 until_stopped(stop, shared.stopping.clone()).await;
                 return;
             }

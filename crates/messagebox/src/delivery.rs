@@ -616,14 +616,7 @@ pub(crate) fn claimed_deliveries(
 pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
 
 fn truncate_error(e: &str) -> String {
-    if e.len() <= ERROR_TEXT_MAX_BYTES {
-        return e.to_owned();
-    }
-    let mut end = ERROR_TEXT_MAX_BYTES;
-    while !e.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &e[..end])
+    crate::truncate_utf8(e, ERROR_TEXT_MAX_BYTES)
 }
 
 /// Overlays the per-delivery and row-derived system properties on a stored context.

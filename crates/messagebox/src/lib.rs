@@ -380,6 +380,18 @@ impl MessageBox {
     }
 }
 
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 fn poisoned() -> Error {
     Error::Corrupt("routing cache lock poisoned".to_owned())
 }

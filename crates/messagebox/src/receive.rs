@@ -244,3 +244,71 @@ impl MessageBox {
         Ok(())
     }
 }
+
+/// Whether a receive location runs on one live instance, and if not why.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LocationRun {
+    pub location: String,
+    pub instance: uuid::Uuid,
+    pub running: bool,
+    /// Why it does not run (`None` while it runs).
+    pub problem: Option<String>,
+    /// Since when it has been in this state.
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Longest problem text kept for a location run.
+pub const LOCATION_PROBLEM_MAX_BYTES: usize = 1024;
+
+impl MessageBox {
+    /// Records that location `location_id` runs on `instance` (`problem: None`) or does not,
+    /// and why. The time it entered the state is kept while the state stays the same.
+    pub async fn location_run_report(
+        &self,
+        location_id: i64,
+        instance: uuid::Uuid,
+        problem: Option<&str>,
+    ) -> Result<()> {
+        let problem = problem.map(|p| crate::truncate_utf8(p, LOCATION_PROBLEM_MAX_BYTES));
+        sqlx::query(
+            "INSERT INTO receive_location_runs AS r (location_id, instance_id, running, problem)
+             SELECT $1, $2, $3 IS NULL, $3
+              WHERE EXISTS (SELECT 1 FROM receive_locations WHERE id = $1)
+             ON CONFLICT (location_id, instance_id) DO UPDATE
+                SET running = excluded.running, problem = excluded.problem,
+                    since = CASE WHEN r.problem IS NOT DISTINCT FROM excluded.problem
+                                 THEN r.since ELSE now() END",
+        )
+        .bind(location_id)
+        .bind(instance)
+        .bind(problem)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets whether `location_id` runs on `instance` (it stopped there).
+    pub async fn location_run_clear(&self, location_id: i64, instance: uuid::Uuid) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM receive_location_runs WHERE location_id = $1 AND instance_id = $2",
+        )
+        .bind(location_id)
+        .bind(instance)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Where enabled locations run or fail, on live instances, by location then instance.
+    pub async fn location_runs(&self) -> Result<Vec<LocationRun>> {
+        Ok(sqlx::query_as(
+            "SELECT l.name AS location, r.instance_id AS instance, r.running, r.problem, r.since
+               FROM receive_location_runs r
+               JOIN receive_locations l ON l.id = r.location_id AND l.enabled
+               JOIN host_instances i ON i.id = r.instance_id AND i.state = 'alive'
+              ORDER BY l.name, r.instance_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
