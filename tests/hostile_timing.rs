@@ -243,15 +243,27 @@ impl Stall {
         }
     }
 
-    /// Whether the process is traced now (every thread attached is not visible; the
-    /// main thread's TracerPid is).
+    /// Whether every thread of the process is traced now: strace attaches to the threads
+    /// one by one, and a call made by a thread not yet attached escapes the stall (seen
+    /// under load when only the main thread's TracerPid was looked at).
     fn attached(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| {
-                s.lines()
-                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
-            })
-            .unwrap_or(false)
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        let mut seen = 0;
+        for task in tasks.flatten() {
+            let traced = std::fs::read_to_string(task.path().join("status"))
+                .map(|s| {
+                    s.lines()
+                        .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+                })
+                .unwrap_or(false);
+            if !traced {
+                return false;
+            }
+            seen += 1;
+        }
+        seen > 0
     }
 
     /// The lines of the log naming `syscall` that ended delayed.

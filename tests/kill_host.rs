@@ -175,5 +175,8 @@ async fn kill_9_of_one_host_during_a_run_loses_nothing(pool: PgPool) {
         .into_iter()
         .find(|i| i.id == victim_id)
         .map(|i| i.state);
-    assert_eq!(victim_state.as_deref(), Some("dead"));
+    assert_eq!(
+        victim_state,
+        Some(mbx_messagebox::states::InstanceState::Dead)
+    );
 }

@@ -77,7 +77,7 @@ async fn a_stalled_instance_is_declared_dead_and_its_work_reclaimed(pool: PgPool
     wait_for(
         "the stalled instance to be dead",
         Duration::from_secs(40),
-        || async { state_of(pid).await.as_deref() == Some("dead") },
+        || async { state_of(pid).await == Some(mbx_messagebox::states::InstanceState::Dead) },
     )
     .await;
 

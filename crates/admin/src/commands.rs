@@ -8,6 +8,7 @@ use mbx_messagebox::config::{Backoff, InitialState, SendPortSpec};
 use mbx_messagebox::context::system;
 use mbx_messagebox::publish::{NewMessage, Published, Publisher};
 use mbx_messagebox::receive::ReceiveLocationSpec;
+use mbx_messagebox::states::{InstanceState, PortState};
 use mbx_messagebox::suspended::{Kind, Selector};
 use mbx_messagebox::{Context, MessageBox, PropertyType, TrackingLevel, Value};
 use serde_json::json;
@@ -199,7 +200,7 @@ async fn instances(mbx: &MessageBox, json_out: bool) -> Result<()> {
             vec![
                 i.id.to_string(),
                 i.host.clone(),
-                i.state.clone(),
+                i.state.to_string(),
                 i.throttle.clone().unwrap_or_else(|| "-".to_owned()),
                 format!("{:.1}s", i.heartbeat_age_s),
                 i.machine.clone(),
@@ -416,16 +417,11 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 "solicit-response send ports",
             )?;
             let settings = key_values("--set", &a.set, "append=true")?;
-            let backoff = match a.retry_backoff.as_str() {
-                "fixed" => Backoff::Fixed,
-                "exponential" => Backoff::Exponential,
-                other => {
-                    return Err(Usage(format!(
-                        "--retry-backoff: unknown '{other}'; use fixed or exponential (example: --retry-backoff exponential)"
-                    ))
-                    .into())
-                }
-            };
+            let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
+                Usage(format!(
+                    "--retry-backoff: {e} (example: --retry-backoff exponential)"
+                ))
+            })?;
             let spec = SendPortSpec {
                 name: a.name.clone(),
                 host: a.host.clone(),
@@ -485,7 +481,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             }
             let mut rows = vec![
                 ("name", port.name.clone()),
-                ("state", port.state.clone()),
+                ("state", port.state.to_string()),
                 ("host", port.host.clone()),
                 ("address", opt(&port.address)),
                 ("filter", opt(&port.filter)),
@@ -499,7 +495,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                     ),
                 ),
                 ("backup address", opt(&port.backup_address)),
-                ("tracking", port.tracking.clone()),
+                ("tracking", port.tracking.to_string()),
             ];
             if port.dynamic {
                 rows.push(("allowed addresses", port.allow_address.join(", ")));
@@ -535,7 +531,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 .map(|p| {
                     vec![
                         p.name.clone(),
-                        p.state.clone(),
+                        p.state.to_string(),
                         p.host.clone(),
                         p.address.clone().unwrap_or_else(|| "(dynamic)".into()),
                         opt(&p.filter),
@@ -644,7 +640,7 @@ async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> 
                 .map(|g| {
                     vec![
                         g.name.clone(),
-                        g.state.clone(),
+                        g.state.to_string(),
                         g.members.join(","),
                         opt(&g.filter),
                     ]
@@ -835,7 +831,7 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
                 .map(|i| {
                     vec![
                         i.id.to_string(),
-                        i.kind.clone(),
+                        i.kind.to_string(),
                         opt(&i.port),
                         i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                         i.message_id.to_string(),
@@ -1008,10 +1004,10 @@ async fn stats(mbx: &MessageBox, json_out: bool) -> Result<()> {
         .ports
         .iter()
         .map(|p| {
-            let state = if p.state == "stopped" && p.backlog > 0 {
+            let state = if p.state == PortState::Stopped && p.backlog > 0 {
                 "stopped (waiting: port stopped)".to_owned()
             } else {
-                p.state.clone()
+                p.state.to_string()
             };
             vec![
                 p.name.clone(),
@@ -1068,7 +1064,7 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     for h in &hosts {
         let dead = instances
             .iter()
-            .filter(|i| i.host == h.name && i.state == "dead")
+            .filter(|i| i.host == h.name && i.state == InstanceState::Dead)
             .count();
         println!("  {:<16} {} alive, {dead} dead", h.name, h.instances_alive);
     }

@@ -31,6 +31,7 @@ use anyhow::{Context as _, Result};
 use mbx_adapters::Registry;
 use mbx_messagebox::instances::{DEAD_AFTER_S, MAX_DELIVERIES_DEFAULT};
 use mbx_messagebox::maintenance::{MAINTENANCE_BATCH_MAX, TRACKING_RETENTION_DEFAULT_S};
+use mbx_messagebox::states::{InstanceState, PortState};
 use mbx_messagebox::{MessageBox, SchemaState, Wakeup};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -448,7 +449,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             Ok(list) => {
                 let alive = list
                     .iter()
-                    .filter(|i| i.host == shared.config.host && i.state == "alive")
+                    .filter(|i| i.host == shared.config.host && i.state == InstanceState::Alive)
                     .count();
                 shared.share.set_instances(alive);
             }
@@ -579,7 +580,7 @@ async fn supervisor_loop(shared: Arc<Shared>) {
             Ok(list) => {
                 let wanted: HashMap<i64, _> = list
                     .into_iter()
-                    .filter(|p| p.host == shared.config.host && p.state == "started")
+                    .filter(|p| p.host == shared.config.host && p.state == PortState::Started)
                     .map(|p| (p.id, (p.name.clone(), p)))
                     .collect();
                 shared

@@ -18,6 +18,7 @@ use mbx_messagebox::context::system;
 use mbx_messagebox::instances::DEAD_AFTER_S;
 use mbx_messagebox::publish::{LocationFence, NewBody, NewMessage, Published, Publisher};
 use mbx_messagebox::receive::ReceiveLocation;
+use mbx_messagebox::states::InstanceState;
 use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -280,7 +281,7 @@ async fn reclaim_dead_claims(shared: &Shared, adapter: &dyn ReceiveAdapter, loca
         Ok(list) => {
             let alive: HashSet<String> = list
                 .iter()
-                .filter(|i| i.state == "alive")
+                .filter(|i| i.state == InstanceState::Alive)
                 .map(|i| i.id.simple().to_string())
                 .collect();
             let filter = move |c: &mbx_adapters::ClaimInfo| !alive.contains(&c.claim_id);

@@ -134,21 +134,16 @@ pub struct HostSpec {
 // ------------------------------------------------------------------------------------
 // Send ports
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backoff {
-    Fixed,
-    Exponential,
-}
-
-impl Backoff {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backoff::Fixed => "fixed",
-            Backoff::Exponential => "exponential",
-        }
+crate::states::text_enum! {
+    /// How the interval between retries grows.
+    Backoff ("backoff") {
+        Fixed = "fixed",
+        /// Doubling up to the port's longest interval.
+        Exponential = "exponential",
     }
 }
+
+pub use crate::states::{GroupState, PortState};
 
 /// Which state `create` leaves a port or group in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -311,19 +306,19 @@ pub struct SendPort {
     pub dynamic: bool,
     pub allow_address: Vec<String>,
     pub filter: Option<String>,
-    pub state: String,
+    pub state: PortState,
     pub ordered: bool,
     pub stop_on_failure: bool,
     pub ordered_commit_batch: i32,
     pub retry_count: i32,
     pub retry_interval_s: i64,
-    pub retry_backoff: String,
+    pub retry_backoff: Backoff,
     pub retry_max_interval_s: i64,
     pub backup_address: Option<String>,
     pub backup_retry_count: i32,
     pub backup_retry_interval_s: i64,
     pub route_failed: bool,
-    pub tracking: String,
+    pub tracking: TrackingLevel,
     pub solicit_response: bool,
     /// Adapter settings (`--set KEY=VALUE`).
     pub settings: sqlx::types::Json<BTreeMap<String, String>>,
@@ -354,7 +349,7 @@ pub struct SendPortGroup {
     pub id: i64,
     pub name: String,
     pub filter: Option<String>,
-    pub state: String,
+    pub state: GroupState,
     pub members: Vec<String>,
 }
 
@@ -376,7 +371,7 @@ impl Change {
 
 struct PortRow {
     id: i64,
-    state: String,
+    state: PortState,
     filter_text: Option<String>,
 }
 
@@ -394,7 +389,7 @@ async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Por
     .ok_or_else(|| Error::not_found("send port", name, "`mbx send-port list` shows the ports"))?;
     Ok(PortRow {
         id: row.get(0),
-        state: row.get(1),
+        state: row.try_get(1)?,
         filter_text: row.get(2),
     })
 }
@@ -723,12 +718,12 @@ impl MessageBox {
     pub async fn send_port_enlist(&self, name: &str) -> Result<Change> {
         let mut tx = self.pool.begin().await?;
         let port = lock_port_for_enlist(&mut tx, name).await?;
-        let change = if port.state == "unenlisted" {
+        let change = if port.state == PortState::Unenlisted {
             enlist_port(&mut tx, &port).await?;
-            set_port_state(&mut tx, port.id, "stopped").await?;
-            change(name, &port.state, "stopped")
+            set_port_state(&mut tx, port.id, PortState::Stopped).await?;
+            port_change(name, port.state, PortState::Stopped)
         } else {
-            change(name, &port.state, &port.state)
+            port_change(name, port.state, port.state)
         };
         tx.commit().await?;
         Ok(change)
@@ -738,28 +733,28 @@ impl MessageBox {
     pub async fn send_port_start(&self, name: &str) -> Result<Change> {
         let mut tx = self.pool.begin().await?;
         let port = lock_port_for_enlist(&mut tx, name).await?;
-        refuse_if_suspended(name, &port.state)?;
-        if port.state == "unenlisted" {
+        refuse_if_suspended(name, port.state)?;
+        if port.state == PortState::Unenlisted {
             enlist_port(&mut tx, &port).await?;
         }
-        set_port_state(&mut tx, port.id, "started").await?;
+        set_port_state(&mut tx, port.id, PortState::Started).await?;
         tx.commit().await?;
-        Ok(change(name, &port.state, "started"))
+        Ok(port_change(name, port.state, PortState::Started))
     }
 
     /// started → stopped: deliveries wait ("waiting: port stopped"); routing is unchanged.
     pub async fn send_port_stop(&self, name: &str) -> Result<Change> {
         let mut tx = self.pool.begin().await?;
         let port = lock_port(&mut tx, name).await?;
-        refuse_if_suspended(name, &port.state)?;
-        let to = if port.state == "started" {
-            "stopped"
+        refuse_if_suspended(name, port.state)?;
+        let to = if port.state == PortState::Started {
+            PortState::Stopped
         } else {
-            port.state.as_str()
+            port.state
         };
         set_port_state(&mut tx, port.id, to).await?;
         tx.commit().await?;
-        Ok(change(name, &port.state, to))
+        Ok(port_change(name, port.state, to))
     }
 
     /// → unenlisted: refused while deliveries wait (with their count) unless `force`,
@@ -769,10 +764,10 @@ impl MessageBox {
         let mut tx = self.pool.begin().await?;
         begin_routing_change(&mut tx).await?;
         let port = lock_port(&mut tx, name).await?;
-        refuse_if_suspended(name, &port.state)?;
-        if port.state == "unenlisted" {
+        refuse_if_suspended(name, port.state)?;
+        if port.state == PortState::Unenlisted {
             tx.commit().await?;
-            return Ok(change(name, "unenlisted", "unenlisted"));
+            return Ok(port_change(name, port.state, port.state));
         }
         let work = port_work(&mut tx, port.id).await?;
         if work.in_flight > 0 {
@@ -800,9 +795,9 @@ impl MessageBox {
             .bind(port.id)
             .execute(&mut *tx)
             .await?;
-        set_port_state(&mut tx, port.id, "unenlisted").await?;
+        set_port_state(&mut tx, port.id, PortState::Unenlisted).await?;
         tx.commit().await?;
-        let mut c = change(name, &port.state, "unenlisted");
+        let mut c = port_change(name, port.state, PortState::Unenlisted);
         c.suspended = suspended;
         Ok(c)
     }
@@ -940,24 +935,24 @@ impl MessageBox {
     }
 
     pub async fn group_start(&self, name: &str) -> Result<Change> {
-        self.group_set_state(name, "started").await
+        self.group_set_state(name, GroupState::Started).await
     }
 
     pub async fn group_stop(&self, name: &str) -> Result<Change> {
-        self.group_set_state(name, "stopped").await
+        self.group_set_state(name, GroupState::Stopped).await
     }
 
-    async fn group_set_state(&self, name: &str, to: &str) -> Result<Change> {
+    async fn group_set_state(&self, name: &str, to: GroupState) -> Result<Change> {
         let mut tx = self.pool.begin().await?;
         // lock order: routing lock, then the group row
         begin_routing_change(&mut tx).await?;
         let (id, from, filter_text) = lock_group(&mut tx, name).await?;
-        let to = if to == "stopped" && from == "unenlisted" {
-            "unenlisted"
+        let to = if to == GroupState::Stopped && from == GroupState::Unenlisted {
+            GroupState::Unenlisted
         } else {
             to
         };
-        if from == "unenlisted" && to == "started" {
+        if from == GroupState::Unenlisted && to == GroupState::Started {
             let compiled = match &filter_text {
                 Some(text) => Some(compile_filter(&mut tx, text).await?),
                 None => None,
@@ -970,7 +965,7 @@ impl MessageBox {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(change(name, &from, to))
+        Ok(change(name, from.as_str(), to.as_str()))
     }
 }
 
@@ -1007,7 +1002,7 @@ fn group_not_found(name: &str) -> Error {
 async fn lock_group(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
-) -> Result<(i64, String, Option<String>)> {
+) -> Result<(i64, GroupState, Option<String>)> {
     let row = sqlx::query(
         "SELECT id, state, filter_text FROM send_port_groups WHERE name = $1 FOR UPDATE",
     )
@@ -1015,22 +1010,23 @@ async fn lock_group(
     .fetch_optional(&mut **tx)
     .await?
     .ok_or_else(|| group_not_found(name))?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    Ok((row.get(0), row.try_get(1)?, row.get(2)))
 }
 
 /// Locks a port that may be enlisted: lock order is always routing lock, then port row,
 /// so a port that looks unenlisted gets the routing lock first.
 async fn lock_port_for_enlist(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM send_ports WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let routing_locked = state.as_deref() == Some("unenlisted");
+    let state: Option<PortState> =
+        sqlx::query_scalar("SELECT state FROM send_ports WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let routing_locked = state == Some(PortState::Unenlisted);
     if routing_locked {
         begin_routing_change(tx).await?;
     }
     let port = lock_port(tx, name).await?;
-    if port.state == "unenlisted" && !routing_locked {
+    if port.state == PortState::Unenlisted && !routing_locked {
         // it was unenlisted concurrently: rare; the routing lock now comes second
         begin_routing_change(tx).await?;
     }
@@ -1046,7 +1042,11 @@ async fn enlist_port(tx: &mut Transaction<'_, Postgres>, port: &PortRow) -> Resu
     set_subscription(tx, "port", port.id, compiled.as_ref()).await
 }
 
-async fn set_port_state(tx: &mut Transaction<'_, Postgres>, id: i64, state: &str) -> Result<()> {
+async fn set_port_state(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    state: PortState,
+) -> Result<()> {
     sqlx::query("UPDATE send_ports SET state = $2 WHERE id = $1")
         .bind(id)
         .bind(state)
@@ -1055,13 +1055,17 @@ async fn set_port_state(tx: &mut Transaction<'_, Postgres>, id: i64, state: &str
     Ok(())
 }
 
-fn refuse_if_suspended(name: &str, state: &str) -> Result<()> {
-    if state == "suspended" {
+fn refuse_if_suspended(name: &str, state: PortState) -> Result<()> {
+    if state == PortState::Suspended {
         return Err(Error::Refused(format!(
             "send port '{name}' is suspended after a failure; `mbx send-port resume {name}` retries the failed message, `mbx send-port skip {name}` suspends it and goes on"
         )));
     }
     Ok(())
+}
+
+fn port_change(object: &str, from: PortState, to: PortState) -> Change {
+    change(object, from.as_str(), to.as_str())
 }
 
 fn change(object: &str, from: &str, to: &str) -> Change {

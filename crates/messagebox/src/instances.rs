@@ -23,8 +23,7 @@ pub struct Instance {
     pub version: String,
     pub started_at: DateTime<Utc>,
     pub heartbeat_age_s: f64,
-    /// `alive`, `dead` (heartbeat too old or declared dead) or `stopped`.
-    pub state: String,
+    pub state: crate::states::InstanceState,
     /// What it is throttled on (`publish`, `inflight`, both), if anything (SPEC §9).
     pub throttle: Option<String>,
 }

@@ -16,6 +16,7 @@ pub mod publish;
 pub mod receive;
 pub mod routing;
 pub mod security;
+pub mod states;
 pub mod stats;
 pub mod suspended;
 pub mod throttle;
@@ -50,36 +51,12 @@ pub const LOCK_TIMEOUT_MS: u64 = 10_000;
 /// locks.
 pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 30_000;
 
-/// Tracking level (SPEC §7.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrackingLevel {
-    Off,
-    Failures,
-    All,
-}
-
-impl TrackingLevel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrackingLevel::Off => "off",
-            TrackingLevel::Failures => "failures",
-            TrackingLevel::All => "all",
-        }
-    }
-}
-
-impl std::str::FromStr for TrackingLevel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(TrackingLevel::Off),
-            "failures" => Ok(TrackingLevel::Failures),
-            "all" => Ok(TrackingLevel::All),
-            _ => Err(format!(
-                "unknown tracking level '{s}': use off, failures or all"
-            )),
-        }
+states::text_enum! {
+    /// Tracking level (SPEC §7.2).
+    TrackingLevel ("tracking level") {
+        Off = "off",
+        Failures = "failures",
+        All = "all",
     }
 }
 

@@ -8,7 +8,7 @@ use crate::{MessageBox, Result};
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PortStats {
     pub name: String,
-    pub state: String,
+    pub state: crate::states::PortState,
     /// Ready or held (port stopped or suspended, or queued behind an ordered head).
     pub backlog: i64,
     /// Waiting for a retry time.

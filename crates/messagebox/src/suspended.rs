@@ -9,41 +9,17 @@ use uuid::Uuid;
 use crate::publish::pg_bigint_array;
 use crate::{Context, Error, MessageBox, Result};
 
-/// The kinds of suspended item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    RoutingFailure,
-    ReceiveFailure,
-    Failed,
-    FailedFinal,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [
-        Kind::RoutingFailure,
-        Kind::ReceiveFailure,
-        Kind::Failed,
-        Kind::FailedFinal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::RoutingFailure => "routing-failure",
-            Kind::ReceiveFailure => "receive-failure",
-            Kind::Failed => "failed",
-            Kind::FailedFinal => "failed-final",
-        }
-    }
-}
-
-impl std::str::FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown kind '{s}': use routing-failure, receive-failure, failed or failed-final"))
+crate::states::text_enum! {
+    /// The kinds of suspended item.
+    Kind ("kind") {
+        /// Published, matched no subscriber; resumable once one matches.
+        RoutingFailure = "routing-failure",
+        /// Refused by a receive pipeline; kept for inspection, not resumable.
+        ReceiveFailure = "receive-failure",
+        /// A delivery whose retries ran out; resumable.
+        Failed = "failed",
+        /// A delivery that can never succeed (a bad address, a poison message).
+        FailedFinal = "failed-final",
     }
 }
 
@@ -65,7 +41,7 @@ pub struct Selector {
 pub struct SuspendedItem {
     pub id: i64,
     pub message_id: Uuid,
-    pub kind: String,
+    pub kind: Kind,
     pub resumable: bool,
     pub port: Option<String>,
     pub reason: String,

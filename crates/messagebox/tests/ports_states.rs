@@ -26,7 +26,7 @@ fn invalid(err: Error) -> String {
 }
 
 async fn state(mbx: &mbx_messagebox::MessageBox, name: &str) -> String {
-    mbx.send_port_show(name).await.unwrap().state
+    mbx.send_port_show(name).await.unwrap().state.to_string()
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
