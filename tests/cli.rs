@@ -137,6 +137,9 @@ async fn a_new_user_routes_a_message_and_resumes_a_routing_failure(pool: PgPool)
     assert_eq!(snapshot(&pool).await, before);
     let err = mbx.fails(&["suspended", "resume", "999999"], 2);
     assert!(err.contains("does not exist"), "{err}");
+    // issue 13: tracking an id this MessageBox never saw is an error, not an empty table
+    let err = mbx.fails(&["track", "0192f7a4-0c1e-7b5e-9a2f-3d4c5b6a7980"], 2);
+    assert!(err.contains("no message 0192f7a4"), "{err}");
 
     let err = mbx.fails(
         &[
@@ -823,6 +826,64 @@ fn every_command_has_help_with_an_example() {
             text.contains("Example"),
             "mbx {c:?} --help has no example:\n{text}"
         );
+        // the repository stands alone: help does not cite a spec users do not have
+        assert!(
+            !text.contains("SPEC"),
+            "mbx {c:?} --help cites SPEC:\n{text}"
+        );
+        // every flag says what it does: clap prints a flag's text on its line, or on the
+        // next lines when the help is laid out that way
+        // (only in the Options section: prose may wrap a flag's name to a line's start)
+        let options: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Options:"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with(' '))
+            .collect();
+        let lines: Vec<&str> = options.iter().map(|l| l.trim()).collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.starts_with('-') && !line.contains("  ") {
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                assert!(
+                    !next.is_empty() && !next.starts_with('-'),
+                    "mbx {c:?} --help: flag without a description: {line}"
+                );
+            }
+        }
+    }
+    // the commands that take addresses list every scheme with its address form and the
+    // --set keys its adapter accepts (from the adapters' own tables)
+    use mbx_adapters::file::config::{FILE_RECEIVE_SETTINGS, FILE_SEND_SETTINGS};
+    use mbx_adapters::http::config::{HTTP_RECEIVE_SETTINGS, HTTP_SEND_SETTINGS};
+    for (command, keys, schemes) in [
+        (
+            ["send-port", "create"],
+            [FILE_SEND_SETTINGS, HTTP_SEND_SETTINGS].concat(),
+            &["file", "http", "https", "null"][..],
+        ),
+        (
+            ["receive-location", "create"],
+            [FILE_RECEIVE_SETTINGS, HTTP_RECEIVE_SETTINGS].concat(),
+            &["file", "http", "https"][..],
+        ),
+    ] {
+        let out = std::process::Command::new(bin("mbx"))
+            .args(command.iter().copied().chain(["--help"]))
+            .output()
+            .expect("run mbx");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for scheme in schemes {
+            assert!(
+                text.contains(&format!("{scheme}:")),
+                "{command:?} --help lacks {scheme}:\n{text}"
+            );
+        }
+        for key in keys.iter().filter(|k| **k != "max_message_size") {
+            assert!(
+                text.contains(key),
+                "{command:?} --help lacks --set {key}:\n{text}"
+            );
+        }
     }
 }
 
@@ -921,6 +982,39 @@ async fn receive_locations_are_created_disabled_and_deleted_only_when_disabled(p
     ]);
     let list = mbx.json(&["receive-location", "list"]);
     assert_eq!(list[0]["settings"]["bearer_token"], "env:ORDERS_TOKEN");
+
+    // issue 13: a receive port is deleted once nothing feeds it
+    let err = mbx.fails(&["receive-port", "delete", "orders"], 1);
+    assert!(err.contains("secure-in"), "{err}");
+    mbx.ok(&["receive-location", "delete", "secure-in"]);
+    mbx.ok(&["receive-port", "delete", "orders"]);
+    assert_eq!(mbx.json(&["receive-port", "list"]), serde_json::json!([]));
+    mbx.fails(&["receive-port", "delete", "orders"], 2);
+}
+
+/// Issue 13: stopped and dead instances can be forgotten at once; live ones never.
+#[sqlx::test(migrations = false)]
+async fn instance_prune_forgets_stopped_instances_only(pool: PgPool) {
+    let mbx = init(&pool);
+    let lib = mbx_messagebox::MessageBox::from_pool(pool.clone());
+    let gone = lib
+        .instance_register("default", "m1", 1, "test")
+        .await
+        .expect("register");
+    lib.instance_register("default", "m2", 2, "test")
+        .await
+        .expect("register");
+    lib.instance_deregister(gone).await.expect("deregister");
+    assert_eq!(
+        mbx.json(&["instance", "list"]).as_array().map(Vec::len),
+        Some(2)
+    );
+    let out = mbx.ok(&["instance", "prune"]);
+    assert!(out.contains("forgot 1"), "{out}");
+    let left = mbx.json(&["instance", "list"]);
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["state"], "alive");
+    mbx.fails(&["instance", "prune", "--older-than", "soon"], 2);
 }
 
 #[sqlx::test(migrations = false)]

@@ -163,3 +163,59 @@ async fn http_posts_reach_the_endpoint_exactly_once_through_two_hosts(pool: PgPo
     let stats = mbx.stats().await.expect("stats");
     assert_eq!(stats.suspended_total, 0);
 }
+
+/// Issue 13: a POST to a disabled location is told to come back (503 with Retry-After:
+/// senders retry), not that nothing is there (404: senders give up); an unknown path is
+/// still 404.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_disabled_location_answers_503_and_an_unknown_path_404(pool: PgPool) {
+    let mbx = MessageBox::from_pool(pool.clone());
+    mbx.init(None).await.expect("init");
+    mbx.receive_port_create("api", false).await.expect("port");
+    for (name, path) in [("live-in", "/live"), ("paused-in", "/paused")] {
+        mbx.receive_location_create(&ReceiveLocationSpec::new(
+            name,
+            "api",
+            &format!("http://{path}"),
+        ))
+        .await
+        .expect("location");
+    }
+    mbx.receive_location_set_enabled("live-in", true)
+        .await
+        .expect("enable");
+    let http_port = free_port();
+    let _host = start_host(&database_url(&pool), http_port);
+    let client = reqwest::Client::new();
+    let post = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("http://127.0.0.1:{http_port}{path}"))
+                .body("x")
+                .send()
+                .await
+                .ok()
+        }
+    };
+    wait_for(
+        "the live location answers",
+        Duration::from_secs(30),
+        || async {
+            post("/live")
+                .await
+                .is_some_and(|r| r.status().as_u16() == 202)
+        },
+    )
+    .await;
+    let paused = post("/paused").await.expect("an answer");
+    assert_eq!(paused.status().as_u16(), 503);
+    assert!(paused.headers().contains_key("retry-after"));
+    assert!(paused
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("paused-in"));
+    let unknown = post("/nowhere").await.expect("an answer");
+    assert_eq!(unknown.status().as_u16(), 404);
+}

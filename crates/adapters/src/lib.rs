@@ -40,8 +40,9 @@ pub mod settings;
 
 pub use body::{Body, ChunkSource, BODY_IN_MEMORY_MAX_BYTES};
 pub use context::{system, MessageContext};
+pub use error::Side;
 pub use error::{ConfigError, ReceiveError, RegistryError, SubmitError};
-pub use registry::{Registry, Scheme};
+pub use registry::{adapters_help, Registry, Scheme};
 pub use settings::Settings;
 
 /// A promoted value is at most this many bytes (SPEC §1).

@@ -97,6 +97,47 @@ impl Scheme {
     }
 }
 
+/// What `--help` says about the addresses and `--set` keys of one side, from the
+/// adapters' own tables (one line per scheme: its address form and settings).
+pub fn adapters_help(side: Side) -> String {
+    use crate::file::config::{
+        FILE_RECEIVE_SETTINGS, FILE_SEND_SETTINGS, RECEIVE_EXAMPLE, SEND_EXAMPLE,
+    };
+    use crate::http::config::{HTTP_RECEIVE_SETTINGS, HTTP_SEND_SETTINGS};
+    let mut lines = Vec::new();
+    for (name, scheme) in SCHEMES {
+        let (form, settings): (String, &[&str]) = match (scheme, side) {
+            (Scheme::File, Side::Send) => (SEND_EXAMPLE.to_owned(), FILE_SEND_SETTINGS),
+            (Scheme::File, Side::Receive) => (RECEIVE_EXAMPLE.to_owned(), FILE_RECEIVE_SETTINGS),
+            (Scheme::Http | Scheme::Https, Side::Send) => (
+                format!("{name}://partner.example/orders"),
+                HTTP_SEND_SETTINGS,
+            ),
+            (Scheme::Http | Scheme::Https, Side::Receive) => {
+                (format!("{name}:///orders"), HTTP_RECEIVE_SETTINGS)
+            }
+            (Scheme::Null, Side::Send) => ("null:discard".to_owned(), &[]),
+            (Scheme::Null, Side::Receive) => continue,
+        };
+        // a location's max_message_size is its --max-message-size
+        let settings: Vec<&str> = settings
+            .iter()
+            .copied()
+            .filter(|k| *k != "max_message_size")
+            .collect();
+        let settings = if settings.is_empty() {
+            "no settings".to_owned()
+        } else {
+            format!("--set {}", settings.join(", "))
+        };
+        lines.push(format!(
+            "  {name:<6} {form}  ({}; {settings})",
+            scheme.adapter_name()
+        ));
+    }
+    lines.join("\n")
+}
+
 /// One instance of each send adapter, shared by every port of a host instance, and the
 /// constructor of receive adapters.
 #[derive(Clone)]

@@ -77,7 +77,7 @@ pub enum Command {
     /// Database roles: a migrator (owns the schema), a host role (DML only), a reader.
     #[command(subcommand)]
     Roles(RolesCommand),
-    /// Benchmark mbx end to end with its peers in the same run (SPEC §11): creates its
+    /// Benchmark mbx end to end with its peers in the same run: creates its
     /// own databases on the server of --database-url and drops them after.
     #[command(
         after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
@@ -185,6 +185,14 @@ pub enum InstanceCommand {
     /// List host instances with their heartbeat age.
     #[command(after_help = "Example:\n  mbx instance list")]
     List,
+    /// Forget stopped and dead instances that hold nothing (maintenance does it after 7
+    /// days).
+    #[command(after_help = "Example:\n  mbx instance prune --older-than 1h")]
+    Prune {
+        /// Only instances whose last heartbeat is at least this old (s, m, h, d).
+        #[arg(long, default_value = "0s")]
+        older_than: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,10 +332,14 @@ pub enum GroupCommand {
     )]
     Create {
         name: String,
+        /// Subscription filter of the group, e.g. 'Order.Region == "EU"': every member
+        /// receives what it matches.
         #[arg(long)]
         filter: Option<String>,
+        /// Start the group at once (deliveries reached through it are sent).
         #[arg(long, conflicts_with = "unenlisted")]
         start: bool,
+        /// Create it unenlisted: its filter subscribes nothing until it is started.
         #[arg(long)]
         unenlisted: bool,
     },
@@ -414,6 +426,7 @@ pub enum SuspendedCommand {
     #[command(after_help = "Example:\n  mbx suspended save 42 --to order-42.xml")]
     Save {
         id: String,
+        /// Write the body to this file instead of stdout.
         #[arg(long)]
         to: Option<std::path::PathBuf>,
     },
@@ -451,6 +464,9 @@ pub enum ReceivePortCommand {
     /// List receive ports and their locations.
     #[command(after_help = "Example:\n  mbx receive-port list")]
     List,
+    /// Delete a receive port (refused while locations feed it).
+    #[command(after_help = "Example:\n  mbx receive-port delete orders")]
+    Delete { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -501,4 +517,29 @@ pub enum ReceiveLocationCommand {
     /// List receive locations.
     #[command(after_help = "Example:\n  mbx receive-location list --output json")]
     List,
+}
+
+/// The command line with what only the adapters know added to the `--help` of the
+/// commands that take addresses: each scheme's address form and `--set` keys, from the
+/// adapters' own tables (so the help cannot drift from what `mbx` accepts).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    use mbx_adapters::{adapters_help, Side};
+    let with_adapters = |c: clap::Command, side: Side| {
+        let example = c
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        c.after_long_help(format!(
+            "{example}\n\nAddresses (--address) and their adapter settings (--set KEY=VALUE):\n{}",
+            adapters_help(side)
+        ))
+    };
+    Cli::command()
+        .mut_subcommand("send-port", |c| {
+            c.mut_subcommand("create", |c| with_adapters(c, Side::Send))
+        })
+        .mut_subcommand("receive-location", |c| {
+            c.mut_subcommand("create", |c| with_adapters(c, Side::Receive))
+        })
 }

@@ -20,6 +20,10 @@ use crate::Usage;
 /// Connections the CLI opens at most.
 const CLI_MAX_CONNECTIONS: u32 = 2;
 
+/// Characters of a suspended item's reason shown in `suspended list`'s table (`show` and
+/// `--output json` give it whole).
+const REASON_CELL_MAX_CHARS: usize = 120;
+
 /// Largest body `mbx message publish` reads (SPEC §3 item 4 default).
 const PUBLISH_MAX_BYTES: u64 = 100 * 1000 * 1000;
 
@@ -43,6 +47,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status => status(&mbx, json_out).await,
         Command::Host(c) => host(&mbx, c, json_out).await,
         Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
+        Command::Instance(InstanceCommand::Prune { older_than }) => {
+            let older_than_s = duration_s("--older-than", &older_than)?;
+            let n = mbx.instance_prune(older_than_s).await?;
+            if json_out {
+                return output::json(&json!({ "pruned": n }));
+            }
+            println!("forgot {n} stopped or dead instance(s)");
+            Ok(())
+        }
         Command::Property(c) => property(&mbx, c, json_out).await,
         Command::ReceivePort(c) => receive_port(&mbx, c, json_out).await,
         Command::ReceiveLocation(c) => receive_location(&mbx, c, json_out).await,
@@ -301,6 +314,10 @@ async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -
             mbx.receive_port_create(&name, two_way).await?;
             let kind = if two_way { "two-way" } else { "one-way" };
             println!("created receive port '{name}' ({kind})");
+        }
+        ReceivePortCommand::Delete { name } => {
+            mbx.receive_port_delete(&name).await?;
+            println!("deleted receive port '{name}'");
         }
         ReceivePortCommand::List => {
             let ports = mbx.receive_port_list().await?;
@@ -835,7 +852,7 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
                         opt(&i.port),
                         i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                         i.message_id.to_string(),
-                        i.reason.clone(),
+                        output::cell_summary(&i.reason, REASON_CELL_MAX_CHARS),
                     ]
                 })
                 .collect();
@@ -1138,11 +1155,17 @@ async fn track(mbx: &MessageBox, message_id: &str, json_out: bool) -> Result<()>
         .parse()
         .map_err(|_| Usage(format!("MESSAGE_ID: '{message_id}' is not a message id (example: 0192f7a4-0c1e-7b5e-9a2f-3d4c5b6a7980)")))?;
     let events = mbx.tracking_events(id).await?;
+    if events.is_empty() && !mbx.message_known(id).await? {
+        return Err(Usage(format!(
+            "MESSAGE_ID: no message {id} in this MessageBox (never published here, or delivered and its events purged); `mbx suspended list` shows held messages"
+        ))
+        .into());
+    }
     if json_out {
         return output::json(&events);
     }
     if events.is_empty() {
-        println!("no tracked events for {id} (tracking level off, or purged after retention)");
+        println!("no tracked events for {id} (its tracking level is off)");
     }
     let rows: Vec<Vec<String>> = events
         .iter()

@@ -11,8 +11,6 @@ mod validate;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Bad input found by the CLI itself (exit code 2).
 #[derive(Debug)]
 pub struct Usage(pub String);
@@ -32,7 +30,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = match cli::Cli::try_parse() {
+    let parsed = cli::command()
+        .try_get_matches()
+        .and_then(|m| <cli::Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             use clap::error::ErrorKind;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // the benchmark's publishers and peers need more than one thread; everything else is
     // one request after another

@@ -38,3 +38,28 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 pub fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".to_owned())
 }
+
+/// A long or multi-line text (an endpoint's HTML error page as a reason) as one table
+/// cell: whitespace runs folded to one space, cut to `max` characters with `…`.
+pub fn cell_summary(text: &str, max: usize) -> String {
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if folded.chars().count() <= max {
+        return folded;
+    }
+    let cut: String = folded.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_is_folded_and_cut() {
+        assert_eq!(cell_summary("a\n  b\tc", 10), "a b c");
+        let html = format!("<html>\n<body>{}</body></html>", "x".repeat(500));
+        let cell = cell_summary(&html, 40);
+        assert_eq!(cell.chars().count(), 40);
+        assert!(cell.ends_with('…') && !cell.contains('\n'));
+    }
+}

@@ -49,6 +49,7 @@ pub(crate) async fn port_loop(
     port: SendPort,
     mut stop: watch::Receiver<bool>,
 ) {
+    crate::metrics_catalog::port_started(&port.name);
     let base = ClaimLimits {
         max_count: shared.config.claim_batch,
         max_bytes: shared.config.claim_bytes,
@@ -501,6 +502,7 @@ pub(crate) async fn ordered_port_loop(
     port: SendPort,
     mut stop: watch::Receiver<bool>,
 ) {
+    crate::metrics_catalog::port_started(&port.name);
     loop {
         shared.progressed(port.id);
         if *stop.borrow() || *shared.stopping.borrow() {

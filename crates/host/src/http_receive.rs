@@ -43,6 +43,8 @@ pub(crate) struct HttpReceive {
     routes: RwLock<HashMap<(bool, String), Arc<Route>>>,
     /// Whether the plain and the TLS listener are bound.
     listening: Mutex<(bool, bool)>,
+    /// The host's disabled HTTP locations by (listener, path): name.
+    disabled: RwLock<HashMap<(bool, String), String>>,
 }
 
 /// The path an HTTP receive address serves: `http:///orders` → `/orders`.
@@ -70,6 +72,21 @@ impl HttpReceive {
 
     fn route(&self, tls: bool, path: &str) -> Option<Arc<Route>> {
         self.routes
+            .read()
+            .ok()?
+            .get(&(tls, path.to_owned()))
+            .cloned()
+    }
+
+    /// Replaces the set of the host's disabled HTTP locations (the supervisor's view).
+    pub fn set_disabled(&self, disabled: HashMap<(bool, String), String>) {
+        if let Ok(mut d) = self.disabled.write() {
+            *d = disabled;
+        }
+    }
+
+    fn disabled(&self, tls: bool, path: &str) -> Option<String> {
+        self.disabled
             .read()
             .ok()?
             .get(&(tls, path.to_owned()))
@@ -141,6 +158,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let Some(route) = shared.http.route(tls, &path) else {
+        if let Some(location) = shared.http.disabled(tls, &path) {
+            return unavailable(&format!(
+                "receive location '{location}' is disabled; retry later"
+            ));
+        }
         return plain(
             StatusCode::NOT_FOUND,
             format!("no receive location serves {path}"),

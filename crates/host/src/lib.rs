@@ -19,6 +19,7 @@ mod delivery;
 mod http_receive;
 mod http_server;
 mod lease;
+mod metrics_catalog;
 mod receive;
 mod throttle;
 
@@ -221,6 +222,7 @@ pub async fn run_with_registry(
     };
     info!(instance = %id, host = %config.host, "host instance registered");
     let metrics = admin::metrics_handle();
+    metrics_catalog::describe();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (instance_tx, _) = watch::channel(id);
@@ -259,6 +261,7 @@ pub async fn run_with_registry(
     tasks.push(tokio::spawn(heartbeat_loop(shared.clone(), machine)));
     tasks.push(tokio::spawn(listen_loop(shared.clone())));
     tasks.push(tokio::spawn(maintenance_loop(shared.clone())));
+    tasks.push(tokio::spawn(metrics_loop(shared.clone())));
     tasks.push(tokio::spawn(throttle::monitor_loop(shared.clone())));
     let supervisor = tokio::spawn(supervisor_loop(shared.clone()));
 
@@ -493,15 +496,23 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
     }
 }
 
-async fn maintenance_loop(shared: Arc<Shared>) {
+/// How often the group-wide gauges (spool, per-port backlog) are read for `/metrics`.
+const METRICS_INTERVAL_S: u64 = 10;
+
+async fn metrics_loop(shared: Arc<Shared>) {
     loop {
         match shared.mbx.stats().await {
-            Ok(s) => {
-                metrics::gauge!("mbx_spool_messages").set(s.spool_messages as f64);
-                metrics::gauge!("mbx_suspended_items").set(s.suspended_total as f64);
-            }
+            Ok(s) => metrics_catalog::port_gauges(&s),
             Err(e) => warn!(error = %e, "stats for metrics failed"),
         }
+        if !pause(&shared, Duration::from_secs(METRICS_INTERVAL_S)).await {
+            return;
+        }
+    }
+}
+
+async fn maintenance_loop(shared: Arc<Shared>) {
+    loop {
         if let Err(e) = shared
             .mbx
             .maintenance_run(TRACKING_RETENTION_DEFAULT_S, MAINTENANCE_BATCH_MAX)
@@ -598,6 +609,17 @@ async fn supervisor_loop(shared: Arc<Shared>) {
         }
         match shared.mbx.receive_location_list().await {
             Ok(list) => {
+                // a POST to a disabled location's path is told to come back (503), not
+                // that nothing is there (404: senders give up on it)
+                shared.http.set_disabled(
+                    list.iter()
+                        .filter(|l| l.host == shared.config.host && !l.enabled)
+                        .filter_map(|l| {
+                            let path = http_receive::path_of(&l.address)?;
+                            Some(((l.address.starts_with("https:"), path), l.name.clone()))
+                        })
+                        .collect(),
+                );
                 let wanted = list
                     .into_iter()
                     .filter(|l| l.host == shared.config.host && l.enabled)

@@ -49,10 +49,21 @@ struct Args {
     /// then takes over its work).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     watchdog_stall: std::time::Duration,
+    /// Log format: text (one line per event) or json (one object per line, for log
+    /// shippers). Colour only when the output is a terminal.
+    #[arg(long, env = "MBX_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     /// How long start-up waits for an unreachable MessageBox (refused or reset
     /// connections, a restarting server) before it gives up (e.g. 60s, 5m).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     startup_timeout: std::time::Duration,
+}
+
+/// The format of the host's logs (`--log-format`, `MBX_LOG_FORMAT`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Exit codes: 0 after a graceful stop; 2 bad arguments (one line naming the argument);
@@ -98,12 +109,16 @@ fn main() -> ExitCode {
 }
 
 async fn host(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MBX_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let mut config = HostConfig::new(&args.database_url, &args.host);
     config.admin_listen = args.admin_listen;
     config.http_listen = args.http_listen;

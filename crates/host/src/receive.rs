@@ -34,6 +34,7 @@ pub(crate) async fn location_loop(
     stop: watch::Receiver<bool>,
 ) {
     let id = loc.id;
+    crate::metrics_catalog::location_started(&loc.name);
     run_location(shared.clone(), loc, stop).await;
     if let Ok(mut p) = shared.location_problems.lock() {
         p.remove(&id);

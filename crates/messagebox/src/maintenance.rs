@@ -98,16 +98,34 @@ impl MessageBox {
                 break;
             }
         }
-        report.instances_forgotten = sqlx::query(
+        report.instances_forgotten = self.instance_prune(INSTANCE_RETENTION_S).await?;
+        Ok(report)
+    }
+
+    /// Forgets stopped and dead instances whose last heartbeat is older than
+    /// `older_than_s` and that hold no claim (`mbx instance prune`; maintenance does it
+    /// after a week). Returns how many went.
+    pub async fn instance_prune(&self, older_than_s: i64) -> Result<u64> {
+        Ok(sqlx::query(
             "DELETE FROM host_instances i
               WHERE i.state <> 'alive' AND i.heartbeat_at < now() - make_interval(secs => $1)
                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.claimed_by = i.id)",
         )
-        .bind(INSTANCE_RETENTION_S as f64)
+        .bind(older_than_s as f64)
         .execute(&self.pool)
         .await?
-        .rows_affected();
-        Ok(report)
+        .rows_affected())
+    }
+
+    /// Whether this MessageBox holds message `id` or any event of it.
+    pub async fn message_known(&self, id: uuid::Uuid) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)
+                 OR EXISTS (SELECT 1 FROM tracking_events WHERE message_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Every tracking event of a message, in order (`mbx track`).

@@ -223,6 +223,40 @@ impl MessageBox {
     }
 
     /// Deletes a location; refused while it is enabled.
+    /// Deletes a receive port; refused while locations feed it (naming them).
+    pub async fn receive_port_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM receive_ports WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(
+                    "receive port",
+                    name,
+                    "`mbx receive-port list` shows the ports",
+                )
+            })?;
+        let locations: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM receive_locations WHERE receive_port_id = $1 ORDER BY name",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !locations.is_empty() {
+            return Err(Error::Refused(format!(
+                "receive port '{name}' has receive locations ({}); delete them first with `mbx receive-location delete NAME`",
+                locations.join(", ")
+            )));
+        }
+        sqlx::query("DELETE FROM receive_ports WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn receive_location_delete(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let enabled: bool =

@@ -48,8 +48,8 @@ pub const FILE_SEND_NAME_MAX_BYTES: usize = 200;
 /// A file being written by FILE send is named `.<final>.mbx-tmp-<uuid>` until renamed.
 pub const FILE_TEMP_MARKER: &str = ".mbx-tmp-";
 
-const RECEIVE_EXAMPLE: &str = "file:///data/in/*.xml";
-const SEND_EXAMPLE: &str = "file:///data/out/%MessageID%.xml";
+pub(crate) const RECEIVE_EXAMPLE: &str = "file:///data/in/*.xml";
+pub(crate) const SEND_EXAMPLE: &str = "file:///data/out/%MessageID%.xml";
 
 /// The settings FILE receive accepts.
 pub const FILE_RECEIVE_SETTINGS: &[&str] = &[

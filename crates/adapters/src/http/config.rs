@@ -77,7 +77,7 @@ impl HttpSendConfig {
                 return Err(ConfigError::UnknownSetting {
                     adapter: "HTTP",
                     key: key.clone(),
-                    known: "method, timeout, header.<Name>".into(),
+                    known: HTTP_SEND_SETTINGS.join(", "),
                 });
             }
         }
@@ -163,6 +163,9 @@ fn parse_send_url(address: &str) -> Result<Url, ConfigError> {
     }
     Ok(url)
 }
+
+/// The settings an HTTP send port accepts (`header.<Name>` for any header name).
+pub const HTTP_SEND_SETTINGS: &[&str] = &["method", "timeout", "header.<Name>"];
 
 /// The settings an HTTP receive location accepts.
 pub const HTTP_RECEIVE_SETTINGS: &[&str] = &["bearer_token"];

@@ -1,0 +1,153 @@
+//! Every metric the host exports, described once: `/metrics` carries a `# HELP` line for
+//! each, and each counter exists (at 0) from the start — for the instance, and for a port
+//! or location as soon as its loop starts — so a dashboard's `rate()` has a series before
+//! the first event.
+
+/// Counters without labels.
+const INSTANCE_COUNTERS: &[(&str, &str)] = &[
+    (
+        "mbx_deliveries_reclaimed_total",
+        "Deliveries of dead instances this instance put back",
+    ),
+    (
+        "mbx_http_connections_evicted_total",
+        "HTTP receive connections closed at the connection cap to make room",
+    ),
+    (
+        "mbx_http_connections_refused_total",
+        "HTTP receive connections refused at the connection cap",
+    ),
+];
+
+/// Counters by `port`.
+const PORT_COUNTERS: &[(&str, &str)] = &[
+    (
+        "mbx_messages_delivered_total",
+        "Messages delivered, by send port",
+    ),
+    (
+        "mbx_delivery_failures_total",
+        "Failed delivery attempts, by send port",
+    ),
+    (
+        "mbx_lease_takeovers_total",
+        "Leases of ordered ports this instance took, by send port",
+    ),
+];
+
+/// Counters by `location`.
+const LOCATION_COUNTERS: &[(&str, &str)] = &[
+    (
+        "mbx_messages_published_total",
+        "Messages published, by receive location",
+    ),
+    (
+        "mbx_receive_failures_total",
+        "Messages refused by a receive pipeline, by receive location",
+    ),
+    (
+        "mbx_receive_duplicates_total",
+        "Messages dropped as already published (idempotent receive), by receive location",
+    ),
+];
+
+const GAUGES: &[(&str, &str)] = &[
+    (
+        "mbx_spool_messages",
+        "Messages in the MessageBox (group-wide)",
+    ),
+    (
+        "mbx_suspended_items",
+        "Suspended items in the MessageBox (group-wide)",
+    ),
+    (
+        "mbx_port_backlog",
+        "Deliveries ready or held, by send port (group-wide)",
+    ),
+    (
+        "mbx_port_retrying",
+        "Deliveries waiting for a retry time, by send port (group-wide)",
+    ),
+    (
+        "mbx_port_in_flight",
+        "Deliveries claimed by an instance, by send port (group-wide)",
+    ),
+    (
+        "mbx_port_suspended",
+        "Suspended items, by send port (group-wide)",
+    ),
+    (
+        "mbx_http_connections",
+        "Open HTTP receive connections of this instance",
+    ),
+    (
+        "mbx_publish_backlog",
+        "Undelivered deliveries of messages this host published (publish throttle input)",
+    ),
+    (
+        "mbx_inflight_messages",
+        "Messages in flight on this instance (delivery throttle input)",
+    ),
+    (
+        "mbx_throttled",
+        "1 while this instance is throttled, by kind (publish, inflight)",
+    ),
+];
+
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "mbx_delivery_latency_seconds",
+        "Time from publish to confirmed delivery, by send port",
+    ),
+    (
+        "mbx_send_batch_seconds",
+        "Time a send adapter took for one batch, by send port",
+    ),
+];
+
+/// Describes every metric and registers the instance's counters at 0.
+pub(crate) fn describe() {
+    for (name, help) in INSTANCE_COUNTERS
+        .iter()
+        .chain(PORT_COUNTERS)
+        .chain(LOCATION_COUNTERS)
+    {
+        metrics::describe_counter!(*name, *help);
+    }
+    for (name, help) in GAUGES {
+        metrics::describe_gauge!(*name, *help);
+    }
+    for (name, help) in HISTOGRAMS {
+        metrics::describe_histogram!(*name, *help);
+    }
+    for (name, _) in INSTANCE_COUNTERS {
+        metrics::counter!(*name).increment(0);
+    }
+}
+
+/// Registers a send port's counters at 0 (its loop starts on this instance).
+pub(crate) fn port_started(port: &str) {
+    for (name, _) in PORT_COUNTERS {
+        metrics::counter!(*name, "port" => port.to_owned()).increment(0);
+    }
+}
+
+/// Registers a receive location's counters at 0 (it starts on this instance).
+pub(crate) fn location_started(location: &str) {
+    for (name, _) in LOCATION_COUNTERS {
+        metrics::counter!(*name, "location" => location.to_owned()).increment(0);
+    }
+}
+
+/// Sets the group-wide per-port gauges from one stats snapshot.
+pub(crate) fn port_gauges(stats: &mbx_messagebox::stats::Stats) {
+    metrics::gauge!("mbx_spool_messages").set(stats.spool_messages as f64);
+    metrics::gauge!("mbx_suspended_items").set(stats.suspended_total as f64);
+    for p in &stats.ports {
+        let port = p.name.clone();
+        metrics::gauge!("mbx_port_backlog", "port" => port.clone()).set(p.backlog as f64);
+        metrics::gauge!("mbx_port_retrying", "port" => port.clone()).set(p.retrying as f64);
+        metrics::gauge!("mbx_port_in_flight", "port" => port.clone()).set(p.in_flight as f64);
+        metrics::gauge!("mbx_port_suspended", "port" => port).set(p.suspended as f64);
+    }
+}
