@@ -807,6 +807,7 @@ fn every_command_has_help_with_an_example() {
         &["send-port-group", "stop"],
         &["send-port-group", "list"],
         &["message", "publish"],
+        &["message", "find"],
         &["suspended", "list"],
         &["suspended", "show"],
         &["suspended", "save"],
@@ -1145,4 +1146,56 @@ async fn concurrent_init_of_a_missing_database_succeeds_everywhere() {
         .count();
     assert_eq!(created, 1, "exactly one process created the database");
     assert_eq!(hosts, Some(1), "one default host");
+}
+
+/// Issue 13: a message is found by what it carries, where it waits and its age, not only
+/// by its id.
+#[sqlx::test(migrations = false)]
+async fn messages_are_found_by_property_port_and_age(pool: PgPool) {
+    let mbx = init(&pool);
+    for (port, region) in [("eu", "EU"), ("us", "US")] {
+        mbx.ok(&[
+            "send-port",
+            "create",
+            port,
+            "--address",
+            &format!("file:///tmp/{port}/%MessageID%.xml"),
+            "--filter",
+            &format!("Order.Region == '{region}'"),
+        ]);
+    }
+    for (region, note) in [("EU", "rush"), ("EU", "normal"), ("US", "normal")] {
+        mbx.run_with_stdin(
+            &[
+                "message",
+                "publish",
+                "--promote",
+                &format!("Order.Region={region}"),
+                "--property",
+                &format!("Order.Note={note}"),
+            ],
+            b"<order/>",
+        );
+    }
+    let count = |args: &[&str]| -> usize {
+        let mut all = vec!["message", "find"];
+        all.extend_from_slice(args);
+        mbx.json(&all).as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(count(&[]), 3);
+    assert_eq!(count(&["--where", "Order.Region == 'EU'"]), 2);
+    // written (not promoted) properties are searched too
+    assert_eq!(count(&["--where", "Order.Note == 'rush'"]), 1);
+    assert_eq!(count(&["--port", "us"]), 1);
+    assert_eq!(
+        count(&["--port", "eu", "--where", "Order.Note == 'normal'"]),
+        1
+    );
+    assert_eq!(count(&["--newer-than", "1h", "--limit", "2"]), 2);
+    let table = mbx.ok(&["message", "find", "--port", "us"]);
+    assert!(table.contains("us: ready"), "{table}");
+    let err = mbx.fails(&["message", "find", "--port", "nope"], 2);
+    assert!(err.contains("send port 'nope' does not exist"), "{err}");
+    let err = mbx.fails(&["message", "find", "--where", "Order.Region =="], 2);
+    assert!(err.contains("--where"), "{err}");
 }

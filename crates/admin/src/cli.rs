@@ -388,6 +388,26 @@ pub enum MessageCommand {
         #[arg(long)]
         content_type: Option<String>,
     },
+    /// Find messages still in the MessageBox (waiting, in flight, retrying, suspended),
+    /// newest first. Delivered messages have left it: `mbx track ID` shows their events.
+    #[command(
+        after_help = "Examples:\n  mbx message find --where 'Order.Region == \"EU\"' --newer-than 1h\n  mbx message find --port eu --limit 20\n  mbx message find --where 'mbx.SourceFileName == \"order-42.xml\"'"
+    )]
+    Find {
+        /// A filter over the message's properties (promoted or written), in the
+        /// subscription language, e.g. 'Order.Region == "EU"'.
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Only messages bound for, or suspended on, this send port.
+        #[arg(long)]
+        port: Option<String>,
+        /// Only messages published at most this long ago (s, m, h, d).
+        #[arg(long)]
+        newer_than: Option<String>,
+        /// Messages shown at most.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

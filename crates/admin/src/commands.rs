@@ -67,6 +67,64 @@ pub async fn run(cli: Cli) -> Result<()> {
             file,
             content_type,
         }) => publish(&mbx, &promote, &property, file, content_type, json_out).await,
+        Command::Message(MessageCommand::Find {
+            filter,
+            port,
+            newer_than,
+            limit,
+        }) => {
+            if !(1..=10_000).contains(&limit) {
+                return Err(Usage(format!(
+                    "--limit: {limit} is out of range 1..10000 (example: --limit 50)"
+                ))
+                .into());
+            }
+            let query = mbx_messagebox::search::MessageQuery {
+                filter,
+                port,
+                newer_than_s: newer_than
+                    .as_deref()
+                    .map(|t| duration_s("--newer-than", t))
+                    .transpose()?,
+                limit,
+            };
+            let found = mbx
+                .message_find(&query)
+                .await
+                .map_err(|e| filter_arg(e, "--where"))?;
+            if json_out {
+                return output::json(&found);
+            }
+            if found.is_empty() {
+                println!("no message in the MessageBox matches (delivered ones have left it; `mbx track ID` shows their events)");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = found
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        opt(&m.location),
+                        opt(&m.source_file),
+                        m.state.join(", "),
+                        output::cell_summary(&m.promoted, 80),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "MESSAGE",
+                    "PUBLISHED (UTC)",
+                    "FROM",
+                    "FILE",
+                    "STATE",
+                    "PROMOTED",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats => stats(&mbx, json_out).await,
         Command::Track { message_id } => track(&mbx, &message_id, json_out).await,

@@ -15,6 +15,7 @@ pub mod ordered;
 pub mod publish;
 pub mod receive;
 pub mod routing;
+pub mod search;
 pub mod security;
 pub mod states;
 pub mod stats;

@@ -1,0 +1,132 @@
+//! Finding messages (`mbx message find`): the messages still in the MessageBox — waiting,
+//! in flight, retrying or suspended — newest first, narrowed by a filter over their
+//! context (the subscription language, over promoted and written properties), a send
+//! port they are bound for or suspended on, and their age. A delivered message has left
+//! the MessageBox; `mbx track ID` shows what its tracking level kept.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{Context, Error, MessageBox, Result};
+
+/// Messages a search looks at, newest first, at most (a bound on one query's work).
+pub const SEARCH_SCAN_MAX: i64 = 100_000;
+
+/// What `message find` looks for; every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    /// A filter over the context, e.g. `Order.Region == "EU"`.
+    pub filter: Option<String>,
+    /// Bound for, or suspended on, this send port.
+    pub port: Option<String>,
+    /// Published at most this many seconds ago.
+    pub newer_than_s: Option<i64>,
+    /// Matches returned at most.
+    pub limit: i64,
+}
+
+/// One message found, with where it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundMessage {
+    pub id: Uuid,
+    pub published_at: DateTime<Utc>,
+    /// The receive location it came in through (none: published by `mbx message publish`
+    /// or a library call).
+    pub location: Option<String>,
+    pub content_type: String,
+    pub body_size: i64,
+    /// `mbx.SourceFileName`, when it came from a file.
+    pub source_file: Option<String>,
+    /// Where it stands, e.g. `eu: ready`, `us: claimed`, `suspended (failed) on eu`.
+    pub state: Vec<String>,
+    /// Its promoted properties, `Name=value`.
+    pub promoted: String,
+}
+
+type Row = (
+    Uuid,
+    DateTime<Utc>,
+    Option<String>,
+    String,
+    i64,
+    serde_json::Value,
+    Vec<String>,
+);
+
+impl MessageBox {
+    /// Finds messages still in the MessageBox (see the module comment).
+    pub async fn message_find(&self, query: &MessageQuery) -> Result<Vec<FoundMessage>> {
+        let mut tx = self.pool.begin().await?;
+        let filter = match &query.filter {
+            Some(text) => Some(crate::config::compile_filter(&mut tx, text).await?),
+            None => None,
+        };
+        if let Some(port) = &query.port {
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM send_ports WHERE name = $1)")
+                    .bind(port)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !known {
+                return Err(Error::not_found(
+                    "send port",
+                    port.clone(),
+                    "`mbx send-port list` shows the ports",
+                ));
+            }
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT m.id, m.published_at, l.name, m.content_type, m.body_size, m.context,
+                    array(SELECT p.name || ': ' || CASE WHEN d.not_before > now() THEN 'retrying'
+                                                         ELSE d.state END
+                            FROM deliveries d JOIN send_ports p ON p.id = d.port_id
+                           WHERE d.message_id = m.id
+                          UNION ALL
+                          SELECT 'suspended (' || s.kind || ')' || coalesce(' on ' || p.name, '')
+                            FROM suspended_items s LEFT JOIN send_ports p ON p.id = s.port_id
+                           WHERE s.message_id = m.id) AS state
+               FROM messages m LEFT JOIN receive_locations l ON l.id = m.receive_location_id
+              WHERE ($1::float8 IS NULL OR m.published_at > now() - make_interval(secs => $1))
+                AND ($2::text IS NULL
+                     OR EXISTS (SELECT 1 FROM deliveries d JOIN send_ports p ON p.id = d.port_id
+                                 WHERE d.message_id = m.id AND p.name = $2)
+                     OR EXISTS (SELECT 1 FROM suspended_items s JOIN send_ports p ON p.id = s.port_id
+                                 WHERE s.message_id = m.id AND p.name = $2))
+              ORDER BY m.published_at DESC, m.id
+              LIMIT $3",
+        )
+        .bind(query.newer_than_s.map(|s| s as f64))
+        .bind(&query.port)
+        .bind(SEARCH_SCAN_MAX)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut found = Vec::new();
+        for (id, published_at, location, content_type, body_size, context, state) in rows {
+            if found.len() as i64 >= query.limit {
+                break;
+            }
+            let context: Context = serde_json::from_value(context)
+                .map_err(|e| Error::Corrupt(format!("context of {id}: {e}")))?;
+            if let Some(f) = &filter {
+                if !f.eval(|name| context.get(name).map(|p| &p.value)) {
+                    continue;
+                }
+            }
+            found.push(FoundMessage {
+                id,
+                published_at,
+                location,
+                content_type,
+                body_size,
+                source_file: context
+                    .get(crate::context::system::SOURCE_FILE_NAME)
+                    .map(|p| p.value.to_plain_string()),
+                state,
+                promoted: context.promoted_summary(),
+            });
+        }
+        Ok(found)
+    }
+}
