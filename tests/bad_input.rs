@@ -1,4 +1,4 @@
-//! SPEC §10 through the real binaries. Send side, through a real `mbx-host`: a dynamic
+//! Bad input through the real binaries. Send side, through a real `mbx-host`: a dynamic
 //! address or a FILE name macro that escapes its folder and a promoted value with CRLF used
 //! as an HTTP header are refused — suspended non-resumable with the reason — and nothing is
 //! written or sent. Receive side: a file over the location's `--max-message-size` is moved

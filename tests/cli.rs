@@ -807,7 +807,7 @@ fn every_command_has_help_with_an_example() {
         &["send-port-group", "stop"],
         &["send-port-group", "list"],
         &["message", "publish"],
-        &["message", "find"],
+        &["message", "list"],
         &["suspended", "list"],
         &["suspended", "show"],
         &["suspended", "save"],
@@ -1178,7 +1178,7 @@ async fn messages_are_found_by_property_port_and_age(pool: PgPool) {
         );
     }
     let count = |args: &[&str]| -> usize {
-        let mut all = vec!["message", "find"];
+        let mut all = vec!["message", "list"];
         all.extend_from_slice(args);
         mbx.json(&all).as_array().map_or(0, Vec::len)
     };
@@ -1192,10 +1192,17 @@ async fn messages_are_found_by_property_port_and_age(pool: PgPool) {
         1
     );
     assert_eq!(count(&["--newer-than", "1h", "--limit", "2"]), 2);
-    let table = mbx.ok(&["message", "find", "--port", "us"]);
+    // the ports are stopped: everything waits, nothing is suspended or in flight
+    assert_eq!(count(&["--state", "waiting"]), 3);
+    assert_eq!(count(&["--state", "suspended"]), 0);
+    mbx.ok(&["receive-port", "create", "orders"]);
+    assert_eq!(count(&["--receive-port", "orders"]), 0);
+    mbx.fails(&["message", "list", "--state", "lost"], 2);
+    mbx.fails(&["message", "list", "--receive-port", "nope"], 2);
+    let table = mbx.ok(&["message", "list", "--port", "us"]);
     assert!(table.contains("us: ready"), "{table}");
-    let err = mbx.fails(&["message", "find", "--port", "nope"], 2);
+    let err = mbx.fails(&["message", "list", "--port", "nope"], 2);
     assert!(err.contains("send port 'nope' does not exist"), "{err}");
-    let err = mbx.fails(&["message", "find", "--where", "Order.Region =="], 2);
+    let err = mbx.fails(&["message", "list", "--where", "Order.Region =="], 2);
     assert!(err.contains("--where"), "{err}");
 }

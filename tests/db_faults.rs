@@ -1,4 +1,4 @@
-//! Database faults (SPEC §9, T5): the hosts' PostgreSQL connections are terminated
+//! Database faults: the hosts' PostgreSQL connections are terminated
 //! (`pg_terminate_backend`, as an administrator or a failover would) again and again in
 //! the middle of a 2,000-file FILE → FILE run through two real `mbx-host` processes. No
 //! host exits, no transaction leaves partial state, nothing is lost: every unit of work is

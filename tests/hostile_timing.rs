@@ -14,7 +14,7 @@ use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::receive::ReceiveLocationSpec;
 use sqlx::PgPool;
 
-/// The lease TTL (SPEC §5.3).
+/// The lease TTL.
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// Writes `name` complete: under a hidden name first, then renamed into place.

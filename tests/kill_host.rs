@@ -1,5 +1,5 @@
 //! kill -9 of one of two real `mbx-host` processes during a 1,000-file FILE → FILE run
-//! loses nothing (SPEC §9): a checker counts lost, unexpected and duplicate bodies.
+//! loses nothing: a checker counts lost, unexpected and duplicate bodies.
 //!
 //! The victim is killed while it holds claimed files (`.<name>.mbx-claimed-<instance>`)
 //! and claimed deliveries. The survivor keeps running and a replacement is started at
@@ -23,7 +23,7 @@ const FILES: usize = 1000;
 const KILL_AFTER: usize = 100;
 /// A redelivery repeats at most one claim batch.
 const CLAIM_BATCH: usize = 100;
-/// The dead timeout (10 s, SPEC §4) + a reclaim period + time to finish the run.
+/// The dead timeout (10 s) + a reclaim period + time to finish the run.
 const RECOVERY: Duration = Duration::from_secs(40);
 
 /// Files in `dir` claimed by `instance` and not (yet) put back.

@@ -1,4 +1,4 @@
-//! SPEC §3 item 4 / issue 11 item 6: a body above 1 MiB is never held whole. A 200 MiB file
+//! Issue 11 item 6: a body above 1 MiB is never held whole. A 200 MiB file
 //! goes FILE → MessageBox (stored in 1 MiB chunks, read from the claimed file one chunk at
 //! a time) → FILE and HTTP send ports (each reading it back one chunk at a time), through
 //! a real `mbx-host`, whose peak RSS stays under 100 MB (on main it rose by 2.2× the body).
@@ -20,7 +20,7 @@ use mbx_messagebox::receive::ReceiveLocationSpec;
 use sqlx::PgPool;
 
 const MIB: usize = 1024 * 1024;
-/// Peak RSS allowed to the host while it moves the body (SPEC §11).
+/// Peak RSS allowed to the host while it moves the body.
 const RSS_MAX_MB: f64 = 100.0;
 
 fn size_mib() -> usize {

@@ -1,4 +1,4 @@
-//! README command 1 (SPEC §12 item 1): `scripts/mbx-local up` starts a private PostgreSQL,
+//! README command 1: `scripts/mbx-local up` starts a private PostgreSQL,
 //! migrates, creates the demo flow and two host instances; a file dropped in `demo/in`
 //! arrives in `demo/out` and in the ordered port's log; `down` stops everything and a
 //! second `up` starts it again.

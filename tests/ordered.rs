@@ -1,4 +1,4 @@
-//! Ordered delivery through real `mbx-host` processes (SPEC §5.3): publication order is
+//! Ordered delivery through real `mbx-host` processes: publication order is
 //! commit order, exactly one instance owns an ordered port at a time, and when the owner is
 //! killed another instance takes over by lease expiry and carries on in order.
 //!
@@ -23,7 +23,7 @@ use sqlx::PgPool;
 
 /// `--ordered-commit-batch` (default): a crash re-sends at most that many messages.
 const COMMIT_BATCH: usize = 32;
-/// The lease TTL (SPEC §5.3).
+/// The lease TTL.
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// Creates the ordered FILE port `name` in `state`, appending every message matching
@@ -566,7 +566,7 @@ async fn a_paused_owner_is_fenced_and_emits_at_most_the_message_it_was_sending(p
 
 const RECEIVE_FILES: usize = 200;
 
-/// SPEC §5.4: an ordered FILE receive location runs on one instance at a time and takes
+/// An ordered FILE receive location runs on one instance at a time and takes
 /// files in name order, one batch at a time; through an ordered send port the files come
 /// out in the order of their names, each exactly once.
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]

@@ -1,4 +1,4 @@
-//! PostgreSQL itself fails under load (SPEC §9, issue 6), through real `mbx-host`
+//! PostgreSQL itself fails under load (issue 6), through real `mbx-host`
 //! processes:
 //! - T4: the server is restarted (`pg_ctl stop -m fast`, then `-m immediate`, a crash) on
 //!   a private cluster while files flow: no host exits, the hosts report not-ready while it
@@ -27,7 +27,7 @@ use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
-/// The lease TTL (SPEC §5.3).
+/// The lease TTL.
 const LEASE_TTL: Duration = Duration::from_secs(10);
 /// `--ordered-commit-batch` (default): a takeover re-sends at most that many messages.
 const COMMIT_BATCH: usize = 32;

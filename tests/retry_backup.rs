@@ -98,7 +98,7 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(4);
 const SLOW_POLL_HOST: &[&str] = &["--poll-interval", "10s", "--admin-listen", "127.0.0.1:0"];
 
 /// Every gap between consecutive attempts, measured at the endpoint by arrival time, is
-/// within 10% of the retry interval (SPEC §5.2: a retry is sent at its due time).
+/// within 10% of the retry interval (a retry is sent at its due time).
 fn assert_spaced(what: &str, hits: &[Hit]) {
     let gaps: Vec<Duration> = hits.windows(2).map(|w| w[1].at - w[0].at).collect();
     eprintln!("{what} attempts {} apart by {gaps:?}", hits.len());

@@ -1,4 +1,4 @@
-//! Throttling (SPEC §9) with a real `mbx-host`: T13 — messages arrive faster than they
+//! Throttling with a real `mbx-host`: T13 — messages arrive faster than they
 //! drain (the send port is stopped: a drain rate of 0) past the host's publish threshold;
 //! the throttle engages (FILE stops taking files, HTTP answers 503 + Retry-After, the state
 //! shows in `mbx status` and `/metrics`), memory stays bounded, and once the port drains

@@ -145,3 +145,47 @@ fn the_checks_catch_what_they_look_for() {
     assert!(sql_in("EnvFilter::new(\"warn,sqlx=error\")").is_none());
     assert!(sql_in(r#"after_help = "psql -c \"ALTER ROLE x\"""#).is_none());
 }
+
+/// Every file under `dir` with one of `exts`, skipping build output.
+fn files_with(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                files_with(&path, exts, out);
+            }
+        } else if exts.iter().any(|e| name.ends_with(e)) {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_repository_stands_alone_without_the_product_spec() {
+    // the needle is built here so that this file does not match itself
+    let needles = [format!("{} §", "SPEC"), format!("shared/{}", "SPEC")];
+    let mut files = vec![root().join("README.md"), root().join("ARCHITECTURE.md")];
+    for dir in ["docs", "crates", "tests", "scripts", "demo"] {
+        files_with(
+            &root().join(dir),
+            &[".rs", ".md", ".toml", ".sh", ".yml"],
+            &mut files,
+        );
+    }
+    assert!(files.len() > 50, "found the files: {}", files.len());
+    let mut offences = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            if needles.iter().any(|needle| line.contains(needle.as_str())) {
+                offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the repository must not point at a spec users do not have; say what is meant:\n{}",
+        offences.join("\n")
+    );
+}

@@ -1,4 +1,4 @@
-//! Message bodies as adapters see them (SPEC §3 item 4): up to [`BODY_IN_MEMORY_MAX_BYTES`]
+//! Message bodies as adapters see them: up to [`BODY_IN_MEMORY_MAX_BYTES`]
 //! a body is held in memory; a larger one never is — a receive adapter hands it over as
 //! the file it holds claimed, the engine stores it in chunks, and a send adapter reads it
 //! back one chunk at a time.

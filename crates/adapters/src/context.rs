@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-/// Names of the system properties (SPEC §1), from the shared vocabulary.
+/// Names of the system properties, from the shared vocabulary.
 pub use mbx_vocabulary::system;
 
 /// A small owned map `namespace.Name` → value as text, ordered by name.

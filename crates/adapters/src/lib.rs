@@ -45,7 +45,7 @@ pub use error::{ConfigError, ReceiveError, RegistryError, SubmitError};
 pub use registry::{adapters_help, Registry, Scheme};
 pub use settings::Settings;
 
-/// A promoted value is at most this many bytes (SPEC §1).
+/// A promoted value is at most this many bytes.
 pub use mbx_vocabulary::PROMOTED_VALUE_MAX_BYTES;
 
 // ------------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ pub struct OutboundMessage {
 }
 
 /// Whether the owner of an ordered port may still act on its endpoint: true while it
-/// holds the port's lease and renewed it less than TTL − margin ago (SPEC §5.3). The
+/// holds the port's lease and renewed it less than TTL − margin ago. The
 /// engine checks it before handing each message over; an adapter whose endpoint it can
 /// lock (FILE append: the file's lock) checks it again *after* taking the lock, right
 /// before each side effect, so a former owner that stalls anywhere before that point
@@ -197,7 +197,7 @@ pub(crate) async fn report(outcomes: &OutcomeSender, message: &OutboundMessage, 
     }
 }
 
-/// The send side of an adapter (SPEC §8: accept a batch, report each message's outcome
+/// The send side of an adapter (accept a batch, report each message's outcome
 /// asynchronously).
 #[async_trait]
 pub trait SendAdapter: Send + Sync {
@@ -239,7 +239,7 @@ pub struct InboundMessage {
     /// Written (not promoted) properties the adapter sets, e.g. `mbx.SourceFileName`,
     /// `mbx.InboundTransportLocation`, `mbx.InboundTransportType`.
     pub properties: MessageContext,
-    /// Identifies the source message for idempotent receive (SPEC §3 item 6): the same
+    /// Identifies the source message for idempotent receive: the same
     /// source delivered twice carries the same id. `None` when the source cannot repeat.
     pub source_id: Option<String>,
 }
@@ -250,8 +250,8 @@ pub enum Submitted {
     /// Safe in the MessageBox: published, or kept as a suspended item (a routing or
     /// receive failure). The adapter acknowledges its source.
     Accepted,
-    /// Its source id was published within the dedup window, so it was dropped (SPEC §3
-    /// item 6). The adapter acknowledges its source too, but never unseen: FILE moves the
+    /// Its source id was published within the dedup window, so it was dropped
+    /// (idempotent receive). The adapter acknowledges its source too, but never unseen: FILE moves the
     /// file to `.mbx-duplicates/` with a reason file.
     Duplicate,
 }
@@ -282,7 +282,7 @@ pub struct ReceiveLocationSpec {
     /// This host instance's id: marks the sources it claims, so that a dead instance's
     /// claims can be told apart and reclaimed. Letters, digits and `-` only.
     pub instance_id: String,
-    /// An ordered location (SPEC §5.4): the adapter runs only while this instance holds
+    /// An ordered location: the adapter runs only while this instance holds
     /// the location's lease, takes its sources strictly in order and never skips one it
     /// could not take; sources still claimed by anyone else are a former holder's, to be
     /// put back first.
@@ -314,7 +314,7 @@ pub struct ReclaimReport {
     pub kept: usize,
 }
 
-/// The receive side of an adapter (SPEC §8: submit batches and await commit).
+/// The receive side of an adapter (submit batches and await commit).
 #[async_trait]
 pub trait ReceiveAdapter: Send + Sync {
     fn name(&self) -> &'static str;

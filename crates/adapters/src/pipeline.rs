@@ -1,4 +1,4 @@
-//! Receive pipelines (SPEC §1 *pipeline*): what runs between a receive adapter and the
+//! Receive pipelines: what runs between a receive adapter and the
 //! MessageBox. `passthru` leaves the body alone; `json` and `xml` parse it, set
 //! `mbx.MessageType` and promote configured paths.
 //!

@@ -1,4 +1,4 @@
-//! The command line of `mbx` (SPEC §7.1): clap definitions only.
+//! The command line of `mbx`: clap definitions only.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -391,9 +391,10 @@ pub enum MessageCommand {
     /// Find messages still in the MessageBox (waiting, in flight, retrying, suspended),
     /// newest first. Delivered messages have left it: `mbx track ID` shows their events.
     #[command(
-        after_help = "Examples:\n  mbx message find --where 'Order.Region == \"EU\"' --newer-than 1h\n  mbx message find --port eu --limit 20\n  mbx message find --where 'mbx.SourceFileName == \"order-42.xml\"'"
+        visible_alias = "find",
+        after_help = "Examples:\n  mbx message list --where 'Order.Region == \"EU\"' --newer-than 1h\n  mbx message list --port eu --state retrying --limit 20\n  mbx message list --where 'mbx.SourceFileName == \"order-42.xml\"'"
     )]
-    Find {
+    List {
         /// A filter over the message's properties (promoted or written), in the
         /// subscription language, e.g. 'Order.Region == "EU"'.
         #[arg(long = "where")]
@@ -401,6 +402,13 @@ pub enum MessageCommand {
         /// Only messages bound for, or suspended on, this send port.
         #[arg(long)]
         port: Option<String>,
+        /// Only messages received through a location of this receive port.
+        #[arg(long)]
+        receive_port: Option<String>,
+        /// Only messages in this state on some port: waiting, in-flight, retrying or
+        /// suspended.
+        #[arg(long)]
+        state: Option<String>,
         /// Only messages published at most this long ago (s, m, h, d).
         #[arg(long)]
         newer_than: Option<String>,

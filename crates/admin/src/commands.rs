@@ -24,7 +24,7 @@ const CLI_MAX_CONNECTIONS: u32 = 2;
 /// `--output json` give it whole).
 const REASON_CELL_MAX_CHARS: usize = 120;
 
-/// Largest body `mbx message publish` reads (SPEC §3 item 4 default).
+/// Largest body `mbx message publish` reads.
 const PUBLISH_MAX_BYTES: u64 = 100 * 1000 * 1000;
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -67,9 +67,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             file,
             content_type,
         }) => publish(&mbx, &promote, &property, file, content_type, json_out).await,
-        Command::Message(MessageCommand::Find {
+        Command::Message(MessageCommand::List {
             filter,
             port,
+            receive_port,
+            state,
             newer_than,
             limit,
         }) => {
@@ -82,6 +84,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             let query = mbx_messagebox::search::MessageQuery {
                 filter,
                 port,
+                receive_port,
+                state: state
+                    .as_deref()
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|e| Usage(format!("--state: {e} (example: --state retrying)")))
+                    })
+                    .transpose()?,
                 newer_than_s: newer_than
                     .as_deref()
                     .map(|t| duration_s("--newer-than", t))

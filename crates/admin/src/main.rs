@@ -1,4 +1,4 @@
-//! `mbx`: the admin CLI of an mbx group (SPEC §7.1), on top of `mbx-messagebox`.
+//! `mbx`: the admin CLI of an mbx group, on top of `mbx-messagebox`.
 //!
 //! Exit codes: 0 success; 2 bad input (one line naming the argument, the problem and a
 //! right example; nothing changed); 1 anything else (refusals, database errors).

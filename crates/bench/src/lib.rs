@@ -1,4 +1,4 @@
-//! `mbx bench` (SPEC §11): measures mbx end to end — publish → route → deliver →
+//! `mbx bench`: measures mbx end to end — publish → route → deliver →
 //! complete — on the machine it runs on, with its peers in the same run on the same
 //! PostgreSQL, and reports throughput, latency, memory, scaling and drain.
 

@@ -23,7 +23,8 @@ use tokio::process::{Child, Command};
 use crate::measure::{thousands, Interval, Pacer, Progress, Window};
 use crate::{database, BenchError, Measured, RunSpec};
 
-/// The workloads of SPEC §11.
+/// The benchmark's workloads: (a) unordered, (b) one ordered port, (c) fan-out, (d) many
+/// ordered ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {

@@ -30,7 +30,7 @@ use crate::{pause, Shared};
 use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 
 /// Send timeout of HTTP sends on ordered ports: below the lease margin, so a replaced
-/// owner emits at most the one message it was sending (SPEC §5.3).
+/// owner emits at most the one message it was sending.
 pub const ORDERED_SEND_TIMEOUT_MS: i64 = LEASE_MARGIN_MS - 1_000;
 
 /// Batches of an unordered port whose outcomes may be being recorded while the loop claims
@@ -134,8 +134,8 @@ pub(crate) async fn port_loop(
 }
 
 /// How long a delivery loop that claimed nothing sleeps before it claims again: until the
-/// port's earliest scheduled retry falls due, so a retry is sent at its due time (SPEC
-/// §5.2) rather than up to a poll interval later; at most the poll interval, which also
+/// port's earliest scheduled retry falls due, so a retry is sent at its due time rather
+/// than up to a poll interval later; at most the poll interval, which also
 /// stands in when the MessageBox cannot say (the claim that follows reports the error).
 async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
     let poll = shared.config.poll_interval;

@@ -1,4 +1,4 @@
-//! HTTP receive (SPEC §8): every instance of a host serves the host's enabled HTTP receive
+//! HTTP receive: every instance of a host serves the host's enabled HTTP receive
 //! locations on its `--http-listen` address (a load balancer fronts the instances). One-way:
 //! a POST is answered 202 only after its publish committed; 413 over the location's size
 //! limit; 401 on a missing or wrong bearer token when the location has one; 503 with

@@ -1,4 +1,4 @@
-//! Holding a lease (SPEC §5.3/§5.4): a [`Tenure`] renews it every TTL/3 on its own task
+//! Holding a lease: a [`Tenure`] renews it every TTL/3 on its own task
 //! and tells its holder whether it may still act — not once the lease is lost, nor once
 //! the last successful renewal is older than TTL − margin on this process's monotonic
 //! clock (a paused or partitioned holder stops before its lease can expire).

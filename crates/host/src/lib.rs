@@ -1,4 +1,4 @@
-//! `mbx-host`: one host instance of an mbx group (SPEC §4), callable in-process by tests
+//! `mbx-host`: one host instance of an mbx group, callable in-process by tests
 //! through [`run`].
 //!
 //! Tasks of one instance, all stopped by one shutdown signal:
@@ -39,13 +39,13 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-/// Heartbeat period (SPEC §4: every 2 s; an instance is dead after 10 s).
+/// Heartbeat period (every 2 s; an instance is dead after 10 s).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 2_000;
 
-/// Default configuration poll interval (SPEC §4: changes reach instances within 1 s).
+/// Default configuration poll interval (changes reach instances within 1 s).
 pub const POLL_INTERVAL_DEFAULT_MS: u64 = 1_000;
 
-/// Default port of `--http-listen` (SPEC §8: `0.0.0.0:8080`).
+/// Default port of `--http-listen` (`0.0.0.0:8080`).
 pub const HTTP_LISTEN_DEFAULT_PORT: u16 = 8080;
 
 /// Default port of `--https-listen` (`https:///…` locations, with `--tls-cert`).
@@ -60,7 +60,7 @@ pub const MAINTENANCE_INTERVAL_S: u64 = 60;
 /// Connections one instance opens at most.
 pub const POOL_MAX_CONNECTIONS: u32 = 16;
 
-/// How long a graceful stop waits for loops to finish their batch (SPEC §4: exit in 30 s).
+/// How long a graceful stop waits for loops to finish their batch (exit in 30 s).
 pub const SHUTDOWN_GRACE_S: u64 = 20;
 
 /// Default `--startup-timeout`: how long start-up waits for an unreachable MessageBox.
@@ -94,7 +94,7 @@ pub struct HostConfig {
     pub claim_bytes: i64,
     /// A delivery loop that makes no progress (no claim, no outcome) for this long counts
     /// as stalled: the heartbeat is withheld so the instance is declared dead and another
-    /// takes over its work (SPEC §4).
+    /// takes over its work.
     pub watchdog_stall: Duration,
     /// Start-up retries an unreachable MessageBox (refused or reset connections) this
     /// long before it gives up.
@@ -148,7 +148,7 @@ pub(crate) struct Shared {
     pub share: lease::Share,
     /// The host's id (publishes are attributed to it, for its publish throttle).
     pub host_id: i64,
-    /// The publish and delivery throttles (SPEC §9).
+    /// The publish and delivery throttles.
     pub throttle: Arc<throttle::Throttle>,
     /// HTTPS receive's TLS, from `--tls-cert`/`--tls-key` (none: https locations refused).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -501,8 +501,19 @@ const METRICS_INTERVAL_S: u64 = 10;
 
 async fn metrics_loop(shared: Arc<Shared>) {
     loop {
+        // the group's gauges come from one instance: the live one with the lowest id
+        let me = shared.instance_id();
+        let reporter = match shared.mbx.instance_list().await {
+            Ok(list) => list
+                .iter()
+                .filter(|i| i.state == InstanceState::Alive)
+                .map(|i| i.id)
+                .min()
+                .is_none_or(|lowest| lowest == me),
+            Err(_) => true,
+        };
         match shared.mbx.stats().await {
-            Ok(s) => metrics_catalog::port_gauges(&s),
+            Ok(s) => metrics_catalog::port_gauges(&s, reporter),
             Err(e) => warn!(error = %e, "stats for metrics failed"),
         }
         if !pause(&shared, Duration::from_secs(METRICS_INTERVAL_S)).await {

@@ -1,4 +1,4 @@
-//! `mbx-host`: run one host instance of an mbx group (SPEC §4). See `mbx_host::run`.
+//! `mbx-host`: run one host instance of an mbx group. See `mbx_host::run`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -139,15 +139,18 @@ pub(crate) fn location_started(location: &str) {
     }
 }
 
-/// Sets the group-wide per-port gauges from one stats snapshot.
-pub(crate) fn port_gauges(stats: &mbx_messagebox::stats::Stats) {
-    metrics::gauge!("mbx_spool_messages").set(stats.spool_messages as f64);
-    metrics::gauge!("mbx_suspended_items").set(stats.suspended_total as f64);
+/// Sets the group-wide gauges from one stats snapshot. One instance of the group reports
+/// them (`reporter`: the live instance with the lowest id); every other one reports 0,
+/// so a `sum()` over the instances' scrapes counts each message once, as does `max()`.
+pub(crate) fn port_gauges(stats: &mbx_messagebox::stats::Stats, reporter: bool) {
+    let v = |n: i64| if reporter { n as f64 } else { 0.0 };
+    metrics::gauge!("mbx_spool_messages").set(v(stats.spool_messages));
+    metrics::gauge!("mbx_suspended_items").set(v(stats.suspended_total));
     for p in &stats.ports {
         let port = p.name.clone();
-        metrics::gauge!("mbx_port_backlog", "port" => port.clone()).set(p.backlog as f64);
-        metrics::gauge!("mbx_port_retrying", "port" => port.clone()).set(p.retrying as f64);
-        metrics::gauge!("mbx_port_in_flight", "port" => port.clone()).set(p.in_flight as f64);
-        metrics::gauge!("mbx_port_suspended", "port" => port).set(p.suspended as f64);
+        metrics::gauge!("mbx_port_backlog", "port" => port.clone()).set(v(p.backlog));
+        metrics::gauge!("mbx_port_retrying", "port" => port.clone()).set(v(p.retrying));
+        metrics::gauge!("mbx_port_in_flight", "port" => port.clone()).set(v(p.in_flight));
+        metrics::gauge!("mbx_port_suspended", "port" => port).set(v(p.suspended));
     }
 }

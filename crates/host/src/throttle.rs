@@ -1,4 +1,4 @@
-//! Throttling (SPEC §9). Two brakes, both visible as metrics and in `mbx status`:
+//! Throttling. Two brakes, both visible as metrics and in `mbx status`:
 //! - the **publish throttle** of the host: once the undelivered, unsuspended deliveries of
 //!   messages the host published reach `throttle_publish`, its receive locations slow
 //!   down — FILE stops taking files, HTTP answers 503 with Retry-After — until the count
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::Shared;
 
-/// Body bytes in flight per instance before it claims no more (SPEC §9: 256MiB).
+/// Body bytes in flight per instance before it claims no more (256MiB).
 pub const INFLIGHT_BYTES_MAX: i64 = 256 * 1024 * 1024;
 
 /// How often the publish backlog is counted.

@@ -1,5 +1,5 @@
 //! Configuration: hosts, declared properties, send ports and send port groups, with the
-//! send port state machine of SPEC §5.1. Every change is one transaction; changes that
+//! send port state machine (unenlisted, stopped, started, suspended). Every change is one transaction; changes that
 //! alter routing take the exclusive routing lock and bump the routing version.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -192,7 +192,7 @@ pub struct SendPortSpec {
 }
 
 impl SendPortSpec {
-    /// A static port with the defaults of SPEC §5.2.
+    /// A static port with the default retry policy (3 retries 5 minutes apart, no backup).
     pub fn new(name: &str, address: &str) -> Self {
         Self {
             name: name.to_owned(),

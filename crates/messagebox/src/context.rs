@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::value::{validate_property_name, Value, PROMOTED_VALUE_MAX_BYTES};
 use crate::{Error, Result};
 
-/// Names of the system properties that the engine itself sets (SPEC §1), from the
+/// Names of the system properties that the engine itself sets, from the
 /// shared vocabulary (`mbx-vocabulary`, which the adapters use too).
 pub use mbx_vocabulary::system;
 

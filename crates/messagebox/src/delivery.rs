@@ -1,4 +1,4 @@
-//! Claiming, completing and failing deliveries (SPEC §4, §5.2). Every operation takes a
+//! Claiming, completing and failing deliveries. Every operation takes a
 //! batch and is a fixed number of statements however large the batch: no per-message
 //! round trips. Claims carry the instance id and a claim token that completions and
 //! failures must match, so a reclaimed delivery cannot be completed by its former holder.
@@ -55,7 +55,7 @@ pub struct ClaimedDelivery {
     pub body_size: i64,
     /// When the message's publish committed (database clock).
     pub published_at: DateTime<Utc>,
-    /// The message's context with the per-delivery values overlaid (SPEC §1).
+    /// The message's context with the per-delivery values overlaid.
     pub context: Context,
 }
 
@@ -145,7 +145,7 @@ pub struct FailFacts {
     pub stop_on_failure: bool,
 }
 
-/// SPEC §5.2/§5.3: retries, then backup, then suspend; ordered ports never resume a
+/// The retry policy: retries, then backup, then suspend; ordered ports never resume a
 /// failed message later (it would break the order) and with stop-on-failure hold the port.
 pub fn decide_failure(f: &FailFacts) -> FailDecision {
     let give_up = if f.ordered && f.stop_on_failure {
@@ -261,7 +261,7 @@ impl MessageBox {
     /// still in the future (a scheduled retry), measured on the database clock; `None`
     /// when no ready delivery of the port waits for a due time. A delivery loop that
     /// claimed nothing sleeps this long (at most its poll interval), so a retry is sent at
-    /// its due time, not up to a poll interval later (SPEC §5.2). Deliveries already due
+    /// its due time, not up to a poll interval later. Deliveries already due
     /// but not claimable (behind an ordered head, through a stopped group) are left out:
     /// waking for them would only spin.
     pub async fn deliveries_next_due(&self, port_id: i64) -> Result<Option<std::time::Duration>> {

@@ -1,4 +1,4 @@
-//! The subscription filter language (SPEC §3.1).
+//! The subscription filter language.
 //!
 //! ```text
 //! filter     := or_expr

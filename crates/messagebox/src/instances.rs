@@ -1,4 +1,4 @@
-//! The host-instance registry (SPEC §4): registration, heartbeats on the database clock,
+//! The host-instance registry: registration, heartbeats on the database clock,
 //! dead-instance detection and reclaiming of a dead instance's claims, with poison
 //! detection (a message reclaimed more than `max_deliveries` times is suspended).
 
@@ -24,7 +24,7 @@ pub struct Instance {
     pub started_at: DateTime<Utc>,
     pub heartbeat_age_s: f64,
     pub state: crate::states::InstanceState,
-    /// What it is throttled on (`publish`, `inflight`, both), if anything (SPEC §9).
+    /// What it is throttled on (`publish`, `inflight`, both), if anything.
     pub throttle: Option<String>,
 }
 

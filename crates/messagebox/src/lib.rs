@@ -53,7 +53,7 @@ pub const LOCK_TIMEOUT_MS: u64 = 10_000;
 pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 30_000;
 
 states::text_enum! {
-    /// Tracking level (SPEC §7.2).
+    /// Tracking level.
     TrackingLevel ("tracking level") {
         Off = "off",
         Failures = "failures",
@@ -68,7 +68,7 @@ pub const PUBLISH_CHANNEL: &str = "mbx_publish";
 /// by triggers, on commit.
 pub const CONFIG_CHANNEL: &str = "mbx_config";
 
-/// At most one publish notification per publisher per this period (SPEC §3 item 5).
+/// At most one publish notification per publisher per this period.
 pub const NOTIFY_COALESCE_MS: u64 = 10;
 
 /// Where a database's schema stands against this binary's migrations
@@ -409,7 +409,7 @@ pub(crate) async fn begin_routing_change(tx: &mut Transaction<'_, Postgres>) -> 
     Ok(())
 }
 
-/// `url` with its password replaced by `***`, for messages and logs (SPEC §10: errors name
+/// `url` with its password replaced by `***`, for messages and logs (errors name
 /// the URL, password hidden).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {

@@ -13,7 +13,7 @@ pub const MAINTENANCE_BATCH_MAX: i64 = 1000;
 /// Dead or stopped instances holding nothing are forgotten after this long.
 pub const INSTANCE_RETENTION_S: i64 = 7 * 24 * 3600;
 
-/// Default tracking retention (SPEC §7.2).
+/// Default tracking retention.
 pub const TRACKING_RETENTION_DEFAULT_S: i64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -103,13 +103,15 @@ impl MessageBox {
     }
 
     /// Forgets stopped and dead instances whose last heartbeat is older than
-    /// `older_than_s` and that hold no claim (`mbx instance prune`; maintenance does it
-    /// after a week). Returns how many went.
+    /// `older_than_s` and that hold no claim and no unexpired lease (`mbx instance prune`;
+    /// maintenance does it after a week). Returns how many went.
     pub async fn instance_prune(&self, older_than_s: i64) -> Result<u64> {
         Ok(sqlx::query(
             "DELETE FROM host_instances i
               WHERE i.state <> 'alive' AND i.heartbeat_at < now() - make_interval(secs => $1)
-                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.claimed_by = i.id)",
+                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.claimed_by = i.id)
+                AND NOT EXISTS (SELECT 1 FROM leases l
+                                 WHERE l.holder = i.id AND l.expires_at > now())",
         )
         .bind(older_than_s as f64)
         .execute(&self.pool)

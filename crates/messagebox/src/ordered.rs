@@ -1,4 +1,4 @@
-//! Ordered delivery (SPEC §5.3): one lease per ordered port (holder, epoch, expiry on the
+//! Ordered delivery: one lease per ordered port (holder, epoch, expiry on the
 //! database clock) that changes hands only by expiry, and the in-order claim of its
 //! lease holder.
 //!
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::delivery::ClaimedDelivery;
 use crate::{MessageBox, Result};
 
-/// Lease time to live (SPEC §5.3: 10 s).
+/// Lease time to live (10 s).
 pub const LEASE_TTL_MS: i64 = 10_000;
 
 /// The owner stops handing messages to the adapter once its last successful renewal is
@@ -91,7 +91,7 @@ impl MessageBox {
             .await
     }
 
-    /// The same lease for an ordered receive location (SPEC §5.4).
+    /// The same lease for an ordered receive location.
     pub async fn location_lease_acquire(
         &self,
         instance: Uuid,

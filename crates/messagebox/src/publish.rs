@@ -1,4 +1,4 @@
-//! Publishing (SPEC §3): one transaction inserts the messages and their contexts, routes
+//! Publishing: one transaction inserts the messages and their contexts, routes
 //! them with the subscription set current at commit, and inserts one delivery per
 //! matching subscriber or a routing-failure suspended item. Only after it commits may the
 //! sender be acknowledged.
@@ -31,7 +31,7 @@ pub enum NewBody {
     /// In memory.
     Bytes(Bytes),
     /// A file of `len` bytes (a receive adapter's claimed file), read one chunk at a time
-    /// inside the publishing transaction: a large body is never held whole (SPEC §3).
+    /// inside the publishing transaction: a large body is never held whole.
     File { path: PathBuf, len: u64 },
 }
 
@@ -119,7 +119,7 @@ pub struct Publisher {
     pub host_id: Option<i64>,
     pub receive_location_id: Option<i64>,
     /// An ordered receive location's publish commits only while its publisher holds the
-    /// location's lease (SPEC §5.4).
+    /// location's lease.
     pub fence: Option<LocationFence>,
 }
 

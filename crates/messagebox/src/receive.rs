@@ -1,4 +1,4 @@
-//! Receive-side configuration: receive ports and receive locations (SPEC §1, §7.1).
+//! Receive-side configuration: receive ports and receive locations.
 //! A location is an adapter address + pipeline + promotions, bound to a host, enabled or
 //! disabled; running hosts pick up changes (issue 3's host loops read this table).
 
@@ -180,7 +180,7 @@ impl MessageBox {
             Err(e) => return Err(e.into()),
         }
         if spec.ordered {
-            // one instance at a time receives an ordered location (SPEC §5.4)
+            // one instance at a time receives an ordered location
             sqlx::query(
                 "INSERT INTO leases (location_id) SELECT id FROM receive_locations WHERE name = $1",
             )

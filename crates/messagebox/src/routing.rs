@@ -1,6 +1,6 @@
 //! Routing: the compiled subscription set and its evaluation.
 //!
-//! Consistency (SPEC §3 item 2, §13): every host caches the compiled subscriptions with the
+//! Consistency: every host caches the compiled subscriptions with the
 //! routing version they were read at. A publish transaction takes the routing advisory lock
 //! in *shared* mode, then (in a new statement, so its snapshot is taken after the lock is
 //! held) reads the version and reloads the cache if it moved. A routing change (enlist,

@@ -1,4 +1,4 @@
-//! Finding messages (`mbx message find`): the messages still in the MessageBox — waiting,
+//! Finding messages (`mbx message list`): the messages still in the MessageBox — waiting,
 //! in flight, retrying or suspended — newest first, narrowed by a filter over their
 //! context (the subscription language, over promoted and written properties), a send
 //! port they are bound for or suspended on, and their age. A delivered message has left
@@ -13,13 +13,31 @@ use crate::{Context, Error, MessageBox, Result};
 /// Messages a search looks at, newest first, at most (a bound on one query's work).
 pub const SEARCH_SCAN_MAX: i64 = 100_000;
 
-/// What `message find` looks for; every given condition must hold.
+crate::states::text_enum! {
+    /// Where a message stands, for `message list --state`.
+    MessageState ("message state") {
+        /// A delivery ready to be claimed (or held by a stopped port).
+        Waiting = "waiting",
+        /// A delivery claimed by an instance.
+        InFlight = "in-flight",
+        /// A delivery waiting for its retry time.
+        Retrying = "retrying",
+        /// A suspended item.
+        Suspended = "suspended",
+    }
+}
+
+/// What `message list` looks for; every given condition must hold.
 #[derive(Debug, Clone, Default)]
 pub struct MessageQuery {
     /// A filter over the context, e.g. `Order.Region == "EU"`.
     pub filter: Option<String>,
     /// Bound for, or suspended on, this send port.
     pub port: Option<String>,
+    /// Received through a location of this receive port.
+    pub receive_port: Option<String>,
+    /// In this state (on any port).
+    pub state: Option<MessageState>,
     /// Published at most this many seconds ago.
     pub newer_than_s: Option<i64>,
     /// Matches returned at most.
@@ -55,7 +73,7 @@ type Row = (
 );
 
 impl MessageBox {
-    /// Finds messages still in the MessageBox (see the module comment).
+    /// Lists messages still in the MessageBox (see the module comment).
     pub async fn message_find(&self, query: &MessageQuery) -> Result<Vec<FoundMessage>> {
         let mut tx = self.pool.begin().await?;
         let filter = match &query.filter {
@@ -76,6 +94,20 @@ impl MessageBox {
                 ));
             }
         }
+        if let Some(port) = &query.receive_port {
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM receive_ports WHERE name = $1)")
+                    .bind(port)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !known {
+                return Err(Error::not_found(
+                    "receive port",
+                    port.clone(),
+                    "`mbx receive-port list` shows the ports",
+                ));
+            }
+        }
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT m.id, m.published_at, l.name, m.content_type, m.body_size, m.context,
                     array(SELECT p.name || ': ' || CASE WHEN d.not_before > now() THEN 'retrying'
@@ -93,12 +125,27 @@ impl MessageBox {
                                  WHERE d.message_id = m.id AND p.name = $2)
                      OR EXISTS (SELECT 1 FROM suspended_items s JOIN send_ports p ON p.id = s.port_id
                                  WHERE s.message_id = m.id AND p.name = $2))
+                AND ($4::text IS NULL
+                     OR EXISTS (SELECT 1 FROM receive_ports r
+                                 WHERE r.id = l.receive_port_id AND r.name = $4))
+                AND CASE $5::text
+                    WHEN 'waiting' THEN EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+                                                   AND d.state = 'ready' AND d.not_before <= now())
+                    WHEN 'in-flight' THEN EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+                                                     AND d.state = 'claimed')
+                    WHEN 'retrying' THEN EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id
+                                                    AND d.state = 'ready' AND d.not_before > now())
+                    WHEN 'suspended' THEN EXISTS (SELECT 1 FROM suspended_items s
+                                                     WHERE s.message_id = m.id)
+                    ELSE true END
               ORDER BY m.published_at DESC, m.id
               LIMIT $3",
         )
         .bind(query.newer_than_s.map(|s| s as f64))
         .bind(&query.port)
         .bind(SEARCH_SCAN_MAX)
+        .bind(&query.receive_port)
+        .bind(query.state)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

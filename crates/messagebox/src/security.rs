@@ -1,4 +1,4 @@
-//! Database roles (SPEC §9/issue 6 security): three login roles per MessageBox —
+//! Database roles (security): three login roles per MessageBox —
 //! `<prefix>_migrator` owns the schema and runs `mbx init` (DDL), `<prefix>_host` has DML
 //! on the MessageBox tables only (what `mbx-host` needs), `<prefix>_reader` reads (for
 //! `mbx status`, `stats`, `list` and monitoring) — and nothing for PUBLIC. Passwords or

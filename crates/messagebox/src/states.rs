@@ -95,7 +95,7 @@ pub(crate) fn one_of(words: &[&str]) -> String {
 }
 
 text_enum! {
-    /// A send port's state (SPEC §5.1).
+    /// A send port's state.
     PortState ("port state") {
         /// Not subscribed: receives nothing.
         Unenlisted = "unenlisted",
@@ -118,7 +118,7 @@ text_enum! {
 }
 
 text_enum! {
-    /// A host instance's state (SPEC §4).
+    /// A host instance's state.
     InstanceState ("instance state") {
         /// Heartbeating.
         Alive = "alive",

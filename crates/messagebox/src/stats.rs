@@ -1,4 +1,5 @@
-//! Counters of SPEC §5.1, per port and group-wide, in one query each.
+//! The operator's counters (backlog, retrying, in flight, suspended), per port and
+//! group-wide, in one query each.
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! Suspended items (SPEC §1, §5.2): messages held for an operator. List, show, save,
+//! Suspended items: messages held for an operator. List, show, save,
 //! resume and terminate act on one id or on a filter, are idempotent and report counts.
 
 use chrono::{DateTime, Utc};

@@ -1,4 +1,4 @@
-//! Throttling (SPEC §9): the figures a host instance needs to decide whether to slow down,
+//! Throttling: the figures a host instance needs to decide whether to slow down,
 //! and where it records that it did (for `mbx status`).
 
 use uuid::Uuid;

@@ -1,4 +1,4 @@
-//! Typed property values and property names (SPEC §1).
+//! Typed property values and property names.
 //!
 //! A context property has one of five types; its type comes from its declaration
 //! (`mbx property create Order.Amount --type integer`), and undeclared properties are

@@ -1,4 +1,4 @@
-//! Claim, complete, fail (SPEC §4, §5.2): skip-locked claims, caps, the context overlay,
+//! Claim, complete, fail: skip-locked claims, caps, the context overlay,
 //! claim tokens, body clean-up, retries, backup transport and suspension.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Host instances (SPEC §4): registration, heartbeats on the database clock, reclaiming a
+//! Host instances: registration, heartbeats on the database clock, reclaiming a
 //! dead instance's claims, poison detection.
 
 mod common;

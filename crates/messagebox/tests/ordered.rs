@@ -1,4 +1,4 @@
-//! Ordered ports (SPEC §5.3) at the MessageBox level: one lease holder, in-order claims
+//! Ordered ports at the MessageBox level: one lease holder, in-order claims
 //! that never overtake the head, takeover only after expiry with epoch + 1, and fencing of
 //! a former holder's completions.
 
@@ -420,7 +420,7 @@ async fn an_ordered_claim_stops_at_its_byte_limit_but_always_takes_the_head(pool
     );
 }
 
-/// SPEC §5.4: an ordered receive location's publish commits only while its publisher
+/// An ordered receive location's publish commits only while its publisher
 /// holds the location's live lease at its epoch; once the lease expired or moved, the
 /// former holder's publish is refused and stores nothing.
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]

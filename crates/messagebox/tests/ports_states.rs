@@ -1,4 +1,4 @@
-//! The send port state machine (SPEC §5.1) and create-time validation.
+//! The send port state machine and create-time validation.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Publishing and routing (SPEC §3): storage once, one delivery per subscriber, groups,
+//! Publishing and routing: storage once, one delivery per subscriber, groups,
 //! stopped ports and groups, routing failures, idempotent receive, large bodies, typed
 //! filters.
 

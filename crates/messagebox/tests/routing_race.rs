@@ -1,4 +1,4 @@
-//! Routing consistency under concurrency (SPEC §3 item 2): enlisting, unenlisting, filter
+//! Routing consistency under concurrency: enlisting, unenlisting, filter
 //! changes and group membership take effect for every message whose publish commits after
 //! the change commits, on every host, however stale its cached routing table.
 //!

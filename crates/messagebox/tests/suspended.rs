@@ -1,4 +1,4 @@
-//! Suspended items (SPEC §5.2): resume and terminate by id or by filter, with counts,
+//! Suspended items: resume and terminate by id or by filter, with counts,
 //! idempotent; terminate removes a message nothing else references.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Stats (SPEC §5.1 counters), tracking levels (SPEC §7.2) and maintenance.
+//! Stats (the per-port counters), tracking levels and maintenance.
 
 mod common;
 

@@ -9,7 +9,7 @@ pub mod secret;
 
 pub use secret::SecretRef;
 
-/// Names of the system properties the engine and its adapters set (SPEC §1).
+/// Names of the system properties the engine and its adapters set.
 pub mod system {
     pub const MESSAGE_ID: &str = "mbx.MessageId";
     pub const MESSAGE_TYPE: &str = "mbx.MessageType";
@@ -30,7 +30,7 @@ pub mod system {
     pub const NAMESPACE: &str = "mbx";
 
     /// The one system property an operator may promote from a body, by explicit choice
-    /// (a dynamic send port's address, SPEC §5.6).
+    /// (a dynamic send port's address).
     pub const OPERATOR_PROMOTABLE: &[&str] = &[OUTBOUND_TRANSPORT_LOCATION];
 
     /// Whether `name` is in the engine's namespace (`mbx.…`).
@@ -39,7 +39,7 @@ pub mod system {
     }
 }
 
-/// Longest value, in bytes of its text form, that can be promoted (SPEC §1).
+/// Longest value, in bytes of its text form, that can be promoted.
 pub const PROMOTED_VALUE_MAX_BYTES: usize = 256;
 
 /// Longest property name, in bytes.

@@ -1,4 +1,4 @@
-//! Secret references (SPEC §7.3): a secret is configured as `env:NAME` or `file:PATH`,
+//! Secret references: a secret is configured as `env:NAME` or `file:PATH`,
 //! never as its value. The reference is what is stored and shown; only the process that
 //! uses the secret resolves it, at the moment it needs it.
 

@@ -175,7 +175,7 @@ pub struct FileSendConfig {
     pub append: bool,
     /// `records` (append mode): precede each message with a header line
     /// `#mbx Sequence=<n> Epoch=<e> Length=<bytes>` so a reader can drop a stale owner's
-    /// record or split messages without separators (SPEC §5.3).
+    /// record or split messages without separators.
     pub records: bool,
 }
 

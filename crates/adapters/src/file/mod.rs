@@ -1,4 +1,4 @@
-//! The FILE adapter (SPEC §8).
+//! The FILE adapter.
 //!
 //! - receive (`receive.rs`): poll a folder for a mask, claim each file by renaming it to
 //!   `.<name>.mbx-claimed-<instance id>`, submit, delete only after the submit committed;

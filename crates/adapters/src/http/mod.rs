@@ -1,4 +1,4 @@
-//! The HTTP adapter (SPEC §8), send side: POST or PUT to `http(s)://host/path` with an
+//! The HTTP adapter, send side: POST or PUT to `http(s)://host/path` with an
 //! `Idempotency-Key: <MessageId>.<SendPortName>` header, a timeout, and outcome
 //! classification (connection errors, timeouts, 5xx, 408, 429 retryable; other 4xx and
 //! redirects not).

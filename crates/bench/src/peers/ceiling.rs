@@ -1,4 +1,4 @@
-//! The raw PostgreSQL ceiling (SPEC §11): what the same PostgreSQL does when it only has
+//! The raw PostgreSQL ceiling: what the same PostgreSQL does when it only has
 //! to insert and delete the messages, with no queue software at all. The real `pgbench`
 //! runs a two-statement script against a durable (logged) table in the bench database:
 //!

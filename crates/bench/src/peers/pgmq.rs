@@ -1,4 +1,4 @@
-//! The pgmq peer (SPEC §11): pgmq installed as plain SQL (crate `pgmq`, feature
+//! The pgmq peer: pgmq installed as plain SQL (crate `pgmq`, feature
 //! `install-sql-embedded`) into the bench database, driven through its SQL API
 //! (`pgmq.send_batch` / `pgmq.read` / `pgmq.delete`) exactly as its documentation shows.
 //!

@@ -1,4 +1,4 @@
-//! The RabbitMQ peer (SPEC §11): the local broker at `spec.amqp_url`, through lapin, with
+//! The RabbitMQ peer: the local broker at `spec.amqp_url`, through lapin, with
 //! the durability settings its documentation asks for when no message may be lost:
 //! a durable (classic) queue, persistent messages (delivery mode 2), publisher confirms
 //! and manual consumer acknowledgements.
