@@ -1206,3 +1206,33 @@ async fn messages_are_found_by_property_port_and_age(pool: PgPool) {
     let err = mbx.fails(&["message", "list", "--where", "Order.Region =="], 2);
     assert!(err.contains("--where"), "{err}");
 }
+
+/// Issue 13: docs/cli.md is the command reference the binary prints (`mbx reference`),
+/// so the two cannot drift.
+#[test]
+fn the_command_reference_in_docs_is_the_binarys() {
+    let out = std::process::Command::new(bin("mbx"))
+        .arg("reference")
+        .env_remove("MBX_DATABASE_URL")
+        .output()
+        .expect("run mbx reference");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated = String::from_utf8_lossy(&out.stdout);
+    for command in [
+        "## `mbx send-port create`",
+        "## `mbx message list`",
+        "## `mbx bench`",
+    ] {
+        assert!(generated.contains(command), "{command} missing");
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md");
+    let written = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        written == generated,
+        "docs/cli.md differs from the binary's reference: run `target/debug/mbx reference > docs/cli.md`"
+    );
+}

@@ -59,7 +59,7 @@ pub enum Command {
     /// Send port groups: a filter shared by several send ports.
     #[command(subcommand, name = "send-port-group")]
     SendPortGroup(GroupCommand),
-    /// Publish messages.
+    /// Publish and find messages.
     #[command(subcommand)]
     Message(MessageCommand),
     /// Suspended items: messages held for an operator.
@@ -77,6 +77,9 @@ pub enum Command {
     /// Database roles: a migrator (owns the schema), a host role (DML only), a reader.
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// Print the command reference (every command's --help) as Markdown: docs/cli.md.
+    #[command(hide = true, after_help = "Example:\n  mbx reference > docs/cli.md")]
+    Reference,
     /// Benchmark mbx end to end with its peers in the same run: creates its
     /// own databases on the server of --database-url and drops them after.
     #[command(
@@ -570,4 +573,36 @@ pub fn command() -> clap::Command {
         .mut_subcommand("receive-location", |c| {
             c.mut_subcommand("create", |c| with_adapters(c, Side::Receive))
         })
+}
+
+/// Width the reference is rendered at (independent of the terminal).
+const REFERENCE_WIDTH: usize = 100;
+
+/// The command reference: every command's long `--help`, in order, as Markdown.
+pub fn reference() -> String {
+    fn walk(cmd: &mut clap::Command, path: &str, out: &mut String) {
+        // the reference does not depend on this shell's environment
+        *cmd = std::mem::take(cmd).mut_args(|a| a.hide_env_values(true));
+        let help = cmd.render_long_help().to_string();
+        out.push_str(&format!(
+            "## `{path}`\n\n```text\n{}\n```\n\n",
+            help.trim_end()
+        ));
+        for sub in cmd.get_subcommands_mut() {
+            if sub.get_name() == "help" || sub.is_hide_set() {
+                continue;
+            }
+            let path = format!("{path} {}", sub.get_name());
+            walk(sub, &path, out);
+        }
+    }
+    let mut root = command()
+        .term_width(REFERENCE_WIDTH)
+        .max_term_width(REFERENCE_WIDTH);
+    root.build();
+    let mut out = String::from(
+        "# The `mbx` command reference\n\nEvery command's `--help`, generated from the command's own definitions by\n`mbx reference > docs/cli.md`; `tests/cli.rs` fails when this file and the binary differ.\n\n",
+    );
+    walk(&mut root, "mbx", &mut out);
+    out
 }

@@ -28,6 +28,10 @@ const REASON_CELL_MAX_CHARS: usize = 120;
 const PUBLISH_MAX_BYTES: u64 = 100 * 1000 * 1000;
 
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Reference = &cli.command {
+        print!("{}", crate::cli::reference());
+        return Ok(());
+    }
     let url = cli.database_url.clone().ok_or_else(|| {
         Usage("--database-url: not set; pass --database-url postgres://USER@HOST:5432/DB or set MBX_DATABASE_URL".into())
     })?;
@@ -43,7 +47,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("MessageBox at {}", redact(&url)))?;
     match cli.command {
-        Command::Init { .. } | Command::Bench(_) => unreachable!("handled above"),
+        Command::Init { .. } | Command::Bench(_) | Command::Reference => {
+            unreachable!("handled above")
+        }
         Command::Status => status(&mbx, json_out).await,
         Command::Host(c) => host(&mbx, c, json_out).await,
         Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
