@@ -56,4 +56,20 @@ async fn files_flow_through_two_hosts_exactly_once(pool: PgPool) {
         "bodies are distinct: no duplicate deliveries"
     );
     assert_eq!(received, sent, "every body arrived intact, none lost");
+
+    // issue 13: at the default tracking level a delivered message still says where it
+    // came from (in its one delivered event)
+    let id: uuid::Uuid = out[0]
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("a message id as the file name");
+    let events = mbx.tracking_events(id).await.expect("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let detail = events[0].detail.clone().unwrap_or_default();
+    assert!(
+        events[0].event == "delivered"
+            && detail.starts_with("received from location orders-in (file order-"),
+        "{events:?}"
+    );
 }

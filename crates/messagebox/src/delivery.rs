@@ -330,10 +330,18 @@ impl MessageBox {
                 UPDATE leases l SET checkpoint = $6
                  WHERE $6::text IS NOT NULL AND l.port_id = $4 AND l.bucket = 0 AND l.holder = $3
                    AND l.epoch = $5 AND l.expires_at > now() AND EXISTS (SELECT 1 FROM done)),
+             -- the delivered event says where the message came from, so that `mbx track`
+             -- shows it at the default level without a second event per message (every
+             -- part of one statement sees the message row, even the one `gone` deletes)
              ev AS (
-                INSERT INTO tracking_events (message_id, event, port_id, instance_id)
-                SELECT done.message_id, 'delivered', done.port_id, $3 FROM done
+                INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
+                SELECT done.message_id, 'delivered', done.port_id, $3,
+                       'received from ' || coalesce('location ' || rl.name, 'a publish call')
+                       || coalesce(' (file ' || (m.context -> 'mbx.SourceFileName' -> 'value' ->> 'string') || ')', '')
+                  FROM done
                   JOIN send_ports p ON p.id = done.port_id JOIN hosts h ON h.id = p.host_id
+                  LEFT JOIN messages m ON m.id = done.message_id
+                  LEFT JOIN receive_locations rl ON rl.id = m.receive_location_id
                  WHERE coalesce(p.tracking, h.tracking) <> 'off')
              SELECT id FROM done",
         )

@@ -128,6 +128,12 @@ async fn tracking_failures_records_only_the_final_state_of_a_clean_delivery(pool
     let c = claim_one(&mbx, i, port).await;
     complete(&mbx, i, &[&c]).await;
     assert_eq!(events(&mbx, message_id(&p)).await, ["delivered"]);
+    // where it came from, in that one event
+    let delivered = &mbx.tracking_events(message_id(&p)).await.unwrap()[0];
+    assert_eq!(
+        delivered.detail.as_deref(),
+        Some("received from a publish call")
+    );
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
