@@ -99,6 +99,9 @@ pub struct HostConfig {
     /// Start-up retries an unreachable MessageBox (refused or reset connections) this
     /// long before it gives up.
     pub startup_timeout: Duration,
+    /// Stopped and dead instances (holding no claim or lease) are forgotten this long
+    /// after their last heartbeat.
+    pub instance_retention: Duration,
 }
 
 impl HostConfig {
@@ -116,6 +119,9 @@ impl HostConfig {
             claim_bytes: mbx_messagebox::delivery::CLAIM_BYTES_DEFAULT,
             watchdog_stall: Duration::from_secs(WATCHDOG_STALL_DEFAULT_S),
             startup_timeout: Duration::from_secs(STARTUP_TIMEOUT_DEFAULT_S),
+            instance_retention: Duration::from_secs(
+                mbx_messagebox::maintenance::INSTANCE_RETENTION_S.unsigned_abs(),
+            ),
         }
     }
 }
@@ -526,7 +532,11 @@ async fn maintenance_loop(shared: Arc<Shared>) {
     loop {
         if let Err(e) = shared
             .mbx
-            .maintenance_run(TRACKING_RETENTION_DEFAULT_S, MAINTENANCE_BATCH_MAX)
+            .maintenance_run_with(
+                TRACKING_RETENTION_DEFAULT_S,
+                i64::try_from(shared.config.instance_retention.as_secs()).unwrap_or(i64::MAX),
+                MAINTENANCE_BATCH_MAX,
+            )
             .await
         {
             error!(error = %e, "maintenance failed");

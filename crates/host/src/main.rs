@@ -53,6 +53,10 @@ struct Args {
     /// shippers). Colour only when the output is a terminal.
     #[arg(long, env = "MBX_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Stopped and dead instances that hold nothing are forgotten this long after their
+    /// last heartbeat (e.g. 7d, 12h; `mbx instance prune` does it at once).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    forget_instances_after: std::time::Duration,
     /// How long start-up waits for an unreachable MessageBox (refused or reset
     /// connections, a restarting server) before it gives up (e.g. 60s, 5m).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -131,6 +135,7 @@ async fn host(args: Args) -> anyhow::Result<()> {
     config.poll_interval = args.poll_interval;
     config.watchdog_stall = args.watchdog_stall;
     config.startup_timeout = args.startup_timeout;
+    config.instance_retention = args.forget_instances_after;
     let shutdown = async {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         match term {

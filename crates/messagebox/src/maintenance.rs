@@ -26,9 +26,22 @@ pub struct MaintenanceReport {
 
 impl MessageBox {
     /// One maintenance pass: each step repeats in batches of `batch` until nothing is left.
+    /// Stopped and dead instances are forgotten after [`INSTANCE_RETENTION_S`].
     pub async fn maintenance_run(
         &self,
         tracking_retention_s: i64,
+        batch: i64,
+    ) -> Result<MaintenanceReport> {
+        self.maintenance_run_with(tracking_retention_s, INSTANCE_RETENTION_S, batch)
+            .await
+    }
+
+    /// [`MessageBox::maintenance_run`] forgetting stopped and dead instances (that hold
+    /// nothing) after `instance_retention_s` (`mbx-host --forget-instances-after`).
+    pub async fn maintenance_run_with(
+        &self,
+        tracking_retention_s: i64,
+        instance_retention_s: i64,
         batch: i64,
     ) -> Result<MaintenanceReport> {
         let batch = batch.clamp(1, MAINTENANCE_BATCH_MAX);
@@ -98,7 +111,7 @@ impl MessageBox {
                 break;
             }
         }
-        report.instances_forgotten = self.instance_prune(INSTANCE_RETENTION_S).await?;
+        report.instances_forgotten = self.instance_prune(instance_retention_s).await?;
         Ok(report)
     }
 

@@ -327,4 +327,29 @@ async fn maintenance_forgets_old_dead_instances_that_hold_nothing(pool: PgPool) 
         "an instance still holding a claim is kept"
     );
     assert!(left.contains(&alive));
+
+    // nor one holding an unexpired lease of an ordered port (issue 13), whatever the
+    // retention (here a configured 1 s)
+    let mut ordered = spec("ord", Some(EU)).with_state(InitialState::Started);
+    ordered.ordered = true;
+    let ord = create(&mbx, ordered).await;
+    let lessee = mbx.instance_register("default", "m", 4, "t").await.unwrap();
+    assert!(mbx
+        .port_lease_acquire(lessee, ord, 600_000)
+        .await
+        .unwrap()
+        .is_some());
+    sqlx::query(
+        "UPDATE host_instances SET state = 'dead', heartbeat_at = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(lessee)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let r = mbx
+        .maintenance_run_with(7 * 24 * 3600, 1, 1000)
+        .await
+        .unwrap();
+    assert_eq!(r.instances_forgotten, 0);
+    assert_eq!(mbx.instance_prune(0).await.unwrap(), 0);
 }
