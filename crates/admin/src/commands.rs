@@ -1008,18 +1008,7 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
                 report.resumed + report.not_resumable + report.still_unrouted,
             )
             .await?;
-            if json_out {
-                let mut value = serde_json::to_value(&report)?;
-                if let Some((s, at)) = settled {
-                    value["already"] = json!({"outcome": s, "at": at});
-                }
-                return output::json(&value);
-            }
-            if let (Some(id), Some((s, at))) = (sel.id, settled) {
-                println!(
-                    "item {id} was already {} at {at}; nothing to do",
-                    s.as_str()
-                );
+            if settled_said(json_out, serde_json::to_value(&report)?, sel.id, settled)? {
                 return Ok(());
             }
             println!(
@@ -1044,18 +1033,7 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
             let sel = selector(id.as_deref(), &filter)?;
             let n = mbx.suspended_terminate(&sel).await?;
             let settled = already_settled(mbx, sel.id, n).await?;
-            if json_out {
-                let mut value = json!({ "terminated": n });
-                if let Some((s, at)) = settled {
-                    value["already"] = json!({"outcome": s, "at": at});
-                }
-                return output::json(&value);
-            }
-            if let (Some(id), Some((s, at))) = (sel.id, settled) {
-                println!(
-                    "item {id} was already {} at {at}; nothing to do",
-                    s.as_str()
-                );
+            if settled_said(json_out, json!({ "terminated": n }), sel.id, settled)? {
                 return Ok(());
             }
             println!("terminated {n} item(s)");
@@ -1080,6 +1058,34 @@ async fn already_settled(
         Some(id) if acted_on == 0 => Ok(mbx.suspended_settled(id).await?),
         _ => Ok(None),
     }
+}
+
+/// Prints a resume's or terminate's report when it is JSON (with what had become of the
+/// item, if it had left) or when the item had left already; true when it printed.
+fn settled_said(
+    json_out: bool,
+    mut report: serde_json::Value,
+    id: Option<i64>,
+    settled: Option<(
+        mbx_messagebox::suspended::Settled,
+        chrono::DateTime<chrono::Utc>,
+    )>,
+) -> Result<bool> {
+    if json_out {
+        if let Some((s, at)) = settled {
+            report["already"] = json!({"outcome": s, "at": at});
+        }
+        output::json(&report)?;
+        return Ok(true);
+    }
+    if let (Some(id), Some((s, at))) = (id, settled) {
+        println!(
+            "item {id} was already {} at {at}; nothing to do",
+            s.as_str()
+        );
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 async fn stats(mbx: &MessageBox, json_out: bool) -> Result<()> {

@@ -341,12 +341,7 @@ async fn start_up(
         )
     })?;
     let id = retry_start(deadline, "registering the instance", || {
-        mbx.instance_register(
-            &config.host,
-            machine,
-            std::process::id() as i32,
-            env!("CARGO_PKG_VERSION"),
-        )
+        register_once(&mbx, config, machine)
     })
     .await
     .with_context(|| format!("registering an instance of host '{}'", config.host))?;
@@ -387,7 +382,12 @@ fn machine_name() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-async fn register(mbx: &MessageBox, config: &HostConfig, machine: &str) -> Result<Uuid> {
+/// One registration of this process as an instance of its host.
+async fn register_once(
+    mbx: &MessageBox,
+    config: &HostConfig,
+    machine: &str,
+) -> mbx_messagebox::Result<Uuid> {
     mbx.instance_register(
         &config.host,
         machine,
@@ -395,7 +395,12 @@ async fn register(mbx: &MessageBox, config: &HostConfig, machine: &str) -> Resul
         env!("CARGO_PKG_VERSION"),
     )
     .await
-    .with_context(|| format!("registering an instance of host '{}'", config.host))
+}
+
+async fn register(mbx: &MessageBox, config: &HostConfig, machine: &str) -> Result<Uuid> {
+    register_once(mbx, config, machine)
+        .await
+        .with_context(|| format!("registering an instance of host '{}'", config.host))
 }
 
 /// Sleeps `d` unless the instance is stopping; returns false when it is.

@@ -65,36 +65,22 @@ impl MessageBox {
                 break;
             }
         }
-        loop {
-            let n = sqlx::query(
+        report.tracking_events_purged = self
+            .purge_older(
                 "DELETE FROM tracking_events WHERE id IN (
                     SELECT id FROM tracking_events WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+                tracking_retention_s,
+                batch,
             )
-            .bind(tracking_retention_s as f64)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            report.tracking_events_purged += n;
-            if n < batch as u64 {
-                break;
-            }
-        }
+            .await?;
         // what became of suspended items is kept as long as their tracking events
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM suspended_outcomes WHERE item_id IN (
-                    SELECT item_id FROM suspended_outcomes WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
-            )
-            .bind(tracking_retention_s as f64)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            if n < batch as u64 {
-                break;
-            }
-        }
+        self.purge_older(
+            "DELETE FROM suspended_outcomes WHERE item_id IN (
+                SELECT item_id FROM suspended_outcomes WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+            tracking_retention_s,
+            batch,
+        )
+        .await?;
         loop {
             let n = sqlx::query(
                 "DELETE FROM received_sources WHERE (receive_location_id, source_id) IN (
@@ -113,6 +99,24 @@ impl MessageBox {
         }
         report.instances_forgotten = self.instance_prune(instance_retention_s).await?;
         Ok(report)
+    }
+
+    /// Runs `delete` (older than `$1` seconds, at most `$2` rows) until a pass deletes
+    /// fewer than `batch` rows; returns how many went.
+    async fn purge_older(&self, delete: &str, older_than_s: i64, batch: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(delete)
+                .bind(older_than_s as f64)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < batch as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Forgets stopped and dead instances whose last heartbeat is older than
