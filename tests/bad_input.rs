@@ -442,7 +442,12 @@ fn names_url_and_fix(err: &str, url: &str, fix: &str) -> bool {
 #[tokio::test]
 async fn mbx_host_on_an_unreachable_database_names_the_url_and_the_fix() {
     let url = format!("postgres://admin:s3cret@127.0.0.1:{}/nowhere", free_port());
-    let (code, err) = host_exit(&url, &["--admin-listen", "127.0.0.1:0"]).await;
+    // it retries an unreachable MessageBox for --startup-timeout (60 s by default)
+    let (code, err) = host_exit(
+        &url,
+        &["--admin-listen", "127.0.0.1:0", "--startup-timeout", "1s"],
+    )
+    .await;
     assert_eq!(code, Some(1), "{err}");
     assert!(
         names_url_and_fix(&err, &url, "check"),

@@ -285,6 +285,17 @@ impl Drop for Stall {
 /// How long the stalled system call is held: past the lease TTL and the takeover.
 const STALL: Duration = Duration::from_secs(20);
 
+/// Sets when the lease of port `log` expires (an SQL expression on the database clock).
+async fn set_lease_expiry(pool: &PgPool, at: &str) {
+    sqlx::query(&format!(
+        "UPDATE leases SET expires_at = {at}
+          WHERE port_id = (SELECT id FROM send_ports WHERE name = 'log')"
+    ))
+    .execute(pool)
+    .await
+    .expect("set the lease's expiry");
+}
+
 /// The owner of port `log` while it is not `not`: its pid.
 async fn owner_other_than(pool: &PgPool, not: u32) -> Option<i32> {
     mbx_e2e::lease_owner(pool, "log")
@@ -327,7 +338,11 @@ async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
         let a = start_host(&url, FAST_HOST);
         publish_lines(&mbx, 0..FIRST).await;
         mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(60)).await;
-        drop(a); // SIGKILL: its lease runs out by itself
+        drop(a); // SIGKILL: its lease runs out by itself…
+                 // …but not before strace holds A2: under load, starting A2 and attaching strace
+                 // took longer than what was left of A's lease, A2 restored unwatched, and the
+                 // test saw no stalled call. A's lease is held here and let go once A2 is traced.
+        set_lease_expiry(&pool, "now() + interval '1 hour'").await;
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&log)
@@ -348,6 +363,7 @@ async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
             Stall::attached(a2.pid())
         })
         .await;
+        set_lease_expiry(&pool, "now()").await;
         wait_for("A2 to own the port", Duration::from_secs(30), || async {
             owner_other_than(&pool, 0).await == Some(a2.pid() as i32)
         })
