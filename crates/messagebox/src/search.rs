@@ -80,32 +80,31 @@ impl MessageBox {
             Some(text) => Some(crate::config::compile_filter(&mut tx, text).await?),
             None => None,
         };
-        if let Some(port) = &query.port {
-            let known: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM send_ports WHERE name = $1)")
-                    .bind(port)
-                    .fetch_one(&mut *tx)
-                    .await?;
+        // a name that does not exist is an error, not an empty result
+        let named = [
+            (
+                &query.port,
+                "send_ports",
+                "send port",
+                "`mbx send-port list` shows the ports",
+            ),
+            (
+                &query.receive_port,
+                "receive_ports",
+                "receive port",
+                "`mbx receive-port list` shows the ports",
+            ),
+        ];
+        for (name, table, kind, hint) in named {
+            let Some(name) = name else { continue };
+            let known: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE name = $1)"
+            ))
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
             if !known {
-                return Err(Error::not_found(
-                    "send port",
-                    port.clone(),
-                    "`mbx send-port list` shows the ports",
-                ));
-            }
-        }
-        if let Some(port) = &query.receive_port {
-            let known: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM receive_ports WHERE name = $1)")
-                    .bind(port)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if !known {
-                return Err(Error::not_found(
-                    "receive port",
-                    port.clone(),
-                    "`mbx receive-port list` shows the ports",
-                ));
+                return Err(Error::not_found(kind, name.clone(), hint));
             }
         }
         let rows: Vec<Row> = sqlx::query_as(
