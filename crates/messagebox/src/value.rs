@@ -186,15 +186,6 @@ mod tests {
     }
 
     #[test]
-    fn property_names_need_a_namespace() {
-        assert!(validate_property_name("Order.Region").is_ok());
-        assert!(validate_property_name("mbx.MessageType").is_ok());
-        assert!(validate_property_name("Region").is_err());
-        assert!(validate_property_name("Order..Region").is_err());
-        assert!(validate_property_name("Order.1x").is_err());
-    }
-
-    #[test]
     fn values_round_trip_through_json_with_their_type() {
         let v = Value::Decimal(Decimal::from_str("12.50").unwrap());
         let json = serde_json::to_string(&v).unwrap();

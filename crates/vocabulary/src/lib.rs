@@ -127,6 +127,8 @@ mod tests {
         assert!(validate_property_name("Region").is_err());
         assert!(validate_property_name("Order.1x").is_err());
         assert!(validate_property_name("Order.").is_err());
+        assert!(validate_property_name("Order..Region").is_err());
+        assert!(validate_property_name("mbx.MessageType").is_ok());
         let long = format!("A.{}", "b".repeat(PROPERTY_NAME_MAX_BYTES));
         assert!(validate_property_name(&long).is_err());
     }
