@@ -221,7 +221,19 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
         ),
         (
             &["send-port", "create", "a", "--address", "mbx://eu/orders"],
-            "no adapter for mbx://",
+            "group link 'eu' does not exist",
+        ),
+        (
+            &["send-port", "create", "a", "--address", "mbx://eu"],
+            "RECEIVE_PORT",
+        ),
+        (
+            &["send-port", "update", "nope", "--retry-count", "1"],
+            "send port 'nope' does not exist",
+        ),
+        (
+            &["send-port", "update", "nope"],
+            "no change given",
         ),
         (
             &["send-port", "create", "a", "--address", "file:///tmp/x/%Bogus%.xml"],

@@ -35,10 +35,11 @@ async fn each_role_can_do_its_part_and_no_more(pool: PgPool) {
     assert!(out.contains(&format!("{prefix}_host")), "{out}");
     // idempotent
     cli.ok(&["roles", "create", "--prefix", &prefix]);
-    let (migrator, host, reader) = (
+    let (migrator, host, reader, forwarder) = (
         format!("{prefix}_migrator"),
         format!("{prefix}_host"),
         format!("{prefix}_reader"),
+        format!("{prefix}_forwarder"),
     );
 
     let result = async {
@@ -76,6 +77,34 @@ async fn each_role_can_do_its_part_and_no_more(pool: PgPool) {
         let status = Mbx::new(url_as(&url, &reader)).ok(&["status"]);
         assert!(status.contains("hosts:"), "{status}");
 
+        // the forwarder (what another group's link connects as): it can publish into this
+        // group's receive ports through the mbx_forward_* functions, and nothing else
+        let mut f = PgConnection::connect(&url_as(&url, &forwarder))
+            .await
+            .expect("forwarder connects");
+        let group: String = sqlx::query_scalar("SELECT group_name FROM mbx_forward_hello()")
+            .fetch_one(&mut f)
+            .await
+            .expect("hello");
+        assert_eq!(group, "default");
+        sqlx::query("SELECT * FROM mbx_forward_declarations()")
+            .execute(&mut f)
+            .await
+            .expect("declarations");
+        for sql in [
+            "SELECT count(*) FROM messages",
+            "SELECT count(*) FROM forward_inbox",
+            "INSERT INTO forward_inbox (source_group, source_group_name, send_port, source_message_id, message_id, receive_port) VALUES (gen_random_uuid(), 'x', 'p', gen_random_uuid(), gen_random_uuid(), 'r')",
+            "UPDATE send_ports SET state = 'stopped'",
+            "DELETE FROM suspended_items",
+        ] {
+            fails_with_privilege_error(&mut f, sql).await;
+        }
+        let target = mbx_messagebox::forward::ForwardTarget::connect(&url_as(&url, &forwarder))
+            .await
+            .expect("a link connects as the forwarder");
+        assert_eq!(target.group_name, "default");
+
         // the migrator owns the schema: `mbx init` is a no-op that succeeds
         Mbx::new(url_as(&url, &migrator)).ok(&["init"]);
 
@@ -101,7 +130,7 @@ async fn each_role_can_do_its_part_and_no_more(pool: PgPool) {
         .execute(&mut conn)
         .await
         .expect("reassign");
-    for role in [&host, &reader, &migrator] {
+    for role in [&host, &reader, &forwarder, &migrator] {
         sqlx::query(&format!("DROP OWNED BY {role}"))
             .execute(&mut conn)
             .await
@@ -110,7 +139,7 @@ async fn each_role_can_do_its_part_and_no_more(pool: PgPool) {
     let mut admin = PgConnection::connect(&with_database(&server_url(), "postgres"))
         .await
         .expect("admin");
-    for role in [&migrator, &host, &reader] {
+    for role in [&migrator, &host, &reader, &forwarder] {
         sqlx::query(&format!("DROP ROLE {role}"))
             .execute(&mut admin)
             .await

@@ -464,3 +464,51 @@ pub async fn wait_registered(pool: &PgPool, pid: u32) {
     )
     .await;
 }
+
+/// A second MessageBox (another group) on the test server, next to a `#[sqlx::test]`
+/// database: created and migrated as group `name`; dropped (connections and all) with
+/// [`OtherGroup::drop_database`] at the end of the test.
+pub struct OtherGroup {
+    pub url: String,
+    pub mbx: MessageBox,
+    database: String,
+}
+
+impl OtherGroup {
+    pub async fn create(beside: &PgPool, name: &str) -> OtherGroup {
+        let first = beside
+            .connect_options()
+            .get_database()
+            .expect("test pool names its database")
+            .to_owned();
+        // identifiers stop at 63 bytes, and the test database's name is long already
+        let tail = &first[first.len().saturating_sub(24)..];
+        let database = format!("g_{tail}_{name}");
+        let url = with_database(&server_url(), &database);
+        // a failed earlier run of the same test (the name follows the test) left it
+        drop_database(&database).await;
+        mbx_messagebox::create_database_if_missing(&url)
+            .await
+            .expect("create the other group's database");
+        let mbx = MessageBox::connect(&url, 4).await.expect("connect");
+        mbx.init(Some(name)).await.expect("init the other group");
+        OtherGroup { url, mbx, database }
+    }
+
+    /// Drops the database (stop its hosts first; remaining connections are ended).
+    pub async fn drop_database(self) {
+        self.mbx.pool().close().await;
+        drop_database(&self.database).await;
+    }
+}
+
+async fn drop_database(name: &str) {
+    let admin = MessageBox::connect(&server_url(), 1)
+        .await
+        .expect("connect");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(admin.pool())
+        .await
+        .expect("drop the other group's database");
+    admin.pool().close().await;
+}

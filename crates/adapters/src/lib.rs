@@ -33,6 +33,7 @@ pub mod context;
 pub mod error;
 pub mod file;
 pub mod http;
+pub mod mbx;
 pub mod null;
 pub mod pipeline;
 pub mod registry;

@@ -10,6 +10,7 @@ use crate::error::{RegistryError, Side};
 use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
 use crate::http::HttpReceiveConfig;
 use crate::http::HttpSendAdapter;
+use crate::mbx::GroupForwardAdapter;
 use crate::null::NullSendAdapter;
 use crate::pipeline::{Pipeline, PipelineKind, Promotion};
 use crate::settings::Settings;
@@ -21,6 +22,8 @@ pub enum Scheme {
     File,
     Http,
     Https,
+    /// Forwarding into another group: checked here, sent by the host's forwarder.
+    Mbx,
     Null,
 }
 
@@ -29,6 +32,7 @@ pub const SCHEMES: &[(&str, Scheme)] = &[
     ("file", Scheme::File),
     ("http", Scheme::Http),
     ("https", Scheme::Https),
+    ("mbx", Scheme::Mbx),
     ("null", Scheme::Null),
 ];
 
@@ -76,6 +80,7 @@ impl Scheme {
             Scheme::File => "file",
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Mbx => "mbx",
             Scheme::Null => "null",
         }
     }
@@ -92,6 +97,7 @@ impl Scheme {
         match self {
             Scheme::File => "FILE",
             Scheme::Http | Scheme::Https => "HTTP",
+            Scheme::Mbx => "MBX",
             Scheme::Null => "NULL",
         }
     }
@@ -117,7 +123,8 @@ pub fn adapters_help(side: Side) -> String {
                 (format!("{name}:///orders"), HTTP_RECEIVE_SETTINGS)
             }
             (Scheme::Null, Side::Send) => ("null:discard".to_owned(), &[]),
-            (Scheme::Null, Side::Receive) => continue,
+            (Scheme::Mbx, Side::Send) => (crate::mbx::SEND_EXAMPLE.to_owned(), &[]),
+            (Scheme::Null | Scheme::Mbx, Side::Receive) => continue,
         };
         // a location's max_message_size is its --max-message-size
         let settings: Vec<&str> = settings
@@ -145,6 +152,7 @@ pub struct Registry {
     file_send: Arc<dyn SendAdapter>,
     http_send: Arc<dyn SendAdapter>,
     null_send: Arc<dyn SendAdapter>,
+    mbx_send: Arc<dyn SendAdapter>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -163,6 +171,7 @@ impl Registry {
             file_send: Arc::new(FileSendAdapter::new()),
             http_send: Arc::new(HttpSendAdapter::new()?),
             null_send: Arc::new(NullSendAdapter::new()),
+            mbx_send: Arc::new(GroupForwardAdapter),
         })
     }
 
@@ -174,6 +183,7 @@ impl Registry {
             Scheme::File => self.file_send = adapter,
             Scheme::Http | Scheme::Https => self.http_send = adapter,
             Scheme::Null => self.null_send = adapter,
+            Scheme::Mbx => self.mbx_send = adapter,
         }
         self
     }
@@ -184,6 +194,7 @@ impl Registry {
             Scheme::File => self.file_send.clone(),
             Scheme::Http | Scheme::Https => self.http_send.clone(),
             Scheme::Null => self.null_send.clone(),
+            Scheme::Mbx => self.mbx_send.clone(),
         })
     }
 
@@ -194,6 +205,7 @@ impl Registry {
             (Scheme::File, self.file_send.clone()),
             (Scheme::Http, self.http_send.clone()),
             (Scheme::Null, self.null_send.clone()),
+            (Scheme::Mbx, self.mbx_send.clone()),
         ]
     }
 
@@ -229,6 +241,7 @@ impl Registry {
                     hint: ": NULL is a send-only sink",
                 })
             }
+            Scheme::Mbx => return Err(forward_receive_unsupported()),
         }
         Ok(scheme)
     }
@@ -279,7 +292,17 @@ impl Registry {
                 side: Side::Receive,
                 hint: ": NULL is a send-only sink",
             }),
+            Scheme::Mbx => Err(forward_receive_unsupported()),
         }
+    }
+}
+
+/// Forwarded messages arrive on a receive port by themselves: no location takes them.
+fn forward_receive_unsupported() -> RegistryError {
+    RegistryError::Unsupported {
+        adapter: "MBX",
+        side: Side::Receive,
+        hint: ": messages forwarded from another group arrive on the receive port named in its send port's mbx://LINK/RECEIVE_PORT, with no location",
     }
 }
 

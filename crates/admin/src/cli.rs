@@ -59,6 +59,9 @@ pub enum Command {
     /// Send port groups: a filter shared by several send ports.
     #[command(subcommand, name = "send-port-group")]
     SendPortGroup(GroupCommand),
+    /// This group (MessageBox) and its links to other groups.
+    #[command(subcommand)]
+    Group(GroupLevelCommand),
     /// Publish and find messages.
     #[command(subcommand)]
     Message(MessageCommand),
@@ -175,6 +178,20 @@ pub enum HostCommand {
         #[arg(long)]
         tracking: Option<String>,
     },
+    /// Change a host's throttles or tracking level in place (running instances pick them up).
+    #[command(
+        after_help = "Example:\n  mbx host update edi --throttle-publish 100000 --tracking all"
+    )]
+    Update {
+        name: String,
+        #[arg(long)]
+        throttle_publish: Option<i64>,
+        #[arg(long)]
+        throttle_inflight: Option<i64>,
+        /// off, failures or all.
+        #[arg(long)]
+        tracking: Option<String>,
+    },
     /// List hosts.
     #[command(after_help = "Example:\n  mbx host list --output json")]
     List,
@@ -286,6 +303,70 @@ pub struct SendPortCreate {
     pub unenlisted: bool,
 }
 
+/// `send-port update`: every create flag, each optional (absent: unchanged).
+#[derive(Args, Debug, Default)]
+pub struct SendPortUpdate {
+    pub name: String,
+    /// Move the port to this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// New primary address (a dynamic port becomes static).
+    #[arg(long, conflicts_with = "dynamic")]
+    pub address: Option<String>,
+    /// Make the port dynamic (with --allow-address).
+    #[arg(long)]
+    pub dynamic: bool,
+    /// Replace the address prefixes a dynamic port may send to (repeatable).
+    #[arg(long = "allow-address")]
+    pub allow_address: Vec<String>,
+    /// New subscription filter (a routing change: later publishes see it, earlier do not).
+    #[arg(long, conflicts_with = "no_filter")]
+    pub filter: Option<String>,
+    /// Remove the filter: the port receives nothing more.
+    #[arg(long)]
+    pub no_filter: bool,
+    /// true or false; refused while deliveries wait.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ordered: Option<bool>,
+    /// true or false (ordered ports).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub stop_on_failure: Option<bool>,
+    #[arg(long)]
+    pub ordered_commit_batch: Option<i32>,
+    #[arg(long)]
+    pub retry_count: Option<i32>,
+    #[arg(long)]
+    pub retry_interval: Option<String>,
+    #[arg(long)]
+    pub retry_backoff: Option<String>,
+    #[arg(long)]
+    pub retry_max_interval: Option<String>,
+    #[arg(long, conflicts_with = "no_backup_address")]
+    pub backup_address: Option<String>,
+    /// Remove the backup transport.
+    #[arg(long)]
+    pub no_backup_address: bool,
+    #[arg(long)]
+    pub backup_retry_count: Option<i32>,
+    #[arg(long)]
+    pub backup_retry_interval: Option<String>,
+    /// Not available yet: refused until failed-message routing is built.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub route_failed: Option<bool>,
+    /// off, failures, all, or host (the host's level).
+    #[arg(long)]
+    pub tracking: Option<String>,
+    /// Not available yet: refused until solicit-response ports are built.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub solicit_response: Option<bool>,
+    /// Set an adapter setting KEY=VALUE (repeatable; others are kept).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Remove an adapter setting (repeatable).
+    #[arg(long = "unset")]
+    pub unset: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum SendPortCommand {
     /// Create a send port (stopped: it collects its messages, sends after `start`).
@@ -293,6 +374,12 @@ pub enum SendPortCommand {
         after_help = "Example:\n  mbx send-port create eu --address 'file:///tmp/eu/%MessageID%.xml' --filter 'Order.Region == \"EU\"'"
     )]
     Create(Box<SendPortCreate>),
+    /// Change a port in place (one transaction, checked as at creation): its backlog, state
+    /// and ordered sequence stay. Only the flags given change.
+    #[command(
+        after_help = "Examples:\n  mbx send-port update manager-b --address mbx://managers/from-broker\n  mbx send-port update eu --filter 'Order.Region == \"EU\" and Order.Amount > 100' --retry-count 5"
+    )]
+    Update(Box<SendPortUpdate>),
     /// Show a port's settings and counters.
     #[command(after_help = "Example:\n  mbx send-port show eu --output json")]
     Show { name: String },
@@ -328,6 +415,35 @@ pub enum SendPortCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum GroupLevelCommand {
+    /// Links to other groups: a send port with address mbx://LINK/RECEIVE_PORT forwards
+    /// into the linked group's MessageBox, exactly once.
+    #[command(subcommand)]
+    Link(LinkCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LinkCommand {
+    /// Link another group: connects to its MessageBox, checks it is an mbx MessageBox with
+    /// group links and not this group, and records its group id.
+    #[command(
+        after_help = "Example:\n  export MANAGERS_DATABASE_URL=postgres://mbx_forwarder:secret@managers-db:5432/mbx\n  mbx group link add managers --target-url env:MANAGERS_DATABASE_URL\n  mbx send-port create manager-b --address mbx://managers/from-broker --filter 'Order.ManagerId == \"B\"'\n\n--database-url (MBX_DATABASE_URL) is this group's MessageBox; --target-url the other's,\nas a reference (env:NAME, file:PATH) or a URL without a password. On the target, `mbx\nroles create` makes <prefix>_forwarder, which can only publish into receive ports."
+    )]
+    Add {
+        name: String,
+        /// The linked group's MessageBox: env:NAME, file:PATH, or a URL without a password.
+        #[arg(long)]
+        target_url: String,
+    },
+    /// List this group's links.
+    #[command(after_help = "Example:\n  mbx group link list")]
+    List,
+    /// Remove a link (refused while a send port forwards through it).
+    #[command(after_help = "Example:\n  mbx group link remove managers")]
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum GroupCommand {
     /// Create a send port group (stopped unless --start).
     #[command(
@@ -345,6 +461,23 @@ pub enum GroupCommand {
         /// Create it unenlisted: its filter subscribes nothing until it is started.
         #[arg(long)]
         unenlisted: bool,
+    },
+    /// Change a group's filter in place (a routing change: later publishes see it).
+    #[command(
+        after_help = "Example:\n  mbx send-port-group update all-eu --filter 'Order.Region == \"EU\"'"
+    )]
+    Update {
+        name: String,
+        /// New subscription filter of the group.
+        #[arg(
+            long,
+            required_unless_present = "no_filter",
+            conflicts_with = "no_filter"
+        )]
+        filter: Option<String>,
+        /// Remove the group's filter: it routes nothing more.
+        #[arg(long)]
+        no_filter: bool,
     },
     /// Add ports to a group.
     #[command(after_help = "Example:\n  mbx send-port-group add all-eu eu archive")]
@@ -529,6 +662,38 @@ pub struct ReceiveLocationCreate {
     pub set: Vec<String>,
 }
 
+/// `receive-location update`: the create flags, each optional (absent: unchanged).
+#[derive(Args, Debug, Default)]
+pub struct ReceiveLocationUpdate {
+    pub name: String,
+    /// Feed another receive port.
+    #[arg(long)]
+    pub port: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub address: Option<String>,
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Replace the promotions with these PROP=PATH (repeatable).
+    #[arg(long = "promote")]
+    pub promote: Vec<String>,
+    /// Remove every promotion.
+    #[arg(long, conflicts_with = "promote")]
+    pub no_promote: bool,
+    /// true or false; only on a disabled location.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ordered: Option<bool>,
+    #[arg(long)]
+    pub max_message_size: Option<String>,
+    /// Set an adapter setting KEY=VALUE (repeatable; others are kept).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Remove an adapter setting (repeatable).
+    #[arg(long = "unset")]
+    pub unset: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ReceiveLocationCommand {
     /// Create a receive location (disabled until `enable`).
@@ -536,6 +701,12 @@ pub enum ReceiveLocationCommand {
         after_help = "Example:\n  mbx receive-location create orders-in --port orders --address 'file:///data/in/*.json' --pipeline json --promote Order.Region=/region"
     )]
     Create(Box<ReceiveLocationCreate>),
+    /// Change a location in place (one transaction, checked as at creation); an enabled
+    /// location is restarted with the new settings by its host.
+    #[command(
+        after_help = "Example:\n  mbx receive-location update orders-in --address 'file:///data/in2/*.json' --promote Order.Region=/region"
+    )]
+    Update(Box<ReceiveLocationUpdate>),
     /// Start receiving on this location.
     #[command(after_help = "Example:\n  mbx receive-location enable orders-in")]
     Enable { name: String },
@@ -569,9 +740,11 @@ pub fn command() -> clap::Command {
     Cli::command()
         .mut_subcommand("send-port", |c| {
             c.mut_subcommand("create", |c| with_adapters(c, Side::Send))
+                .mut_subcommand("update", |c| with_adapters(c, Side::Send))
         })
         .mut_subcommand("receive-location", |c| {
             c.mut_subcommand("create", |c| with_adapters(c, Side::Receive))
+                .mut_subcommand("update", |c| with_adapters(c, Side::Receive))
         })
 }
 

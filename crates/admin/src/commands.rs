@@ -67,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ReceiveLocation(c) => receive_location(&mbx, c, json_out).await,
         Command::SendPort(c) => send_port(&mbx, c, json_out).await,
         Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
+        Command::Group(GroupLevelCommand::Link(c)) => crate::update::link(&mbx, c, json_out).await,
         Command::Message(MessageCommand::Publish {
             promote,
             property,
@@ -210,7 +211,7 @@ async fn init(url: &str, group: Option<&str>, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-fn tracking_arg(arg: &str, v: &Option<String>) -> Result<Option<TrackingLevel>> {
+pub(crate) fn tracking_arg(arg: &str, v: &Option<String>) -> Result<Option<TrackingLevel>> {
     v.as_deref()
         .map(|s| {
             s.parse::<TrackingLevel>()
@@ -235,6 +236,23 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
             };
             mbx.host_create(&spec).await?;
             println!("created host '{name}'");
+        }
+        HostCommand::Update {
+            name,
+            throttle_publish,
+            throttle_inflight,
+            tracking,
+        } => {
+            let tracking = tracking_arg("--tracking", &tracking)?;
+            crate::update::host(
+                mbx,
+                &name,
+                throttle_publish,
+                throttle_inflight,
+                tracking,
+                json_out,
+            )
+            .await?
         }
         HostCommand::List => {
             let hosts = mbx.host_list().await?;
@@ -342,6 +360,16 @@ async fn property(mbx: &MessageBox, c: PropertyCommand, json_out: bool) -> Resul
     Ok(())
 }
 
+/// Parses a size argument: `100MB`, `1MiB`.
+pub(crate) fn size_arg(arg: &str, text: &str) -> Result<u64> {
+    let size: bytesize::ByteSize = text.parse().map_err(|e| {
+        Usage(format!(
+            "{arg}: '{text}' is not a size ({e}) (example: {arg} 100MB)"
+        ))
+    })?;
+    Ok(size.as_u64())
+}
+
 /// Parses a duration argument: `30s`, `5m`, `1h`, `2d` (humantime syntax).
 pub fn duration_s(arg: &str, text: &str) -> Result<i64> {
     let d = humantime::parse_duration(text.trim())
@@ -361,7 +389,7 @@ fn key_value<'a>(arg: &str, text: &'a str, example: &str) -> Result<(&'a str, &'
 }
 
 /// Refuses a flag whose behaviour is not built yet: accepted, it would do nothing.
-fn not_built(flag: &str, given: bool, what: &str) -> Result<()> {
+pub(crate) fn not_built(flag: &str, given: bool, what: &str) -> Result<()> {
     if given {
         return Err(Usage(format!(
             "{flag}: not available yet ({what} is not built in this version); drop {flag}"
@@ -372,7 +400,11 @@ fn not_built(flag: &str, given: bool, what: &str) -> Result<()> {
 }
 
 /// Collects repeated `--flag NAME=VALUE` arguments into a map.
-fn key_values(arg: &str, items: &[String], example: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn key_values(
+    arg: &str,
+    items: &[String],
+    example: &str,
+) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for item in items {
         let (k, v) = key_value(arg, item, example)?;
@@ -418,12 +450,7 @@ async fn receive_location(
 ) -> Result<()> {
     match c {
         ReceiveLocationCommand::Create(a) => {
-            let size: bytesize::ByteSize = a.max_message_size.parse().map_err(|e| {
-                Usage(format!(
-                    "--max-message-size: '{}' is not a size ({e}) (example: --max-message-size 100MB)",
-                    a.max_message_size
-                ))
-            })?;
+            let size = size_arg("--max-message-size", &a.max_message_size)?;
             let spec = ReceiveLocationSpec {
                 name: a.name.clone(),
                 port: a.port.clone(),
@@ -433,7 +460,7 @@ async fn receive_location(
                 promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
                 settings: key_values("--set", &a.set, "mask=*.xml")?,
                 ordered: a.ordered,
-                max_message_size: size.as_u64(),
+                max_message_size: size,
             };
             crate::validate::receive_location(&spec)?;
             let loc = mbx.receive_location_create(&spec).await?;
@@ -470,6 +497,9 @@ async fn receive_location(
         ReceiveLocationCommand::Delete { name } => {
             mbx.receive_location_delete(&name).await?;
             println!("deleted receive location '{name}'");
+        }
+        ReceiveLocationCommand::Update(a) => {
+            crate::update::receive_location(mbx, *a, json_out).await?
         }
         ReceiveLocationCommand::List => {
             let list = mbx.receive_location_list().await?;
@@ -612,6 +642,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 println!("{k:<18} {v}");
             }
         }
+        SendPortCommand::Update(a) => crate::update::send_port(mbx, *a, json_out).await?,
         SendPortCommand::List => {
             let ports = mbx.send_port_list().await?;
             if json_out {
@@ -663,7 +694,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
 }
 
 /// Names the argument a filter error came from.
-fn filter_arg(e: mbx_messagebox::Error, arg: &str) -> anyhow::Error {
+pub(crate) fn filter_arg(e: mbx_messagebox::Error, arg: &str) -> anyhow::Error {
     match e {
         mbx_messagebox::Error::Filter(f) => {
             anyhow::Error::new(mbx_messagebox::Error::Filter(f)).context(arg.to_owned())
@@ -721,6 +752,11 @@ async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> 
         }
         GroupCommand::Start { name } => print_change(mbx.group_start(&name).await?, json_out)?,
         GroupCommand::Stop { name } => print_change(mbx.group_stop(&name).await?, json_out)?,
+        GroupCommand::Update {
+            name,
+            filter,
+            no_filter,
+        } => crate::update::group(mbx, &name, filter, no_filter, json_out).await?,
         GroupCommand::List => {
             let groups = mbx.group_list().await?;
             if json_out {

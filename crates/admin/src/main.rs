@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod commands;
 mod output;
+mod update;
 mod validate;
 
 use std::process::ExitCode;

@@ -199,7 +199,15 @@ async fn send_all(
     let mut checkpoints: HashMap<i64, String> = HashMap::new();
     let mut by_adapter: HashMap<&'static str, (Arc<dyn SendAdapter>, Vec<OutboundMessage>)> =
         HashMap::new();
+    // deliveries to another group are forwarded by the host itself, not by an adapter
+    let mut forwards = Vec::new();
     for d in batch {
+        if let Ok(address) = resolve_address(port, d) {
+            if crate::forward::is_forward(&address) {
+                forwards.push((d, address));
+                continue;
+            }
+        }
         match outbound(shared, port, d, fence).await {
             Ok((adapter, message)) => by_adapter
                 .entry(adapter.name())
@@ -210,6 +218,9 @@ async fn send_all(
                 outcomes.insert(d.delivery_id, outcome);
             }
         }
+    }
+    if !forwards.is_empty() {
+        outcomes.extend(crate::forward::forward(shared, port, forwards, fence).await);
     }
     // what each adapter was handed, with the panic of its `send` call if it panicked
     let mut handed: Vec<(Vec<i64>, Option<String>)> = Vec::with_capacity(by_adapter.len());

@@ -16,6 +16,7 @@
 
 mod admin;
 mod delivery;
+mod forward;
 mod http_receive;
 mod http_server;
 mod lease;
@@ -144,6 +145,10 @@ pub(crate) struct Shared {
     pub published: Notify,
     /// Woken on every configuration-change notification.
     pub config_changed: Notify,
+    /// Woken when another group forwarded messages into this one's inbox.
+    pub forwarded: Notify,
+    /// Connections to the groups this instance forwards to.
+    pub forward_links: forward::Links,
     /// Becomes true when the instance stops.
     pub stopping: watch::Receiver<bool>,
     /// The HTTP receive locations this instance serves.
@@ -239,6 +244,8 @@ pub async fn run_with_registry(
         instance: instance_tx,
         published: Notify::new(),
         config_changed: Notify::new(),
+        forwarded: Notify::new(),
+        forward_links: Default::default(),
         stopping: stop_rx,
         http: Default::default(),
         progress: Default::default(),
@@ -269,6 +276,8 @@ pub async fn run_with_registry(
     tasks.push(tokio::spawn(maintenance_loop(shared.clone())));
     tasks.push(tokio::spawn(metrics_loop(shared.clone())));
     tasks.push(tokio::spawn(throttle::monitor_loop(shared.clone())));
+    tasks.push(tokio::spawn(forward::inbox_loop(shared.clone())));
+    tasks.push(tokio::spawn(forward::forget_loop(shared.clone())));
     let supervisor = tokio::spawn(supervisor_loop(shared.clone()));
 
     shutdown.await;
@@ -561,10 +570,12 @@ async fn listen_loop(shared: Arc<Shared>) {
                 // a new connection may have missed notifications: look once
                 shared.published.notify_waiters();
                 shared.config_changed.notify_one();
+                shared.forwarded.notify_one();
                 loop {
                     match listener.recv().await {
                         Ok(Wakeup::ConfigChanged) => shared.config_changed.notify_one(),
                         Ok(Wakeup::Published) => shared.published.notify_waiters(),
+                        Ok(Wakeup::Forwarded) => shared.forwarded.notify_one(),
                         Err(e) => {
                             warn!(error = %e, "publish listener lost its connection");
                             break;
@@ -580,21 +591,27 @@ async fn listen_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Running loops by object id: name, task, and its stop signal.
+/// Running loops by object id: the object's configuration as it was started (its
+/// serialized form), task, and its stop signal.
 type Loops = HashMap<i64, (String, JoinHandle<()>, watch::Sender<bool>)>;
 
-/// Makes `loops` match `wanted`: stops loops of objects no longer wanted (or whose task
-/// ended), starts loops for new ones.
-fn reconcile<T>(
+/// Makes `loops` match `wanted`: stops loops of objects no longer wanted, changed in place
+/// (`mbx … update`: started again with the new configuration) or whose task ended; starts
+/// loops for new ones.
+fn reconcile<T: serde::Serialize>(
     loops: &mut Loops,
     wanted: HashMap<i64, (String, T)>,
     kind: &str,
     spawn: impl Fn(T, watch::Receiver<bool>) -> JoinHandle<()>,
 ) {
-    loops.retain(|id, (name, handle, stop)| {
-        let keep = wanted.contains_key(id) && !handle.is_finished();
+    let config = |object: &T| serde_json::to_string(object).unwrap_or_default();
+    loops.retain(|id, (started_with, handle, stop)| {
+        let keep = wanted
+            .get(id)
+            .is_some_and(|(_, object)| config(object) == *started_with)
+            && !handle.is_finished();
         if !keep {
-            info!(%kind, name = %name, "loop stopping");
+            info!(%kind, id, "loop stopping");
             let _ = stop.send(true);
         }
         keep
@@ -603,7 +620,8 @@ fn reconcile<T>(
         if let std::collections::hash_map::Entry::Vacant(slot) = loops.entry(id) {
             info!(%kind, name = %name, "loop starting");
             let (stop_tx, stop_rx) = watch::channel(false);
-            slot.insert((name, spawn(object, stop_rx), stop_tx));
+            let started_with = config(&object);
+            slot.insert((started_with, spawn(object, stop_rx), stop_tx));
         }
     }
 }

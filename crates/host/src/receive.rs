@@ -472,6 +472,7 @@ impl Submitter for LocationSubmitter {
                 Ok(context) => {
                     published_from.push(i);
                     messages.push(NewMessage {
+                        id: None,
                         body: new_body(m.body).await.map_err(SubmitError::new)?,
                         content_type: m.content_type,
                         context,
@@ -485,6 +486,7 @@ impl Submitter for LocationSubmitter {
                         let _ = context.write(name, Value::String(value.to_owned()));
                     }
                     let failed = NewMessage {
+                        id: None,
                         body: new_body(m.body).await.map_err(SubmitError::new)?,
                         content_type: m.content_type,
                         context,

@@ -123,12 +123,31 @@ pub struct Host {
     pub receive_locations: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostSpec {
     pub name: String,
     pub throttle_publish: Option<i64>,
     pub throttle_inflight: Option<i64>,
     pub tracking: Option<TrackingLevel>,
+}
+
+impl HostSpec {
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_name("host", &self.name)?;
+        for (arg, v) in [
+            ("--throttle-publish", self.throttle_publish),
+            ("--throttle-inflight", self.throttle_inflight),
+        ] {
+            if let Some(v) = v {
+                if v <= 0 {
+                    return Err(Error::Invalid(format!(
+                        "{arg}: must be above 0 (example: {arg} 50000)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------------------------------
@@ -166,7 +185,7 @@ impl InitialState {
 }
 
 /// Everything `send-port create` takes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SendPortSpec {
     pub name: String,
     pub host: String,
@@ -188,6 +207,8 @@ pub struct SendPortSpec {
     pub tracking: Option<TrackingLevel>,
     pub solicit_response: bool,
     pub settings: BTreeMap<String, String>,
+    /// Only `create` reads it; an update keeps the port's state.
+    #[serde(skip)]
     pub initial_state: InitialState,
 }
 
@@ -228,7 +249,7 @@ impl SendPortSpec {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         validate_name("send port", &self.name)?;
         match &self.address {
             Some(a) => {
@@ -369,17 +390,17 @@ impl Change {
     }
 }
 
-struct PortRow {
-    id: i64,
-    state: PortState,
-    filter_text: Option<String>,
+pub(crate) struct PortRow {
+    pub(crate) id: i64,
+    pub(crate) state: PortState,
+    pub(crate) filter_text: Option<String>,
 }
 
 /// Locks a port's row for a state or filter change. `NO KEY UPDATE`, not `UPDATE`: a
 /// publish holds a key-share lock on the row (the foreign key of its deliveries) until it
 /// commits, and a start or stop must neither wait for publishes nor make them wait (nor
 /// deadlock with one that holds the shared routing lock).
-async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
+pub(crate) async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
     let row = sqlx::query(
         "SELECT id, state, filter_text FROM send_ports WHERE name = $1 FOR NO KEY UPDATE",
     )
@@ -394,7 +415,10 @@ async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Por
     })
 }
 
-async fn port_work(tx: &mut Transaction<'_, Postgres>, port_id: i64) -> Result<PortWork> {
+pub(crate) async fn port_work(
+    tx: &mut Transaction<'_, Postgres>,
+    port_id: i64,
+) -> Result<PortWork> {
     let row = sqlx::query(
         "SELECT (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'ready'),
                 (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'claimed'),
@@ -425,7 +449,7 @@ pub(crate) async fn host_id(tx: &mut Transaction<'_, Postgres>, name: &str) -> R
 }
 
 /// Inserts or replaces the subscription of a port/group (none when it has no filter).
-async fn set_subscription(
+pub(crate) async fn set_subscription(
     tx: &mut Transaction<'_, Postgres>,
     kind: &str,
     id: i64,
@@ -457,19 +481,7 @@ impl MessageBox {
     // --- hosts -------------------------------------------------------------------------
 
     pub async fn host_create(&self, spec: &HostSpec) -> Result<()> {
-        validate_name("host", &spec.name)?;
-        for (arg, v) in [
-            ("--throttle-publish", spec.throttle_publish),
-            ("--throttle-inflight", spec.throttle_inflight),
-        ] {
-            if let Some(v) = v {
-                if v <= 0 {
-                    return Err(Error::Invalid(format!(
-                        "{arg}: must be above 0 (example: {arg} 50000)"
-                    )));
-                }
-            }
-        }
+        spec.validate()?;
         let res = sqlx::query(
             "INSERT INTO hosts (name, throttle_publish, throttle_inflight, tracking)
              VALUES ($1, coalesce($2, 50000), coalesce($3, 1000), coalesce($4, 'failures'))",
@@ -633,6 +645,7 @@ impl MessageBox {
             None => None,
         };
         let host_id = host_id(&mut tx, &spec.host).await?;
+        crate::forward::check_link_addresses(&mut tx, spec).await?;
         let enlisted = spec.initial_state != InitialState::Unenlisted;
         if enlisted && filter.is_some() {
             begin_routing_change(&mut tx).await?;
@@ -975,7 +988,7 @@ const GROUP_SELECT: &str = "
                      JOIN send_ports p ON p.id = m.port_id WHERE m.group_id = g.id), '{}') AS members
       FROM send_port_groups g";
 
-async fn fetch_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<SendPort> {
+pub(crate) async fn fetch_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<SendPort> {
     sqlx::query_as::<_, SendPort>(&format!("{SEND_PORT_SELECT} WHERE p.name = $1"))
         .bind(name)
         .fetch_optional(&mut **tx)
@@ -983,7 +996,10 @@ async fn fetch_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Se
         .ok_or_else(|| Error::not_found("send port", name, "`mbx send-port list` shows the ports"))
 }
 
-async fn fetch_group(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<SendPortGroup> {
+pub(crate) async fn fetch_group(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<SendPortGroup> {
     sqlx::query_as::<_, SendPortGroup>(&format!("{GROUP_SELECT} WHERE g.name = $1"))
         .bind(name)
         .fetch_optional(&mut **tx)
@@ -999,7 +1015,7 @@ fn group_not_found(name: &str) -> Error {
     )
 }
 
-async fn lock_group(
+pub(crate) async fn lock_group(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
 ) -> Result<(i64, GroupState, Option<String>)> {

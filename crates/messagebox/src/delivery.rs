@@ -336,7 +336,11 @@ impl MessageBox {
              ev AS (
                 INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
                 SELECT done.message_id, 'delivered', done.port_id, $3,
-                       'received from ' || coalesce('location ' || rl.name, 'a publish call')
+                       'received from ' || coalesce('location ' || rl.name,
+                           CASE WHEN m.context -> 'mbx.InboundTransportType' -> 'value' ->> 'string' = 'mbx'
+                                THEN 'another group, ' || (m.context -> 'mbx.InboundTransportLocation' -> 'value' ->> 'string')
+                                     || ', on receive port ' || (m.context -> 'mbx.ReceivePortName' -> 'value' ->> 'string') END,
+                           'a publish call')
                        || coalesce(' (file ' || (m.context -> 'mbx.SourceFileName' -> 'value' ->> 'string') || ')', '')
                   FROM done
                   JOIN send_ports p ON p.id = done.port_id JOIN hosts h ON h.id = p.host_id

@@ -9,6 +9,7 @@ pub mod context;
 pub mod delivery;
 mod error;
 pub mod filter;
+pub mod forward;
 pub mod instances;
 pub mod maintenance;
 pub mod ordered;
@@ -21,6 +22,7 @@ pub mod states;
 pub mod stats;
 pub mod suspended;
 pub mod throttle;
+pub mod update;
 pub mod value;
 
 use std::sync::{Arc, RwLock};
@@ -329,6 +331,8 @@ pub enum Wakeup {
     Published,
     /// Ports, groups or locations changed: the supervisor reloads them.
     ConfigChanged,
+    /// Another group forwarded messages into this one's inbox.
+    Forwarded,
 }
 
 /// A dedicated connection LISTENing on the publish and configuration channels.
@@ -339,10 +343,10 @@ impl Listener {
     /// connection may have missed notifications, so look for work once after it).
     pub async fn recv(&mut self) -> Result<Wakeup> {
         let n = self.0.recv().await?;
-        Ok(if n.channel() == CONFIG_CHANNEL {
-            Wakeup::ConfigChanged
-        } else {
-            Wakeup::Published
+        Ok(match n.channel() {
+            CONFIG_CHANNEL => Wakeup::ConfigChanged,
+            forward::INBOX_CHANNEL => Wakeup::Forwarded,
+            _ => Wakeup::Published,
         })
     }
 }
@@ -352,7 +356,7 @@ impl MessageBox {
     pub async fn listen(&self) -> Result<Listener> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([PUBLISH_CHANNEL, CONFIG_CHANNEL])
+            .listen_all([PUBLISH_CHANNEL, CONFIG_CHANNEL, forward::INBOX_CHANNEL])
             .await?;
         Ok(Listener(listener))
     }

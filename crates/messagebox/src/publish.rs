@@ -83,6 +83,9 @@ impl From<Bytes> for NewBody {
 /// A message to publish.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// The id to publish it under (a message forwarded from another group, whose id here
+    /// was given when it was accepted); `None`: a fresh one.
+    pub id: Option<Uuid>,
     pub body: NewBody,
     pub content_type: String,
     pub context: Context,
@@ -93,6 +96,7 @@ pub struct NewMessage {
 impl NewMessage {
     pub fn new(body: impl Into<Bytes>, content_type: &str, context: Context) -> Self {
         Self {
+            id: None,
             body: NewBody::Bytes(body.into()),
             content_type: content_type.to_owned(),
             context,
@@ -163,7 +167,10 @@ impl MessageBox {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = messages.iter().map(|_| Uuid::now_v7()).collect();
+        let ids: Vec<Uuid> = messages
+            .iter()
+            .map(|m| m.id.unwrap_or_else(Uuid::now_v7))
+            .collect();
         let fresh = dedup_sources(tx, &ids, &messages).await?;
 
         // 1. messages and bodies (before the routing lock, so a large body never stalls a

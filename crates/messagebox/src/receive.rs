@@ -13,7 +13,7 @@ use crate::publish::MAX_MESSAGE_SIZE_DEFAULT_BYTES;
 use crate::{Error, MessageBox, Result, DEFAULT_HOST};
 
 /// Everything `receive-location create` takes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReceiveLocationSpec {
     pub name: String,
     pub port: String,
@@ -42,7 +42,7 @@ impl ReceiveLocationSpec {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         validate_name("receive location", &self.name)?;
         validate_address("--address", &self.address)?;
         // the pipeline, its paths and --ordered are checked by the adapters' registry
@@ -86,14 +86,14 @@ pub struct ReceivePort {
     pub locations: Vec<String>,
 }
 
-const LOCATION_SELECT: &str = "
+pub(crate) const LOCATION_SELECT: &str = "
     SELECT l.id, l.name, r.name AS port, r.two_way, h.name AS host, l.address, l.pipeline,
            l.promote, l.settings, l.ordered, l.max_message_size, l.enabled
       FROM receive_locations l
       JOIN receive_ports r ON r.id = l.receive_port_id
       JOIN hosts h ON h.id = l.host_id";
 
-fn location_not_found(name: &str) -> Error {
+pub(crate) fn location_not_found(name: &str) -> Error {
     Error::not_found(
         "receive location",
         name,

@@ -1,7 +1,9 @@
 //! Database roles (security): three login roles per MessageBox —
 //! `<prefix>_migrator` owns the schema and runs `mbx init` (DDL), `<prefix>_host` has DML
 //! on the MessageBox tables only (what `mbx-host` needs), `<prefix>_reader` reads (for
-//! `mbx status`, `stats`, `list` and monitoring) — and nothing for PUBLIC. Passwords or
+//! `mbx status`, `stats`, `list` and monitoring), `<prefix>_forwarder` may only call the
+//! `mbx_forward_*` functions (what another group's forwarding hosts need: publish into
+//! this group's receive ports, nothing read or changed otherwise) — and nothing for PUBLIC. Passwords or
 //! certificates are the operator's (`ALTER ROLE … PASSWORD`, pg_hba.conf); none is stored.
 
 use sqlx::Row;
@@ -14,6 +16,7 @@ pub struct RoleNames {
     pub migrator: String,
     pub host: String,
     pub reader: String,
+    pub forwarder: String,
 }
 
 impl RoleNames {
@@ -35,6 +38,7 @@ impl RoleNames {
             migrator: format!("{prefix}_migrator"),
             host: format!("{prefix}_host"),
             reader: format!("{prefix}_reader"),
+            forwarder: format!("{prefix}_forwarder"),
         })
     }
 }
@@ -46,9 +50,14 @@ impl MessageBox {
     /// the database and everything on schema `public`. Idempotent: run it again after
     /// `mbx init` applied new migrations as another role.
     pub async fn roles_apply(&self, names: &RoleNames) -> Result<()> {
-        let (m, h, r) = (&names.migrator, &names.host, &names.reader);
+        let (m, h, r, f) = (
+            &names.migrator,
+            &names.host,
+            &names.reader,
+            &names.forwarder,
+        );
         let mut tx = self.pool.begin().await?;
-        for role in [m, h, r] {
+        for role in [m, h, r, f] {
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                     .bind(role)
@@ -82,14 +91,19 @@ impl MessageBox {
             format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"),
             "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),
             format!("GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {m}, {h}, {r}"),
+            format!("GRANT CONNECT ON DATABASE {db} TO {f}"),
             format!("GRANT USAGE, CREATE ON SCHEMA public TO {m}"),
-            format!("GRANT USAGE ON SCHEMA public TO {h}, {r}"),
+            format!("GRANT USAGE ON SCHEMA public TO {h}, {r}, {f}"),
         ];
         for t in &tables {
             statements.push(format!("ALTER TABLE {t} OWNER TO {m}"));
         }
-        for f in &functions {
-            statements.push(format!("ALTER FUNCTION {f} OWNER TO {m}"));
+        for function in &functions {
+            statements.push(format!("ALTER FUNCTION {function} OWNER TO {m}"));
+            if function.starts_with("mbx_forward_") {
+                // the forwarder's only door; the host may forward in too
+                statements.push(format!("GRANT EXECUTE ON FUNCTION {function} TO {f}, {h}"));
+            }
         }
         statements.extend([
             format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {h}"),

@@ -7,6 +7,9 @@
 
 pub mod secret;
 
+mod group_address;
+pub use group_address::GroupAddress;
+
 pub use secret::SecretRef;
 
 /// Names of the system properties the engine and its adapters set.

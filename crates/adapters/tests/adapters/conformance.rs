@@ -136,6 +136,15 @@ async fn every_registered_send_adapter_honours_the_contract() {
                     .collect();
                 check_send_contract(adapter, good, Vec::new(), &|_| true).await;
             }
+            Scheme::Mbx => {
+                // forwarding is the host's (tests/group_forward.rs, against two real
+                // MessageBoxes); the registry's entry only checks addresses and, if handed
+                // a message anyway, fails it for good with one outcome each
+                let bad: Vec<_> = (0..2)
+                    .map(|_| message("mbx://managers/from-broker", Settings::new(), "x"))
+                    .collect();
+                check_send_contract(adapter, Vec::new(), bad, &|_| false).await;
+            }
         }
     }
 }

@@ -1,0 +1,323 @@
+//! `… update` (change in place) and `group link`: parse the flags, let the MessageBox
+//! apply them to the object read under its lock, check the result as `create` would (the
+//! adapters' registry included), print what changed.
+
+use anyhow::Result;
+use mbx_messagebox::config::Backoff;
+use mbx_messagebox::update::Update;
+use mbx_messagebox::{MessageBox, TrackingLevel};
+
+use crate::cli::{LinkCommand, ReceiveLocationUpdate, SendPortUpdate};
+use crate::commands::{duration_s, filter_arg, key_values, not_built, size_arg, tracking_arg};
+use crate::output::{self, table};
+use crate::Usage;
+
+/// A usage error found while checking the changed object, as the MessageBox's bad input
+/// (exit 2, nothing written).
+fn invalid(e: Usage) -> mbx_messagebox::Error {
+    mbx_messagebox::Error::Invalid(e.0)
+}
+
+fn print_update(u: &Update, json_out: bool) -> Result<()> {
+    if json_out {
+        return output::json(u);
+    }
+    if !u.changed() {
+        println!("{} '{}': nothing changed", u.kind, u.object);
+        return Ok(());
+    }
+    println!("updated {} '{}':", u.kind, u.object);
+    for c in &u.changes {
+        println!("  {}: {} → {}", c.field, c.from, c.to);
+    }
+    Ok(())
+}
+
+fn nothing_given(command: &str, example: &str) -> anyhow::Error {
+    Usage(format!(
+        "{command}: no change given; pass the flags to change (example: {example})"
+    ))
+    .into()
+}
+
+pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> Result<()> {
+    not_built(
+        "--route-failed",
+        a.route_failed == Some(true),
+        "failed-message routing",
+    )?;
+    not_built(
+        "--solicit-response",
+        a.solicit_response == Some(true),
+        "solicit-response send ports",
+    )?;
+    let set = key_values("--set", &a.set, "append=true")?;
+    let backoff: Option<Backoff> = a
+        .retry_backoff
+        .as_deref()
+        .map(|b| {
+            b.parse().map_err(|e| {
+                Usage(format!(
+                    "--retry-backoff: {e} (example: --retry-backoff exponential)"
+                ))
+            })
+        })
+        .transpose()?;
+    let dur = |arg: &str, v: &Option<String>| v.as_deref().map(|t| duration_s(arg, t)).transpose();
+    let retry_interval = dur("--retry-interval", &a.retry_interval)?;
+    let retry_max_interval = dur("--retry-max-interval", &a.retry_max_interval)?;
+    let backup_retry_interval = dur("--backup-retry-interval", &a.backup_retry_interval)?;
+    // `--tracking host`: the port follows its host's level again
+    let tracking: Option<Option<TrackingLevel>> = match a.tracking.as_deref() {
+        None => None,
+        Some("host") => Some(None),
+        Some(_) => Some(tracking_arg("--tracking", &a.tracking)?),
+    };
+    let given = a.host.is_some()
+        || a.address.is_some()
+        || a.dynamic
+        || !a.allow_address.is_empty()
+        || a.filter.is_some()
+        || a.no_filter
+        || a.ordered.is_some()
+        || a.stop_on_failure.is_some()
+        || a.ordered_commit_batch.is_some()
+        || a.retry_count.is_some()
+        || retry_interval.is_some()
+        || backoff.is_some()
+        || retry_max_interval.is_some()
+        || a.backup_address.is_some()
+        || a.no_backup_address
+        || a.backup_retry_count.is_some()
+        || backup_retry_interval.is_some()
+        || a.route_failed.is_some()
+        || tracking.is_some()
+        || a.solicit_response.is_some()
+        || !set.is_empty()
+        || !a.unset.is_empty();
+    if !given {
+        return Err(nothing_given(
+            "send-port update",
+            "mbx send-port update eu --address file:///data/eu2/%MessageID%.xml",
+        ));
+    }
+    let update = mbx
+        .send_port_update(&a.name, move |spec| {
+            if let Some(h) = a.host {
+                spec.host = h;
+            }
+            if let Some(address) = a.address {
+                spec.address = Some(address);
+                spec.allow_address.clear();
+            }
+            if a.dynamic {
+                spec.address = None;
+            }
+            if !a.allow_address.is_empty() {
+                spec.allow_address = a.allow_address;
+            }
+            if a.no_filter {
+                spec.filter = None;
+            } else if let Some(f) = a.filter {
+                spec.filter = Some(f);
+            }
+            if let Some(v) = a.ordered {
+                spec.ordered = v;
+            }
+            if let Some(v) = a.stop_on_failure {
+                spec.stop_on_failure = v;
+            }
+            if let Some(v) = a.ordered_commit_batch {
+                spec.ordered_commit_batch = v;
+            }
+            if let Some(v) = a.retry_count {
+                spec.retry_count = v;
+            }
+            if let Some(v) = retry_interval {
+                spec.retry_interval_s = v;
+            }
+            if let Some(v) = backoff {
+                spec.retry_backoff = v;
+            }
+            if let Some(v) = retry_max_interval {
+                spec.retry_max_interval_s = v;
+            }
+            if a.no_backup_address {
+                spec.backup_address = None;
+            } else if let Some(b) = a.backup_address {
+                spec.backup_address = Some(b);
+            }
+            if let Some(v) = a.backup_retry_count {
+                spec.backup_retry_count = v;
+            }
+            if let Some(v) = backup_retry_interval {
+                spec.backup_retry_interval_s = v;
+            }
+            if let Some(v) = a.route_failed {
+                spec.route_failed = v;
+            }
+            if let Some(v) = tracking {
+                spec.tracking = v;
+            }
+            if let Some(v) = a.solicit_response {
+                spec.solicit_response = v;
+            }
+            for key in &a.unset {
+                spec.settings.remove(key);
+            }
+            spec.settings.extend(set);
+            crate::validate::send_port(spec).map_err(invalid)
+        })
+        .await
+        .map_err(|e| filter_arg(e, "--filter"))?;
+    print_update(&update, json_out)
+}
+
+pub async fn receive_location(
+    mbx: &MessageBox,
+    a: ReceiveLocationUpdate,
+    json_out: bool,
+) -> Result<()> {
+    let promote = key_values("--promote", &a.promote, "Order.Region=/region")?;
+    let set = key_values("--set", &a.set, "mask=*.xml")?;
+    let max = a
+        .max_message_size
+        .as_deref()
+        .map(|m| size_arg("--max-message-size", m))
+        .transpose()?;
+    let given = a.port.is_some()
+        || a.host.is_some()
+        || a.address.is_some()
+        || a.pipeline.is_some()
+        || !promote.is_empty()
+        || a.no_promote
+        || a.ordered.is_some()
+        || max.is_some()
+        || !set.is_empty()
+        || !a.unset.is_empty();
+    if !given {
+        return Err(nothing_given(
+            "receive-location update",
+            "mbx receive-location update orders-in --address 'file:///data/in2/*.xml'",
+        ));
+    }
+    let update = mbx
+        .receive_location_update(&a.name, move |spec| {
+            if let Some(p) = a.port {
+                spec.port = p;
+            }
+            if let Some(h) = a.host {
+                spec.host = h;
+            }
+            if let Some(address) = a.address {
+                spec.address = address;
+            }
+            if let Some(p) = a.pipeline {
+                spec.pipeline = p;
+            }
+            if a.no_promote {
+                spec.promote.clear();
+            } else if !promote.is_empty() {
+                spec.promote = promote;
+            }
+            if let Some(v) = a.ordered {
+                spec.ordered = v;
+            }
+            if let Some(v) = max {
+                spec.max_message_size = v;
+            }
+            for key in &a.unset {
+                spec.settings.remove(key);
+            }
+            spec.settings.extend(set);
+            crate::validate::receive_location(spec).map_err(invalid)
+        })
+        .await?;
+    print_update(&update, json_out)
+}
+
+pub async fn group(
+    mbx: &MessageBox,
+    name: &str,
+    filter: Option<String>,
+    no_filter: bool,
+    json_out: bool,
+) -> Result<()> {
+    let update = mbx
+        .group_update(name, move |spec| {
+            spec.filter = if no_filter { None } else { filter };
+            Ok(())
+        })
+        .await
+        .map_err(|e| filter_arg(e, "--filter"))?;
+    print_update(&update, json_out)
+}
+
+pub async fn host(
+    mbx: &MessageBox,
+    name: &str,
+    throttle_publish: Option<i64>,
+    throttle_inflight: Option<i64>,
+    tracking: Option<TrackingLevel>,
+    json_out: bool,
+) -> Result<()> {
+    if throttle_publish.is_none() && throttle_inflight.is_none() && tracking.is_none() {
+        return Err(nothing_given(
+            "host update",
+            "mbx host update edi --throttle-publish 100000",
+        ));
+    }
+    let update = mbx
+        .host_update(name, move |spec| {
+            if throttle_publish.is_some() {
+                spec.throttle_publish = throttle_publish;
+            }
+            if throttle_inflight.is_some() {
+                spec.throttle_inflight = throttle_inflight;
+            }
+            if tracking.is_some() {
+                spec.tracking = tracking;
+            }
+            Ok(())
+        })
+        .await?;
+    print_update(&update, json_out)
+}
+
+pub async fn link(mbx: &MessageBox, c: LinkCommand, json_out: bool) -> Result<()> {
+    match c {
+        LinkCommand::Add { name, target_url } => {
+            let link = mbx.link_add(&name, &target_url).await?;
+            if json_out {
+                return output::json(&link);
+            }
+            println!(
+                "linked '{}' → group '{}' ({}); send ports forward there with --address mbx://{}/RECEIVE_PORT",
+                link.name, link.target_group_name, link.target_group_id, link.name
+            );
+        }
+        LinkCommand::List => {
+            let links = mbx.link_list().await?;
+            if json_out {
+                return output::json(&links);
+            }
+            let rows: Vec<Vec<String>> = links
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.name.clone(),
+                        l.target_group_name.clone(),
+                        l.target_group_id.to_string(),
+                        l.database_url.clone(),
+                    ]
+                })
+                .collect();
+            table(&["LINK", "GROUP", "GROUP ID", "TARGET URL"], &rows);
+        }
+        LinkCommand::Remove { name } => {
+            mbx.link_remove(&name).await?;
+            println!("removed group link '{name}'");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! Groups joined by forwarding, the host's two sides.
+//!
+//! - **Forwarding** (`mbx://LINK/RECEIVE_PORT` send ports): the delivery loop hands these
+//!   deliveries here instead of to an adapter ([`forward`]). The batch is published into
+//!   the linked group in one transaction there (`ForwardTarget::accept`), typed by that
+//!   group's declarations; the outcomes go back to the loop, which completes them here as
+//!   for any send. A resend after a crash between the two commits is a duplicate there and
+//!   adds nothing. [`forget_loop`] then clears the receipts there of what was completed here.
+//! - **Receiving** what other groups forward in: [`inbox_loop`] publishes this group's
+//!   inbox, as received on each message's receive port, under this host's publish
+//!   throttle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mbx_adapters::{Fence, Outcome};
+use mbx_messagebox::config::SendPort;
+use mbx_messagebox::context::system;
+use mbx_messagebox::delivery::ClaimedDelivery;
+use mbx_messagebox::forward::{
+    context_for_target, resolve_link_url, ForwardError, ForwardTarget, Forwarded,
+};
+use mbx_messagebox::publish::Publisher;
+use mbx_vocabulary::GroupAddress;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::{pause, Shared};
+
+/// Longest time a batch waits for a throttled target group before it is given back as a
+/// retryable failure.
+const THROTTLED_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// Forwarded messages published from the inbox per transaction.
+const INBOX_BATCH: i64 = 500;
+
+/// Receipts looked at per call when clearing them, and calls per round.
+const RECEIPTS_PAGE: i32 = 1_000;
+const RECEIPTS_PAGES_PER_ROUND: usize = 20;
+
+/// How often receipts of completed forwards are cleared in the target groups.
+const FORGET_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The connections of one instance to the groups it forwards to, by link name (the link's
+/// stored URL with it: a link removed and added again elsewhere is connected anew).
+#[derive(Default)]
+pub(crate) struct Links {
+    targets: Mutex<HashMap<String, (String, Arc<ForwardTarget>)>>,
+    /// This group's id and name (read once).
+    identity: Mutex<Option<(Uuid, String)>>,
+}
+
+impl Links {
+    async fn identity(&self, shared: &Shared) -> Result<(Uuid, String), String> {
+        let mut id = self.identity.lock().await;
+        if let Some(known) = id.as_ref() {
+            return Ok(known.clone());
+        }
+        let read = shared
+            .mbx
+            .group_identity()
+            .await
+            .map_err(|e| format!("reading this group's identity: {e}"))?;
+        *id = Some(read.clone());
+        Ok(read)
+    }
+
+    async fn target(&self, shared: &Shared, link: &str) -> Result<Arc<ForwardTarget>, String> {
+        let stored = shared.mbx.link_get(link).await.map_err(|e| e.to_string())?;
+        let mut targets = self.targets.lock().await;
+        if let Some((url, target)) = targets.get(link) {
+            if *url == stored.database_url {
+                return Ok(target.clone());
+            }
+        }
+        let url = resolve_link_url(&stored.database_url).map_err(|e| e.to_string())?;
+        let target = ForwardTarget::connect(&url).await.map_err(|e| {
+            format!(
+                "group link '{link}': cannot reach {}: {e}",
+                mbx_messagebox::redact_url(&url)
+            )
+        })?;
+        if target.group_id != stored.target_group_id {
+            return Err(format!(
+                "group link '{link}' now reaches group '{}' ({}), not '{}' ({}) it was added for; remove and add the link again if that is intended",
+                target.group_name, target.group_id, stored.target_group_name, stored.target_group_id
+            ));
+        }
+        let target = Arc::new(target);
+        targets.insert(
+            link.to_owned(),
+            (stored.database_url.clone(), target.clone()),
+        );
+        Ok(target)
+    }
+
+    async fn drop_target(&self, link: &str) {
+        self.targets.lock().await.remove(link);
+    }
+}
+
+/// Whether this delivery goes to another group (it is then [`forward`]ed, not sent).
+pub(crate) fn is_forward(address: &str) -> bool {
+    GroupAddress::is_group_address(address)
+}
+
+/// Forwards deliveries (all to `mbx://` addresses) and returns one outcome each.
+pub(crate) async fn forward(
+    shared: &Shared,
+    port: &SendPort,
+    batch: Vec<(&ClaimedDelivery, String)>,
+    fence: Option<&Fence>,
+) -> HashMap<i64, Outcome> {
+    let mut outcomes = HashMap::new();
+    // one accept per destination (a dynamic port may name several)
+    let mut by_target: HashMap<String, Vec<&ClaimedDelivery>> = HashMap::new();
+    for (d, address) in batch {
+        by_target.entry(address).or_default().push(d);
+    }
+    for (address, deliveries) in by_target {
+        forward_to(shared, port, &address, &deliveries, fence, &mut outcomes).await;
+    }
+    outcomes
+}
+
+async fn forward_to(
+    shared: &Shared,
+    port: &SendPort,
+    address: &str,
+    deliveries: &[&ClaimedDelivery],
+    fence: Option<&Fence>,
+    outcomes: &mut HashMap<i64, Outcome>,
+) {
+    let mut fail_all = |error: String, retryable: bool| {
+        for d in deliveries {
+            outcomes.insert(d.delivery_id, Outcome::failed(&error, retryable));
+        }
+    };
+    let to = match GroupAddress::parse(address) {
+        Ok(a) => a,
+        Err(e) => return fail_all(e, false),
+    };
+    let identity = match shared.forward_links.identity(shared).await {
+        Ok(i) => i,
+        Err(e) => return fail_all(e, true),
+    };
+    let target = match shared.forward_links.target(shared, &to.link).await {
+        Ok(t) => t,
+        Err(e) => return fail_all(e, true),
+    };
+    let declared = match target.declarations().await {
+        Ok(d) => d,
+        Err(e) => {
+            shared.forward_links.drop_target(&to.link).await;
+            return fail_all(
+                format!("group link '{}': reading declarations: {e}", to.link),
+                true,
+            );
+        }
+    };
+    // what can be forwarded; a message whose property does not fit the target's
+    // declaration fails for good, naming it (an ordered port stops there: the rest waits)
+    let mut batch = Vec::with_capacity(deliveries.len());
+    let mut sent: Vec<&ClaimedDelivery> = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let context = match context_for_target(&d.context, &declared) {
+            Ok(c) => c,
+            Err(e) => {
+                outcomes.insert(
+                    d.delivery_id,
+                    Outcome::failed(
+                        format!("forwarding to group '{}': {e}", target.group_name),
+                        false,
+                    ),
+                );
+                if port.ordered {
+                    break;
+                }
+                continue;
+            }
+        };
+        let body = match &d.body {
+            Some(b) => b.clone(),
+            None => match shared.mbx.message_body(d.message_id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    outcomes.insert(
+                        d.delivery_id,
+                        Outcome::failed(format!("reading the body: {e}"), true),
+                    );
+                    continue;
+                }
+            },
+        };
+        batch.push(Forwarded {
+            source_message_id: d.message_id,
+            content_type: d.content_type.clone(),
+            context,
+            body,
+        });
+        sent.push(d);
+    }
+    for d in deliveries {
+        // an ordered batch stopped at a message that cannot go: the rest is not sent
+        if !outcomes.contains_key(&d.delivery_id)
+            && !sent.iter().any(|s| s.delivery_id == d.delivery_id)
+        {
+            outcomes.insert(
+                d.delivery_id,
+                Outcome::failed(
+                    "not forwarded: an earlier message of the ordered batch failed",
+                    true,
+                ),
+            );
+        }
+    }
+    if sent.is_empty() {
+        return;
+    }
+    let epoch = if port.ordered {
+        sent[0]
+            .context
+            .get(system::EPOCH)
+            .and_then(|p| p.value.to_plain_string().parse::<i64>().ok())
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let accepted = loop {
+        if let Some(f) = fence {
+            if !f.allows() {
+                for d in &sent {
+                    outcomes.insert(
+                        d.delivery_id,
+                        Outcome::failed(
+                            "the ordered port's lease moved on before forwarding",
+                            true,
+                        ),
+                    );
+                }
+                return;
+            }
+        }
+        match target
+            .accept(
+                (identity.0, &identity.1),
+                &port.name,
+                &to.receive_port,
+                epoch,
+                &batch,
+            )
+            .await
+        {
+            Ok(a) => break a,
+            Err(ForwardError::Throttled(why)) if started.elapsed() < THROTTLED_WAIT_MAX => {
+                debug!(port = %port.name, %why, "target group throttled; waiting");
+                if !pause(shared, Duration::from_millis(500)).await {
+                    for d in &sent {
+                        outcomes
+                            .insert(d.delivery_id, Outcome::failed("the host is stopping", true));
+                    }
+                    return;
+                }
+                shared.progressed(port.id);
+            }
+            Err(e) => {
+                if matches!(e, ForwardError::Other(_)) {
+                    shared.forward_links.drop_target(&to.link).await;
+                }
+                let error = format!(
+                    "forwarding to group '{}' ({address}): {e}",
+                    target.group_name
+                );
+                warn!(port = %port.name, %error, "forward failed");
+                for d in &sent {
+                    outcomes.insert(d.delivery_id, Outcome::failed(&error, true));
+                }
+                return;
+            }
+        }
+    };
+    let by_source: HashMap<Uuid, _> = accepted.iter().map(|a| (a.source_message_id, *a)).collect();
+    let mut events = Vec::with_capacity(sent.len());
+    for d in &sent {
+        match by_source.get(&d.message_id) {
+            Some(a) => {
+                outcomes.insert(d.delivery_id, Outcome::Delivered);
+                events.push((
+                    d.message_id,
+                    format!(
+                        "forwarded to group '{}' receive port '{}' as message {}{}",
+                        target.group_name,
+                        to.receive_port,
+                        a.message_id,
+                        if a.duplicate {
+                            " (it was there already: a resend)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            None => {
+                outcomes.insert(
+                    d.delivery_id,
+                    Outcome::failed("the target group did not answer for this message", true),
+                );
+            }
+        }
+    }
+    let duplicates = accepted.iter().filter(|a| a.duplicate).count();
+    if duplicates > 0 {
+        info!(port = %port.name, duplicates, "resent messages were in the target group already");
+    }
+    metrics::counter!("mbx_forwarded_total", "port" => port.name.clone())
+        .increment((accepted.len() - duplicates) as u64);
+    if let Err(e) = shared
+        .mbx
+        .forward_track(port.id, shared.instance_id(), &events)
+        .await
+    {
+        debug!(port = %port.name, error = %e, "recording forwarded events failed");
+    }
+}
+
+/// Clears, in the target groups, the receipts of forwards this group has completed: a
+/// receipt stays while its delivery (or a suspended item of it) is still here, so a
+/// resend of it, however late, stays a duplicate there.
+pub(crate) async fn forget_loop(shared: Arc<Shared>) {
+    loop {
+        if !pause(&shared, FORGET_INTERVAL).await {
+            return;
+        }
+        let ports = match shared.mbx.send_port_list().await {
+            Ok(list) => list,
+            Err(e) => {
+                debug!(error = %e, "listing ports for receipts failed");
+                continue;
+            }
+        };
+        for port in ports.iter().filter(|p| p.host == shared.config.host) {
+            let Some(address) = port.address.as_deref().filter(|a| is_forward(a)) else {
+                continue;
+            };
+            if let Err(e) = forget_port(&shared, port, address).await {
+                debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
+            }
+        }
+    }
+}
+
+async fn forget_port(shared: &Shared, port: &SendPort, address: &str) -> Result<(), String> {
+    let to = GroupAddress::parse(address)?;
+    let (group, _) = shared.forward_links.identity(shared).await?;
+    let target = shared.forward_links.target(shared, &to.link).await?;
+    let mut after = 0;
+    for _ in 0..RECEIPTS_PAGES_PER_ROUND {
+        let page = target
+            .receipts(group, &port.name, after, RECEIPTS_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last().map(|r| r.0) else {
+            break;
+        };
+        let ids: Vec<Uuid> = page.iter().map(|r| r.1).collect();
+        let held = shared
+            .mbx
+            .forward_still_held(port.id, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done: Vec<Uuid> = ids.into_iter().filter(|id| !held.contains(id)).collect();
+        if !done.is_empty() {
+            let n = target
+                .forget(group, &port.name, &done)
+                .await
+                .map_err(|e| e.to_string())?;
+            debug!(port = %port.name, forgotten = n, "receipts cleared in the target group");
+        }
+        if page.len() < RECEIPTS_PAGE as usize {
+            break;
+        }
+        after = last;
+    }
+    Ok(())
+}
+
+/// Publishes what other groups forwarded into this one (one instance at a time; the
+/// others find the inbox locked and wait for the next wake-up).
+pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
+    let publisher = Publisher {
+        host_id: Some(shared.host_id),
+        receive_location_id: None,
+        fence: None,
+    };
+    loop {
+        if *shared.stopping.borrow() {
+            return;
+        }
+        let woken = shared.forwarded.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if shared.throttle.publish_throttled() {
+            let mut stopping = shared.stopping.clone();
+            tokio::select! {
+                _ = shared.throttle.publish_allowed() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+        match shared.mbx.inbox_publish(&publisher, INBOX_BATCH).await {
+            Ok(n) if n as i64 == INBOX_BATCH => {
+                metrics::counter!("mbx_forwarded_in_total").increment(n as u64);
+                continue;
+            }
+            Ok(n) => {
+                if n > 0 {
+                    metrics::counter!("mbx_forwarded_in_total").increment(n as u64);
+                    continue;
+                }
+            }
+            Err(e) => warn!(error = %e, "publishing forwarded messages failed; retrying"),
+        }
+        let mut stopping = shared.stopping.clone();
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}

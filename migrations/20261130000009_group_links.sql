@@ -1,0 +1,147 @@
+-- Groups joined by forwarding. Two groups are two MessageBoxes. A send
+-- port of the source group with address mbx://LINK/RECEIVE_PORT publishes into the target
+-- group named by its link; the target sees the message as received on RECEIVE_PORT.
+--
+-- Source side: the links. `database_url` is a secret reference (env:NAME, file:PATH) or a
+-- URL without a password; the host that forwards resolves it.
+CREATE TABLE group_links (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name              text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]*$'),
+    database_url      text NOT NULL,
+    target_group_id   uuid NOT NULL,
+    target_group_name text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- Target side: what was forwarded in. The key (source group, send port, source message)
+-- deduplicates a resend after a crash between this commit and the source's completion.
+-- A row is published into this MessageBox by one host instance at a time (in id order,
+-- so an ordered forwarding port's messages are published in the order they came); then
+-- its body and context are dropped but the row stays as the receipt until the source,
+-- having recorded its completion, forgets it (mbx_forward_forget): no time window turns a
+-- late resend into a duplicate.
+CREATE TABLE forward_inbox (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source_group      uuid NOT NULL,
+    source_group_name text NOT NULL,
+    send_port         text NOT NULL,
+    source_message_id uuid NOT NULL,
+    message_id        uuid NOT NULL,
+    receive_port      text NOT NULL,
+    content_type      text,
+    context           jsonb,
+    body              bytea,
+    published         boolean NOT NULL DEFAULT false,
+    received_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (source_group, send_port, source_message_id)
+);
+CREATE INDEX forward_inbox_pending ON forward_inbox (id) WHERE NOT published;
+
+-- An ordered forwarding port's fencing epoch as this group last saw it: a former owner of
+-- the source port (a lower epoch) is refused here, so its late batch cannot land behind
+-- the new owner's. The row lock also makes one stream's batches commit one after another.
+CREATE TABLE forward_streams (
+    source_group uuid NOT NULL,
+    send_port    text NOT NULL,
+    epoch        bigint NOT NULL,
+    PRIMARY KEY (source_group, send_port)
+);
+
+-- What a linking group may call here, and nothing else: these functions run as their
+-- owner (the migrator), so the forwarder role needs EXECUTE on them only (mbx roles create).
+CREATE FUNCTION mbx_forward_hello()
+RETURNS TABLE (group_id uuid, group_name text, schema_version bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    SELECT g.id, g.name, (SELECT max(version) FROM _sqlx_migrations WHERE success)
+      FROM mbx_group g
+$$;
+
+CREATE FUNCTION mbx_forward_declarations()
+RETURNS TABLE (name text, type text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    SELECT p.name, p.type FROM properties p
+$$;
+
+-- Accepts a batch: refuses with SQLSTATE MB001 when the receive port does not exist, MB002
+-- when this group is throttled (too many forwarded messages wait to be published), MB003
+-- when an ordered stream's epoch is older than one seen; otherwise inserts what is new and
+-- returns, per message, its id here and whether it was already here.
+CREATE FUNCTION mbx_forward_accept(
+    p_source_group uuid, p_source_name text, p_send_port text, p_receive_port text,
+    p_epoch bigint, p_source_ids uuid[], p_ids uuid[], p_content_types text[],
+    p_contexts jsonb[], p_bodies bytea[])
+RETURNS TABLE (source_message_id uuid, message_id uuid, duplicate boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+DECLARE
+    seen bigint;
+    waiting bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM receive_ports r WHERE r.name = p_receive_port) THEN
+        RAISE EXCEPTION 'receive port ''%'' does not exist in group ''%''', p_receive_port,
+            (SELECT g.name FROM mbx_group g) USING ERRCODE = 'MB001';
+    END IF;
+    IF p_epoch IS NOT NULL THEN
+        INSERT INTO forward_streams AS s (source_group, send_port, epoch)
+        VALUES (p_source_group, p_send_port, p_epoch)
+        ON CONFLICT (source_group, send_port) DO UPDATE SET epoch = greatest(s.epoch, excluded.epoch)
+        RETURNING s.epoch INTO seen;
+        IF seen > p_epoch THEN
+            RAISE EXCEPTION 'send port ''%'' of group % forwarded at epoch % here already; epoch % is fenced off',
+                p_send_port, p_source_group, seen, p_epoch USING ERRCODE = 'MB003';
+        END IF;
+    END IF;
+    SELECT count(*) INTO waiting
+      FROM (SELECT 1 FROM forward_inbox f WHERE NOT f.published LIMIT 20000) w;
+    IF waiting >= 20000 THEN
+        RAISE EXCEPTION 'group ''%'' is throttled: % forwarded messages wait to be published',
+            (SELECT g.name FROM mbx_group g), waiting USING ERRCODE = 'MB002';
+    END IF;
+    RETURN QUERY
+    WITH ins AS (
+        INSERT INTO forward_inbox (source_group, source_group_name, send_port, source_message_id,
+                                   message_id, receive_port, content_type, context, body)
+        SELECT p_source_group, p_source_name, p_send_port, t.s, t.m, p_receive_port, t.ct, t.ctx, t.b
+          FROM unnest(p_source_ids, p_ids, p_content_types, p_contexts, p_bodies) AS t(s, m, ct, ctx, b)
+        ON CONFLICT (source_group, send_port, source_message_id) DO NOTHING
+        RETURNING forward_inbox.source_message_id, forward_inbox.message_id)
+    SELECT i.source_message_id, i.message_id, false FROM ins i
+    UNION ALL
+    SELECT f.source_message_id, f.message_id, true FROM forward_inbox f
+     WHERE f.source_group = p_source_group AND f.send_port = p_send_port
+       AND f.source_message_id = ANY (p_source_ids);
+END
+$$;
+
+-- The receipts of messages published here, after `p_after` (id order), for the source to
+-- check which of them it has completed.
+CREATE FUNCTION mbx_forward_receipts(p_source_group uuid, p_send_port text, p_after bigint, p_limit int)
+RETURNS TABLE (id bigint, source_message_id uuid)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    SELECT f.id, f.source_message_id FROM forward_inbox f
+     WHERE f.source_group = p_source_group AND f.send_port = p_send_port AND f.published
+       AND f.id > p_after
+     ORDER BY f.id LIMIT p_limit
+$$;
+
+-- Forgets receipts whose completion the source recorded (published ones only: a row not
+-- yet published here is a message, not a receipt).
+CREATE FUNCTION mbx_forward_forget(p_source_group uuid, p_send_port text, p_source_ids uuid[])
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    WITH gone AS (
+        DELETE FROM forward_inbox f
+         WHERE f.source_group = p_source_group AND f.send_port = p_send_port
+           AND f.source_message_id = ANY (p_source_ids) AND f.published
+        RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+
+REVOKE EXECUTE ON FUNCTION mbx_forward_hello(), mbx_forward_declarations(),
+    mbx_forward_accept(uuid, text, text, text, bigint, uuid[], uuid[], text[], jsonb[], bytea[]),
+    mbx_forward_receipts(uuid, text, bigint, int),
+    mbx_forward_forget(uuid, text, uuid[]) FROM PUBLIC;
+
+-- Links are configuration: hosts pick up a change at once.
+CREATE TRIGGER group_links_notify AFTER INSERT OR UPDATE OR DELETE ON group_links
+    FOR EACH STATEMENT EXECUTE FUNCTION mbx_notify_config();

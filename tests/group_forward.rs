@@ -1,0 +1,483 @@
+//! Groups joined by forwarding: a send port `mbx://LINK/RECEIVE_PORT` in one
+//! group publishes into another group's MessageBox exactly once, through real `mbx-host`
+//! processes on both sides; links refuse what cannot work; the target keeps each receipt
+//! until the source has completed the delivery; the forwarder role can do nothing else.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mbx_e2e::{
+    bodies_in, database_url, messagebox, start_host, wait_for, wait_for_alive, Mbx, OtherGroup,
+    FAST_HOST,
+};
+use mbx_messagebox::context::system;
+use mbx_messagebox::forward::{context_for_target, ForwardTarget, Forwarded};
+use mbx_messagebox::publish::Publisher;
+use mbx_messagebox::{Context, PropertyType, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+fn forwarded(n: usize, manager: &str) -> Vec<Forwarded> {
+    (0..n)
+        .map(|i| {
+            let mut context = Context::new();
+            context
+                .promote("Order.ManagerId", Value::String(manager.into()))
+                .unwrap();
+            context
+                .write("Order.Qty", Value::String(i.to_string()))
+                .unwrap();
+            Forwarded {
+                source_message_id: Uuid::now_v7(),
+                content_type: "application/json".into(),
+                context,
+                body: format!("{{\"order\":{i}}}").into(),
+            }
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
+    let _source = messagebox(&pool).await;
+    let managers = OtherGroup::create(&pool, "managers").await;
+    let result = async {
+        managers
+            .mbx
+            .receive_port_create("from-broker", false)
+            .await
+            .unwrap();
+        let target = ForwardTarget::connect(&managers.url)
+            .await
+            .expect("connect");
+        assert_eq!(target.group_name, "managers");
+        let source = (Uuid::new_v4(), "broker");
+        let batch = forwarded(3, "B");
+        let first = target
+            .accept(source, "manager-b", "from-broker", None, &batch)
+            .await
+            .expect("accept");
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().all(|a| !a.duplicate));
+        // a resend (the source crashed before completing): nothing new, the same ids there
+        let again = target
+            .accept(source, "manager-b", "from-broker", None, &batch)
+            .await
+            .expect("accept again");
+        assert!(again.iter().all(|a| a.duplicate), "{again:?}");
+        let ids = |v: &[mbx_messagebox::forward::Accepted]| {
+            v.iter()
+                .map(|a| (a.source_message_id, a.message_id))
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(ids(&first), ids(&again));
+        // published into the target as received on the receive port
+        let n = managers
+            .mbx
+            .inbox_publish(&Publisher::default(), 100)
+            .await
+            .expect("inbox publish");
+        assert_eq!(n, 3);
+        let failures = count(
+            managers.mbx.pool(),
+            "SELECT count(*) FROM suspended_items WHERE kind = 'routing-failure'",
+        )
+        .await;
+        assert_eq!(
+            failures, 3,
+            "no subscriber in the target: routing failures there"
+        );
+        let ctx: serde_json::Value = sqlx::query_scalar("SELECT context FROM messages LIMIT 1")
+            .fetch_one(managers.mbx.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            ctx[system::RECEIVE_PORT_NAME]["value"]["string"],
+            "from-broker"
+        );
+        assert_eq!(
+            ctx[system::INBOUND_TRANSPORT_TYPE]["value"]["string"],
+            "mbx"
+        );
+        assert_eq!(
+            ctx[system::INBOUND_TRANSPORT_LOCATION]["value"]["string"],
+            "mbx://broker/manager-b"
+        );
+        // published, the receipts stay: a late resend, however late, is still a duplicate
+        let late = target
+            .accept(source, "manager-b", "from-broker", None, &batch)
+            .await
+            .expect("late resend");
+        assert!(late.iter().all(|a| a.duplicate));
+        assert_eq!(
+            managers
+                .mbx
+                .inbox_publish(&Publisher::default(), 100)
+                .await
+                .unwrap(),
+            0
+        );
+        let receipts = target
+            .receipts(source.0, "manager-b", 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(receipts.len(), 3);
+        // the source forgets them once completed
+        let done: Vec<Uuid> = receipts.iter().map(|r| r.1).collect();
+        assert_eq!(
+            target.forget(source.0, "manager-b", &done).await.unwrap(),
+            3
+        );
+        assert!(target
+            .receipts(source.0, "manager-b", 0, 100)
+            .await
+            .unwrap()
+            .is_empty());
+        // an ordered stream's older owner is fenced off once a newer one forwarded
+        let one = forwarded(1, "B");
+        target
+            .accept(source, "ledger", "from-broker", Some(5), &one)
+            .await
+            .expect("epoch 5");
+        let stale = target
+            .accept(source, "ledger", "from-broker", Some(4), &forwarded(1, "B"))
+            .await
+            .expect_err("epoch 4 after 5");
+        assert!(
+            matches!(stale, mbx_messagebox::forward::ForwardError::Fenced(_)),
+            "{stale}"
+        );
+        // a receive port that does not exist there
+        let missing = target
+            .accept(source, "manager-b", "nowhere", None, &forwarded(1, "B"))
+            .await
+            .expect_err("no receive port");
+        assert!(
+            matches!(
+                missing,
+                mbx_messagebox::forward::ForwardError::NoReceivePort(_)
+            ),
+            "{missing}"
+        );
+    }
+    .await;
+    managers.drop_database().await;
+    result
+}
+
+#[test]
+fn properties_are_typed_by_the_target_and_a_misfit_is_named() {
+    let mut source = Context::new();
+    source
+        .promote("Order.Qty", Value::String("12".into()))
+        .unwrap();
+    source
+        .write("Order.Note", Value::String("rush".into()))
+        .unwrap();
+    source
+        .promote(system::RECEIVE_PORT_NAME, Value::String("spoofed".into()))
+        .unwrap();
+    let mut declared = std::collections::HashMap::new();
+    declared.insert("Order.Qty".to_owned(), PropertyType::Integer);
+    let out = context_for_target(&source, &declared).expect("fits");
+    assert_eq!(out.promoted("Order.Qty"), Some(&Value::Integer(12)));
+    assert!(
+        out.promoted("Order.Note").is_none(),
+        "written stays written"
+    );
+    assert!(out.get("Order.Note").is_some());
+    assert!(
+        out.get(system::RECEIVE_PORT_NAME).is_none(),
+        "the engine's own are not carried"
+    );
+    let mut bad = Context::new();
+    bad.promote("Order.Qty", Value::String("twelve".into()))
+        .unwrap();
+    let err = context_for_target(&bad, &declared).unwrap_err();
+    assert!(err.contains("Order.Qty") && err.contains("twelve"), "{err}");
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn links_refuse_what_cannot_work(pool: PgPool) {
+    let _mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    let managers = OtherGroup::create(&pool, "managers").await;
+    let result = async {
+        // this group itself
+        let line = cli.fails(&["group", "link", "add", "self", "--target-url", &url], 2);
+        assert!(line.contains("this group"), "{line}");
+        // a password in the URL would be stored and printed
+        let line = cli.fails(
+            &[
+                "group",
+                "link",
+                "add",
+                "m",
+                "--target-url",
+                "postgres://u:secret@127.0.0.1/x",
+            ],
+            2,
+        );
+        assert!(
+            line.contains("password") && !line.contains("secret"),
+            "{line}"
+        );
+        // nothing listens there
+        let port = mbx_e2e::free_port();
+        let line = cli.fails(
+            &[
+                "group",
+                "link",
+                "add",
+                "m",
+                "--target-url",
+                &format!("postgres://postgres@127.0.0.1:{port}/x"),
+            ],
+            1,
+        );
+        assert!(line.contains("cannot reach"), "{line}");
+        // a database that is not a MessageBox
+        let plain = mbx_e2e::with_database(&mbx_e2e::server_url(), "postgres");
+        let line = cli.fails(&["group", "link", "add", "m", "--target-url", &plain], 1);
+        assert!(line.contains("not an mbx MessageBox"), "{line}");
+        // an unset variable
+        let line = cli.fails(
+            &[
+                "group",
+                "link",
+                "add",
+                "m",
+                "--target-url",
+                "env:MBX_TEST_UNSET_VAR",
+            ],
+            2,
+        );
+        assert!(line.contains("MBX_TEST_UNSET_VAR"), "{line}");
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM group_links").await,
+            0,
+            "nothing recorded"
+        );
+        // a forwarding port needs its link
+        let line = cli.fails(
+            &[
+                "send-port",
+                "create",
+                "b",
+                "--address",
+                "mbx://managers/from-broker",
+            ],
+            2,
+        );
+        assert!(
+            line.contains("group link 'managers' does not exist"),
+            "{line}"
+        );
+        let line = cli.fails(
+            &["send-port", "create", "b", "--address", "mbx://managers"],
+            2,
+        );
+        assert!(line.contains("RECEIVE_PORT"), "{line}");
+        // the link, then the port; the link cannot go while the port uses it
+        let out = cli.ok(&[
+            "group",
+            "link",
+            "add",
+            "managers",
+            "--target-url",
+            &managers.url,
+        ]);
+        assert!(out.contains("group 'managers'"), "{out}");
+        cli.fails(
+            &[
+                "group",
+                "link",
+                "add",
+                "managers",
+                "--target-url",
+                &managers.url,
+            ],
+            2,
+        );
+        cli.ok(&[
+            "send-port",
+            "create",
+            "b",
+            "--address",
+            "mbx://managers/from-broker",
+        ]);
+        let line = cli.fails(&["group", "link", "remove", "managers"], 1);
+        assert!(line.contains("send port(s) b"), "{line}");
+        let links = cli.json(&["group", "link", "list"]);
+        assert_eq!(links[0]["target_group_name"], "managers");
+        cli.fails(&["group", "link", "remove", "nope"], 2);
+    }
+    .await;
+    managers.drop_database().await;
+    result
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn orders_reach_the_manager_in_the_other_group_exactly_once(pool: PgPool) {
+    let broker = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    let managers = OtherGroup::create(&pool, "managers").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("manager-b");
+    std::fs::create_dir_all(&out).unwrap();
+    let result = async {
+        // the manager group: a receive port for the broker's orders, manager B's port
+        let there = Mbx::new(managers.url.clone());
+        there.ok(&["property", "create", "Order.Qty", "--type", "integer"]);
+        there.ok(&["receive-port", "create", "from-broker"]);
+        there.ok(&[
+            "send-port", "create", "manager-b", "--start",
+            "--address", &format!("file://{}/%MessageID%.json", out.display()),
+            "--filter", "mbx.ReceivePortName == \"from-broker\" and Order.Qty >= 0",
+        ]);
+        // the broker group forwards manager B's orders there
+        cli.ok(&["group", "link", "add", "managers", "--target-url", &managers.url]);
+        cli.ok(&[
+            "send-port", "create", "to-managers", "--start",
+            "--address", "mbx://managers/from-broker",
+            "--filter", "Order.ManagerId == \"B\"",
+        ]);
+        let _hosts = [start_host(&url, FAST_HOST), start_host(&managers.url, FAST_HOST)];
+        wait_for_alive(&broker, 1).await;
+        wait_for_alive(&managers.mbx, 1).await;
+        let n = 40;
+        for i in 0..n {
+            // promoted in the broker as text; the manager group declares it an integer
+            cli.ok(&[
+                "message", "publish", "--promote", "Order.ManagerId=B",
+                "--promote", &format!("Order.Qty={i}"),
+            ]);
+        }
+        wait_for("every order in manager B's folder", Duration::from_secs(60), || async {
+            bodies_in(&out, "json").len() >= n
+        })
+        .await;
+        // exactly once, and nothing left anywhere: the receipts forgotten too
+        wait_for("both spools empty and the receipts forgotten", Duration::from_secs(30), || async {
+            count(broker.pool(), "SELECT count(*) FROM deliveries").await == 0
+                && count(managers.mbx.pool(), "SELECT count(*) FROM forward_inbox").await == 0
+                && count(managers.mbx.pool(), "SELECT count(*) FROM deliveries").await == 0
+        })
+        .await;
+        assert_eq!(bodies_in(&out, "json").len(), n, "no duplicate in the target");
+        assert_eq!(count(managers.mbx.pool(), "SELECT count(*) FROM suspended_items").await, 0);
+        // tracking: forwarded in the source, the origin in the target
+        let forwarded = count(
+            broker.pool(),
+            "SELECT count(*) FROM tracking_events WHERE event = 'forwarded' AND detail LIKE '%group ''managers''%'",
+        )
+        .await;
+        assert_eq!(forwarded, n as i64);
+        let origin: String = sqlx::query_scalar(
+            "SELECT detail FROM tracking_events WHERE event = 'delivered' LIMIT 1",
+        )
+        .fetch_one(managers.mbx.pool())
+        .await
+        .unwrap();
+        assert!(origin.contains("mbx://default/to-managers"), "{origin}");
+    }
+    .await;
+    managers.drop_database().await;
+    result
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_missing_receive_port_fails_resumably_and_a_misfit_fails_for_good(pool: PgPool) {
+    let broker = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    let managers = OtherGroup::create(&pool, "managers").await;
+    let result = async {
+        let there = Mbx::new(managers.url.clone());
+        there.ok(&["property", "create", "Order.Qty", "--type", "integer"]);
+        cli.ok(&[
+            "group",
+            "link",
+            "add",
+            "managers",
+            "--target-url",
+            &managers.url,
+        ]);
+        cli.ok(&[
+            "send-port",
+            "create",
+            "to-managers",
+            "--start",
+            "--retry-count",
+            "0",
+            "--address",
+            "mbx://managers/from-broker",
+            "--filter",
+            "Order.ManagerId == \"B\"",
+        ]);
+        let _hosts = [
+            start_host(&url, FAST_HOST),
+            start_host(&managers.url, FAST_HOST),
+        ];
+        wait_for_alive(&broker, 1).await;
+        cli.ok(&[
+            "message",
+            "publish",
+            "--promote",
+            "Order.ManagerId=B",
+            "--property",
+            "Order.Qty=7",
+        ]);
+        cli.ok(&[
+            "message",
+            "publish",
+            "--promote",
+            "Order.ManagerId=B",
+            "--property",
+            "Order.Qty=seven",
+        ]);
+        wait_for(
+            "both suspended in the source",
+            Duration::from_secs(30),
+            || async { count(broker.pool(), "SELECT count(*) FROM suspended_items").await == 2 },
+        )
+        .await;
+        let kinds: Vec<(String, String)> =
+            sqlx::query_as("SELECT kind, reason FROM suspended_items ORDER BY kind")
+                .fetch_all(broker.pool())
+                .await
+                .unwrap();
+        assert_eq!(kinds[0].0, "failed", "{kinds:?}");
+        assert!(kinds[0].1.contains("from-broker"), "{kinds:?}");
+        assert_eq!(kinds[1].0, "failed-final", "{kinds:?}");
+        assert!(
+            kinds[1].1.contains("Order.Qty") && kinds[1].1.contains("seven"),
+            "{kinds:?}"
+        );
+        // the receive port is created there: the failed one resumes and arrives
+        there.ok(&["receive-port", "create", "from-broker"]);
+        cli.ok(&["suspended", "resume", "--kind", "failed"]);
+        wait_for(
+            "the resumed order in the target",
+            Duration::from_secs(30),
+            || async {
+                count(
+                    managers.mbx.pool(),
+                    "SELECT count(*) FROM suspended_items WHERE kind = 'routing-failure'",
+                )
+                .await
+                    == 1
+            },
+        )
+        .await;
+    }
+    .await;
+    managers.drop_database().await;
+    result
+}
