@@ -815,25 +815,16 @@ impl MessageBox {
         Ok(c)
     }
 
-    /// Replaces a port's filter (`None` removes it: the port then receives nothing).
+    /// Replaces a port's filter (`None` removes it: the port then receives nothing): an
+    /// update in place of the filter alone.
     pub async fn send_port_set_filter(&self, name: &str, filter: Option<&str>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let compiled = match filter {
-            Some(text) => Some(compile_filter(&mut tx, text).await?),
-            None => None,
-        };
-        begin_routing_change(&mut tx).await?;
-        let port = lock_port(&mut tx, name).await?;
-        sqlx::query("UPDATE send_ports SET filter_text = $2 WHERE id = $1")
-            .bind(port.id)
-            .bind(compiled.as_ref().map(|f| f.to_string()))
-            .execute(&mut *tx)
-            .await?;
-        if port.state != "unenlisted" {
-            set_subscription(&mut tx, "port", port.id, compiled.as_ref()).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let filter = filter.map(str::to_owned);
+        self.send_port_update(name, move |spec| {
+            spec.filter = filter;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     /// Deletes a port; refused, with the counts, while it has deliveries or suspended items.
