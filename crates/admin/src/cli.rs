@@ -77,6 +77,41 @@ pub enum Command {
         /// The message id (mbx.MessageId).
         message_id: String,
     },
+    /// Write the group's configuration (bindings) as YAML: hosts, property declarations,
+    /// links, receive ports and locations, send ports and groups. Secrets stay references.
+    #[command(
+        after_help = "Examples:\n  mbx export -f group.yaml\n  mbx export --application manager-b -f manager-b.yaml"
+    )]
+    Export {
+        /// Only this application's ports, locations and groups (and the hosts and links
+        /// they use).
+        #[arg(long)]
+        application: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Make the MessageBox match a bindings file, in one transaction: prints the plan
+    /// (create / update with the fields that change / delete), then applies it.
+    #[command(
+        after_help = "Examples:\n  mbx apply -f manager-b.yaml --dry-run\n  mbx apply -f manager-b.yaml\n  mbx apply -f group.yaml --prune"
+    )]
+    Apply {
+        /// The bindings file (YAML, as `mbx export` writes it).
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the objects of the file's applications that the file does not
+        /// have (hosts, property declarations and links are never pruned).
+        #[arg(long)]
+        prune: bool,
+        /// With --prune: a deleted send port takes its waiting and suspended messages
+        /// with it (without, such a port stops the apply, saying how many it holds).
+        #[arg(long, requires = "prune")]
+        discard_messages: bool,
+    },
     /// Database roles: a migrator (owns the schema), a host role (DML only), a reader.
     #[command(subcommand)]
     Roles(RolesCommand),
@@ -301,6 +336,9 @@ pub struct SendPortCreate {
     /// Create without a subscription (receives nothing until enlisted).
     #[arg(long)]
     pub unenlisted: bool,
+    /// The application it belongs to (bindings as code: `mbx export --application A`).
+    #[arg(long, default_value = "default")]
+    pub application: String,
 }
 
 /// `send-port update`: every create flag, each optional (absent: unchanged).
@@ -365,6 +403,9 @@ pub struct SendPortUpdate {
     /// Remove an adapter setting (repeatable).
     #[arg(long = "unset")]
     pub unset: Vec<String>,
+    /// Move it to another application.
+    #[arg(long)]
+    pub application: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -461,6 +502,9 @@ pub enum GroupCommand {
         /// Create it unenlisted: its filter subscribes nothing until it is started.
         #[arg(long)]
         unenlisted: bool,
+        /// The application it belongs to (bindings as code).
+        #[arg(long, default_value = "default")]
+        application: String,
     },
     /// Change a group's filter in place (a routing change: later publishes see it).
     #[command(
@@ -624,6 +668,9 @@ pub enum ReceivePortCommand {
         /// two-way receive is built.
         #[arg(long)]
         two_way: bool,
+        /// The application it belongs to (bindings as code).
+        #[arg(long, default_value = "default")]
+        application: String,
     },
     /// List receive ports and their locations.
     #[command(after_help = "Example:\n  mbx receive-port list")]
@@ -660,6 +707,9 @@ pub struct ReceiveLocationCreate {
     /// Adapter setting KEY=VALUE (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// The application it belongs to (bindings as code: `mbx export --application A`).
+    #[arg(long, default_value = "default")]
+    pub application: String,
 }
 
 /// `receive-location update`: the create flags, each optional (absent: unchanged).
@@ -692,6 +742,9 @@ pub struct ReceiveLocationUpdate {
     /// Remove an adapter setting (repeatable).
     #[arg(long = "unset")]
     pub unset: Vec<String>,
+    /// Move it to another application.
+    #[arg(long)]
+    pub application: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -145,6 +145,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats => stats(&mbx, json_out).await,
         Command::Track { message_id } => track(&mbx, &message_id, json_out).await,
+        Command::Export { application, file } => {
+            crate::bindings::export(&mbx, application.as_deref(), file.as_deref()).await
+        }
+        Command::Apply {
+            file,
+            dry_run,
+            prune,
+            discard_messages,
+        } => {
+            let options = mbx_messagebox::bindings::ApplyOptions {
+                dry_run,
+                prune,
+                discard_messages,
+            };
+            crate::bindings::apply(&mbx, &file, options, json_out).await
+        }
         Command::Roles(RolesCommand::Create { prefix }) => {
             let names = mbx_messagebox::security::RoleNames::with_prefix(&prefix)?;
             mbx.roles_apply(&names)
@@ -415,9 +431,14 @@ pub(crate) fn key_values(
 
 async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -> Result<()> {
     match c {
-        ReceivePortCommand::Create { name, two_way } => {
+        ReceivePortCommand::Create {
+            name,
+            two_way,
+            application,
+        } => {
             not_built("--two-way", two_way, "two-way (request-response) receive")?;
-            mbx.receive_port_create(&name, two_way).await?;
+            mbx.receive_port_create_in(&name, two_way, &application)
+                .await?;
             let kind = if two_way { "two-way" } else { "one-way" };
             println!("created receive port '{name}' ({kind})");
         }
@@ -461,6 +482,7 @@ async fn receive_location(
                 settings: key_values("--set", &a.set, "mask=*.xml")?,
                 ordered: a.ordered,
                 max_message_size: size,
+                application: a.application.clone(),
             };
             crate::validate::receive_location(&spec)?;
             let loc = mbx.receive_location_create(&spec).await?;
@@ -566,6 +588,7 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 tracking: tracking_arg("--tracking", &a.tracking)?,
                 solicit_response: a.solicit_response,
                 settings,
+                application: a.application.clone(),
                 initial_state: if a.start {
                     InitialState::Started
                 } else if a.unenlisted {
@@ -725,6 +748,7 @@ async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> 
             filter,
             start,
             unenlisted,
+            application,
         } => {
             let state = if start {
                 InitialState::Started
@@ -734,7 +758,7 @@ async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> 
                 InitialState::Stopped
             };
             let g = mbx
-                .group_create(&name, filter.as_deref(), state)
+                .group_create_in(&name, filter.as_deref(), state, &application)
                 .await
                 .map_err(|e| filter_arg(e, "--filter"))?;
             if json_out {

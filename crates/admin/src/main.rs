@@ -4,6 +4,7 @@
 //! right example; nothing changed); 1 anything else (refusals, database errors).
 
 mod bench;
+mod bindings;
 mod cli;
 mod commands;
 mod output;

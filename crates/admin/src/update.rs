@@ -94,7 +94,8 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
         || tracking.is_some()
         || a.solicit_response.is_some()
         || !set.is_empty()
-        || !a.unset.is_empty();
+        || !a.unset.is_empty()
+        || a.application.is_some();
     if !given {
         return Err(nothing_given(
             "send-port update",
@@ -166,6 +167,9 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
                 spec.settings.remove(key);
             }
             spec.settings.extend(set);
+            if let Some(app) = a.application {
+                spec.application = app;
+            }
             crate::validate::send_port(spec).map_err(invalid)
         })
         .await
@@ -194,7 +198,8 @@ pub async fn receive_location(
         || a.ordered.is_some()
         || max.is_some()
         || !set.is_empty()
-        || !a.unset.is_empty();
+        || !a.unset.is_empty()
+        || a.application.is_some();
     if !given {
         return Err(nothing_given(
             "receive-location update",
@@ -230,6 +235,9 @@ pub async fn receive_location(
                 spec.settings.remove(key);
             }
             spec.settings.extend(set);
+            if let Some(app) = a.application {
+                spec.application = app;
+            }
             crate::validate::receive_location(spec).map_err(invalid)
         })
         .await?;

@@ -14,6 +14,15 @@ use crate::{begin_routing_change, Error, MessageBox, Result, TrackingLevel, DEFA
 
 pub use mbx_vocabulary::NAME_MAX_BYTES;
 
+/// The application objects belong to unless `--application` says otherwise.
+pub const DEFAULT_APPLICATION: &str = "default";
+
+/// Checks an application name (the rule of object names).
+pub fn validate_application(name: &str) -> Result<()> {
+    mbx_vocabulary::validate_name("application", name)
+        .map_err(|e| Error::Invalid(format!("--application: {e}")))
+}
+
 /// Checks an object name (host, port, group, location): letters, digits, `_ . -`.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     mbx_vocabulary::validate_name(kind, name).map_err(Error::Invalid)
@@ -207,6 +216,8 @@ pub struct SendPortSpec {
     pub tracking: Option<TrackingLevel>,
     pub solicit_response: bool,
     pub settings: BTreeMap<String, String>,
+    /// The application the port belongs to (bindings as code).
+    pub application: String,
     /// Only `create` reads it; an update keeps the port's state.
     #[serde(skip)]
     pub initial_state: InitialState,
@@ -235,6 +246,7 @@ impl SendPortSpec {
             tracking: None,
             solicit_response: false,
             settings: BTreeMap::new(),
+            application: DEFAULT_APPLICATION.to_owned(),
             initial_state: InitialState::Stopped,
         }
     }
@@ -251,6 +263,7 @@ impl SendPortSpec {
 
     pub(crate) fn validate(&self) -> Result<()> {
         validate_name("send port", &self.name)?;
+        validate_application(&self.application)?;
         match &self.address {
             Some(a) => {
                 validate_address("--address", a)?;
@@ -344,6 +357,7 @@ pub struct SendPort {
     /// Adapter settings (`--set KEY=VALUE`).
     pub settings: sqlx::types::Json<BTreeMap<String, String>>,
     pub groups: Vec<String>,
+    pub application: String,
 }
 
 const SEND_PORT_SELECT: &str = "
@@ -353,7 +367,8 @@ const SEND_PORT_SELECT: &str = "
            p.backup_address, p.backup_retry_count, p.backup_retry_interval_s, p.route_failed,
            coalesce(p.tracking, h.tracking) AS tracking, p.solicit_response, p.settings,
            coalesce((SELECT array_agg(g.name ORDER BY g.name) FROM send_port_group_members m
-                     JOIN send_port_groups g ON g.id = m.group_id WHERE m.port_id = p.id), '{}') AS groups
+                     JOIN send_port_groups g ON g.id = m.group_id WHERE m.port_id = p.id), '{}') AS groups,
+           p.application
       FROM send_ports p JOIN hosts h ON h.id = p.host_id";
 
 /// Counts of a port's deliveries that block unenlist/delete.
@@ -372,6 +387,7 @@ pub struct SendPortGroup {
     pub filter: Option<String>,
     pub state: GroupState,
     pub members: Vec<String>,
+    pub application: String,
 }
 
 /// What a state change did, for the CLI to print.
@@ -481,26 +497,7 @@ impl MessageBox {
     // --- hosts -------------------------------------------------------------------------
 
     pub async fn host_create(&self, spec: &HostSpec) -> Result<()> {
-        spec.validate()?;
-        let res = sqlx::query(
-            "INSERT INTO hosts (name, throttle_publish, throttle_inflight, tracking)
-             VALUES ($1, coalesce($2, 50000), coalesce($3, 1000), coalesce($4, 'failures'))",
-        )
-        .bind(&spec.name)
-        .bind(spec.throttle_publish)
-        .bind(spec.throttle_inflight)
-        .bind(spec.tracking.map(|t| t.as_str()))
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
-                kind: "host",
-                name: spec.name.clone(),
-                hint: "`mbx host list` shows the hosts".into(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        host_insert(&mut *self.pool.acquire().await?, spec).await
     }
 
     pub async fn host_list(&self) -> Result<Vec<Host>> {
@@ -552,26 +549,7 @@ impl MessageBox {
     // --- properties ----------------------------------------------------------------------
 
     pub async fn property_create(&self, name: &str, ty: PropertyType) -> Result<()> {
-        validate_property_name(name).map_err(|e| Error::Invalid(format!("NAME: {e}")))?;
-        if name.starts_with("mbx.") {
-            return Err(Error::Invalid(format!(
-                "NAME: '{name}' is in the system namespace mbx; declare properties in your own namespace (example: Order.Amount)"
-            )));
-        }
-        let res = sqlx::query("INSERT INTO properties (name, type) VALUES ($1, $2)")
-            .bind(name)
-            .bind(ty.as_str())
-            .execute(&self.pool)
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
-                kind: "property",
-                name: name.to_owned(),
-                hint: "delete it first to change its type".into(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        property_insert(&mut *self.pool.acquire().await?, name, ty).await
     }
 
     pub async fn property_list(&self) -> Result<Vec<(String, PropertyType)>> {
@@ -638,75 +616,8 @@ impl MessageBox {
 
     /// Creates a send port: `stopped` (enlisted) unless the spec says otherwise.
     pub async fn send_port_create(&self, spec: &SendPortSpec) -> Result<SendPort> {
-        spec.validate()?;
         let mut tx = self.pool.begin().await?;
-        let filter = match &spec.filter {
-            Some(text) => Some(compile_filter(&mut tx, text).await?),
-            None => None,
-        };
-        let host_id = host_id(&mut tx, &spec.host).await?;
-        crate::forward::check_link_addresses(&mut tx, spec).await?;
-        let enlisted = spec.initial_state != InitialState::Unenlisted;
-        if enlisted && filter.is_some() {
-            begin_routing_change(&mut tx).await?;
-        }
-        let settings: serde_json::Value = serde_json::to_value(&spec.settings)
-            .map_err(|e| Error::Invalid(format!("--set: {e}")))?;
-        let res = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO send_ports (name, host_id, address, dynamic, allow_address, filter_text, state,
-                 ordered, stop_on_failure, ordered_commit_batch, retry_count, retry_interval_s,
-                 retry_backoff, retry_max_interval_s, backup_address, backup_retry_count,
-                 backup_retry_interval_s, route_failed, tracking, solicit_response, settings)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)
-             RETURNING id",
-        )
-        .bind(&spec.name)
-        .bind(host_id)
-        .bind(&spec.address)
-        .bind(spec.address.is_none())
-        .bind(&spec.allow_address)
-        .bind(filter.as_ref().map(|f| f.to_string()))
-        .bind(spec.initial_state.as_str())
-        .bind(spec.ordered)
-        .bind(spec.stop_on_failure)
-        .bind(spec.ordered_commit_batch)
-        .bind(spec.retry_count)
-        .bind(spec.retry_interval_s)
-        .bind(spec.retry_backoff.as_str())
-        .bind(spec.retry_max_interval_s)
-        .bind(&spec.backup_address)
-        .bind(spec.backup_retry_count)
-        .bind(spec.backup_retry_interval_s)
-        .bind(spec.route_failed)
-        .bind(spec.tracking.map(|t| t.as_str()))
-        .bind(spec.solicit_response)
-        .bind(settings)
-        .fetch_one(&mut *tx)
-        .await;
-        let id = match res {
-            Ok(id) => id,
-            Err(e) if crate::error::is_unique_violation(&e) => {
-                return Err(Error::AlreadyExists {
-                    kind: "send port",
-                    name: spec.name.clone(),
-                    hint: "choose another name or delete it first".into(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if spec.ordered {
-            sqlx::query("INSERT INTO ordered_sequences (port_id) VALUES ($1)")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO leases (port_id) VALUES ($1)")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if enlisted {
-            set_subscription(&mut tx, "port", id, filter.as_ref()).await?;
-        }
+        send_port_create_in(&mut tx, spec).await?;
         let port = fetch_port(&mut tx, &spec.name).await?;
         tx.commit().await?;
         Ok(port)
@@ -830,23 +741,7 @@ impl MessageBox {
     /// Deletes a port; refused, with the counts, while it has deliveries or suspended items.
     pub async fn send_port_delete(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        begin_routing_change(&mut tx).await?;
-        let port = lock_port(&mut tx, name).await?;
-        let work = port_work(&mut tx, port.id).await?;
-        if work.waiting + work.in_flight + work.suspended > 0 {
-            return Err(Error::Refused(format!(
-                "send port '{name}' has {} waiting, {} in-flight deliveries and {} suspended items; deliver or terminate them first",
-                work.waiting, work.in_flight, work.suspended
-            )));
-        }
-        sqlx::query("DELETE FROM send_port_group_members WHERE port_id = $1")
-            .bind(port.id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM send_ports WHERE id = $1")
-            .bind(port.id)
-            .execute(&mut *tx)
-            .await?;
+        send_port_delete_in(&mut tx, name, false).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -859,35 +754,20 @@ impl MessageBox {
         filter: Option<&str>,
         state: InitialState,
     ) -> Result<SendPortGroup> {
-        validate_name("send port group", name)?;
+        self.group_create_in(name, filter, state, DEFAULT_APPLICATION)
+            .await
+    }
+
+    /// [`group_create`](Self::group_create) in an application.
+    pub async fn group_create_in(
+        &self,
+        name: &str,
+        filter: Option<&str>,
+        state: InitialState,
+        application: &str,
+    ) -> Result<SendPortGroup> {
         let mut tx = self.pool.begin().await?;
-        let compiled = match filter {
-            Some(text) => Some(compile_filter(&mut tx, text).await?),
-            None => None,
-        };
-        begin_routing_change(&mut tx).await?;
-        let res = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO send_port_groups (name, filter_text, state) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(name)
-        .bind(compiled.as_ref().map(|f| f.to_string()))
-        .bind(state.as_str())
-        .fetch_one(&mut *tx)
-        .await;
-        let id = match res {
-            Ok(id) => id,
-            Err(e) if crate::error::is_unique_violation(&e) => {
-                return Err(Error::AlreadyExists {
-                    kind: "send port group",
-                    name: name.to_owned(),
-                    hint: "choose another name".into(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if state != InitialState::Unenlisted {
-            set_subscription(&mut tx, "group", id, compiled.as_ref()).await?;
-        }
+        group_create_tx(&mut tx, name, filter, state, application).await?;
         let group = fetch_group(&mut tx, name).await?;
         tx.commit().await?;
         Ok(group)
@@ -950,33 +830,331 @@ impl MessageBox {
         let mut tx = self.pool.begin().await?;
         // lock order: routing lock, then the group row
         begin_routing_change(&mut tx).await?;
-        let (id, from, filter_text) = lock_group(&mut tx, name).await?;
-        let to = if to == GroupState::Stopped && from == GroupState::Unenlisted {
-            GroupState::Unenlisted
-        } else {
-            to
-        };
-        if from == GroupState::Unenlisted && to == GroupState::Started {
-            let compiled = match &filter_text {
-                Some(text) => Some(compile_filter(&mut tx, text).await?),
-                None => None,
-            };
-            set_subscription(&mut tx, "group", id, compiled.as_ref()).await?;
-        }
-        sqlx::query("UPDATE send_port_groups SET state = $2 WHERE id = $1")
-            .bind(id)
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
+        let (from, to) = group_set_state_in(&mut tx, name, to).await?;
         tx.commit().await?;
         Ok(change(name, from.as_str(), to.as_str()))
     }
 }
 
+/// Moves a group to `to` inside `tx` (the caller holds the routing lock): a stopped
+/// group that was never enlisted stays unenlisted; started from unenlisted subscribes its
+/// filter; unenlisted removes its subscription. Returns (from, to).
+pub(crate) async fn group_set_state_in(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    to: GroupState,
+) -> Result<(GroupState, GroupState)> {
+    let (id, from, filter_text) = lock_group(tx, name).await?;
+    let to = if to == GroupState::Stopped && from == GroupState::Unenlisted {
+        GroupState::Unenlisted
+    } else {
+        to
+    };
+    if from == GroupState::Unenlisted && to == GroupState::Started {
+        let compiled = match &filter_text {
+            Some(text) => Some(compile_filter(tx, text).await?),
+            None => None,
+        };
+        set_subscription(tx, "group", id, compiled.as_ref()).await?;
+    }
+    if to == GroupState::Unenlisted && from != GroupState::Unenlisted {
+        set_subscription(tx, "group", id, None).await?;
+    }
+    sqlx::query("UPDATE send_port_groups SET state = $2 WHERE id = $1")
+        .bind(id)
+        .bind(to)
+        .execute(&mut **tx)
+        .await?;
+    Ok((from, to))
+}
+
+/// Makes a group's members exactly `members` inside `tx` (routing lock held by the
+/// caller); the change, if any.
+pub(crate) async fn group_set_members_in(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    members: &[String],
+) -> Result<Option<crate::update::FieldChange>> {
+    let (id, _, _) = lock_group(tx, name).await?;
+    let mut current: Vec<String> = sqlx::query_scalar(
+        "SELECT p.name FROM send_port_group_members m JOIN send_ports p ON p.id = m.port_id
+          WHERE m.group_id = $1 ORDER BY p.name",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    current.sort();
+    let mut wanted = members.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    if current == wanted {
+        return Ok(None);
+    }
+    let mut ids = Vec::with_capacity(wanted.len());
+    for port in &wanted {
+        ids.push(lock_port(tx, port).await?.id);
+    }
+    sqlx::query("DELETE FROM send_port_group_members WHERE group_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO send_port_group_members (group_id, port_id) SELECT $1, unnest($2::bigint[])",
+    )
+    .bind(id)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(crate::update::FieldChange {
+        field: "members".into(),
+        from: current.join(", "),
+        to: wanted.join(", "),
+    }))
+}
+
+/// Moves a port to `to` (unenlisted, stopped or started) inside `tx` (routing lock held
+/// by the caller); the change, if any. A port held after a failure stays held (resume or
+/// skip it); unenlisting is refused while deliveries wait or are in flight.
+pub(crate) async fn port_set_state_in(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    to: PortState,
+) -> Result<Option<crate::update::FieldChange>> {
+    let port = lock_port(tx, name).await?;
+    let from = port.state;
+    if from == to || (from == PortState::Suspended && to == PortState::Started) {
+        return Ok(None);
+    }
+    refuse_if_suspended(name, from)?;
+    if to == PortState::Unenlisted {
+        let work = port_work(tx, port.id).await?;
+        if work.waiting + work.in_flight > 0 {
+            return Err(Error::Refused(format!(
+                "send port '{name}' has {} waiting and {} in-flight deliveries; it cannot be unenlisted with them (`mbx send-port unenlist {name} --force` suspends them)",
+                work.waiting, work.in_flight
+            )));
+        }
+        set_subscription(tx, "port", port.id, None).await?;
+    } else if from == PortState::Unenlisted {
+        enlist_port(tx, &port).await?;
+    }
+    set_port_state(tx, port.id, to).await?;
+    Ok(Some(crate::update::FieldChange {
+        field: "state".into(),
+        from: from.to_string(),
+        to: to.to_string(),
+    }))
+}
+
+/// Creates a send port inside `tx`; returns its id.
+pub(crate) async fn send_port_create_in(
+    tx: &mut Transaction<'_, Postgres>,
+    spec: &SendPortSpec,
+) -> Result<i64> {
+    spec.validate()?;
+    let filter = match &spec.filter {
+        Some(text) => Some(compile_filter(tx, text).await?),
+        None => None,
+    };
+    let host_id = host_id(tx, &spec.host).await?;
+    crate::forward::check_link_addresses(tx, spec).await?;
+    let enlisted = spec.initial_state != InitialState::Unenlisted;
+    if enlisted && filter.is_some() {
+        begin_routing_change(tx).await?;
+    }
+    let settings: serde_json::Value =
+        serde_json::to_value(&spec.settings).map_err(|e| Error::Invalid(format!("--set: {e}")))?;
+    let res = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO send_ports (name, host_id, address, dynamic, allow_address, filter_text, state,
+             ordered, stop_on_failure, ordered_commit_batch, retry_count, retry_interval_s,
+             retry_backoff, retry_max_interval_s, backup_address, backup_retry_count,
+             backup_retry_interval_s, route_failed, tracking, solicit_response, settings, application)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
+         RETURNING id",
+    )
+    .bind(&spec.name)
+    .bind(host_id)
+    .bind(&spec.address)
+    .bind(spec.address.is_none())
+    .bind(&spec.allow_address)
+    .bind(filter.as_ref().map(|f| f.to_string()))
+    .bind(spec.initial_state.as_str())
+    .bind(spec.ordered)
+    .bind(spec.stop_on_failure)
+    .bind(spec.ordered_commit_batch)
+    .bind(spec.retry_count)
+    .bind(spec.retry_interval_s)
+    .bind(spec.retry_backoff.as_str())
+    .bind(spec.retry_max_interval_s)
+    .bind(&spec.backup_address)
+    .bind(spec.backup_retry_count)
+    .bind(spec.backup_retry_interval_s)
+    .bind(spec.route_failed)
+    .bind(spec.tracking.map(|t| t.as_str()))
+    .bind(spec.solicit_response)
+    .bind(settings)
+    .bind(&spec.application)
+    .fetch_one(&mut **tx)
+    .await;
+    let id = match res {
+        Ok(id) => id,
+        Err(e) if crate::error::is_unique_violation(&e) => {
+            return Err(Error::AlreadyExists {
+                kind: "send port",
+                name: spec.name.clone(),
+                hint: "choose another name or delete it first".into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if spec.ordered {
+        sqlx::query("INSERT INTO ordered_sequences (port_id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO leases (port_id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if enlisted {
+        set_subscription(tx, "port", id, filter.as_ref()).await?;
+    }
+    Ok(id)
+}
+
+/// Creates a send port group inside `tx`; returns its id.
+pub(crate) async fn group_create_tx(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    filter: Option<&str>,
+    state: InitialState,
+    application: &str,
+) -> Result<i64> {
+    validate_name("send port group", name)?;
+    validate_application(application)?;
+    let compiled = match filter {
+        Some(text) => Some(compile_filter(tx, text).await?),
+        None => None,
+    };
+    begin_routing_change(tx).await?;
+    let res = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO send_port_groups (name, filter_text, state, application) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(name)
+    .bind(compiled.as_ref().map(|f| f.to_string()))
+    .bind(state.as_str())
+    .bind(application)
+    .fetch_one(&mut **tx)
+    .await;
+    let id = match res {
+        Ok(id) => id,
+        Err(e) if crate::error::is_unique_violation(&e) => {
+            return Err(Error::AlreadyExists {
+                kind: "send port group",
+                name: name.to_owned(),
+                hint: "choose another name".into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if state != InitialState::Unenlisted {
+        set_subscription(tx, "group", id, compiled.as_ref()).await?;
+    }
+    Ok(id)
+}
+
+pub(crate) async fn host_insert(conn: &mut sqlx::PgConnection, spec: &HostSpec) -> Result<()> {
+    spec.validate()?;
+    let res = sqlx::query(
+        "INSERT INTO hosts (name, throttle_publish, throttle_inflight, tracking)
+         VALUES ($1, coalesce($2, 50000), coalesce($3, 1000), coalesce($4, 'failures'))",
+    )
+    .bind(&spec.name)
+    .bind(spec.throttle_publish)
+    .bind(spec.throttle_inflight)
+    .bind(spec.tracking.map(|t| t.as_str()))
+    .execute(&mut *conn)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
+            kind: "host",
+            name: spec.name.clone(),
+            hint: "`mbx host list` shows the hosts".into(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn property_insert(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    ty: PropertyType,
+) -> Result<()> {
+    validate_property_name(name).map_err(|e| Error::Invalid(format!("NAME: {e}")))?;
+    if name.starts_with("mbx.") {
+        return Err(Error::Invalid(format!(
+            "NAME: '{name}' is in the system namespace mbx; declare properties in your own namespace (example: Order.Amount)"
+        )));
+    }
+    let res = sqlx::query("INSERT INTO properties (name, type) VALUES ($1, $2)")
+        .bind(name)
+        .bind(ty.as_str())
+        .execute(&mut *conn)
+        .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
+            kind: "property",
+            name: name.to_owned(),
+            hint: "delete it first to change its type".into(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a send port inside `tx`. Refused, with the counts, while it has deliveries or
+/// suspended items, unless `discard` (`mbx apply --discard-messages`): they are dropped
+/// with it.
+pub(crate) async fn send_port_delete_in(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    discard: bool,
+) -> Result<PortWork> {
+    begin_routing_change(tx).await?;
+    let port = lock_port(tx, name).await?;
+    let work = port_work(tx, port.id).await?;
+    if work.waiting + work.in_flight + work.suspended > 0 {
+        if !discard {
+            return Err(Error::Refused(format!(
+                "send port '{name}' has {} waiting, {} in-flight deliveries and {} suspended items; deliver or terminate them first",
+                work.waiting, work.in_flight, work.suspended
+            )));
+        }
+        for sql in [
+            "DELETE FROM deliveries WHERE port_id = $1",
+            "DELETE FROM suspended_items WHERE port_id = $1",
+        ] {
+            sqlx::query(sql).bind(port.id).execute(&mut **tx).await?;
+        }
+    }
+    sqlx::query("DELETE FROM send_port_group_members WHERE port_id = $1")
+        .bind(port.id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM send_ports WHERE id = $1")
+        .bind(port.id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(work)
+}
+
 const GROUP_SELECT: &str = "
     SELECT g.id, g.name, g.filter_text AS filter, g.state,
            coalesce((SELECT array_agg(p.name ORDER BY p.name) FROM send_port_group_members m
-                     JOIN send_ports p ON p.id = m.port_id WHERE m.group_id = g.id), '{}') AS members
+                     JOIN send_ports p ON p.id = m.port_id WHERE m.group_id = g.id), '{}') AS members,
+           g.application
       FROM send_port_groups g";
 
 pub(crate) async fn fetch_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<SendPort> {

@@ -339,10 +339,10 @@ impl MessageBox {
         Ok((row.get(0), row.get(1)))
     }
 
-    /// Adds a link to another group: connects to it, checks it is an mbx MessageBox with
-    /// group links and not this group itself, and records its group id.
-    pub async fn link_add(&self, name: &str, database_url: &str) -> Result<GroupLink> {
-        validate_name("group link", name)?;
+    /// Checks a link's target before it is recorded: resolves the reference, connects,
+    /// checks it is an mbx MessageBox with group links and not this group itself; returns
+    /// the target's group id and name.
+    pub async fn link_check(&self, database_url: &str) -> Result<(Uuid, String)> {
         let url = link_url(database_url)?;
         let target = ForwardTarget::connect(&url).await.map_err(|e| match e {
             Error::Database(inner) => Error::Refused(format!(
@@ -351,12 +351,20 @@ impl MessageBox {
             )),
             other => other,
         })?;
+        target.mbx.pool.close().await;
         let (own, own_name) = self.group_identity().await?;
         if target.group_id == own {
             return Err(Error::Invalid(format!(
                 "--target-url: it is this group ('{own_name}') itself; a link names another group's MessageBox"
             )));
         }
+        Ok((target.group_id, target.group_name))
+    }
+
+    /// Adds a link to another group (checked by [`link_check`](Self::link_check)).
+    pub async fn link_add(&self, name: &str, database_url: &str) -> Result<GroupLink> {
+        validate_name("group link", name)?;
+        let (group_id, group_name) = self.link_check(database_url).await?;
         let res = sqlx::query_as::<_, GroupLink>(
             "INSERT INTO group_links (name, database_url, target_group_id, target_group_name)
              VALUES ($1, $2, $3, $4)
@@ -364,11 +372,10 @@ impl MessageBox {
         )
         .bind(name)
         .bind(database_url)
-        .bind(target.group_id)
-        .bind(&target.group_name)
+        .bind(group_id)
+        .bind(&group_name)
         .fetch_one(&self.pool)
         .await;
-        target.mbx.pool.close().await;
         match res {
             Ok(link) => Ok(link),
             Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
@@ -590,6 +597,30 @@ impl MessageBox {
                 .await?,
         )
     }
+}
+
+/// Records a checked link inside `tx` (created, or pointed at its new target).
+pub(crate) async fn link_upsert(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    database_url: &str,
+    group_id: Uuid,
+    group_name: &str,
+) -> Result<()> {
+    validate_name("group link", name)?;
+    sqlx::query(
+        "INSERT INTO group_links (name, database_url, target_group_id, target_group_name)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET database_url = excluded.database_url,
+             target_group_id = excluded.target_group_id, target_group_name = excluded.target_group_name",
+    )
+    .bind(name)
+    .bind(database_url)
+    .bind(group_id)
+    .bind(group_name)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn link_not_found(name: &str) -> Error {

@@ -4,6 +4,7 @@
 //! All SQL of mbx lives in this crate. Every operation that changes state is one
 //! transaction; hot-path operations (publish, claim, complete, fail) take batches.
 
+pub mod bindings;
 pub mod config;
 pub mod context;
 pub mod delivery;

@@ -25,6 +25,8 @@ pub struct ReceiveLocationSpec {
     pub settings: BTreeMap<String, String>,
     pub ordered: bool,
     pub max_message_size: u64,
+    /// The application the location belongs to (bindings as code).
+    pub application: String,
 }
 
 impl ReceiveLocationSpec {
@@ -39,11 +41,13 @@ impl ReceiveLocationSpec {
             settings: BTreeMap::new(),
             ordered: false,
             max_message_size: MAX_MESSAGE_SIZE_DEFAULT_BYTES,
+            application: crate::config::DEFAULT_APPLICATION.to_owned(),
         }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
         validate_name("receive location", &self.name)?;
+        crate::config::validate_application(&self.application)?;
         validate_address("--address", &self.address)?;
         // the pipeline, its paths and --ordered are checked by the adapters' registry
         // (`Registry::validate_receive_location`), which knows them; the vocabulary's rule
@@ -76,6 +80,7 @@ pub struct ReceiveLocation {
     pub ordered: bool,
     pub max_message_size: i64,
     pub enabled: bool,
+    pub application: String,
 }
 
 /// A receive port as `list` reports it.
@@ -84,11 +89,12 @@ pub struct ReceivePort {
     pub name: String,
     pub two_way: bool,
     pub locations: Vec<String>,
+    pub application: String,
 }
 
 pub(crate) const LOCATION_SELECT: &str = "
     SELECT l.id, l.name, r.name AS port, r.two_way, h.name AS host, l.address, l.pipeline,
-           l.promote, l.settings, l.ordered, l.max_message_size, l.enabled
+           l.promote, l.settings, l.ordered, l.max_message_size, l.enabled, l.application
       FROM receive_locations l
       JOIN receive_ports r ON r.id = l.receive_port_id
       JOIN hosts h ON h.id = l.host_id";
@@ -103,27 +109,25 @@ pub(crate) fn location_not_found(name: &str) -> Error {
 
 impl MessageBox {
     pub async fn receive_port_create(&self, name: &str, two_way: bool) -> Result<()> {
-        validate_name("receive port", name)?;
-        match sqlx::query("INSERT INTO receive_ports (name, two_way) VALUES ($1, $2)")
-            .bind(name)
-            .bind(two_way)
-            .execute(&self.pool)
+        self.receive_port_create_in(name, two_way, crate::config::DEFAULT_APPLICATION)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
-                kind: "receive port",
-                name: name.to_owned(),
-                hint: "choose another name".into(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+    }
+
+    /// [`receive_port_create`](Self::receive_port_create) in an application.
+    pub async fn receive_port_create_in(
+        &self,
+        name: &str,
+        two_way: bool,
+        application: &str,
+    ) -> Result<()> {
+        receive_port_insert(&mut *self.pool.acquire().await?, name, two_way, application).await
     }
 
     pub async fn receive_port_list(&self) -> Result<Vec<ReceivePort>> {
         Ok(sqlx::query_as::<_, ReceivePort>(
             "SELECT r.name, r.two_way,
-                    coalesce(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.id IS NOT NULL), '{}') AS locations
+                    coalesce(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.id IS NOT NULL), '{}') AS locations,
+                    r.application
                FROM receive_ports r LEFT JOIN receive_locations l ON l.receive_port_id = r.id
               GROUP BY r.id ORDER BY r.name",
         )
@@ -136,58 +140,8 @@ impl MessageBox {
         &self,
         spec: &ReceiveLocationSpec,
     ) -> Result<ReceiveLocation> {
-        spec.validate()?;
         let mut tx = self.pool.begin().await?;
-        let port_id: i64 = sqlx::query_scalar("SELECT id FROM receive_ports WHERE name = $1")
-            .bind(&spec.port)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(
-                    "receive port",
-                    spec.port.clone(),
-                    "create it with `mbx receive-port create NAME`",
-                )
-            })?;
-        let host_id = host_id(&mut tx, &spec.host).await?;
-        let max = i64::try_from(spec.max_message_size)
-            .map_err(|_| Error::Invalid("--max-message-size: too large (example: 100MB)".into()))?;
-        let res = sqlx::query(
-            "INSERT INTO receive_locations (name, receive_port_id, host_id, address, pipeline, promote, settings,
-                                            ordered, max_message_size)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&spec.name)
-        .bind(port_id)
-        .bind(host_id)
-        .bind(&spec.address)
-        .bind(&spec.pipeline)
-        .bind(sqlx::types::Json(&spec.promote))
-        .bind(sqlx::types::Json(&spec.settings))
-        .bind(spec.ordered)
-        .bind(max)
-        .execute(&mut *tx)
-        .await;
-        match res {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::AlreadyExists {
-                    kind: "receive location",
-                    name: spec.name.clone(),
-                    hint: "choose another name or delete it first".into(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        }
-        if spec.ordered {
-            // one instance at a time receives an ordered location
-            sqlx::query(
-                "INSERT INTO leases (location_id) SELECT id FROM receive_locations WHERE name = $1",
-            )
-            .bind(&spec.name)
-            .execute(&mut *tx)
-            .await?;
-        }
+        receive_location_create_in(&mut tx, spec).await?;
         let loc =
             sqlx::query_as::<_, ReceiveLocation>(&format!("{LOCATION_SELECT} WHERE l.name = $1"))
                 .bind(&spec.name)
@@ -222,37 +176,10 @@ impl MessageBox {
         Ok(before != enabled)
     }
 
-    /// Deletes a location; refused while it is enabled.
     /// Deletes a receive port; refused while locations feed it (naming them).
     pub async fn receive_port_delete(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar("SELECT id FROM receive_ports WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(
-                    "receive port",
-                    name,
-                    "`mbx receive-port list` shows the ports",
-                )
-            })?;
-        let locations: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM receive_locations WHERE receive_port_id = $1 ORDER BY name",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !locations.is_empty() {
-            return Err(Error::Refused(format!(
-                "receive port '{name}' has receive locations ({}); delete them first with `mbx receive-location delete NAME`",
-                locations.join(", ")
-            )));
-        }
-        sqlx::query("DELETE FROM receive_ports WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        receive_port_delete_in(&mut tx, name).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -277,6 +204,127 @@ impl MessageBox {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Creates a receive port on `conn`.
+pub(crate) async fn receive_port_insert(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    two_way: bool,
+    application: &str,
+) -> Result<()> {
+    validate_name("receive port", name)?;
+    crate::config::validate_application(application)?;
+    match sqlx::query("INSERT INTO receive_ports (name, two_way, application) VALUES ($1, $2, $3)")
+        .bind(name)
+        .bind(two_way)
+        .bind(application)
+        .execute(&mut *conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+            kind: "receive port",
+            name: name.to_owned(),
+            hint: "choose another name".into(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a receive port inside `tx`; refused while locations feed it.
+pub(crate) async fn receive_port_delete_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+) -> Result<()> {
+    let id: i64 = sqlx::query_scalar("SELECT id FROM receive_ports WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(
+                "receive port",
+                name,
+                "`mbx receive-port list` shows the ports",
+            )
+        })?;
+    let locations: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM receive_locations WHERE receive_port_id = $1 ORDER BY name",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    if !locations.is_empty() {
+        return Err(Error::Refused(format!(
+            "receive port '{name}' has receive locations ({}); delete them first with `mbx receive-location delete NAME`",
+            locations.join(", ")
+        )));
+    }
+    sqlx::query("DELETE FROM receive_ports WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Creates a receive location inside `tx`, disabled.
+pub(crate) async fn receive_location_create_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    spec: &ReceiveLocationSpec,
+) -> Result<()> {
+    spec.validate()?;
+    let port_id: i64 = sqlx::query_scalar("SELECT id FROM receive_ports WHERE name = $1")
+        .bind(&spec.port)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(
+                "receive port",
+                spec.port.clone(),
+                "create it with `mbx receive-port create NAME`",
+            )
+        })?;
+    let host_id = host_id(tx, &spec.host).await?;
+    let max = i64::try_from(spec.max_message_size)
+        .map_err(|_| Error::Invalid("--max-message-size: too large (example: 100MB)".into()))?;
+    let res = sqlx::query(
+        "INSERT INTO receive_locations (name, receive_port_id, host_id, address, pipeline, promote, settings,
+                                        ordered, max_message_size, application)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&spec.name)
+    .bind(port_id)
+    .bind(host_id)
+    .bind(&spec.address)
+    .bind(&spec.pipeline)
+    .bind(sqlx::types::Json(&spec.promote))
+    .bind(sqlx::types::Json(&spec.settings))
+    .bind(spec.ordered)
+    .bind(max)
+    .bind(&spec.application)
+    .execute(&mut **tx)
+    .await;
+    match res {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::AlreadyExists {
+                kind: "receive location",
+                name: spec.name.clone(),
+                hint: "choose another name or delete it first".into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if spec.ordered {
+        // one instance at a time receives an ordered location
+        sqlx::query(
+            "INSERT INTO leases (location_id) SELECT id FROM receive_locations WHERE name = $1",
+        )
+        .bind(&spec.name)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether a receive location runs on one live instance, and if not why.

@@ -46,6 +46,7 @@ impl Update {
 pub struct GroupSpec {
     pub name: String,
     pub filter: Option<String>,
+    pub application: String,
 }
 
 /// The fields in which two specifications differ, by their serialized form (so every
@@ -91,7 +92,7 @@ async fn port_spec(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<SendPo
                 p.stop_on_failure, p.ordered_commit_batch, p.retry_count, p.retry_interval_s,
                 p.retry_backoff, p.retry_max_interval_s, p.backup_address, p.backup_retry_count,
                 p.backup_retry_interval_s, p.route_failed, p.tracking, p.solicit_response,
-                p.settings
+                p.settings, p.application
            FROM send_ports p JOIN hosts h ON h.id = p.host_id WHERE p.id = $1",
     )
     .bind(id)
@@ -120,6 +121,7 @@ async fn port_spec(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<SendPo
         tracking,
         solicit_response: row.get(17),
         settings: settings.0,
+        application: row.get(19),
         initial_state: Default::default(),
     })
 }
@@ -201,7 +203,7 @@ where
                 retry_count = $10, retry_interval_s = $11, retry_backoff = $12,
                 retry_max_interval_s = $13, backup_address = $14, backup_retry_count = $15,
                 backup_retry_interval_s = $16, route_failed = $17, tracking = $18,
-                solicit_response = $19, settings = $20
+                solicit_response = $19, settings = $20, application = $21
           WHERE id = $1",
     )
     .bind(port.id)
@@ -224,6 +226,7 @@ where
     .bind(new.tracking.map(|t| t.as_str()))
     .bind(new.solicit_response)
     .bind(settings)
+    .bind(&new.application)
     .execute(&mut **tx)
     .await?;
     if old.filter != new.filter && port.state != PortState::Unenlisted {
@@ -239,7 +242,7 @@ async fn location_spec(
 ) -> Result<(i64, bool, ReceiveLocationSpec)> {
     let row = sqlx::query(
         "SELECT l.id, l.enabled, l.name, r.name, h.name, l.address, l.pipeline, l.promote,
-                l.settings, l.ordered, l.max_message_size
+                l.settings, l.ordered, l.max_message_size, l.application
            FROM receive_locations l
            JOIN receive_ports r ON r.id = l.receive_port_id
            JOIN hosts h ON h.id = l.host_id
@@ -265,6 +268,7 @@ async fn location_spec(
             settings: settings.0,
             ordered: row.get(9),
             max_message_size: u64::try_from(max).unwrap_or(0),
+            application: row.get(11),
         },
     ))
 }
@@ -327,7 +331,8 @@ where
         .map_err(|_| Error::Invalid("--max-message-size: too large (example: 100MB)".into()))?;
     sqlx::query(
         "UPDATE receive_locations SET receive_port_id = $2, host_id = $3, address = $4,
-                pipeline = $5, promote = $6, settings = $7, ordered = $8, max_message_size = $9
+                pipeline = $5, promote = $6, settings = $7, ordered = $8, max_message_size = $9,
+                application = $10
           WHERE id = $1",
     )
     .bind(id)
@@ -339,6 +344,7 @@ where
     .bind(sqlx::types::Json(&new.settings))
     .bind(new.ordered)
     .bind(max)
+    .bind(&new.application)
     .execute(&mut **tx)
     .await?;
     Ok(update)
@@ -355,9 +361,15 @@ where
 {
     begin_routing_change(tx).await?;
     let (id, state, filter) = lock_group(tx, name).await?;
+    let application: String =
+        sqlx::query_scalar("SELECT application FROM send_port_groups WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
     let old = GroupSpec {
         name: name.to_owned(),
         filter,
+        application,
     };
     let mut new = old.clone();
     change(&mut new)?;
@@ -367,6 +379,7 @@ where
         None => None,
     };
     new.filter = compiled.as_ref().map(|f| f.to_string());
+    crate::config::validate_application(&new.application)?;
     let update = Update {
         kind: "send port group",
         object: name.to_owned(),
@@ -375,9 +388,10 @@ where
     if !update.changed() {
         return Ok(update);
     }
-    sqlx::query("UPDATE send_port_groups SET filter_text = $2 WHERE id = $1")
+    sqlx::query("UPDATE send_port_groups SET filter_text = $2, application = $3 WHERE id = $1")
         .bind(id)
         .bind(&new.filter)
+        .bind(&new.application)
         .execute(&mut **tx)
         .await?;
     if state != GroupState::Unenlisted {
@@ -491,10 +505,11 @@ mod tests {
         let old = GroupSpec {
             name: "g".into(),
             filter: None,
+            application: "default".into(),
         };
         let new = GroupSpec {
-            name: "g".into(),
             filter: Some("A.B == 1".into()),
+            ..old.clone()
         };
         assert_eq!(
             diff(&old, &new),

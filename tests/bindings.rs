@@ -1,0 +1,253 @@
+//! Bindings as code (`mbx export` / `mbx apply`): a group's configuration round-trips
+//! through YAML into an empty MessageBox; apply prints its plan and applies it in one
+//! transaction; a second apply changes nothing; --prune deletes only the file's
+//! applications' objects and never a port's messages unasked; a bad file names its line
+//! and applies nothing.
+
+use mbx_e2e::{database_url, messagebox, Mbx, OtherGroup};
+use sqlx::PgPool;
+
+/// A small group: a JSON location promoting the manager, two manager ports (one in
+/// application manager-b), a group, a declared property.
+fn configure(cli: &Mbx, dir: &std::path::Path) {
+    let d = dir.display();
+    cli.ok(&["property", "create", "Order.ManagerId"]);
+    cli.ok(&["property", "create", "Order.Qty", "--type", "integer"]);
+    cli.ok(&["host", "create", "edi", "--throttle-publish", "2000"]);
+    cli.ok(&["receive-port", "create", "OrderBroker"]);
+    cli.ok(&[
+        "receive-location",
+        "create",
+        "broker-in",
+        "--port",
+        "OrderBroker",
+        "--host",
+        "edi",
+        "--address",
+        &format!("file://{d}/in/*.json"),
+        "--pipeline",
+        "json",
+        "--promote",
+        "Order.ManagerId=/managerId",
+    ]);
+    cli.ok(&["receive-location", "enable", "broker-in"]);
+    cli.ok(&[
+        "receive-port",
+        "create",
+        "from-broker",
+        "--application",
+        "manager-b",
+    ]);
+    cli.ok(&[
+        "send-port",
+        "create",
+        "manager-a",
+        "--start",
+        "--retry-count",
+        "5",
+        "--address",
+        &format!("file://{d}/a/%MessageID%.json"),
+        "--filter",
+        "Order.ManagerId == \"A\"",
+        "--tracking",
+        "all",
+    ]);
+    cli.ok(&[
+        "send-port",
+        "create",
+        "manager-b",
+        "--application",
+        "manager-b",
+        "--ordered",
+        "--address",
+        &format!("file://{d}/b/ledger.log"),
+        "--set",
+        "append=true",
+        "--filter",
+        "Order.ManagerId == \"B\" and Order.Qty > 0",
+    ]);
+    cli.ok(&[
+        "send-port-group",
+        "create",
+        "everyone",
+        "--start",
+        "--filter",
+        "exists(Order.ManagerId)",
+    ]);
+    cli.ok(&["send-port-group", "add", "everyone", "manager-a"]);
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_group_round_trips_through_yaml_and_a_second_apply_changes_nothing(pool: PgPool) {
+    let _mbx = messagebox(&pool).await;
+    let cli = Mbx::new(database_url(&pool));
+    let dir = tempfile::tempdir().unwrap();
+    configure(&cli, dir.path());
+    let exported = cli.ok(&["export"]);
+    let file = dir.path().join("group.yaml");
+    std::fs::write(&file, &exported).unwrap();
+    let f = file.to_str().unwrap();
+
+    let empty = OtherGroup::create(&pool, "copy").await;
+    let result = async {
+        let there = Mbx::new(empty.url.clone());
+        let dry = there.ok(&["apply", "-f", f, "--dry-run"]);
+        assert!(
+            dry.contains("create send port 'manager-b'") && dry.contains("dry run"),
+            "{dry}"
+        );
+        assert_eq!(
+            count(empty.mbx.pool(), "SELECT count(*) FROM send_ports").await,
+            0,
+            "a dry run changes nothing"
+        );
+        let applied = there.ok(&["apply", "-f", f]);
+        assert!(applied.contains("applied: "), "{applied}");
+        assert_eq!(
+            there.ok(&["export"]),
+            exported,
+            "export → apply → export is the same document"
+        );
+        let again = there.ok(&["apply", "-f", f]);
+        assert!(again.contains("no changes"), "{again}");
+        // the states came along
+        let a = there.json(&["send-port", "show", "manager-a"]);
+        assert_eq!(a["port"]["state"], "started");
+        assert_eq!(a["port"]["groups"][0], "everyone");
+        let locations = there.json(&["receive-location", "list"]);
+        assert_eq!(locations[0]["enabled"], true);
+        assert_eq!(locations[0]["host"], "edi");
+    }
+    .await;
+    empty.drop_database().await;
+    result
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn apply_plans_updates_and_prunes_only_the_files_applications(pool: PgPool) {
+    let _mbx = messagebox(&pool).await;
+    let cli = Mbx::new(database_url(&pool));
+    let dir = tempfile::tempdir().unwrap();
+    configure(&cli, dir.path());
+    let file = dir.path().join("manager-b.yaml");
+    let f = file.to_str().unwrap();
+    cli.ok(&["export", "--application", "manager-b", "-f", f]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains("manager-a") && !text.contains("broker-in"),
+        "{text}"
+    );
+
+    // an edit becomes an update of exactly the fields that change
+    let edited = text.replace("\n    retry_count: 3", "\n    retry_count: 9");
+    std::fs::write(&file, &edited).unwrap();
+    let plan = cli.json(&["apply", "-f", f, "--dry-run"]);
+    let steps = plan["plan"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{plan}");
+    assert_eq!(steps[0]["action"], "update");
+    assert_eq!(steps[0]["changes"][0]["field"], "retry_count");
+    cli.ok(&["apply", "-f", f]);
+    assert_eq!(
+        cli.json(&["send-port", "show", "manager-b"])["port"]["retry_count"],
+        9
+    );
+
+    // the port leaves the file: --prune deletes it — not while it holds messages, unless asked
+    cli.ok(&[
+        "message",
+        "publish",
+        "--promote",
+        "Order.ManagerId=B",
+        "--promote",
+        "Order.Qty=2",
+    ]);
+    let start = edited.find("send_ports:").unwrap();
+    let without_port = edited[..start].to_owned();
+    std::fs::write(&file, &without_port).unwrap();
+    let line = cli.fails(&["apply", "-f", f, "--prune"], 1);
+    assert!(
+        line.contains("manager-b")
+            && line.contains("1 waiting")
+            && line.contains("--discard-messages"),
+        "{line}"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM send_ports WHERE name = 'manager-b'"
+        )
+        .await,
+        1
+    );
+    let out = cli.ok(&["apply", "-f", f, "--prune", "--discard-messages"]);
+    assert!(
+        out.contains("delete send port 'manager-b' with its 1 messages"),
+        "{out}"
+    );
+    // other applications and shared objects stay
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM send_ports WHERE name = 'manager-a'"
+        )
+        .await,
+        1
+    );
+    let no_props = without_port.replace("  Order.Qty: integer\n", "");
+    std::fs::write(&file, &no_props).unwrap();
+    cli.ok(&["apply", "-f", f, "--prune"]);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM properties").await,
+        2,
+        "declarations are never pruned"
+    );
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_bad_file_names_its_line_and_applies_nothing(pool: PgPool) {
+    let _mbx = messagebox(&pool).await;
+    let cli = Mbx::new(database_url(&pool));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    let f = file.to_str().unwrap();
+    let good = "mbx_bindings: 1\nreceive_ports:\n  r1: {}\nsend_ports:\n  p1:\n    address: file:///tmp/x/%MessageID%.xml\n    filter: A.B == 1\n";
+    for (text, line, says) in [
+        (
+            good.replace("    filter:", "    filtr:"),
+            ":7:",
+            "unknown field `filtr`",
+        ),
+        (good.replace("A.B == 1", "A.B =="), ":5:", "send_ports.p1"),
+        (
+            good.replace("file:///tmp/x/%MessageID%.xml", "gopher://x"),
+            ":5:",
+            "--address",
+        ),
+        (
+            good.replace("mbx_bindings: 1", "mbx_bindings: 1\nwidgets: 3"),
+            ":2:",
+            "unknown field `widgets`",
+        ),
+        (
+            format!("{good}  p2:\n    address: mbx://nowhere/r\n"),
+            ":8:",
+            "group link 'nowhere'",
+        ),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let err = cli.fails(&["apply", "-f", f], 2);
+        assert!(err.contains(line) && err.contains(says), "{text}\n→ {err}");
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM receive_ports").await,
+            0,
+            "nothing applied: {err}"
+        );
+    }
+    std::fs::write(&file, good).unwrap();
+    cli.ok(&["apply", "-f", f]);
+    assert_eq!(count(&pool, "SELECT count(*) FROM send_ports").await, 1);
+}
