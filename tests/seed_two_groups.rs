@@ -284,7 +284,7 @@ async fn an_ordered_forwarding_port_arrives_in_order_through_kill_9(pool: PgPool
         "--filter",
         "Ledger.Account == \"L1\"",
     ]);
-    let mut hosts = vec![start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    let mut hosts = [start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
     let _manager_host = start_host(&managers_url, FAST_HOST);
     wait_for_alive(&broker, 2).await;
     let total = 300;
