@@ -21,6 +21,8 @@ struct Cluster {
     home: tempfile::TempDir,
     pg_port: u16,
     admin_port: u16,
+    /// `MBX_GROUPS`: 1, or 2 for the second group the demo forwards into.
+    groups: u8,
 }
 
 impl Cluster {
@@ -36,6 +38,7 @@ impl Cluster {
             home,
             pg_port: free_port(),
             admin_port: free_port(),
+            groups: 1,
         }
     }
 
@@ -55,6 +58,7 @@ impl Cluster {
             .env("MBX_PG_PORT", self.pg_port.to_string())
             .env("MBX_ADMIN_PORT", self.admin_port.to_string())
             .env("MBX_WAIT_SECONDS", "40")
+            .env("MBX_GROUPS", self.groups.to_string())
             .env_remove("MBX_DATABASE_URL")
             .env_remove("MBX_LOG")
             .output()
@@ -78,7 +82,7 @@ impl Cluster {
     /// The tails of the cluster's logs, for failure messages.
     fn logs(&self) -> String {
         let mut all = String::new();
-        for name in ["postgres.log", "host-1.log", "host-2.log"] {
+        for name in ["postgres.log", "host-1.log", "host-2.log", "host-3.log"] {
             let path = self.home().join(".mbx/logs").join(name);
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
@@ -364,6 +368,53 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
         assert_eq!(state, "stopped", "instance {id} after down");
     }
     assert_eq!(alive_pids(&mbx).len(), 2);
+    cluster.ok(&["down"]);
+    assert!(!accepting(cluster.pg_port));
+}
+
+#[test]
+fn mbx_local_with_two_groups_forwards_the_demo_into_the_second() {
+    let mut cluster = Cluster::new();
+    cluster.groups = 2;
+    let home = cluster.home().to_path_buf();
+    let up = cluster.ok(&["up"]);
+    assert!(up.stdout.contains("group 'managers'"), "{}", up.stdout);
+    let url = exported_url(&up.stdout);
+    let second = Mbx::new(url.replace("/mbx", "/mbx_managers"));
+    let first = Mbx::new(url);
+    assert_eq!(alive_pids(&first).len(), 2);
+    assert_eq!(
+        alive_pids(&second).len(),
+        1,
+        "host-3 serves the second group"
+    );
+    let links = first.json(&["group", "link", "list"]);
+    assert_eq!(links[0]["target_group_name"], "managers");
+
+    // a file dropped in the first group arrives in the second, once
+    std::fs::copy(
+        home.join("demo/sample-order.xml"),
+        home.join("demo/in/sample-order.xml"),
+    )
+    .expect("drop the sample");
+    let far = home.join("demo/far");
+    wait_for("the order in demo/far", Duration::from_secs(30), || {
+        files_in(&far)
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "xml"))
+    });
+    wait_for("drained in both groups", Duration::from_secs(30), || {
+        first.json(&["stats"])["spool_messages"] == 0
+            && second.json(&["stats"])["spool_messages"] == 0
+    });
+    assert_eq!(files_in(&far).len(), 1, "exactly once in the second group");
+    let status = cluster.ok(&["status"]);
+    assert!(
+        status.stdout.contains("host-3: running"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("second group"), "{}", status.stdout);
     cluster.ok(&["down"]);
     assert!(!accepting(cluster.pg_port));
 }
