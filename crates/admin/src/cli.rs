@@ -144,7 +144,8 @@ pub enum RolesCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), or all.
+    /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), forward (group
+    /// A → group B on the same server, counted where B delivers), or all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub workload: Vec<String>,
     /// Measured time of each run, after the warm-up.

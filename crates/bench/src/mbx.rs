@@ -24,7 +24,7 @@ use crate::measure::{thousands, Interval, Pacer, Progress, Window};
 use crate::{database, BenchError, Measured, RunSpec};
 
 /// The benchmark's workloads: (a) unordered, (b) one ordered port, (c) fan-out, (d) many
-/// ordered ports.
+/// ordered ports, and forwarding between two groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
@@ -36,14 +36,18 @@ pub enum Workload {
     Fanout,
     /// (d) 100 ordered ports at once, messages spread over them.
     ManyOrdered,
+    /// Group A → group B on the same server: one port `mbx://far/in` in A, a NULL port in
+    /// B; counted where B delivers.
+    Forward,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Unordered,
         Workload::Ordered,
         Workload::Fanout,
         Workload::ManyOrdered,
+        Workload::Forward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Workload {
             Workload::Ordered => "ordered",
             Workload::Fanout => "fanout",
             Workload::ManyOrdered => "many-ordered",
+            Workload::Forward => "forward",
         }
     }
 
@@ -61,7 +66,7 @@ impl Workload {
 
     fn ports(self) -> usize {
         match self {
-            Workload::Unordered | Workload::Ordered => 1,
+            Workload::Unordered | Workload::Ordered | Workload::Forward => 1,
             Workload::Fanout => 10,
             Workload::ManyOrdered => 100,
         }
@@ -102,9 +107,44 @@ pub async fn run(
     progress: &Progress,
 ) -> Result<Measured, BenchError> {
     let db = database::Scratch::create(&spec.database_url, "mbx").await?;
-    let result = run_in(spec, run, progress, db.url()).await;
+    let far = match run.workload {
+        Workload::Forward => Some(database::Scratch::create(&spec.database_url, "far").await?),
+        _ => None,
+    };
+    let result = run_in(spec, run, progress, db.url(), far.as_ref().map(|f| f.url())).await;
+    if let Some(far) = far {
+        far.drop_now().await;
+    }
     db.drop_now().await;
     result
+}
+
+/// Group B of the forward workload: receive port `in`, a started NULL port for what
+/// arrives there; group A's link `far` to it, through a reference to a file holding its URL
+/// (a link never stores a password). Returns that file, removed when dropped.
+async fn setup_far(a: &MessageBox, far_url: &str) -> Result<tempfile::NamedTempFile, BenchError> {
+    let b = MessageBox::connect(far_url, 2).await?;
+    b.init(Some("bench-far")).await?;
+    b.host_create(&HostSpec {
+        name: BENCH_HOST.to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    b.receive_port_create("in", false).await?;
+    let mut port = SendPortSpec::new("p0", "null://bench")
+        .with_filter("mbx.ReceivePortName == \"in\"")
+        .with_state(InitialState::Started);
+    port.host = BENCH_HOST.to_owned();
+    b.send_port_create(&port).await?;
+    b.pool().close().await;
+    let file = tempfile::NamedTempFile::new()
+        .map_err(|e| BenchError::Setup(format!("a file for group B's URL: {e}")))?;
+    std::fs::write(file.path(), far_url)
+        .map_err(|e| BenchError::Setup(format!("writing group B's URL: {e}")))?;
+    a.init(None).await?;
+    a.link_add("far", &format!("file:{}", file.path().display()))
+        .await?;
+    Ok(file)
 }
 
 async fn run_in(
@@ -112,10 +152,20 @@ async fn run_in(
     run: &MbxRun,
     progress: &Progress,
     url: &str,
+    far_url: Option<&str>,
 ) -> Result<Measured, BenchError> {
     let mbx = MessageBox::connect(url, (spec.producers as u32 + 2).max(4)).await?;
+    let _far_url_file = match far_url {
+        Some(far) => Some(setup_far(&mbx, far).await?),
+        None => None,
+    };
     setup(&mbx, run.workload, run.tracking, true).await?;
-    let hosts = Hosts::start(&run.host_bin, url, run.instances).await?;
+    let forwarding = Hosts::start(&run.host_bin, url, run.instances).await?;
+    // where deliveries are counted: group B's host for the forward workload
+    let (hosts, forwarding) = match far_url {
+        Some(far) => (Hosts::start(&run.host_bin, far, 1).await?, Some(forwarding)),
+        None => (forwarding, None),
+    };
     if run.workload.ordered() {
         leases_spread(&mbx, run.workload.ports(), run.instances, progress).await?;
     }
@@ -168,6 +218,9 @@ async fn run_in(
     let latency = hosts.latency().await;
     let peak_rss_mb = hosts.peak_rss_mb();
     hosts.stop().await;
+    if let Some(forwarding) = forwarding {
+        forwarding.stop().await;
+    }
     let mut notes = vec![format!(
         "{} instance(s), batch {}, NULL send ports, tracking {}",
         run.instances,
@@ -237,7 +290,11 @@ async fn setup(
             Workload::ManyOrdered => format!("Bench.Port == \"p{i}\""),
             _ => "Bench.Kind == \"bench\"".to_owned(),
         };
-        let mut port = SendPortSpec::new(&format!("p{i}"), "null://bench")
+        let address = match workload {
+            Workload::Forward => "mbx://far/in",
+            _ => "null://bench",
+        };
+        let mut port = SendPortSpec::new(&format!("p{i}"), address)
             .with_filter(&filter)
             .with_state(if started {
                 InitialState::Started

@@ -43,11 +43,23 @@ const RECEIPTS_PAGES_PER_ROUND: usize = 20;
 /// How often receipts of completed forwards are cleared in the target groups.
 const FORGET_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The connections of one instance to the groups it forwards to, by link name (the link's
-/// stored URL with it: a link removed and added again elsewhere is connected anew).
+/// How long a link's row and its target's declarations are used before they are read
+/// again (a forward batch must not cost two more round trips).
+const LINK_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// A connected link: its stored URL (a link removed and added again elsewhere is connected
+/// anew), the target, its declarations, and when they were read.
+struct Linked {
+    url: String,
+    target: Arc<ForwardTarget>,
+    declared: Arc<HashMap<String, mbx_messagebox::PropertyType>>,
+    read_at: Instant,
+}
+
+/// The connections of one instance to the groups it forwards to, by link name.
 #[derive(Default)]
 pub(crate) struct Links {
-    targets: Mutex<HashMap<String, (String, Arc<ForwardTarget>)>>,
+    targets: Mutex<HashMap<String, Linked>>,
     /// This group's id and name (read once).
     identity: Mutex<Option<(Uuid, String)>>,
 }
@@ -67,33 +79,62 @@ impl Links {
         Ok(read)
     }
 
-    async fn target(&self, shared: &Shared, link: &str) -> Result<Arc<ForwardTarget>, String> {
-        let stored = shared.mbx.link_get(link).await.map_err(|e| e.to_string())?;
+    /// The target of `link` and its declared property types, connected and read at most
+    /// [`LINK_CACHE_TTL`] ago.
+    async fn target(
+        &self,
+        shared: &Shared,
+        link: &str,
+    ) -> Result<
+        (
+            Arc<ForwardTarget>,
+            Arc<HashMap<String, mbx_messagebox::PropertyType>>,
+        ),
+        String,
+    > {
         let mut targets = self.targets.lock().await;
-        if let Some((url, target)) = targets.get(link) {
-            if *url == stored.database_url {
-                return Ok(target.clone());
+        if let Some(l) = targets.get(link) {
+            if l.read_at.elapsed() < LINK_CACHE_TTL {
+                return Ok((l.target.clone(), l.declared.clone()));
             }
         }
-        let url = resolve_link_url(&stored.database_url).map_err(|e| e.to_string())?;
-        let target = ForwardTarget::connect(&url).await.map_err(|e| {
-            format!(
-                "group link '{link}': cannot reach {}: {e}",
-                mbx_messagebox::redact_url(&url)
-            )
-        })?;
-        if target.group_id != stored.target_group_id {
-            return Err(format!(
-                "group link '{link}' now reaches group '{}' ({}), not '{}' ({}) it was added for; remove and add the link again if that is intended",
-                target.group_name, target.group_id, stored.target_group_name, stored.target_group_id
-            ));
-        }
-        let target = Arc::new(target);
+        let stored = shared
+            .mbx
+            .link_get(link)
+            .await
+            .map_err(|e| e.to_string())?;
+        let target = match targets.get(link) {
+            Some(l) if l.url == stored.database_url => l.target.clone(),
+            _ => {
+                let url = resolve_link_url(&stored.database_url).map_err(|e| e.to_string())?;
+                let target = ForwardTarget::connect(&url).await.map_err(|e| {
+                    format!(
+                        "group link '{link}': cannot reach {}: {e}",
+                        mbx_messagebox::redact_url(&url)
+                    )
+                })?;
+                if target.group_id != stored.target_group_id {
+                    return Err(format!(
+                        "group link '{link}' now reaches group '{}' ({}), not '{}' ({}) it was added for; remove and add the link again if that is intended",
+                        target.group_name, target.group_id, stored.target_group_name, stored.target_group_id
+                    ));
+                }
+                Arc::new(target)
+            }
+        };
+        let declared = Arc::new(target.declarations().await.map_err(|e| {
+            format!("group link '{link}': reading the target's declarations: {e}")
+        })?);
         targets.insert(
             link.to_owned(),
-            (stored.database_url.clone(), target.clone()),
+            Linked {
+                url: stored.database_url.clone(),
+                target: target.clone(),
+                declared: declared.clone(),
+                read_at: Instant::now(),
+            },
         );
-        Ok(target)
+        Ok((target, declared))
     }
 
     async fn drop_target(&self, link: &str) {
@@ -146,19 +187,9 @@ async fn forward_to(
         Ok(i) => i,
         Err(e) => return fail_all(e, true),
     };
-    let target = match shared.forward_links.target(shared, &to.link).await {
+    let (target, declared) = match shared.forward_links.target(shared, &to.link).await {
         Ok(t) => t,
         Err(e) => return fail_all(e, true),
-    };
-    let declared = match target.declarations().await {
-        Ok(d) => d,
-        Err(e) => {
-            shared.forward_links.drop_target(&to.link).await;
-            return fail_all(
-                format!("group link '{}': reading declarations: {e}", to.link),
-                true,
-            );
-        }
     };
     // what can be forwarded; a message whose property does not fit the target's
     // declaration fails for good, naming it (an ordered port stops there: the rest waits)
@@ -354,7 +385,7 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
 async fn forget_port(shared: &Shared, port: &SendPort, address: &str) -> Result<(), String> {
     let to = GroupAddress::parse(address)?;
     let (group, _) = shared.forward_links.identity(shared).await?;
-    let target = shared.forward_links.target(shared, &to.link).await?;
+    let (target, _) = shared.forward_links.target(shared, &to.link).await?;
     let mut after = 0;
     for _ in 0..RECEIPTS_PAGES_PER_ROUND {
         let page = target

@@ -26,8 +26,8 @@ use crate::{Context, Error, MessageBox, PropertyType, Result, Value};
 /// The first migration with group links: a target's schema must be at least this.
 pub const FORWARD_SCHEMA_MIN: i64 = 20261130000009;
 
-/// The channel on which a forwarding host wakes the target's instances after its accept
-/// committed (after, never inside the transaction).
+/// The channel on which an accept (`mbx_forward_accept`, at its commit) wakes the
+/// target's instances.
 pub const INBOX_CHANNEL: &str = "mbx_inbox";
 
 /// Advisory lock key: one instance at a time publishes the inbox, in id order.
@@ -250,11 +250,6 @@ impl ForwardTarget {
         .bind(&bodies)
         .fetch_all(&self.mbx.pool)
         .await?;
-        // wake the target's instances after the commit (a missed one is polled for)
-        let _ = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(INBOX_CHANNEL)
-            .execute(&self.mbx.pool)
-            .await;
         Ok(rows
             .into_iter()
             .map(|r| Accepted {
