@@ -62,14 +62,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     SELECT p.name, p.type FROM properties p
 $$;
 
--- Accepts a batch: refuses with SQLSTATE MB001 when the receive port does not exist, MB002
+-- Accepts a batch (and forgets the receipts `p_forget` of what the source completed
+-- since): refuses with SQLSTATE MB001 when the receive port does not exist, MB002
 -- when this group is throttled (too many forwarded messages wait to be published), MB003
 -- when an ordered stream's epoch is older than one seen; otherwise inserts what is new and
 -- returns, per message, its id here and whether it was already here.
 CREATE FUNCTION mbx_forward_accept(
     p_source_group uuid, p_source_name text, p_send_port text, p_receive_port text,
     p_epoch bigint, p_source_ids uuid[], p_ids uuid[], p_content_types text[],
-    p_contexts jsonb[], p_bodies bytea[])
+    p_contexts jsonb[], p_bodies bytea[], p_forget uuid[])
 RETURNS TABLE (source_message_id uuid, message_id uuid, duplicate boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
@@ -90,6 +91,13 @@ BEGIN
             RAISE EXCEPTION 'send port ''%'' of group % forwarded at epoch % here already; epoch % is fenced off',
                 p_send_port, p_source_group, seen, p_epoch USING ERRCODE = 'MB003';
         END IF;
+    END IF;
+    -- receipts of messages the source has completed since its last batch (published ones:
+    -- a row not yet published here is a message, not a receipt)
+    IF cardinality(p_forget) > 0 THEN
+        DELETE FROM forward_inbox f
+         WHERE f.source_group = p_source_group AND f.send_port = p_send_port
+           AND f.source_message_id = ANY (p_forget) AND f.published;
     END IF;
     -- how many wait, bounded from above in two index probes (the inbox is published in
     -- id order, so what follows its oldest waiting row is waiting too): no count per call
@@ -144,7 +152,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 $$;
 
 REVOKE EXECUTE ON FUNCTION mbx_forward_hello(), mbx_forward_declarations(),
-    mbx_forward_accept(uuid, text, text, text, bigint, uuid[], uuid[], text[], jsonb[], bytea[]),
+    mbx_forward_accept(uuid, text, text, text, bigint, uuid[], uuid[], text[], jsonb[], bytea[], uuid[]),
     mbx_forward_receipts(uuid, text, bigint, int),
     mbx_forward_forget(uuid, text, uuid[]) FROM PUBLIC;
 

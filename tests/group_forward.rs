@@ -58,14 +58,14 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         let source = (Uuid::new_v4(), "broker");
         let batch = forwarded(3, "B");
         let first = target
-            .accept(source, "manager-b", "from-broker", None, &batch)
+            .accept(source, "manager-b", "from-broker", None, &batch, &[])
             .await
             .expect("accept");
         assert_eq!(first.len(), 3);
         assert!(first.iter().all(|a| !a.duplicate));
         // a resend (the source crashed before completing): nothing new, the same ids there
         let again = target
-            .accept(source, "manager-b", "from-broker", None, &batch)
+            .accept(source, "manager-b", "from-broker", None, &batch, &[])
             .await
             .expect("accept again");
         assert!(again.iter().all(|a| a.duplicate), "{again:?}");
@@ -109,7 +109,7 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         );
         // published, the receipts stay: a late resend, however late, is still a duplicate
         let late = target
-            .accept(source, "manager-b", "from-broker", None, &batch)
+            .accept(source, "manager-b", "from-broker", None, &batch, &[])
             .await
             .expect("late resend");
         assert!(late.iter().all(|a| a.duplicate));
@@ -126,25 +126,57 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
             .await
             .unwrap();
         assert_eq!(receipts.len(), 3);
-        // the source forgets them once completed
+        // the source forgets them once completed: with its next batch, or by the sweep
         let done: Vec<Uuid> = receipts.iter().map(|r| r.1).collect();
+        target
+            .accept(
+                source,
+                "manager-b",
+                "from-broker",
+                None,
+                &forwarded(1, "B"),
+                &done[..2],
+            )
+            .await
+            .expect("a batch that forgets two");
+        let left = target
+            .receipts(source.0, "manager-b", 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "two forgotten with the batch: {left:?}");
         assert_eq!(
             target.forget(source.0, "manager-b", &done).await.unwrap(),
-            3
+            1
         );
         assert!(target
             .receipts(source.0, "manager-b", 0, 100)
             .await
             .unwrap()
             .is_empty());
+        // the new message is not published yet: a message, not a receipt, never forgotten
+        assert_eq!(
+            count(
+                managers.mbx.pool(),
+                "SELECT count(*) FROM forward_inbox WHERE NOT published"
+            )
+            .await,
+            1
+        );
         // an ordered stream's older owner is fenced off once a newer one forwarded
         let one = forwarded(1, "B");
         target
-            .accept(source, "ledger", "from-broker", Some(5), &one)
+            .accept(source, "ledger", "from-broker", Some(5), &one, &[])
             .await
             .expect("epoch 5");
         let stale = target
-            .accept(source, "ledger", "from-broker", Some(4), &forwarded(1, "B"))
+            .accept(
+                source,
+                "ledger",
+                "from-broker",
+                Some(4),
+                &forwarded(1, "B"),
+                &[],
+            )
             .await
             .expect_err("epoch 4 after 5");
         assert!(
@@ -153,7 +185,14 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         );
         // a receive port that does not exist there
         let missing = target
-            .accept(source, "manager-b", "nowhere", None, &forwarded(1, "B"))
+            .accept(
+                source,
+                "manager-b",
+                "nowhere",
+                None,
+                &forwarded(1, "B"),
+                &[],
+            )
             .await
             .expect_err("no receive port");
         assert!(

@@ -112,7 +112,8 @@ pub enum Command {
         #[arg(long, requires = "prune")]
         discard_messages: bool,
     },
-    /// Database roles: a migrator (owns the schema), a host role (DML only), a reader.
+    /// Database roles: a migrator (owns the schema), a host role (DML only), a reader, a
+    /// forwarder (for other groups' links).
     #[command(subcommand)]
     Roles(RolesCommand),
     /// Print the command reference (every command's --help) as Markdown: docs/cli.md.
@@ -128,8 +129,10 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum RolesCommand {
-    /// Create `<prefix>_migrator`, `<prefix>_host` and `<prefix>_reader` (login roles without
-    /// passwords) and grant them their privileges on this MessageBox; revoke PUBLIC's.
+    /// Create `<prefix>_migrator`, `<prefix>_host`, `<prefix>_reader` and
+    /// `<prefix>_forwarder` (login roles without passwords) and grant them their privileges
+    /// on this MessageBox; revoke PUBLIC's. The forwarder may only call the functions
+    /// through which other groups' links publish into this group's receive ports.
     /// Idempotent: run it again after `mbx init` applied new migrations. Needs a superuser
     /// or the database owner with CREATEROLE.
     #[command(

@@ -170,8 +170,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 return output::json(&names);
             }
             println!(
-                "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only); PUBLIC revoked",
-                names.migrator, names.host, names.reader
+                "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only), {} (other groups' links: forwards into receive ports, nothing else); PUBLIC revoked",
+                names.migrator, names.host, names.reader, names.forwarder
             );
             println!(
                 "next: give each a password or certificate (ALTER ROLE {} PASSWORD '...') and point the hosts at postgres://{}@HOST/DB",

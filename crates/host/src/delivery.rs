@@ -50,8 +50,18 @@ pub(crate) async fn port_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
+    // a forwarding port sends a whole claim in one transaction of the other group: larger
+    // batches amortise that round trip and commit
+    let forwarding = port
+        .address
+        .as_deref()
+        .is_some_and(crate::forward::is_forward);
     let base = ClaimLimits {
-        max_count: shared.config.claim_batch,
+        max_count: if forwarding {
+            shared.config.claim_batch * crate::forward::CLAIM_FACTOR
+        } else {
+            shared.config.claim_batch
+        },
         max_bytes: shared.config.claim_bytes,
     };
     shared.progressed(port.id);
@@ -79,6 +89,7 @@ pub(crate) async fn port_loop(
             continue;
         };
         let token = Uuid::new_v4();
+        let claim_started = Instant::now();
         let claimed = shared
             .mbx
             .deliveries_claim_as(instance, port.id, limits, token)
@@ -99,6 +110,8 @@ pub(crate) async fn port_loop(
         }
         match claimed {
             Ok(batch) if !batch.is_empty() => {
+                debug!(port = %port.name, claimed = batch.len(),
+                       claim_ms = claim_started.elapsed().as_millis() as u64, "claimed");
                 let (delivered, failures) = send_batch(&shared, &port, batch).await;
                 while recording.len() >= COMPLETIONS_IN_FLIGHT {
                     recording.join_next().await;
@@ -459,20 +472,24 @@ async fn record(
     failures: Vec<Failure>,
 ) {
     let labels = [("port", port.name.clone())];
+    let started = Instant::now();
     let recorded = retry_db(shared, &port.name, "recording outcomes", || async {
         let done = shared.mbx.deliveries_complete(instance, &delivered).await?;
         let report = shared.mbx.deliveries_fail(instance, &failures).await?;
-        Ok((done.len(), report))
+        Ok((done, report))
     })
     .await;
     if let Some((done, report)) = recorded {
+        crate::forward::completed(shared, &done);
+        let done = done.len();
         metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
         metrics::counter!("mbx_delivery_failures_total", &labels).increment(failures.len() as u64);
         if done < delivered.len() || report.stale > 0 {
             warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
                   "some claims were reclaimed meanwhile; their outcomes were dropped");
         }
-        debug!(port = %port.name, delivered = done, failed = failures.len(), "batch recorded");
+        debug!(port = %port.name, delivered = done, failed = failures.len(),
+               record_ms = started.elapsed().as_millis() as u64, "batch recorded");
     }
 }
 
@@ -707,6 +724,7 @@ async fn commit_ordered(
     })
     .await;
     if let Some(done) = committed {
+        crate::forward::completed(shared, &done);
         metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
             .increment(done.len() as u64);
         if done.len() < delivered.len() {

@@ -33,6 +33,10 @@ use crate::{pause, Shared};
 /// retryable failure.
 const THROTTLED_WAIT_MAX: Duration = Duration::from_secs(300);
 
+/// A forwarding port claims this many times the host's claim batch (bounded in bytes as
+/// any claim).
+pub(crate) const CLAIM_FACTOR: i64 = 5;
+
 /// Forwarded messages published from the inbox per transaction.
 const INBOX_BATCH: i64 = 500;
 
@@ -40,8 +44,13 @@ const INBOX_BATCH: i64 = 500;
 const RECEIPTS_PAGE: i32 = 1_000;
 const RECEIPTS_PAGES_PER_ROUND: usize = 20;
 
-/// How often receipts of completed forwards are cleared in the target groups.
-const FORGET_INTERVAL: Duration = Duration::from_secs(2);
+/// How often completed forwards that no accept carried yet (a port gone quiet) are
+/// forgotten in the target groups.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the receipts that no accept carried (an instance stopped or died before its
+/// next batch, a port that stopped forwarding) are swept from the target groups.
+const FORGET_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a link's row and its target's declarations are used before they are read
 /// again (a forward batch must not cost two more round trips).
@@ -56,12 +65,80 @@ struct Linked {
     read_at: Instant,
 }
 
-/// The connections of one instance to the groups it forwards to, by link name.
+/// Forwarded deliveries remembered until their completion at most (beyond, the sweep
+/// clears their receipts).
+const AWAITING_MAX: usize = 200_000;
+
+/// Receipts forgotten with one accept at most.
+const FORGET_PER_ACCEPT_MAX: usize = 5_000;
+
+/// Where a port forwards: (link, send port).
+type Stream = (String, String);
+
+/// The connections of one instance to the groups it forwards to, by link name, and what
+/// it knows of its forwards: accepted there and awaiting completion here (by delivery
+/// id), and completed here, whose receipts the next accept tells the target to forget.
 #[derive(Default)]
 pub(crate) struct Links {
     targets: Mutex<HashMap<String, Linked>>,
     /// This group's id and name (read once).
     identity: Mutex<Option<(Uuid, String)>>,
+    awaiting: std::sync::Mutex<HashMap<i64, (Stream, Uuid)>>,
+    completed: std::sync::Mutex<HashMap<Stream, Vec<Uuid>>>,
+}
+
+/// Deliveries just completed here: those that were forwards have receipts the target may
+/// now forget (told with the next accept of their stream).
+pub(crate) fn completed(shared: &Shared, done: &[i64]) {
+    let links = &shared.forward_links;
+    let Ok(mut awaiting) = links.awaiting.lock() else {
+        return;
+    };
+    if awaiting.is_empty() {
+        return;
+    }
+    let Ok(mut completed) = links.completed.lock() else {
+        return;
+    };
+    for id in done {
+        if let Some((stream, message)) = awaiting.remove(id) {
+            completed.entry(stream).or_default().push(message);
+        }
+    }
+}
+
+impl Links {
+    fn awaiting_completion(&self, stream: &Stream, accepted: &[(i64, Uuid)]) {
+        if let Ok(mut awaiting) = self.awaiting.lock() {
+            if awaiting.len() + accepted.len() > AWAITING_MAX {
+                // the sweep clears what this forgets
+                awaiting.clear();
+            }
+            for (delivery, message) in accepted {
+                awaiting.insert(*delivery, (stream.clone(), *message));
+            }
+        }
+    }
+
+    fn take_completed(&self, stream: &Stream) -> Vec<Uuid> {
+        let Ok(mut completed) = self.completed.lock() else {
+            return Vec::new();
+        };
+        let Some(list) = completed.get_mut(stream) else {
+            return Vec::new();
+        };
+        let n = list.len().min(FORGET_PER_ACCEPT_MAX);
+        list.drain(..n).collect()
+    }
+
+    fn give_back_completed(&self, stream: &Stream, ids: Vec<Uuid>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(mut completed) = self.completed.lock() {
+            completed.entry(stream.clone()).or_default().extend(ids);
+        }
+    }
 }
 
 impl Links {
@@ -98,11 +175,7 @@ impl Links {
                 return Ok((l.target.clone(), l.declared.clone()));
             }
         }
-        let stored = shared
-            .mbx
-            .link_get(link)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stored = shared.mbx.link_get(link).await.map_err(|e| e.to_string())?;
         let target = match targets.get(link) {
             Some(l) if l.url == stored.database_url => l.target.clone(),
             _ => {
@@ -122,9 +195,10 @@ impl Links {
                 Arc::new(target)
             }
         };
-        let declared = Arc::new(target.declarations().await.map_err(|e| {
-            format!("group link '{link}': reading the target's declarations: {e}")
-        })?);
+        let declared =
+            Arc::new(target.declarations().await.map_err(|e| {
+                format!("group link '{link}': reading the target's declarations: {e}")
+            })?);
         targets.insert(
             link.to_owned(),
             Linked {
@@ -258,10 +332,15 @@ async fn forward_to(
     } else {
         None
     };
+    let stream: Stream = (to.link.clone(), port.name.clone());
+    let mut forget = shared.forward_links.take_completed(&stream);
     let started = Instant::now();
     let accepted = loop {
         if let Some(f) = fence {
             if !f.allows() {
+                shared
+                    .forward_links
+                    .give_back_completed(&stream, std::mem::take(&mut forget));
                 for d in &sent {
                     outcomes.insert(
                         d.delivery_id,
@@ -281,6 +360,7 @@ async fn forward_to(
                 &to.receive_port,
                 epoch,
                 &batch,
+                &forget,
             )
             .await
         {
@@ -288,6 +368,9 @@ async fn forward_to(
             Err(ForwardError::Throttled(why)) if started.elapsed() < THROTTLED_WAIT_MAX => {
                 debug!(port = %port.name, %why, "target group throttled; waiting");
                 if !pause(shared, Duration::from_millis(500)).await {
+                    shared
+                        .forward_links
+                        .give_back_completed(&stream, std::mem::take(&mut forget));
                     for d in &sent {
                         outcomes
                             .insert(d.delivery_id, Outcome::failed("the host is stopping", true));
@@ -297,6 +380,9 @@ async fn forward_to(
                 shared.progressed(port.id);
             }
             Err(e) => {
+                shared
+                    .forward_links
+                    .give_back_completed(&stream, std::mem::take(&mut forget));
                 if matches!(e, ForwardError::Other(_)) {
                     shared.forward_links.drop_target(&to.link).await;
                 }
@@ -314,10 +400,12 @@ async fn forward_to(
     };
     let by_source: HashMap<Uuid, _> = accepted.iter().map(|a| (a.source_message_id, *a)).collect();
     let mut events = Vec::with_capacity(sent.len());
+    let mut awaiting = Vec::with_capacity(sent.len());
     for d in &sent {
         match by_source.get(&d.message_id) {
             Some(a) => {
                 outcomes.insert(d.delivery_id, Outcome::Delivered);
+                awaiting.push((d.delivery_id, d.message_id));
                 events.push((
                     d.message_id,
                     format!(
@@ -341,7 +429,10 @@ async fn forward_to(
             }
         }
     }
+    shared.forward_links.awaiting_completion(&stream, &awaiting);
     let duplicates = accepted.iter().filter(|a| a.duplicate).count();
+    debug!(port = %port.name, messages = sent.len(), duplicates, forgotten = forget.len(),
+           accept_ms = started.elapsed().as_millis() as u64, "batch forwarded");
     if duplicates > 0 {
         info!(port = %port.name, duplicates, "resent messages were in the target group already");
     }
@@ -356,13 +447,35 @@ async fn forward_to(
     }
 }
 
-/// Clears, in the target groups, the receipts of forwards this group has completed: a
-/// receipt stays while its delivery (or a suspended item of it) is still here, so a
-/// resend of it, however late, stays a duplicate there.
+/// Sweeps, in the target groups, the receipts of forwards this group has completed that
+/// no accept carried: a receipt stays while its delivery (or a suspended item of it) is
+/// still here, so a resend of it, however late, stays a duplicate there. One instance of
+/// the host sweeps (the live one with the lowest id).
 pub(crate) async fn forget_loop(shared: Arc<Shared>) {
+    let mut last_sweep = Instant::now();
     loop {
-        if !pause(&shared, FORGET_INTERVAL).await {
+        if !pause(&shared, FLUSH_INTERVAL).await {
             return;
+        }
+        // what this instance completed and no accept carried since (a port gone quiet)
+        flush_completed(&shared).await;
+        if last_sweep.elapsed() < FORGET_INTERVAL {
+            continue;
+        }
+        last_sweep = Instant::now();
+        let me = shared.instance_id();
+        let sweeper = match shared.mbx.instance_list().await {
+            Ok(list) => list
+                .iter()
+                .filter(|i| i.state == mbx_messagebox::states::InstanceState::Alive)
+                .filter(|i| i.host == shared.config.host)
+                .map(|i| i.id)
+                .min()
+                .is_none_or(|lowest| lowest == me),
+            Err(_) => false,
+        };
+        if !sweeper {
+            continue;
         }
         let ports = match shared.mbx.send_port_list().await {
             Ok(list) => list,
@@ -378,6 +491,36 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
             if let Err(e) = forget_port(&shared, port, address).await {
                 debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
             }
+        }
+    }
+}
+
+/// Tells the target groups to forget the receipts of forwards this instance completed
+/// and that are still waiting for their port's next accept.
+async fn flush_completed(shared: &Shared) {
+    let streams: Vec<Stream> = match shared.forward_links.completed.lock() {
+        Ok(c) => c
+            .iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect(),
+        Err(_) => return,
+    };
+    let Ok((group, _)) = shared.forward_links.identity(shared).await else {
+        return;
+    };
+    for stream in streams {
+        let ids = shared.forward_links.take_completed(&stream);
+        let forgotten = match shared.forward_links.target(shared, &stream.0).await {
+            Ok((target, _)) => target
+                .forget(group, &stream.1, &ids)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = forgotten {
+            debug!(port = %stream.1, error = %e, "forgetting receipts failed; next round");
+            shared.forward_links.give_back_completed(&stream, ids);
         }
     }
 }

@@ -210,8 +210,10 @@ impl ForwardTarget {
             .collect()
     }
 
-    /// Publishes a batch into the target in one transaction there (see the module header).
-    /// `epoch` is the ordered port's lease epoch (fenced there), `None` when unordered.
+    /// Publishes a batch into the target in one transaction there (see the module header),
+    /// forgetting in the same transaction the receipts `forget` of messages this port has
+    /// completed since. `epoch` is the ordered port's lease epoch (fenced there), `None`
+    /// when unordered.
     #[allow(clippy::too_many_arguments)]
     pub async fn accept(
         &self,
@@ -220,6 +222,7 @@ impl ForwardTarget {
         receive_port: &str,
         epoch: Option<i64>,
         batch: &[Forwarded],
+        forget: &[Uuid],
     ) -> std::result::Result<Vec<Accepted>, ForwardError> {
         let mut source_ids = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
@@ -236,7 +239,7 @@ impl ForwardTarget {
         }
         let rows = sqlx::query(
             "SELECT source_message_id, message_id, duplicate
-               FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+               FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(source.0)
         .bind(source.1)
@@ -248,6 +251,7 @@ impl ForwardTarget {
         .bind(&types)
         .bind(&contexts)
         .bind(&bodies)
+        .bind(forget)
         .fetch_all(&self.mbx.pool)
         .await?;
         Ok(rows
@@ -454,7 +458,10 @@ impl MessageBox {
     }
 
     /// Records `forwarded` events (message here, detail naming the target group and the
-    /// message's id there) at the port's tracking level.
+    /// message's id there) at the port's tracking level. Committed without waiting for the
+    /// WAL flush: it is on no message's path (a crash of PostgreSQL may lose the events of
+    /// its last moment, never a message), and a forwarding loop must not wait for a third
+    /// flush per batch.
     pub async fn forward_track(
         &self,
         port_id: i64,
@@ -466,6 +473,7 @@ impl MessageBox {
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.0).collect();
         let details: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+        let mut tx = crate::begin_relaxed(&self.pool).await?;
         sqlx::query(
             "INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
              SELECT t.m, 'forwarded', $3, $4, t.d FROM unnest($1::uuid[], $2::text[]) AS t(m, d)
@@ -476,8 +484,9 @@ impl MessageBox {
         .bind(&details)
         .bind(port_id)
         .bind(instance)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
