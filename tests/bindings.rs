@@ -4,7 +4,7 @@
 //! applications' objects and never a port's messages unasked; a bad file names its line
 //! and applies nothing.
 
-use mbx_e2e::{database_url, messagebox, Mbx, OtherGroup};
+use mbx_e2e::{count, database_url, messagebox, Mbx, OtherGroup};
 use sqlx::PgPool;
 
 /// A small group: a JSON location promoting the manager, two manager ports (one in
@@ -75,10 +75,6 @@ fn configure(cli: &Mbx, dir: &std::path::Path) {
         "exists(Order.ManagerId)",
     ]);
     cli.ok(&["send-port-group", "add", "everyone", "manager-a"]);
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -250,4 +246,60 @@ async fn a_bad_file_names_its_line_and_applies_nothing(pool: PgPool) {
     std::fs::write(&file, good).unwrap();
     cli.ok(&["apply", "-f", f]);
     assert_eq!(count(&pool, "SELECT count(*) FROM send_ports").await, 1);
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn objects_move_between_applications_in_place(pool: PgPool) {
+    let _mbx = messagebox(&pool).await;
+    let cli = Mbx::new(database_url(&pool));
+    let dir = tempfile::tempdir().unwrap();
+    configure(&cli, dir.path());
+    cli.ok(&[
+        "receive-port",
+        "update",
+        "OrderBroker",
+        "--application",
+        "broker",
+    ]);
+    cli.ok(&[
+        "receive-location",
+        "update",
+        "broker-in",
+        "--application",
+        "broker",
+    ]);
+    cli.ok(&[
+        "send-port",
+        "update",
+        "manager-a",
+        "--application",
+        "broker",
+    ]);
+    let out = cli.ok(&[
+        "send-port-group",
+        "update",
+        "everyone",
+        "--application",
+        "broker",
+    ]);
+    assert!(out.contains("application: default → broker"), "{out}");
+    let broker = cli.ok(&["export", "--application", "broker"]);
+    for name in ["OrderBroker:", "broker-in:", "manager-a:", "everyone:"] {
+        assert!(broker.contains(name), "{name} in:\n{broker}");
+    }
+    assert!(!broker.contains("manager-b:"), "{broker}");
+    cli.fails(&["receive-port", "update", "nope", "--application", "x"], 2);
+    cli.fails(
+        &[
+            "receive-port",
+            "update",
+            "OrderBroker",
+            "--application",
+            "no way",
+        ],
+        2,
+    );
+    cli.fails(&["send-port-group", "update", "everyone"], 2);
+    let default_app = cli.ok(&["export", "--application", "default"]);
+    assert!(!default_app.contains("OrderBroker:"), "{default_app}");
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mbx_e2e::{
-    bodies_in, database_url, messagebox, start_host, wait_for, wait_for_alive, Mbx, OtherGroup,
-    FAST_HOST,
+    bodies_in, count, database_url, messagebox, start_host, wait_for, wait_for_alive, Mbx,
+    OtherGroup, FAST_HOST,
 };
 use mbx_messagebox::context::system;
 use mbx_messagebox::forward::{context_for_target, ForwardTarget, Forwarded};
@@ -16,10 +16,6 @@ use mbx_messagebox::publish::Publisher;
 use mbx_messagebox::{Context, PropertyType, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
-}
 
 fn forwarded(n: usize, manager: &str) -> Vec<Forwarded> {
     (0..n)

@@ -6,14 +6,10 @@
 use std::time::Duration;
 
 use mbx_e2e::{
-    bodies_in, database_url, files_in, lines_of, messagebox, start_host, wait_for, wait_for_alive,
-    Mbx, FAST_HOST,
+    bodies_in, count, database_url, files_in, lines_of, messagebox, start_host, wait_for,
+    wait_for_alive, Mbx, FAST_HOST,
 };
 use sqlx::PgPool;
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
-}
 
 fn publish(cli: &Mbx, region: &str, n: usize) {
     for i in 0..n {

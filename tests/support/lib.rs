@@ -512,3 +512,8 @@ async fn drop_database(name: &str) {
         .expect("drop the other group's database");
     admin.pool().close().await;
 }
+
+/// The one number `sql` selects (a count), on `pool`.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}

@@ -345,6 +345,21 @@ pub struct SendPortCreate {
     pub application: String,
 }
 
+/// What `send-port update` and `receive-location update` share: adapter settings changed
+/// key by key, and the application.
+#[derive(Args, Debug, Default)]
+pub struct UpdateCommon {
+    /// Set an adapter setting KEY=VALUE (repeatable; others are kept).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Remove an adapter setting (repeatable).
+    #[arg(long = "unset")]
+    pub unset: Vec<String>,
+    /// Move it to another application.
+    #[arg(long)]
+    pub application: Option<String>,
+}
+
 /// `send-port update`: every create flag, each optional (absent: unchanged).
 #[derive(Args, Debug, Default)]
 pub struct SendPortUpdate {
@@ -401,15 +416,8 @@ pub struct SendPortUpdate {
     /// Not available yet: refused until solicit-response ports are built.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub solicit_response: Option<bool>,
-    /// Set an adapter setting KEY=VALUE (repeatable; others are kept).
-    #[arg(long = "set")]
-    pub set: Vec<String>,
-    /// Remove an adapter setting (repeatable).
-    #[arg(long = "unset")]
-    pub unset: Vec<String>,
-    /// Move it to another application.
-    #[arg(long)]
-    pub application: Option<String>,
+    #[command(flatten)]
+    pub more: UpdateCommon,
 }
 
 #[derive(Subcommand, Debug)]
@@ -510,22 +518,22 @@ pub enum GroupCommand {
         #[arg(long, default_value = "default")]
         application: String,
     },
-    /// Change a group's filter in place (a routing change: later publishes see it).
+    /// Change a group's filter (a routing change: later publishes see it) or application in
+    /// place.
     #[command(
         after_help = "Example:\n  mbx send-port-group update all-eu --filter 'Order.Region == \"EU\"'"
     )]
     Update {
         name: String,
         /// New subscription filter of the group.
-        #[arg(
-            long,
-            required_unless_present = "no_filter",
-            conflicts_with = "no_filter"
-        )]
+        #[arg(long, conflicts_with = "no_filter")]
         filter: Option<String>,
         /// Remove the group's filter: it routes nothing more.
         #[arg(long)]
         no_filter: bool,
+        /// Move it to another application.
+        #[arg(long)]
+        application: Option<String>,
     },
     /// Add ports to a group.
     #[command(after_help = "Example:\n  mbx send-port-group add all-eu eu archive")]
@@ -676,6 +684,16 @@ pub enum ReceivePortCommand {
         #[arg(long, default_value = "default")]
         application: String,
     },
+    /// Change a receive port in place: its application.
+    #[command(
+        after_help = "Example:\n  mbx receive-port update from-broker --application manager-b"
+    )]
+    Update {
+        name: String,
+        /// Move it to another application.
+        #[arg(long, required = true)]
+        application: Option<String>,
+    },
     /// List receive ports and their locations.
     #[command(after_help = "Example:\n  mbx receive-port list")]
     List,
@@ -740,15 +758,8 @@ pub struct ReceiveLocationUpdate {
     pub ordered: Option<bool>,
     #[arg(long)]
     pub max_message_size: Option<String>,
-    /// Set an adapter setting KEY=VALUE (repeatable; others are kept).
-    #[arg(long = "set")]
-    pub set: Vec<String>,
-    /// Remove an adapter setting (repeatable).
-    #[arg(long = "unset")]
-    pub unset: Vec<String>,
-    /// Move it to another application.
-    #[arg(long)]
-    pub application: Option<String>,
+    #[command(flatten)]
+    pub more: UpdateCommon,
 }
 
 #[derive(Subcommand, Debug)]

@@ -442,6 +442,9 @@ async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -
             let kind = if two_way { "two-way" } else { "one-way" };
             println!("created receive port '{name}' ({kind})");
         }
+        ReceivePortCommand::Update { name, application } => {
+            crate::update::receive_port(mbx, &name, application, json_out).await?
+        }
         ReceivePortCommand::Delete { name } => {
             mbx.receive_port_delete(&name).await?;
             println!("deleted receive port '{name}'");
@@ -780,7 +783,8 @@ async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> 
             name,
             filter,
             no_filter,
-        } => crate::update::group(mbx, &name, filter, no_filter, json_out).await?,
+            application,
+        } => crate::update::group(mbx, &name, filter, no_filter, application, json_out).await?,
         GroupCommand::List => {
             let groups = mbx.group_list().await?;
             if json_out {

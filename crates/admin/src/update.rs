@@ -51,7 +51,7 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
         a.solicit_response == Some(true),
         "solicit-response send ports",
     )?;
-    let set = key_values("--set", &a.set, "append=true")?;
+    let set = key_values("--set", &a.more.set, "append=true")?;
     let backoff: Option<Backoff> = a
         .retry_backoff
         .as_deref()
@@ -94,8 +94,8 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
         || tracking.is_some()
         || a.solicit_response.is_some()
         || !set.is_empty()
-        || !a.unset.is_empty()
-        || a.application.is_some();
+        || !a.more.unset.is_empty()
+        || a.more.application.is_some();
     if !given {
         return Err(nothing_given(
             "send-port update",
@@ -163,11 +163,11 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
             if let Some(v) = a.solicit_response {
                 spec.solicit_response = v;
             }
-            for key in &a.unset {
+            for key in &a.more.unset {
                 spec.settings.remove(key);
             }
             spec.settings.extend(set);
-            if let Some(app) = a.application {
+            if let Some(app) = a.more.application {
                 spec.application = app;
             }
             crate::validate::send_port(spec).map_err(invalid)
@@ -183,7 +183,7 @@ pub async fn receive_location(
     json_out: bool,
 ) -> Result<()> {
     let promote = key_values("--promote", &a.promote, "Order.Region=/region")?;
-    let set = key_values("--set", &a.set, "mask=*.xml")?;
+    let set = key_values("--set", &a.more.set, "mask=*.xml")?;
     let max = a
         .max_message_size
         .as_deref()
@@ -198,8 +198,8 @@ pub async fn receive_location(
         || a.ordered.is_some()
         || max.is_some()
         || !set.is_empty()
-        || !a.unset.is_empty()
-        || a.application.is_some();
+        || !a.more.unset.is_empty()
+        || a.more.application.is_some();
     if !given {
         return Err(nothing_given(
             "receive-location update",
@@ -231,11 +231,11 @@ pub async fn receive_location(
             if let Some(v) = max {
                 spec.max_message_size = v;
             }
-            for key in &a.unset {
+            for key in &a.more.unset {
                 spec.settings.remove(key);
             }
             spec.settings.extend(set);
-            if let Some(app) = a.application {
+            if let Some(app) = a.more.application {
                 spec.application = app;
             }
             crate::validate::receive_location(spec).map_err(invalid)
@@ -249,15 +249,45 @@ pub async fn group(
     name: &str,
     filter: Option<String>,
     no_filter: bool,
+    application: Option<String>,
     json_out: bool,
 ) -> Result<()> {
+    if filter.is_none() && !no_filter && application.is_none() {
+        return Err(nothing_given(
+            "send-port-group update",
+            "mbx send-port-group update all-eu --filter 'Order.Region == \"EU\"'",
+        ));
+    }
     let update = mbx
         .group_update(name, move |spec| {
-            spec.filter = if no_filter { None } else { filter };
+            if no_filter {
+                spec.filter = None;
+            } else if filter.is_some() {
+                spec.filter = filter;
+            }
+            if let Some(app) = application {
+                spec.application = app;
+            }
             Ok(())
         })
         .await
         .map_err(|e| filter_arg(e, "--filter"))?;
+    print_update(&update, json_out)
+}
+
+pub async fn receive_port(
+    mbx: &MessageBox,
+    name: &str,
+    application: Option<String>,
+    json_out: bool,
+) -> Result<()> {
+    let Some(application) = application else {
+        return Err(nothing_given(
+            "receive-port update",
+            "mbx receive-port update orders --application orders",
+        ));
+    };
+    let update = mbx.receive_port_update(name, &application).await?;
     print_update(&update, json_out)
 }
 

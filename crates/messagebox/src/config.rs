@@ -54,6 +54,18 @@ pub fn validate_address(arg: &str, address: &str) -> Result<()> {
     Ok(())
 }
 
+/// Rows of (name, type) as declarations (here, or another group's through its link).
+pub(crate) fn declarations<T: FromIterator<(String, PropertyType)>>(
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<T> {
+    rows.into_iter()
+        .map(|r| {
+            let ty: String = r.get(1);
+            Ok((r.get(0), ty.parse().map_err(Error::Corrupt)?))
+        })
+        .collect()
+}
+
 /// Compiles a filter against the declared property types.
 pub(crate) async fn compile_filter(
     tx: &mut Transaction<'_, Postgres>,
@@ -556,12 +568,7 @@ impl MessageBox {
         let rows = sqlx::query("SELECT name, type FROM properties ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let ty: String = r.get(1);
-                Ok((r.get(0), ty.parse().map_err(Error::Corrupt)?))
-            })
-            .collect()
+        declarations(rows)
     }
 
     /// Declared types of the given properties (undeclared ones are absent: strings).

@@ -202,12 +202,7 @@ impl ForwardTarget {
         let rows = sqlx::query("SELECT name, type FROM mbx_forward_declarations()")
             .fetch_all(&self.mbx.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let ty: String = r.get(1);
-                Ok((r.get(0), ty.parse().map_err(Error::Corrupt)?))
-            })
-            .collect()
+        crate::config::declarations(rows)
     }
 
     /// Publishes a batch into the target in one transaction there (see the module header),

@@ -450,6 +450,44 @@ where
 }
 
 impl MessageBox {
+    /// Moves a receive port to another application.
+    pub async fn receive_port_update(&self, name: &str, application: &str) -> Result<Update> {
+        crate::config::validate_application(application)?;
+        let mut tx = self.pool.begin().await?;
+        let old: String = sqlx::query_scalar(
+            "SELECT application FROM receive_ports WHERE name = $1 FOR NO KEY UPDATE",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(
+                "receive port",
+                name,
+                "`mbx receive-port list` shows the ports",
+            )
+        })?;
+        let mut changes = Vec::new();
+        if old != application {
+            sqlx::query("UPDATE receive_ports SET application = $2 WHERE name = $1")
+                .bind(name)
+                .bind(application)
+                .execute(&mut *tx)
+                .await?;
+            changes.push(FieldChange {
+                field: "application".into(),
+                from: old,
+                to: application.to_owned(),
+            });
+        }
+        tx.commit().await?;
+        Ok(Update {
+            kind: "receive port",
+            object: name.to_owned(),
+            changes,
+        })
+    }
+
     /// Changes a send port in place: `change` edits its specification (and may refuse it);
     /// the result is validated as at creation and written in one transaction.
     pub async fn send_port_update<F>(&self, name: &str, change: F) -> Result<Update>
