@@ -99,6 +99,15 @@ pub(crate) const LOCATION_SELECT: &str = "
       JOIN receive_ports r ON r.id = l.receive_port_id
       JOIN hosts h ON h.id = l.host_id";
 
+/// A receive port that does not exist, with where to look.
+pub(crate) fn receive_port_not_found(name: &str) -> Error {
+    Error::not_found(
+        "receive port",
+        name,
+        "`mbx receive-port list` shows the ports; `mbx receive-port create NAME` makes one",
+    )
+}
+
 pub(crate) fn location_not_found(name: &str) -> Error {
     Error::not_found(
         "receive location",
@@ -241,13 +250,7 @@ pub(crate) async fn receive_port_delete_in(
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| {
-            Error::not_found(
-                "receive port",
-                name,
-                "`mbx receive-port list` shows the ports",
-            )
-        })?;
+        .ok_or_else(|| receive_port_not_found(name))?;
     let locations: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM receive_locations WHERE receive_port_id = $1 ORDER BY name",
     )

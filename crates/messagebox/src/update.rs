@@ -460,13 +460,7 @@ impl MessageBox {
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| {
-            Error::not_found(
-                "receive port",
-                name,
-                "`mbx receive-port list` shows the ports",
-            )
-        })?;
+        .ok_or_else(|| crate::receive::receive_port_not_found(name))?;
         let mut changes = Vec::new();
         if old != application {
             sqlx::query("UPDATE receive_ports SET application = $2 WHERE name = $1")
