@@ -516,3 +516,59 @@ async fn a_missing_receive_port_fails_resumably_and_a_misfit_fails_for_good(pool
     managers.drop_database().await;
     result
 }
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_forwarded_row_the_target_cannot_read_does_not_wedge_its_inbox(pool: PgPool) {
+    let _source = messagebox(&pool).await;
+    let managers = OtherGroup::create(&pool, "managers").await;
+    let result = async {
+        managers
+            .mbx
+            .receive_port_create("from-broker", false)
+            .await
+            .unwrap();
+        // what a peer holding the forwarder role could send: a context that is no context,
+        // and a promoted value longer than this group allows
+        let long = "x".repeat(300);
+        let contexts = [
+            serde_json::json!({"not": "a context"}),
+            serde_json::json!({"Order.Note": {"value": {"string": long}, "promoted": true},
+                               "Order.Id": {"value": {"string": "7"}, "promoted": true}}),
+        ];
+        sqlx::query(
+            "SELECT * FROM mbx_forward_accept(gen_random_uuid(), 'peer', 'p', 'from-broker', NULL,
+                 ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY[gen_random_uuid(), gen_random_uuid()],
+                 ARRAY['text/plain', 'text/plain'], $1::jsonb[], ARRAY['a'::bytea, 'b'::bytea], '{}')",
+        )
+        .bind(&contexts[..])
+        .fetch_all(managers.mbx.pool())
+        .await
+        .expect("accept");
+        let n = managers
+            .mbx
+            .inbox_publish(&Publisher::default(), 100)
+            .await
+            .expect("the inbox is published, not wedged");
+        assert_eq!(n, 2);
+        assert_eq!(
+            count(
+                managers.mbx.pool(),
+                "SELECT count(*) FROM forward_inbox WHERE NOT published"
+            )
+            .await,
+            0
+        );
+        // what was valid of the second arrived; the over-long promotion was dropped
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT context -> 'Order.Id' -> 'value' ->> 'string' FROM messages
+              WHERE context ? 'Order.Id'",
+        )
+        .fetch_all(managers.mbx.pool())
+        .await
+        .unwrap();
+        assert_eq!(ids, ["7"]);
+    }
+    .await;
+    managers.drop_database().await;
+    result
+}

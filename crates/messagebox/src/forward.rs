@@ -517,11 +517,23 @@ impl MessageBox {
             let source_message: Uuid = row.get(4);
             let message_id: Uuid = row.get(5);
             let receive_port: String = row.get(6);
-            let stored: Option<sqlx::types::Json<Context>> = row.try_get(8)?;
+            let stored: Option<serde_json::Value> = row.get(8);
             let body: Option<Vec<u8>> = row.get(9);
-            // the engine's properties are this group's to set, never the sender's
+            // What the sender sent is input: one row this group cannot read must not wedge
+            // the inbox. A context that does not parse, or a property that is not valid
+            // here, is dropped (logged) and the message published with what remains; the
+            // engine's properties are this group's to set, never the sender's.
+            let sent = match stored.map(serde_json::from_value::<Context>) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::warn!(%source_message, %send_port, error = %e,
+                        "a forwarded message's context cannot be read; published without it");
+                    Context::new()
+                }
+                None => Context::new(),
+            };
             let mut context = Context::new();
-            for (name, p) in stored.map(|j| j.0).unwrap_or_default().iter() {
+            for (name, p) in sent.iter() {
                 if system::is_engine_property(name) {
                     continue;
                 }
@@ -530,7 +542,10 @@ impl MessageBox {
                 } else {
                     context.write(name, p.value.clone())
                 };
-                put?;
+                if let Err(e) = put {
+                    tracing::warn!(%source_message, property = name, error = %e,
+                        "a forwarded property is not valid here; dropped");
+                }
             }
             let origin = format!("mbx://{source_name}/{send_port}");
             context.promote(
