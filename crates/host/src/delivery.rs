@@ -581,6 +581,10 @@ async fn own_ordered_port(
     let may_send = || tenure.may_act();
     let fence = tenure.fence();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
+    let forwarding = port
+        .address
+        .as_deref()
+        .is_some_and(crate::forward::is_forward);
     if let Err(e) = restore_endpoint(shared, port, &fence).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
@@ -641,20 +645,38 @@ async fn own_ordered_port(
         }
         in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
         let mut flushed_at = Instant::now();
+        // A forwarding port hands the whole run of heads to the other group in one
+        // transaction there, fenced on this epoch (an older owner's batch is refused);
+        // its outcomes are then taken in order as if sent one by one. Any other adapter
+        // gets one message at a time.
+        let mut sent_together = None;
+        if forwarding {
+            if !may_send() {
+                break 'owner;
+            }
+            sent_together = Some(send_all(shared, port, &batch, Some(&fence)).await);
+        }
         for d in batch {
             if !may_send() {
                 break 'owner;
             }
-            let (mut outcomes, mut checkpoints) =
-                send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await;
+            let (mut outcomes, mut checkpoints) = match sent_together.take() {
+                Some(together) => together,
+                None if forwarding => Default::default(),
+                None => send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await,
+            };
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
                 Outcome::failed("the adapter reported no outcome for this message", true)
             });
+            let checkpoint_of_d = checkpoints.remove(&d.delivery_id);
+            if forwarding {
+                sent_together = Some((outcomes, checkpoints));
+            }
             match outcome {
                 Outcome::Delivered => {
                     observe_latency(port, d.published_at);
                     pending.push((d.delivery_id, d.claim_token));
-                    if let Some(c) = checkpoints.remove(&d.delivery_id) {
+                    if let Some(c) = checkpoint_of_d {
                         checkpoint = Some(c);
                     }
                     if pending.len() as i64 >= commit_batch
