@@ -31,11 +31,25 @@ CREATE TABLE forward_inbox (
     content_type      text,
     context           jsonb,
     body              bytea,
+    -- a body above 1 MiB comes in forward_chunks, one chunk per call, in the accept's
+    -- transaction; the inbox publish moves them to message_chunks
+    body_size         bigint NOT NULL DEFAULT 0,
+    chunked           boolean NOT NULL DEFAULT false,
     published         boolean NOT NULL DEFAULT false,
     received_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (source_group, send_port, source_message_id)
 );
 CREATE INDEX forward_inbox_pending ON forward_inbox (id) WHERE NOT published;
+
+-- Chunks of forwarded bodies above 1 MiB, until the inbox publish moves them.
+CREATE TABLE forward_chunks (
+    source_group      uuid NOT NULL,
+    send_port         text NOT NULL,
+    source_message_id uuid NOT NULL,
+    seq               integer NOT NULL,
+    data              bytea NOT NULL,
+    PRIMARY KEY (source_group, send_port, source_message_id, seq)
+);
 
 -- An ordered forwarding port's fencing epoch as this group last saw it: a former owner of
 -- the source port (a lower epoch) is refused here, so its late batch cannot land behind
@@ -62,6 +76,16 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     SELECT p.name, p.type FROM properties p
 $$;
 
+-- One chunk of a large body, sent before the accept in the same transaction.
+CREATE FUNCTION mbx_forward_chunk(p_source_group uuid, p_send_port text, p_source_message_id uuid,
+                                  p_seq int, p_data bytea)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    INSERT INTO forward_chunks (source_group, send_port, source_message_id, seq, data)
+    VALUES (p_source_group, p_send_port, p_source_message_id, p_seq, p_data)
+    ON CONFLICT (source_group, send_port, source_message_id, seq) DO UPDATE SET data = excluded.data
+$$;
+
 -- Accepts a batch (and forgets the receipts `p_forget` of what the source completed
 -- since): refuses with SQLSTATE MB001 when the receive port does not exist, MB002
 -- when this group is throttled (too many forwarded messages wait to be published), MB003
@@ -70,7 +94,7 @@ $$;
 CREATE FUNCTION mbx_forward_accept(
     p_source_group uuid, p_source_name text, p_send_port text, p_receive_port text,
     p_epoch bigint, p_source_ids uuid[], p_ids uuid[], p_content_types text[],
-    p_contexts jsonb[], p_bodies bytea[], p_forget uuid[])
+    p_contexts jsonb[], p_bodies bytea[], p_sizes bigint[], p_forget uuid[])
 RETURNS TABLE (source_message_id uuid, message_id uuid, duplicate boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
@@ -114,11 +138,25 @@ BEGIN
     RETURN QUERY
     WITH ins AS (
         INSERT INTO forward_inbox (source_group, source_group_name, send_port, source_message_id,
-                                   message_id, receive_port, content_type, context, body)
-        SELECT p_source_group, p_source_name, p_send_port, t.s, t.m, p_receive_port, t.ct, t.ctx, t.b
-          FROM unnest(p_source_ids, p_ids, p_content_types, p_contexts, p_bodies) AS t(s, m, ct, ctx, b)
+                                   message_id, receive_port, content_type, context, body,
+                                   body_size, chunked)
+        SELECT p_source_group, p_source_name, p_send_port, t.s, t.m, p_receive_port, t.ct, t.ctx, t.b,
+               t.sz, t.b IS NULL
+          FROM unnest(p_source_ids, p_ids, p_content_types, p_contexts, p_bodies, p_sizes)
+               AS t(s, m, ct, ctx, b, sz)
         ON CONFLICT (source_group, send_port, source_message_id) DO NOTHING
-        RETURNING forward_inbox.source_message_id, forward_inbox.message_id)
+        RETURNING forward_inbox.source_message_id, forward_inbox.message_id),
+    -- a resend's chunks are not needed once the first copy is published (its chunks were
+    -- moved then); while it waits, the resent chunks are its own, the same bytes
+    unneeded AS (
+        DELETE FROM forward_chunks c
+         WHERE c.source_group = p_source_group AND c.send_port = p_send_port
+           AND c.source_message_id = ANY (p_source_ids)
+           AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.source_message_id = c.source_message_id)
+           AND EXISTS (SELECT 1 FROM forward_inbox f
+                        WHERE f.source_group = p_source_group AND f.send_port = p_send_port
+                          AND f.source_message_id = c.source_message_id AND f.published)
+        RETURNING 1)
     SELECT i.source_message_id, i.message_id, false FROM ins i
     UNION ALL
     SELECT f.source_message_id, f.message_id, true FROM forward_inbox f
@@ -152,7 +190,8 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 $$;
 
 REVOKE EXECUTE ON FUNCTION mbx_forward_hello(), mbx_forward_declarations(),
-    mbx_forward_accept(uuid, text, text, text, bigint, uuid[], uuid[], text[], jsonb[], bytea[], uuid[]),
+    mbx_forward_accept(uuid, text, text, text, bigint, uuid[], uuid[], text[], jsonb[], bytea[], bigint[], uuid[]),
+    mbx_forward_chunk(uuid, text, uuid, int, bytea),
     mbx_forward_receipts(uuid, text, bigint, int),
     mbx_forward_forget(uuid, text, uuid[]) FROM PUBLIC;
 

@@ -11,7 +11,7 @@ use mbx_e2e::{
     OtherGroup, FAST_HOST,
 };
 use mbx_messagebox::context::system;
-use mbx_messagebox::forward::{context_for_target, ForwardTarget, Forwarded};
+use mbx_messagebox::forward::{context_for_target, ForwardBody, ForwardTarget, Forwarded};
 use mbx_messagebox::publish::Publisher;
 use mbx_messagebox::{Context, PropertyType, Value};
 use sqlx::PgPool;
@@ -31,7 +31,7 @@ fn forwarded(n: usize, manager: &str) -> Vec<Forwarded> {
                 source_message_id: Uuid::now_v7(),
                 content_type: "application/json".into(),
                 context,
-                body: format!("{{\"order\":{i}}}").into(),
+                body: ForwardBody::Bytes(format!("{{\"order\":{i}}}").into()),
             }
         })
         .collect()
@@ -39,7 +39,7 @@ fn forwarded(n: usize, manager: &str) -> Vec<Forwarded> {
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
-    let _source = messagebox(&pool).await;
+    let source_mbx = messagebox(&pool).await;
     let managers = OtherGroup::create(&pool, "managers").await;
     let result = async {
         managers
@@ -54,14 +54,14 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         let source = (Uuid::new_v4(), "broker");
         let batch = forwarded(3, "B");
         let first = target
-            .accept(source, "manager-b", "from-broker", None, &batch, &[])
+            .accept(&source_mbx, source, "manager-b", "from-broker", None, &batch, &[])
             .await
             .expect("accept");
         assert_eq!(first.len(), 3);
         assert!(first.iter().all(|a| !a.duplicate));
         // a resend (the source crashed before completing): nothing new, the same ids there
         let again = target
-            .accept(source, "manager-b", "from-broker", None, &batch, &[])
+            .accept(&source_mbx, source, "manager-b", "from-broker", None, &batch, &[])
             .await
             .expect("accept again");
         assert!(again.iter().all(|a| a.duplicate), "{again:?}");
@@ -105,7 +105,7 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         );
         // published, the receipts stay: a late resend, however late, is still a duplicate
         let late = target
-            .accept(source, "manager-b", "from-broker", None, &batch, &[])
+            .accept(&source_mbx, source, "manager-b", "from-broker", None, &batch, &[])
             .await
             .expect("late resend");
         assert!(late.iter().all(|a| a.duplicate));
@@ -126,6 +126,7 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         let done: Vec<Uuid> = receipts.iter().map(|r| r.1).collect();
         target
             .accept(
+                &source_mbx,
                 source,
                 "manager-b",
                 "from-broker",
@@ -161,11 +162,12 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         // an ordered stream's older owner is fenced off once a newer one forwarded
         let one = forwarded(1, "B");
         target
-            .accept(source, "ledger", "from-broker", Some(5), &one, &[])
+            .accept(&source_mbx, source, "ledger", "from-broker", Some(5), &one, &[])
             .await
             .expect("epoch 5");
         let stale = target
             .accept(
+                &source_mbx,
                 source,
                 "ledger",
                 "from-broker",
@@ -182,6 +184,7 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         // a receive port that does not exist there
         let missing = target
             .accept(
+                &source_mbx,
                 source,
                 "manager-b",
                 "nowhere",
@@ -538,7 +541,7 @@ async fn a_forwarded_row_the_target_cannot_read_does_not_wedge_its_inbox(pool: P
         sqlx::query(
             "SELECT * FROM mbx_forward_accept(gen_random_uuid(), 'peer', 'p', 'from-broker', NULL,
                  ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY[gen_random_uuid(), gen_random_uuid()],
-                 ARRAY['text/plain', 'text/plain'], $1::jsonb[], ARRAY['a'::bytea, 'b'::bytea], '{}')",
+                 ARRAY['text/plain', 'text/plain'], $1::jsonb[], ARRAY['a'::bytea, 'b'::bytea], ARRAY[1, 1]::int8[], '{}')",
         )
         .bind(&contexts[..])
         .fetch_all(managers.mbx.pool())

@@ -19,7 +19,7 @@ use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::ClaimedDelivery;
 use mbx_messagebox::forward::{
-    context_for_target, resolve_link_url, ForwardError, ForwardTarget, Forwarded,
+    context_for_target, resolve_link_url, ForwardBody, ForwardError, ForwardTarget, Forwarded,
 };
 use mbx_messagebox::publish::Publisher;
 use mbx_vocabulary::GroupAddress;
@@ -286,17 +286,11 @@ async fn forward_to(
                 continue;
             }
         };
+        // a body above 1 MiB goes one stored chunk at a time, never whole in memory
         let body = match &d.body {
-            Some(b) => b.clone(),
-            None => match shared.mbx.message_body(d.message_id).await {
-                Ok(b) => b,
-                Err(e) => {
-                    outcomes.insert(
-                        d.delivery_id,
-                        Outcome::failed(format!("reading the body: {e}"), true),
-                    );
-                    continue;
-                }
+            Some(b) => ForwardBody::Bytes(b.clone()),
+            None => ForwardBody::Chunks {
+                len: u64::try_from(d.body_size).unwrap_or(0),
             },
         };
         batch.push(Forwarded {
@@ -355,6 +349,7 @@ async fn forward_to(
         }
         match target
             .accept(
+                &shared.mbx,
                 (identity.0, &identity.1),
                 &port.name,
                 &to.receive_port,

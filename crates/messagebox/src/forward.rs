@@ -142,7 +142,16 @@ pub struct Forwarded {
     pub content_type: String,
     /// Promoted and written properties, typed by the target's declarations.
     pub context: Context,
-    pub body: Bytes,
+    pub body: ForwardBody,
+}
+
+/// A forwarded message's body.
+#[derive(Debug, Clone)]
+pub enum ForwardBody {
+    /// In memory (up to 1 MiB: what the claim returned).
+    Bytes(Bytes),
+    /// Stored in this group's chunks (`len` bytes): sent one chunk at a time, never whole.
+    Chunks { len: u64 },
 }
 
 /// What the target answered for one message.
@@ -208,10 +217,12 @@ impl ForwardTarget {
     /// Publishes a batch into the target in one transaction there (see the module header),
     /// forgetting in the same transaction the receipts `forget` of messages this port has
     /// completed since. `epoch` is the ordered port's lease epoch (fenced there), `None`
-    /// when unordered.
+    /// when unordered. A body stored in chunks here (`from`, this group) is sent one chunk
+    /// at a time in that transaction, before the accept.
     #[allow(clippy::too_many_arguments)]
     pub async fn accept(
         &self,
+        from: &MessageBox,
         source: (Uuid, &str),
         send_port: &str,
         receive_port: &str,
@@ -223,18 +234,31 @@ impl ForwardTarget {
         let mut ids = Vec::with_capacity(batch.len());
         let mut types = Vec::with_capacity(batch.len());
         let mut contexts = Vec::with_capacity(batch.len());
-        let mut bodies: Vec<&[u8]> = Vec::with_capacity(batch.len());
+        let mut bodies: Vec<Option<&[u8]>> = Vec::with_capacity(batch.len());
+        let mut sizes: Vec<i64> = Vec::with_capacity(batch.len());
+        let mut tx = self.mbx.pool.begin().await?;
         for m in batch {
             source_ids.push(m.source_message_id);
             ids.push(Uuid::now_v7());
             types.push(m.content_type.clone());
             contexts
                 .push(serde_json::to_value(&m.context).map_err(|e| Error::Invalid(e.to_string()))?);
-            bodies.push(m.body.as_ref());
+            match &m.body {
+                ForwardBody::Bytes(b) => {
+                    bodies.push(Some(b.as_ref()));
+                    sizes.push(i64::try_from(b.len()).unwrap_or(i64::MAX));
+                }
+                ForwardBody::Chunks { len } => {
+                    send_chunks(&mut tx, from, source.0, send_port, m.source_message_id, *len)
+                        .await?;
+                    bodies.push(None);
+                    sizes.push(i64::try_from(*len).unwrap_or(i64::MAX));
+                }
+            }
         }
         let rows = sqlx::query(
             "SELECT source_message_id, message_id, duplicate
-               FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+               FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(source.0)
         .bind(source.1)
@@ -246,9 +270,11 @@ impl ForwardTarget {
         .bind(&types)
         .bind(&contexts)
         .bind(&bodies)
+        .bind(&sizes)
         .bind(forget)
-        .fetch_all(&self.mbx.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .map(|r| Accepted {
@@ -291,6 +317,38 @@ impl ForwardTarget {
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// Sends a body stored in chunks in `from` to the target, one chunk at a time, inside the
+/// accept's transaction; fails if what was read is not `len` bytes.
+async fn send_chunks(
+    tx: &mut Transaction<'_, Postgres>,
+    from: &MessageBox,
+    source_group: Uuid,
+    send_port: &str,
+    message: Uuid,
+    len: u64,
+) -> Result<()> {
+    let mut sent: u64 = 0;
+    let mut seq: i32 = 0;
+    while let Some(chunk) = from.message_chunk(message, seq).await? {
+        sqlx::query("SELECT mbx_forward_chunk($1, $2, $3, $4, $5)")
+            .bind(source_group)
+            .bind(send_port)
+            .bind(message)
+            .bind(seq)
+            .bind(chunk.as_ref())
+            .execute(&mut **tx)
+            .await?;
+        sent += chunk.len() as u64;
+        seq += 1;
+    }
+    if sent != len {
+        return Err(Error::Corrupt(format!(
+            "message {message}: its stored chunks hold {sent} bytes, not the {len} of its body"
+        )));
+    }
+    Ok(())
 }
 
 /// A forwarded message's context as the target declares its properties: every property
@@ -499,7 +557,7 @@ impl MessageBox {
         }
         let rows = sqlx::query(
             "SELECT id, source_group, source_group_name, send_port, source_message_id, message_id,
-                    receive_port, content_type, context, body
+                    receive_port, content_type, context, body, body_size, chunked
                FROM forward_inbox WHERE NOT published ORDER BY id LIMIT $1",
         )
         .bind(max)
@@ -566,7 +624,16 @@ impl MessageBox {
             ));
             messages.push(NewMessage {
                 id: Some(message_id),
-                body: NewBody::Bytes(Bytes::from(body.unwrap_or_default())),
+                body: if row.get::<bool, _>(11) {
+                    NewBody::Staged {
+                        source_group: row.get(1),
+                        send_port: send_port.clone(),
+                        source_message_id: source_message,
+                        len: u64::try_from(row.get::<i64, _>(10)).unwrap_or(0),
+                    }
+                } else {
+                    NewBody::Bytes(Bytes::from(body.unwrap_or_default()))
+                },
                 content_type,
                 context,
                 source: None,

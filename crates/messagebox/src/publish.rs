@@ -33,13 +33,20 @@ pub enum NewBody {
     /// A file of `len` bytes (a receive adapter's claimed file), read one chunk at a time
     /// inside the publishing transaction: a large body is never held whole.
     File { path: PathBuf, len: u64 },
+    /// The chunks another group forwarded (`forward_chunks`), moved in the database.
+    Staged {
+        source_group: Uuid,
+        send_port: String,
+        source_message_id: Uuid,
+        len: u64,
+    },
 }
 
 impl NewBody {
     pub fn len(&self) -> u64 {
         match self {
             NewBody::Bytes(b) => b.len() as u64,
-            NewBody::File { len, .. } => *len,
+            NewBody::File { len, .. } | NewBody::Staged { len, .. } => *len,
         }
     }
 
@@ -49,10 +56,11 @@ impl NewBody {
 
     /// The bytes to store in the message row, or `None` for a body stored in chunks.
     pub(crate) async fn inline(&self) -> Result<Option<Vec<u8>>> {
-        if self.len() > BODY_INLINE_MAX_BYTES as u64 {
+        if self.len() > BODY_INLINE_MAX_BYTES as u64 || matches!(self, NewBody::Staged { .. }) {
             return Ok(None);
         }
         match self {
+            NewBody::Staged { .. } => Ok(None),
             NewBody::Bytes(b) => Ok(Some(b.to_vec())),
             NewBody::File { path, len } => {
                 let data = tokio::fs::read(path)
@@ -510,6 +518,35 @@ pub(crate) async fn store_chunks(
             }
             if file.read(&mut [0u8; 1]).await.map_err(io)? != 0 {
                 return Err(changed_while_read(path, *len));
+            }
+        }
+        NewBody::Staged {
+            source_group,
+            send_port,
+            source_message_id,
+            len,
+        } => {
+            let moved: Option<i64> = sqlx::query_scalar(
+                "WITH gone AS (
+                    DELETE FROM forward_chunks
+                     WHERE source_group = $2 AND send_port = $3 AND source_message_id = $4
+                    RETURNING seq, data),
+                 ins AS (
+                    INSERT INTO message_chunks (message_id, seq, data)
+                    SELECT $1, seq, data FROM gone RETURNING length(data) AS n)
+                 SELECT sum(n)::int8 FROM ins",
+            )
+            .bind(id)
+            .bind(source_group)
+            .bind(send_port)
+            .bind(source_message_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            if u64::try_from(moved.unwrap_or(0)).unwrap_or(0) != *len {
+                return Err(Error::Corrupt(format!(
+                    "forwarded message {source_message_id}: {} bytes of chunks arrived for a {len}-byte body",
+                    moved.unwrap_or(0)
+                )));
             }
         }
     }
