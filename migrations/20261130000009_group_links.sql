@@ -18,8 +18,10 @@ CREATE TABLE group_links (
 -- A row is published into this MessageBox by one host instance at a time (in id order,
 -- so an ordered forwarding port's messages are published in the order they came); then
 -- its body and context are dropped but the row stays as the receipt until the source,
--- having recorded its completion, forgets it (mbx_forward_forget): no time window turns a
--- late resend into a duplicate.
+-- having recorded its completion, forgets it (`forgotten_at`): no time window turns a
+-- late resend into a duplicate. A forgotten receipt is kept one more dedup window (24 h)
+-- against a stale sender (one whose claim was reclaimed while it was paused), then
+-- purged by maintenance.
 CREATE TABLE forward_inbox (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source_group      uuid NOT NULL,
@@ -37,9 +39,13 @@ CREATE TABLE forward_inbox (
     chunked           boolean NOT NULL DEFAULT false,
     published         boolean NOT NULL DEFAULT false,
     received_at       timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (source_group, send_port, source_message_id)
+    forgotten_at      timestamptz,
+    UNIQUE (source_group, send_port, source_message_id),
+    -- an id given here twice would make the publish fail for good
+    UNIQUE (message_id)
 );
 CREATE INDEX forward_inbox_pending ON forward_inbox (id) WHERE NOT published;
+CREATE INDEX forward_inbox_forgotten ON forward_inbox (forgotten_at) WHERE forgotten_at IS NOT NULL;
 
 -- Chunks of forwarded bodies above 1 MiB, until the inbox publish moves them.
 CREATE TABLE forward_chunks (
@@ -51,7 +57,8 @@ CREATE TABLE forward_chunks (
     PRIMARY KEY (source_group, send_port, source_message_id, seq)
 );
 
--- An ordered forwarding port's fencing epoch as this group last saw it: a former owner of
+-- An ordered forwarding port's fencing epoch as this group last saw it (keyed by the
+-- port's name and id in its group, so a port deleted and created again is a new stream): a former owner of
 -- the source port (a lower epoch) is refused here, so its late batch cannot land behind
 -- the new owner's. The row lock also makes one stream's batches commit one after another.
 CREATE TABLE forward_streams (
@@ -93,7 +100,7 @@ $$;
 -- returns, per message, its id here and whether it was already here.
 CREATE FUNCTION mbx_forward_accept(
     p_source_group uuid, p_source_name text, p_send_port text, p_receive_port text,
-    p_epoch bigint, p_source_ids uuid[], p_ids uuid[], p_content_types text[],
+    p_epoch bigint, p_stream text, p_source_ids uuid[], p_ids uuid[], p_content_types text[],
     p_contexts jsonb[], p_bodies bytea[], p_sizes bigint[], p_forget uuid[])
 RETURNS TABLE (source_message_id uuid, message_id uuid, duplicate boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
@@ -108,7 +115,7 @@ BEGIN
     END IF;
     IF p_epoch IS NOT NULL THEN
         INSERT INTO forward_streams AS s (source_group, send_port, epoch)
-        VALUES (p_source_group, p_send_port, p_epoch)
+        VALUES (p_source_group, p_stream, p_epoch)
         ON CONFLICT (source_group, send_port) DO UPDATE SET epoch = greatest(s.epoch, excluded.epoch)
         RETURNING s.epoch INTO seen;
         IF seen > p_epoch THEN
@@ -119,9 +126,22 @@ BEGIN
     -- receipts of messages the source has completed since its last batch (published ones:
     -- a row not yet published here is a message, not a receipt)
     IF cardinality(p_forget) > 0 THEN
-        DELETE FROM forward_inbox f
+        UPDATE forward_inbox f SET forgotten_at = now()
          WHERE f.source_group = p_source_group AND f.send_port = p_send_port
-           AND f.source_message_id = ANY (p_forget) AND f.published;
+           AND f.source_message_id = ANY (p_forget) AND f.forgotten_at IS NULL;
+    END IF;
+    -- what this group will publish must be publishable: ids not taken here, and every
+    -- chunked body's chunks all there
+    IF EXISTS (SELECT 1 FROM messages m WHERE m.id = ANY (p_ids)) THEN
+        RAISE EXCEPTION 'a message id given is taken in this group' USING ERRCODE = 'MB004';
+    END IF;
+    IF EXISTS (
+        SELECT 1 FROM unnest(p_source_ids, p_bodies, p_sizes) AS t(s, b, sz)
+         WHERE t.b IS NULL
+           AND coalesce((SELECT sum(length(c.data)) FROM forward_chunks c
+                          WHERE c.source_group = p_source_group AND c.send_port = p_send_port
+                            AND c.source_message_id = t.s), 0) <> t.sz) THEN
+        RAISE EXCEPTION 'a chunked body''s chunks do not add up to its size' USING ERRCODE = 'MB004';
     END IF;
     -- how many wait, bounded from above in two index probes (the inbox is published in
     -- id order, so what follows its oldest waiting row is waiting too): no count per call
@@ -165,32 +185,33 @@ BEGIN
 END
 $$;
 
--- The receipts of messages published here, after `p_after` (id order), for the source to
--- check which of them it has completed.
+-- The receipts of messages published here and not forgotten, after `p_after` (id order),
+-- for the source to check which of them it has completed.
 CREATE FUNCTION mbx_forward_receipts(p_source_group uuid, p_send_port text, p_after bigint, p_limit int)
 RETURNS TABLE (id bigint, source_message_id uuid)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     SELECT f.id, f.source_message_id FROM forward_inbox f
      WHERE f.source_group = p_source_group AND f.send_port = p_send_port AND f.published
-       AND f.id > p_after
+       AND f.forgotten_at IS NULL AND f.id > p_after
      ORDER BY f.id LIMIT p_limit
 $$;
 
--- Forgets receipts whose completion the source recorded (published ones only: a row not
--- yet published here is a message, not a receipt).
+-- Forgets receipts whose completion the source recorded: marks them (a row not yet
+-- published is still published; maintenance purges forgotten receipts a dedup window
+-- later).
 CREATE FUNCTION mbx_forward_forget(p_source_group uuid, p_send_port text, p_source_ids uuid[])
 RETURNS bigint
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH gone AS (
-        DELETE FROM forward_inbox f
+        UPDATE forward_inbox f SET forgotten_at = now()
          WHERE f.source_group = p_source_group AND f.send_port = p_send_port
-           AND f.source_message_id = ANY (p_source_ids) AND f.published
+           AND f.source_message_id = ANY (p_source_ids) AND f.forgotten_at IS NULL
         RETURNING 1)
     SELECT count(*) FROM gone
 $$;
 
 REVOKE EXECUTE ON FUNCTION mbx_forward_hello(), mbx_forward_declarations(),
-    mbx_forward_accept(uuid, text, text, text, bigint, uuid[], uuid[], text[], jsonb[], bytea[], bigint[], uuid[]),
+    mbx_forward_accept(uuid, text, text, text, bigint, text, uuid[], uuid[], text[], jsonb[], bytea[], bigint[], uuid[]),
     mbx_forward_chunk(uuid, text, uuid, int, bytea),
     mbx_forward_receipts(uuid, text, bigint, int),
     mbx_forward_forget(uuid, text, uuid[]) FROM PUBLIC;

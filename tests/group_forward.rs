@@ -54,14 +54,30 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         let source = (Uuid::new_v4(), "broker");
         let batch = forwarded(3, "B");
         let first = target
-            .accept(&source_mbx, source, "manager-b", "from-broker", None, &batch, &[])
+            .accept(
+                &source_mbx,
+                source,
+                "manager-b",
+                "from-broker",
+                None,
+                &batch,
+                &[],
+            )
             .await
             .expect("accept");
         assert_eq!(first.len(), 3);
         assert!(first.iter().all(|a| !a.duplicate));
         // a resend (the source crashed before completing): nothing new, the same ids there
         let again = target
-            .accept(&source_mbx, source, "manager-b", "from-broker", None, &batch, &[])
+            .accept(
+                &source_mbx,
+                source,
+                "manager-b",
+                "from-broker",
+                None,
+                &batch,
+                &[],
+            )
             .await
             .expect("accept again");
         assert!(again.iter().all(|a| a.duplicate), "{again:?}");
@@ -105,7 +121,15 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
         );
         // published, the receipts stay: a late resend, however late, is still a duplicate
         let late = target
-            .accept(&source_mbx, source, "manager-b", "from-broker", None, &batch, &[])
+            .accept(
+                &source_mbx,
+                source,
+                "manager-b",
+                "from-broker",
+                None,
+                &batch,
+                &[],
+            )
             .await
             .expect("late resend");
         assert!(late.iter().all(|a| a.duplicate));
@@ -150,7 +174,7 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
             .await
             .unwrap()
             .is_empty());
-        // the new message is not published yet: a message, not a receipt, never forgotten
+        // the new message is not published yet: it stays a message to publish
         assert_eq!(
             count(
                 managers.mbx.pool(),
@@ -159,10 +183,54 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
             .await,
             1
         );
+        // a stale sender (paused while its claim was reclaimed and completed by another)
+        // resending after the forget: still a duplicate, for a dedup window
+        let stale = target
+            .accept(
+                &source_mbx,
+                source,
+                "manager-b",
+                "from-broker",
+                None,
+                &batch,
+                &[],
+            )
+            .await
+            .expect("stale resend");
+        assert!(stale.iter().all(|a| a.duplicate), "{stale:?}");
+        // a dedup window after the forget, maintenance purges the receipts
+        sqlx::query(
+            "UPDATE forward_inbox SET forgotten_at = now() - interval '25 hours'
+              WHERE forgotten_at IS NOT NULL",
+        )
+        .execute(managers.mbx.pool())
+        .await
+        .unwrap();
+        managers
+            .mbx
+            .maintenance_run(7 * 86400, 1000)
+            .await
+            .expect("maintenance");
+        assert_eq!(
+            count(
+                managers.mbx.pool(),
+                "SELECT count(*) FROM forward_inbox WHERE forgotten_at IS NOT NULL"
+            )
+            .await,
+            0
+        );
         // an ordered stream's older owner is fenced off once a newer one forwarded
         let one = forwarded(1, "B");
         target
-            .accept(&source_mbx, source, "ledger", "from-broker", Some(5), &one, &[])
+            .accept(
+                &source_mbx,
+                source,
+                "ledger",
+                "from-broker",
+                Some(("ledger#1", 5)),
+                &one,
+                &[],
+            )
             .await
             .expect("epoch 5");
         let stale = target
@@ -171,7 +239,7 @@ async fn a_resend_is_a_duplicate_until_the_source_forgets_it(pool: PgPool) {
                 source,
                 "ledger",
                 "from-broker",
-                Some(4),
+                Some(("ledger#1", 4)),
                 &forwarded(1, "B"),
                 &[],
             )
@@ -404,7 +472,7 @@ async fn orders_reach_the_manager_in_the_other_group_exactly_once(pool: PgPool) 
         // exactly once, and nothing left anywhere: the receipts forgotten too
         wait_for("both spools empty and the receipts forgotten", Duration::from_secs(30), || async {
             count(broker.pool(), "SELECT count(*) FROM deliveries").await == 0
-                && count(managers.mbx.pool(), "SELECT count(*) FROM forward_inbox").await == 0
+                && count(managers.mbx.pool(), "SELECT count(*) FROM forward_inbox WHERE forgotten_at IS NULL").await == 0
                 && count(managers.mbx.pool(), "SELECT count(*) FROM deliveries").await == 0
         })
         .await;
@@ -539,7 +607,7 @@ async fn a_forwarded_row_the_target_cannot_read_does_not_wedge_its_inbox(pool: P
                                "Order.Id": {"value": {"string": "7"}, "promoted": true}}),
         ];
         sqlx::query(
-            "SELECT * FROM mbx_forward_accept(gen_random_uuid(), 'peer', 'p', 'from-broker', NULL,
+            "SELECT * FROM mbx_forward_accept(gen_random_uuid(), 'peer', 'p', 'from-broker', NULL, NULL,
                  ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY[gen_random_uuid(), gen_random_uuid()],
                  ARRAY['text/plain', 'text/plain'], $1::jsonb[], ARRAY['a'::bytea, 'b'::bytea], ARRAY[1, 1]::int8[], '{}')",
         )

@@ -52,6 +52,9 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// next batch, a port that stopped forwarding) are swept from the target groups.
 const FORGET_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How long connecting to a linked group may take.
+const LINK_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a link's row and its target's declarations are used before they are read
 /// again (a forward batch must not cost two more round trips).
 const LINK_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -169,18 +172,39 @@ impl Links {
         ),
         String,
     > {
-        let mut targets = self.targets.lock().await;
-        if let Some(l) = targets.get(link) {
-            if l.read_at.elapsed() < LINK_CACHE_TTL {
-                return Ok((l.target.clone(), l.declared.clone()));
+        let cached = {
+            let targets = self.targets.lock().await;
+            targets.get(link).map(|l| {
+                (
+                    l.url.clone(),
+                    l.target.clone(),
+                    l.declared.clone(),
+                    l.read_at,
+                )
+            })
+        };
+        if let Some((_, target, declared, read_at)) = &cached {
+            if read_at.elapsed() < LINK_CACHE_TTL {
+                return Ok((target.clone(), declared.clone()));
             }
         }
+        // no lock held from here: one unreachable link must not stall the others
         let stored = shared.mbx.link_get(link).await.map_err(|e| e.to_string())?;
-        let target = match targets.get(link) {
-            Some(l) if l.url == stored.database_url => l.target.clone(),
+        let target = match &cached {
+            Some((url, target, _, _)) if *url == stored.database_url => target.clone(),
             _ => {
                 let url = resolve_link_url(&stored.database_url).map_err(|e| e.to_string())?;
-                let target = ForwardTarget::connect(&url).await.map_err(|e| {
+                let connected =
+                    tokio::time::timeout(LINK_CONNECT_TIMEOUT, ForwardTarget::connect(&url))
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "group link '{link}': {} did not answer within {}s",
+                                mbx_messagebox::redact_url(&url),
+                                LINK_CONNECT_TIMEOUT.as_secs()
+                            )
+                        })?;
+                let target = connected.map_err(|e| {
                     format!(
                         "group link '{link}': cannot reach {}: {e}",
                         mbx_messagebox::redact_url(&url)
@@ -195,11 +219,20 @@ impl Links {
                 Arc::new(target)
             }
         };
-        let declared =
-            Arc::new(target.declarations().await.map_err(|e| {
-                format!("group link '{link}': reading the target's declarations: {e}")
-            })?);
-        targets.insert(
+        let declared = Arc::new(
+            tokio::time::timeout(LINK_CONNECT_TIMEOUT, target.declarations())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "group link '{link}': no answer within {}s",
+                        LINK_CONNECT_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| {
+                    format!("group link '{link}': reading the target's declarations: {e}")
+                })?,
+        );
+        self.targets.lock().await.insert(
             link.to_owned(),
             Linked {
                 url: stored.database_url.clone(),
@@ -213,6 +246,24 @@ impl Links {
 
     async fn drop_target(&self, link: &str) {
         self.targets.lock().await.remove(link);
+    }
+}
+
+/// A batch that was not sent: the receipts it was to forget wait for the next accept,
+/// and each of its messages is a retryable failure.
+struct NotSent<'a> {
+    links: &'a Links,
+    stream: &'a Stream,
+    sent: &'a [&'a ClaimedDelivery],
+}
+
+impl NotSent<'_> {
+    fn fail(&self, forget: &mut Vec<Uuid>, outcomes: &mut HashMap<i64, Outcome>, reason: &str) {
+        self.links
+            .give_back_completed(self.stream, std::mem::take(forget));
+        for d in self.sent {
+            outcomes.insert(d.delivery_id, Outcome::failed(reason, true));
+        }
     }
 }
 
@@ -318,34 +369,36 @@ async fn forward_to(
     if sent.is_empty() {
         return;
     }
+    // an ordered port's stream: its name and id (a port created again is a new stream)
+    let stream_key = format!("{}#{}", port.name, port.id);
     let epoch = if port.ordered {
         sent[0]
             .context
             .get(system::EPOCH)
             .and_then(|p| p.value.to_plain_string().parse::<i64>().ok())
+            .map(|e| (stream_key.as_str(), e))
     } else {
         None
     };
     let stream: Stream = (to.link.clone(), port.name.clone());
     let mut forget = shared.forward_links.take_completed(&stream);
+    // claimed under this instance id: if the instance is declared dead meanwhile (its
+    // claims reclaimed by another), it must not forward them late
+    let claimed_as = shared.instance_id();
     let started = Instant::now();
     let accepted = loop {
-        if let Some(f) = fence {
-            if !f.allows() {
-                shared
-                    .forward_links
-                    .give_back_completed(&stream, std::mem::take(&mut forget));
-                for d in &sent {
-                    outcomes.insert(
-                        d.delivery_id,
-                        Outcome::failed(
-                            "the ordered port's lease moved on before forwarding",
-                            true,
-                        ),
-                    );
-                }
-                return;
-            }
+        let give_up = NotSent {
+            links: &shared.forward_links,
+            stream: &stream,
+            sent: &sent,
+        };
+        if shared.instance_id() != claimed_as {
+            let reason = "this instance was declared dead; its claims moved on";
+            return give_up.fail(&mut forget, outcomes, reason);
+        }
+        if fence.is_some_and(|f| !f.allows()) {
+            let reason = "the ordered port's lease moved on before forwarding";
+            return give_up.fail(&mut forget, outcomes, reason);
         }
         match target
             .accept(
@@ -363,21 +416,11 @@ async fn forward_to(
             Err(ForwardError::Throttled(why)) if started.elapsed() < THROTTLED_WAIT_MAX => {
                 debug!(port = %port.name, %why, "target group throttled; waiting");
                 if !pause(shared, Duration::from_millis(500)).await {
-                    shared
-                        .forward_links
-                        .give_back_completed(&stream, std::mem::take(&mut forget));
-                    for d in &sent {
-                        outcomes
-                            .insert(d.delivery_id, Outcome::failed("the host is stopping", true));
-                    }
-                    return;
+                    return give_up.fail(&mut forget, outcomes, "the host is stopping");
                 }
                 shared.progressed(port.id);
             }
             Err(e) => {
-                shared
-                    .forward_links
-                    .give_back_completed(&stream, std::mem::take(&mut forget));
                 if matches!(e, ForwardError::Other(_)) {
                     shared.forward_links.drop_target(&to.link).await;
                 }
@@ -386,10 +429,7 @@ async fn forward_to(
                     target.group_name
                 );
                 warn!(port = %port.name, %error, "forward failed");
-                for d in &sent {
-                    outcomes.insert(d.delivery_id, Outcome::failed(&error, true));
-                }
-                return;
+                return give_up.fail(&mut forget, outcomes, &error);
             }
         }
     };
@@ -480,11 +520,11 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
             }
         };
         for port in ports.iter().filter(|p| p.host == shared.config.host) {
-            let Some(address) = port.address.as_deref().filter(|a| is_forward(a)) else {
-                continue;
-            };
-            if let Err(e) = forget_port(&shared, port, address).await {
-                debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
+            let addresses = [port.address.as_deref(), port.backup_address.as_deref()];
+            for address in addresses.into_iter().flatten().filter(|a| is_forward(a)) {
+                if let Err(e) = forget_port(&shared, port, address).await {
+                    debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
+                }
             }
         }
     }

@@ -612,6 +612,23 @@ async fn apply_shared(
         let Some((group_id, group_name)) = checked_links.get(name) else {
             continue;
         };
+        // a link its ports forward through may get a new URL, not another group: what
+        // was accepted there is deduplicated there only
+        if existing_links.contains_key(name) {
+            let stored: Option<uuid::Uuid> =
+                sqlx::query_scalar("SELECT target_group_id FROM group_links WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let users = crate::forward::link_users(tx, name).await?;
+            if stored.is_some_and(|g| g != *group_id) && !users.is_empty() {
+                return Err(at("links", name)(Error::Refused(format!(
+                    "the new URL reaches another group ('{group_name}') while send port(s) {} forward through this link; point them elsewhere first, or add a new link",
+                    users.join(", ")
+                )))
+                .into());
+            }
+        }
         crate::forward::link_upsert(tx, name, &link.target_url, *group_id, group_name)
             .await
             .map_err(at("links", name))?;

@@ -33,6 +33,9 @@ pub const INBOX_CHANNEL: &str = "mbx_inbox";
 /// Advisory lock key: one instance at a time publishes the inbox, in id order.
 const INBOX_LOCK_KEY: i64 = 0x6d62_785f_696e_6278; // "mbx_inbx"
 
+/// Inline bodies published from the inbox per transaction, about (a batch holds them).
+const INBOX_BATCH_BYTES: i64 = 16 * 1024 * 1024;
+
 /// Connections a host keeps to one linked group.
 const LINK_MAX_CONNECTIONS: u32 = 4;
 
@@ -216,8 +219,9 @@ impl ForwardTarget {
 
     /// Publishes a batch into the target in one transaction there (see the module header),
     /// forgetting in the same transaction the receipts `forget` of messages this port has
-    /// completed since. `epoch` is the ordered port's lease epoch (fenced there), `None`
-    /// when unordered. A body stored in chunks here (`from`, this group) is sent one chunk
+    /// completed since. `epoch` is an ordered port's (stream key, lease epoch), fenced
+    /// there; `None` when unordered. The stream key names the port's incarnation (a port
+    /// deleted and created again under its name starts a new stream). A body stored in chunks here (`from`, this group) is sent one chunk
     /// at a time in that transaction, before the accept.
     #[allow(clippy::too_many_arguments)]
     pub async fn accept(
@@ -226,7 +230,7 @@ impl ForwardTarget {
         source: (Uuid, &str),
         send_port: &str,
         receive_port: &str,
-        epoch: Option<i64>,
+        epoch: Option<(&str, i64)>,
         batch: &[Forwarded],
         forget: &[Uuid],
     ) -> std::result::Result<Vec<Accepted>, ForwardError> {
@@ -249,8 +253,15 @@ impl ForwardTarget {
                     sizes.push(i64::try_from(b.len()).unwrap_or(i64::MAX));
                 }
                 ForwardBody::Chunks { len } => {
-                    send_chunks(&mut tx, from, source.0, send_port, m.source_message_id, *len)
-                        .await?;
+                    send_chunks(
+                        &mut tx,
+                        from,
+                        source.0,
+                        send_port,
+                        m.source_message_id,
+                        *len,
+                    )
+                    .await?;
                     bodies.push(None);
                     sizes.push(i64::try_from(*len).unwrap_or(i64::MAX));
                 }
@@ -258,13 +269,14 @@ impl ForwardTarget {
         }
         let rows = sqlx::query(
             "SELECT source_message_id, message_id, duplicate
-               FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+               FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(source.0)
         .bind(source.1)
         .bind(send_port)
         .bind(receive_port)
-        .bind(epoch)
+        .bind(epoch.map(|e| e.1))
+        .bind(epoch.map(|e| e.0))
         .bind(&source_ids)
         .bind(&ids)
         .bind(&types)
@@ -470,13 +482,7 @@ impl MessageBox {
         if found.is_none() {
             return Err(link_not_found(name));
         }
-        let users: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM send_ports
-              WHERE lower(address) LIKE $1 OR lower(backup_address) LIKE $1 ORDER BY name",
-        )
-        .bind(format!("mbx://{}/%", name.to_ascii_lowercase()))
-        .fetch_all(&mut *tx)
-        .await?;
+        let users = link_users(&mut tx, name).await?;
         if !users.is_empty() {
             return Err(Error::Refused(format!(
                 "group link '{name}' is used by send port(s) {}; change their address first (`mbx send-port update NAME --address …`)",
@@ -556,11 +562,17 @@ impl MessageBox {
             return Ok(0);
         }
         let rows = sqlx::query(
+            // at most `max` rows and about INBOX_BATCH_BYTES of inline bodies (always the
+            // first row)
             "SELECT id, source_group, source_group_name, send_port, source_message_id, message_id,
                     receive_port, content_type, context, body, body_size, chunked
-               FROM forward_inbox WHERE NOT published ORDER BY id LIMIT $1",
+               FROM (SELECT f.*, sum(coalesce(length(f.body), 0)) OVER (ORDER BY f.id) AS running
+                       FROM forward_inbox f WHERE NOT f.published ORDER BY f.id LIMIT $1) w
+              WHERE w.running - coalesce(length(w.body), 0) < $2
+              ORDER BY id",
         )
         .bind(max)
+        .bind(INBOX_BATCH_BYTES)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -678,6 +690,20 @@ impl MessageBox {
                 .await?,
         )
     }
+}
+
+/// The send ports that forward through link `name`.
+pub(crate) async fn link_users(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT name FROM send_ports
+          WHERE lower(address) LIKE $1 OR lower(backup_address) LIKE $1 ORDER BY name",
+    )
+    .bind(format!("mbx://{}/%", name.to_ascii_lowercase()))
+    .fetch_all(&mut **tx)
+    .await?)
 }
 
 /// Records a checked link inside `tx` (created, or pointed at its new target).

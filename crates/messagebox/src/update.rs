@@ -183,16 +183,10 @@ where
                 .bind(port.id)
                 .execute(&mut **tx)
                 .await?;
-        } else {
-            sqlx::query("DELETE FROM leases WHERE port_id = $1")
-                .bind(port.id)
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query("DELETE FROM ordered_sequences WHERE port_id = $1")
-                .bind(port.id)
-                .execute(&mut **tx)
-                .await?;
         }
+        // turning unordered keeps the lease row and the sequence: ordered again, the port
+        // goes on from its last epoch (another group fences a forwarding port's batches on
+        // it, and an epoch that went back would be refused there for good)
     }
     let host = host_id(tx, &new.host).await?;
     let settings =
