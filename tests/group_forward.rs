@@ -643,3 +643,65 @@ async fn a_forwarded_row_the_target_cannot_read_does_not_wedge_its_inbox(pool: P
     managers.drop_database().await;
     result
 }
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_throttled_group_is_tried_again_later_never_failed(pool: PgPool) {
+    let broker = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    let managers = OtherGroup::create(&pool, "managers").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("far");
+    std::fs::create_dir_all(&out).unwrap();
+    let result = async {
+        let there = Mbx::new(managers.url.clone());
+        there.ok(&["receive-port", "create", "from-broker"]);
+        there.ok(&[
+            "send-port", "create", "far", "--start",
+            "--address", &format!("file://{}/%MessageID%.txt", out.display()),
+            "--filter", "mbx.ReceivePortName == \"from-broker\"",
+        ]);
+        // the managers' inbox holds 20,000 forwarded messages no instance publishes yet
+        sqlx::query(
+            "INSERT INTO forward_inbox (source_group, source_group_name, send_port, source_message_id,
+                                        message_id, receive_port, content_type, context, body)
+             SELECT gen_random_uuid(), 'elsewhere', 'p', gen_random_uuid(), gen_random_uuid(),
+                    'nowhere', 'text/plain', '{}', 'x'
+               FROM generate_series(1, 20000)",
+        )
+        .execute(managers.mbx.pool())
+        .await
+        .unwrap();
+        cli.ok(&["group", "link", "add", "managers", "--target-url", &managers.url]);
+        // no retry at all: a counted failure would suspend at once
+        cli.ok(&[
+            "send-port", "create", "to-managers", "--start", "--retry-count", "0",
+            "--address", "mbx://managers/from-broker", "--filter", "Order.ManagerId == \"B\"",
+        ]);
+        let _source_host = start_host(&url, FAST_HOST);
+        wait_for_alive(&broker, 1).await;
+        for _ in 0..3 {
+            cli.ok(&["message", "publish", "--promote", "Order.ManagerId=B"]);
+        }
+        wait_for("the batch given back for later", Duration::from_secs(30), || async {
+            count(broker.pool(), "SELECT count(*) FROM deliveries WHERE not_before > now()").await > 0
+        })
+        .await;
+        assert_eq!(count(broker.pool(), "SELECT count(*) FROM suspended_items").await, 0);
+        assert_eq!(count(broker.pool(), "SELECT coalesce(max(retries), 0)::int8 FROM deliveries").await, 0);
+        // the other group catches up: the orders arrive, never counted as failures
+        sqlx::query("DELETE FROM forward_inbox WHERE receive_port = 'nowhere'")
+            .execute(managers.mbx.pool())
+            .await
+            .unwrap();
+        let _target_host = start_host(&managers.url, FAST_HOST);
+        wait_for("the orders in the other group", Duration::from_secs(30), || async {
+            bodies_in(&out, "txt").len() == 3
+        })
+        .await;
+        assert_eq!(count(broker.pool(), "SELECT count(*) FROM suspended_items").await, 0);
+    }
+    .await;
+    managers.drop_database().await;
+    result
+}

@@ -434,6 +434,8 @@ async fn send_batch(
                 }
                 delivered.push((*id, *token))
             }
+            // given back for later already (another group is throttled): not an attempt
+            Some(Outcome::Failed { error, .. }) if error == crate::forward::POSTPONED => {}
             Some(Outcome::Failed { error, retryable }) => failures.push(Failure {
                 delivery_id: *id,
                 claim_token: *token,
@@ -693,6 +695,10 @@ async fn own_ordered_port(
                     // or holds the port; the next claim starts from the head again
                     let done = std::mem::take(&mut pending);
                     commit_ordered(shared, port, instance, epoch, done, checkpoint.clone()).await;
+                    if error == crate::forward::POSTPONED {
+                        // given back due later already (another group is throttled)
+                        continue 'owner;
+                    }
                     let failure = Failure {
                         delivery_id: d.delivery_id,
                         claim_token: d.claim_token,

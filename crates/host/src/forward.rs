@@ -29,9 +29,14 @@ use uuid::Uuid;
 
 use crate::{pause, Shared};
 
-/// Longest time a batch waits for a throttled target group before it is given back as a
-/// retryable failure.
-const THROTTLED_WAIT_MAX: Duration = Duration::from_secs(300);
+/// How long a batch that a throttled group did not take waits before it is claimed again
+/// (not an attempt: nothing failed).
+const THROTTLED_RETRY_MS: i64 = 2_000;
+
+/// The outcome's text of a batch given back for later because the other group is
+/// throttled: the delivery loop neither records nor counts it (its claims are released
+/// with a later due time already).
+pub(crate) const POSTPONED: &str = "postponed: the other group is throttled";
 
 /// A forwarding port claims this many times the host's claim batch (bounded in bytes as
 /// any claim).
@@ -413,12 +418,21 @@ async fn forward_to(
             .await
         {
             Ok(a) => break a,
-            Err(ForwardError::Throttled(why)) if started.elapsed() < THROTTLED_WAIT_MAX => {
-                debug!(port = %port.name, %why, "target group throttled; waiting");
-                if !pause(shared, Duration::from_millis(500)).await {
-                    return give_up.fail(&mut forget, outcomes, "the host is stopping");
+            Err(ForwardError::Throttled(why)) => {
+                // "later", not a failure: the claims go back due in a moment, uncounted
+                info!(port = %port.name, %why, "the other group is throttled; trying again later");
+                let claims: Vec<(i64, Uuid)> = sent
+                    .iter()
+                    .map(|d| (d.delivery_id, d.claim_token))
+                    .collect();
+                if let Err(e) = shared
+                    .mbx
+                    .deliveries_postpone(claimed_as, &claims, THROTTLED_RETRY_MS)
+                    .await
+                {
+                    debug!(port = %port.name, error = %e, "postponing failed; the claims stay until released");
                 }
-                shared.progressed(port.id);
+                return give_up.fail(&mut forget, outcomes, POSTPONED);
             }
             Err(e) => {
                 if matches!(e, ForwardError::Other(_)) {

@@ -391,6 +391,31 @@ impl MessageBox {
         .rows_affected())
     }
 
+    /// Gives claimed deliveries back to be tried again after `delay_ms`, without counting
+    /// an attempt (the endpoint said "later", e.g. another group that is throttled).
+    pub async fn deliveries_postpone(
+        &self,
+        instance: Uuid,
+        claims: &[(i64, Uuid)],
+        delay_ms: i64,
+    ) -> Result<u64> {
+        let ids: Vec<i64> = claims.iter().map(|d| d.0).collect();
+        let tokens: Vec<Uuid> = claims.iter().map(|d| d.1).collect();
+        Ok(sqlx::query(
+            "UPDATE deliveries d SET state = 'ready', claimed_by = NULL, claim_token = NULL, claimed_at = NULL,
+                    not_before = now() + make_interval(secs => $4 / 1000.0)
+               FROM unnest($1::int8[], $2::uuid[]) AS c(id, token)
+              WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(instance)
+        .bind(delay_ms as f64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Records failed attempts and decides each delivery's fate (retry at `not_before`,
     /// backup transport, suspend `failed`/`failed-final`, or suspend an ordered port), in
     /// one transaction with a fixed number of statements.
