@@ -391,20 +391,20 @@ async fn forward_to(
     // claims reclaimed by another), it must not forward them late
     let claimed_as = shared.instance_id();
     let started = Instant::now();
-    let accepted = loop {
-        let give_up = NotSent {
-            links: &shared.forward_links,
-            stream: &stream,
-            sent: &sent,
-        };
-        if shared.instance_id() != claimed_as {
-            let reason = "this instance was declared dead; its claims moved on";
-            return give_up.fail(&mut forget, outcomes, reason);
-        }
-        if fence.is_some_and(|f| !f.allows()) {
-            let reason = "the ordered port's lease moved on before forwarding";
-            return give_up.fail(&mut forget, outcomes, reason);
-        }
+    let give_up = NotSent {
+        links: &shared.forward_links,
+        stream: &stream,
+        sent: &sent,
+    };
+    if shared.instance_id() != claimed_as {
+        let reason = "this instance was declared dead; its claims moved on";
+        return give_up.fail(&mut forget, outcomes, reason);
+    }
+    if fence.is_some_and(|f| !f.allows()) {
+        let reason = "the ordered port's lease moved on before forwarding";
+        return give_up.fail(&mut forget, outcomes, reason);
+    }
+    let accepted = {
         match target
             .accept(
                 &shared.mbx,
@@ -417,7 +417,7 @@ async fn forward_to(
             )
             .await
         {
-            Ok(a) => break a,
+            Ok(a) => a,
             Err(ForwardError::Throttled(why)) => {
                 // "later", not a failure: the claims go back due in a moment, uncounted
                 info!(port = %port.name, %why, "the other group is throttled; trying again later");
