@@ -93,6 +93,8 @@ pub(crate) struct Links {
     identity: Mutex<Option<(Uuid, String)>>,
     awaiting: std::sync::Mutex<HashMap<i64, (Stream, Uuid)>>,
     completed: std::sync::Mutex<HashMap<Stream, Vec<Uuid>>>,
+    /// Where each stream's sweep goes on from (a receipt id in the target).
+    sweep_from: std::sync::Mutex<HashMap<Stream, i64>>,
 }
 
 /// Deliveries just completed here: those that were forwards have receipts the target may
@@ -534,9 +536,8 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
             }
         };
         for port in ports.iter().filter(|p| p.host == shared.config.host) {
-            let addresses = [port.address.as_deref(), port.backup_address.as_deref()];
-            for address in addresses.into_iter().flatten().filter(|a| is_forward(a)) {
-                if let Err(e) = forget_port(&shared, port, address).await {
+            for link in links_of(port) {
+                if let Err(e) = forget_port(&shared, port, &link).await {
                     debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
                 }
             }
@@ -574,17 +575,47 @@ async fn flush_completed(shared: &Shared) {
     }
 }
 
-async fn forget_port(shared: &Shared, port: &SendPort, address: &str) -> Result<(), String> {
-    let to = GroupAddress::parse(address)?;
+/// The links a port may forward through: its address's and backup address's, and for a
+/// dynamic port those its allowed prefixes name (`mbx://LINK/…`).
+fn links_of(port: &SendPort) -> Vec<String> {
+    let mut links: Vec<String> = [port.address.as_deref(), port.backup_address.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(port.allow_address.iter().map(String::as_str))
+        .filter(|a| is_forward(a))
+        .filter_map(|a| {
+            let rest = a.split_once("://")?.1;
+            let link = rest.split('/').next()?;
+            (!link.is_empty()).then(|| link.to_owned())
+        })
+        .collect();
+    links.sort();
+    links.dedup();
+    links
+}
+
+/// One sweep round over a port's receipts in one linked group, from where the last round
+/// stopped (so receipts still held at the front do not hide the rest), starting over once
+/// it reaches the end.
+async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(), String> {
     let (group, _) = shared.forward_links.identity(shared).await?;
-    let (target, _) = shared.forward_links.target(shared, &to.link).await?;
-    let mut after = 0;
+    let (target, _) = shared.forward_links.target(shared, link).await?;
+    let key: Stream = (link.to_owned(), port.name.clone());
+    let mut after = shared
+        .forward_links
+        .sweep_from
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).copied())
+        .unwrap_or(0);
+    let mut reached_end = false;
     for _ in 0..RECEIPTS_PAGES_PER_ROUND {
         let page = target
             .receipts(group, &port.name, after, RECEIPTS_PAGE)
             .await
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last().map(|r| r.0) else {
+            reached_end = true;
             break;
         };
         let ids: Vec<Uuid> = page.iter().map(|r| r.1).collect();
@@ -602,9 +633,13 @@ async fn forget_port(shared: &Shared, port: &SendPort, address: &str) -> Result<
             debug!(port = %port.name, forgotten = n, "receipts cleared in the target group");
         }
         if page.len() < RECEIPTS_PAGE as usize {
+            reached_end = true;
             break;
         }
         after = last;
+    }
+    if let Ok(mut m) = shared.forward_links.sweep_from.lock() {
+        m.insert(key, if reached_end { 0 } else { after });
     }
     Ok(())
 }
