@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use mbx_e2e::{
-    bodies_in, database_url, files_in, messagebox, start_host, wait_for, wait_for_alive,
-    wait_for_empty_spool, Mbx, FAST_HOST,
+    database_url, drop_orders, files_in, messagebox, received_json, start_host, wait_for,
+    wait_for_alive, wait_for_empty_spool, Mbx, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::receive::ReceiveLocationSpec;
@@ -31,24 +31,6 @@ async fn manager_port(mbx: &MessageBox, manager: &str, folder: &Path) {
     )
     .await
     .expect("send port");
-}
-
-/// Drops `count` orders for `manager` into `inbox`; returns their bodies.
-fn drop_orders(inbox: &Path, manager: &str, count: usize) -> BTreeSet<String> {
-    (0..count)
-        .map(|i| {
-            let body = format!(r#"{{"orderId":"{manager}-{i}","managerId":"{manager}","lines":[{{"sku":"S{i}","qty":{}}}]}}"#, i + 1);
-            let name = format!("order-{manager}-{i}.json");
-            let tmp = inbox.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, &body).expect("write");
-            std::fs::rename(&tmp, inbox.join(name)).expect("rename");
-            body
-        })
-        .collect()
-}
-
-fn received(folder: &Path) -> BTreeSet<String> {
-    bodies_in(folder, "json").into_iter().collect()
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -81,9 +63,9 @@ async fn each_order_manager_gets_exactly_its_own_orders(pool: PgPool) {
     manager_port(&mbx, "A", &a).await;
     manager_port(&mbx, "B", &b).await;
 
-    let for_a = drop_orders(&inbox, "A", 20);
-    let for_b = drop_orders(&inbox, "B", 15);
-    let for_c = drop_orders(&inbox, "C", 1);
+    let for_a = drop_orders(&inbox, "A", 0..20);
+    let for_b = drop_orders(&inbox, "B", 0..15);
+    let for_c = drop_orders(&inbox, "C", 0..1);
 
     let routing_failures = Selector {
         kind: Some(Kind::RoutingFailure),
@@ -104,8 +86,16 @@ async fn each_order_manager_gets_exactly_its_own_orders(pool: PgPool) {
     .await;
     assert_eq!(files_in(&a, "json").len(), 20, "manager-a: no duplicates");
     assert_eq!(files_in(&b, "json").len(), 15, "manager-b: no duplicates");
-    assert_eq!(received(&a), for_a, "manager-a gets exactly its own orders");
-    assert_eq!(received(&b), for_b, "manager-b gets exactly its own orders");
+    assert_eq!(
+        received_json(&a),
+        for_a,
+        "manager-a gets exactly its own orders"
+    );
+    assert_eq!(
+        received_json(&b),
+        for_b,
+        "manager-b gets exactly its own orders"
+    );
 
     let items = mbx.suspended_list(&routing_failures).await.expect("list");
     assert_eq!(items.len(), 1, "{items:?}");
@@ -134,7 +124,7 @@ async fn each_order_manager_gets_exactly_its_own_orders(pool: PgPool) {
         1,
         "manager-c gets it exactly once"
     );
-    assert_eq!(received(&c), for_c);
+    assert_eq!(received_json(&c), for_c);
     assert_eq!(
         (files_in(&a, "json").len(), files_in(&b, "json").len()),
         (20, 15),

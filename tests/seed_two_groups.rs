@@ -7,36 +7,16 @@
 //! manager: 0 lost, 0 misrouted, 0 duplicates. And the same through an ordered forwarding
 //! port: in order at the far end.
 
-use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use mbx_e2e::pg_cluster::PgCluster;
 use mbx_e2e::{
-    bodies_in, database_url, files_in, lines_of, messagebox, start_host, wait_for, wait_for_alive,
-    Mbx, FAST_HOST,
+    database_url, drop_orders, files_in, lines_of, messagebox, received_json, start_host, wait_for,
+    wait_for_alive, Mbx, FAST_HOST,
 };
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::{Context, MessageBox, Value};
 use sqlx::PgPool;
-
-/// Drops `count` orders for `manager` into `inbox`, numbered from `from`; their bodies.
-fn drop_orders(inbox: &Path, manager: &str, from: usize, count: usize) -> BTreeSet<String> {
-    (from..from + count)
-        .map(|i| {
-            let body = format!(r#"{{"orderId":"{manager}-{i}","managerId":"{manager}"}}"#);
-            let name = format!("order-{manager}-{i}.json");
-            let tmp = inbox.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, &body).expect("write");
-            std::fs::rename(&tmp, inbox.join(name)).expect("rename");
-            body
-        })
-        .collect()
-}
-
-fn received(folder: &Path) -> BTreeSet<String> {
-    bodies_in(folder, "json").into_iter().collect()
-}
 
 /// The manager group: a private cluster (so it can be restarted), initialised as group
 /// `managers`.
@@ -120,8 +100,8 @@ async fn manager_b_moves_to_another_group_by_configuration_alone(pool: PgPool) {
     wait_for_alive(&broker, 2).await;
     wait_for_alive(&managers, 1).await;
 
-    let mut for_a = drop_orders(&inbox, "A", 0, 20);
-    let mut for_b = drop_orders(&inbox, "B", 0, 20);
+    let mut for_a = drop_orders(&inbox, "A", 0..20);
+    let mut for_b = drop_orders(&inbox, "B", 0..20);
     wait_for(
         "phase 1 delivered in the broker group",
         Duration::from_secs(60),
@@ -134,7 +114,7 @@ async fn manager_b_moves_to_another_group_by_configuration_alone(pool: PgPool) {
     let f = file.to_str().unwrap().to_owned();
     cli.ok(&["export", "--application", "manager-b", "-f", &f]);
     cli.ok(&["send-port", "stop", "manager-b"]);
-    for_b.extend(drop_orders(&inbox, "B", 20, 30)); // a backlog for manager B
+    for_b.extend(drop_orders(&inbox, "B", 20..50)); // a backlog for manager B
     let applied = there.ok(&["apply", "-f", &f]);
     assert!(
         applied.contains("create receive port 'from-broker'")
@@ -176,8 +156,8 @@ async fn manager_b_moves_to_another_group_by_configuration_alone(pool: PgPool) {
     cli.ok(&["send-port", "start", "manager-b"]);
 
     // more orders while the forwarding host dies and the manager group's server restarts
-    for_a.extend(drop_orders(&inbox, "A", 20, 40));
-    for_b.extend(drop_orders(&inbox, "B", 50, 60));
+    for_a.extend(drop_orders(&inbox, "A", 20..60));
+    for_b.extend(drop_orders(&inbox, "B", 50..110));
     wait_for("some forwarded", Duration::from_secs(60), || async {
         files_in(&b, "json").len() > 25
     })
@@ -189,7 +169,7 @@ async fn manager_b_moves_to_another_group_by_configuration_alone(pool: PgPool) {
         cluster.start_again();
         cluster
     });
-    for_b.extend(drop_orders(&inbox, "B", 110, 20));
+    for_b.extend(drop_orders(&inbox, "B", 110..130));
     let cluster = server.await.expect("restart");
     brokers.push(start_host(&url, FAST_HOST));
 
@@ -206,9 +186,13 @@ async fn manager_b_moves_to_another_group_by_configuration_alone(pool: PgPool) {
         matches!((s, t), (Ok(s), Ok(t)) if s.spool_messages == 0 && t.spool_messages == 0)
     })
     .await;
-    assert_eq!(received(&a), for_a, "manager A: exactly its own orders");
     assert_eq!(
-        received(&b),
+        received_json(&a),
+        for_a,
+        "manager A: exactly its own orders"
+    );
+    assert_eq!(
+        received_json(&b),
         for_b,
         "manager B: exactly its own orders, across the move"
     );

@@ -517,3 +517,30 @@ async fn drop_database(name: &str) {
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }
+
+/// The seed's orders: drops orders `numbers` for `manager` into `inbox` (written under a
+/// temporary name, then renamed); returns their bodies.
+pub fn drop_orders(
+    inbox: &Path,
+    manager: &str,
+    numbers: std::ops::Range<usize>,
+) -> std::collections::BTreeSet<String> {
+    numbers
+        .map(|i| {
+            let body = format!(
+                r#"{{"orderId":"{manager}-{i}","managerId":"{manager}","lines":[{{"sku":"S{i}","qty":{}}}]}}"#,
+                i + 1
+            );
+            let name = format!("order-{manager}-{i}.json");
+            let tmp = inbox.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, &body).expect("write");
+            std::fs::rename(&tmp, inbox.join(name)).expect("rename");
+            body
+        })
+        .collect()
+}
+
+/// The bodies of the `.json` files in `folder`, as a set.
+pub fn received_json(folder: &Path) -> std::collections::BTreeSet<String> {
+    bodies_in(folder, "json").into_iter().collect()
+}
