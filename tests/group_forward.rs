@@ -705,3 +705,83 @@ async fn a_throttled_group_is_tried_again_later_never_failed(pool: PgPool) {
     managers.drop_database().await;
     result
 }
+
+/// The accept and the forget find receipts by the ids they are given, however many
+/// receipts of the port the target holds (24 h of forgotten ones at full speed): counted in
+/// the tuples the session reads, with the generic plans PL/pgSQL settles on after five calls
+/// of a session, made before autovacuum first analyzes the inbox (a new group).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_accept_reads_the_receipts_it_is_given_not_the_whole_inbox(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    mbx.receive_port_create("in", false).await.unwrap();
+    let source = Uuid::new_v4();
+    let mut conn = pool.acquire().await.unwrap();
+    for setup in [
+        "ALTER TABLE forward_inbox SET (autovacuum_enabled = false)",
+        "SET plan_cache_mode = force_generic_plan",
+    ] {
+        sqlx::query(setup).execute(&mut *conn).await.unwrap();
+    }
+    // 20,000 forgotten receipts of the same port, as a day of forwarding leaves them
+    sqlx::query(
+        "INSERT INTO forward_inbox (source_group, source_group_name, send_port, source_message_id,
+                                    message_id, receive_port, published, forgotten_at)
+         SELECT $1, 'broker', 'p', gen_random_uuid(), gen_random_uuid(), 'in', true, now()
+           FROM generate_series(1, 20000)",
+    )
+    .bind(source)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let accept = "WITH b AS (
+                    SELECT array_agg(gen_random_uuid()) s, array_agg(gen_random_uuid()) m,
+                           array_agg('text/plain'::text) ct, array_agg('{}'::jsonb) cx,
+                           array_agg('x'::bytea) bo, array_agg(1::int8) sz
+                      FROM generate_series(1, 500))
+                  SELECT count(*) FROM b, mbx_forward_accept($1, 'broker', 'p', 'in', NULL, NULL,
+                      b.s, b.m, b.ct, b.cx, b.bo, b.sz,
+                      ARRAY(SELECT gen_random_uuid() FROM generate_series(1, 500)))";
+    let forget = "SELECT mbx_forward_forget($1, 'p',
+                      ARRAY(SELECT gen_random_uuid() FROM generate_series(1, 500)))";
+    // what the session read of the inbox so far, flushed to the statistics
+    let tuples_read = || async {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+               FROM pg_stat_user_tables WHERE relname = 'forward_inbox'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+    };
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+    let before = tuples_read().await;
+    // (the accepts queue 5,000 behind the receipts: not enough to throttle)
+    for _ in 0..10 {
+        let n: i64 = sqlx::query_scalar(accept)
+            .bind(source)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 500);
+        sqlx::query(forget)
+            .bind(source)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+    let read = tuples_read().await - before;
+    assert!(
+        read < 2_000,
+        "10 accepts and forgets of 500 ids each read {read} inbox tuples: they scan the port's receipts"
+    );
+}
