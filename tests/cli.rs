@@ -161,6 +161,7 @@ async fn a_new_user_routes_a_message_and_resumes_a_routing_failure(pool: PgPool)
 async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
     let mbx = init(&pool);
     mbx.ok(&["property", "create", "Order.Amount", "--type", "integer"]);
+    mbx.ok(&["receive-port", "create", "orders"]);
     mbx.ok(&[
         "send-port",
         "create",
@@ -294,14 +295,61 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
                 "create",
                 "a",
                 "--address",
-                "http://127.0.0.1:1/q",
+                "file:///t/%MessageID%.xml",
                 "--solicit-response",
             ],
-            "--solicit-response: not available yet",
+            "--address: 'file:///t/%MessageID%.xml' cannot answer a solicit-response port",
         ),
         (
-            &["receive-port", "create", "rr", "--two-way"],
-            "--two-way: not available yet",
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "http://127.0.0.1:1/q",
+                "--solicit-response",
+                "--ordered",
+            ],
+            "--solicit-response: not available on an ordered port",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "http://127.0.0.1:1/q",
+                "--set",
+                "reply_statuses=4xx",
+            ],
+            "--set reply_statuses: only a --solicit-response port",
+        ),
+        (
+            &[
+                "send-port",
+                "create",
+                "a",
+                "--address",
+                "http://127.0.0.1:1/q",
+                "--solicit-response",
+                "--set",
+                "copy_properties=Order",
+            ],
+            "copy_properties",
+        ),
+        (
+            &[
+                "receive-location",
+                "create",
+                "in",
+                "--port",
+                "orders",
+                "--address",
+                "http:///orders",
+                "--set",
+                "timeout=5s",
+            ],
+            "--set timeout: receive port 'orders' is one-way",
         ),
         (
             &[

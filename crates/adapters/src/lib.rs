@@ -78,6 +78,9 @@ pub struct OutboundMessage {
     /// On an ordered port: whether its owner may still act (see [`Fence`]); `None` on an
     /// unordered port.
     pub fence: Option<Fence>,
+    /// A solicit-response port: the adapter reports the endpoint's answer
+    /// ([`Outcome::Responded`]) instead of only confirming the send.
+    pub solicit_response: bool,
 }
 
 /// Whether the owner of an ordered port may still act on its endpoint: true while it
@@ -117,7 +120,23 @@ pub enum Outcome {
     /// principle (bad macro value, address outside the folder, invalid header value): the
     /// engine suspends it `failed-final` at once.
     Failed { error: String, retryable: bool },
+    /// The endpoint took the message and answered (a solicit-response port): the engine
+    /// publishes the answer and completes the delivery in one transaction.
+    Responded(Box<Response>),
 }
+
+/// An endpoint's answer to a solicit-response send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The adapter's status code (HTTP: the response status), as `http.StatusCode`.
+    pub status: u16,
+    pub content_type: String,
+    pub body: bytes::Bytes,
+}
+
+/// The longest response body a solicit-response send reads (a larger one is a
+/// non-retryable failure naming the limit).
+pub const RESPONSE_BODY_MAX_BYTES: usize = 100 * 1024 * 1024;
 
 impl Outcome {
     /// A failure from a typed error and its classification.
@@ -128,8 +147,9 @@ impl Outcome {
         }
     }
 
+    /// The endpoint has the message (with or without an answer).
     pub fn is_delivered(&self) -> bool {
-        matches!(self, Outcome::Delivered)
+        matches!(self, Outcome::Delivered | Outcome::Responded(_))
     }
 }
 

@@ -131,3 +131,23 @@ pub(crate) fn get_duration(
     }
     Ok(d)
 }
+
+/// The setting of a solicit-response port naming the request's properties its response
+/// carries too (`copy_properties=Order.Id,Order.Region`; none by default).
+pub const COPY_PROPERTIES: &str = "copy_properties";
+
+/// The property names of `copy_properties`, each checked as a property name.
+pub fn copy_properties(settings: &Settings) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = settings.get(COPY_PROPERTIES) else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            mbx_vocabulary::validate_property_name(p)
+                .map(|()| p.to_owned())
+                .map_err(|e| ConfigError::setting(COPY_PROPERTIES, raw, e))
+        })
+        .collect()
+}

@@ -106,16 +106,10 @@ fn read(path: &Path) -> Result<(String, Bindings)> {
         crate::validate::receive_location(&l.spec(name))
             .map_err(|e| at_line(path, &text, "receive_locations", name, e))?;
     }
-    for (name, p) in &doc.receive_ports {
-        if p.two_way {
-            return Err(at_line(
-                path,
-                &text,
-                "receive_ports",
-                name,
-                "two_way: not available yet (two-way receive is not built in this version)",
-            )
-            .into());
+    for (name, l) in &doc.receive_locations {
+        if let Some(port) = doc.receive_ports.get(&l.port) {
+            crate::validate::two_way_settings(&l.spec(name), port.two_way)
+                .map_err(|e| at_line(path, &text, "receive_locations", name, e))?;
         }
     }
     Ok((text, doc))

@@ -327,8 +327,12 @@ pub struct SendPortCreate {
     /// Tracking level: off, failures, all (default: the host's).
     #[arg(long)]
     pub tracking: Option<String>,
-    /// Publish the endpoint's response. Not available yet: refused until solicit-response
-    /// ports are built.
+    /// Solicit-response (HTTP): publish the endpoint's answer as a message, in the
+    /// transaction that completes the request (context: mbx.CorrelationToken,
+    /// mbx.IsSolicitResponse, mbx.SendPortName, http.StatusCode, and the request's
+    /// properties named by `--set copy_properties=A.B,C.D`); it goes to a waiting two-way
+    /// client and to subscribers, never back to this port. A 4xx is a failure unless
+    /// `--set reply_statuses=4xx`.
     #[arg(long)]
     pub solicit_response: bool,
     /// Adapter setting KEY=VALUE (repeatable).
@@ -413,7 +417,7 @@ pub struct SendPortUpdate {
     /// off, failures, all, or host (the host's level).
     #[arg(long)]
     pub tracking: Option<String>,
-    /// Not available yet: refused until solicit-response ports are built.
+    /// Solicit-response on or off (`--solicit-response false`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub solicit_response: Option<bool>,
     #[command(flatten)]
@@ -673,11 +677,14 @@ pub enum SuspendedCommand {
 #[derive(Subcommand, Debug)]
 pub enum ReceivePortCommand {
     /// Create a receive port.
-    #[command(after_help = "Example:\n  mbx receive-port create orders")]
+    #[command(
+        after_help = "Examples:\n  mbx receive-port create orders\n  mbx receive-port create quotes --two-way"
+    )]
     Create {
         name: String,
-        /// Request-response: the sender waits for a reply. Not available yet: refused until
-        /// two-way receive is built.
+        /// Request-response: an HTTP client waits for the reply — the first message
+        /// published with its request's mbx.CorrelationToken (e.g. a solicit-response
+        /// port's response) — or gets 504 after its location's `--set timeout=30s`.
         #[arg(long)]
         two_way: bool,
         /// The application it belongs to (bindings as code).

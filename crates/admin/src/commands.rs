@@ -436,7 +436,6 @@ async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -
             two_way,
             application,
         } => {
-            not_built("--two-way", two_way, "two-way (request-response) receive")?;
             mbx.receive_port_create_in(&name, two_way, &application)
                 .await?;
             let kind = if two_way { "two-way" } else { "one-way" };
@@ -488,6 +487,14 @@ async fn receive_location(
                 application: a.application.clone(),
             };
             crate::validate::receive_location(&spec)?;
+            if let Some(port) = mbx
+                .receive_port_list()
+                .await?
+                .into_iter()
+                .find(|p| p.name == spec.port)
+            {
+                crate::validate::two_way_settings(&spec, port.two_way)?;
+            }
             let loc = mbx.receive_location_create(&spec).await?;
             if json_out {
                 return output::json(&loc);
@@ -557,11 +564,6 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
     match c {
         SendPortCommand::Create(a) => {
             not_built("--route-failed", a.route_failed, "failed-message routing")?;
-            not_built(
-                "--solicit-response",
-                a.solicit_response,
-                "solicit-response send ports",
-            )?;
             let settings = key_values("--set", &a.set, "append=true")?;
             let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
                 Usage(format!(

@@ -46,11 +46,6 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
         a.route_failed == Some(true),
         "failed-message routing",
     )?;
-    not_built(
-        "--solicit-response",
-        a.solicit_response == Some(true),
-        "solicit-response send ports",
-    )?;
     let set = key_values("--set", &a.more.set, "append=true")?;
     let backoff: Option<Backoff> = a
         .retry_backoff

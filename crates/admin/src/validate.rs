@@ -53,6 +53,56 @@ pub fn send_port(spec: &SendPortSpec) -> Result<(), Usage> {
     for prefix in &spec.allow_address {
         mbx_adapters::Scheme::of_address(prefix).map_err(|e| refused("--allow-address", e))?;
     }
+    solicit_response(spec)
+}
+
+/// A solicit-response port sends only through adapters that return an answer, and is not
+/// ordered (yet); its settings `reply_statuses` and `copy_properties` mean nothing on a
+/// one-way port and are refused there.
+fn solicit_response(spec: &SendPortSpec) -> Result<(), Usage> {
+    use mbx_adapters::settings::COPY_PROPERTIES;
+    const REPLY_STATUSES: &str = mbx_adapters::http::config::REPLY_STATUSES;
+    if !spec.solicit_response {
+        for key in [REPLY_STATUSES, COPY_PROPERTIES] {
+            if spec.settings.contains_key(key) {
+                return Err(Usage(format!(
+                    "--set {key}: only a --solicit-response port publishes a response; add --solicit-response or drop {key}"
+                )));
+            }
+        }
+        return Ok(());
+    }
+    if spec.ordered {
+        return Err(Usage(
+            "--solicit-response: not available on an ordered port in this version; drop --ordered or --solicit-response".into(),
+        ));
+    }
+    let answers = |a: &str| a.starts_with("http://") || a.starts_with("https://");
+    let addresses = spec
+        .address
+        .iter()
+        .map(|a| ("--address", a))
+        .chain(spec.backup_address.iter().map(|a| ("--backup-address", a)))
+        .chain(spec.allow_address.iter().map(|a| ("--allow-address", a)));
+    for (flag, address) in addresses {
+        if !answers(address) {
+            return Err(Usage(format!(
+                "{flag}: '{address}' cannot answer a solicit-response port: only http:// and https:// return a response in this version"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `timeout` of an HTTP receive location holds a client for its reply: only on a two-way
+/// receive port.
+pub fn two_way_settings(spec: &ReceiveLocationSpec, two_way: bool) -> Result<(), Usage> {
+    if !two_way && spec.settings.contains_key("timeout") {
+        return Err(Usage(format!(
+            "--set timeout: receive port '{}' is one-way (answered 202 at once); timeout applies to a port created with --two-way",
+            spec.port
+        )));
+    }
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use mbx_adapters::{
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::{ClaimLimits, ClaimedDelivery, Failure};
+use mbx_messagebox::publish::{NewMessage, Publisher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
@@ -112,13 +113,13 @@ pub(crate) async fn port_loop(
             Ok(batch) if !batch.is_empty() => {
                 debug!(port = %port.name, claimed = batch.len(),
                        claim_ms = claim_started.elapsed().as_millis() as u64, "claimed");
-                let (delivered, failures) = send_batch(&shared, &port, batch).await;
+                let sent = send_batch(&shared, &port, batch).await;
                 while recording.len() >= COMPLETIONS_IN_FLIGHT {
                     recording.join_next().await;
                 }
                 let (shared, port) = (shared.clone(), port.clone());
                 recording.spawn(async move {
-                    record(&shared, &port, instance, delivered, failures).await;
+                    record(&shared, &port, instance, sent).await;
                     drop(in_flight);
                 });
                 continue;
@@ -319,6 +320,8 @@ async fn outbound(
         content_type: d.content_type.clone(),
         context: adapter_context(d),
         fence: fence.cloned(),
+        // an ordered port is never solicit-response (refused at creation)
+        solicit_response: port.solicit_response && !port.ordered,
     };
     Ok((adapter, message))
 }
@@ -408,12 +411,21 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What sending a claimed batch came to.
+#[derive(Default)]
+struct Sent {
+    /// Confirmed by the endpoint: to complete.
+    delivered: Vec<(i64, Uuid)>,
+    failures: Vec<Failure>,
+    /// A solicit-response port's responses, by delivery id: published in the transaction
+    /// that completes their deliveries.
+    responses: HashMap<i64, NewMessage>,
+    /// Answers to waiting clients whose requests failed for good here.
+    faults: Vec<NewMessage>,
+}
+
 /// Sends a claimed batch; returns what to complete and what to fail.
-async fn send_batch(
-    shared: &Shared,
-    port: &SendPort,
-    batch: Vec<ClaimedDelivery>,
-) -> (Vec<(i64, Uuid)>, Vec<Failure>) {
+async fn send_batch(shared: &Shared, port: &SendPort, batch: Vec<ClaimedDelivery>) -> Sent {
     let started = Instant::now();
     let tokens: HashMap<i64, Uuid> = batch
         .iter()
@@ -424,24 +436,38 @@ async fn send_batch(
         .map(|d| (d.delivery_id, d.published_at))
         .collect();
     let (mut outcomes, _) = send_all(shared, port, &batch, None).await;
-    let mut delivered = Vec::new();
-    let mut failures = Vec::new();
+    let mut sent = Sent::default();
+    let (delivered, failures) = (&mut sent.delivered, &mut sent.failures);
     for (id, token) in &tokens {
         match outcomes.remove(id) {
-            Some(Outcome::Delivered) => {
+            Some(outcome @ (Outcome::Delivered | Outcome::Responded(_))) => {
                 if let Some(at) = published.get(id) {
                     observe_latency(port, *at);
+                }
+                if let Outcome::Responded(response) = outcome {
+                    if let Some(d) = batch.iter().find(|d| d.delivery_id == *id) {
+                        sent.responses
+                            .insert(*id, crate::solicit::response_message(port, d, *response));
+                    }
                 }
                 delivered.push((*id, *token))
             }
             // given back for later already (another group is throttled): not an attempt
             Some(Outcome::Failed { error, .. }) if error == crate::forward::POSTPONED => {}
-            Some(Outcome::Failed { error, retryable }) => failures.push(Failure {
-                delivery_id: *id,
-                claim_token: *token,
-                error,
-                retryable,
-            }),
+            Some(Outcome::Failed { error, retryable }) => {
+                if port.solicit_response && !retryable {
+                    if let Some(d) = batch.iter().find(|d| d.delivery_id == *id) {
+                        sent.faults
+                            .extend(crate::solicit::fault_message(port, d, &error));
+                    }
+                }
+                failures.push(Failure {
+                    delivery_id: *id,
+                    claim_token: *token,
+                    error,
+                    retryable,
+                })
+            }
             None => failures.push(Failure {
                 delivery_id: *id,
                 claim_token: *token,
@@ -452,7 +478,7 @@ async fn send_batch(
     }
     let labels = [("port", port.name.clone())];
     metrics::histogram!("mbx_send_batch_seconds", &labels).record(started.elapsed().as_secs_f64());
-    (delivered, failures)
+    sent
 }
 
 /// Publish → endpoint confirmed, per port (the publish transaction's start on the database
@@ -466,21 +492,47 @@ fn observe_latency(port: &SendPort, published_at: chrono::DateTime<chrono::Utc>)
         .record(latency as f64 / 1e6);
 }
 
-async fn record(
-    shared: &Shared,
-    port: &SendPort,
-    instance: Uuid,
-    delivered: Vec<(i64, Uuid)>,
-    failures: Vec<Failure>,
-) {
+async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sent: Sent) {
+    let Sent {
+        delivered,
+        failures,
+        responses,
+        faults,
+    } = sent;
     let labels = [("port", port.name.clone())];
     let started = Instant::now();
+    let publisher = Publisher {
+        host_id: Some(shared.host_id),
+        ..Publisher::default()
+    };
     let recorded = retry_db(shared, &port.name, "recording outcomes", || async {
-        let done = shared.mbx.deliveries_complete(instance, &delivered).await?;
+        let done = if responses.is_empty() {
+            shared.mbx.deliveries_complete(instance, &delivered).await?
+        } else {
+            let (done, published) = shared
+                .mbx
+                .deliveries_complete_with_responses(
+                    instance,
+                    &delivered,
+                    &publisher,
+                    responses.clone(),
+                )
+                .await?;
+            crate::solicit::observe_published(port, &published);
+            done
+        };
         let report = shared.mbx.deliveries_fail(instance, &failures).await?;
         Ok((done, report))
     })
     .await;
+    if !faults.is_empty() && recorded.is_some() {
+        match shared.mbx.publish(&publisher, faults).await {
+            Ok(published) => crate::solicit::observe_published(port, &published),
+            Err(e) => {
+                warn!(port = %port.name, error = %e, "cannot answer waiting clients whose requests failed (they time out)")
+            }
+        }
+    }
     if let Some((done, report)) = recorded {
         crate::forward::completed(shared, &done);
         let done = done.len();
@@ -675,7 +727,8 @@ async fn own_ordered_port(
                 sent_together = Some((outcomes, checkpoints));
             }
             match outcome {
-                Outcome::Delivered => {
+                // (Responded only on a solicit-response port, never ordered)
+                Outcome::Delivered | Outcome::Responded(_) => {
                     observe_latency(port, d.published_at);
                     pending.push((d.delivery_id, d.claim_token));
                     if let Some(c) = checkpoint_of_d {
@@ -705,7 +758,11 @@ async fn own_ordered_port(
                         error,
                         retryable,
                     };
-                    record(shared, port, instance, Vec::new(), vec![failure]).await;
+                    let sent = Sent {
+                        failures: vec![failure],
+                        ..Sent::default()
+                    };
+                    record(shared, port, instance, sent).await;
                     continue 'owner;
                 }
             }

@@ -14,10 +14,14 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use std::time::Duration;
+
 use mbx_adapters::{system, InboundMessage, MessageContext, Submitter};
+use mbx_messagebox::replies::Reply;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use crate::receive::{LocationSubmitter, Requested};
 use crate::Shared;
 
 /// Seconds a client is told to wait before retrying a 503.
@@ -32,7 +36,9 @@ pub(crate) struct Route {
     pub max_bytes: u64,
     /// The expected bearer token, resolved from an `env:`/`file:` reference.
     pub token: Option<String>,
-    pub submitter: Arc<dyn Submitter>,
+    /// A two-way location: how long a client is held for its reply.
+    pub two_way: Option<Duration>,
+    pub submitter: Arc<LocationSubmitter>,
 }
 
 /// The routes of this instance's HTTP receive locations, by listener and path: an
@@ -230,6 +236,9 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
         properties,
         source_id,
     };
+    if let Some(timeout) = route.two_way {
+        return request_response(&shared, &route, message, timeout).await;
+    }
     match route.submitter.submit(vec![message]).await {
         // a repeat of an Idempotency-Key already published is accepted again, not twice
         Ok(_) => plain(StatusCode::ACCEPTED, "accepted".into()),
@@ -245,5 +254,85 @@ fn unavailable(why: &str) -> Response {
     let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    r
+}
+
+/// A two-way receive: publishes the request with a fresh correlation token and holds the
+/// client until the first message carrying that token arrives (its status from
+/// `http.StatusCode`, 200 without one; its content type and body), or `timeout` passes
+/// (504: the request stays in the MessageBox, traceable by its id).
+async fn request_response(
+    shared: &Arc<Shared>,
+    route: &Route,
+    message: InboundMessage,
+    timeout: Duration,
+) -> Response {
+    let token = uuid::Uuid::new_v4().to_string();
+    // waiting before the publish commits: a reply may come at once
+    let mut client = shared.waiting.register(token.clone(), shared.clone());
+    let requested = route
+        .submitter
+        .request(message, &token, shared.instance_id())
+        .await;
+    let message_id = match requested {
+        Ok(Requested::Published(id)) => id,
+        Ok(Requested::Failed(reason)) => {
+            return plain(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not published (kept as a receive failure): {reason}"),
+            )
+        }
+        Err(e) => {
+            warn!(location = %route.location, error = %e, "HTTP receive could not publish");
+            return unavailable("the MessageBox cannot take the message now; retry");
+        }
+    };
+    match client.reply(timeout).await {
+        Some(reply) => answer(reply),
+        None => {
+            metrics::counter!("mbx_request_timeouts_total", "location" => route.location.clone())
+                .increment(1);
+            let detail = format!(
+                "two-way receive location '{}' answered its client 504: no response within {}",
+                route.location,
+                humantime::format_duration(timeout)
+            );
+            if let Err(e) = shared
+                .mbx
+                .request_timed_out(message_id, shared.host_id, &detail)
+                .await
+            {
+                warn!(%message_id, error = %e, "cannot record a request's timeout");
+            }
+            let mut r = plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "no response within {}; the request is message {message_id} (`mbx track {message_id}`)",
+                    humantime::format_duration(timeout)
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&message_id.to_string()) {
+                r.headers_mut().insert("mbx-message-id", v);
+            }
+            r
+        }
+    }
+}
+
+/// The HTTP answer a reply makes.
+fn answer(reply: Reply) -> Response {
+    let status = reply
+        .context
+        .get(crate::solicit::STATUS_CODE)
+        .and_then(|p| p.value.to_plain_string().parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut r = (status, reply.body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&reply.content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&reply.message_id.to_string()) {
+        r.headers_mut().insert("mbx-message-id", v);
+    }
     r
 }

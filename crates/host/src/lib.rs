@@ -12,6 +12,8 @@
 //!   loops within milliseconds of a publish (polling remains the fallback);
 //! - one delivery loop per started port: claim a batch → send adapter → complete / fail;
 //! - one receive runner per enabled location: adapter → pipeline → publish → acknowledge;
+//! - the reply task: hands the replies routed to this instance (LISTEN `mbx_reply`) to the
+//!   two-way receive clients waiting for them;
 //! - maintenance, and the admin listener (`/healthz`, `/readyz`, `/metrics`).
 
 mod admin;
@@ -22,6 +24,8 @@ mod http_server;
 mod lease;
 mod metrics_catalog;
 mod receive;
+mod replies;
+mod solicit;
 mod throttle;
 
 use std::collections::HashMap;
@@ -149,6 +153,8 @@ pub(crate) struct Shared {
     pub forwarded: Notify,
     /// Connections to the groups this instance forwards to.
     pub forward_links: forward::Links,
+    /// Two-way receive's clients waiting for their replies.
+    pub waiting: replies::Waiting,
     /// Becomes true when the instance stops.
     pub stopping: watch::Receiver<bool>,
     /// The HTTP receive locations this instance serves.
@@ -246,6 +252,7 @@ pub async fn run_with_registry(
         config_changed: Notify::new(),
         forwarded: Notify::new(),
         forward_links: Default::default(),
+        waiting: Default::default(),
         stopping: stop_rx,
         http: Default::default(),
         progress: Default::default(),
@@ -273,6 +280,7 @@ pub async fn run_with_registry(
     }
     tasks.push(tokio::spawn(heartbeat_loop(shared.clone(), machine)));
     tasks.push(tokio::spawn(listen_loop(shared.clone())));
+    tasks.push(tokio::spawn(replies::reply_loop(shared.clone())));
     tasks.push(tokio::spawn(maintenance_loop(shared.clone())));
     tasks.push(tokio::spawn(metrics_loop(shared.clone())));
     tasks.push(tokio::spawn(throttle::monitor_loop(shared.clone())));
@@ -571,11 +579,17 @@ async fn listen_loop(shared: Arc<Shared>) {
                 shared.published.notify_waiters();
                 shared.config_changed.notify_one();
                 shared.forwarded.notify_one();
+                shared.waiting.wake.notify_one();
                 loop {
                     match listener.recv().await {
                         Ok(Wakeup::ConfigChanged) => shared.config_changed.notify_one(),
                         Ok(Wakeup::Published) => shared.published.notify_waiters(),
                         Ok(Wakeup::Forwarded) => shared.forwarded.notify_one(),
+                        Ok(Wakeup::Replied(instance)) => {
+                            if instance == shared.instance_id() {
+                                shared.waiting.wake.notify_one();
+                            }
+                        }
                         Err(e) => {
                             warn!(error = %e, "publish listener lost its connection");
                             break;

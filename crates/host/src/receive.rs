@@ -107,9 +107,9 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
                     .bearer_token
                     .map(|r| r.resolve("bearer_token"))
                     .transpose()?;
-                Ok((c.tls, token))
+                Ok((c.tls, token, c.timeout))
             });
-        let (tls, token) = match config {
+        let (tls, token, timeout) = match config {
             Ok(c) => c,
             Err(e) => {
                 report_run(&shared, &loc, Some(&e)).await;
@@ -137,6 +137,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
                 location: loc.name.clone(),
                 max_bytes: u64::try_from(loc.max_message_size).unwrap_or(0),
                 token,
+                two_way: loc.two_way.then_some(timeout),
                 submitter,
             },
         );
@@ -311,7 +312,7 @@ async fn new_body(body: Body) -> Result<NewBody, String> {
 }
 
 /// Publishes what one location receives.
-struct LocationSubmitter {
+pub(crate) struct LocationSubmitter {
     mbx: MessageBox,
     location: ReceiveLocation,
     pipeline: Pipeline,
@@ -440,6 +441,85 @@ impl LocationSubmitter {
     }
 }
 
+/// What became of a two-way receive's request.
+pub(crate) enum Requested {
+    /// Published (its message id): the client waits for the reply.
+    Published(uuid::Uuid),
+    /// Kept as a receive failure (the reason): no reply will come.
+    Failed(String),
+}
+
+impl LocationSubmitter {
+    /// Publishes a two-way receive's request with `mbx.IsRequestResponse=true` and the
+    /// correlation `token`, together with the instance subscription that routes the first
+    /// message carrying `token` back to this instance.
+    pub(crate) async fn request(
+        &self,
+        m: InboundMessage,
+        token: &str,
+        instance: uuid::Uuid,
+    ) -> Result<Requested, SubmitError> {
+        let publisher = self.publisher()?;
+        let read = match (self.pipeline.kind(), &m.body) {
+            (PipelineKind::Passthru, _) => Bytes::new(),
+            (_, Body::Bytes(b)) => b.clone(),
+            (_, body) => body.to_bytes().await.map_err(SubmitError::new)?,
+        };
+        let context = self.context(&m, &read).and_then(|mut c| {
+            c.promote(system::IS_REQUEST_RESPONSE, Value::Boolean(true))
+                .and_then(|()| c.promote(system::CORRELATION_TOKEN, Value::String(token.into())))
+                .map_err(|e| e.to_string())?;
+            Ok(c)
+        });
+        let context = match context {
+            Ok(c) => c,
+            Err(reason) => {
+                let mut context = Context::new();
+                for (name, value) in m.properties.iter() {
+                    let _ = context.write(name, Value::String(value.to_owned()));
+                }
+                let failed = NewMessage {
+                    id: None,
+                    body: new_body(m.body).await.map_err(SubmitError::new)?,
+                    content_type: m.content_type,
+                    context,
+                    source: None,
+                    routing: Default::default(),
+                };
+                warn!(location = %self.location.name, %reason, "receive failure");
+                self.mbx
+                    .suspend_receive_failure(&self.publisher, failed, &reason)
+                    .await
+                    .map_err(|e| SubmitError::new(e.to_string()))?;
+                metrics::counter!("mbx_receive_failures_total", "location" => self.location.name.clone()).increment(1);
+                return Ok(Requested::Failed(reason));
+            }
+        };
+        let message = NewMessage {
+            id: None,
+            body: new_body(m.body).await.map_err(SubmitError::new)?,
+            content_type: m.content_type,
+            context,
+            // a repeated request is a new exchange: its client waits for its own reply
+            source: None,
+            routing: Default::default(),
+        };
+        let published = self
+            .mbx
+            .request_publish(&publisher, message, instance, token)
+            .await
+            .map_err(|e| SubmitError::new(e.to_string()))?;
+        metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
+            .increment(1);
+        Ok(match published {
+            Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
+                Requested::Published(message_id)
+            }
+            Published::Duplicate => Requested::Failed("a duplicate".into()),
+        })
+    }
+}
+
 #[async_trait]
 impl Submitter for LocationSubmitter {
     async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
@@ -477,6 +557,7 @@ impl Submitter for LocationSubmitter {
                         content_type: m.content_type,
                         context,
                         source: m.source_id.map(|s| (self.location.id, s)),
+                        routing: Default::default(),
                     });
                 }
                 Err(reason) => {
@@ -491,6 +572,7 @@ impl Submitter for LocationSubmitter {
                         content_type: m.content_type,
                         context,
                         source: None,
+                        routing: Default::default(),
                     };
                     warn!(location = %self.location.name, %reason, "receive failure");
                     self.mbx

@@ -180,6 +180,9 @@ pub struct SendPortBinding {
     pub backup_retry_interval_s: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<TrackingLevel>,
+    /// Publishes the endpoint's answer (SPEC §5.7).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub solicit_response: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
 }
@@ -234,7 +237,7 @@ impl SendPortBinding {
             backup_retry_interval_s: self.backup_retry_interval_s,
             route_failed: false,
             tracking: self.tracking,
-            solicit_response: false,
+            solicit_response: self.solicit_response,
             settings: self.settings.clone(),
             application: self.application.clone(),
             initial_state: self.state.initial(),
@@ -265,6 +268,7 @@ impl SendPortBinding {
             backup_retry_count: p.backup_retry_count,
             backup_retry_interval_s: p.backup_retry_interval_s,
             tracking,
+            solicit_response: p.solicit_response,
             settings: p.settings.0.clone(),
         }
     }

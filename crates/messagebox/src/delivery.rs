@@ -307,57 +307,31 @@ impl MessageBox {
         done: &[(i64, Uuid)],
         checkpoint: Option<(i64, i64, &str)>,
     ) -> Result<Vec<i64>> {
-        if done.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
-        let tokens: Vec<Uuid> = done.iter().map(|d| d.1).collect();
-        let completed: Vec<i64> = sqlx::query_scalar(
-            "WITH done AS (
-                DELETE FROM deliveries d USING unnest($1::int8[], $2::uuid[]) AS c(id, token)
-                 WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3
-                   AND (d.seq IS NULL OR EXISTS (
-                        SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = 0 AND l.holder = $3
-                           AND l.epoch = d.claim_epoch AND l.expires_at > now()))
-                RETURNING d.id, d.message_id, d.port_id),
-             gone AS (
-                DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM done)
-                   AND NOT EXISTS (SELECT 1 FROM deliveries x
-                                    WHERE x.message_id = m.id AND x.id NOT IN (SELECT id FROM done))
-                   AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
-                RETURNING m.id),
-             cp AS (
-                UPDATE leases l SET checkpoint = $6
-                 WHERE $6::text IS NOT NULL AND l.port_id = $4 AND l.bucket = 0 AND l.holder = $3
-                   AND l.epoch = $5 AND l.expires_at > now() AND EXISTS (SELECT 1 FROM done)),
-             -- the delivered event says where the message came from, so that `mbx track`
-             -- shows it at the default level without a second event per message (every
-             -- part of one statement sees the message row, even the one `gone` deletes)
-             ev AS (
-                INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
-                SELECT done.message_id, 'delivered', done.port_id, $3,
-                       'received from ' || coalesce('location ' || rl.name,
-                           CASE WHEN m.context -> 'mbx.InboundTransportType' -> 'value' ->> 'string' = 'mbx'
-                                THEN 'another group, ' || (m.context -> 'mbx.InboundTransportLocation' -> 'value' ->> 'string')
-                                     || ', on receive port ' || (m.context -> 'mbx.ReceivePortName' -> 'value' ->> 'string') END,
-                           'a publish call')
-                       || coalesce(' (file ' || (m.context -> 'mbx.SourceFileName' -> 'value' ->> 'string') || ')', '')
-                  FROM done
-                  JOIN send_ports p ON p.id = done.port_id JOIN hosts h ON h.id = p.host_id
-                  LEFT JOIN messages m ON m.id = done.message_id
-                  LEFT JOIN receive_locations rl ON rl.id = m.receive_location_id
-                 WHERE coalesce(p.tracking, h.tracking) <> 'off')
-             SELECT id FROM done",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(instance)
-        .bind(checkpoint.map(|c| c.0))
-        .bind(checkpoint.map(|c| c.1))
-        .bind(checkpoint.map(|c| c.2))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(completed)
+        complete_exec(&self.pool, instance, done, checkpoint).await
+    }
+
+    /// Completes the deliveries of a solicit-response port and, in the same transaction,
+    /// publishes the response of each one completed (`responses`: by delivery id; a
+    /// delivery whose claim was reclaimed meanwhile completes nothing and publishes
+    /// nothing — its new holder sends it again). Returns the completed delivery ids and
+    /// what became of each response published.
+    pub async fn deliveries_complete_with_responses(
+        &self,
+        instance: Uuid,
+        done: &[(i64, Uuid)],
+        publisher: &crate::publish::Publisher,
+        mut responses: std::collections::HashMap<i64, crate::publish::NewMessage>,
+    ) -> Result<(Vec<i64>, Vec<crate::publish::Published>)> {
+        let mut tx = self.pool.begin().await?;
+        let completed = complete_exec(&mut *tx, instance, done, None).await?;
+        let messages: Vec<_> = completed
+            .iter()
+            .filter_map(|id| responses.remove(id))
+            .collect();
+        let (outcomes, replies) = self.publish_in(&mut tx, publisher, messages).await?;
+        tx.commit().await?;
+        self.notify_after_publish(&outcomes, &replies).await;
+        Ok((completed, outcomes))
     }
 
     /// Gives back whatever a claim with `token` took (the claim's outcome was unknown to
@@ -651,6 +625,68 @@ pub(crate) fn claimed_deliveries(
 
 /// Longest error text kept per attempt.
 pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
+
+/// The completion statement (see [`MessageBox::deliveries_complete`]), on a pool or in a
+/// transaction.
+async fn complete_exec<'e, E: sqlx::PgExecutor<'e>>(
+    exec: E,
+    instance: Uuid,
+    done: &[(i64, Uuid)],
+    checkpoint: Option<(i64, i64, &str)>,
+) -> Result<Vec<i64>> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
+    let tokens: Vec<Uuid> = done.iter().map(|d| d.1).collect();
+    let completed: Vec<i64> = sqlx::query_scalar(
+        "WITH done AS (
+            DELETE FROM deliveries d USING unnest($1::int8[], $2::uuid[]) AS c(id, token)
+             WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3
+               AND (d.seq IS NULL OR EXISTS (
+                    SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = 0 AND l.holder = $3
+                       AND l.epoch = d.claim_epoch AND l.expires_at > now()))
+            RETURNING d.id, d.message_id, d.port_id),
+         gone AS (
+            DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM done)
+               AND NOT EXISTS (SELECT 1 FROM deliveries x
+                                WHERE x.message_id = m.id AND x.id NOT IN (SELECT id FROM done))
+               AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
+               AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
+            RETURNING m.id),
+         cp AS (
+            UPDATE leases l SET checkpoint = $6
+             WHERE $6::text IS NOT NULL AND l.port_id = $4 AND l.bucket = 0 AND l.holder = $3
+               AND l.epoch = $5 AND l.expires_at > now() AND EXISTS (SELECT 1 FROM done)),
+         -- the delivered event says where the message came from, so that `mbx track`
+         -- shows it at the default level without a second event per message (every
+         -- part of one statement sees the message row, even the one `gone` deletes)
+         ev AS (
+            INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
+            SELECT done.message_id, 'delivered', done.port_id, $3,
+                   'received from ' || coalesce('location ' || rl.name,
+                       CASE WHEN m.context -> 'mbx.InboundTransportType' -> 'value' ->> 'string' = 'mbx'
+                            THEN 'another group, ' || (m.context -> 'mbx.InboundTransportLocation' -> 'value' ->> 'string')
+                                 || ', on receive port ' || (m.context -> 'mbx.ReceivePortName' -> 'value' ->> 'string') END,
+                       'a publish call')
+                   || coalesce(' (file ' || (m.context -> 'mbx.SourceFileName' -> 'value' ->> 'string') || ')', '')
+              FROM done
+              JOIN send_ports p ON p.id = done.port_id JOIN hosts h ON h.id = p.host_id
+              LEFT JOIN messages m ON m.id = done.message_id
+              LEFT JOIN receive_locations rl ON rl.id = m.receive_location_id
+             WHERE coalesce(p.tracking, h.tracking) <> 'off')
+         SELECT id FROM done",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(instance)
+    .bind(checkpoint.map(|c| c.0))
+    .bind(checkpoint.map(|c| c.1))
+    .bind(checkpoint.map(|c| c.2))
+    .fetch_all(exec)
+    .await?;
+    Ok(completed)
+}
 
 fn truncate_error(e: &str) -> String {
     crate::truncate_utf8(e, ERROR_TEXT_MAX_BYTES)

@@ -649,10 +649,11 @@ impl MessageBox {
                 content_type,
                 context,
                 source: None,
+                routing: Default::default(),
             });
         }
         let n = messages.len();
-        let outcomes = self.publish_in(&mut tx, publisher, messages).await?;
+        let (outcomes, replies) = self.publish_in(&mut tx, publisher, messages).await?;
         let ids: Vec<Uuid> = received.iter().map(|r| r.0).collect();
         let details: Vec<&str> = received.iter().map(|r| r.1.as_str()).collect();
         sqlx::query(
@@ -673,12 +674,7 @@ impl MessageBox {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, crate::publish::Published::Routed { .. }))
-        {
-            self.notify_published().await;
-        }
+        self.notify_after_publish(&outcomes, &replies).await;
         Ok(n)
     }
 

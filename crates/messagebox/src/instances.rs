@@ -32,6 +32,8 @@ pub struct Instance {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReclaimReport {
     pub instances_declared_dead: u64,
+    /// Replies routed to a dead instance's waiting clients, suspended with the reason.
+    pub replies_suspended: u64,
     pub deliveries_reclaimed: u64,
     pub poison_suspended: u64,
 }
@@ -164,8 +166,10 @@ impl MessageBox {
             crate::suspended::suspend_deliveries(&mut tx, &poison, &kinds, &errors, None, false)
                 .await?;
         }
+        let replies_suspended = crate::replies::reclaim_dead(&mut tx).await?;
         tx.commit().await?;
         Ok(ReclaimReport {
+            replies_suspended,
             instances_declared_dead: dead,
             deliveries_reclaimed: (reclaimed.len() - poison.len()) as u64,
             poison_suspended: poison.len() as u64,

@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod ordered;
 pub mod publish;
 pub mod receive;
+pub mod replies;
 pub mod routing;
 pub mod search;
 pub mod security;
@@ -334,6 +335,8 @@ pub enum Wakeup {
     ConfigChanged,
     /// Another group forwarded messages into this one's inbox.
     Forwarded,
+    /// A reply was routed to the client waiting on instance (the id).
+    Replied(uuid::Uuid),
 }
 
 /// A dedicated connection LISTENing on the publish and configuration channels.
@@ -347,6 +350,10 @@ impl Listener {
         Ok(match n.channel() {
             CONFIG_CHANNEL => Wakeup::ConfigChanged,
             forward::INBOX_CHANNEL => Wakeup::Forwarded,
+            replies::REPLY_CHANNEL => match n.payload().parse() {
+                Ok(instance) => Wakeup::Replied(instance),
+                Err(_) => Wakeup::Published,
+            },
             _ => Wakeup::Published,
         })
     }
@@ -357,7 +364,12 @@ impl MessageBox {
     pub async fn listen(&self) -> Result<Listener> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([PUBLISH_CHANNEL, CONFIG_CHANNEL, forward::INBOX_CHANNEL])
+            .listen_all([
+                PUBLISH_CHANNEL,
+                CONFIG_CHANNEL,
+                forward::INBOX_CHANNEL,
+                replies::REPLY_CHANNEL,
+            ])
             .await?;
         Ok(Listener(listener))
     }

@@ -54,6 +54,7 @@ impl MessageBox {
                      WHERE m.published_at < now() - interval '1 minute'
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
                        AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
+                       AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
                      LIMIT $1 FOR UPDATE SKIP LOCKED)",
             )
             .bind(batch)

@@ -99,6 +99,22 @@ pub struct NewMessage {
     pub context: Context,
     /// Idempotent receive: (receive location id, source id).
     pub source: Option<(i64, String)>,
+    /// Where it may go (all subscribers, unless it is a response or a fault).
+    pub routing: Routing,
+}
+
+/// Where a published message may be routed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// Every matching subscriber, and a client waiting for its correlation token.
+    #[default]
+    All,
+    /// A solicit-response port's response: never routed back to the port (this id) that
+    /// produced it, whatever its filter says.
+    NotToPort(i64),
+    /// Only the client waiting for its correlation token (a failed solicit-response's
+    /// answer to that client); with no client waiting, a routing failure.
+    ReplyOnly,
 }
 
 impl NewMessage {
@@ -109,6 +125,7 @@ impl NewMessage {
             content_type: content_type.to_owned(),
             context,
             source: None,
+            routing: Routing::All,
         }
     }
 }
@@ -152,28 +169,38 @@ impl MessageBox {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Published>> {
         let mut tx = self.pool.begin().await?;
-        let outcomes = self.publish_in(&mut tx, publisher, messages).await?;
+        let (outcomes, replies) = self.publish_in(&mut tx, publisher, messages).await?;
         if let Some(fence) = &publisher.fence {
             check_fence(&mut tx, fence).await?;
         }
         tx.commit().await?;
+        self.notify_after_publish(&outcomes, &replies).await;
+        Ok(outcomes)
+    }
+
+    /// After a publish committed: wakes delivery loops when something was routed, and the
+    /// instances that wait for a reply it carried.
+    pub(crate) async fn notify_after_publish(&self, outcomes: &[Published], replies: &[Uuid]) {
         if outcomes
             .iter()
             .any(|o| matches!(o, Published::Routed { .. }))
         {
             self.notify_published().await;
         }
-        Ok(outcomes)
+        self.notify_replies(replies).await;
     }
 
+    /// Publishes `messages` in `tx`: their outcomes, and the instances an instance
+    /// subscription routed a reply to (to wake with [`MessageBox::notify_replies`] once
+    /// `tx` committed).
     pub(crate) async fn publish_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         publisher: &Publisher,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Published>> {
+    ) -> Result<(Vec<Published>, Vec<Uuid>)> {
         if messages.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let ids: Vec<Uuid> = messages
             .iter()
@@ -205,7 +232,7 @@ impl MessageBox {
             m_bodies.push(inline);
         }
         if m_ids.is_empty() {
-            return Ok(vec![Published::Duplicate; messages.len()]);
+            return Ok((vec![Published::Duplicate; messages.len()], Vec::new()));
         }
         sqlx::query(
             "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
@@ -230,9 +257,17 @@ impl MessageBox {
         let mut routes: Vec<(usize, Vec<RouteTarget>)> = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             if fresh[i] {
-                routes.push((i, table.route(&m.context)));
+                let mut targets = table.route(&m.context);
+                match m.routing {
+                    Routing::All => {}
+                    Routing::NotToPort(port) => targets.retain(|t| t.port_id != port),
+                    Routing::ReplyOnly => targets.clear(),
+                }
+                routes.push((i, targets));
             }
         }
+        // replies to waiting request-response clients (their instance subscriptions)
+        let replied = crate::replies::route_replies(tx, &ids, &messages, &fresh).await?;
 
         // 3. ordered ports: take sequences under the per-port row lock, in port-id order
         let mut ordered_counts: BTreeMap<i64, i64> = BTreeMap::new();
@@ -276,13 +311,14 @@ impl MessageBox {
         let mut failures = Vec::new();
         let mut outcomes = vec![Published::Duplicate; messages.len()];
         for (i, targets) in &routes {
-            if targets.is_empty() {
+            let to_instance = usize::from(replied.contains_key(i));
+            if targets.is_empty() && to_instance == 0 {
                 failures.push(*i);
                 continue;
             }
             outcomes[*i] = Published::Routed {
                 message_id: ids[*i],
-                deliveries: targets.len(),
+                deliveries: targets.len() + to_instance,
             };
             for t in targets {
                 d_msg.push(ids[*i]);
@@ -356,7 +392,10 @@ impl MessageBox {
                 }
             }
         }
-        Ok(outcomes)
+        let mut wake: Vec<Uuid> = replied.into_values().collect();
+        wake.sort_unstable();
+        wake.dedup();
+        Ok((outcomes, wake))
     }
 }
 
@@ -390,8 +429,14 @@ async fn check_fence(tx: &mut Transaction<'_, Postgres>, fence: &LocationFence) 
 
 /// The reason recorded for a routing failure: names the promoted properties.
 pub(crate) fn routing_failure_reason(context: &Context) -> String {
+    let late = match crate::replies::reply_token(context) {
+        Some(token) => format!(
+            ", and no client waits for its correlation token {token} any more (it timed out or left, or its instance died)"
+        ),
+        None => String::new(),
+    };
     format!(
-        "no subscriber matched; promoted properties: {}",
+        "no subscriber matched{late}; promoted properties: {}",
         context.promoted_summary()
     )
 }

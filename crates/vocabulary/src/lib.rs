@@ -29,6 +29,13 @@ pub mod system {
     pub const SEND_PORT_NAME: &str = "mbx.SendPortName";
     pub const SEQUENCE: &str = "mbx.Sequence";
     pub const EPOCH: &str = "mbx.Epoch";
+    /// Request-response: the token a waiting two-way receive answers with the first
+    /// message that carries it (SPEC §5.7).
+    pub const CORRELATION_TOKEN: &str = "mbx.CorrelationToken";
+    /// Set on a request published by a two-way receive location.
+    pub const IS_REQUEST_RESPONSE: &str = "mbx.IsRequestResponse";
+    /// Set on a response published by a solicit-response send port.
+    pub const IS_SOLICIT_RESPONSE: &str = "mbx.IsSolicitResponse";
     /// The system namespace: set by the engine and adapters only.
     pub const NAMESPACE: &str = "mbx";
 

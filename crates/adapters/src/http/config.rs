@@ -67,12 +67,19 @@ pub struct HttpSendConfig {
     /// validating constructor as every header: CR, LF and other control characters make
     /// the message fail non-retryably, and nothing is sent.
     pub headers: Vec<(HeaderName, String)>,
+    /// `reply_statuses=4xx` (solicit-response ports): a 4xx answer is the response,
+    /// published as any other, instead of a non-retryable failure.
+    pub reply_4xx: bool,
 }
 
 impl HttpSendConfig {
     pub fn parse(address: &str, settings: &Settings) -> Result<Self, ConfigError> {
         for key in settings.keys() {
-            if !(key == "method" || key == "timeout" || key.starts_with(HTTP_HEADER_SETTING_PREFIX))
+            if !(key == "method"
+                || key == "timeout"
+                || key == REPLY_STATUSES
+                || key == settings::COPY_PROPERTIES
+                || key.starts_with(HTTP_HEADER_SETTING_PREFIX))
             {
                 return Err(ConfigError::UnknownSetting {
                     adapter: "HTTP",
@@ -98,6 +105,17 @@ impl HttpSendConfig {
             Duration::from_millis(HTTP_SEND_TIMEOUT_MIN_MS),
             Duration::from_millis(HTTP_SEND_TIMEOUT_MAX_MS),
         )?;
+        let reply_4xx =
+            match settings.get(REPLY_STATUSES).map(|v| v.trim()) {
+                None => false,
+                Some("4xx") => true,
+                Some(v) => return Err(ConfigError::setting(
+                    REPLY_STATUSES,
+                    v,
+                    "expected 4xx (a 4xx answer is then published as the response, not a failure)",
+                )),
+            };
+        settings::copy_properties(settings)?;
         let mut headers = Vec::new();
         for (key, property) in settings {
             let Some(name) = key.strip_prefix(HTTP_HEADER_SETTING_PREFIX) else {
@@ -133,6 +151,7 @@ impl HttpSendConfig {
             method,
             timeout,
             headers,
+            reply_4xx,
         })
     }
 }
@@ -164,11 +183,28 @@ fn parse_send_url(address: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// The settings an HTTP send port accepts (`header.<Name>` for any header name).
-pub const HTTP_SEND_SETTINGS: &[&str] = &["method", "timeout", "header.<Name>"];
+/// The setting of a solicit-response port that publishes 4xx answers as responses.
+pub const REPLY_STATUSES: &str = "reply_statuses";
 
-/// The settings an HTTP receive location accepts.
-pub const HTTP_RECEIVE_SETTINGS: &[&str] = &["bearer_token"];
+/// The settings an HTTP send port accepts (`header.<Name>` for any header name;
+/// `reply_statuses` and `copy_properties` on solicit-response ports only).
+pub const HTTP_SEND_SETTINGS: &[&str] = &[
+    "method",
+    "timeout",
+    "header.<Name>",
+    REPLY_STATUSES,
+    settings::COPY_PROPERTIES,
+];
+
+/// The settings an HTTP receive location accepts (`timeout` on two-way ports only).
+pub const HTTP_RECEIVE_SETTINGS: &[&str] = &["bearer_token", "timeout"];
+
+/// How long a two-way receive holds its client for the response, unless `timeout` says
+/// otherwise; then 504.
+pub const HTTP_TWO_WAY_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+/// The shortest and longest `timeout` of a two-way receive.
+pub const HTTP_TWO_WAY_TIMEOUT_MIN_MS: u64 = 100;
+pub const HTTP_TWO_WAY_TIMEOUT_MAX_MS: u64 = 600_000;
 
 /// A validated HTTP receive address and settings: `http:///path` (empty authority = this
 /// host's listener) or `https:///path` (the listener with TLS, `mbx-host --tls-cert`).
@@ -181,6 +217,9 @@ pub struct HttpReceiveConfig {
     /// `bearer_token`: requests must carry `Authorization: Bearer <token>`; a secret, so
     /// only a reference (`env:NAME`, `file:PATH`) is accepted.
     pub bearer_token: Option<SecretRef>,
+    /// `timeout` (two-way ports): how long a client is held for its response, e.g. `30s`
+    /// (default); then it gets 504 and the request stays traceable.
+    pub timeout: Duration,
 }
 
 impl HttpReceiveConfig {
@@ -219,10 +258,18 @@ impl HttpReceiveConfig {
             .map(|r| SecretRef::parse("bearer_token", r))
             .transpose()
             .map_err(|problem| ConfigError::Secret { problem })?;
+        let timeout = settings::get_duration(
+            settings,
+            "timeout",
+            Duration::from_millis(HTTP_TWO_WAY_TIMEOUT_DEFAULT_MS),
+            Duration::from_millis(HTTP_TWO_WAY_TIMEOUT_MIN_MS),
+            Duration::from_millis(HTTP_TWO_WAY_TIMEOUT_MAX_MS),
+        )?;
         Ok(Self {
             path: path.to_owned(),
             tls,
             bearer_token,
+            timeout,
         })
     }
 }
@@ -251,6 +298,15 @@ mod tests {
         let s = settings_from([("header.Idempotency-Key", "Order.Id")]);
         assert!(HttpSendConfig::parse("https://x/y", &s).is_err());
         let s = settings_from([("verb", "GET")]);
+        assert!(HttpSendConfig::parse("https://x/y", &s).is_err());
+        let s = settings_from([
+            ("reply_statuses", "4xx"),
+            ("copy_properties", "Order.Id, A.B"),
+        ]);
+        assert!(HttpSendConfig::parse("https://x/y", &s).unwrap().reply_4xx);
+        let s = settings_from([("reply_statuses", "5xx")]);
+        assert!(HttpSendConfig::parse("https://x/y", &s).is_err());
+        let s = settings_from([("copy_properties", "Order")]);
         assert!(HttpSendConfig::parse("https://x/y", &s).is_err());
     }
 

@@ -11,7 +11,10 @@ use tokio::sync::Semaphore;
 use super::config::HttpSendConfig;
 use crate::error::{ConfigError, RegistryError};
 use crate::settings::Settings;
-use crate::{report, Body, Health, OutboundMessage, OutcomeSender, SendAdapter};
+use crate::{
+    report, Body, Health, OutboundMessage, Outcome, OutcomeSender, Response, SendAdapter,
+    RESPONSE_BODY_MAX_BYTES,
+};
 
 /// Requests in flight at once per adapter (all ports of a host instance share it); more
 /// wait for a permit on their own task, never on the caller's.
@@ -49,6 +52,12 @@ pub enum HttpSendError {
         status: StatusCode,
         location: String,
     },
+    #[error(
+        "the response body is larger than {max} bytes; the endpoint's answer cannot be published"
+    )]
+    ResponseTooLarge { max: usize },
+    #[error("reading the response body: {0}")]
+    ResponseBody(String),
 }
 
 impl HttpSendError {
@@ -58,10 +67,12 @@ impl HttpSendError {
         match self {
             HttpSendError::Config(_)
             | HttpSendError::InvalidHeader { .. }
-            | HttpSendError::Redirect { .. } => false,
+            | HttpSendError::Redirect { .. }
+            | HttpSendError::ResponseTooLarge { .. } => false,
             HttpSendError::Timeout { .. }
             | HttpSendError::Connect(_)
-            | HttpSendError::Transport(_) => true,
+            | HttpSendError::Transport(_)
+            | HttpSendError::ResponseBody(_) => true,
             HttpSendError::Status { status, .. } => is_retryable_status(*status),
         }
     }
@@ -118,14 +129,23 @@ impl SendAdapter for HttpSendAdapter {
                 // The semaphore is never closed, so acquiring only fails if it were; then
                 // sending without a permit is still correct, merely less bounded.
                 let _permit = in_flight.acquire_owned().await.ok();
-                let result = send_one(&client, &message)
-                    .await
-                    .map(|status| format!("HTTP {}", status.as_u16()))
-                    .map_err(|err| {
-                        let retryable = err.is_retryable();
-                        (err, retryable)
-                    });
-                let outcome = crate::outcome_of(&message, "http", result);
+                let outcome = match send_one(&client, &message).await {
+                    Ok((_, Some(response))) => {
+                        tracing::debug!(delivery_id = %message.delivery_id, port = %message.port_name,
+                                        status = response.status, "response received");
+                        Outcome::Responded(Box::new(response))
+                    }
+                    result => crate::outcome_of(
+                        &message,
+                        "http",
+                        result
+                            .map(|(status, _)| format!("HTTP {}", status.as_u16()))
+                            .map_err(|err| {
+                                let retryable = err.is_retryable();
+                                (err, retryable)
+                            }),
+                    ),
+                };
                 report(&outcomes, &message, outcome).await;
             });
         }
@@ -231,10 +251,12 @@ fn request_body(body: &Body) -> reqwest::Body {
     }
 }
 
+/// Sends one message: the status, and on a solicit-response port the endpoint's answer
+/// (a 2xx, or a 4xx with `reply_statuses=4xx`).
 async fn send_one(
     client: &reqwest::Client,
     message: &OutboundMessage,
-) -> Result<StatusCode, HttpSendError> {
+) -> Result<(StatusCode, Option<Response>), HttpSendError> {
     let config = HttpSendConfig::parse(&message.address, &message.settings)?;
     let headers = build_headers(message, &config)?;
     let response = client
@@ -247,8 +269,27 @@ async fn send_one(
         .await
         .map_err(|e| classify_transport(&e, config.timeout))?;
     let status = response.status();
+    let answers = status.is_success()
+        || (config.reply_4xx && status.is_client_error() && !is_retryable_status(status));
+    if message.solicit_response && answers {
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let body = response_body(response).await?;
+        return Ok((
+            status,
+            Some(Response {
+                status: status.as_u16(),
+                content_type,
+                body,
+            }),
+        ));
+    }
     if status.is_success() {
-        return Ok(status);
+        return Ok((status, None));
     }
     if status.is_redirection() {
         let location = response
@@ -261,6 +302,24 @@ async fn send_one(
     }
     let body = body_excerpt(response).await;
     Err(HttpSendError::Status { status, body })
+}
+
+/// A solicit-response answer's body, at most [`RESPONSE_BODY_MAX_BYTES`].
+async fn response_body(mut response: reqwest::Response) -> Result<bytes::Bytes, HttpSendError> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| HttpSendError::ResponseBody(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > RESPONSE_BODY_MAX_BYTES {
+            return Err(HttpSendError::ResponseTooLarge {
+                max: RESPONSE_BODY_MAX_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn classify_transport(e: &reqwest::Error, timeout: Duration) -> HttpSendError {

@@ -39,6 +39,7 @@ pub fn message(address: &str, settings: Settings, body: &str) -> OutboundMessage
         context: MessageContext::new()
             .with(mbx_adapters::system::MESSAGE_ID, message_id.to_string()),
         fence: None,
+        solicit_response: false,
     }
 }
 
