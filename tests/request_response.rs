@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::Router;
 use mbx_e2e::{
     bodies_in, count, database_url, free_port, http_host_args, messagebox, serve_on_loopback,
-    start_host, wait_for, wait_for_alive, Mbx,
+    start_host, start_host_as, wait_for, wait_for_alive, Mbx, FAST_HOST,
 };
 use sqlx::PgPool;
 
@@ -387,4 +387,112 @@ async fn a_rejected_request_answers_502_unless_the_port_replies_with_4xx(pool: P
         .await,
         1
     );
+}
+
+/// kill -9 of the instance running the solicit-response port (not the one holding the
+/// clients) in the middle of 200 exchanges, a replacement started at once: every client
+/// gets its own answer within its timeout (the dead instance's claims come back after the
+/// dead timeout and are sent again; a response it had not committed is published by the
+/// replacement), none hangs, none gets another's, and nothing is left waiting or lost.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn kill_9_of_the_responding_instance_leaves_no_client_without_its_answer(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    // a service that takes its time, so that requests are in flight when the kill lands
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let service = serve_on_loopback(Router::new().route(
+        "/quote",
+        post(move |body: String| async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            (
+                [(header::CONTENT_TYPE, "text/plain")],
+                format!("quote:{body}"),
+            )
+        }),
+    ))
+    .await;
+    cli.ok(&["host", "create", "back"]);
+    // the clients wait longer than a takeover takes (the dead timeout, 10 s, and a resend)
+    two_way(&cli, "quotes", "quote", "45s");
+    cli.ok(&[
+        "send-port",
+        "create",
+        "quote-svc",
+        "--start",
+        "--solicit-response",
+        "--host",
+        "back",
+        "--address",
+        &format!("http://127.0.0.1:{service}/quote"),
+        "--filter",
+        "mbx.ReceivePortName == \"quotes\"",
+    ]);
+    let http = free_port();
+    let args = http_host_args(http, free_port());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _front = start_host(&url, &args);
+    let mut victim = start_host_as(&url, "back", FAST_HOST);
+    wait_for_alive(&mbx, 2).await;
+
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut asks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let (client, address) = (client.clone(), format!("http://127.0.0.1:{http}/quote"));
+        asks.spawn(async move {
+            let (status, _, body) = ask(&client, &address, format!("item-{i}")).await;
+            (i, status, body)
+        });
+    }
+    wait_for(
+        "requests in flight at the service",
+        Duration::from_secs(30),
+        || async { calls.load(Ordering::SeqCst) >= CLIENTS / 4 },
+    )
+    .await;
+    victim.0.kill().expect("SIGKILL");
+    let _replacement = start_host_as(&url, "back", FAST_HOST);
+    let mut answered = 0;
+    while let Some(asked) = asks.join_next().await {
+        let (i, status, body) = asked.unwrap();
+        assert_eq!(status, StatusCode::OK, "client {i}: {body}");
+        assert_eq!(
+            body,
+            format!("quote:item-{i}"),
+            "client {i} got another's answer"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, CLIENTS);
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "a client was held past its timeout"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM suspended_items").await,
+        0
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM instance_deliveries").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM subscriptions WHERE kind = 'instance'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM deliveries").await, 0);
+    // the kill landed mid-run: the victim's claims were taken back and sent again (with
+    // the same Idempotency-Key)
+    assert!(
+        count(&pool, "SELECT count(*) FROM tracking_events WHERE event = 'reclaimed'").await > 0,
+        "the kill must land while the victim held requests"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= CLIENTS);
 }

@@ -163,6 +163,12 @@ pub fn start_host(url: &str, args: &[&str]) -> Reaped {
     start_host_with_env(url, args, &[])
 }
 
+/// [`start_host`] for host `host` (created with `mbx host create`) instead of `default`.
+pub fn start_host_as(url: &str, host: &str, args: &[&str]) -> Reaped {
+    let mut command = host_command_as(Command::new(bin("mbx-host")), url, host, args);
+    Reaped(command.spawn().expect("spawn mbx-host"))
+}
+
 /// [`start_host`] with extra environment variables (e.g. a secret a setting refers to).
 pub fn start_host_with_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> Reaped {
     let mut command = host_command(Command::new(bin("mbx-host")), url, args);
@@ -191,9 +197,13 @@ pub fn start_host_with_fd_limit(url: &str, args: &[&str], limit: u64) -> Reaped 
 
 /// `command` (which runs `mbx-host` with the arguments it is given) for `--host default`
 /// and `args` against `url`, logging as the tests want.
-fn host_command(mut command: Command, url: &str, args: &[&str]) -> Command {
+fn host_command(command: Command, url: &str, args: &[&str]) -> Command {
+    host_command_as(command, url, "default", args)
+}
+
+fn host_command_as(mut command: Command, url: &str, host: &str, args: &[&str]) -> Command {
     command
-        .args(["--host", "default"])
+        .args(["--host", host])
         .args(args)
         .env("MBX_DATABASE_URL", url)
         .env("MBX_LOG", host_log_level())
