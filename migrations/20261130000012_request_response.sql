@@ -22,3 +22,7 @@ ALTER TABLE tracking_events ADD CONSTRAINT tracking_events_event_check
                      'attempt-failed', 'retry-scheduled', 'moved-to-backup', 'suspended', 'resumed',
                      'terminated', 'delivered', 'reclaimed', 'forwarded', 'duplicate-dropped',
                      'request-timed-out'));
+
+-- Failed-message routing on receive ports (SPEC §5.5): a receive failure or a routing
+-- failure of a message received through the port also publishes an error report.
+ALTER TABLE receive_ports ADD COLUMN route_failed boolean NOT NULL DEFAULT false;

@@ -284,17 +284,6 @@ async fn bad_input_exits_2_with_one_line_and_changes_nothing(pool: PgPool) {
                 "create",
                 "a",
                 "--address",
-                "file:///t/x",
-                "--route-failed",
-            ],
-            "--route-failed: not available yet",
-        ),
-        (
-            &[
-                "send-port",
-                "create",
-                "a",
-                "--address",
                 "file:///t/%MessageID%.xml",
                 "--solicit-response",
             ],

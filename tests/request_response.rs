@@ -491,7 +491,12 @@ async fn kill_9_of_the_responding_instance_leaves_no_client_without_its_answer(p
     // the kill landed mid-run: the victim's claims were taken back and sent again (with
     // the same Idempotency-Key)
     assert!(
-        count(&pool, "SELECT count(*) FROM tracking_events WHERE event = 'reclaimed'").await > 0,
+        count(
+            &pool,
+            "SELECT count(*) FROM tracking_events WHERE event = 'reclaimed'"
+        )
+        .await
+            > 0,
         "the kill must land while the victim held requests"
     );
     assert!(calls.load(Ordering::SeqCst) >= CLIENTS);

@@ -320,8 +320,11 @@ pub struct SendPortCreate {
     /// Time between backup retries.
     #[arg(long, default_value = "5m")]
     pub backup_retry_interval: String,
-    /// Also publish an error report for failed messages. Not available yet: refused until
-    /// failed-message routing is built.
+    /// Failed-message routing: a message suspended here is also published as an error
+    /// report (promoted ErrorReport.ErrorType = "FailedMessage", ErrorReport.SendPortName,
+    /// ErrorReport.FailureCode, ErrorReport.OutboundTransportLocation,
+    /// ErrorReport.Description) for an error-handling port to take; one nobody takes is
+    /// dropped (logged, counted), never reported again.
     #[arg(long)]
     pub route_failed: bool,
     /// Tracking level: off, failures, all (default: the host's).
@@ -411,7 +414,7 @@ pub struct SendPortUpdate {
     pub backup_retry_count: Option<i32>,
     #[arg(long)]
     pub backup_retry_interval: Option<String>,
-    /// Not available yet: refused until failed-message routing is built.
+    /// Failed-message routing on or off (`--route-failed false`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub route_failed: Option<bool>,
     /// off, failures, all, or host (the host's level).
@@ -687,6 +690,11 @@ pub enum ReceivePortCommand {
         /// port's response) — or gets 504 after its location's `--set timeout=30s`.
         #[arg(long)]
         two_way: bool,
+        /// Failed-message routing: a receive failure or a routing failure of a message
+        /// received here is also published as an error report (ErrorReport.ErrorType
+        /// "FailedMessage" or "RoutingFailure", ErrorReport.ReceivePortName, …).
+        #[arg(long)]
+        route_failed: bool,
         /// The application it belongs to (bindings as code).
         #[arg(long, default_value = "default")]
         application: String,

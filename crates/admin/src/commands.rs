@@ -404,17 +404,6 @@ fn key_value<'a>(arg: &str, text: &'a str, example: &str) -> Result<(&'a str, &'
     }
 }
 
-/// Refuses a flag whose behaviour is not built yet: accepted, it would do nothing.
-pub(crate) fn not_built(flag: &str, given: bool, what: &str) -> Result<()> {
-    if given {
-        return Err(Usage(format!(
-            "{flag}: not available yet ({what} is not built in this version); drop {flag}"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 /// Collects repeated `--flag NAME=VALUE` arguments into a map.
 pub(crate) fn key_values(
     arg: &str,
@@ -434,9 +423,10 @@ async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -
         ReceivePortCommand::Create {
             name,
             two_way,
+            route_failed,
             application,
         } => {
-            mbx.receive_port_create_in(&name, two_way, &application)
+            mbx.receive_port_create_with(&name, two_way, route_failed, &application)
                 .await?;
             let kind = if two_way { "two-way" } else { "one-way" };
             println!("created receive port '{name}' ({kind})");
@@ -563,7 +553,6 @@ async fn receive_location(
 async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Result<()> {
     match c {
         SendPortCommand::Create(a) => {
-            not_built("--route-failed", a.route_failed, "failed-message routing")?;
             let settings = key_values("--set", &a.set, "append=true")?;
             let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
                 Usage(format!(
@@ -926,6 +915,8 @@ async fn publish(
             "published message {message_id}: no subscriber matched; kept as suspended item {suspended_id} (routing-failure)"
         ),
         Published::Duplicate => println!("duplicate: already published within the dedup window"),
+        // only an error report is dropped so; `message publish` never makes one
+        Published::Unsubscribed => println!("not published: no subscriber took it"),
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use mbx_messagebox::update::Update;
 use mbx_messagebox::{MessageBox, TrackingLevel};
 
 use crate::cli::{LinkCommand, ReceiveLocationUpdate, SendPortUpdate};
-use crate::commands::{duration_s, filter_arg, key_values, not_built, size_arg, tracking_arg};
+use crate::commands::{duration_s, filter_arg, key_values, size_arg, tracking_arg};
 use crate::output::{self, table};
 use crate::Usage;
 
@@ -41,11 +41,6 @@ fn nothing_given(command: &str, example: &str) -> anyhow::Error {
 }
 
 pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> Result<()> {
-    not_built(
-        "--route-failed",
-        a.route_failed == Some(true),
-        "failed-message routing",
-    )?;
     let set = key_values("--set", &a.more.set, "append=true")?;
     let backoff: Option<Backoff> = a
         .retry_backoff

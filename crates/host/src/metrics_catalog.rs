@@ -17,6 +17,14 @@ const INSTANCE_COUNTERS: &[(&str, &str)] = &[
         "mbx_http_connections_refused_total",
         "HTTP receive connections refused at the connection cap",
     ),
+    (
+        "mbx_late_replies_total",
+        "Replies whose two-way client had left (timed out, gone), suspended as routing failures",
+    ),
+    (
+        "mbx_error_reports_dropped_total",
+        "Error reports (--route-failed) no subscriber took, dropped",
+    ),
 ];
 
 /// Counters by `port`.
@@ -33,6 +41,14 @@ const PORT_COUNTERS: &[(&str, &str)] = &[
         "mbx_lease_takeovers_total",
         "Leases of ordered ports this instance took, by send port",
     ),
+    (
+        "mbx_responses_published_total",
+        "Responses a solicit-response port published, by send port",
+    ),
+    (
+        "mbx_responses_unrouted_total",
+        "Responses that found no subscriber and no waiting client (suspended), by send port",
+    ),
 ];
 
 /// Counters by `location`.
@@ -48,6 +64,10 @@ const LOCATION_COUNTERS: &[(&str, &str)] = &[
     (
         "mbx_receive_duplicates_total",
         "Messages dropped as already published (idempotent receive), by receive location",
+    ),
+    (
+        "mbx_request_timeouts_total",
+        "Two-way requests answered 504 (no reply within the location's timeout), by receive location",
     ),
 ];
 

@@ -515,7 +515,9 @@ impl LocationSubmitter {
             Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
                 Requested::Published(message_id)
             }
-            Published::Duplicate => Requested::Failed("a duplicate".into()),
+            Published::Duplicate | Published::Unsubscribed => {
+                Requested::Failed("not published (a duplicate)".into())
+            }
         })
     }
 }

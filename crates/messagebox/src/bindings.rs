@@ -75,6 +75,9 @@ pub struct ReceivePortBinding {
     pub application: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub two_way: bool,
+    /// Receive and routing failures also publish an error report (SPEC §5.5).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub route_failed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +410,7 @@ impl MessageBox {
                     ReceivePortBinding {
                         application: p.application.clone(),
                         two_way: p.two_way,
+                        route_failed: p.route_failed,
                     },
                 );
             }
@@ -671,39 +675,48 @@ async fn apply_receive(
     doc: &Bindings,
     plan: &mut Vec<Step>,
 ) -> std::result::Result<(), ApplyError> {
-    let ports: BTreeMap<String, (bool, String)> =
-        sqlx::query("SELECT name, two_way, application FROM receive_ports")
+    let ports: BTreeMap<String, (bool, String, bool)> =
+        sqlx::query("SELECT name, two_way, application, route_failed FROM receive_ports")
             .fetch_all(&mut **tx)
             .await?
             .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
             .collect();
     for (name, p) in &doc.receive_ports {
         match ports.get(name) {
             None => {
-                crate::receive::receive_port_insert(tx, name, p.two_way, &p.application)
-                    .await
-                    .map_err(at("receive_ports", name))?;
+                crate::receive::receive_port_insert(
+                    tx,
+                    name,
+                    p.two_way,
+                    p.route_failed,
+                    &p.application,
+                )
+                .await
+                .map_err(at("receive_ports", name))?;
                 plan.push(Step::Create {
                     kind: "receive port",
                     name: name.clone(),
                 });
             }
-            Some((two_way, application)) => {
+            Some((two_way, application, route_failed)) => {
                 let old = ReceivePortBinding {
                     application: application.clone(),
                     two_way: *two_way,
+                    route_failed: *route_failed,
                 };
                 let changes = diff(&old, p);
                 if !changes.is_empty() {
                     crate::config::validate_application(&p.application)
                         .map_err(at("receive_ports", name))?;
                     sqlx::query(
-                        "UPDATE receive_ports SET two_way = $2, application = $3 WHERE name = $1",
+                        "UPDATE receive_ports SET two_way = $2, application = $3, route_failed = $4
+                          WHERE name = $1",
                     )
                     .bind(name)
                     .bind(p.two_way)
                     .bind(&p.application)
+                    .bind(p.route_failed)
                     .execute(&mut **tx)
                     .await?;
                     push_update(plan, "receive port", name, changes);

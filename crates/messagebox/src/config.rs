@@ -716,6 +716,7 @@ impl MessageBox {
                 )));
             }
             suspended = crate::suspended::suspend_waiting_of_port(
+                self,
                 &mut tx,
                 port.id,
                 "port unenlisted with --force",

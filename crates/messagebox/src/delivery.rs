@@ -549,6 +549,7 @@ impl MessageBox {
         }
         if !sus_ids.is_empty() {
             crate::suspended::suspend_deliveries(
+                self,
                 &mut tx,
                 &sus_ids,
                 &sus_kind,

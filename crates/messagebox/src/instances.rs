@@ -163,8 +163,10 @@ impl MessageBox {
                 .filter(|(_, n)| *n > max_deliveries)
                 .map(|(_, n)| format!("poison message: its holder died {n} times while sending it (--max-deliveries {max_deliveries})"))
                 .collect();
-            crate::suspended::suspend_deliveries(&mut tx, &poison, &kinds, &errors, None, false)
-                .await?;
+            crate::suspended::suspend_deliveries(
+                self, &mut tx, &poison, &kinds, &errors, None, false,
+            )
+            .await?;
         }
         let replies_suspended = crate::replies::reclaim_dead(&mut tx).await?;
         tx.commit().await?;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod context;
 pub mod delivery;
 mod error;
+pub mod error_report;
 pub mod filter;
 pub mod forward;
 pub mod instances;
@@ -95,6 +96,8 @@ pub struct MessageBox {
     pool: PgPool,
     routing: Arc<RwLock<Arc<RoutingTable>>>,
     notify: Arc<NotifyState>,
+    /// Error reports no subscriber took, dropped (SPEC §5.5), since this value was made.
+    reports_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Coalescing of publish notifications: a leading notify, then at most one trailing one
@@ -106,6 +109,24 @@ struct NotifyState {
 }
 
 impl MessageBox {
+    /// Error reports dropped because no subscriber took them (SPEC §5.5), counted since
+    /// this value (and its clones) was made: the host exports it as a metric.
+    pub fn error_reports_dropped(&self) -> u64 {
+        self.reports_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_dropped_reports(&self, n: u64) {
+        if n > 0 {
+            tracing::warn!(
+                dropped = n,
+                "error reports found no subscriber; dropped (error reports are never reported again)"
+            );
+            self.reports_dropped
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Connects to the MessageBox at `url` (no migrations are run).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         let options: PgConnectOptions = url
@@ -143,6 +164,7 @@ impl MessageBox {
             pool,
             routing: Arc::new(RwLock::new(Arc::new(RoutingTable::default()))),
             notify: Arc::new(NotifyState::default()),
+            reports_dropped: Arc::default(),
         }
     }
 

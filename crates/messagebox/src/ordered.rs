@@ -301,6 +301,7 @@ impl MessageBox {
         if let Some(head) = head {
             if skip {
                 crate::suspended::suspend_deliveries(
+                    self,
                     &mut tx,
                     &[head],
                     &["failed-final"],

@@ -40,13 +40,17 @@ pub enum NewBody {
         source_message_id: Uuid,
         len: u64,
     },
+    /// The chunks of a stored message (an error report's copy), copied in the database.
+    CopyOf { message_id: Uuid, len: u64 },
 }
 
 impl NewBody {
     pub fn len(&self) -> u64 {
         match self {
             NewBody::Bytes(b) => b.len() as u64,
-            NewBody::File { len, .. } | NewBody::Staged { len, .. } => *len,
+            NewBody::File { len, .. }
+            | NewBody::Staged { len, .. }
+            | NewBody::CopyOf { len, .. } => *len,
         }
     }
 
@@ -56,11 +60,13 @@ impl NewBody {
 
     /// The bytes to store in the message row, or `None` for a body stored in chunks.
     pub(crate) async fn inline(&self) -> Result<Option<Vec<u8>>> {
-        if self.len() > BODY_INLINE_MAX_BYTES as u64 || matches!(self, NewBody::Staged { .. }) {
+        if self.len() > BODY_INLINE_MAX_BYTES as u64
+            || matches!(self, NewBody::Staged { .. } | NewBody::CopyOf { .. })
+        {
             return Ok(None);
         }
         match self {
-            NewBody::Staged { .. } => Ok(None),
+            NewBody::Staged { .. } | NewBody::CopyOf { .. } => Ok(None),
             NewBody::Bytes(b) => Ok(Some(b.to_vec())),
             NewBody::File { path, len } => {
                 let data = tokio::fs::read(path)
@@ -115,6 +121,9 @@ pub enum Routing {
     /// Only the client waiting for its correlation token (a failed solicit-response's
     /// answer to that client); with no client waiting, a routing failure.
     ReplyOnly,
+    /// An error report (SPEC §5.5): to its subscribers; with none it is dropped (never a
+    /// routing failure, never reported again, so reports cannot loop).
+    ErrorReport,
 }
 
 impl NewMessage {
@@ -140,6 +149,8 @@ pub enum Published {
     RoutingFailure { message_id: Uuid, suspended_id: i64 },
     /// Its source id was published within the dedup window: dropped.
     Duplicate,
+    /// An error report no subscriber matched: dropped.
+    Unsubscribed,
 }
 
 /// Who publishes: the host (for tracking and throttling) and the receive location.
@@ -259,7 +270,7 @@ impl MessageBox {
             if fresh[i] {
                 let mut targets = table.route(&m.context);
                 match m.routing {
-                    Routing::All => {}
+                    Routing::All | Routing::ErrorReport => {}
                     Routing::NotToPort(port) => targets.retain(|t| t.port_id != port),
                     Routing::ReplyOnly => targets.clear(),
                 }
@@ -310,10 +321,16 @@ impl MessageBox {
         let mut d_size = Vec::new();
         let mut failures = Vec::new();
         let mut outcomes = vec![Published::Duplicate; messages.len()];
+        let mut unsubscribed = Vec::new();
         for (i, targets) in &routes {
             let to_instance = usize::from(replied.contains_key(i));
             if targets.is_empty() && to_instance == 0 {
-                failures.push(*i);
+                if messages[*i].routing == Routing::ErrorReport {
+                    unsubscribed.push(ids[*i]);
+                    outcomes[*i] = Published::Unsubscribed;
+                } else {
+                    failures.push(*i);
+                }
                 continue;
             }
             outcomes[*i] = Published::Routed {
@@ -359,6 +376,14 @@ impl MessageBox {
             .await?;
         }
 
+        // an error report nobody subscribes to is not kept
+        if !unsubscribed.is_empty() {
+            sqlx::query("DELETE FROM messages WHERE id = ANY($1)")
+                .bind(&unsubscribed)
+                .execute(&mut **tx)
+                .await?;
+        }
+
         // 5. routing failures
         if !failures.is_empty() {
             let f_ids: Vec<Uuid> = failures.iter().map(|&i| ids[i]).collect();
@@ -390,6 +415,30 @@ impl MessageBox {
                         suspended_id,
                     };
                 }
+            }
+        }
+        // receive ports with --route-failed report their routing failures (SPEC §5.5)
+        let routing_failed: Vec<(Uuid, String)> = outcomes
+            .iter()
+            .zip(&messages)
+            .filter_map(|(o, m)| match o {
+                Published::RoutingFailure { message_id, .. } => {
+                    Some((*message_id, routing_failure_reason(&m.context)))
+                }
+                _ => None,
+            })
+            .collect();
+        if !routing_failed.is_empty() {
+            if let Some(location) = publisher.receive_location_id {
+                let reported = Box::pin(crate::error_report::report_routing_failures(
+                    self,
+                    tx,
+                    publisher,
+                    location,
+                    &routing_failed,
+                ))
+                .await?;
+                self.count_dropped_reports(reported.dropped);
             }
         }
         let mut wake: Vec<Uuid> = replied.into_values().collect();
@@ -564,6 +613,16 @@ pub(crate) async fn store_chunks(
             if file.read(&mut [0u8; 1]).await.map_err(io)? != 0 {
                 return Err(changed_while_read(path, *len));
             }
+        }
+        NewBody::CopyOf { message_id, .. } => {
+            sqlx::query(
+                "INSERT INTO message_chunks (message_id, seq, data)
+                 SELECT $1, seq, data FROM message_chunks WHERE message_id = $2",
+            )
+            .bind(id)
+            .bind(message_id)
+            .execute(&mut **tx)
+            .await?;
         }
         NewBody::Staged {
             source_group,

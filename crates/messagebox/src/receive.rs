@@ -90,6 +90,8 @@ pub struct ReceivePort {
     pub two_way: bool,
     pub locations: Vec<String>,
     pub application: String,
+    /// Receive and routing failures also publish an error report (SPEC §5.5).
+    pub route_failed: bool,
 }
 
 pub(crate) const LOCATION_SELECT: &str = "
@@ -129,14 +131,33 @@ impl MessageBox {
         two_way: bool,
         application: &str,
     ) -> Result<()> {
-        receive_port_insert(&mut *self.pool.acquire().await?, name, two_way, application).await
+        self.receive_port_create_with(name, two_way, false, application)
+            .await
+    }
+
+    /// A receive port with every option: two-way, `--route-failed`, its application.
+    pub async fn receive_port_create_with(
+        &self,
+        name: &str,
+        two_way: bool,
+        route_failed: bool,
+        application: &str,
+    ) -> Result<()> {
+        receive_port_insert(
+            &mut *self.pool.acquire().await?,
+            name,
+            two_way,
+            route_failed,
+            application,
+        )
+        .await
     }
 
     pub async fn receive_port_list(&self) -> Result<Vec<ReceivePort>> {
         Ok(sqlx::query_as::<_, ReceivePort>(
             "SELECT r.name, r.two_way,
                     coalesce(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.id IS NOT NULL), '{}') AS locations,
-                    r.application
+                    r.application, r.route_failed
                FROM receive_ports r LEFT JOIN receive_locations l ON l.receive_port_id = r.id
               GROUP BY r.id ORDER BY r.name",
         )
@@ -220,14 +241,18 @@ pub(crate) async fn receive_port_insert(
     conn: &mut sqlx::PgConnection,
     name: &str,
     two_way: bool,
+    route_failed: bool,
     application: &str,
 ) -> Result<()> {
     validate_name("receive port", name)?;
     crate::config::validate_application(application)?;
-    match sqlx::query("INSERT INTO receive_ports (name, two_way, application) VALUES ($1, $2, $3)")
-        .bind(name)
-        .bind(two_way)
-        .bind(application)
+    match sqlx::query(
+        "INSERT INTO receive_ports (name, two_way, route_failed, application) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(name)
+    .bind(two_way)
+    .bind(route_failed)
+    .bind(application)
         .execute(&mut *conn)
         .await
     {

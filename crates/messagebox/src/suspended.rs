@@ -413,6 +413,13 @@ impl MessageBox {
         .bind(publisher.host_id)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(location) = publisher.receive_location_id {
+            let reported = crate::error_report::report_receive_failure(
+                self, &mut tx, publisher, location, id, reason,
+            )
+            .await?;
+            self.count_dropped_reports(reported.dropped);
+        }
         tx.commit().await?;
         Ok(sid)
     }
@@ -484,6 +491,7 @@ fn not_found(id: i64) -> Error {
 /// the item's attempts and tracked as `attempt-failed`. Otherwise (unenlist --force,
 /// poison) no attempt is invented: the reason says why.
 pub(crate) async fn suspend_deliveries(
+    mbx: &crate::MessageBox,
     tx: &mut Transaction<'_, Postgres>,
     ids: &[i64],
     kinds: &[&str],
@@ -491,7 +499,7 @@ pub(crate) async fn suspend_deliveries(
     instance: Option<Uuid>,
     attempt: bool,
 ) -> Result<u64> {
-    sqlx::query(
+    let reporting: Vec<(Uuid, String, Option<String>, String, String)> = sqlx::query_as(
         "WITH c AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) AS c(id, kind, error)),
          d AS (DELETE FROM deliveries d USING c WHERE d.id = c.id
                RETURNING d.*, c.kind AS new_kind, c.error AS new_error),
@@ -503,7 +511,8 @@ pub(crate) async fn suspend_deliveries(
                        'instance', $4::uuid, 'error', d.new_error))
                    ELSE d.errors END
               FROM d
-            RETURNING message_id, port_id, kind, reason, jsonb_array_length(errors) AS n)
+            RETURNING message_id, port_id, kind, reason, jsonb_array_length(errors) AS n),
+         ev AS (
          INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
          SELECT s.message_id, 'published', s.port_id, NULL, 'routed to ' || p.name
            FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
@@ -515,20 +524,40 @@ pub(crate) async fn suspend_deliveries(
          UNION ALL
          SELECT s.message_id, 'suspended', s.port_id, $4, s.kind || ': ' || s.reason
            FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
-          WHERE coalesce(p.tracking, h.tracking) <> 'off'",
+          WHERE coalesce(p.tracking, h.tracking) <> 'off')
+         -- the suspensions of ports that route their failures (SPEC §5.5)
+         SELECT s.message_id, p.name, p.address, s.kind, s.reason
+           FROM s JOIN send_ports p ON p.id = s.port_id WHERE p.route_failed",
     )
     .bind(ids)
     .bind(kinds)
     .bind(errors)
     .bind(instance)
     .bind(attempt)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
+    if !reporting.is_empty() {
+        let failures: Vec<crate::error_report::SendFailure> = reporting
+            .into_iter()
+            .map(
+                |(message_id, port, address, kind, reason)| crate::error_report::SendFailure {
+                    message_id,
+                    port,
+                    address,
+                    kind,
+                    reason,
+                },
+            )
+            .collect();
+        let reported = crate::error_report::report_send_failures(mbx, tx, &failures).await?;
+        mbx.count_dropped_reports(reported.dropped);
+    }
     Ok(ids.len() as u64)
 }
 
 /// `unenlist --force`: suspends every waiting delivery of a port as `failed`.
 pub(crate) async fn suspend_waiting_of_port(
+    mbx: &crate::MessageBox,
     tx: &mut Transaction<'_, Postgres>,
     port_id: i64,
     reason: &str,
@@ -541,6 +570,6 @@ pub(crate) async fn suspend_waiting_of_port(
     .await?;
     let kinds = vec!["failed"; ids.len()];
     let errors = vec![reason.to_owned(); ids.len()];
-    suspend_deliveries(tx, &ids, &kinds, &errors, None, false).await?;
+    suspend_deliveries(mbx, tx, &ids, &kinds, &errors, None, false).await?;
     Ok(ids.len() as i64)
 }

@@ -90,7 +90,9 @@ pub fn message_id(p: &Published) -> Uuid {
         Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
             *message_id
         }
-        Published::Duplicate => panic!("expected a stored message, got a duplicate"),
+        Published::Duplicate | Published::Unsubscribed => {
+            panic!("expected a stored message, got {p:?}")
+        }
     }
 }
 
