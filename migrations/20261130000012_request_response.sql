@@ -1,4 +1,4 @@
--- Request-response (SPEC §5.7). A two-way receive publishes its request and, in the same
+-- Request-response. A two-way receive publishes its request and, in the same
 -- transaction, an instance subscription (`subscriptions` of kind 'instance', keyed by the
 -- request's correlation token, written in migration 1): the first message published with
 -- that token (and not itself a request) takes the subscription — deleted by that publish,
@@ -23,6 +23,6 @@ ALTER TABLE tracking_events ADD CONSTRAINT tracking_events_event_check
                      'terminated', 'delivered', 'reclaimed', 'forwarded', 'duplicate-dropped',
                      'request-timed-out'));
 
--- Failed-message routing on receive ports (SPEC §5.5): a receive failure or a routing
+-- Failed-message routing on receive ports: a receive failure or a routing
 -- failure of a message received through the port also publishes an error report.
 ALTER TABLE receive_ports ADD COLUMN route_failed boolean NOT NULL DEFAULT false;

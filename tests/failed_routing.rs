@@ -1,4 +1,4 @@
-//! Failed-message routing (SPEC §5.5) through a real `mbx-host`: a failed send, a receive
+//! Failed-message routing through a real `mbx-host`: a failed send, a receive
 //! failure and a routing failure each publish an error report that a dead-letter port
 //! delivers, with the right `ErrorReport.*` values; the suspended items stay; a report no
 //! subscriber takes is dropped, never suspended or reported again.

@@ -201,6 +201,24 @@ fn http_get(port: u16, path: &str) -> String {
     response
 }
 
+/// POSTs `body` and returns the whole response (status line, headers, body); empty when
+/// the listener does not take the connection (yet).
+fn http_post(port: u16, path: &str, body: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut response = String::new();
+    if s.write_all(request.as_bytes()).is_ok() {
+        let _ = s.read_to_string(&mut response);
+    }
+    response
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -268,6 +286,12 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
         ordered["address"],
         format!("file://{}/demo/ordered/orders.log", home.display())
     );
+    let quotes = named(&locations, "quotes-http");
+    assert_eq!(quotes["address"], "http:///quote");
+    assert_eq!(quotes["enabled"], true);
+    let svc = named(&ports, "quote-svc");
+    assert_eq!(svc["solicit_response"], true);
+    assert_eq!(svc["state"], "started");
 
     // the admin listener answers, when the hosts have one
     let admin = home.join(".mbx/run/host-1.admin");
@@ -287,15 +311,17 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     assert!(again.stdout.contains("already running"), "{}", again.stdout);
     assert_eq!(cluster.host_pids().len(), 2);
     assert_eq!(alive_pids(&mbx), pids, "no extra host instance");
+    // the file flow and the request-response flow (demo-in, quotes-http; demo-out,
+    // demo-ordered, quote-svc)
     assert_eq!(
         mbx.json(&["receive-location", "list"])
             .as_array()
             .map(Vec::len),
-        Some(1)
+        Some(2)
     );
     assert_eq!(
         mbx.json(&["send-port", "list"]).as_array().map(Vec::len),
-        Some(2)
+        Some(3)
     );
 
     let status = cluster.ok(&["status"]);
@@ -338,6 +364,29 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
         files_in(&home.join("demo/in")).is_empty()
     });
 
+    // the request-response demo, as the output says: a quote through the MessageBox
+    let http: u16 = std::fs::read_to_string(home.join(".mbx/run/host-1.http"))
+        .expect("host-1's HTTP port recorded")
+        .trim()
+        .parse()
+        .expect("a port");
+    let mut answer = String::new();
+    wait_for(
+        "a quote from the demo's request-response flow",
+        limit,
+        || {
+            answer = http_post(http, "/quote", r#"{"item":"widget"}"#);
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+        },
+    );
+    assert!(answer.contains(r#""item": "widget""#), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    let quote_pid: i64 = std::fs::read_to_string(home.join(".mbx/run/quote.pid"))
+        .expect("the quote service's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+
     // down: the hosts stop gracefully, then PostgreSQL
     let down = cluster.ok(&["down"]);
     assert!(
@@ -348,6 +397,7 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     for pid in &pids {
         assert!(exited(*pid), "host pid {pid} still runs after down");
     }
+    wait_for("the quote service to stop", limit, || exited(quote_pid));
     let status = cluster.ok(&["status"]);
     assert!(
         status.stdout.contains("host-1: not running"),

@@ -1,4 +1,4 @@
-//! Request-response through the MessageBox (SPEC §5.7), with real `mbx-host` processes and
+//! Request-response through the MessageBox, with real `mbx-host` processes and
 //! a real HTTP endpoint on loopback: a two-way HTTP receive publishes each request and
 //! holds its client; a solicit-response port calls the endpoint and publishes the answer in
 //! the transaction that completes the request; the answer reaches exactly the client that
@@ -204,7 +204,7 @@ async fn each_client_gets_its_own_answer_and_responses_never_loop(pool: PgPool) 
         count(&pool, "SELECT count(*) FROM instance_deliveries").await,
         0
     );
-    // the response's context is exactly what SPEC §5.7 names (one kept by a stopped port)
+    // the response's context is exactly what a response carries (one kept by a stopped port)
     let ctx: serde_json::Value = sqlx::query_scalar(
         "SELECT m.context FROM messages m JOIN deliveries d ON d.message_id = m.id
            JOIN send_ports p ON p.id = d.port_id WHERE p.name = 'kept' LIMIT 1",

@@ -356,7 +356,11 @@ async fn bad_updates_change_nothing(pool: PgPool) {
         (vec!["--host", "nope"], "host 'nope' does not exist"),
         (vec!["--stop-on-failure"], "--stop-on-failure"),
         (vec!["--retry-interval", "soon"], "--retry-interval"),
-        (vec!["--route-failed"], "not available yet"),
+        // a file port cannot answer: refused as solicit-response
+        (
+            vec!["--solicit-response"],
+            "cannot answer a solicit-response port",
+        ),
         (
             vec!["--address", "mbx://nowhere/orders"],
             "group link 'nowhere'",

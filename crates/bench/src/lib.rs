@@ -8,6 +8,7 @@ pub mod mbx;
 pub mod measure;
 pub mod peers;
 pub mod report;
+pub mod request_response;
 
 use std::time::Duration;
 

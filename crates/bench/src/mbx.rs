@@ -39,15 +39,19 @@ pub enum Workload {
     /// Group A → group B on the same server: one port `mbx://far/in` in A, a NULL port in
     /// B; counted where B delivers.
     Forward,
+    /// HTTP clients → a two-way receive → a solicit-response port → an echo service on
+    /// loopback → the answer back to the client; round trips counted at the clients.
+    RequestResponse,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Unordered,
         Workload::Ordered,
         Workload::Fanout,
         Workload::ManyOrdered,
         Workload::Forward,
+        Workload::RequestResponse,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Workload {
             Workload::Fanout => "fanout",
             Workload::ManyOrdered => "many-ordered",
             Workload::Forward => "forward",
+            Workload::RequestResponse => "request-response",
         }
     }
 
@@ -66,7 +71,10 @@ impl Workload {
 
     fn ports(self) -> usize {
         match self {
-            Workload::Unordered | Workload::Ordered | Workload::Forward => 1,
+            Workload::Unordered
+            | Workload::Ordered
+            | Workload::Forward
+            | Workload::RequestResponse => 1,
             Workload::Fanout => 10,
             Workload::ManyOrdered => 100,
         }
@@ -98,7 +106,7 @@ pub struct MbxRun {
 }
 
 /// The host the benchmark's ports are bound to.
-const BENCH_HOST: &str = "bench";
+pub(crate) const BENCH_HOST: &str = "bench";
 
 /// Runs one workload against a fresh MessageBox in `spec.database_url`'s server.
 pub async fn run(
@@ -106,6 +114,9 @@ pub async fn run(
     run: &MbxRun,
     progress: &Progress,
 ) -> Result<Measured, BenchError> {
+    if run.workload == Workload::RequestResponse {
+        return crate::request_response::run(spec, run, progress).await;
+    }
     let db = database::Scratch::create(&spec.database_url, "mbx").await?;
     let far = match run.workload {
         Workload::Forward => Some(database::Scratch::create(&spec.database_url, "far").await?),
@@ -482,13 +493,23 @@ async fn drain_in(
 }
 
 /// The `mbx-host` processes of one run, each with its admin listener.
-struct Hosts {
+pub(crate) struct Hosts {
     children: Vec<(Child, u16)>,
     http: reqwest::Client,
 }
 
 impl Hosts {
     async fn start(bin: &Path, url: &str, n: usize) -> Result<Self, BenchError> {
+        Self::start_serving(bin, url, &vec![0; n]).await
+    }
+
+    /// One host instance per entry of `http_ports`, serving HTTP receive on that loopback port
+    /// (0: any).
+    pub(crate) async fn start_serving(
+        bin: &Path,
+        url: &str,
+        http_ports: &[u16],
+    ) -> Result<Self, BenchError> {
         if !bin.is_file() {
             return Err(BenchError::Setup(format!(
                 "mbx-host not found at {}: build it (cargo build --release --bins) or pass --host-bin",
@@ -500,10 +521,11 @@ impl Hosts {
             .build()
             .map_err(|e| BenchError::Setup(format!("HTTP client: {e}")))?;
         let mut children = Vec::new();
-        for _ in 0..n {
+        for http_port in http_ports {
             let port = free_port()?;
             let child = Command::new(bin)
-                .args(["--host", BENCH_HOST, "--http-listen", "127.0.0.1:0"])
+                .args(["--host", BENCH_HOST])
+                .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{port}")])
                 .env("MBX_DATABASE_URL", url)
                 // the hosts' log level: warnings unless MBX_BENCH_HOST_LOG says otherwise
@@ -598,7 +620,7 @@ impl Hosts {
         )
     }
 
-    fn peak_rss_mb(&self) -> Option<f64> {
+    pub(crate) fn peak_rss_mb(&self) -> Option<f64> {
         self.children
             .iter()
             .filter_map(|(c, _)| c.id())
@@ -607,7 +629,7 @@ impl Hosts {
             .map(|kb| kb as f64 / 1024.0)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for (child, _) in &mut self.children {
             let _ = child.start_kill();
         }
@@ -621,7 +643,7 @@ impl Hosts {
 /// ephemeral range (32768–60999): a port `bind(0)` hands out is also what outgoing
 /// connections (ours and the publishers' by the hundred) get as their source port, so it
 /// could be taken before the host binds it.
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     use std::hash::{BuildHasher, Hasher};
     for _ in 0..1000 {
         // each RandomState is keyed anew: a fresh pseudo-random number per try

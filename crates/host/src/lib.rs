@@ -544,7 +544,7 @@ async fn metrics_loop(shared: Arc<Shared>) {
             Ok(s) => metrics_catalog::port_gauges(&s, reporter),
             Err(e) => warn!(error = %e, "stats for metrics failed"),
         }
-        // error reports this instance dropped for want of a subscriber (SPEC §5.5)
+        // error reports this instance dropped for want of a subscriber
         metrics::counter!("mbx_error_reports_dropped_total")
             .absolute(shared.mbx.error_reports_dropped());
         if !pause(&shared, Duration::from_secs(METRICS_INTERVAL_S)).await {

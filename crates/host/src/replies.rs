@@ -1,4 +1,4 @@
-//! Two-way receive's waiting clients (SPEC §5.7): each client waits on a one-shot channel
+//! Two-way receive's waiting clients: each client waits on a one-shot channel
 //! keyed by its request's correlation token; the reply task takes the replies routed to
 //! this instance when `mbx_reply` names it (and once after the listener reconnects: a
 //! notification may have been missed) and hands each to its client. A reply whose client

@@ -1,4 +1,4 @@
-//! Solicit-response send ports (SPEC §5.7): the endpoint's answer becomes a message,
+//! Solicit-response send ports: the endpoint's answer becomes a message,
 //! published in the transaction that completes the request's delivery (see
 //! `delivery::record`). Its context is exactly: `mbx.CorrelationToken` (when the request
 //! had one), `mbx.IsSolicitResponse=true`, `mbx.SendPortName`, `http.StatusCode`,

@@ -75,7 +75,7 @@ pub struct ReceivePortBinding {
     pub application: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub two_way: bool,
-    /// Receive and routing failures also publish an error report (SPEC §5.5).
+    /// Receive and routing failures also publish an error report.
     #[serde(default, skip_serializing_if = "is_false")]
     pub route_failed: bool,
 }
@@ -183,7 +183,7 @@ pub struct SendPortBinding {
     pub backup_retry_interval_s: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<TrackingLevel>,
-    /// Publishes the endpoint's answer (SPEC §5.7).
+    /// Publishes the endpoint's answer.
     #[serde(default, skip_serializing_if = "is_false")]
     pub solicit_response: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

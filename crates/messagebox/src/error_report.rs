@@ -1,4 +1,4 @@
-//! Failed-message routing (SPEC §5.5): a send port or receive port with `--route-failed`
+//! Failed-message routing: a send port or receive port with `--route-failed`
 //! does not only suspend a failed message, it also publishes a copy — in the transaction
 //! that suspends it — whose promoted properties are the `ErrorReport.*` ones, so an
 //! error-handling port (filter `ErrorReport.ErrorType == "FailedMessage"`) can deliver it

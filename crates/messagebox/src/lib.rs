@@ -96,7 +96,7 @@ pub struct MessageBox {
     pool: PgPool,
     routing: Arc<RwLock<Arc<RoutingTable>>>,
     notify: Arc<NotifyState>,
-    /// Error reports no subscriber took, dropped (SPEC §5.5), since this value was made.
+    /// Error reports no subscriber took, dropped, since this value was made.
     reports_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -109,7 +109,7 @@ struct NotifyState {
 }
 
 impl MessageBox {
-    /// Error reports dropped because no subscriber took them (SPEC §5.5), counted since
+    /// Error reports dropped because no subscriber took them, counted since
     /// this value (and its clones) was made: the host exports it as a metric.
     pub fn error_reports_dropped(&self) -> u64 {
         self.reports_dropped

@@ -121,7 +121,7 @@ pub enum Routing {
     /// Only the client waiting for its correlation token (a failed solicit-response's
     /// answer to that client); with no client waiting, a routing failure.
     ReplyOnly,
-    /// An error report (SPEC §5.5): to its subscribers; with none it is dropped (never a
+    /// An error report: to its subscribers; with none it is dropped (never a
     /// routing failure, never reported again, so reports cannot loop).
     ErrorReport,
 }
@@ -417,7 +417,7 @@ impl MessageBox {
                 }
             }
         }
-        // receive ports with --route-failed report their routing failures (SPEC §5.5)
+        // receive ports with --route-failed report their routing failures
         let routing_failed: Vec<(Uuid, String)> = outcomes
             .iter()
             .zip(&messages)

@@ -90,7 +90,7 @@ pub struct ReceivePort {
     pub two_way: bool,
     pub locations: Vec<String>,
     pub application: String,
-    /// Receive and routing failures also publish an error report (SPEC §5.5).
+    /// Receive and routing failures also publish an error report.
     pub route_failed: bool,
 }
 

@@ -1,4 +1,4 @@
-//! Request-response through the MessageBox (SPEC §5.7): a two-way receive publishes its
+//! Request-response through the MessageBox: a two-way receive publishes its
 //! request together with an instance subscription keyed by the request's correlation
 //! token; the first message published with that token (and not itself a request) takes
 //! the subscription and becomes an instance delivery for the waiting instance, which is

@@ -525,7 +525,7 @@ pub(crate) async fn suspend_deliveries(
          SELECT s.message_id, 'suspended', s.port_id, $4, s.kind || ': ' || s.reason
            FROM s JOIN send_ports p ON p.id = s.port_id JOIN hosts h ON h.id = p.host_id
           WHERE coalesce(p.tracking, h.tracking) <> 'off')
-         -- the suspensions of ports that route their failures (SPEC §5.5)
+         -- the suspensions of ports that route their failures
          SELECT s.message_id, p.name, p.address, s.kind, s.reason
            FROM s JOIN send_ports p ON p.id = s.port_id WHERE p.route_failed",
     )

@@ -30,7 +30,7 @@ pub mod system {
     pub const SEQUENCE: &str = "mbx.Sequence";
     pub const EPOCH: &str = "mbx.Epoch";
     /// Request-response: the token a waiting two-way receive answers with the first
-    /// message that carries it (SPEC §5.7).
+    /// message that carries it.
     pub const CORRELATION_TOKEN: &str = "mbx.CorrelationToken";
     /// Set on a request published by a two-way receive location.
     pub const IS_REQUEST_RESPONSE: &str = "mbx.IsRequestResponse";
