@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::Router;
 use mbx_e2e::{
     bodies_in, count, database_url, free_port, http_host_args, messagebox, serve_on_loopback,
-    start_host, start_host_as, wait_for, wait_for_alive, Mbx, FAST_HOST,
+    start_host, start_host_as, wait_for, wait_for_alive, Mbx, Reaped, FAST_HOST,
 };
 use sqlx::PgPool;
 
@@ -78,6 +78,28 @@ async fn ask(
     }
 }
 
+/// Starts an `mbx-host` of host `default` serving HTTP receive: it and its HTTP port.
+fn start_front(url: &str) -> (Reaped, u16) {
+    let http = free_port();
+    let args = http_host_args(http, free_port());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (start_host(url, &args), http)
+}
+
+/// No client waits any more and no reply waits for one.
+async fn nothing_waits(pool: &PgPool) {
+    for table in [
+        "subscriptions WHERE kind = 'instance'",
+        "instance_deliveries",
+    ] {
+        assert_eq!(
+            count(pool, &format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+}
+
 /// A two-way receive port `port` served at `http:///path`, held `timeout`.
 fn two_way(cli: &Mbx, port: &str, path: &str, timeout: &str) {
     cli.ok(&["receive-port", "create", port, "--two-way"]);
@@ -137,10 +159,7 @@ async fn each_client_gets_its_own_answer_and_responses_never_loop(pool: PgPool) 
         "--filter",
         "mbx.IsSolicitResponse == true",
     ]);
-    let http = free_port();
-    let args = http_host_args(http, free_port());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _host = start_host(&url, &args);
+    let (_host, http) = start_front(&url);
     wait_for_alive(&mbx, 1).await;
 
     let client = reqwest::Client::new();
@@ -192,18 +211,8 @@ async fn each_client_gets_its_own_answer_and_responses_never_loop(pool: PgPool) 
         count(&pool, "SELECT count(*) FROM suspended_items").await,
         0
     );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM subscriptions WHERE kind = 'instance'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM instance_deliveries").await,
-        0
-    );
+    nothing_waits(&pool).await;
+
     // the response's context is exactly what a response carries (one kept by a stopped port)
     let ctx: serde_json::Value = sqlx::query_scalar(
         "SELECT m.context FROM messages m JOIN deliveries d ON d.message_id = m.id
@@ -255,10 +264,7 @@ async fn a_client_waits_its_timeout_and_a_late_answer_is_suspended_with_the_reas
         "--filter",
         "mbx.ReceivePortName == \"slow\"",
     ]);
-    let http = free_port();
-    let args = http_host_args(http, free_port());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _host = start_host(&url, &args);
+    let (_host, http) = start_front(&url);
     wait_for_alive(&mbx, 1).await;
     let client = reqwest::Client::new();
     let address = format!("http://127.0.0.1:{http}/slow");
@@ -284,14 +290,7 @@ async fn a_client_waits_its_timeout_and_a_late_answer_is_suspended_with_the_reas
         },
     )
     .await;
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM subscriptions WHERE kind = 'instance'"
-        )
-        .await,
-        0
-    );
+    nothing_waits(&pool).await;
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -350,10 +349,7 @@ async fn a_rejected_request_answers_502_unless_the_port_replies_with_4xx(pool: P
         "--filter",
         "mbx.ReceivePortName == \"anywhere\"",
     ]);
-    let http = free_port();
-    let args = http_host_args(http, free_port());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _host = start_host(&url, &args);
+    let (_host, http) = start_front(&url);
     wait_for_alive(&mbx, 1).await;
     let client = reqwest::Client::new();
     let asks = |path: &str, body: String| {
@@ -430,10 +426,7 @@ async fn kill_9_of_the_responding_instance_leaves_no_client_without_its_answer(p
         "--filter",
         "mbx.ReceivePortName == \"quotes\"",
     ]);
-    let http = free_port();
-    let args = http_host_args(http, free_port());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _front = start_host(&url, &args);
+    let (_front, http) = start_front(&url);
     let mut victim = start_host_as(&url, "back", FAST_HOST);
     wait_for_alive(&mbx, 2).await;
 
@@ -475,18 +468,8 @@ async fn kill_9_of_the_responding_instance_leaves_no_client_without_its_answer(p
         count(&pool, "SELECT count(*) FROM suspended_items").await,
         0
     );
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM instance_deliveries").await,
-        0
-    );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM subscriptions WHERE kind = 'instance'"
-        )
-        .await,
-        0
-    );
+
+    nothing_waits(&pool).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM deliveries").await, 0);
     // the kill landed mid-run: the victim's claims were taken back and sent again (with
     // the same Idempotency-Key)

@@ -450,6 +450,31 @@ pub(crate) enum Requested {
 }
 
 impl LocationSubmitter {
+    /// Keeps `m` as a non-resumable receive failure with `reason` (its adapter properties
+    /// written, not promoted), logged and counted.
+    async fn receive_failure(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {
+        let mut context = Context::new();
+        for (name, value) in m.properties.iter() {
+            let _ = context.write(name, Value::String(value.to_owned()));
+        }
+        let failed = NewMessage {
+            id: None,
+            body: new_body(m.body).await.map_err(SubmitError::new)?,
+            content_type: m.content_type,
+            context,
+            source: None,
+            routing: Default::default(),
+        };
+        warn!(location = %self.location.name, %reason, "receive failure");
+        self.mbx
+            .suspend_receive_failure(&self.publisher, failed, reason)
+            .await
+            .map_err(|e| SubmitError::new(e.to_string()))?;
+        metrics::counter!("mbx_receive_failures_total", "location" => self.location.name.clone())
+            .increment(1);
+        Ok(())
+    }
+
     /// Publishes a two-way receive's request with `mbx.IsRequestResponse=true` and the
     /// correlation `token`, together with the instance subscription that routes the first
     /// message carrying `token` back to this instance.
@@ -474,24 +499,7 @@ impl LocationSubmitter {
         let context = match context {
             Ok(c) => c,
             Err(reason) => {
-                let mut context = Context::new();
-                for (name, value) in m.properties.iter() {
-                    let _ = context.write(name, Value::String(value.to_owned()));
-                }
-                let failed = NewMessage {
-                    id: None,
-                    body: new_body(m.body).await.map_err(SubmitError::new)?,
-                    content_type: m.content_type,
-                    context,
-                    source: None,
-                    routing: Default::default(),
-                };
-                warn!(location = %self.location.name, %reason, "receive failure");
-                self.mbx
-                    .suspend_receive_failure(&self.publisher, failed, &reason)
-                    .await
-                    .map_err(|e| SubmitError::new(e.to_string()))?;
-                metrics::counter!("mbx_receive_failures_total", "location" => self.location.name.clone()).increment(1);
+                self.receive_failure(m, &reason).await?;
                 return Ok(Requested::Failed(reason));
             }
         };
@@ -564,24 +572,7 @@ impl Submitter for LocationSubmitter {
                 }
                 Err(reason) => {
                     // kept as a non-resumable receive failure; the source is then acknowledged
-                    let mut context = Context::new();
-                    for (name, value) in m.properties.iter() {
-                        let _ = context.write(name, Value::String(value.to_owned()));
-                    }
-                    let failed = NewMessage {
-                        id: None,
-                        body: new_body(m.body).await.map_err(SubmitError::new)?,
-                        content_type: m.content_type,
-                        context,
-                        source: None,
-                        routing: Default::default(),
-                    };
-                    warn!(location = %self.location.name, %reason, "receive failure");
-                    self.mbx
-                        .suspend_receive_failure(&self.publisher, failed, &reason)
-                        .await
-                        .map_err(|e| SubmitError::new(e.to_string()))?;
-                    metrics::counter!("mbx_receive_failures_total", "location" => self.location.name.clone()).increment(1);
+                    self.receive_failure(m, &reason).await?;
                 }
             }
         }
