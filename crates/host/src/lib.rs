@@ -503,14 +503,21 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
         };
         match reclaimed {
             Ok(r)
-                if r.deliveries_reclaimed + r.poison_suspended + r.instances_declared_dead > 0 =>
+                if r.deliveries_reclaimed
+                    + r.poison_suspended
+                    + r.instances_declared_dead
+                    + r.replies_suspended
+                    > 0 =>
             {
                 metrics::counter!("mbx_deliveries_reclaimed_total")
                     .increment(r.deliveries_reclaimed);
+                // replies whose waiting instance died: suspended with the reason
+                metrics::counter!("mbx_late_replies_total").increment(r.replies_suspended);
                 info!(
                     dead = r.instances_declared_dead,
                     reclaimed = r.deliveries_reclaimed,
                     poison = r.poison_suspended,
+                    replies_suspended = r.replies_suspended,
                     "reclaimed dead instances' work"
                 );
                 shared.published.notify_waiters();

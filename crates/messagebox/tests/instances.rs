@@ -4,8 +4,9 @@
 mod common;
 
 use common::*;
+use mbx_messagebox::publish::{Published, Publisher};
 use mbx_messagebox::suspended::{Kind, Selector};
-use mbx_messagebox::Error;
+use mbx_messagebox::{Error, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -174,4 +175,79 @@ async fn deregister_releases_claims_at_once(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(reclaims, 0);
+}
+
+/// A reply routed to an instance that then died is not lost with it: the dead-instance
+/// reclaim suspends it as a routing failure saying why, and removes the dead instance's
+/// waiting subscriptions; a reply to a token whose instance is dead is routed like any
+/// message (here to nobody: a routing failure that says no client waits).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_dead_instances_replies_are_suspended_and_its_waits_removed(pool: PgPool) {
+    use mbx_messagebox::context::system;
+    let mbx = mbx(pool.clone()).await;
+    let waiting = instance(&mbx).await;
+    let reply = |token: &str| {
+        msg(&[
+            (system::CORRELATION_TOKEN, Value::String(token.into())),
+            (system::IS_SOLICIT_RESPONSE, Value::Boolean(true)),
+        ])
+    };
+    let request = |token: &str| {
+        msg(&[
+            (system::CORRELATION_TOKEN, Value::String(token.into())),
+            (system::IS_REQUEST_RESPONSE, Value::Boolean(true)),
+        ])
+    };
+    // two clients wait on the instance; the first one's reply arrives
+    for token in ["t1", "t2"] {
+        mbx.request_publish(&Publisher::default(), request(token), waiting, token)
+            .await
+            .unwrap();
+    }
+    let routed = publish(&mbx, reply("t1")).await;
+    assert!(
+        matches!(routed, Published::Routed { deliveries: 1, .. }),
+        "{routed:?}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM instance_deliveries").await,
+        1
+    );
+    // the instance dies before it takes the reply
+    age_heartbeat(&pool, waiting).await;
+    let report = mbx.instances_reclaim_dead(DEAD_AFTER_S, 5).await.unwrap();
+    assert_eq!(report.replies_suspended, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM instance_deliveries").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM subscriptions WHERE kind = 'instance'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM suspended_items WHERE kind = 'routing-failure'
+                AND reason LIKE '%waiting instance died%'"
+        )
+        .await,
+        1
+    );
+    // the second client's reply comes later: nobody waits, and the reason says so
+    let late = publish(&mbx, reply("t2")).await;
+    assert!(matches!(late, Published::RoutingFailure { .. }), "{late:?}");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM suspended_items WHERE kind = 'routing-failure'
+                AND reason LIKE '%no client waits for its correlation token t2%'"
+        )
+        .await,
+        1
+    );
 }
