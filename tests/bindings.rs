@@ -300,6 +300,23 @@ async fn objects_move_between_applications_in_place(pool: PgPool) {
         2,
     );
     cli.fails(&["send-port-group", "update", "everyone"], 2);
+    cli.fails(&["receive-port", "update", "OrderBroker"], 2);
     let default_app = cli.ok(&["export", "--application", "default"]);
     assert!(!default_app.contains("OrderBroker:"), "{default_app}");
+    // failed-message routing switched on in place, and carried by the bindings
+    let out = cli.ok(&["receive-port", "update", "OrderBroker", "--route-failed"]);
+    assert!(out.contains("route_failed: false → true"), "{out}");
+    let ports = cli.json(&["receive-port", "list"]);
+    let port = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "OrderBroker")
+        .unwrap();
+    assert_eq!(port["route_failed"], true);
+    assert!(
+        cli.ok(&["export", "--application", "broker"])
+            .contains("route_failed: true"),
+        "the export carries it"
+    );
 }

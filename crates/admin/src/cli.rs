@@ -701,13 +701,16 @@ pub enum ReceivePortCommand {
     },
     /// Change a receive port in place: its application.
     #[command(
-        after_help = "Example:\n  mbx receive-port update from-broker --application manager-b"
+        after_help = "Examples:\n  mbx receive-port update from-broker --application manager-b\n  mbx receive-port update orders --route-failed"
     )]
     Update {
         name: String,
         /// Move it to another application.
-        #[arg(long, required = true)]
+        #[arg(long)]
         application: Option<String>,
+        /// Failed-message routing on or off (`--route-failed false`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        route_failed: Option<bool>,
     },
     /// List receive ports and their locations.
     #[command(after_help = "Example:\n  mbx receive-port list")]

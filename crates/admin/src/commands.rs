@@ -431,9 +431,11 @@ async fn receive_port(mbx: &MessageBox, c: ReceivePortCommand, json_out: bool) -
             let kind = if two_way { "two-way" } else { "one-way" };
             println!("created receive port '{name}' ({kind})");
         }
-        ReceivePortCommand::Update { name, application } => {
-            crate::update::receive_port(mbx, &name, application, json_out).await?
-        }
+        ReceivePortCommand::Update {
+            name,
+            application,
+            route_failed,
+        } => crate::update::receive_port(mbx, &name, application, route_failed, json_out).await?,
         ReceivePortCommand::Delete { name } => {
             mbx.receive_port_delete(&name).await?;
             println!("deleted receive port '{name}'");

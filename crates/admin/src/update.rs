@@ -269,15 +269,18 @@ pub async fn receive_port(
     mbx: &MessageBox,
     name: &str,
     application: Option<String>,
+    route_failed: Option<bool>,
     json_out: bool,
 ) -> Result<()> {
-    let Some(application) = application else {
+    if application.is_none() && route_failed.is_none() {
         return Err(nothing_given(
             "receive-port update",
             "mbx receive-port update orders --application orders",
         ));
-    };
-    let update = mbx.receive_port_update(name, &application).await?;
+    }
+    let update = mbx
+        .receive_port_update(name, application.as_deref(), route_failed)
+        .await?;
     print_update(&update, json_out)
 }
 

@@ -445,28 +445,51 @@ where
 
 impl MessageBox {
     /// Moves a receive port to another application.
-    pub async fn receive_port_update(&self, name: &str, application: &str) -> Result<Update> {
-        crate::config::validate_application(application)?;
+    /// Changes a receive port in place: its application and/or whether it routes its
+    /// failures (`None`: unchanged), under its row lock, in one transaction.
+    pub async fn receive_port_update(
+        &self,
+        name: &str,
+        application: Option<&str>,
+        route_failed: Option<bool>,
+    ) -> Result<Update> {
+        if let Some(application) = application {
+            crate::config::validate_application(application)?;
+        }
         let mut tx = self.pool.begin().await?;
-        let old: String = sqlx::query_scalar(
-            "SELECT application FROM receive_ports WHERE name = $1 FOR NO KEY UPDATE",
+        let (old_application, old_route_failed): (String, bool) = sqlx::query_as(
+            "SELECT application, route_failed FROM receive_ports WHERE name = $1 FOR NO KEY UPDATE",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| crate::receive::receive_port_not_found(name))?;
+        let application = application.unwrap_or(&old_application).to_owned();
+        let route_failed = route_failed.unwrap_or(old_route_failed);
         let mut changes = Vec::new();
-        if old != application {
-            sqlx::query("UPDATE receive_ports SET application = $2 WHERE name = $1")
-                .bind(name)
-                .bind(application)
-                .execute(&mut *tx)
-                .await?;
+        if old_application != application {
             changes.push(FieldChange {
                 field: "application".into(),
-                from: old,
-                to: application.to_owned(),
+                from: old_application.clone(),
+                to: application.clone(),
             });
+        }
+        if old_route_failed != route_failed {
+            changes.push(FieldChange {
+                field: "route_failed".into(),
+                from: old_route_failed.to_string(),
+                to: route_failed.to_string(),
+            });
+        }
+        if !changes.is_empty() {
+            sqlx::query(
+                "UPDATE receive_ports SET application = $2, route_failed = $3 WHERE name = $1",
+            )
+            .bind(name)
+            .bind(&application)
+            .bind(route_failed)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Update {
