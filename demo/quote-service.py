@@ -4,7 +4,8 @@ POST /quote with a JSON quote for the item it was asked about, so that
 `curl -d '{"item":"widget"}' http://127.0.0.1:8080/quote` shows a round trip through the
 MessageBox: two-way receive -> solicit-response send port -> this service -> back.
 
-Usage: quote-service.py PORT   (listens on 127.0.0.1:PORT; Python 3 standard library only)
+Usage: quote-service.py PORT [ADDRESS]   (listens on ADDRESS:PORT, default 127.0.0.1;
+Python 3 standard library only)
 """
 import hashlib
 import json
@@ -33,4 +34,5 @@ class Quote(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Quote).serve_forever()
+    address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    ThreadingHTTPServer((address, int(sys.argv[1])), Quote).serve_forever()
