@@ -326,6 +326,8 @@ async fn a_rejected_request_answers_502_unless_the_port_replies_with_4xx(pool: P
         "--set",
         "reply_statuses=4xx",
     ]);
+    // a two-way port nothing subscribes to: no reply can come, the client is not held
+    two_way(&cli, "nowhere", "nowhere", "20s");
     // a dynamic solicit-response port: the address comes from the request
     two_way(&cli, "anywhere", "anywhere", "20s");
     cli.ok(&[
@@ -359,6 +361,14 @@ async fn a_rejected_request_answers_502_unless_the_port_replies_with_4xx(pool: P
             (status, text)
         }
     };
+    let asked = std::time::Instant::now();
+    let (status, body) = asks("nowhere", "x".into()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("no send port subscribes"), "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "held until its timeout"
+    );
     let (status, body) = asks("strict", "x".into()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert!(

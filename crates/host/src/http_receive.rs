@@ -276,6 +276,14 @@ async fn request_response(
         .await;
     let message_id = match requested {
         Ok(Requested::Published(id)) => id,
+        Ok(Requested::Unrouted(id, suspended)) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "no send port subscribes to the request (message {id}); kept as suspended item {suspended} (routing-failure): `mbx suspended resume {suspended}` once a port subscribes"
+                ),
+            )
+        }
         Ok(Requested::Failed(reason)) => {
             return plain(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -445,11 +445,24 @@ impl LocationSubmitter {
 pub(crate) enum Requested {
     /// Published (its message id): the client waits for the reply.
     Published(uuid::Uuid),
+    /// Published, but no send port subscribes to it: kept as a routing failure (its
+    /// message id and suspended item); no reply can come, so the client is not held.
+    Unrouted(uuid::Uuid, i64),
     /// Kept as a receive failure (the reason): no reply will come.
     Failed(String),
 }
 
 impl LocationSubmitter {
+    /// What the pipeline reads of a body: the whole body for `json` and `xml`, nothing for
+    /// `passthru` (which promotes nothing from it, so a large body is never read here).
+    async fn pipeline_input(&self, body: &Body) -> Result<Bytes, SubmitError> {
+        Ok(match (self.pipeline.kind(), body) {
+            (PipelineKind::Passthru, _) => Bytes::new(),
+            (_, Body::Bytes(b)) => b.clone(),
+            (_, body) => body.to_bytes().await.map_err(SubmitError::new)?,
+        })
+    }
+
     /// Keeps `m` as a non-resumable receive failure with `reason` (its adapter properties
     /// written, not promoted), logged and counted.
     async fn receive_failure(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {
@@ -485,11 +498,7 @@ impl LocationSubmitter {
         instance: uuid::Uuid,
     ) -> Result<Requested, SubmitError> {
         let publisher = self.publisher()?;
-        let read = match (self.pipeline.kind(), &m.body) {
-            (PipelineKind::Passthru, _) => Bytes::new(),
-            (_, Body::Bytes(b)) => b.clone(),
-            (_, body) => body.to_bytes().await.map_err(SubmitError::new)?,
-        };
+        let read = self.pipeline_input(&m.body).await?;
         let context = self.context(&m, &read).and_then(|mut c| {
             c.promote(system::IS_REQUEST_RESPONSE, Value::Boolean(true))
                 .and_then(|()| c.promote(system::CORRELATION_TOKEN, Value::String(token.into())))
@@ -520,9 +529,11 @@ impl LocationSubmitter {
         metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
             .increment(1);
         Ok(match published {
-            Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
-                Requested::Published(message_id)
-            }
+            Published::Routed { message_id, .. } => Requested::Published(message_id),
+            Published::RoutingFailure {
+                message_id,
+                suspended_id,
+            } => Requested::Unrouted(message_id, suspended_id),
             Published::Duplicate | Published::Unsubscribed => {
                 Requested::Failed("not published (a duplicate)".into())
             }
@@ -553,11 +564,7 @@ impl Submitter for LocationSubmitter {
         let mut messages = Vec::with_capacity(batch.len());
         for (i, m) in batch.into_iter().enumerate() {
             // a body the pipeline must read is read whole (json, xml); passthru reads none
-            let read = match (self.pipeline.kind(), &m.body) {
-                (PipelineKind::Passthru, _) => Bytes::new(),
-                (_, Body::Bytes(b)) => b.clone(),
-                (_, body) => body.to_bytes().await.map_err(SubmitError::new)?,
-            };
+            let read = self.pipeline_input(&m.body).await?;
             match self.context(&m, &read) {
                 Ok(context) => {
                     published_from.push(i);
