@@ -86,7 +86,7 @@ pub enum RegistryError {
         side: Side,
         hint: &'static str,
     },
-    #[error("--ordered: the {adapter} adapter cannot receive in order (only file:// locations can; over HTTP the client keeps its order)")]
+    #[error("--ordered: the {adapter} adapter cannot receive in order (only file:// and amqp:// locations can; over HTTP the client keeps its order)")]
     Unordered { adapter: &'static str },
     #[error(transparent)]
     Config(#[from] ConfigError),

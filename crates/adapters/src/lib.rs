@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+pub mod amqp;
 pub mod body;
 pub mod context;
 pub mod error;
@@ -260,6 +261,9 @@ pub struct InboundMessage {
     /// Written (not promoted) properties the adapter sets, e.g. `mbx.SourceFileName`,
     /// `mbx.InboundTransportLocation`, `mbx.InboundTransportType`.
     pub properties: MessageContext,
+    /// Properties the adapter promotes from its protocol (`AMQP.RoutingKey`,
+    /// `MQTT.Topic`, …), typed like a pipeline's promotions, so filters can route on them.
+    pub promoted: MessageContext,
     /// Identifies the source message for idempotent receive: the same
     /// source delivered twice carries the same id. `None` when the source cannot repeat.
     pub source_id: Option<String>,
@@ -275,6 +279,10 @@ pub enum Submitted {
     /// (idempotent receive). The adapter acknowledges its source too, but never unseen: FILE moves the
     /// file to `.mbx-duplicates/` with a reason file.
     Duplicate,
+    /// Kept as a non-resumable receive failure (it failed the receive pipeline). The
+    /// adapter acknowledges its source, or rejects it where the source keeps rejected
+    /// messages (AMQP: without requeue, to the queue's dead-letter exchange).
+    ReceiveFailure,
 }
 
 /// Implemented by the host: publishes a batch in one transaction (running the receive
@@ -286,6 +294,12 @@ pub trait Submitter: Send + Sync {
     /// acknowledged; the adapter retries later. The host may make this wait while it is
     /// throttled.
     async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError>;
+
+    /// Records a message the adapter refuses before the pipeline (over the size limit) as
+    /// a non-resumable receive failure with `reason`; `m` carries its properties and what
+    /// of its body is kept (none, for an oversize one). `Ok` once committed: only then may
+    /// the adapter drop or reject the source.
+    async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError>;
 }
 
 /// A future that completes when the adapter must stop (mini-redis style).

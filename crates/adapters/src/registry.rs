@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::amqp::{AmqpReceiveAdapter, AmqpReceiveConfig, AmqpSendAdapter};
 use crate::error::{RegistryError, Side};
 use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
 use crate::http::HttpReceiveConfig;
@@ -19,6 +20,8 @@ use crate::{ReceiveAdapter, ReceiveLocationSpec, SendAdapter};
 /// A URI scheme mbx has an adapter for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
+    Amqp,
+    Amqps,
     File,
     Http,
     Https,
@@ -29,6 +32,8 @@ pub enum Scheme {
 
 /// Every scheme, with its spelling in addresses: the one table of adapters.
 pub const SCHEMES: &[(&str, Scheme)] = &[
+    ("amqp", Scheme::Amqp),
+    ("amqps", Scheme::Amqps),
     ("file", Scheme::File),
     ("http", Scheme::Http),
     ("https", Scheme::Https),
@@ -77,6 +82,8 @@ impl Scheme {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Scheme::Amqp => "amqp",
+            Scheme::Amqps => "amqps",
             Scheme::File => "file",
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -86,15 +93,17 @@ impl Scheme {
     }
 
     /// Whether a receive location of this scheme can take its messages in order
-    /// (`--ordered`): only adapters that pull from a source they can read in order. Over
-    /// HTTP the client keeps its order.
+    /// (`--ordered`): only adapters that pull from a source they can read in order (FILE:
+    /// name order; AMQP: a queue with a single active consumer). Over HTTP the client
+    /// keeps its order.
     pub fn receives_in_order(self) -> bool {
-        matches!(self, Scheme::File)
+        matches!(self, Scheme::File | Scheme::Amqp | Scheme::Amqps)
     }
 
     /// The adapter's name as operators see it (`mbx.InboundTransportType`).
     pub fn adapter_name(self) -> &'static str {
         match self {
+            Scheme::Amqp | Scheme::Amqps => "AMQP",
             Scheme::File => "FILE",
             Scheme::Http | Scheme::Https => "HTTP",
             Scheme::Mbx => "MBX",
@@ -106,6 +115,7 @@ impl Scheme {
 /// What `--help` says about the addresses and `--set` keys of one side, from the
 /// adapters' own tables (one line per scheme: its address form and settings).
 pub fn adapters_help(side: Side) -> String {
+    use crate::amqp::config as amqp;
     use crate::file::config::{
         FILE_RECEIVE_SETTINGS, FILE_SEND_SETTINGS, RECEIVE_EXAMPLE, SEND_EXAMPLE,
     };
@@ -113,6 +123,14 @@ pub fn adapters_help(side: Side) -> String {
     let mut lines = Vec::new();
     for (name, scheme) in SCHEMES {
         let (form, settings): (String, &[&str]) = match (scheme, side) {
+            (Scheme::Amqp | Scheme::Amqps, Side::Send) => (
+                amqp::SEND_EXAMPLE.replacen("amqp", name, 1),
+                amqp::AMQP_SEND_SETTINGS,
+            ),
+            (Scheme::Amqp | Scheme::Amqps, Side::Receive) => (
+                amqp::RECEIVE_EXAMPLE.replacen("amqp", name, 1),
+                amqp::AMQP_RECEIVE_SETTINGS,
+            ),
             (Scheme::File, Side::Send) => (SEND_EXAMPLE.to_owned(), FILE_SEND_SETTINGS),
             (Scheme::File, Side::Receive) => (RECEIVE_EXAMPLE.to_owned(), FILE_RECEIVE_SETTINGS),
             (Scheme::Http | Scheme::Https, Side::Send) => (
@@ -149,6 +167,7 @@ pub fn adapters_help(side: Side) -> String {
 /// constructor of receive adapters.
 #[derive(Clone)]
 pub struct Registry {
+    amqp_send: Arc<dyn SendAdapter>,
     file_send: Arc<dyn SendAdapter>,
     http_send: Arc<dyn SendAdapter>,
     null_send: Arc<dyn SendAdapter>,
@@ -168,6 +187,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     pub fn new() -> Result<Self, RegistryError> {
         Ok(Self {
+            amqp_send: Arc::new(AmqpSendAdapter::new()),
             file_send: Arc::new(FileSendAdapter::new()),
             http_send: Arc::new(HttpSendAdapter::new()?),
             null_send: Arc::new(NullSendAdapter::new()),
@@ -180,6 +200,7 @@ impl Registry {
     /// panics) into a real host; `mbx-host` itself only ever uses [`Registry::new`].
     pub fn with_send_adapter(mut self, scheme: Scheme, adapter: Arc<dyn SendAdapter>) -> Self {
         match scheme {
+            Scheme::Amqp | Scheme::Amqps => self.amqp_send = adapter,
             Scheme::File => self.file_send = adapter,
             Scheme::Http | Scheme::Https => self.http_send = adapter,
             Scheme::Null => self.null_send = adapter,
@@ -191,6 +212,7 @@ impl Registry {
     /// The send adapter for `address`'s scheme.
     pub fn send_adapter(&self, address: &str) -> Result<Arc<dyn SendAdapter>, RegistryError> {
         Ok(match Scheme::of_address(address)? {
+            Scheme::Amqp | Scheme::Amqps => self.amqp_send.clone(),
             Scheme::File => self.file_send.clone(),
             Scheme::Http | Scheme::Https => self.http_send.clone(),
             Scheme::Null => self.null_send.clone(),
@@ -202,6 +224,7 @@ impl Registry {
     /// health listings).
     pub fn send_adapters(&self) -> Vec<(Scheme, Arc<dyn SendAdapter>)> {
         vec![
+            (Scheme::Amqp, self.amqp_send.clone()),
             (Scheme::File, self.file_send.clone()),
             (Scheme::Http, self.http_send.clone()),
             (Scheme::Null, self.null_send.clone()),
@@ -228,6 +251,9 @@ impl Registry {
     ) -> Result<Scheme, RegistryError> {
         let scheme = Scheme::of_address(address)?;
         match scheme {
+            Scheme::Amqp | Scheme::Amqps => {
+                AmqpReceiveConfig::parse(address, settings)?;
+            }
             Scheme::File => {
                 FileReceiveConfig::parse(address, settings)?;
             }
@@ -281,6 +307,7 @@ impl Registry {
         spec: ReceiveLocationSpec,
     ) -> Result<Box<dyn ReceiveAdapter>, RegistryError> {
         match Scheme::of_address(&spec.address)? {
+            Scheme::Amqp | Scheme::Amqps => Ok(Box::new(AmqpReceiveAdapter::new(spec)?)),
             Scheme::File => Ok(Box::new(FileReceiveAdapter::new(spec)?)),
             Scheme::Http | Scheme::Https => Err(RegistryError::Unsupported {
                 adapter: "HTTP",

@@ -479,6 +479,7 @@ async fn receive_location(
                 application: a.application.clone(),
             };
             crate::validate::receive_location(&spec)?;
+            crate::validate::ordered_source(&spec).await?;
             if let Some(port) = mbx
                 .receive_port_list()
                 .await?

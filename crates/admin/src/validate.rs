@@ -3,7 +3,7 @@
 //! the pipeline's constructor (`mbx_adapters`). A refusal is a usage error (exit 2) naming
 //! the flag; the MessageBox is not touched.
 
-use mbx_adapters::{Registry, RegistryError};
+use mbx_adapters::{Registry, RegistryError, Scheme};
 use mbx_messagebox::config::SendPortSpec;
 use mbx_messagebox::receive::ReceiveLocationSpec;
 
@@ -104,6 +104,25 @@ pub fn two_way_settings(spec: &ReceiveLocationSpec, two_way: bool) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// An `--ordered` AMQP location consumes a queue declared with a single active consumer
+/// (otherwise a paused former consumer's messages could return after later ones): asked
+/// of the broker now, changing nothing there.
+pub async fn ordered_source(spec: &ReceiveLocationSpec) -> Result<(), Usage> {
+    if !spec.ordered
+        || !matches!(
+            Scheme::of_address(&spec.address),
+            Ok(Scheme::Amqp | Scheme::Amqps)
+        )
+    {
+        return Ok(());
+    }
+    let config = mbx_adapters::amqp::AmqpReceiveConfig::parse(&spec.address, &spec.settings)
+        .map_err(|e| Usage(format!("--address: {e}")))?;
+    mbx_adapters::amqp::check_single_active_consumer(&config.endpoint, &config.queue)
+        .await
+        .map_err(|e| Usage(format!("--ordered: {e}")))
 }
 
 /// A receive location: its address and settings, `--ordered`, pipeline and promotions.

@@ -234,6 +234,7 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
         body: mbx_adapters::Body::Bytes(body),
         content_type,
         properties,
+        promoted: MessageContext::new(),
         source_id,
     };
     if let Some(timeout) = route.two_way {

@@ -428,7 +428,9 @@ impl LocationSubmitter {
         if let Some(t) = out.message_type {
             put(&mut ctx, system::MESSAGE_TYPE, t, true)?;
         }
-        for (name, text) in out.promoted {
+        // the adapter's promotions (AMQP.RoutingKey, …), then the body's
+        let from_adapter = m.promoted.iter().map(|(n, v)| (n.to_owned(), v.to_owned()));
+        for (name, text) in from_adapter.chain(out.promoted) {
             let ty = self
                 .declared
                 .get(&name)
@@ -578,8 +580,10 @@ impl Submitter for LocationSubmitter {
                     });
                 }
                 Err(reason) => {
-                    // kept as a non-resumable receive failure; the source is then acknowledged
+                    // kept as a non-resumable receive failure; the source is then
+                    // acknowledged (or rejected, where it keeps rejected messages)
                     self.receive_failure(m, &reason).await?;
+                    outcomes[i] = Submitted::ReceiveFailure;
                 }
             }
         }
@@ -611,5 +615,9 @@ impl Submitter for LocationSubmitter {
                 .increment(duplicates);
         }
         Ok(outcomes)
+    }
+
+    async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {
+        self.receive_failure(m, reason).await
     }
 }

@@ -588,6 +588,7 @@ impl Inner {
             body: c.body.clone(),
             content_type: self.config.content_type_for(&c.name),
             properties,
+            promoted: MessageContext::new(),
             source_id: Some(c.source_id.clone()),
         }
     }

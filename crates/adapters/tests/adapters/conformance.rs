@@ -76,12 +76,55 @@ async fn check_send_contract(
     );
 }
 
-#[tokio::test]
+// multi-threaded: a broker's consumer collects what arrived while a check waits for it
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_registered_send_adapter_honours_the_contract() {
     let registry = Registry::new().unwrap();
     for (scheme, adapter) in registry.send_adapters() {
         // Exhaustive on purpose: a new scheme does not compile until it has a fixture here.
         match scheme {
+            Scheme::Amqp | Scheme::Amqps => {
+                let mut broker = crate::amqp::Broker::connect().await;
+                let q = crate::amqp::unique("conformance");
+                broker.queue(&q, &[]).await;
+                let good: Vec<_> = (0..6)
+                    .map(|i| {
+                        message(
+                            &crate::amqp::address(&format!("queue={q}")),
+                            Settings::new(),
+                            &format!("<m>{i}</m>"),
+                        )
+                    })
+                    .collect();
+                // unroutable (mandatory): no queue is bound to this key
+                let bad: Vec<_> = (0..2)
+                    .map(|_| {
+                        let nobody = crate::amqp::unique("nobody");
+                        message(
+                            &crate::amqp::address(&format!(
+                                "exchange=amq.direct&routing_key={nobody}"
+                            )),
+                            Settings::new(),
+                            "bad",
+                        )
+                    })
+                    .collect();
+                let arrived = crate::amqp::collect_ids(&broker, &q).await;
+                let has = move |m: &OutboundMessage| {
+                    let id = format!("{}.{}", m.message_id, m.port_name);
+                    // the broker confirmed: its consumer sees the message soon after
+                    let deadline = std::time::Instant::now() + TEST_DEADLINE;
+                    while std::time::Instant::now() < deadline {
+                        if arrived.lock().unwrap().contains(&id) {
+                            return true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    false
+                };
+                check_send_contract(adapter, good, bad, &has).await;
+                broker.cleanup().await;
+            }
             Scheme::File => {
                 let dir = tempfile::tempdir().unwrap();
                 let address = file_url(dir.path(), "%MessageID%.xml");

@@ -1,6 +1,7 @@
 //! Integration tests of mbx-adapters against a real directory (tempfile) and a real HTTP
 //! server (axum on 127.0.0.1:0). One test binary keeps link time down.
 
+mod amqp;
 mod conformance;
 mod file_receive;
 mod file_send;

@@ -92,7 +92,13 @@ pub struct Recorder {
     submitted: watch::Sender<usize>,
     /// Source ids accepted so far (the MessageBox's dedup, for the adapter's tests).
     sources: Mutex<std::collections::HashSet<String>>,
+    /// Messages refused before the pipeline, with the reason.
+    pub refused: Mutex<Vec<(InboundMessage, String)>>,
+    /// Which messages "fail the pipeline" (kept as receive failures).
+    pipeline_fails: Mutex<Option<PipelineFails>>,
 }
+
+type PipelineFails = Box<dyn Fn(&InboundMessage) -> bool + Send + Sync>;
 
 impl Recorder {
     pub fn new() -> Arc<Self> {
@@ -102,7 +108,20 @@ impl Recorder {
             during_submit: Mutex::new(None),
             submitted: watch::channel(0).0,
             sources: Mutex::new(std::collections::HashSet::new()),
+            refused: Mutex::new(Vec::new()),
+            pipeline_fails: Mutex::new(None),
         })
+    }
+
+    /// Messages for which `f` is true are kept as receive failures, as a failing pipeline
+    /// would keep them.
+    pub fn set_pipeline_fails(&self, f: impl Fn(&InboundMessage) -> bool + Send + Sync + 'static) {
+        *self.pipeline_fails.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Every message submitted and accepted so far, in order.
+    pub fn messages(&self) -> Vec<InboundMessage> {
+        self.batches().into_iter().flatten().collect()
     }
 
     pub fn set_fail(&self, fail: bool) {
@@ -137,9 +156,11 @@ impl Submitter for Recorder {
         // a source id seen in an earlier batch is a duplicate, as the MessageBox says
         let outcomes = {
             let mut seen = self.sources.lock().unwrap();
+            let fails = self.pipeline_fails.lock().unwrap();
             batch
                 .iter()
                 .map(|m| match &m.source_id {
+                    _ if fails.as_ref().is_some_and(|f| f(m)) => Submitted::ReceiveFailure,
                     Some(id) if !failing && !seen.insert(id.clone()) => Submitted::Duplicate,
                     _ => Submitted::Accepted,
                 })
@@ -154,6 +175,14 @@ impl Submitter for Recorder {
         } else {
             Ok(outcomes)
         }
+    }
+
+    async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(SubmitError::new("messagebox unreachable (test)"));
+        }
+        self.refused.lock().unwrap().push((m, reason.to_owned()));
+        Ok(())
     }
 }
 
