@@ -35,6 +35,7 @@ pub mod error;
 pub mod file;
 pub mod http;
 pub mod mbx;
+pub mod mqtt;
 pub mod null;
 pub mod pipeline;
 pub mod registry;

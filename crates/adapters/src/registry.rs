@@ -12,6 +12,7 @@ use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
 use crate::http::HttpReceiveConfig;
 use crate::http::HttpSendAdapter;
 use crate::mbx::GroupForwardAdapter;
+use crate::mqtt::{MqttReceiveAdapter, MqttReceiveConfig, MqttSendAdapter};
 use crate::null::NullSendAdapter;
 use crate::pipeline::{Pipeline, PipelineKind, Promotion};
 use crate::settings::Settings;
@@ -27,6 +28,8 @@ pub enum Scheme {
     Https,
     /// Forwarding into another group: checked here, sent by the host's forwarder.
     Mbx,
+    Mqtt,
+    Mqtts,
     Null,
 }
 
@@ -38,6 +41,8 @@ pub const SCHEMES: &[(&str, Scheme)] = &[
     ("http", Scheme::Http),
     ("https", Scheme::Https),
     ("mbx", Scheme::Mbx),
+    ("mqtt", Scheme::Mqtt),
+    ("mqtts", Scheme::Mqtts),
     ("null", Scheme::Null),
 ];
 
@@ -88,6 +93,8 @@ impl Scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
             Scheme::Mbx => "mbx",
+            Scheme::Mqtt => "mqtt",
+            Scheme::Mqtts => "mqtts",
             Scheme::Null => "null",
         }
     }
@@ -107,8 +114,16 @@ impl Scheme {
             Scheme::File => "FILE",
             Scheme::Http | Scheme::Https => "HTTP",
             Scheme::Mbx => "MBX",
+            Scheme::Mqtt | Scheme::Mqtts => "MQTT",
             Scheme::Null => "NULL",
         }
+    }
+
+    /// Whether a receive location of this scheme runs on one instance at a time, under
+    /// the location's lease, ordered or not (MQTT: one subscription, under a client id
+    /// fixed per location, or every instance would publish every message).
+    pub fn receives_on_one_instance(self) -> bool {
+        matches!(self, Scheme::Mqtt | Scheme::Mqtts)
     }
 }
 
@@ -140,6 +155,14 @@ pub fn adapters_help(side: Side) -> String {
             (Scheme::Http | Scheme::Https, Side::Receive) => {
                 (format!("{name}:///orders"), HTTP_RECEIVE_SETTINGS)
             }
+            (Scheme::Mqtt | Scheme::Mqtts, Side::Send) => (
+                crate::mqtt::config::SEND_EXAMPLE.replacen("mqtt", name, 1),
+                crate::mqtt::config::MQTT_SEND_SETTINGS,
+            ),
+            (Scheme::Mqtt | Scheme::Mqtts, Side::Receive) => (
+                crate::mqtt::config::RECEIVE_EXAMPLE.replacen("mqtt", name, 1),
+                crate::mqtt::config::MQTT_RECEIVE_SETTINGS,
+            ),
             (Scheme::Null, Side::Send) => ("null:discard".to_owned(), &[]),
             (Scheme::Mbx, Side::Send) => (crate::mbx::SEND_EXAMPLE.to_owned(), &[]),
             (Scheme::Null | Scheme::Mbx, Side::Receive) => continue,
@@ -172,6 +195,7 @@ pub struct Registry {
     http_send: Arc<dyn SendAdapter>,
     null_send: Arc<dyn SendAdapter>,
     mbx_send: Arc<dyn SendAdapter>,
+    mqtt_send: Arc<dyn SendAdapter>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -192,6 +216,7 @@ impl Registry {
             http_send: Arc::new(HttpSendAdapter::new()?),
             null_send: Arc::new(NullSendAdapter::new()),
             mbx_send: Arc::new(GroupForwardAdapter),
+            mqtt_send: Arc::new(MqttSendAdapter::new()),
         })
     }
 
@@ -205,6 +230,7 @@ impl Registry {
             Scheme::Http | Scheme::Https => self.http_send = adapter,
             Scheme::Null => self.null_send = adapter,
             Scheme::Mbx => self.mbx_send = adapter,
+            Scheme::Mqtt | Scheme::Mqtts => self.mqtt_send = adapter,
         }
         self
     }
@@ -217,6 +243,7 @@ impl Registry {
             Scheme::Http | Scheme::Https => self.http_send.clone(),
             Scheme::Null => self.null_send.clone(),
             Scheme::Mbx => self.mbx_send.clone(),
+            Scheme::Mqtt | Scheme::Mqtts => self.mqtt_send.clone(),
         })
     }
 
@@ -229,6 +256,7 @@ impl Registry {
             (Scheme::Http, self.http_send.clone()),
             (Scheme::Null, self.null_send.clone()),
             (Scheme::Mbx, self.mbx_send.clone()),
+            (Scheme::Mqtt, self.mqtt_send.clone()),
         ]
     }
 
@@ -259,6 +287,9 @@ impl Registry {
             }
             Scheme::Http | Scheme::Https => {
                 HttpReceiveConfig::parse(address, settings)?;
+            }
+            Scheme::Mqtt | Scheme::Mqtts => {
+                MqttReceiveConfig::parse(address, settings)?;
             }
             Scheme::Null => {
                 return Err(RegistryError::Unsupported {
@@ -309,6 +340,7 @@ impl Registry {
         match Scheme::of_address(&spec.address)? {
             Scheme::Amqp | Scheme::Amqps => Ok(Box::new(AmqpReceiveAdapter::new(spec)?)),
             Scheme::File => Ok(Box::new(FileReceiveAdapter::new(spec)?)),
+            Scheme::Mqtt | Scheme::Mqtts => Ok(Box::new(MqttReceiveAdapter::new(spec)?)),
             Scheme::Http | Scheme::Https => Err(RegistryError::Unsupported {
                 adapter: "HTTP",
                 side: Side::Receive,

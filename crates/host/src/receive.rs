@@ -147,16 +147,18 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         return;
     }
     report_run(&shared, &loc, None).await;
+    let leased_run = leased(&loc);
     loop {
         // an ordered location runs on the lease holder only, one batch at a time in name
-        // order (the FILE adapter submits its next batch after the previous committed)
-        let tenure = if loc.ordered {
+        // order (the FILE adapter submits its next batch after the previous committed);
+        // so does an MQTT location, ordered or not (one subscription per location)
+        let tenure = if leased_run {
             let instance = shared.instance_id();
             let leased = Leased::Location(loc.id);
             let asked = std::time::Instant::now();
             match leased.acquire(&shared, instance).await {
                 Ok(Some(epoch)) => {
-                    info!(location = %loc.name, epoch, "ordered receive location lease taken");
+                    info!(location = %loc.name, epoch, "receive location lease taken");
                     // every publish of this holding is fenced on the lease at this epoch
                     submitter.hold(Some(LocationFence {
                         location_id: loc.id,
@@ -178,7 +180,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         } else {
             None
         };
-        if loc.ordered && tenure.is_none() {
+        if leased_run && tenure.is_none() {
             if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
                 return;
             }
@@ -260,7 +262,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         }
         match result {
             // an ordered location whose lease ended tries to take it again
-            Ok(()) if loc.ordered && !stopping => {
+            Ok(()) if leased_run && !stopping => {
                 if !pause(&shared, shared.config.poll_interval).await {
                     return;
                 }
@@ -274,6 +276,14 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             }
         }
     }
+}
+
+/// Whether `loc` runs under its lease on one instance at a time, its publishes fenced
+/// on it: an ordered location, or one whose adapter must not run on several instances.
+fn leased(loc: &ReceiveLocation) -> bool {
+    loc.ordered
+        || mbx_adapters::Scheme::of_address(&loc.address)
+            .is_ok_and(|s| s.receives_on_one_instance())
 }
 
 /// Puts back files claimed by instances that are not alive (their claim id is the
@@ -363,7 +373,7 @@ impl LocationSubmitter {
 
     /// Who publishes the next batch: for an ordered location, fenced on its lease.
     fn publisher(&self) -> Result<Publisher, SubmitError> {
-        if !self.location.ordered {
+        if !leased(&self.location) {
             return Ok(self.publisher.clone());
         }
         match *self.fence.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -372,7 +382,7 @@ impl LocationSubmitter {
                 ..self.publisher.clone()
             }),
             None => Err(SubmitError::new(format!(
-                "this instance does not hold the lease of ordered receive location {}",
+                "this instance does not hold the lease of receive location {}",
                 self.location.name
             ))),
         }

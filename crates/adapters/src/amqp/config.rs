@@ -329,13 +329,15 @@ impl AmqpSendConfig {
                 "queue" => queue = Some(v),
                 "exchange" => exchange = Some(v),
                 "routing_key" => routing_key = Some(v),
-                _ => return Err(bad(
-                    address,
-                    format!(
+                _ => {
+                    return Err(bad(
+                        address,
+                        format!(
                         "unknown query parameter {k:?} (known: queue, or exchange and routing_key)"
                     ),
-                    SEND_EXAMPLE,
-                )),
+                        SEND_EXAMPLE,
+                    ))
+                }
             }
         }
         let target = match (queue, exchange, routing_key) {

@@ -6,5 +6,6 @@ mod conformance;
 mod file_receive;
 mod file_send;
 mod http_send;
+mod mqtt;
 mod pipeline;
 mod support;
