@@ -40,6 +40,7 @@ pub mod null;
 pub mod pipeline;
 pub mod registry;
 pub mod settings;
+pub mod smtp;
 
 pub use body::{Body, ChunkSource, BODY_IN_MEMORY_MAX_BYTES};
 pub use context::{system, MessageContext};

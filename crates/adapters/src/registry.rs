@@ -16,6 +16,7 @@ use crate::mqtt::{MqttReceiveAdapter, MqttReceiveConfig, MqttSendAdapter};
 use crate::null::NullSendAdapter;
 use crate::pipeline::{Pipeline, PipelineKind, Promotion};
 use crate::settings::Settings;
+use crate::smtp::SmtpSendAdapter;
 use crate::{ReceiveAdapter, ReceiveLocationSpec, SendAdapter};
 
 /// A URI scheme mbx has an adapter for.
@@ -26,6 +27,7 @@ pub enum Scheme {
     File,
     Http,
     Https,
+    Mailto,
     /// Forwarding into another group: checked here, sent by the host's forwarder.
     Mbx,
     Mqtt,
@@ -40,6 +42,7 @@ pub const SCHEMES: &[(&str, Scheme)] = &[
     ("file", Scheme::File),
     ("http", Scheme::Http),
     ("https", Scheme::Https),
+    ("mailto", Scheme::Mailto),
     ("mbx", Scheme::Mbx),
     ("mqtt", Scheme::Mqtt),
     ("mqtts", Scheme::Mqtts),
@@ -92,6 +95,7 @@ impl Scheme {
             Scheme::File => "file",
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Mailto => "mailto",
             Scheme::Mbx => "mbx",
             Scheme::Mqtt => "mqtt",
             Scheme::Mqtts => "mqtts",
@@ -113,6 +117,7 @@ impl Scheme {
             Scheme::Amqp | Scheme::Amqps => "AMQP",
             Scheme::File => "FILE",
             Scheme::Http | Scheme::Https => "HTTP",
+            Scheme::Mailto => "SMTP",
             Scheme::Mbx => "MBX",
             Scheme::Mqtt | Scheme::Mqtts => "MQTT",
             Scheme::Null => "NULL",
@@ -163,9 +168,13 @@ pub fn adapters_help(side: Side) -> String {
                 crate::mqtt::config::RECEIVE_EXAMPLE.replacen("mqtt", name, 1),
                 crate::mqtt::config::MQTT_RECEIVE_SETTINGS,
             ),
+            (Scheme::Mailto, Side::Send) => (
+                crate::smtp::SEND_EXAMPLE.to_owned(),
+                crate::smtp::SMTP_SEND_SETTINGS,
+            ),
             (Scheme::Null, Side::Send) => ("null:discard".to_owned(), &[]),
             (Scheme::Mbx, Side::Send) => (crate::mbx::SEND_EXAMPLE.to_owned(), &[]),
-            (Scheme::Null | Scheme::Mbx, Side::Receive) => continue,
+            (Scheme::Null | Scheme::Mbx | Scheme::Mailto, Side::Receive) => continue,
         };
         // a location's max_message_size is its --max-message-size
         let settings: Vec<&str> = settings
@@ -196,6 +205,7 @@ pub struct Registry {
     null_send: Arc<dyn SendAdapter>,
     mbx_send: Arc<dyn SendAdapter>,
     mqtt_send: Arc<dyn SendAdapter>,
+    smtp_send: Arc<dyn SendAdapter>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -217,6 +227,7 @@ impl Registry {
             null_send: Arc::new(NullSendAdapter::new()),
             mbx_send: Arc::new(GroupForwardAdapter),
             mqtt_send: Arc::new(MqttSendAdapter::new()),
+            smtp_send: Arc::new(SmtpSendAdapter::new()),
         })
     }
 
@@ -231,6 +242,7 @@ impl Registry {
             Scheme::Null => self.null_send = adapter,
             Scheme::Mbx => self.mbx_send = adapter,
             Scheme::Mqtt | Scheme::Mqtts => self.mqtt_send = adapter,
+            Scheme::Mailto => self.smtp_send = adapter,
         }
         self
     }
@@ -244,6 +256,7 @@ impl Registry {
             Scheme::Null => self.null_send.clone(),
             Scheme::Mbx => self.mbx_send.clone(),
             Scheme::Mqtt | Scheme::Mqtts => self.mqtt_send.clone(),
+            Scheme::Mailto => self.smtp_send.clone(),
         })
     }
 
@@ -257,6 +270,7 @@ impl Registry {
             (Scheme::Null, self.null_send.clone()),
             (Scheme::Mbx, self.mbx_send.clone()),
             (Scheme::Mqtt, self.mqtt_send.clone()),
+            (Scheme::Mailto, self.smtp_send.clone()),
         ]
     }
 
@@ -291,13 +305,7 @@ impl Registry {
             Scheme::Mqtt | Scheme::Mqtts => {
                 MqttReceiveConfig::parse(address, settings)?;
             }
-            Scheme::Null => {
-                return Err(RegistryError::Unsupported {
-                    adapter: "NULL",
-                    side: Side::Receive,
-                    hint: ": NULL is a send-only sink",
-                })
-            }
+            Scheme::Null | Scheme::Mailto => return Err(send_only(scheme)),
             Scheme::Mbx => return Err(forward_receive_unsupported()),
         }
         Ok(scheme)
@@ -346,13 +354,21 @@ impl Registry {
                 side: Side::Receive,
                 hint: ": HTTP receive locations are served by the host's --http-listen listener",
             }),
-            Scheme::Null => Err(RegistryError::Unsupported {
-                adapter: "NULL",
-                side: Side::Receive,
-                hint: ": NULL is a send-only sink",
-            }),
+            s @ (Scheme::Null | Scheme::Mailto) => Err(send_only(s)),
             Scheme::Mbx => Err(forward_receive_unsupported()),
         }
+    }
+}
+
+/// NULL and SMTP only send.
+fn send_only(scheme: Scheme) -> RegistryError {
+    RegistryError::Unsupported {
+        adapter: scheme.adapter_name(),
+        side: Side::Receive,
+        hint: match scheme {
+            Scheme::Mailto => ": SMTP only sends mail",
+            _ => ": NULL is a send-only sink",
+        },
     }
 }
 

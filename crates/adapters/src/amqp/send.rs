@@ -16,8 +16,11 @@ use crate::error::ConfigError;
 use crate::settings::Settings;
 use crate::{report, Health, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
 
-/// A connection and its confirm-mode channel, per broker (and user).
-type Channels = HashMap<String, (Connection, Channel)>;
+/// Per broker (and user): a connection and its idle confirm-mode channels. A batch takes
+/// a channel for itself, so every message the broker returns on it (unroutable) is one of
+/// the batch's: lapin hands a returned message to whichever confirm comes next, which
+/// after a `multiple` ack can be another message's.
+type Channels = HashMap<String, (Connection, Vec<Channel>)>;
 
 #[derive(Default)]
 pub struct AmqpSendAdapter {
@@ -30,14 +33,26 @@ impl AmqpSendAdapter {
     }
 }
 
-/// The open channel to `config`'s broker, opened (in confirm mode) when there is none or
-/// the last one closed.
-async fn channel(channels: &Mutex<Channels>, config: &AmqpSendConfig) -> Result<Channel, String> {
+/// A channel in confirm mode to `config`'s broker for one batch: an idle one, or a new
+/// one (on a new connection when the last one closed).
+async fn take_channel(
+    channels: &Mutex<Channels>,
+    config: &AmqpSendConfig,
+) -> Result<Channel, String> {
     let key = config.endpoint.key();
     let mut open = channels.lock().await;
-    if let Some((conn, ch)) = open.get(&key) {
-        if conn.status().connected() && ch.status().connected() {
-            return Ok(ch.clone());
+    if let Some((conn, idle)) = open.get_mut(&key) {
+        if conn.status().connected() {
+            while let Some(ch) = idle.pop() {
+                if ch.status().connected() {
+                    return Ok(ch);
+                }
+            }
+            let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(ch);
         }
     }
     if let Some((conn, _)) = open.remove(&key) {
@@ -48,8 +63,17 @@ async fn channel(channels: &Mutex<Channels>, config: &AmqpSendConfig) -> Result<
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    open.insert(key, (conn, ch.clone()));
+    open.insert(key, (conn, Vec::new()));
     Ok(ch)
+}
+
+/// Gives a batch's channel back once every confirm on it has come.
+async fn give_back(channels: &Mutex<Channels>, key: &str, ch: Channel) {
+    if let Some((_, idle)) = channels.lock().await.get_mut(key) {
+        if ch.status().connected() {
+            idle.push(ch);
+        }
+    }
 }
 
 /// The message's basic properties: persistent, its content type, `message_id` =
@@ -72,7 +96,7 @@ fn properties(m: &OutboundMessage, config: &AmqpSendConfig) -> BasicProperties {
     }
     let mut p = BasicProperties::default()
         .with_delivery_mode(2)
-        .with_message_id(format!("{}.{}", m.message_id, m.port_name).into())
+        .with_message_id(publish_id(m).into())
         .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
         .with_headers(headers);
     if !m.content_type.is_empty() && m.content_type.len() <= 255 {
@@ -81,9 +105,13 @@ fn properties(m: &OutboundMessage, config: &AmqpSendConfig) -> BasicProperties {
     p
 }
 
+/// This batch's channels, per broker.
+type BatchChannels = HashMap<String, Channel>;
+
 /// Publishes one message (after its fence allows it); the confirm to await, or the outcome.
 async fn publish(
     channels: &Mutex<Channels>,
+    mine: &mut BatchChannels,
     m: &OutboundMessage,
 ) -> Result<(PublisherConfirm, std::time::Duration), Outcome> {
     let config =
@@ -93,9 +121,17 @@ async fn publish(
         .to_bytes()
         .await
         .map_err(|e| Outcome::failed(e, true))?;
-    let ch = channel(channels, &config)
-        .await
-        .map_err(|e| Outcome::failed(e, true))?;
+    let key = config.endpoint.key();
+    let ch = match mine.get(&key) {
+        Some(ch) => ch.clone(),
+        None => {
+            let ch = take_channel(channels, &config)
+                .await
+                .map_err(|e| Outcome::failed(e, true))?;
+            mine.insert(key, ch.clone());
+            ch
+        }
+    };
     if let Some(fence) = &m.fence {
         if !fence.allows() {
             return Err(Outcome::failed(
@@ -125,24 +161,42 @@ async fn publish(
     Ok((confirm, config.timeout))
 }
 
-/// What the broker's confirmation means for the message.
-fn confirmed(m: &OutboundMessage, c: lapin::Result<Confirmation>) -> Outcome {
+/// The message id a publish carries, by which a returned message is known.
+fn publish_id(m: &OutboundMessage) -> String {
+    format!("{}.{}", m.message_id, m.port_name)
+}
+
+/// What the broker's confirmation means for the message, given every message the broker
+/// returned on the batch's channels (`returned`: their ids and why).
+fn confirmed(
+    m: &OutboundMessage,
+    c: &Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+    timeout: std::time::Duration,
+    returned: &HashMap<String, String>,
+) -> Outcome {
     let result = match c {
-        Ok(Confirmation::Ack(None)) => Ok("confirmed".to_owned()),
-        Ok(Confirmation::Ack(Some(returned))) | Ok(Confirmation::Nack(Some(returned))) => Err((
+        _ if returned.contains_key(&publish_id(m)) => Err((
             format!(
-                "the broker could not route the message ({} {}): no queue is bound for it",
-                returned.reply_code, returned.reply_text
+                "the broker could not route the message ({}): no queue is bound for it",
+                returned[&publish_id(m)]
             ),
             true,
         )),
-        Ok(Confirmation::Nack(None)) => {
+        Ok(Ok(Confirmation::Ack(_))) => Ok("confirmed".to_owned()),
+        Ok(Ok(Confirmation::Nack(_))) => {
             Err(("the broker refused the message (nack)".to_owned(), true))
         }
-        Ok(Confirmation::NotRequested) => {
+        Ok(Ok(Confirmation::NotRequested)) => {
             Err(("the channel is not in confirm mode".to_owned(), true))
         }
-        Err(e) => Err((format!("no confirmation: {e}"), true)),
+        Ok(Err(e)) => Err((format!("no confirmation: {e}"), true)),
+        Err(_) => Err((
+            format!(
+                "no publisher confirm within {}",
+                humantime::format_duration(timeout)
+            ),
+            true,
+        )),
     };
     crate::outcome_of(m, "amqp", result)
 }
@@ -160,31 +214,53 @@ impl SendAdapter for AmqpSendAdapter {
     fn send(&self, batch: Vec<OutboundMessage>, outcomes: OutcomeSender) {
         let channels = Arc::clone(&self.channels);
         tokio::spawn(async move {
-            // publish the whole batch (the channel keeps its order), then await the confirms
+            // publish the whole batch on channels of its own (each keeps its order), then
+            // await the confirms
+            let mut mine = BatchChannels::new();
             let mut waiting = Vec::with_capacity(batch.len());
             for m in batch {
-                match publish(&channels, &m).await {
+                match publish(&channels, &mut mine, &m).await {
                     Ok(confirm) => waiting.push((m, confirm)),
                     Err(outcome) => {
-                        if let Outcome::Failed { error, .. } = &outcome {
-                            tracing::warn!(delivery_id = %m.delivery_id, port = %m.port_name, %error, "amqp send failed");
-                        }
+                        let result = match outcome {
+                            Outcome::Failed { error, retryable } => Err((error, retryable)),
+                            _ => Ok(String::new()),
+                        };
+                        let outcome = crate::outcome_of(&m, "amqp", result);
                         report(&outcomes, &m, outcome).await
                     }
                 }
             }
+            let mut confirms = Vec::with_capacity(waiting.len());
+            let mut returned = HashMap::new();
+            let mut complete = true;
             for (m, (confirm, timeout)) in waiting {
-                let outcome = match tokio::time::timeout(timeout, confirm).await {
-                    Ok(c) => confirmed(&m, c),
-                    Err(_) => Outcome::failed(
-                        format!(
-                            "no publisher confirm within {}",
-                            humantime::format_duration(timeout)
-                        ),
-                        true,
-                    ),
-                };
+                let c = tokio::time::timeout(timeout, confirm).await;
+                match &c {
+                    Ok(Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)))) => {
+                        if let Some(id) = r.delivery.properties.message_id() {
+                            returned.insert(
+                                id.as_str().to_owned(),
+                                format!("{} {}", r.reply_code, r.reply_text),
+                            );
+                        }
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => complete = false,
+                }
+                confirms.push((m, c, timeout));
+            }
+            for (m, c, timeout) in confirms {
+                let outcome = confirmed(&m, &c, timeout, &returned);
                 report(&outcomes, &m, outcome).await;
+            }
+            // a channel whose confirms did not all come may still see returns: not reused
+            for (key, ch) in mine {
+                if complete {
+                    give_back(&channels, &key, ch).await;
+                } else {
+                    let _ = ch.close(200, "confirms incomplete".into()).await;
+                }
             }
         });
     }
@@ -194,8 +270,11 @@ impl SendAdapter for AmqpSendAdapter {
             Ok(c) => c,
             Err(e) => return Health::unhealthy(e.to_string()),
         };
-        match channel(&self.channels, &config).await {
-            Ok(_) => Health::Healthy,
+        match take_channel(&self.channels, &config).await {
+            Ok(ch) => {
+                give_back(&self.channels, &config.endpoint.key(), ch).await;
+                Health::Healthy
+            }
             Err(e) => Health::unhealthy(e),
         }
     }

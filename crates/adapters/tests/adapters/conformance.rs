@@ -159,6 +159,33 @@ async fn every_registered_send_adapter_honours_the_contract() {
                 };
                 check_send_contract(adapter, good, bad, &has).await;
             }
+            Scheme::Mailto => {
+                let sink = crate::smtp::SmtpSink::start().await;
+                let good: Vec<_> = (0..4)
+                    .map(|i| {
+                        message(
+                            "mailto:ops@example.org",
+                            sink.settings(),
+                            &format!("<m>{i}</m>"),
+                        )
+                    })
+                    .collect();
+                // header injection through a property used in the subject: never sent
+                let bad: Vec<_> = (0..2)
+                    .map(|_| {
+                        let mut s = sink.settings();
+                        s.insert("subject".into(), "%Order.Id%".into());
+                        let mut m = message("mailto:ops@example.org", s, "bad");
+                        m.context.insert("Order.Id", "1\r\nBcc: evil@example.org");
+                        m
+                    })
+                    .collect();
+                let has = |m: &OutboundMessage| {
+                    let id = format!("Message-ID: <{}.{}@mbx>", m.message_id, m.port_name);
+                    sink.mails().iter().any(|mail| mail.contains(&id))
+                };
+                check_send_contract(adapter, good, bad, &has).await;
+            }
             Scheme::File => {
                 let dir = tempfile::tempdir().unwrap();
                 let address = file_url(dir.path(), "%MessageID%.xml");

@@ -8,4 +8,5 @@ mod file_send;
 mod http_send;
 mod mqtt;
 mod pipeline;
+mod smtp;
 mod support;
