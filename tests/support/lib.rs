@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
+pub mod brokers;
 pub mod certs;
 pub mod fault_proxy;
 pub mod load;
 pub mod pg_cluster;
+pub mod rabbit_node;
 pub mod sink;
 
 /// Where the workspace's binaries are: next to the test executable's `deps/` folder.

@@ -60,8 +60,9 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MBX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
+            tracing_subscriber::EnvFilter::try_from_env("MBX_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,sqlx=error,lapin=off")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

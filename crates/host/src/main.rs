@@ -115,8 +115,10 @@ fn main() -> ExitCode {
 async fn host(args: Args) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
+            // lapin logs every channel the broker closes as an error, also the expected
+            // ones (a queue checked by declaring it); the AMQP adapter logs what matters
             tracing_subscriber::EnvFilter::try_from_env("MBX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off")),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match args.log_format {

@@ -98,6 +98,12 @@ impl MessageBox {
         location_id: i64,
         ttl_ms: i64,
     ) -> Result<Option<i64>> {
+        // an ordered location has its lease row from its creation; a location whose
+        // adapter runs on one instance at a time (MQTT) gets it at its first acquisition
+        sqlx::query("INSERT INTO leases (location_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(location_id)
+            .execute(&self.pool)
+            .await?;
         self.lease_acquire(LeaseOf::Location(location_id), instance, ttl_ms)
             .await
     }

@@ -3,150 +3,17 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use mbx_adapters::amqp::{check_single_active_consumer, AmqpReceiveConfig, OrderedQueueError};
 use mbx_adapters::{
     system, Body, OutboundMessage, Outcome, ReceiveAdapter, ReceiveLocationSpec, Registry, Settings,
 };
 use tokio::sync::oneshot;
 
+pub use crate::brokers::amqp::{address, collect, unique, Broker};
 use crate::support::{message, send_all, Recorder, TEST_DEADLINE};
-
-/// The broker the tests use, as the machine's environment gives it.
-pub fn broker_url() -> String {
-    std::env::var("MBX_TEST_AMQP_URL").expect(
-        "MBX_TEST_AMQP_URL is set by .cargo/config.toml or .ci/run (amqp://guest:guest@127.0.0.1:5672/%2f)",
-    )
-}
-
-/// An mbx address on that broker: the guest user is the AMQP default, so no credentials.
-pub fn address(query: &str) -> String {
-    let url = broker_url().replacen("guest:guest@", "", 1);
-    format!("{url}?{query}")
-}
-
-/// A unique name for this test's queues.
-pub fn unique(prefix: &str) -> String {
-    format!("mbx-test-{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// The test's own connection to the broker (declaring, publishing input, reading output).
-pub struct Broker {
-    pub conn: Connection,
-    pub ch: Channel,
-    queues: Vec<String>,
-}
-
-impl Broker {
-    pub async fn connect() -> Self {
-        let conn = Connection::connect(&broker_url(), ConnectionProperties::default())
-            .await
-            .expect("the test broker answers");
-        let ch = conn.create_channel().await.unwrap();
-        Self {
-            conn,
-            ch,
-            queues: Vec::new(),
-        }
-    }
-
-    /// Declares a durable queue with `args` (deleted when the test ends).
-    pub async fn queue(&mut self, name: &str, args: &[(&str, AMQPValue)]) {
-        let mut table = FieldTable::default();
-        for (k, v) in args {
-            table.insert((*k).into(), v.clone());
-        }
-        let options = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        self.ch
-            .queue_declare(name.into(), options, table)
-            .await
-            .unwrap();
-        self.queues.push(name.to_owned());
-    }
-
-    pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) {
-        self.ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-
-    /// How many messages wait in `queue` (ready, not held by a consumer).
-    pub async fn ready(&self, queue: &str) -> u32 {
-        let ch = self.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = ch.close(200, "".into()).await;
-        q.message_count()
-    }
-
-    /// Takes `n` messages from `queue` (acknowledging them), in order.
-    pub async fn take(&self, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
-        let ch = self.conn.create_channel().await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(TEST_DEADLINE, async {
-            while got.len() < n {
-                let d = consumer.next().await.expect("consumer open").unwrap();
-                d.ack(BasicAckOptions::default()).await.unwrap();
-                got.push(d);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{n} messages in {queue} within the deadline; got {}",
-                got.len()
-            )
-        });
-        let _ = ch.close(200, "".into()).await;
-        got
-    }
-
-    pub async fn cleanup(self) {
-        for q in &self.queues {
-            let _ = self
-                .ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = self.conn.close(200, "".into()).await;
-    }
-}
 
 fn receive_spec(address: &str, settings: Settings, ordered: bool) -> ReceiveLocationSpec {
     ReceiveLocationSpec {
@@ -515,33 +382,4 @@ async fn a_broker_that_does_not_answer_is_a_retryable_failure() {
         "{:?}",
         reports[0].outcome
     );
-}
-
-/// A consumer on `queue` that records each message's `message_id` as it arrives.
-pub async fn collect_ids(
-    broker: &Broker,
-    queue: &str,
-) -> Arc<std::sync::Mutex<std::collections::HashSet<String>>> {
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    let ch = broker.conn.create_channel().await.unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        let _ch = ch;
-        while let Some(Ok(d)) = consumer.next().await {
-            if let Some(id) = d.properties.message_id() {
-                record.lock().unwrap().insert(id.as_str().to_owned());
-            }
-            let _ = d.ack(BasicAckOptions::default()).await;
-        }
-    });
-    seen
 }

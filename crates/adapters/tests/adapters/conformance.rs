@@ -109,13 +109,13 @@ async fn every_registered_send_adapter_honours_the_contract() {
                         )
                     })
                     .collect();
-                let arrived = crate::amqp::collect_ids(&broker, &q).await;
+                let arrived = crate::amqp::collect(&broker, &q).await;
                 let has = move |m: &OutboundMessage| {
                     let id = format!("{}.{}", m.message_id, m.port_name);
                     // the broker confirmed: its consumer sees the message soon after
                     let deadline = std::time::Instant::now() + TEST_DEADLINE;
                     while std::time::Instant::now() < deadline {
-                        if arrived.lock().unwrap().contains(&id) {
+                        if arrived.lock().unwrap().iter().any(|(i, _)| *i == id) {
                             return true;
                         }
                         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -2,6 +2,8 @@
 //! server (axum on 127.0.0.1:0). One test binary keeps link time down.
 
 mod amqp;
+#[path = "../../../../tests/support/brokers.rs"]
+mod brokers;
 mod conformance;
 mod file_receive;
 mod file_send;

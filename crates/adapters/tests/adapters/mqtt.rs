@@ -1,110 +1,15 @@
 //! The MQTT adapter against the machine's real Mosquitto (`MBX_TEST_MQTT_URL`; .ci/run
 //! starts it when it does not answer). Every test uses topics of its own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use mbx_adapters::mqtt::receive::client_id;
 use mbx_adapters::{system, Outcome, ReceiveAdapter, ReceiveLocationSpec, Registry, Settings};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::{oneshot, watch};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use tokio::sync::oneshot;
 
+pub use crate::brokers::mqtt::{address, broker_url, host_port, publish, subscribe, unique_topic};
 use crate::support::{message, send_all, Recorder, TEST_DEADLINE};
-
-/// The broker, as the environment gives it (`mqtt://127.0.0.1:1883`).
-pub fn broker_url() -> String {
-    std::env::var("MBX_TEST_MQTT_URL")
-        .expect("MBX_TEST_MQTT_URL is set by .cargo/config.toml or .ci/run (mqtt://127.0.0.1:1883)")
-}
-
-fn host_port() -> (String, u16) {
-    let rest = broker_url()
-        .trim_start_matches("mqtt://")
-        .trim_end_matches('/')
-        .to_owned();
-    let (host, port) = rest.rsplit_once(':').expect("mqtt://HOST:PORT");
-    (host.to_owned(), port.parse().expect("a port"))
-}
-
-pub fn unique_topic(prefix: &str) -> String {
-    format!("mbx-test/{prefix}/{}", uuid::Uuid::new_v4().simple())
-}
-
-/// What a test subscriber received: (topic, payload, retain).
-pub type Received = Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>;
-
-/// Subscribes to `filter` (QoS 1) and records what arrives; returns once subscribed.
-pub async fn subscribe(filter: &str) -> (Received, watch::Receiver<usize>) {
-    let (host, port) = host_port();
-    let mut o = MqttOptions::new(
-        format!("test-sub-{}", uuid::Uuid::new_v4().simple()),
-        host,
-        port,
-    );
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 100);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let got: Received = Arc::new(Mutex::new(Vec::new()));
-    let (count, counted) = watch::channel(0usize);
-    let (subscribed, is_subscribed) = oneshot::channel();
-    let record = got.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        let mut subscribed = Some(subscribed);
-        while let Ok(event) = eventloop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(s) = subscribed.take() {
-                        let _ = s.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(p)) => {
-                    let mut g = record.lock().unwrap();
-                    g.push((p.topic.clone(), p.payload.to_vec(), p.retain));
-                    count.send_replace(g.len());
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::time::timeout(TEST_DEADLINE, is_subscribed)
-        .await
-        .unwrap()
-        .unwrap();
-    (got, counted)
-}
-
-/// Publishes `payloads` to `topic` with QoS 1, each confirmed by its PUBACK.
-pub async fn publish(topic: &str, payloads: &[Vec<u8>]) {
-    let (host, port) = host_port();
-    let mut o = MqttOptions::new(
-        format!("test-pub-{}", uuid::Uuid::new_v4().simple()),
-        host,
-        port,
-    );
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 1000);
-    for p in payloads {
-        client
-            .publish(topic, QoS::AtLeastOnce, false, p.clone())
-            .await
-            .unwrap();
-    }
-    let mut acked = 0;
-    tokio::time::timeout(TEST_DEADLINE, async {
-        while acked < payloads.len() {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
-                acked += 1;
-            }
-        }
-    })
-    .await
-    .expect("every publish acknowledged");
-    let _ = client.disconnect().await;
-}
-
-pub fn address(topic_path: &str) -> String {
-    format!("{}/{topic_path}", broker_url().trim_end_matches('/'))
-}
 
 fn spec(location: &str, address: &str, settings: Settings) -> ReceiveLocationSpec {
     ReceiveLocationSpec {

@@ -1,84 +1,10 @@
 //! The SMTP adapter against a real SMTP server on loopback: aiosmtpd (PyPI, installed by
 //! .ci/run from tests/requirements.txt), writing what it receives into a Maildir.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 use mbx_adapters::{Outcome, Registry, Settings};
 
-use crate::support::{message, send_all, TEST_DEADLINE};
-
-/// An SMTP server on 127.0.0.1 for one test; stopped when dropped.
-pub struct SmtpSink {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl SmtpSink {
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
-            .arg(dir.path().join("maildir"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 -m aiosmtpd (pip install -r tests/requirements.txt)");
-        let deadline = std::time::Instant::now() + TEST_DEADLINE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "aiosmtpd listens within the deadline"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        Self { port, dir, child }
-    }
-
-    /// Every mail received so far, as text.
-    pub fn mails(&self) -> Vec<String> {
-        let new: PathBuf = self.dir.path().join("maildir").join("new");
-        let Ok(entries) = std::fs::read_dir(new) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .collect()
-    }
-
-    pub fn settings(&self) -> Settings {
-        [
-            ("smtp_server".to_owned(), format!("127.0.0.1:{}", self.port)),
-            ("tls".to_owned(), "none".to_owned()),
-            ("from".to_owned(), "mbx@example.org".to_owned()),
-        ]
-        .into()
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use crate::brokers::smtp::SmtpSink;
+use crate::support::{message, send_all};
 
 #[tokio::test]
 async fn text_is_the_mail_other_bodies_are_attached_and_the_message_id_is_stable() {

@@ -1,0 +1,127 @@
+//! A private RabbitMQ node for tests that stop and restart the broker: its own node name,
+//! AMQP and distribution ports and data folder, started from the machine's RabbitMQ
+//! installation (`/usr/lib/rabbitmq/bin/rabbitmq-server`, as the current user). The
+//! machine's shared broker is never disturbed. Its data (durable queues, persistent
+//! messages) survives a restart; it is stopped and removed when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+pub struct RabbitNode {
+    dir: tempfile::TempDir,
+    name: String,
+    pub port: u16,
+    dist_port: u16,
+    child: Option<Child>,
+}
+
+/// The server script of the machine's RabbitMQ (without the wrapper that changes user).
+fn server() -> String {
+    std::env::var("MBX_RABBITMQ_SERVER")
+        .unwrap_or_else(|_| "/usr/lib/rabbitmq/bin/rabbitmq-server".to_owned())
+}
+
+impl RabbitNode {
+    /// Starts a node and waits until it accepts AMQP connections.
+    pub fn start() -> RabbitNode {
+        let dir = tempfile::Builder::new()
+            .prefix("mbx-rabbit-")
+            .tempdir()
+            .expect("node folder");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
+        let mut node = RabbitNode {
+            name: format!("mbx-test-{}@localhost", std::process::id()),
+            port: free_port(),
+            dist_port: free_port(),
+            dir,
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// The node's AMQP URL for mbx addresses (the guest user: no credentials).
+    pub fn url(&self) -> String {
+        format!("amqp://127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's AMQP URL with the guest credentials, for the test's own client.
+    pub fn client_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn accepts(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// Starts the node (again) on the same data and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the node is running");
+        let d = self.dir.path();
+        let path = |p: &str| d.join(p).display().to_string();
+        let child = Command::new(server())
+            .env("HOME", d)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", path("feature_flags"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", path("plugins-expand"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rabbitmq-server (the machine's RabbitMQ installation)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.accepts() {
+            assert!(
+                Instant::now() < deadline,
+                "the private RabbitMQ node did not accept connections within 60 s (logs in {})",
+                d.join("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the node (SIGTERM: RabbitMQ's clean shutdown) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            while self.accepts() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // the Erlang port mapper daemon the node started stays for other nodes
+    }
+}
