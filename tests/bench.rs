@@ -52,6 +52,7 @@ fn a_small_benchmark_run_reports_every_workload_and_peer() {
         ("ordered", "mbx"),
         ("fanout", "mbx"),
         ("many-ordered", "mbx"),
+        ("amqp", "mbx"),
     ] {
         let r = row(workload, system);
         let rate = r["msgs_per_s"].as_f64().expect("msgs_per_s");

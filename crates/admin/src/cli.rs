@@ -148,7 +148,8 @@ pub enum RolesCommand {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), forward (group
-    /// A → group B on the same server, counted where B delivers), or all.
+    /// A → group B on the same server, counted where B delivers), request-response, amqp
+    /// (a RabbitMQ queue → mbx → another queue, beside the rabbitmq peer), or all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub workload: Vec<String>,
     /// Measured time of each run, after the warm-up.

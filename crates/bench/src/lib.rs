@@ -2,6 +2,7 @@
 //! complete — on the machine it runs on, with its peers in the same run on the same
 //! PostgreSQL, and reports throughput, latency, memory, scaling and drain.
 
+pub mod amqp_relay;
 pub mod database;
 pub mod error;
 pub mod mbx;

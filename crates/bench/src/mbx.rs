@@ -42,16 +42,20 @@ pub enum Workload {
     /// HTTP clients → a two-way receive → a solicit-response port → an echo service on
     /// loopback → the answer back to the client; round trips counted at the clients.
     RequestResponse,
+    /// A RabbitMQ queue → an AMQP receive location → an AMQP send port → another queue,
+    /// counted by the same consumers as the rabbitmq peer.
+    Amqp,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Unordered,
         Workload::Ordered,
         Workload::Fanout,
         Workload::ManyOrdered,
         Workload::Forward,
         Workload::RequestResponse,
+        Workload::Amqp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +66,7 @@ impl Workload {
             Workload::ManyOrdered => "many-ordered",
             Workload::Forward => "forward",
             Workload::RequestResponse => "request-response",
+            Workload::Amqp => "amqp",
         }
     }
 
@@ -74,7 +79,8 @@ impl Workload {
             Workload::Unordered
             | Workload::Ordered
             | Workload::Forward
-            | Workload::RequestResponse => 1,
+            | Workload::RequestResponse
+            | Workload::Amqp => 1,
             Workload::Fanout => 10,
             Workload::ManyOrdered => 100,
         }
@@ -116,6 +122,9 @@ pub async fn run(
 ) -> Result<Measured, BenchError> {
     if run.workload == Workload::RequestResponse {
         return crate::request_response::run(spec, run, progress).await;
+    }
+    if run.workload == Workload::Amqp {
+        return crate::amqp_relay::run(spec, run, progress).await;
     }
     let db = database::Scratch::create(&spec.database_url, "mbx").await?;
     let far = match run.workload {
@@ -499,7 +508,7 @@ pub(crate) struct Hosts {
 }
 
 impl Hosts {
-    async fn start(bin: &Path, url: &str, n: usize) -> Result<Self, BenchError> {
+    pub(crate) async fn start(bin: &Path, url: &str, n: usize) -> Result<Self, BenchError> {
         Self::start_serving(bin, url, &vec![0; n]).await
     }
 

@@ -86,7 +86,7 @@ pub async fn run_on_queue(
     Ok(measured)
 }
 
-async fn connect(url: &str, role: &str) -> Result<Connection, BenchError> {
+pub(crate) async fn connect(url: &str, role: &str) -> Result<Connection, BenchError> {
     let hint = |e: &dyn std::fmt::Display| {
         BenchError::peer(
             PEER,
@@ -123,6 +123,18 @@ fn unix_micros() -> u64 {
 }
 
 async fn measure(spec: &RunSpec, progress: &Progress, queue: &str) -> Result<Measured, BenchError> {
+    measure_between(spec, progress, queue, queue).await
+}
+
+/// The method above with producers publishing to `publish_to` and consumers consuming
+/// `consume_from` (the same queue for RabbitMQ alone; two queues with mbx relaying
+/// between them for `--workload amqp`).
+pub(crate) async fn measure_between(
+    spec: &RunSpec,
+    progress: &Progress,
+    publish_to: &str,
+    consume_from: &str,
+) -> Result<Measured, BenchError> {
     let batch = spec.batch.max(1);
     let prefetch = (2 * batch).min(u16::MAX as usize) as u16;
     let body_size = spec.body_size.max(8);
@@ -150,13 +162,13 @@ async fn measure(spec: &RunSpec, progress: &Progress, queue: &str) -> Result<Mea
             .map_err(|e| BenchError::peer(PEER, format!("setting prefetch {prefetch}: {e}")))?;
         let consumer = channel
             .basic_consume(
-                queue.into(),
+                consume_from.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BenchError::peer(PEER, format!("consuming from {queue}: {e}")))?;
+            .map_err(|e| BenchError::peer(PEER, format!("consuming from {consume_from}: {e}")))?;
         consumers.push((conn, channel, consumer));
     }
 
@@ -164,7 +176,7 @@ async fn measure(spec: &RunSpec, progress: &Progress, queue: &str) -> Result<Mea
     let end = start + spec.warmup + spec.duration;
     let mut tasks: JoinSet<Result<Latencies, BenchError>> = JoinSet::new();
     for (conn, channel) in producers {
-        let (queue, window) = (queue.to_owned(), window.clone());
+        let (queue, window) = (publish_to.to_owned(), window.clone());
         let rate = spec.rate.map(|r| r / spec.producers.max(1) as f64);
         tasks.spawn(async move {
             let mut body = vec![b'x'; body_size];
@@ -212,7 +224,8 @@ async fn measure(spec: &RunSpec, progress: &Progress, queue: &str) -> Result<Mea
         });
     }
     for (conn, channel, mut consumer) in consumers {
-        let (queue, window, measuring) = (queue.to_owned(), window.clone(), measuring.clone());
+        let (queue, window, measuring) =
+            (consume_from.to_owned(), window.clone(), measuring.clone());
         tasks.spawn(async move {
             let mut latencies = Latencies::new();
             let mut pending = 0u64;
