@@ -14,7 +14,7 @@ use mbx_e2e::brokers::mqtt;
 use mbx_e2e::brokers::smtp::SmtpSink;
 use mbx_e2e::rabbit_node::RabbitNode;
 use mbx_e2e::{
-    count, database_url, eventually, files_in, lines_of, messagebox, start_host, wait_for,
+    count, database_url, eventually, files_in, lines_of, messagebox, signal, start_host, wait_for,
     wait_for_alive, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
@@ -110,15 +110,6 @@ fn text(i: usize) -> BasicProperties {
 fn kill9(host: &mut mbx_e2e::Reaped) {
     host.0.kill().expect("SIGKILL");
     host.0.wait().expect("reap");
-}
-
-fn signal(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -590,5 +581,56 @@ async fn an_ordered_location_needs_a_single_active_consumer_queue(pool: PgPool) 
     let args = create("accepted", &single);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     cli.ok(&args);
+    broker.cleanup().await;
+}
+
+/// An ordered AMQP send port publishes in sequence order (one message at a time, each
+/// confirmed before the next), whatever the batches it was published in.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ordered_amqp_send_port_keeps_the_order(pool: PgPool) {
+    use mbx_messagebox::publish::{NewMessage, Publisher};
+    use mbx_messagebox::{Context, Value};
+    const N: usize = 200;
+    let mbx = messagebox(&pool).await;
+    let mut broker = Broker::connect().await;
+    let q = amqp::unique("ordered-out");
+    broker.queue(&q, &[]).await;
+    let out = amqp::collect(&broker, &q).await;
+    let mut spec = SendPortSpec::new("ordered-out", &amqp::address(&format!("queue={q}")))
+        .with_filter("exists(Seq.N)")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    mbx.send_port_create(&spec).await.expect("ordered port");
+    let url = database_url(&pool);
+    let _hosts = [start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+        let batch = chunk
+            .iter()
+            .map(|&i| {
+                let mut ctx = Context::new();
+                ctx.promote("Seq.N", Value::Integer(i as i64))
+                    .expect("promote");
+                NewMessage::new(body(i), "text/plain", ctx)
+            })
+            .collect();
+        mbx.publish(&Publisher::default(), batch)
+            .await
+            .expect("publish");
+    }
+    wait_for("every message in the queue", RECOVERY, || async {
+        out.lock().unwrap().len() >= N
+    })
+    .await;
+    let bodies: Vec<String> = out
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        (0..N).map(body).collect::<Vec<_>>(),
+        "in order, once each"
+    );
     broker.cleanup().await;
 }

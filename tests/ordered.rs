@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mbx_e2e::sink::{check_in_order, ordered_http_port, Request};
 use mbx_e2e::{
-    database_url, eventually, lease_owner, lines_of, messagebox, start_host, wait_for,
+    database_url, eventually, lease_owner, lines_of, messagebox, signal, start_host, wait_for,
     wait_for_alive, FAST_HOST,
 };
 use mbx_messagebox::config::{InitialState, SendPortSpec};
@@ -464,15 +464,6 @@ async fn an_ordered_port_runs_on_one_instance_at_a_time(pool: PgPool) {
 }
 
 const PAUSE_MESSAGES: usize = 300;
-
-fn signal(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
 
 /// T2: the owner is paused (SIGSTOP) for longer than the lease TTL, another instance takes
 /// over with a new epoch, and the paused one is resumed (SIGCONT): it must emit at most

@@ -233,6 +233,16 @@ fn host_log_level() -> String {
     }
 }
 
+/// Sends signal `sig` (`-STOP`, `-CONT`, …) to process `pid`.
+pub fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// Polls `cond` every 50 ms until it holds; panics naming `what` once `deadline` passed.
 pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, cond: F)
 where

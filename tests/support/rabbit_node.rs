@@ -62,6 +62,8 @@ impl RabbitNode {
         let d = self.dir.path();
         let path = |p: &str| d.join(p).display().to_string();
         let child = Command::new(server())
+            // crash dumps and Mnesia cores land in the node's folder, not the test's
+            .current_dir(d)
             .env("HOME", d)
             .env("RABBITMQ_NODENAME", &self.name)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")

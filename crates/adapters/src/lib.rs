@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 pub mod amqp;
 pub mod body;
+mod broker;
 pub mod context;
 pub mod error;
 pub mod file;

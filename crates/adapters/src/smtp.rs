@@ -125,7 +125,7 @@ impl SmtpSendConfig {
                 "headers in a mailto: address are not taken; use --set subject=…".into(),
             ));
         }
-        let decoded = crate::mqtt::config::percent_decode(rest)
+        let decoded = crate::broker::percent_decode(rest)
             .ok_or_else(|| bad("not valid percent-encoded UTF-8".into()))?;
         header_safe("the recipient", &decoded).map_err(bad)?;
         let to: Vec<String> = decoded.split(',').map(|s| s.trim().to_owned()).collect();
@@ -366,10 +366,7 @@ impl SendAdapter for SmtpSendAdapter {
             Ok(c) => c,
             Err(e) => return Health::unhealthy(e.to_string()),
         };
-        match tokio::net::TcpStream::connect((c.server.as_str(), c.port)).await {
-            Ok(_) => Health::Healthy,
-            Err(e) => Health::unhealthy(format!("{}:{}: {e}", c.server, c.port)),
-        }
+        crate::broker::reachable(&c.server, c.port, &format!("{}:{}", c.server, c.port)).await
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use mbx_vocabulary::SecretRef;
-use reqwest::Url;
 
+use crate::broker;
 use crate::error::ConfigError;
 use crate::settings::{self, Settings};
 
@@ -144,41 +144,28 @@ fn parse_address(
     settings: &Settings,
     example: &'static str,
 ) -> Result<(AmqpEndpoint, Vec<(String, String)>), ConfigError> {
-    let url = Url::parse(address).map_err(|e| bad(address, e.to_string(), example))?;
-    let tls = match url.scheme() {
-        "amqp" => false,
-        "amqps" => true,
-        _ => return Err(bad(address, "expected amqp:// or amqps://", example)),
-    };
-    if url.password().is_some() {
-        // the refusal repeats the address without the password
-        let mut shown = url.clone();
-        let _ = shown.set_password(Some("***"));
-        return Err(bad(
-            shown.as_str(),
-            "a password is never part of the address: give it as --set password=env:NAME or file:PATH",
+    let a = broker::parse(
+        address,
+        settings,
+        &broker::Schemes {
+            plain: "amqp",
+            tls: "amqps",
+            plain_port: 5672,
+            tls_port: 5671,
             example,
-        ));
-    }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad(address, "no broker host", example))?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
-    let raw_vhost = url.path().strip_prefix('/').unwrap_or(url.path());
-    let vhost = if raw_vhost.is_empty() {
+        },
+    )?;
+    let vhost = if a.raw_path.is_empty() {
         "/".to_owned()
     } else {
-        if raw_vhost.contains('/') {
+        if a.raw_path.contains('/') {
             return Err(bad(
                 address,
                 "the path is one virtual host; write / as %2f",
                 example,
             ));
         }
-        percent_decode(raw_vhost).ok_or_else(|| {
+        broker::percent_decode(&a.raw_path).ok_or_else(|| {
             bad(
                 address,
                 "the virtual host is not valid percent-encoded UTF-8",
@@ -186,27 +173,6 @@ fn parse_address(
             )
         })?
     };
-    let user = match url.username() {
-        "" => None,
-        u => Some(percent_decode(u).ok_or_else(|| {
-            bad(
-                address,
-                "the user is not valid percent-encoded UTF-8",
-                example,
-            )
-        })?),
-    };
-    let password = settings
-        .get("password")
-        .map(|r| SecretRef::parse("password", r).map_err(|problem| ConfigError::Secret { problem }))
-        .transpose()?;
-    if user.is_none() && password.is_some() {
-        return Err(bad(
-            address,
-            "--set password needs a user in the address (amqp://USER@host/vhost?…)",
-            example,
-        ));
-    }
     let heartbeat = settings::get_duration(
         settings,
         "heartbeat",
@@ -214,39 +180,18 @@ fn parse_address(
         Duration::from_secs(1),
         Duration::from_secs(600),
     )?;
-    let pairs = url
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
     Ok((
         AmqpEndpoint {
-            tls,
-            host,
-            port,
+            tls: a.tls,
+            host: a.host,
+            port: a.port,
             vhost,
-            user,
-            password,
+            user: a.user,
+            password: a.password,
             heartbeat,
         },
-        pairs,
+        a.query,
     ))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// An AMQP short string: at most 255 bytes.

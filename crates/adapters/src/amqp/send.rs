@@ -1,5 +1,5 @@
-//! AMQP send: persistent, `mandatory` publishes on a channel in confirm mode, one channel
-//! per broker shared by every port of the host instance.
+//! AMQP send: persistent, `mandatory` publishes in confirm mode, over one connection per
+//! broker shared by every port of the host instance, each batch on a channel of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;

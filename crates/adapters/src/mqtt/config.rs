@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use mbx_vocabulary::SecretRef;
-use reqwest::Url;
 
+use crate::broker;
 use crate::error::ConfigError;
 use crate::settings::{self, Settings};
 
@@ -104,49 +104,22 @@ fn parse_address(
             "write the # wildcard as %23 (or give the filter as --set topic=…)",
         ));
     }
-    let url = Url::parse(address).map_err(|e| bad(&e.to_string()))?;
-    let tls = match url.scheme() {
-        "mqtt" => false,
-        "mqtts" => true,
-        _ => return Err(bad("expected mqtt:// or mqtts://")),
-    };
-    if url.password().is_some() {
-        let mut shown = url.clone();
-        let _ = shown.set_password(Some("***"));
-        return Err(ConfigError::address(
-            shown.as_str(),
-            "a password is never part of the address: give it as --set password=env:NAME or file:PATH",
+    let a = broker::parse(
+        address,
+        settings,
+        &broker::Schemes {
+            plain: "mqtt",
+            tls: "mqtts",
+            plain_port: 1883,
+            tls_port: 8883,
             example,
-        ));
-    }
-    if url.query().is_some() {
+        },
+    )?;
+    if !a.query.is_empty() {
         return Err(bad("an MQTT address takes no ?query"));
     }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("no broker host"))?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
-    let path = url.path().strip_prefix('/').unwrap_or(url.path());
-    let topic =
-        percent_decode(path).ok_or_else(|| bad("the topic is not valid percent-encoded UTF-8"))?;
-    let user = match url.username() {
-        "" => None,
-        u => Some(
-            percent_decode(u).ok_or_else(|| bad("the user is not valid percent-encoded UTF-8"))?,
-        ),
-    };
-    let password = settings
-        .get("password")
-        .map(|r| SecretRef::parse("password", r).map_err(|problem| ConfigError::Secret { problem }))
-        .transpose()?;
-    if user.is_none() && password.is_some() {
-        return Err(bad(
-            "--set password needs a user in the address (mqtt://USER@host/topic)",
-        ));
-    }
+    let topic = broker::percent_decode(&a.raw_path)
+        .ok_or_else(|| bad("the topic is not valid percent-encoded UTF-8"))?;
     let keep_alive = settings::get_duration(
         settings,
         "keep_alive",
@@ -156,31 +129,15 @@ fn parse_address(
     )?;
     Ok((
         MqttEndpoint {
-            tls,
-            host,
-            port,
-            user,
-            password,
+            tls: a.tls,
+            host: a.host,
+            port: a.port,
+            user: a.user,
+            password: a.password,
             keep_alive,
         },
         topic,
     ))
-}
-
-pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A topic name to publish to: not empty, no wildcards, no NUL, at most 65,535 bytes.

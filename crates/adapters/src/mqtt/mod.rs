@@ -20,8 +20,7 @@ pub use send::MqttSendAdapter;
 use rumqttc::{MqttOptions, Transport};
 
 /// The connection options for `endpoint` (the password read now). `max_incoming` bounds
-/// the packets the broker may send: a larger one would end the connection before the
-/// adapter could refuse it, and come back at every reconnect.
+/// the packets the broker may send: a larger one ends the connection (rumqttc refuses it).
 pub(crate) fn options(
     endpoint: &MqttEndpoint,
     client_id: &str,

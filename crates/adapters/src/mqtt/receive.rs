@@ -63,8 +63,10 @@ impl MqttReceiveAdapter {
         shutdown: &mut ShutdownSignal,
         backoff: &mut Duration,
     ) -> Ended {
-        // room for the largest message the location takes, so a larger one is refused here
-        let max_incoming = self.config.max_message_size.saturating_add(64 * 1024);
+        // every packet the protocol allows: a larger message than the location takes is
+        // received and refused here (recorded, acknowledged); a packet limit below it would
+        // end the connection on it at every reconnect, and the location would stall
+        let max_incoming = super::config::MQTT_PACKET_MAX;
         let options = match super::options(
             &self.config.endpoint,
             &client_id(&self.spec.location_name),
@@ -251,9 +253,6 @@ impl ReceiveAdapter for MqttReceiveAdapter {
 
     async fn health(&self) -> Health {
         let e = &self.config.endpoint;
-        match tokio::net::TcpStream::connect((e.host.as_str(), e.port)).await {
-            Ok(_) => Health::Healthy,
-            Err(err) => Health::unhealthy(format!("{}: {err}", e.broker())),
-        }
+        crate::broker::reachable(&e.host, e.port, &e.broker()).await
     }
 }

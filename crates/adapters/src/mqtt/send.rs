@@ -233,11 +233,7 @@ impl SendAdapter for MqttSendAdapter {
             Ok(c) => c,
             Err(e) => return Health::unhealthy(e.to_string()),
         };
-        match tokio::net::TcpStream::connect((config.endpoint.host.as_str(), config.endpoint.port))
-            .await
-        {
-            Ok(_) => Health::Healthy,
-            Err(e) => Health::unhealthy(format!("{}: {e}", config.endpoint.broker())),
-        }
+        let e = &config.endpoint;
+        crate::broker::reachable(&e.host, e.port, &e.broker()).await
     }
 }

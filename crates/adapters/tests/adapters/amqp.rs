@@ -1,19 +1,16 @@
 //! The AMQP adapter against the machine's real RabbitMQ (`MBX_TEST_AMQP_URL`; .ci/run
 //! starts the broker when it does not answer). Every test uses queues of its own.
 
-use std::sync::Arc;
-
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use mbx_adapters::amqp::{check_single_active_consumer, AmqpReceiveConfig, OrderedQueueError};
 use mbx_adapters::{
-    system, Body, OutboundMessage, Outcome, ReceiveAdapter, ReceiveLocationSpec, Registry, Settings,
+    system, Body, OutboundMessage, Outcome, ReceiveLocationSpec, Registry, Settings,
 };
-use tokio::sync::oneshot;
 
 pub use crate::brokers::amqp::{address, collect, unique, Broker};
-use crate::support::{message, send_all, Recorder, TEST_DEADLINE};
+use crate::support::{message, run, send_all, wait_for_messages, Recorder};
 
 fn receive_spec(address: &str, settings: Settings, ordered: bool) -> ReceiveLocationSpec {
     ReceiveLocationSpec {
@@ -25,41 +22,10 @@ fn receive_spec(address: &str, settings: Settings, ordered: bool) -> ReceiveLoca
     }
 }
 
-/// Runs `adapter` until the returned sender fires (or is dropped).
-fn run(
-    adapter: Box<dyn ReceiveAdapter>,
-    recorder: Arc<Recorder>,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = Box::pin(async move {
-            let _ = stopped.await;
-        });
-        adapter.run(recorder.as_ref(), shutdown).await.unwrap();
-    });
-    (stop, task)
-}
-
 fn text_properties(id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_message_id(id.into())
         .with_delivery_mode(2)
-}
-
-/// Waits until the recorder has `n` accepted messages.
-async fn wait_for_messages(recorder: &Recorder, n: usize) {
-    tokio::time::timeout(TEST_DEADLINE, async {
-        loop {
-            if recorder.messages().len() >= n {
-                return;
-            }
-            recorder
-                .wait_for_batches(recorder.batches().len() + 1)
-                .await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{n} messages submitted; got {}", recorder.messages().len()));
 }
 
 #[tokio::test]

@@ -1,15 +1,12 @@
 //! The MQTT adapter against the machine's real Mosquitto (`MBX_TEST_MQTT_URL`; .ci/run
 //! starts it when it does not answer). Every test uses topics of its own.
 
-use std::sync::Arc;
-
 use mbx_adapters::mqtt::receive::client_id;
-use mbx_adapters::{system, Outcome, ReceiveAdapter, ReceiveLocationSpec, Registry, Settings};
+use mbx_adapters::{system, Outcome, ReceiveLocationSpec, Registry, Settings};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
-use tokio::sync::oneshot;
 
 pub use crate::brokers::mqtt::{address, broker_url, host_port, publish, subscribe, unique_topic};
-use crate::support::{message, send_all, Recorder, TEST_DEADLINE};
+use crate::support::{message, run, send_all, wait_for_messages, Recorder, TEST_DEADLINE};
 
 fn spec(location: &str, address: &str, settings: Settings) -> ReceiveLocationSpec {
     ReceiveLocationSpec {
@@ -19,32 +16,6 @@ fn spec(location: &str, address: &str, settings: Settings) -> ReceiveLocationSpe
         instance_id: "i1".into(),
         ordered: false,
     }
-}
-
-fn run(
-    adapter: Box<dyn ReceiveAdapter>,
-    recorder: Arc<Recorder>,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = Box::pin(async move {
-            let _ = stopped.await;
-        });
-        adapter.run(recorder.as_ref(), shutdown).await.unwrap();
-    });
-    (stop, task)
-}
-
-async fn wait_for_messages(recorder: &Recorder, n: usize) {
-    tokio::time::timeout(TEST_DEADLINE, async {
-        while recorder.messages().len() < n {
-            recorder
-                .wait_for_batches(recorder.batches().len() + 1)
-                .await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{n} messages submitted; got {}", recorder.messages().len()));
 }
 
 /// Ends the location's persistent session (a clean connection under its client id).

@@ -14,10 +14,10 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use mbx_adapters::{
-    InboundMessage, MessageContext, OutboundMessage, SendAdapter, SendReport, Settings,
-    SubmitError, Submitted, Submitter,
+    InboundMessage, MessageContext, OutboundMessage, ReceiveAdapter, SendAdapter, SendReport,
+    Settings, SubmitError, Submitted, Submitter,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 /// A guard against a hung test, never a stand-in for a condition.
@@ -295,4 +295,35 @@ pub fn names(dir: &std::path::Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Runs `adapter` until the returned sender fires (or is dropped).
+pub fn run(
+    adapter: Box<dyn ReceiveAdapter>,
+    recorder: Arc<Recorder>,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        adapter.run(recorder.as_ref(), shutdown).await.unwrap();
+    });
+    (stop, task)
+}
+
+/// Waits until the recorder has `n` accepted messages.
+pub async fn wait_for_messages(recorder: &Recorder, n: usize) {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        loop {
+            if recorder.messages().len() >= n {
+                return;
+            }
+            recorder
+                .wait_for_batches(recorder.batches().len() + 1)
+                .await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} messages submitted; got {}", recorder.messages().len()));
 }

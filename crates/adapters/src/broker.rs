@@ -1,0 +1,131 @@
+//! What the addresses of the broker adapters (AMQP, MQTT) share:
+//! `SCHEME://[user@]host[:port]/PATH[?QUERY]`, `SCHEME` plain or TLS, a user in the address
+//! and its password only by reference (`--set password=env:NAME|file:PATH`): a password
+//! written into the address is refused, and the refusal does not repeat it.
+
+use mbx_vocabulary::SecretRef;
+use reqwest::Url;
+
+use crate::error::ConfigError;
+use crate::settings::Settings;
+use crate::Health;
+
+/// The schemes and default ports of one adapter, and the example its errors show.
+pub(crate) struct Schemes {
+    pub plain: &'static str,
+    pub tls: &'static str,
+    pub plain_port: u16,
+    pub tls_port: u16,
+    pub example: &'static str,
+}
+
+/// A parsed broker address.
+pub(crate) struct BrokerAddress {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<SecretRef>,
+    /// The path without its leading `/`, as written (percent-encoded).
+    pub raw_path: String,
+    pub query: Vec<(String, String)>,
+}
+
+pub(crate) fn parse(
+    address: &str,
+    settings: &Settings,
+    schemes: &Schemes,
+) -> Result<BrokerAddress, ConfigError> {
+    let bad = |p: &str| ConfigError::address(address, p, schemes.example);
+    let url = Url::parse(address).map_err(|e| bad(&e.to_string()))?;
+    let tls = match url.scheme() {
+        s if s == schemes.plain => false,
+        s if s == schemes.tls => true,
+        _ => {
+            return Err(bad(&format!(
+                "expected {}:// or {}://",
+                schemes.plain, schemes.tls
+            )))
+        }
+    };
+    if url.password().is_some() {
+        // the refusal repeats the address without the password
+        let mut shown = url.clone();
+        let _ = shown.set_password(Some("***"));
+        return Err(ConfigError::address(
+            shown.as_str(),
+            "a password is never part of the address: give it as --set password=env:NAME or file:PATH",
+            schemes.example,
+        ));
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("no broker host"))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = url.port().unwrap_or(if tls {
+        schemes.tls_port
+    } else {
+        schemes.plain_port
+    });
+    let user = match url.username() {
+        "" => None,
+        u => Some(
+            percent_decode(u).ok_or_else(|| bad("the user is not valid percent-encoded UTF-8"))?,
+        ),
+    };
+    let password = settings
+        .get("password")
+        .map(|r| SecretRef::parse("password", r).map_err(|problem| ConfigError::Secret { problem }))
+        .transpose()?;
+    if user.is_none() && password.is_some() {
+        return Err(bad(&format!(
+            "--set password needs a user in the address ({}://USER@host/…)",
+            schemes.plain
+        )));
+    }
+    let raw_path = url
+        .path()
+        .strip_prefix('/')
+        .unwrap_or(url.path())
+        .to_owned();
+    let query = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    Ok(BrokerAddress {
+        tls,
+        host,
+        port,
+        user,
+        password,
+        raw_path,
+        query,
+    })
+}
+
+/// Decodes `%XX` escapes; `None` if malformed or not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether a server accepts a TCP connection at `host:port` (`label` names it).
+pub(crate) async fn reachable(host: &str, port: u16, label: &str) -> Health {
+    match tokio::net::TcpStream::connect((host, port)).await {
+        Ok(_) => Health::Healthy,
+        Err(e) => Health::unhealthy(format!("{label}: {e}")),
+    }
+}
