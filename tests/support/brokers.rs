@@ -316,6 +316,12 @@ pub mod smtp {
 
     impl SmtpSink {
         pub async fn start() -> Self {
+            Self::start_with(&[]).await
+        }
+
+        /// [`SmtpSink::start`] with more aiosmtpd arguments (`--tlscert`/`--tlskey` for
+        /// STARTTLS, `--smtpscert`/`--smtpskey` for implicit TLS).
+        pub async fn start_with(args: &[&str]) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -323,15 +329,9 @@ pub mod smtp {
                 .unwrap()
                 .port();
             let child = Command::new("python3")
-                .args([
-                    "-m",
-                    "aiosmtpd",
-                    "-n",
-                    "-l",
-                    &format!("127.0.0.1:{port}"),
-                    "-c",
-                    "aiosmtpd.handlers.Mailbox",
-                ])
+                .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .args(["-c", "aiosmtpd.handlers.Mailbox"])
                 .arg(dir.path().join("maildir"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

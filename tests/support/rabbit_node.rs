@@ -14,6 +14,8 @@ pub struct RabbitNode {
     name: String,
     pub port: u16,
     dist_port: u16,
+    /// The TLS listener's port, when started with one ([`RabbitNode::start_tls`]).
+    pub tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -26,15 +28,41 @@ fn server() -> String {
 impl RabbitNode {
     /// Starts a node and waits until it accepts AMQP connections.
     pub fn start() -> RabbitNode {
+        Self::start_with(None)
+    }
+
+    /// [`RabbitNode::start`] with an AMQPS listener too, serving `certs`' `server.crt` and
+    /// `server.key` (for `localhost`, see `certs.rs`).
+    pub fn start_tls(certs: &std::path::Path) -> RabbitNode {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<&std::path::Path>) -> RabbitNode {
         let dir = tempfile::Builder::new()
             .prefix("mbx-rabbit-")
             .tempdir()
             .expect("node folder");
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("plugins file");
+        let tls_port = tls.map(|_| free_port());
+        if let (Some(certs), Some(port)) = (tls, tls_port) {
+            let conf = format!(
+                "listeners.ssl.default = {port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {crt}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca = certs.join("ca.crt").display(),
+                crt = certs.join("server.crt").display(),
+                key = certs.join("server.key").display(),
+            );
+            std::fs::write(dir.path().join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
+        }
         let mut node = RabbitNode {
-            name: format!("mbx-test-{}@localhost", std::process::id()),
+            name: format!("mbx-test-{}-{}@localhost", std::process::id(), free_port()),
             port: free_port(),
             dist_port: free_port(),
+            tls_port,
             dir,
             child: None,
         };
@@ -53,7 +81,8 @@ impl RabbitNode {
     }
 
     fn accepts(&self) -> bool {
-        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        let open = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        open(self.port) && self.tls_port.is_none_or(open)
     }
 
     /// Starts the node (again) on the same data and waits until it accepts connections.

@@ -26,6 +26,9 @@ pub(crate) struct BrokerAddress {
     pub port: u16,
     pub user: Option<String>,
     pub password: Option<SecretRef>,
+    /// `ca_file=/path/ca.pem`: a CA (PEM) trusted for this broker's certificate, beside
+    /// the usual roots (a private CA); only with the TLS scheme.
+    pub ca_file: Option<String>,
     /// The path without its leading `/`, as written (percent-encoded).
     pub raw_path: String,
     pub query: Vec<(String, String)>,
@@ -85,6 +88,7 @@ pub(crate) fn parse(
             schemes.plain
         )));
     }
+    let ca_file = ca_file(settings, tls, &format!("{}://", schemes.tls))?;
     let raw_path = url
         .path()
         .strip_prefix('/')
@@ -100,9 +104,42 @@ pub(crate) fn parse(
         port,
         user,
         password,
+        ca_file,
         raw_path,
         query,
     })
+}
+
+/// The `ca_file` setting: an absolute path, only where the connection is TLS (`tls_form`
+/// names the TLS form for the error).
+pub(crate) fn ca_file(
+    settings: &Settings,
+    tls: bool,
+    tls_form: &str,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = settings.get("ca_file") else {
+        return Ok(None);
+    };
+    if !tls {
+        return Err(ConfigError::setting(
+            "ca_file",
+            path,
+            format!("a CA applies to a TLS connection only ({tls_form})"),
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(ConfigError::setting(
+            "ca_file",
+            path,
+            "expected an absolute path to a PEM file, e.g. /etc/mbx/ca.pem",
+        ));
+    }
+    Ok(Some(path.clone()))
+}
+
+/// Reads the PEM file of `ca_file` when connecting.
+pub(crate) fn read_ca(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("ca_file {path}: {e}"))
 }
 
 /// Decodes `%XX` escapes; `None` if malformed or not UTF-8.

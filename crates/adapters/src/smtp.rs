@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mbx_vocabulary::SecretRef;
 
@@ -31,6 +32,7 @@ pub const SMTP_SEND_SETTINGS: &[&str] = &[
     "user",
     "password",
     "timeout",
+    "ca_file",
 ];
 const DEFAULT_SUBJECT: &str = "mbx message %MessageID%";
 
@@ -56,6 +58,8 @@ pub struct SmtpSendConfig {
     pub user: Option<String>,
     pub password: Option<SecretRef>,
     pub timeout: Duration,
+    /// `ca_file`: a private CA (PEM) trusted for the server's certificate.
+    pub ca_file: Option<String>,
 }
 
 /// Refuses a header value with CR, LF or another control character (header injection).
@@ -228,6 +232,8 @@ impl SmtpSendConfig {
             Duration::from_millis(100),
             Duration::from_secs(600),
         )?;
+        let ca_file =
+            crate::broker::ca_file(settings, tls != SmtpTls::None, "tls=starttls or implicit")?;
         Ok(Self {
             to,
             server,
@@ -238,6 +244,7 @@ impl SmtpSendConfig {
             user,
             password,
             timeout,
+            ca_file,
         })
     }
 }
@@ -294,13 +301,26 @@ async fn build(m: &OutboundMessage, c: &SmtpSendConfig) -> Result<Message, (Stri
 }
 
 fn transport(c: &SmtpSendConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-    let builder = match c.tls {
-        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.server)
-            .map_err(|e| e.to_string())?,
-        SmtpTls::Implicit => {
-            AsyncSmtpTransport::<Tokio1Executor>::relay(&c.server).map_err(|e| e.to_string())?
+    type Transport = AsyncSmtpTransport<Tokio1Executor>;
+    let builder = match (c.tls, &c.ca_file) {
+        (SmtpTls::None, _) => Transport::builder_dangerous(c.server.clone()),
+        (SmtpTls::StartTls, None) => {
+            Transport::starttls_relay(&c.server).map_err(|e| e.to_string())?
         }
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(c.server.clone()),
+        (SmtpTls::Implicit, None) => Transport::relay(&c.server).map_err(|e| e.to_string())?,
+        (tls, Some(path)) => {
+            let ca = Certificate::from_pem(&crate::broker::read_ca(path)?)
+                .map_err(|e| format!("ca_file {path}: {e}"))?;
+            let parameters = TlsParameters::builder(c.server.clone())
+                .add_root_certificate(ca)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let tls = match tls {
+                SmtpTls::Implicit => Tls::Wrapper(parameters),
+                _ => Tls::Required(parameters),
+            };
+            Transport::builder_dangerous(c.server.clone()).tls(tls)
+        }
     };
     let mut builder = builder.port(c.port).timeout(Some(c.timeout));
     if let (Some(user), Some(password)) = (&c.user, &c.password) {

@@ -18,10 +18,21 @@ pub const RECEIVE_EXAMPLE: &str = "amqp://127.0.0.1:5672/%2f?queue=orders";
 pub const SEND_EXAMPLE: &str = "amqp://127.0.0.1:5672/%2f?exchange=orders&routing_key=eu";
 
 /// The settings of a receive location.
-pub const AMQP_RECEIVE_SETTINGS: &[&str] =
-    &["password", "prefetch", "heartbeat", "max_message_size"];
+pub const AMQP_RECEIVE_SETTINGS: &[&str] = &[
+    "password",
+    "prefetch",
+    "heartbeat",
+    "ca_file",
+    "max_message_size",
+];
 /// The settings of a send port (and `header.<Name>=<property>`).
-pub const AMQP_SEND_SETTINGS: &[&str] = &["password", "timeout", "heartbeat", "header.<Name>"];
+pub const AMQP_SEND_SETTINGS: &[&str] = &[
+    "password",
+    "timeout",
+    "heartbeat",
+    "ca_file",
+    "header.<Name>",
+];
 
 /// The prefix of settings that send a context property as an AMQP header.
 pub const AMQP_HEADER_SETTING_PREFIX: &str = "header.";
@@ -53,6 +64,8 @@ pub struct AmqpEndpoint {
     pub password: Option<SecretRef>,
     /// Heartbeat interval: how soon a dead peer is noticed (both ways).
     pub heartbeat: Duration,
+    /// `ca_file`: a private CA trusted for an `amqps://` broker.
+    pub ca_file: Option<String>,
 }
 
 impl AmqpEndpoint {
@@ -91,14 +104,15 @@ impl AmqpEndpoint {
     /// Identifies the connection (for sharing it between ports): everything but secrets.
     pub fn key(&self) -> String {
         format!(
-            "{}://{}@{}:{}/{}#{:?}#{}",
+            "{}://{}@{}:{}/{}#{:?}#{}#{:?}",
             if self.tls { "amqps" } else { "amqp" },
             self.user.as_deref().unwrap_or(""),
             self.host,
             self.port,
             self.vhost,
             self.password.as_ref().map(|p| p.to_string()),
-            self.heartbeat.as_secs()
+            self.heartbeat.as_secs(),
+            self.ca_file
         )
     }
 }
@@ -189,6 +203,7 @@ fn parse_address(
             user: a.user,
             password: a.password,
             heartbeat,
+            ca_file: a.ca_file,
         },
         a.query,
     ))
@@ -256,8 +271,10 @@ impl AmqpReceiveConfig {
 impl AmqpSendConfig {
     pub fn parse(address: &str, settings: &Settings) -> Result<Self, ConfigError> {
         for key in settings.keys() {
-            let known = matches!(key.as_str(), "password" | "timeout" | "heartbeat")
-                || key.starts_with(AMQP_HEADER_SETTING_PREFIX);
+            let known = matches!(
+                key.as_str(),
+                "password" | "timeout" | "heartbeat" | "ca_file"
+            ) || key.starts_with(AMQP_HEADER_SETTING_PREFIX);
             if !known {
                 return Err(ConfigError::UnknownSetting {
                     adapter: "AMQP",

@@ -42,9 +42,20 @@ pub enum OrderedQueueError {
 pub async fn connect(endpoint: &AmqpEndpoint, name: &str) -> Result<Connection, String> {
     let uri = endpoint.uri()?;
     let properties = ConnectionProperties::default().with_connection_name(name.to_owned().into());
-    Connection::connect_uri(uri, properties)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", broker_of(endpoint)))
+    let connected = match &endpoint.ca_file {
+        None => Connection::connect_uri(uri, properties).await,
+        Some(path) => {
+            let pem = String::from_utf8(crate::broker::read_ca(path)?)
+                .map_err(|_| format!("ca_file {path}: not a PEM file"))?;
+            let tls = lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            };
+            let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+            Connection::connect_uri_with_config(uri, properties, tls, runtime).await
+        }
+    };
+    connected.map_err(|e| format!("cannot connect to {}: {e}", broker_of(endpoint)))
 }
 
 /// The broker as logs show it (never a password).

@@ -21,6 +21,7 @@ pub const MQTT_RECEIVE_SETTINGS: &[&str] = &[
     "password",
     "keep_alive",
     "batch",
+    "ca_file",
     "max_message_size",
 ];
 pub const MQTT_SEND_SETTINGS: &[&str] = &[
@@ -29,6 +30,7 @@ pub const MQTT_SEND_SETTINGS: &[&str] = &[
     "password",
     "keep_alive",
     "timeout",
+    "ca_file",
 ];
 
 /// The largest MQTT packet (the protocol's limit).
@@ -43,19 +45,22 @@ pub struct MqttEndpoint {
     pub user: Option<String>,
     pub password: Option<SecretRef>,
     pub keep_alive: Duration,
+    /// `ca_file`: a private CA trusted for an `mqtts://` broker.
+    pub ca_file: Option<String>,
 }
 
 impl MqttEndpoint {
     /// Identifies a connection to share: everything but secrets.
     pub fn key(&self) -> String {
         format!(
-            "{}://{}@{}:{}#{:?}#{}",
+            "{}://{}@{}:{}#{:?}#{}#{:?}",
             if self.tls { "mqtts" } else { "mqtt" },
             self.user.as_deref().unwrap_or(""),
             self.host,
             self.port,
             self.password.as_ref().map(|p| p.to_string()),
-            self.keep_alive.as_secs()
+            self.keep_alive.as_secs(),
+            self.ca_file
         )
     }
 
@@ -135,6 +140,7 @@ fn parse_address(
             user: a.user,
             password: a.password,
             keep_alive,
+            ca_file: a.ca_file,
         },
         topic,
     ))

@@ -17,7 +17,7 @@ pub use config::{MqttEndpoint, MqttReceiveConfig, MqttSendConfig};
 pub use receive::MqttReceiveAdapter;
 pub use send::MqttSendAdapter;
 
-use rumqttc::{MqttOptions, Transport};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 /// The connection options for `endpoint` (the password read now). `max_incoming` bounds
 /// the packets the broker may send: a larger one ends the connection (rumqttc refuses it).
@@ -41,7 +41,14 @@ pub(crate) fn options(
         o.set_credentials(user.clone(), password);
     }
     if endpoint.tls {
-        o.set_transport(Transport::tls_with_default_config());
+        o.set_transport(match &endpoint.ca_file {
+            None => Transport::tls_with_default_config(),
+            Some(path) => Transport::tls_with_config(TlsConfiguration::Simple {
+                ca: crate::broker::read_ca(path)?,
+                alpn: None,
+                client_auth: None,
+            }),
+        });
     }
     Ok(o)
 }
