@@ -581,6 +581,39 @@ async fn an_ordered_location_needs_a_single_active_consumer_queue(pool: PgPool) 
     let args = create("accepted", &single);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     cli.ok(&args);
+    // made ordered later, by update or by applying bindings: asked the same way
+    let plain_address = amqp::address(&format!("queue={plain}"));
+    cli.ok(&[
+        "receive-location",
+        "create",
+        "later",
+        "--port",
+        "in",
+        "--address",
+        &plain_address,
+    ]);
+    let line = cli.fails(&["receive-location", "update", "later", "--ordered"], 2);
+    assert!(line.contains("x-single-active-consumer"), "{line}");
+    let ordered: i64 = count(
+        &pool,
+        "SELECT count(*) FROM receive_locations WHERE name = 'later' AND ordered",
+    )
+    .await;
+    assert_eq!(ordered, 0, "the refused update changed nothing");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bindings.yaml");
+    let exported = cli.ok(&["export"]);
+    assert!(exported.contains("\n  later:\n"), "{exported}");
+    let ordered_later = exported.replace("\n  later:\n", "\n  later:\n    ordered: true\n");
+    std::fs::write(&file, ordered_later).expect("write bindings");
+    let line = cli.fails(&["apply", "-f", file.to_str().expect("utf-8 path")], 2);
+    assert!(line.contains("x-single-active-consumer"), "{line}");
+    let ordered: i64 = count(
+        &pool,
+        "SELECT count(*) FROM receive_locations WHERE name = 'later' AND ordered",
+    )
+    .await;
+    assert_eq!(ordered, 0, "nothing was applied");
     broker.cleanup().await;
 }
 

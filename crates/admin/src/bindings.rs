@@ -122,6 +122,12 @@ pub async fn apply(
     json_out: bool,
 ) -> Result<()> {
     let (text, doc) = read(path)?;
+    // an --ordered AMQP location's queue, asked of the broker before anything is applied
+    for (name, l) in &doc.receive_locations {
+        crate::validate::ordered_source(&l.spec(name))
+            .await
+            .map_err(|e| at_line(path, &text, "receive_locations", name, e))?;
+    }
     let plan = mbx
         .apply_bindings(&doc, options)
         .await

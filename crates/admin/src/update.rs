@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use mbx_messagebox::config::Backoff;
+use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::update::Update;
 use mbx_messagebox::{MessageBox, TrackingLevel};
 
@@ -196,38 +197,52 @@ pub async fn receive_location(
             "mbx receive-location update orders-in --address 'file:///data/in2/*.xml'",
         ));
     }
+    let change = |spec: &mut ReceiveLocationSpec| {
+        if let Some(p) = &a.port {
+            spec.port = p.clone();
+        }
+        if let Some(h) = &a.host {
+            spec.host = h.clone();
+        }
+        if let Some(address) = &a.address {
+            spec.address = address.clone();
+        }
+        if let Some(p) = &a.pipeline {
+            spec.pipeline = p.clone();
+        }
+        if a.no_promote {
+            spec.promote.clear();
+        } else if !promote.is_empty() {
+            spec.promote = promote.clone();
+        }
+        if let Some(v) = a.ordered {
+            spec.ordered = v;
+        }
+        if let Some(v) = max {
+            spec.max_message_size = v;
+        }
+        for key in &a.more.unset {
+            spec.settings.remove(key);
+        }
+        spec.settings.extend(set.clone());
+        if let Some(app) = &a.more.application {
+            spec.application = app.clone();
+        }
+    };
+    // an --ordered AMQP location's queue, asked of the broker before anything changes
+    if let Some(current) = mbx
+        .export_bindings(None)
+        .await?
+        .receive_locations
+        .get(&a.name)
+    {
+        let mut next = current.spec(&a.name);
+        change(&mut next);
+        crate::validate::ordered_source(&next).await?;
+    }
     let update = mbx
-        .receive_location_update(&a.name, move |spec| {
-            if let Some(p) = a.port {
-                spec.port = p;
-            }
-            if let Some(h) = a.host {
-                spec.host = h;
-            }
-            if let Some(address) = a.address {
-                spec.address = address;
-            }
-            if let Some(p) = a.pipeline {
-                spec.pipeline = p;
-            }
-            if a.no_promote {
-                spec.promote.clear();
-            } else if !promote.is_empty() {
-                spec.promote = promote;
-            }
-            if let Some(v) = a.ordered {
-                spec.ordered = v;
-            }
-            if let Some(v) = max {
-                spec.max_message_size = v;
-            }
-            for key in &a.more.unset {
-                spec.settings.remove(key);
-            }
-            spec.settings.extend(set);
-            if let Some(app) = a.more.application {
-                spec.application = app;
-            }
+        .receive_location_update(&a.name, |spec| {
+            change(spec);
             crate::validate::receive_location(spec).map_err(invalid)
         })
         .await?;
