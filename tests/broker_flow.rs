@@ -222,19 +222,7 @@ async fn malformed_and_oversize_amqp_messages_are_dead_lettered_and_kept_as_rece
     let mbx = messagebox(&pool).await;
     let mut broker = Broker::connect().await;
     let (q_in, q_dead) = (amqp::unique("dl-in"), amqp::unique("dl-dead"));
-    broker.queue(&q_dead, &[]).await;
-    broker
-        .queue(
-            &q_in,
-            &[
-                ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-                (
-                    "x-dead-letter-routing-key",
-                    AMQPValue::LongString(q_dead.clone().into()),
-                ),
-            ],
-        )
-        .await;
+    broker.queue_with_dead_letters(&q_in, &q_dead).await;
     let dir = tempfile::tempdir().expect("tempdir");
     mbx.receive_port_create("in", false)
         .await

@@ -117,10 +117,10 @@ pub mod amqp {
             q.message_count()
         }
 
-        /// Takes `n` messages from `queue` (acknowledging them), in order.
-        pub async fn take(&self, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
+        /// A consumer of `queue` (manual acks) on a channel of its own.
+        pub async fn consume(&self, queue: &str) -> (Channel, lapin::Consumer) {
             let ch = self.conn.create_channel().await.unwrap();
-            let mut consumer = ch
+            let consumer = ch
                 .basic_consume(
                     queue.into(),
                     "".into(),
@@ -129,6 +129,29 @@ pub mod amqp {
                 )
                 .await
                 .unwrap();
+            (ch, consumer)
+        }
+
+        /// Declares `queue` dead-lettering (through the default exchange) into `dead`,
+        /// declared too.
+        pub async fn queue_with_dead_letters(&mut self, queue: &str, dead: &str) {
+            self.queue(dead, &[]).await;
+            self.queue(
+                queue,
+                &[
+                    ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+                    (
+                        "x-dead-letter-routing-key",
+                        AMQPValue::LongString(dead.to_owned().into()),
+                    ),
+                ],
+            )
+            .await;
+        }
+
+        /// Takes `n` messages from `queue` (acknowledging them), in order.
+        pub async fn take(&self, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
+            let (ch, mut consumer) = self.consume(queue).await;
             let mut got = Vec::new();
             tokio::time::timeout(TEST_DEADLINE, async {
                 while got.len() < n {
@@ -165,16 +188,7 @@ pub mod amqp {
     /// A consumer on `queue` that records (and acknowledges) every message as it arrives.
     pub async fn collect(broker: &Broker, queue: &str) -> Collected {
         let seen: Collected = Arc::default();
-        let ch = broker.conn.create_channel().await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (ch, mut consumer) = broker.consume(queue).await;
         let record = seen.clone();
         tokio::spawn(async move {
             let _ch = ch;

@@ -144,19 +144,7 @@ async fn oversize_and_pipeline_failures_are_rejected_to_the_dead_letter_exchange
     let mut broker = Broker::connect().await;
     let q = unique("dl-in");
     let dead = unique("dl-dead");
-    broker.queue(&dead, &[]).await;
-    broker
-        .queue(
-            &q,
-            &[
-                ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-                (
-                    "x-dead-letter-routing-key",
-                    AMQPValue::LongString(dead.clone().into()),
-                ),
-            ],
-        )
-        .await;
+    broker.queue_with_dead_letters(&q, &dead).await;
     broker.publish(&q, b"ok-1", text_properties("a")).await;
     broker
         .publish(&q, &[b'x'; 2000], text_properties("big"))
