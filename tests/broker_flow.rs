@@ -312,8 +312,8 @@ async fn location_lease(pool: &PgPool, name: &str) -> Option<(sqlx::types::Uuid,
 }
 
 /// An ordered location on a single-active-consumer queue into an ordered FILE append
-/// port: its holder paused (SIGSTOP) past its lease, later the next holder killed -9;
-/// the file has every message once, in the queue's order.
+/// port: its holder paused (SIGSTOP) until another instance took its lease, then resumed;
+/// later the next holder killed -9; the file has every message once, in the queue's order.
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn an_ordered_amqp_location_keeps_the_order_through_a_pause_and_a_kill(pool: PgPool) {
     const N: usize = 600;
@@ -370,11 +370,14 @@ async fn an_ordered_amqp_location_keeps_the_order_through_a_pause_and_a_kill(poo
             .is_some_and(|(_, pid, e)| pid != paused_pid && e > paused_epoch)
     })
     .await;
-    wait_for("lines appended by the new holder", RECOVERY, || async {
+    // resumed once it lost the lease: it may have been paused inside the append port's
+    // file lock (which holds the port's next owner off by design); woken, it is fenced
+    // everywhere, and what it held goes back to the head of the queue
+    signal(paused_pid, "-CONT");
+    wait_for("lines appended after the takeover", RECOVERY, || async {
         lines_of(&log).len() >= 2 * N / 3
     })
     .await;
-    signal(paused_pid, "-CONT");
     // then the new holder is killed -9 in the middle of the last third
     let (_, holder_pid, _) = location_lease(&pool, "amqp-ordered")
         .await
