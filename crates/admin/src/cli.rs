@@ -68,9 +68,36 @@ pub enum Command {
     /// Suspended items: messages held for an operator.
     #[command(subcommand)]
     Suspended(SuspendedCommand),
-    /// Spool size and per-port backlog, retrying, in-flight and suspended counts.
-    #[command(after_help = "Example:\n  mbx stats --output json")]
-    Stats,
+    /// Spool size and per-port backlog, retrying, in-flight and suspended counts; with
+    /// --watch, refreshed in place with each port's delivery rate, until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  mbx stats --output json\n  mbx stats --watch --interval 2s\n\nRates come from the delivered counters each host instance writes with its heartbeat\n(every 2 s), so the first frame has none and a rate covers at least one heartbeat.\nWith --output json, --watch prints one JSON object per line."
+    )]
+    Stats {
+        /// Refresh in place until Ctrl-C, with delivered/s per port.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes (at least 100ms).
+        #[arg(long, value_name = "DURATION", default_value = "2s", requires = "watch")]
+        interval: String,
+    },
+    /// The web console (Group Hub): overview with live counters and charts, ordered
+    /// ports, suspended items (resume/terminate after a confirmation), tracking, and the
+    /// port and location actions. Serves until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  mbx console                                  # http://127.0.0.1:8081/\n  mbx console --listen 0.0.0.0:8081 --token env:MBX_CONSOLE_TOKEN\n  mbx console --read-only\n\nOn any address but loopback a token is required (at least 16 characters); operators\nlog in with it at /login, scripts may send `Authorization: Bearer TOKEN`. Every action\nis a POST with a CSRF value and is logged with what it changed. A console whose\ndatabase role cannot write is read-only by itself. Put a TLS proxy in front of it\noff the machine."
+    )]
+    Console {
+        /// Address to serve on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// The login token: env:NAME or file:PATH (never the token itself).
+        #[arg(long, value_name = "REF")]
+        token: Option<String>,
+        /// Offer no action (every POST is refused).
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Every tracked event of a message, in order.
     #[command(after_help = "Example:\n  mbx track 0192f7a4-0c1e-7b5e-9a2f-3d4c5b6a7980")]
     Track {

@@ -42,12 +42,20 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Bench(args) = &cli.command {
         return crate::bench::bench(&url, args, json_out).await;
     }
+    if let Command::Console {
+        listen,
+        token,
+        read_only,
+    } = &cli.command
+    {
+        return console(&url, listen, token.as_deref(), *read_only).await;
+    }
     let mbx = connect(&url).await?;
     mbx.check_schema()
         .await
         .with_context(|| format!("MessageBox at {}", redact(&url)))?;
     match cli.command {
-        Command::Init { .. } | Command::Bench(_) | Command::Reference => {
+        Command::Init { .. } | Command::Bench(_) | Command::Reference | Command::Console { .. } => {
             unreachable!("handled above")
         }
         Command::Status => status(&mbx, json_out).await,
@@ -143,7 +151,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
-        Command::Stats => stats(&mbx, json_out).await,
+        Command::Stats { watch: false, .. } => stats(&mbx, json_out).await,
+        Command::Stats {
+            watch: true,
+            interval,
+        } => stats_watch(&mbx, json_out, &interval).await,
         Command::Track { message_id } => track(&mbx, &message_id, json_out).await,
         Command::Export { application, file } => {
             crate::bindings::export(&mbx, application.as_deref(), file.as_deref()).await
@@ -191,6 +203,60 @@ async fn connect(url: &str) -> Result<MessageBox> {
             redact(url)
         )
     })
+}
+
+/// Connections the console opens at most (its sampler and concurrent pages).
+const CONSOLE_MAX_CONNECTIONS: u32 = 8;
+
+/// `mbx console`: checks the flags before connecting, then serves until Ctrl-C.
+async fn console(url: &str, listen: &str, token: Option<&str>, read_only: bool) -> Result<()> {
+    let listen: std::net::SocketAddr = listen.trim().parse().map_err(|_| {
+        Usage(format!(
+            "--listen: '{listen}' is not an address; use IP:PORT (example: --listen 127.0.0.1:8081)"
+        ))
+    })?;
+    let token = token
+        .map(|t| {
+            mbx_vocabulary::secret::SecretRef::parse("--token", t)
+                .and_then(|r| r.resolve("--token"))
+                .map_err(Usage)
+        })
+        .transpose()?;
+    let config = mbx_console::ConsoleConfig {
+        listen,
+        token,
+        read_only,
+    };
+    mbx_console::check_config(&config).map_err(|e| Usage(e.to_string()))?;
+    let mbx = MessageBox::connect(url, CONSOLE_MAX_CONNECTIONS)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the MessageBox at {}; check that PostgreSQL runs and the URL is right",
+                redact(url)
+            )
+        })?;
+    mbx.check_schema()
+        .await
+        .with_context(|| format!("MessageBox at {}", redact(url)))?;
+    let console = mbx_console::Console::bind(mbx, config)
+        .await
+        .map_err(|e| match e {
+            mbx_console::ConsoleError::Config(m) => anyhow::Error::from(Usage(m)),
+            other => anyhow::Error::from(other),
+        })?;
+    let addr = console.local_addr()?;
+    println!(
+        "console: http://{addr}/{}  (Ctrl-C stops)",
+        if console.read_only() { "  read-only" } else { "" }
+    );
+    tracing::info!(%addr, read_only = console.read_only(), "console serving");
+    console
+        .serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
 }
 
 async fn init(url: &str, group: Option<&str>, json_out: bool) -> Result<()> {
@@ -952,6 +1018,7 @@ fn selector(id: Option<&str>, f: &SuspendedFilter) -> Result<Selector> {
             }
             other => other,
         },
+        ..Default::default()
     })
 }
 
@@ -1153,6 +1220,58 @@ async fn stats(mbx: &MessageBox, json_out: bool) -> Result<()> {
     if json_out {
         return output::json(&s);
     }
+    print_stats(&s, None);
+    Ok(())
+}
+
+/// `mbx stats --watch`: a frame every interval until Ctrl-C; rates are delivered
+/// messages per second between this frame's counters and the previous one's.
+async fn stats_watch(mbx: &MessageBox, json_out: bool, interval: &str) -> Result<()> {
+    let every = humantime::parse_duration(interval.trim())
+        .ok()
+        .filter(|d| *d >= std::time::Duration::from_millis(100))
+        .ok_or_else(|| {
+            Usage(format!(
+                "--interval: '{interval}' is not a duration of at least 100ms (example: --interval 2s)"
+            ))
+        })?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut previous: Option<mbx_messagebox::stats::DeliveredReading> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let s = mbx.stats().await?;
+        let reading = mbx.delivered_reading().await?;
+        let rates = previous.as_ref().map(|p| reading.rates_since(p));
+        if json_out {
+            println!(
+                "{}",
+                json!({ "at": reading.at, "stats": s, "delivered_per_s": rates })
+            );
+        } else {
+            if tty {
+                // home and clear: the frame replaces the previous one
+                print!("\x1b[H\x1b[2J");
+            }
+            println!("{} (every {}; Ctrl-C stops)", reading.at.format("%H:%M:%S"), interval.trim());
+            print_stats(&s, Some(rates.as_ref()));
+            if !tty {
+                println!();
+            }
+        }
+        previous = Some(reading);
+    }
+}
+
+/// The stats table; `rates` is `Some` in --watch (`Some(None)` on the first frame).
+fn print_stats(
+    s: &mbx_messagebox::stats::Stats,
+    rates: Option<Option<&std::collections::HashMap<String, f64>>>,
+) {
     println!(
         "spool: {} message(s); suspended: {} item(s)",
         s.spool_messages, s.suspended_total
@@ -1166,28 +1285,35 @@ async fn stats(mbx: &MessageBox, json_out: bool) -> Result<()> {
             } else {
                 p.state.to_string()
             };
-            vec![
+            let mut row = vec![
                 p.name.clone(),
                 state,
                 p.backlog.to_string(),
                 p.retrying.to_string(),
                 p.in_flight.to_string(),
                 p.suspended.to_string(),
-            ]
+            ];
+            if let Some(rates) = rates {
+                row.push(match rates {
+                    Some(r) => format!("{:.1}", r.get(&p.name).copied().unwrap_or(0.0)),
+                    None => "-".to_owned(),
+                });
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "SEND PORT",
-            "STATE",
-            "BACKLOG",
-            "RETRYING",
-            "IN FLIGHT",
-            "SUSPENDED",
-        ],
-        &rows,
-    );
-    Ok(())
+    let mut headers = vec![
+        "SEND PORT",
+        "STATE",
+        "BACKLOG",
+        "RETRYING",
+        "IN FLIGHT",
+        "SUSPENDED",
+    ];
+    if rates.is_some() {
+        headers.push("DELIVERED/S");
+    }
+    table(&headers, &rows);
 }
 
 async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {

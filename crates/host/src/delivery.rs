@@ -537,6 +537,7 @@ async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sent: Sent) {
         crate::forward::completed(shared, &done);
         let done = done.len();
         metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
+        shared.count_delivered(port.id, done);
         metrics::counter!("mbx_delivery_failures_total", &labels).increment(failures.len() as u64);
         if done < delivered.len() || report.stale > 0 {
             warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
@@ -812,6 +813,7 @@ async fn commit_ordered(
         crate::forward::completed(shared, &done);
         metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
             .increment(done.len() as u64);
+        shared.count_delivered(port.id, done.len());
         if done.len() < delivered.len() {
             warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
                   "completions fenced: the lease moved on");

@@ -161,6 +161,9 @@ pub(crate) struct Shared {
     pub http: http_receive::HttpReceive,
     /// Last progress of each delivery loop, by port id (the watchdog reads it).
     pub progress: std::sync::Mutex<HashMap<i64, std::time::Instant>>,
+    /// Messages delivered per port id since this process started, written with every
+    /// heartbeat (the console's and `mbx stats --watch`'s rates).
+    pub delivered: std::sync::Mutex<std::collections::BTreeMap<i64, u64>>,
     /// Spreading ordered ports over the host's instances (see `lease::Share`).
     pub share: lease::Share,
     /// The host's id (publishes are attributed to it, for its publish throttle).
@@ -177,6 +180,13 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn instance_id(&self) -> Uuid {
         *self.instance.borrow()
+    }
+
+    /// `n` messages of port `port_id` were delivered (their completions committed).
+    pub fn count_delivered(&self, port_id: i64, n: usize) {
+        if let Ok(mut d) = self.delivered.lock() {
+            *d.entry(port_id).or_default() += n as u64;
+        }
     }
 
     /// A delivery loop made progress (claimed, waited, or got an outcome).
@@ -256,6 +266,7 @@ pub async fn run_with_registry(
         stopping: stop_rx,
         http: Default::default(),
         progress: Default::default(),
+        delivered: Default::default(),
         share: Default::default(),
         host_id: limits.host_id,
         throttle: Arc::new(throttle::Throttle::new(
@@ -450,7 +461,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             }
             continue;
         }
-        match shared.mbx.instance_heartbeat(id).await {
+        let delivered = shared.delivered.lock().map(|d| d.clone()).ok();
+        match shared
+            .mbx
+            .instance_heartbeat_with(id, delivered.as_ref())
+            .await
+        {
             Ok(true) => {
                 // a heartbeat that came half the dead timeout after the previous one was
                 // cut off (e.g. waiting for a connection) as much as a failed one; a

@@ -73,10 +73,29 @@ impl MessageBox {
     /// Renews the heartbeat. Returns false when the instance was declared dead (it must
     /// drop its in-flight work and re-register).
     pub async fn instance_heartbeat(&self, id: Uuid) -> Result<bool> {
+        self.instance_heartbeat_with(id, None).await
+    }
+
+    /// A heartbeat carrying the instance's cumulative deliveries per send port id since it
+    /// started (`mbx stats --watch` and the console make rates of them).
+    pub async fn instance_heartbeat_with(
+        &self,
+        id: Uuid,
+        delivered: Option<&std::collections::BTreeMap<i64, u64>>,
+    ) -> Result<bool> {
+        let delivered = delivered.map(|d| {
+            serde_json::Value::Object(
+                d.iter()
+                    .map(|(port, n)| (port.to_string(), serde_json::Value::from(*n)))
+                    .collect(),
+            )
+        });
         Ok(sqlx::query(
-            "UPDATE host_instances SET heartbeat_at = now() WHERE id = $1 AND state = 'alive'",
+            "UPDATE host_instances SET heartbeat_at = now(), delivered = coalesce($2, delivered)
+              WHERE id = $1 AND state = 'alive'",
         )
         .bind(id)
+        .bind(delivered)
         .execute(&self.pool)
         .await?
         .rows_affected()

@@ -131,7 +131,7 @@ impl MessageBox {
 
     async fn lease_acquire(&self, of: LeaseOf, instance: Uuid, ttl_ms: i64) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(&format!(
-            "UPDATE leases SET holder = $2, epoch = epoch + 1,
+            "UPDATE leases SET holder = $2, epoch = epoch + 1, acquired_at = now(),
                                expires_at = now() + make_interval(secs => $3)
               WHERE {} = $1 AND bucket = 0
                 AND (holder IS NULL OR expires_at IS NULL OR expires_at <= now())

@@ -673,6 +673,31 @@ impl MessageBox {
 }
 
 impl MessageBox {
+    /// The first `max` bytes of a message's body and whether it is stored in chunks (a
+    /// preview reads no more than it shows).
+    pub async fn message_body_prefix(&self, id: Uuid, max: i32) -> Result<(Bytes, bool)> {
+        let row: Option<(Option<Vec<u8>>, bool)> = sqlx::query_as(
+            "SELECT CASE WHEN m.chunked
+                         THEN (SELECT substring(c.data FROM 1 FOR $2) FROM message_chunks c
+                                WHERE c.message_id = m.id AND c.seq = 0)
+                         ELSE substring(m.body FROM 1 FOR $2) END,
+                    m.chunked
+               FROM messages m WHERE m.id = $1",
+        )
+        .bind(id)
+        .bind(max)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Err(Error::not_found(
+                "message",
+                id.to_string(),
+                "it was delivered or terminated",
+            )),
+            Some((body, chunked)) => Ok((Bytes::from(body.unwrap_or_default()), chunked)),
+        }
+    }
+
     /// The whole body of a message (inline or chunked).
     pub async fn message_body(&self, id: Uuid) -> Result<Bytes> {
         let row: Option<(Option<Vec<u8>>, bool)> =

@@ -90,3 +90,114 @@ impl MessageBox {
         })
     }
 }
+
+/// Every instance's cumulative deliveries per send port, as last written with its
+/// heartbeat. Two readings make a rate ([`DeliveredReading::rates_since`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveredReading {
+    /// When it was read (the database clock).
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// (instance, port name) → messages delivered since the instance started.
+    pub counts: std::collections::HashMap<(uuid::Uuid, String), i64>,
+}
+
+impl DeliveredReading {
+    /// Messages delivered per second and port between `earlier` and this reading. Only
+    /// instances present in both count (an instance that started or was pruned in between
+    /// has no difference to give), and a counter that went back is ignored.
+    pub fn rates_since(&self, earlier: &DeliveredReading) -> std::collections::HashMap<String, f64> {
+        let secs = (self.at - earlier.at).num_milliseconds() as f64 / 1000.0;
+        let mut rates = std::collections::HashMap::new();
+        if secs <= 0.0 {
+            return rates;
+        }
+        for ((instance, port), now) in &self.counts {
+            let before = earlier.counts.get(&(*instance, port.clone()));
+            let delta = match before {
+                Some(b) if now >= b => now - b,
+                _ => 0,
+            };
+            *rates.entry(port.clone()).or_insert(0.0) += delta as f64 / secs;
+        }
+        rates
+    }
+}
+
+/// One ordered port as the console shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OrderedPortView {
+    pub name: String,
+    pub state: crate::states::PortState,
+    pub stop_on_failure: bool,
+    /// The instance holding the lease (live or not) and its host.
+    pub holder: Option<uuid::Uuid>,
+    pub holder_host: Option<String>,
+    pub live: bool,
+    pub epoch: i64,
+    pub next_seq: i64,
+    /// The head delivery: `none`, `waiting`, `retrying` or `in flight`.
+    pub head: String,
+    /// When the lease last changed hands.
+    pub last_takeover: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl MessageBox {
+    /// Reads every instance's delivered counters (one query).
+    pub async fn delivered_reading(&self) -> Result<DeliveredReading> {
+        let mut tx = self.pool.begin().await?;
+        let at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
+            "SELECT i.id, p.name, (e.value #>> '{}')::int8
+               FROM host_instances i
+              CROSS JOIN LATERAL jsonb_each(i.delivered) e
+               JOIN send_ports p ON p.id = e.key::int8",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DeliveredReading {
+            at,
+            counts: rows.into_iter().map(|(i, p, n)| ((i, p), n)).collect(),
+        })
+    }
+
+    /// Every ordered port with its lease, sequence and head (one query).
+    pub async fn ordered_ports(&self) -> Result<Vec<OrderedPortView>> {
+        Ok(sqlx::query_as::<_, OrderedPortView>(
+            "SELECT p.name, p.state, p.stop_on_failure, l.holder, h.name AS holder_host,
+                    coalesce(l.expires_at > now(), false) AS live,
+                    coalesce(l.epoch, 0) AS epoch, coalesce(s.next_seq, 0) AS next_seq,
+                    coalesce((SELECT CASE WHEN d.state = 'claimed' THEN 'in flight'
+                                          WHEN d.not_before > now() THEN 'retrying'
+                                          ELSE 'waiting' END
+                                FROM deliveries d WHERE d.port_id = p.id AND d.seq IS NOT NULL
+                               ORDER BY d.seq LIMIT 1), 'none') AS head,
+                    l.acquired_at AS last_takeover
+               FROM send_ports p
+               LEFT JOIN leases l ON l.port_id = p.id AND l.bucket = 0
+               LEFT JOIN ordered_sequences s ON s.port_id = p.id AND s.order_key = ''
+               LEFT JOIN host_instances i ON i.id = l.holder
+               LEFT JOIN hosts h ON h.id = i.host_id
+              WHERE p.ordered
+              ORDER BY p.name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether this connection's role may change the MessageBox (a console started on a
+    /// read-only role, or against a standby, offers no action).
+    pub async fn can_write(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT NOT pg_is_in_recovery()
+                AND has_table_privilege('send_ports', 'UPDATE')
+                AND has_table_privilege('receive_locations', 'UPDATE')
+                AND has_table_privilege('suspended_items', 'DELETE')
+                AND has_table_privilege('deliveries', 'INSERT')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}

@@ -34,6 +34,10 @@ pub struct Selector {
     /// Suspended at least this long ago.
     pub older_than_s: Option<i64>,
     pub limit: Option<i64>,
+    /// Only these items (a selection pinned when an operator confirmed it).
+    pub ids: Option<Vec<i64>>,
+    /// Only items after this id (the next page; items are listed by id).
+    pub after_id: Option<i64>,
 }
 
 /// One line of `suspended list`.
@@ -91,7 +95,9 @@ const SELECT_WHERE: &str = "
        AND ($3::text IS NULL OR s.kind = $3)
        AND ($4::text IS NULL OR strpos(lower(s.reason), lower($4)) > 0
             OR strpos(lower(s.errors::text), lower($4)) > 0)
-       AND ($5::float8 IS NULL OR s.suspended_at <= now() - make_interval(secs => $5))";
+       AND ($5::float8 IS NULL OR s.suspended_at <= now() - make_interval(secs => $5))
+       AND ($7::int8[] IS NULL OR s.id = ANY($7))
+       AND ($8::int8 IS NULL OR s.id > $8)";
 
 fn bind_selector<'q, O>(
     q: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
@@ -103,6 +109,8 @@ fn bind_selector<'q, O>(
         .bind(sel.error_like.as_deref())
         .bind(sel.older_than_s.map(|s| s as f64))
         .bind(sel.limit.unwrap_or(i64::MAX))
+        .bind(sel.ids.as_deref())
+        .bind(sel.after_id)
 }
 
 impl MessageBox {
@@ -115,6 +123,26 @@ impl MessageBox {
         Ok(bind_selector(sqlx::query_as::<_, SuspendedItem>(&sql), sel)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// How many items the selector matches, counting at most `limit` of them.
+    pub async fn suspended_count(&self, sel: &Selector) -> Result<i64> {
+        self.check_selector_port(sel).await?;
+        let sql = format!("SELECT count(*) FROM (SELECT 1 {SELECT_WHERE} LIMIT $6) c");
+        let (n,): (i64,) = bind_selector(sqlx::query_as(&sql), sel)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// The ids the selector matches, in order (what a confirmation pins).
+    pub async fn suspended_ids(&self, sel: &Selector) -> Result<Vec<i64>> {
+        self.check_selector_port(sel).await?;
+        let sql = format!("SELECT s.id {SELECT_WHERE} ORDER BY s.id LIMIT $6");
+        let rows: Vec<(i64,)> = bind_selector(sqlx::query_as(&sql), sel)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     pub async fn suspended_show(&self, id: i64) -> Result<SuspendedDetail> {
