@@ -11,6 +11,7 @@ use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
 pub mod brokers;
+pub mod browser;
 pub mod certs;
 pub mod fault_proxy;
 pub mod load;

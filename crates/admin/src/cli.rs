@@ -78,7 +78,12 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
         /// How often --watch refreshes (at least 100ms).
-        #[arg(long, value_name = "DURATION", default_value = "2s", requires = "watch")]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "2s",
+            requires = "watch"
+        )]
         interval: String,
     },
     /// The web console (Group Hub): overview with live counters and charts, ordered

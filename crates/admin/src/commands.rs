@@ -248,7 +248,11 @@ async fn console(url: &str, listen: &str, token: Option<&str>, read_only: bool) 
     let addr = console.local_addr()?;
     println!(
         "console: http://{addr}/{}  (Ctrl-C stops)",
-        if console.read_only() { "  read-only" } else { "" }
+        if console.read_only() {
+            "  read-only"
+        } else {
+            ""
+        }
     );
     tracing::info!(%addr, read_only = console.read_only(), "console serving");
     console
@@ -1257,7 +1261,11 @@ async fn stats_watch(mbx: &MessageBox, json_out: bool, interval: &str) -> Result
                 // home and clear: the frame replaces the previous one
                 print!("\x1b[H\x1b[2J");
             }
-            println!("{} (every {}; Ctrl-C stops)", reading.at.format("%H:%M:%S"), interval.trim());
+            println!(
+                "{} (every {}; Ctrl-C stops)",
+                reading.at.format("%H:%M:%S"),
+                interval.trim()
+            );
             print_stats(&s, Some(rates.as_ref()));
             if !tty {
                 println!();

@@ -164,8 +164,9 @@ pub(crate) async fn suspended_confirm(
         f.iter()
             .filter(|(k, _)| k == "id")
             .map(|(_, v)| {
-                v.parse::<i64>()
-                    .map_err(|_| ConsoleError::bad_request(format!("'{v}' is not a suspended item id")))
+                v.parse::<i64>().map_err(|_| {
+                    ConsoleError::bad_request(format!("'{v}' is not a suspended item id"))
+                })
             })
             .collect::<Result<_, _>>()?
     };
@@ -180,7 +181,10 @@ pub(crate) async fn suspended_confirm(
     if let Ok(mut pins) = app.pins.lock() {
         pins.retain(|_, p| p.made.elapsed() < PIN_TTL);
         while pins.len() >= PINS_MAX {
-            let oldest = pins.iter().min_by_key(|(_, p)| p.made).map(|(k, _)| k.clone());
+            let oldest = pins
+                .iter()
+                .min_by_key(|(_, p)| p.made)
+                .map(|(k, _)| k.clone());
             match oldest {
                 Some(k) => pins.remove(&k),
                 None => break,
@@ -253,8 +257,14 @@ pub(crate) async fn suspended_act(
     let message = match taken.action {
         ItemAction::Resume => {
             let r = app.mbx.suspended_resume(&sel).await?;
-            info!(action = "suspended resume", confirmed, resumed = r.resumed,
-                  still_unrouted = r.still_unrouted, not_resumable = r.not_resumable, "console action");
+            info!(
+                action = "suspended resume",
+                confirmed,
+                resumed = r.resumed,
+                still_unrouted = r.still_unrouted,
+                not_resumable = r.not_resumable,
+                "console action"
+            );
             format!(
                 "resumed {} of {confirmed} confirmed item(s); {} still match no subscriber, {} cannot be resumed, {} were no longer suspended",
                 r.resumed,
@@ -265,10 +275,19 @@ pub(crate) async fn suspended_act(
         }
         ItemAction::Terminate => {
             let n = app.mbx.suspended_terminate(&sel).await?;
-            info!(action = "suspended terminate", confirmed, terminated = n, "console action");
+            info!(
+                action = "suspended terminate",
+                confirmed,
+                terminated = n,
+                "console action"
+            );
             format!(
                 "terminated {n} of {confirmed} confirmed item(s){}",
-                if (n as usize) < confirmed { "; the others were no longer suspended" } else { "" }
+                if (n as usize) < confirmed {
+                    "; the others were no longer suspended"
+                } else {
+                    ""
+                }
             )
         }
     };

@@ -146,11 +146,9 @@ impl FromRequestParts<Arc<App>> for Ctx {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Ctx, ConsoleError> {
-        let session = parts
-            .extensions
-            .get::<Session>()
-            .cloned()
-            .ok_or_else(|| ConsoleError::Request(StatusCode::UNAUTHORIZED, "log in first".into()))?;
+        let session = parts.extensions.get::<Session>().cloned().ok_or_else(|| {
+            ConsoleError::Request(StatusCode::UNAUTHORIZED, "log in first".into())
+        })?;
         let flash = cookie(&parts.headers, FLASH_COOKIE).map(|v| {
             form_urlencoded::parse(format!("m={v}").as_bytes())
                 .next()
@@ -183,7 +181,10 @@ fn foreign_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     origin != format!("http://{host}") && origin != format!("https://{host}")
 }
 
@@ -225,7 +226,12 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
     }
     let bytes = match to_bytes(body, FORM_MAX_BYTES).await {
         Ok(b) => b,
-        Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the form is larger than 1 MiB"),
+        Err(_) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the form is larger than 1 MiB",
+            )
+        }
     };
     let csrf = form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == "csrf")
@@ -237,7 +243,8 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
             "refused: the form's CSRF value is missing or wrong; reload the page and try again",
         );
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// POST /login: the token from the form; a right one sets the session cookie.
@@ -307,7 +314,10 @@ mod tests {
             .session_of(&headers(&[("cookie", "mbx_console=00ff")]))
             .is_none());
         assert!(auth
-            .session_of(&headers(&[("authorization", "Bearer 0123456789abcdef-secret")]))
+            .session_of(&headers(&[(
+                "authorization",
+                "Bearer 0123456789abcdef-secret"
+            )]))
             .is_some());
         assert!(auth
             .session_of(&headers(&[("authorization", "Bearer wrong-token-value")]))
@@ -328,9 +338,15 @@ mod tests {
 
     #[test]
     fn an_origin_of_another_site_is_foreign() {
-        let own = headers(&[("host", "127.0.0.1:8081"), ("origin", "http://127.0.0.1:8081")]);
+        let own = headers(&[
+            ("host", "127.0.0.1:8081"),
+            ("origin", "http://127.0.0.1:8081"),
+        ]);
         assert!(!foreign_origin(&own));
-        let other = headers(&[("host", "127.0.0.1:8081"), ("origin", "http://evil.example")]);
+        let other = headers(&[
+            ("host", "127.0.0.1:8081"),
+            ("origin", "http://evil.example"),
+        ]);
         assert!(foreign_origin(&other));
         assert!(!foreign_origin(&headers(&[("host", "x")])));
     }

@@ -149,7 +149,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/suspended/act", post(actions::suspended_act))
         .route("/track", get(pages::track))
         .route("/send-ports/{name}/{action}", post(actions::send_port))
-        .route("/receive-locations/{name}/{action}", post(actions::receive_location))
+        .route(
+            "/receive-locations/{name}/{action}",
+            post(actions::receive_location),
+        )
         .route("/login", get(pages::login).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/healthz", get(|| async { "ok" }))

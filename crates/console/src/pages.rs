@@ -65,11 +65,19 @@ pub(crate) async fn overview_live(
 fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
     let p = params(Some(raw));
     let name_filter = p.get("q").map(|s| s.to_lowercase());
-    let page_no: usize = p.get("page").and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    let page_no: usize = p
+        .get("page")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let Ok(snap) = app.samples.read().map(|s| s.latest.clone()) else {
         return html! { p.error { "the console's snapshot is unavailable" } };
     };
-    let return_to = if raw.is_empty() { "/".to_owned() } else { format!("/?{raw}") };
+    let return_to = if raw.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/?{raw}")
+    };
     let addresses: HashMap<&str, (&str, Option<&str>)> = snap
         .ports
         .iter()
@@ -79,7 +87,11 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
         .stats
         .ports
         .iter()
-        .filter(|p| name_filter.as_ref().is_none_or(|f| p.name.to_lowercase().contains(f)))
+        .filter(|p| {
+            name_filter
+                .as_ref()
+                .is_none_or(|f| p.name.to_lowercase().contains(f))
+        })
         .collect();
     let pages = matching.len().div_ceil(PORTS_PER_PAGE).max(1);
     let page_no = page_no.min(pages);
@@ -218,7 +230,10 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
     }
 }
 
-pub(crate) async fn ordered(State(app): State<Arc<App>>, ctx: Ctx) -> Result<Response, ConsoleError> {
+pub(crate) async fn ordered(
+    State(app): State<Arc<App>>,
+    ctx: Ctx,
+) -> Result<Response, ConsoleError> {
     let ports = app.mbx.ordered_ports().await?;
     let now = chrono::Utc::now();
     let body = html! {
@@ -316,20 +331,41 @@ pub(crate) async fn suspended_list(
     let more = items.len() as i64 > ITEMS_PER_PAGE;
     let items = &items[..items.len().min(ITEMS_PER_PAGE as usize)];
     // unfiltered or by port only: the snapshot's count; otherwise counted (capped)
-    let only_port = filter.kind.is_none() && filter.error_like.is_none() && filter.older_than_s.is_none();
+    let only_port =
+        filter.kind.is_none() && filter.error_like.is_none() && filter.older_than_s.is_none();
     let (count, count_note) = if only_port {
         let s = app.samples.read().map(|s| s.latest.clone()).ok();
         let n = s.as_ref().map(|s| match &filter.port {
             None => s.stats.suspended_total,
-            Some(port) => s.stats.ports.iter().find(|x| &x.name == port).map(|x| x.suspended).unwrap_or(0),
+            Some(port) => s
+                .stats
+                .ports
+                .iter()
+                .find(|x| &x.name == port)
+                .map(|x| x.suspended)
+                .unwrap_or(0),
         });
-        (n.unwrap_or(0), s.map(|s| format!(" (as of {})", s.at.format("%H:%M:%S"))).unwrap_or_default())
+        (
+            n.unwrap_or(0),
+            s.map(|s| format!(" (as of {})", s.at.format("%H:%M:%S")))
+                .unwrap_or_default(),
+        )
     } else {
         let n = app
             .mbx
-            .suspended_count(&Selector { limit: Some(COUNT_CAP), ..filter.clone() })
+            .suspended_count(&Selector {
+                limit: Some(COUNT_CAP),
+                ..filter.clone()
+            })
             .await?;
-        (n, if n >= COUNT_CAP { " or more".to_owned() } else { String::new() })
+        (
+            n,
+            if n >= COUNT_CAP {
+                " or more".to_owned()
+            } else {
+                String::new()
+            },
+        )
     };
     let keep: Vec<(&str, &String)> = ["port", "kind", "error", "older"]
         .iter()
@@ -341,6 +377,28 @@ pub(crate) async fn suspended_list(
         format!("/suspended?{s}")
     });
     let now = chrono::Utc::now();
+    let items_table = html! {
+        table {
+            thead { tr {
+                @if !ctx.read_only { th { input type="checkbox" data-select-all="id" title="select all on this page"; } }
+                th { "Id" } th { "Kind" } th { "Port" } th { "Reason" } th { "Suspended" } th { "Message" }
+            } }
+            tbody {
+                @for it in items {
+                    tr data-item=(it.id) {
+                        @if !ctx.read_only { td { input type="checkbox" name="id" value=(it.id); } }
+                        td { a href=(format!("/suspended/{}", it.id)) { (it.id) } }
+                        td { span class=(format!("kind {}", it.kind)) { (it.kind) } @if !it.resumable { span.muted { " (not resumable)" } } }
+                        td { (it.port.as_deref().unwrap_or("—")) }
+                        td.reason { (truncate(&it.reason, 160)) }
+                        td { time datetime=(it.suspended_at.to_rfc3339()) title=(it.suspended_at.to_rfc3339()) { (ago(it.suspended_at, now)) } }
+                        td.mono { a href=(format!("/track?message={}", it.message_id)) { (it.message_id) } }
+                    }
+                }
+            }
+        }
+        @if items.is_empty() { p.muted { "Nothing suspended matches." } }
+    };
     let body = html! {
         h1 { "Suspended items" }
         form.filters method="get" action="/suspended" {
@@ -358,39 +416,20 @@ pub(crate) async fn suspended_list(
             " " button type="submit" { "Filter" }
         }
         p #match-count { strong { (count) } (count_note) " matching" @if after.is_some() { " · " a href="/suspended" { "first page" } } }
-        form #items method="post" action="/suspended/confirm" {
-            @if !ctx.read_only {
+        @if ctx.read_only { (items_table) } @else {
+            form #items method="post" action="/suspended/confirm" {
                 (csrf_input(&ctx))
                 @for (k, v) in &keep { input type="hidden" name=(k) value=(v); }
-            }
-            table {
-                thead { tr {
-                    @if !ctx.read_only { th { input type="checkbox" data-select-all="id" title="select all on this page"; } }
-                    th { "Id" } th { "Kind" } th { "Port" } th { "Reason" } th { "Suspended" } th { "Message" }
-                } }
-                tbody {
-                    @for it in items {
-                        tr data-item=(it.id) {
-                            @if !ctx.read_only { td { input type="checkbox" name="id" value=(it.id); } }
-                            td { a href=(format!("/suspended/{}", it.id)) { (it.id) } }
-                            td { span class=(format!("kind {}", it.kind)) { (it.kind) } @if !it.resumable { span.muted { " (not resumable)" } } }
-                            td { (it.port.as_deref().unwrap_or("—")) }
-                            td.reason { (truncate(&it.reason, 160)) }
-                            td { time datetime=(it.suspended_at.to_rfc3339()) title=(it.suspended_at.to_rfc3339()) { (ago(it.suspended_at, now)) } }
-                            td.mono { a href=(format!("/track?message={}", it.message_id)) { (it.message_id) } }
-                        }
+                (items_table)
+                @if !items.is_empty() {
+                    p.bulk {
+                        button type="submit" name="do" value="resume-selected" { "Resume selected" } " "
+                        button.danger type="submit" name="do" value="terminate-selected" { "Terminate selected" } " · "
+                        button type="submit" name="do" value="resume-matching" { "Resume all " (count) " matching…" } " "
+                        button.danger type="submit" name="do" value="terminate-matching" { "Terminate all " (count) " matching…" }
                     }
+                    p.muted { "Each asks for a confirmation that shows the count, and then acts on exactly the items it showed." }
                 }
-            }
-            @if items.is_empty() { p.muted { "Nothing suspended matches." } }
-            @if !ctx.read_only && !items.is_empty() {
-                p.bulk {
-                    button type="submit" name="do" value="resume-selected" { "Resume selected" } " "
-                    button.danger type="submit" name="do" value="terminate-selected" { "Terminate selected" } " · "
-                    button type="submit" name="do" value="resume-matching" { "Resume all " (count) " matching…" } " "
-                    button.danger type="submit" name="do" value="terminate-matching" { "Terminate all " (count) " matching…" }
-                }
-                p.muted { "Each asks for a confirmation that shows the count, and then acts on exactly the items it showed." }
             }
         }
         @if more { @if let Some(h) = next_href { p { a #next-page href=(h) { "Next " (ITEMS_PER_PAGE) " →" } } } }
@@ -412,9 +451,9 @@ pub(crate) async fn suspended_detail(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Response, ConsoleError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ConsoleError::bad_request(format!("'{id}' is not a suspended item id (a number)")))?;
+    let id: i64 = id.parse().map_err(|_| {
+        ConsoleError::bad_request(format!("'{id}' is not a suspended item id (a number)"))
+    })?;
     let detail = match app.mbx.suspended_show(id).await {
         Ok(d) => d,
         Err(mbx_messagebox::Error::NotFound { .. }) => {
@@ -486,9 +525,9 @@ pub(crate) async fn suspended_body(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Response, ConsoleError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ConsoleError::bad_request(format!("'{id}' is not a suspended item id (a number)")))?;
+    let id: i64 = id.parse().map_err(|_| {
+        ConsoleError::bad_request(format!("'{id}' is not a suspended item id (a number)"))
+    })?;
     let detail = app.mbx.suspended_show(id).await?;
     let message = detail.item.message_id;
     let (_, chunked) = app.mbx.message_body_prefix(message, 0).await?;

@@ -98,7 +98,13 @@ pub fn hex_dump(bytes: &[u8]) -> String {
         let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
         let ascii: String = line
             .iter()
-            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         out.push_str(&format!("{:08x}  {:<47}  {ascii}\n", i * 16, hex.join(" ")));
     }
@@ -111,7 +117,11 @@ mod tests {
 
     #[test]
     fn json_is_pretty_printed() {
-        let p = render(br#"{"order":{"id":7,"lines":[1,2]}}"#, "application/json", true);
+        let p = render(
+            br#"{"order":{"id":7,"lines":[1,2]}}"#,
+            "application/json",
+            true,
+        );
         assert_eq!(p.format, Format::Json);
         assert!(p.text.contains("\n  \"order\": {\n"), "{}", p.text);
     }
@@ -134,7 +144,11 @@ mod tests {
 
     #[test]
     fn binary_is_a_hex_dump() {
-        let p = render(&[0u8, 159, 146, 150, b'A'], "application/octet-stream", true);
+        let p = render(
+            &[0u8, 159, 146, 150, b'A'],
+            "application/octet-stream",
+            true,
+        );
         assert_eq!(p.format, Format::Hex);
         assert!(p.text.starts_with("00000000  00 9f 92 96 41"), "{}", p.text);
         assert!(p.text.trim_end().ends_with("....A"), "{}", p.text);
@@ -142,7 +156,10 @@ mod tests {
 
     #[test]
     fn malformed_json_and_xml_stay_text() {
-        assert_eq!(render(b"{nope", "application/json", true).format, Format::Text);
+        assert_eq!(
+            render(b"{nope", "application/json", true).format,
+            Format::Text
+        );
         assert_eq!(render(b"<a><b></a>", "text/xml", true).format, Format::Text);
     }
 }

@@ -49,7 +49,10 @@ pub struct Samples {
     pub history: HashMap<String, VecDeque<Point>>,
 }
 
-async fn take(mbx: &MessageBox, previous: Option<&DeliveredReading>) -> mbx_messagebox::Result<(Snapshot, DeliveredReading)> {
+async fn take(
+    mbx: &MessageBox,
+    previous: Option<&DeliveredReading>,
+) -> mbx_messagebox::Result<(Snapshot, DeliveredReading)> {
     let started = Instant::now();
     let stats = mbx.stats().await?;
     let (_, spool_bytes) = mbx.spool_size().await?;
@@ -131,7 +134,9 @@ pub async fn run(app: Arc<crate::App>) {
                     s.record();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "console snapshot failed; showing the previous one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "console snapshot failed; showing the previous one")
+            }
         }
     }
 }

@@ -176,9 +176,23 @@ pub(crate) fn chart(points: &[Point]) -> Markup {
     let max_b = pts.iter().map(|p| p.backlog).max().unwrap_or(0).max(1) as f64;
     let max_r = pts.iter().map(|p| p.rate).fold(0.0, f64::max).max(1.0);
     let n = (pts.len() - 1).max(1) as f64;
-    let xy = |i: usize, v: f64, max: f64| format!("{:.1},{:.1}", i as f64 / n * W, H - v / max * (H - 2.0) - 1.0);
-    let backlog: Vec<String> = pts.iter().enumerate().map(|(i, p)| xy(i, p.backlog as f64, max_b)).collect();
-    let rate: Vec<String> = pts.iter().enumerate().map(|(i, p)| xy(i, p.rate, max_r)).collect();
+    let xy = |i: usize, v: f64, max: f64| {
+        format!(
+            "{:.1},{:.1}",
+            i as f64 / n * W,
+            H - v / max * (H - 2.0) - 1.0
+        )
+    };
+    let backlog: Vec<String> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| xy(i, p.backlog as f64, max_b))
+        .collect();
+    let rate: Vec<String> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| xy(i, p.rate, max_r))
+        .collect();
     let area = format!("0,{H} {} {W},{H}", backlog.join(" "));
     let title = format!(
         "last {} min: backlog up to {}, delivered up to {:.1}/s",
@@ -204,4 +218,3 @@ pub(crate) fn ago(at: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chron
         _ => format!("{} d ago", s / 86_400),
     }
 }
-

@@ -105,7 +105,10 @@ impl DeliveredReading {
     /// Messages delivered per second and port between `earlier` and this reading. Only
     /// instances present in both count (an instance that started or was pruned in between
     /// has no difference to give), and a counter that went back is ignored.
-    pub fn rates_since(&self, earlier: &DeliveredReading) -> std::collections::HashMap<String, f64> {
+    pub fn rates_since(
+        &self,
+        earlier: &DeliveredReading,
+    ) -> std::collections::HashMap<String, f64> {
         let secs = (self.at - earlier.at).num_milliseconds() as f64 / 1000.0;
         let mut rates = std::collections::HashMap::new();
         if secs <= 0.0 {

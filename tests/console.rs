@@ -1,0 +1,539 @@
+//! The web console (`mbx console`) end to end: the real binary against a real MessageBox
+//! and real hosts, driven through headless Chromium over WebDriver (tests/support/browser.rs).
+//! Also `mbx stats --watch` and the console's refusals at start.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, Locator};
+use mbx_e2e::browser::Browser;
+use mbx_e2e::{
+    bin, database_url, files_in, messagebox, start_host, wait_for, wait_for_alive, with_database,
+    Mbx, Reaped, FAST_HOST,
+};
+use mbx_messagebox::config::{InitialState, SendPortSpec};
+use mbx_messagebox::publish::{NewMessage, Published, Publisher};
+use mbx_messagebox::states::PortState;
+use mbx_messagebox::{Context, MessageBox, Value};
+use sqlx::PgPool;
+
+const TOKEN: &str = "console-test-token-0123456789";
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A running `mbx console` and the address it printed.
+struct Console {
+    url: String,
+    _process: Reaped,
+}
+
+fn start_console(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Console {
+    let mut child = Command::new(bin("mbx"))
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("MBX_DATABASE_URL", db_url)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mbx console");
+    let stdout = child.stdout.take().expect("console stdout");
+    let process = Reaped(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the console's first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("the console printed no address: {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    Console {
+        url,
+        _process: process,
+    }
+}
+
+async fn publish(mbx: &MessageBox, region: &str, body: &str, content_type: &str) -> uuid::Uuid {
+    let mut ctx = Context::new();
+    ctx.promote("Order.Region", Value::String(region.into()))
+        .expect("promote");
+    let published = mbx
+        .publish(
+            &Publisher::default(),
+            vec![NewMessage::new(body.as_bytes().to_vec(), content_type, ctx)],
+        )
+        .await
+        .expect("publish");
+    match published[0] {
+        Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
+            message_id
+        }
+        ref other => panic!("not published: {other:?}"),
+    }
+}
+
+async fn file_port(mbx: &MessageBox, name: &str, outbox: &Path) {
+    let address = format!("file://{}/%MessageID%.xml", outbox.display());
+    mbx.send_port_create(
+        &SendPortSpec::new(name, &address)
+            .with_filter(&format!("Order.Region == \"{name}\""))
+            .with_state(InitialState::Started),
+    )
+    .await
+    .expect("send port");
+}
+
+async fn text(client: &Client, css: &str) -> String {
+    match client.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+}
+
+/// POSTs from the page's own script (same origin, with its cookies); returns the status.
+async fn post_from_page(client: &Client, path: &str, form: &str) -> i64 {
+    client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0], { method: 'POST', credentials: 'same-origin',
+                   headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+                   body: arguments[1], redirect: 'manual' })
+               .then(r => done(r.status), e => done(-1));",
+            vec![path.into(), form.into()],
+        )
+        .await
+        .expect("fetch from the page")
+        .as_i64()
+        .expect("a status")
+}
+
+async fn port_state(mbx: &MessageBox, name: &str) -> PortState {
+    mbx.send_port_show(name).await.expect("port").state
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_overview_shows_a_ports_backlog_and_follows_it_live(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+    mbx.send_port_stop("eu").await.expect("stop");
+    for i in 0..3 {
+        publish(&mbx, "eu", &format!("<o>{i}</o>"), "application/xml").await;
+    }
+    let console = start_console(&database_url(&pool), &[], &[]);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/", console.url))
+        .await
+        .expect("open the overview");
+    let backlog = "tr[data-port='eu'] td[data-field='backlog']";
+    assert_eq!(text(b, backlog).await, "3");
+    assert_eq!(
+        text(b, "tr[data-port='eu'] [data-field='state']").await,
+        "stopped"
+    );
+    // the page is not reloaded: a marker set now survives the live refresh
+    b.execute("window.mbxMarker = 42;", vec![])
+        .await
+        .expect("marker");
+    for i in 3..5 {
+        publish(&mbx, "eu", &format!("<o>{i}</o>"), "application/xml").await;
+    }
+    wait_for(
+        "the live overview to show a backlog of 5",
+        SETTLE,
+        || async { text(b, backlog).await == "5" },
+    )
+    .await;
+    let marker = b
+        .execute("return window.mbxMarker;", vec![])
+        .await
+        .expect("marker");
+    assert_eq!(
+        marker,
+        serde_json::json!(42),
+        "the page was reloaded instead of refreshed"
+    );
+    browser.close().await;
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_suspended_item_resumed_from_its_page_is_delivered(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let _host = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    // nobody subscribes yet: a routing failure
+    let message = publish(&mbx, "eu", r#"{"order":{"id":7}}"#, "application/json").await;
+    let items = mbx.suspended_ids(&Default::default()).await.expect("items");
+    assert_eq!(items.len(), 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+
+    let console = start_console(&url, &[], &[]);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/suspended", console.url))
+        .await
+        .expect("open");
+    assert_eq!(text(b, "#match-count strong").await, "1");
+    click(b, &format!("tr[data-item='{}'] a", items[0])).await;
+    // the detail page: JSON pretty-printed, the context, a download link
+    let preview = text(b, "#body-preview").await;
+    assert!(preview.contains("\"order\": {"), "preview: {preview}");
+    assert!(text(b, "#context").await.contains("Order.Region"));
+    assert!(text(b, "#reason").await.contains("no subscriber"));
+    click(b, "button[value='resume-selected']").await;
+    assert_eq!(text(b, "#confirm-count").await, "1");
+    assert!(
+        files_in(dir.path(), "xml").is_empty(),
+        "nothing before the confirmation"
+    );
+    click(b, "#confirm").await;
+    let flash = text(b, ".flash").await;
+    assert!(flash.contains("resumed 1 of 1"), "flash: {flash}");
+    wait_for("the resumed message delivered", SETTLE, || async {
+        files_in(dir.path(), "xml").len() == 1
+    })
+    .await;
+    let written = std::fs::read_to_string(&files_in(dir.path(), "xml")[0]).expect("read");
+    assert_eq!(written, r#"{"order":{"id":7}}"#);
+    // the tracking page has its timeline
+    b.goto(&format!("{}/track?message={message}", console.url))
+        .await
+        .expect("track");
+    wait_for("the delivery in the timeline", SETTLE, || async {
+        b.refresh().await.ok();
+        text(b, "#timeline").await.contains("delivered")
+    })
+    .await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_port_stopped_from_the_page_stops_and_started_from_it_delivers(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+    let _host = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    publish(&mbx, "eu", "<o>1</o>", "application/xml").await;
+    wait_for("the first delivery", SETTLE, || async {
+        files_in(dir.path(), "xml").len() == 1
+    })
+    .await;
+
+    let console = start_console(&url, &[], &[]);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/", console.url)).await.expect("open");
+    click(b, "tr[data-port='eu'] button[data-action='Stop']").await;
+    let flash = text(b, ".flash").await;
+    assert_eq!(flash, "send port eu: started → stopped");
+    assert_eq!(port_state(&mbx, "eu").await, PortState::Stopped);
+    publish(&mbx, "eu", "<o>2</o>", "application/xml").await;
+    wait_for("the overview to show the held message", SETTLE, || async {
+        b.refresh().await.ok();
+        text(b, "tr[data-port='eu'] td[data-field='backlog']").await == "1"
+    })
+    .await;
+    // the host polls every 200 ms: a stopped port sends nothing in many of its polls
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        files_in(dir.path(), "xml").len(),
+        1,
+        "a stopped port delivered"
+    );
+    click(b, "tr[data-port='eu'] button[data-action='Start']").await;
+    assert_eq!(text(b, ".flash").await, "send port eu: stopped → started");
+    wait_for(
+        "the held message delivered once started",
+        SETTLE,
+        || async { files_in(dir.path(), "xml").len() == 2 },
+    )
+    .await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_post_without_the_token_or_the_csrf_value_is_refused(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+    let console = start_console(
+        &database_url(&pool),
+        &["--token", "env:MBX_TEST_CONSOLE_TOKEN"],
+        &[("MBX_TEST_CONSOLE_TOKEN", TOKEN)],
+    );
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/", console.url)).await.expect("open");
+    assert!(
+        b.current_url().await.expect("url").path() == "/login",
+        "not sent to log in"
+    );
+    // no session: refused
+    assert_eq!(
+        post_from_page(b, "/send-ports/eu/stop", "return_to=/").await,
+        401
+    );
+    // a wrong token: no session
+    b.find(Locator::Css("input[name='token']"))
+        .await
+        .expect("token field")
+        .send_keys("not-the-token-at-all")
+        .await
+        .expect("type");
+    click(b, "form[action='/login'] button").await;
+    assert!(text(b, ".error").await.contains("wrong token"));
+    // the right one
+    b.find(Locator::Css("input[name='token']"))
+        .await
+        .expect("token field")
+        .send_keys(TOKEN)
+        .await
+        .expect("type");
+    click(b, "form[action='/login'] button").await;
+    assert_eq!(b.current_url().await.expect("url").path(), "/");
+    // logged in, but without the CSRF value, or with a wrong one: refused
+    assert_eq!(
+        post_from_page(b, "/send-ports/eu/stop", "return_to=/").await,
+        403
+    );
+    let wrong = format!("return_to=/&csrf={}", "ab".repeat(32));
+    assert_eq!(post_from_page(b, "/send-ports/eu/stop", &wrong).await, 403);
+    assert_eq!(
+        port_state(&mbx, "eu").await,
+        PortState::Started,
+        "a refused POST changed the port"
+    );
+    // a script with the token but no CSRF value: refused too; reading is allowed
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(format!("{}/send-ports/eu/stop", console.url))
+        .bearer_auth(TOKEN)
+        .form(&[("return_to", "/")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(format!("{}/", console.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{}/suspended", console.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["location"].to_str().unwrap()
+        ),
+        (303, "/login")
+    );
+    // the page's own form (with its CSRF value) works
+    click(b, "tr[data-port='eu'] button[data-action='Stop']").await;
+    assert_eq!(port_state(&mbx, "eu").await, PortState::Stopped);
+    browser.close().await;
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_read_only_console_has_no_action(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+    publish(&mbx, "nobody", "<o/>", "application/xml").await; // a suspended item
+    let console = start_console(&url, &["--read-only"], &[]);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    for page in ["/", "/suspended", "/ordered", "/suspended/1"] {
+        b.goto(&format!("{}{page}", console.url))
+            .await
+            .expect("open");
+        assert_eq!(text(b, ".badge.readonly").await, "read-only", "{page}");
+        let forms = b
+            .find_all(Locator::Css("form[method='post']"))
+            .await
+            .expect("find");
+        assert!(forms.is_empty(), "{page} offers {} action(s)", forms.len());
+        let checkboxes = b
+            .find_all(Locator::Css("input[type='checkbox']"))
+            .await
+            .expect("find");
+        assert!(checkboxes.is_empty(), "{page} offers a selection");
+    }
+    assert_eq!(
+        post_from_page(b, "/send-ports/eu/stop", "return_to=/").await,
+        403
+    );
+    assert_eq!(port_state(&mbx, "eu").await, PortState::Started);
+    browser.close().await;
+
+    // a database role that cannot write makes the console read-only by itself
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("db")
+        .to_owned();
+    let role = format!(
+        "mbx_ro_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    for sql in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.expect("role");
+    }
+    let ro_url = with_database(
+        &mbx_e2e::server_url().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1),
+        &db,
+    );
+    let ro = start_console(&ro_url, &[], &[]);
+    let page = reqwest::get(format!("{}/", ro.url))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        page.contains("read-only"),
+        "not read-only on a role that cannot write"
+    );
+    assert!(
+        !page.contains("method=\"post\""),
+        "actions offered on a read-only role"
+    );
+    drop(ro);
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&sql).execute(&pool).await.expect("drop role");
+    }
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_console_on_an_open_address_needs_a_token(pool: PgPool) {
+    messagebox(&pool).await;
+    let mbx = Mbx::new(database_url(&pool));
+    let err = mbx.fails(&["console", "--listen", "0.0.0.0:0"], 2);
+    assert!(err.contains("--token env:NAME"), "{err}");
+    let err = mbx.fails(&["console", "--token", "a-literal-token-value"], 2);
+    assert!(
+        err.contains("--token") && !err.contains("a-literal-token-value"),
+        "{err}"
+    );
+    let err = mbx.fails(&["console", "--listen", "nowhere"], 2);
+    assert!(
+        err.contains("--listen: 'nowhere' is not an address"),
+        "{err}"
+    );
+    std::env::set_var("MBX_TEST_SHORT_TOKEN", "short");
+    let err = mbx.fails(&["console", "--token", "env:MBX_TEST_SHORT_TOKEN"], 2);
+    assert!(err.contains("shorter than 16"), "{err}");
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn stats_watch_shows_each_ports_delivery_rate(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+    let _host = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    let mut watch = Command::new(bin("mbx"))
+        .args([
+            "stats",
+            "--watch",
+            "--interval",
+            "500ms",
+            "--output",
+            "json",
+        ])
+        .env("MBX_DATABASE_URL", &url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mbx stats --watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let _watch = Reaped(watch);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first: serde_json::Value =
+        serde_json::from_str(&rx.recv().await.expect("a first frame")).expect("json frame");
+    assert!(
+        first["delivered_per_s"].is_null(),
+        "the first frame has no rate: {first}"
+    );
+    assert_eq!(first["stats"]["ports"][0]["name"], "eu");
+    // deliveries while the frames go by: some frame shows a rate for the port
+    let mut sent = 0;
+    let mut best = 0.0f64;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while best <= 0.0 && tokio::time::Instant::now() < deadline {
+        for _ in 0..5 {
+            publish(&mbx, "eu", &format!("<o>{sent}</o>"), "application/xml").await;
+            sent += 1;
+        }
+        if let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            let frame: serde_json::Value = serde_json::from_str(&line).expect("json frame");
+            best = best.max(frame["delivered_per_s"]["eu"].as_f64().unwrap_or(0.0));
+        }
+    }
+    assert!(
+        best > 0.0,
+        "no frame showed a delivery rate for eu ({sent} published)"
+    );
+    // the table form: one frame per interval with the rate column
+    let out = Command::new("timeout")
+        .args([
+            "--preserve-status",
+            "-s",
+            "INT",
+            "2",
+            bin("mbx").to_str().expect("path"),
+            "stats",
+            "--watch",
+            "--interval",
+            "300ms",
+        ])
+        .env("MBX_DATABASE_URL", &url)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Ctrl-C ends --watch cleanly: {:?}",
+        out.status
+    );
+    assert!(text.matches("DELIVERED/S").count() >= 2, "{text}");
+    let err = Mbx::new(url).fails(&["stats", "--watch", "--interval", "1ms"], 2);
+    assert!(err.contains("--interval: '1ms'"), "{err}");
+}
