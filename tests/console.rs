@@ -537,3 +537,119 @@ async fn stats_watch_shows_each_ports_delivery_rate(pool: PgPool) {
     let err = Mbx::new(url).fails(&["stats", "--watch", "--interval", "1ms"], 2);
     assert!(err.contains("--interval: '1ms'"), "{err}");
 }
+
+/// The screenshots in docs/images (overview, a suspended item, a tracking timeline), made
+/// by `scripts/console-screenshots`, which sets `MBX_SCREENSHOTS_DIR`; otherwise they go
+/// to a temporary folder and are only checked.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn console_screenshots(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    let work = tempfile::tempdir().expect("tempdir");
+    let out_dir = std::env::var("MBX_SCREENSHOTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| work.path().join("shots"));
+    std::fs::create_dir_all(&out_dir).expect("screenshot folder");
+    for name in ["eu", "us"] {
+        file_port(&mbx, name, &work.path().join(name)).await;
+    }
+    std::fs::create_dir_all(work.path().join("eu")).expect("outbox");
+    mbx.send_port_stop("us").await.expect("stop");
+    let closed = mbx_e2e::free_port();
+    cli.ok(&[
+        "send-port",
+        "create",
+        "billing",
+        "--start",
+        "--address",
+        &format!("http://127.0.0.1:{closed}/invoices"),
+        "--filter",
+        "Order.Region == \"billing\"",
+        "--retry-count",
+        "0",
+    ]);
+    std::fs::create_dir_all(work.path().join("in")).expect("inbox");
+    cli.ok(&["receive-port", "create", "orders"]);
+    cli.ok(&[
+        "receive-location",
+        "create",
+        "orders-in",
+        "--port",
+        "orders",
+        "--pipeline",
+        "xml",
+        "--address",
+        &format!("file://{}/in/*.xml", work.path().display()),
+    ]);
+    let _host = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    let failed = publish(&mbx, "billing",
+        r#"{"invoice":{"id":"INV-2026-0042","customer":"Contoso","lines":[{"sku":"A-1","qty":3},{"sku":"B-7","qty":1}],"total":"129.90"}}"#,
+        "application/json").await;
+    for i in 0..12 {
+        publish(
+            &mbx,
+            "us",
+            &format!("<order id=\"{i}\"/>"),
+            "application/xml",
+        )
+        .await;
+    }
+    let console = start_console(&url, &[], &[]);
+    // a few snapshots with deliveries going on, for the charts
+    for round in 0..8 {
+        for i in 0..(5 + round * 3) {
+            publish(
+                &mbx,
+                "eu",
+                &format!("<order id=\"{round}-{i}\"/>"),
+                "application/xml",
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    wait_for("the failed invoice suspended", SETTLE, || async {
+        !mbx.suspended_ids(&Default::default())
+            .await
+            .expect("ids")
+            .is_empty()
+    })
+    .await;
+    let first = mbx.suspended_ids(&Default::default()).await.expect("ids")[0];
+    // resumed once, failed again: a longer timeline
+    let by_id = mbx_messagebox::suspended::Selector {
+        id: Some(first),
+        ..Default::default()
+    };
+    mbx.suspended_resume(&by_id).await.expect("resume");
+    wait_for("the invoice suspended again", SETTLE, || async {
+        mbx.suspended_ids(&Default::default())
+            .await
+            .expect("ids")
+            .iter()
+            .any(|id| *id != first)
+    })
+    .await;
+    let item = mbx.suspended_ids(&Default::default()).await.expect("ids")[0];
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    let shots = [
+        ("console-overview.png", "/".to_owned()),
+        ("console-suspended-item.png", format!("/suspended/{item}")),
+        ("console-tracking.png", format!("/track?message={failed}")),
+    ];
+    for (file, path) in shots {
+        b.goto(&format!("{}{path}", console.url))
+            .await
+            .expect("open");
+        let png = b.screenshot().await.expect("screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+            "{file} is no picture"
+        );
+        std::fs::write(out_dir.join(file), png).expect("write screenshot");
+    }
+    browser.close().await;
+}
