@@ -23,6 +23,7 @@ struct Cluster {
     admin_port: u16,
     /// `MBX_GROUPS`: 1, or 2 for the second group the demo forwards into.
     groups: u8,
+    console_port: u16,
 }
 
 impl Cluster {
@@ -38,6 +39,7 @@ impl Cluster {
             home,
             pg_port: free_port(),
             admin_port: free_port(),
+            console_port: free_port(),
             groups: 1,
         }
     }
@@ -57,6 +59,7 @@ impl Cluster {
             .env("MBX_BIN_DIR", bin_dir)
             .env("MBX_PG_PORT", self.pg_port.to_string())
             .env("MBX_ADMIN_PORT", self.admin_port.to_string())
+            .env("MBX_CONSOLE_PORT", self.console_port.to_string())
             .env("MBX_WAIT_SECONDS", "40")
             .env("MBX_GROUPS", self.groups.to_string())
             .env_remove("MBX_DATABASE_URL")
@@ -381,6 +384,28 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     );
     assert!(answer.contains(r#""item": "widget""#), "{answer}");
     assert!(answer.contains("application/json"), "{answer}");
+    // the web console, as the output says
+    let console: u16 = std::fs::read_to_string(home.join(".mbx/run/console.port"))
+        .expect("the console's port recorded")
+        .trim()
+        .parse()
+        .expect("a port");
+    assert!(
+        up.stdout.contains(&format!("http://127.0.0.1:{console}/")),
+        "{}",
+        up.stdout
+    );
+    let mut page = String::new();
+    wait_for("the console's overview", limit, || {
+        page = http_get(console, "/");
+        page.contains("demo-ordered")
+    });
+    assert!(page.contains("demo-in"), "{page}");
+    let console_pid: i64 = std::fs::read_to_string(home.join(".mbx/run/console.pid"))
+        .expect("the console's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
     let quote_pid: i64 = std::fs::read_to_string(home.join(".mbx/run/quote.pid"))
         .expect("the quote service's pid")
         .trim()
@@ -398,6 +423,7 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
         assert!(exited(*pid), "host pid {pid} still runs after down");
     }
     wait_for("the quote service to stop", limit, || exited(quote_pid));
+    wait_for("the console to stop", limit, || exited(console_pid));
     let status = cluster.ok(&["status"]);
     assert!(
         status.stdout.contains("host-1: not running"),
