@@ -5,6 +5,7 @@
 //!   (only the bench's peers, its scratch databases and its server report speak SQL of
 //!   their own: they measure other systems and the server, not mbx);
 //! - `mbx-admin` does not depend on `mbx-host`, `mbx-adapters` not on `mbx-messagebox`,
+//!   `mbx-console` neither on `mbx-host` nor on `mbx-adapters` (only the MessageBox API),
 //!   and `mbx-vocabulary` on no mbx crate.
 
 use std::path::{Path, PathBuf};
@@ -71,7 +72,14 @@ const SQL_ALLOWED: &[&str] = &[
 #[test]
 fn all_sql_lives_in_the_messagebox_crate() {
     let mut files = Vec::new();
-    for krate in ["vocabulary", "adapters", "host", "admin", "bench"] {
+    for krate in [
+        "vocabulary",
+        "adapters",
+        "host",
+        "admin",
+        "bench",
+        "console",
+    ] {
         rust_files(&root().join("crates").join(krate).join("src"), &mut files);
     }
     assert!(files.len() > 20, "found the sources: {}", files.len());
@@ -123,6 +131,8 @@ fn crates_depend_only_as_the_codemap_allows() {
         ("adapters", "mbx-host"),
         ("messagebox", "mbx-adapters"),
         ("messagebox", "mbx-host"),
+        ("console", "mbx-host"),
+        ("console", "mbx-adapters"),
     ];
     for (krate, dep) in forbidden {
         assert!(

@@ -5,8 +5,7 @@
 //!   MBX_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //!     cargo bench -p mbx-console --bench pages
 //!
-//! It creates a scratch database `mbx_console_bench` on that server (dropped at the
-//! end), fills it through the MessageBox API, serves the console in this process on
+//! It creates a scratch database on that server (dropped at the end), fills it through the MessageBox API, serves the console in this process on
 //! loopback and requests each page 20 times over HTTP, printing the median, the 95th
 //! percentile and the largest time per page.
 
@@ -90,10 +89,6 @@ async fn fill(mbx: &MessageBox) {
         stats.spool_messages,
         started.elapsed()
     );
-    sqlx::query("VACUUM ANALYZE")
-        .execute(mbx.pool())
-        .await
-        .expect("analyze");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -117,16 +112,10 @@ fn csrf_of(page: &str) -> String {
 async fn main() {
     let server = std::env::var("MBX_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let url = mbx_messagebox::url_with_database(&server, "mbx_console_bench");
-    let admin = sqlx::PgPool::connect(&server).await.expect("server");
-    sqlx::query("DROP DATABASE IF EXISTS mbx_console_bench WITH (FORCE)")
-        .execute(&admin)
+    let scratch = mbx_bench::database::Scratch::create(&server, "console")
         .await
-        .expect("drop");
-    sqlx::query("CREATE DATABASE mbx_console_bench")
-        .execute(&admin)
-        .await
-        .expect("create");
+        .expect("a scratch database");
+    let url = scratch.url().to_owned();
     let mbx = MessageBox::connect(&url, 8).await.expect("connect");
     mbx.init(None).await.expect("init");
     fill(&mbx).await;
@@ -173,6 +162,11 @@ async fn main() {
         .and_then(|s| s.split(' ').next())
         .unwrap_or("?")
         .to_owned();
+    assert!(
+        overview.contains("data-port=\"port-0099\"")
+            && !overview.contains("data-port=\"port-0100\""),
+        "the overview's first page holds the first 100 ports"
+    );
     let csrf = csrf_of(&overview);
     let pages = [
         ("overview (ports 1-100 of 1,000)", "/".to_owned()),
@@ -253,8 +247,5 @@ async fn main() {
     println!("\nthe sampler's snapshot (all counters, hosts, ports, locations) took {took} ms");
     server_task.abort();
     mbx.pool().close().await;
-    sqlx::query("DROP DATABASE IF EXISTS mbx_console_bench WITH (FORCE)")
-        .execute(&admin)
-        .await
-        .expect("drop");
+    scratch.drop_now().await;
 }
