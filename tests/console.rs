@@ -85,6 +85,15 @@ async fn file_port(mbx: &MessageBox, name: &str, outbox: &Path) {
     .expect("send port");
 }
 
+/// A MessageBox with the started FILE port `eu` writing into a temporary folder (kept
+/// while the returned guard lives), and its URL.
+async fn with_eu_port(pool: &PgPool) -> (MessageBox, String, tempfile::TempDir) {
+    let mbx = messagebox(pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    file_port(&mbx, "eu", dir.path()).await;
+    (mbx, database_url(pool), dir)
+}
+
 async fn text(client: &Client, css: &str) -> String {
     match client.find(Locator::Css(css)).await {
         Ok(e) => e.text().await.unwrap_or_default(),
@@ -125,14 +134,12 @@ async fn port_state(mbx: &MessageBox, name: &str) -> PortState {
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn the_overview_shows_a_ports_backlog_and_follows_it_live(pool: PgPool) {
-    let mbx = messagebox(&pool).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    file_port(&mbx, "eu", dir.path()).await;
+    let (mbx, url, _dir) = with_eu_port(&pool).await;
     mbx.send_port_stop("eu").await.expect("stop");
     for i in 0..3 {
         publish(&mbx, "eu", &format!("<o>{i}</o>"), "application/xml").await;
     }
-    let console = start_console(&database_url(&pool), &[], &[]);
+    let console = start_console(&url, &[], &[]);
     let browser = Browser::start().await;
     let b = &browser.client;
     b.goto(&format!("{}/", console.url))
@@ -223,11 +230,57 @@ async fn a_suspended_item_resumed_from_its_page_is_delivered(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
-async fn a_port_stopped_from_the_page_stops_and_started_from_it_delivers(pool: PgPool) {
+async fn a_confirmation_acts_on_exactly_the_items_it_counted(pool: PgPool) {
     let mbx = messagebox(&pool).await;
-    let url = database_url(&pool);
-    let dir = tempfile::tempdir().expect("tempdir");
-    file_port(&mbx, "eu", dir.path()).await;
+    for i in 0..2 {
+        publish(&mbx, "nobody", &format!("<o>{i}</o>"), "application/xml").await;
+    }
+    publish(&mbx, "elsewhere", "<o>other</o>", "application/xml").await;
+    let console = start_console(&database_url(&pool), &[], &[]);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/suspended?error=nobody", console.url))
+        .await
+        .expect("open");
+    assert_eq!(text(b, "#match-count strong").await, "2");
+    click(b, "button[value='terminate-matching']").await;
+    assert_eq!(text(b, "#confirm-count").await, "2");
+    let form = b
+        .execute(
+            "const f = document.querySelector('form[action=\"/suspended/act\"]');
+             return new URLSearchParams(new FormData(f)).toString();",
+            vec![],
+        )
+        .await
+        .expect("the confirmation's form");
+    let form = form.as_str().expect("form fields").to_owned();
+    // a third matching item arrives while the operator reads the confirmation
+    publish(&mbx, "nobody", "<o>late</o>", "application/xml").await;
+    click(b, "#confirm").await;
+    let flash = text(b, ".flash").await;
+    assert!(flash.contains("terminated 2 of 2"), "flash: {flash}");
+    let left = mbx.suspended_list(&Default::default()).await.expect("list");
+    let reasons: Vec<&str> = left.iter().map(|i| i.reason.as_str()).collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the late item and the other one stay: {reasons:?}"
+    );
+    // a confirmation is used once
+    assert_eq!(post_from_page(b, "/suspended/act", &form).await, 410);
+    assert_eq!(
+        mbx.suspended_list(&Default::default())
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    browser.close().await;
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_port_stopped_from_the_page_stops_and_started_from_it_delivers(pool: PgPool) {
+    let (mbx, url, dir) = with_eu_port(&pool).await;
     let _host = start_host(&url, FAST_HOST);
     wait_for_alive(&mbx, 1).await;
     publish(&mbx, "eu", "<o>1</o>", "application/xml").await;
@@ -270,11 +323,9 @@ async fn a_port_stopped_from_the_page_stops_and_started_from_it_delivers(pool: P
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_post_without_the_token_or_the_csrf_value_is_refused(pool: PgPool) {
-    let mbx = messagebox(&pool).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    file_port(&mbx, "eu", dir.path()).await;
+    let (mbx, url, _dir) = with_eu_port(&pool).await;
     let console = start_console(
-        &database_url(&pool),
+        &url,
         &["--token", "env:MBX_TEST_CONSOLE_TOKEN"],
         &[("MBX_TEST_CONSOLE_TOKEN", TOKEN)],
     );
@@ -360,10 +411,7 @@ async fn a_post_without_the_token_or_the_csrf_value_is_refused(pool: PgPool) {
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn the_read_only_console_has_no_action(pool: PgPool) {
-    let mbx = messagebox(&pool).await;
-    let url = database_url(&pool);
-    let dir = tempfile::tempdir().expect("tempdir");
-    file_port(&mbx, "eu", dir.path()).await;
+    let (mbx, url, _dir) = with_eu_port(&pool).await;
     publish(&mbx, "nobody", "<o/>", "application/xml").await; // a suspended item
     let console = start_console(&url, &["--read-only"], &[]);
     let browser = Browser::start().await;
@@ -456,10 +504,7 @@ async fn a_console_on_an_open_address_needs_a_token(pool: PgPool) {
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn stats_watch_shows_each_ports_delivery_rate(pool: PgPool) {
-    let mbx = messagebox(&pool).await;
-    let url = database_url(&pool);
-    let dir = tempfile::tempdir().expect("tempdir");
-    file_port(&mbx, "eu", dir.path()).await;
+    let (mbx, url, _dir) = with_eu_port(&pool).await;
     let _host = start_host(&url, FAST_HOST);
     wait_for_alive(&mbx, 1).await;
     let mut watch = Command::new(bin("mbx"))

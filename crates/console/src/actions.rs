@@ -22,8 +22,8 @@ use crate::{App, ConsoleError, Pin};
 
 /// How long a confirmation stays valid.
 const PIN_TTL: Duration = Duration::from_secs(10 * 60);
-/// Confirmations kept at most (the oldest go first).
-const PINS_MAX: usize = 64;
+/// Confirmations kept at most (the oldest go first): each may hold every suspended id.
+const PINS_MAX: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ItemAction {

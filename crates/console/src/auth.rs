@@ -218,7 +218,7 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
     if path == "/login" {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    if app.read_only {
+    if app.read_only && path != "/logout" {
         return refuse(
             StatusCode::FORBIDDEN,
             "this console is read-only (--read-only, or its database role cannot write): no action is possible",

@@ -282,7 +282,10 @@ pub(crate) fn selector_of(p: &HashMap<String, String>) -> Result<Selector, Conso
     let older_than_s = p
         .get("older")
         .map(|t| {
-            humantime_secs(t).ok_or_else(|| {
+            humantime::parse_duration(t.trim())
+                .ok()
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+                .ok_or_else(|| {
                 ConsoleError::bad_request(format!(
                     "older than: '{t}' is not a duration; use a number with s, m, h or d (example: 1h)"
                 ))
@@ -296,20 +299,6 @@ pub(crate) fn selector_of(p: &HashMap<String, String>) -> Result<Selector, Conso
         older_than_s,
         ..Default::default()
     })
-}
-
-fn humantime_secs(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: i64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 pub(crate) async fn suspended_list(

@@ -68,7 +68,7 @@ fn frame(title: &str, nav: Option<Nav>, ctx: Option<&Ctx>, body: Markup) -> Mark
                     }
                     @if let Some(ctx) = ctx {
                         @if ctx.read_only { span.badge.readonly { "read-only" } }
-                        @if ctx.logged_in && !ctx.read_only {
+                        @if ctx.logged_in {
                             form.inline method="post" action="/logout" {
                                 (csrf_input(ctx)) button.link type="submit" { "Log out" }
                             }

@@ -672,6 +672,11 @@ impl MessageBox {
     }
 }
 
+/// A message no longer in the MessageBox.
+fn message_gone(id: Uuid) -> Error {
+    Error::not_found("message", id.to_string(), "it was delivered or terminated")
+}
+
 impl MessageBox {
     /// The first `max` bytes of a message's body and whether it is stored in chunks (a
     /// preview reads no more than it shows).
@@ -689,11 +694,7 @@ impl MessageBox {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            None => Err(Error::not_found(
-                "message",
-                id.to_string(),
-                "it was delivered or terminated",
-            )),
+            None => Err(message_gone(id)),
             Some((body, chunked)) => Ok((Bytes::from(body.unwrap_or_default()), chunked)),
         }
     }
@@ -706,11 +707,7 @@ impl MessageBox {
                 .fetch_optional(&self.pool)
                 .await?;
         match row {
-            None => Err(Error::not_found(
-                "message",
-                id.to_string(),
-                "it was delivered or terminated",
-            )),
+            None => Err(message_gone(id)),
             Some((Some(body), false)) => Ok(Bytes::from(body)),
             Some((_, _)) => {
                 let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
