@@ -172,7 +172,9 @@ pub fn adapters_help(side: Side) -> String {
                 crate::smtp::SEND_EXAMPLE.to_owned(),
                 crate::smtp::SMTP_SEND_SETTINGS,
             ),
-            (Scheme::Null, Side::Send) => ("null:discard".to_owned(), &[]),
+            (Scheme::Null, Side::Send) => {
+                ("null:discard".to_owned(), crate::null::NULL_SEND_SETTINGS)
+            }
             (Scheme::Mbx, Side::Send) => (crate::mbx::SEND_EXAMPLE.to_owned(), &[]),
             (Scheme::Null | Scheme::Mbx | Scheme::Mailto, Side::Receive) => continue,
         };

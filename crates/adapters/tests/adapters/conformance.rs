@@ -254,6 +254,37 @@ async fn every_registered_send_adapter_honours_the_contract() {
 }
 
 #[tokio::test]
+async fn a_null_port_with_a_delay_takes_that_long_and_refuses_a_bad_one() {
+    let registry = Registry::new().unwrap();
+    let adapter = registry.send_adapter("null://slow").unwrap();
+    let settings: Settings = [("delay".to_owned(), "150ms".to_owned())].into();
+    adapter.validate("null://slow", &settings).unwrap();
+    for (key, value) in [("delay", "soon"), ("delay", "2h"), ("latency", "5ms")] {
+        let bad: Settings = [(key.to_owned(), value.to_owned())].into();
+        let err = adapter
+            .validate("null://slow", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{key}={value}: {err}");
+    }
+    let (tx, mut rx) = mpsc::channel(8);
+    let started = std::time::Instant::now();
+    adapter.send(
+        (0..3)
+            .map(|i| message("null://slow", settings.clone(), &format!("<m>{i}</m>")))
+            .collect(),
+        tx,
+    );
+    for _ in 0..3 {
+        let outcome = rx.recv().await.expect("an outcome");
+        assert!(matches!(outcome.outcome, mbx_adapters::Outcome::Delivered));
+    }
+    // an unordered batch is confirmed after one delay (lower bound only: a busy machine
+    // may take longer)
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+}
+
+#[tokio::test]
 async fn send_returns_before_the_endpoint_answers() {
     // The endpoint never answers and the timeout is 30s: `send` returning at all shows the
     // I/O runs on the adapter's own tasks.
