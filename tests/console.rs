@@ -101,14 +101,41 @@ async fn text(client: &Client, css: &str) -> String {
     }
 }
 
+/// Clicks what navigates (a link, a form's button) and waits until the next page has
+/// loaded: a click returns once dispatched, before the form's POST is answered.
 async fn click(client: &Client, css: &str) {
     client
-        .find(Locator::Css(css))
+        .execute("window.mbxOldPage = true;", vec![])
         .await
-        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+        .expect("mark the page");
+    // the overview's live part is replaced every 2 s: an element found just before may be
+    // gone when clicked; find it again then
+    for attempt in 1.. {
+        let element = client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css} on the page: {e}"));
+        match element.click().await {
+            Ok(()) => break,
+            Err(e) if attempt < 10 && e.to_string().contains("stale") => continue,
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+    wait_for(
+        &format!("the page after clicking {css}"),
+        SETTLE,
+        || async {
+            client
+                .execute(
+                    "return window.mbxOldPage === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await
+                .map(|v| v == serde_json::json!(true))
+                .unwrap_or(false)
+        },
+    )
+    .await;
 }
 
 /// POSTs from the page's own script (same origin, with its cookies); returns the status.
