@@ -326,7 +326,16 @@ pub struct SendPortCreate {
     /// Deliver one at a time in publication order.
     #[arg(long)]
     pub ordered: bool,
-    /// Ordered ports: hold the port (state suspended) when the head message fails.
+    /// Keep order per value of this promoted property (per customer, per account), keys
+    /// delivered concurrently; implies --ordered. A message without it is suspended.
+    #[arg(long, value_name = "PROP")]
+    pub ordered_by: Option<String>,
+    /// With --ordered-by: hash buckets of the keys, each under its own lease (1..1024;
+    /// default 64).
+    #[arg(long, value_name = "N", requires = "ordered_by")]
+    pub ordered_buckets: Option<i32>,
+    /// Ordered ports: hold the port (state suspended) when the head message fails; a port
+    /// ordered by a property holds only that message's key.
     #[arg(long)]
     pub stop_on_failure: bool,
     /// Ordered ports: completions committed per batch.
@@ -497,11 +506,25 @@ pub enum SendPortCommand {
         force: bool,
     },
     /// Ordered port held after a failure (--stop-on-failure): retry the failed head and go on.
-    #[command(after_help = "Example:\n  mbx send-port resume ledger")]
-    Resume { name: String },
+    #[command(
+        after_help = "Examples:\n  mbx send-port resume ledger\n  mbx send-port resume accounts --key ACME-42   # a port ordered by a property: one held key"
+    )]
+    Resume {
+        name: String,
+        /// The held key of a port created with --ordered-by (`mbx send-port show NAME` lists them).
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Ordered port held after a failure: suspend the failed head (failed-final) and go on.
-    #[command(after_help = "Example:\n  mbx send-port skip ledger")]
-    Skip { name: String },
+    #[command(
+        after_help = "Examples:\n  mbx send-port skip ledger\n  mbx send-port skip accounts --key ACME-42"
+    )]
+    Skip {
+        name: String,
+        /// The held key of a port created with --ordered-by.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Delete a port (refused while it has deliveries or suspended items).
     #[command(after_help = "Example:\n  mbx send-port delete eu")]
     Delete { name: String },

@@ -638,7 +638,9 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 address: a.address.clone(),
                 allow_address: a.allow_address.clone(),
                 filter: a.filter.clone(),
-                ordered: a.ordered,
+                ordered: a.ordered || a.ordered_by.is_some(),
+                ordered_by: a.ordered_by.clone(),
+                ordered_buckets: a.ordered_buckets,
                 stop_on_failure: a.stop_on_failure,
                 ordered_commit_batch: a.ordered_commit_batch,
                 retry_count: a.retry_count,
@@ -687,8 +689,15 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             } else {
                 None
             };
+            let keyed = if port.ordered_by.is_some() {
+                mbx.port_keyed_info(port.id).await?
+            } else {
+                None
+            };
             if json_out {
-                return output::json(&json!({"port": port, "counters": counters, "lease": lease}));
+                return output::json(
+                    &json!({"port": port, "counters": counters, "lease": lease, "keys": keyed}),
+                );
             }
             let mut rows = vec![
                 ("name", port.name.clone()),
@@ -722,6 +731,26 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
                 rows.push(("next sequence", l.next_seq.to_string()));
                 rows.push(("head", l.head.clone()));
             }
+            if let Some(k) = &keyed {
+                rows.push((
+                    "ordered by",
+                    format!("{} ({} buckets)", k.property, k.buckets),
+                ));
+                for o in &k.owners {
+                    rows.push((
+                        "bucket owner",
+                        format!(
+                            "{} ({}): {} buckets, epoch ≤ {}",
+                            o.instance,
+                            o.host.as_deref().unwrap_or("?"),
+                            o.buckets,
+                            o.max_epoch
+                        ),
+                    ));
+                }
+                rows.push(("unowned buckets", k.unowned.to_string()));
+                rows.push(("held keys", k.held_keys.len().to_string()));
+            }
             if let Some(c) = counters {
                 rows.push(("backlog", c.backlog.to_string()));
                 rows.push(("retrying", c.retrying.to_string()));
@@ -730,6 +759,23 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             }
             for (k, v) in rows {
                 println!("{k:<18} {v}");
+            }
+            if let Some(k) = keyed.filter(|k| !k.held_keys.is_empty()) {
+                let rows: Vec<Vec<String>> = k
+                    .held_keys
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.key.clone(),
+                            h.held_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            h.waiting.to_string(),
+                            h.error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                println!();
+                table(&["HELD KEY", "SINCE", "WAITING", "ERROR"], &rows);
+                println!("resume or skip one: mbx send-port resume|skip {name} --key KEY");
             }
         }
         SendPortCommand::Update(a) => crate::update::send_port(mbx, *a, json_out).await?,
@@ -762,11 +808,18 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
         SendPortCommand::Unenlist { name, force } => {
             print_change(mbx.send_port_unenlist(&name, force).await?, json_out)?
         }
-        SendPortCommand::Resume { name } => {
-            print_change(mbx.send_port_resume(&name).await?, json_out)?
+        SendPortCommand::Resume { name, key } => {
+            let change = match key {
+                Some(key) => mbx.send_port_resume_key(&name, &key).await?,
+                None => mbx.send_port_resume(&name).await?,
+            };
+            print_change(change, json_out)?
         }
-        SendPortCommand::Skip { name } => {
-            let c = mbx.send_port_skip(&name).await?;
+        SendPortCommand::Skip { name, key } => {
+            let c = match key {
+                Some(key) => mbx.send_port_skip_key(&name, &key).await?,
+                None => mbx.send_port_skip(&name).await?,
+            };
             if !json_out && c.suspended > 0 {
                 println!("the failed head message is suspended (failed-final)");
             }

@@ -151,7 +151,7 @@ pub(crate) async fn port_loop(
 /// port's earliest scheduled retry falls due, so a retry is sent at its due time rather
 /// than up to a poll interval later; at most the poll interval, which also
 /// stands in when the MessageBox cannot say (the claim that follows reports the error).
-async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
+pub(crate) async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
     let poll = shared.config.poll_interval;
     match shared.mbx.deliveries_next_due(port.id).await {
         Ok(Some(due)) => due.min(poll),
@@ -203,7 +203,7 @@ fn resolve_address(port: &SendPort, d: &ClaimedDelivery) -> Result<String, Strin
 
 /// Sends claimed deliveries through their adapters and collects one outcome each. On an
 /// ordered port, HTTP sends time out within the lease margin unless the port says less.
-async fn send_all(
+pub(crate) async fn send_all(
     shared: &Shared,
     port: &SendPort,
     batch: &[ClaimedDelivery],
@@ -413,15 +413,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// What sending a claimed batch came to.
 #[derive(Default)]
-struct Sent {
+pub(crate) struct Sent {
     /// Confirmed by the endpoint: to complete.
-    delivered: Vec<(i64, Uuid)>,
-    failures: Vec<Failure>,
+    pub(crate) delivered: Vec<(i64, Uuid)>,
+    pub(crate) failures: Vec<Failure>,
     /// A solicit-response port's responses, by delivery id: published in the transaction
     /// that completes their deliveries.
-    responses: HashMap<i64, NewMessage>,
+    pub(crate) responses: HashMap<i64, NewMessage>,
     /// Answers to waiting clients whose requests failed for good here.
-    faults: Vec<NewMessage>,
+    pub(crate) faults: Vec<NewMessage>,
 }
 
 /// Sends a claimed batch; returns what to complete and what to fail.
@@ -483,7 +483,7 @@ async fn send_batch(shared: &Shared, port: &SendPort, batch: Vec<ClaimedDelivery
 
 /// Publish → endpoint confirmed, per port (the publish transaction's start on the database
 /// clock against ours: an upper bound of publish-commit → confirmation).
-fn observe_latency(port: &SendPort, published_at: chrono::DateTime<chrono::Utc>) {
+pub(crate) fn observe_latency(port: &SendPort, published_at: chrono::DateTime<chrono::Utc>) {
     let latency = (chrono::Utc::now() - published_at)
         .num_microseconds()
         .unwrap_or(0)
@@ -492,7 +492,7 @@ fn observe_latency(port: &SendPort, published_at: chrono::DateTime<chrono::Utc>)
         .record(latency as f64 / 1e6);
 }
 
-async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sent: Sent) {
+pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sent: Sent) {
     let Sent {
         delivered,
         failures,
@@ -788,7 +788,7 @@ async fn own_ordered_port(
 
 /// Commits an ordered port's delivered messages with the endpoint checkpoint that
 /// includes them (fenced on the lease); retried like `record`.
-async fn commit_ordered(
+pub(crate) async fn commit_ordered(
     shared: &Shared,
     port: &SendPort,
     instance: Uuid,

@@ -194,6 +194,11 @@ impl Share {
         self.instances.store(n as u64, Ordering::Release);
     }
 
+    /// Live instances of this host (at least 1).
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Ordering::Acquire).max(1)
+    }
+
     fn fair(&self) -> usize {
         let ports = self.ordered_ports.load(Ordering::Acquire);
         let instances = self.instances.load(Ordering::Acquire).max(1);

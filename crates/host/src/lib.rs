@@ -21,6 +21,7 @@ mod delivery;
 mod forward;
 mod http_receive;
 mod http_server;
+mod keyed;
 mod lease;
 mod metrics_catalog;
 mod receive;
@@ -678,11 +679,16 @@ async fn supervisor_loop(shared: Arc<Shared>) {
                     .filter(|p| p.host == shared.config.host && p.state == PortState::Started)
                     .map(|p| (p.id, (p.name.clone(), p)))
                     .collect();
-                shared
-                    .share
-                    .set_ordered_ports(wanted.values().filter(|(_, p)| p.ordered).count());
+                shared.share.set_ordered_ports(
+                    wanted
+                        .values()
+                        .filter(|(_, p)| p.ordered && p.ordered_by.is_none())
+                        .count(),
+                );
                 reconcile(&mut ports, wanted, "send port", |port, stop| {
-                    if port.ordered {
+                    if port.ordered_by.is_some() {
+                        tokio::spawn(keyed::keyed_port_loop(shared.clone(), port, stop))
+                    } else if port.ordered {
                         tokio::spawn(delivery::ordered_port_loop(shared.clone(), port, stop))
                     } else {
                         tokio::spawn(delivery::port_loop(shared.clone(), port, stop))

@@ -163,6 +163,11 @@ pub struct SendPortBinding {
     pub state: DesiredState,
     #[serde(default, skip_serializing_if = "is_false")]
     pub ordered: bool,
+    /// Ordered per value of this promoted property.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_buckets: Option<i32>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub stop_on_failure: bool,
     #[serde(default = "default_commit_batch")]
@@ -228,7 +233,9 @@ impl SendPortBinding {
             address: self.address.clone(),
             allow_address: self.allow_address.clone(),
             filter: self.filter.clone(),
-            ordered: self.ordered,
+            ordered: self.ordered || self.ordered_by.is_some(),
+            ordered_by: self.ordered_by.clone(),
+            ordered_buckets: self.ordered_buckets,
             stop_on_failure: self.stop_on_failure,
             ordered_commit_batch: self.ordered_commit_batch,
             retry_count: self.retry_count,
@@ -261,6 +268,10 @@ impl SendPortBinding {
                 PortState::Started | PortState::Suspended => DesiredState::Started,
             },
             ordered: p.ordered,
+            ordered_by: p.ordered_by.clone(),
+            ordered_buckets: p
+                .ordered_buckets
+                .filter(|&n| n != config::DEFAULT_ORDERED_BUCKETS),
             stop_on_failure: p.stop_on_failure,
             ordered_commit_batch: p.ordered_commit_batch,
             retry_count: p.retry_count,

@@ -2,7 +2,7 @@
 //! send port state machine (unenlisted, stopped, started, suspended). Every change is one transaction; changes that
 //! alter routing take the exclusive routing lock and bump the routing version.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::{Postgres, Row, Transaction};
@@ -123,10 +123,23 @@ pub(crate) async fn load_routing_table(
             members: row.get(2),
         });
     }
-    let ordered: Vec<i64> = sqlx::query_scalar("SELECT id FROM send_ports WHERE ordered")
-        .fetch_all(&mut **tx)
-        .await?;
-    table.ordered_ports = ordered.into_iter().collect::<HashSet<_>>();
+    let ordered: Vec<(i64, Option<String>, Option<i32>)> =
+        sqlx::query_as("SELECT id, ordered_by, ordered_buckets FROM send_ports WHERE ordered")
+            .fetch_all(&mut **tx)
+            .await?;
+    table.ordered_ports = ordered
+        .into_iter()
+        .map(|(id, by, buckets)| {
+            let how = match by {
+                Some(property) => crate::routing::OrderedBy::Key {
+                    property,
+                    buckets: buckets.unwrap_or(DEFAULT_ORDERED_BUCKETS),
+                },
+                None => crate::routing::OrderedBy::Port,
+            };
+            (id, how)
+        })
+        .collect();
     Ok(table)
 }
 
@@ -205,6 +218,9 @@ impl InitialState {
     }
 }
 
+/// Buckets of a port ordered by a property when `--ordered-buckets` is not given.
+pub const DEFAULT_ORDERED_BUCKETS: i32 = 64;
+
 /// Everything `send-port create` takes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SendPortSpec {
@@ -215,6 +231,10 @@ pub struct SendPortSpec {
     pub allow_address: Vec<String>,
     pub filter: Option<String>,
     pub ordered: bool,
+    /// Ordered per value of this promoted property (implies `ordered`).
+    pub ordered_by: Option<String>,
+    /// Hash buckets of `ordered_by`'s keys, each under its own lease (default 64).
+    pub ordered_buckets: Option<i32>,
     pub stop_on_failure: bool,
     pub ordered_commit_batch: i32,
     pub retry_count: i32,
@@ -245,6 +265,8 @@ impl SendPortSpec {
             allow_address: Vec::new(),
             filter: None,
             ordered: false,
+            ordered_by: None,
+            ordered_buckets: None,
             stop_on_failure: false,
             ordered_commit_batch: 32,
             retry_count: 3,
@@ -271,6 +293,13 @@ impl SendPortSpec {
     pub fn with_state(mut self, state: InitialState) -> Self {
         self.initial_state = state;
         self
+    }
+
+    /// The number of key buckets of a port ordered by a property (`None` otherwise).
+    pub fn buckets(&self) -> Option<i32> {
+        self.ordered_by
+            .as_ref()
+            .map(|_| self.ordered_buckets.unwrap_or(DEFAULT_ORDERED_BUCKETS))
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -308,6 +337,44 @@ impl SendPortSpec {
             return Err(Error::Invalid(
                 "--backup-address: ordered ports do not use backup transports (switching endpoints would break the order); drop --backup-address".into(),
             ));
+        }
+        if let Some(property) = &self.ordered_by {
+            mbx_vocabulary::validate_property_name(property).map_err(|e| {
+                Error::Invalid(format!(
+                    "--ordered-by: {e} (example: --ordered-by Order.CustomerId)"
+                ))
+            })?;
+            if !self.ordered {
+                return Err(Error::Invalid(
+                    "--ordered-by: a port ordered by a property is ordered; add --ordered".into(),
+                ));
+            }
+            if self
+                .address
+                .as_deref()
+                .is_some_and(mbx_vocabulary::GroupAddress::is_group_address)
+            {
+                return Err(Error::Invalid(
+                    "--ordered-by: forwarding to another group keeps one order per port; use --ordered".into(),
+                ));
+            }
+            if self.settings.get("append").map(String::as_str) == Some("true") {
+                return Err(Error::Invalid(
+                    "--ordered-by: FILE append mode restores one file to one writer's checkpoint, and keys are sent concurrently; use --ordered, or drop --set append=true".into(),
+                ));
+            }
+        }
+        if let Some(n) = self.ordered_buckets {
+            if self.ordered_by.is_none() {
+                return Err(Error::Invalid(
+                    "--ordered-buckets: only a port ordered by a property has buckets; add --ordered-by PROP".into(),
+                ));
+            }
+            if !(1..=1024).contains(&n) {
+                return Err(Error::Invalid(format!(
+                    "--ordered-buckets: {n} is out of range 1..1024 (example: 64)"
+                )));
+            }
         }
         if self.stop_on_failure && !self.ordered {
             return Err(Error::Invalid(
@@ -354,6 +421,8 @@ pub struct SendPort {
     pub filter: Option<String>,
     pub state: PortState,
     pub ordered: bool,
+    pub ordered_by: Option<String>,
+    pub ordered_buckets: Option<i32>,
     pub stop_on_failure: bool,
     pub ordered_commit_batch: i32,
     pub retry_count: i32,
@@ -374,8 +443,8 @@ pub struct SendPort {
 
 const SEND_PORT_SELECT: &str = "
     SELECT p.id, p.name, h.name AS host, p.address, p.dynamic, p.allow_address,
-           p.filter_text AS filter, p.state, p.ordered, p.stop_on_failure, p.ordered_commit_batch,
-           p.retry_count, p.retry_interval_s, p.retry_backoff, p.retry_max_interval_s,
+           p.filter_text AS filter, p.state, p.ordered, p.ordered_by, p.ordered_buckets,
+           p.stop_on_failure, p.ordered_commit_batch, p.retry_count, p.retry_interval_s, p.retry_backoff, p.retry_max_interval_s,
            p.backup_address, p.backup_retry_count, p.backup_retry_interval_s, p.route_failed,
            coalesce(p.tracking, h.tracking) AS tracking, p.solicit_response, p.settings,
            coalesce((SELECT array_agg(g.name ORDER BY g.name) FROM send_port_group_members m
@@ -976,8 +1045,9 @@ pub(crate) async fn send_port_create_in(
         "INSERT INTO send_ports (name, host_id, address, dynamic, allow_address, filter_text, state,
              ordered, stop_on_failure, ordered_commit_batch, retry_count, retry_interval_s,
              retry_backoff, retry_max_interval_s, backup_address, backup_retry_count,
-             backup_retry_interval_s, route_failed, tracking, solicit_response, settings, application)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)
+             backup_retry_interval_s, route_failed, tracking, solicit_response, settings, application,
+             ordered_by, ordered_buckets)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)
          RETURNING id",
     )
     .bind(&spec.name)
@@ -1002,6 +1072,8 @@ pub(crate) async fn send_port_create_in(
     .bind(spec.solicit_response)
     .bind(settings)
     .bind(&spec.application)
+    .bind(&spec.ordered_by)
+    .bind(spec.buckets())
     .fetch_one(&mut **tx)
     .await;
     let id = match res {
@@ -1020,8 +1092,10 @@ pub(crate) async fn send_port_create_in(
             .bind(id)
             .execute(&mut **tx)
             .await?;
-        sqlx::query("INSERT INTO leases (port_id) VALUES ($1)")
+        // one lease per bucket (a port ordered as a whole has bucket 0 only)
+        sqlx::query("INSERT INTO leases (port_id, bucket) SELECT $1, b FROM generate_series(0, $2 - 1) AS b")
             .bind(id)
+            .bind(spec.buckets().unwrap_or(1))
             .execute(&mut **tx)
             .await?;
     }

@@ -49,6 +49,12 @@ pub struct ClaimedDelivery {
     pub address: Option<String>,
     pub retries: i32,
     pub seq: Option<i64>,
+    /// The key of a port ordered by a property (its value's text).
+    pub order_key: Option<String>,
+    /// The lease epoch the claim was made at (ordered ports).
+    pub epoch: Option<i64>,
+    /// The key's bucket (0 unless the port is ordered by a property).
+    pub bucket: i32,
     pub content_type: String,
     /// The body, unless it is chunked (`MessageBox::message_body` streams it then).
     pub body: Option<Bytes>,
@@ -182,6 +188,8 @@ pub struct FailReport {
     pub moved_to_backup: u64,
     pub suspended: u64,
     pub ports_suspended: u64,
+    /// Keys held on ports ordered by a property with `--stop-on-failure`.
+    pub keys_held: u64,
     /// Failures whose claim no longer matched (reclaimed meanwhile): ignored.
     pub stale: u64,
 }
@@ -409,12 +417,12 @@ impl MessageBox {
             "SELECT d.id, d.transport, d.retries, p.retry_count, p.retry_interval_s,
                     p.retry_backoff = 'exponential', p.retry_max_interval_s,
                     p.backup_address IS NOT NULL, p.backup_retry_count, p.backup_retry_interval_s,
-                    p.ordered, p.stop_on_failure, p.id
+                    p.ordered, p.stop_on_failure, p.id, d.order_key, p.ordered_by IS NOT NULL
                FROM deliveries d JOIN send_ports p ON p.id = d.port_id
                JOIN unnest($1::int8[], $2::uuid[]) AS c(id, token) ON c.id = d.id AND c.token = d.claim_token
               WHERE d.claimed_by = $3
                 AND (d.seq IS NULL OR EXISTS (
-                     SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = 0 AND l.holder = $3
+                     SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = d.bucket AND l.holder = $3
                         AND l.epoch = d.claim_epoch AND l.expires_at > now()))
               ORDER BY d.id
               FOR UPDATE OF d",
@@ -437,6 +445,7 @@ impl MessageBox {
         let mut sus_kind = Vec::new();
         let mut sus_error = Vec::new();
         let mut ports_to_suspend = Vec::new();
+        let (mut hold_ports, mut hold_keys, mut hold_errors) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
             let id: i64 = row.get(0);
             let Some(failure) = failures.iter().find(|f| f.delivery_id == id) else {
@@ -493,12 +502,17 @@ impl MessageBox {
                     upd_retries.push(facts.retries);
                     upd_delay.push(0.0);
                     upd_transport.push("primary");
-                    upd_error.push(error);
-                    upd_event.push(None);
                     let port_id: i64 = row.get(12);
-                    if !ports_to_suspend.contains(&port_id) {
+                    if row.get::<bool, _>(14) {
+                        // a port ordered by a property holds only this key
+                        hold_ports.push(port_id);
+                        hold_keys.push(row.get::<Option<String>, _>(13).unwrap_or_default());
+                        hold_errors.push(error.clone());
+                    } else if !ports_to_suspend.contains(&port_id) {
                         ports_to_suspend.push(port_id);
                     }
+                    upd_error.push(error);
+                    upd_event.push(None);
                 }
                 FailDecision::Suspend { resumable } => {
                     report.suspended += 1;
@@ -559,6 +573,19 @@ impl MessageBox {
             )
             .await?;
         }
+        if !hold_ports.is_empty() {
+            report.keys_held = sqlx::query(
+                "INSERT INTO ordered_holds (port_id, order_key, error)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[])
+                 ON CONFLICT (port_id, order_key) DO NOTHING",
+            )
+            .bind(&hold_ports)
+            .bind(&hold_keys)
+            .bind(&hold_errors)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         if !ports_to_suspend.is_empty() {
             report.ports_suspended = sqlx::query(
                 "UPDATE send_ports SET state = 'suspended' WHERE id = ANY($1) AND state <> 'suspended'",
@@ -600,6 +627,9 @@ pub(crate) fn claimed_deliveries(
             retries,
             seq,
         )?;
+        // a keyed claim returns each delivery's key and its bucket's epoch
+        let order_key: Option<String> = row.try_get(12).ok().flatten();
+        let epoch: Option<i64> = row.try_get::<Option<i64>, _>(13).ok().flatten().or(epoch);
         if let Some(epoch) = epoch {
             context.write(system::EPOCH, Value::Integer(epoch))?;
         }
@@ -614,6 +644,9 @@ pub(crate) fn claimed_deliveries(
             address: row.get(6),
             retries,
             seq,
+            order_key,
+            epoch,
+            bucket: row.try_get(14).unwrap_or(0),
             content_type: row.get(7),
             body: body.map(Bytes::from),
             body_size: row.get(9),
@@ -645,7 +678,7 @@ async fn complete_exec<'e, E: sqlx::PgExecutor<'e>>(
             DELETE FROM deliveries d USING unnest($1::int8[], $2::uuid[]) AS c(id, token)
              WHERE d.id = c.id AND d.claim_token = c.token AND d.claimed_by = $3
                AND (d.seq IS NULL OR EXISTS (
-                    SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = 0 AND l.holder = $3
+                    SELECT 1 FROM leases l WHERE l.port_id = d.port_id AND l.bucket = d.bucket AND l.holder = $3
                        AND l.epoch = d.claim_epoch AND l.expires_at > now()))
             RETURNING d.id, d.message_id, d.port_id),
          gone AS (

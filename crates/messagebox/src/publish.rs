@@ -3,7 +3,7 @@
 //! matching subscriber or a routing-failure suspended item. Only after it commits may the
 //! sender be acknowledged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -280,37 +280,15 @@ impl MessageBox {
         // replies to waiting request-response clients (their instance subscriptions)
         let replied = crate::replies::route_replies(tx, &ids, &messages, &fresh).await?;
 
-        // 3. ordered ports: take sequences under the per-port row lock, in port-id order
-        let mut ordered_counts: BTreeMap<i64, i64> = BTreeMap::new();
-        for (_, targets) in &routes {
-            for t in targets {
-                if table.is_ordered(t.port_id) {
-                    *ordered_counts.entry(t.port_id).or_default() += 1;
-                }
-            }
-        }
-        let mut next_seq: BTreeMap<i64, i64> = BTreeMap::new();
-        if !ordered_counts.is_empty() {
-            let ports: Vec<i64> = ordered_counts.keys().copied().collect();
-            let counts: Vec<i64> = ordered_counts.values().copied().collect();
-            sqlx::query(
-                "SELECT 1 FROM ordered_sequences WHERE port_id = ANY($1) AND order_key = '' ORDER BY port_id FOR UPDATE",
-            )
-            .bind(&ports)
-            .execute(&mut **tx)
-            .await?;
-            let rows: Vec<(i64, i64)> = sqlx::query_as(
-                "UPDATE ordered_sequences s SET next_seq = s.next_seq + c.n
-                   FROM unnest($1::int8[], $2::int8[]) AS c(port_id, n)
-                  WHERE s.port_id = c.port_id AND s.order_key = ''
-                 RETURNING s.port_id, s.next_seq - c.n",
-            )
-            .bind(&ports)
-            .bind(&counts)
-            .fetch_all(&mut **tx)
-            .await?;
-            next_seq.extend(rows);
-        }
+        // 3. ordered ports: take sequences (per port, or per key of a port ordered by a
+        //    property) under their rows' locks, in (port, key) order
+        let wanted: Vec<(i64, &Context)> = routes
+            .iter()
+            .flat_map(|(i, targets)| targets.iter().map(|t| (t.port_id, &messages[*i].context)))
+            .collect();
+        let mut slots = crate::ordered::take_sequences(tx, &table, &wanted)
+            .await?
+            .into_iter();
 
         // 4. deliveries (and their tracking events, in the same statement)
         let mut d_msg = Vec::new();
@@ -318,6 +296,9 @@ impl MessageBox {
         let mut d_via_port = Vec::new();
         let mut d_via_groups = Vec::new();
         let mut d_seq: Vec<Option<i64>> = Vec::new();
+        let mut d_key: Vec<Option<String>> = Vec::new();
+        let mut d_bucket: Vec<i32> = Vec::new();
+        let mut no_key = Vec::new();
         let mut d_size = Vec::new();
         let mut failures = Vec::new();
         let mut outcomes = vec![Published::Duplicate; messages.len()];
@@ -338,28 +319,30 @@ impl MessageBox {
                 deliveries: targets.len() + to_instance,
             };
             for t in targets {
+                let slot = slots.next().unwrap_or(crate::ordered::Slot::Unordered);
+                if let crate::ordered::Slot::NoKey { property } = &slot {
+                    let size = i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX);
+                    no_key.push((ids[*i], t.clone(), size, property.clone()));
+                    continue;
+                }
                 d_msg.push(ids[*i]);
                 d_port.push(t.port_id);
                 d_via_port.push(t.via_port);
                 d_via_groups.push(pg_bigint_array(&t.via_groups));
                 d_size.push(i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX));
-                d_seq.push(match next_seq.get_mut(&t.port_id) {
-                    Some(seq) => {
-                        let s = *seq;
-                        *seq += 1;
-                        Some(s)
-                    }
-                    None => None,
-                });
+                d_seq.push(slot.seq());
+                d_key.push(slot.key().map(str::to_owned));
+                d_bucket.push(slot.bucket());
             }
         }
         if !d_msg.is_empty() {
             sqlx::query(
                 "WITH d AS (
-                    INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size)
-                    SELECT m, p, vp, vg::bigint[], s, CASE WHEN s IS NULL THEN NULL ELSE '' END, sz
-                      FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::int8[])
-                           AS t(m, p, vp, vg, s, sz)
+                    INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size, bucket)
+                    SELECT m, p, vp, vg::bigint[], s, k, sz, b
+                      FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::int8[],
+                                  $7::text[], $8::int4[])
+                           AS t(m, p, vp, vg, s, sz, k, b)
                     RETURNING message_id, port_id)
                  INSERT INTO tracking_events (message_id, event, port_id, detail)
                  SELECT d.message_id, 'published', d.port_id, 'routed to ' || p.name
@@ -372,8 +355,15 @@ impl MessageBox {
             .bind(&d_via_groups)
             .bind(&d_seq)
             .bind(&d_size)
+            .bind(&d_key)
+            .bind(&d_bucket)
             .execute(&mut **tx)
             .await?;
+        }
+        // a port ordered by a property the message does not carry: that delivery is
+        // suspended failed-final in the same transaction (the other ports still get theirs)
+        if !no_key.is_empty() {
+            crate::ordered::suspend_without_key(self, tx, &no_key).await?;
         }
 
         // an error report nobody subscribes to is not kept

@@ -46,8 +46,31 @@ pub struct RoutingTable {
     pub(crate) version: i64,
     pub(crate) ports: Vec<PortSubscription>,
     pub(crate) groups: Vec<GroupSubscription>,
-    /// Ordered ports (their deliveries take a sequence at publish).
-    pub(crate) ordered_ports: std::collections::HashSet<i64>,
+    /// Ordered ports (their deliveries take a sequence at publish), with how each is
+    /// ordered.
+    pub(crate) ordered_ports: std::collections::HashMap<i64, OrderedBy>,
+}
+
+/// How an ordered port keeps its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderedBy {
+    /// One sequence for the whole port (`--ordered`).
+    Port,
+    /// One sequence per value of a promoted property (`--ordered-by PROP`), its keys hashed
+    /// into `buckets` leases.
+    Key { property: String, buckets: i32 },
+}
+
+/// The hash bucket of an ordered-by key: FNV-1a over the key's bytes, modulo `buckets`
+/// (stable across processes, versions and platforms: it is stored with each delivery).
+pub fn key_bucket(key: &str, buckets: i32) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let n = u64::try_from(buckets.max(1)).unwrap_or(1);
+    i32::try_from(h % n).unwrap_or(0)
 }
 
 impl RoutingTable {
@@ -96,7 +119,12 @@ impl RoutingTable {
     }
 
     pub fn is_ordered(&self, port_id: i64) -> bool {
-        self.ordered_ports.contains(&port_id)
+        self.ordered_ports.contains_key(&port_id)
+    }
+
+    /// How `port_id` is ordered (`None`: not ordered).
+    pub fn ordering(&self, port_id: i64) -> Option<&OrderedBy> {
+        self.ordered_ports.get(&port_id)
     }
 }
 
@@ -105,6 +133,24 @@ mod tests {
     use super::*;
     use crate::filter;
     use crate::value::Value;
+
+    #[test]
+    fn a_key_always_falls_in_the_same_bucket_and_keys_spread() {
+        assert_eq!(key_bucket("customer-42", 64), key_bucket("customer-42", 64));
+        // FNV-1a of "a" is 0xaf63dc4c8601ec8c: a fixed value, so a stored bucket stays true
+        assert_eq!(
+            key_bucket("a", 1_000_000),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1_000_000) as i32
+        );
+        assert_eq!(key_bucket("anything", 1), 0);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let b = key_bucket(&format!("customer-{i}"), 64);
+            assert!((0..64).contains(&b));
+            seen.insert(b);
+        }
+        assert_eq!(seen.len(), 64, "1,000 keys reach every one of 64 buckets");
+    }
 
     fn f(text: &str) -> Filter {
         filter::compile(text, &|_| None).unwrap()

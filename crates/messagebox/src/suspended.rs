@@ -255,7 +255,7 @@ impl MessageBox {
         if !reroute.is_empty() {
             let table = self.routing_for_publish(&mut tx).await?;
             let mut routed_items = Vec::new();
-            let (mut d_msg, mut d_port, mut d_vp, mut d_vg, mut d_ordered) =
+            let (mut d_msg, mut d_port, mut d_vp, mut d_vg, mut d_ctx) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (id, message_id, context) in &reroute {
                 let targets = table.route(context);
@@ -269,52 +269,62 @@ impl MessageBox {
                     d_port.push(t.port_id);
                     d_vp.push(t.via_port);
                     d_vg.push(pg_bigint_array(&t.via_groups));
-                    d_ordered.push(table.is_ordered(t.port_id));
+                    d_ctx.push(context);
                 }
             }
             if !routed_items.is_empty() {
-                // ordered ports: the re-routed message takes the next sequence, in port order
-                let mut ports: Vec<i64> = d_port
-                    .iter()
-                    .zip(&d_ordered)
-                    .filter(|(_, o)| **o)
-                    .map(|(p, _)| *p)
-                    .collect();
-                ports.sort_unstable();
-                ports.dedup();
-                let mut seqs: Vec<Option<i64>> = vec![None; d_port.len()];
-                for port in ports {
-                    let n = d_port.iter().filter(|p| **p == port).count() as i64;
-                    let first: i64 = sqlx::query_scalar(
-                        "UPDATE ordered_sequences SET next_seq = next_seq + $2
-                          WHERE port_id = $1 AND order_key = '' RETURNING next_seq - $2",
-                    )
-                    .bind(port)
-                    .bind(n)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let mut next = first;
-                    for (i, p) in d_port.iter().enumerate() {
-                        if *p == port {
-                            seqs[i] = Some(next);
-                            next += 1;
-                        }
+                // ordered ports: the re-routed message takes the next sequence of its port
+                // (or key); a port ordered by a property it lacks suspends it again
+                let wanted: Vec<(i64, &Context)> =
+                    d_port.iter().copied().zip(d_ctx.iter().copied()).collect();
+                let slots = crate::ordered::take_sequences(&mut tx, &table, &wanted).await?;
+                let mut no_key = Vec::new();
+                let (mut i_msg, mut i_port, mut i_vp, mut i_vg, mut i_seq, mut i_key, mut i_bucket) = (
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                );
+                for (i, slot) in slots.iter().enumerate() {
+                    if let crate::ordered::Slot::NoKey { property } = slot {
+                        let target = crate::routing::RouteTarget {
+                            port_id: d_port[i],
+                            via_port: d_vp[i],
+                            via_groups: Vec::new(),
+                        };
+                        no_key.push((d_msg[i], target, 0, property.clone()));
+                        continue;
                     }
+                    i_msg.push(d_msg[i]);
+                    i_port.push(d_port[i]);
+                    i_vp.push(d_vp[i]);
+                    i_vg.push(d_vg[i].clone());
+                    i_seq.push(slot.seq());
+                    i_key.push(slot.key().map(str::to_owned));
+                    i_bucket.push(slot.bucket());
                 }
                 let created = sqlx::query(
-                    "INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size)
-                     SELECT m, p, vp, vg::bigint[], s, CASE WHEN s IS NULL THEN NULL ELSE '' END,
-                            (SELECT body_size FROM messages x WHERE x.id = m)
-                       FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[]) AS t(m, p, vp, vg, s)",
+                    "INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, bucket, body_size)
+                     SELECT m, p, vp, vg::bigint[], s, k, b, (SELECT body_size FROM messages x WHERE x.id = m)
+                       FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::text[], $7::int4[])
+                            AS t(m, p, vp, vg, s, k, b)",
                 )
-                .bind(&d_msg)
-                .bind(&d_port)
-                .bind(&d_vp)
-                .bind(&d_vg)
-                .bind(&seqs)
+                .bind(&i_msg)
+                .bind(&i_port)
+                .bind(&i_vp)
+                .bind(&i_vg)
+                .bind(&i_seq)
+                .bind(&i_key)
+                .bind(&i_bucket)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                if !no_key.is_empty() {
+                    crate::ordered::suspend_without_key(self, &mut tx, &no_key).await?;
+                }
                 sqlx::query(
                     "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
                      INSERT INTO tracking_events (message_id, event, detail)

@@ -92,7 +92,7 @@ async fn port_spec(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<SendPo
                 p.stop_on_failure, p.ordered_commit_batch, p.retry_count, p.retry_interval_s,
                 p.retry_backoff, p.retry_max_interval_s, p.backup_address, p.backup_retry_count,
                 p.backup_retry_interval_s, p.route_failed, p.tracking, p.solicit_response,
-                p.settings, p.application
+                p.settings, p.application, p.ordered_by, p.ordered_buckets
            FROM send_ports p JOIN hosts h ON h.id = p.host_id WHERE p.id = $1",
     )
     .bind(id)
@@ -108,6 +108,8 @@ async fn port_spec(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<SendPo
         allow_address: row.get(3),
         filter: row.get(4),
         ordered: row.get(5),
+        ordered_by: row.get(20),
+        ordered_buckets: row.get(21),
         stop_on_failure: row.get(6),
         ordered_commit_batch: row.get(7),
         retry_count: row.get(8),
@@ -142,6 +144,12 @@ where
     let mut new = old.clone();
     change(&mut new)?;
     refuse_rename("send port", &old.name, &new.name)?;
+    new.ordered_buckets = new.buckets();
+    if (&old.ordered_by, old.ordered_buckets) != (&new.ordered_by, new.ordered_buckets) {
+        return Err(Error::Refused(format!(
+            "send port '{name}': --ordered-by and --ordered-buckets are fixed at creation (its keys' sequences and leases follow them); create a new port with the same filter and unenlist this one"
+        )));
+    }
     // a filter is stored in its normal form: compare what would be stored
     let compiled = match &new.filter {
         Some(text) => Some(compile_filter(tx, text).await?),
