@@ -43,6 +43,17 @@ fn list<T>(
         .collect()
 }
 
+/// `--body-size`: 1 byte .. 16 MiB.
+fn body_size(n: usize) -> Result<usize> {
+    if n == 0 || n > 16 << 20 {
+        return Err(Usage(format!(
+            "--body-size: {n} is out of range; use 1..16777216 bytes (example: --body-size 65536)"
+        ))
+        .into());
+    }
+    Ok(n)
+}
+
 pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
     let workloads = if args.workload.iter().any(|w| w.trim() == "all") {
         Workload::ALL.to_vec()
@@ -51,12 +62,12 @@ pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
             "--workload",
             &args.workload,
             Workload::parse,
-            "unordered, ordered, fanout, many-ordered, all",
+            "unordered, ordered, fanout, many-ordered, ordered-by, forward, request-response, amqp, all",
         )?
     };
     if workloads.is_empty() {
         return Err(Usage(
-            "--workload: empty; use one of unordered, ordered, fanout, many-ordered, all".into(),
+            "--workload: empty; use one of unordered, ordered, fanout, many-ordered, ordered-by, forward, request-response, amqp, all".into(),
         )
         .into());
     }
@@ -102,9 +113,22 @@ pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
         scaling,
         backlog: args.backlog,
         batch: args.batch,
-        body_size: 1024,
+        body_size: body_size(args.body_size)?,
         producers: args.producers,
         window: 200 * args.batch as u64,
+        endpoint_latency: match &args.endpoint_latency {
+            Some(d) => {
+                let d = duration("--endpoint-latency", d)?;
+                if d > std::time::Duration::from_secs(60) {
+                    return Err(Usage(
+                        "--endpoint-latency: at most 60s (example: --endpoint-latency 5ms)".into(),
+                    )
+                    .into());
+                }
+                Some(d)
+            }
+            None => None,
+        },
         runs: args.runs,
         host_bin,
         half_load: !args.no_half_load,

@@ -154,7 +154,7 @@ pub enum Command {
     /// Benchmark mbx end to end with its peers in the same run: creates its
     /// own databases on the server of --database-url and drops them after.
     #[command(
-        after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
+        after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n  mbx bench --workload ordered,ordered-by --endpoint-latency 5ms --peers '' --scaling '' --backlog 0\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
     )]
     Bench(BenchArgs),
 }
@@ -179,9 +179,10 @@ pub enum RolesCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), forward (group
-    /// A → group B on the same server, counted where B delivers), request-response, amqp
-    /// (a RabbitMQ queue → mbx → another queue, beside the rabbitmq peer), or all.
+    /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), ordered-by (one
+    /// port ordered by a property, 1,000 keys, 64 buckets), forward (group A → group B on
+    /// the same server, counted where B delivers), request-response, amqp (a RabbitMQ
+    /// queue → mbx → another queue, beside the rabbitmq peer), or all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub workload: Vec<String>,
     /// Measured time of each run, after the warm-up.
@@ -211,6 +212,13 @@ pub struct BenchArgs {
     /// Concurrent publishers.
     #[arg(long, default_value_t = 2)]
     pub producers: usize,
+    /// Body size of every message, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub body_size: usize,
+    /// The NULL send ports take this long per message (ordered) or batch (unordered), as
+    /// an endpoint with a latency does (default: none).
+    #[arg(long, value_name = "DUR")]
+    pub endpoint_latency: Option<String>,
     /// Skip the 50%-load latency runs.
     #[arg(long)]
     pub no_half_load: bool,

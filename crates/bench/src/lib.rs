@@ -39,6 +39,9 @@ pub struct RunSpec {
     pub rate: Option<f64>,
     /// Closed-loop cap on messages published but not yet consumed.
     pub window: u64,
+    /// Time the NULL send ports take per message or batch (an endpoint with a latency);
+    /// `None`: none.
+    pub endpoint_latency: Option<Duration>,
 }
 
 /// What one run of one system measured.

@@ -39,6 +39,9 @@ pub enum Workload {
     /// Group A → group B on the same server: one port `mbx://far/in` in A, a NULL port in
     /// B; counted where B delivers.
     Forward,
+    /// One port ordered by a property (`--ordered-by Bench.Key`, 64 buckets), the messages
+    /// spread over 1,000 keys.
+    OrderedBy,
     /// HTTP clients → a two-way receive → a solicit-response port → an echo service on
     /// loopback → the answer back to the client; round trips counted at the clients.
     RequestResponse,
@@ -48,11 +51,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Unordered,
         Workload::Ordered,
         Workload::Fanout,
         Workload::ManyOrdered,
+        Workload::OrderedBy,
         Workload::Forward,
         Workload::RequestResponse,
         Workload::Amqp,
@@ -64,6 +68,7 @@ impl Workload {
             Workload::Ordered => "ordered",
             Workload::Fanout => "fanout",
             Workload::ManyOrdered => "many-ordered",
+            Workload::OrderedBy => "ordered-by",
             Workload::Forward => "forward",
             Workload::RequestResponse => "request-response",
             Workload::Amqp => "amqp",
@@ -78,6 +83,7 @@ impl Workload {
         match self {
             Workload::Unordered
             | Workload::Ordered
+            | Workload::OrderedBy
             | Workload::Forward
             | Workload::RequestResponse
             | Workload::Amqp => 1,
@@ -87,7 +93,19 @@ impl Workload {
     }
 
     fn ordered(self) -> bool {
-        matches!(self, Workload::Ordered | Workload::ManyOrdered)
+        matches!(
+            self,
+            Workload::Ordered | Workload::ManyOrdered | Workload::OrderedBy
+        )
+    }
+
+    /// Leases of the workload's ordered ports (a port ordered by a property has one per
+    /// bucket).
+    fn leases(self) -> usize {
+        match self {
+            Workload::OrderedBy => ORDERED_BY_BUCKETS as usize,
+            _ => self.ports(),
+        }
     }
 
     /// Deliveries per published message.
@@ -110,6 +128,11 @@ pub struct MbxRun {
     /// Shown in the progress line.
     pub label: String,
 }
+
+/// Keys of the ordered-by workload.
+const ORDERED_BY_KEYS: u64 = 1_000;
+/// Buckets of the ordered-by workload's port (the default).
+const ORDERED_BY_BUCKETS: i32 = 64;
 
 /// The host the benchmark's ports are bound to.
 pub(crate) const BENCH_HOST: &str = "bench";
@@ -179,7 +202,14 @@ async fn run_in(
         Some(far) => Some(setup_far(&mbx, far).await?),
         None => None,
     };
-    setup(&mbx, run.workload, run.tracking, true).await?;
+    setup(
+        &mbx,
+        run.workload,
+        run.tracking,
+        true,
+        spec.endpoint_latency,
+    )
+    .await?;
     let forwarding = Hosts::start(&run.host_bin, url, run.instances).await?;
     // where deliveries are counted: group B's host for the forward workload
     let (hosts, forwarding) = match far_url {
@@ -187,7 +217,7 @@ async fn run_in(
         None => (forwarding, None),
     };
     if run.workload.ordered() {
-        leases_spread(&mbx, run.workload.ports(), run.instances, progress).await?;
+        leases_spread(&mbx, run.workload.leases(), run.instances, progress).await?;
     }
     let window = Window::new(spec.window);
     let total = spec.warmup + spec.duration;
@@ -250,6 +280,17 @@ async fn run_in(
     if spec.rate.is_some() {
         notes.push("paced".to_owned());
     }
+    if let Some(latency) = spec.endpoint_latency {
+        notes.push(format!(
+            "endpoint latency {} ms",
+            latency.as_secs_f64() * 1000.0
+        ));
+    }
+    if run.workload == Workload::OrderedBy {
+        notes.push(format!(
+            "{ORDERED_BY_KEYS} keys, {ORDERED_BY_BUCKETS} buckets"
+        ));
+    }
     Ok(Measured {
         throughput: Some(throughput),
         latency,
@@ -296,6 +337,7 @@ async fn setup(
     workload: Workload,
     tracking: Option<TrackingLevel>,
     started: bool,
+    endpoint_latency: Option<Duration>,
 ) -> Result<(), BenchError> {
     mbx.init(None).await?;
     mbx.host_create(&HostSpec {
@@ -323,6 +365,16 @@ async fn setup(
             });
         port.host = BENCH_HOST.to_owned();
         port.ordered = workload.ordered();
+        if workload == Workload::OrderedBy {
+            port.ordered_by = Some("Bench.Key".to_owned());
+            port.ordered_buckets = Some(ORDERED_BY_BUCKETS);
+        }
+        if let (Some(latency), false) = (endpoint_latency, address.starts_with("mbx:")) {
+            port.settings.insert(
+                "delay".to_owned(),
+                format!("{}us", latency.as_micros()),
+            );
+        }
         mbx.send_port_create(&port).await?;
     }
     Ok(())
@@ -331,6 +383,12 @@ async fn setup(
 fn message(workload: Workload, body: &Bytes, n: u64) -> Result<NewMessage, BenchError> {
     let mut ctx = Context::new();
     ctx.promote("Bench.Kind", Value::String("bench".to_owned()))?;
+    if workload == Workload::OrderedBy {
+        ctx.promote(
+            "Bench.Key",
+            Value::String(format!("k{}", n % ORDERED_BY_KEYS)),
+        )?;
+    }
     if workload == Workload::ManyOrdered {
         ctx.promote(
             "Bench.Port",
@@ -416,7 +474,7 @@ async fn drain_in(
     url: &str,
 ) -> Result<Drain, BenchError> {
     let mbx = MessageBox::connect(url, 6).await?;
-    setup(&mbx, Workload::Unordered, None, false).await?;
+    setup(&mbx, Workload::Unordered, None, false, None).await?;
     let window = Window::new(u64::MAX);
     let started = Instant::now();
     let producers = spec.producers.max(1);

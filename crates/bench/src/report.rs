@@ -76,6 +76,8 @@ pub struct Options {
     pub body_size: usize,
     pub producers: usize,
     pub window: u64,
+    /// The NULL send ports' latency (`--endpoint-latency`).
+    pub endpoint_latency: Option<Duration>,
     /// Runs of each measurement; figures are their medians.
     pub runs: usize,
     pub host_bin: PathBuf,
@@ -179,6 +181,7 @@ impl Options {
             producers: self.producers,
             rate,
             window: self.window,
+            endpoint_latency: self.endpoint_latency,
         }
     }
 

@@ -73,6 +73,7 @@ impl ScratchDb {
 
 fn tiny_spec(database_url: &str) -> RunSpec {
     RunSpec {
+        endpoint_latency: None,
         database_url: database_url.to_owned(),
         amqp_url: amqp_url(),
         duration: Duration::from_millis(1500),
