@@ -52,6 +52,7 @@ fn a_small_benchmark_run_reports_every_workload_and_peer() {
         ("ordered", "mbx"),
         ("fanout", "mbx"),
         ("many-ordered", "mbx"),
+        ("ordered-by", "mbx"),
         ("amqp", "mbx"),
     ] {
         let r = row(workload, system);
@@ -128,4 +129,90 @@ fn bench_refuses_bad_arguments_in_one_line() {
     assert!(line.contains("--peers") && line.contains("pgmq"), "{line}");
     let line = mbx.fails(&["bench", "--host-bin", "/nonexistent/mbx-host"], 2);
     assert!(line.contains("--host-bin"), "{line}");
+    // a shape knob that would change nothing is refused, naming the workload it shapes
+    let line = mbx.fails(&["bench", "--workload", "fanout", "--ports", "10"], 2);
+    assert!(
+        line.contains("--ports") && line.contains("unordered"),
+        "{line}"
+    );
+    let line = mbx.fails(
+        &["bench", "--workload", "unordered", "--subscribers", "5"],
+        2,
+    );
+    assert!(
+        line.contains("--subscribers") && line.contains("fanout"),
+        "{line}"
+    );
+    let line = mbx.fails(&["bench", "--workload", "unordered", "--ports", "0"], 2);
+    assert!(
+        line.contains("--ports") && line.contains("1..10000"),
+        "{line}"
+    );
+    let line = mbx.fails(&["bench", "--body-size", "0"], 2);
+    assert!(line.contains("--body-size"), "{line}");
+    let line = mbx.fails(&["bench", "--endpoint-latency", "2m"], 2);
+    assert!(line.contains("--endpoint-latency"), "{line}");
+}
+
+/// The cost-curve knobs shape the run: `--subscribers 3` gives three deliveries per
+/// message, `--ports 3` and `--endpoint-latency` are reported with the run.
+#[test]
+fn the_shape_knobs_shape_the_run() {
+    let mbx = Mbx::new(server_url());
+    let base = [
+        "bench",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+        "--batch",
+        "20",
+        "--peers",
+        "",
+        "--scaling",
+        "",
+        "--backlog",
+        "0",
+        "--no-half-load",
+        "--no-tracking-all",
+        "--json",
+    ];
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = mbx.ok(&args);
+        let report: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        report["results"][0].clone()
+    };
+    let fanout = run(&["--workload", "fanout", "--subscribers", "3"]);
+    let (msgs, deliveries) = (
+        fanout["msgs_per_s"].as_f64().expect("msgs_per_s"),
+        fanout["deliveries_per_s"]
+            .as_f64()
+            .expect("deliveries_per_s"),
+    );
+    assert!(msgs > 0.0, "{fanout}");
+    assert!(
+        (deliveries / msgs - 3.0).abs() < 1e-9,
+        "three deliveries per message: {fanout}"
+    );
+    let spread = run(&[
+        "--workload",
+        "unordered",
+        "--ports",
+        "3",
+        "--endpoint-latency",
+        "1ms",
+        "--body-size",
+        "4096",
+    ]);
+    let notes = spread["notes"].to_string();
+    assert!(
+        notes.contains("3 send port(s)") && notes.contains("endpoint latency 1 ms"),
+        "{spread}"
+    );
+    assert!(
+        spread["msgs_per_s"].as_f64().is_some_and(|r| r > 0.0),
+        "{spread}"
+    );
 }

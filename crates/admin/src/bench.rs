@@ -43,6 +43,34 @@ fn list<T>(
         .collect()
 }
 
+/// `--ports` / `--subscribers`: 1..10,000, and only with the workloads they shape (a knob
+/// that would change nothing is refused).
+fn shape_knob(
+    arg: &str,
+    value: Option<usize>,
+    workloads: &[Workload],
+    shaped: &[Workload],
+    names: &str,
+) -> Result<Option<usize>> {
+    let Some(n) = value else {
+        return Ok(None);
+    };
+    if n == 0 || n > 10_000 {
+        return Err(Usage(format!(
+            "{arg}: {n} is out of range; use 1..10000 (example: {arg} 100)"
+        ))
+        .into());
+    }
+    if workloads.iter().any(|w| !shaped.contains(w)) {
+        return Err(Usage(format!(
+            "{arg}: shapes only the {names} workload; add --workload {}",
+            shaped[0].name()
+        ))
+        .into());
+    }
+    Ok(Some(n))
+}
+
 /// `--body-size`: 1 byte .. 16 MiB.
 fn body_size(n: usize) -> Result<usize> {
     if n == 0 || n > 16 << 20 {
@@ -102,6 +130,20 @@ pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
             .context("locating the mbx binary")?
             .with_file_name("mbx-host"),
     };
+    let ports = shape_knob(
+        "--ports",
+        args.ports,
+        &workloads,
+        &[Workload::Unordered, Workload::ManyOrdered],
+        "unordered or many-ordered",
+    )?;
+    let subscribers = shape_knob(
+        "--subscribers",
+        args.subscribers,
+        &workloads,
+        &[Workload::Fanout],
+        "fanout",
+    )?;
     Ok(Options {
         server_url: url.to_owned(),
         amqp_url: args.amqp_url.clone(),
@@ -116,6 +158,8 @@ pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
         body_size: body_size(args.body_size)?,
         producers: args.producers,
         window: 200 * args.batch as u64,
+        ports,
+        subscribers,
         endpoint_latency: match &args.endpoint_latency {
             Some(d) => {
                 let d = duration("--endpoint-latency", d)?;

@@ -154,7 +154,7 @@ pub enum Command {
     /// Benchmark mbx end to end with its peers in the same run: creates its
     /// own databases on the server of --database-url and drops them after.
     #[command(
-        after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n  mbx bench --workload ordered,ordered-by --endpoint-latency 5ms --peers '' --scaling '' --backlog 0\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
+        after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n  mbx bench --workload ordered,ordered-by --endpoint-latency 5ms --peers '' --scaling '' --backlog 0\n  mbx bench --workload unordered --ports 100 --body-size 65536 --peers '' --scaling '' --backlog 0\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
     )]
     Bench(BenchArgs),
 }
@@ -212,6 +212,13 @@ pub struct BenchArgs {
     /// Concurrent publishers.
     #[arg(long, default_value_t = 2)]
     pub producers: usize,
+    /// Send ports of the unordered and many-ordered workloads, each message to one of them
+    /// (round-robin); default 1 and 100.
+    #[arg(long, value_name = "N")]
+    pub ports: Option<usize>,
+    /// Ports subscribed to every message in the fanout workload (default 10).
+    #[arg(long, value_name = "N")]
+    pub subscribers: Option<usize>,
     /// Body size of every message, in bytes.
     #[arg(long, default_value_t = 1024)]
     pub body_size: usize,

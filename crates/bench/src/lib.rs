@@ -42,6 +42,11 @@ pub struct RunSpec {
     /// Time the NULL send ports take per message or batch (an endpoint with a latency);
     /// `None`: none.
     pub endpoint_latency: Option<Duration>,
+    /// Send ports of the unordered and many-ordered workloads (each message to one of
+    /// them, round-robin); `None`: the workload's own (1 and 100).
+    pub ports: Option<usize>,
+    /// Ports subscribed to every message in the fanout workload; `None`: 10.
+    pub subscribers: Option<usize>,
 }
 
 /// What one run of one system measured.

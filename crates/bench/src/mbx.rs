@@ -99,20 +99,34 @@ impl Workload {
         )
     }
 
-    /// Leases of the workload's ordered ports (a port ordered by a property has one per
-    /// bucket).
-    fn leases(self) -> usize {
-        match self {
-            Workload::OrderedBy => ORDERED_BY_BUCKETS as usize,
+    /// The send ports of this workload in `spec` (`--ports`, `--subscribers`).
+    fn ports_in(self, spec: &RunSpec) -> usize {
+        match (self, spec.ports, spec.subscribers) {
+            (Workload::Unordered | Workload::ManyOrdered, Some(n), _) => n,
+            (Workload::Fanout, _, Some(n)) => n,
             _ => self.ports(),
         }
     }
 
-    /// Deliveries per published message.
-    pub fn fan_out(self) -> u64 {
+    /// Whether each message goes to one of the ports (round-robin by `Bench.Port`).
+    fn spread(self, spec: &RunSpec) -> bool {
+        self == Workload::ManyOrdered || (self == Workload::Unordered && self.ports_in(spec) > 1)
+    }
+
+    /// Deliveries per published message in `spec`.
+    pub fn fan_out_in(self, spec: &RunSpec) -> u64 {
         match self {
-            Workload::Fanout => 10,
+            Workload::Fanout => self.ports_in(spec) as u64,
             _ => 1,
+        }
+    }
+
+    /// Leases of the workload's ordered ports (a port ordered by a property has one per
+    /// bucket).
+    fn leases(self, spec: &RunSpec) -> usize {
+        match self {
+            Workload::OrderedBy => ORDERED_BY_BUCKETS as usize,
+            _ => self.ports_in(spec),
         }
     }
 }
@@ -202,14 +216,7 @@ async fn run_in(
         Some(far) => Some(setup_far(&mbx, far).await?),
         None => None,
     };
-    setup(
-        &mbx,
-        run.workload,
-        run.tracking,
-        true,
-        spec.endpoint_latency,
-    )
-    .await?;
+    setup(&mbx, run.workload, run.tracking, true, spec).await?;
     let forwarding = Hosts::start(&run.host_bin, url, run.instances).await?;
     // where deliveries are counted: group B's host for the forward workload
     let (hosts, forwarding) = match far_url {
@@ -217,7 +224,7 @@ async fn run_in(
         None => (forwarding, None),
     };
     if run.workload.ordered() {
-        leases_spread(&mbx, run.workload.leases(), run.instances, progress).await?;
+        leases_spread(&mbx, run.workload.leases(spec), run.instances, progress).await?;
     }
     let window = Window::new(spec.window);
     let total = spec.warmup + spec.duration;
@@ -286,6 +293,13 @@ async fn run_in(
             latency.as_secs_f64() * 1000.0
         ));
     }
+    if spec.ports.is_some() || spec.subscribers.is_some() {
+        notes.push(format!(
+            "{} send port(s), {} delivery(ies) per message",
+            run.workload.ports_in(spec),
+            run.workload.fan_out_in(spec)
+        ));
+    }
     if run.workload == Workload::OrderedBy {
         notes.push(format!(
             "{ORDERED_BY_KEYS} keys, {ORDERED_BY_BUCKETS} buckets"
@@ -337,7 +351,7 @@ async fn setup(
     workload: Workload,
     tracking: Option<TrackingLevel>,
     started: bool,
-    endpoint_latency: Option<Duration>,
+    spec: &RunSpec,
 ) -> Result<(), BenchError> {
     mbx.init(None).await?;
     mbx.host_create(&HostSpec {
@@ -347,10 +361,11 @@ async fn setup(
         tracking,
     })
     .await?;
-    for i in 0..workload.ports() {
-        let filter = match workload {
-            Workload::ManyOrdered => format!("Bench.Port == \"p{i}\""),
-            _ => "Bench.Kind == \"bench\"".to_owned(),
+    for i in 0..workload.ports_in(spec) {
+        let filter = if workload.spread(spec) {
+            format!("Bench.Port == \"p{i}\"")
+        } else {
+            "Bench.Kind == \"bench\"".to_owned()
         };
         let address = match workload {
             Workload::Forward => "mbx://far/in",
@@ -369,18 +384,21 @@ async fn setup(
             port.ordered_by = Some("Bench.Key".to_owned());
             port.ordered_buckets = Some(ORDERED_BY_BUCKETS);
         }
-        if let (Some(latency), false) = (endpoint_latency, address.starts_with("mbx:")) {
-            port.settings.insert(
-                "delay".to_owned(),
-                format!("{}us", latency.as_micros()),
-            );
+        if let (Some(latency), false) = (spec.endpoint_latency, address.starts_with("mbx:")) {
+            port.settings
+                .insert("delay".to_owned(), format!("{}us", latency.as_micros()));
         }
         mbx.send_port_create(&port).await?;
     }
     Ok(())
 }
 
-fn message(workload: Workload, body: &Bytes, n: u64) -> Result<NewMessage, BenchError> {
+fn message(
+    workload: Workload,
+    spec: &RunSpec,
+    body: &Bytes,
+    n: u64,
+) -> Result<NewMessage, BenchError> {
     let mut ctx = Context::new();
     ctx.promote("Bench.Kind", Value::String("bench".to_owned()))?;
     if workload == Workload::OrderedBy {
@@ -389,10 +407,10 @@ fn message(workload: Workload, body: &Bytes, n: u64) -> Result<NewMessage, Bench
             Value::String(format!("k{}", n % ORDERED_BY_KEYS)),
         )?;
     }
-    if workload == Workload::ManyOrdered {
+    if workload.spread(spec) {
         ctx.promote(
             "Bench.Port",
-            Value::String(format!("p{}", n % workload.ports() as u64)),
+            Value::String(format!("p{}", n % workload.ports_in(spec) as u64)),
         )?;
     }
     Ok(NewMessage::new(
@@ -423,11 +441,11 @@ async fn publish_until(
             break;
         }
         let batch = (0..spec.batch)
-            .map(|i| message(workload, &body, n + i as u64))
+            .map(|i| message(workload, spec, &body, n + i as u64))
             .collect::<Result<Vec<_>, _>>()?;
         n += spec.batch as u64;
         mbx.publish(&publisher, batch).await?;
-        window.add_produced(spec.batch as u64 * workload.fan_out());
+        window.add_produced(spec.batch as u64 * workload.fan_out_in(spec));
     }
     Ok(())
 }
@@ -474,7 +492,14 @@ async fn drain_in(
     url: &str,
 ) -> Result<Drain, BenchError> {
     let mbx = MessageBox::connect(url, 6).await?;
-    setup(&mbx, Workload::Unordered, None, false, None).await?;
+    // the drain measures one port as the workload (a) does, whatever the shape knobs say
+    let plain = RunSpec {
+        ports: None,
+        subscribers: None,
+        endpoint_latency: None,
+        ..spec.clone()
+    };
+    setup(&mbx, Workload::Unordered, None, false, &plain).await?;
     let window = Window::new(u64::MAX);
     let started = Instant::now();
     let producers = spec.producers.max(1);
@@ -485,13 +510,21 @@ async fn drain_in(
         let window = window.clone();
         let body = Bytes::from(vec![b'x'; spec.body_size]);
         let batch = spec.batch as u64;
+        let plain = plain.clone();
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let publisher = Publisher::default();
             while sent < per {
                 let n = batch.min(per - sent);
                 let msgs = (0..n)
-                    .map(|i| message(Workload::Unordered, &body, p as u64 * per + sent + i))
+                    .map(|i| {
+                        message(
+                            Workload::Unordered,
+                            &plain,
+                            &body,
+                            p as u64 * per + sent + i,
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 mbx.publish(&publisher, msgs).await?;
                 sent += n;

@@ -78,6 +78,9 @@ pub struct Options {
     pub window: u64,
     /// The NULL send ports' latency (`--endpoint-latency`).
     pub endpoint_latency: Option<Duration>,
+    /// `--ports` and `--subscribers` (the cost curves).
+    pub ports: Option<usize>,
+    pub subscribers: Option<usize>,
     /// Runs of each measurement; figures are their medians.
     pub runs: usize,
     pub host_bin: PathBuf,
@@ -182,6 +185,8 @@ impl Options {
             rate,
             window: self.window,
             endpoint_latency: self.endpoint_latency,
+            ports: self.ports,
+            subscribers: self.subscribers,
         }
     }
 
@@ -343,7 +348,7 @@ async fn measure_mbx(
     let (deliveries, lat_max, rss, notes) = combine(&at_max);
     let mut half = Vec::new();
     if options.half_load && deliveries > 0.0 {
-        let rate = deliveries / workload.fan_out() as f64 / 2.0;
+        let rate = deliveries / workload.fan_out_in(&options.spec(instances, None)) as f64 / 2.0;
         for _ in 0..runs {
             let mut r = run.clone();
             r.label = format!("{} at 50%", run.label);
@@ -354,7 +359,7 @@ async fn measure_mbx(
     let row = ResultRow {
         workload: workload.name().to_owned(),
         system: "mbx".to_owned(),
-        msgs_per_s: deliveries / workload.fan_out() as f64,
+        msgs_per_s: deliveries / workload.fan_out_in(&options.spec(instances, None)) as f64,
         deliveries_per_s: deliveries,
         p50_ms: lat_half.map(|l| l.p50_ms),
         p99_ms: lat_half.map(|l| l.p99_ms),

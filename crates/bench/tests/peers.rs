@@ -74,6 +74,8 @@ impl ScratchDb {
 fn tiny_spec(database_url: &str) -> RunSpec {
     RunSpec {
         endpoint_latency: None,
+        ports: None,
+        subscribers: None,
         database_url: database_url.to_owned(),
         amqp_url: amqp_url(),
         duration: Duration::from_millis(1500),
