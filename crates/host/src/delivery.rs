@@ -82,11 +82,7 @@ pub(crate) async fn port_loop(
         notified.as_mut().enable();
         let instance = shared.instance_id();
         // the delivery throttle: claim no more than in-flight work leaves room for
-        let Some((limits, mut in_flight)) = shared.throttle.reserve(base) else {
-            tokio::select! {
-                _ = shared.throttle.inflight_drained() => {}
-                _ = stop.changed() => {}
-            }
+        let Some((limits, mut in_flight)) = reserve(&shared, base, &mut stop).await else {
             continue;
         };
         let token = Uuid::new_v4();
@@ -548,6 +544,23 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
     }
 }
 
+/// Reserves room for a claim under the delivery throttle (at most `wanted`); at the cap,
+/// waits until in-flight work drains a little (or the loop is stopped) and returns `None`.
+pub(crate) async fn reserve(
+    shared: &Arc<Shared>,
+    wanted: ClaimLimits,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(ClaimLimits, crate::throttle::InFlight)> {
+    let reserved = shared.throttle.reserve(wanted);
+    if reserved.is_none() {
+        tokio::select! {
+            _ = shared.throttle.inflight_drained() => {}
+            _ = stop.changed() => {}
+        }
+    }
+    reserved
+}
+
 /// Runs a unit of MessageBox work until it succeeds: after a connection-class error
 /// (SQLSTATE 08xxx, 57P01, I/O, pool timeout) for as long as the instance runs — the
 /// database comes back, and every unit is idempotent to re-run (completions and failures
@@ -669,11 +682,7 @@ async fn own_ordered_port(
             max_count: commit_batch,
             max_bytes: shared.config.claim_bytes,
         };
-        let Some((limits, mut in_flight)) = shared.throttle.reserve(wanted) else {
-            tokio::select! {
-                _ = shared.throttle.inflight_drained() => {}
-                _ = stop.changed() => {}
-            }
+        let Some((limits, mut in_flight)) = reserve(shared, wanted, stop).await else {
             continue;
         };
         let batch = match shared

@@ -25,7 +25,9 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::delivery::{commit_ordered, idle_wait, observe_latency, record, send_all, Sent};
+use crate::delivery::{
+    commit_ordered, idle_wait, observe_latency, record, reserve, send_all, Sent,
+};
 use crate::Shared;
 
 /// Most deliveries one round claims (the in-flight throttle may allow fewer).
@@ -239,11 +241,7 @@ pub(crate) async fn keyed_port_loop(
             max_count: KEYED_CLAIM_MAX,
             max_bytes: shared.config.claim_bytes,
         };
-        let Some((limits, mut in_flight)) = shared.throttle.reserve(wanted) else {
-            tokio::select! {
-                _ = shared.throttle.inflight_drained() => {}
-                _ = stop.changed() => {}
-            }
+        let Some((limits, mut in_flight)) = reserve(&shared, wanted, &mut stop).await else {
             continue;
         };
         let batch = match shared

@@ -547,6 +547,13 @@ pub struct HeldKey {
     pub waiting: i64,
 }
 
+/// `(bucket, epoch)` rows as leases.
+fn bucket_leases(rows: Vec<(i32, i64)>) -> Vec<BucketLease> {
+    rows.into_iter()
+        .map(|(bucket, epoch)| BucketLease { bucket, epoch })
+        .collect()
+}
+
 /// Rows of a port's deliveries the keyed claim reads, oldest first, to find the keys
 /// with work (per message claimed at most).
 const KEYED_SCAN_FACTOR: i64 = 4;
@@ -581,10 +588,7 @@ impl MessageBox {
         .bind(ttl_ms as f64 / 1000.0)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(bucket, epoch)| BucketLease { bucket, epoch })
-            .collect())
+        Ok(bucket_leases(rows))
     }
 
     /// Renews the buckets this instance holds at their epochs; returns those renewed (the
@@ -638,10 +642,7 @@ impl MessageBox {
         .bind(ttl_ms.map(|t| t as f64 / 1000.0))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(bucket, epoch)| BucketLease { bucket, epoch })
-            .collect())
+        Ok(bucket_leases(rows))
     }
 
     /// The claim of the holder of `held` buckets of a port ordered by a property: for each
