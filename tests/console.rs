@@ -436,6 +436,73 @@ async fn a_post_without_the_token_or_the_csrf_value_is_refused(pool: PgPool) {
     browser.close().await;
 }
 
+/// A port ordered by a property shows on the ordered page as its buckets (how many are
+/// held, by how many instances) and its held keys, not as one lease.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_ordered_page_shows_a_keyed_ports_buckets_and_held_keys(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    // an endpoint that refuses every connection: the key's head fails and is held
+    let mut spec = SendPortSpec::new(
+        "accounts",
+        &format!("http://127.0.0.1:{}/in", mbx_e2e::free_port()),
+    )
+    .with_filter("exists(Order.Customer)")
+    .with_state(InitialState::Started);
+    spec.ordered = true;
+    spec.ordered_by = Some("Order.Customer".into());
+    spec.ordered_buckets = Some(4);
+    spec.stop_on_failure = true;
+    spec.retry_count = 0;
+    mbx.send_port_create(&spec).await.expect("keyed port");
+    let url = database_url(&pool);
+    let _host = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    let mut ctx = Context::new();
+    ctx.promote("Order.Customer", Value::String("acme".into()))
+        .expect("promote");
+    mbx.publish(
+        &Publisher::default(),
+        vec![NewMessage::new(b"x".to_vec(), "text/plain", ctx)],
+    )
+    .await
+    .expect("publish");
+    wait_for("the key held and every bucket owned", SETTLE, || async {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM ordered_holds")
+            .fetch_one(&pool)
+            .await
+            .expect("holds");
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM leases WHERE port_id IS NOT NULL AND expires_at > now()",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("leases");
+        held == 1 && live == 4
+    })
+    .await;
+    let console = start_console(&url, &[], &[]);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/ordered", console.url))
+        .await
+        .expect("open");
+    let owners = text(b, "tr[data-port='accounts'] td.keyed").await;
+    assert!(
+        owners.contains("Order.Customer") && owners.contains("4 of 4 buckets held by 1 instance"),
+        "{owners}"
+    );
+    let row = text(b, "tr[data-port='accounts']").await;
+    assert!(row.contains("1 key held"), "{row}");
+    assert!(
+        b.find_all(Locator::Css("tr[data-port='accounts'] form"))
+            .await
+            .expect("find")
+            .is_empty(),
+        "no port-wide resume or skip for a port held per key"
+    );
+    browser.close().await;
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn the_read_only_console_has_no_action(pool: PgPool) {
     let (mbx, url, _dir) = with_eu_port(&pool).await;

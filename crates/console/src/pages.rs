@@ -247,15 +247,31 @@ pub(crate) async fn ordered(
                     tr data-port=(p.name) {
                         td { (p.name) }
                         td { span class=(format!("state {}", p.state)) { (p.state) } @if p.stop_on_failure { span.muted { " (stop on failure)" } } }
-                        td {
-                            @match &p.holder {
-                                Some(h) => { span.mono title=(h) { (short(h)) } " " (p.holder_host.as_deref().unwrap_or("")) @if !p.live { span.state.dead { " lease expired" } } }
-                                None => span.muted { "none yet" },
+                        @if let (Some(by), Some(buckets)) = (&p.ordered_by, p.buckets) {
+                            // ordered per key: owners and heads are per bucket and key
+                            td.keyed {
+                                "by " span.mono { (by) } ": " (p.buckets_live) " of " (buckets) " buckets held by "
+                                (p.bucket_owners) " instance" @if p.bucket_owners != 1 { "s" }
                             }
+                            td.num { "—" }
+                            td.num { "per key" }
+                            td {
+                                @if p.held_keys > 0 {
+                                    span.state.suspended { (p.held_keys) " key" @if p.held_keys != 1 { "s" } " held" }
+                                    span.muted { " (`mbx send-port show " (p.name) "`, then `send-port resume|skip " (p.name) " --key K`)" }
+                                } @else { "per key" }
+                            }
+                        } @else {
+                            td {
+                                @match &p.holder {
+                                    Some(h) => { span.mono title=(h) { (short(h)) } " " (p.holder_host.as_deref().unwrap_or("")) @if !p.live { span.state.dead { " lease expired" } } }
+                                    None => span.muted { "none yet" },
+                                }
+                            }
+                            td.num { (p.epoch) }
+                            td.num { (p.next_seq) }
+                            td { (p.head) }
                         }
-                        td.num { (p.epoch) }
-                        td.num { (p.next_seq) }
-                        td { (p.head) }
                         td { @match p.last_takeover { Some(t) => { time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) { (ago(t, now)) } }, None => "—" } }
                         td.actions {
                             @if p.state == PortState::Suspended {

@@ -142,6 +142,14 @@ pub struct OrderedPortView {
     pub head: String,
     /// When the lease last changed hands.
     pub last_takeover: Option<chrono::DateTime<chrono::Utc>>,
+    /// A port ordered by a property: the property, its buckets, how many of them are held
+    /// (live) and by how many instances, and how many keys are held after a failure (the
+    /// fields above then describe bucket 0 only).
+    pub ordered_by: Option<String>,
+    pub buckets: Option<i32>,
+    pub buckets_live: i64,
+    pub bucket_owners: i64,
+    pub held_keys: i64,
 }
 
 impl MessageBox {
@@ -177,7 +185,13 @@ impl MessageBox {
                                           ELSE 'waiting' END
                                 FROM deliveries d WHERE d.port_id = p.id AND d.seq IS NOT NULL
                                ORDER BY d.seq LIMIT 1), 'none') AS head,
-                    l.acquired_at AS last_takeover
+                    l.acquired_at AS last_takeover,
+                    p.ordered_by, p.ordered_buckets AS buckets,
+                    (SELECT count(*) FROM leases b WHERE b.port_id = p.id AND b.holder IS NOT NULL
+                        AND b.expires_at > now()) AS buckets_live,
+                    (SELECT count(DISTINCT b.holder) FROM leases b WHERE b.port_id = p.id
+                        AND b.expires_at > now()) AS bucket_owners,
+                    (SELECT count(*) FROM ordered_holds o WHERE o.port_id = p.id) AS held_keys
                FROM send_ports p
                LEFT JOIN leases l ON l.port_id = p.id AND l.bucket = 0
                LEFT JOIN ordered_sequences s ON s.port_id = p.id AND s.order_key = ''
