@@ -311,6 +311,22 @@ async fn a_failing_key_is_held_and_the_other_keys_go_on(pool: PgPool) {
         0,
         "nothing of the held key was sent"
     );
+    // what was claimed behind the held head was given back: nothing counts as in flight
+    wait_for(
+        "nothing in flight on the held port",
+        Duration::from_secs(10),
+        || async {
+            let in_flight: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM deliveries d JOIN send_ports p ON p.id = d.port_id
+              WHERE p.name = 'accounts' AND d.state = 'claimed'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("claimed");
+            in_flight == 0
+        },
+    )
+    .await;
 
     let keyless: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT s.kind, s.reason FROM suspended_items s JOIN send_ports p ON p.id = s.port_id

@@ -266,14 +266,22 @@ pub(crate) async fn keyed_port_loop(
             continue;
         }
         in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
-        let (delivered, failures) = send_round(&shared, &port, &holding, batch).await;
-        commit_ordered(&shared, &port, instance, 0, delivered, None).await;
-        if !failures.is_empty() {
+        let round = send_round(&shared, &port, &holding, batch).await;
+        commit_ordered(&shared, &port, instance, 0, round.delivered, None).await;
+        if !round.failures.is_empty() {
             let sent = Sent {
-                failures,
+                failures: round.failures,
                 ..Sent::default()
             };
             record(&shared, &port, instance, sent).await;
+        }
+        // what a key did not send behind its failure (or a lost bucket) is given back once
+        // the failure is recorded: its head now waits (a retry, a held key), so nothing
+        // overtakes it, and the rest no longer counts as in flight
+        if !round.unsent.is_empty() {
+            if let Err(e) = shared.mbx.deliveries_release(instance, &round.unsent).await {
+                warn!(port = %port.name, error = %e, "giving back unsent claims failed; they are taken again by the next claim");
+            }
         }
     }
     renewer.abort();
@@ -283,15 +291,24 @@ pub(crate) async fn keyed_port_loop(
     shared.forget_progress(port.id);
 }
 
-/// Sends one round: each key's run in order, the keys concurrently. Returns the
-/// deliveries the endpoint confirmed and the failures (at most one per key: a key stops at
-/// its first failure, and what follows it stays claimed until the next claim takes it).
+/// What one round (or one key's run) came to.
+#[derive(Default)]
+struct Round {
+    /// Confirmed by the endpoint: to complete.
+    delivered: Vec<(i64, Uuid)>,
+    /// At most one per key: a key stops at its first failure.
+    failures: Vec<Failure>,
+    /// Claimed but not sent (behind a failure, or once the bucket's lease was lost).
+    unsent: Vec<(i64, Uuid)>,
+}
+
+/// Sends one round: each key's run in order, the keys concurrently.
 async fn send_round(
     shared: &Arc<Shared>,
     port: &Arc<SendPort>,
     holding: &Arc<Holding>,
     batch: Vec<ClaimedDelivery>,
-) -> (Vec<(i64, Uuid)>, Vec<Failure>) {
+) -> Round {
     // the claim returns (key, sequence) order: cut it into runs per key
     let mut runs: Vec<Vec<ClaimedDelivery>> = Vec::new();
     for d in batch {
@@ -314,20 +331,20 @@ async fn send_round(
             send_run(&shared, &port, &holding, run).await
         });
     }
-    let mut delivered = Vec::new();
-    let mut failures = Vec::new();
+    let mut round = Round::default();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((d, f)) => {
-                delivered.extend(d);
-                failures.extend(f);
+            Ok(run) => {
+                round.delivered.extend(run.delivered);
+                round.failures.extend(run.failures);
+                round.unsent.extend(run.unsent);
             }
             // a panicking adapter: that key's outcomes are unknown; its claims are taken
             // again by the next round (or the next owner)
             Err(e) => warn!(port = %port.name, error = %e, "a key's send task failed"),
         }
     }
-    (delivered, failures)
+    round
 }
 
 /// One key's run, one message after the other, each behind its bucket's fence.
@@ -336,11 +353,16 @@ async fn send_run(
     port: &SendPort,
     holding: &Arc<Holding>,
     run: Vec<ClaimedDelivery>,
-) -> (Vec<(i64, Uuid)>, Option<Failure>) {
-    let mut delivered = Vec::new();
-    for d in run {
+) -> Round {
+    let mut round = Round::default();
+    let mut run = run.into_iter();
+    while let Some(d) = run.next() {
         let (bucket, epoch) = (d.bucket, d.epoch.unwrap_or(-1));
         if !holding.may_act(bucket, epoch) {
+            round.unsent.push((d.delivery_id, d.claim_token));
+            round
+                .unsent
+                .extend(run.map(|d| (d.delivery_id, d.claim_token)));
             break;
         }
         let fence = holding.fence(bucket, epoch);
@@ -352,20 +374,21 @@ async fn send_run(
         match outcome {
             Outcome::Delivered | Outcome::Responded(_) => {
                 observe_latency(port, d.published_at);
-                delivered.push((d.delivery_id, d.claim_token));
+                round.delivered.push((d.delivery_id, d.claim_token));
             }
             Outcome::Failed { error, retryable } => {
-                return (
-                    delivered,
-                    Some(Failure {
-                        delivery_id: d.delivery_id,
-                        claim_token: d.claim_token,
-                        error,
-                        retryable,
-                    }),
-                );
+                round.failures.push(Failure {
+                    delivery_id: d.delivery_id,
+                    claim_token: d.claim_token,
+                    error,
+                    retryable,
+                });
+                round
+                    .unsent
+                    .extend(run.map(|d| (d.delivery_id, d.claim_token)));
+                break;
             }
         }
     }
-    (delivered, None)
+    round
 }
