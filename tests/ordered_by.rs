@@ -381,3 +381,67 @@ async fn a_failing_key_is_held_and_the_other_keys_go_on(pool: PgPool) {
         .expect("holds");
     assert_eq!(holds, 0);
 }
+
+/// A routing failure resumed once a group routes it to a port ordered by a property it
+/// does not carry: suspended again as `failed-final` on that port, keeping the path it came
+/// by (the group), and naming the property; nothing is left waiting.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_keyless_message_routed_again_through_a_group_is_suspended_on_the_keyed_port(
+    pool: PgPool,
+) {
+    let mbx = messagebox(&pool).await;
+    let mut ctx = Context::new();
+    ctx.promote("Seq.N", Value::Integer(1)).expect("promote");
+    let outcome = publish(&mbx, vec![NewMessage::new("keyless", "text/plain", ctx)]).await;
+    assert!(
+        matches!(outcome[0], Published::RoutingFailure { .. }),
+        "nobody subscribes yet: {outcome:?}"
+    );
+    let mut spec = SendPortSpec::new("accounts", "null://out")
+        .with_filter("Order.Customer == \"nobody\"")
+        .with_state(InitialState::Started);
+    spec.ordered = true;
+    spec.ordered_by = Some("Order.Customer".into());
+    mbx.send_port_create(&spec).await.expect("keyed port");
+    mbx.group_create("all", Some("exists(Seq.N)"), InitialState::Started)
+        .await
+        .expect("group");
+    mbx.group_add("all", &["accounts".to_owned()])
+        .await
+        .expect("member");
+    let report = mbx
+        .suspended_resume(&mbx_messagebox::suspended::Selector {
+            kind: Some("routing-failure".parse().expect("kind")),
+            ..Default::default()
+        })
+        .await
+        .expect("resume");
+    assert_eq!(report.resumed, 1, "{report:?}");
+    let items: Vec<(String, bool, Vec<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT s.kind, s.via_port, s.via_groups, s.reason FROM suspended_items s
+           JOIN send_ports p ON p.id = s.port_id WHERE p.name = 'accounts'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("items");
+    let group_id: i64 = sqlx::query_scalar("SELECT id FROM send_port_groups WHERE name = 'all'")
+        .fetch_one(&pool)
+        .await
+        .expect("group id");
+    assert_eq!(items.len(), 1, "{items:?}");
+    let (kind, via_port, via_groups, reason) = &items[0];
+    assert_eq!(kind, "failed-final");
+    assert!(!via_port, "it came through the group only");
+    assert_eq!(via_groups, &vec![group_id], "the group path is kept");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("Order.Customer")),
+        "{reason:?}"
+    );
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&pool)
+        .await
+        .expect("deliveries");
+    assert_eq!(waiting, 0);
+}

@@ -600,6 +600,10 @@ impl MessageBox {
     }
 }
 
+/// Columns of every claim statement's rows; a keyed claim adds the key, the claim's epoch
+/// and the bucket.
+const KEYED_COLUMNS: usize = 12;
+
 /// Maps the rows of a claim statement (id, message_id, transport, retries, seq, port name,
 /// address, content_type, body, body_size, context, published_at) to claimed deliveries.
 pub(crate) fn claimed_deliveries(
@@ -628,8 +632,10 @@ pub(crate) fn claimed_deliveries(
             seq,
         )?;
         // a keyed claim returns each delivery's key and its bucket's epoch
-        let order_key: Option<String> = row.try_get(12).ok().flatten();
-        let epoch: Option<i64> = row.try_get::<Option<i64>, _>(13).ok().flatten().or(epoch);
+        // (only a keyed claim has those columns: no lookup of a missing one per row)
+        let keyed = row.len() > KEYED_COLUMNS;
+        let order_key: Option<String> = if keyed { row.get(12) } else { None };
+        let epoch: Option<i64> = if keyed { row.get(13) } else { epoch };
         if let Some(epoch) = epoch {
             context.write(system::EPOCH, Value::Integer(epoch))?;
         }
@@ -646,7 +652,7 @@ pub(crate) fn claimed_deliveries(
             seq,
             order_key,
             epoch,
-            bucket: row.try_get(14).unwrap_or(0),
+            bucket: if keyed { row.get(14) } else { 0 },
             content_type: row.get(7),
             body: body.map(Bytes::from),
             body_size: row.get(9),

@@ -319,7 +319,12 @@ impl MessageBox {
                 deliveries: targets.len() + to_instance,
             };
             for t in targets {
-                let slot = slots.next().unwrap_or(crate::ordered::Slot::Unordered);
+                // one slot per routed target, taken in this order
+                let Some(slot) = slots.next() else {
+                    return Err(Error::Corrupt(
+                        "fewer sequence slots than routed deliveries".into(),
+                    ));
+                };
                 if let crate::ordered::Slot::NoKey { property } = &slot {
                     let size = i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX);
                     no_key.push((ids[*i], t.clone(), size, property.clone()));

@@ -255,8 +255,8 @@ impl MessageBox {
         if !reroute.is_empty() {
             let table = self.routing_for_publish(&mut tx).await?;
             let mut routed_items = Vec::new();
-            let (mut d_msg, mut d_port, mut d_vp, mut d_vg, mut d_ctx) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // (message, target, context) of every delivery the re-route makes
+            let mut routed: Vec<(Uuid, crate::routing::RouteTarget, &Context)> = Vec::new();
             for (id, message_id, context) in &reroute {
                 let targets = table.route(context);
                 if targets.is_empty() {
@@ -264,19 +264,13 @@ impl MessageBox {
                     continue;
                 }
                 routed_items.push(*id);
-                for t in targets {
-                    d_msg.push(*message_id);
-                    d_port.push(t.port_id);
-                    d_vp.push(t.via_port);
-                    d_vg.push(pg_bigint_array(&t.via_groups));
-                    d_ctx.push(context);
-                }
+                routed.extend(targets.into_iter().map(|t| (*message_id, t, context)));
             }
             if !routed_items.is_empty() {
                 // ordered ports: the re-routed message takes the next sequence of its port
                 // (or key); a port ordered by a property it lacks suspends it again
                 let wanted: Vec<(i64, &Context)> =
-                    d_port.iter().copied().zip(d_ctx.iter().copied()).collect();
+                    routed.iter().map(|(_, t, c)| (t.port_id, *c)).collect();
                 let slots = crate::ordered::take_sequences(&mut tx, &table, &wanted).await?;
                 let mut no_key = Vec::new();
                 let (mut i_msg, mut i_port, mut i_vp, mut i_vg, mut i_seq, mut i_key, mut i_bucket) = (
@@ -288,20 +282,15 @@ impl MessageBox {
                     Vec::new(),
                     Vec::new(),
                 );
-                for (i, slot) in slots.iter().enumerate() {
+                for ((message_id, target, _), slot) in routed.into_iter().zip(slots) {
                     if let crate::ordered::Slot::NoKey { property } = slot {
-                        let target = crate::routing::RouteTarget {
-                            port_id: d_port[i],
-                            via_port: d_vp[i],
-                            via_groups: Vec::new(),
-                        };
-                        no_key.push((d_msg[i], target, 0, property.clone()));
+                        no_key.push((message_id, target, 0, property));
                         continue;
                     }
-                    i_msg.push(d_msg[i]);
-                    i_port.push(d_port[i]);
-                    i_vp.push(d_vp[i]);
-                    i_vg.push(d_vg[i].clone());
+                    i_msg.push(message_id);
+                    i_port.push(target.port_id);
+                    i_vp.push(target.via_port);
+                    i_vg.push(pg_bigint_array(&target.via_groups));
                     i_seq.push(slot.seq());
                     i_key.push(slot.key().map(str::to_owned));
                     i_bucket.push(slot.bucket());
