@@ -58,15 +58,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MBX_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,sqlx=error,lapin=off")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        use tracing_subscriber::Layer as _;
+        // whatever MBX_LOG says, the wire-level tracing of the clients stays off
+        let (chosen, cap, warning) = mbx_messagebox::logs::filters("warn,sqlx=error,lapin=off");
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        tracing_subscriber::registry()
+            .with(chosen)
+            .with(layer.with_filter(cap))
+            .init();
+        if let Some(warning) = warning {
+            eprintln!("warning: {warning}");
+        }
+    }
     // the benchmark's publishers and peers need more than one thread; everything else is
     // one request after another
     let mut builder = if matches!(cli.command, cli::Command::Bench(_)) {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mbx_host::{run, HostConfig};
 use mbx_messagebox::instances::MAX_DELIVERIES_DEFAULT;
-use tracing::error;
+use tracing::{error, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +42,11 @@ struct Args {
     /// A message whose claim was reclaimed more than this many times is suspended as poison.
     #[arg(long, default_value_t = MAX_DELIVERIES_DEFAULT)]
     max_deliveries: i32,
+    /// Most deliveries a send port's loop claims at a time (1 to 10000; the in-flight
+    /// throttle may claim fewer).
+    #[arg(long, default_value_t = mbx_messagebox::delivery::CLAIM_BATCH_DEFAULT,
+          value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    claim_batch: i64,
     /// Configuration poll interval and wake-up fallback (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     poll_interval: std::time::Duration,
@@ -113,17 +118,25 @@ fn main() -> ExitCode {
 }
 
 async fn host(args: Args) -> anyhow::Result<()> {
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            // lapin logs every channel the broker closes as an error, also the expected
-            // ones (a queue checked by declaring it); the AMQP adapter logs what matters
-            tracing_subscriber::EnvFilter::try_from_env("MBX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off")),
-        )
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    // lapin logs every channel the broker closes as an error, also the expected ones (a
+    // queue checked by declaring it); the AMQP adapter logs what matters. Whatever MBX_LOG
+    // says, the wire-level tracing of the clients stays off (mbx_messagebox::logs).
+    let (chosen, cap, warning) = mbx_messagebox::logs::filters("info,lapin=off");
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+    let layer = match args.log_format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(chosen)
+        .with(layer.with_filter(cap))
+        .init();
+    if let Some(warning) = warning {
+        warn!("{warning}");
     }
     let mut config = HostConfig::new(&args.database_url, &args.host);
     config.admin_listen = args.admin_listen;
@@ -134,6 +147,7 @@ async fn host(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     config.max_deliveries = args.max_deliveries;
+    config.claim_batch = args.claim_batch;
     config.poll_interval = args.poll_interval;
     config.watchdog_stall = args.watchdog_stall;
     config.startup_timeout = args.startup_timeout;

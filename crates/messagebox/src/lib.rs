@@ -13,6 +13,7 @@ pub mod error_report;
 pub mod filter;
 pub mod forward;
 pub mod instances;
+pub mod logs;
 pub mod maintenance;
 pub mod ordered;
 pub mod publish;
