@@ -223,3 +223,60 @@ async fn an_instance_declared_dead_registers_again_and_delivers(pool: PgPool) {
     .await;
     drop(host);
 }
+
+/// `--claim-batch N` caps what a send port's loop claims at a time (`mbx bench --batch`
+/// starts its hosts with it, so every peer works in the same batches).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_claim_batch_caps_what_a_port_claims(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let mut port = SendPortSpec::new("slow", "null:slow")
+        .with_filter("exists(Order.Id)")
+        .with_state(InitialState::Started);
+    port.settings.insert("delay".into(), "300ms".into());
+    mbx.send_port_create(&port).await.expect("send port");
+    let batch = (0..50)
+        .map(|i| {
+            let mut ctx = Context::new();
+            ctx.promote("Order.Id", Value::Integer(i)).expect("promote");
+            NewMessage::new("x", "text/plain", ctx)
+        })
+        .collect();
+    mbx.publish(&Publisher::default(), batch)
+        .await
+        .expect("publish");
+    let url = database_url(&pool);
+    let mut args = mbx_e2e::FAST_HOST.to_vec();
+    args.extend(["--claim-batch", "5"]);
+    let _host = start_host(&url, &args);
+    // a batch at the endpoint and the one before it being recorded: at most two
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while mbx.stats().await.expect("stats").spool_messages > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered within the deadline"
+        );
+        let claimed = mbx_e2e::count(
+            &pool,
+            "SELECT count(*) FROM deliveries WHERE claimed_by IS NOT NULL",
+        )
+        .await;
+        most = most.max(claimed);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        (1..=10).contains(&most),
+        "at most two batches of 5 claimed at once, saw {most}"
+    );
+}
+
+#[test]
+fn a_claim_batch_out_of_range_is_refused() {
+    let out = Command::new(mbx_e2e::bin("mbx-host"))
+        .args(["--claim-batch", "0"])
+        .output()
+        .expect("run mbx-host");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--claim-batch"), "{err}");
+}

@@ -26,6 +26,8 @@ const BODY: &str = r#"{"orderId":7}"#;
 struct Hit {
     at: Instant,
     idempotency_key: Option<String>,
+    /// `X-Retry`: the port maps `mbx.RetryCount` and `mbx.RetryInterval` into it.
+    retry: Option<String>,
     body: Vec<u8>,
     status: u16,
 }
@@ -82,6 +84,11 @@ async fn answer(
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        retry: ["x-retry-count", "x-retry-interval"]
+            .iter()
+            .map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join("/")),
         body: body.to_vec(),
         status,
     });
@@ -219,4 +226,45 @@ async fn a_failing_endpoint_retries_goes_to_backup_suspends_and_resumes(pool: Pg
         );
         assert_eq!(hit.body, BODY.as_bytes(), "{hit:?}");
     }
+}
+
+/// The context an adapter sees carries the attempt's `mbx.RetryCount` and
+/// `mbx.RetryInterval` (the seconds the next retry waits if this attempt fails, the
+/// backoff applied), so an endpoint or a header can show them.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_attempt_carries_its_retry_count_and_interval(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let endpoint = Endpoint::start(503);
+    let _host = start_host(&url, mbx_e2e::FAST_HOST);
+    let mut spec = SendPortSpec::new(PORT, &endpoint.url)
+        .with_filter("exists(Order.Id)")
+        .with_state(InitialState::Started);
+    spec.retry_count = 2;
+    spec.retry_interval_s = 1;
+    spec.retry_backoff = mbx_messagebox::config::Backoff::Exponential;
+    spec.retry_max_interval_s = 60;
+    spec.settings
+        .insert("header.X-Retry-Count".into(), "mbx.RetryCount".into());
+    spec.settings
+        .insert("header.X-Retry-Interval".into(), "mbx.RetryInterval".into());
+    mbx.send_port_create(&spec).await.expect("send port");
+    let mut ctx = Context::new();
+    ctx.promote("Order.Id", Value::Integer(8)).expect("promote");
+    mbx.publish(
+        &Publisher::default(),
+        vec![NewMessage::new(BODY.as_bytes(), "application/json", ctx)],
+    )
+    .await
+    .expect("publish");
+    wait_for("three attempts", Duration::from_secs(60), || async {
+        endpoint.hits().len() >= 3
+    })
+    .await;
+    let seen: Vec<Option<String>> = endpoint.hits().into_iter().map(|h| h.retry).collect();
+    assert_eq!(
+        seen,
+        [Some("0/1".into()), Some("1/2".into()), Some("2/4".into())],
+        "count/interval of each attempt"
+    );
 }

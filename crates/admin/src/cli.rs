@@ -206,7 +206,8 @@ pub struct BenchArgs {
     /// Runs of each measurement; the report gives their medians.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
-    /// Messages per publish, claim and completion (the same for every peer).
+    /// Messages per publish, claim and completion, the same for every peer (the hosts are
+    /// started with `--claim-batch` set to it).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Concurrent publishers.
@@ -633,6 +634,22 @@ pub enum GroupCommand {
     /// Stop a group.
     #[command(after_help = "Example:\n  mbx send-port-group stop all-eu")]
     Stop { name: String },
+    /// Enlist a group: its filter subscribes (what it routes waits until it starts).
+    #[command(after_help = "Example:\n  mbx send-port-group enlist all-eu")]
+    Enlist { name: String },
+    /// Remove a group's subscription (refused while deliveries only it routes wait,
+    /// unless --force).
+    #[command(after_help = "Example:\n  mbx send-port-group unenlist all-eu --force")]
+    Unenlist {
+        name: String,
+        /// Suspend the waiting deliveries only this group routes (kind failed) first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a group (its member ports stay); refused while deliveries only it routes
+    /// wait or are in flight.
+    #[command(after_help = "Example:\n  mbx send-port-group delete all-eu")]
+    Delete { name: String },
     /// List groups and their members.
     #[command(after_help = "Example:\n  mbx send-port-group list")]
     List,

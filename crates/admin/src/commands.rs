@@ -896,6 +896,14 @@ async fn group(mbx: &MessageBox, c: GroupCommand, json_out: bool) -> Result<()> 
         }
         GroupCommand::Start { name } => print_change(mbx.group_start(&name).await?, json_out)?,
         GroupCommand::Stop { name } => print_change(mbx.group_stop(&name).await?, json_out)?,
+        GroupCommand::Enlist { name } => print_change(mbx.group_enlist(&name).await?, json_out)?,
+        GroupCommand::Unenlist { name, force } => {
+            print_change(mbx.group_unenlist(&name, force).await?, json_out)?
+        }
+        GroupCommand::Delete { name } => {
+            mbx.group_delete(&name).await?;
+            println!("deleted send port group '{name}'");
+        }
         GroupCommand::Update {
             name,
             filter,

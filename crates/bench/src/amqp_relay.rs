@@ -125,7 +125,7 @@ async fn run_in(
     mbx.send_port_create(&port).await?;
     mbx.pool().close().await;
 
-    let hosts = Hosts::start(&run.host_bin, url, run.instances).await?;
+    let hosts = Hosts::start(&run.host_bin, url, run.instances, spec.batch).await?;
     let measured = rabbitmq::measure_between(spec, progress, q_in, q_out).await;
     let peak_rss_mb = hosts.peak_rss_mb();
     hosts.stop().await;

@@ -217,10 +217,13 @@ async fn run_in(
         None => None,
     };
     setup(&mbx, run.workload, run.tracking, true, spec).await?;
-    let forwarding = Hosts::start(&run.host_bin, url, run.instances).await?;
+    let forwarding = Hosts::start(&run.host_bin, url, run.instances, spec.batch).await?;
     // where deliveries are counted: group B's host for the forward workload
     let (hosts, forwarding) = match far_url {
-        Some(far) => (Hosts::start(&run.host_bin, far, 1).await?, Some(forwarding)),
+        Some(far) => (
+            Hosts::start(&run.host_bin, far, 1, spec.batch).await?,
+            Some(forwarding),
+        ),
         None => (forwarding, None),
     };
     if run.workload.ordered() {
@@ -559,7 +562,7 @@ async fn drain_in(
     }
     let publish_s = started.elapsed().as_secs_f64();
 
-    let hosts = Hosts::start(host_bin, url, instances).await?;
+    let hosts = Hosts::start(host_bin, url, instances, spec.batch).await?;
     let t0 = Instant::now();
     mbx.send_port_start("p0").await?;
     let mut spool = Vec::new();
@@ -599,8 +602,15 @@ pub(crate) struct Hosts {
 }
 
 impl Hosts {
-    pub(crate) async fn start(bin: &Path, url: &str, n: usize) -> Result<Self, BenchError> {
-        Self::start_serving(bin, url, &vec![0; n]).await
+    /// `n` host instances claiming at most `claim_batch` deliveries at a time (`--batch`,
+    /// the same batch as every peer's).
+    pub(crate) async fn start(
+        bin: &Path,
+        url: &str,
+        n: usize,
+        claim_batch: usize,
+    ) -> Result<Self, BenchError> {
+        Self::start_serving(bin, url, &vec![0; n], claim_batch).await
     }
 
     /// One host instance per entry of `http_ports`, serving HTTP receive on that loopback port
@@ -609,6 +619,7 @@ impl Hosts {
         bin: &Path,
         url: &str,
         http_ports: &[u16],
+        claim_batch: usize,
     ) -> Result<Self, BenchError> {
         if !bin.is_file() {
             return Err(BenchError::Setup(format!(
@@ -627,6 +638,7 @@ impl Hosts {
                 .args(["--host", BENCH_HOST])
                 .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{port}")])
+                .args(["--claim-batch", &claim_batch.to_string()])
                 .env("MBX_DATABASE_URL", url)
                 // the hosts' log level: warnings unless MBX_BENCH_HOST_LOG says otherwise
                 .env(

@@ -89,7 +89,7 @@ async fn run_in(
     let ports: Vec<u16> = (0..run.instances.max(1))
         .map(|_| free_port())
         .collect::<Result<_, _>>()?;
-    let hosts = Hosts::start_serving(&run.host_bin, url, &ports).await?;
+    let hosts = Hosts::start_serving(&run.host_bin, url, &ports, spec.batch).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

@@ -160,11 +160,16 @@ pub(crate) async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
 }
 
 /// The context as adapters see it: every property as text.
-fn adapter_context(d: &ClaimedDelivery) -> MessageContext {
+/// The context an adapter sees: the delivery's (with its per-delivery values) and
+/// `mbx.RetryInterval`, the seconds the next retry would wait if this attempt fails (the
+/// transport in use, its backoff applied).
+fn adapter_context(port: &SendPort, d: &ClaimedDelivery) -> MessageContext {
     let mut ctx = MessageContext::new();
     for (name, p) in d.context.iter() {
         ctx.insert(name, p.value.to_plain_string());
     }
+    let interval = port.retry_policy(d.transport).delay_s(d.retries + 1);
+    ctx.insert(system::RETRY_INTERVAL, interval.to_string());
     ctx
 }
 
@@ -314,7 +319,7 @@ async fn outbound(
         settings,
         body,
         content_type: d.content_type.clone(),
-        context: adapter_context(d),
+        context: adapter_context(port, d),
         fence: fence.cloned(),
         // an ordered port is never solicit-response (refused at creation)
         solicit_response: port.solicit_response && !port.ordered,

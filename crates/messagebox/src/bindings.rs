@@ -921,10 +921,14 @@ async fn prune(
         .fetch_all(&mut **tx)
         .await?;
     for name in names(groups, &|n| doc.send_port_groups.contains_key(n)) {
-        sqlx::query("DELETE FROM send_port_groups WHERE name = $1")
-            .bind(&name)
-            .execute(&mut **tx)
-            .await?;
+        config::group_delete_in(tx, &name, options.discard_messages)
+            .await
+            .map_err(|e| match e {
+                Error::Refused(why) => Error::Refused(format!(
+                    "{why}; or apply with --discard-messages to delete them with the group"
+                )),
+                other => other,
+            })?;
         plan.push(Step::Delete {
             kind: "send port group",
             name,

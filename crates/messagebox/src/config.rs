@@ -441,6 +441,32 @@ pub struct SendPort {
     pub application: String,
 }
 
+impl SendPort {
+    /// The retry policy of `transport` (a backup retries at a fixed interval, as
+    /// `deliveries_fail` decides).
+    pub fn retry_policy(
+        &self,
+        transport: crate::delivery::Transport,
+    ) -> crate::delivery::RetryPolicy {
+        match transport {
+            crate::delivery::Transport::Backup if self.backup_address.is_some() => {
+                crate::delivery::RetryPolicy {
+                    count: self.backup_retry_count,
+                    interval_s: self.backup_retry_interval_s,
+                    exponential: false,
+                    max_interval_s: self.backup_retry_interval_s,
+                }
+            }
+            _ => crate::delivery::RetryPolicy {
+                count: self.retry_count,
+                interval_s: self.retry_interval_s,
+                exponential: self.retry_backoff == Backoff::Exponential,
+                max_interval_s: self.retry_max_interval_s,
+            },
+        }
+    }
+}
+
 const SEND_PORT_SELECT: &str = "
     SELECT p.id, p.name, h.name AS host, p.address, p.dynamic, p.allow_address,
            p.filter_text AS filter, p.state, p.ordered, p.ordered_by, p.ordered_buckets,
@@ -903,6 +929,68 @@ impl MessageBox {
         self.group_set_state(name, GroupState::Stopped).await
     }
 
+    /// unenlisted → stopped: the group's filter becomes a subscription; what it routes
+    /// waits until it starts.
+    pub async fn group_enlist(&self, name: &str) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        begin_routing_change(&mut tx).await?;
+        let (id, from, filter_text) = lock_group(&mut tx, name).await?;
+        let to = if from == GroupState::Unenlisted {
+            enlist_group(&mut tx, id, filter_text.as_deref()).await?;
+            set_group_state(&mut tx, id, GroupState::Stopped).await?;
+            GroupState::Stopped
+        } else {
+            from
+        };
+        tx.commit().await?;
+        Ok(change(name, from.as_str(), to.as_str()))
+    }
+
+    /// → unenlisted: the group's subscription goes (later publishes no longer route
+    /// through it). Refused while deliveries that only this group can release wait (with
+    /// their count) unless `force`, which suspends them (kind `failed`); always refused
+    /// while some of those are in flight.
+    pub async fn group_unenlist(&self, name: &str, force: bool) -> Result<Change> {
+        let mut tx = self.pool.begin().await?;
+        begin_routing_change(&mut tx).await?;
+        let (id, from, _) = lock_group(&mut tx, name).await?;
+        if from == GroupState::Unenlisted {
+            tx.commit().await?;
+            return Ok(change(name, from.as_str(), from.as_str()));
+        }
+        let (waiting, in_flight) = group_work(&mut tx, id).await?;
+        if in_flight > 0 {
+            return Err(Error::Refused(format!(
+                "send port group '{name}' has {in_flight} deliveries in flight that only it routes; stop it and wait for them to finish"
+            )));
+        }
+        let mut suspended = 0;
+        if waiting > 0 {
+            if !force {
+                return Err(Error::Refused(format!(
+                    "send port group '{name}' has {waiting} waiting deliveries that only it routes; start it to send them, or unenlist with --force to suspend them"
+                )));
+            }
+            suspended = suspend_waiting_of_group(self, &mut tx, id).await?;
+        }
+        set_subscription(&mut tx, "group", id, None).await?;
+        set_group_state(&mut tx, id, GroupState::Unenlisted).await?;
+        tx.commit().await?;
+        let mut c = change(name, from.as_str(), GroupState::Unenlisted.as_str());
+        c.suspended = suspended;
+        Ok(c)
+    }
+
+    /// Deletes a group (its subscription and memberships with it); refused, with the
+    /// counts, while deliveries that only this group routes wait or are in flight. Its
+    /// member ports stay.
+    pub async fn group_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        group_delete_in(&mut tx, name, false).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn group_set_state(&self, name: &str, to: GroupState) -> Result<Change> {
         let mut tx = self.pool.begin().await?;
         // lock order: routing lock, then the group row
@@ -928,21 +1016,105 @@ pub(crate) async fn group_set_state_in(
         to
     };
     if from == GroupState::Unenlisted && to == GroupState::Started {
-        let compiled = match &filter_text {
-            Some(text) => Some(compile_filter(tx, text).await?),
-            None => None,
-        };
-        set_subscription(tx, "group", id, compiled.as_ref()).await?;
+        enlist_group(tx, id, filter_text.as_deref()).await?;
     }
     if to == GroupState::Unenlisted && from != GroupState::Unenlisted {
         set_subscription(tx, "group", id, None).await?;
     }
+    set_group_state(tx, id, to).await?;
+    Ok((from, to))
+}
+
+async fn enlist_group(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    filter_text: Option<&str>,
+) -> Result<()> {
+    let compiled = match filter_text {
+        Some(text) => Some(compile_filter(tx, text).await?),
+        None => None,
+    };
+    set_subscription(tx, "group", id, compiled.as_ref()).await
+}
+
+async fn set_group_state(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    to: GroupState,
+) -> Result<()> {
     sqlx::query("UPDATE send_port_groups SET state = $2 WHERE id = $1")
         .bind(id)
         .bind(to)
         .execute(&mut **tx)
         .await?;
-    Ok((from, to))
+    Ok(())
+}
+
+/// The deliveries only group `id` can release (not routed by their port's own
+/// subscription, and no other group of theirs is enlisted): (waiting, in flight).
+const ONLY_THROUGH_GROUP: &str = "NOT d.via_port AND $1 = ANY (d.via_groups)
+       AND NOT EXISTS (SELECT 1 FROM send_port_groups o
+                        WHERE o.id = ANY (d.via_groups) AND o.id <> $1 AND o.state <> 'unenlisted')";
+
+async fn group_work(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<(i64, i64)> {
+    let row = sqlx::query(&format!(
+        "SELECT count(*) FILTER (WHERE d.state = 'ready'), count(*) FILTER (WHERE d.state = 'claimed')
+           FROM deliveries d WHERE {ONLY_THROUGH_GROUP}"
+    ))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn suspend_waiting_of_group(
+    mbx: &MessageBox,
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+) -> Result<i64> {
+    let ids: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT d.id FROM deliveries d WHERE d.state = 'ready' AND {ONLY_THROUGH_GROUP}
+          ORDER BY d.id FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let kinds = vec!["failed"; ids.len()];
+    let errors = vec!["send port group unenlisted with --force".to_owned(); ids.len()];
+    crate::suspended::suspend_deliveries(mbx, tx, &ids, &kinds, &errors, None, false).await?;
+    Ok(ids.len() as i64)
+}
+
+/// Deletes group `name` inside `tx` (taking the routing lock): refused while deliveries
+/// only it routes wait or are in flight, unless `discard` (`mbx apply --prune
+/// --discard-messages`), which deletes those deliveries with it.
+pub(crate) async fn group_delete_in(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    discard: bool,
+) -> Result<()> {
+    begin_routing_change(tx).await?;
+    let (id, _, _) = lock_group(tx, name).await?;
+    let (waiting, in_flight) = group_work(tx, id).await?;
+    if waiting + in_flight > 0 {
+        if !discard {
+            return Err(Error::Refused(format!(
+                "send port group '{name}' has {waiting} waiting and {in_flight} in-flight deliveries that only it routes; start it to send them, or `mbx send-port-group unenlist {name} --force` to suspend them first"
+            )));
+        }
+        sqlx::query(&format!(
+            "DELETE FROM deliveries d WHERE {ONLY_THROUGH_GROUP}"
+        ))
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // memberships and the subscription go with it (ON DELETE CASCADE)
+    sqlx::query("DELETE FROM send_port_groups WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Makes a group's members exactly `members` inside `tx` (routing lock held by the

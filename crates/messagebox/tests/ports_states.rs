@@ -357,6 +357,73 @@ async fn an_unenlisted_group_routes_only_after_start(pool: PgPool) {
     assert_eq!(routed_to(&pool, message_id(&p)).await, ["a"]);
 }
 
+/// A send port group has the port's states (SPEC §5.1): enlist, unenlist (refused while
+/// what only it routes waits, --force suspends that), and delete (refused likewise; the
+/// member ports stay).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_group_enlists_unenlists_and_is_deleted(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    // "a" receives only through the group; "b" also has a filter of its own
+    port(&mbx, "a", None, InitialState::Started).await;
+    port(&mbx, "b", Some(EU), InitialState::Started).await;
+    mbx.group_create("g", Some(EU), InitialState::Unenlisted)
+        .await
+        .unwrap();
+    mbx.group_add("g", &names(&["a", "b"])).await.unwrap();
+
+    // enlist: subscribed, stopped; what it routes waits
+    let c = mbx.group_enlist("g").await.unwrap();
+    assert_eq!((c.from.as_str(), c.to.as_str()), ("unenlisted", "stopped"));
+    assert!(!mbx.group_enlist("g").await.unwrap().changed());
+    let p = publish_region(&mbx, "EU").await;
+    assert_eq!(routed_to(&pool, message_id(&p)).await, ["a", "b"]);
+
+    // one delivery (to "a") only the group can release: unenlist and delete refused
+    let why = refused(mbx.group_unenlist("g", false).await.unwrap_err());
+    assert!(
+        why.contains("1 waiting") && why.contains("--force"),
+        "{why}"
+    );
+    let why = refused(mbx.group_delete("g").await.unwrap_err());
+    assert!(why.contains("1 waiting"), "{why}");
+    assert_eq!(
+        mbx.group_list().await.unwrap()[0].state.to_string(),
+        "stopped"
+    );
+
+    // --force suspends it (failed, resumable); "b"'s delivery stays, its own filter routes it
+    let c = mbx.group_unenlist("g", true).await.unwrap();
+    assert_eq!((c.to.as_str(), c.suspended), ("unenlisted", 1));
+    let items = mbx
+        .suspended_list(&Selector {
+            port: Some("a".into()),
+            kind: Some(Kind::Failed),
+            ..Selector::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        common_count(&pool, "SELECT count(*) FROM deliveries").await,
+        1,
+        "b's delivery stays"
+    );
+    // unenlisted: later publishes do not route through it
+    let p = publish_region(&mbx, "EU").await;
+    assert_eq!(routed_to(&pool, message_id(&p)).await, ["b"]);
+
+    // delete: the group goes, its ports stay
+    mbx.group_delete("g").await.unwrap();
+    assert!(mbx.group_list().await.unwrap().is_empty());
+    assert_eq!(mbx.send_port_list().await.unwrap().len(), 2);
+    let err = mbx.group_delete("g").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+async fn common_count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn init_is_idempotent_and_keeps_the_group_name(pool: PgPool) {
     let mbx = mbx(pool.clone()).await;
