@@ -658,3 +658,113 @@ async fn an_ordered_amqp_send_port_keeps_the_order(pool: PgPool) {
     );
     broker.cleanup().await;
 }
+
+/// An ordered location whose queue is declared again without a single active consumer
+/// (after the location was created on one with it) cannot keep the queue's order: the
+/// host does not consume it and says why, in `mbx status` and the console, until the queue
+/// has a single active consumer again.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ordered_location_whose_queue_lost_its_single_active_consumer_is_a_problem(
+    pool: PgPool,
+) {
+    let _mbx = messagebox(&pool).await;
+    let mut broker = Broker::connect().await;
+    let queue = amqp::unique("lost-sac");
+    let single = [("x-single-active-consumer", AMQPValue::Boolean(true))];
+    broker.queue(&queue, &single).await;
+    let url = database_url(&pool);
+    let cli = mbx_e2e::Mbx::new(url.clone());
+    cli.ok(&["receive-port", "create", "in"]);
+    let address = amqp::address(&format!("queue={queue}"));
+    cli.ok(&[
+        "receive-location",
+        "create",
+        "orders-amqp",
+        "--port",
+        "in",
+        "--address",
+        &address,
+        "--ordered",
+    ]);
+    cli.ok(&["receive-location", "enable", "orders-amqp"]);
+    // the operator declares the queue again, without the argument
+    let redeclare = |broker: &Broker, args: Vec<(&'static str, AMQPValue)>| {
+        let ch = broker.ch.clone();
+        let queue = queue.clone();
+        async move {
+            ch.queue_delete(queue.as_str().into(), Default::default())
+                .await
+                .expect("delete the queue");
+            let mut table = lapin::types::FieldTable::default();
+            for (k, v) in args {
+                table.insert(k.into(), v);
+            }
+            ch.queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                table,
+            )
+            .await
+            .expect("declare the queue");
+        }
+    };
+    redeclare(&broker, Vec::new()).await;
+    let _host = start_host(&url, mbx_e2e::FAST_HOST);
+    let problem = || {
+        let runs = cli.json(&["status"])["location_runs"].clone();
+        runs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["location"] == "orders-amqp")
+            .find_map(|r| r["problem"].as_str().map(str::to_owned))
+    };
+    wait_for(
+        "the problem in mbx status",
+        Duration::from_secs(60),
+        || async { problem().is_some_and(|p| p.contains("x-single-active-consumer")) },
+    )
+    .await;
+    let console = mbx_e2e::start_console(&url, &[], &[], std::process::Stdio::null());
+    wait_for(
+        "the problem on the console",
+        Duration::from_secs(30),
+        || async {
+            let page = reqwest::get(format!("{}/", console.url))
+                .await
+                .expect("console answers")
+                .text()
+                .await
+                .expect("page");
+            page.contains("cannot run on") && page.contains("x-single-active-consumer")
+        },
+    )
+    .await;
+    // nothing consumed from the queue meanwhile
+    broker
+        .publish(&queue, b"kept", BasicProperties::default())
+        .await;
+    assert_eq!(
+        broker.ready(&queue).await,
+        1,
+        "the message stays in the queue"
+    );
+    // declared right again: consumed, and the problem gone
+    redeclare(&broker, single.to_vec()).await;
+    broker
+        .publish(&queue, b"taken", BasicProperties::default())
+        .await;
+    wait_for("the problem cleared", Duration::from_secs(60), || async {
+        problem().is_none()
+    })
+    .await;
+    wait_for("the message published", Duration::from_secs(60), || async {
+        count(&pool, "SELECT count(*) FROM suspended_items").await
+            + count(&pool, "SELECT count(*) FROM messages").await
+            >= 1
+    })
+    .await;
+    broker.cleanup().await;
+}

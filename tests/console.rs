@@ -22,37 +22,8 @@ use sqlx::PgPool;
 const TOKEN: &str = "console-test-token-0123456789";
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// A running `mbx console` and the address it printed.
-struct Console {
-    url: String,
-    _process: Reaped,
-}
-
-fn start_console(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Console {
-    let mut child = Command::new(bin("mbx"))
-        .args(["console", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("MBX_DATABASE_URL", db_url)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn mbx console");
-    let stdout = child.stdout.take().expect("console stdout");
-    let process = Reaped(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the console's first line");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("the console printed no address: {line:?}"))
-        .trim_end_matches('/')
-        .to_owned();
-    Console {
-        url,
-        _process: process,
-    }
+fn start_console(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> mbx_e2e::Console {
+    mbx_e2e::start_console(db_url, args, env, Stdio::inherit())
 }
 
 async fn publish(mbx: &MessageBox, region: &str, body: &str, content_type: &str) -> uuid::Uuid {

@@ -7,7 +7,6 @@
 //! hold none of the values: not as text, not base64-encoded (SMTP `AUTH PLAIN`, HTTP
 //! basic), not as a list of bytes (an AMQP `StartOk` frame printed by lapin) and not as hex.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -254,26 +253,13 @@ async fn no_secret_is_logged_at_trace(pool: PgPool) {
                 .unwrap(),
         );
         let console_log = dir.path().join("console.log");
-        let mut console = Command::new(bin("mbx"))
-            .args(["console", "--listen", "127.0.0.1:0"])
-            .args(["--token", "env:MBX_TEST_CONSOLE_TOKEN"])
-            .env("MBX_DATABASE_URL", &url_with_password)
-            .env("MBX_LOG", "trace")
-            .envs(secrets_env)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&console_log).unwrap())
-            .spawn()
-            .unwrap();
-        let console_out = console.stdout.take().unwrap();
-        let console = Reaped(console);
-        let mut line = String::new();
-        BufReader::new(console_out).read_line(&mut line).unwrap();
-        let console_url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("the console printed no address: {line:?}"))
-            .trim_end_matches('/')
-            .to_owned();
+        let console = mbx_e2e::start_console(
+            &url_with_password,
+            &["--token", "env:MBX_TEST_CONSOLE_TOKEN"],
+            &[&secrets_env[..], &[("MBX_LOG", "trace")]].concat(),
+            std::fs::File::create(&console_log).unwrap().into(),
+        );
+        let console_url = console.url.clone();
 
         // a message through every adapter, with the bearer token
         let client = reqwest::Client::new();

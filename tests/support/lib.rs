@@ -567,3 +567,37 @@ pub fn drop_orders(
 pub fn received_json(folder: &Path) -> std::collections::BTreeSet<String> {
     bodies_in(folder, "json").into_iter().collect()
 }
+
+/// A running `mbx console` (on a free loopback port) and the address it printed.
+pub struct Console {
+    pub url: String,
+    pub process: Reaped,
+}
+
+/// Starts the real `mbx console` against `db_url` with `args` and `env`; its stderr (its
+/// log) goes to `stderr`.
+pub fn start_console(db_url: &str, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Console {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("mbx"))
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("MBX_DATABASE_URL", db_url)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn mbx console");
+    let stdout = child.stdout.take().expect("console stdout");
+    let process = Reaped(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the console's first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("the console printed no address: {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    Console { url, process }
+}

@@ -303,6 +303,15 @@ pub trait Submitter: Send + Sync {
     /// of its body is kept (none, for an oversize one). `Ok` once committed: only then may
     /// the adapter drop or reject the source.
     async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError>;
+
+    /// Reports that the location cannot take messages, and why (`None`: it takes them
+    /// again) — a source that no longer fits the location's configuration, such as an
+    /// ordered location's queue without a single active consumer. The host shows it in
+    /// `mbx status`, the console and `/readyz`. Not for passing outages (a broker
+    /// restarting): those the adapter retries and logs.
+    async fn problem(&self, why: Option<&str>) {
+        let _ = why;
+    }
 }
 
 /// A future that completes when the adapter must stop (mini-redis style).

@@ -213,7 +213,14 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
                         @let href = format!("/receive-locations/{}", seg(&l.name));
                         tr data-location=(l.name) {
                             td { (l.name) } td { (l.port) } td { (l.host) } td.address { (l.address) }
-                            td { @if l.enabled { span.state.started { "enabled" } } @else { span.state.stopped { "disabled" } } }
+                            td {
+                                @if l.enabled { span.state.started { "enabled" } } @else { span.state.stopped { "disabled" } }
+                                @for r in snap.runs.iter().filter(|r| r.location == l.name) {
+                                    @if let Some(problem) = &r.problem {
+                                        br; span.state.warn.problem { "cannot run on " (short(&r.instance)) ": " (problem) }
+                                    }
+                                }
+                            }
                             td.actions {
                                 @if l.enabled { (action(ctx, &format!("{href}/disable"), "Disable", &return_to, true)) }
                                 @else { (action(ctx, &format!("{href}/enable"), "Enable", &return_to, false)) }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use mbx_messagebox::config::{Host, SendPort};
 use mbx_messagebox::instances::Instance;
-use mbx_messagebox::receive::ReceiveLocation;
+use mbx_messagebox::receive::{LocationRun, ReceiveLocation};
 use mbx_messagebox::stats::{DeliveredReading, Stats};
 use mbx_messagebox::MessageBox;
 
@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub hosts: Vec<Host>,
     pub instances: Vec<Instance>,
     pub locations: Vec<ReceiveLocation>,
+    /// Where each enabled location runs, or why it cannot (`mbx status` shows the same).
+    pub runs: Vec<LocationRun>,
     pub ports: Vec<SendPort>,
     /// Delivered per second and port since the previous snapshot (empty at first).
     pub rates: HashMap<String, f64>,
@@ -59,6 +61,7 @@ async fn take(
     let hosts = mbx.host_list().await?;
     let instances = mbx.instance_list().await?;
     let locations = mbx.receive_location_list().await?;
+    let runs = mbx.location_runs().await?;
     let ports = mbx.send_port_list().await?;
     let reading = mbx.delivered_reading().await?;
     let rates = previous.map(|p| reading.rates_since(p)).unwrap_or_default();
@@ -71,6 +74,7 @@ async fn take(
             hosts,
             instances,
             locations,
+            runs,
             ports,
             rates,
         },

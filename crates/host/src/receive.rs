@@ -334,10 +334,13 @@ pub(crate) struct LocationSubmitter {
     stopping: watch::Receiver<bool>,
     /// An ordered location: the lease this instance holds now (none: publish nothing).
     fence: std::sync::Mutex<Option<LocationFence>>,
+    /// Where a problem the adapter reports goes (`report_run`); weak, as the HTTP routes
+    /// the instance keeps hold submitters.
+    shared: std::sync::Weak<Shared>,
 }
 
 impl LocationSubmitter {
-    async fn new(shared: &Shared, loc: &ReceiveLocation) -> anyhow::Result<Self> {
+    async fn new(shared: &Arc<Shared>, loc: &ReceiveLocation) -> anyhow::Result<Self> {
         let kind: PipelineKind = loc.pipeline.parse()?;
         let promotions = loc
             .promote
@@ -363,6 +366,7 @@ impl LocationSubmitter {
             throttle: polls.then(|| shared.throttle.clone()),
             stopping: shared.stopping.clone(),
             fence: std::sync::Mutex::new(None),
+            shared: Arc::downgrade(shared),
         })
     }
 
@@ -555,6 +559,12 @@ impl LocationSubmitter {
 
 #[async_trait]
 impl Submitter for LocationSubmitter {
+    async fn problem(&self, why: Option<&str>) {
+        if let Some(shared) = self.shared.upgrade() {
+            report_run(&shared, &self.location, why).await;
+        }
+    }
+
     async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
         if let Some(throttle) = &self.throttle {
             if throttle.publish_throttled() {

@@ -167,9 +167,18 @@ impl AmqpReceiveAdapter {
         };
         let ended = async {
             if self.spec.ordered {
-                super::check_single_active_consumer(&self.config.endpoint, &self.config.queue)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if let Err(e) =
+                    super::check_single_active_consumer(&self.config.endpoint, &self.config.queue)
+                        .await
+                {
+                    // the queue changed under the location (declared again without
+                    // x-single-active-consumer): its order is not the queue's any more
+                    let why = format!("ordered location cannot consume: {e}");
+                    if !matches!(e, super::OrderedQueueError::Unreachable { .. }) {
+                        submitter.problem(Some(&why)).await;
+                    }
+                    return Err(why);
+                }
             }
             let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
             ch.basic_qos(self.config.prefetch, BasicQosOptions::default())
@@ -185,6 +194,7 @@ impl AmqpReceiveAdapter {
                 .await
                 .map_err(|e| format!("cannot consume queue {:?}: {e}", self.config.queue))?;
             tracing::info!(location = %self.spec.location_name, queue = %self.config.queue, "consuming");
+            submitter.problem(None).await;
             loop {
                 let first = tokio::select! {
                     _ = &mut *shutdown => return Ok(Ended::Shutdown),
