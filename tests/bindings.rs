@@ -320,3 +320,58 @@ async fn objects_move_between_applications_in_place(pool: PgPool) {
         "the export carries it"
     );
 }
+
+/// A hostile bindings file cannot make `mbx apply` take unbounded memory: one 1 MiB
+/// string aliased in 400 places (400 MiB once expanded) and a file over the size limit
+/// are refused with one line, nothing applied, and the CLI stays under 200 MB.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_hostile_file_is_refused_within_bounded_memory(pool: PgPool) {
+    let _mbx = messagebox(&pool).await;
+    let cli = Mbx::new(database_url(&pool));
+    let dir = tempfile::tempdir().unwrap();
+    let aliased = dir.path().join("aliased.yaml");
+    let mut text = format!(
+        "mbx_bindings: 1\nsend_ports:\n  p0:\n    address: &big file:///tmp/{}/x\n",
+        "x".repeat(1 << 20)
+    );
+    for i in 1..400 {
+        text.push_str(&format!("  p{i}:\n    address: *big\n"));
+    }
+    std::fs::write(&aliased, &text).unwrap();
+    let err = cli.fails(&["apply", "-f", aliased.to_str().unwrap()], 2);
+    assert!(
+        err.contains("aliases") && err.contains("nothing was applied"),
+        "{err}"
+    );
+    // 50 MB of tiny nodes: over the size limit, refused before it is parsed
+    let huge = dir.path().join("huge.yaml");
+    let mut nodes = String::from("mbx_bindings: 1\nproperties:\n");
+    while nodes.len() < 50 << 20 {
+        nodes.push_str("  - a\n");
+    }
+    std::fs::write(&huge, &nodes).unwrap();
+    let err = cli.fails(&["apply", "-f", huge.to_str().unwrap()], 2);
+    assert!(err.contains("limit") && err.contains("split"), "{err}");
+    // just under the size limit, tiny nodes: parsed (and refused for what it says)
+    let under = dir.path().join("under.yaml");
+    let mut nodes = String::from("mbx_bindings: 1\nwidgets:\n");
+    while nodes.len() < (2 << 20) - 16 {
+        nodes.push_str("- a\n");
+    }
+    std::fs::write(&under, &nodes).unwrap();
+    let err = cli.fails(&["apply", "-f", under.to_str().unwrap()], 2);
+    assert!(err.contains("widgets"), "{err}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM send_ports").await, 0);
+    // the largest of the mbx processes this test ran and waited for
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given
+    let usage = unsafe {
+        assert_eq!(
+            libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()),
+            0
+        );
+        usage.assume_init()
+    };
+    let peak_mb = usage.ru_maxrss / 1024;
+    assert!(peak_mb < 200, "mbx peaked at {peak_mb} MB");
+}

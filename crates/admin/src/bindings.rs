@@ -82,9 +82,24 @@ fn at_line(
 /// Reads and checks a bindings file: its YAML and every field by the document's own
 /// types, then each send port and receive location as `create` would check it.
 fn read(path: &Path) -> Result<(String, Bindings)> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let cannot_read = |e: std::io::Error| {
         Usage(format!(
             "-f: cannot read {}: {e} (example: mbx apply -f group.yaml)",
+            path.display()
+        ))
+    };
+    let size = std::fs::metadata(path).map_err(cannot_read)?.len();
+    if size > BINDINGS_MAX_BYTES {
+        return Err(Usage(format!(
+            "-f: {} is {size} bytes, over the {BINDINGS_MAX_BYTES}-byte limit of a bindings file; split it by application (mbx export --application A)",
+            path.display()
+        ))
+        .into());
+    }
+    let text = std::fs::read_to_string(path).map_err(cannot_read)?;
+    expansion_within_limit(&text).map_err(|problem| {
+        Usage(format!(
+            "{}: {problem}; nothing was applied (write the repeated parts out, or split the file by application)",
             path.display()
         ))
     })?;
@@ -180,5 +195,157 @@ mod tests {
         assert_eq!(line_of(doc, "send_ports", "b"), Some(6));
         assert_eq!(line_of(doc, "send_port_groups", "b"), Some(9));
         assert_eq!(line_of(doc, "receive_ports", "b"), None);
+    }
+}
+
+/// The largest bindings file `mbx apply` reads (about 4,000 ports and locations); a larger
+/// one is refused before it is parsed, so the CLI's memory stays bounded.
+pub const BINDINGS_MAX_BYTES: u64 = 2 << 20;
+
+/// The most a bindings document may amount to once its aliases are expanded (every scalar's
+/// bytes plus a few per node, each alias counted as often as it is used): YAML aliases let
+/// a small file stand for a huge one ("billion laughs"), and the document is built whole.
+pub const BINDINGS_MAX_EXPANDED: u64 = 16 << 20;
+
+/// Walks the document as the deserializer expands it, keeping nothing, and stops once it
+/// amounts to more than [`BINDINGS_MAX_EXPANDED`]. A syntax error is left to the real parse,
+/// which names its line.
+fn expansion_within_limit(text: &str) -> std::result::Result<(), String> {
+    use serde::de::DeserializeSeed as _;
+    let used = std::cell::Cell::new(0u64);
+    let over = |used: u64| {
+        format!(
+            "the document amounts to more than {BINDINGS_MAX_EXPANDED} bytes once its YAML aliases are expanded ({used} bytes counted so far)"
+        )
+    };
+    for document in yaml_serde::Deserializer::from_str(text) {
+        if Count(&used).deserialize(document).is_err() {
+            // over the limit, or an error the real parse reports with its line (the
+            // documents after a syntax error are not read)
+            return match used.get() {
+                n if n > BINDINGS_MAX_EXPANDED => Err(over(n)),
+                _ => Ok(()),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// A deserializer's walk over one node, adding what it amounts to to a shared count and
+/// failing once the count is over [`BINDINGS_MAX_EXPANDED`].
+struct Count<'a>(&'a std::cell::Cell<u64>);
+
+impl Count<'_> {
+    fn add<E: serde::de::Error>(&self, bytes: usize) -> std::result::Result<(), E> {
+        // a node costs more than its text once built (a String, a map entry)
+        let used = self.0.get() + bytes as u64 + 16;
+        self.0.set(used);
+        if used > BINDINGS_MAX_EXPANDED {
+            return Err(E::custom("over the expansion limit"));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.add(8)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.add(8)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.add(8)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.add(v.len())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.add(0)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.add(0)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.add::<A::Error>(0)?;
+        while seq.next_element_seed(Count(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.add::<A::Error>(0)?;
+        while map.next_key_seed(Count(self.0))?.is_some() {
+            map.next_value_seed(Count(self.0))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod expansion_tests {
+    use super::*;
+
+    #[test]
+    fn aliases_that_expand_past_the_limit_are_refused() {
+        // one 64 KiB string aliased 400 times: 25 MiB once expanded
+        let big = "x".repeat(64 << 10);
+        let mut text = format!("a: &big {big}\nlist:\n");
+        for _ in 0..400 {
+            text.push_str("  - *big\n");
+        }
+        let err = expansion_within_limit(&text).unwrap_err();
+        assert!(err.contains("aliases"), "{err}");
+        // nested aliases ("billion laughs") too
+        let mut laughs =
+            "l0: &l0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n"
+                .to_owned();
+        for i in 1..9 {
+            let refs = vec![format!("*l{}", i - 1); 8].join(", ");
+            laughs.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        // (the deserializer's own repetition limit may stop this one first)
+        assert!(
+            expansion_within_limit(&laughs).is_err()
+                || yaml_serde::from_str::<Bindings>(&laughs).is_err()
+        );
+        // a file with a few aliases, as people write them, is fine
+        let fine = "defaults: &d {retry_count: 3}\nsend_ports:\n  a: *d\n  b: *d\n";
+        assert!(expansion_within_limit(fine).is_ok());
+        // a syntax error is left to the real parse
+        assert!(expansion_within_limit("a: [").is_ok());
     }
 }
