@@ -112,6 +112,172 @@ async fn a_dynamic_address_escaping_its_folder_is_refused_and_nothing_is_written
     );
 }
 
+/// A dynamic port's allowed folder is compared as a folder, resolved on disk at send time:
+/// an address through a symlink inside it that leads outside, and one in a sibling folder
+/// whose name only starts like it, are each suspended non-resumable with a reason naming
+/// the address and the allow-list, and nothing is written outside; an address really
+/// inside is delivered.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_symlink_leading_out_of_the_allowed_folder_is_refused_and_an_address_inside_delivered(
+    pool: PgPool,
+) {
+    let mbx = messagebox(&pool).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let allowed = root.path().join("partners");
+    let outside = root.path().join("outside");
+    let sibling = root.path().join("partners-outside");
+    for d in [allowed.join("acme"), outside.clone(), sibling.clone()] {
+        std::fs::create_dir_all(&d).expect("mkdir");
+    }
+    std::os::unix::fs::symlink(&outside, allowed.join("escape")).expect("symlink");
+    let prefix = format!("file://{}", allowed.display());
+    let mut port = SendPortSpec::new("dyn", "file:///unused")
+        .with_filter("exists(T.Id)")
+        .with_state(InitialState::Started);
+    port.address = None;
+    port.allow_address = vec![prefix.clone()];
+    mbx.send_port_create(&port).await.expect("dynamic port");
+    let _host = start_host(&database_url(&pool), FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+
+    let through_link = format!("file://{}/escape/stolen.xml", allowed.display());
+    let beside = format!("file://{}/beside.xml", sibling.display());
+    let inside = format!("file://{}/acme/legit.xml", allowed.display());
+    let messages = [&through_link, &beside, &inside]
+        .into_iter()
+        .enumerate()
+        .map(|(i, address)| {
+            let mut ctx = Context::new();
+            ctx.promote("T.Id", Value::Integer(i as i64))
+                .expect("promote");
+            ctx.write(
+                mbx_messagebox::context::system::OUTBOUND_TRANSPORT_LOCATION,
+                Value::String(address.clone()),
+            )
+            .expect("address");
+            NewMessage::new(b"<x/>".to_vec(), "application/xml", ctx)
+        })
+        .collect();
+    mbx.publish(&Publisher::default(), messages)
+        .await
+        .expect("publish");
+
+    let items = failed_final_items(&mbx, 2).await;
+    for address in [&through_link, &beside] {
+        let item = items
+            .iter()
+            .find(|i| i.reason.contains(&format!("address '{address}'")))
+            .unwrap_or_else(|| panic!("no item names {address}: {items:?}"));
+        assert!(
+            item.reason.contains("not under an allowed prefix") && item.reason.contains(&prefix),
+            "{}",
+            item.reason
+        );
+    }
+    let legit = allowed.join("acme").join("legit.xml");
+    wait_for(
+        "the address inside to be delivered",
+        Duration::from_secs(30),
+        || async { legit.exists() },
+    )
+    .await;
+    assert_eq!(std::fs::read(&legit).expect("read"), b"<x/>");
+    assert!(
+        tree(&outside).is_empty(),
+        "written outside: {:?}",
+        tree(&outside)
+    );
+    assert!(
+        tree(&sibling).is_empty(),
+        "written beside: {:?}",
+        tree(&sibling)
+    );
+}
+
+/// A prefix that cannot be compared unambiguously is refused where it is configured —
+/// `send-port create`, `send-port update` and `mbx apply` — with exit 2 and one line naming
+/// `--allow-address`, the problem and an example; nothing is created or changed.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn an_ambiguous_allowed_prefix_is_refused_where_it_is_configured(pool: PgPool) {
+    let box_ = messagebox(&pool).await;
+    let mbx = Mbx::new(database_url(&pool));
+    for (prefix, says) in [
+        ("https://partner.example/?x=1", "query"),
+        ("https://partner.example/api/../admin", "'..'"),
+        ("https://partner.example/api/%2e%2e/admin", "'..'"),
+        ("https:///api/", "no host"),
+        ("file:data/out", "absolute path"),
+        ("file:///data/out?x", "'?'"),
+        ("gopher://partner.example/", "scheme 'gopher'"),
+    ] {
+        let line = mbx.fails(
+            &[
+                "send-port",
+                "create",
+                "dyn",
+                "--dynamic",
+                "--allow-address",
+                prefix,
+                "--filter",
+                "exists(T.Id)",
+            ],
+            2,
+        );
+        assert!(
+            line.starts_with("error: --allow-address: ")
+                && line.contains(says)
+                && line.contains("(example: --allow-address "),
+            "{prefix}: {line}"
+        );
+    }
+    assert!(
+        box_.send_port_show("dyn").await.is_err(),
+        "a port was created"
+    );
+
+    mbx.ok(&[
+        "send-port",
+        "create",
+        "dyn",
+        "--dynamic",
+        "--allow-address",
+        "https://partner.example/api/",
+        "--filter",
+        "exists(T.Id)",
+    ]);
+    let line = mbx.fails(
+        &[
+            "send-port",
+            "update",
+            "dyn",
+            "--allow-address",
+            "https://partner.example/api/?x=1",
+        ],
+        2,
+    );
+    assert!(
+        line.contains("--allow-address") && line.contains("query"),
+        "{line}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bindings.yaml");
+    std::fs::write(
+        &file,
+        "mbx_bindings: 1\nsend_ports:\n  dyn:\n    allow_address:\n      - https://partner.example.evil.net/#x\n    filter: exists(T.Id)\n",
+    )
+    .expect("write");
+    let line = mbx.fails(&["apply", "-f", file.to_str().expect("utf-8")], 2);
+    assert!(
+        line.contains("--allow-address") && line.contains("fragment"),
+        "{line}"
+    );
+    let port = box_.send_port_show("dyn").await.expect("port");
+    assert_eq!(
+        port.allow_address,
+        vec!["https://partner.example/api/".to_owned()]
+    );
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn crlf_in_a_promoted_value_used_as_a_header_is_rejected_and_never_sent(pool: PgPool) {
     let mbx = messagebox(&pool).await;

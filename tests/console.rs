@@ -546,6 +546,72 @@ async fn the_read_only_console_has_no_action(pool: PgPool) {
     }
 }
 
+/// Every response — a page, a live fragment, an asset, a body offered for download, the
+/// login page, a redirect to it and a 404 — forbids MIME sniffing and carries a policy that
+/// allows only the console's own assets, no inline script or style, and no framing; the
+/// pages load their script and style sheet from the console itself (that the script still
+/// runs under the policy the browser tests show: the overview follows its port live).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn every_response_forbids_sniffing_and_allows_only_the_consoles_own_assets(pool: PgPool) {
+    let (mbx, url, _dir) = with_eu_port(&pool).await;
+    publish(&mbx, "nobody", "<o/>", "application/xml").await; // suspended item 1
+    let console = start_console(
+        &url,
+        &["--token", "env:MBX_TEST_CONSOLE_TOKEN"],
+        &[("MBX_TEST_CONSOLE_TOKEN", TOKEN)],
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (path, token, status) in [
+        ("/", true, 200),
+        ("/live/overview", true, 200),
+        ("/suspended", true, 200),
+        ("/suspended/1", true, 200),
+        ("/suspended/1/body", true, 200),
+        ("/ordered", true, 200),
+        ("/track", true, 200),
+        ("/assets/console.js", true, 200),
+        ("/assets/console.css", true, 200),
+        ("/login", false, 200),
+        ("/suspended", false, 303),
+        ("/no-such-page", true, 404),
+    ] {
+        let mut request = http.get(format!("{}{path}", console.url));
+        if token {
+            request = request.bearer_auth(TOKEN);
+        }
+        let r = request.send().await.expect("get");
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "frame-ancestors 'none'",
+            "object-src 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp:?} lacks {directive}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp:?}");
+        let is_html = header("content-type").starts_with("text/html");
+        let body = r.text().await.expect("body");
+        if is_html {
+            // nothing inline the policy would block
+            for inline in ["<script>", "<style", " style=", " onclick="] {
+                assert!(!body.contains(inline), "{path} holds {inline}");
+            }
+        }
+    }
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_console_on_an_open_address_needs_a_token(pool: PgPool) {
     messagebox(&pool).await;

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+pub mod allow;
 pub mod amqp;
 pub mod body;
 mod broker;
@@ -43,6 +44,7 @@ pub mod registry;
 pub mod settings;
 pub mod smtp;
 
+pub use allow::{AllowList, BadPrefix};
 pub use body::{Body, ChunkSource, BODY_IN_MEMORY_MAX_BYTES};
 pub use context::{system, MessageContext};
 pub use error::Side;

@@ -333,7 +333,15 @@ pub struct SendPortCreate {
     /// The address comes from each message's mbx.OutboundTransportLocation.
     #[arg(long)]
     pub dynamic: bool,
-    /// Address prefixes a dynamic port may send to (repeatable).
+    /// Address prefixes a dynamic port may send to (repeatable), e.g. file:///data/out/.
+    ///
+    /// Compared parsed, never as text: file:///data/out/ is that folder and below (symlinks
+    /// resolved when sending); https://partner.example/api/ the same scheme, host and port
+    /// (443 explicit or not) and a path below /api on a segment boundary, no user;
+    /// amqp://broker/%2f?exchange=orders the same broker, user and vhost with those query
+    /// pairs; mailto:orders@partner.example one recipient, mailto:@partner.example its exact
+    /// domain; mbx://LINK/ any receive port through that link. A prefix with a query (other
+    /// than AMQP's), a fragment, '..', no host or an unknown scheme is refused (docs/adapters.md).
     #[arg(long = "allow-address", requires = "dynamic")]
     pub allow_address: Vec<String>,
     /// Subscription filter, e.g. 'Order.Region == "EU"'. Without one the port receives nothing.
@@ -438,7 +446,8 @@ pub struct SendPortUpdate {
     /// Make the port dynamic (with --allow-address).
     #[arg(long)]
     pub dynamic: bool,
-    /// Replace the address prefixes a dynamic port may send to (repeatable).
+    /// Replace the address prefixes a dynamic port may send to (repeatable), e.g.
+    /// https://partner.example/api/; compared parsed as with send-port create.
     #[arg(long = "allow-address")]
     pub allow_address: Vec<String>,
     /// New subscription filter (a routing change: later publishes see it, earlier do not).

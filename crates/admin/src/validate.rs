@@ -51,7 +51,9 @@ pub fn send_port(spec: &SendPortSpec) -> Result<(), Usage> {
             .map_err(|e| refused("--backup-address", e))?;
     }
     for prefix in &spec.allow_address {
-        mbx_adapters::Scheme::of_address(prefix).map_err(|e| refused("--allow-address", e))?;
+        // compared parsed at send time: an ambiguous prefix is refused now
+        mbx_adapters::allow::check_prefix(prefix)
+            .map_err(|e| Usage(format!("--allow-address: {e}")))?;
     }
     solicit_response(spec)
 }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mbx_adapters::{
-    Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter,
+    AllowList, Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender,
+    SendAdapter,
 };
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
@@ -174,8 +175,13 @@ fn adapter_context(port: &SendPort, d: &ClaimedDelivery) -> MessageContext {
 }
 
 /// The address of one delivery: the port's, or for a dynamic port the message's
-/// `mbx.OutboundTransportLocation` if it starts with an allowed prefix.
-fn resolve_address(port: &SendPort, d: &ClaimedDelivery) -> Result<String, String> {
+/// `mbx.OutboundTransportLocation` if the port's allow-list allows it, compared parsed
+/// (`mbx_adapters::allow`) and, for a `file:` address, with its folder resolved on disk.
+async fn resolve_address(
+    port: &SendPort,
+    allow: Option<&AllowList>,
+    d: &ClaimedDelivery,
+) -> Result<String, String> {
     if let Some(a) = &d.address {
         return Ok(a.clone());
     }
@@ -187,18 +193,22 @@ fn resolve_address(port: &SendPort, d: &ClaimedDelivery) -> Result<String, Strin
         ));
     };
     let address = p.value.to_plain_string();
-    if address.contains("..")
-        || !port
-            .allow_address
-            .iter()
-            .any(|prefix| address.starts_with(prefix.as_str()))
-    {
-        return Err(format!(
-            "dynamic send port '{}': address '{address}' is not under an allowed prefix ({})",
-            port.name,
-            port.allow_address.join(", ")
-        ));
-    }
+    let refused = |why: String| {
+        format!(
+            "dynamic send port '{}': address '{address}' is not under an allowed prefix: {why}",
+            port.name
+        )
+    };
+    let built;
+    let allow = match allow {
+        Some(a) => a,
+        None => {
+            built = AllowList::new(&port.allow_address);
+            &built
+        }
+    };
+    allow.permits(&address).map_err(refused)?;
+    allow.permits_on_disk(&address).await.map_err(refused)?;
     Ok(address)
 }
 
@@ -216,14 +226,17 @@ pub(crate) async fn send_all(
         HashMap::new();
     // deliveries to another group are forwarded by the host itself, not by an adapter
     let mut forwards = Vec::new();
+    // a dynamic port's allow-list, parsed once per batch
+    let allow = port.dynamic.then(|| AllowList::new(&port.allow_address));
     for d in batch {
-        if let Ok(address) = resolve_address(port, d) {
-            if crate::forward::is_forward(&address) {
-                forwards.push((d, address));
+        let address = resolve_address(port, allow.as_ref(), d).await;
+        if let Ok(address) = &address {
+            if crate::forward::is_forward(address) {
+                forwards.push((d, address.clone()));
                 continue;
             }
         }
-        match outbound(shared, port, d, fence).await {
+        match outbound(shared, port, d, address, fence).await {
             Ok((adapter, message)) => by_adapter
                 .entry(adapter.name())
                 .or_insert_with(|| (adapter.clone(), Vec::new()))
@@ -291,9 +304,10 @@ async fn outbound(
     shared: &Shared,
     port: &SendPort,
     d: &ClaimedDelivery,
+    address: Result<String, String>,
     fence: Option<&Fence>,
 ) -> Result<(Arc<dyn SendAdapter>, OutboundMessage), Outcome> {
-    let address = resolve_address(port, d).map_err(|e| Outcome::failed(e, false))?;
+    let address = address.map_err(|e| Outcome::failed(e, false))?;
     let adapter = shared
         .registry
         .send_adapter(&address)
@@ -358,7 +372,8 @@ async fn send_alone(
     d: &ClaimedDelivery,
     fence: Option<&Fence>,
 ) -> (Outcome, Option<String>) {
-    let (adapter, message) = match outbound(shared, port, d, fence).await {
+    let address = resolve_address(port, None, d).await;
+    let (adapter, message) = match outbound(shared, port, d, address, fence).await {
         Ok(m) => m,
         Err(outcome) => return (outcome, None),
     };

@@ -153,7 +153,7 @@ fn bad(address: &str, problem: impl Into<String>, example: &'static str) -> Conf
 }
 
 /// Parses the broker part of an address and the query pairs.
-fn parse_address(
+pub(crate) fn parse_address(
     address: &str,
     settings: &Settings,
     example: &'static str,

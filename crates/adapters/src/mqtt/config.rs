@@ -98,7 +98,7 @@ pub struct MqttSendConfig {
     pub timeout: Duration,
 }
 
-fn parse_address(
+pub(crate) fn parse_address(
     address: &str,
     settings: &Settings,
     example: &'static str,
