@@ -1,5 +1,8 @@
 //! The codemap's invariants (ARCHITECTURE.md), checked on the source itself so that a
 //! change that breaks one fails here rather than in review:
+//! - every metric a crate emits is described in the catalog, every `MBX_…` variable a
+//!   binary reads is named in docs/operations.md, and no new migration points at the
+//!   product spec;
 //! - all SQL lives in crates/messagebox: no `sqlx` and no SQL statement in the non-test
 //!   code of any other crate, the host's LISTEN and the bench's mbx workloads included
 //!   (only the bench's peers, its scratch databases and its server report speak SQL of
@@ -198,4 +201,134 @@ fn the_repository_stands_alone_without_the_product_spec() {
         "the repository must not point at a spec users do not have; say what is meant:\n{}",
         offences.join("\n")
     );
+}
+
+/// The non-test source of every crate (`crates/*/src`), with its path.
+fn crate_sources() -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root().join("crates")).expect("crates") {
+        let src = entry.expect("crate").path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).expect("read source");
+            let code = non_test(&text).to_owned();
+            (f, code)
+        })
+        .collect()
+}
+
+/// The string literals right after each `macro!(` in `code` (a metric's name).
+fn first_literals<'a>(code: &'a str, macros: &[&str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for m in macros {
+        let call = format!("{m}!(");
+        for (at, _) in code.match_indices(&call) {
+            let rest = code[at + call.len()..].trim_start();
+            if let Some(lit) = rest.strip_prefix('"') {
+                if let Some(end) = lit.find('"') {
+                    out.push(&lit[..end]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every `"MBX_…"` string literal in `code`: the environment variables a binary reads
+/// (clap's `env = "…"`, `std::env::var("…")`, or a constant naming one).
+fn mbx_variables(code: &str) -> Vec<&str> {
+    code.match_indices("\"MBX_")
+        .filter_map(|(at, _)| {
+            let lit = &code[at + 1..];
+            let end =
+                lit.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))?;
+            (lit[end..].starts_with('"')).then(|| &lit[..end])
+        })
+        .collect()
+}
+
+#[test]
+fn every_metric_a_crate_emits_is_in_the_catalog() {
+    let catalog = std::fs::read_to_string(root().join("crates/host/src/metrics_catalog.rs"))
+        .expect("the metrics catalog");
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for (file, code) in crate_sources() {
+        for name in first_literals(&code, &["counter", "gauge", "histogram"]) {
+            seen += 1;
+            if !catalog.contains(&format!("\"{name}\"")) {
+                missing.push(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(seen > 10, "found the metrics: {seen}");
+    assert!(
+        missing.is_empty(),
+        "describe these in crates/host/src/metrics_catalog.rs (name and # HELP text):\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn every_environment_variable_a_binary_reads_is_in_operations_md() {
+    let operations =
+        std::fs::read_to_string(root().join("docs/operations.md")).expect("docs/operations.md");
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for (file, code) in crate_sources() {
+        for var in mbx_variables(&code) {
+            seen += 1;
+            if !operations.contains(&format!("`{var}`")) {
+                missing.push(format!("{}: {var}", file.display()));
+            }
+        }
+    }
+    assert!(seen > 3, "found the variables: {seen}");
+    assert!(
+        missing.is_empty(),
+        "name these in docs/operations.md (Environment variables):\n{}",
+        missing.join("\n")
+    );
+}
+
+/// Applied migrations never change (sqlx checks their checksums), so the product-spec
+/// references of the first ones stay; a new migration says what it means instead.
+#[test]
+fn no_new_migration_points_at_the_product_spec() {
+    // the last migration written before this rule
+    const GRANDFATHERED: &str = "20261201000014";
+    let needle = format!("{} §", "SPEC");
+    let mut offences = Vec::new();
+    for entry in std::fs::read_dir(root().join("migrations")).expect("migrations") {
+        let path = entry.expect("migration").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        let version = name.split('_').next().unwrap_or("");
+        if version > GRANDFATHERED {
+            let text = std::fs::read_to_string(&path).expect("read migration");
+            if text.contains(&needle) || text.contains("shared/") {
+                offences.push(name);
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "say what is meant instead of pointing at the product spec: {offences:?}"
+    );
+}
+
+#[test]
+fn the_new_checks_catch_what_they_look_for() {
+    let code = "metrics::counter!(\n  \"mbx_x_total\", \"port\" => p)\nmetrics::gauge!(*name)";
+    assert_eq!(first_literals(code, &["counter", "gauge"]), ["mbx_x_total"]);
+    let code = r#"#[arg(long, env = "MBX_LOG_FORMAT")] std::env::var("MBX_LOG") "MBX_lower""#;
+    assert_eq!(mbx_variables(code), ["MBX_LOG_FORMAT", "MBX_LOG"]);
 }

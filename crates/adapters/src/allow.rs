@@ -431,26 +431,8 @@ fn parse_prefix(prefix: &str) -> Result<Target, BadPrefix> {
             Ok(Target::Mail(recipients))
         }
         Scheme::Mbx => {
-            let rest = prefix
-                .split_once("://")
-                .map(|(_, r)| r)
-                .ok_or_else(|| bad("is not mbx://LINK/ or mbx://LINK/RECEIVE_PORT".into()))?;
-            let (link, port) = rest.split_once('/').unwrap_or((rest, ""));
-            let name_rule = "(letters, digits, '_', '.' or '-')";
-            mbx_vocabulary::validate_name("group link", link)
-                .map_err(|_| bad(format!("names no valid group link '{link}' {name_rule}")))?;
-            let port = if port.is_empty() {
-                None
-            } else {
-                mbx_vocabulary::validate_name("receive port", port).map_err(|_| {
-                    bad(format!("names no valid receive port '{port}' {name_rule}"))
-                })?;
-                Some(port.to_owned())
-            };
-            Ok(Target::Group {
-                link: link.to_owned(),
-                port,
-            })
+            let (link, port) = mbx_vocabulary::GroupAddress::parse_prefix(prefix).map_err(bad)?;
+            Ok(Target::Group { link, port })
         }
         Scheme::Null => Ok(Target::Null(prefix.to_owned())),
     }

@@ -583,11 +583,7 @@ fn links_of(port: &SendPort) -> Vec<String> {
         .flatten()
         .chain(port.allow_address.iter().map(String::as_str))
         .filter(|a| is_forward(a))
-        .filter_map(|a| {
-            let rest = a.split_once("://")?.1;
-            let link = rest.split('/').next()?;
-            (!link.is_empty()).then(|| link.to_owned())
-        })
+        .filter_map(|a| GroupAddress::parse_prefix(a).ok().map(|(link, _)| link))
         .collect();
     links.sort();
     links.dedup();

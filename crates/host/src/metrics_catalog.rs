@@ -25,6 +25,10 @@ const INSTANCE_COUNTERS: &[(&str, &str)] = &[
         "mbx_error_reports_dropped_total",
         "Error reports (--route-failed) no subscriber took, dropped",
     ),
+    (
+        "mbx_forwarded_in_total",
+        "Messages other groups forwarded into this one, published by this instance",
+    ),
 ];
 
 /// Counters by `port`.
@@ -44,6 +48,10 @@ const PORT_COUNTERS: &[(&str, &str)] = &[
     (
         "mbx_responses_published_total",
         "Responses a solicit-response port published, by send port",
+    ),
+    (
+        "mbx_forwarded_total",
+        "Messages forwarded into another group (mbx://), by send port",
     ),
     (
         "mbx_responses_unrouted_total",

@@ -357,7 +357,7 @@ async fn an_unenlisted_group_routes_only_after_start(pool: PgPool) {
     assert_eq!(routed_to(&pool, message_id(&p)).await, ["a"]);
 }
 
-/// A send port group has the port's states (SPEC §5.1): enlist, unenlist (refused while
+/// A send port group has the port's states, as in BizTalk: enlist, unenlist (refused while
 /// what only it routes waits, --force suspends that), and delete (refused likewise; the
 /// member ports stay).
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]

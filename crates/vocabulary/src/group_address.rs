@@ -11,6 +11,8 @@ pub struct GroupAddress {
     pub receive_port: String,
 }
 
+const EXAMPLE: &str = "(example: mbx://managers/from-broker)";
+
 /// The scheme of forwarding addresses.
 pub const GROUP_SCHEME: &str = "mbx";
 
@@ -24,23 +26,31 @@ impl GroupAddress {
 
     /// Parses `mbx://LINK/RECEIVE_PORT`; the error says what is wrong and shows the form.
     pub fn parse(address: &str) -> Result<GroupAddress, String> {
-        let example = "(example: mbx://managers/from-broker)";
+        match Self::parse_prefix(address)? {
+            (link, Some(receive_port)) => Ok(GroupAddress { link, receive_port }),
+            (_, None) => Err(format!(
+                "'{address}' names no receive port: mbx://LINK/RECEIVE_PORT {EXAMPLE}"
+            )),
+        }
+    }
+
+    /// Parses a forwarding address or an allowed prefix of a dynamic port: `mbx://LINK/`
+    /// (any receive port through that link: `None`) or `mbx://LINK/RECEIVE_PORT`.
+    pub fn parse_prefix(address: &str) -> Result<(String, Option<String>), String> {
         let rest = address
             .split_once("://")
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(GROUP_SCHEME))
             .map(|(_, rest)| rest)
             .ok_or_else(|| {
-                format!("'{address}' is not an mbx://LINK/RECEIVE_PORT address {example}")
+                format!("'{address}' is not an mbx://LINK/RECEIVE_PORT address {EXAMPLE}")
             })?;
-        let (link, port) = rest.split_once('/').ok_or_else(|| {
-            format!("'{address}' names no receive port: mbx://LINK/RECEIVE_PORT {example}")
-        })?;
+        let (link, port) = rest.split_once('/').unwrap_or((rest, ""));
         validate_name("group link", link).map_err(|e| format!("'{address}': {e}"))?;
+        if port.is_empty() {
+            return Ok((link.to_owned(), None));
+        }
         validate_name("receive port", port).map_err(|e| format!("'{address}': {e}"))?;
-        Ok(GroupAddress {
-            link: link.to_owned(),
-            receive_port: port.to_owned(),
-        })
+        Ok((link.to_owned(), Some(port.to_owned())))
     }
 }
 
