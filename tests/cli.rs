@@ -871,6 +871,110 @@ async fn status_and_lists_answer_in_tables_and_json(pool: PgPool) {
     assert_eq!(mbx.json(&["instance", "list"]), serde_json::json!([]));
 }
 
+/// Seed 004: the database-size threshold, group-wide (`mbx group set`, shown by `mbx group
+/// show`) and per host (`mbx host create|update NAME --throttle-database-size
+/// SIZE|off|group`); a bad value is refused with exit 2 naming the flag, changing nothing.
+#[sqlx::test(migrations = false)]
+async fn the_database_size_threshold_is_set_for_the_group_and_overridden_per_host(pool: PgPool) {
+    let mbx = init(&pool);
+    let shown = mbx.json(&["group", "show"]);
+    assert_eq!(
+        shown["throttle_database_size"],
+        Json::Null,
+        "off by default"
+    );
+    assert!(shown["database_size"].as_i64().unwrap_or(0) > 0, "{shown}");
+    let out = mbx.ok(&["group", "set", "--throttle-database-size", "50GB"]);
+    assert!(out.contains("off → 50000000000"), "{out}");
+    assert_eq!(
+        mbx.json(&["group", "show"])["throttle_database_size"],
+        50_000_000_000_i64
+    );
+    assert!(mbx.ok(&["group", "show"]).contains("50000000000 bytes"));
+    mbx.ok(&[
+        "host",
+        "create",
+        "edi",
+        "--throttle-database-size",
+        "512MiB",
+    ]);
+    mbx.ok(&[
+        "host",
+        "create",
+        "archive",
+        "--throttle-database-size",
+        "off",
+    ]);
+    let hosts = mbx.json(&["host", "list"]);
+    let of = |name: &str| {
+        hosts
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["throttle_database_size"].clone())
+            .expect("listed")
+    };
+    assert_eq!(of("default"), "group");
+    assert_eq!(of("edi"), "536870912");
+    assert_eq!(of("archive"), "off");
+    let table = mbx.ok(&["host", "list"]);
+    assert!(
+        table.contains("THROTTLE DB SIZE") && table.contains("512.0 MiB"),
+        "{table}"
+    );
+    let out = mbx.ok(&["host", "update", "edi", "--throttle-database-size", "group"]);
+    assert!(out.contains("536870912 → group"), "{out}");
+    mbx.ok(&["group", "set", "--throttle-database-size", "off"]);
+    assert_eq!(
+        mbx.json(&["group", "show"])["throttle_database_size"],
+        Json::Null
+    );
+
+    let before = snapshot(&pool).await;
+    let group_before = mbx.json(&["group", "show"])["throttle_database_size"].clone();
+    for (args, expected) in [
+        (
+            &["group", "set", "--throttle-database-size", "lots"][..],
+            "--throttle-database-size: 'lots' is not a size",
+        ),
+        (
+            &["group", "set", "--throttle-database-size", "0"],
+            "--throttle-database-size: '0' must be above 0",
+        ),
+        (
+            &["group", "set", "--throttle-database-size", "group"],
+            "--throttle-database-size: 'group' is not a size; use SIZE or off",
+        ),
+        (&["group", "set"], "group set: no change given"),
+        (
+            &["host", "update", "edi", "--throttle-database-size=-5GB"],
+            "--throttle-database-size: '-5GB' is not a size",
+        ),
+        (
+            &[
+                "host",
+                "create",
+                "x",
+                "--throttle-database-size",
+                "10 parsecs",
+            ],
+            "--throttle-database-size: '10 parsecs' is not a size; use SIZE, off or group",
+        ),
+    ] {
+        let line = mbx.fails(args, 2);
+        assert!(
+            line.contains(expected),
+            "mbx {args:?}: expected '{expected}' in: {line}"
+        );
+        assert_eq!(snapshot(&pool).await, before, "mbx {args:?} changed state");
+    }
+    assert_eq!(
+        mbx.json(&["group", "show"])["throttle_database_size"],
+        group_before
+    );
+}
+
 #[test]
 fn every_command_has_help_with_an_example() {
     let commands: &[&[&str]] = &[
@@ -878,7 +982,10 @@ fn every_command_has_help_with_an_example() {
         &["init"],
         &["status"],
         &["host", "create"],
+        &["host", "update"],
         &["host", "list"],
+        &["group", "show"],
+        &["group", "set"],
         &["host", "delete"],
         &["instance", "list"],
         &["property", "create"],

@@ -612,6 +612,33 @@ async fn every_response_forbids_sniffing_and_allows_only_the_consoles_own_assets
     }
 }
 
+/// Seed 004: the overview shows the database's size and the group's threshold on it, and
+/// an instance throttled on it says so.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_overview_shows_the_database_size_and_its_throttle(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    mbx.group_set_throttle_database_size(Some(50 << 30))
+        .await
+        .expect("threshold");
+    let id = mbx
+        .instance_register("default", "test-machine", 4242, "0.0.0-test")
+        .await
+        .expect("instance");
+    mbx.instance_set_throttle(id, Some("database-size"))
+        .await
+        .expect("throttled");
+    let console = start_console(&database_url(&pool), &[], &[]);
+    let page = reqwest::get(format!("{}/", console.url))
+        .await
+        .expect("overview")
+        .text()
+        .await
+        .expect("page");
+    assert!(page.contains("yes: database-size"), "{page}");
+    assert!(page.contains("(receive stops at 50.0 GiB)"), "{page}");
+    assert!(page.contains("id=\"database-size\""), "{page}");
+}
+
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_console_on_an_open_address_needs_a_token(pool: PgPool) {
     messagebox(&pool).await;

@@ -296,3 +296,253 @@ async fn an_idle_ordered_port_leaves_the_in_flight_budget_to_the_other_ports(poo
     );
     assert_eq!(throttle, None, "nothing in flight, so not throttled");
 }
+
+/// `/metrics` of a host's admin listener.
+async fn metrics_of(client: &reqwest::Client, admin: u16) -> String {
+    client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The instance's throttle as `mbx status --output json` shows it.
+fn status_throttle(cli: &mbx_e2e::Mbx) -> Option<String> {
+    let status = cli.json(&["status"]);
+    status["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["state"] == "alive")
+        .and_then(|i| i["throttle"].as_str().map(str::to_owned))
+}
+
+/// Seed 004: a MessageBox database past its size threshold (the group's, set below its
+/// size now) stops the host's receive locations — FILE leaves its files, HTTP answers
+/// 503 + Retry-After, `mbx status` and `/metrics` say `database-size` — while the work in
+/// progress completes: a two-way client held before the throttle gets its reply (the
+/// solicit-response port's response is published with its completion) and deliveries go
+/// out. Setting the host's override `off` resumes receive by itself, nothing lost.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_database_past_its_size_threshold_stops_receive_while_work_in_progress_completes(
+    pool: PgPool,
+) {
+    use mbx_messagebox::publish::{NewMessage, Publisher};
+    const HELD_FILES: usize = 20;
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = mbx_e2e::Mbx::new(url.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let FileRoute { inbox, outbox } =
+        file_route(&mbx, dir.path(), "json", "json", "/id", "%MessageID%.json").await;
+    let mut api = ReceiveLocationSpec::new("api-in", "orders", "http:///orders");
+    api.pipeline = "json".into();
+    api.promote.insert("Order.Id".into(), "/id".into());
+    mbx.receive_location_create(&api).await.expect("location");
+    mbx.receive_location_set_enabled("api-in", true)
+        .await
+        .expect("enable");
+    // a quote service that holds each request until the gate opens
+    let (asked, gate) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let app = {
+        let (asked, gate) = (asked.clone(), gate.clone());
+        Router::new().route(
+            "/quote",
+            post(move |body: String| {
+                let (asked, gate) = (asked.clone(), gate.clone());
+                async move {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let _permit = gate.acquire().await.expect("gate");
+                    format!("quote:{body}")
+                }
+            }),
+        )
+    };
+    let service = mbx_e2e::serve_on_loopback(app).await;
+    cli.ok(&["receive-port", "create", "quotes", "--two-way"]);
+    cli.ok(&[
+        "receive-location",
+        "create",
+        "quotes-http",
+        "--port",
+        "quotes",
+        "--address",
+        "http:///quote",
+        "--set",
+        "timeout=60s",
+    ]);
+    cli.ok(&["receive-location", "enable", "quotes-http"]);
+    cli.ok(&[
+        "send-port",
+        "create",
+        "quote-svc",
+        "--start",
+        "--solicit-response",
+        "--address",
+        &format!("http://127.0.0.1:{service}/quote"),
+        "--filter",
+        "mbx.ReceivePortName == \"quotes\"",
+    ]);
+    // what is published by other means than a receive location is delivered all along
+    let direct = dir.path().join("direct");
+    std::fs::create_dir_all(&direct).expect("direct/");
+    mbx.send_port_create(
+        &SendPortSpec::new(
+            "direct",
+            &format!("file://{}/%MessageID%.txt", direct.display()),
+        )
+        .with_filter("exists(T.N)")
+        .with_state(InitialState::Started),
+    )
+    .await
+    .expect("direct port");
+    let (http, admin) = (free_port(), free_port());
+    let args = mbx_e2e::http_host_args(http, admin);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _host = start_host(&url, &args);
+    wait_for_alive(&mbx, 1).await;
+    let client = reqwest::Client::new();
+
+    // a two-way client waits on the quote service when the throttle engages
+    let waiting = {
+        let client = client.clone();
+        let address = format!("http://127.0.0.1:{http}/quote");
+        tokio::spawn(async move {
+            loop {
+                match client.post(&address).body("early").send().await {
+                    Err(e) if e.is_connect() => {}
+                    Err(e) => panic!("ask: {e}"),
+                    Ok(r) if r.status() == 404 => {}
+                    Ok(r) => return (r.status().as_u16(), r.text().await.expect("reply")),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    wait_for(
+        "the request at the quote service",
+        Duration::from_secs(30),
+        || async { asked.load(Ordering::SeqCst) == 1 },
+    )
+    .await;
+    let size = mbx.database_size().await.expect("size");
+    cli.ok(&[
+        "group",
+        "set",
+        "--throttle-database-size",
+        &(size / 2).to_string(),
+    ]);
+    wait_for(
+        "mbx status shows the database-size throttle",
+        Duration::from_secs(30),
+        || async { status_throttle(&cli).as_deref() == Some("database-size") },
+    )
+    .await;
+    let status = cli.ok(&["status"]);
+    assert!(status.contains("THROTTLED (database-size)"), "{status}");
+    let metrics = metrics_of(&client, admin).await;
+    assert!(
+        metrics.contains("mbx_throttled{kind=\"database-size\"} 1"),
+        "{metrics}"
+    );
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mbx_database_size_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no mbx_database_size_bytes: {metrics}"));
+    assert!(gauge >= size as f64 / 2.0, "{gauge} of {size}");
+
+    // receive stops: HTTP 503 + Retry-After (one-way or two-way), FILE leaves its files
+    for (path, body) in [("orders", "{\"id\": 1}"), ("quote", "late")] {
+        let r = client
+            .post(format!("http://127.0.0.1:{http}/{path}"))
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 503, "{path}");
+        assert!(r.headers().get("retry-after").is_some(), "{path}");
+        let text = r.text().await.expect("text");
+        assert!(text.contains("database-size throttle"), "{text}");
+    }
+    for i in 0..HELD_FILES {
+        let tmp = inbox.join(format!(".o-{i:04}.tmp"));
+        std::fs::write(&tmp, format!(r#"{{"id": {i}}}"#)).expect("write");
+        std::fs::rename(&tmp, inbox.join(format!("o-{i:04}.json"))).expect("rename");
+    }
+    // the work in progress completes: the held client gets its reply ...
+    gate.add_permits(1000);
+    let (status_code, reply) = waiting.await.expect("the waiting client");
+    assert_eq!((status_code, reply.as_str()), (200, "quote:early"));
+    // ... and deliveries go out
+    let published = (0..5)
+        .map(|n| {
+            let mut ctx = mbx_messagebox::Context::new();
+            ctx.promote("T.N", mbx_messagebox::Value::Integer(n))
+                .expect("promote");
+            NewMessage::new(format!("direct {n}"), "text/plain", ctx)
+        })
+        .collect();
+    mbx.publish(&Publisher::default(), published)
+        .await
+        .expect("publish");
+    wait_for(
+        "the deliveries sent while throttled",
+        Duration::from_secs(30),
+        || async { files_in(&direct, "txt").len() == 5 },
+    )
+    .await;
+    // all this while (polled every 200 ms) not one file was taken
+    assert_eq!(files_in(&inbox, "json").len(), HELD_FILES, "files stay");
+    assert!(files_in(&outbox, "json").is_empty());
+    assert_eq!(
+        status_throttle(&cli).as_deref(),
+        Some("database-size"),
+        "still throttled"
+    );
+
+    // the host's override, off: receive resumes by itself, every file once
+    cli.ok(&[
+        "host",
+        "update",
+        "default",
+        "--throttle-database-size",
+        "off",
+    ]);
+    wait_for(
+        "every held file delivered and the throttle off",
+        Duration::from_secs(60),
+        || async {
+            files_in(&outbox, "json").len() == HELD_FILES
+                && files_in(&inbox, "json").is_empty()
+                && status_throttle(&cli).is_none()
+        },
+    )
+    .await;
+    let mut bodies = bodies_in(&outbox, "json");
+    bodies.sort();
+    let mut expected: Vec<String> = (0..HELD_FILES)
+        .map(|i| format!(r#"{{"id": {i}}}"#))
+        .collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "every file exactly once");
+    let r = client
+        .post(format!("http://127.0.0.1:{http}/orders"))
+        .body("{\"id\": 99}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 202, "HTTP receive accepts again");
+    assert!(
+        metrics_of(&client, admin)
+            .await
+            .contains("mbx_throttled{kind=\"database-size\"} 0"),
+        "the gauge says so too"
+    );
+}

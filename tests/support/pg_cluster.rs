@@ -4,6 +4,12 @@
 //! binaries come from `MBX_PG_BIN`, else `pg_config --bindir`, else
 //! `/usr/lib/postgresql/<newest>/bin`. Run as root, the cluster belongs to the `postgres`
 //! user (PostgreSQL refuses to run as root) and its commands run through `runuser`.
+//!
+//! [`PgCluster::start_on_small_disk`] (seed 004, the disk fills) puts the data folder, and
+//! the WAL with it or on a filesystem of its own, on small `tmpfs` mounts it makes (root
+//! only), unmounted when the cluster is dropped; [`PgCluster::fill_data_disk`] fills the
+//! data folder's filesystem to the last byte and [`PgCluster::free_data_disk`] gives the
+//! space back.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,24 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// The data folder.
+    data: PathBuf,
+    /// tmpfs mounts made for the cluster, unmounted when it is dropped.
+    mounts: Vec<PathBuf>,
 }
+
+/// Where [`PgCluster::start_on_small_disk`] puts the cluster: the data folder on a tmpfs of
+/// `data_mb`, the WAL on a tmpfs of its own of `wal_mb` (`initdb --waldir`) or, `None`, in
+/// the data folder on the same filesystem; WAL segments of `wal_segment_mb`.
+#[derive(Debug, Clone, Copy)]
+pub struct SmallDisk {
+    pub data_mb: u64,
+    pub wal_mb: Option<u64>,
+    pub wal_segment_mb: u64,
+}
+
+/// The file [`PgCluster::fill_data_disk`] writes beside the data folder.
+const FILLER: &str = "filler";
 
 impl PgCluster {
     /// `initdb` (trust auth for `postgres`) and start on a free port, listening on
@@ -28,31 +51,57 @@ impl PgCluster {
     /// [`PgCluster::start`], letting `prepare` change the data folder (configuration
     /// files, certificates) between `initdb` and the first start.
     pub fn start_with(prepare: impl FnOnce(&Path)) -> PgCluster {
+        Self::start_in(None, prepare)
+    }
+
+    /// A cluster on small filesystems of its own (see [`SmallDisk`]), so a test can fill
+    /// them; `prepare` as for [`PgCluster::start_with`]. Needs root (it mounts tmpfs).
+    pub fn start_on_small_disk(disk: SmallDisk, prepare: impl FnOnce(&Path)) -> PgCluster {
+        assert!(
+            running_as_root(),
+            "a cluster on a small disk mounts tmpfs: run the test as root"
+        );
+        Self::start_in(Some(disk), prepare)
+    }
+
+    fn start_in(disk: Option<SmallDisk>, prepare: impl FnOnce(&Path)) -> PgCluster {
         let bin = server_bin();
         let dir = tempfile::Builder::new()
             .prefix("mbx-pg-")
             .tempdir()
             .expect("cluster folder");
-        let cluster = PgCluster {
+        let mut cluster = PgCluster {
+            data: dir.path().join("data"),
             dir,
             bin,
             port: free_port(),
+            mounts: Vec::new(),
         };
+        let mut initdb_extra = Vec::new();
+        if let Some(disk) = disk {
+            let data_fs = cluster.mount("datafs", disk.data_mb);
+            cluster.data = data_fs.join("data");
+            if let Some(wal_mb) = disk.wal_mb {
+                let wal_fs = cluster.mount("walfs", wal_mb);
+                initdb_extra.push(format!("--waldir={}", wal_fs.join("wal").display()));
+            }
+            initdb_extra.push(format!("--wal-segsize={}", disk.wal_segment_mb));
+        }
         if running_as_root() {
             chown_postgres(cluster.dir.path());
         }
-        cluster.pg(
-            "initdb",
-            &[
-                "-D",
-                &cluster.data().display().to_string(),
-                "--username=postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
-        );
+        let data = cluster.data().display().to_string();
+        let mut args = vec![
+            "-D",
+            &data,
+            "--username=postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ];
+        args.extend(initdb_extra.iter().map(String::as_str));
+        cluster.pg("initdb", &args);
         let conf = format!(
             "port = {}\nlisten_addresses = 'localhost'\nunix_socket_directories = '{}'\n\
              max_connections = 100\nfsync = on\n",
@@ -70,7 +119,82 @@ impl PgCluster {
 
     /// The data folder.
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
+    }
+
+    /// Mounts a tmpfs of `mb` MiB at `<cluster folder>/<name>`; unmounted on drop.
+    fn mount(&mut self, name: &str, mb: u64) -> PathBuf {
+        let at = self.dir.path().join(name);
+        std::fs::create_dir_all(&at).expect("mount point");
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mb}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount -t tmpfs {}", at.display());
+        self.mounts.push(at.clone());
+        at
+    }
+
+    /// The filesystem the data folder is on (a [`SmallDisk`] cluster's tmpfs).
+    fn data_fs(&self) -> PathBuf {
+        self.data
+            .parent()
+            .expect("the data folder has a parent")
+            .to_path_buf()
+    }
+
+    /// Fills the data folder's filesystem to the last byte with a file beside the data
+    /// folder (written as root: the reserve a filesystem may keep for root is taken too);
+    /// returns the bytes written.
+    pub fn fill_data_disk(&self) -> u64 {
+        use std::io::Write;
+        let path = self.data_fs().join(FILLER);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        // in 1 MiB writes, then byte by byte for the last partial page
+        for size in [1usize << 20, 4096, 1] {
+            loop {
+                match f.write(&chunk[..size]) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                    Err(e) => panic!("fill {}: {e}", path.display()),
+                }
+            }
+        }
+        written
+    }
+
+    /// Removes the file [`PgCluster::fill_data_disk`] wrote: the space is back.
+    pub fn free_data_disk(&self) {
+        let path = self.data_fs().join(FILLER);
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    }
+
+    /// Whether the server's postmaster runs (`pg_ctl status`).
+    pub fn running(&self) -> bool {
+        self.command("pg_ctl")
+            .args(["-D", &self.data().display().to_string(), "status"])
+            .current_dir(self.dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
     /// The cluster's port on loopback.
@@ -166,6 +290,9 @@ impl Drop for PgCluster {
                 .command("pg_ctl")
                 .args(["-D", data.as_str(), "-m", "immediate", "-w", "stop"])
                 .output();
+        }
+        for at in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg(at).status();
         }
     }
 }

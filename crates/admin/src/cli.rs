@@ -252,7 +252,9 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 pub enum HostCommand {
     /// Create a host.
-    #[command(after_help = "Example:\n  mbx host create edi --throttle-publish 20000")]
+    #[command(
+        after_help = "Examples:\n  mbx host create edi --throttle-publish 20000\n  mbx host create archive --throttle-database-size off"
+    )]
     Create {
         name: String,
         /// Undelivered deliveries of messages this host published before its receive
@@ -262,20 +264,31 @@ pub enum HostCommand {
         /// In-flight messages per instance before it claims no more.
         #[arg(long)]
         throttle_inflight: Option<i64>,
+        /// Size of the MessageBox database at which this host's receive locations stop
+        /// taking messages (e.g. 50GB, 512MiB), off, or group (the default: the group's
+        /// threshold, `mbx group set --throttle-database-size`).
+        #[arg(long, value_name = "SIZE|off|group")]
+        throttle_database_size: Option<String>,
         /// Tracking level of the host's ports: off, failures, all.
         #[arg(long)]
         tracking: Option<String>,
     },
     /// Change a host's throttles or tracking level in place (running instances pick them up).
     #[command(
-        after_help = "Example:\n  mbx host update edi --throttle-publish 100000 --tracking all"
+        after_help = "Examples:\n  mbx host update edi --throttle-publish 100000 --tracking all\n  mbx host update edi --throttle-database-size 40GB\n  mbx host update edi --throttle-database-size group"
     )]
     Update {
         name: String,
+        /// Undelivered deliveries of messages this host published before its receive
+        /// locations slow down.
         #[arg(long)]
         throttle_publish: Option<i64>,
+        /// In-flight messages per instance before it claims no more.
         #[arg(long)]
         throttle_inflight: Option<i64>,
+        /// A size (50GB, 512MiB), off, or group (follow the group's threshold).
+        #[arg(long, value_name = "SIZE|off|group")]
+        throttle_database_size: Option<String>,
         /// off, failures or all.
         #[arg(long)]
         tracking: Option<String>,
@@ -557,6 +570,23 @@ pub enum SendPortCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum GroupLevelCommand {
+    /// Show the group-wide settings and the MessageBox database's size now.
+    #[command(after_help = "Example:\n  mbx group show --output json")]
+    Show,
+    /// Change group-wide settings. --throttle-database-size: once the MessageBox database
+    /// (pg_database_size) reaches SIZE, every host's receive locations stop taking
+    /// messages (FILE leaves files, AMQP stops consuming, HTTP answers 503 +
+    /// Retry-After) until it is below 90% of SIZE; deliveries, replies and forwarded
+    /// messages go on. A host may override it (`mbx host update NAME
+    /// --throttle-database-size SIZE|off|group`). Default off.
+    #[command(
+        after_help = "Examples:\n  mbx group set --throttle-database-size 50GB\n  mbx group set --throttle-database-size off\n\nHosts read the database's size every 5 s. Leave headroom below the disk's free space for\nWAL and vacuum (docs/operations.md, \"Disk\")."
+    )]
+    Set {
+        /// A size (50GB, 512MiB, bytes) or off.
+        #[arg(long, value_name = "SIZE|off")]
+        throttle_database_size: Option<String>,
+    },
     /// Links to other groups: a send port with address mbx://LINK/RECEIVE_PORT forwards
     /// into the linked group's MessageBox, exactly once.
     #[command(subcommand)]

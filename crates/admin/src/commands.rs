@@ -10,6 +10,7 @@ use mbx_messagebox::publish::{NewMessage, Published, Publisher};
 use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::states::{InstanceState, PortState};
 use mbx_messagebox::suspended::{Kind, Selector};
+use mbx_messagebox::throttle::DatabaseSizeOverride;
 use mbx_messagebox::{Context, MessageBox, PropertyType, TrackingLevel, Value};
 use serde_json::json;
 
@@ -76,6 +77,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::SendPort(c) => send_port(&mbx, c, json_out).await,
         Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
         Command::Group(GroupLevelCommand::Link(c)) => crate::update::link(&mbx, c, json_out).await,
+        Command::Group(GroupLevelCommand::Show) => group_show(&mbx, json_out).await,
+        Command::Group(GroupLevelCommand::Set {
+            throttle_database_size,
+        }) => crate::update::group_set(&mbx, throttle_database_size, json_out).await,
         Command::Message(MessageCommand::Publish {
             promote,
             property,
@@ -312,12 +317,14 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
             name,
             throttle_publish,
             throttle_inflight,
+            throttle_database_size,
             tracking,
         } => {
             let spec = mbx_messagebox::config::HostSpec {
                 name: name.clone(),
                 throttle_publish,
                 throttle_inflight,
+                throttle_database_size: database_size_override_arg(&throttle_database_size)?,
                 tracking: tracking_arg("--tracking", &tracking)?,
             };
             mbx.host_create(&spec).await?;
@@ -327,6 +334,7 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
             name,
             throttle_publish,
             throttle_inflight,
+            throttle_database_size,
             tracking,
         } => {
             let tracking = tracking_arg("--tracking", &tracking)?;
@@ -335,6 +343,7 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
                 &name,
                 throttle_publish,
                 throttle_inflight,
+                database_size_override_arg(&throttle_database_size)?,
                 tracking,
                 json_out,
             )
@@ -355,6 +364,10 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
                         h.receive_locations.to_string(),
                         h.throttle_publish.to_string(),
                         h.throttle_inflight.to_string(),
+                        match h.throttle_database_size {
+                            DatabaseSizeOverride::Bytes(n) => human_size(n),
+                            other => other.to_string(),
+                        },
                         h.tracking.clone(),
                     ]
                 })
@@ -367,6 +380,7 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
                     "LOCATIONS",
                     "THROTTLE PUBLISH",
                     "THROTTLE INFLIGHT",
+                    "THROTTLE DB SIZE",
                     "TRACKING",
                 ],
                 &rows,
@@ -454,6 +468,64 @@ pub(crate) fn size_arg(arg: &str, text: &str) -> Result<u64> {
         ))
     })?;
     Ok(size.as_u64())
+}
+
+/// `--throttle-database-size` of a host: a size (the `--max-message-size` syntax), `off`
+/// or `group`.
+fn database_size_override_arg(v: &Option<String>) -> Result<Option<DatabaseSizeOverride>> {
+    const ARG: &str = "--throttle-database-size";
+    v.as_deref()
+        .map(|text| match text.trim() {
+            "off" => Ok(DatabaseSizeOverride::Off),
+            "group" => Ok(DatabaseSizeOverride::Group),
+            _ => {
+                database_size_arg(ARG, text, "SIZE, off or group").map(DatabaseSizeOverride::Bytes)
+            }
+        })
+        .transpose()
+}
+
+/// A database size argument above 0 (the `--max-message-size` syntax); `also` names the
+/// other words the flag takes, for the error.
+pub(crate) fn database_size_arg(arg: &str, text: &str, also: &str) -> Result<i64> {
+    let bytes = size_arg(arg, text).map_err(|_| {
+        Usage(format!(
+            "{arg}: '{text}' is not a size; use {also} (example: {arg} 50GB)"
+        ))
+    })?;
+    match i64::try_from(bytes) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Usage(format!(
+            "{arg}: '{text}' must be above 0 and below 8EiB; use {also} (example: {arg} 50GB)"
+        ))
+        .into()),
+    }
+}
+
+/// Bytes as a size with a unit (`50.0 GiB`).
+pub(crate) fn human_size(bytes: i64) -> String {
+    bytesize::ByteSize(u64::try_from(bytes).unwrap_or(0)).to_string()
+}
+
+async fn group_show(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let g = mbx.group_settings().await?;
+    if json_out {
+        return output::json(&g);
+    }
+    println!("group:                  {}", g.group);
+    println!(
+        "throttle database size: {}",
+        g.throttle_database_size.map_or_else(
+            || "off".to_owned(),
+            |n| format!("{} ({n} bytes)", human_size(n))
+        )
+    );
+    println!(
+        "database size:          {} ({} bytes)",
+        human_size(g.database_size),
+        g.database_size
+    );
+    Ok(())
 }
 
 /// Parses a duration argument: `30s`, `5m`, `1h`, `2d` (humantime syntax).

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use mbx_messagebox::config::Backoff;
 use mbx_messagebox::receive::ReceiveLocationSpec;
+use mbx_messagebox::throttle::DatabaseSizeOverride;
 use mbx_messagebox::update::Update;
 use mbx_messagebox::{MessageBox, TrackingLevel};
 
@@ -304,10 +305,15 @@ pub async fn host(
     name: &str,
     throttle_publish: Option<i64>,
     throttle_inflight: Option<i64>,
+    throttle_database_size: Option<DatabaseSizeOverride>,
     tracking: Option<TrackingLevel>,
     json_out: bool,
 ) -> Result<()> {
-    if throttle_publish.is_none() && throttle_inflight.is_none() && tracking.is_none() {
+    if throttle_publish.is_none()
+        && throttle_inflight.is_none()
+        && throttle_database_size.is_none()
+        && tracking.is_none()
+    {
         return Err(nothing_given(
             "host update",
             "mbx host update edi --throttle-publish 100000",
@@ -324,9 +330,37 @@ pub async fn host(
             if tracking.is_some() {
                 spec.tracking = tracking;
             }
+            if throttle_database_size.is_some() {
+                spec.throttle_database_size = throttle_database_size;
+            }
             Ok(())
         })
         .await?;
+    print_update(&update, json_out)
+}
+
+/// `mbx group set`: the group-wide settings.
+pub async fn group_set(
+    mbx: &MessageBox,
+    throttle_database_size: Option<String>,
+    json_out: bool,
+) -> Result<()> {
+    const ARG: &str = "--throttle-database-size";
+    let Some(text) = throttle_database_size else {
+        return Err(nothing_given(
+            "group set",
+            "mbx group set --throttle-database-size 50GB",
+        ));
+    };
+    let bytes = match text.trim() {
+        "off" => None,
+        _ => Some(crate::commands::database_size_arg(
+            ARG,
+            &text,
+            "SIZE or off",
+        )?),
+    };
+    let update = mbx.group_set_throttle_database_size(bytes).await?;
     print_update(&update, json_out)
 }
 

@@ -361,6 +361,7 @@ async fn setup(
         name: BENCH_HOST.to_owned(),
         throttle_publish: None,
         throttle_inflight: None,
+        throttle_database_size: None,
         tracking,
     })
     .await?;

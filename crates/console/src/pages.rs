@@ -40,6 +40,17 @@ fn short(id: &uuid::Uuid) -> String {
     id.to_string()[..8].to_owned()
 }
 
+/// Bytes as MiB, or GiB from 1 GiB on, with one decimal.
+fn size_text(bytes: i64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let b = bytes as f64;
+    if b >= 1024.0 * MIB {
+        format!("{:.1} GiB", b / (1024.0 * MIB))
+    } else {
+        format!("{:.1} MiB", b / MIB)
+    }
+}
+
 pub(crate) async fn overview(
     State(app): State<Arc<App>>,
     ctx: Ctx,
@@ -121,6 +132,11 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
             "As of " time datetime=(snap.at.to_rfc3339()) { (snap.at.format("%H:%M:%S UTC")) }
             " · spool " strong #spool { (snap.stats.spool_messages) } " message(s), "
             (format!("{:.1}", snap.spool_bytes as f64 / 1048576.0)) " MiB on disk"
+            " · database " strong #database-size { (size_text(snap.group.database_size)) }
+            @match snap.group.throttle_database_size {
+                Some(t) => span #database-threshold { " (receive stops at " (size_text(t)) ")" },
+                None => span.muted #database-threshold { " (no size throttle)" },
+            }
             " · suspended " a href="/suspended" { strong #suspended-total { (snap.stats.suspended_total) } }
             span.muted { " (snapshot took " (snap.took.as_millis()) " ms)" }
         }

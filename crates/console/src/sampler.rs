@@ -11,6 +11,7 @@ use mbx_messagebox::config::{Host, SendPort};
 use mbx_messagebox::instances::Instance;
 use mbx_messagebox::receive::{LocationRun, ReceiveLocation};
 use mbx_messagebox::stats::{DeliveredReading, Stats};
+use mbx_messagebox::throttle::GroupSettings;
 use mbx_messagebox::MessageBox;
 
 /// How long the charts look back.
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub took: Duration,
     pub stats: Stats,
     pub spool_bytes: i64,
+    /// The database's size and the group's threshold on it.
+    pub group: GroupSettings,
     pub hosts: Vec<Host>,
     pub instances: Vec<Instance>,
     pub locations: Vec<ReceiveLocation>,
@@ -58,6 +61,7 @@ async fn take(
     let started = Instant::now();
     let stats = mbx.stats().await?;
     let (_, spool_bytes) = mbx.spool_size().await?;
+    let group = mbx.group_settings().await?;
     let hosts = mbx.host_list().await?;
     let instances = mbx.instance_list().await?;
     let locations = mbx.receive_location_list().await?;
@@ -71,6 +75,7 @@ async fn take(
             took: started.elapsed(),
             stats,
             spool_bytes,
+            group,
             hosts,
             instances,
             locations,

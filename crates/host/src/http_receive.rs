@@ -185,10 +185,8 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
             );
         }
     }
-    if shared.throttle.publish_throttled() {
-        return unavailable(
-            "publish throttle on: the backlog of this host is past its threshold; retry",
-        );
+    if let Some(why) = shared.throttle.receive_throttled_why() {
+        return unavailable(why);
     }
     let declared = request
         .headers()

@@ -118,7 +118,11 @@ const GAUGES: &[(&str, &str)] = &[
     ),
     (
         "mbx_throttled",
-        "1 while this instance is throttled, by kind (publish, inflight)",
+        "1 while this instance is throttled, by kind (publish, database-size, inflight)",
+    ),
+    (
+        "mbx_database_size_bytes",
+        "Size of the MessageBox database (pg_database_size, read every 5 s; database-size throttle input)",
     ),
 ];
 

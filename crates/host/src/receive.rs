@@ -328,8 +328,8 @@ pub(crate) struct LocationSubmitter {
     pipeline: Pipeline,
     publisher: Publisher,
     declared: HashMap<String, PropertyType>,
-    /// FILE and other polling locations wait here while the publish throttle is on (HTTP
-    /// answers 503 instead, before it reads the request).
+    /// FILE and other polling locations wait here while the publish or database-size
+    /// throttle is on (HTTP answers 503 instead, before it reads the request).
     throttle: Option<Arc<crate::throttle::Throttle>>,
     stopping: watch::Receiver<bool>,
     /// An ordered location: the lease this instance holds now (none: publish nothing).
@@ -567,11 +567,11 @@ impl Submitter for LocationSubmitter {
 
     async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
         if let Some(throttle) = &self.throttle {
-            if throttle.publish_throttled() {
-                info!(location = %self.location.name, "publish throttle on: holding the batch");
+            if let Some(why) = throttle.receive_throttled_why() {
+                info!(location = %self.location.name, why, "holding the batch");
                 let mut stopping = self.stopping.clone();
                 tokio::select! {
-                    _ = throttle.publish_allowed() => {}
+                    _ = throttle.receive_allowed() => {}
                     _ = stopping.wait_for(|s| *s) => {
                         // not published, so not acknowledged: the source keeps it
                         return Err(SubmitError::new("the host is stopping"));

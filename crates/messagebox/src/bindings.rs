@@ -58,6 +58,12 @@ pub struct Bindings {
 pub struct HostBinding {
     pub throttle_publish: i64,
     pub throttle_inflight: i64,
+    /// `group` (the default: the group's threshold), `off`, or a size (`50GB`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::throttle::DatabaseSizeOverride::is_group"
+    )]
+    pub throttle_database_size: crate::throttle::DatabaseSizeOverride,
     pub tracking: TrackingLevel,
 }
 
@@ -490,6 +496,7 @@ impl MessageBox {
                     HostBinding {
                         throttle_publish: h.throttle_publish,
                         throttle_inflight: h.throttle_inflight,
+                        throttle_database_size: h.throttle_database_size,
                         tracking: h.tracking.parse().map_err(Error::Corrupt)?,
                     },
                 );
@@ -582,6 +589,7 @@ async fn apply_shared(
             name: name.clone(),
             throttle_publish: Some(h.throttle_publish),
             throttle_inflight: Some(h.throttle_inflight),
+            throttle_database_size: Some(h.throttle_database_size),
             tracking: Some(h.tracking),
         };
         if hosts.contains(name) {

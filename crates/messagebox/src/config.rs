@@ -151,6 +151,9 @@ pub struct Host {
     pub name: String,
     pub throttle_publish: i64,
     pub throttle_inflight: i64,
+    /// The host's threshold on the database's size: `group`, `off` or bytes.
+    #[sqlx(try_from = "Option<i64>")]
+    pub throttle_database_size: crate::throttle::DatabaseSizeOverride,
     pub tracking: String,
     pub instances_alive: i64,
     pub send_ports: i64,
@@ -162,6 +165,8 @@ pub struct HostSpec {
     pub name: String,
     pub throttle_publish: Option<i64>,
     pub throttle_inflight: Option<i64>,
+    /// `None`: the group's at creation, unchanged by an update.
+    pub throttle_database_size: Option<crate::throttle::DatabaseSizeOverride>,
     pub tracking: Option<TrackingLevel>,
 }
 
@@ -179,6 +184,9 @@ impl HostSpec {
                     )));
                 }
             }
+        }
+        if let Some(t) = self.throttle_database_size {
+            t.validate("--throttle-database-size")?;
         }
         Ok(())
     }
@@ -609,7 +617,8 @@ impl MessageBox {
 
     pub async fn host_list(&self) -> Result<Vec<Host>> {
         Ok(sqlx::query_as::<_, Host>(
-            "SELECT h.name, h.throttle_publish, h.throttle_inflight, h.tracking,
+            "SELECT h.name, h.throttle_publish, h.throttle_inflight, h.throttle_database_size,
+                    h.tracking,
                     (SELECT count(*) FROM host_instances i WHERE i.host_id = h.id AND i.state = 'alive') AS instances_alive,
                     (SELECT count(*) FROM send_ports p WHERE p.host_id = h.id) AS send_ports,
                     (SELECT count(*) FROM receive_locations l WHERE l.host_id = h.id) AS receive_locations
@@ -1321,13 +1330,15 @@ pub(crate) async fn group_create_tx(
 pub(crate) async fn host_insert(conn: &mut sqlx::PgConnection, spec: &HostSpec) -> Result<()> {
     spec.validate()?;
     let res = sqlx::query(
-        "INSERT INTO hosts (name, throttle_publish, throttle_inflight, tracking)
-         VALUES ($1, coalesce($2, 50000), coalesce($3, 1000), coalesce($4, 'failures'))",
+        "INSERT INTO hosts (name, throttle_publish, throttle_inflight, tracking,
+                            throttle_database_size)
+         VALUES ($1, coalesce($2, 50000), coalesce($3, 1000), coalesce($4, 'failures'), $5)",
     )
     .bind(&spec.name)
     .bind(spec.throttle_publish)
     .bind(spec.throttle_inflight)
     .bind(spec.tracking.map(|t| t.as_str()))
+    .bind(spec.throttle_database_size.and_then(|t| t.column()))
     .execute(&mut *conn)
     .await;
     match res {

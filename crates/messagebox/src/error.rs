@@ -56,7 +56,9 @@ impl Error {
     }
 
     /// Connection-class failures (SQLSTATE 08xxx, 57P01 admin shutdown, I/O, pool
-    /// timeouts): the unit of work may be re-run.
+    /// timeouts), deadlocks and lock timeouts, and a server short of resources (53000,
+    /// 53100 disk full, 53200 out of memory, 53300 too many connections): the unit of work
+    /// may be re-run once the server recovers.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(e) => is_retryable_sqlx(e),
@@ -90,6 +92,10 @@ pub(crate) fn is_retryable_sqlx(e: &sqlx::Error) -> bool {
                     || c == "40001"
                     || c == "40P01"
                     || c == "55P03"
+                    || c == "53000"
+                    || c == "53100"
+                    || c == "53200"
+                    || c == "53300"
             })
             .unwrap_or(false),
         _ => false,

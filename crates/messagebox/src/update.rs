@@ -412,7 +412,8 @@ where
     F: FnOnce(&mut HostSpec) -> Result<()>,
 {
     let row = sqlx::query(
-        "SELECT id, throttle_publish, throttle_inflight, tracking FROM hosts WHERE name = $1 FOR NO KEY UPDATE",
+        "SELECT id, throttle_publish, throttle_inflight, tracking, throttle_database_size
+           FROM hosts WHERE name = $1 FOR NO KEY UPDATE",
     )
     .bind(name)
     .fetch_optional(&mut **tx)
@@ -424,6 +425,7 @@ where
         throttle_publish: Some(row.get(1)),
         throttle_inflight: Some(row.get(2)),
         tracking: Some(row.try_get(3)?),
+        throttle_database_size: Some(row.try_get::<Option<i64>, _>(4)?.into()),
     };
     let mut new = old.clone();
     change(&mut new)?;
@@ -438,13 +440,16 @@ where
         sqlx::query(
             "UPDATE hosts SET throttle_publish = coalesce($2, throttle_publish),
                     throttle_inflight = coalesce($3, throttle_inflight),
-                    tracking = coalesce($4, tracking)
+                    tracking = coalesce($4, tracking),
+                    throttle_database_size = CASE WHEN $5 THEN $6 ELSE throttle_database_size END
               WHERE id = $1",
         )
         .bind(id)
         .bind(new.throttle_publish)
         .bind(new.throttle_inflight)
         .bind(new.tracking.map(|t| t.as_str()))
+        .bind(new.throttle_database_size.is_some())
+        .bind(new.throttle_database_size.and_then(|t| t.column()))
         .execute(&mut **tx)
         .await?;
     }
