@@ -975,6 +975,34 @@ async fn the_database_size_threshold_is_set_for_the_group_and_overridden_per_hos
     );
 }
 
+/// The tracking retention is one group-wide setting in whole days (7 by default);
+/// anything else is refused with exit 2, changing nothing.
+#[sqlx::test(migrations = false)]
+async fn the_tracking_retention_is_set_for_the_group_in_whole_days(pool: PgPool) {
+    let mbx = init(&pool);
+    assert_eq!(mbx.json(&["group", "show"])["tracking_retention_days"], 7);
+    let out = mbx.ok(&["group", "set", "--tracking-retention", "30d"]);
+    assert!(out.contains("7 → 30"), "{out}");
+    assert_eq!(mbx.json(&["group", "show"])["tracking_retention_days"], 30);
+    assert!(mbx
+        .ok(&["group", "show"])
+        .contains("tracking retention:     30d"));
+    let before = snapshot(&pool).await;
+    for (value, expected) in [
+        ("36h", "is not a whole number of days"),
+        ("0d", "is not a whole number of days"),
+        ("3651d", "out of range"),
+        ("soon", "is not a duration"),
+    ] {
+        let line = mbx.fails(&["group", "set", "--tracking-retention", value], 2);
+        assert!(
+            line.contains("--tracking-retention") && line.contains(expected),
+            "{value}: {line}"
+        );
+        assert_eq!(snapshot(&pool).await, before, "{value} changed state");
+    }
+}
+
 #[test]
 fn every_command_has_help_with_an_example() {
     let commands: &[&[&str]] = &[

@@ -580,12 +580,16 @@ pub enum GroupLevelCommand {
     /// messages go on. A host may override it (`mbx host update NAME
     /// --throttle-database-size SIZE|off|group`). Default off.
     #[command(
-        after_help = "Examples:\n  mbx group set --throttle-database-size 50GB\n  mbx group set --throttle-database-size off\n\nHosts read the database's size every 5 s. Leave headroom below the disk's free space for\nWAL and vacuum (docs/operations.md, \"Disk\")."
+        after_help = "Examples:\n  mbx group set --throttle-database-size 50GB\n  mbx group set --throttle-database-size off\n  mbx group set --tracking-retention 30d\n\nHosts read the database's size every 5 s. Leave headroom below the disk's free space for\nWAL and vacuum (docs/operations.md, \"Disk\")."
     )]
     Set {
         /// A size (50GB, 512MiB, bytes) or off.
         #[arg(long, value_name = "SIZE|off")]
         throttle_database_size: Option<String>,
+        /// How long tracking events (a message's history, `mbx track`) are kept, in whole
+        /// days (e.g. 7d, 30d; 1d to 3650d). Default 7d.
+        #[arg(long, value_name = "DAYS")]
+        tracking_retention: Option<String>,
     },
     /// Links to other groups: a send port with address mbx://LINK/RECEIVE_PORT forwards
     /// into the linked group's MessageBox, exactly once.

@@ -80,7 +80,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Group(GroupLevelCommand::Show) => group_show(&mbx, json_out).await,
         Command::Group(GroupLevelCommand::Set {
             throttle_database_size,
-        }) => crate::update::group_set(&mbx, throttle_database_size, json_out).await,
+            tracking_retention,
+        }) => {
+            crate::update::group_set(&mbx, throttle_database_size, tracking_retention, json_out)
+                .await
+        }
         Command::Message(MessageCommand::Publish {
             promote,
             property,
@@ -520,6 +524,7 @@ async fn group_show(mbx: &MessageBox, json_out: bool) -> Result<()> {
             |n| format!("{} ({n} bytes)", human_size(n))
         )
     );
+    println!("tracking retention:     {}d", g.tracking_retention_days);
     println!(
         "database size:          {} ({} bytes)",
         human_size(g.database_size),

@@ -343,25 +343,48 @@ pub async fn host(
 pub async fn group_set(
     mbx: &MessageBox,
     throttle_database_size: Option<String>,
+    tracking_retention: Option<String>,
     json_out: bool,
 ) -> Result<()> {
-    const ARG: &str = "--throttle-database-size";
-    let Some(text) = throttle_database_size else {
+    if throttle_database_size.is_none() && tracking_retention.is_none() {
         return Err(nothing_given(
             "group set",
             "mbx group set --throttle-database-size 50GB",
         ));
-    };
-    let bytes = match text.trim() {
-        "off" => None,
-        _ => Some(crate::commands::database_size_arg(
-            ARG,
-            &text,
-            "SIZE or off",
-        )?),
-    };
-    let update = mbx.group_set_throttle_database_size(bytes).await?;
+    }
+    let throttle_database_size = throttle_database_size
+        .map(|text| match text.trim() {
+            "off" => Ok(None),
+            _ => {
+                crate::commands::database_size_arg("--throttle-database-size", &text, "SIZE or off")
+                    .map(Some)
+            }
+        })
+        .transpose()?;
+    let tracking_retention_days = tracking_retention
+        .map(|text| whole_days("--tracking-retention", &text))
+        .transpose()?;
+    let update = mbx
+        .group_set(&mbx_messagebox::throttle::GroupSet {
+            throttle_database_size,
+            tracking_retention_days,
+        })
+        .await?;
     print_update(&update, json_out)
+}
+
+/// A duration in whole days (`30d`, `2w`), as the group's retention settings take.
+fn whole_days(arg: &str, text: &str) -> Result<i32> {
+    let s = crate::commands::duration_s(arg, text)?;
+    if s == 0 || s % 86_400 != 0 {
+        return Err(crate::Usage(format!(
+            "{arg}: '{text}' is not a whole number of days (example: {arg} 30d)"
+        ))
+        .into());
+    }
+    i32::try_from(s / 86_400).map_err(|_| {
+        crate::Usage(format!("{arg}: '{text}' is too long (example: {arg} 30d)")).into()
+    })
 }
 
 pub async fn link(mbx: &MessageBox, c: LinkCommand, json_out: bool) -> Result<()> {

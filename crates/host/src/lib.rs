@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use mbx_adapters::Registry;
 use mbx_messagebox::instances::{DEAD_AFTER_S, MAX_DELIVERIES_DEFAULT};
-use mbx_messagebox::maintenance::{MAINTENANCE_BATCH_MAX, TRACKING_RETENTION_DEFAULT_S};
+use mbx_messagebox::maintenance::MAINTENANCE_BATCH_MAX;
 use mbx_messagebox::states::{InstanceState, PortState};
 use mbx_messagebox::{MessageBox, SchemaState, Wakeup};
 use tokio::sync::{watch, Notify};
@@ -579,15 +579,19 @@ async fn metrics_loop(shared: Arc<Shared>) {
 
 async fn maintenance_loop(shared: Arc<Shared>) {
     loop {
-        if let Err(e) = shared
-            .mbx
-            .maintenance_run_with(
-                TRACKING_RETENTION_DEFAULT_S,
-                i64::try_from(shared.config.instance_retention.as_secs()).unwrap_or(i64::MAX),
-                MAINTENANCE_BATCH_MAX,
-            )
-            .await
-        {
+        // the group's tracking retention (`mbx group set --tracking-retention`)
+        let run = async {
+            let retention = shared.mbx.tracking_retention_s().await?;
+            shared
+                .mbx
+                .maintenance_run_with(
+                    retention,
+                    i64::try_from(shared.config.instance_retention.as_secs()).unwrap_or(i64::MAX),
+                    MAINTENANCE_BATCH_MAX,
+                )
+                .await
+        };
+        if let Err(e) = run.await {
             error!(error = %e, "maintenance failed");
         }
         if !pause(&shared, Duration::from_secs(MAINTENANCE_INTERVAL_S)).await {

@@ -13,7 +13,8 @@ pub const MAINTENANCE_BATCH_MAX: i64 = 1000;
 /// Dead or stopped instances holding nothing are forgotten after this long.
 pub const INSTANCE_RETENTION_S: i64 = 7 * 24 * 3600;
 
-/// Default tracking retention.
+/// The tracking retention of a group that has not set one (`mbx group set
+/// --tracking-retention`; 7 days, as the column's default).
 pub const TRACKING_RETENTION_DEFAULT_S: i64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -126,6 +126,8 @@ pub struct GroupSettings {
     pub group: String,
     /// Bytes; `None`: off.
     pub throttle_database_size: Option<i64>,
+    /// Whole days tracking events are kept (maintenance purges older ones).
+    pub tracking_retention_days: i32,
     /// `pg_database_size(current_database())` now.
     pub database_size: i64,
 }
@@ -135,15 +137,29 @@ pub struct GroupSettings {
 struct GroupLevelSpec {
     /// `off` or the number of bytes.
     throttle_database_size: String,
+    tracking_retention_days: i32,
 }
 
 impl GroupLevelSpec {
-    fn of(threshold: Option<i64>) -> Self {
+    fn of(threshold: Option<i64>, retention_days: i32) -> Self {
         Self {
             throttle_database_size: threshold.map_or_else(|| "off".to_owned(), |n| n.to_string()),
+            tracking_retention_days: retention_days,
         }
     }
 }
+
+/// What `mbx group set` changes: each field given (`Some`) is set, the others kept.
+#[derive(Debug, Clone, Default)]
+pub struct GroupSet {
+    /// Bytes, or `None`: off.
+    pub throttle_database_size: Option<Option<i64>>,
+    /// Whole days, 1 to [`TRACKING_RETENTION_MAX_DAYS`].
+    pub tracking_retention_days: Option<i32>,
+}
+
+/// The longest tracking retention (about ten years).
+pub const TRACKING_RETENTION_MAX_DAYS: i32 = 3650;
 
 impl MessageBox {
     /// The thresholds of host `name`.
@@ -187,7 +203,8 @@ impl MessageBox {
     /// The group-wide settings and the database's size now.
     pub async fn group_settings(&self) -> Result<GroupSettings> {
         let row = sqlx::query(
-            "SELECT name, throttle_database_size, pg_database_size(current_database())
+            "SELECT name, throttle_database_size, pg_database_size(current_database()),
+                    tracking_retention_days
                FROM mbx_group",
         )
         .fetch_optional(&self.pool)
@@ -199,33 +216,74 @@ impl MessageBox {
             group: row.try_get(0)?,
             throttle_database_size: row.try_get(1)?,
             database_size: row.try_get(2)?,
+            tracking_retention_days: row.try_get(3)?,
         })
+    }
+
+    /// How long tracking events are kept (the group's setting), in seconds.
+    pub async fn tracking_retention_s(&self) -> Result<i64> {
+        let days: Option<i32> = sqlx::query_scalar("SELECT tracking_retention_days FROM mbx_group")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(
+            days.map_or(crate::maintenance::TRACKING_RETENTION_DEFAULT_S, |d| {
+                i64::from(d) * 86_400
+            }),
+        )
     }
 
     /// Sets the group-wide threshold on the database's size (`None`: off); running
     /// instances pick it up within a second. Returns what changed.
     pub async fn group_set_throttle_database_size(&self, bytes: Option<i64>) -> Result<Update> {
-        if let Some(n) = bytes {
+        self.group_set(&GroupSet {
+            throttle_database_size: Some(bytes),
+            ..GroupSet::default()
+        })
+        .await
+    }
+
+    /// Changes the group-wide settings `set` gives, in one transaction. Returns what
+    /// changed.
+    pub async fn group_set(&self, set: &GroupSet) -> Result<Update> {
+        if let Some(Some(n)) = set.throttle_database_size {
             DatabaseSizeOverride::Bytes(n).validate("--throttle-database-size")?;
         }
+        if let Some(days) = set.tracking_retention_days {
+            if !(1..=TRACKING_RETENTION_MAX_DAYS).contains(&days) {
+                return Err(Error::Invalid(format!(
+                    "--tracking-retention: {days} days is out of range; use 1d to {TRACKING_RETENTION_MAX_DAYS}d (example: --tracking-retention 30d)"
+                )));
+            }
+        }
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT name, throttle_database_size FROM mbx_group FOR UPDATE")
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                Error::Refused("this MessageBox has no group row; run `mbx init`".to_owned())
-            })?;
-        let (group, old): (String, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+        let row = sqlx::query(
+            "SELECT name, throttle_database_size, tracking_retention_days FROM mbx_group FOR UPDATE",
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            Error::Refused("this MessageBox has no group row; run `mbx init`".to_owned())
+        })?;
+        let (group, old_size, old_days): (String, Option<i64>, i32) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let size = set.throttle_database_size.unwrap_or(old_size);
+        let days = set.tracking_retention_days.unwrap_or(old_days);
         let update = Update {
             kind: "group",
             object: group,
-            changes: diff(&GroupLevelSpec::of(old), &GroupLevelSpec::of(bytes)),
+            changes: diff(
+                &GroupLevelSpec::of(old_size, old_days),
+                &GroupLevelSpec::of(size, days),
+            ),
         };
         if update.changed() {
-            sqlx::query("UPDATE mbx_group SET throttle_database_size = $1")
-                .bind(bytes)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE mbx_group SET throttle_database_size = $1, tracking_retention_days = $2",
+            )
+            .bind(size)
+            .bind(days)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(update)

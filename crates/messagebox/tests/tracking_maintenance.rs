@@ -353,3 +353,65 @@ async fn maintenance_forgets_old_dead_instances_that_hold_nothing(pool: PgPool) 
     assert_eq!(r.instances_forgotten, 0);
     assert_eq!(mbx.instance_prune(0).await.unwrap(), 0);
 }
+
+/// The tracking retention is one group-wide setting in whole days (7 unless set):
+/// maintenance purges what is older than the group says.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn the_tracking_retention_is_the_groups_setting(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    assert_eq!(mbx.tracking_retention_s().await.unwrap(), 7 * 86_400);
+    for _ in 0..3 {
+        publish_region(&mbx, "US").await;
+    }
+    // one event 2 days old, one 12 hours old, one now
+    sqlx::query(
+        "UPDATE tracking_events SET at = now() - CASE WHEN id = (SELECT min(id) FROM tracking_events)
+                THEN interval '2 days' ELSE interval '12 hours' END
+          WHERE id < (SELECT max(id) FROM tracking_events)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = count(&pool, "SELECT count(*) FROM tracking_events").await;
+    let r = mbx
+        .maintenance_run(mbx.tracking_retention_s().await.unwrap(), 100)
+        .await
+        .unwrap();
+    assert_eq!(r.tracking_events_purged, 0, "all within 7 days");
+    let update = mbx
+        .group_set(&mbx_messagebox::throttle::GroupSet {
+            tracking_retention_days: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(update.changed());
+    assert_eq!(
+        mbx.group_settings().await.unwrap().tracking_retention_days,
+        1
+    );
+    let r = mbx
+        .maintenance_run(mbx.tracking_retention_s().await.unwrap(), 100)
+        .await
+        .unwrap();
+    assert_eq!(r.tracking_events_purged, 1, "only the 2-day-old event");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM tracking_events").await,
+        before - 1
+    );
+    // out of range: refused, nothing changed
+    for days in [0, 3651] {
+        let err = mbx
+            .group_set(&mbx_messagebox::throttle::GroupSet {
+                tracking_retention_days: Some(days),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("--tracking-retention"), "{err}");
+    }
+    assert_eq!(
+        mbx.group_settings().await.unwrap().tracking_retention_days,
+        1
+    );
+}
