@@ -427,3 +427,62 @@ async fn a_two_way_request_repeated_under_its_key_is_not_asked_again(pool: PgPoo
     assert_eq!(status, 200);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A `json` location reads a spooled body whole for its pipeline (as FILE does) and
+/// promotes from it; the message is stored in chunks all the same.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_large_json_post_is_promoted_from_its_spooled_body(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tmp, out) = (dir.path().join("tmp"), dir.path().join("out"));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    std::fs::create_dir_all(&out).expect("out");
+    mbx.receive_port_create("api", false).await.expect("port");
+    let mut loc = ReceiveLocationSpec::new("api-in", "api", "http:///orders");
+    loc.pipeline = "json".into();
+    loc.promote.insert("Order.Id".into(), "/id".into());
+    mbx.receive_location_create(&loc).await.expect("location");
+    mbx.receive_location_set_enabled("api-in", true)
+        .await
+        .expect("enable");
+    mbx.send_port_create(
+        &SendPortSpec::new(
+            "order-7",
+            &format!("file://{}/%MessageID%.json", out.display()),
+        )
+        .with_filter("Order.Id == '7'")
+        .with_state(InitialState::Started),
+    )
+    .await
+    .expect("send port");
+    let (_host, http) = start_front(&database_url(&pool), &tmp);
+    wait_served(http, "/orders").await;
+
+    let body = format!("{{\"id\": \"7\", \"pad\": \"{}\"}}", "x".repeat(3 * MIB));
+    let mut post = ChunkedPost::start(http, "/orders", None).await;
+    post.send(&body.as_bytes()[..2 * MIB]).await;
+    wait_spooling(&tmp, MIB as u64).await;
+    post.send(&body.as_bytes()[2 * MIB..]).await;
+    let (status, text) = post.answer(true).await;
+    assert_eq!(status, 202, "{text}");
+    wait_for("the delivered file", Duration::from_secs(30), || async {
+        std::fs::read_dir(&out).expect("out").count() == 1
+            && mbx.stats().await.expect("stats").spool_messages == 0
+    })
+    .await;
+    let file = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .next()
+        .expect("a file")
+        .path();
+    assert!(
+        std::fs::read(&file).expect("read") == body.as_bytes(),
+        "routed on the promoted Order.Id and delivered byte for byte"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM suspended_items").await,
+        0
+    );
+    assert_eq!(spooled(&tmp), vec![]);
+}

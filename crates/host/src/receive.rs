@@ -554,15 +554,27 @@ impl LocationSubmitter {
             .request_publish(&publisher, message, instance, token)
             .await
             .map_err(|e| SubmitError::new(e.to_string()))?;
-        metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
-            .increment(1);
+        if matches!(
+            published,
+            Published::Routed { .. } | Published::RoutingFailure { .. }
+        ) {
+            metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
+                .increment(1);
+        }
         Ok(match published {
             Published::Routed { message_id, .. } => Requested::Published(message_id),
             Published::RoutingFailure {
                 message_id,
                 suspended_id,
             } => Requested::Unrouted(message_id, suspended_id),
-            Published::Duplicate => Requested::Repeated,
+            Published::Duplicate => {
+                // never silent: logged, counted, tracked on the request taken first
+                warn!(location = %self.location.name,
+                      "dropped a request whose Idempotency-Key was published within the dedup window");
+                metrics::counter!("mbx_receive_duplicates_total", "location" => self.location.name.clone())
+                    .increment(1);
+                Requested::Repeated
+            }
             Published::SourceReused => Requested::KeyReused,
             Published::Unsubscribed => Requested::Failed("not published (no subscriber)".into()),
         })
