@@ -274,11 +274,11 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
             );
         }
     };
-    // the spool file (a body above 1 MiB) is removed when this guard goes: after the
-    // publish, or when the client leaves and this handler is dropped
+    // the spool file (a body above 1 MiB) is removed when its guard `spooled` goes: after
+    // the publish, or when the client leaves and this handler is dropped
     let ReceivedBody {
         body,
-        spooled: _spooled,
+        spooled,
         sha256,
     } = received;
     let properties = MessageContext::new().with(system::INBOUND_TRANSPORT_LOCATION, path.clone());
@@ -291,7 +291,7 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
         source_id,
     };
     if let Some(timeout) = route.two_way {
-        return request_response(&shared, &route, message, sha256, timeout).await;
+        return request_response(&shared, &route, message, sha256, spooled, timeout).await;
     }
     match route.submitter.submit_sent(message, sha256).await {
         // a repeat of an Idempotency-Key already published with the same body is
@@ -427,6 +427,7 @@ async fn request_response(
     route: &Route,
     message: InboundMessage,
     sha256: Option<[u8; 32]>,
+    spooled: Option<SpoolFile>,
     timeout: Duration,
 ) -> Response {
     let token = uuid::Uuid::new_v4().to_string();
@@ -437,6 +438,8 @@ async fn request_response(
         .submitter
         .request(message, sha256, &token, shared.instance_id())
         .await;
+    // published (or not): its spool file is not needed while the client waits
+    drop(spooled);
     let message_id = match requested {
         Ok(Requested::Published(id)) => id,
         Ok(Requested::Unrouted(id, suspended)) => {
