@@ -1126,6 +1126,10 @@ async fn publish(
             "published message {message_id}: no subscriber matched; kept as suspended item {suspended_id} (routing-failure)"
         ),
         Published::Duplicate => println!("duplicate: already published within the dedup window"),
+        // only a source with a body digest (HTTP receive) is refused so
+        Published::SourceReused => {
+            println!("not published: its source id was published with another body")
+        }
         // only an error report is dropped so; `message publish` never makes one
         Published::Unsubscribed => println!("not published: no subscriber took it"),
     }

@@ -5,6 +5,14 @@
 //! Retry-After when the MessageBox cannot take the message (throttling will answer the same).
 //! The listener is bound when the first HTTP location starts, so instances without HTTP
 //! locations need no port.
+//!
+//! A body is read as it arrives ([`read_body`]): up to 1 MiB in memory, a larger one into
+//! a file of the host's spool folder (`spool.rs`) and published from it in 1 MiB chunks,
+//! as FILE receive publishes a large file; reading stops past the limit (413). An
+//! `Idempotency-Key` is the message's source id, kept for the dedup window with the
+//! SHA-256 of the body (hashed while it is read): the same key with the same body is a
+//! duplicate (one-way: 202, not published again; two-way: 409, the request was taken
+//! before), with another body 422 and nothing published.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,12 +24,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use std::time::Duration;
 
-use mbx_adapters::{system, InboundMessage, MessageContext, Submitter};
+use bytes::BytesMut;
+use mbx_adapters::body::BODY_IN_MEMORY_MAX_BYTES;
+use mbx_adapters::{system, InboundMessage, MessageContext};
 use mbx_messagebox::replies::Reply;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::receive::{LocationSubmitter, Requested};
+use crate::receive::{LocationSubmitter, Requested, Sent};
+use crate::spool::{Spool, SpoolFile};
 use crate::Shared;
 
 /// Seconds a client is told to wait before retrying a 503.
@@ -51,6 +62,8 @@ pub(crate) struct HttpReceive {
     listening: Mutex<(bool, bool)>,
     /// The host's disabled HTTP locations by (listener, path): name.
     disabled: RwLock<HashMap<(bool, String), String>>,
+    /// Where bodies above 1 MiB are written as they arrive (made with the first listener).
+    spool: std::sync::OnceLock<Spool>,
 }
 
 /// The path an HTTP receive address serves: `http:///orders` → `/orders`.
@@ -111,6 +124,16 @@ pub(crate) async fn ensure_listener(shared: &Arc<Shared>, tls: bool) -> Result<(
     };
     if *bound {
         return Ok(());
+    }
+    if shared.http.spool.get().is_none() {
+        let root = std::env::temp_dir();
+        let spool = Spool::open(&root).map_err(|e| {
+            format!(
+                "cannot make the HTTP receive spool folder under {}: {e}; set TMPDIR to a writable folder",
+                root.join(crate::spool::SPOOL_FOLDER).display()
+            )
+        })?;
+        let _ = shared.http.spool.set(spool);
     }
     let acceptor = match (tls, &shared.tls) {
         (false, _) => None,
@@ -217,35 +240,172 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
         }
         None => None,
     };
-    let limit = usize::try_from(route.max_bytes).unwrap_or(usize::MAX);
-    let body = match axum::body::to_bytes(Body::new(request.into_body()), limit).await {
-        Ok(b) => b,
-        Err(_) => {
+    let Some(spool) = shared.http.spool.get() else {
+        return unavailable("the HTTP receive spool folder is not ready; retry");
+    };
+    let received = match read_body(
+        request.into_body(),
+        route.max_bytes,
+        declared,
+        spool,
+        source_id.is_some(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(BodyError::TooLarge) => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the limit is {} bytes", route.max_bytes),
             )
         }
+        Err(BodyError::Spool(e)) => {
+            warn!(location = %route.location, folder = %spool.dir().display(), error = %e,
+                  "HTTP receive cannot spool a request body");
+            return unavailable("this instance cannot spool the body now; retry");
+        }
+        Err(BodyError::Broken(e)) => {
+            tracing::debug!(location = %route.location, error = %e, "HTTP request body broken off");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read whole: {e}"),
+            );
+        }
     };
+    // the spool file (a body above 1 MiB) is removed when its guard `spooled` goes: after
+    // the publish, or when the client leaves and this handler is dropped
+    let ReceivedBody {
+        body,
+        spooled,
+        sha256,
+    } = received;
     let properties = MessageContext::new().with(system::INBOUND_TRANSPORT_LOCATION, path.clone());
+    let key = source_id.clone();
     let message = InboundMessage {
-        body: mbx_adapters::Body::Bytes(body),
+        body,
         content_type,
         properties,
         promoted: MessageContext::new(),
         source_id,
     };
     if let Some(timeout) = route.two_way {
-        return request_response(&shared, &route, message, timeout).await;
+        return request_response(&shared, &route, message, sha256, spooled, timeout).await;
     }
-    match route.submitter.submit(vec![message]).await {
-        // a repeat of an Idempotency-Key already published is accepted again, not twice
-        Ok(_) => plain(StatusCode::ACCEPTED, "accepted".into()),
+    match route.submitter.submit_sent(message, sha256).await {
+        // a repeat of an Idempotency-Key already published with the same body is
+        // accepted again, not published twice
+        Ok(Sent::Taken(_)) => plain(StatusCode::ACCEPTED, "accepted".into()),
+        Ok(Sent::KeyReused) => key_reused(&route, key.as_deref().unwrap_or_default()),
         Err(e) => {
             warn!(location = %route.location, error = %e, "HTTP receive could not publish");
             unavailable("the MessageBox cannot take the message now; retry")
         }
     }
+}
+
+/// 422 to a request whose `Idempotency-Key` was published with another body.
+fn key_reused(route: &Route, key: &str) -> Response {
+    info!(location = %route.location, key, "Idempotency-Key reused with another body: refused (422)");
+    plain(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "Idempotency-Key '{key}' was used within the dedup window (24h) for a different body; a key must not be reused with a different body: send this body under a new key"
+        ),
+    )
+}
+
+/// A request body as it was read: in memory up to 1 MiB, else in a spool file.
+struct ReceivedBody {
+    body: mbx_adapters::Body,
+    /// The spool file of a body above 1 MiB (removed when dropped).
+    spooled: Option<SpoolFile>,
+    /// The SHA-256 of the body, when it was asked for (an `Idempotency-Key` came).
+    sha256: Option<[u8; 32]>,
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    /// Over the location's limit: reading stopped there.
+    TooLarge,
+    /// The spool file could not be written (disk full, folder gone).
+    Spool(std::io::Error),
+    /// The body broke off (the client left, a malformed chunk).
+    Broken(String),
+}
+
+/// The size of the writes to a spool file.
+const SPOOL_WRITE_BYTES: usize = 256 * 1024;
+
+/// Reads a request body as it arrives: up to [`BODY_IN_MEMORY_MAX_BYTES`] in memory; past
+/// that, everything so far and the rest go to a new spool file, so a large body is never
+/// held whole. Stops at once past `max` bytes (the partial spool file removed), and
+/// hashes the body on the way when `digest`.
+async fn read_body(
+    mut body: Body,
+    max: u64,
+    declared: Option<u64>,
+    spool: &Spool,
+    digest: bool,
+) -> Result<ReceivedBody, BodyError> {
+    use hyper::body::Body as _;
+    use sha2::Digest as _;
+    use tokio::io::AsyncWriteExt;
+    let mut hasher = digest.then(sha2::Sha256::new);
+    let expected = declared.unwrap_or(0).min(BODY_IN_MEMORY_MAX_BYTES);
+    let mut memory = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut file: Option<(SpoolFile, tokio::io::BufWriter<tokio::fs::File>)> = None;
+    let mut len = 0u64;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(BodyError::Broken(e.to_string())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+        };
+        len += data.len() as u64;
+        if len > max {
+            return Err(BodyError::TooLarge);
+        }
+        if let Some(h) = &mut hasher {
+            h.update(&data);
+        }
+        match &mut file {
+            Some((_, w)) => w.write_all(&data).await.map_err(BodyError::Spool)?,
+            None if len <= BODY_IN_MEMORY_MAX_BYTES => memory.extend_from_slice(&data),
+            None => {
+                let (guard, f) = spool.create().await.map_err(BodyError::Spool)?;
+                let mut w = tokio::io::BufWriter::with_capacity(SPOOL_WRITE_BYTES, f);
+                w.write_all(&memory).await.map_err(BodyError::Spool)?;
+                w.write_all(&data).await.map_err(BodyError::Spool)?;
+                memory = BytesMut::new();
+                file = Some((guard, w));
+            }
+        }
+    }
+    let sha256 = hasher.map(|h| h.finalize().into());
+    Ok(match file {
+        None => ReceivedBody {
+            body: mbx_adapters::Body::Bytes(memory.freeze()),
+            spooled: None,
+            sha256,
+        },
+        Some((guard, mut w)) => {
+            // written whole (and the file's last write finished) before it is read
+            w.flush().await.map_err(BodyError::Spool)?;
+            drop(w);
+            ReceivedBody {
+                body: mbx_adapters::Body::File {
+                    path: guard.path().to_owned(),
+                    len,
+                },
+                spooled: Some(guard),
+                sha256,
+            }
+        }
+    })
 }
 
 /// 503 with Retry-After.
@@ -264,15 +424,20 @@ async fn request_response(
     shared: &Arc<Shared>,
     route: &Route,
     message: InboundMessage,
+    sha256: Option<[u8; 32]>,
+    spooled: Option<SpoolFile>,
     timeout: Duration,
 ) -> Response {
     let token = uuid::Uuid::new_v4().to_string();
+    let key = message.source_id.clone().unwrap_or_default();
     // waiting before the publish commits: a reply may come at once
     let mut client = shared.waiting.register(token.clone(), shared.clone());
     let requested = route
         .submitter
-        .request(message, &token, shared.instance_id())
+        .request(message, sha256, &token, shared.instance_id())
         .await;
+    // published (or not): its spool file is not needed while the client waits
+    drop(spooled);
     let message_id = match requested {
         Ok(Requested::Published(id)) => id,
         Ok(Requested::Unrouted(id, suspended)) => {
@@ -283,6 +448,15 @@ async fn request_response(
                 ),
             )
         }
+        Ok(Requested::Repeated) => {
+            return plain(
+                StatusCode::CONFLICT,
+                format!(
+                    "Idempotency-Key '{key}' was used within the dedup window (24h) for this request already, which was taken then; its response is not kept to be answered again: send a new key to ask again"
+                ),
+            )
+        }
+        Ok(Requested::KeyReused) => return key_reused(route, &key),
         Ok(Requested::Failed(reason)) => {
             return plain(
                 StatusCode::UNPROCESSABLE_ENTITY,

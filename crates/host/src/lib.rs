@@ -27,6 +27,7 @@ mod metrics_catalog;
 mod receive;
 mod replies;
 mod solicit;
+mod spool;
 mod throttle;
 
 use std::collections::HashMap;

@@ -16,7 +16,7 @@ use mbx_adapters::{
 };
 use mbx_messagebox::context::system;
 use mbx_messagebox::instances::DEAD_AFTER_S;
-use mbx_messagebox::publish::{LocationFence, NewBody, NewMessage, Published, Publisher};
+use mbx_messagebox::publish::{LocationFence, NewBody, NewMessage, Published, Publisher, Source};
 use mbx_messagebox::receive::ReceiveLocation;
 use mbx_messagebox::states::InstanceState;
 use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
@@ -466,6 +466,20 @@ pub(crate) enum Requested {
     Unrouted(uuid::Uuid, i64),
     /// Kept as a receive failure (the reason): no reply will come.
     Failed(String),
+    /// Its `Idempotency-Key` came with the same body within the dedup window: the request
+    /// was taken then, so it is not published again (its response is not kept).
+    Repeated,
+    /// Its `Idempotency-Key` came with another body within the dedup window: refused.
+    KeyReused,
+}
+
+/// What became of a message an HTTP client sent.
+pub(crate) enum Sent {
+    /// What an adapter would be told.
+    Taken(Submitted),
+    /// Its `Idempotency-Key` was published with another body within the dedup window:
+    /// refused, nothing published.
+    KeyReused,
 }
 
 impl LocationSubmitter {
@@ -510,6 +524,7 @@ impl LocationSubmitter {
     pub(crate) async fn request(
         &self,
         m: InboundMessage,
+        sha256: Option<[u8; 32]>,
         token: &str,
         instance: uuid::Uuid,
     ) -> Result<Requested, SubmitError> {
@@ -533,8 +548,9 @@ impl LocationSubmitter {
             body: new_body(m.body).await.map_err(SubmitError::new)?,
             content_type: m.content_type,
             context,
-            // a repeated request is a new exchange: its client waits for its own reply
-            source: None,
+            // an Idempotency-Key makes a repeat within the dedup window a duplicate (or,
+            // with another body, a refused reuse); without one each request is new
+            source: self.source(m.source_id, sha256),
             routing: Default::default(),
         };
         let published = self
@@ -542,30 +558,59 @@ impl LocationSubmitter {
             .request_publish(&publisher, message, instance, token)
             .await
             .map_err(|e| SubmitError::new(e.to_string()))?;
-        metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
-            .increment(1);
+        if matches!(
+            published,
+            Published::Routed { .. } | Published::RoutingFailure { .. }
+        ) {
+            metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
+                .increment(1);
+        }
         Ok(match published {
             Published::Routed { message_id, .. } => Requested::Published(message_id),
             Published::RoutingFailure {
                 message_id,
                 suspended_id,
             } => Requested::Unrouted(message_id, suspended_id),
-            Published::Duplicate | Published::Unsubscribed => {
-                Requested::Failed("not published (a duplicate)".into())
+            Published::Duplicate => {
+                // never silent: logged, counted, tracked on the request taken first
+                warn!(location = %self.location.name,
+                      "dropped a request whose Idempotency-Key was published within the dedup window");
+                metrics::counter!("mbx_receive_duplicates_total", "location" => self.location.name.clone())
+                    .increment(1);
+                Requested::Repeated
             }
+            Published::SourceReused => Requested::KeyReused,
+            Published::Unsubscribed => Requested::Failed("not published (no subscriber)".into()),
         })
     }
 }
 
-#[async_trait]
-impl Submitter for LocationSubmitter {
-    async fn problem(&self, why: Option<&str>) {
-        if let Some(shared) = self.shared.upgrade() {
-            report_run(&shared, &self.location, why).await;
-        }
+impl LocationSubmitter {
+    /// Idempotent receive: the message's source, with its body's digest if it has one.
+    fn source(&self, source_id: Option<String>, sha256: Option<[u8; 32]>) -> Option<Source> {
+        source_id.map(|id| Source {
+            body_sha256: sha256,
+            ..Source::new(self.location.id, id)
+        })
     }
 
-    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
+    /// Publishes one message an HTTP client sent, its source id (an `Idempotency-Key`)
+    /// kept with the SHA-256 of its body: a repeat with another body is refused.
+    pub(crate) async fn submit_sent(
+        &self,
+        m: InboundMessage,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<Sent, SubmitError> {
+        let mut outcomes = self.publish_batch(vec![(m, sha256)]).await?;
+        Ok(outcomes.pop().unwrap_or(Sent::Taken(Submitted::Accepted)))
+    }
+
+    /// Publishes a batch in one transaction, each message with its body's digest if it
+    /// has one; one outcome per message, in order.
+    async fn publish_batch(
+        &self,
+        batch: Vec<(InboundMessage, Option<[u8; 32]>)>,
+    ) -> Result<Vec<Sent>, SubmitError> {
         if let Some(throttle) = &self.throttle {
             if let Some(why) = throttle.receive_throttled_why() {
                 info!(location = %self.location.name, why, "holding the batch");
@@ -580,11 +625,13 @@ impl Submitter for LocationSubmitter {
             }
         }
         let publisher = self.publisher()?;
-        let mut outcomes = vec![Submitted::Accepted; batch.len()];
+        let mut outcomes: Vec<Sent> = (0..batch.len())
+            .map(|_| Sent::Taken(Submitted::Accepted))
+            .collect();
         // which message of the batch each published one is
         let mut published_from = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
-        for (i, m) in batch.into_iter().enumerate() {
+        for (i, (m, sha256)) in batch.into_iter().enumerate() {
             // a body the pipeline must read is read whole (json, xml); passthru reads none
             let read = self.pipeline_input(&m.body).await?;
             match self.context(&m, &read) {
@@ -595,7 +642,7 @@ impl Submitter for LocationSubmitter {
                         body: new_body(m.body).await.map_err(SubmitError::new)?,
                         content_type: m.content_type,
                         context,
-                        source: m.source_id.map(|s| (self.location.id, s)),
+                        source: self.source(m.source_id, sha256),
                         routing: Default::default(),
                     });
                 }
@@ -603,7 +650,7 @@ impl Submitter for LocationSubmitter {
                     // kept as a non-resumable receive failure; the source is then
                     // acknowledged (or rejected, where it keeps rejected messages)
                     self.receive_failure(m, &reason).await?;
-                    outcomes[i] = Submitted::ReceiveFailure;
+                    outcomes[i] = Sent::Taken(Submitted::ReceiveFailure);
                 }
             }
         }
@@ -615,15 +662,17 @@ impl Submitter for LocationSubmitter {
             .publish(&publisher, messages)
             .await
             .map_err(|e| SubmitError::new(e.to_string()))?;
-        let mut fresh = 0u64;
+        let (mut fresh, mut duplicates) = (0u64, 0u64);
         for (i, p) in published_from.into_iter().zip(&published) {
-            if matches!(p, Published::Duplicate) {
-                outcomes[i] = Submitted::Duplicate;
-            } else {
-                fresh += 1;
+            match p {
+                Published::Duplicate => {
+                    outcomes[i] = Sent::Taken(Submitted::Duplicate);
+                    duplicates += 1;
+                }
+                Published::SourceReused => outcomes[i] = Sent::KeyReused,
+                _ => fresh += 1,
             }
         }
-        let duplicates = published.len() as u64 - fresh;
         metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
             .increment(fresh);
         if duplicates > 0 {
@@ -635,6 +684,30 @@ impl Submitter for LocationSubmitter {
                 .increment(duplicates);
         }
         Ok(outcomes)
+    }
+}
+
+#[async_trait]
+impl Submitter for LocationSubmitter {
+    async fn problem(&self, why: Option<&str>) {
+        if let Some(shared) = self.shared.upgrade() {
+            report_run(&shared, &self.location, why).await;
+        }
+    }
+
+    async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
+        let batch = batch.into_iter().map(|m| (m, None)).collect();
+        Ok(self
+            .publish_batch(batch)
+            .await?
+            .into_iter()
+            .map(|sent| match sent {
+                Sent::Taken(s) => s,
+                // only a message with a body digest can be refused so, and adapters
+                // submit none
+                Sent::KeyReused => Submitted::Duplicate,
+            })
+            .collect())
     }
 
     async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {

@@ -3,7 +3,7 @@
 //! matching subscriber or a routing-failure suspended item. Only after it commits may the
 //! sender be acknowledged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -103,10 +103,35 @@ pub struct NewMessage {
     pub body: NewBody,
     pub content_type: String,
     pub context: Context,
-    /// Idempotent receive: (receive location id, source id).
-    pub source: Option<(i64, String)>,
+    /// Idempotent receive: where it came from.
+    pub source: Option<Source>,
     /// Where it may go (all subscribers, unless it is a response or a fault).
     pub routing: Routing,
+}
+
+/// Idempotent receive: the source message a received message came from. A second
+/// message from the same (location, source id) within the dedup window is dropped as a
+/// duplicate — or, when both carry a body digest and the digests differ, refused as
+/// [`Published::SourceReused`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub location_id: i64,
+    /// The adapter's id of the source message (FILE: name, size and mtime; AMQP: the
+    /// message id; HTTP: the `Idempotency-Key`).
+    pub id: String,
+    /// The SHA-256 of the body, where a sender may reuse an id with another body (HTTP).
+    pub body_sha256: Option<[u8; 32]>,
+}
+
+impl Source {
+    /// A source id without a body digest.
+    pub fn new(location_id: i64, id: impl Into<String>) -> Self {
+        Self {
+            location_id,
+            id: id.into(),
+            body_sha256: None,
+        }
+    }
 }
 
 /// Where a published message may be routed.
@@ -149,6 +174,10 @@ pub enum Published {
     RoutingFailure { message_id: Uuid, suspended_id: i64 },
     /// Its source id was published within the dedup window: dropped.
     Duplicate,
+    /// Its source id was published within the dedup window with another body (their
+    /// SHA-256 digests differ): refused, nothing published, nothing tracked (the sender
+    /// is told: HTTP answers 422).
+    SourceReused,
     /// An error report no subscriber matched: dropped.
     Unsubscribed,
 }
@@ -217,7 +246,16 @@ impl MessageBox {
             .iter()
             .map(|m| m.id.unwrap_or_else(Uuid::now_v7))
             .collect();
-        let fresh = dedup_sources(tx, &ids, &messages).await?;
+        let dedup = dedup_sources(tx, &ids, &messages).await?;
+        let fresh: Vec<bool> = dedup.iter().map(|d| *d == Dedup::Fresh).collect();
+        // what a message not published becomes
+        let not_published: Vec<Published> = dedup
+            .iter()
+            .map(|d| match d {
+                Dedup::Reused => Published::SourceReused,
+                Dedup::Fresh | Dedup::Duplicate => Published::Duplicate,
+            })
+            .collect();
 
         // 1. messages and bodies (before the routing lock, so a large body never stalls a
         //    subscription change)
@@ -243,7 +281,7 @@ impl MessageBox {
             m_bodies.push(inline);
         }
         if m_ids.is_empty() {
-            return Ok((vec![Published::Duplicate; messages.len()], Vec::new()));
+            return Ok((not_published, Vec::new()));
         }
         sqlx::query(
             "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
@@ -301,7 +339,7 @@ impl MessageBox {
         let mut no_key = Vec::new();
         let mut d_size = Vec::new();
         let mut failures = Vec::new();
-        let mut outcomes = vec![Published::Duplicate; messages.len()];
+        let mut outcomes = not_published;
         let mut unsubscribed = Vec::new();
         for (i, targets) in &routes {
             let to_instance = usize::from(replied.contains_key(i));
@@ -491,41 +529,56 @@ pub(crate) fn pg_bigint_array(values: &[i64]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// What the dedup window says of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    Fresh,
+    /// Its source id was seen: dropped.
+    Duplicate,
+    /// Its source id was seen with another body digest: refused.
+    Reused,
+}
+
 /// Records source ids; returns per message whether it is fresh (not a duplicate within
-/// the dedup window). Duplicates inside the batch keep only their first occurrence.
+/// the dedup window), a duplicate, or a reuse of its source id with another body (both
+/// digests known and different). Duplicates inside the batch keep only their first
+/// occurrence.
 async fn dedup_sources(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
     messages: &[NewMessage],
-) -> Result<Vec<bool>> {
-    let mut fresh = vec![true; messages.len()];
-    let mut seen = HashSet::new();
+) -> Result<Vec<Dedup>> {
+    let mut fresh = vec![Dedup::Fresh; messages.len()];
+    // the first message of the batch with each (location, source id)
+    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+    // (a later one, the first one) of the batch with the same (location, source id)
+    let mut in_batch = Vec::new();
     let mut locs = Vec::new();
     let mut srcs = Vec::new();
     let mut mids = Vec::new();
-    let mut dup_locs = Vec::new();
-    let mut dup_srcs = Vec::new();
+    let mut digests: Vec<Option<Vec<u8>>> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        if let Some((loc, src)) = &m.source {
-            if !seen.insert((*loc, src.clone())) {
-                fresh[i] = false;
-                dup_locs.push(*loc);
-                dup_srcs.push(src.clone());
+        if let Some(src) = &m.source {
+            if let Some(&first) = first_of.get(&(src.location_id, src.id.as_str())) {
+                in_batch.push((i, first));
                 continue;
             }
-            locs.push(*loc);
-            srcs.push(src.clone());
+            first_of.insert((src.location_id, src.id.as_str()), i);
+            locs.push(src.location_id);
+            srcs.push(src.id.clone());
             mids.push(ids[i]);
+            digests.push(src.body_sha256.map(|d| d.to_vec()));
         }
     }
     if locs.is_empty() {
         return Ok(fresh);
     }
     let accepted: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-        "INSERT INTO received_sources (receive_location_id, source_id, message_id)
-         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[])
+        "INSERT INTO received_sources (receive_location_id, source_id, message_id, body_sha256)
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[], $5::bytea[])
          ON CONFLICT (receive_location_id, source_id) DO UPDATE
-            SET message_id = excluded.message_id, published_at = now()
+            SET message_id = excluded.message_id, published_at = now(),
+                body_sha256 = excluded.body_sha256
           WHERE received_sources.published_at < now() - make_interval(secs => $4)
          RETURNING message_id",
     )
@@ -533,19 +586,65 @@ async fn dedup_sources(
     .bind(&srcs)
     .bind(&mids)
     .bind(DEDUP_WINDOW_S as f64)
+    .bind(&digests)
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
     .collect();
-    for (i, m) in messages.iter().enumerate() {
-        if let (Some((loc, src)), true) = (&m.source, fresh[i]) {
-            if !accepted.contains(&ids[i]) {
-                fresh[i] = false;
-                dup_locs.push(*loc);
-                dup_srcs.push(src.clone());
-            }
-        }
+    // the first of the batch with a source id seen before: compared with the digest the
+    // source id was published with first
+    let repeated: Vec<usize> = first_of
+        .values()
+        .copied()
+        .filter(|&i| !accepted.contains(&ids[i]))
+        .collect();
+    let mut stored: HashMap<(i64, String), Option<[u8; 32]>> = HashMap::new();
+    if !repeated.is_empty() {
+        let (r_locs, r_srcs): (Vec<i64>, Vec<String>) = repeated
+            .iter()
+            .filter_map(|&i| messages[i].source.as_ref())
+            .map(|s| (s.location_id, s.id.clone()))
+            .unzip();
+        stored = sqlx::query_as::<_, (i64, String, Option<Vec<u8>>)>(
+            "SELECT r.receive_location_id, r.source_id, r.body_sha256
+               FROM unnest($1::int8[], $2::text[]) AS t(loc, src)
+               JOIN received_sources r ON r.receive_location_id = t.loc AND r.source_id = t.src",
+        )
+        .bind(&r_locs)
+        .bind(&r_srcs)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(loc, src, d)| ((loc, src), d.and_then(|d| <[u8; 32]>::try_from(d).ok())))
+        .collect();
     }
+    // the digest a source id was published with first: stored before, or of this batch
+    let published_with = |first: usize| -> Option<[u8; 32]> {
+        let src = messages[first].source.as_ref()?;
+        if accepted.contains(&ids[first]) {
+            src.body_sha256
+        } else {
+            stored
+                .get(&(src.location_id, src.id.clone()))
+                .copied()
+                .flatten()
+        }
+    };
+    for &i in &repeated {
+        let digest = messages[i].source.as_ref().and_then(|s| s.body_sha256);
+        fresh[i] = repeat_of(published_with(i), digest);
+    }
+    for &(i, first) in &in_batch {
+        let digest = messages[i].source.as_ref().and_then(|s| s.body_sha256);
+        fresh[i] = repeat_of(published_with(first), digest);
+    }
+    let (dup_locs, dup_srcs): (Vec<i64>, Vec<String>) = messages
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, d)| **d == Dedup::Duplicate)
+        .filter_map(|(m, _)| m.source.as_ref())
+        .map(|s| (s.location_id, s.id.clone()))
+        .unzip();
     if !dup_locs.is_empty() {
         // never silent: the message published first records each repeat
         sqlx::query(
@@ -563,6 +662,15 @@ async fn dedup_sources(
         .await?;
     }
     Ok(fresh)
+}
+
+/// A source id seen before (with `first`'s digest) comes again with `again`'s: a
+/// duplicate, unless both digests are known and differ.
+fn repeat_of(first: Option<[u8; 32]>, again: Option<[u8; 32]>) -> Dedup {
+    match (first, again) {
+        (Some(a), Some(b)) if a != b => Dedup::Reused,
+        _ => Dedup::Duplicate,
+    }
 }
 
 /// Stores a large body in chunks of [`BODY_CHUNK_BYTES`], one statement per chunk; a

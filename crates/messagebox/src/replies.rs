@@ -116,9 +116,20 @@ impl MessageBox {
         .execute(&mut *tx)
         .await?;
         let (outcomes, replies) = self.publish_in(&mut tx, publisher, vec![message]).await?;
+        let outcome = outcomes.first().cloned().unwrap_or(Published::Duplicate);
+        if matches!(outcome, Published::Duplicate | Published::SourceReused) {
+            // nothing published, so no reply can come: nobody waits (a duplicate's
+            // tracking event is still committed)
+            sqlx::query(
+                "DELETE FROM subscriptions WHERE kind = 'instance' AND correlation_token = $1",
+            )
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         self.notify_after_publish(&outcomes, &replies).await;
-        Ok(outcomes.into_iter().next().unwrap_or(Published::Duplicate))
+        Ok(outcome)
     }
 
     /// The client waiting for `token` left (answered, timed out, gone): its subscription

@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use mbx_messagebox::config::InitialState;
-use mbx_messagebox::publish::{NewMessage, Published, Publisher};
+use mbx_messagebox::publish::{NewMessage, Published, Publisher, Source};
 use mbx_messagebox::suspended::{Kind, Selector};
 use mbx_messagebox::{Error, PropertyType, Value};
 use sqlx::PgPool;
@@ -260,7 +260,7 @@ async fn a_source_id_published_twice_is_a_duplicate(pool: PgPool) {
     };
     let sourced = |src: &str| {
         let mut m = msg(&[("Order.Region", s("EU"))]);
-        m.source = Some((loc, src.to_owned()));
+        m.source = Some(Source::new(loc, src));
         m
     };
     let first = mbx
@@ -314,6 +314,57 @@ async fn a_source_id_published_twice_is_a_duplicate(pool: PgPool) {
         .await
         .unwrap();
     assert!(matches!(later[0], Published::Routed { .. }), "{later:?}");
+}
+
+/// Issue 26: a source id that carries the body's digest (an HTTP `Idempotency-Key`) and
+/// comes again with the same body is a duplicate; with another body it is refused as a
+/// reuse, nothing published or tracked, and the first digest stays the one compared.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_source_id_reused_with_another_body_is_refused_not_dropped(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    started(&mbx, "eu", EU).await;
+    let loc = receive_location(&pool, "in").await;
+    let publisher = Publisher {
+        host_id: None,
+        receive_location_id: Some(loc),
+        fence: None,
+    };
+    let keyed = |digest: u8| {
+        let mut m = msg(&[("Order.Region", s("EU"))]);
+        m.source = Some(Source {
+            body_sha256: Some([digest; 32]),
+            ..Source::new(loc, "key-1")
+        });
+        m
+    };
+    let first = mbx.publish(&publisher, vec![keyed(1)]).await.unwrap();
+    assert!(matches!(first[0], Published::Routed { .. }), "{first:?}");
+    let again = mbx
+        .publish(&publisher, vec![keyed(1), keyed(2)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Published::Duplicate, Published::SourceReused]);
+    // in one batch too: each compared with the digest the key was published with first
+    let batch = mbx
+        .publish(&publisher, vec![keyed(2), keyed(1)])
+        .await
+        .unwrap();
+    assert_eq!(batch, vec![Published::SourceReused, Published::Duplicate]);
+    assert_eq!(count(&pool, "SELECT count(*) FROM messages").await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM tracking_events WHERE event = 'duplicate-dropped'"
+        )
+        .await,
+        2,
+        "the duplicates are tracked, the refused reuses are not"
+    );
+    // a source id without a digest (FILE) repeated is a duplicate whatever the body
+    let mut plain = msg(&[("Order.Region", s("EU"))]);
+    plain.source = Some(Source::new(loc, "key-1"));
+    let dropped = mbx.publish(&publisher, vec![plain]).await.unwrap();
+    assert_eq!(dropped, vec![Published::Duplicate]);
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -476,7 +527,7 @@ async fn concurrent_publishes_of_one_source_id_store_it_once(pool: PgPool) {
             let mbx = mbx.clone();
             tokio::spawn(async move {
                 let mut m = msg(&[("Order.Region", s("EU"))]);
-                m.source = Some((loc, "same.xml".to_owned()));
+                m.source = Some(Source::new(loc, "same.xml"));
                 let publisher = Publisher {
                     host_id: None,
                     receive_location_id: Some(loc),

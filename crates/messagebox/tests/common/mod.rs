@@ -90,7 +90,7 @@ pub fn message_id(p: &Published) -> Uuid {
         Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
             *message_id
         }
-        Published::Duplicate | Published::Unsubscribed => {
+        Published::Duplicate | Published::SourceReused | Published::Unsubscribed => {
             panic!("expected a stored message, got {p:?}")
         }
     }
