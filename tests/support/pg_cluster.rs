@@ -292,7 +292,14 @@ impl Drop for PgCluster {
                 .output();
         }
         for at in self.mounts.iter().rev() {
-            let _ = Command::new("umount").arg(at).status();
+            // lazily if still busy: the mount goes once nothing uses it
+            let unmounted = Command::new("umount")
+                .arg(at)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !unmounted {
+                let _ = Command::new("umount").arg("-l").arg(at).status();
+            }
         }
     }
 }
