@@ -353,28 +353,8 @@ async fn a_two_way_request_repeated_under_its_key_is_not_asked_again(pool: PgPoo
         }),
     ))
     .await;
-    cli.ok(&["receive-port", "create", "quotes", "--two-way"]);
-    cli.ok(&[
-        "receive-location",
-        "create",
-        "quotes-http",
-        "--port",
-        "quotes",
-        "--address",
-        "http:///quote",
-    ]);
-    cli.ok(&["receive-location", "enable", "quotes-http"]);
-    cli.ok(&[
-        "send-port",
-        "create",
-        "quote-svc",
-        "--start",
-        "--solicit-response",
-        "--address",
-        &format!("http://127.0.0.1:{service}/quote"),
-        "--filter",
-        "mbx.ReceivePortName == \"quotes\"",
-    ]);
+    mbx_e2e::two_way(&cli, "quotes", "quote", "30s");
+    mbx_e2e::quote_port(&cli, service);
     let dir = tempfile::tempdir().expect("tempdir");
     let (_host, http) = start_front(&url, dir.path());
     wait_served(http, "/quote").await;

@@ -100,23 +100,6 @@ async fn nothing_waits(pool: &PgPool) {
     }
 }
 
-/// A two-way receive port `port` served at `http:///path`, held `timeout`.
-fn two_way(cli: &Mbx, port: &str, path: &str, timeout: &str) {
-    cli.ok(&["receive-port", "create", port, "--two-way"]);
-    cli.ok(&[
-        "receive-location",
-        "create",
-        &format!("{port}-http"),
-        "--port",
-        port,
-        "--address",
-        &format!("http:///{path}"),
-        "--set",
-        &format!("timeout={timeout}"),
-    ]);
-    cli.ok(&["receive-location", "enable", &format!("{port}-http")]);
-}
-
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn each_client_gets_its_own_answer_and_responses_never_loop(pool: PgPool) {
     let mbx = messagebox(&pool).await;
@@ -124,7 +107,7 @@ async fn each_client_gets_its_own_answer_and_responses_never_loop(pool: PgPool) 
     let cli = Mbx::new(url.clone());
     let (service, calls) = quote_service().await;
     let out = tempfile::tempdir().unwrap();
-    two_way(&cli, "quotes", "quote", "30s");
+    mbx_e2e::two_way(&cli, "quotes", "quote", "30s");
     // its filter would match its own responses too: they must not come back to it
     cli.ok(&[
         "send-port",
@@ -252,7 +235,7 @@ async fn a_client_waits_its_timeout_and_a_late_answer_is_suspended_with_the_reas
     let url = database_url(&pool);
     let cli = Mbx::new(url.clone());
     let (service, _) = quote_service().await;
-    two_way(&cli, "slow", "slow", "1s");
+    mbx_e2e::two_way(&cli, "slow", "slow", "1s");
     cli.ok(&[
         "send-port",
         "create",
@@ -299,8 +282,8 @@ async fn a_rejected_request_answers_502_unless_the_port_replies_with_4xx(pool: P
     let url = database_url(&pool);
     let cli = Mbx::new(url.clone());
     let (service, _) = quote_service().await;
-    two_way(&cli, "strict", "strict", "20s");
-    two_way(&cli, "lenient", "lenient", "20s");
+    mbx_e2e::two_way(&cli, "strict", "strict", "20s");
+    mbx_e2e::two_way(&cli, "lenient", "lenient", "20s");
     let reject = format!("http://127.0.0.1:{service}/reject");
     cli.ok(&[
         "send-port",
@@ -327,9 +310,9 @@ async fn a_rejected_request_answers_502_unless_the_port_replies_with_4xx(pool: P
         "reply_statuses=4xx",
     ]);
     // a two-way port nothing subscribes to: no reply can come, the client is not held
-    two_way(&cli, "nowhere", "nowhere", "20s");
+    mbx_e2e::two_way(&cli, "nowhere", "nowhere", "20s");
     // a dynamic solicit-response port: the address comes from the request
-    two_way(&cli, "anywhere", "anywhere", "20s");
+    mbx_e2e::two_way(&cli, "anywhere", "anywhere", "20s");
     cli.ok(&[
         "receive-location",
         "update",
@@ -422,7 +405,7 @@ async fn kill_9_of_the_responding_instance_leaves_no_client_without_its_answer(p
     .await;
     cli.ok(&["host", "create", "back"]);
     // the clients wait longer than a takeover takes (the dead timeout, 10 s, and a resend)
-    two_way(&cli, "quotes", "quote", "45s");
+    mbx_e2e::two_way(&cli, "quotes", "quote", "45s");
     cli.ok(&[
         "send-port",
         "create",

@@ -365,30 +365,8 @@ async fn a_database_past_its_size_threshold_stops_receive_while_work_in_progress
         )
     };
     let service = mbx_e2e::serve_on_loopback(app).await;
-    cli.ok(&["receive-port", "create", "quotes", "--two-way"]);
-    cli.ok(&[
-        "receive-location",
-        "create",
-        "quotes-http",
-        "--port",
-        "quotes",
-        "--address",
-        "http:///quote",
-        "--set",
-        "timeout=60s",
-    ]);
-    cli.ok(&["receive-location", "enable", "quotes-http"]);
-    cli.ok(&[
-        "send-port",
-        "create",
-        "quote-svc",
-        "--start",
-        "--solicit-response",
-        "--address",
-        &format!("http://127.0.0.1:{service}/quote"),
-        "--filter",
-        "mbx.ReceivePortName == \"quotes\"",
-    ]);
+    mbx_e2e::two_way(&cli, "quotes", "quote", "60s");
+    mbx_e2e::quote_port(&cli, service);
     // what is published by other means than a receive location is delivered all along
     let direct = dir.path().join("direct");
     std::fs::create_dir_all(&direct).expect("direct/");

@@ -601,3 +601,37 @@ pub fn start_console(db_url: &str, args: &[&str], env: &[(&str, &str)], stderr: 
         .to_owned();
     Console { url, process }
 }
+
+/// A two-way receive port `port` with its HTTP location `<port>-http` on `/<path>`,
+/// waiting `timeout` for each reply, enabled.
+pub fn two_way(cli: &Mbx, port: &str, path: &str, timeout: &str) {
+    cli.ok(&["receive-port", "create", port, "--two-way"]);
+    cli.ok(&[
+        "receive-location",
+        "create",
+        &format!("{port}-http"),
+        "--port",
+        port,
+        "--address",
+        &format!("http:///{path}"),
+        "--set",
+        &format!("timeout={timeout}"),
+    ]);
+    cli.ok(&["receive-location", "enable", &format!("{port}-http")]);
+}
+
+/// The started solicit-response port `quote-svc`, calling `http://127.0.0.1:<service>/quote`
+/// for what the receive port `quotes` takes in (with [`two_way`]: the demo's quote flow).
+pub fn quote_port(cli: &Mbx, service: u16) {
+    cli.ok(&[
+        "send-port",
+        "create",
+        "quote-svc",
+        "--start",
+        "--solicit-response",
+        "--address",
+        &format!("http://127.0.0.1:{service}/quote"),
+        "--filter",
+        "mbx.ReceivePortName == \"quotes\"",
+    ]);
+}
