@@ -105,6 +105,10 @@ pub struct NewMessage {
     pub context: Context,
     /// Idempotent receive: (receive location id, source id).
     pub source: Option<(i64, String)>,
+    /// Which copy of the source this is (FILE: the claimed file's device, inode and
+    /// ctime), recorded with the source id: a copy found still claimed is known published
+    /// by [`MessageBox::published_copies`].
+    pub source_identity: Option<String>,
     /// Where it may go (all subscribers, unless it is a response or a fault).
     pub routing: Routing,
 }
@@ -134,6 +138,7 @@ impl NewMessage {
             content_type: content_type.to_owned(),
             context,
             source: None,
+            source_identity: None,
             routing: Routing::All,
         }
     }
@@ -172,6 +177,51 @@ pub struct LocationFence {
 }
 
 impl MessageBox {
+    /// Which of `sources` — (source id, identity) pairs a receive location found still
+    /// claimed — were published by receive location `location_id` from that very copy
+    /// (the identity recorded with the source id): one answer per source, in order. Each
+    /// found is tracked on its message (`reclaimed`, with `instance` and the detail): its
+    /// claimant stopped between its commit and its delete, and the caller finishes the
+    /// delete instead of receiving it again.
+    pub async fn published_copies(
+        &self,
+        location_id: i64,
+        sources: &[(String, String)],
+        instance: Option<Uuid>,
+    ) -> Result<Vec<bool>> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (srcs, idents): (Vec<String>, Vec<String>) = sources.iter().cloned().unzip();
+        let found: HashSet<i64> = sqlx::query_scalar::<_, i64>(
+            "WITH found AS (
+                 SELECT t.n, r.message_id, t.src
+                   FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(src, ident, n)
+                   JOIN received_sources r
+                     ON r.receive_location_id = $1 AND r.source_id = t.src
+                    AND r.source_identity = t.ident
+             ), tracked AS (
+                 INSERT INTO tracking_events (message_id, event, instance_id, detail)
+                 SELECT f.message_id, 'reclaimed', $4,
+                        'source ' || f.src || ' found still claimed by ' || coalesce(l.name, 'a deleted location')
+                        || ' after its claimant stopped: already published (this message), so deleted, not received again'
+                   FROM found f LEFT JOIN receive_locations l ON l.id = $1
+             )
+             SELECT n FROM found",
+        )
+        .bind(location_id)
+        .bind(&srcs)
+        .bind(&idents)
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        Ok((1..=sources.len() as i64)
+            .map(|n| found.contains(&n))
+            .collect())
+    }
+
     /// Publishes a batch of messages in one transaction; returns one outcome per message,
     /// in order.
     pub async fn publish(
@@ -503,6 +553,7 @@ async fn dedup_sources(
     let mut locs = Vec::new();
     let mut srcs = Vec::new();
     let mut mids = Vec::new();
+    let mut idents: Vec<Option<String>> = Vec::new();
     let mut dup_locs = Vec::new();
     let mut dup_srcs = Vec::new();
     for (i, m) in messages.iter().enumerate() {
@@ -516,16 +567,18 @@ async fn dedup_sources(
             locs.push(*loc);
             srcs.push(src.clone());
             mids.push(ids[i]);
+            idents.push(m.source_identity.clone());
         }
     }
     if locs.is_empty() {
         return Ok(fresh);
     }
     let accepted: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-        "INSERT INTO received_sources (receive_location_id, source_id, message_id)
-         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[])
+        "INSERT INTO received_sources (receive_location_id, source_id, message_id, source_identity)
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[], $5::text[])
          ON CONFLICT (receive_location_id, source_id) DO UPDATE
-            SET message_id = excluded.message_id, published_at = now()
+            SET message_id = excluded.message_id, published_at = now(),
+                source_identity = excluded.source_identity
           WHERE received_sources.published_at < now() - make_interval(secs => $4)
          RETURNING message_id",
     )
@@ -533,6 +586,7 @@ async fn dedup_sources(
     .bind(&srcs)
     .bind(&mids)
     .bind(DEDUP_WINDOW_S as f64)
+    .bind(&idents)
     .fetch_all(&mut **tx)
     .await?
     .into_iter()

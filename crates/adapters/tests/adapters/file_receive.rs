@@ -321,7 +321,10 @@ async fn files_claimed_by_a_dead_instance_are_reclaimed() {
     write(dir.path(), ".b.xml.mbx-claimed-live-1", "<b/>");
     let location = adapter(dir.path(), "*.xml", Settings::new());
     let report = location
-        .reclaim(&|c: &mbx_adapters::ClaimInfo| c.claim_id != "live-1")
+        .reclaim(
+            &|c: &mbx_adapters::ClaimInfo| c.claim_id != "live-1",
+            Recorder::new().as_ref(),
+        )
         .await
         .unwrap();
     assert_eq!((report.reclaimed, report.kept), (1, 1));
