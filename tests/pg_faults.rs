@@ -290,7 +290,7 @@ async fn a_postgres_outage_sets_no_received_file_aside() {
         .unwrap_or_default();
     assert!(
         aside.is_empty(),
-        "{} files set aside as duplicates after the outage: {:?}",
+        "{} entries (files and reason files) in .mbx-duplicates/ after the outage: {:?}",
         aside.len(),
         &aside[..aside.len().min(6)]
     );
