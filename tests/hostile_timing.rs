@@ -212,7 +212,7 @@ async fn append_port(mbx: &mbx_messagebox::MessageBox, path: &Path) {
 }
 
 /// `strace` attached to every thread of a running process, delaying the system calls
-/// `inject` names (`strace -e inject=…` syntax) on `path` only; its log lists each traced
+/// `inject` names (`strace -e inject=…` syntax) on `paths` only; its log lists each traced
 /// call once it returned. Detaches when dropped (the process runs on, undelayed).
 struct Stall {
     strace: mbx_e2e::Reaped,
@@ -220,12 +220,13 @@ struct Stall {
 }
 
 impl Stall {
-    fn attach(pid: u32, path: &Path, trace: &str, inject: &str, log: &Path) -> Stall {
-        let strace = std::process::Command::new("strace")
-            .args(["-f", "-qq", "-o"])
-            .arg(log)
-            .arg("-P")
-            .arg(path)
+    fn attach(pid: u32, paths: &[&Path], trace: &str, inject: &str, log: &Path) -> Stall {
+        let mut strace = std::process::Command::new("strace");
+        strace.args(["-f", "-qq", "-o"]).arg(log);
+        for path in paths {
+            strace.arg("-P").arg(path);
+        }
+        let strace = strace
             .args([
                 "-e",
                 &format!("trace={trace}"),
@@ -358,7 +359,7 @@ async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
     // (A's lease still holds it off). The write: while A2 is appending, so that its next
     // write stalls (strace counts calls per thread, and appends move between threads).
     let stall = if restore {
-        let stall = Stall::attach(a2.pid(), &log, syscall, inject, &strace_log);
+        let stall = Stall::attach(a2.pid(), &[&log], syscall, inject, &strace_log);
         wait_for("strace to attach", Duration::from_secs(10), || async {
             Stall::attached(a2.pid())
         })
@@ -379,7 +380,7 @@ async fn stalled_owner(pool: PgPool, syscall: &str, inject: &str) {
             lines_of(&log).len() >= 29
         })
         .await;
-        let stall = Stall::attach(a2.pid(), &log, syscall, inject, &strace_log);
+        let stall = Stall::attach(a2.pid(), &[&log], syscall, inject, &strace_log);
         wait_for("strace to attach", Duration::from_secs(10), || async {
             Stall::attached(a2.pid())
         })
@@ -532,4 +533,271 @@ async fn a_flood_of_idle_connections_keeps_neither_descriptors_nor_clients(pool:
     );
     drop(idle);
     mbx_e2e::wait_for_empty_spool(&mbx, Duration::from_secs(30)).await;
+}
+
+/// An ordered FILE location `feed-in` reading `inbox/*.txt` (`batch_max` files a batch,
+/// polled every 50 ms, nothing to settle; not enabled yet) and a started HTTP port sending
+/// what it receives to a new sink.
+async fn ordered_feed(
+    mbx: &mbx_messagebox::MessageBox,
+    inbox: &Path,
+    batch_max: usize,
+) -> std::sync::Arc<mbx_e2e::sink::Sink> {
+    std::fs::create_dir_all(inbox).expect("in");
+    mbx.receive_port_create("feed", false)
+        .await
+        .expect("receive port");
+    let mut loc = ReceiveLocationSpec::new(
+        "feed-in",
+        "feed",
+        &format!("file://{}/*.txt", inbox.display()),
+    );
+    loc.ordered = true;
+    for (k, v) in [
+        ("batch_max", batch_max.to_string()),
+        ("poll_interval", "50ms".to_owned()),
+        ("settle", "0s".to_owned()),
+    ] {
+        loc.settings.insert(k.into(), v);
+    }
+    mbx.receive_location_create(&loc).await.expect("location");
+    let (sink_port, sink) = start_sink().await;
+    let out = SendPortSpec::new("feed-out", &format!("http://127.0.0.1:{sink_port}/sink"))
+        .with_filter("mbx.ReceivePortName == 'feed'")
+        .with_state(InitialState::Started);
+    mbx.send_port_create(&out).await.expect("send port");
+    sink
+}
+
+/// How many sources location `feed-in` published.
+async fn feed_published(pool: &PgPool) -> usize {
+    mbx_e2e::count(
+        pool,
+        "SELECT count(*) FROM received_sources s JOIN receive_locations r ON r.id = s.receive_location_id
+          WHERE r.name = 'feed-in'",
+    )
+    .await as usize
+}
+
+/// What `folder/.mbx-duplicates/` holds (nothing if it does not exist).
+fn set_aside(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder.join(".mbx-duplicates"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The files left in `folder`, claimed ones included (not the `.mbx-*` folders).
+fn left_in(folder: &Path) -> Vec<String> {
+    std::fs::read_dir(folder)
+        .expect("folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".mbx-"))
+        .collect()
+}
+
+/// Issue 26 item 5: host A holds an ordered FILE location; it commits a batch and stalls
+/// in the `unlink` of its claimed files (strace delays each by 40 s) while it is cut off
+/// from PostgreSQL, so B takes the location over after the lease TTL and finds A's
+/// claimed files — already published. B finishes their delete (tracked `reclaimed` on
+/// each message) instead of putting them back: every file published once and delivered,
+/// nothing set aside, nothing left. On main they went back to the folder, were dropped as
+/// duplicates and moved to `.mbx-duplicates/` with a reason file advising a resend.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_file_a_former_holder_published_is_deleted_not_set_aside_as_a_duplicate(pool: PgPool) {
+    const FILES: usize = 10;
+    const BATCH: usize = 5;
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inbox = dir.path().join("in");
+    let sink = ordered_feed(&mbx, &inbox, BATCH).await;
+    let url = database_url(&pool);
+    let proxy = FaultProxy::start(server_addr()).await;
+    let a = start_host(&proxy.url_for(&url), FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    mbx.receive_location_set_enabled("feed-in", true)
+        .await
+        .expect("enable");
+    wait_for(
+        "A to hold the location",
+        Duration::from_secs(30),
+        || async {
+            location_holder(&pool, "feed-in")
+                .await
+                .is_some_and(|(pid, _)| pid == a.pid() as i32)
+        },
+    )
+    .await;
+    let (_, epoch_a) = location_holder(&pool, "feed-in").await.expect("holder");
+    let _b = start_host(&url, FAST_HOST);
+    wait_for_alive(&mbx, 2).await;
+
+    // A's deletes of its claimed files stall in the kernel, 40 s each
+    let (a_id, _) = mbx_e2e::instance_of_pid(&pool, a.pid())
+        .await
+        .expect("A's instance");
+    let claimed: Vec<std::path::PathBuf> = (0..FILES)
+        .map(|n| inbox.join(format!(".{n:04}.txt.mbx-claimed-{}", a_id.simple())))
+        .collect();
+    let paths: Vec<&Path> = claimed.iter().map(|p| p.as_path()).collect();
+    let strace_log = dir.path().join("strace.log");
+    let _stall = Stall::attach(
+        a.pid(),
+        &paths,
+        "unlink,unlinkat",
+        "unlink,unlinkat:delay_enter=40000000",
+        &strace_log,
+    );
+    wait_for(
+        "strace to trace every thread of A",
+        Duration::from_secs(30),
+        || async { Stall::attached(a.pid()) },
+    )
+    .await;
+    for n in 0..FILES {
+        drop_file(&inbox, &format!("{n:04}.txt"), &format!("file {n:04}"));
+    }
+    // A committed its first batch and is stuck deleting it: cut it off there
+    wait_for(
+        "A to publish its first batch and stall deleting it",
+        Duration::from_secs(30),
+        || async { feed_published(&pool).await >= BATCH && claimed[0].exists() },
+    )
+    .await;
+    proxy.set(Mode::Blackhole);
+    assert_eq!(
+        feed_published(&pool).await,
+        BATCH,
+        "A published one batch before the cut"
+    );
+    wait_for(
+        "B to take the location over",
+        LEASE_TTL + Duration::from_secs(20),
+        || async {
+            location_holder(&pool, "feed-in")
+                .await
+                .is_some_and(|(pid, epoch)| pid != a.pid() as i32 && epoch > epoch_a)
+        },
+    )
+    .await;
+    wait_for(
+        "every file published and the folder empty",
+        Duration::from_secs(30),
+        || async { feed_published(&pool).await >= FILES && left_in(&inbox).is_empty() },
+    )
+    .await;
+    assert_eq!(
+        set_aside(&inbox),
+        Vec::<String>::new(),
+        "A's published files set aside as duplicates"
+    );
+    assert_eq!(
+        feed_published(&pool).await,
+        FILES,
+        "each file published once"
+    );
+    // B finished the delete of each file of A's batch, tracked on its message
+    let finished = mbx_e2e::count(
+        &pool,
+        "SELECT count(DISTINCT message_id) FROM tracking_events
+          WHERE event = 'reclaimed' AND detail LIKE '%found still claimed by feed-in%'",
+    )
+    .await as usize;
+    assert_eq!(finished, BATCH, "A's published batch deleted by B");
+    wait_for("every file delivered", Duration::from_secs(60), || async {
+        sink.distinct() >= FILES
+    })
+    .await;
+    let mut bodies: Vec<String> = sink.by_arrival().into_iter().map(|r| r.body).collect();
+    bodies.sort();
+    bodies.dedup();
+    let expected: Vec<String> = (0..FILES).map(|n| format!("file {n:04}")).collect();
+    assert_eq!(bodies, expected, "every file delivered, nothing else");
+}
+
+/// Writes a file `body` with mtime `mtime` under a hidden name, then renames it to `name`
+/// (a file's own name, or a claimed one).
+fn drop_file_at(inbox: &Path, name: &str, body: &str, mtime: std::time::SystemTime) {
+    let tmp = inbox.join(".drop.writing");
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set mtime");
+    std::fs::rename(&tmp, inbox.join(name)).expect("rename into place");
+}
+
+/// Issue 26 item 5, the other side: a file was published and delivered; a new file with
+/// the same name, size and mtime is dropped again — in the folder, and then as a claimed
+/// file a former holder left (claimed, not published). Neither is the file that was
+/// published (another inode or ctime), so each is still dropped as a duplicate and moved
+/// to `.mbx-duplicates/` with its reason file, never deleted unseen.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_new_file_like_one_published_is_still_set_aside_as_a_duplicate(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inbox = dir.path().join("in");
+    let sink = ordered_feed(&mbx, &inbox, 5).await;
+    let _host = start_host(&database_url(&pool), FAST_HOST);
+    wait_for_alive(&mbx, 1).await;
+    mbx.receive_location_set_enabled("feed-in", true)
+        .await
+        .expect("enable");
+    let mtime = std::time::SystemTime::now() - Duration::from_secs(60);
+    drop_file_at(&inbox, "a.txt", "order a", mtime);
+    wait_for("a.txt delivered", Duration::from_secs(30), || async {
+        sink.distinct() >= 1 && left_in(&inbox).is_empty()
+    })
+    .await;
+
+    // dropped again by an operator
+    drop_file_at(&inbox, "a.txt", "order a", mtime);
+    wait_for("the repeat set aside", Duration::from_secs(30), || async {
+        set_aside(&inbox).len() == 2 && left_in(&inbox).is_empty()
+    })
+    .await;
+    // dropped again, and claimed by a former holder that stopped before publishing it
+    drop_file_at(
+        &inbox,
+        ".a.txt.mbx-claimed-0123456789abcdef0123456789abcdef",
+        "order a",
+        mtime,
+    );
+    wait_for(
+        "the claimed repeat put back and set aside",
+        Duration::from_secs(30),
+        || async { set_aside(&inbox).len() == 4 && left_in(&inbox).is_empty() },
+    )
+    .await;
+    let aside = set_aside(&inbox);
+    let reasons: Vec<&String> = aside
+        .iter()
+        .filter(|n| n.ends_with(".reason.txt"))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{aside:?}");
+    for r in reasons {
+        let text =
+            std::fs::read_to_string(inbox.join(".mbx-duplicates").join(r)).expect("reason file");
+        assert!(
+            text.starts_with("a.txt: received again") && text.contains("same name, size and mtime"),
+            "{text}"
+        );
+    }
+    assert_eq!(feed_published(&pool).await, 1, "published once");
+    assert_eq!(
+        mbx_e2e::count(
+            &pool,
+            "SELECT count(*) FROM tracking_events WHERE event = 'duplicate-dropped'"
+        )
+        .await,
+        2,
+        "each repeat tracked on the message published"
+    );
 }

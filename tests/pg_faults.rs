@@ -206,6 +206,98 @@ async fn t4_postgres_crashed_immediate_under_load_loses_nothing() {
     restart_under_load("immediate").await;
 }
 
+/// The outage of [`a_postgres_outage_sets_no_received_file_aside`]: longer than the dead
+/// timeout (10 s), so every instance's heartbeat is stale when PostgreSQL is back.
+const OUTAGE: Duration = Duration::from_secs(30);
+/// How long, after the outage, the instances' heartbeats are held back: past two passes
+/// of each file reclaimer (every dead timeout).
+const BEATS_HELD: Duration = Duration::from_secs(25);
+/// While they are, publishes are held this long (under the hosts' 10 s lock timeout) in
+/// every [`STALL_EVERY`]: a batch sits claimed while a reclaimer looks.
+const STALL: Duration = Duration::from_secs(5);
+const STALL_EVERY: Duration = Duration::from_secs(6);
+
+/// Issue 26 item 5: PostgreSQL stopped for 30 s under a steady FILE receive (2 hosts,
+/// FILE → FILE, 40 files/s). When it is back every heartbeat is stale, the live
+/// instances' too, and heartbeats can come back after the rest of the work (a pool busy
+/// reconnecting, a lock): here a row lock holds them back for 25 s, while publishes are
+/// held 5 s in every 6 (a table lock) so that batches sit claimed. The file reclaimer
+/// takes no instance for dead before its own has been heartbeating on time for the dead
+/// timeout (the delivery reclaim's gate), so no file a live instance is publishing is put
+/// back: nothing in `.mbx-duplicates/`, lost 0, duplicates within the bound. On main the
+/// reclaimer put back files the live instances were publishing, and each came back as a
+/// duplicate with a reason file advising a resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_sets_no_received_file_aside() {
+    let cluster = PgCluster::start();
+    let url = cluster.url("postgres");
+    let (pool, mbx) = cluster.messagebox().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let FileRoute { inbox, outbox } = order_route(&mbx, dir.path()).await;
+    let mut hosts = vec![
+        start(&url, &host_args(free_port())),
+        start(&url, &host_args(free_port())),
+    ];
+    wait_for_alive(&mbx, 2).await;
+    let writer = Writer::start(&inbox, 2);
+    wait_for("100 files delivered", Duration::from_secs(60), || async {
+        files_in(&outbox, "xml").len() >= 100
+    })
+    .await;
+    pool.close().await;
+    cluster.stop("fast");
+    // the fault itself, not a wait for something: PostgreSQL stays down this long
+    tokio::time::sleep(OUTAGE).await;
+    assert_running(&mut hosts);
+    cluster.start_again();
+    let pool = PgPool::connect(&url).await.expect("reconnect");
+    let mut beats = pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM host_instances FOR NO KEY UPDATE")
+        .execute(&mut *beats)
+        .await
+        .expect("hold the heartbeats back");
+    let held = Instant::now();
+    while held.elapsed() < BEATS_HELD {
+        let mut publishes = pool.begin().await.expect("begin");
+        sqlx::query("LOCK TABLE received_sources IN SHARE MODE")
+            .execute(&mut *publishes)
+            .await
+            .expect("hold the publishes");
+        tokio::time::sleep(STALL).await;
+        publishes.commit().await.expect("let the publishes go");
+        tokio::time::sleep(STALL_EVERY - STALL).await;
+    }
+    beats.commit().await.expect("let the heartbeats go");
+    assert_running(&mut hosts);
+    // the backlog of the outage is received, the reclaimers pass again
+    let written_at_restart = writer.written();
+    wait_for(
+        "the outage's backlog delivered",
+        Duration::from_secs(60),
+        || async { files_in(&outbox, "xml").len() >= written_at_restart },
+    )
+    .await;
+    let (written, duplicates) =
+        drain_and_check(writer, &inbox, &outbox, Duration::from_secs(60)).await;
+    assert_running(&mut hosts);
+    eprintln!("{written} files, lost 0, {duplicates} duplicates");
+    let aside: Vec<String> = std::fs::read_dir(inbox.join(".mbx-duplicates"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        aside.is_empty(),
+        "{} entries (files and reason files) in .mbx-duplicates/ after the outage: {:?}",
+        aside.len(),
+        &aside[..aside.len().min(6)]
+    );
+    // a publish whose answer the outage cut off: at most one batch per host
+    assert!(duplicates <= 2 * 100, "{duplicates} duplicates");
+}
+
 async fn publish_numbered(mbx: &MessageBox, range: std::ops::Range<usize>) {
     let all: Vec<usize> = range.collect();
     for chunk in all.chunks(50) {

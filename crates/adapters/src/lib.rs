@@ -272,6 +272,12 @@ pub struct InboundMessage {
     /// Identifies the source message for idempotent receive: the same
     /// source delivered twice carries the same id. `None` when the source cannot repeat.
     pub source_id: Option<String>,
+    /// Which copy of the source this is, where the same source id can come from two
+    /// copies (FILE: the claimed file's device, inode and ctime, read after the claim).
+    /// Stored with the source id when published, so that a source found still claimed
+    /// after its claimant stopped can be told from a new one with the same id (see
+    /// [`Submitter::published_copies`]). `None`: no such identity.
+    pub source_identity: Option<String>,
 }
 
 /// What became of one message of a committed batch.
@@ -314,6 +320,26 @@ pub trait Submitter: Send + Sync {
     async fn problem(&self, why: Option<&str>) {
         let _ = why;
     }
+
+    /// Which of `sources` (found still claimed, by a former holder or a dead instance)
+    /// were published from that very copy: the same source id with the same
+    /// [`InboundMessage::source_identity`], by a committed publish. Their claimant stopped
+    /// between its commit and its acknowledge; the adapter finishes the acknowledge (FILE:
+    /// deletes the file) instead of putting them back to be received again (they would
+    /// be dropped as duplicates). One answer per source, in order. An error: nothing may
+    /// be decided, the sources stay claimed. The default knows of none (all put back).
+    async fn published_copies(&self, sources: &[ClaimedSource]) -> Result<Vec<bool>, SubmitError> {
+        Ok(vec![false; sources.len()])
+    }
+}
+
+/// A source found still claimed, as [`Submitter::published_copies`] is asked about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedSource {
+    /// The source id it would be submitted under.
+    pub source_id: String,
+    /// Its identity as found (see [`InboundMessage::source_identity`]).
+    pub identity: String,
 }
 
 /// A future that completes when the adapter must stop (mini-redis style).
@@ -359,6 +385,9 @@ pub type ReclaimFilter = dyn Fn(&ClaimInfo) -> bool + Send + Sync;
 pub struct ReclaimReport {
     /// Sources put back to be received again.
     pub reclaimed: usize,
+    /// Sources found already published from that very copy (their claimant stopped
+    /// between commit and acknowledge): acknowledged now (FILE: deleted), not put back.
+    pub finished: usize,
     /// Claimed sources the decision left alone, or that could not be put back (logged).
     pub kept: usize,
 }
@@ -378,9 +407,15 @@ pub trait ReceiveAdapter: Send + Sync {
     ) -> Result<(), ReceiveError>;
 
     /// Puts back sources left claimed, for which `should_reclaim` says yes (typically: the
-    /// claim id is not a live instance). The host decides when to call it.
-    async fn reclaim(&self, should_reclaim: &ReclaimFilter) -> Result<ReclaimReport, ReceiveError> {
-        let _ = should_reclaim;
+    /// claim id is not a live instance), except those `submitter` says were published
+    /// from that very copy ([`Submitter::published_copies`]): those are acknowledged
+    /// instead. The host decides when to call it.
+    async fn reclaim(
+        &self,
+        should_reclaim: &ReclaimFilter,
+        submitter: &dyn Submitter,
+    ) -> Result<ReclaimReport, ReceiveError> {
+        let _ = (should_reclaim, submitter);
         Ok(ReclaimReport::default())
     }
 

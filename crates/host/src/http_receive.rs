@@ -287,6 +287,7 @@ async fn handle(State((shared, tls)): State<(Arc<Shared>, bool)>, request: Reque
         properties,
         promoted: MessageContext::new(),
         source_id,
+        source_identity: None,
     };
     if let Some(timeout) = route.two_way {
         return request_response(&shared, &route, message, sha256, spooled, timeout).await;

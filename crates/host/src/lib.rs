@@ -177,11 +177,78 @@ pub(crate) struct Shared {
     /// Enabled locations that cannot run on this instance, by id: (name, why). `/readyz`
     /// answers 503 while any is here; the MessageBox has the same (`mbx status`).
     pub location_problems: std::sync::Mutex<HashMap<i64, (String, String)>>,
+    /// This instance's heartbeats, as the heartbeat loop saw them (see
+    /// [`Shared::may_judge_dead`]).
+    pub heartbeats: std::sync::Mutex<Heartbeats>,
+}
+
+/// Since when this instance's heartbeats have succeeded without a failure or a long gap
+/// in between, and when the last one succeeded.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Heartbeats {
+    connected_since: Option<Instant>,
+    last_ok: Option<Instant>,
+}
+
+impl Heartbeats {
+    /// The longest gap between two successful heartbeats that keeps them "on time": one
+    /// that came later was cut off (e.g. waiting for a connection or a lock) as much as a
+    /// failed one; a merely slow one (a busy pool) does not restart the wait.
+    fn gap_max() -> Duration {
+        Duration::from_secs(DEAD_AFTER_S.unsigned_abs()) / 2
+    }
+
+    /// A heartbeat succeeded now.
+    fn ok(&mut self, now: Instant) {
+        if !matches!(self.last_ok, Some(t) if now.saturating_duration_since(t) <= Self::gap_max()) {
+            self.connected_since = Some(now);
+        }
+        self.last_ok = Some(now);
+    }
+
+    /// A heartbeat failed.
+    fn failed(&mut self) {
+        self.connected_since = None;
+    }
+
+    /// Connected, heartbeating on time, for the dead timeout, and the last heartbeat is
+    /// recent (one held up now, e.g. by a lock, counts as late).
+    fn settled(&self, now: Instant) -> bool {
+        let dead_after = Duration::from_secs(DEAD_AFTER_S.unsigned_abs());
+        self.connected_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= dead_after)
+            && self
+                .last_ok
+                .is_some_and(|t| now.saturating_duration_since(t) <= Self::gap_max())
+    }
 }
 
 impl Shared {
     pub fn instance_id(&self) -> Uuid {
         *self.instance.borrow()
+    }
+
+    /// Whether this instance may take other instances for dead (and reclaim their work:
+    /// deliveries, claimed files). After a database outage every instance's heartbeat is
+    /// stale: only once this one has itself been connected, heartbeating on time, for the
+    /// dead timeout have the others had the time to heartbeat again (otherwise all would
+    /// declare each other dead and reclaim each other's work). A heartbeat held up right
+    /// now (its last success more than half the dead timeout ago) closes the gate too.
+    pub fn may_judge_dead(&self) -> bool {
+        self.heartbeats
+            .lock()
+            .is_ok_and(|h| h.settled(Instant::now()))
+    }
+
+    /// The heartbeat loop's word on one heartbeat: it succeeded, or it failed.
+    fn heartbeat_done(&self, ok: bool) {
+        if let Ok(mut h) = self.heartbeats.lock() {
+            if ok {
+                h.ok(Instant::now());
+            } else {
+                h.failed();
+            }
+        }
     }
 
     /// `n` messages of port `port_id` were delivered (their completions committed).
@@ -277,6 +344,7 @@ pub async fn run_with_registry(
         )),
         tls,
         location_problems: Default::default(),
+        heartbeats: Default::default(),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -447,9 +515,6 @@ pub(crate) async fn pause(shared: &Shared, d: Duration) -> bool {
 
 async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
     let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
-    // since when heartbeats have succeeded without a failure or a long gap in between
-    let mut connected_since: Option<Instant> = None;
-    let mut last_ok: Option<Instant> = None;
     loop {
         let id = shared.instance_id();
         if let Some((port_id, stalled)) = shared.stalled_loop() {
@@ -470,14 +535,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             .await
         {
             Ok(true) => {
-                // a heartbeat that came half the dead timeout after the previous one was
-                // cut off (e.g. waiting for a connection) as much as a failed one; a
-                // merely slow one (a busy pool) does not restart the wait
-                let gap_max = Duration::from_secs(DEAD_AFTER_S.unsigned_abs()) / 2;
-                if !matches!(last_ok, Some(t) if t.elapsed() <= gap_max) {
-                    connected_since = Some(Instant::now());
-                }
-                last_ok = Some(Instant::now());
+                shared.heartbeat_done(true);
             }
             Ok(false) => {
                 warn!(instance = %id, "declared dead by another instance; re-registering");
@@ -490,7 +548,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
                 }
             }
             Err(e) => {
-                connected_since = None;
+                shared.heartbeat_done(false);
                 error!(error = %e, "heartbeat failed");
             }
         }
@@ -504,14 +562,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
             }
             Err(e) => warn!(error = %e, "listing instances failed"),
         }
-        // After a database outage every instance's heartbeat is stale: declare others
-        // dead only once this one has itself been connected for the dead timeout, so
-        // they have had the time to heartbeat again (otherwise all would declare each
-        // other dead and reclaim each other's work).
-        let settled = connected_since.is_some_and(|since| {
-            since.elapsed() >= Duration::from_secs(DEAD_AFTER_S.unsigned_abs())
-        });
-        let reclaimed = if settled {
+        // after a database outage, others are declared dead only once this instance has
+        // itself been connected for the dead timeout (the file reclaimer waits the same)
+        let reclaimed = if shared.may_judge_dead() {
             shared
                 .mbx
                 .instances_reclaim_dead(DEAD_AFTER_S, shared.config.max_deliveries)
@@ -749,5 +802,39 @@ async fn supervisor_loop(shared: Arc<Shared>) {
     }
     for (_, (_, handle, _)) in ports.drain() {
         let _ = handle.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn others_are_judged_only_after_the_dead_timeout_of_on_time_heartbeats() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut h = Heartbeats::default();
+        assert!(!h.settled(t0), "never heartbeated");
+        for at in (0..=10).step_by(2) {
+            h.ok(s(at));
+        }
+        assert!(h.settled(s(10)), "on time for the dead timeout");
+        assert!(
+            !h.settled(s(16)),
+            "a heartbeat held up for 6 s closes the gate"
+        );
+        // it came through late: the wait starts again
+        h.ok(s(16));
+        assert!(!h.settled(s(16)));
+        for at in (18..=26).step_by(2) {
+            h.ok(s(at));
+        }
+        assert!(h.settled(s(26)));
+        h.failed();
+        h.ok(s(28));
+        assert!(
+            !h.settled(s(28)),
+            "a failed heartbeat starts the wait again"
+        );
     }
 }

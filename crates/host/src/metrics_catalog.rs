@@ -74,6 +74,10 @@ const LOCATION_COUNTERS: &[(&str, &str)] = &[
         "Messages dropped as already published (idempotent receive), by receive location",
     ),
     (
+        "mbx_receive_claims_finished_total",
+        "Claimed files found already published by their stopped claimant, deleted instead of received again, by receive location",
+    ),
+    (
         "mbx_request_timeouts_total",
         "Two-way requests answered 504 (no reply within the location's timeout), by receive location",
     ),

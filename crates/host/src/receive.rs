@@ -12,7 +12,8 @@ use bytes::Bytes;
 use mbx_adapters::http::HttpReceiveConfig;
 use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
 use mbx_adapters::{
-    Body, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError, Submitted, Submitter,
+    Body, ClaimedSource, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError,
+    Submitted, Submitter,
 };
 use mbx_messagebox::context::system;
 use mbx_messagebox::instances::DEAD_AFTER_S;
@@ -229,11 +230,12 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
                 _ = registered_again => {}
             }
         });
-        // files claimed by instances that are no longer alive go back to the folder, at
-        // start and then every dead-instance timeout while the location runs
+        // files claimed by instances that are no longer alive go back to the folder (or,
+        // already published by them, are deleted), at start and then every dead-instance
+        // timeout while the location runs
         let reclaimer = async {
             loop {
-                reclaim_dead_claims(&shared, adapter.as_ref(), &loc.name).await;
+                reclaim_dead_claims(&shared, adapter.as_ref(), submitter.as_ref(), &loc.name).await;
                 if !pause(&shared, Duration::from_secs(DEAD_AFTER_S as u64)).await {
                     return;
                 }
@@ -287,8 +289,20 @@ fn leased(loc: &ReceiveLocation) -> bool {
 }
 
 /// Puts back files claimed by instances that are not alive (their claim id is the
-/// instance id).
-async fn reclaim_dead_claims(shared: &Shared, adapter: &dyn ReceiveAdapter, location: &str) {
+/// instance id); deletes those they published but had not deleted yet. Like the delivery
+/// reclaim, it takes no instance for dead before this one has itself been connected for
+/// the dead timeout (after a database outage every heartbeat is stale, the live
+/// instances' too, and their files would be put back while they publish them).
+async fn reclaim_dead_claims(
+    shared: &Shared,
+    adapter: &dyn ReceiveAdapter,
+    submitter: &dyn Submitter,
+    location: &str,
+) {
+    if !shared.may_judge_dead() {
+        tracing::debug!(location = %location, "not connected for the dead timeout yet: no instance taken for dead");
+        return;
+    }
     match shared.mbx.instance_list().await {
         Ok(list) => {
             let alive: HashSet<String> = list
@@ -297,9 +311,9 @@ async fn reclaim_dead_claims(shared: &Shared, adapter: &dyn ReceiveAdapter, loca
                 .map(|i| i.id.simple().to_string())
                 .collect();
             let filter = move |c: &mbx_adapters::ClaimInfo| !alive.contains(&c.claim_id);
-            match adapter.reclaim(&filter).await {
-                Ok(r) if r.reclaimed > 0 => {
-                    info!(location = %location, reclaimed = r.reclaimed, "reclaimed files of dead instances")
+            match adapter.reclaim(&filter, submitter).await {
+                Ok(r) if r.reclaimed + r.finished > 0 => {
+                    info!(location = %location, reclaimed = r.reclaimed, deleted_published = r.finished, "reclaimed files of dead instances")
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -337,6 +351,8 @@ pub(crate) struct LocationSubmitter {
     /// Where a problem the adapter reports goes (`report_run`); weak, as the HTTP routes
     /// the instance keeps hold submitters.
     shared: std::sync::Weak<Shared>,
+    /// This instance's id (tracked on what a reclaim finds already published).
+    instance: watch::Receiver<uuid::Uuid>,
 }
 
 impl LocationSubmitter {
@@ -367,6 +383,7 @@ impl LocationSubmitter {
             stopping: shared.stopping.clone(),
             fence: std::sync::Mutex::new(None),
             shared: Arc::downgrade(shared),
+            instance: shared.instance.subscribe(),
         })
     }
 
@@ -506,6 +523,7 @@ impl LocationSubmitter {
             content_type: m.content_type,
             context,
             source: None,
+            source_identity: None,
             routing: Default::default(),
         };
         warn!(location = %self.location.name, %reason, "receive failure");
@@ -551,6 +569,7 @@ impl LocationSubmitter {
             // an Idempotency-Key makes a repeat within the dedup window a duplicate (or,
             // with another body, a refused reuse); without one each request is new
             source: self.source(m.source_id, sha256),
+            source_identity: None,
             routing: Default::default(),
         };
         let published = self
@@ -643,6 +662,7 @@ impl LocationSubmitter {
                         content_type: m.content_type,
                         context,
                         source: self.source(m.source_id, sha256),
+                        source_identity: m.source_identity,
                         routing: Default::default(),
                     });
                 }
@@ -712,5 +732,26 @@ impl Submitter for LocationSubmitter {
 
     async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {
         self.receive_failure(m, reason).await
+    }
+
+    async fn published_copies(&self, sources: &[ClaimedSource]) -> Result<Vec<bool>, SubmitError> {
+        let pairs: Vec<(String, String)> = sources
+            .iter()
+            .map(|s| (s.source_id.clone(), s.identity.clone()))
+            .collect();
+        let instance = *self.instance.borrow();
+        let published = self
+            .mbx
+            .published_copies(self.location.id, &pairs, Some(instance))
+            .await
+            .map_err(|e| SubmitError::new(e.to_string()))?;
+        let n = published.iter().filter(|p| **p).count() as u64;
+        if n > 0 {
+            // the adapter deletes them (each logged there): not received again, and not
+            // set aside as duplicates
+            metrics::counter!("mbx_receive_claims_finished_total", "location" => self.location.name.clone())
+                .increment(n);
+        }
+        Ok(published)
     }
 }

@@ -43,6 +43,7 @@ pub(crate) fn response_message(
         content_type: response.content_type,
         context,
         source: None,
+        source_identity: None,
         routing: Routing::NotToPort(port.id),
     }
 }
@@ -71,6 +72,7 @@ pub(crate) fn fault_message(
         content_type: "text/plain; charset=utf-8".to_owned(),
         context: answer_context(port, request, FAULT_STATUS, "text/plain; charset=utf-8"),
         source: None,
+        source_identity: None,
         routing: Routing::ReplyOnly,
     })
 }

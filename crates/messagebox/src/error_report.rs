@@ -242,6 +242,7 @@ fn report(
         content_type: content_type.to_owned(),
         context: report_context(original, fields),
         source: None,
+        source_identity: None,
         routing: Routing::ErrorReport,
     }
 }

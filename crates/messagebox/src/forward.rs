@@ -649,6 +649,7 @@ impl MessageBox {
                 content_type,
                 context,
                 source: None,
+                source_identity: None,
                 routing: Default::default(),
             });
         }

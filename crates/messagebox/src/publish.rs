@@ -105,6 +105,10 @@ pub struct NewMessage {
     pub context: Context,
     /// Idempotent receive: where it came from.
     pub source: Option<Source>,
+    /// Which copy of the source this is (FILE: the claimed file's device, inode and
+    /// ctime), recorded with the source id: a copy found still claimed is known published
+    /// by [`MessageBox::published_copies`].
+    pub source_identity: Option<String>,
     /// Where it may go (all subscribers, unless it is a response or a fault).
     pub routing: Routing,
 }
@@ -159,6 +163,7 @@ impl NewMessage {
             content_type: content_type.to_owned(),
             context,
             source: None,
+            source_identity: None,
             routing: Routing::All,
         }
     }
@@ -201,6 +206,51 @@ pub struct LocationFence {
 }
 
 impl MessageBox {
+    /// Which of `sources` — (source id, identity) pairs a receive location found still
+    /// claimed — were published by receive location `location_id` from that very copy
+    /// (the identity recorded with the source id): one answer per source, in order. Each
+    /// found is tracked on its message (`reclaimed`, with `instance` and the detail): its
+    /// claimant stopped between its commit and its delete, and the caller finishes the
+    /// delete instead of receiving it again.
+    pub async fn published_copies(
+        &self,
+        location_id: i64,
+        sources: &[(String, String)],
+        instance: Option<Uuid>,
+    ) -> Result<Vec<bool>> {
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (srcs, idents): (Vec<String>, Vec<String>) = sources.iter().cloned().unzip();
+        let found: HashSet<i64> = sqlx::query_scalar::<_, i64>(
+            "WITH found AS (
+                 SELECT t.n, r.message_id, t.src
+                   FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(src, ident, n)
+                   JOIN received_sources r
+                     ON r.receive_location_id = $1 AND r.source_id = t.src
+                    AND r.source_identity = t.ident
+             ), tracked AS (
+                 INSERT INTO tracking_events (message_id, event, instance_id, detail)
+                 SELECT f.message_id, 'reclaimed', $4,
+                        'source ' || f.src || ' found still claimed by ' || coalesce(l.name, 'a deleted location')
+                        || ' after its claimant stopped: already published (this message), so deleted, not received again'
+                   FROM found f LEFT JOIN receive_locations l ON l.id = $1
+             )
+             SELECT n FROM found",
+        )
+        .bind(location_id)
+        .bind(&srcs)
+        .bind(&idents)
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        Ok((1..=sources.len() as i64)
+            .map(|n| found.contains(&n))
+            .collect())
+    }
+
     /// Publishes a batch of messages in one transaction; returns one outcome per message,
     /// in order.
     pub async fn publish(
@@ -557,6 +607,7 @@ async fn dedup_sources(
     let mut srcs = Vec::new();
     let mut mids = Vec::new();
     let mut digests: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut idents: Vec<Option<String>> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         if let Some(src) = &m.source {
             if let Some(&first) = first_of.get(&(src.location_id, src.id.as_str())) {
@@ -568,17 +619,18 @@ async fn dedup_sources(
             srcs.push(src.id.clone());
             mids.push(ids[i]);
             digests.push(src.body_sha256.map(|d| d.to_vec()));
+            idents.push(m.source_identity.clone());
         }
     }
     if locs.is_empty() {
         return Ok(fresh);
     }
     let accepted: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-        "INSERT INTO received_sources (receive_location_id, source_id, message_id, body_sha256)
-         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[], $5::bytea[])
+        "INSERT INTO received_sources (receive_location_id, source_id, message_id, body_sha256, source_identity)
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[], $5::bytea[], $6::text[])
          ON CONFLICT (receive_location_id, source_id) DO UPDATE
             SET message_id = excluded.message_id, published_at = now(),
-                body_sha256 = excluded.body_sha256
+                body_sha256 = excluded.body_sha256, source_identity = excluded.source_identity
           WHERE received_sources.published_at < now() - make_interval(secs => $4)
          RETURNING message_id",
     )
@@ -587,6 +639,7 @@ async fn dedup_sources(
     .bind(&mids)
     .bind(DEDUP_WINDOW_S as f64)
     .bind(&digests)
+    .bind(&idents)
     .fetch_all(&mut **tx)
     .await?
     .into_iter()

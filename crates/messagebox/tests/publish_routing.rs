@@ -368,6 +368,65 @@ async fn a_source_id_reused_with_another_body_is_refused_not_dropped(pool: PgPoo
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_copy_found_claimed_is_known_published_only_by_its_identity(pool: PgPool) {
+    let mbx = mbx(pool.clone()).await;
+    started(&mbx, "eu", EU).await;
+    let loc = receive_location(&pool, "in").await;
+    let other = receive_location(&pool, "in-2").await;
+    let publisher = Publisher {
+        host_id: None,
+        receive_location_id: Some(loc),
+        fence: None,
+    };
+    let mut m = msg(&[("Order.Region", s("EU"))]);
+    m.source = Some(Source::new(loc, "a.xml:4:17"));
+    m.source_identity = Some("2049:12:100.000000001".to_owned());
+    let first = mbx.publish(&publisher, vec![m]).await.unwrap();
+    let first_id = message_id(&first[0]);
+    let ask = |src: &str, ident: &str| (src.to_owned(), ident.to_owned());
+    let instance = uuid::Uuid::now_v7();
+    let found = mbx
+        .published_copies(
+            loc,
+            &[
+                // the very file its claimant published
+                ask("a.xml:4:17", "2049:12:100.000000001"),
+                // a new file with the same name, size and mtime (on a reused inode)
+                ask("a.xml:4:17", "2049:12:160.000000002"),
+                // never published
+                ask("b.xml:4:17", "2049:13:100.000000001"),
+            ],
+            Some(instance),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, vec![true, false, false]);
+    let elsewhere = mbx
+        .published_copies(other, &[ask("a.xml:4:17", "2049:12:100.000000001")], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere,
+        vec![false],
+        "another location's sources are its own"
+    );
+    // tracked on the message that was published
+    let events: Vec<(String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT detail, instance_id FROM tracking_events WHERE message_id = $1 AND event = 'reclaimed'",
+    )
+    .bind(first_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].0.contains("a.xml:4:17") && events[0].0.contains("found still claimed by in "),
+        "{events:?}"
+    );
+    assert_eq!(events[0].1, Some(instance));
+}
+
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
 async fn a_large_body_is_chunked_and_read_back_identical(pool: PgPool) {
     let mbx = mbx(pool.clone()).await;
     started(&mbx, "eu", EU).await;

@@ -146,6 +146,7 @@ impl AmqpReceiveAdapter {
                 .message_id()
                 .as_ref()
                 .map(|id| format!("amqp:{}", id.as_str())),
+            source_identity: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //!       since it settled                     └──larger than max_message_size──► .mbx-rejected/a.xml
 //!    ▲                                                                          + a.xml.reason.txt
 //!    └──reclaim (instance I dead, decided by the host)── .a.xml.mbx-claimed-I
+//!         (or deleted, if the MessageBox has this very file published) ──┘
 //! ```
 //!
 //! A file is taken only once it is complete: its size and mtime unchanged for `settle`
@@ -17,10 +18,17 @@
 //! into place: a writer that pauses longer than `settle` can be taken half-written.
 //!
 //! Renames within one folder are atomic, so two instances polling the same folder never
-//! both claim a file: the loser's rename finds nothing. A crash between commit and delete
-//! leaves a claimed file; reclaim puts it back and the MessageBox drops the repeat by its
-//! source id (name + size + mtime, which renames preserve) — moved to `.mbx-duplicates/`,
-//! never deleted unseen.
+//! both claim a file: the loser's rename finds nothing. A crash (or a pause past the
+//! instance's heartbeat or the location's lease) between commit and delete leaves a
+//! claimed file that was published. Its identity — device, inode and ctime, read after
+//! the claim's rename — is published with its source id (name + size + mtime), so before
+//! putting a claimed file back, reclaim asks the MessageBox whether that very file was
+//! published ([`Submitter::published_copies`]): if so it finishes the delete (logged at
+//! info). Any other claimed file goes back to the folder; if its source id was published
+//! within the dedup window (e.g. its claimant had not committed yet, or an operator
+//! dropped a new file with the same name, size and mtime), the MessageBox drops the
+//! repeat and the file is moved to `.mbx-duplicates/` with a reason file, never deleted
+//! unseen.
 //!
 //! An ordered location (one holder at a time, under its lease) takes files strictly in
 //! name order: before each poll it puts back files still claimed by anyone else (a
@@ -45,8 +53,8 @@ use super::config::{
 use crate::context::{system, MessageContext};
 use crate::error::{ConfigError, ReceiveError};
 use crate::{
-    Body, ClaimInfo, Health, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, ReclaimFilter,
-    ReclaimReport, ShutdownSignal, Submitted, Submitter, BODY_IN_MEMORY_MAX_BYTES,
+    Body, ClaimInfo, ClaimedSource, Health, InboundMessage, ReceiveAdapter, ReceiveLocationSpec,
+    ReclaimFilter, ReclaimReport, ShutdownSignal, Submitted, Submitter, BODY_IN_MEMORY_MAX_BYTES,
 };
 
 /// The longest instance id accepted as a claim id.
@@ -156,6 +164,8 @@ struct Claimed {
     name: String,
     claimed_path: PathBuf,
     source_id: String,
+    /// The claimed file's identity ([`file_identity`]), published with its source id.
+    identity: Option<String>,
     /// In memory up to 1 MiB; above, the claimed file itself (read by the engine while it
     /// publishes, never held whole).
     body: Body,
@@ -195,14 +205,14 @@ impl FileReceiveAdapter {
         submitter: &dyn Submitter,
         stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<PollReport, ReceiveError> {
+        if self.inner.ordered {
+            // a former holder's claims come before any file left in the folder: if they
+            // cannot be dealt with, nothing is taken
+            self.put_back_foreign_claims(submitter).await?;
+        }
         let inner = Arc::clone(&self.inner);
-        let (mut candidates, unsettled) = blocking(move || {
-            if inner.ordered {
-                inner.put_back_foreign_claims();
-            }
-            inner.scan().map(|found| inner.settled(found))
-        })
-        .await??;
+        let (mut candidates, unsettled) =
+            blocking(move || inner.scan().map(|found| inner.settled(found))).await??;
         let mut report = PollReport {
             unsettled,
             ..PollReport::default()
@@ -250,6 +260,23 @@ impl FileReceiveAdapter {
             }
         }
         Ok(report)
+    }
+
+    /// An ordered location's holder puts back every file claimed under another claim id:
+    /// only the holder takes files, so those are a former holder's (dead, or paused past
+    /// its lease, whose publish is fenced), and they come before any file left in the
+    /// folder. One the former holder published (committed, not yet deleted) is deleted
+    /// instead.
+    async fn put_back_foreign_claims(&self, submitter: &dyn Submitter) -> Result<(), ReceiveError> {
+        let own = self.inner.claim_id.clone();
+        reclaim_claimed_files(
+            &self.inner.location_name,
+            &self.inner.config.folder,
+            &move |c: &ClaimInfo| c.claim_id != own,
+            submitter,
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -372,19 +399,6 @@ impl Inner {
         (batch, rejected, changed)
     }
 
-    /// An ordered location's holder puts back every file claimed under another claim id:
-    /// only the holder takes files, so those are a former holder's (dead, or paused past
-    /// its lease, whose publish is fenced), and they come before any file left in the
-    /// folder.
-    fn put_back_foreign_claims(&self) {
-        let own = self.claim_id.clone();
-        if let Err(e) =
-            reclaim_claimed_files(&self.config.folder, &move |c: &ClaimInfo| c.claim_id != own)
-        {
-            tracing::warn!(location = %self.location_name, error = %e, "cannot put back a former holder's claimed files");
-        }
-    }
-
     fn claimed_path(&self, name: &str) -> PathBuf {
         self.config
             .folder
@@ -404,8 +418,9 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ReceiveError::io("claim (rename)", &original, e)),
         }
-        let stamp = match fs::metadata(&claimed_path) {
-            Ok(m) => Stamp::of(&m),
+        // after the rename, which sets the ctime: the identity of this claim of the file
+        let (stamp, identity) = match fs::metadata(&claimed_path) {
+            Ok(m) => (Stamp::of(&m), file_identity(&m)),
             Err(e) => {
                 self.restore_one(name, &claimed_path);
                 return Err(ReceiveError::io("stat", &claimed_path, e));
@@ -425,6 +440,7 @@ impl Inner {
             return Ok(Some(ClaimResult::Claimed(Claimed {
                 name: name.to_owned(),
                 source_id: source_id(name, stamp.size, stamp.mtime_ns),
+                identity,
                 body: Body::File {
                     path: claimed_path.clone(),
                     len: stamp.size,
@@ -450,6 +466,7 @@ impl Inner {
             name: name.to_owned(),
             claimed_path,
             source_id: source_id(name, stamp.size, stamp.mtime_ns),
+            identity,
             body: Body::Bytes(Bytes::from(body)),
         })))
     }
@@ -590,13 +607,13 @@ impl Inner {
             properties,
             promoted: MessageContext::new(),
             source_id: Some(c.source_id.clone()),
+            source_identity: c.identity.clone(),
         }
     }
 
     /// After commit: delete the claimed files the MessageBox accepted, move the ones it
     /// dropped as duplicates aside; returns how many were duplicates. A file that cannot be
-    /// deleted stays claimed and is dropped as a repeat (same source id) if it is ever
-    /// reclaimed.
+    /// deleted stays claimed; a reclaim finds it published and deletes it then.
     fn acknowledge(&self, claimed: &[Claimed], outcomes: &[Submitted]) -> usize {
         let mut duplicates = 0;
         for (i, c) in claimed.iter().enumerate() {
@@ -605,13 +622,21 @@ impl Inner {
                 self.set_aside_duplicate(c);
                 continue;
             }
-            if let Err(e) = fs::remove_file(&c.claimed_path) {
-                tracing::error!(
+            match fs::remove_file(&c.claimed_path) {
+                Ok(()) => {}
+                // a reclaim came first (this instance was taken for dead, or lost the
+                // location's lease): it deleted the file, seeing it published
+                Err(e) if e.kind() == io::ErrorKind::NotFound => tracing::warn!(
+                    location = %self.location_name,
+                    file = %c.claimed_path.display(),
+                    "a received file was gone when it was to be deleted after commit (reclaimed by another instance)"
+                ),
+                Err(e) => tracing::error!(
                     location = %self.location_name,
                     file = %c.claimed_path.display(),
                     error = %e,
                     "cannot delete a received file after commit"
-                );
+                ),
             }
         }
         if let Err(e) = fs::File::open(&self.config.folder).and_then(|d| d.sync_all()) {
@@ -697,16 +722,75 @@ fn parse_claimed_name(name: &str) -> Option<(&str, &str)> {
     (!original.is_empty() && !id.is_empty()).then_some((original, id))
 }
 
-/// Puts back claimed files in `folder` for which `should_reclaim` says yes (e.g. their
-/// claim id is not a live instance, or they were claimed longer ago than any submit can
-/// take). Never replaces a file of the original name.
-pub fn reclaim_claimed_files(
+/// A claimed file a reclaim pass will put back or delete.
+struct Reclaimable {
+    path: PathBuf,
+    original: String,
+    claim_id: String,
+    /// Its source id and identity as found, before anything was done to it.
+    source: Option<ClaimedSource>,
+}
+
+/// Deals with the claimed files in `folder` for which `should_reclaim` says yes (e.g.
+/// their claim id is not a live instance, or not the ordered location's holder): one
+/// `submitter` says was published from that very file (same source id, device, inode and
+/// ctime: its claimant stopped between commit and delete) is deleted; the others are put
+/// back under their names, never replacing a file of that name. If the MessageBox cannot
+/// be asked, nothing is touched (an error).
+pub async fn reclaim_claimed_files(
+    location: &str,
     folder: &Path,
     should_reclaim: &ReclaimFilter,
+    submitter: &dyn Submitter,
 ) -> Result<ReclaimReport, ReceiveError> {
-    let entries = fs::read_dir(folder).map_err(|e| ReceiveError::io("read folder", folder, e))?;
+    // Runs inline: a directory listing is short, and the closure is borrowed.
     let mut report = ReclaimReport::default();
+    let found = claimed_files(folder, should_reclaim, &mut report)?;
+    if found.is_empty() {
+        return Ok(report);
+    }
+    let asked: Vec<(usize, ClaimedSource)> = found
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.source.clone().map(|s| (i, s)))
+        .collect();
+    let mut published = vec![false; found.len()];
+    if !asked.is_empty() {
+        let sources: Vec<ClaimedSource> = asked.iter().map(|(_, s)| s.clone()).collect();
+        let answers = submitter.published_copies(&sources).await?;
+        for ((i, _), yes) in asked.iter().zip(answers) {
+            published[*i] = yes;
+        }
+    }
+    for (f, published) in found.into_iter().zip(published) {
+        if published && finish_delete(location, folder, &f) {
+            report.finished += 1;
+            continue;
+        }
+        match rename_no_replace(&f.path, &folder.join(&f.original)) {
+            Ok(()) => {
+                report.reclaimed += 1;
+                tracing::info!(location, folder = %folder.display(), file = %f.original, claim_id = %f.claim_id, "claimed file reclaimed");
+            }
+            Err(e) => {
+                report.kept += 1;
+                tracing::warn!(location, folder = %folder.display(), file = %f.original, error = %e, "cannot reclaim claimed file");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The claimed files in `folder` that `should_reclaim` picks; the others are counted as
+/// kept in `report`.
+fn claimed_files(
+    folder: &Path,
+    should_reclaim: &ReclaimFilter,
+    report: &mut ReclaimReport,
+) -> Result<Vec<Reclaimable>, ReceiveError> {
+    let entries = fs::read_dir(folder).map_err(|e| ReceiveError::io("read folder", folder, e))?;
     let now = SystemTime::now();
+    let mut found = Vec::new();
     for entry in entries.take(FILE_RECEIVE_SCAN_ENTRIES_MAX) {
         let Ok(entry) = entry else { continue };
         let Ok(name) = entry.file_name().into_string() else {
@@ -727,18 +811,72 @@ pub fn reclaim_claimed_files(
             report.kept += 1;
             continue;
         }
-        match rename_no_replace(&entry.path(), &folder.join(original)) {
-            Ok(()) => {
-                report.reclaimed += 1;
-                tracing::info!(folder = %folder.display(), file = %original, claim_id = %claim_id, "claimed file reclaimed");
-            }
-            Err(e) => {
-                report.kept += 1;
-                tracing::warn!(folder = %folder.display(), file = %original, error = %e, "cannot reclaim claimed file");
-            }
-        }
+        let stamp = Stamp::of(&meta);
+        found.push(Reclaimable {
+            path: entry.path(),
+            original: original.to_owned(),
+            claim_id: claim_id.to_owned(),
+            source: file_identity(&meta).map(|identity| ClaimedSource {
+                source_id: source_id(original, stamp.size, stamp.mtime_ns),
+                identity,
+            }),
+        });
     }
-    Ok(report)
+    Ok(found)
+}
+
+/// Deletes a claimed file its claimant published but did not delete, if it is still that
+/// very file; `false`: it is not (changed or gone back to the folder), to be put back.
+fn finish_delete(location: &str, folder: &Path, f: &Reclaimable) -> bool {
+    let still = fs::symlink_metadata(&f.path)
+        .ok()
+        .and_then(|m| file_identity(&m))
+        .zip(f.source.as_ref())
+        .is_some_and(|(now, was)| now == was.identity);
+    if !still {
+        return false;
+    }
+    match fs::remove_file(&f.path) {
+        Ok(()) => tracing::info!(
+            location,
+            folder = %folder.display(),
+            file = %f.original,
+            claim_id = %f.claim_id,
+            "claimed file already published by its claimant (stopped before deleting it); delete finished"
+        ),
+        // its claimant woke up and deleted it
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(
+            location,
+            file = %f.path.display(),
+            error = %e,
+            "cannot delete a claimed file already published; it stays claimed"
+        ),
+    }
+    true
+}
+
+/// A file's identity: device, inode and ctime (`dev:ino:secs.nanos`). Read after the
+/// claim's rename (which sets the ctime), it names this claim of this file: a new file
+/// dropped with the same name, size and mtime — even on a reused inode — has another;
+/// so does a file put back and claimed again. `None` where the platform has no inodes.
+fn file_identity(meta: &fs::Metadata) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(format!(
+            "{}:{}:{}.{:09}",
+            meta.dev(),
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
 }
 
 /// When a file was claimed: its status-change time (a rename sets it) on Unix.
@@ -823,9 +961,18 @@ impl ReceiveAdapter for FileReceiveAdapter {
         Ok(())
     }
 
-    async fn reclaim(&self, should_reclaim: &ReclaimFilter) -> Result<ReclaimReport, ReceiveError> {
-        // Runs inline: a directory listing is short, and the closure is borrowed.
-        reclaim_claimed_files(&self.inner.config.folder, should_reclaim)
+    async fn reclaim(
+        &self,
+        should_reclaim: &ReclaimFilter,
+        submitter: &dyn Submitter,
+    ) -> Result<ReclaimReport, ReceiveError> {
+        reclaim_claimed_files(
+            &self.inner.location_name,
+            &self.inner.config.folder,
+            should_reclaim,
+            submitter,
+        )
+        .await
     }
 
     async fn health(&self) -> Health {

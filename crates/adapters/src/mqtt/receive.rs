@@ -53,6 +53,7 @@ impl MqttReceiveAdapter {
                 .with("MQTT.Duplicate", p.dup.to_string()),
             // MQTT 3.1.1 carries no message id: a redelivery cannot be told from a new message
             source_id: None,
+            source_identity: None,
         }
     }
 

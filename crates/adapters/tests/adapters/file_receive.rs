@@ -321,7 +321,10 @@ async fn files_claimed_by_a_dead_instance_are_reclaimed() {
     write(dir.path(), ".b.xml.mbx-claimed-live-1", "<b/>");
     let location = adapter(dir.path(), "*.xml", Settings::new());
     let report = location
-        .reclaim(&|c: &mbx_adapters::ClaimInfo| c.claim_id != "live-1")
+        .reclaim(
+            &|c: &mbx_adapters::ClaimInfo| c.claim_id != "live-1",
+            Recorder::new().as_ref(),
+        )
         .await
         .unwrap();
     assert_eq!((report.reclaimed, report.kept), (1, 1));
@@ -558,6 +561,52 @@ async fn an_ordered_location_puts_back_a_former_holders_claims_first() {
         ["1.xml", "2.xml", "3.xml", "4.xml", "5.xml"]
     );
     assert_eq!(names(dir.path()), Vec::<String>::new());
+}
+
+/// A claimed file its claimant published (and did not delete: it stopped in between) is
+/// deleted by a reclaim, not put back to come again as a duplicate; another claimed file
+/// goes back. The MessageBox is asked with each file's source id and identity as found.
+#[tokio::test]
+async fn a_reclaim_deletes_a_claimed_file_already_published_and_puts_back_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), ".a.xml.mbx-claimed-dead-1", "<a/>");
+    write(dir.path(), ".b.xml.mbx-claimed-dead-1", "<b/>");
+    let location = adapter(dir.path(), "*.xml", Settings::new());
+    let recorder = Recorder::new();
+    recorder.set_published_when(|s| s.source_id.starts_with("a.xml:"));
+    let report = location
+        .reclaim(&|_: &mbx_adapters::ClaimInfo| true, recorder.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((report.finished, report.reclaimed, report.kept), (1, 1, 0));
+    assert_eq!(names(dir.path()), vec!["b.xml".to_owned()]);
+    let asked = recorder.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    for s in &asked {
+        assert!(s.source_id.contains(".xml:4:"), "name:size:mtime: {s:?}");
+        assert_eq!(s.identity.split(':').count(), 3, "dev:ino:ctime: {s:?}");
+    }
+}
+
+/// An ordered location that cannot ask whether a former holder's claimed files were
+/// published touches nothing and takes no file (they would come after it).
+#[tokio::test]
+async fn an_ordered_location_that_cannot_ask_leaves_a_former_holders_claims_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), ".1.xml.mbx-claimed-former-holder", "<m>1</m>");
+    write(dir.path(), "2.xml", "<m>2</m>");
+    let location = adapter_with(dir.path(), "*.xml", Settings::new(), INSTANCE, true);
+    let recorder = Recorder::new();
+    recorder.set_fail(true);
+    assert!(location.poll_once(recorder.as_ref()).await.is_err());
+    assert_eq!(
+        names(dir.path()),
+        vec![
+            ".1.xml.mbx-claimed-former-holder".to_owned(),
+            "2.xml".to_owned()
+        ]
+    );
+    assert!(recorder.batches().is_empty());
 }
 
 /// An ordered location never skips a file: it stops at the first one not settled yet,

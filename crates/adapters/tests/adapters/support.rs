@@ -14,8 +14,8 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use mbx_adapters::{
-    InboundMessage, MessageContext, OutboundMessage, ReceiveAdapter, SendAdapter, SendReport,
-    Settings, SubmitError, Submitted, Submitter,
+    ClaimedSource, InboundMessage, MessageContext, OutboundMessage, ReceiveAdapter, SendAdapter,
+    SendReport, Settings, SubmitError, Submitted, Submitter,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -96,7 +96,13 @@ pub struct Recorder {
     pub refused: Mutex<Vec<(InboundMessage, String)>>,
     /// Which messages "fail the pipeline" (kept as receive failures).
     pipeline_fails: Mutex<Option<PipelineFails>>,
+    /// Which claimed sources `published_copies` says were published (none by default).
+    published_when: Mutex<Option<PublishedWhen>>,
+    /// Every source `published_copies` was asked about.
+    pub asked: Mutex<Vec<ClaimedSource>>,
 }
+
+type PublishedWhen = Box<dyn Fn(&ClaimedSource) -> bool + Send + Sync>;
 
 type PipelineFails = Box<dyn Fn(&InboundMessage) -> bool + Send + Sync>;
 
@@ -110,7 +116,14 @@ impl Recorder {
             sources: Mutex::new(std::collections::HashSet::new()),
             refused: Mutex::new(Vec::new()),
             pipeline_fails: Mutex::new(None),
+            published_when: Mutex::new(None),
+            asked: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Claimed sources for which `f` is true are "published from that very copy".
+    pub fn set_published_when(&self, f: impl Fn(&ClaimedSource) -> bool + Send + Sync + 'static) {
+        *self.published_when.lock().unwrap() = Some(Box::new(f));
     }
 
     /// Messages for which `f` is true are kept as receive failures, as a failing pipeline
@@ -183,6 +196,18 @@ impl Submitter for Recorder {
         }
         self.refused.lock().unwrap().push((m, reason.to_owned()));
         Ok(())
+    }
+
+    async fn published_copies(&self, sources: &[ClaimedSource]) -> Result<Vec<bool>, SubmitError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(SubmitError::new("messagebox unreachable (test)"));
+        }
+        self.asked.lock().unwrap().extend(sources.iter().cloned());
+        let when = self.published_when.lock().unwrap();
+        Ok(sources
+            .iter()
+            .map(|s| when.as_ref().is_some_and(|f| f(s)))
+            .collect())
     }
 }
 
