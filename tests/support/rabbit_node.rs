@@ -4,6 +4,7 @@
 //! machine's shared broker is never disturbed. Its data (durable queues, persistent
 //! messages) survives a restart; it is stopped and removed when dropped.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,9 @@ impl RabbitNode {
             .env("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // its own process group: the Erlang VM the script starts is stopped with it
+            // (killing the script alone left the VM running after the test)
+            .process_group(0)
             .spawn()
             .expect("start rabbitmq-server (the machine's RabbitMQ installation)");
         self.child = Some(child);
@@ -126,7 +130,7 @@ impl RabbitNode {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args(["-TERM", "--", &format!("-{}", child.id())])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
@@ -150,6 +154,10 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // the whole group: the script and the Erlang VM under it
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
