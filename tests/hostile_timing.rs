@@ -38,6 +38,35 @@ async fn location_holder(pool: &PgPool, name: &str) -> Option<(i32, i64)> {
     .expect("location lease")
 }
 
+/// Host A, reaching the MessageBox through a fault proxy, holding the ordered location
+/// `feed-in` (enabled here), then host B started beside it: (the proxy, A, A's epoch, B).
+async fn a_holds_the_feed_then_b(
+    mbx: &mbx_messagebox::MessageBox,
+    pool: &PgPool,
+    url: &str,
+) -> (FaultProxy, mbx_e2e::Reaped, i64, mbx_e2e::Reaped) {
+    let proxy = FaultProxy::start(server_addr()).await;
+    let a = start_host(&proxy.url_for(url), FAST_HOST);
+    wait_for_alive(mbx, 1).await;
+    mbx.receive_location_set_enabled("feed-in", true)
+        .await
+        .expect("enable");
+    wait_for(
+        "A to hold the location",
+        Duration::from_secs(30),
+        || async {
+            location_holder(pool, "feed-in")
+                .await
+                .is_some_and(|(pid, _)| pid == a.pid() as i32)
+        },
+    )
+    .await;
+    let (_, epoch_a) = location_holder(pool, "feed-in").await.expect("holder");
+    let b = start_host(url, FAST_HOST);
+    wait_for_alive(mbx, 2).await;
+    (proxy, a, epoch_a, b)
+}
+
 const FIRST: usize = 20;
 const SECOND: usize = 20;
 
@@ -78,25 +107,7 @@ async fn a_paused_holder_of_an_ordered_location_publishes_nothing_after_the_take
     mbx.send_port_create(&out).await.expect("ordered send port");
 
     let url = database_url(&pool);
-    let proxy = FaultProxy::start(server_addr()).await;
-    let a = start_host(&proxy.url_for(&url), FAST_HOST);
-    wait_for_alive(&mbx, 1).await;
-    mbx.receive_location_set_enabled("feed-in", true)
-        .await
-        .expect("enable");
-    wait_for(
-        "A to hold the location",
-        Duration::from_secs(30),
-        || async {
-            location_holder(&pool, "feed-in")
-                .await
-                .is_some_and(|(pid, _)| pid == a.pid() as i32)
-        },
-    )
-    .await;
-    let (_, epoch_a) = location_holder(&pool, "feed-in").await.expect("holder");
-    let _b = start_host(&url, FAST_HOST);
-    wait_for_alive(&mbx, 2).await;
+    let (proxy, a, epoch_a, _b) = a_holds_the_feed_then_b(&mbx, &pool, &url).await;
 
     // cut A off, then give it files: it claims a batch and is stuck publishing it
     proxy.set(Mode::Blackhole);
@@ -618,25 +629,7 @@ async fn a_file_a_former_holder_published_is_deleted_not_set_aside_as_a_duplicat
     let inbox = dir.path().join("in");
     let sink = ordered_feed(&mbx, &inbox, BATCH).await;
     let url = database_url(&pool);
-    let proxy = FaultProxy::start(server_addr()).await;
-    let a = start_host(&proxy.url_for(&url), FAST_HOST);
-    wait_for_alive(&mbx, 1).await;
-    mbx.receive_location_set_enabled("feed-in", true)
-        .await
-        .expect("enable");
-    wait_for(
-        "A to hold the location",
-        Duration::from_secs(30),
-        || async {
-            location_holder(&pool, "feed-in")
-                .await
-                .is_some_and(|(pid, _)| pid == a.pid() as i32)
-        },
-    )
-    .await;
-    let (_, epoch_a) = location_holder(&pool, "feed-in").await.expect("holder");
-    let _b = start_host(&url, FAST_HOST);
-    wait_for_alive(&mbx, 2).await;
+    let (proxy, a, epoch_a, _b) = a_holds_the_feed_then_b(&mbx, &pool, &url).await;
 
     // A's deletes of its claimed files stall in the kernel, 40 s each
     let (a_id, _) = mbx_e2e::instance_of_pid(&pool, a.pid())
