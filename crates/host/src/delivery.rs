@@ -1,10 +1,10 @@
-//! One delivery loop per started send port: claim a batch, hand it to the send adapter,
-//! then complete what the endpoint confirmed and fail the rest — each a single batched
-//! MessageBox call. The loop waits on publish notifications and for its port's next retry
-//! due time (`idle_wait`), with polling as fallback.
-//! On an unordered port the outcomes of one batch are recorded while the next batch is
-//! claimed and sent ([`COMPLETIONS_IN_FLIGHT`]): the completion's commit (an fsync) no
-//! longer stalls the loop.
+//! Sending claimed deliveries and recording their outcomes: hand a batch to the send
+//! adapter, then complete what the endpoint confirmed and fail the rest — each a single
+//! batched MessageBox call. Unordered ports get their batches from the instance's
+//! dispatcher (`dispatch.rs`: one claim per round for every port); ordered ports run
+//! [`ordered_port_loop`] here, and ports ordered by a property `keyed.rs`. On an unordered
+//! port the outcomes of one batch are recorded while the next batch is claimed and sent
+//! ([`COMPLETIONS_IN_FLIGHT`]): the completion's commit (an fsync) no longer stalls it.
 //!
 //! A send adapter that panics — in `send` or on one of its own tasks — leaves its messages
 //! without outcomes: they fail non-retryable naming the panic, like any message that
@@ -45,104 +45,6 @@ const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
 /// Attempts to record a batch's outcomes before giving up (the claims then stay until this
 /// instance is declared dead and they are reclaimed).
 const RECORD_ATTEMPTS_MAX: u32 = 5;
-
-pub(crate) async fn port_loop(
-    shared: Arc<Shared>,
-    port: SendPort,
-    mut stop: watch::Receiver<bool>,
-) {
-    crate::metrics_catalog::port_started(&port.name);
-    // a forwarding port sends a whole claim in one transaction of the other group: larger
-    // batches amortise that round trip and commit
-    let forwarding = port
-        .address
-        .as_deref()
-        .is_some_and(crate::forward::is_forward);
-    let base = ClaimLimits {
-        max_count: if forwarding {
-            shared.config.claim_batch * crate::forward::CLAIM_FACTOR
-        } else {
-            shared.config.claim_batch
-        },
-        max_bytes: shared.config.claim_bytes,
-    };
-    shared.progressed(port.id);
-    let port = Arc::new(port);
-    let mut recording = tokio::task::JoinSet::new();
-    loop {
-        if *stop.borrow() || *shared.stopping.borrow() {
-            // outcomes already known are recorded before the loop ends
-            while recording.join_next().await.is_some() {}
-            shared.forget_progress(port.id);
-            return;
-        }
-        shared.progressed(port.id);
-        // register for the wake-up before claiming, so a publish in between is not missed
-        let notified = shared.published.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let instance = shared.instance_id();
-        // the delivery throttle: claim no more than in-flight work leaves room for
-        let Some((limits, mut in_flight)) = reserve(&shared, base, &mut stop).await else {
-            continue;
-        };
-        let token = Uuid::new_v4();
-        let claim_started = Instant::now();
-        let claimed = shared
-            .mbx
-            .deliveries_claim_as(instance, port.id, limits, token)
-            .await;
-        if let Err(e) = &claimed {
-            if e.is_retryable() {
-                // the claim may have committed without us hearing of it: give back what
-                // it may hold, so nothing stays claimed by a live instance that lost it
-                retry_db(&shared, &port.name, "giving back an unknown claim", || {
-                    shared.mbx.deliveries_release_token(instance, token)
-                })
-                .await;
-            }
-        }
-        match &claimed {
-            Ok(batch) => in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum()),
-            Err(_) => in_flight.settle(0, 0),
-        }
-        match claimed {
-            Ok(batch) if !batch.is_empty() => {
-                debug!(port = %port.name, claimed = batch.len(),
-                       claim_ms = claim_started.elapsed().as_millis() as u64, "claimed");
-                let sent = send_batch(&shared, &port, batch).await;
-                while recording.len() >= COMPLETIONS_IN_FLIGHT {
-                    recording.join_next().await;
-                }
-                let (shared, port) = (shared.clone(), port.clone());
-                recording.spawn(async move {
-                    record(&shared, &port, instance, sent).await;
-                    drop(in_flight);
-                });
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(port = %port.name, error = %e, "claim failed");
-                if !pause(&shared, shared.config.poll_interval).await {
-                    while recording.join_next().await.is_some() {}
-                    shared.forget_progress(port.id);
-                    return;
-                }
-                continue;
-            }
-        }
-        // nothing to claim: wait for a publish, the port's next retry due time, or the
-        // outcomes still being recorded (they may schedule a retry sooner than the poll)
-        let idle = idle_wait(&shared, &port).await;
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(idle) => {}
-            Some(_) = recording.join_next(), if !recording.is_empty() => {}
-            _ = stop.changed() => {}
-        }
-    }
-}
 
 /// How long a delivery loop that claimed nothing sleeps before it claims again: until the
 /// port's earliest scheduled retry falls due, so a retry is sent at its due time rather
@@ -441,7 +343,11 @@ pub(crate) struct Sent {
 }
 
 /// Sends a claimed batch; returns what to complete and what to fail.
-async fn send_batch(shared: &Shared, port: &SendPort, batch: Vec<ClaimedDelivery>) -> Sent {
+pub(crate) async fn send_batch(
+    shared: &Shared,
+    port: &SendPort,
+    batch: Vec<ClaimedDelivery>,
+) -> Sent {
     let started = Instant::now();
     let tokens: HashMap<i64, Uuid> = batch
         .iter()
@@ -588,7 +494,12 @@ pub(crate) async fn reserve(
 /// do) — and after any other error up to [`RECORD_ATTEMPTS_MAX`] times. `None` when it gave
 /// up: the claims then stay until this instance stops (and releases them) or is declared
 /// dead (and another reclaims them).
-async fn retry_db<T, F, Fut>(shared: &Shared, port: &str, what: &str, mut work: F) -> Option<T>
+pub(crate) async fn retry_db<T, F, Fut>(
+    shared: &Shared,
+    port: &str,
+    what: &str,
+    mut work: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, mbx_messagebox::Error>>,

@@ -18,6 +18,7 @@
 
 mod admin;
 mod delivery;
+mod dispatch;
 mod forward;
 mod http_receive;
 mod http_server;
@@ -728,6 +729,9 @@ fn reconcile<T: serde::Serialize>(
 /// Starts and stops the loops of ports and locations as the configuration changes.
 async fn supervisor_loop(shared: Arc<Shared>) {
     let mut ports: Loops = HashMap::new();
+    // one claim per round for every unordered port's worker
+    let dispatcher = Arc::new(dispatch::Dispatcher::default());
+    let dispatching = tokio::spawn(dispatch::dispatch_loop(shared.clone(), dispatcher.clone()));
     let mut locations: Loops = HashMap::new();
     loop {
         match shared.mbx.send_port_list().await {
@@ -749,7 +753,12 @@ async fn supervisor_loop(shared: Arc<Shared>) {
                     } else if port.ordered {
                         tokio::spawn(delivery::ordered_port_loop(shared.clone(), port, stop))
                     } else {
-                        tokio::spawn(delivery::port_loop(shared.clone(), port, stop))
+                        tokio::spawn(dispatch::port_worker(
+                            shared.clone(),
+                            dispatcher.clone(),
+                            port,
+                            stop,
+                        ))
                     }
                 });
             }
@@ -803,6 +812,7 @@ async fn supervisor_loop(shared: Arc<Shared>) {
     for (_, (_, handle, _)) in ports.drain() {
         let _ = handle.await;
     }
+    let _ = dispatching.await;
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn parse(s: &str) -> Result<Self> {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
         match s {
             "primary" => Ok(Transport::Primary),
             "backup" => Ok(Transport::Backup),
@@ -219,50 +219,15 @@ impl MessageBox {
         limits: ClaimLimits,
         token: Uuid,
     ) -> Result<Vec<ClaimedDelivery>> {
-        let mut tx = crate::begin_relaxed(&self.pool).await?;
-        let rows = sqlx::query(
-            "WITH cand AS (
-                SELECT d.id, d.body_size, d.priority FROM deliveries d
-                 WHERE d.port_id = $1 AND d.state = 'ready' AND d.not_before <= now()
-                   AND d.seq IS NULL -- ordered ports are claimed by their lease holder only
-                   AND EXISTS (SELECT 1 FROM send_ports p WHERE p.id = $1 AND p.state = 'started')
-                   -- a declared-dead (or unknown) instance claims nothing: what it claimed
-                   -- would only be reclaimed again, counting toward poison
-                   AND EXISTS (SELECT 1 FROM host_instances i WHERE i.id = $4 AND i.state = 'alive')
-                   AND (d.via_port OR EXISTS (SELECT 1 FROM send_port_groups g
-                                               WHERE g.id = ANY (d.via_groups) AND g.state = 'started'))
-                 ORDER BY d.priority DESC, d.id
-                 LIMIT $2
-                 FOR UPDATE OF d SKIP LOCKED),
-             capped AS (
-                SELECT id FROM (SELECT id, sum(body_size) OVER (ORDER BY priority DESC, id) AS upto,
-                                       row_number() OVER (ORDER BY priority DESC, id) AS n
-                                  FROM cand) c
-                 WHERE upto <= $3 OR n = 1),
-             claimed AS (
-                UPDATE deliveries d SET state = 'claimed', claimed_by = $4, claim_token = $5, claimed_at = now()
-                  FROM capped WHERE d.id = capped.id
-                RETURNING d.id, d.message_id, d.port_id, d.transport, d.retries, d.seq, d.priority),
-             ev AS (
-                INSERT INTO tracking_events (message_id, event, port_id, instance_id)
-                SELECT c.message_id, 'claimed', c.port_id, $4 FROM claimed c
-                  JOIN send_ports p ON p.id = c.port_id JOIN hosts h ON h.id = p.host_id
-                 WHERE coalesce(p.tracking, h.tracking) = 'all')
-             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name,
-                    CASE WHEN c.transport = 'backup' THEN p.backup_address ELSE p.address END,
-                    m.content_type, m.body, m.body_size, m.context, m.published_at
-               FROM claimed c JOIN messages m ON m.id = c.message_id JOIN send_ports p ON p.id = c.port_id
-              ORDER BY c.priority DESC, c.id",
-        )
-        .bind(port_id)
-        .bind(limits.max_count.max(1))
-        .bind(limits.max_bytes.max(1))
-        .bind(instance)
-        .bind(token)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        claimed_deliveries(rows, token, port_id, None)
+        let want = crate::subscribers::Want {
+            subscriber: crate::subscribers::Subscriber::SendPort(port_id),
+            limits,
+        };
+        let mut claimed = self.claim(instance, &[want], token).await?;
+        Ok(claimed
+            .work
+            .remove(&crate::subscribers::Subscriber::SendPort(port_id))
+            .unwrap_or_default())
     }
 
     /// How long until the port's next ready delivery falls due: the earliest `not_before`
@@ -273,14 +238,8 @@ impl MessageBox {
     /// but not claimable (behind an ordered head, through a stopped group) are left out:
     /// waking for them would only spin.
     pub async fn deliveries_next_due(&self, port_id: i64) -> Result<Option<std::time::Duration>> {
-        let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM min(not_before) - now())::float8 FROM deliveries
-              WHERE port_id = $1 AND state = 'ready' AND not_before > now()",
-        )
-        .bind(port_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
+        self.next_due(&[crate::subscribers::Subscriber::SendPort(port_id)])
+            .await
     }
 
     /// Completes deliveries the endpoint confirmed: deletes them, and their message when
@@ -733,7 +692,7 @@ fn truncate_error(e: &str) -> String {
 }
 
 /// Overlays the per-delivery and row-derived system properties on a stored context.
-fn overlay(
+pub(crate) fn overlay(
     context: &mut Context,
     message_id: Uuid,
     published_at: DateTime<Utc>,

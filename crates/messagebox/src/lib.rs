@@ -24,6 +24,7 @@ pub mod search;
 pub mod security;
 pub mod states;
 pub mod stats;
+pub mod subscribers;
 pub mod suspended;
 pub mod throttle;
 pub mod update;

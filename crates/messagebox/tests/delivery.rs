@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
+use mbx_messagebox::config::InitialState;
 use mbx_messagebox::delivery::{ClaimLimits, Transport};
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::suspended::{Kind, Selector};
@@ -600,4 +601,68 @@ async fn an_ordered_failure_is_final_or_suspends_the_port(pool: PgPool) {
         .map(|e| e.event)
         .collect();
     assert_eq!(events, ["published", "attempt-failed"]);
+}
+
+/// The subscriber seam's claim: one statement for many ports, each within its own limits,
+/// nothing for a port that is not started, nothing for a dead instance; the work comes
+/// back by subscriber, in priority and publish order.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn one_claim_serves_many_ports_each_within_its_own_limits(pool: PgPool) {
+    use mbx_messagebox::subscribers::{Subscriber, Want};
+    let mbx = mbx(pool.clone()).await;
+    let a = started(&mbx, "a", EU).await;
+    let b = started(&mbx, "b", EU).await;
+    let stopped = port(&mbx, "c", Some(EU), InitialState::Stopped).await;
+    publish_n(&mbx, 5).await;
+    let i = instance(&mbx).await;
+    let want = |port, n| Want {
+        subscriber: Subscriber::SendPort(port),
+        limits: ClaimLimits::count(n),
+    };
+    let token = Uuid::new_v4();
+    let claimed = mbx
+        .claim(i, &[want(a, 2), want(b, 10), want(stopped, 10)], token)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 7);
+    let ids = |port| -> Vec<i64> {
+        claimed.work[&Subscriber::SendPort(port)]
+            .iter()
+            .map(|d| d.delivery_id)
+            .collect()
+    };
+    let (got_a, got_b) = (ids(a), ids(b));
+    assert_eq!(got_a.len(), 2, "port a's limit");
+    assert_eq!(got_b.len(), 5, "port b takes all it has");
+    assert!(got_a.windows(2).all(|w| w[0] < w[1]), "publish order");
+    assert!(!claimed.work.contains_key(&Subscriber::SendPort(stopped)));
+    for d in claimed.work.values().flatten() {
+        assert_eq!(d.claim_token, token);
+        let name = if d.port_id == a { "a" } else { "b" };
+        assert_eq!(d.port_name, name);
+        assert_eq!(
+            d.context
+                .get("mbx.SendPortName")
+                .map(|p| p.value.to_plain_string()),
+            Some(name.to_owned())
+        );
+    }
+    // what is left of port a: the next claim; a dead instance gets nothing
+    assert_eq!(
+        mbx.next_due(&[Subscriber::SendPort(a)]).await.unwrap(),
+        None
+    );
+    sqlx::query("UPDATE host_instances SET state = 'dead' WHERE id = $1")
+        .bind(i)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let none = mbx.claim(i, &[want(a, 10)], Uuid::new_v4()).await.unwrap();
+    assert!(none.is_empty());
+    let other = instance(&mbx).await;
+    let rest = mbx
+        .claim(other, &[want(a, 10), want(b, 10)], Uuid::new_v4())
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3, "port a's three left, port b's none");
 }
