@@ -1,0 +1,43 @@
+-- Design C failure: claim a batch as c-consume.sql; every event of it fails. Each failed
+-- delivery becomes a c_retry row (a copy of the event, so rotation never waits for it:
+-- PgQ's retry queue, without PgQ's re-insertion into the event table), and the batch
+-- completes as usual (the cursor goes on). One tracking_batches row records the failure.
+SELECT nextval('proto_rr') % :nsubs + 1 AS sub \gset
+BEGIN;
+SET LOCAL synchronous_commit = off;
+WITH cur AS (
+    SELECT s.id, s.handed_tick FROM c_sub s
+     WHERE s.id = :sub AND EXISTS (SELECT 1 FROM host_instances i WHERE i.id = :inst AND i.state = 'alive')
+       FOR UPDATE SKIP LOCKED),
+ nxt AS (
+    SELECT cur.id, cur.handed_tick AS from_tick, max(t.tick_id) AS to_tick
+      FROM cur JOIN c_tick t ON t.tick_id > cur.handed_tick AND t.tick_id <= cur.handed_tick + :maxticks
+     GROUP BY cur.id, cur.handed_tick),
+ upd AS (
+    UPDATE c_sub s SET handed_tick = nxt.to_tick, active_at = now() FROM nxt WHERE s.id = nxt.id
+    RETURNING nxt.from_tick, nxt.to_tick),
+ ins AS (
+    INSERT INTO c_batch (sub, from_tick, to_tick, claimed_by)
+    SELECT :sub, from_tick, to_tick, :inst FROM upd RETURNING from_tick, to_tick)
+SELECT coalesce(max(from_tick), 0) AS from_tick, coalesce(max(to_tick), 0) AS to_tick FROM ins \gset
+COMMIT;
+\if :to_tick > 0
+BEGIN;
+WITH f AS (
+    INSERT INTO c_retry (sub, message_id, content_type, context, body, retries, not_before, errors)
+    SELECT :sub, e.message_id, e.content_type, e.context, e.body, 1, now(),
+           jsonb_build_array(jsonb_build_object('at', now(), 'attempt', 1, 'error', 'connection refused'))
+      FROM c_tick lo, c_tick hi, c_event e
+     WHERE lo.tick_id = :from_tick AND hi.tick_id = :to_tick
+       AND e.route IN (0, :sub)
+       AND e.ev_txid >= pg_snapshot_xmin(lo.snap) AND e.ev_txid < pg_snapshot_xmax(hi.snap)
+       AND pg_visible_in_snapshot(e.ev_txid, hi.snap)
+       AND NOT pg_visible_in_snapshot(e.ev_txid, lo.snap)
+    RETURNING message_id),
+ t AS (INSERT INTO tracking_batches (event, port_id, instance_id, message_ids)
+       SELECT 'attempt-failed: connection refused', :sub, :inst, array_agg(message_id) FROM f HAVING count(*) > 0)
+SELECT count(*) AS n FROM f \gset
+DELETE FROM c_batch WHERE sub = :sub AND from_tick = :from_tick AND claimed_by = :inst;
+UPDATE proto_count SET del = del + :n WHERE client = :client_id;
+COMMIT;
+\endif
