@@ -147,6 +147,7 @@ impl AmqpReceiveAdapter {
                 .as_ref()
                 .map(|id| format!("amqp:{}", id.as_str())),
             source_identity: None,
+            body_sha256: None,
         }
     }
 

@@ -608,6 +608,7 @@ impl Inner {
             promoted: MessageContext::new(),
             source_id: Some(c.source_id.clone()),
             source_identity: c.identity.clone(),
+            body_sha256: None,
         }
     }
 

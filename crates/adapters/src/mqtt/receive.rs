@@ -54,6 +54,7 @@ impl MqttReceiveAdapter {
             // MQTT 3.1.1 carries no message id: a redelivery cannot be told from a new message
             source_id: None,
             source_identity: None,
+            body_sha256: None,
         }
     }
 
