@@ -404,6 +404,16 @@ pub trait Submitter: Send + Sync {
     }
 }
 
+/// Waits while `submitter`'s admission hook is closed (asking again after each
+/// `retry_after`): a polling adapter awaits it before it takes work from its source, so
+/// a closed admission leaves the messages where they are.
+pub async fn admitted(submitter: &dyn Submitter) {
+    while let Admission::Throttled { retry_after, .. } = submitter.admit() {
+        tokio::time::sleep(retry_after.clamp(Duration::from_millis(10), Duration::from_secs(5)))
+            .await;
+    }
+}
+
 /// A source found still claimed, as [`Submitter::published_copies`] is asked about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedSource {

@@ -287,6 +287,11 @@ impl Registry {
         ]
     }
 
+    /// One scheme per receive adapter (for the receive-side conformance test).
+    pub fn receive_schemes(&self) -> Vec<Scheme> {
+        vec![Scheme::Amqp, Scheme::File, Scheme::Http, Scheme::Mqtt]
+    }
+
     /// Checks a send address and port settings at configuration time.
     pub fn validate_send(
         &self,

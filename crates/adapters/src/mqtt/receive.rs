@@ -125,6 +125,12 @@ impl MqttReceiveAdapter {
             }
         });
         let ended = loop {
+            // nothing is taken while the host admits no messages (unacknowledged, the
+            // session keeps them)
+            tokio::select! {
+                _ = &mut *shutdown => break Ended::Shutdown,
+                _ = crate::admitted(submitter) => {}
+            }
             let first = tokio::select! {
                 _ = &mut *shutdown => break Ended::Shutdown,
                 p = rx.recv() => p,
