@@ -216,3 +216,20 @@ fn the_shape_knobs_shape_the_run() {
         "{spread}"
     );
 }
+
+/// `mbx bench` is the `mbx-bench` binary next to `mbx` (issue 27): its `--help` (every
+/// option, with examples) comes through `mbx`, and `mbx`'s own `--output json` reaches it.
+#[test]
+fn mbx_bench_runs_the_benchmark_binary() {
+    let mbx = Mbx::new(server_url());
+    let help = mbx.ok(&["bench", "--help"]);
+    for expected in ["--workload", "--endpoint-latency", "Examples", "mbx bench"] {
+        assert!(help.contains(expected), "{expected} missing:\n{help}");
+    }
+    // `--output json` before or after `bench` is mbx-bench's `--json`; a bad argument
+    // is still refused in one line, exit 2, by mbx-bench
+    let line = mbx.fails(&["--output", "json", "bench", "--runs", "0"], 2);
+    assert!(line.contains("--runs"), "{line}");
+    let line = mbx.fails(&["bench", "--runs", "0", "--output", "json"], 2);
+    assert!(line.contains("--runs"), "{line}");
+}

@@ -109,6 +109,7 @@ async fn receive_until(
             settings,
             instance_id: "i1".into(),
             ordered: false,
+            two_way: false,
         })
         .unwrap();
     let collect = Arc::new(Collect::default());

@@ -278,6 +278,10 @@ pub struct InboundMessage {
     /// after its claimant stopped can be told from a new one with the same id (see
     /// [`Submitter::published_copies`]). `None`: no such identity.
     pub source_identity: Option<String>,
+    /// The SHA-256 of the body, kept with the source id where a repeat of the id must
+    /// come with the same body (HTTP: an `Idempotency-Key`); a repeat with another body
+    /// is [`Submitted::SourceReused`]. `None`: the id alone decides.
+    pub body_sha256: Option<[u8; 32]>,
 }
 
 /// What became of one message of a committed batch.
@@ -294,6 +298,51 @@ pub enum Submitted {
     /// adapter acknowledges its source, or rejects it where the source keeps rejected
     /// messages (AMQP: without requeue, to the queue's dead-letter exchange).
     ReceiveFailure,
+    /// Its source id was published within the dedup window with another body (only a
+    /// message with a [`InboundMessage::body_sha256`]): refused, nothing kept. The
+    /// adapter refuses it at its source (HTTP: 422).
+    SourceReused,
+}
+
+/// The admission hook ([`Submitter::admit`]): whether the host takes messages now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Take them.
+    Open,
+    /// Not now (a throttle is on, the host is stopping): `why`, and when to ask again.
+    /// A polling adapter waits (its submit would wait too); a server answers its client
+    /// at once (HTTP: 503 with `Retry-After`).
+    Throttled { why: String, retry_after: Duration },
+}
+
+/// What became of a two-way location's request ([`Submitter::request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    /// Published, and the first message correlated with it came back in time.
+    Answered(Reply),
+    /// Published, but no answer came within the location's timeout: the request stays in
+    /// the MessageBox (its message id), its timeout recorded.
+    TimedOut { message_id: Uuid },
+    /// Published, but no send port subscribes to it: kept as a routing failure (the
+    /// suspended item); no answer can come.
+    Unrouted { message_id: Uuid, suspended_id: i64 },
+    /// Kept as a receive failure (the reason): no answer will come.
+    Failed(String),
+    /// Its source id came with the same body within the dedup window: the request was
+    /// taken then and is not published again (its answer is not kept).
+    Repeated,
+    /// Its source id came with another body within the dedup window: refused.
+    SourceReused,
+}
+
+/// The answer to a two-way request: the first message correlated with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub message_id: Uuid,
+    /// `http.StatusCode` of the answer, if it has one.
+    pub status: Option<u16>,
+    pub content_type: String,
+    pub body: bytes::Bytes,
 }
 
 /// Implemented by the host: publishes a batch in one transaction (running the receive
@@ -311,6 +360,28 @@ pub trait Submitter: Send + Sync {
     /// of its body is kept (none, for an oversize one). `Ok` once committed: only then may
     /// the adapter drop or reject the source.
     async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError>;
+
+    /// The admission hook: whether the host takes messages now. An adapter asks before it
+    /// takes work from its source; a server adapter refuses its client while it is not
+    /// [`Admission::Open`] (HTTP: 503 with `Retry-After`), a polling one may simply
+    /// submit ([`Submitter::submit`] waits while the host is throttled). The default is
+    /// always open.
+    fn admit(&self) -> Admission {
+        Admission::Open
+    }
+
+    /// A two-way location's request: publishes `m` as a request (`mbx.IsRequestResponse`,
+    /// a fresh correlation token) and waits up to `timeout` for the first message
+    /// correlated with it. An error: nothing was published (the client may retry). The
+    /// default: this submitter takes no requests.
+    async fn request(
+        &self,
+        m: InboundMessage,
+        timeout: Duration,
+    ) -> Result<Requested, SubmitError> {
+        let _ = (m, timeout);
+        Err(SubmitError::new("this receive location is not two-way"))
+    }
 
     /// Reports that the location cannot take messages, and why (`None`: it takes them
     /// again) — a source that no longer fits the location's configuration, such as an
@@ -330,6 +401,16 @@ pub trait Submitter: Send + Sync {
     /// be decided, the sources stay claimed. The default knows of none (all put back).
     async fn published_copies(&self, sources: &[ClaimedSource]) -> Result<Vec<bool>, SubmitError> {
         Ok(vec![false; sources.len()])
+    }
+}
+
+/// Waits while `submitter`'s admission hook is closed (asking again after each
+/// `retry_after`): a polling adapter awaits it before it takes work from its source, so
+/// a closed admission leaves the messages where they are.
+pub async fn admitted(submitter: &dyn Submitter) {
+    while let Admission::Throttled { retry_after, .. } = submitter.admit() {
+        tokio::time::sleep(retry_after.clamp(Duration::from_millis(10), Duration::from_secs(5)))
+            .await;
     }
 }
 
@@ -362,6 +443,9 @@ pub struct ReceiveLocationSpec {
     /// could not take; sources still claimed by anyone else are a former holder's, to be
     /// put back first.
     pub ordered: bool,
+    /// A two-way (request-response) location: each message is a request whose client
+    /// waits for its answer ([`Submitter::request`]); only HTTP receive serves them.
+    pub two_way: bool,
 }
 
 /// A source left claimed (by this or another instance), as [`ReceiveAdapter::reclaim`]

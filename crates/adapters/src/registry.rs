@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::amqp::{AmqpReceiveAdapter, AmqpReceiveConfig, AmqpSendAdapter};
 use crate::error::{RegistryError, Side};
 use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
-use crate::http::HttpReceiveConfig;
 use crate::http::HttpSendAdapter;
+use crate::http::{HttpListener, HttpReceiveAdapter, HttpReceiveConfig};
 use crate::mbx::GroupForwardAdapter;
 use crate::mqtt::{MqttReceiveAdapter, MqttReceiveConfig, MqttSendAdapter};
 use crate::null::NullSendAdapter;
@@ -208,6 +208,9 @@ pub struct Registry {
     mbx_send: Arc<dyn SendAdapter>,
     mqtt_send: Arc<dyn SendAdapter>,
     smtp_send: Arc<dyn SendAdapter>,
+    /// Where HTTP receive locations mount their paths: the host's shared listener
+    /// (none: HTTP receive locations cannot run).
+    http_listener: Option<Arc<dyn HttpListener>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -230,7 +233,15 @@ impl Registry {
             mbx_send: Arc::new(GroupForwardAdapter),
             mqtt_send: Arc::new(MqttSendAdapter::new()),
             smtp_send: Arc::new(SmtpSendAdapter::new()),
+            http_listener: None,
         })
+    }
+
+    /// Serves HTTP receive locations on `listener` (the host's `--http-listen` and
+    /// `--https-listen`, shared by its locations).
+    pub fn with_http_listener(mut self, listener: Arc<dyn HttpListener>) -> Self {
+        self.http_listener = Some(listener);
+        self
     }
 
     /// Serves the sends of `scheme` (`http` and `https` share one adapter) with `adapter`
@@ -274,6 +285,11 @@ impl Registry {
             (Scheme::Mqtt, self.mqtt_send.clone()),
             (Scheme::Mailto, self.smtp_send.clone()),
         ]
+    }
+
+    /// One scheme per receive adapter (for the receive-side conformance test).
+    pub fn receive_schemes(&self) -> Vec<Scheme> {
+        vec![Scheme::Amqp, Scheme::File, Scheme::Http, Scheme::Mqtt]
     }
 
     /// Checks a send address and port settings at configuration time.
@@ -351,11 +367,14 @@ impl Registry {
             Scheme::Amqp | Scheme::Amqps => Ok(Box::new(AmqpReceiveAdapter::new(spec)?)),
             Scheme::File => Ok(Box::new(FileReceiveAdapter::new(spec)?)),
             Scheme::Mqtt | Scheme::Mqtts => Ok(Box::new(MqttReceiveAdapter::new(spec)?)),
-            Scheme::Http | Scheme::Https => Err(RegistryError::Unsupported {
-                adapter: "HTTP",
-                side: Side::Receive,
-                hint: ": HTTP receive locations are served by the host's --http-listen listener",
-            }),
+            Scheme::Http | Scheme::Https => match &self.http_listener {
+                Some(listener) => Ok(Box::new(HttpReceiveAdapter::new(spec, listener.clone())?)),
+                None => Err(RegistryError::Unsupported {
+                    adapter: "HTTP",
+                    side: Side::Receive,
+                    hint: ": HTTP receive locations are served on a host's listener (--http-listen), which this registry has none of",
+                }),
+            },
             s @ (Scheme::Null | Scheme::Mailto) => Err(send_only(s)),
             Scheme::Mbx => Err(forward_receive_unsupported()),
         }

@@ -154,9 +154,20 @@ pub enum Command {
     /// Benchmark mbx end to end with its peers in the same run: creates its
     /// own databases on the server of --database-url and drops them after.
     #[command(
-        after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n  mbx bench --workload ordered,ordered-by --endpoint-latency 5ms --peers '' --scaling '' --backlog 0\n  mbx bench --workload unordered --ports 100 --body-size 65536 --peers '' --scaling '' --backlog 0\n\nBuild with --release first: mbx bench runs the mbx-host next to the mbx binary."
+        disable_help_flag = true,
+        after_help = "Examples:\n  mbx bench --help                # every option, with more examples\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n\nmbx bench runs mbx-bench, the benchmark's own binary next to mbx, with ARGS (and\n--json with --output json); mbx links none of the benchmark's peers. Build both with\n--release first (`cargo build --release --bins`): mbx-bench runs the mbx-host next to it."
     )]
-    Bench(BenchArgs),
+    Bench {
+        /// The benchmark's arguments, passed to mbx-bench as they are (`mbx bench --help`
+        /// lists them).
+        #[arg(
+            value_name = "ARGS",
+            num_args = 0..,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,78 +186,6 @@ pub enum RolesCommand {
         #[arg(long, default_value = "mbx")]
         prefix: String,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), ordered-by (one
-    /// port ordered by a property, 1,000 keys, 64 buckets), forward (group A → group B on
-    /// the same server, counted where B delivers), request-response, amqp (a RabbitMQ
-    /// queue → mbx → another queue, beside the rabbitmq peer), or all.
-    #[arg(long, default_value = "all", value_delimiter = ',')]
-    pub workload: Vec<String>,
-    /// Measured time of each run, after the warm-up.
-    #[arg(long, default_value = "20s")]
-    pub duration: String,
-    /// Warm-up of each run, not counted.
-    #[arg(long, default_value = "3s")]
-    pub warmup: String,
-    /// Host instances of the main runs.
-    #[arg(long, default_value_t = 2)]
-    pub instances: usize,
-    /// Peers measured on the unordered workload: pgmq, rabbitmq, ceiling (empty: none).
-    #[arg(long, default_value = "pgmq,rabbitmq,ceiling", value_delimiter = ',')]
-    pub peers: Vec<String>,
-    /// Instance counts of the scaling runs (empty: none).
-    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
-    pub scaling: Vec<String>,
-    /// Messages of the drain run (0: none).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub backlog: u64,
-    /// Runs of each measurement; the report gives their medians.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Messages per publish, claim and completion, the same for every peer (the hosts are
-    /// started with `--claim-batch` set to it).
-    #[arg(long, default_value_t = 100)]
-    pub batch: usize,
-    /// Concurrent publishers.
-    #[arg(long, default_value_t = 2)]
-    pub producers: usize,
-    /// Send ports of the unordered and many-ordered workloads, each message to one of them
-    /// (round-robin); default 1 and 100.
-    #[arg(long, value_name = "N")]
-    pub ports: Option<usize>,
-    /// Ports subscribed to every message in the fanout workload (default 10).
-    #[arg(long, value_name = "N")]
-    pub subscribers: Option<usize>,
-    /// Body size of every message, in bytes.
-    #[arg(long, default_value_t = 1024)]
-    pub body_size: usize,
-    /// The NULL send ports take this long per message (ordered) or batch (unordered), as
-    /// an endpoint with a latency does (default: none).
-    #[arg(long, value_name = "DUR")]
-    pub endpoint_latency: Option<String>,
-    /// Skip the 50%-load latency runs.
-    #[arg(long)]
-    pub no_half_load: bool,
-    /// Skip the tracking=all run.
-    #[arg(long)]
-    pub no_tracking_all: bool,
-    /// RabbitMQ for the rabbitmq peer.
-    #[arg(
-        long,
-        env = "MBX_BENCH_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// The mbx-host binary (default: the one next to this mbx).
-    #[arg(long)]
-    pub host_bin: Option<std::path::PathBuf>,
-    /// One JSON object on stdout instead of the table (same as --output json).
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

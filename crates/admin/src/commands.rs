@@ -40,9 +40,6 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Init { group } = &cli.command {
         return init(&url, group.as_deref(), json_out).await;
     }
-    if let Command::Bench(args) = &cli.command {
-        return crate::bench::bench(&url, args, json_out).await;
-    }
     if let Command::Console {
         listen,
         token,
@@ -56,7 +53,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         .await
         .with_context(|| format!("MessageBox at {}", redact(&url)))?;
     match cli.command {
-        Command::Init { .. } | Command::Bench(_) | Command::Reference | Command::Console { .. } => {
+        Command::Init { .. }
+        | Command::Bench { .. }
+        | Command::Reference
+        | Command::Console { .. } => {
             unreachable!("handled above")
         }
         Command::Status => status(&mbx, json_out).await,

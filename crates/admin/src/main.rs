@@ -58,6 +58,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let cli::Command::Bench { args } = &cli.command {
+        return bench::run(
+            args,
+            cli.database_url.as_deref(),
+            cli.output == cli::Output::Json,
+        );
+    }
     {
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
@@ -75,14 +82,11 @@ fn main() -> ExitCode {
             eprintln!("warning: {warning}");
         }
     }
-    // the benchmark's publishers and peers need more than one thread; everything else is
     // one request after another
-    let mut builder = if matches!(cli.command, cli::Command::Bench(_)) {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -28,7 +28,6 @@ mod metrics_catalog;
 mod receive;
 mod replies;
 mod solicit;
-mod spool;
 mod throttle;
 
 use std::collections::HashMap;
@@ -160,8 +159,8 @@ pub(crate) struct Shared {
     pub waiting: replies::Waiting,
     /// Becomes true when the instance stops.
     pub stopping: watch::Receiver<bool>,
-    /// The HTTP receive locations this instance serves.
-    pub http: http_receive::HttpReceive,
+    /// The shared listeners of the HTTP receive locations this instance serves.
+    pub http: Arc<http_receive::HttpReceive>,
     /// Last progress of each delivery loop, by port id (the watchdog reads it).
     pub progress: std::sync::Mutex<HashMap<i64, std::time::Instant>>,
     /// Messages delivered per port id since this process started, written with every
@@ -173,8 +172,6 @@ pub(crate) struct Shared {
     pub host_id: i64,
     /// The publish and delivery throttles.
     pub throttle: Arc<throttle::Throttle>,
-    /// HTTPS receive's TLS, from `--tls-cert`/`--tls-key` (none: https locations refused).
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Enabled locations that cannot run on this instance, by id: (name, why). `/readyz`
     /// answers 503 while any is here; the MessageBox has the same (`mbx status`).
     pub location_problems: std::sync::Mutex<HashMap<i64, (String, String)>>,
@@ -321,6 +318,13 @@ pub async fn run_with_registry(
     let metrics = admin::metrics_handle();
     metrics_catalog::describe();
 
+    // HTTP receive locations mount their paths on this instance's shared listeners
+    let http = Arc::new(http_receive::HttpReceive::new(
+        config.http_listen,
+        config.https_listen,
+        tls,
+    ));
+    let registry = registry.with_http_listener(Arc::new(http_receive::Listener(http.clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (instance_tx, _) = watch::channel(id);
     let shared = Arc::new(Shared {
@@ -334,7 +338,7 @@ pub async fn run_with_registry(
         forward_links: Default::default(),
         waiting: Default::default(),
         stopping: stop_rx,
-        http: Default::default(),
+        http,
         progress: Default::default(),
         delivered: Default::default(),
         share: Default::default(),
@@ -343,7 +347,6 @@ pub async fn run_with_registry(
             limits.throttle_publish,
             limits.throttle_inflight,
         )),
-        tls,
         location_problems: Default::default(),
         heartbeats: Default::default(),
     });

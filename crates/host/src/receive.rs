@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use mbx_adapters::http::HttpReceiveConfig;
 use mbx_adapters::pipeline::{Pipeline, PipelineKind, Promotion};
 use mbx_adapters::{
-    Body, ClaimedSource, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, SubmitError,
-    Submitted, Submitter,
+    Admission, Body, ClaimedSource, InboundMessage, ReceiveAdapter, ReceiveLocationSpec, Reply,
+    Requested, SubmitError, Submitted, Submitter,
 };
 use mbx_messagebox::context::system;
 use mbx_messagebox::instances::DEAD_AFTER_S;
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::lease::{Leased, Tenure};
-use crate::{http_receive, pause, Shared};
+use crate::{pause, Shared};
 
 /// Runs one enabled location until it is stopped; whether it runs here, or why not, is
 /// recorded for `mbx status` and `/readyz` while it is wanted, and forgotten after.
@@ -97,56 +96,6 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             return;
         }
     };
-    if let Some(path) = http_receive::path_of(&loc.address) {
-        // served by this instance's HTTP listener until the location stops
-        // checked as `mbx` checked it at creation (a row written otherwise is refused
-        // here too); the secret is resolved now, never stored
-        let config = HttpReceiveConfig::parse(&loc.address, &loc.settings.0)
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                let token = c
-                    .bearer_token
-                    .map(|r| r.resolve("bearer_token"))
-                    .transpose()?;
-                Ok((c.tls, token, c.timeout))
-            });
-        let (tls, token, timeout) = match config {
-            Ok(c) => c,
-            Err(e) => {
-                report_run(&shared, &loc, Some(&e)).await;
-                until_stopped(stop, shared.stopping.clone()).await;
-                return;
-            }
-        };
-        // an address taken by another process may be freed: try again every poll; an
-        // instance without TLS stays refused until it is restarted with it
-        loop {
-            match http_receive::ensure_listener(&shared, tls).await {
-                Ok(()) => break,
-                Err(why) => {
-                    report_run(&shared, &loc, Some(&why)).await;
-                    if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
-                        return;
-                    }
-                }
-            }
-        }
-        shared.http.add(
-            tls,
-            path.clone(),
-            http_receive::Route {
-                location: loc.name.clone(),
-                max_bytes: u64::try_from(loc.max_message_size).unwrap_or(0),
-                token,
-                two_way: loc.two_way.then_some(timeout),
-                submitter,
-            },
-        );
-        report_run(&shared, &loc, None).await;
-        until_stopped(stop, shared.stopping.clone()).await;
-        shared.http.remove(tls, &path);
-        return;
-    }
     report_run(&shared, &loc, None).await;
     let leased_run = leased(&loc);
     loop {
@@ -203,6 +152,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             settings,
             instance_id: started_as.simple().to_string(),
             ordered: loc.ordered,
+            two_way: loc.two_way,
         };
         let adapter = match shared.registry.receive_adapter(spec) {
             Ok(a) => a,
@@ -342,14 +292,14 @@ pub(crate) struct LocationSubmitter {
     pipeline: Pipeline,
     publisher: Publisher,
     declared: HashMap<String, PropertyType>,
-    /// FILE and other polling locations wait here while the publish or database-size
-    /// throttle is on (HTTP answers 503 instead, before it reads the request).
-    throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// A submit waits here while the publish or database-size throttle is on; the
+    /// admission hook tells adapters so before they take work (HTTP answers 503).
+    throttle: Arc<crate::throttle::Throttle>,
     stopping: watch::Receiver<bool>,
     /// An ordered location: the lease this instance holds now (none: publish nothing).
     fence: std::sync::Mutex<Option<LocationFence>>,
-    /// Where a problem the adapter reports goes (`report_run`); weak, as the HTTP routes
-    /// the instance keeps hold submitters.
+    /// Where a problem the adapter reports goes (`report_run`), and two-way requests'
+    /// clients wait for their replies; weak, as the instance's loops hold submitters.
     shared: std::sync::Weak<Shared>,
     /// This instance's id (tracked on what a reclaim finds already published).
     instance: watch::Receiver<uuid::Uuid>,
@@ -368,7 +318,6 @@ impl LocationSubmitter {
             })
             .collect();
         let pipeline = Pipeline::new(kind, promotions)?;
-        let polls = http_receive::path_of(&loc.address).is_none();
         Ok(Self {
             mbx: shared.mbx.clone(),
             location: loc.clone(),
@@ -379,7 +328,7 @@ impl LocationSubmitter {
                 fence: None,
             },
             declared: shared.mbx.property_types().await?,
-            throttle: polls.then(|| shared.throttle.clone()),
+            throttle: shared.throttle.clone(),
             stopping: shared.stopping.clone(),
             fence: std::sync::Mutex::new(None),
             shared: Arc::downgrade(shared),
@@ -474,31 +423,6 @@ impl LocationSubmitter {
     }
 }
 
-/// What became of a two-way receive's request.
-pub(crate) enum Requested {
-    /// Published (its message id): the client waits for the reply.
-    Published(uuid::Uuid),
-    /// Published, but no send port subscribes to it: kept as a routing failure (its
-    /// message id and suspended item); no reply can come, so the client is not held.
-    Unrouted(uuid::Uuid, i64),
-    /// Kept as a receive failure (the reason): no reply will come.
-    Failed(String),
-    /// Its `Idempotency-Key` came with the same body within the dedup window: the request
-    /// was taken then, so it is not published again (its response is not kept).
-    Repeated,
-    /// Its `Idempotency-Key` came with another body within the dedup window: refused.
-    KeyReused,
-}
-
-/// What became of a message an HTTP client sent.
-pub(crate) enum Sent {
-    /// What an adapter would be told.
-    Taken(Submitted),
-    /// Its `Idempotency-Key` was published with another body within the dedup window:
-    /// refused, nothing published.
-    KeyReused,
-}
-
 impl LocationSubmitter {
     /// What the pipeline reads of a body: the whole body for `json` and `xml`, nothing for
     /// `passthru` (which promotes nothing from it, so a large body is never read here).
@@ -538,14 +462,15 @@ impl LocationSubmitter {
 
     /// Publishes a two-way receive's request with `mbx.IsRequestResponse=true` and the
     /// correlation `token`, together with the instance subscription that routes the first
-    /// message carrying `token` back to this instance.
-    pub(crate) async fn request(
+    /// message carrying `token` back to this instance. `Ok(Err(message id))`: published,
+    /// its reply to be waited for; `Ok(Ok(…))`: what the client is told at once.
+    async fn publish_request(
         &self,
         m: InboundMessage,
-        sha256: Option<[u8; 32]>,
         token: &str,
         instance: uuid::Uuid,
-    ) -> Result<Requested, SubmitError> {
+    ) -> Result<Result<Requested, uuid::Uuid>, SubmitError> {
+        let sha256 = m.body_sha256;
         let publisher = self.publisher()?;
         let read = self.pipeline_input(&m.body).await?;
         let context = self.context(&m, &read).and_then(|mut c| {
@@ -558,7 +483,7 @@ impl LocationSubmitter {
             Ok(c) => c,
             Err(reason) => {
                 self.receive_failure(m, &reason).await?;
-                return Ok(Requested::Failed(reason));
+                return Ok(Ok(Requested::Failed(reason)));
             }
         };
         let message = NewMessage {
@@ -584,12 +509,15 @@ impl LocationSubmitter {
             metrics::counter!("mbx_messages_published_total", "location" => self.location.name.clone())
                 .increment(1);
         }
-        Ok(match published {
-            Published::Routed { message_id, .. } => Requested::Published(message_id),
+        Ok(Ok(match published {
+            Published::Routed { message_id, .. } => return Ok(Err(message_id)),
             Published::RoutingFailure {
                 message_id,
                 suspended_id,
-            } => Requested::Unrouted(message_id, suspended_id),
+            } => Requested::Unrouted {
+                message_id,
+                suspended_id,
+            },
             Published::Duplicate => {
                 // never silent: logged, counted, tracked on the request taken first
                 warn!(location = %self.location.name,
@@ -598,9 +526,9 @@ impl LocationSubmitter {
                     .increment(1);
                 Requested::Repeated
             }
-            Published::SourceReused => Requested::KeyReused,
+            Published::SourceReused => Requested::SourceReused,
             Published::Unsubscribed => Requested::Failed("not published (no subscriber)".into()),
-        })
+        }))
     }
 }
 
@@ -613,44 +541,29 @@ impl LocationSubmitter {
         })
     }
 
-    /// Publishes one message an HTTP client sent, its source id (an `Idempotency-Key`)
-    /// kept with the SHA-256 of its body: a repeat with another body is refused.
-    pub(crate) async fn submit_sent(
-        &self,
-        m: InboundMessage,
-        sha256: Option<[u8; 32]>,
-    ) -> Result<Sent, SubmitError> {
-        let mut outcomes = self.publish_batch(vec![(m, sha256)]).await?;
-        Ok(outcomes.pop().unwrap_or(Sent::Taken(Submitted::Accepted)))
-    }
-
     /// Publishes a batch in one transaction, each message with its body's digest if it
     /// has one; one outcome per message, in order.
     async fn publish_batch(
         &self,
-        batch: Vec<(InboundMessage, Option<[u8; 32]>)>,
-    ) -> Result<Vec<Sent>, SubmitError> {
-        if let Some(throttle) = &self.throttle {
-            if let Some(why) = throttle.receive_throttled_why() {
-                info!(location = %self.location.name, why, "holding the batch");
-                let mut stopping = self.stopping.clone();
-                tokio::select! {
-                    _ = throttle.receive_allowed() => {}
-                    _ = stopping.wait_for(|s| *s) => {
-                        // not published, so not acknowledged: the source keeps it
-                        return Err(SubmitError::new("the host is stopping"));
-                    }
+        batch: Vec<InboundMessage>,
+    ) -> Result<Vec<Submitted>, SubmitError> {
+        if let Some(why) = self.throttle.receive_throttled_why() {
+            info!(location = %self.location.name, why, "holding the batch");
+            let mut stopping = self.stopping.clone();
+            tokio::select! {
+                _ = self.throttle.receive_allowed() => {}
+                _ = stopping.wait_for(|s| *s) => {
+                    // not published, so not acknowledged: the source keeps it
+                    return Err(SubmitError::new("the host is stopping"));
                 }
             }
         }
         let publisher = self.publisher()?;
-        let mut outcomes: Vec<Sent> = (0..batch.len())
-            .map(|_| Sent::Taken(Submitted::Accepted))
-            .collect();
+        let mut outcomes: Vec<Submitted> = vec![Submitted::Accepted; batch.len()];
         // which message of the batch each published one is
         let mut published_from = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
-        for (i, (m, sha256)) in batch.into_iter().enumerate() {
+        for (i, m) in batch.into_iter().enumerate() {
             // a body the pipeline must read is read whole (json, xml); passthru reads none
             let read = self.pipeline_input(&m.body).await?;
             match self.context(&m, &read) {
@@ -661,7 +574,7 @@ impl LocationSubmitter {
                         body: new_body(m.body).await.map_err(SubmitError::new)?,
                         content_type: m.content_type,
                         context,
-                        source: self.source(m.source_id, sha256),
+                        source: self.source(m.source_id, m.body_sha256),
                         source_identity: m.source_identity,
                         routing: Default::default(),
                     });
@@ -670,7 +583,7 @@ impl LocationSubmitter {
                     // kept as a non-resumable receive failure; the source is then
                     // acknowledged (or rejected, where it keeps rejected messages)
                     self.receive_failure(m, &reason).await?;
-                    outcomes[i] = Sent::Taken(Submitted::ReceiveFailure);
+                    outcomes[i] = Submitted::ReceiveFailure;
                 }
             }
         }
@@ -686,10 +599,10 @@ impl LocationSubmitter {
         for (i, p) in published_from.into_iter().zip(&published) {
             match p {
                 Published::Duplicate => {
-                    outcomes[i] = Sent::Taken(Submitted::Duplicate);
+                    outcomes[i] = Submitted::Duplicate;
                     duplicates += 1;
                 }
-                Published::SourceReused => outcomes[i] = Sent::KeyReused,
+                Published::SourceReused => outcomes[i] = Submitted::SourceReused,
                 _ => fresh += 1,
             }
         }
@@ -716,18 +629,77 @@ impl Submitter for LocationSubmitter {
     }
 
     async fn submit(&self, batch: Vec<InboundMessage>) -> Result<Vec<Submitted>, SubmitError> {
-        let batch = batch.into_iter().map(|m| (m, None)).collect();
-        Ok(self
-            .publish_batch(batch)
+        self.publish_batch(batch).await
+    }
+
+    /// Closed while the instance stops or a receive throttle (publish backlog, database
+    /// size) is on.
+    fn admit(&self) -> Admission {
+        let retry_after = Duration::from_secs(mbx_adapters::http::receive::RETRY_AFTER_S);
+        if *self.stopping.borrow() {
+            return Admission::Throttled {
+                why: "this instance is stopping; retry".to_owned(),
+                retry_after,
+            };
+        }
+        match self.throttle.receive_throttled_why() {
+            Some(why) => Admission::Throttled {
+                why: why.to_owned(),
+                retry_after,
+            },
+            None => Admission::Open,
+        }
+    }
+
+    /// Publishes the request, then holds its client until the first message carrying its
+    /// correlation token arrives or `timeout` passes (the timeout recorded on the request
+    /// and counted).
+    async fn request(
+        &self,
+        m: InboundMessage,
+        timeout: Duration,
+    ) -> Result<Requested, SubmitError> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or_else(|| SubmitError::new("the host is stopping"))?;
+        let token = uuid::Uuid::new_v4().to_string();
+        // waiting before the publish commits: a reply may come at once
+        let mut client = shared.waiting.register(token.clone(), shared.clone());
+        let message_id = match self
+            .publish_request(m, &token, shared.instance_id())
             .await?
-            .into_iter()
-            .map(|sent| match sent {
-                Sent::Taken(s) => s,
-                // only a message with a body digest can be refused so, and adapters
-                // submit none
-                Sent::KeyReused => Submitted::Duplicate,
-            })
-            .collect())
+        {
+            Ok(told) => return Ok(told),
+            Err(message_id) => message_id,
+        };
+        if let Some(reply) = client.reply(timeout).await {
+            let status = reply
+                .context
+                .get(crate::solicit::STATUS_CODE)
+                .and_then(|p| p.value.to_plain_string().parse::<u16>().ok());
+            return Ok(Requested::Answered(Reply {
+                message_id: reply.message_id,
+                status,
+                content_type: reply.content_type,
+                body: reply.body,
+            }));
+        }
+        metrics::counter!("mbx_request_timeouts_total", "location" => self.location.name.clone())
+            .increment(1);
+        let detail = format!(
+            "two-way receive location '{}' answered its client 504: no response within {}",
+            self.location.name,
+            humantime::format_duration(timeout)
+        );
+        if let Err(e) = shared
+            .mbx
+            .request_timed_out(message_id, shared.host_id, &detail)
+            .await
+        {
+            warn!(%message_id, error = %e, "cannot record a request's timeout");
+        }
+        Ok(Requested::TimedOut { message_id })
     }
 
     async fn refuse(&self, m: InboundMessage, reason: &str) -> Result<(), SubmitError> {

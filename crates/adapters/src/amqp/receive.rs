@@ -147,6 +147,7 @@ impl AmqpReceiveAdapter {
                 .as_ref()
                 .map(|id| format!("amqp:{}", id.as_str())),
             source_identity: None,
+            body_sha256: None,
         }
     }
 
@@ -197,6 +198,12 @@ impl AmqpReceiveAdapter {
             tracing::info!(location = %self.spec.location_name, queue = %self.config.queue, "consuming");
             submitter.problem(None).await;
             loop {
+                // nothing is taken while the host admits no messages (the broker keeps
+                // them, unacknowledged)
+                tokio::select! {
+                    _ = &mut *shutdown => return Ok(Ended::Shutdown),
+                    _ = crate::admitted(submitter) => {}
+                }
                 let first = tokio::select! {
                     _ = &mut *shutdown => return Ok(Ended::Shutdown),
                     d = consumer.next() => d,

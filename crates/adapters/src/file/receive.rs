@@ -608,6 +608,7 @@ impl Inner {
             promoted: MessageContext::new(),
             source_id: Some(c.source_id.clone()),
             source_identity: c.identity.clone(),
+            body_sha256: None,
         }
     }
 
@@ -926,6 +927,11 @@ impl ReceiveAdapter for FileReceiveAdapter {
             // A poll is never cancelled half-way: a submitted batch is always acknowledged
             // or put back; the stop is looked at before each batch, so a disabled or
             // stopped location takes no new file once the batch in hand is done.
+            // no file is taken while the host admits no messages
+            tokio::select! {
+                _ = crate::admitted(submitter) => {}
+                _ = stop_rx.wait_for(|s| *s) => break,
+            }
             let stopped = || *stop_rx.borrow();
             let wait = match self.poll(submitter, &stopped).await {
                 Ok(report) => {

@@ -54,6 +54,7 @@ impl MqttReceiveAdapter {
             // MQTT 3.1.1 carries no message id: a redelivery cannot be told from a new message
             source_id: None,
             source_identity: None,
+            body_sha256: None,
         }
     }
 
@@ -124,6 +125,12 @@ impl MqttReceiveAdapter {
             }
         });
         let ended = loop {
+            // nothing is taken while the host admits no messages (unacknowledged, the
+            // session keeps them)
+            tokio::select! {
+                _ = &mut *shutdown => break Ended::Shutdown,
+                _ = crate::admitted(submitter) => {}
+            }
             let first = tokio::select! {
                 _ = &mut *shutdown => break Ended::Shutdown,
                 p = rx.recv() => p,

@@ -19,6 +19,7 @@ fn receive_spec(address: &str, settings: Settings, ordered: bool) -> ReceiveLoca
         settings,
         instance_id: "i1".into(),
         ordered,
+        two_way: false,
     }
 }
 

@@ -347,6 +347,7 @@ fn the_registry_is_keyed_by_scheme() {
         settings: Settings::new(),
         instance_id: "i-1".into(),
         ordered: false,
+        two_way: false,
     });
     assert!(http_receive.is_err());
 }

@@ -36,6 +36,7 @@ fn adapter_with(
         settings,
         instance_id: instance.to_owned(),
         ordered,
+        two_way: false,
     })
     .expect("valid location")
 }
@@ -386,6 +387,7 @@ async fn bad_locations_are_refused() {
         settings: Settings::new(),
         instance_id: instance.into(),
         ordered: false,
+        two_way: false,
     };
     assert!(FileReceiveAdapter::new(spec("file:///in/*.xml", "ok-1")).is_ok());
     assert!(FileReceiveAdapter::new(spec("file:///in/*.xml", "bad/id")).is_err());

@@ -10,5 +10,6 @@ mod file_send;
 mod http_send;
 mod mqtt;
 mod pipeline;
+mod receive_conformance;
 mod smtp;
 mod support;

@@ -15,6 +15,7 @@ fn spec(location: &str, address: &str, settings: Settings) -> ReceiveLocationSpe
         settings,
         instance_id: "i1".into(),
         ordered: false,
+        two_way: false,
     }
 }
 

@@ -100,6 +100,8 @@ pub struct Recorder {
     published_when: Mutex<Option<PublishedWhen>>,
     /// Every source `published_copies` was asked about.
     pub asked: Mutex<Vec<ClaimedSource>>,
+    /// Whether the admission hook is open (it is unless a test closes it).
+    admission_open: AtomicBool,
 }
 
 type PublishedWhen = Box<dyn Fn(&ClaimedSource) -> bool + Send + Sync>;
@@ -118,7 +120,13 @@ impl Recorder {
             pipeline_fails: Mutex::new(None),
             published_when: Mutex::new(None),
             asked: Mutex::new(Vec::new()),
+            admission_open: AtomicBool::new(true),
         })
+    }
+
+    /// Opens or closes the admission hook ([`Submitter::admit`]).
+    pub fn set_admission(&self, open: bool) {
+        self.admission_open.store(open, Ordering::SeqCst);
     }
 
     /// Claimed sources for which `f` is true are "published from that very copy".
@@ -187,6 +195,17 @@ impl Submitter for Recorder {
             Err(SubmitError::new("messagebox unreachable (test)"))
         } else {
             Ok(outcomes)
+        }
+    }
+
+    fn admit(&self) -> mbx_adapters::Admission {
+        if self.admission_open.load(Ordering::SeqCst) {
+            mbx_adapters::Admission::Open
+        } else {
+            mbx_adapters::Admission::Throttled {
+                why: "closed by the test".to_owned(),
+                retry_after: Duration::from_millis(50),
+            }
         }
     }
 

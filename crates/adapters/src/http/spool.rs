@@ -22,7 +22,7 @@ pub const SPOOL_FOLDER: &str = "mbx-http-receive";
 pub const PART_EXTENSION: &str = "part";
 
 /// This process's spool folder, removed when it is dropped.
-pub(crate) struct Spool {
+pub struct Spool {
     dir: PathBuf,
     lock_path: PathBuf,
     /// Held (locked) for the life of the process: the folder is in use.
@@ -118,7 +118,7 @@ fn sweep(base: &Path) {
 
 /// One body's spool file: removed when dropped (after its publish, on an error, or when
 /// the request's handler is dropped because its client left).
-pub(crate) struct SpoolFile {
+pub struct SpoolFile {
     path: PathBuf,
 }
 
