@@ -3,6 +3,9 @@
 //! and its password only by reference (`--set password=env:NAME|file:PATH`): a password
 //! written into the address is refused, and the refusal does not repeat it.
 
+use std::time::Duration;
+
+use mbx_vocabulary::retry::Backoff;
 use mbx_vocabulary::SecretRef;
 use reqwest::Url;
 
@@ -135,6 +138,16 @@ pub(crate) fn ca_file(
         ));
     }
     Ok(Some(path.clone()))
+}
+
+/// The first wait of a broker receive adapter after a failed publish or a lost connection;
+/// doubled up to [`RECEIVE_BACKOFF_MAX`], and back to the first after a publish committed.
+pub(crate) const RECEIVE_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+pub(crate) const RECEIVE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The retry policy of the AMQP and MQTT receive loops (`mbx_vocabulary::retry`).
+pub(crate) fn receive_backoff() -> Backoff {
+    Backoff::doubling(RECEIVE_BACKOFF_FIRST, RECEIVE_BACKOFF_MAX)
 }
 
 /// Reads the PEM file of `ca_file` when connecting.
