@@ -3,6 +3,9 @@
 //! and its password only by reference (`--set password=env:NAME|file:PATH`): a password
 //! written into the address is refused, and the refusal does not repeat it.
 
+use std::time::Duration;
+
+use mbx_vocabulary::retry::Backoff;
 use mbx_vocabulary::SecretRef;
 use reqwest::Url;
 
@@ -137,26 +140,38 @@ pub(crate) fn ca_file(
     Ok(Some(path.clone()))
 }
 
+/// The first wait of a broker receive adapter after a failed publish or a lost connection;
+/// doubled up to [`RECEIVE_BACKOFF_MAX`], and back to the first after a publish committed.
+pub(crate) const RECEIVE_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+pub(crate) const RECEIVE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The retry policy of the AMQP and MQTT receive loops (`mbx_vocabulary::retry`).
+pub(crate) fn receive_backoff() -> Backoff {
+    Backoff::doubling(RECEIVE_BACKOFF_FIRST, RECEIVE_BACKOFF_MAX)
+}
+
 /// Reads the PEM file of `ca_file` when connecting.
 pub(crate) fn read_ca(path: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("ca_file {path}: {e}"))
 }
 
-/// Decodes `%XX` escapes; `None` if malformed or not UTF-8.
+/// Decodes `%XX` escapes; `None` if a `%` starts no escape (two hex digits) or the result
+/// is not UTF-8.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    // percent-encoding keeps a `%` that starts no escape as it is: refused here
+    let escapes_whole = s.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_whole {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|d| d.into_owned())
 }
 
 /// Whether a server accepts a TCP connection at `host:port` (`label` names it).
@@ -164,5 +179,21 @@ pub(crate) async fn reachable(host: &str, port: u16, label: &str) -> Health {
     match tokio::net::TcpStream::connect((host, port)).await {
         Ok(_) => Health::Healthy,
         Err(e) => Health::unhealthy(format!("{label}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_takes_whole_escapes_of_utf8_only() {
+        assert_eq!(percent_decode("a%2Fb%2fc").as_deref(), Some("a/b/c"));
+        assert_eq!(percent_decode("%C3%A9t%C3%A9").as_deref(), Some("été"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("").as_deref(), Some(""));
+        for bad in ["%", "a%2", "%zz", "%+f", "100%", "%FF"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
     }
 }

@@ -36,6 +36,7 @@ pub mod context;
 pub mod error;
 pub mod file;
 pub mod http;
+pub mod macros;
 pub mod mbx;
 pub mod mqtt;
 pub mod null;

@@ -64,7 +64,8 @@ pub(crate) fn get_count(
 }
 
 /// A size: plain bytes or with a unit (`KB`, `MB`, `GB` = powers of 1000; `KiB`, `MiB`,
-/// `GiB` = powers of 1024), within `1..=max_bytes`.
+/// `GiB` = powers of 1024), within `1..=max_bytes`; the syntax of `--max-message-size`
+/// ([`mbx_vocabulary::parse_size`]).
 pub(crate) fn get_size_bytes(
     settings: &Settings,
     key: &str,
@@ -74,8 +75,8 @@ pub(crate) fn get_size_bytes(
     let Some(raw) = settings.get(key) else {
         return Ok(default_bytes);
     };
-    let bytes = parse_size_bytes(raw)
-        .ok_or_else(|| ConfigError::setting(key, raw, "expected a size, e.g. 100MB or 1048576"))?;
+    let bytes = mbx_vocabulary::parse_size(raw)
+        .map_err(|_| ConfigError::setting(key, raw, "expected a size, e.g. 100MB or 1048576"))?;
     if bytes == 0 || bytes > max_bytes {
         return Err(ConfigError::setting(
             key,
@@ -84,25 +85,6 @@ pub(crate) fn get_size_bytes(
         ));
     }
     Ok(bytes)
-}
-
-/// Parses `1048576`, `100MB`, `1MiB`, `512KB`; `None` if malformed or overflowing.
-pub fn parse_size_bytes(raw: &str) -> Option<u64> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 /// A duration like `30s`, `500ms`, `5m`, within `min..=max`.

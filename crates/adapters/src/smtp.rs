@@ -20,6 +20,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mbx_vocabulary::SecretRef;
 
 use crate::error::ConfigError;
+use crate::macros::{MacroValues, Template, SMTP_MACROS};
 use crate::settings::{self, Settings};
 use crate::{report, Health, OutboundMessage, Outcome, OutcomeSender, SendAdapter};
 
@@ -53,8 +54,8 @@ pub struct SmtpSendConfig {
     pub server: String,
     pub port: u16,
     pub tls: SmtpTls,
-    pub from: String,
-    pub subject: String,
+    pub from: Template,
+    pub subject: Template,
     pub user: Option<String>,
     pub password: Option<SecretRef>,
     pub timeout: Duration,
@@ -72,49 +73,20 @@ fn header_safe(what: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the macros of a template: `%MessageID%`, `%SendPortName%` or a property name.
-fn check_macros(key: &str, template: &str) -> Result<(), ConfigError> {
-    let parts: Vec<&str> = template.split('%').collect();
-    if parts.len().is_multiple_of(2) {
-        return Err(ConfigError::setting(
-            key,
-            template,
-            "a % without its closing %",
-        ));
-    }
-    for name in parts.iter().skip(1).step_by(2) {
-        let known = matches!(*name, "MessageID" | "SendPortName")
-            || mbx_vocabulary::validate_property_name(name).is_ok();
-        if !known {
-            return Err(ConfigError::setting(
-                key,
-                template,
-                format!("unknown macro %{name}% (known: %MessageID%, %SendPortName%, %Ns.Name% for a property)"),
-            ));
-        }
-    }
-    header_safe(key, template).map_err(|p| ConfigError::setting(key, template, p))
+/// Parses a template's macros ([`SMTP_MACROS`]: `%MessageID%`, `%SendPortName%` or a
+/// property name) and refuses a line break in its text.
+fn parse_template(key: &str, template: &str) -> Result<Template, ConfigError> {
+    let parsed = Template::parse(template, SMTP_MACROS)
+        .map_err(|e| ConfigError::setting(key, template, e.to_string()))?;
+    header_safe(key, template).map_err(|p| ConfigError::setting(key, template, p))?;
+    Ok(parsed)
 }
 
 /// Fills a template's macros from the message; a property it lacks is an error.
-fn expand(template: &str, m: &OutboundMessage) -> Result<String, String> {
-    let mut out = String::new();
-    for (i, part) in template.split('%').enumerate() {
-        if i % 2 == 0 {
-            out.push_str(part);
-            continue;
-        }
-        match part {
-            "MessageID" => out.push_str(&m.message_id.to_string()),
-            "SendPortName" => out.push_str(&m.port_name),
-            name => out.push_str(
-                m.context
-                    .get(name)
-                    .ok_or_else(|| format!("the message has no {name} for %{name}%"))?,
-            ),
-        }
-    }
-    Ok(out)
+fn expand(template: &Template, m: &OutboundMessage) -> Result<String, String> {
+    template
+        .expand(&MacroValues::of(m), |_| Ok(()))
+        .map_err(|e| e.to_string())
 }
 
 impl SmtpSendConfig {
@@ -193,7 +165,7 @@ impl SmtpSendConfig {
                 )
             })?
             .clone();
-        check_macros("from", &from)?;
+        let from_template = parse_template("from", &from)?;
         if !from.contains('%') {
             from.parse::<Mailbox>().map_err(|e| {
                 ConfigError::setting("from", &from, format!("not a mail address: {e}"))
@@ -203,7 +175,7 @@ impl SmtpSendConfig {
             .get("subject")
             .cloned()
             .unwrap_or_else(|| DEFAULT_SUBJECT.to_owned());
-        check_macros("subject", &subject)?;
+        let subject = parse_template("subject", &subject)?;
         let user = settings.get("user").cloned();
         let password = settings
             .get("password")
@@ -239,7 +211,7 @@ impl SmtpSendConfig {
             server,
             port,
             tls,
-            from,
+            from: from_template,
             subject,
             user,
             password,

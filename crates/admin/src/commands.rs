@@ -466,12 +466,8 @@ async fn property(mbx: &MessageBox, c: PropertyCommand, json_out: bool) -> Resul
 
 /// Parses a size argument: `100MB`, `1MiB`.
 pub(crate) fn size_arg(arg: &str, text: &str) -> Result<u64> {
-    let size: bytesize::ByteSize = text.parse().map_err(|e| {
-        Usage(format!(
-            "{arg}: '{text}' is not a size ({e}) (example: {arg} 100MB)"
-        ))
-    })?;
-    Ok(size.as_u64())
+    Ok(mbx_vocabulary::parse_size(text)
+        .map_err(|e| Usage(format!("{arg}: {e} (example: {arg} 100MB)")))?)
 }
 
 /// `--throttle-database-size` of a host: a size (the `--max-message-size` syntax), `off`

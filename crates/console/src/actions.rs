@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::header::LOCATION;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -60,7 +60,7 @@ fn done(return_to: Option<&str>, message: &str) -> Response {
     (
         StatusCode::SEE_OTHER,
         [(LOCATION, to.to_owned())],
-        [(SET_COOKIE, set_flash(message))],
+        set_flash(message),
     )
         .into_response()
 }
@@ -129,7 +129,7 @@ fn pin_id() -> Result<String, ConsoleError> {
     SystemRandom::new()
         .fill(&mut b)
         .map_err(|_| ConsoleError::Config("no random numbers from the system".into()))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(hex::encode(b))
 }
 
 /// POST /suspended/confirm: pins the selected (or all matching) items and asks.

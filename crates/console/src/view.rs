@@ -88,9 +88,9 @@ fn frame(title: &str, nav: Option<Nav>, ctx: Option<&Ctx>, body: Markup) -> Mark
 
 /// A whole page; clears the flash it showed.
 pub(crate) fn page(ctx: &Ctx, title: &str, nav: Nav, body: Markup) -> Response {
-    let mut response = frame(title, Some(nav), Some(ctx), body).into_response();
+    let response = frame(title, Some(nav), Some(ctx), body).into_response();
     if ctx.flash.is_some() {
-        crate::auth::clear_flash(&mut response);
+        return (crate::auth::clear_flash(), response).into_response();
     }
     response
 }

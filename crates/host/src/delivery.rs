@@ -39,7 +39,8 @@ pub const ORDERED_SEND_TIMEOUT_MS: i64 = LEASE_MARGIN_MS - 1_000;
 /// the next one.
 pub const COMPLETIONS_IN_FLIGHT: usize = 1;
 
-/// Longest pause between two attempts of a unit of MessageBox work.
+/// First and longest pause between two attempts of a unit of MessageBox work.
+const RETRY_BACKOFF_MIN_MS: u64 = 200;
 const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
 
 /// Attempts to record a batch's outcomes before giving up (the claims then stay until this
@@ -505,6 +506,10 @@ where
     Fut: std::future::Future<Output = Result<T, mbx_messagebox::Error>>,
 {
     let mut attempt: u32 = 0;
+    let mut backoff = mbx_vocabulary::retry::Backoff::doubling(
+        Duration::from_millis(RETRY_BACKOFF_MIN_MS),
+        Duration::from_millis(RETRY_BACKOFF_MAX_MS),
+    );
     loop {
         attempt += 1;
         match work().await {
@@ -515,8 +520,7 @@ where
                 if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || *shared.stopping.borrow() {
                     return None;
                 }
-                let backoff = (200 * u64::from(attempt)).min(RETRY_BACKOFF_MAX_MS);
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                tokio::time::sleep(backoff.next_wait()).await;
             }
         }
     }

@@ -460,16 +460,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = mbx_messagebox::Result<T>>,
 {
-    let mut backoff = Duration::from_millis(STARTUP_BACKOFF_MIN_MS);
+    let mut backoff = mbx_vocabulary::retry::Backoff::doubling(
+        Duration::from_millis(STARTUP_BACKOFF_MIN_MS),
+        Duration::from_millis(STARTUP_BACKOFF_MAX_MS),
+    );
     loop {
         match step().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 // the last attempt falls on the deadline
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let pause = backoff
+                    .next_wait()
+                    .min(deadline.saturating_duration_since(Instant::now()));
                 warn!(error = %mbx_messagebox::one_line(&e), retry_in_ms = pause.as_millis() as u64, "{what} failed; retrying");
                 tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(Duration::from_millis(STARTUP_BACKOFF_MAX_MS));
             }
             Err(e) => return Err(e),
         }

@@ -109,14 +109,10 @@ impl<'de> Deserialize<'de> for DatabaseSizeOverride {
 
 /// A size as `50GB`, `512MiB` or plain bytes (the syntax of `--max-message-size`), above 0.
 pub fn parse_size(text: &str) -> std::result::Result<i64, String> {
-    let size: bytesize::ByteSize = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("'{text}' is not a size ({e})"))?;
-    match i64::try_from(size.as_u64()) {
-        Ok(0) => Err(format!("'{text}' is 0; a size above 0 is needed")),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("'{text}' is too large")),
+    match mbx_vocabulary::parse_size(text)? {
+        0 => Err(format!("'{text}' is 0; a size above 0 is needed")),
+        // parse_size takes at most SIZE_MAX_BYTES = i64::MAX
+        n => i64::try_from(n).map_err(|_| format!("'{text}' is too large")),
     }
 }
 

@@ -1,16 +1,20 @@
 //! The vocabulary every mbx crate shares, written once: the system property names and
 //! which of them an operator may promote, the rules for property and object names, the
-//! promoted-value limit, and secret references (`env:NAME`, `file:PATH`).
+//! promoted-value limit, secret references (`env:NAME`, `file:PATH`), the syntax of a
+//! size (`100MB`, `1MiB`) and the retry policy of the retry loops.
 //!
 //! A leaf crate: `mbx-messagebox` and `mbx-adapters` both use it and neither depends on
 //! the other, so nothing here may know about PostgreSQL, adapters or the host.
 
+pub mod retry;
 pub mod secret;
+pub mod size;
 
 mod group_address;
 pub use group_address::GroupAddress;
 
 pub use secret::SecretRef;
+pub use size::parse_size;
 
 /// Names of the system properties the engine and its adapters set.
 pub mod system {

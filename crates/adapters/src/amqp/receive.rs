@@ -1,8 +1,6 @@
 //! AMQP receive: consume a queue with a prefetch and manual acks; acknowledge a batch only
 //! after its publish committed.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -12,6 +10,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Acker;
+use mbx_vocabulary::retry::Backoff;
 
 use super::config::AmqpReceiveConfig;
 use crate::error::{ConfigError, ReceiveError};
@@ -19,10 +18,6 @@ use crate::{
     system, Body, Health, InboundMessage, MessageContext, ReceiveAdapter, ReceiveLocationSpec,
     ShutdownSignal, Submitted, Submitter,
 };
-
-/// The first wait after a failed publish or a lost connection; doubled up to the max.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 pub struct AmqpReceiveAdapter {
     spec: ReceiveLocationSpec,
@@ -49,20 +44,6 @@ impl AmqpReceiveAdapter {
 enum Ended {
     Shutdown,
     Lost(String),
-}
-
-/// A doubling wait between `BACKOFF_MIN` and `BACKOFF_MAX`.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        d
-    }
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
-    }
 }
 
 /// A property name part from a header name: letters, digits and `_` only.
@@ -300,7 +281,7 @@ impl AmqpReceiveAdapter {
     /// Gives the batch's unsettled messages (up to `last`) back to the queue, after a backoff
     /// (a broken MessageBox is not asked again at once).
     async fn requeue(&self, last: &Acker, why: &str, backoff: &mut Backoff) -> Result<(), String> {
-        let wait = backoff.next();
+        let wait = backoff.next_wait();
         tracing::warn!(location = %self.spec.location_name, error = %why, wait_ms = wait.as_millis() as u64,
                        "not published; the messages go back to the queue");
         tokio::time::sleep(wait).await;
@@ -325,12 +306,12 @@ impl ReceiveAdapter for AmqpReceiveAdapter {
         submitter: &dyn Submitter,
         mut shutdown: ShutdownSignal,
     ) -> Result<(), ReceiveError> {
-        let mut backoff = Backoff(BACKOFF_MIN);
+        let mut backoff = crate::broker::receive_backoff();
         loop {
             match self.session(submitter, &mut shutdown, &mut backoff).await {
                 Ended::Shutdown => return Ok(()),
                 Ended::Lost(why) => {
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::warn!(location = %self.spec.location_name, error = %why,
                                    wait_ms = wait.as_millis() as u64, "amqp receive interrupted; reconnecting");
                     tokio::select! {

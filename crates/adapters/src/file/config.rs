@@ -6,12 +6,9 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
-use crate::context::MessageContext;
 use crate::error::ConfigError;
+use crate::macros::{ExpandError, MacroValues, Part, Template, FILE_NAME_MACROS};
 use crate::settings::{self, Settings};
-use uuid::Uuid;
 
 /// Files per receive batch, unless `batch_max` says otherwise.
 pub const FILE_RECEIVE_BATCH_MAX: u64 = 100;
@@ -308,118 +305,44 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 // ------------------------------------------------------------------------------------------
-// Name patterns and macros
+// Name patterns (the macros are `crate::macros`')
 
-/// A macro of a FILE send name pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Macro {
-    /// `%MessageID%`: the message id.
-    MessageId,
-    /// `%SourceFileName%`: `mbx.SourceFileName` of the message.
-    SourceFileName,
-    /// `%datetime%`: the UTC time of writing, `2026-11-23T101500.123Z`.
-    DateTime,
-}
-
+/// A file-name pattern: literal text and macros ([`FILE_NAME_MACROS`]: `%MessageID%`,
+/// `%SendPortName%`, `%SourceFileName%`, `%datetime%`); expands to exactly one path
+/// component.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Macro(Macro),
-}
-
-/// A file-name pattern: literal text and macros; expands to exactly one path component.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamePattern {
-    source: String,
-    segments: Vec<Segment>,
-}
+pub struct NamePattern(Template);
 
 /// Why a pattern could not be expanded for a message: it cannot be sent in principle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MacroError {
-    #[error("macro %{macro_name}%: value {value:?} is not one path component: {problem}")]
-    BadValue {
-        macro_name: &'static str,
-        value: String,
-        problem: &'static str,
-    },
-    #[error("macro %SourceFileName%: the message has no mbx.SourceFileName")]
-    NoSourceFileName,
+    #[error(transparent)]
+    Expand(#[from] ExpandError),
     #[error("file name {name:?} is not usable: {problem}")]
     BadName { name: String, problem: &'static str },
 }
 
 impl NamePattern {
     pub fn parse(pattern: &str) -> Result<Self, String> {
-        let mut segments = Vec::new();
-        let mut rest = pattern;
-        while let Some(start) = rest.find('%') {
-            if start > 0 {
-                segments.push(Segment::Literal(rest[..start].to_owned()));
-            }
-            let after = &rest[start + 1..];
-            let end = after
-                .find('%')
-                .ok_or_else(|| format!("unterminated macro in {pattern:?}"))?;
-            let m = match &after[..end] {
-                "MessageID" => Macro::MessageId,
-                "SourceFileName" => Macro::SourceFileName,
-                "datetime" => Macro::DateTime,
-                other => {
-                    return Err(format!(
-                        "unknown macro %{other}% (known: %MessageID%, %SourceFileName%, %datetime%)"
-                    ))
-                }
-            };
-            segments.push(Segment::Macro(m));
-            rest = &after[end + 1..];
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Literal(rest.to_owned()));
-        }
-        for s in &segments {
-            if let Segment::Literal(l) = s {
+        let template = Template::parse(pattern, FILE_NAME_MACROS)
+            .map_err(|e| format!("pattern {pattern:?}: {e}"))?;
+        for part in template.parts() {
+            if let Part::Literal(l) = part {
                 check_component(l).map_err(|p| format!("pattern {pattern:?}: {p}"))?;
             }
         }
-        Ok(Self {
-            source: pattern.to_owned(),
-            segments,
-        })
+        Ok(Self(template))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.source
+        self.0.as_str()
     }
 
     /// Expands the pattern for one message. Every macro value must be one path component.
-    pub fn render(
-        &self,
-        message_id: Uuid,
-        context: &MessageContext,
-        now: DateTime<Utc>,
-    ) -> Result<String, MacroError> {
-        let mut name = String::new();
-        for s in &self.segments {
-            match s {
-                Segment::Literal(l) => name.push_str(l),
-                Segment::Macro(Macro::MessageId) => name.push_str(&message_id.to_string()),
-                Segment::Macro(Macro::DateTime) => {
-                    name.push_str(&now.format("%Y-%m-%dT%H%M%S%.3fZ").to_string())
-                }
-                Segment::Macro(Macro::SourceFileName) => {
-                    let v = context
-                        .source_file_name()
-                        .ok_or(MacroError::NoSourceFileName)?;
-                    check_component(v).map_err(|problem| MacroError::BadValue {
-                        macro_name: "SourceFileName",
-                        value: v.to_owned(),
-                        problem,
-                    })?;
-                    name.push_str(v);
-                }
-            }
-        }
+    pub fn render(&self, values: &MacroValues<'_>) -> Result<String, MacroError> {
+        let name = self.0.expand(values, |v| {
+            check_component(v).map_err(|p| format!("is not one path component: {p}"))
+        })?;
         if name.len() > FILE_SEND_NAME_MAX_BYTES {
             return Err(MacroError::BadName {
                 name,
@@ -498,14 +421,19 @@ mod tests {
         assert!(NamePattern::parse("%SourceFileName%_%datetime%.out").is_ok());
         assert!(NamePattern::parse("%Nope%.xml").is_err());
         assert!(NamePattern::parse("%MessageID.xml").is_err());
-        let id = Uuid::nil();
-        let now = DateTime::parse_from_rfc3339("2026-11-23T10:15:00.123Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let p = NamePattern::parse("%datetime%.txt").unwrap();
-        assert_eq!(
-            p.render(id, &MessageContext::new(), now).unwrap(),
-            "2026-11-23T101500.123Z.txt"
-        );
+        assert!(NamePattern::parse("a/%MessageID%.xml").is_err());
+        let context = crate::MessageContext::new();
+        let values = MacroValues {
+            message_id: uuid::Uuid::nil(),
+            port_name: "out",
+            context: &context,
+            now: chrono::DateTime::parse_from_rfc3339("2026-11-23T10:15:00.123Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        };
+        let p = NamePattern::parse("%SendPortName%-%datetime%.txt").unwrap();
+        assert_eq!(p.render(&values).unwrap(), "out-2026-11-23T101500.123Z.txt");
+        let p = NamePattern::parse(".%MessageID%").unwrap();
+        assert!(matches!(p.render(&values), Err(MacroError::BadName { .. })));
     }
 }

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::config::{FileSendConfig, MacroError, NamePattern, FILE_TEMP_MARKER};
 use crate::error::ConfigError;
+use crate::macros::MacroValues;
 use crate::settings::Settings;
 use crate::{Body, Fence, Health, OutboundMessage, OutcomeSender, SendAdapter, SendReport};
 
@@ -196,9 +196,7 @@ fn write_message(
 ) -> Result<(PathBuf, Option<u64>), FileSendError> {
     let config = FileSendConfig::parse(&message.address, &message.settings)?;
     sweep_stale_temp_files(swept, &config.folder);
-    let name = config
-        .pattern
-        .render(message.message_id, &message.context, Utc::now())?;
+    let name = config.pattern.render(&MacroValues::of(message))?;
     let path = NamePattern::path_in(&config.folder, &name);
     if config.append {
         // A poisoned lock only means another append panicked; the file itself is fine.

@@ -1,21 +1,18 @@
 //! MQTT receive: one subscription per location (QoS 1, manual acks, persistent session
 //! under a client id fixed per location); PUBACK only after the publish committed.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
+use mbx_vocabulary::retry::Backoff;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
 use super::config::MqttReceiveConfig;
+use crate::broker;
 use crate::error::{ConfigError, ReceiveError};
 use crate::{
     system, Body, Health, InboundMessage, MessageContext, ReceiveAdapter, ReceiveLocationSpec,
     ShutdownSignal, Submitter,
 };
-
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 pub struct MqttReceiveAdapter {
     spec: ReceiveLocationSpec,
@@ -63,7 +60,7 @@ impl MqttReceiveAdapter {
         &self,
         submitter: &dyn Submitter,
         shutdown: &mut ShutdownSignal,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Ended {
         // every packet the protocol allows: a larger message than the location takes is
         // received and refused here (recorded, acknowledged); a packet limit below it would
@@ -168,7 +165,7 @@ impl MqttReceiveAdapter {
         client: &AsyncClient,
         batch: Vec<Publish>,
         shutdown: &mut ShutdownSignal,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), Ended> {
         let mut messages = Vec::with_capacity(batch.len());
         for p in &batch {
@@ -210,8 +207,7 @@ impl MqttReceiveAdapter {
                 }
             }
             let Err(e) = result else { break };
-            let wait = *backoff;
-            *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            let wait = backoff.next_wait();
             tracing::warn!(location = %self.spec.location_name, error = %e, wait_ms = wait.as_millis() as u64,
                            "not published; trying the batch again");
             tokio::select! {
@@ -219,7 +215,7 @@ impl MqttReceiveAdapter {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
         for p in &batch {
             client
                 .ack(p)
@@ -241,13 +237,12 @@ impl ReceiveAdapter for MqttReceiveAdapter {
         submitter: &dyn Submitter,
         mut shutdown: ShutdownSignal,
     ) -> Result<(), ReceiveError> {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = broker::receive_backoff();
         loop {
             match self.session(submitter, &mut shutdown, &mut backoff).await {
                 Ended::Shutdown => return Ok(()),
                 Ended::Lost(why) => {
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let wait = backoff.next_wait();
                     tracing::warn!(location = %self.spec.location_name, error = %why,
                                    wait_ms = wait.as_millis() as u64, "mqtt receive interrupted; reconnecting");
                     tokio::select! {
