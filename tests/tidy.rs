@@ -7,6 +7,8 @@
 //!   code of any other crate, the host's LISTEN and the bench's mbx workloads included
 //!   (only the bench's peers, its scratch databases and its server report speak SQL of
 //!   their own: they measure other systems and the server, not mbx);
+//! - no column is read by position (`row.get(0)`, `try_get(1)`): a row is read into a
+//!   named `sqlx::FromRow` struct, so a reordered SELECT cannot swap two columns;
 //! - `mbx-admin` depends neither on `mbx-host` nor on `mbx-bench` (`mbx bench` runs the
 //!   `mbx-bench` binary, so the production `mbx` links none of the benchmark's peers),
 //!   `mbx-host` not on `mbx-bench`, `mbx-adapters` not on `mbx-messagebox`,
@@ -154,6 +156,55 @@ fn crates_depend_only_as_the_codemap_allows() {
     );
 }
 
+/// Whether a line reads a value by position: `.get(0)`, `.try_get(1)`,
+/// `.get::<i64, _>(2)` (a row's column, or anything else read by a bare index).
+fn positional_read(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    [".get", ".try_get"].iter().any(|method| {
+        code.match_indices(method).any(|(at, _)| {
+            let mut rest = &code[at + method.len()..];
+            if let Some(args) = rest.strip_prefix("::<") {
+                // past the type arguments, nested ones included
+                let mut depth = 1;
+                let end = args.find(|c| {
+                    match c {
+                        '<' => depth += 1,
+                        '>' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                });
+                let Some(end) = end else { return false };
+                rest = &args[end + 1..];
+            }
+            rest.strip_prefix('(')
+                .is_some_and(|arg| arg.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        })
+    })
+}
+
+#[test]
+fn no_column_is_read_by_position() {
+    let mut files = Vec::new();
+    files_with(&root().join("crates"), &[".rs"], &mut files);
+    assert!(files.len() > 50, "found the sources: {}", files.len());
+    let mut offences = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            if positional_read(line) {
+                offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "read a row into a named #[derive(sqlx::FromRow)] struct with sqlx::query_as \
+         (alias a computed column: `AS name`), not by position:\n{}",
+        offences.join("\n")
+    );
+}
+
 #[test]
 fn the_checks_catch_what_they_look_for() {
     assert!(sql_in("let x = sqlx::query(\"SELECT 1\");").is_some());
@@ -161,6 +212,16 @@ fn the_checks_catch_what_they_look_for() {
     assert!(sql_in("// SELECT in a comment").is_none());
     assert!(sql_in("EnvFilter::new(\"warn,sqlx=error\")").is_none());
     assert!(sql_in(r#"after_help = "psql -c \"ALTER ROLE x\"""#).is_none());
+    assert!(positional_read("let id: i64 = row.get(0);"));
+    assert!(positional_read("    state: row.try_get( 1)?,"));
+    assert!(positional_read(
+        "if row.get::<Option<Vec<u8>>, _>(13).is_some() {"
+    ));
+    assert!(positional_read(".and_then(|_| address.get(7..))"));
+    assert!(!positional_read("let id: i64 = row.get(\"id\");"));
+    assert!(!positional_read("declared.get(name).copied()"));
+    assert!(!positional_read("let b = budget(3); // row.get(0)"));
+    assert!(!positional_read("m.get_mut(0); c.get::<i64>"));
 }
 
 /// Every file under `dir` with one of `exts`, skipping build output.

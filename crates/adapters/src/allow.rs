@@ -511,9 +511,9 @@ fn parse_address(address: &str) -> Result<Target, String> {
 /// The path of `file:///path` (an empty authority, as the FILE adapter takes it).
 fn file_path(address: &str) -> Result<&str, String> {
     address
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("file://"))
-        .and_then(|_| address.get(7..))
+        .split_at_checked("file://".len())
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("file://"))
+        .map(|(_, path)| path)
         .filter(|p| p.starts_with('/'))
         .ok_or_else(|| "needs an absolute path with an empty authority (file:///…)".to_owned())
 }
@@ -638,9 +638,9 @@ fn mqtt(address: &str, example: &'static str) -> Result<Target, String> {
 /// prefix may name a whole domain as `@domain`.
 fn mail(address: &str, prefix: bool) -> Result<Vec<Recipient>, String> {
     let rest = address
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("mailto:"))
-        .and_then(|_| address.get(7..))
+        .split_at_checked("mailto:".len())
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("mailto:"))
+        .map(|(_, rest)| rest)
         .ok_or("is not mailto:ADDRESS")?;
     if rest.contains('?') {
         return Err("has headers (?…): a mailto: address names recipients only".into());

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::config::{self, Backoff, HostSpec, InitialState, SendPortSpec, DEFAULT_APPLICATION};
 use crate::receive::ReceiveLocationSpec;
@@ -452,13 +452,18 @@ impl MessageBox {
             }
         }
         // a port's own tracking level (the list shows the effective one)
+        #[derive(sqlx::FromRow)]
+        struct OwnTracking {
+            name: String,
+            tracking: Option<TrackingLevel>,
+        }
         let own_tracking: BTreeMap<String, Option<TrackingLevel>> =
-            sqlx::query("SELECT name, tracking FROM send_ports")
+            sqlx::query_as::<_, OwnTracking>("SELECT name, tracking FROM send_ports")
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
-                .map(|r| Ok((r.get(0), r.try_get(1)?)))
-                .collect::<Result<_>>()?;
+                .map(|r| (r.name, r.tracking))
+                .collect();
         for p in self.send_port_list().await? {
             if mine(&p.application) {
                 let tracking = own_tracking.get(&p.name).copied().flatten();
@@ -694,13 +699,21 @@ async fn apply_receive(
     doc: &Bindings,
     plan: &mut Vec<Step>,
 ) -> std::result::Result<(), ApplyError> {
-    let ports: BTreeMap<String, (bool, String, bool)> =
-        sqlx::query("SELECT name, two_way, application, route_failed FROM receive_ports")
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
-            .collect();
+    #[derive(sqlx::FromRow)]
+    struct ReceivePortRow {
+        name: String,
+        two_way: bool,
+        application: String,
+        route_failed: bool,
+    }
+    let ports: BTreeMap<String, (bool, String, bool)> = sqlx::query_as::<_, ReceivePortRow>(
+        "SELECT name, two_way, application, route_failed FROM receive_ports",
+    )
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.name, (r.two_way, r.application, r.route_failed)))
+    .collect();
     for (name, p) in &doc.receive_ports {
         match ports.get(name) {
             None => {
@@ -797,12 +810,18 @@ async fn apply_send(
     doc: &Bindings,
     plan: &mut Vec<Step>,
 ) -> std::result::Result<(), ApplyError> {
-    let ports: BTreeMap<String, PortState> = sqlx::query("SELECT name, state FROM send_ports")
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|r| Ok((r.get(0), r.try_get(1)?)))
-        .collect::<Result<_>>()?;
+    #[derive(sqlx::FromRow)]
+    struct PortStateRow {
+        name: String,
+        state: PortState,
+    }
+    let ports: BTreeMap<String, PortState> =
+        sqlx::query_as::<_, PortStateRow>("SELECT name, state FROM send_ports")
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| (r.name, r.state))
+            .collect();
     for (name, p) in &doc.send_ports {
         let spec = p.spec(name);
         match ports.get(name) {
@@ -834,13 +853,18 @@ async fn apply_send(
             }
         }
     }
+    #[derive(sqlx::FromRow)]
+    struct GroupStateRow {
+        name: String,
+        state: GroupState,
+    }
     let groups: BTreeMap<String, GroupState> =
-        sqlx::query("SELECT name, state FROM send_port_groups")
+        sqlx::query_as::<_, GroupStateRow>("SELECT name, state FROM send_port_groups")
             .fetch_all(&mut **tx)
             .await?
             .into_iter()
-            .map(|r| Ok((r.get(0), r.try_get(1)?)))
-            .collect::<Result<_>>()?;
+            .map(|r| (r.name, r.state))
+            .collect();
     for (name, g) in &doc.send_port_groups {
         let mut changes = match groups.get(name) {
             None => {

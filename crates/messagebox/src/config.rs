@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::filter::{self, Filter};
 use crate::routing::{GroupSubscription, PortSubscription, RoutingTable};
@@ -54,15 +54,20 @@ pub fn validate_address(arg: &str, address: &str) -> Result<()> {
     Ok(())
 }
 
+/// A property declaration as stored: `SELECT name, type`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct Declaration {
+    name: String,
+    #[sqlx(rename = "type")]
+    ty: String,
+}
+
 /// Rows of (name, type) as declarations (here, or another group's through its link).
 pub(crate) fn declarations<T: FromIterator<(String, PropertyType)>>(
-    rows: Vec<sqlx::postgres::PgRow>,
+    rows: Vec<Declaration>,
 ) -> Result<T> {
     rows.into_iter()
-        .map(|r| {
-            let ty: String = r.get(1);
-            Ok((r.get(0), ty.parse().map_err(Error::Corrupt)?))
-        })
+        .map(|r| Ok((r.name, r.ty.parse().map_err(Error::Corrupt)?)))
         .collect()
 }
 
@@ -71,13 +76,12 @@ pub(crate) async fn compile_filter(
     tx: &mut Transaction<'_, Postgres>,
     text: &str,
 ) -> Result<Filter> {
-    let rows = sqlx::query("SELECT name, type FROM properties")
+    let rows = sqlx::query_as::<_, Declaration>("SELECT name, type FROM properties")
         .fetch_all(&mut **tx)
         .await?;
     let mut declared: HashMap<String, PropertyType> = HashMap::new();
     for row in rows {
-        let ty: String = row.get(1);
-        declared.insert(row.get(0), ty.parse().map_err(Error::Corrupt)?);
+        declared.insert(row.name, row.ty.parse().map_err(Error::Corrupt)?);
     }
     Ok(filter::compile(text, &|name| declared.get(name).copied())?)
 }
@@ -91,21 +95,31 @@ pub(crate) async fn load_routing_table(
         version,
         ..Default::default()
     };
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct PortSubscriptionRow {
+        port_id: i64,
+        filter: sqlx::types::Json<Filter>,
+    }
+    let rows = sqlx::query_as::<_, PortSubscriptionRow>(
         "SELECT s.port_id, s.filter FROM subscriptions s WHERE s.kind = 'port' ORDER BY s.port_id",
     )
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
-        let filter: sqlx::types::Json<Filter> = row.try_get(1)?;
         table.ports.push(PortSubscription {
-            port_id: row.get(0),
-            filter: filter.0,
+            port_id: row.port_id,
+            filter: row.filter.0,
         });
     }
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct GroupSubscriptionRow {
+        group_id: i64,
+        filter: sqlx::types::Json<Filter>,
+        members: Vec<i64>,
+    }
+    let rows = sqlx::query_as::<_, GroupSubscriptionRow>(
         "SELECT s.group_id, s.filter,
-                coalesce(array_agg(m.port_id ORDER BY m.port_id) FILTER (WHERE p.state <> 'unenlisted'), '{}')
+                coalesce(array_agg(m.port_id ORDER BY m.port_id) FILTER (WHERE p.state <> 'unenlisted'), '{}') AS members
            FROM subscriptions s
            LEFT JOIN send_port_group_members m ON m.group_id = s.group_id
            LEFT JOIN send_ports p ON p.id = m.port_id
@@ -116,11 +130,10 @@ pub(crate) async fn load_routing_table(
     .fetch_all(&mut **tx)
     .await?;
     for row in rows {
-        let filter: sqlx::types::Json<Filter> = row.try_get(1)?;
         table.groups.push(GroupSubscription {
-            group_id: row.get(0),
-            filter: filter.0,
-            members: row.get(2),
+            group_id: row.group_id,
+            filter: row.filter.0,
+            members: row.members,
         });
     }
     let ordered: Vec<(i64, Option<String>, Option<i32>)> =
@@ -487,7 +500,7 @@ const SEND_PORT_SELECT: &str = "
       FROM send_ports p JOIN hosts h ON h.id = p.host_id";
 
 /// Counts of a port's deliveries that block unenlist/delete.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, sqlx::FromRow)]
 pub struct PortWork {
     pub waiting: i64,
     pub in_flight: i64,
@@ -521,6 +534,7 @@ impl Change {
     }
 }
 
+#[derive(sqlx::FromRow)]
 pub(crate) struct PortRow {
     pub(crate) id: i64,
     pub(crate) state: PortState,
@@ -532,37 +546,27 @@ pub(crate) struct PortRow {
 /// commits, and a start or stop must neither wait for publishes nor make them wait (nor
 /// deadlock with one that holds the shared routing lock).
 pub(crate) async fn lock_port(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<PortRow> {
-    let row = sqlx::query(
+    sqlx::query_as::<_, PortRow>(
         "SELECT id, state, filter_text FROM send_ports WHERE name = $1 FOR NO KEY UPDATE",
     )
     .bind(name)
     .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| Error::not_found("send port", name, "`mbx send-port list` shows the ports"))?;
-    Ok(PortRow {
-        id: row.get(0),
-        state: row.try_get(1)?,
-        filter_text: row.get(2),
-    })
+    .ok_or_else(|| Error::not_found("send port", name, "`mbx send-port list` shows the ports"))
 }
 
 pub(crate) async fn port_work(
     tx: &mut Transaction<'_, Postgres>,
     port_id: i64,
 ) -> Result<PortWork> {
-    let row = sqlx::query(
-        "SELECT (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'ready'),
-                (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'claimed'),
-                (SELECT count(*) FROM suspended_items WHERE port_id = $1)",
+    Ok(sqlx::query_as::<_, PortWork>(
+        "SELECT (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'ready') AS waiting,
+                (SELECT count(*) FROM deliveries WHERE port_id = $1 AND state = 'claimed') AS in_flight,
+                (SELECT count(*) FROM suspended_items WHERE port_id = $1) AS suspended",
     )
     .bind(port_id)
     .fetch_one(&mut **tx)
-    .await?;
-    Ok(PortWork {
-        waiting: row.get(0),
-        in_flight: row.get(1),
-        suspended: row.get(2),
-    })
+    .await?)
 }
 
 pub(crate) async fn host_id(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64> {
@@ -636,15 +640,24 @@ impl MessageBox {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| Error::not_found("host", name, "`mbx host list` shows the hosts"))?;
-        let row = sqlx::query(
-            "SELECT (SELECT count(*) FROM send_ports WHERE host_id = $1),
-                    (SELECT count(*) FROM receive_locations WHERE host_id = $1),
-                    (SELECT count(*) FROM host_instances WHERE host_id = $1 AND state = 'alive')",
+        #[derive(sqlx::FromRow)]
+        struct Bound {
+            ports: i64,
+            locations: i64,
+            alive: i64,
+        }
+        let Bound {
+            ports,
+            locations,
+            alive,
+        } = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM send_ports WHERE host_id = $1) AS ports,
+                    (SELECT count(*) FROM receive_locations WHERE host_id = $1) AS locations,
+                    (SELECT count(*) FROM host_instances WHERE host_id = $1 AND state = 'alive') AS alive",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        let (ports, locations, alive): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         if ports + locations + alive > 0 {
             return Err(Error::Refused(format!(
                 "host '{name}' still has {ports} send port(s), {locations} receive location(s) and {alive} live instance(s); move or delete them first"
@@ -669,7 +682,7 @@ impl MessageBox {
     }
 
     pub async fn property_list(&self) -> Result<Vec<(String, PropertyType)>> {
-        let rows = sqlx::query("SELECT name, type FROM properties ORDER BY name")
+        let rows = sqlx::query_as("SELECT name, type FROM properties ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
         declarations(rows)
@@ -1066,14 +1079,20 @@ const ONLY_THROUGH_GROUP: &str = "NOT d.via_port AND $1 = ANY (d.via_groups)
                         WHERE o.id = ANY (d.via_groups) AND o.id <> $1 AND o.state <> 'unenlisted')";
 
 async fn group_work(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<(i64, i64)> {
-    let row = sqlx::query(&format!(
-        "SELECT count(*) FILTER (WHERE d.state = 'ready'), count(*) FILTER (WHERE d.state = 'claimed')
+    #[derive(sqlx::FromRow)]
+    struct GroupWork {
+        waiting: i64,
+        in_flight: i64,
+    }
+    let row = sqlx::query_as::<_, GroupWork>(&format!(
+        "SELECT count(*) FILTER (WHERE d.state = 'ready') AS waiting,
+                count(*) FILTER (WHERE d.state = 'claimed') AS in_flight
            FROM deliveries d WHERE {ONLY_THROUGH_GROUP}"
     ))
     .bind(id)
     .fetch_one(&mut **tx)
     .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.waiting, row.in_flight))
 }
 
 async fn suspend_waiting_of_group(
@@ -1453,14 +1472,20 @@ pub(crate) async fn lock_group(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
 ) -> Result<(i64, GroupState, Option<String>)> {
-    let row = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct GroupRow {
+        id: i64,
+        state: GroupState,
+        filter_text: Option<String>,
+    }
+    let row = sqlx::query_as::<_, GroupRow>(
         "SELECT id, state, filter_text FROM send_port_groups WHERE name = $1 FOR UPDATE",
     )
     .bind(name)
     .fetch_optional(&mut **tx)
     .await?
     .ok_or_else(|| group_not_found(name))?;
-    Ok((row.get(0), row.try_get(1)?, row.get(2)))
+    Ok((row.id, row.state, row.filter_text))
 }
 
 /// Locks a port that may be enlisted: lock order is always routing lock, then port row,

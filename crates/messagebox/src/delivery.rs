@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::context::system;
@@ -27,7 +26,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub(crate) fn parse(s: &str) -> Result<Self> {
+    fn parse(s: &str) -> Result<Self> {
         match s {
             "primary" => Ok(Transport::Primary),
             "backup" => Ok(Transport::Backup),
@@ -372,11 +371,30 @@ impl MessageBox {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = failures.iter().map(|f| f.delivery_id).collect();
         let tokens: Vec<Uuid> = failures.iter().map(|f| f.claim_token).collect();
-        let rows = sqlx::query(
+        #[derive(sqlx::FromRow)]
+        struct FailRow {
+            id: i64,
+            transport: String,
+            retries: i32,
+            retry_count: i32,
+            retry_interval_s: i64,
+            exponential: bool,
+            retry_max_interval_s: i64,
+            has_backup: bool,
+            backup_retry_count: i32,
+            backup_retry_interval_s: i64,
+            ordered: bool,
+            stop_on_failure: bool,
+            port_id: i64,
+            order_key: Option<String>,
+            keyed: bool,
+        }
+        let rows = sqlx::query_as::<_, FailRow>(
             "SELECT d.id, d.transport, d.retries, p.retry_count, p.retry_interval_s,
-                    p.retry_backoff = 'exponential', p.retry_max_interval_s,
-                    p.backup_address IS NOT NULL, p.backup_retry_count, p.backup_retry_interval_s,
-                    p.ordered, p.stop_on_failure, p.id, d.order_key, p.ordered_by IS NOT NULL
+                    p.retry_backoff = 'exponential' AS exponential, p.retry_max_interval_s,
+                    p.backup_address IS NOT NULL AS has_backup, p.backup_retry_count,
+                    p.backup_retry_interval_s, p.ordered, p.stop_on_failure, p.id AS port_id,
+                    d.order_key, p.ordered_by IS NOT NULL AS keyed
                FROM deliveries d JOIN send_ports p ON p.id = d.port_id
                JOIN unnest($1::int8[], $2::uuid[]) AS c(id, token) ON c.id = d.id AND c.token = d.claim_token
               WHERE d.claimed_by = $3
@@ -406,30 +424,29 @@ impl MessageBox {
         let mut ports_to_suspend = Vec::new();
         let (mut hold_ports, mut hold_keys, mut hold_errors) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
-            let id: i64 = row.get(0);
+            let id = row.id;
             let Some(failure) = failures.iter().find(|f| f.delivery_id == id) else {
                 continue;
             };
-            let transport = Transport::parse(row.get::<&str, _>(1))?;
-            let exponential: bool = row.get(5);
+            let transport = Transport::parse(&row.transport)?;
             let facts = FailFacts {
                 transport,
-                retries: row.get(2),
+                retries: row.retries,
                 retryable: failure.retryable,
                 primary: RetryPolicy {
-                    count: row.get(3),
-                    interval_s: row.get(4),
-                    exponential,
-                    max_interval_s: row.get(6),
+                    count: row.retry_count,
+                    interval_s: row.retry_interval_s,
+                    exponential: row.exponential,
+                    max_interval_s: row.retry_max_interval_s,
                 },
-                backup: row.get::<bool, _>(7).then(|| RetryPolicy {
-                    count: row.get(8),
-                    interval_s: row.get(9),
+                backup: row.has_backup.then_some(RetryPolicy {
+                    count: row.backup_retry_count,
+                    interval_s: row.backup_retry_interval_s,
                     exponential: false,
-                    max_interval_s: row.get(9),
+                    max_interval_s: row.backup_retry_interval_s,
                 }),
-                ordered: row.get(10),
-                stop_on_failure: row.get(11),
+                ordered: row.ordered,
+                stop_on_failure: row.stop_on_failure,
             };
             let error = truncate_error(&failure.error);
             match decide_failure(&facts) {
@@ -461,11 +478,11 @@ impl MessageBox {
                     upd_retries.push(facts.retries);
                     upd_delay.push(0.0);
                     upd_transport.push("primary");
-                    let port_id: i64 = row.get(12);
-                    if row.get::<bool, _>(14) {
+                    let port_id = row.port_id;
+                    if row.keyed {
                         // a port ordered by a property holds only this key
                         hold_ports.push(port_id);
-                        hold_keys.push(row.get::<Option<String>, _>(13).unwrap_or_default());
+                        hold_keys.push(row.order_key.unwrap_or_default());
                         hold_errors.push(error.clone());
                     } else if !ports_to_suspend.contains(&port_id) {
                         ports_to_suspend.push(port_id);
@@ -559,28 +576,52 @@ impl MessageBox {
     }
 }
 
-/// Columns of every claim statement's rows; a keyed claim adds the key, the claim's epoch
-/// and the bucket.
-const KEYED_COLUMNS: usize = 12;
+/// A row of every claim statement, by column name (the port's `p.name AS port_name`, the
+/// transport's endpoint `AS address`); a keyed claim (a port ordered by a property) adds
+/// the key, the claim's epoch and the bucket.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimRow {
+    id: i64,
+    message_id: Uuid,
+    transport: String,
+    retries: i32,
+    seq: Option<i64>,
+    port_name: String,
+    address: Option<String>,
+    content_type: String,
+    body: Option<Vec<u8>>,
+    body_size: i64,
+    context: serde_json::Value,
+    published_at: DateTime<Utc>,
+    /// The delivery's port (a claim for many subscribers returns it; one port's claim
+    /// knows it).
+    #[sqlx(default)]
+    pub(crate) port_id: Option<i64>,
+    #[sqlx(default)]
+    order_key: Option<String>,
+    #[sqlx(default)]
+    claim_epoch: Option<i64>,
+    /// `None`: not a keyed claim.
+    #[sqlx(default)]
+    bucket: Option<i32>,
+}
 
-/// Maps the rows of a claim statement (id, message_id, transport, retries, seq, port name,
-/// address, content_type, body, body_size, context, published_at) to claimed deliveries.
+/// Maps the rows of a claim statement to claimed deliveries.
 pub(crate) fn claimed_deliveries(
-    rows: Vec<sqlx::postgres::PgRow>,
+    rows: Vec<ClaimRow>,
     token: Uuid,
     port_id: i64,
     epoch: Option<i64>,
 ) -> Result<Vec<ClaimedDelivery>> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let transport = Transport::parse(row.get::<&str, _>(2))?;
-        let retries: i32 = row.get(3);
-        let seq: Option<i64> = row.get(4);
-        let port_name: String = row.get(5);
-        let message_id: Uuid = row.get(1);
-        let published_at: DateTime<Utc> = row.get(11);
-        let ctx_json: serde_json::Value = row.get(10);
-        let mut context: Context = serde_json::from_value(ctx_json)
+        let transport = Transport::parse(&row.transport)?;
+        let retries = row.retries;
+        let seq = row.seq;
+        let port_name = row.port_name;
+        let message_id = row.message_id;
+        let published_at = row.published_at;
+        let mut context: Context = serde_json::from_value(row.context)
             .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))?;
         overlay(
             &mut context,
@@ -591,30 +632,28 @@ pub(crate) fn claimed_deliveries(
             seq,
         )?;
         // a keyed claim returns each delivery's key and its bucket's epoch
-        // (only a keyed claim has those columns: no lookup of a missing one per row)
-        let keyed = row.len() > KEYED_COLUMNS;
-        let order_key: Option<String> = if keyed { row.get(12) } else { None };
-        let epoch: Option<i64> = if keyed { row.get(13) } else { epoch };
+        let keyed = row.bucket.is_some();
+        let order_key = if keyed { row.order_key } else { None };
+        let epoch = if keyed { row.claim_epoch } else { epoch };
         if let Some(epoch) = epoch {
             context.write(system::EPOCH, Value::Integer(epoch))?;
         }
-        let body: Option<Vec<u8>> = row.get(8);
         out.push(ClaimedDelivery {
-            delivery_id: row.get(0),
+            delivery_id: row.id,
             claim_token: token,
             message_id,
             port_id,
             port_name,
             transport,
-            address: row.get(6),
+            address: row.address,
             retries,
             seq,
             order_key,
             epoch,
-            bucket: if keyed { row.get(14) } else { 0 },
-            content_type: row.get(7),
-            body: body.map(Bytes::from),
-            body_size: row.get(9),
+            bucket: row.bucket.unwrap_or(0),
+            content_type: row.content_type,
+            body: row.body.map(Bytes::from),
+            body_size: row.body_size,
             published_at,
             context,
         });
@@ -692,7 +731,7 @@ fn truncate_error(e: &str) -> String {
 }
 
 /// Overlays the per-delivery and row-derived system properties on a stored context.
-pub(crate) fn overlay(
+fn overlay(
     context: &mut Context,
     message_id: Uuid,
     published_at: DateTime<Utc>,

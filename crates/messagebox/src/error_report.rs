@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::context::system;
@@ -76,7 +76,15 @@ async fn originals(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (Context, String, NewBody)>> {
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct Original {
+        id: Uuid,
+        context: serde_json::Value,
+        content_type: String,
+        body: Option<Vec<u8>>,
+        body_size: i64,
+    }
+    let rows = sqlx::query_as::<_, Original>(
         "SELECT id, context, content_type, body, body_size FROM messages WHERE id = ANY($1)",
     )
     .bind(ids)
@@ -84,19 +92,18 @@ async fn originals(
     .await?;
     let mut out = HashMap::new();
     for row in rows {
-        let id: Uuid = row.get(0);
-        let context: Context = serde_json::from_value(row.get(1))
+        let id = row.id;
+        let context: Context = serde_json::from_value(row.context)
             .map_err(|e| crate::Error::Corrupt(format!("context of {id}: {e}")))?;
-        let body: Option<Vec<u8>> = row.get(3);
-        let len = u64::try_from(row.get::<i64, _>(4)).unwrap_or(0);
-        let body = match body {
+        let len = u64::try_from(row.body_size).unwrap_or(0);
+        let body = match row.body {
             Some(b) => NewBody::Bytes(b.into()),
             None => NewBody::CopyOf {
                 message_id: id,
                 len,
             },
         };
-        out.insert(id, (context, row.get(2), body));
+        out.insert(id, (context, row.content_type, body));
     }
     Ok(out)
 }

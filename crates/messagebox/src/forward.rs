@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use mbx_vocabulary::{GroupAddress, SecretRef};
 use serde::Serialize;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::config::{validate_name, SendPortSpec};
@@ -158,7 +158,7 @@ pub enum ForwardBody {
 }
 
 /// What the target answered for one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Accepted {
     pub source_message_id: Uuid,
     /// Its id in the target group.
@@ -179,7 +179,13 @@ impl ForwardTarget {
     /// Connects and checks that the database is an mbx MessageBox with group links.
     pub async fn connect(url: &str) -> Result<Self> {
         let mbx = MessageBox::connect(url, LINK_MAX_CONNECTIONS).await?;
-        let row = sqlx::query("SELECT group_id, group_name, schema_version FROM mbx_forward_hello()")
+        #[derive(sqlx::FromRow)]
+        struct Hello {
+            group_id: Uuid,
+            group_name: String,
+            schema_version: Option<i64>,
+        }
+        let row = sqlx::query_as::<_, Hello>("SELECT group_id, group_name, schema_version FROM mbx_forward_hello()")
             .fetch_optional(&mbx.pool)
             .await
             .map_err(|e| match &e {
@@ -195,7 +201,7 @@ impl ForwardTarget {
             .ok_or_else(|| {
                 Error::Refused("the target MessageBox has no group recorded; run `mbx init` there".into())
             })?;
-        let version: Option<i64> = row.get(2);
+        let version = row.schema_version;
         if version.unwrap_or(0) < FORWARD_SCHEMA_MIN {
             return Err(Error::Refused(format!(
                 "the target MessageBox's schema ({}) is older than group links ({FORWARD_SCHEMA_MIN}); run `mbx init` there",
@@ -204,14 +210,14 @@ impl ForwardTarget {
         }
         Ok(Self {
             mbx,
-            group_id: row.get(0),
-            group_name: row.get(1),
+            group_id: row.group_id,
+            group_name: row.group_name,
         })
     }
 
     /// The target's declared property types.
     pub async fn declarations(&self) -> Result<HashMap<String, PropertyType>> {
-        let rows = sqlx::query("SELECT name, type FROM mbx_forward_declarations()")
+        let rows = sqlx::query_as("SELECT name, type FROM mbx_forward_declarations()")
             .fetch_all(&self.mbx.pool)
             .await?;
         crate::config::declarations(rows)
@@ -267,7 +273,7 @@ impl ForwardTarget {
                 }
             }
         }
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, Accepted>(
             "SELECT source_message_id, message_id, duplicate
                FROM mbx_forward_accept($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
@@ -287,14 +293,7 @@ impl ForwardTarget {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Accepted {
-                source_message_id: r.get(0),
-                message_id: r.get(1),
-                duplicate: r.get(2),
-            })
-            .collect())
+        Ok(rows)
     }
 
     /// Receipts of messages published there from `send_port`, after `after` (their ids
@@ -394,13 +393,18 @@ pub fn context_for_target(
 impl MessageBox {
     /// This group's id and name.
     pub async fn group_identity(&self) -> Result<(Uuid, String)> {
-        let row = sqlx::query("SELECT id, name FROM mbx_group")
+        #[derive(sqlx::FromRow)]
+        struct Group {
+            id: Uuid,
+            name: String,
+        }
+        let row = sqlx::query_as::<_, Group>("SELECT id, name FROM mbx_group")
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| {
                 Error::Refused("this MessageBox has no group recorded; run `mbx init`".into())
             })?;
-        Ok((row.get(0), row.get(1)))
+        Ok((row.id, row.name))
     }
 
     /// Checks a link's target before it is recorded: resolves the reference, connects,
@@ -561,7 +565,22 @@ impl MessageBox {
         if !mine {
             return Ok(0);
         }
-        let rows = sqlx::query(
+        #[derive(sqlx::FromRow)]
+        struct InboxRow {
+            id: i64,
+            source_group: Uuid,
+            source_group_name: String,
+            send_port: String,
+            source_message_id: Uuid,
+            message_id: Uuid,
+            receive_port: String,
+            content_type: Option<String>,
+            context: Option<serde_json::Value>,
+            body: Option<Vec<u8>>,
+            body_size: i64,
+            chunked: bool,
+        }
+        let rows = sqlx::query_as::<_, InboxRow>(
             // at most `max` rows and about INBOX_BATCH_BYTES of inline bodies (always the
             // first row)
             "SELECT id, source_group, source_group_name, send_port, source_message_id, message_id,
@@ -581,14 +600,14 @@ impl MessageBox {
         let mut inbox_ids = Vec::with_capacity(rows.len());
         let mut messages = Vec::with_capacity(rows.len());
         let mut received: Vec<(Uuid, String)> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let source_name: String = row.get(2);
-            let send_port: String = row.get(3);
-            let source_message: Uuid = row.get(4);
-            let message_id: Uuid = row.get(5);
-            let receive_port: String = row.get(6);
-            let stored: Option<serde_json::Value> = row.get(8);
-            let body: Option<Vec<u8>> = row.get(9);
+        for row in rows {
+            let source_name = row.source_group_name;
+            let send_port = row.send_port;
+            let source_message = row.source_message_id;
+            let message_id = row.message_id;
+            let receive_port = row.receive_port;
+            let stored = row.context;
+            let body = row.body;
             // What the sender sent is input: one row this group cannot read must not wedge
             // the inbox. A context that does not parse, or a property that is not valid
             // here, is dropped (logged) and the message published with what remains; the
@@ -624,10 +643,11 @@ impl MessageBox {
             )?;
             context.promote(system::INBOUND_TRANSPORT_TYPE, Value::String("mbx".into()))?;
             context.promote(system::INBOUND_TRANSPORT_LOCATION, Value::String(origin))?;
-            let content_type: Option<String> = row.get(7);
-            let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
+            let content_type = row
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into());
             context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
-            inbox_ids.push(row.get::<i64, _>(0));
+            inbox_ids.push(row.id);
             received.push((
                 message_id,
                 format!(
@@ -636,12 +656,12 @@ impl MessageBox {
             ));
             messages.push(NewMessage {
                 id: Some(message_id),
-                body: if row.get::<bool, _>(11) {
+                body: if row.chunked {
                     NewBody::Staged {
-                        source_group: row.get(1),
+                        source_group: row.source_group,
                         send_port: send_port.clone(),
                         source_message_id: source_message,
-                        len: u64::try_from(row.get::<i64, _>(10)).unwrap_or(0),
+                        len: u64::try_from(row.body_size).unwrap_or(0),
                     }
                 } else {
                     NewBody::Bytes(Bytes::from(body.unwrap_or_default()))

@@ -11,7 +11,6 @@
 //! in the same statement, that the claimer still holds the lease at that epoch and that it
 //! has not expired. So once the lease has moved, a former owner changes nothing.
 
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::delivery::ClaimedDelivery;
@@ -215,7 +214,7 @@ impl MessageBox {
     ) -> Result<Vec<ClaimedDelivery>> {
         let token = Uuid::new_v4();
         let mut tx = crate::begin_relaxed(&self.pool).await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, crate::delivery::ClaimRow>(
             "WITH head AS (
                 SELECT d.id, d.seq, d.body_size,
                        (d.not_before <= now()
@@ -244,8 +243,9 @@ impl MessageBox {
                 SELECT c.message_id, 'claimed', c.port_id, $2, 'epoch ' || $3 FROM claimed c
                   JOIN send_ports p ON p.id = c.port_id JOIN hosts h ON h.id = p.host_id
                  WHERE coalesce(p.tracking, h.tracking) = 'all')
-             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name,
-                    CASE WHEN c.transport = 'backup' THEN p.backup_address ELSE p.address END,
+             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name AS port_name,
+                    CASE WHEN c.transport = 'backup' THEN p.backup_address ELSE p.address END
+                      AS address,
                     m.content_type, m.body, m.body_size, m.context, m.published_at
                FROM claimed c JOIN messages m ON m.id = c.message_id JOIN send_ports p ON p.id = c.port_id
               ORDER BY c.seq",
@@ -341,11 +341,12 @@ impl MessageBox {
 
     /// How many leases changed hands (epoch above 1) — for tests and metrics.
     pub async fn port_lease_epoch(&self, port_id: i64) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT epoch FROM leases WHERE port_id = $1 AND bucket = 0")
-            .bind(port_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(
+            sqlx::query_scalar("SELECT epoch FROM leases WHERE port_id = $1 AND bucket = 0")
+                .bind(port_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }
 
@@ -668,7 +669,7 @@ impl MessageBox {
         let max_count = limits.max_count.max(1);
         let token = Uuid::new_v4();
         let mut tx = crate::begin_relaxed(&self.pool).await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, crate::delivery::ClaimRow>(
             "WITH held AS (
                 SELECT h.bucket, h.epoch FROM unnest($2::int4[], $3::int8[]) AS h(bucket, epoch)
                  WHERE EXISTS (SELECT 1 FROM leases l WHERE l.port_id = $1 AND l.bucket = h.bucket
@@ -716,7 +717,7 @@ impl MessageBox {
                 SELECT c.message_id, 'claimed', c.port_id, $4, 'key ' || c.order_key || ', epoch ' || c.claim_epoch
                   FROM claimed c JOIN send_ports p ON p.id = c.port_id JOIN hosts h ON h.id = p.host_id
                  WHERE coalesce(p.tracking, h.tracking) = 'all')
-             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name, p.address,
+             SELECT c.id, c.message_id, c.transport, c.retries, c.seq, p.name AS port_name, p.address,
                     m.content_type, m.body, m.body_size, m.context, m.published_at,
                     c.order_key, c.claim_epoch, c.bucket
                FROM claimed c JOIN messages m ON m.id = c.message_id JOIN send_ports p ON p.id = c.port_id

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::config::{host_id, validate_address, validate_name};
 use crate::error::is_unique_violation;
@@ -191,7 +190,7 @@ impl MessageBox {
 
     /// Enables or disables a location; returns whether it changed.
     pub async fn receive_location_set_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
-        let row = sqlx::query(
+        let before: bool = sqlx::query_scalar(
             "UPDATE receive_locations l SET enabled = $2
                FROM (SELECT id, enabled AS before FROM receive_locations WHERE name = $1 FOR UPDATE) o
               WHERE l.id = o.id
@@ -202,7 +201,6 @@ impl MessageBox {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| location_not_found(name))?;
-        let before: bool = row.get(0);
         Ok(before != enabled)
     }
 

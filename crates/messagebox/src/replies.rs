@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::context::system;
@@ -155,8 +155,16 @@ impl MessageBox {
         instance: Uuid,
         waits: impl Fn(&str) -> bool,
     ) -> Result<(Vec<Reply>, u64)> {
+        #[derive(sqlx::FromRow)]
+        struct ReplyRow {
+            message_id: Uuid,
+            correlation_token: String,
+            content_type: String,
+            context: serde_json::Value,
+            body: Option<Vec<u8>>,
+        }
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, ReplyRow>(
             "WITH t AS (DELETE FROM instance_deliveries WHERE instance_id = $1
                         RETURNING message_id, correlation_token)
              SELECT t.message_id, t.correlation_token, m.content_type, m.context,
@@ -173,21 +181,20 @@ impl MessageBox {
         let mut replies = Vec::new();
         let mut late = Vec::new();
         for row in rows {
-            let message_id: Uuid = row.get(0);
-            let token: String = row.get(1);
+            let message_id = row.message_id;
+            let token = row.correlation_token;
             if !waits(&token) {
                 late.push(message_id);
                 continue;
             }
-            let context: Context = serde_json::from_value(row.get(3))
+            let context: Context = serde_json::from_value(row.context)
                 .map_err(|e| crate::Error::Corrupt(format!("context of {message_id}: {e}")))?;
-            let body: Option<Vec<u8>> = row.get(4);
             replies.push(Reply {
                 message_id,
                 correlation_token: token,
-                content_type: row.get(2),
+                content_type: row.content_type,
                 context,
-                body: Bytes::from(body.unwrap_or_default()),
+                body: Bytes::from(row.body.unwrap_or_default()),
             });
         }
         let suspended = suspend_late(

@@ -6,8 +6,6 @@
 //! this group's receive ports, nothing read or changed otherwise) — and nothing for PUBLIC. Passwords or
 //! certificates are the operator's (`ALTER ROLE … PASSWORD`, pg_hba.conf); none is stored.
 
-use sqlx::Row;
-
 use crate::{Error, MessageBox, Result};
 
 /// The names of the three roles.
@@ -77,16 +75,13 @@ impl MessageBox {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let functions: Vec<String> = sqlx::query(
+        let functions: Vec<String> = sqlx::query_scalar(
             "SELECT quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')'
                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = 'public'",
         )
         .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|row| row.get::<String, _>(0))
-        .collect();
+        .await?;
         let mut statements = vec![
             format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"),
             "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),

@@ -20,12 +20,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::delivery::{overlay, ClaimLimits, ClaimedDelivery, Transport};
-use crate::{Context, Error, MessageBox, Result};
+use crate::delivery::{claimed_deliveries, ClaimLimits, ClaimRow, ClaimedDelivery};
+use crate::{MessageBox, Result};
 
 /// Who a claim is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,57 +54,6 @@ impl Claimed {
 
     pub fn is_empty(&self) -> bool {
         self.work.values().all(Vec::is_empty)
-    }
-}
-
-/// A claimed delivery as the claim statement returns it.
-#[derive(sqlx::FromRow)]
-struct ClaimRow {
-    id: i64,
-    message_id: Uuid,
-    port_id: i64,
-    port_name: String,
-    transport: String,
-    retries: i32,
-    address: Option<String>,
-    content_type: String,
-    body: Option<Vec<u8>>,
-    body_size: i64,
-    context: serde_json::Value,
-    published_at: DateTime<Utc>,
-}
-
-impl ClaimRow {
-    fn into_delivery(self, token: Uuid) -> Result<ClaimedDelivery> {
-        let mut context: Context = serde_json::from_value(self.context)
-            .map_err(|e| Error::Corrupt(format!("context of {}: {e}", self.message_id)))?;
-        overlay(
-            &mut context,
-            self.message_id,
-            self.published_at,
-            &self.port_name,
-            self.retries,
-            None,
-        )?;
-        Ok(ClaimedDelivery {
-            delivery_id: self.id,
-            claim_token: token,
-            message_id: self.message_id,
-            port_id: self.port_id,
-            port_name: self.port_name,
-            transport: Transport::parse(&self.transport)?,
-            address: self.address,
-            retries: self.retries,
-            seq: None,
-            order_key: None,
-            epoch: None,
-            bucket: 0,
-            content_type: self.content_type,
-            body: self.body.map(Bytes::from),
-            body_size: self.body_size,
-            published_at: self.published_at,
-            context,
-        })
     }
 }
 
@@ -168,13 +115,13 @@ impl MessageBox {
              claimed AS (
                 UPDATE deliveries d SET state = 'claimed', claimed_by = $4, claim_token = $5, claimed_at = now()
                   FROM capped WHERE d.id = capped.id
-                RETURNING d.id, d.message_id, d.port_id, d.transport, d.retries, d.priority),
+                RETURNING d.id, d.message_id, d.port_id, d.transport, d.retries, d.seq, d.priority),
              ev AS (
                 INSERT INTO tracking_events (message_id, event, port_id, instance_id)
                 SELECT c.message_id, 'claimed', c.port_id, $4 FROM claimed c
                   JOIN send_ports p ON p.id = c.port_id JOIN hosts h ON h.id = p.host_id
                  WHERE coalesce(p.tracking, h.tracking) = 'all')
-             SELECT c.id, c.message_id, c.port_id, p.name AS port_name, c.transport, c.retries,
+             SELECT c.id, c.message_id, c.port_id, p.name AS port_name, c.transport, c.retries, c.seq,
                     CASE WHEN c.transport = 'backup' THEN p.backup_address ELSE p.address END AS address,
                     m.content_type, m.body, m.body_size, m.context, m.published_at
                FROM claimed c JOIN messages m ON m.id = c.message_id JOIN send_ports p ON p.id = c.port_id
@@ -188,13 +135,18 @@ impl MessageBox {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        for row in rows {
-            let subscriber = Subscriber::SendPort(row.port_id);
-            claimed
-                .work
-                .entry(subscriber)
-                .or_default()
-                .push(row.into_delivery(token)?);
+        // the rows come ordered by port: one run of rows per subscriber
+        let mut rows = rows.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let port = first.port_id.unwrap_or_default();
+            let mut run = vec![first];
+            while let Some(row) = rows.next_if(|r| r.port_id == Some(port)) {
+                run.push(row);
+            }
+            claimed.work.insert(
+                Subscriber::SendPort(port),
+                claimed_deliveries(run, token, port, None)?,
+            );
         }
         Ok(claimed)
     }

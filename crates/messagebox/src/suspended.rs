@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::publish::pg_bigint_array;
@@ -155,7 +155,15 @@ impl MessageBox {
             .await?
             .pop()
             .ok_or_else(|| not_found(id))?;
-        let row = sqlx::query(
+        #[derive(sqlx::FromRow)]
+        struct DetailRow {
+            content_type: String,
+            body_size: i64,
+            published_at: DateTime<Utc>,
+            context: serde_json::Value,
+            errors: serde_json::Value,
+        }
+        let row = sqlx::query_as::<_, DetailRow>(
             "SELECT m.content_type, m.body_size, m.published_at, m.context, s.errors
                FROM suspended_items s JOIN messages m ON m.id = s.message_id WHERE s.id = $1",
         )
@@ -163,15 +171,15 @@ impl MessageBox {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| not_found(id))?;
-        let context: Context = serde_json::from_value(row.get(3))
+        let context: Context = serde_json::from_value(row.context)
             .map_err(|e| Error::Corrupt(format!("context of suspended item {id}: {e}")))?;
-        let attempts: Vec<AttemptError> = serde_json::from_value(row.get(4))
+        let attempts: Vec<AttemptError> = serde_json::from_value(row.errors)
             .map_err(|e| Error::Corrupt(format!("errors of suspended item {id}: {e}")))?;
         Ok(SuspendedDetail {
             item,
-            content_type: row.get(0),
-            body_size: row.get(1),
-            published_at: row.get(2),
+            content_type: row.content_type,
+            body_size: row.body_size,
+            published_at: row.published_at,
             context,
             attempts,
         })

@@ -7,7 +7,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::update::{diff, Update};
@@ -117,7 +116,7 @@ pub fn parse_size(text: &str) -> std::result::Result<i64, String> {
 }
 
 /// The group-wide settings (`mbx group show`) and the database's size now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct GroupSettings {
     pub group: String,
     /// Bytes; `None`: off.
@@ -198,21 +197,15 @@ impl MessageBox {
 
     /// The group-wide settings and the database's size now.
     pub async fn group_settings(&self) -> Result<GroupSettings> {
-        let row = sqlx::query(
-            "SELECT name, throttle_database_size, pg_database_size(current_database()),
-                    tracking_retention_days
+        sqlx::query_as::<_, GroupSettings>(
+            "SELECT name AS group, throttle_database_size,
+                    pg_database_size(current_database()) AS database_size, tracking_retention_days
                FROM mbx_group",
         )
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| {
             Error::Refused("this MessageBox has no group row; run `mbx init`".to_owned())
-        })?;
-        Ok(GroupSettings {
-            group: row.try_get(0)?,
-            throttle_database_size: row.try_get(1)?,
-            database_size: row.try_get(2)?,
-            tracking_retention_days: row.try_get(3)?,
         })
     }
 
@@ -252,7 +245,13 @@ impl MessageBox {
             }
         }
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        #[derive(sqlx::FromRow)]
+        struct Current {
+            name: String,
+            throttle_database_size: Option<i64>,
+            tracking_retention_days: i32,
+        }
+        let row = sqlx::query_as::<_, Current>(
             "SELECT name, throttle_database_size, tracking_retention_days FROM mbx_group FOR UPDATE",
         )
         .fetch_optional(&mut *tx)
@@ -260,8 +259,11 @@ impl MessageBox {
         .ok_or_else(|| {
             Error::Refused("this MessageBox has no group row; run `mbx init`".to_owned())
         })?;
-        let (group, old_size, old_days): (String, Option<i64>, i32) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (group, old_size, old_days) = (
+            row.name,
+            row.throttle_database_size,
+            row.tracking_retention_days,
+        );
         let size = set.throttle_database_size.unwrap_or(old_size);
         let days = set.tracking_retention_days.unwrap_or(old_days);
         let update = Update {

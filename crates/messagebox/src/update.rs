@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::config::{
     compile_filter, host_id, lock_group, lock_port, port_work, set_subscription, Backoff, HostSpec,
@@ -85,10 +85,37 @@ fn refuse_rename(kind: &str, old: &str, new: &str) -> Result<()> {
     Ok(())
 }
 
+/// A send port's row as [`port_spec`] reads it.
+#[derive(sqlx::FromRow)]
+struct PortSpecRow {
+    name: String,
+    host: String,
+    address: Option<String>,
+    allow_address: Vec<String>,
+    filter_text: Option<String>,
+    ordered: bool,
+    ordered_by: Option<String>,
+    ordered_buckets: Option<i32>,
+    stop_on_failure: bool,
+    ordered_commit_batch: i32,
+    retry_count: i32,
+    retry_interval_s: i64,
+    retry_backoff: Backoff,
+    retry_max_interval_s: i64,
+    backup_address: Option<String>,
+    backup_retry_count: i32,
+    backup_retry_interval_s: i64,
+    route_failed: bool,
+    tracking: Option<TrackingLevel>,
+    solicit_response: bool,
+    settings: sqlx::types::Json<BTreeMap<String, String>>,
+    application: String,
+}
+
 /// Reads a send port's specification as `create` would have taken it.
 async fn port_spec(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<SendPortSpec> {
-    let row = sqlx::query(
-        "SELECT p.name, h.name, p.address, p.allow_address, p.filter_text, p.ordered,
+    let row = sqlx::query_as::<_, PortSpecRow>(
+        "SELECT p.name, h.name AS host, p.address, p.allow_address, p.filter_text, p.ordered,
                 p.stop_on_failure, p.ordered_commit_batch, p.retry_count, p.retry_interval_s,
                 p.retry_backoff, p.retry_max_interval_s, p.backup_address, p.backup_retry_count,
                 p.backup_retry_interval_s, p.route_failed, p.tracking, p.solicit_response,
@@ -98,32 +125,29 @@ async fn port_spec(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<SendPo
     .bind(id)
     .fetch_one(&mut **tx)
     .await?;
-    let tracking: Option<TrackingLevel> = row.try_get(16)?;
-    let backoff: Backoff = row.try_get(10)?;
-    let settings: sqlx::types::Json<BTreeMap<String, String>> = row.try_get(18)?;
     Ok(SendPortSpec {
-        name: row.get(0),
-        host: row.get(1),
-        address: row.get(2),
-        allow_address: row.get(3),
-        filter: row.get(4),
-        ordered: row.get(5),
-        ordered_by: row.get(20),
-        ordered_buckets: row.get(21),
-        stop_on_failure: row.get(6),
-        ordered_commit_batch: row.get(7),
-        retry_count: row.get(8),
-        retry_interval_s: row.get(9),
-        retry_backoff: backoff,
-        retry_max_interval_s: row.get(11),
-        backup_address: row.get(12),
-        backup_retry_count: row.get(13),
-        backup_retry_interval_s: row.get(14),
-        route_failed: row.get(15),
-        tracking,
-        solicit_response: row.get(17),
-        settings: settings.0,
-        application: row.get(19),
+        name: row.name,
+        host: row.host,
+        address: row.address,
+        allow_address: row.allow_address,
+        filter: row.filter_text,
+        ordered: row.ordered,
+        ordered_by: row.ordered_by,
+        ordered_buckets: row.ordered_buckets,
+        stop_on_failure: row.stop_on_failure,
+        ordered_commit_batch: row.ordered_commit_batch,
+        retry_count: row.retry_count,
+        retry_interval_s: row.retry_interval_s,
+        retry_backoff: row.retry_backoff,
+        retry_max_interval_s: row.retry_max_interval_s,
+        backup_address: row.backup_address,
+        backup_retry_count: row.backup_retry_count,
+        backup_retry_interval_s: row.backup_retry_interval_s,
+        route_failed: row.route_failed,
+        tracking: row.tracking,
+        solicit_response: row.solicit_response,
+        settings: row.settings.0,
+        application: row.application,
         initial_state: Default::default(),
     })
 }
@@ -242,9 +266,24 @@ async fn location_spec(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
 ) -> Result<(i64, bool, ReceiveLocationSpec)> {
-    let row = sqlx::query(
-        "SELECT l.id, l.enabled, l.name, r.name, h.name, l.address, l.pipeline, l.promote,
-                l.settings, l.ordered, l.max_message_size, l.application
+    #[derive(sqlx::FromRow)]
+    struct LocationSpecRow {
+        id: i64,
+        enabled: bool,
+        name: String,
+        port: String,
+        host: String,
+        address: String,
+        pipeline: String,
+        promote: sqlx::types::Json<BTreeMap<String, String>>,
+        settings: sqlx::types::Json<BTreeMap<String, String>>,
+        ordered: bool,
+        max_message_size: i64,
+        application: String,
+    }
+    let row = sqlx::query_as::<_, LocationSpecRow>(
+        "SELECT l.id, l.enabled, l.name, r.name AS port, h.name AS host, l.address, l.pipeline,
+                l.promote, l.settings, l.ordered, l.max_message_size, l.application
            FROM receive_locations l
            JOIN receive_ports r ON r.id = l.receive_port_id
            JOIN hosts h ON h.id = l.host_id
@@ -254,23 +293,20 @@ async fn location_spec(
     .fetch_optional(&mut **tx)
     .await?
     .ok_or_else(|| location_not_found(name))?;
-    let promote: sqlx::types::Json<BTreeMap<String, String>> = row.try_get(7)?;
-    let settings: sqlx::types::Json<BTreeMap<String, String>> = row.try_get(8)?;
-    let max: i64 = row.get(10);
     Ok((
-        row.get(0),
-        row.get(1),
+        row.id,
+        row.enabled,
         ReceiveLocationSpec {
-            name: row.get(2),
-            port: row.get(3),
-            host: row.get(4),
-            address: row.get(5),
-            pipeline: row.get(6),
-            promote: promote.0,
-            settings: settings.0,
-            ordered: row.get(9),
-            max_message_size: u64::try_from(max).unwrap_or(0),
-            application: row.get(11),
+            name: row.name,
+            port: row.port,
+            host: row.host,
+            address: row.address,
+            pipeline: row.pipeline,
+            promote: row.promote.0,
+            settings: row.settings.0,
+            ordered: row.ordered,
+            max_message_size: u64::try_from(row.max_message_size).unwrap_or(0),
+            application: row.application,
         },
     ))
 }
@@ -411,7 +447,15 @@ pub(crate) async fn host_update_in<F>(
 where
     F: FnOnce(&mut HostSpec) -> Result<()>,
 {
-    let row = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct HostRow {
+        id: i64,
+        throttle_publish: i64,
+        throttle_inflight: i64,
+        tracking: TrackingLevel,
+        throttle_database_size: Option<i64>,
+    }
+    let row = sqlx::query_as::<_, HostRow>(
         "SELECT id, throttle_publish, throttle_inflight, tracking, throttle_database_size
            FROM hosts WHERE name = $1 FOR NO KEY UPDATE",
     )
@@ -419,13 +463,13 @@ where
     .fetch_optional(&mut **tx)
     .await?
     .ok_or_else(|| Error::not_found("host", name, "`mbx host list` shows the hosts"))?;
-    let id: i64 = row.get(0);
+    let id = row.id;
     let old = HostSpec {
         name: name.to_owned(),
-        throttle_publish: Some(row.get(1)),
-        throttle_inflight: Some(row.get(2)),
-        tracking: Some(row.try_get(3)?),
-        throttle_database_size: Some(row.try_get::<Option<i64>, _>(4)?.into()),
+        throttle_publish: Some(row.throttle_publish),
+        throttle_inflight: Some(row.throttle_inflight),
+        tracking: Some(row.tracking),
+        throttle_database_size: Some(row.throttle_database_size.into()),
     };
     let mut new = old.clone();
     change(&mut new)?;
