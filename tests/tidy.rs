@@ -347,10 +347,6 @@ const FUNCTION_MAX_LINES: usize = 100;
 const OVER_100_PENDING: &[&str] = &[
     "crates/adapters/src/allow.rs::parse_prefix",
     "crates/adapters/src/smtp.rs::parse",
-    "crates/admin/src/commands.rs::run",
-    "crates/admin/src/commands.rs::send_port",
-    "crates/admin/src/commands.rs::suspended",
-    "crates/admin/src/update.rs::send_port",
     "crates/bench/src/mbx.rs::drain_in",
     "crates/bench/src/mbx.rs::run_in",
     "crates/bench/src/peers/ceiling.rs::measure",
@@ -381,7 +377,7 @@ const OVER_100_PENDING: &[&str] = &[
 const LONG_FUNCTION_LINES: usize = 70;
 
 /// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
-const OVER_70_MAX: usize = 69;
+const OVER_70_MAX: usize = 66;
 
 /// A function of the production code and its length.
 #[derive(Debug, PartialEq)]

@@ -63,13 +63,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Host(c) => host(&mbx, c, json_out).await,
         Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
         Command::Instance(InstanceCommand::Prune { older_than }) => {
-            let older_than_s = duration_s("--older-than", &older_than)?;
-            let n = mbx.instance_prune(older_than_s).await?;
-            if json_out {
-                return output::json(&json!({ "pruned": n }));
-            }
-            println!("forgot {n} stopped or dead instance(s)");
-            Ok(())
+            instance_prune(&mbx, &older_than, json_out).await
         }
         Command::Property(c) => property(&mbx, c, json_out).await,
         Command::ReceivePort(c) => receive_port(&mbx, c, json_out).await,
@@ -99,65 +93,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             newer_than,
             limit,
         }) => {
-            if !(1..=10_000).contains(&limit) {
-                return Err(Usage(format!(
-                    "--limit: {limit} is out of range 1..10000 (example: --limit 50)"
-                ))
-                .into());
-            }
-            let query = mbx_messagebox::search::MessageQuery {
-                filter,
-                port,
-                receive_port,
-                state: state
-                    .as_deref()
-                    .map(|s| {
-                        s.parse()
-                            .map_err(|e| Usage(format!("--state: {e} (example: --state retrying)")))
-                    })
-                    .transpose()?,
-                newer_than_s: newer_than
-                    .as_deref()
-                    .map(|t| duration_s("--newer-than", t))
-                    .transpose()?,
-                limit,
-            };
-            let found = mbx
-                .message_find(&query)
-                .await
-                .map_err(|e| filter_arg(e, "--where"))?;
-            if json_out {
-                return output::json(&found);
-            }
-            if found.is_empty() {
-                println!("no message in the MessageBox matches (delivered ones have left it; `mbx track ID` shows their events)");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = found
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.id.to_string(),
-                        m.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        opt(&m.location),
-                        opt(&m.source_file),
-                        m.state.join(", "),
-                        output::cell_summary(&m.promoted, 80),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "MESSAGE",
-                    "PUBLISHED (UTC)",
-                    "FROM",
-                    "FILE",
-                    "STATE",
-                    "PROMOTED",
-                ],
-                &rows,
-            );
-            Ok(())
+            let query = message_query(filter, port, receive_port, state, newer_than, limit)?;
+            message_list(&mbx, &query, json_out).await
         }
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats { watch: false, .. } => stats(&mbx, json_out).await,
@@ -183,24 +120,115 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::bindings::apply(&mbx, &file, options, json_out).await
         }
         Command::Roles(RolesCommand::Create { prefix }) => {
-            let names = mbx_messagebox::security::RoleNames::with_prefix(&prefix)?;
-            mbx.roles_apply(&names)
-                .await
-                .context("creating the roles (needs a superuser, or the owner with CREATEROLE)")?;
-            if json_out {
-                return output::json(&names);
-            }
-            println!(
-                "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only), {} (other groups' links: forwards into receive ports, nothing else); PUBLIC revoked",
-                names.migrator, names.host, names.reader, names.forwarder
-            );
-            println!(
-                "next: give each a password or certificate (ALTER ROLE {} PASSWORD '...') and point the hosts at postgres://{}@HOST/DB",
-                names.host, names.host
-            );
-            Ok(())
+            roles_create(&mbx, &prefix, json_out).await
         }
     }
+}
+
+async fn instance_prune(mbx: &MessageBox, older_than: &str, json_out: bool) -> Result<()> {
+    let older_than_s = duration_s("--older-than", older_than)?;
+    let n = mbx.instance_prune(older_than_s).await?;
+    if json_out {
+        return output::json(&json!({ "pruned": n }));
+    }
+    println!("forgot {n} stopped or dead instance(s)");
+    Ok(())
+}
+
+/// `mbx message list`'s arguments, checked, as a query.
+fn message_query(
+    filter: Option<String>,
+    port: Option<String>,
+    receive_port: Option<String>,
+    state: Option<String>,
+    newer_than: Option<String>,
+    limit: i64,
+) -> Result<mbx_messagebox::search::MessageQuery> {
+    if !(1..=10_000).contains(&limit) {
+        return Err(Usage(format!(
+            "--limit: {limit} is out of range 1..10000 (example: --limit 50)"
+        ))
+        .into());
+    }
+    Ok(mbx_messagebox::search::MessageQuery {
+        filter,
+        port,
+        receive_port,
+        state: state
+            .as_deref()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| Usage(format!("--state: {e} (example: --state retrying)")))
+            })
+            .transpose()?,
+        newer_than_s: newer_than
+            .as_deref()
+            .map(|t| duration_s("--newer-than", t))
+            .transpose()?,
+        limit,
+    })
+}
+
+async fn message_list(
+    mbx: &MessageBox,
+    query: &mbx_messagebox::search::MessageQuery,
+    json_out: bool,
+) -> Result<()> {
+    let found = mbx
+        .message_find(query)
+        .await
+        .map_err(|e| filter_arg(e, "--where"))?;
+    if json_out {
+        return output::json(&found);
+    }
+    if found.is_empty() {
+        println!("no message in the MessageBox matches (delivered ones have left it; `mbx track ID` shows their events)");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                opt(&m.location),
+                opt(&m.source_file),
+                m.state.join(", "),
+                output::cell_summary(&m.promoted, 80),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "MESSAGE",
+            "PUBLISHED (UTC)",
+            "FROM",
+            "FILE",
+            "STATE",
+            "PROMOTED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn roles_create(mbx: &MessageBox, prefix: &str, json_out: bool) -> Result<()> {
+    let names = mbx_messagebox::security::RoleNames::with_prefix(prefix)?;
+    mbx.roles_apply(&names)
+        .await
+        .context("creating the roles (needs a superuser, or the owner with CREATEROLE)")?;
+    if json_out {
+        return output::json(&names);
+    }
+    println!(
+        "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only), {} (other groups' links: forwards into receive ports, nothing else); PUBLIC revoked",
+        names.migrator, names.host, names.reader, names.forwarder
+    );
+    println!(
+        "next: give each a password or certificate (ALTER ROLE {} PASSWORD '...') and point the hosts at postgres://{}@HOST/DB",
+        names.host, names.host
+    );
+    Ok(())
 }
 
 use mbx_messagebox::redact_url as redact;
@@ -702,179 +730,10 @@ async fn receive_location(
 
 async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Result<()> {
     match c {
-        SendPortCommand::Create(a) => {
-            let settings = key_values("--set", &a.set, "append=true")?;
-            let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
-                Usage(format!(
-                    "--retry-backoff: {e} (example: --retry-backoff exponential)"
-                ))
-            })?;
-            let spec = SendPortSpec {
-                name: a.name.clone(),
-                host: a.host.clone(),
-                address: a.address.clone(),
-                allow_address: a.allow_address.clone(),
-                filter: a.filter.clone(),
-                ordered: a.ordered || a.ordered_by.is_some(),
-                ordered_by: a.ordered_by.clone(),
-                ordered_buckets: a.ordered_buckets,
-                stop_on_failure: a.stop_on_failure,
-                ordered_commit_batch: a.ordered_commit_batch,
-                retry_count: a.retry_count,
-                retry_interval_s: duration_s("--retry-interval", &a.retry_interval)?,
-                retry_backoff: backoff,
-                retry_max_interval_s: duration_s("--retry-max-interval", &a.retry_max_interval)?,
-                backup_address: a.backup_address.clone(),
-                backup_retry_count: a.backup_retry_count,
-                backup_retry_interval_s: duration_s(
-                    "--backup-retry-interval",
-                    &a.backup_retry_interval,
-                )?,
-                route_failed: a.route_failed,
-                tracking: tracking_arg("--tracking", &a.tracking)?,
-                solicit_response: a.solicit_response,
-                settings,
-                application: a.application.clone(),
-                initial_state: if a.start {
-                    InitialState::Started
-                } else if a.unenlisted {
-                    InitialState::Unenlisted
-                } else {
-                    InitialState::Stopped
-                },
-            };
-            crate::validate::send_port(&spec)?;
-            let port = mbx
-                .send_port_create(&spec)
-                .await
-                .map_err(|e| filter_arg(e, "--filter"))?;
-            if json_out {
-                return output::json(&port);
-            }
-            println!("created send port '{}' ({})", port.name, port.state);
-            match &port.filter {
-                Some(f) => println!("filter: {f}"),
-                None => println!("no filter: the port receives nothing until one is set"),
-            }
-        }
-        SendPortCommand::Show { name } => {
-            let port = mbx.send_port_show(&name).await?;
-            let stats = mbx.stats().await?;
-            let counters = stats.ports.iter().find(|p| p.name == name);
-            let lease = if port.ordered {
-                mbx.port_lease_info(port.id).await?
-            } else {
-                None
-            };
-            let keyed = if port.ordered_by.is_some() {
-                mbx.port_keyed_info(port.id).await?
-            } else {
-                None
-            };
-            if json_out {
-                return output::json(
-                    &json!({"port": port, "counters": counters, "lease": lease, "keys": keyed}),
-                );
-            }
-            let mut rows = vec![
-                ("name", port.name.clone()),
-                ("state", port.state.to_string()),
-                ("host", port.host.clone()),
-                ("address", opt(&port.address)),
-                ("filter", opt(&port.filter)),
-                ("groups", port.groups.join(", ")),
-                ("ordered", port.ordered.to_string()),
-                (
-                    "retry",
-                    format!(
-                        "{} × {}s ({})",
-                        port.retry_count, port.retry_interval_s, port.retry_backoff
-                    ),
-                ),
-                ("backup address", opt(&port.backup_address)),
-                ("tracking", port.tracking.to_string()),
-            ];
-            if port.dynamic {
-                rows.push(("allowed addresses", port.allow_address.join(", ")));
-            }
-            if let Some(l) = &lease {
-                let owner = match (l.holder, l.live) {
-                    (Some(h), true) => h.to_string(),
-                    (Some(h), false) => format!("none (lease of {h} expired)"),
-                    (None, _) => "none".to_owned(),
-                };
-                rows.push(("owner", owner));
-                rows.push(("epoch", l.epoch.to_string()));
-                rows.push(("next sequence", l.next_seq.to_string()));
-                rows.push(("head", l.head.clone()));
-            }
-            if let Some(k) = &keyed {
-                rows.push((
-                    "ordered by",
-                    format!("{} ({} buckets)", k.property, k.buckets),
-                ));
-                for o in &k.owners {
-                    rows.push((
-                        "bucket owner",
-                        format!(
-                            "{} ({}): {} buckets, epoch ≤ {}",
-                            o.instance,
-                            o.host.as_deref().unwrap_or("?"),
-                            o.buckets,
-                            o.max_epoch
-                        ),
-                    ));
-                }
-                rows.push(("unowned buckets", k.unowned.to_string()));
-                rows.push(("held keys", k.held_keys.len().to_string()));
-            }
-            if let Some(c) = counters {
-                rows.push(("backlog", c.backlog.to_string()));
-                rows.push(("retrying", c.retrying.to_string()));
-                rows.push(("in flight", c.in_flight.to_string()));
-                rows.push(("suspended", c.suspended.to_string()));
-            }
-            for (k, v) in rows {
-                println!("{k:<18} {v}");
-            }
-            if let Some(k) = keyed.filter(|k| !k.held_keys.is_empty()) {
-                let rows: Vec<Vec<String>> = k
-                    .held_keys
-                    .iter()
-                    .map(|h| {
-                        vec![
-                            h.key.clone(),
-                            h.held_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            h.waiting.to_string(),
-                            h.error.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                println!();
-                table(&["HELD KEY", "SINCE", "WAITING", "ERROR"], &rows);
-                println!("resume or skip one: mbx send-port resume|skip {name} --key KEY");
-            }
-        }
+        SendPortCommand::Create(a) => send_port_create(mbx, &a, json_out).await?,
+        SendPortCommand::Show { name } => send_port_show(mbx, &name, json_out).await?,
         SendPortCommand::Update(a) => crate::update::send_port(mbx, *a, json_out).await?,
-        SendPortCommand::List => {
-            let ports = mbx.send_port_list().await?;
-            if json_out {
-                return output::json(&ports);
-            }
-            let rows: Vec<Vec<String>> = ports
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.name.clone(),
-                        p.state.to_string(),
-                        p.host.clone(),
-                        p.address.clone().unwrap_or_else(|| "(dynamic)".into()),
-                        opt(&p.filter),
-                    ]
-                })
-                .collect();
-            table(&["SEND PORT", "STATE", "HOST", "ADDRESS", "FILTER"], &rows);
-        }
+        SendPortCommand::List => send_port_list(mbx, json_out).await?,
         SendPortCommand::Enlist { name } => {
             print_change(mbx.send_port_enlist(&name).await?, json_out)?
         }
@@ -910,6 +769,210 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             println!("deleted send port '{name}'");
         }
     }
+    Ok(())
+}
+
+/// `mbx send-port create`'s arguments, checked, as the port to create.
+fn send_port_spec(a: &SendPortCreate) -> Result<SendPortSpec> {
+    let settings = key_values("--set", &a.set, "append=true")?;
+    let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
+        Usage(format!(
+            "--retry-backoff: {e} (example: --retry-backoff exponential)"
+        ))
+    })?;
+    Ok(SendPortSpec {
+        name: a.name.clone(),
+        host: a.host.clone(),
+        address: a.address.clone(),
+        allow_address: a.allow_address.clone(),
+        filter: a.filter.clone(),
+        ordered: a.ordered || a.ordered_by.is_some(),
+        ordered_by: a.ordered_by.clone(),
+        ordered_buckets: a.ordered_buckets,
+        stop_on_failure: a.stop_on_failure,
+        ordered_commit_batch: a.ordered_commit_batch,
+        retry_count: a.retry_count,
+        retry_interval_s: duration_s("--retry-interval", &a.retry_interval)?,
+        retry_backoff: backoff,
+        retry_max_interval_s: duration_s("--retry-max-interval", &a.retry_max_interval)?,
+        backup_address: a.backup_address.clone(),
+        backup_retry_count: a.backup_retry_count,
+        backup_retry_interval_s: duration_s("--backup-retry-interval", &a.backup_retry_interval)?,
+        route_failed: a.route_failed,
+        tracking: tracking_arg("--tracking", &a.tracking)?,
+        solicit_response: a.solicit_response,
+        settings,
+        application: a.application.clone(),
+        initial_state: if a.start {
+            InitialState::Started
+        } else if a.unenlisted {
+            InitialState::Unenlisted
+        } else {
+            InitialState::Stopped
+        },
+    })
+}
+
+async fn send_port_create(mbx: &MessageBox, a: &SendPortCreate, json_out: bool) -> Result<()> {
+    let spec = send_port_spec(a)?;
+    crate::validate::send_port(&spec)?;
+    let port = mbx
+        .send_port_create(&spec)
+        .await
+        .map_err(|e| filter_arg(e, "--filter"))?;
+    if json_out {
+        return output::json(&port);
+    }
+    println!("created send port '{}' ({})", port.name, port.state);
+    match &port.filter {
+        Some(f) => println!("filter: {f}"),
+        None => println!("no filter: the port receives nothing until one is set"),
+    }
+    Ok(())
+}
+
+async fn send_port_show(mbx: &MessageBox, name: &str, json_out: bool) -> Result<()> {
+    let port = mbx.send_port_show(name).await?;
+    let stats = mbx.stats().await?;
+    let counters = stats.ports.iter().find(|p| p.name == name);
+    let lease = if port.ordered {
+        mbx.port_lease_info(port.id).await?
+    } else {
+        None
+    };
+    let keyed = if port.ordered_by.is_some() {
+        mbx.port_keyed_info(port.id).await?
+    } else {
+        None
+    };
+    if json_out {
+        return output::json(
+            &json!({"port": port, "counters": counters, "lease": lease, "keys": keyed}),
+        );
+    }
+    let mut rows = send_port_settings(&port);
+    if let Some(l) = &lease {
+        rows.extend(lease_rows(l));
+    }
+    if let Some(k) = &keyed {
+        rows.extend(keyed_rows(k));
+    }
+    if let Some(c) = counters {
+        rows.push(("backlog", c.backlog.to_string()));
+        rows.push(("retrying", c.retrying.to_string()));
+        rows.push(("in flight", c.in_flight.to_string()));
+        rows.push(("suspended", c.suspended.to_string()));
+    }
+    for (k, v) in rows {
+        println!("{k:<18} {v}");
+    }
+    if let Some(k) = keyed.filter(|k| !k.held_keys.is_empty()) {
+        print_held_keys(name, &k);
+    }
+    Ok(())
+}
+
+/// `send-port show`'s rows for the port's own settings.
+fn send_port_settings(port: &mbx_messagebox::config::SendPort) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("name", port.name.clone()),
+        ("state", port.state.to_string()),
+        ("host", port.host.clone()),
+        ("address", opt(&port.address)),
+        ("filter", opt(&port.filter)),
+        ("groups", port.groups.join(", ")),
+        ("ordered", port.ordered.to_string()),
+        (
+            "retry",
+            format!(
+                "{} × {}s ({})",
+                port.retry_count, port.retry_interval_s, port.retry_backoff
+            ),
+        ),
+        ("backup address", opt(&port.backup_address)),
+        ("tracking", port.tracking.to_string()),
+    ];
+    if port.dynamic {
+        rows.push(("allowed addresses", port.allow_address.join(", ")));
+    }
+    rows
+}
+
+/// `send-port show`'s rows for an ordered port's lease.
+fn lease_rows(l: &mbx_messagebox::ordered::LeaseInfo) -> Vec<(&'static str, String)> {
+    let owner = match (l.holder, l.live) {
+        (Some(h), true) => h.to_string(),
+        (Some(h), false) => format!("none (lease of {h} expired)"),
+        (None, _) => "none".to_owned(),
+    };
+    vec![
+        ("owner", owner),
+        ("epoch", l.epoch.to_string()),
+        ("next sequence", l.next_seq.to_string()),
+        ("head", l.head.clone()),
+    ]
+}
+
+/// `send-port show`'s rows for a port ordered by a property: its buckets and their owners.
+fn keyed_rows(k: &mbx_messagebox::ordered::KeyedInfo) -> Vec<(&'static str, String)> {
+    let mut rows = vec![(
+        "ordered by",
+        format!("{} ({} buckets)", k.property, k.buckets),
+    )];
+    for o in &k.owners {
+        rows.push((
+            "bucket owner",
+            format!(
+                "{} ({}): {} buckets, epoch ≤ {}",
+                o.instance,
+                o.host.as_deref().unwrap_or("?"),
+                o.buckets,
+                o.max_epoch
+            ),
+        ));
+    }
+    rows.push(("unowned buckets", k.unowned.to_string()));
+    rows.push(("held keys", k.held_keys.len().to_string()));
+    rows
+}
+
+/// The keys a port ordered by a property holds after a failure, as a table.
+fn print_held_keys(name: &str, k: &mbx_messagebox::ordered::KeyedInfo) {
+    let rows: Vec<Vec<String>> = k
+        .held_keys
+        .iter()
+        .map(|h| {
+            vec![
+                h.key.clone(),
+                h.held_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                h.waiting.to_string(),
+                h.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!();
+    table(&["HELD KEY", "SINCE", "WAITING", "ERROR"], &rows);
+    println!("resume or skip one: mbx send-port resume|skip {name} --key KEY");
+}
+
+async fn send_port_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let ports = mbx.send_port_list().await?;
+    if json_out {
+        return output::json(&ports);
+    }
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.state.to_string(),
+                p.host.clone(),
+                p.address.clone().unwrap_or_else(|| "(dynamic)".into()),
+                opt(&p.filter),
+            ]
+        })
+        .collect();
+    table(&["SEND PORT", "STATE", "HOST", "ADDRESS", "FILTER"], &rows);
     Ok(())
 }
 
@@ -1185,78 +1248,8 @@ fn require_scope(id: Option<&str>, f: &SuspendedFilter, verb: &str) -> Result<()
 
 async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Result<()> {
     match c {
-        SuspendedCommand::List { filter } => {
-            let items = mbx.suspended_list(&selector(None, &filter)?).await?;
-            if json_out {
-                return output::json(&items);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.id.to_string(),
-                        i.kind.to_string(),
-                        opt(&i.port),
-                        i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        i.message_id.to_string(),
-                        output::cell_summary(&i.reason, REASON_CELL_MAX_CHARS),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "ID",
-                    "KIND",
-                    "PORT",
-                    "SUSPENDED AT (UTC)",
-                    "MESSAGE",
-                    "REASON",
-                ],
-                &rows,
-            );
-        }
-        SuspendedCommand::Show { id } => {
-            let d = mbx.suspended_show(parse_id(&id)?).await?;
-            if json_out {
-                return output::json(&d);
-            }
-            println!("id             {}", d.item.id);
-            println!(
-                "kind           {} ({})",
-                d.item.kind,
-                if d.item.resumable {
-                    "resumable"
-                } else {
-                    "not resumable"
-                }
-            );
-            println!("port           {}", opt(&d.item.port));
-            println!("message        {}", d.item.message_id);
-            println!("published at   {}", d.published_at);
-            println!("suspended at   {}", d.item.suspended_at);
-            println!("reason         {}", d.item.reason);
-            println!("content type   {}", d.content_type);
-            println!("body size      {} bytes", d.body_size);
-            println!("context:");
-            for (name, p) in d.context.iter() {
-                let mark = if p.promoted { "promoted" } else { "written" };
-                println!(
-                    "  {name} = {} ({}, {mark})",
-                    p.value.to_plain_string(),
-                    p.value.property_type()
-                );
-            }
-            println!("attempts: {}", d.attempts.len());
-            for a in &d.attempts {
-                println!(
-                    "  #{} {} {} {}",
-                    a.attempt,
-                    a.at.format("%Y-%m-%d %H:%M:%S"),
-                    a.transport,
-                    a.error
-                );
-            }
-        }
+        SuspendedCommand::List { filter } => suspended_list(mbx, &filter, json_out).await?,
+        SuspendedCommand::Show { id } => suspended_show(mbx, &id, json_out).await?,
         SuspendedCommand::Save { id, to } => {
             let body = mbx.suspended_body(parse_id(&id)?).await?;
             match to {
@@ -1272,34 +1265,7 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
             }
         }
         SuspendedCommand::Resume { id, filter } => {
-            require_scope(id.as_deref(), &filter, "resume")?;
-            let sel = selector(id.as_deref(), &filter)?;
-            let report = mbx.suspended_resume(&sel).await?;
-            let settled = already_settled(
-                mbx,
-                sel.id,
-                report.resumed + report.not_resumable + report.still_unrouted,
-            )
-            .await?;
-            if settled_said(json_out, serde_json::to_value(&report)?, sel.id, settled)? {
-                return Ok(());
-            }
-            println!(
-                "resumed {} item(s) as {} deliveries",
-                report.resumed, report.deliveries
-            );
-            if report.still_unrouted > 0 {
-                println!(
-                    "{} routing failure(s) still match no subscriber and stay suspended",
-                    report.still_unrouted
-                );
-            }
-            if report.not_resumable > 0 {
-                println!(
-                    "{} item(s) are not resumable (receive-failure or failed-final); terminate them instead",
-                    report.not_resumable
-                );
-            }
+            suspended_resume(mbx, id.as_deref(), &filter, json_out).await?
         }
         SuspendedCommand::Terminate { id, filter } => {
             require_scope(id.as_deref(), &filter, "terminate")?;
@@ -1311,6 +1277,119 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
             }
             println!("terminated {n} item(s)");
         }
+    }
+    Ok(())
+}
+
+async fn suspended_list(mbx: &MessageBox, filter: &SuspendedFilter, json_out: bool) -> Result<()> {
+    let items = mbx.suspended_list(&selector(None, filter)?).await?;
+    if json_out {
+        return output::json(&items);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.kind.to_string(),
+                opt(&i.port),
+                i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                i.message_id.to_string(),
+                output::cell_summary(&i.reason, REASON_CELL_MAX_CHARS),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "KIND",
+            "PORT",
+            "SUSPENDED AT (UTC)",
+            "MESSAGE",
+            "REASON",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn suspended_show(mbx: &MessageBox, id: &str, json_out: bool) -> Result<()> {
+    let d = mbx.suspended_show(parse_id(id)?).await?;
+    if json_out {
+        return output::json(&d);
+    }
+    println!("id             {}", d.item.id);
+    println!(
+        "kind           {} ({})",
+        d.item.kind,
+        if d.item.resumable {
+            "resumable"
+        } else {
+            "not resumable"
+        }
+    );
+    println!("port           {}", opt(&d.item.port));
+    println!("message        {}", d.item.message_id);
+    println!("published at   {}", d.published_at);
+    println!("suspended at   {}", d.item.suspended_at);
+    println!("reason         {}", d.item.reason);
+    println!("content type   {}", d.content_type);
+    println!("body size      {} bytes", d.body_size);
+    println!("context:");
+    for (name, p) in d.context.iter() {
+        let mark = if p.promoted { "promoted" } else { "written" };
+        println!(
+            "  {name} = {} ({}, {mark})",
+            p.value.to_plain_string(),
+            p.value.property_type()
+        );
+    }
+    println!("attempts: {}", d.attempts.len());
+    for a in &d.attempts {
+        println!(
+            "  #{} {} {} {}",
+            a.attempt,
+            a.at.format("%Y-%m-%d %H:%M:%S"),
+            a.transport,
+            a.error
+        );
+    }
+    Ok(())
+}
+
+async fn suspended_resume(
+    mbx: &MessageBox,
+    id: Option<&str>,
+    filter: &SuspendedFilter,
+    json_out: bool,
+) -> Result<()> {
+    require_scope(id, filter, "resume")?;
+    let sel = selector(id, filter)?;
+    let report = mbx.suspended_resume(&sel).await?;
+    let settled = already_settled(
+        mbx,
+        sel.id,
+        report.resumed + report.not_resumable + report.still_unrouted,
+    )
+    .await?;
+    if settled_said(json_out, serde_json::to_value(&report)?, sel.id, settled)? {
+        return Ok(());
+    }
+    println!(
+        "resumed {} item(s) as {} deliveries",
+        report.resumed, report.deliveries
+    );
+    if report.still_unrouted > 0 {
+        println!(
+            "{} routing failure(s) still match no subscriber and stay suspended",
+            report.still_unrouted
+        );
+    }
+    if report.not_resumable > 0 {
+        println!(
+            "{} item(s) are not resumable (receive-failure or failed-final); terminate them instead",
+            report.not_resumable
+        );
     }
     Ok(())
 }
