@@ -353,8 +353,6 @@ const OVER_100_PENDING: &[&str] = &[
     "crates/bench/src/peers/rabbitmq.rs::measure_between",
     "crates/bench/src/report.rs::run",
     "crates/bench/src/request_response.rs::run_in",
-    "crates/console/src/pages.rs::overview_body",
-    "crates/console/src/pages.rs::suspended_list",
     "crates/host/src/delivery.rs::own_ordered_port",
     "crates/host/src/forward.rs::forward_to",
     "crates/host/src/http_receive.rs::handle",
@@ -377,7 +375,7 @@ const OVER_100_PENDING: &[&str] = &[
 const LONG_FUNCTION_LINES: usize = 70;
 
 /// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
-const OVER_70_MAX: usize = 66;
+const OVER_70_MAX: usize = 64;
 
 /// A function of the production code and its length.
 #[derive(Debug, PartialEq)]
