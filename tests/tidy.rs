@@ -347,12 +347,6 @@ const FUNCTION_MAX_LINES: usize = 100;
 const OVER_100_PENDING: &[&str] = &[
     "crates/adapters/src/allow.rs::parse_prefix",
     "crates/adapters/src/smtp.rs::parse",
-    "crates/bench/src/mbx.rs::drain_in",
-    "crates/bench/src/mbx.rs::run_in",
-    "crates/bench/src/peers/ceiling.rs::measure",
-    "crates/bench/src/peers/rabbitmq.rs::measure_between",
-    "crates/bench/src/report.rs::run",
-    "crates/bench/src/request_response.rs::run_in",
     "crates/host/src/delivery.rs::own_ordered_port",
     "crates/host/src/forward.rs::forward_to",
     "crates/host/src/http_receive.rs::handle",
@@ -375,7 +369,7 @@ const OVER_100_PENDING: &[&str] = &[
 const LONG_FUNCTION_LINES: usize = 70;
 
 /// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
-const OVER_70_MAX: usize = 64;
+const OVER_70_MAX: usize = 58;
 
 /// A function of the production code and its length.
 #[derive(Debug, PartialEq)]
