@@ -381,48 +381,51 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
             )
             .await?
         }
-        HostCommand::List => {
-            let hosts = mbx.host_list().await?;
-            if json_out {
-                return output::json(&hosts);
-            }
-            let rows: Vec<Vec<String>> = hosts
-                .iter()
-                .map(|h| {
-                    vec![
-                        h.name.clone(),
-                        h.instances_alive.to_string(),
-                        h.send_ports.to_string(),
-                        h.receive_locations.to_string(),
-                        h.throttle_publish.to_string(),
-                        h.throttle_inflight.to_string(),
-                        match h.throttle_database_size {
-                            DatabaseSizeOverride::Bytes(n) => human_size(n),
-                            other => other.to_string(),
-                        },
-                        h.tracking.clone(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "HOST",
-                    "ALIVE",
-                    "SEND PORTS",
-                    "LOCATIONS",
-                    "THROTTLE PUBLISH",
-                    "THROTTLE INFLIGHT",
-                    "THROTTLE DB SIZE",
-                    "TRACKING",
-                ],
-                &rows,
-            );
-        }
+        HostCommand::List => host_list(mbx, json_out).await?,
         HostCommand::Delete { name } => {
             mbx.host_delete(&name).await?;
             println!("deleted host '{name}'");
         }
     }
+    Ok(())
+}
+
+async fn host_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let hosts = mbx.host_list().await?;
+    if json_out {
+        return output::json(&hosts);
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                h.instances_alive.to_string(),
+                h.send_ports.to_string(),
+                h.receive_locations.to_string(),
+                h.throttle_publish.to_string(),
+                h.throttle_inflight.to_string(),
+                match h.throttle_database_size {
+                    DatabaseSizeOverride::Bytes(n) => human_size(n),
+                    other => other.to_string(),
+                },
+                h.tracking.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "HOST",
+            "ALIVE",
+            "SEND PORTS",
+            "LOCATIONS",
+            "THROTTLE PUBLISH",
+            "THROTTLE INFLIGHT",
+            "THROTTLE DB SIZE",
+            "TRACKING",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -639,39 +642,7 @@ async fn receive_location(
     json_out: bool,
 ) -> Result<()> {
     match c {
-        ReceiveLocationCommand::Create(a) => {
-            let size = size_arg("--max-message-size", &a.max_message_size)?;
-            let spec = ReceiveLocationSpec {
-                name: a.name.clone(),
-                port: a.port.clone(),
-                host: a.host.clone(),
-                address: a.address.clone(),
-                pipeline: a.pipeline.clone(),
-                promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
-                settings: key_values("--set", &a.set, "mask=*.xml")?,
-                ordered: a.ordered,
-                max_message_size: size,
-                application: a.application.clone(),
-            };
-            crate::validate::receive_location(&spec)?;
-            crate::validate::ordered_source(&spec).await?;
-            if let Some(port) = mbx
-                .receive_port_list()
-                .await?
-                .into_iter()
-                .find(|p| p.name == spec.port)
-            {
-                crate::validate::two_way_settings(&spec, port.two_way)?;
-            }
-            let loc = mbx.receive_location_create(&spec).await?;
-            if json_out {
-                return output::json(&loc);
-            }
-            println!(
-                "created receive location '{}' on port '{}' (disabled; `mbx receive-location enable {}` starts it)",
-                loc.name, loc.port, loc.name
-            );
-        }
+        ReceiveLocationCommand::Create(a) => receive_location_create(mbx, &a, json_out).await?,
         ReceiveLocationCommand::Enable { name } => {
             let changed = mbx.receive_location_set_enabled(&name, true).await?;
             println!(
@@ -701,30 +672,72 @@ async fn receive_location(
         ReceiveLocationCommand::Update(a) => {
             crate::update::receive_location(mbx, *a, json_out).await?
         }
-        ReceiveLocationCommand::List => {
-            let list = mbx.receive_location_list().await?;
-            if json_out {
-                return output::json(&list);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|l| {
-                    vec![
-                        l.name.clone(),
-                        l.port.clone(),
-                        if l.enabled { "enabled" } else { "disabled" }.to_owned(),
-                        l.host.clone(),
-                        l.pipeline.clone(),
-                        l.address.clone(),
-                    ]
-                })
-                .collect();
-            table(
-                &["LOCATION", "PORT", "STATE", "HOST", "PIPELINE", "ADDRESS"],
-                &rows,
-            );
-        }
+        ReceiveLocationCommand::List => receive_location_list(mbx, json_out).await?,
     }
+    Ok(())
+}
+
+async fn receive_location_create(
+    mbx: &MessageBox,
+    a: &ReceiveLocationCreate,
+    json_out: bool,
+) -> Result<()> {
+    let size = size_arg("--max-message-size", &a.max_message_size)?;
+    let spec = ReceiveLocationSpec {
+        name: a.name.clone(),
+        port: a.port.clone(),
+        host: a.host.clone(),
+        address: a.address.clone(),
+        pipeline: a.pipeline.clone(),
+        promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
+        settings: key_values("--set", &a.set, "mask=*.xml")?,
+        ordered: a.ordered,
+        max_message_size: size,
+        application: a.application.clone(),
+    };
+    crate::validate::receive_location(&spec)?;
+    crate::validate::ordered_source(&spec).await?;
+    if let Some(port) = mbx
+        .receive_port_list()
+        .await?
+        .into_iter()
+        .find(|p| p.name == spec.port)
+    {
+        crate::validate::two_way_settings(&spec, port.two_way)?;
+    }
+    let loc = mbx.receive_location_create(&spec).await?;
+    if json_out {
+        return output::json(&loc);
+    }
+    println!(
+        "created receive location '{}' on port '{}' (disabled; `mbx receive-location enable {}` starts it)",
+        loc.name, loc.port, loc.name
+    );
+    Ok(())
+}
+
+async fn receive_location_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let list = mbx.receive_location_list().await?;
+    if json_out {
+        return output::json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                l.port.clone(),
+                if l.enabled { "enabled" } else { "disabled" }.to_owned(),
+                l.host.clone(),
+                l.pipeline.clone(),
+                l.address.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["LOCATION", "PORT", "STATE", "HOST", "PIPELINE", "ADDRESS"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -1125,7 +1138,37 @@ async fn publish(
     json_out: bool,
 ) -> Result<()> {
     let mut context = build_context(mbx, promote, property).await?;
-    let body = match &file {
+    let body = read_body(file.as_deref())?;
+    let content_type = content_type.unwrap_or_else(|| content_type_for(file.as_deref()).to_owned());
+    context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
+    context.write(system::INBOUND_TRANSPORT_TYPE, Value::String("cli".into()))?;
+    if let Some(name) = file
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+    {
+        context.write(system::SOURCE_FILE_NAME, Value::String(name.to_owned()))?;
+    }
+    let outcome = mbx
+        .publish(
+            &Publisher::default(),
+            vec![NewMessage::new(body, &content_type, context)],
+        )
+        .await?;
+    let outcome = outcome
+        .into_iter()
+        .next()
+        .context("publish returned no outcome")?;
+    if json_out {
+        return output::json(&outcome);
+    }
+    print_published(outcome);
+    Ok(())
+}
+
+/// The body to publish: the `--file` or stdin, up to the message limit.
+fn read_body(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    let body = match file {
         Some(path) => {
             let meta = std::fs::metadata(path)
                 .map_err(|e| Usage(format!("--file: cannot read '{}': {e}", path.display())))?;
@@ -1155,29 +1198,10 @@ async fn publish(
             buf
         }
     };
-    let content_type = content_type.unwrap_or_else(|| content_type_for(file.as_deref()).to_owned());
-    context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
-    context.write(system::INBOUND_TRANSPORT_TYPE, Value::String("cli".into()))?;
-    if let Some(name) = file
-        .as_ref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-    {
-        context.write(system::SOURCE_FILE_NAME, Value::String(name.to_owned()))?;
-    }
-    let outcome = mbx
-        .publish(
-            &Publisher::default(),
-            vec![NewMessage::new(body, &content_type, context)],
-        )
-        .await?;
-    let outcome = outcome
-        .into_iter()
-        .next()
-        .context("publish returned no outcome")?;
-    if json_out {
-        return output::json(&outcome);
-    }
+    Ok(body)
+}
+
+fn print_published(outcome: Published) {
     match outcome {
         Published::Routed { message_id, deliveries } => {
             println!("published message {message_id}: routed to {deliveries} subscriber(s)")
@@ -1196,7 +1220,6 @@ async fn publish(
         // only an error report is dropped so; `message publish` never makes one
         Published::Unsubscribed => println!("not published: no subscriber took it"),
     }
-    Ok(())
 }
 
 fn parse_id(text: &str) -> Result<i64> {
@@ -1549,17 +1572,7 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     let hosts = mbx.host_list().await?;
     let instances = mbx.instance_list().await?;
     let stats = mbx.stats().await?;
-    let mut ordered = BTreeMap::new();
-    for p in mbx
-        .send_port_list()
-        .await?
-        .into_iter()
-        .filter(|p| p.ordered)
-    {
-        if let Some(lease) = mbx.port_lease_info(p.id).await? {
-            ordered.insert(p.name, lease);
-        }
-    }
+    let ordered = ordered_leases(mbx).await?;
     let locations = mbx.receive_location_list().await?;
     let runs = mbx.location_runs().await?;
     if json_out {
@@ -1572,8 +1585,37 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
             "ordered_ports": ordered,
         }));
     }
+    print_hosts(&hosts, &instances);
+    print_locations(&locations, &runs);
+    print_port_stats(&stats, &ordered);
+    Ok(())
+}
+
+/// The lease of each ordered send port, by port name.
+async fn ordered_leases(
+    mbx: &MessageBox,
+) -> Result<BTreeMap<String, mbx_messagebox::ordered::LeaseInfo>> {
+    let mut ordered = BTreeMap::new();
+    for p in mbx
+        .send_port_list()
+        .await?
+        .into_iter()
+        .filter(|p| p.ordered)
+    {
+        if let Some(lease) = mbx.port_lease_info(p.id).await? {
+            ordered.insert(p.name, lease);
+        }
+    }
+    Ok(ordered)
+}
+
+/// `status`'s hosts (alive and dead instances) and instances.
+fn print_hosts(
+    hosts: &[mbx_messagebox::config::Host],
+    instances: &[mbx_messagebox::instances::Instance],
+) {
     println!("hosts:");
-    for h in &hosts {
+    for h in hosts {
         let dead = instances
             .iter()
             .filter(|i| i.host == h.name && i.state == InstanceState::Dead)
@@ -1584,7 +1626,7 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     if instances.is_empty() {
         println!("  none running (start one with `mbx-host --host default`)");
     }
-    for i in &instances {
+    for i in instances {
         println!(
             "  {} {:<10} {:<7} heartbeat {:.1}s ago on {} (pid {}){}",
             i.id,
@@ -1599,11 +1641,18 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+}
+
+/// `status`'s receive locations, and where one does not run and why.
+fn print_locations(
+    locations: &[mbx_messagebox::receive::ReceiveLocation],
+    runs: &[mbx_messagebox::receive::LocationRun],
+) {
     println!("receive locations:");
     if locations.is_empty() {
         println!("  none (create one with `mbx receive-location create`)");
     }
-    for l in &locations {
+    for l in locations {
         let mine: Vec<_> = runs.iter().filter(|r| r.location == l.name).collect();
         let state = if !l.enabled {
             "disabled".to_owned()
@@ -1621,6 +1670,13 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
             );
         }
     }
+}
+
+/// `status`'s send ports (counters, an ordered port's lease) and totals.
+fn print_port_stats(
+    stats: &mbx_messagebox::stats::Stats,
+    ordered: &BTreeMap<String, mbx_messagebox::ordered::LeaseInfo>,
+) {
     println!("send ports:");
     for p in &stats.ports {
         println!(
@@ -1642,7 +1698,6 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
         "spool: {} message(s); suspended: {} item(s)",
         stats.spool_messages, stats.suspended_total
     );
-    Ok(())
 }
 
 async fn track(mbx: &MessageBox, message_id: &str, json_out: bool) -> Result<()> {

@@ -206,6 +206,46 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
     print_update(&update, json_out)
 }
 
+/// `receive-location update`'s flags applied to the location.
+fn change_location(
+    spec: &mut ReceiveLocationSpec,
+    a: &ReceiveLocationUpdate,
+    promote: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    max: Option<u64>,
+) {
+    if let Some(p) = &a.port {
+        spec.port = p.clone();
+    }
+    if let Some(h) = &a.host {
+        spec.host = h.clone();
+    }
+    if let Some(address) = &a.address {
+        spec.address = address.clone();
+    }
+    if let Some(p) = &a.pipeline {
+        spec.pipeline = p.clone();
+    }
+    if a.no_promote {
+        spec.promote.clear();
+    } else if !promote.is_empty() {
+        spec.promote = promote.clone();
+    }
+    if let Some(v) = a.ordered {
+        spec.ordered = v;
+    }
+    if let Some(v) = max {
+        spec.max_message_size = v;
+    }
+    for key in &a.more.unset {
+        spec.settings.remove(key);
+    }
+    spec.settings.extend(set.clone());
+    if let Some(app) = &a.more.application {
+        spec.application = app.clone();
+    }
+}
+
 pub async fn receive_location(
     mbx: &MessageBox,
     a: ReceiveLocationUpdate,
@@ -235,38 +275,7 @@ pub async fn receive_location(
             "mbx receive-location update orders-in --address 'file:///data/in2/*.xml'",
         ));
     }
-    let change = |spec: &mut ReceiveLocationSpec| {
-        if let Some(p) = &a.port {
-            spec.port = p.clone();
-        }
-        if let Some(h) = &a.host {
-            spec.host = h.clone();
-        }
-        if let Some(address) = &a.address {
-            spec.address = address.clone();
-        }
-        if let Some(p) = &a.pipeline {
-            spec.pipeline = p.clone();
-        }
-        if a.no_promote {
-            spec.promote.clear();
-        } else if !promote.is_empty() {
-            spec.promote = promote.clone();
-        }
-        if let Some(v) = a.ordered {
-            spec.ordered = v;
-        }
-        if let Some(v) = max {
-            spec.max_message_size = v;
-        }
-        for key in &a.more.unset {
-            spec.settings.remove(key);
-        }
-        spec.settings.extend(set.clone());
-        if let Some(app) = &a.more.application {
-            spec.application = app.clone();
-        }
-    };
+    let change = |spec: &mut ReceiveLocationSpec| change_location(spec, &a, &promote, &set, max);
     // an --ordered AMQP location's queue, asked of the broker before anything changes
     if let Some(current) = mbx
         .export_bindings(None)
