@@ -513,9 +513,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// The report as a table for people.
-pub fn render_table(r: &Report) -> String {
-    let mut out = String::new();
+/// The results' table: a header, then a row per measured system and workload.
+fn write_results(out: &mut String, results: &[ResultRow]) {
     let _ = writeln!(
         out,
         "{:<24} {:<9} {:>10} {:>13} {:>8} {:>8} {:>8} {:>11} {:>8}",
@@ -529,7 +528,7 @@ pub fn render_table(r: &Report) -> String {
         "P99@MAX MS",
         "RSS MB"
     );
-    for row in &r.results {
+    for row in results {
         let _ = writeln!(
             out,
             "{:<24} {:<9} {:>10} {:>13} {:>8} {:>8} {:>8} {:>11} {:>8}",
@@ -544,6 +543,12 @@ pub fn render_table(r: &Report) -> String {
             opt(row.peak_rss_mb, 0),
         );
     }
+}
+
+/// The report as a table for people.
+pub fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    write_results(&mut out, &r.results);
     if !r.ratios.is_empty() {
         let _ = writeln!(out);
         for ratio in &r.ratios {

@@ -540,6 +540,22 @@ fn truncate(s: &str, max: usize) -> String {
     t
 }
 
+/// The page of an item that is no longer suspended: what became of it, or not found.
+async fn settled_item(app: &App, ctx: &Ctx, id: i64) -> Result<Response, ConsoleError> {
+    if let Some((outcome, at)) = app.mbx.suspended_settled(id).await? {
+        let body = html! {
+            h1 { "Suspended item " (id) }
+            p #settled { "This item was " strong { (outcome.as_str()) } " at " (at.to_rfc3339()) "." }
+            p { a href="/suspended" { "Suspended items" } }
+        };
+        return Ok(page(ctx, "Suspended item", Nav::Suspended, body));
+    }
+    Err(ConsoleError::Request(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("suspended item {id} does not exist; the list shows the items"),
+    ))
+}
+
 pub(crate) async fn suspended_detail(
     State(app): State<Arc<App>>,
     ctx: Ctx,
@@ -550,20 +566,7 @@ pub(crate) async fn suspended_detail(
     })?;
     let detail = match app.mbx.suspended_show(id).await {
         Ok(d) => d,
-        Err(mbx_messagebox::Error::NotFound { .. }) => {
-            if let Some((outcome, at)) = app.mbx.suspended_settled(id).await? {
-                let body = html! {
-                    h1 { "Suspended item " (id) }
-                    p #settled { "This item was " strong { (outcome.as_str()) } " at " (at.to_rfc3339()) "." }
-                    p { a href="/suspended" { "Suspended items" } }
-                };
-                return Ok(page(&ctx, "Suspended item", Nav::Suspended, body));
-            }
-            return Err(ConsoleError::Request(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("suspended item {id} does not exist; the list shows the items"),
-            ));
-        }
+        Err(mbx_messagebox::Error::NotFound { .. }) => return settled_item(&app, &ctx, id).await,
         Err(e) => return Err(e.into()),
     };
     let (prefix, _) = app

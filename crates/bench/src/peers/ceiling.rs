@@ -380,14 +380,8 @@ struct Pgbench<'a> {
 }
 
 impl Pgbench<'_> {
-    /// Runs pgbench for `secs` seconds; `offset` is the run's start within the whole
-    /// benchmark (for the progress line).
-    async fn run(
-        &self,
-        secs: u64,
-        offset: f64,
-        progress: &Progress,
-    ) -> Result<Summary, BenchError> {
+    /// The pgbench command line for a run of `secs` seconds, its output piped.
+    fn command(&self, secs: u64) -> Command {
         let mut cmd = Command::new(self.pgbench);
         cmd.arg("-n")
             .args(["-M", "prepared"])
@@ -417,7 +411,18 @@ impl Pgbench<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
+        cmd
+    }
+
+    /// Runs pgbench for `secs` seconds; `offset` is the run's start within the whole
+    /// benchmark (for the progress line).
+    async fn run(
+        &self,
+        secs: u64,
+        offset: f64,
+        progress: &Progress,
+    ) -> Result<Summary, BenchError> {
+        let mut child = self.command(secs).spawn().map_err(|e| {
             BenchError::peer(PEER, format!("starting {}: {e}", self.pgbench.display()))
         })?;
         let mut stdout = child
