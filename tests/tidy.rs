@@ -369,7 +369,7 @@ const OVER_100_PENDING: &[&str] = &[
 const LONG_FUNCTION_LINES: usize = 70;
 
 /// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
-const OVER_70_MAX: usize = 50;
+const OVER_70_MAX: usize = 49;
 
 /// A function of the production code and its length.
 #[derive(Debug, PartialEq)]

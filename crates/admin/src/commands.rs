@@ -61,41 +61,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status => status(&mbx, json_out).await,
         Command::Host(c) => host(&mbx, c, json_out).await,
-        Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
-        Command::Instance(InstanceCommand::Prune { older_than }) => {
-            instance_prune(&mbx, &older_than, json_out).await
-        }
+        Command::Instance(c) => instance(&mbx, c, json_out).await,
         Command::Property(c) => property(&mbx, c, json_out).await,
         Command::ReceivePort(c) => receive_port(&mbx, c, json_out).await,
         Command::ReceiveLocation(c) => receive_location(&mbx, c, json_out).await,
         Command::SendPort(c) => send_port(&mbx, c, json_out).await,
         Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
-        Command::Group(GroupLevelCommand::Link(c)) => crate::update::link(&mbx, c, json_out).await,
-        Command::Group(GroupLevelCommand::Show) => group_show(&mbx, json_out).await,
-        Command::Group(GroupLevelCommand::Set {
-            throttle_database_size,
-            tracking_retention,
-        }) => {
-            crate::update::group_set(&mbx, throttle_database_size, tracking_retention, json_out)
-                .await
-        }
-        Command::Message(MessageCommand::Publish {
-            promote,
-            property,
-            file,
-            content_type,
-        }) => publish(&mbx, &promote, &property, file, content_type, json_out).await,
-        Command::Message(MessageCommand::List {
-            filter,
-            port,
-            receive_port,
-            state,
-            newer_than,
-            limit,
-        }) => {
-            let query = message_query(filter, port, receive_port, state, newer_than, limit)?;
-            message_list(&mbx, &query, json_out).await
-        }
+        Command::Group(c) => group_level(&mbx, c, json_out).await,
+        Command::Message(c) => message(&mbx, c, json_out).await,
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats { watch: false, .. } => stats(&mbx, json_out).await,
         Command::Stats {
@@ -121,6 +94,49 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Roles(RolesCommand::Create { prefix }) => {
             roles_create(&mbx, &prefix, json_out).await
+        }
+    }
+}
+
+async fn instance(mbx: &MessageBox, c: InstanceCommand, json_out: bool) -> Result<()> {
+    match c {
+        InstanceCommand::List => instances(mbx, json_out).await,
+        InstanceCommand::Prune { older_than } => instance_prune(mbx, &older_than, json_out).await,
+    }
+}
+
+async fn group_level(mbx: &MessageBox, c: GroupLevelCommand, json_out: bool) -> Result<()> {
+    match c {
+        GroupLevelCommand::Link(c) => crate::update::link(mbx, c, json_out).await,
+        GroupLevelCommand::Show => group_show(mbx, json_out).await,
+        GroupLevelCommand::Set {
+            throttle_database_size,
+            tracking_retention,
+        } => {
+            crate::update::group_set(mbx, throttle_database_size, tracking_retention, json_out)
+                .await
+        }
+    }
+}
+
+async fn message(mbx: &MessageBox, c: MessageCommand, json_out: bool) -> Result<()> {
+    match c {
+        MessageCommand::Publish {
+            promote,
+            property,
+            file,
+            content_type,
+        } => publish(mbx, &promote, &property, file, content_type, json_out).await,
+        MessageCommand::List {
+            filter,
+            port,
+            receive_port,
+            state,
+            newer_than,
+            limit,
+        } => {
+            let query = message_query(filter, port, receive_port, state, newer_than, limit)?;
+            message_list(mbx, &query, json_out).await
         }
     }
 }
