@@ -13,7 +13,8 @@
 //!   `mbx-bench` binary, so the production `mbx` links none of the benchmark's peers),
 //!   `mbx-host` not on `mbx-bench`, `mbx-adapters` not on `mbx-messagebox`,
 //!   `mbx-console` neither on `mbx-host` nor on `mbx-adapters` (only the MessageBox API),
-//!   and `mbx-vocabulary` on no mbx crate.
+//!   and `mbx-vocabulary` on no mbx crate;
+//! - no production function is over 100 lines, and the count over 70 only goes down.
 
 use std::path::{Path, PathBuf};
 
@@ -396,4 +397,357 @@ fn the_new_checks_catch_what_they_look_for() {
     assert_eq!(first_literals(code, &["counter", "gauge"]), ["mbx_x_total"]);
     let code = r#"#[arg(long, env = "MBX_LOG_FORMAT")] std::env::var("MBX_LOG") "MBX_lower""#;
     assert_eq!(mbx_variables(code), ["MBX_LOG_FORMAT", "MBX_LOG"]);
+}
+
+// Function length. A newcomer reads a function whole; past a screen or two it stops
+// being read. Measured on the production code: every function in `crates/*/src`
+// outside `#[cfg(test)]` items. `crates/*/tests/` and `crates/*/benches/` are not
+// production (a benchmark's `main` is a script) and are not measured.
+
+/// Lines a function may not exceed.
+const FUNCTION_MAX_LINES: usize = 100;
+
+/// Functions over `FUNCTION_MAX_LINES` still waiting to be split (`path::name`). The list
+/// only shrinks: an entry that is no longer over the limit fails the check until removed.
+const OVER_100_PENDING: &[&str] = &[
+    "crates/adapters/src/allow.rs::parse_prefix",
+    "crates/adapters/src/smtp.rs::parse",
+    "crates/host/src/delivery.rs::own_ordered_port",
+    "crates/host/src/forward.rs::forward_to",
+    "crates/host/src/http_receive.rs::handle",
+    "crates/host/src/receive.rs::run_location",
+    "crates/messagebox/src/bindings.rs::apply_receive",
+    "crates/messagebox/src/bindings.rs::apply_send",
+    "crates/messagebox/src/bindings.rs::apply_shared",
+    "crates/messagebox/src/bindings.rs::export_bindings",
+    "crates/messagebox/src/config.rs::validate",
+    "crates/messagebox/src/delivery.rs::deliveries_fail",
+    "crates/messagebox/src/forward.rs::inbox_publish",
+    "crates/messagebox/src/publish.rs::dedup_sources",
+    "crates/messagebox/src/publish.rs::publish_in",
+    "crates/messagebox/src/search.rs::message_find",
+    "crates/messagebox/src/suspended.rs::suspended_resume",
+    "crates/messagebox/src/update.rs::send_port_update_in",
+];
+
+/// Lines past which a function counts toward the ratchet below.
+const LONG_FUNCTION_LINES: usize = 70;
+
+/// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
+const OVER_70_MAX: usize = 49;
+
+/// A function of the production code and its length.
+#[derive(Debug, PartialEq)]
+struct Function {
+    /// `crates/…/x.rs::name`
+    key: String,
+    /// Line of its `fn`, from 1.
+    line: usize,
+    /// Lines from its `fn` line to its closing brace, both included.
+    lines: usize,
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// `source` with every comment, string and character literal blanked to spaces, one
+/// character for one and newlines kept: what is left is code whose braces can be
+/// counted. Knows nested block comments, escapes, raw strings (`r#"{"#`, `br"…"`) and
+/// tells a char literal (`'{'`, `'\''`) from a lifetime or label (`'a`).
+fn code_only(source: &str) -> Vec<char> {
+    let chars: Vec<char> = source.chars().collect();
+    let blank = |c: char| if c == '\n' { '\n' } else { ' ' };
+    let mut out = Vec::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let at = |k: usize| chars.get(k).copied();
+        let start = i;
+        if c == '/' && at(i + 1) == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && at(i + 1) == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && at(i + 1) == Some('*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && at(i + 1) == Some('/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if let Some(end) = raw_string_end(&chars, i) {
+            i = end;
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == '\'' && at(i + 1) == Some('\\') {
+            i += 3;
+            while i < chars.len() && chars[i] != '\'' {
+                i += 1;
+            }
+            i += 1;
+        } else if c == '\'' && at(i + 2) == Some('\'') {
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let end = i.min(chars.len());
+        out.extend(chars[start..end].iter().map(|&c| blank(c)));
+        i = end;
+    }
+    out
+}
+
+/// Where the raw string literal opening at `i` (`r"`, `r#"`, `br##"`…) ends, if one does
+/// (not a raw identifier `r#name`, not an identifier ending in `r`).
+fn raw_string_end(chars: &[char], i: usize) -> Option<usize> {
+    let before = |k: usize| k.checked_sub(1).and_then(|k| chars.get(k).copied());
+    let opens = chars[i] == 'r'
+        && (!before(i).is_some_and(is_ident)
+            || (before(i) == Some('b') && !before(i - 1).is_some_and(is_ident)));
+    if !opens {
+        return None;
+    }
+    let mut j = i + 1;
+    while chars.get(j) == Some(&'#') {
+        j += 1;
+    }
+    if chars.get(j) != Some(&'"') {
+        return None;
+    }
+    let hashes = j - i - 1;
+    let mut k = j + 1;
+    while k < chars.len() {
+        if chars[k] == '"' && (1..=hashes).all(|h| chars.get(k + h) == Some(&'#')) {
+            return Some(k + 1 + hashes);
+        }
+        k += 1;
+    }
+    Some(chars.len())
+}
+
+/// The index of the brace that closes the one at `open` in `code`.
+fn closing_brace(code: &[char], open: usize) -> usize {
+    let mut depth = 0usize;
+    for (k, &c) in code.iter().enumerate().skip(open) {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return k;
+                }
+            }
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// Where the body of the item starting at `from` opens, or `None` when the item ends
+/// with `;` first (a declaration). Brackets and parentheses may hold a `;` (`[u8; 4]`).
+fn body_opening(code: &[char], from: usize) -> Option<usize> {
+    let mut depth = 0i32;
+    for (k, &c) in code.iter().enumerate().skip(from) {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            '{' if depth == 0 => return Some(k),
+            ';' if depth == 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The functions in `source` outside `#[cfg(test)]` items, as (line, name, lines).
+fn functions_in(source: &str) -> Vec<(usize, String, usize)> {
+    let code = code_only(source);
+    let mut lines = Vec::with_capacity(code.len());
+    let mut line = 1;
+    for &c in &code {
+        lines.push(line);
+        line += usize::from(c == '\n');
+    }
+    let line_of = |k: usize| lines[k];
+    // the spans of `#[cfg(test)]` items, to leave out
+    let mut test_items = Vec::new();
+    let attr: Vec<char> = "#[cfg(test)]".chars().collect();
+    for k in 0..code.len() {
+        if code[k..].starts_with(&attr) {
+            if let Some(open) = body_opening(&code, k + attr.len()) {
+                test_items.push(k..closing_brace(&code, open));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for k in 0..code.len() {
+        let word = code[k..].starts_with(&['f', 'n'])
+            && (k == 0 || !is_ident(code[k - 1]))
+            && !code.get(k + 2).is_some_and(|&c| is_ident(c));
+        if !word || test_items.iter().any(|span| span.contains(&k)) {
+            continue;
+        }
+        let name_at = (k + 2..code.len())
+            .find(|&n| !code[n].is_whitespace())
+            .unwrap_or(code.len());
+        let name: String = code[name_at..]
+            .iter()
+            .take_while(|&&c| is_ident(c))
+            .collect();
+        if name.is_empty() {
+            continue; // a function pointer type, `fn(u8) -> u8`
+        }
+        if let Some(open) = body_opening(&code, name_at) {
+            let close = closing_brace(&code, open);
+            out.push((line_of(k), name, line_of(close) - line_of(k) + 1));
+        }
+    }
+    out
+}
+
+/// Every function of the production code (see above), with its length.
+fn production_functions() -> Vec<Function> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root().join("crates")).expect("crates") {
+        let src = entry.expect("crate").path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(root())
+            .expect("under the root")
+            .to_string_lossy()
+            .into_owned();
+        let source = std::fs::read_to_string(&file).expect("read source");
+        for (line, name, lines) in functions_in(&source) {
+            out.push(Function {
+                key: format!("{rel}::{name}"),
+                line,
+                lines,
+            });
+        }
+    }
+    out.sort_by(|a, b| b.lines.cmp(&a.lines).then(a.key.cmp(&b.key)));
+    out
+}
+
+fn listing(functions: &[&Function]) -> String {
+    functions
+        .iter()
+        .map(|f| {
+            let (path, name) = f.key.rsplit_once("::").expect("path::name");
+            format!("{path}:{} {name} ({} lines)", f.line, f.lines)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn no_function_is_over_100_lines() {
+    let functions = production_functions();
+    assert!(
+        functions.len() > 300,
+        "found the functions: {}",
+        functions.len()
+    );
+    let over: Vec<&Function> = functions
+        .iter()
+        .filter(|f| f.lines > FUNCTION_MAX_LINES)
+        .collect();
+    let offenders: Vec<&Function> = over
+        .iter()
+        .copied()
+        .filter(|f| !OVER_100_PENDING.contains(&f.key.as_str()))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "functions over {FUNCTION_MAX_LINES} lines: split each into named steps a newcomer \
+         can read (parse → validate → apply, one section of a page, one phase of a \
+         measurement):\n{}",
+        listing(&offenders)
+    );
+    let split: Vec<&&str> = OVER_100_PENDING
+        .iter()
+        .filter(|p| !over.iter().any(|f| f.key == **p))
+        .collect();
+    assert!(
+        split.is_empty(),
+        "no longer over {FUNCTION_MAX_LINES} lines: remove from OVER_100_PENDING: {split:?}"
+    );
+}
+
+#[test]
+fn the_count_of_long_functions_only_goes_down() {
+    let functions = production_functions();
+    let long: Vec<&Function> = functions
+        .iter()
+        .filter(|f| f.lines > LONG_FUNCTION_LINES)
+        .collect();
+    let count = long.len();
+    assert!(
+        count <= OVER_70_MAX,
+        "{count} functions are over {LONG_FUNCTION_LINES} lines, more than OVER_70_MAX = \
+         {OVER_70_MAX}: split the new long one rather than raising the constant:\n{}",
+        listing(&long)
+    );
+    assert!(
+        count >= OVER_70_MAX,
+        "only {count} functions are over {LONG_FUNCTION_LINES} lines now: lower \
+         OVER_70_MAX to {count} so that the ratchet keeps the gain"
+    );
+}
+
+#[test]
+fn the_function_scanner_measures_what_it_should() {
+    let source = r##"
+fn short() { let s = "}"; let c = '{'; let q = '\''; }
+pub(crate) async fn nested<'a>(x: &'a [u8; 4]) -> Result<(), E> {
+    if x.is_empty() {
+        let q = r#"SELECT '{' FROM t WHERE a = "}""#;
+        let e = "\"{";
+        // a } in a comment
+        /* and { in /* a nested */ block */
+        let f: fn(u8) -> u8 = id;
+    }
+    'outer: loop { break 'outer; }
+    Ok(())
+}
+trait T {
+    fn declared(&self);
+    fn provided(&self) {
+        let b = br"}";
+    }
+}
+#[cfg(test)]
+mod tests {
+    fn hidden() {}
+}
+fn after_the_tests() {}
+"##;
+    let found = functions_in(source);
+    let expect = [
+        (2, "short".to_owned(), 1),
+        (3, "nested".to_owned(), 11),
+        (16, "provided".to_owned(), 3),
+        (24, "after_the_tests".to_owned(), 1),
+    ];
+    assert_eq!(found, expect);
 }

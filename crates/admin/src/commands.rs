@@ -61,104 +61,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status => status(&mbx, json_out).await,
         Command::Host(c) => host(&mbx, c, json_out).await,
-        Command::Instance(InstanceCommand::List) => instances(&mbx, json_out).await,
-        Command::Instance(InstanceCommand::Prune { older_than }) => {
-            let older_than_s = duration_s("--older-than", &older_than)?;
-            let n = mbx.instance_prune(older_than_s).await?;
-            if json_out {
-                return output::json(&json!({ "pruned": n }));
-            }
-            println!("forgot {n} stopped or dead instance(s)");
-            Ok(())
-        }
+        Command::Instance(c) => instance(&mbx, c, json_out).await,
         Command::Property(c) => property(&mbx, c, json_out).await,
         Command::ReceivePort(c) => receive_port(&mbx, c, json_out).await,
         Command::ReceiveLocation(c) => receive_location(&mbx, c, json_out).await,
         Command::SendPort(c) => send_port(&mbx, c, json_out).await,
         Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
-        Command::Group(GroupLevelCommand::Link(c)) => crate::update::link(&mbx, c, json_out).await,
-        Command::Group(GroupLevelCommand::Show) => group_show(&mbx, json_out).await,
-        Command::Group(GroupLevelCommand::Set {
-            throttle_database_size,
-            tracking_retention,
-        }) => {
-            crate::update::group_set(&mbx, throttle_database_size, tracking_retention, json_out)
-                .await
-        }
-        Command::Message(MessageCommand::Publish {
-            promote,
-            property,
-            file,
-            content_type,
-        }) => publish(&mbx, &promote, &property, file, content_type, json_out).await,
-        Command::Message(MessageCommand::List {
-            filter,
-            port,
-            receive_port,
-            state,
-            newer_than,
-            limit,
-        }) => {
-            if !(1..=10_000).contains(&limit) {
-                return Err(Usage(format!(
-                    "--limit: {limit} is out of range 1..10000 (example: --limit 50)"
-                ))
-                .into());
-            }
-            let query = mbx_messagebox::search::MessageQuery {
-                filter,
-                port,
-                receive_port,
-                state: state
-                    .as_deref()
-                    .map(|s| {
-                        s.parse()
-                            .map_err(|e| Usage(format!("--state: {e} (example: --state retrying)")))
-                    })
-                    .transpose()?,
-                newer_than_s: newer_than
-                    .as_deref()
-                    .map(|t| duration_s("--newer-than", t))
-                    .transpose()?,
-                limit,
-            };
-            let found = mbx
-                .message_find(&query)
-                .await
-                .map_err(|e| filter_arg(e, "--where"))?;
-            if json_out {
-                return output::json(&found);
-            }
-            if found.is_empty() {
-                println!("no message in the MessageBox matches (delivered ones have left it; `mbx track ID` shows their events)");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = found
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.id.to_string(),
-                        m.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        opt(&m.location),
-                        opt(&m.source_file),
-                        m.state.join(", "),
-                        output::cell_summary(&m.promoted, 80),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "MESSAGE",
-                    "PUBLISHED (UTC)",
-                    "FROM",
-                    "FILE",
-                    "STATE",
-                    "PROMOTED",
-                ],
-                &rows,
-            );
-            Ok(())
-        }
+        Command::Group(c) => group_level(&mbx, c, json_out).await,
+        Command::Message(c) => message(&mbx, c, json_out).await,
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats { watch: false, .. } => stats(&mbx, json_out).await,
         Command::Stats {
@@ -183,24 +93,158 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::bindings::apply(&mbx, &file, options, json_out).await
         }
         Command::Roles(RolesCommand::Create { prefix }) => {
-            let names = mbx_messagebox::security::RoleNames::with_prefix(&prefix)?;
-            mbx.roles_apply(&names)
-                .await
-                .context("creating the roles (needs a superuser, or the owner with CREATEROLE)")?;
-            if json_out {
-                return output::json(&names);
-            }
-            println!(
-                "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only), {} (other groups' links: forwards into receive ports, nothing else); PUBLIC revoked",
-                names.migrator, names.host, names.reader, names.forwarder
-            );
-            println!(
-                "next: give each a password or certificate (ALTER ROLE {} PASSWORD '...') and point the hosts at postgres://{}@HOST/DB",
-                names.host, names.host
-            );
-            Ok(())
+            roles_create(&mbx, &prefix, json_out).await
         }
     }
+}
+
+async fn instance(mbx: &MessageBox, c: InstanceCommand, json_out: bool) -> Result<()> {
+    match c {
+        InstanceCommand::List => instances(mbx, json_out).await,
+        InstanceCommand::Prune { older_than } => instance_prune(mbx, &older_than, json_out).await,
+    }
+}
+
+async fn group_level(mbx: &MessageBox, c: GroupLevelCommand, json_out: bool) -> Result<()> {
+    match c {
+        GroupLevelCommand::Link(c) => crate::update::link(mbx, c, json_out).await,
+        GroupLevelCommand::Show => group_show(mbx, json_out).await,
+        GroupLevelCommand::Set {
+            throttle_database_size,
+            tracking_retention,
+        } => {
+            crate::update::group_set(mbx, throttle_database_size, tracking_retention, json_out)
+                .await
+        }
+    }
+}
+
+async fn message(mbx: &MessageBox, c: MessageCommand, json_out: bool) -> Result<()> {
+    match c {
+        MessageCommand::Publish {
+            promote,
+            property,
+            file,
+            content_type,
+        } => publish(mbx, &promote, &property, file, content_type, json_out).await,
+        MessageCommand::List {
+            filter,
+            port,
+            receive_port,
+            state,
+            newer_than,
+            limit,
+        } => {
+            let query = message_query(filter, port, receive_port, state, newer_than, limit)?;
+            message_list(mbx, &query, json_out).await
+        }
+    }
+}
+
+async fn instance_prune(mbx: &MessageBox, older_than: &str, json_out: bool) -> Result<()> {
+    let older_than_s = duration_s("--older-than", older_than)?;
+    let n = mbx.instance_prune(older_than_s).await?;
+    if json_out {
+        return output::json(&json!({ "pruned": n }));
+    }
+    println!("forgot {n} stopped or dead instance(s)");
+    Ok(())
+}
+
+/// `mbx message list`'s arguments, checked, as a query.
+fn message_query(
+    filter: Option<String>,
+    port: Option<String>,
+    receive_port: Option<String>,
+    state: Option<String>,
+    newer_than: Option<String>,
+    limit: i64,
+) -> Result<mbx_messagebox::search::MessageQuery> {
+    if !(1..=10_000).contains(&limit) {
+        return Err(Usage(format!(
+            "--limit: {limit} is out of range 1..10000 (example: --limit 50)"
+        ))
+        .into());
+    }
+    Ok(mbx_messagebox::search::MessageQuery {
+        filter,
+        port,
+        receive_port,
+        state: state
+            .as_deref()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| Usage(format!("--state: {e} (example: --state retrying)")))
+            })
+            .transpose()?,
+        newer_than_s: newer_than
+            .as_deref()
+            .map(|t| duration_s("--newer-than", t))
+            .transpose()?,
+        limit,
+    })
+}
+
+async fn message_list(
+    mbx: &MessageBox,
+    query: &mbx_messagebox::search::MessageQuery,
+    json_out: bool,
+) -> Result<()> {
+    let found = mbx
+        .message_find(query)
+        .await
+        .map_err(|e| filter_arg(e, "--where"))?;
+    if json_out {
+        return output::json(&found);
+    }
+    if found.is_empty() {
+        println!("no message in the MessageBox matches (delivered ones have left it; `mbx track ID` shows their events)");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                opt(&m.location),
+                opt(&m.source_file),
+                m.state.join(", "),
+                output::cell_summary(&m.promoted, 80),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "MESSAGE",
+            "PUBLISHED (UTC)",
+            "FROM",
+            "FILE",
+            "STATE",
+            "PROMOTED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn roles_create(mbx: &MessageBox, prefix: &str, json_out: bool) -> Result<()> {
+    let names = mbx_messagebox::security::RoleNames::with_prefix(prefix)?;
+    mbx.roles_apply(&names)
+        .await
+        .context("creating the roles (needs a superuser, or the owner with CREATEROLE)")?;
+    if json_out {
+        return output::json(&names);
+    }
+    println!(
+        "roles ready: {} (owns the schema; run `mbx init` as it), {} (mbx-host: DML only), {} (read-only), {} (other groups' links: forwards into receive ports, nothing else); PUBLIC revoked",
+        names.migrator, names.host, names.reader, names.forwarder
+    );
+    println!(
+        "next: give each a password or certificate (ALTER ROLE {} PASSWORD '...') and point the hosts at postgres://{}@HOST/DB",
+        names.host, names.host
+    );
+    Ok(())
 }
 
 use mbx_messagebox::redact_url as redact;
@@ -353,48 +397,51 @@ async fn host(mbx: &MessageBox, c: HostCommand, json_out: bool) -> Result<()> {
             )
             .await?
         }
-        HostCommand::List => {
-            let hosts = mbx.host_list().await?;
-            if json_out {
-                return output::json(&hosts);
-            }
-            let rows: Vec<Vec<String>> = hosts
-                .iter()
-                .map(|h| {
-                    vec![
-                        h.name.clone(),
-                        h.instances_alive.to_string(),
-                        h.send_ports.to_string(),
-                        h.receive_locations.to_string(),
-                        h.throttle_publish.to_string(),
-                        h.throttle_inflight.to_string(),
-                        match h.throttle_database_size {
-                            DatabaseSizeOverride::Bytes(n) => human_size(n),
-                            other => other.to_string(),
-                        },
-                        h.tracking.clone(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "HOST",
-                    "ALIVE",
-                    "SEND PORTS",
-                    "LOCATIONS",
-                    "THROTTLE PUBLISH",
-                    "THROTTLE INFLIGHT",
-                    "THROTTLE DB SIZE",
-                    "TRACKING",
-                ],
-                &rows,
-            );
-        }
+        HostCommand::List => host_list(mbx, json_out).await?,
         HostCommand::Delete { name } => {
             mbx.host_delete(&name).await?;
             println!("deleted host '{name}'");
         }
     }
+    Ok(())
+}
+
+async fn host_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let hosts = mbx.host_list().await?;
+    if json_out {
+        return output::json(&hosts);
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                h.instances_alive.to_string(),
+                h.send_ports.to_string(),
+                h.receive_locations.to_string(),
+                h.throttle_publish.to_string(),
+                h.throttle_inflight.to_string(),
+                match h.throttle_database_size {
+                    DatabaseSizeOverride::Bytes(n) => human_size(n),
+                    other => other.to_string(),
+                },
+                h.tracking.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "HOST",
+            "ALIVE",
+            "SEND PORTS",
+            "LOCATIONS",
+            "THROTTLE PUBLISH",
+            "THROTTLE INFLIGHT",
+            "THROTTLE DB SIZE",
+            "TRACKING",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -607,39 +654,7 @@ async fn receive_location(
     json_out: bool,
 ) -> Result<()> {
     match c {
-        ReceiveLocationCommand::Create(a) => {
-            let size = size_arg("--max-message-size", &a.max_message_size)?;
-            let spec = ReceiveLocationSpec {
-                name: a.name.clone(),
-                port: a.port.clone(),
-                host: a.host.clone(),
-                address: a.address.clone(),
-                pipeline: a.pipeline.clone(),
-                promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
-                settings: key_values("--set", &a.set, "mask=*.xml")?,
-                ordered: a.ordered,
-                max_message_size: size,
-                application: a.application.clone(),
-            };
-            crate::validate::receive_location(&spec)?;
-            crate::validate::ordered_source(&spec).await?;
-            if let Some(port) = mbx
-                .receive_port_list()
-                .await?
-                .into_iter()
-                .find(|p| p.name == spec.port)
-            {
-                crate::validate::two_way_settings(&spec, port.two_way)?;
-            }
-            let loc = mbx.receive_location_create(&spec).await?;
-            if json_out {
-                return output::json(&loc);
-            }
-            println!(
-                "created receive location '{}' on port '{}' (disabled; `mbx receive-location enable {}` starts it)",
-                loc.name, loc.port, loc.name
-            );
-        }
+        ReceiveLocationCommand::Create(a) => receive_location_create(mbx, &a, json_out).await?,
         ReceiveLocationCommand::Enable { name } => {
             let changed = mbx.receive_location_set_enabled(&name, true).await?;
             println!(
@@ -669,208 +684,81 @@ async fn receive_location(
         ReceiveLocationCommand::Update(a) => {
             crate::update::receive_location(mbx, *a, json_out).await?
         }
-        ReceiveLocationCommand::List => {
-            let list = mbx.receive_location_list().await?;
-            if json_out {
-                return output::json(&list);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|l| {
-                    vec![
-                        l.name.clone(),
-                        l.port.clone(),
-                        if l.enabled { "enabled" } else { "disabled" }.to_owned(),
-                        l.host.clone(),
-                        l.pipeline.clone(),
-                        l.address.clone(),
-                    ]
-                })
-                .collect();
-            table(
-                &["LOCATION", "PORT", "STATE", "HOST", "PIPELINE", "ADDRESS"],
-                &rows,
-            );
-        }
+        ReceiveLocationCommand::List => receive_location_list(mbx, json_out).await?,
     }
+    Ok(())
+}
+
+async fn receive_location_create(
+    mbx: &MessageBox,
+    a: &ReceiveLocationCreate,
+    json_out: bool,
+) -> Result<()> {
+    let size = size_arg("--max-message-size", &a.max_message_size)?;
+    let spec = ReceiveLocationSpec {
+        name: a.name.clone(),
+        port: a.port.clone(),
+        host: a.host.clone(),
+        address: a.address.clone(),
+        pipeline: a.pipeline.clone(),
+        promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
+        settings: key_values("--set", &a.set, "mask=*.xml")?,
+        ordered: a.ordered,
+        max_message_size: size,
+        application: a.application.clone(),
+    };
+    crate::validate::receive_location(&spec)?;
+    crate::validate::ordered_source(&spec).await?;
+    if let Some(port) = mbx
+        .receive_port_list()
+        .await?
+        .into_iter()
+        .find(|p| p.name == spec.port)
+    {
+        crate::validate::two_way_settings(&spec, port.two_way)?;
+    }
+    let loc = mbx.receive_location_create(&spec).await?;
+    if json_out {
+        return output::json(&loc);
+    }
+    println!(
+        "created receive location '{}' on port '{}' (disabled; `mbx receive-location enable {}` starts it)",
+        loc.name, loc.port, loc.name
+    );
+    Ok(())
+}
+
+async fn receive_location_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let list = mbx.receive_location_list().await?;
+    if json_out {
+        return output::json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                l.port.clone(),
+                if l.enabled { "enabled" } else { "disabled" }.to_owned(),
+                l.host.clone(),
+                l.pipeline.clone(),
+                l.address.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["LOCATION", "PORT", "STATE", "HOST", "PIPELINE", "ADDRESS"],
+        &rows,
+    );
     Ok(())
 }
 
 async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Result<()> {
     match c {
-        SendPortCommand::Create(a) => {
-            let settings = key_values("--set", &a.set, "append=true")?;
-            let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
-                Usage(format!(
-                    "--retry-backoff: {e} (example: --retry-backoff exponential)"
-                ))
-            })?;
-            let spec = SendPortSpec {
-                name: a.name.clone(),
-                host: a.host.clone(),
-                address: a.address.clone(),
-                allow_address: a.allow_address.clone(),
-                filter: a.filter.clone(),
-                ordered: a.ordered || a.ordered_by.is_some(),
-                ordered_by: a.ordered_by.clone(),
-                ordered_buckets: a.ordered_buckets,
-                stop_on_failure: a.stop_on_failure,
-                ordered_commit_batch: a.ordered_commit_batch,
-                retry_count: a.retry_count,
-                retry_interval_s: duration_s("--retry-interval", &a.retry_interval)?,
-                retry_backoff: backoff,
-                retry_max_interval_s: duration_s("--retry-max-interval", &a.retry_max_interval)?,
-                backup_address: a.backup_address.clone(),
-                backup_retry_count: a.backup_retry_count,
-                backup_retry_interval_s: duration_s(
-                    "--backup-retry-interval",
-                    &a.backup_retry_interval,
-                )?,
-                route_failed: a.route_failed,
-                tracking: tracking_arg("--tracking", &a.tracking)?,
-                solicit_response: a.solicit_response,
-                settings,
-                application: a.application.clone(),
-                initial_state: if a.start {
-                    InitialState::Started
-                } else if a.unenlisted {
-                    InitialState::Unenlisted
-                } else {
-                    InitialState::Stopped
-                },
-            };
-            crate::validate::send_port(&spec)?;
-            let port = mbx
-                .send_port_create(&spec)
-                .await
-                .map_err(|e| filter_arg(e, "--filter"))?;
-            if json_out {
-                return output::json(&port);
-            }
-            println!("created send port '{}' ({})", port.name, port.state);
-            match &port.filter {
-                Some(f) => println!("filter: {f}"),
-                None => println!("no filter: the port receives nothing until one is set"),
-            }
-        }
-        SendPortCommand::Show { name } => {
-            let port = mbx.send_port_show(&name).await?;
-            let stats = mbx.stats().await?;
-            let counters = stats.ports.iter().find(|p| p.name == name);
-            let lease = if port.ordered {
-                mbx.port_lease_info(port.id).await?
-            } else {
-                None
-            };
-            let keyed = if port.ordered_by.is_some() {
-                mbx.port_keyed_info(port.id).await?
-            } else {
-                None
-            };
-            if json_out {
-                return output::json(
-                    &json!({"port": port, "counters": counters, "lease": lease, "keys": keyed}),
-                );
-            }
-            let mut rows = vec![
-                ("name", port.name.clone()),
-                ("state", port.state.to_string()),
-                ("host", port.host.clone()),
-                ("address", opt(&port.address)),
-                ("filter", opt(&port.filter)),
-                ("groups", port.groups.join(", ")),
-                ("ordered", port.ordered.to_string()),
-                (
-                    "retry",
-                    format!(
-                        "{} × {}s ({})",
-                        port.retry_count, port.retry_interval_s, port.retry_backoff
-                    ),
-                ),
-                ("backup address", opt(&port.backup_address)),
-                ("tracking", port.tracking.to_string()),
-            ];
-            if port.dynamic {
-                rows.push(("allowed addresses", port.allow_address.join(", ")));
-            }
-            if let Some(l) = &lease {
-                let owner = match (l.holder, l.live) {
-                    (Some(h), true) => h.to_string(),
-                    (Some(h), false) => format!("none (lease of {h} expired)"),
-                    (None, _) => "none".to_owned(),
-                };
-                rows.push(("owner", owner));
-                rows.push(("epoch", l.epoch.to_string()));
-                rows.push(("next sequence", l.next_seq.to_string()));
-                rows.push(("head", l.head.clone()));
-            }
-            if let Some(k) = &keyed {
-                rows.push((
-                    "ordered by",
-                    format!("{} ({} buckets)", k.property, k.buckets),
-                ));
-                for o in &k.owners {
-                    rows.push((
-                        "bucket owner",
-                        format!(
-                            "{} ({}): {} buckets, epoch ≤ {}",
-                            o.instance,
-                            o.host.as_deref().unwrap_or("?"),
-                            o.buckets,
-                            o.max_epoch
-                        ),
-                    ));
-                }
-                rows.push(("unowned buckets", k.unowned.to_string()));
-                rows.push(("held keys", k.held_keys.len().to_string()));
-            }
-            if let Some(c) = counters {
-                rows.push(("backlog", c.backlog.to_string()));
-                rows.push(("retrying", c.retrying.to_string()));
-                rows.push(("in flight", c.in_flight.to_string()));
-                rows.push(("suspended", c.suspended.to_string()));
-            }
-            for (k, v) in rows {
-                println!("{k:<18} {v}");
-            }
-            if let Some(k) = keyed.filter(|k| !k.held_keys.is_empty()) {
-                let rows: Vec<Vec<String>> = k
-                    .held_keys
-                    .iter()
-                    .map(|h| {
-                        vec![
-                            h.key.clone(),
-                            h.held_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            h.waiting.to_string(),
-                            h.error.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                println!();
-                table(&["HELD KEY", "SINCE", "WAITING", "ERROR"], &rows);
-                println!("resume or skip one: mbx send-port resume|skip {name} --key KEY");
-            }
-        }
+        SendPortCommand::Create(a) => send_port_create(mbx, &a, json_out).await?,
+        SendPortCommand::Show { name } => send_port_show(mbx, &name, json_out).await?,
         SendPortCommand::Update(a) => crate::update::send_port(mbx, *a, json_out).await?,
-        SendPortCommand::List => {
-            let ports = mbx.send_port_list().await?;
-            if json_out {
-                return output::json(&ports);
-            }
-            let rows: Vec<Vec<String>> = ports
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.name.clone(),
-                        p.state.to_string(),
-                        p.host.clone(),
-                        p.address.clone().unwrap_or_else(|| "(dynamic)".into()),
-                        opt(&p.filter),
-                    ]
-                })
-                .collect();
-            table(&["SEND PORT", "STATE", "HOST", "ADDRESS", "FILTER"], &rows);
-        }
+        SendPortCommand::List => send_port_list(mbx, json_out).await?,
         SendPortCommand::Enlist { name } => {
             print_change(mbx.send_port_enlist(&name).await?, json_out)?
         }
@@ -906,6 +794,210 @@ async fn send_port(mbx: &MessageBox, c: SendPortCommand, json_out: bool) -> Resu
             println!("deleted send port '{name}'");
         }
     }
+    Ok(())
+}
+
+/// `mbx send-port create`'s arguments, checked, as the port to create.
+fn send_port_spec(a: &SendPortCreate) -> Result<SendPortSpec> {
+    let settings = key_values("--set", &a.set, "append=true")?;
+    let backoff: Backoff = a.retry_backoff.parse().map_err(|e| {
+        Usage(format!(
+            "--retry-backoff: {e} (example: --retry-backoff exponential)"
+        ))
+    })?;
+    Ok(SendPortSpec {
+        name: a.name.clone(),
+        host: a.host.clone(),
+        address: a.address.clone(),
+        allow_address: a.allow_address.clone(),
+        filter: a.filter.clone(),
+        ordered: a.ordered || a.ordered_by.is_some(),
+        ordered_by: a.ordered_by.clone(),
+        ordered_buckets: a.ordered_buckets,
+        stop_on_failure: a.stop_on_failure,
+        ordered_commit_batch: a.ordered_commit_batch,
+        retry_count: a.retry_count,
+        retry_interval_s: duration_s("--retry-interval", &a.retry_interval)?,
+        retry_backoff: backoff,
+        retry_max_interval_s: duration_s("--retry-max-interval", &a.retry_max_interval)?,
+        backup_address: a.backup_address.clone(),
+        backup_retry_count: a.backup_retry_count,
+        backup_retry_interval_s: duration_s("--backup-retry-interval", &a.backup_retry_interval)?,
+        route_failed: a.route_failed,
+        tracking: tracking_arg("--tracking", &a.tracking)?,
+        solicit_response: a.solicit_response,
+        settings,
+        application: a.application.clone(),
+        initial_state: if a.start {
+            InitialState::Started
+        } else if a.unenlisted {
+            InitialState::Unenlisted
+        } else {
+            InitialState::Stopped
+        },
+    })
+}
+
+async fn send_port_create(mbx: &MessageBox, a: &SendPortCreate, json_out: bool) -> Result<()> {
+    let spec = send_port_spec(a)?;
+    crate::validate::send_port(&spec)?;
+    let port = mbx
+        .send_port_create(&spec)
+        .await
+        .map_err(|e| filter_arg(e, "--filter"))?;
+    if json_out {
+        return output::json(&port);
+    }
+    println!("created send port '{}' ({})", port.name, port.state);
+    match &port.filter {
+        Some(f) => println!("filter: {f}"),
+        None => println!("no filter: the port receives nothing until one is set"),
+    }
+    Ok(())
+}
+
+async fn send_port_show(mbx: &MessageBox, name: &str, json_out: bool) -> Result<()> {
+    let port = mbx.send_port_show(name).await?;
+    let stats = mbx.stats().await?;
+    let counters = stats.ports.iter().find(|p| p.name == name);
+    let lease = if port.ordered {
+        mbx.port_lease_info(port.id).await?
+    } else {
+        None
+    };
+    let keyed = if port.ordered_by.is_some() {
+        mbx.port_keyed_info(port.id).await?
+    } else {
+        None
+    };
+    if json_out {
+        return output::json(
+            &json!({"port": port, "counters": counters, "lease": lease, "keys": keyed}),
+        );
+    }
+    let mut rows = send_port_settings(&port);
+    if let Some(l) = &lease {
+        rows.extend(lease_rows(l));
+    }
+    if let Some(k) = &keyed {
+        rows.extend(keyed_rows(k));
+    }
+    if let Some(c) = counters {
+        rows.push(("backlog", c.backlog.to_string()));
+        rows.push(("retrying", c.retrying.to_string()));
+        rows.push(("in flight", c.in_flight.to_string()));
+        rows.push(("suspended", c.suspended.to_string()));
+    }
+    for (k, v) in rows {
+        println!("{k:<18} {v}");
+    }
+    if let Some(k) = keyed.filter(|k| !k.held_keys.is_empty()) {
+        print_held_keys(name, &k);
+    }
+    Ok(())
+}
+
+/// `send-port show`'s rows for the port's own settings.
+fn send_port_settings(port: &mbx_messagebox::config::SendPort) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("name", port.name.clone()),
+        ("state", port.state.to_string()),
+        ("host", port.host.clone()),
+        ("address", opt(&port.address)),
+        ("filter", opt(&port.filter)),
+        ("groups", port.groups.join(", ")),
+        ("ordered", port.ordered.to_string()),
+        (
+            "retry",
+            format!(
+                "{} × {}s ({})",
+                port.retry_count, port.retry_interval_s, port.retry_backoff
+            ),
+        ),
+        ("backup address", opt(&port.backup_address)),
+        ("tracking", port.tracking.to_string()),
+    ];
+    if port.dynamic {
+        rows.push(("allowed addresses", port.allow_address.join(", ")));
+    }
+    rows
+}
+
+/// `send-port show`'s rows for an ordered port's lease.
+fn lease_rows(l: &mbx_messagebox::ordered::LeaseInfo) -> Vec<(&'static str, String)> {
+    let owner = match (l.holder, l.live) {
+        (Some(h), true) => h.to_string(),
+        (Some(h), false) => format!("none (lease of {h} expired)"),
+        (None, _) => "none".to_owned(),
+    };
+    vec![
+        ("owner", owner),
+        ("epoch", l.epoch.to_string()),
+        ("next sequence", l.next_seq.to_string()),
+        ("head", l.head.clone()),
+    ]
+}
+
+/// `send-port show`'s rows for a port ordered by a property: its buckets and their owners.
+fn keyed_rows(k: &mbx_messagebox::ordered::KeyedInfo) -> Vec<(&'static str, String)> {
+    let mut rows = vec![(
+        "ordered by",
+        format!("{} ({} buckets)", k.property, k.buckets),
+    )];
+    for o in &k.owners {
+        rows.push((
+            "bucket owner",
+            format!(
+                "{} ({}): {} buckets, epoch ≤ {}",
+                o.instance,
+                o.host.as_deref().unwrap_or("?"),
+                o.buckets,
+                o.max_epoch
+            ),
+        ));
+    }
+    rows.push(("unowned buckets", k.unowned.to_string()));
+    rows.push(("held keys", k.held_keys.len().to_string()));
+    rows
+}
+
+/// The keys a port ordered by a property holds after a failure, as a table.
+fn print_held_keys(name: &str, k: &mbx_messagebox::ordered::KeyedInfo) {
+    let rows: Vec<Vec<String>> = k
+        .held_keys
+        .iter()
+        .map(|h| {
+            vec![
+                h.key.clone(),
+                h.held_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                h.waiting.to_string(),
+                h.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!();
+    table(&["HELD KEY", "SINCE", "WAITING", "ERROR"], &rows);
+    println!("resume or skip one: mbx send-port resume|skip {name} --key KEY");
+}
+
+async fn send_port_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
+    let ports = mbx.send_port_list().await?;
+    if json_out {
+        return output::json(&ports);
+    }
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.state.to_string(),
+                p.host.clone(),
+                p.address.clone().unwrap_or_else(|| "(dynamic)".into()),
+                opt(&p.filter),
+            ]
+        })
+        .collect();
+    table(&["SEND PORT", "STATE", "HOST", "ADDRESS", "FILTER"], &rows);
     Ok(())
 }
 
@@ -1058,7 +1150,37 @@ async fn publish(
     json_out: bool,
 ) -> Result<()> {
     let mut context = build_context(mbx, promote, property).await?;
-    let body = match &file {
+    let body = read_body(file.as_deref())?;
+    let content_type = content_type.unwrap_or_else(|| content_type_for(file.as_deref()).to_owned());
+    context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
+    context.write(system::INBOUND_TRANSPORT_TYPE, Value::String("cli".into()))?;
+    if let Some(name) = file
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+    {
+        context.write(system::SOURCE_FILE_NAME, Value::String(name.to_owned()))?;
+    }
+    let outcome = mbx
+        .publish(
+            &Publisher::default(),
+            vec![NewMessage::new(body, &content_type, context)],
+        )
+        .await?;
+    let outcome = outcome
+        .into_iter()
+        .next()
+        .context("publish returned no outcome")?;
+    if json_out {
+        return output::json(&outcome);
+    }
+    print_published(outcome);
+    Ok(())
+}
+
+/// The body to publish: the `--file` or stdin, up to the message limit.
+fn read_body(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    let body = match file {
         Some(path) => {
             let meta = std::fs::metadata(path)
                 .map_err(|e| Usage(format!("--file: cannot read '{}': {e}", path.display())))?;
@@ -1088,29 +1210,10 @@ async fn publish(
             buf
         }
     };
-    let content_type = content_type.unwrap_or_else(|| content_type_for(file.as_deref()).to_owned());
-    context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
-    context.write(system::INBOUND_TRANSPORT_TYPE, Value::String("cli".into()))?;
-    if let Some(name) = file
-        .as_ref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-    {
-        context.write(system::SOURCE_FILE_NAME, Value::String(name.to_owned()))?;
-    }
-    let outcome = mbx
-        .publish(
-            &Publisher::default(),
-            vec![NewMessage::new(body, &content_type, context)],
-        )
-        .await?;
-    let outcome = outcome
-        .into_iter()
-        .next()
-        .context("publish returned no outcome")?;
-    if json_out {
-        return output::json(&outcome);
-    }
+    Ok(body)
+}
+
+fn print_published(outcome: Published) {
     match outcome {
         Published::Routed { message_id, deliveries } => {
             println!("published message {message_id}: routed to {deliveries} subscriber(s)")
@@ -1129,7 +1232,6 @@ async fn publish(
         // only an error report is dropped so; `message publish` never makes one
         Published::Unsubscribed => println!("not published: no subscriber took it"),
     }
-    Ok(())
 }
 
 fn parse_id(text: &str) -> Result<i64> {
@@ -1181,78 +1283,8 @@ fn require_scope(id: Option<&str>, f: &SuspendedFilter, verb: &str) -> Result<()
 
 async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Result<()> {
     match c {
-        SuspendedCommand::List { filter } => {
-            let items = mbx.suspended_list(&selector(None, &filter)?).await?;
-            if json_out {
-                return output::json(&items);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.id.to_string(),
-                        i.kind.to_string(),
-                        opt(&i.port),
-                        i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        i.message_id.to_string(),
-                        output::cell_summary(&i.reason, REASON_CELL_MAX_CHARS),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "ID",
-                    "KIND",
-                    "PORT",
-                    "SUSPENDED AT (UTC)",
-                    "MESSAGE",
-                    "REASON",
-                ],
-                &rows,
-            );
-        }
-        SuspendedCommand::Show { id } => {
-            let d = mbx.suspended_show(parse_id(&id)?).await?;
-            if json_out {
-                return output::json(&d);
-            }
-            println!("id             {}", d.item.id);
-            println!(
-                "kind           {} ({})",
-                d.item.kind,
-                if d.item.resumable {
-                    "resumable"
-                } else {
-                    "not resumable"
-                }
-            );
-            println!("port           {}", opt(&d.item.port));
-            println!("message        {}", d.item.message_id);
-            println!("published at   {}", d.published_at);
-            println!("suspended at   {}", d.item.suspended_at);
-            println!("reason         {}", d.item.reason);
-            println!("content type   {}", d.content_type);
-            println!("body size      {} bytes", d.body_size);
-            println!("context:");
-            for (name, p) in d.context.iter() {
-                let mark = if p.promoted { "promoted" } else { "written" };
-                println!(
-                    "  {name} = {} ({}, {mark})",
-                    p.value.to_plain_string(),
-                    p.value.property_type()
-                );
-            }
-            println!("attempts: {}", d.attempts.len());
-            for a in &d.attempts {
-                println!(
-                    "  #{} {} {} {}",
-                    a.attempt,
-                    a.at.format("%Y-%m-%d %H:%M:%S"),
-                    a.transport,
-                    a.error
-                );
-            }
-        }
+        SuspendedCommand::List { filter } => suspended_list(mbx, &filter, json_out).await?,
+        SuspendedCommand::Show { id } => suspended_show(mbx, &id, json_out).await?,
         SuspendedCommand::Save { id, to } => {
             let body = mbx.suspended_body(parse_id(&id)?).await?;
             match to {
@@ -1268,34 +1300,7 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
             }
         }
         SuspendedCommand::Resume { id, filter } => {
-            require_scope(id.as_deref(), &filter, "resume")?;
-            let sel = selector(id.as_deref(), &filter)?;
-            let report = mbx.suspended_resume(&sel).await?;
-            let settled = already_settled(
-                mbx,
-                sel.id,
-                report.resumed + report.not_resumable + report.still_unrouted,
-            )
-            .await?;
-            if settled_said(json_out, serde_json::to_value(&report)?, sel.id, settled)? {
-                return Ok(());
-            }
-            println!(
-                "resumed {} item(s) as {} deliveries",
-                report.resumed, report.deliveries
-            );
-            if report.still_unrouted > 0 {
-                println!(
-                    "{} routing failure(s) still match no subscriber and stay suspended",
-                    report.still_unrouted
-                );
-            }
-            if report.not_resumable > 0 {
-                println!(
-                    "{} item(s) are not resumable (receive-failure or failed-final); terminate them instead",
-                    report.not_resumable
-                );
-            }
+            suspended_resume(mbx, id.as_deref(), &filter, json_out).await?
         }
         SuspendedCommand::Terminate { id, filter } => {
             require_scope(id.as_deref(), &filter, "terminate")?;
@@ -1307,6 +1312,119 @@ async fn suspended(mbx: &MessageBox, c: SuspendedCommand, json_out: bool) -> Res
             }
             println!("terminated {n} item(s)");
         }
+    }
+    Ok(())
+}
+
+async fn suspended_list(mbx: &MessageBox, filter: &SuspendedFilter, json_out: bool) -> Result<()> {
+    let items = mbx.suspended_list(&selector(None, filter)?).await?;
+    if json_out {
+        return output::json(&items);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.kind.to_string(),
+                opt(&i.port),
+                i.suspended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                i.message_id.to_string(),
+                output::cell_summary(&i.reason, REASON_CELL_MAX_CHARS),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "KIND",
+            "PORT",
+            "SUSPENDED AT (UTC)",
+            "MESSAGE",
+            "REASON",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn suspended_show(mbx: &MessageBox, id: &str, json_out: bool) -> Result<()> {
+    let d = mbx.suspended_show(parse_id(id)?).await?;
+    if json_out {
+        return output::json(&d);
+    }
+    println!("id             {}", d.item.id);
+    println!(
+        "kind           {} ({})",
+        d.item.kind,
+        if d.item.resumable {
+            "resumable"
+        } else {
+            "not resumable"
+        }
+    );
+    println!("port           {}", opt(&d.item.port));
+    println!("message        {}", d.item.message_id);
+    println!("published at   {}", d.published_at);
+    println!("suspended at   {}", d.item.suspended_at);
+    println!("reason         {}", d.item.reason);
+    println!("content type   {}", d.content_type);
+    println!("body size      {} bytes", d.body_size);
+    println!("context:");
+    for (name, p) in d.context.iter() {
+        let mark = if p.promoted { "promoted" } else { "written" };
+        println!(
+            "  {name} = {} ({}, {mark})",
+            p.value.to_plain_string(),
+            p.value.property_type()
+        );
+    }
+    println!("attempts: {}", d.attempts.len());
+    for a in &d.attempts {
+        println!(
+            "  #{} {} {} {}",
+            a.attempt,
+            a.at.format("%Y-%m-%d %H:%M:%S"),
+            a.transport,
+            a.error
+        );
+    }
+    Ok(())
+}
+
+async fn suspended_resume(
+    mbx: &MessageBox,
+    id: Option<&str>,
+    filter: &SuspendedFilter,
+    json_out: bool,
+) -> Result<()> {
+    require_scope(id, filter, "resume")?;
+    let sel = selector(id, filter)?;
+    let report = mbx.suspended_resume(&sel).await?;
+    let settled = already_settled(
+        mbx,
+        sel.id,
+        report.resumed + report.not_resumable + report.still_unrouted,
+    )
+    .await?;
+    if settled_said(json_out, serde_json::to_value(&report)?, sel.id, settled)? {
+        return Ok(());
+    }
+    println!(
+        "resumed {} item(s) as {} deliveries",
+        report.resumed, report.deliveries
+    );
+    if report.still_unrouted > 0 {
+        println!(
+            "{} routing failure(s) still match no subscriber and stay suspended",
+            report.still_unrouted
+        );
+    }
+    if report.not_resumable > 0 {
+        println!(
+            "{} item(s) are not resumable (receive-failure or failed-final); terminate them instead",
+            report.not_resumable
+        );
     }
     Ok(())
 }
@@ -1466,17 +1584,7 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     let hosts = mbx.host_list().await?;
     let instances = mbx.instance_list().await?;
     let stats = mbx.stats().await?;
-    let mut ordered = BTreeMap::new();
-    for p in mbx
-        .send_port_list()
-        .await?
-        .into_iter()
-        .filter(|p| p.ordered)
-    {
-        if let Some(lease) = mbx.port_lease_info(p.id).await? {
-            ordered.insert(p.name, lease);
-        }
-    }
+    let ordered = ordered_leases(mbx).await?;
     let locations = mbx.receive_location_list().await?;
     let runs = mbx.location_runs().await?;
     if json_out {
@@ -1489,8 +1597,37 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
             "ordered_ports": ordered,
         }));
     }
+    print_hosts(&hosts, &instances);
+    print_locations(&locations, &runs);
+    print_port_stats(&stats, &ordered);
+    Ok(())
+}
+
+/// The lease of each ordered send port, by port name.
+async fn ordered_leases(
+    mbx: &MessageBox,
+) -> Result<BTreeMap<String, mbx_messagebox::ordered::LeaseInfo>> {
+    let mut ordered = BTreeMap::new();
+    for p in mbx
+        .send_port_list()
+        .await?
+        .into_iter()
+        .filter(|p| p.ordered)
+    {
+        if let Some(lease) = mbx.port_lease_info(p.id).await? {
+            ordered.insert(p.name, lease);
+        }
+    }
+    Ok(ordered)
+}
+
+/// `status`'s hosts (alive and dead instances) and instances.
+fn print_hosts(
+    hosts: &[mbx_messagebox::config::Host],
+    instances: &[mbx_messagebox::instances::Instance],
+) {
     println!("hosts:");
-    for h in &hosts {
+    for h in hosts {
         let dead = instances
             .iter()
             .filter(|i| i.host == h.name && i.state == InstanceState::Dead)
@@ -1501,7 +1638,7 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
     if instances.is_empty() {
         println!("  none running (start one with `mbx-host --host default`)");
     }
-    for i in &instances {
+    for i in instances {
         println!(
             "  {} {:<10} {:<7} heartbeat {:.1}s ago on {} (pid {}){}",
             i.id,
@@ -1516,11 +1653,18 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+}
+
+/// `status`'s receive locations, and where one does not run and why.
+fn print_locations(
+    locations: &[mbx_messagebox::receive::ReceiveLocation],
+    runs: &[mbx_messagebox::receive::LocationRun],
+) {
     println!("receive locations:");
     if locations.is_empty() {
         println!("  none (create one with `mbx receive-location create`)");
     }
-    for l in &locations {
+    for l in locations {
         let mine: Vec<_> = runs.iter().filter(|r| r.location == l.name).collect();
         let state = if !l.enabled {
             "disabled".to_owned()
@@ -1538,6 +1682,13 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
             );
         }
     }
+}
+
+/// `status`'s send ports (counters, an ordered port's lease) and totals.
+fn print_port_stats(
+    stats: &mbx_messagebox::stats::Stats,
+    ordered: &BTreeMap<String, mbx_messagebox::ordered::LeaseInfo>,
+) {
     println!("send ports:");
     for p in &stats.ports {
         println!(
@@ -1559,7 +1710,6 @@ async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {
         "spool: {} message(s); suspended: {} item(s)",
         stats.spool_messages, stats.suspended_total
     );
-    Ok(())
 }
 
 async fn track(mbx: &MessageBox, message_id: &str, json_out: bool) -> Result<()> {

@@ -2,8 +2,10 @@
 //! apply them to the object read under its lock, check the result as `create` would (the
 //! adapters' registry included), print what changed.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
-use mbx_messagebox::config::Backoff;
+use mbx_messagebox::config::{Backoff, SendPortSpec};
 use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::throttle::DatabaseSizeOverride;
 use mbx_messagebox::update::Update;
@@ -42,30 +44,55 @@ fn nothing_given(command: &str, example: &str) -> anyhow::Error {
     .into()
 }
 
-pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> Result<()> {
-    let set = key_values("--set", &a.more.set, "append=true")?;
-    let backoff: Option<Backoff> = a
-        .retry_backoff
-        .as_deref()
-        .map(|b| {
-            b.parse().map_err(|e| {
-                Usage(format!(
-                    "--retry-backoff: {e} (example: --retry-backoff exponential)"
-                ))
+/// The flags of `send-port update` that are parsed rather than taken as given.
+struct SendPortFlags {
+    set: BTreeMap<String, String>,
+    backoff: Option<Backoff>,
+    retry_interval: Option<i64>,
+    retry_max_interval: Option<i64>,
+    backup_retry_interval: Option<i64>,
+    /// `Some(None)`: `--tracking host`, the port follows its host's level again.
+    tracking: Option<Option<TrackingLevel>>,
+}
+
+impl SendPortFlags {
+    fn parse(a: &SendPortUpdate) -> Result<Self> {
+        let set = key_values("--set", &a.more.set, "append=true")?;
+        let backoff: Option<Backoff> = a
+            .retry_backoff
+            .as_deref()
+            .map(|b| {
+                b.parse().map_err(|e| {
+                    Usage(format!(
+                        "--retry-backoff: {e} (example: --retry-backoff exponential)"
+                    ))
+                })
             })
+            .transpose()?;
+        let dur =
+            |arg: &str, v: &Option<String>| v.as_deref().map(|t| duration_s(arg, t)).transpose();
+        let retry_interval = dur("--retry-interval", &a.retry_interval)?;
+        let retry_max_interval = dur("--retry-max-interval", &a.retry_max_interval)?;
+        let backup_retry_interval = dur("--backup-retry-interval", &a.backup_retry_interval)?;
+        let tracking = match a.tracking.as_deref() {
+            None => None,
+            Some("host") => Some(None),
+            Some(_) => Some(tracking_arg("--tracking", &a.tracking)?),
+        };
+        Ok(SendPortFlags {
+            set,
+            backoff,
+            retry_interval,
+            retry_max_interval,
+            backup_retry_interval,
+            tracking,
         })
-        .transpose()?;
-    let dur = |arg: &str, v: &Option<String>| v.as_deref().map(|t| duration_s(arg, t)).transpose();
-    let retry_interval = dur("--retry-interval", &a.retry_interval)?;
-    let retry_max_interval = dur("--retry-max-interval", &a.retry_max_interval)?;
-    let backup_retry_interval = dur("--backup-retry-interval", &a.backup_retry_interval)?;
-    // `--tracking host`: the port follows its host's level again
-    let tracking: Option<Option<TrackingLevel>> = match a.tracking.as_deref() {
-        None => None,
-        Some("host") => Some(None),
-        Some(_) => Some(tracking_arg("--tracking", &a.tracking)?),
-    };
-    let given = a.host.is_some()
+    }
+}
+
+/// Whether `send-port update` was given anything to change.
+fn send_port_change_given(a: &SendPortUpdate, f: &SendPortFlags) -> bool {
+    a.host.is_some()
         || a.address.is_some()
         || a.dynamic
         || !a.allow_address.is_empty()
@@ -75,98 +102,148 @@ pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> R
         || a.stop_on_failure.is_some()
         || a.ordered_commit_batch.is_some()
         || a.retry_count.is_some()
-        || retry_interval.is_some()
-        || backoff.is_some()
-        || retry_max_interval.is_some()
+        || f.retry_interval.is_some()
+        || f.backoff.is_some()
+        || f.retry_max_interval.is_some()
         || a.backup_address.is_some()
         || a.no_backup_address
         || a.backup_retry_count.is_some()
-        || backup_retry_interval.is_some()
+        || f.backup_retry_interval.is_some()
         || a.route_failed.is_some()
-        || tracking.is_some()
+        || f.tracking.is_some()
         || a.solicit_response.is_some()
-        || !set.is_empty()
+        || !f.set.is_empty()
         || !a.more.unset.is_empty()
-        || a.more.application.is_some();
-    if !given {
+        || a.more.application.is_some()
+}
+
+/// `send-port update`'s flags applied to the port as read under the MessageBox's lock.
+fn change_send_port(spec: &mut SendPortSpec, a: SendPortUpdate, f: SendPortFlags) {
+    if let Some(h) = a.host {
+        spec.host = h;
+    }
+    if let Some(address) = a.address {
+        spec.address = Some(address);
+        spec.allow_address.clear();
+    }
+    if a.dynamic {
+        spec.address = None;
+    }
+    if !a.allow_address.is_empty() {
+        spec.allow_address = a.allow_address;
+    }
+    if a.no_filter {
+        spec.filter = None;
+    } else if let Some(filter) = a.filter {
+        spec.filter = Some(filter);
+    }
+    if let Some(v) = a.ordered {
+        spec.ordered = v;
+    }
+    if let Some(v) = a.stop_on_failure {
+        spec.stop_on_failure = v;
+    }
+    if let Some(v) = a.ordered_commit_batch {
+        spec.ordered_commit_batch = v;
+    }
+    if let Some(v) = a.retry_count {
+        spec.retry_count = v;
+    }
+    if let Some(v) = f.retry_interval {
+        spec.retry_interval_s = v;
+    }
+    if let Some(v) = f.backoff {
+        spec.retry_backoff = v;
+    }
+    if let Some(v) = f.retry_max_interval {
+        spec.retry_max_interval_s = v;
+    }
+    if a.no_backup_address {
+        spec.backup_address = None;
+    } else if let Some(b) = a.backup_address {
+        spec.backup_address = Some(b);
+    }
+    if let Some(v) = a.backup_retry_count {
+        spec.backup_retry_count = v;
+    }
+    if let Some(v) = f.backup_retry_interval {
+        spec.backup_retry_interval_s = v;
+    }
+    if let Some(v) = a.route_failed {
+        spec.route_failed = v;
+    }
+    if let Some(v) = f.tracking {
+        spec.tracking = v;
+    }
+    if let Some(v) = a.solicit_response {
+        spec.solicit_response = v;
+    }
+    for key in &a.more.unset {
+        spec.settings.remove(key);
+    }
+    spec.settings.extend(f.set);
+    if let Some(app) = a.more.application {
+        spec.application = app;
+    }
+}
+
+pub async fn send_port(mbx: &MessageBox, a: SendPortUpdate, json_out: bool) -> Result<()> {
+    let flags = SendPortFlags::parse(&a)?;
+    if !send_port_change_given(&a, &flags) {
         return Err(nothing_given(
             "send-port update",
             "mbx send-port update eu --address file:///data/eu2/%MessageID%.xml",
         ));
     }
+    let name = a.name.clone();
     let update = mbx
-        .send_port_update(&a.name, move |spec| {
-            if let Some(h) = a.host {
-                spec.host = h;
-            }
-            if let Some(address) = a.address {
-                spec.address = Some(address);
-                spec.allow_address.clear();
-            }
-            if a.dynamic {
-                spec.address = None;
-            }
-            if !a.allow_address.is_empty() {
-                spec.allow_address = a.allow_address;
-            }
-            if a.no_filter {
-                spec.filter = None;
-            } else if let Some(f) = a.filter {
-                spec.filter = Some(f);
-            }
-            if let Some(v) = a.ordered {
-                spec.ordered = v;
-            }
-            if let Some(v) = a.stop_on_failure {
-                spec.stop_on_failure = v;
-            }
-            if let Some(v) = a.ordered_commit_batch {
-                spec.ordered_commit_batch = v;
-            }
-            if let Some(v) = a.retry_count {
-                spec.retry_count = v;
-            }
-            if let Some(v) = retry_interval {
-                spec.retry_interval_s = v;
-            }
-            if let Some(v) = backoff {
-                spec.retry_backoff = v;
-            }
-            if let Some(v) = retry_max_interval {
-                spec.retry_max_interval_s = v;
-            }
-            if a.no_backup_address {
-                spec.backup_address = None;
-            } else if let Some(b) = a.backup_address {
-                spec.backup_address = Some(b);
-            }
-            if let Some(v) = a.backup_retry_count {
-                spec.backup_retry_count = v;
-            }
-            if let Some(v) = backup_retry_interval {
-                spec.backup_retry_interval_s = v;
-            }
-            if let Some(v) = a.route_failed {
-                spec.route_failed = v;
-            }
-            if let Some(v) = tracking {
-                spec.tracking = v;
-            }
-            if let Some(v) = a.solicit_response {
-                spec.solicit_response = v;
-            }
-            for key in &a.more.unset {
-                spec.settings.remove(key);
-            }
-            spec.settings.extend(set);
-            if let Some(app) = a.more.application {
-                spec.application = app;
-            }
+        .send_port_update(&name, move |spec| {
+            change_send_port(spec, a, flags);
             crate::validate::send_port(spec).map_err(invalid)
         })
         .await
         .map_err(|e| filter_arg(e, "--filter"))?;
     print_update(&update, json_out)
+}
+
+/// `receive-location update`'s flags applied to the location.
+fn change_location(
+    spec: &mut ReceiveLocationSpec,
+    a: &ReceiveLocationUpdate,
+    promote: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    max: Option<u64>,
+) {
+    if let Some(p) = &a.port {
+        spec.port = p.clone();
+    }
+    if let Some(h) = &a.host {
+        spec.host = h.clone();
+    }
+    if let Some(address) = &a.address {
+        spec.address = address.clone();
+    }
+    if let Some(p) = &a.pipeline {
+        spec.pipeline = p.clone();
+    }
+    if a.no_promote {
+        spec.promote.clear();
+    } else if !promote.is_empty() {
+        spec.promote = promote.clone();
+    }
+    if let Some(v) = a.ordered {
+        spec.ordered = v;
+    }
+    if let Some(v) = max {
+        spec.max_message_size = v;
+    }
+    for key in &a.more.unset {
+        spec.settings.remove(key);
+    }
+    spec.settings.extend(set.clone());
+    if let Some(app) = &a.more.application {
+        spec.application = app.clone();
+    }
 }
 
 pub async fn receive_location(
@@ -198,38 +275,7 @@ pub async fn receive_location(
             "mbx receive-location update orders-in --address 'file:///data/in2/*.xml'",
         ));
     }
-    let change = |spec: &mut ReceiveLocationSpec| {
-        if let Some(p) = &a.port {
-            spec.port = p.clone();
-        }
-        if let Some(h) = &a.host {
-            spec.host = h.clone();
-        }
-        if let Some(address) = &a.address {
-            spec.address = address.clone();
-        }
-        if let Some(p) = &a.pipeline {
-            spec.pipeline = p.clone();
-        }
-        if a.no_promote {
-            spec.promote.clear();
-        } else if !promote.is_empty() {
-            spec.promote = promote.clone();
-        }
-        if let Some(v) = a.ordered {
-            spec.ordered = v;
-        }
-        if let Some(v) = max {
-            spec.max_message_size = v;
-        }
-        for key in &a.more.unset {
-            spec.settings.remove(key);
-        }
-        spec.settings.extend(set.clone());
-        if let Some(app) = &a.more.application {
-            spec.application = app.clone();
-        }
-    };
+    let change = |spec: &mut ReceiveLocationSpec| change_location(spec, &a, &promote, &set, max);
     // an --ordered AMQP location's queue, asked of the broker before anything changes
     if let Some(current) = mbx
         .export_bindings(None)

@@ -20,7 +20,7 @@ use mbx_messagebox::{Context, MessageBox, TrackingLevel, Value};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use crate::measure::{thousands, Interval, Pacer, Progress, Window};
+use crate::measure::{thousands, Interval, Pacer, Progress, Throughput, Window};
 use crate::{database, BenchError, Measured, RunSpec};
 
 /// The benchmark's workloads: (a) unordered, (b) one ordered port, (c) fan-out, (d) many
@@ -217,21 +217,12 @@ async fn run_in(
         None => None,
     };
     setup(&mbx, run.workload, run.tracking, true, spec).await?;
-    let forwarding = Hosts::start(&run.host_bin, url, run.instances, spec.batch).await?;
-    // where deliveries are counted: group B's host for the forward workload
-    let (hosts, forwarding) = match far_url {
-        Some(far) => (
-            Hosts::start(&run.host_bin, far, 1, spec.batch).await?,
-            Some(forwarding),
-        ),
-        None => (forwarding, None),
-    };
+    let (hosts, forwarding) = start_hosts(spec, run, url, far_url).await?;
     if run.workload.ordered() {
         leases_spread(&mbx, run.workload.leases(spec), run.instances, progress).await?;
     }
     let window = Window::new(spec.window);
-    let total = spec.warmup + spec.duration;
-    let deadline = Instant::now() + total;
+    let deadline = Instant::now() + spec.warmup + spec.duration;
 
     let mut producers = Vec::new();
     for p in 0..spec.producers {
@@ -244,6 +235,54 @@ async fn run_in(
         }));
     }
 
+    let throughput = count_deliveries(spec, run, progress, &hosts, &window, deadline).await;
+    for p in producers {
+        p.await
+            .map_err(|e| BenchError::Setup(format!("publisher task: {e}")))??;
+    }
+    let latency = hosts.latency().await;
+    let peak_rss_mb = hosts.peak_rss_mb();
+    hosts.stop().await;
+    if let Some(forwarding) = forwarding {
+        forwarding.stop().await;
+    }
+    Ok(Measured {
+        throughput: Some(throughput),
+        latency,
+        peak_rss_mb,
+        notes: run_notes(spec, run),
+    })
+}
+
+/// The hosts whose deliveries are counted and, for the forward workload, group A's
+/// forwarding hosts beside them (the counted ones are then group B's).
+async fn start_hosts(
+    spec: &RunSpec,
+    run: &MbxRun,
+    url: &str,
+    far_url: Option<&str>,
+) -> Result<(Hosts, Option<Hosts>), BenchError> {
+    let forwarding = Hosts::start(&run.host_bin, url, run.instances, spec.batch).await?;
+    Ok(match far_url {
+        Some(far) => (
+            Hosts::start(&run.host_bin, far, 1, spec.batch).await?,
+            Some(forwarding),
+        ),
+        None => (forwarding, None),
+    })
+}
+
+/// Follows the hosts' delivered count until `deadline` (showing the rate, and keeping the
+/// window's consumed count), and the throughput after the warm-up.
+async fn count_deliveries(
+    spec: &RunSpec,
+    run: &MbxRun,
+    progress: &Progress,
+    hosts: &Hosts,
+    window: &Window,
+    deadline: Instant,
+) -> Throughput {
+    let total = spec.warmup + spec.duration;
     let mut interval = Interval::new();
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
@@ -270,17 +309,11 @@ async fn run_in(
         ));
     }
     let delivered = hosts.delivered().await;
-    let throughput = interval.finish(delivered);
-    for p in producers {
-        p.await
-            .map_err(|e| BenchError::Setup(format!("publisher task: {e}")))??;
-    }
-    let latency = hosts.latency().await;
-    let peak_rss_mb = hosts.peak_rss_mb();
-    hosts.stop().await;
-    if let Some(forwarding) = forwarding {
-        forwarding.stop().await;
-    }
+    interval.finish(delivered)
+}
+
+/// What a reader of the figures needs to know about how an mbx run was set up.
+fn run_notes(spec: &RunSpec, run: &MbxRun) -> Vec<String> {
     let mut notes = vec![format!(
         "{} instance(s), batch {}, NULL send ports, tracking {}",
         run.instances,
@@ -308,12 +341,7 @@ async fn run_in(
             "{ORDERED_BY_KEYS} keys, {ORDERED_BY_BUCKETS} buckets"
         ));
     }
-    Ok(Measured {
-        throughput: Some(throughput),
-        latency,
-        peak_rss_mb,
-        notes,
-    })
+    notes
 }
 
 fn interval_due(interval: &Interval, started: Instant, warmup: Duration) -> bool {
@@ -504,37 +532,44 @@ async fn drain_in(
         ..spec.clone()
     };
     setup(&mbx, Workload::Unordered, None, false, &plain).await?;
-    let window = Window::new(u64::MAX);
     let started = Instant::now();
-    let producers = spec.producers.max(1);
+    publish_backlog(&mbx, &plain, backlog, progress).await?;
+    let publish_s = started.elapsed().as_secs_f64();
+
+    let hosts = Hosts::start(host_bin, url, instances, spec.batch).await?;
+    let t0 = Instant::now();
+    mbx.send_port_start("p0").await?;
+    let spool = spool_until_empty(&mbx, t0, progress).await?;
+    let drain_s = t0.elapsed().as_secs_f64();
+    hosts.stop().await;
+    Ok(Drain {
+        backlog,
+        instances,
+        publish_s,
+        drain_s,
+        msgs_per_s: backlog as f64 / drain_s.max(1e-9),
+        spool,
+    })
+}
+
+/// Publishes `backlog` messages to the stopped port, shared among the producers, showing
+/// how far it got.
+async fn publish_backlog(
+    mbx: &MessageBox,
+    plain: &RunSpec,
+    backlog: u64,
+    progress: &Progress,
+) -> Result<(), BenchError> {
+    let window = Window::new(u64::MAX);
+    let producers = plain.producers.max(1);
     let per = backlog.div_ceil(producers as u64);
     let mut tasks = Vec::new();
     for p in 0..producers {
         let mbx = mbx.clone();
         let window = window.clone();
-        let body = Bytes::from(vec![b'x'; spec.body_size]);
-        let batch = spec.batch as u64;
         let plain = plain.clone();
         tasks.push(tokio::spawn(async move {
-            let mut sent = 0u64;
-            let publisher = Publisher::default();
-            while sent < per {
-                let n = batch.min(per - sent);
-                let msgs = (0..n)
-                    .map(|i| {
-                        message(
-                            Workload::Unordered,
-                            &plain,
-                            &body,
-                            p as u64 * per + sent + i,
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                mbx.publish(&publisher, msgs).await?;
-                sent += n;
-                window.add_produced(n);
-            }
-            Ok::<_, BenchError>(())
+            publish_share(&mbx, &plain, p as u64 * per, per, &window).await
         }));
     }
     let ticker = {
@@ -561,11 +596,40 @@ async fn drain_in(
         r = publishing => r?,
         _ = ticker => {}
     }
-    let publish_s = started.elapsed().as_secs_f64();
+    Ok(())
+}
 
-    let hosts = Hosts::start(host_bin, url, instances, spec.batch).await?;
-    let t0 = Instant::now();
-    mbx.send_port_start("p0").await?;
+/// One producer's share of the backlog: `count` messages numbered from `first`, a batch
+/// per publish.
+async fn publish_share(
+    mbx: &MessageBox,
+    plain: &RunSpec,
+    first: u64,
+    count: u64,
+    window: &Window,
+) -> Result<(), BenchError> {
+    let body = Bytes::from(vec![b'x'; plain.body_size]);
+    let batch = plain.batch as u64;
+    let mut sent = 0u64;
+    let publisher = Publisher::default();
+    while sent < count {
+        let n = batch.min(count - sent);
+        let msgs = (0..n)
+            .map(|i| message(Workload::Unordered, plain, &body, first + sent + i))
+            .collect::<Result<Vec<_>, _>>()?;
+        mbx.publish(&publisher, msgs).await?;
+        sent += n;
+        window.add_produced(n);
+    }
+    Ok(())
+}
+
+/// The spool's size every second from `t0` until no delivery is left.
+async fn spool_until_empty(
+    mbx: &MessageBox,
+    t0: Instant,
+    progress: &Progress,
+) -> Result<Vec<SpoolSample>, BenchError> {
     let mut spool = Vec::new();
     loop {
         let (left, bytes) = mbx.spool_size().await?;
@@ -580,20 +644,10 @@ async fn drain_in(
             thousands(left as f64)
         ));
         if left == 0 {
-            break;
+            return Ok(spool);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let drain_s = t0.elapsed().as_secs_f64();
-    hosts.stop().await;
-    Ok(Drain {
-        backlog,
-        instances,
-        publish_s,
-        drain_s,
-        msgs_per_s: backlog as f64 / drain_s.max(1e-9),
-        spool,
-    })
 }
 
 /// The `mbx-host` processes of one run, each with its admin listener.

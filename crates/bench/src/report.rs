@@ -222,10 +222,46 @@ impl Options {
 /// Runs everything `options` asks for.
 pub async fn run(options: &Options, progress: &Progress) -> Result<Report, BenchError> {
     let postgres = describe_postgres(&options.server_url).await?;
+    let runs = options.runs.max(1);
+    let (results, ratios) = measure_workloads(options, progress, runs).await?;
+    let scaling = measure_scaling(options, &results, progress, runs).await?;
+    let drain = if options.backlog > 0 {
+        Some(measure_drain(options, progress).await?)
+    } else {
+        None
+    };
+
+    Ok(Report {
+        machine: describe_machine(),
+        postgres,
+        method: serde_json::json!({
+            "duration_s": options.duration.as_secs_f64(),
+            "warmup_s": options.warmup.as_secs_f64(),
+            "batch": options.batch,
+            "body_bytes": options.body_size,
+            "producers": options.producers,
+            "window": options.window,
+            "instances": options.instances,
+            "runs": runs,
+            "figures": "medians of the runs",
+            "latency": "p50/p99/max at 50% of the system's own maximum rate; at_max_rate at its maximum",
+        }),
+        results,
+        ratios,
+        scaling,
+        drain,
+    })
+}
+
+/// mbx on each workload, and beside it on the unordered one the peers (with mbx's ratio
+/// to each) and mbx with `tracking=all`.
+async fn measure_workloads(
+    options: &Options,
+    progress: &Progress,
+    runs: usize,
+) -> Result<(Vec<ResultRow>, Vec<Ratio>), BenchError> {
     let mut results = Vec::new();
     let mut ratios = Vec::new();
-    let runs = options.runs.max(1);
-
     for &workload in &options.workloads {
         let r = measure_mbx(options, workload, options.instances, None, progress, runs).await?;
         // mbx's row first, then what is measured beside it on the same workload
@@ -259,7 +295,17 @@ pub async fn run(options: &Options, progress: &Progress) -> Result<Report, Bench
         results.push(r);
         results.extend(beside);
     }
+    Ok((results, ratios))
+}
 
+/// The unordered workload's rate at each instance count of `options.scaling` (the row
+/// already measured is reused).
+async fn measure_scaling(
+    options: &Options,
+    results: &[ResultRow],
+    progress: &Progress,
+    runs: usize,
+) -> Result<Vec<Scaling>, BenchError> {
     let mut scaling = Vec::new();
     for &n in &options.scaling {
         let found = results
@@ -288,48 +334,27 @@ pub async fn run(options: &Options, progress: &Progress) -> Result<Report, Bench
             peak_rss_mb: rss,
         });
     }
+    Ok(scaling)
+}
 
-    let drain = if options.backlog > 0 {
-        let spec = options.spec(options.instances, None);
-        let d = mbx::drain(
-            &spec,
-            options.backlog,
-            options.instances,
-            &options.host_bin,
-            progress,
-        )
-        .await?;
-        progress.done(&format!(
-            "drain: {} messages in {:.1} s ({} msg/s)",
-            thousands(d.backlog as f64),
-            d.drain_s,
-            thousands(d.msgs_per_s)
-        ));
-        Some(d)
-    } else {
-        None
-    };
-
-    Ok(Report {
-        machine: describe_machine(),
-        postgres,
-        method: serde_json::json!({
-            "duration_s": options.duration.as_secs_f64(),
-            "warmup_s": options.warmup.as_secs_f64(),
-            "batch": options.batch,
-            "body_bytes": options.body_size,
-            "producers": options.producers,
-            "window": options.window,
-            "instances": options.instances,
-            "runs": runs,
-            "figures": "medians of the runs",
-            "latency": "p50/p99/max at 50% of the system's own maximum rate; at_max_rate at its maximum",
-        }),
-        results,
-        ratios,
-        scaling,
-        drain,
-    })
+/// How fast mbx drains a backlog of `options.backlog` messages.
+async fn measure_drain(options: &Options, progress: &Progress) -> Result<Drain, BenchError> {
+    let spec = options.spec(options.instances, None);
+    let d = mbx::drain(
+        &spec,
+        options.backlog,
+        options.instances,
+        &options.host_bin,
+        progress,
+    )
+    .await?;
+    progress.done(&format!(
+        "drain: {} messages in {:.1} s ({} msg/s)",
+        thousands(d.backlog as f64),
+        d.drain_s,
+        thousands(d.msgs_per_s)
+    ));
+    Ok(d)
 }
 
 async fn measure_mbx(
@@ -488,9 +513,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// The report as a table for people.
-pub fn render_table(r: &Report) -> String {
-    let mut out = String::new();
+/// The results' table: a header, then a row per measured system and workload.
+fn write_results(out: &mut String, results: &[ResultRow]) {
     let _ = writeln!(
         out,
         "{:<24} {:<9} {:>10} {:>13} {:>8} {:>8} {:>8} {:>11} {:>8}",
@@ -504,7 +528,7 @@ pub fn render_table(r: &Report) -> String {
         "P99@MAX MS",
         "RSS MB"
     );
-    for row in &r.results {
+    for row in results {
         let _ = writeln!(
             out,
             "{:<24} {:<9} {:>10} {:>13} {:>8} {:>8} {:>8} {:>11} {:>8}",
@@ -519,6 +543,12 @@ pub fn render_table(r: &Report) -> String {
             opt(row.peak_rss_mb, 0),
         );
     }
+}
+
+/// The report as a table for people.
+pub fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    write_results(&mut out, &r.results);
     if !r.ratios.is_empty() {
         let _ = writeln!(out);
         for ratio in &r.ratios {

@@ -90,19 +90,8 @@ async fn run_in(
         .map(|_| free_port())
         .collect::<Result<_, _>>()?;
     let hosts = Hosts::start_serving(&run.host_bin, url, &ports, spec.batch).await?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| BenchError::Setup(format!("HTTP client: {e}")))?;
-    let addresses: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}/rr"))
-        .collect();
     let body = bytes::Bytes::from(vec![b'x'; spec.body_size]);
-    // the location is served once its loop started on each instance
-    for address in &addresses {
-        served(&client, address, &body).await?;
-    }
+    let (client, addresses) = served_on(&ports, &body).await?;
 
     let clients = if spec.rate.is_some() {
         1
@@ -110,53 +99,18 @@ async fn run_in(
         CLIENTS_AT_SATURATION
     };
     let started = Instant::now();
-    let measure_from = started + spec.warmup;
-    let deadline = measure_from + spec.duration;
-    let done = Arc::new(AtomicU64::new(0));
+    let measured = Measuring {
+        from: started + spec.warmup,
+        until: started + spec.warmup + spec.duration,
+        done: Arc::new(AtomicU64::new(0)),
+    };
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, address, body, done) = (
-            client.clone(),
-            addresses[c % addresses.len()].clone(),
-            body.clone(),
-            done.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Latencies::new();
-            let mut failed = 0u64;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                let ok = match client.post(&address).body(body.clone()).send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|b| b == body),
-                    _ => false,
-                };
-                if !ok {
-                    failed += 1;
-                    continue;
-                }
-                if sent >= measure_from && Instant::now() <= deadline {
-                    latencies.record(sent.elapsed());
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            (latencies, failed)
-        }));
+        let address = addresses[c % addresses.len()].clone();
+        let ask = ask_until(client.clone(), address, body.clone(), measured.clone());
+        tasks.push(tokio::spawn(ask));
     }
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let measured = started.elapsed().saturating_sub(spec.warmup).as_secs_f64();
-        progress.update(&format!(
-            "{} {:.0}s/{:.0}s {} round trips/s",
-            run.label,
-            started.elapsed().as_secs_f64(),
-            (spec.warmup + spec.duration).as_secs_f64(),
-            thousands(if measured > 0.0 {
-                done.load(Ordering::Relaxed) as f64 / measured
-            } else {
-                0.0
-            })
-        ));
-    }
+    show_progress(spec, run, progress, started, &measured).await;
     let mut latencies = Latencies::new();
     let mut failed = 0;
     for t in tasks {
@@ -177,13 +131,94 @@ async fn run_in(
     }
     Ok(Measured {
         throughput: Some(Throughput {
-            count: done.load(Ordering::Relaxed),
+            count: measured.done.load(Ordering::Relaxed),
             seconds: spec.duration.as_secs_f64(),
         }),
         latency: latencies.summary(),
         peak_rss_mb,
         notes,
     })
+}
+
+/// An HTTP client and the location's address on each of the hosts' `ports`, once each
+/// answers (the location is served once its loop started on each instance).
+async fn served_on(
+    ports: &[u16],
+    body: &bytes::Bytes,
+) -> Result<(reqwest::Client, Vec<String>), BenchError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BenchError::Setup(format!("HTTP client: {e}")))?;
+    let addresses: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/rr"))
+        .collect();
+    for address in &addresses {
+        served(&client, address, body).await?;
+    }
+    Ok((client, addresses))
+}
+
+/// The measured interval, and the round trips completed in it.
+#[derive(Clone)]
+struct Measuring {
+    from: Instant,
+    until: Instant,
+    done: Arc<AtomicU64>,
+}
+
+/// One client asking back to back until the end: its round trips' latencies in the
+/// measured interval, and how many failed.
+async fn ask_until(
+    client: reqwest::Client,
+    address: String,
+    body: bytes::Bytes,
+    measured: Measuring,
+) -> (Latencies, u64) {
+    let mut latencies = Latencies::new();
+    let mut failed = 0u64;
+    while Instant::now() < measured.until {
+        let sent = Instant::now();
+        let ok = match client.post(&address).body(body.clone()).send().await {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|b| b == body),
+            _ => false,
+        };
+        if !ok {
+            failed += 1;
+            continue;
+        }
+        if sent >= measured.from && Instant::now() <= measured.until {
+            latencies.record(sent.elapsed());
+            measured.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (latencies, failed)
+}
+
+/// The round trips per second so far, every 500 ms until the end.
+async fn show_progress(
+    spec: &RunSpec,
+    run: &MbxRun,
+    progress: &Progress,
+    started: Instant,
+    measured: &Measuring,
+) {
+    while Instant::now() < measured.until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let measured_s = started.elapsed().saturating_sub(spec.warmup).as_secs_f64();
+        progress.update(&format!(
+            "{} {:.0}s/{:.0}s {} round trips/s",
+            run.label,
+            started.elapsed().as_secs_f64(),
+            (spec.warmup + spec.duration).as_secs_f64(),
+            thousands(if measured_s > 0.0 {
+                measured.done.load(Ordering::Relaxed) as f64 / measured_s
+            } else {
+                0.0
+            })
+        ));
+    }
 }
 
 /// Asks until the location answers (its loop starts on each instance shortly after the

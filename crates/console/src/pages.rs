@@ -9,11 +9,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use mbx_messagebox::states::PortState;
-use mbx_messagebox::suspended::{Kind, Selector};
+use mbx_messagebox::stats::PortStats;
+use mbx_messagebox::suspended::{Kind, Selector, SuspendedItem};
 
 use crate::auth::Ctx;
 use crate::preview::{self, PREVIEW_BYTES};
-use crate::sampler::Point;
+use crate::sampler::{Point, Snapshot};
 use crate::view::{action, ago, chart, csrf_input, page, q, seg, Nav};
 use crate::{App, ConsoleError};
 
@@ -75,12 +76,6 @@ pub(crate) async fn overview_live(
 
 fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
     let p = params(Some(raw));
-    let name_filter = p.get("q").map(|s| s.to_lowercase());
-    let page_no: usize = p
-        .get("page")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-        .max(1);
     let Ok(snap) = app.samples.read().map(|s| s.latest.clone()) else {
         return html! { p.error { "the console's snapshot is unavailable" } };
     };
@@ -89,44 +84,18 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
     } else {
         format!("/?{raw}")
     };
-    let addresses: HashMap<&str, (&str, Option<&str>)> = snap
-        .ports
-        .iter()
-        .map(|p| (p.name.as_str(), (p.host.as_str(), p.address.as_deref())))
-        .collect();
-    let matching: Vec<_> = snap
-        .stats
-        .ports
-        .iter()
-        .filter(|p| {
-            name_filter
-                .as_ref()
-                .is_none_or(|f| p.name.to_lowercase().contains(f))
-        })
-        .collect();
-    let pages = matching.len().div_ceil(PORTS_PER_PAGE).max(1);
-    let page_no = page_no.min(pages);
-    let shown: Vec<_> = matching
-        .iter()
-        .skip((page_no - 1) * PORTS_PER_PAGE)
-        .take(PORTS_PER_PAGE)
-        .collect();
-    // the shown ports' chart points only
-    let history: HashMap<&str, Vec<Point>> = app
-        .samples
-        .read()
-        .map(|s| {
-            shown
-                .iter()
-                .filter_map(|p| {
-                    s.history
-                        .get(&p.name)
-                        .map(|h| (p.name.as_str(), h.iter().copied().collect()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let started = app.started;
+    html! {
+        (overview_summary(&snap))
+        (hosts_section(&snap))
+        (send_ports_section(app, ctx, &snap, &p, &return_to))
+        (receive_locations_section(ctx, &snap, &return_to))
+        p.muted { "Refreshed every 2 s. Charts: backlog (area) and delivered/s (line) over the last 15 minutes, from the console's own snapshots since it started (" (ago(started, snap.at)) ")." }
+    }
+}
+
+/// The overview's first line: the spool, the database's size, the suspended items.
+fn overview_summary(snap: &Snapshot) -> Markup {
     html! {
         p.summary {
             "As of " time datetime=(snap.at.to_rfc3339()) { (snap.at.format("%H:%M:%S UTC")) }
@@ -140,6 +109,11 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
             " · suspended " a href="/suspended" { strong #suspended-total { (snap.stats.suspended_total) } }
             span.muted { " (snapshot took " (snap.took.as_millis()) " ms)" }
         }
+    }
+}
+
+fn hosts_section(snap: &Snapshot) -> Markup {
+    html! {
         section {
             h2 { "Hosts and instances" }
             table {
@@ -165,6 +139,48 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// The send ports whose name holds the `q` parameter, a page of them at a time.
+fn send_ports_section(
+    app: &App,
+    ctx: &Ctx,
+    snap: &Snapshot,
+    p: &HashMap<String, String>,
+    return_to: &str,
+) -> Markup {
+    let name_filter = p.get("q").map(|s| s.to_lowercase());
+    let page_no: usize = p
+        .get("page")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let matching: Vec<_> = snap
+        .stats
+        .ports
+        .iter()
+        .filter(|p| {
+            name_filter
+                .as_ref()
+                .is_none_or(|f| p.name.to_lowercase().contains(f))
+        })
+        .collect();
+    let pages = matching.len().div_ceil(PORTS_PER_PAGE).max(1);
+    let page_no = page_no.min(pages);
+    let shown: Vec<&PortStats> = matching
+        .iter()
+        .skip((page_no - 1) * PORTS_PER_PAGE)
+        .take(PORTS_PER_PAGE)
+        .copied()
+        .collect();
+    let history = chart_points(app, &shown);
+    let addresses: HashMap<&str, (&str, Option<&str>)> = snap
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), (p.host.as_str(), p.address.as_deref())))
+        .collect();
+    html! {
         section {
             h2 { "Send ports " span.muted { "(" (matching.len()) ")" } }
             form.filters method="get" action="/" {
@@ -179,33 +195,7 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
                 tbody {
                     @for port in shown {
                         @let (host, address) = addresses.get(port.name.as_str()).copied().unwrap_or(("", None));
-                        @let href = format!("/send-ports/{}", seg(&port.name));
-                        tr data-port=(port.name) {
-                            td { (port.name) }
-                            td { (host) }
-                            td.address { (address.unwrap_or("(dynamic)")) }
-                            td { span class=(format!("state {}", port.state)) data-field="state" { (port.state) } }
-                            td.num data-field="backlog" { (port.backlog) }
-                            td.num { (port.retrying) }
-                            td.num { (port.in_flight) }
-                            td.num { @if port.suspended > 0 { a href=(format!("/suspended?port={}", q(&port.name))) { (port.suspended) } } @else { "0" } }
-                            td.num { (format!("{:.0}", snap.rates.get(&port.name).copied().unwrap_or(0.0) * 60.0)) }
-                            td { (chart(history.get(port.name.as_str()).map(Vec::as_slice).unwrap_or_default())) }
-                            td.actions {
-                                @match port.state {
-                                    PortState::Unenlisted => { (action(ctx, &format!("{href}/enlist"), "Enlist", &return_to, false)) }
-                                    PortState::Stopped => {
-                                        (action(ctx, &format!("{href}/start"), "Start", &return_to, false))
-                                        (action(ctx, &format!("{href}/unenlist"), "Unenlist", &return_to, true))
-                                    }
-                                    PortState::Started => { (action(ctx, &format!("{href}/stop"), "Stop", &return_to, true)) }
-                                    PortState::Suspended => {
-                                        (action(ctx, &format!("{href}/resume"), "Resume", &return_to, false))
-                                        (action(ctx, &format!("{href}/skip"), "Skip", &return_to, true))
-                                    }
-                                }
-                            }
-                        }
+                        (send_port_row(ctx, snap, port, (host, address), &history, return_to))
                     }
                 }
             }
@@ -220,6 +210,67 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// The chart points of the ports `shown`, and of no other.
+fn chart_points<'a>(app: &App, shown: &[&'a PortStats]) -> HashMap<&'a str, Vec<Point>> {
+    app.samples
+        .read()
+        .map(|s| {
+            shown
+                .iter()
+                .filter_map(|p| {
+                    s.history
+                        .get(&p.name)
+                        .map(|h| (p.name.as_str(), h.iter().copied().collect()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn send_port_row(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    port: &PortStats,
+    (host, address): (&str, Option<&str>),
+    history: &HashMap<&str, Vec<Point>>,
+    return_to: &str,
+) -> Markup {
+    let href = format!("/send-ports/{}", seg(&port.name));
+    html! {
+        tr data-port=(port.name) {
+            td { (port.name) }
+            td { (host) }
+            td.address { (address.unwrap_or("(dynamic)")) }
+            td { span class=(format!("state {}", port.state)) data-field="state" { (port.state) } }
+            td.num data-field="backlog" { (port.backlog) }
+            td.num { (port.retrying) }
+            td.num { (port.in_flight) }
+            td.num { @if port.suspended > 0 { a href=(format!("/suspended?port={}", q(&port.name))) { (port.suspended) } } @else { "0" } }
+            td.num { (format!("{:.0}", snap.rates.get(&port.name).copied().unwrap_or(0.0) * 60.0)) }
+            td { (chart(history.get(port.name.as_str()).map(Vec::as_slice).unwrap_or_default())) }
+            td.actions {
+                @match port.state {
+                    PortState::Unenlisted => { (action(ctx, &format!("{href}/enlist"), "Enlist", return_to, false)) }
+                    PortState::Stopped => {
+                        (action(ctx, &format!("{href}/start"), "Start", return_to, false))
+                        (action(ctx, &format!("{href}/unenlist"), "Unenlist", return_to, true))
+                    }
+                    PortState::Started => { (action(ctx, &format!("{href}/stop"), "Stop", return_to, true)) }
+                    PortState::Suspended => {
+                        (action(ctx, &format!("{href}/resume"), "Resume", return_to, false))
+                        (action(ctx, &format!("{href}/skip"), "Skip", return_to, true))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn receive_locations_section(ctx: &Ctx, snap: &Snapshot, return_to: &str) -> Markup {
+    html! {
         section {
             h2 { "Receive locations " span.muted { "(" (snap.locations.len()) ")" } }
             table #receive-locations {
@@ -238,8 +289,8 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
                                 }
                             }
                             td.actions {
-                                @if l.enabled { (action(ctx, &format!("{href}/disable"), "Disable", &return_to, true)) }
-                                @else { (action(ctx, &format!("{href}/enable"), "Enable", &return_to, false)) }
+                                @if l.enabled { (action(ctx, &format!("{href}/disable"), "Disable", return_to, true)) }
+                                @else { (action(ctx, &format!("{href}/enable"), "Enable", return_to, false)) }
                             }
                         }
                     }
@@ -249,7 +300,6 @@ fn overview_body(app: &App, ctx: &Ctx, raw: &str) -> Markup {
                 p.muted { "The first " (LOCATIONS_SHOWN) " are shown; `mbx receive-location list` lists all." }
             }
         }
-        p.muted { "Refreshed every 2 s. Charts: backlog (area) and delivered/s (line) over the last 15 minutes, from the console's own snapshots since it started (" (ago(started, snap.at)) ")." }
     }
 }
 
@@ -358,43 +408,7 @@ pub(crate) async fn suspended_list(
         .await?;
     let more = items.len() as i64 > ITEMS_PER_PAGE;
     let items = &items[..items.len().min(ITEMS_PER_PAGE as usize)];
-    // unfiltered or by port only: the snapshot's count; otherwise counted (capped)
-    let only_port =
-        filter.kind.is_none() && filter.error_like.is_none() && filter.older_than_s.is_none();
-    let (count, count_note) = if only_port {
-        let s = app.samples.read().map(|s| s.latest.clone()).ok();
-        let n = s.as_ref().map(|s| match &filter.port {
-            None => s.stats.suspended_total,
-            Some(port) => s
-                .stats
-                .ports
-                .iter()
-                .find(|x| &x.name == port)
-                .map(|x| x.suspended)
-                .unwrap_or(0),
-        });
-        (
-            n.unwrap_or(0),
-            s.map(|s| format!(" (as of {})", s.at.format("%H:%M:%S")))
-                .unwrap_or_default(),
-        )
-    } else {
-        let n = app
-            .mbx
-            .suspended_count(&Selector {
-                limit: Some(COUNT_CAP),
-                ..filter.clone()
-            })
-            .await?;
-        (
-            n,
-            if n >= COUNT_CAP {
-                " or more".to_owned()
-            } else {
-                String::new()
-            },
-        )
-    };
+    let (count, count_note) = suspended_count(&app, &filter).await?;
     let keep: Vec<(&str, &String)> = ["port", "kind", "error", "older"]
         .iter()
         .filter_map(|k| p.get(*k).map(|v| (*k, v)))
@@ -404,45 +418,10 @@ pub(crate) async fn suspended_list(
         s.push_str(&format!("after={}", last.id));
         format!("/suspended?{s}")
     });
-    let now = chrono::Utc::now();
-    let items_table = html! {
-        table {
-            thead { tr {
-                @if !ctx.read_only { th { input type="checkbox" data-select-all="id" title="select all on this page"; } }
-                th { "Id" } th { "Kind" } th { "Port" } th { "Reason" } th { "Suspended" } th { "Message" }
-            } }
-            tbody {
-                @for it in items {
-                    tr data-item=(it.id) {
-                        @if !ctx.read_only { td { input type="checkbox" name="id" value=(it.id); } }
-                        td { a href=(format!("/suspended/{}", it.id)) { (it.id) } }
-                        td { span class=(format!("kind {}", it.kind)) { (it.kind) } @if !it.resumable { span.muted { " (not resumable)" } } }
-                        td { (it.port.as_deref().unwrap_or("—")) }
-                        td.reason { (truncate(&it.reason, 160)) }
-                        td { time datetime=(it.suspended_at.to_rfc3339()) title=(it.suspended_at.to_rfc3339()) { (ago(it.suspended_at, now)) } }
-                        td.mono { a href=(format!("/track?message={}", it.message_id)) { (it.message_id) } }
-                    }
-                }
-            }
-        }
-        @if items.is_empty() { p.muted { "Nothing suspended matches." } }
-    };
+    let items_table = items_table(&ctx, items);
     let body = html! {
         h1 { "Suspended items" }
-        form.filters method="get" action="/suspended" {
-            label { "Port " input name="port" value=[p.get("port")] size="14"; }
-            label { " Kind "
-                select name="kind" {
-                    option value="" { "any" }
-                    @for k in ["routing-failure", "receive-failure", "failed", "failed-final"] {
-                        option value=(k) selected[p.get("kind").map(String::as_str) == Some(k)] { (k) }
-                    }
-                }
-            }
-            label { " Error contains " input name="error" value=[p.get("error")] size="18"; }
-            label { " Older than " input name="older" value=[p.get("older")] placeholder="1h" size="5"; }
-            " " button type="submit" { "Filter" }
-        }
+        (suspended_filters(&p))
         p #match-count { strong { (count) } (count_note) " matching" @if after.is_some() { " · " a href="/suspended" { "first page" } } }
         @if ctx.read_only { (items_table) } @else {
             form #items method="post" action="/suspended/confirm" {
@@ -465,6 +444,93 @@ pub(crate) async fn suspended_list(
     Ok(page(&ctx, "Suspended items", Nav::Suspended, body))
 }
 
+/// How many suspended items match `filter`, and a note on the number: unfiltered or by port
+/// only, the snapshot's count (" (as of …)"); otherwise counted, up to `COUNT_CAP`.
+async fn suspended_count(app: &App, filter: &Selector) -> Result<(i64, String), ConsoleError> {
+    let only_port =
+        filter.kind.is_none() && filter.error_like.is_none() && filter.older_than_s.is_none();
+    if only_port {
+        let s = app.samples.read().map(|s| s.latest.clone()).ok();
+        let n = s.as_ref().map(|s| match &filter.port {
+            None => s.stats.suspended_total,
+            Some(port) => s
+                .stats
+                .ports
+                .iter()
+                .find(|x| &x.name == port)
+                .map(|x| x.suspended)
+                .unwrap_or(0),
+        });
+        Ok((
+            n.unwrap_or(0),
+            s.map(|s| format!(" (as of {})", s.at.format("%H:%M:%S")))
+                .unwrap_or_default(),
+        ))
+    } else {
+        let n = app
+            .mbx
+            .suspended_count(&Selector {
+                limit: Some(COUNT_CAP),
+                ..filter.clone()
+            })
+            .await?;
+        Ok((
+            n,
+            if n >= COUNT_CAP {
+                " or more".to_owned()
+            } else {
+                String::new()
+            },
+        ))
+    }
+}
+
+fn items_table(ctx: &Ctx, items: &[SuspendedItem]) -> Markup {
+    let now = chrono::Utc::now();
+    html! {
+        table {
+            thead { tr {
+                @if !ctx.read_only { th { input type="checkbox" data-select-all="id" title="select all on this page"; } }
+                th { "Id" } th { "Kind" } th { "Port" } th { "Reason" } th { "Suspended" } th { "Message" }
+            } }
+            tbody {
+                @for it in items {
+                    tr data-item=(it.id) {
+                        @if !ctx.read_only { td { input type="checkbox" name="id" value=(it.id); } }
+                        td { a href=(format!("/suspended/{}", it.id)) { (it.id) } }
+                        td { span class=(format!("kind {}", it.kind)) { (it.kind) } @if !it.resumable { span.muted { " (not resumable)" } } }
+                        td { (it.port.as_deref().unwrap_or("—")) }
+                        td.reason { (truncate(&it.reason, 160)) }
+                        td { time datetime=(it.suspended_at.to_rfc3339()) title=(it.suspended_at.to_rfc3339()) { (ago(it.suspended_at, now)) } }
+                        td.mono { a href=(format!("/track?message={}", it.message_id)) { (it.message_id) } }
+                    }
+                }
+            }
+        }
+        @if items.is_empty() { p.muted { "Nothing suspended matches." } }
+    }
+}
+
+/// The suspended list's filter form, filled from the page's parameters.
+fn suspended_filters(p: &HashMap<String, String>) -> Markup {
+    html! {
+        form.filters method="get" action="/suspended" {
+            label { "Port " input name="port" value=[p.get("port")] size="14"; }
+            label { " Kind "
+                select name="kind" {
+                    option value="" { "any" }
+                    @for k in ["routing-failure", "receive-failure", "failed", "failed-final"] {
+                        option value=(k) selected[p.get("kind").map(String::as_str) == Some(k)] { (k) }
+                    }
+                }
+            }
+            label { " Error contains " input name="error" value=[p.get("error")] size="18"; }
+            label { " Older than " input name="older" value=[p.get("older")] placeholder="1h" size="5"; }
+            " " button type="submit" { "Filter" }
+        }
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
@@ -472,6 +538,22 @@ fn truncate(s: &str, max: usize) -> String {
     let mut t: String = s.chars().take(max).collect();
     t.push('…');
     t
+}
+
+/// The page of an item that is no longer suspended: what became of it, or not found.
+async fn settled_item(app: &App, ctx: &Ctx, id: i64) -> Result<Response, ConsoleError> {
+    if let Some((outcome, at)) = app.mbx.suspended_settled(id).await? {
+        let body = html! {
+            h1 { "Suspended item " (id) }
+            p #settled { "This item was " strong { (outcome.as_str()) } " at " (at.to_rfc3339()) "." }
+            p { a href="/suspended" { "Suspended items" } }
+        };
+        return Ok(page(ctx, "Suspended item", Nav::Suspended, body));
+    }
+    Err(ConsoleError::Request(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("suspended item {id} does not exist; the list shows the items"),
+    ))
 }
 
 pub(crate) async fn suspended_detail(
@@ -484,20 +566,7 @@ pub(crate) async fn suspended_detail(
     })?;
     let detail = match app.mbx.suspended_show(id).await {
         Ok(d) => d,
-        Err(mbx_messagebox::Error::NotFound { .. }) => {
-            if let Some((outcome, at)) = app.mbx.suspended_settled(id).await? {
-                let body = html! {
-                    h1 { "Suspended item " (id) }
-                    p #settled { "This item was " strong { (outcome.as_str()) } " at " (at.to_rfc3339()) "." }
-                    p { a href="/suspended" { "Suspended items" } }
-                };
-                return Ok(page(&ctx, "Suspended item", Nav::Suspended, body));
-            }
-            return Err(ConsoleError::Request(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("suspended item {id} does not exist; the list shows the items"),
-            ));
-        }
+        Err(mbx_messagebox::Error::NotFound { .. }) => return settled_item(&app, &ctx, id).await,
         Err(e) => return Err(e.into()),
     };
     let (prefix, _) = app

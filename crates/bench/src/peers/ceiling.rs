@@ -107,38 +107,9 @@ async fn measure(
     let clients = (spec.producers + spec.consumers).max(1);
     let threads = clients.min(2);
     let prefill = (spec.window as usize).max(2 * batch * clients);
-    let db =
-        |what: &'static str| move |e: sqlx::Error| BenchError::peer(PEER, format!("{what}: {e}"));
 
-    // A hot queue table: logged (durable), vacuumed eagerly instead of by scale factor.
-    sqlx::query(&format!(
-        "CREATE TABLE {table} (
-             id bigserial PRIMARY KEY,
-             body bytea NOT NULL,
-             enqueued_at timestamptz NOT NULL DEFAULT now()
-         ) WITH (
-             autovacuum_vacuum_scale_factor = 0,
-             autovacuum_vacuum_threshold = 1000,
-             autovacuum_vacuum_insert_scale_factor = 0,
-             autovacuum_vacuum_insert_threshold = 1000,
-             autovacuum_vacuum_cost_delay = 0
-         )"
-    ))
-    .execute(pool)
-    .await
-    .map_err(db("creating the ceiling table"))?;
     let body = body_expr(spec.body_size);
-    sqlx::query(&format!(
-        "INSERT INTO {table} (body) SELECT {body} FROM generate_series(1, {prefill})"
-    ))
-    .execute(pool)
-    .await
-    .map_err(db("pre-filling the ceiling table"))?;
-    sqlx::query(&format!("VACUUM ANALYZE {table}"))
-        .execute(pool)
-        .await
-        .map_err(db("vacuuming the ceiling table"))?;
-
+    create_table(pool, table, &body, prefill).await?;
     std::fs::write(script, script_text(table, &body, batch)).map_err(|e| {
         BenchError::peer(
             PEER,
@@ -164,15 +135,9 @@ async fn measure(
         run.run(warm_secs, 0.0, progress).await?;
     }
     let secs = (spec.duration.as_secs_f64().round() as u64).max(1);
-    let count = |pool| async move {
-        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(pool)
-            .await
-            .map_err(db("counting the ceiling table"))
-    };
-    let before = count(pool).await?;
+    let before = row_count(pool, table).await?;
     let summary = run.run(secs, spec.warmup.as_secs_f64(), progress).await?;
-    let after = count(pool).await?;
+    let after = row_count(pool, table).await?;
     let inserted = summary.transactions as i64 * batch as i64;
     let deleted = (before + inserted - after).max(0) as u64;
     let seconds = if summary.tps > 0.0 {
@@ -188,22 +153,7 @@ async fn measure(
          (no hand-off)",
         thousands(prefill as f64)
     )];
-    if (spec.duration.as_secs_f64() - secs as f64).abs() > 0.01 {
-        notes.push(format!(
-            "pgbench -T takes whole seconds: measured {secs}s instead of {:.1}s",
-            spec.duration.as_secs_f64()
-        ));
-    }
-    if let Some(r) = rate {
-        notes.push(format!("paced with pgbench --rate {r:.1} scripts/s"));
-    }
-    if deleted < inserted as u64 {
-        notes.push(format!(
-            "deletes found fewer rows than were inserted ({} of {})",
-            thousands(deleted as f64),
-            thousands(inserted as f64)
-        ));
-    }
+    notes.extend(caveats(spec, secs, rate, deleted, inserted as u64));
     Ok(Measured {
         throughput: Some(Throughput {
             count: deleted,
@@ -213,6 +163,84 @@ async fn measure(
         peak_rss_mb: None,
         notes,
     })
+}
+
+/// A database error while doing `what`, as the peer's error.
+fn db(what: &'static str) -> impl Fn(sqlx::Error) -> BenchError {
+    move |e| BenchError::peer(PEER, format!("{what}: {e}"))
+}
+
+/// Creates the ceiling table and fills it with `prefill` rows of `body`.
+async fn create_table(
+    pool: &PgPool,
+    table: &str,
+    body: &str,
+    prefill: usize,
+) -> Result<(), BenchError> {
+    // A hot queue table: logged (durable), vacuumed eagerly instead of by scale factor.
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (
+             id bigserial PRIMARY KEY,
+             body bytea NOT NULL,
+             enqueued_at timestamptz NOT NULL DEFAULT now()
+         ) WITH (
+             autovacuum_vacuum_scale_factor = 0,
+             autovacuum_vacuum_threshold = 1000,
+             autovacuum_vacuum_insert_scale_factor = 0,
+             autovacuum_vacuum_insert_threshold = 1000,
+             autovacuum_vacuum_cost_delay = 0
+         )"
+    ))
+    .execute(pool)
+    .await
+    .map_err(db("creating the ceiling table"))?;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (body) SELECT {body} FROM generate_series(1, {prefill})"
+    ))
+    .execute(pool)
+    .await
+    .map_err(db("pre-filling the ceiling table"))?;
+    sqlx::query(&format!("VACUUM ANALYZE {table}"))
+        .execute(pool)
+        .await
+        .map_err(db("vacuuming the ceiling table"))?;
+    Ok(())
+}
+
+async fn row_count(pool: &PgPool, table: &str) -> Result<i64, BenchError> {
+    sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .map_err(db("counting the ceiling table"))
+}
+
+/// Notes on where the measured run differs from what was asked: whole seconds, pacing,
+/// deletes that found fewer rows than were inserted.
+fn caveats(
+    spec: &RunSpec,
+    secs: u64,
+    rate: Option<f64>,
+    deleted: u64,
+    inserted: u64,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if (spec.duration.as_secs_f64() - secs as f64).abs() > 0.01 {
+        notes.push(format!(
+            "pgbench -T takes whole seconds: measured {secs}s instead of {:.1}s",
+            spec.duration.as_secs_f64()
+        ));
+    }
+    if let Some(r) = rate {
+        notes.push(format!("paced with pgbench --rate {r:.1} scripts/s"));
+    }
+    if deleted < inserted {
+        notes.push(format!(
+            "deletes found fewer rows than were inserted ({} of {})",
+            thousands(deleted as f64),
+            thousands(inserted as f64)
+        ));
+    }
+    notes
 }
 
 /// An SQL expression for a `size`-byte bytea that the planner folds to a constant.
@@ -352,14 +380,8 @@ struct Pgbench<'a> {
 }
 
 impl Pgbench<'_> {
-    /// Runs pgbench for `secs` seconds; `offset` is the run's start within the whole
-    /// benchmark (for the progress line).
-    async fn run(
-        &self,
-        secs: u64,
-        offset: f64,
-        progress: &Progress,
-    ) -> Result<Summary, BenchError> {
+    /// The pgbench command line for a run of `secs` seconds, its output piped.
+    fn command(&self, secs: u64) -> Command {
         let mut cmd = Command::new(self.pgbench);
         cmd.arg("-n")
             .args(["-M", "prepared"])
@@ -389,7 +411,18 @@ impl Pgbench<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
+        cmd
+    }
+
+    /// Runs pgbench for `secs` seconds; `offset` is the run's start within the whole
+    /// benchmark (for the progress line).
+    async fn run(
+        &self,
+        secs: u64,
+        offset: f64,
+        progress: &Progress,
+    ) -> Result<Summary, BenchError> {
+        let mut child = self.command(secs).spawn().map_err(|e| {
             BenchError::peer(PEER, format!("starting {}: {e}", self.pgbench.display()))
         })?;
         let mut stdout = child

@@ -32,7 +32,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio::task::JoinSet;
 
 use super::pgmq::drive;
@@ -142,161 +142,39 @@ pub(crate) async fn measure_between(
     let measuring = Arc::new(AtomicBool::new(false));
 
     // Connect everything before the clock starts.
-    let mut producers = Vec::new();
-    for _ in 0..spec.producers {
-        let conn = connect(&spec.amqp_url, "producer").await?;
-        let channel = open_channel(&conn).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| BenchError::peer(PEER, format!("enabling publisher confirms: {e}")))?;
-        producers.push((conn, channel));
-    }
-    let mut consumers = Vec::new();
-    for _ in 0..spec.consumers {
-        let conn = connect(&spec.amqp_url, "consumer").await?;
-        let channel = open_channel(&conn).await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| BenchError::peer(PEER, format!("setting prefetch {prefetch}: {e}")))?;
-        let consumer = channel
-            .basic_consume(
-                consume_from.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| BenchError::peer(PEER, format!("consuming from {consume_from}: {e}")))?;
-        consumers.push((conn, channel, consumer));
-    }
+    let producers = connect_producers(spec).await?;
+    let consumers = connect_consumers(spec, prefetch, consume_from).await?;
 
     let start = Instant::now();
-    let end = start + spec.warmup + spec.duration;
+    let load = Load {
+        window: window.clone(),
+        batch,
+        end: start + spec.warmup + spec.duration,
+    };
     let mut tasks: JoinSet<Result<Latencies, BenchError>> = JoinSet::new();
     for (conn, channel) in producers {
-        let (queue, window) = (publish_to.to_owned(), window.clone());
         let rate = spec.rate.map(|r| r / spec.producers.max(1) as f64);
-        tasks.spawn(async move {
-            let mut body = vec![b'x'; body_size];
-            let mut pacer = Pacer::new(rate);
-            let properties = BasicProperties::default().with_delivery_mode(2);
-            let mut confirms = Vec::with_capacity(batch);
-            while Instant::now() < end {
-                window.admit(end).await;
-                pacer.wait(batch as u64).await;
-                if Instant::now() >= end {
-                    break;
-                }
-                for _ in 0..batch {
-                    body[..8].copy_from_slice(&unix_micros().to_le_bytes());
-                    let confirm = channel
-                        .basic_publish(
-                            "".into(),
-                            queue.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &body,
-                            properties.clone(),
-                        )
-                        .await
-                        .map_err(|e| {
-                            BenchError::peer(PEER, format!("publishing to {queue}: {e}"))
-                        })?;
-                    confirms.push(confirm);
-                }
-                for confirm in confirms.drain(..) {
-                    let confirmation = confirm.await.map_err(|e| {
-                        BenchError::peer(PEER, format!("awaiting a publisher confirm: {e}"))
-                    })?;
-                    if !confirmation.is_ack() {
-                        return Err(BenchError::peer(
-                            PEER,
-                            format!("the broker nacked a message published to {queue}"),
-                        ));
-                    }
-                }
-                window.add_produced(batch as u64);
-            }
-            let _ = channel.close(200, "bench done".into()).await;
-            let _ = conn.close(200, "bench done".into()).await;
-            Ok(Latencies::new())
-        });
+        let producer = produce(
+            conn,
+            channel,
+            publish_to.to_owned(),
+            load.clone(),
+            rate,
+            body_size,
+        );
+        tasks.spawn(producer);
     }
-    for (conn, channel, mut consumer) in consumers {
-        let (queue, window, measuring) =
-            (consume_from.to_owned(), window.clone(), measuring.clone());
-        tasks.spawn(async move {
-            let mut latencies = Latencies::new();
-            let mut pending = 0u64;
-            let mut last_tag = 0;
-            let ack = |tag| {
-                let channel = channel.clone();
-                async move {
-                    channel
-                        .basic_ack(tag, BasicAckOptions { multiple: true })
-                        .await
-                        .map_err(|e| BenchError::peer(PEER, format!("acking deliveries: {e}")))
-                }
-            };
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                let wait = if pending > 0 {
-                    IDLE_ACK
-                } else {
-                    (end - now).min(Duration::from_millis(100))
-                };
-                match tokio::time::timeout(wait, consumer.next()).await {
-                    Ok(Some(Ok(delivery))) => {
-                        if measuring.load(Ordering::Relaxed) && delivery.data.len() >= 8 {
-                            let mut sent = [0u8; 8];
-                            sent.copy_from_slice(&delivery.data[..8]);
-                            let us = unix_micros() as f64 - u64::from_le_bytes(sent) as f64;
-                            latencies.record_ms(us / 1e3);
-                        }
-                        pending += 1;
-                        last_tag = delivery.delivery_tag;
-                        if pending >= batch as u64 {
-                            ack(last_tag).await?;
-                            window.add_consumed(pending);
-                            pending = 0;
-                        }
-                    }
-                    Ok(Some(Err(e))) => {
-                        return Err(BenchError::peer(
-                            PEER,
-                            format!("consuming from {queue}: {e}"),
-                        ))
-                    }
-                    Ok(None) => {
-                        return Err(BenchError::peer(
-                            PEER,
-                            format!("the broker cancelled the consumer on {queue}"),
-                        ))
-                    }
-                    Err(_) => {
-                        if pending > 0 {
-                            ack(last_tag).await?;
-                            window.add_consumed(pending);
-                            pending = 0;
-                        }
-                    }
-                }
-            }
-            if pending > 0 {
-                ack(last_tag).await?;
-                window.add_consumed(pending);
-            }
-            let _ = channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await;
-            let _ = channel.close(200, "bench done".into()).await;
-            let _ = conn.close(200, "bench done".into()).await;
-            Ok(latencies)
-        });
+    for (conn, channel, consumer) in consumers {
+        let queue = consume_from.to_owned();
+        let consumer = consume(
+            conn,
+            channel,
+            consumer,
+            queue,
+            load.clone(),
+            measuring.clone(),
+        );
+        tasks.spawn(consumer);
     }
 
     let (throughput, latencies) =
@@ -311,4 +189,203 @@ pub(crate) async fn measure_between(
              idle; latency from the producer's clock just before publish"
         )],
     })
+}
+
+/// What the producers and consumers of one run share.
+#[derive(Clone)]
+struct Load {
+    window: Arc<Window>,
+    /// Messages published before their confirms are awaited; deliveries acked at once.
+    batch: usize,
+    /// When the run stops.
+    end: Instant,
+}
+
+/// One connection and confirm-mode channel per producer.
+async fn connect_producers(spec: &RunSpec) -> Result<Vec<(Connection, Channel)>, BenchError> {
+    let mut producers = Vec::new();
+    for _ in 0..spec.producers {
+        let conn = connect(&spec.amqp_url, "producer").await?;
+        let channel = open_channel(&conn).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| BenchError::peer(PEER, format!("enabling publisher confirms: {e}")))?;
+        producers.push((conn, channel));
+    }
+    Ok(producers)
+}
+
+/// One connection and channel per consumer, with its prefetch, consuming `queue`.
+async fn connect_consumers(
+    spec: &RunSpec,
+    prefetch: u16,
+    queue: &str,
+) -> Result<Vec<(Connection, Channel, Consumer)>, BenchError> {
+    let mut consumers = Vec::new();
+    for _ in 0..spec.consumers {
+        let conn = connect(&spec.amqp_url, "consumer").await?;
+        let channel = open_channel(&conn).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| BenchError::peer(PEER, format!("setting prefetch {prefetch}: {e}")))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| BenchError::peer(PEER, format!("consuming from {queue}: {e}")))?;
+        consumers.push((conn, channel, consumer));
+    }
+    Ok(consumers)
+}
+
+/// A producer until the end: a batch of persistent messages, then all their confirms.
+async fn produce(
+    conn: Connection,
+    channel: Channel,
+    queue: String,
+    load: Load,
+    rate: Option<f64>,
+    body_size: usize,
+) -> Result<Latencies, BenchError> {
+    let Load { window, batch, end } = load;
+    let mut body = vec![b'x'; body_size];
+    let mut pacer = Pacer::new(rate);
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::with_capacity(batch);
+    while Instant::now() < end {
+        window.admit(end).await;
+        pacer.wait(batch as u64).await;
+        if Instant::now() >= end {
+            break;
+        }
+        for _ in 0..batch {
+            body[..8].copy_from_slice(&unix_micros().to_le_bytes());
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.clone(),
+                )
+                .await
+                .map_err(|e| BenchError::peer(PEER, format!("publishing to {queue}: {e}")))?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms.drain(..) {
+            let confirmation = confirm.await.map_err(|e| {
+                BenchError::peer(PEER, format!("awaiting a publisher confirm: {e}"))
+            })?;
+            if !confirmation.is_ack() {
+                return Err(BenchError::peer(
+                    PEER,
+                    format!("the broker nacked a message published to {queue}"),
+                ));
+            }
+        }
+        window.add_produced(batch as u64);
+    }
+    let _ = channel.close(200, "bench done".into()).await;
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(Latencies::new())
+}
+
+/// A consumer until the end: acks a batch at once, or what it holds after 1 ms idle.
+async fn consume(
+    conn: Connection,
+    channel: Channel,
+    mut consumer: Consumer,
+    queue: String,
+    load: Load,
+    measuring: Arc<AtomicBool>,
+) -> Result<Latencies, BenchError> {
+    let Load { window, batch, end } = load;
+    let mut latencies = Latencies::new();
+    let mut unacked = Unacked {
+        channel: channel.clone(),
+        window,
+        pending: 0,
+        last_tag: 0,
+    };
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let wait = if unacked.pending > 0 {
+            IDLE_ACK
+        } else {
+            (end - now).min(Duration::from_millis(100))
+        };
+        match tokio::time::timeout(wait, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                if measuring.load(Ordering::Relaxed) {
+                    record_latency(&mut latencies, &delivery.data);
+                }
+                unacked.pending += 1;
+                unacked.last_tag = delivery.delivery_tag;
+                if unacked.pending >= batch as u64 {
+                    unacked.ack().await?;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return Err(BenchError::peer(
+                    PEER,
+                    format!("consuming from {queue}: {e}"),
+                ))
+            }
+            Ok(None) => {
+                return Err(BenchError::peer(
+                    PEER,
+                    format!("the broker cancelled the consumer on {queue}"),
+                ))
+            }
+            Err(_) => unacked.ack().await?,
+        }
+    }
+    unacked.ack().await?;
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
+    let _ = channel.close(200, "bench done".into()).await;
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(latencies)
+}
+
+/// A consumer's deliveries not yet acked, acked together (`multiple`) and then counted.
+struct Unacked {
+    channel: Channel,
+    window: Arc<Window>,
+    pending: u64,
+    last_tag: u64,
+}
+
+impl Unacked {
+    async fn ack(&mut self) -> Result<(), BenchError> {
+        if self.pending > 0 {
+            self.channel
+                .basic_ack(self.last_tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(|e| BenchError::peer(PEER, format!("acking deliveries: {e}")))?;
+            self.window.add_consumed(self.pending);
+            self.pending = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The latency of a delivery whose first 8 bytes hold the producer's clock (unix µs).
+fn record_latency(latencies: &mut Latencies, data: &[u8]) {
+    if data.len() >= 8 {
+        let mut sent = [0u8; 8];
+        sent.copy_from_slice(&data[..8]);
+        let us = unix_micros() as f64 - u64::from_le_bytes(sent) as f64;
+        latencies.record_ms(us / 1e3);
+    }
 }
