@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mbx_adapters::{
-    AllowList, Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender,
-    SendAdapter,
+    Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter,
+    SendTransport,
 };
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::lease::{Leased, Tenure};
+use crate::transport::PortTransports;
 use crate::{pause, Shared};
 use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 
@@ -76,49 +77,12 @@ fn adapter_context(port: &SendPort, d: &ClaimedDelivery) -> MessageContext {
     ctx
 }
 
-/// The address of one delivery: the port's, or for a dynamic port the message's
-/// `mbx.OutboundTransportLocation` if the port's allow-list allows it, compared parsed
-/// (`mbx_adapters::allow`) and, for a `file:` address, with its folder resolved on disk.
-async fn resolve_address(
-    port: &SendPort,
-    allow: Option<&AllowList>,
-    d: &ClaimedDelivery,
-) -> Result<String, String> {
-    if let Some(a) = &d.address {
-        return Ok(a.clone());
-    }
-    let Some(p) = d.context.get(system::OUTBOUND_TRANSPORT_LOCATION) else {
-        return Err(format!(
-            "dynamic send port '{}': the message has no {}",
-            port.name,
-            system::OUTBOUND_TRANSPORT_LOCATION
-        ));
-    };
-    let address = p.value.to_plain_string();
-    let refused = |why: String| {
-        format!(
-            "dynamic send port '{}': address '{address}' is not under an allowed prefix: {why}",
-            port.name
-        )
-    };
-    let built;
-    let allow = match allow {
-        Some(a) => a,
-        None => {
-            built = AllowList::new(&port.allow_address);
-            &built
-        }
-    };
-    allow.permits(&address).map_err(refused)?;
-    allow.permits_on_disk(&address).await.map_err(refused)?;
-    Ok(address)
-}
-
 /// Sends claimed deliveries through their adapters and collects one outcome each. On an
 /// ordered port, HTTP sends time out within the lease margin unless the port says less.
 pub(crate) async fn send_all(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     batch: &[ClaimedDelivery],
     fence: Option<&Fence>,
 ) -> (HashMap<i64, Outcome>, HashMap<i64, String>) {
@@ -128,18 +92,23 @@ pub(crate) async fn send_all(
         HashMap::new();
     // deliveries to another group are forwarded by the host itself, not by an adapter
     let mut forwards = Vec::new();
-    // a dynamic port's allow-list, parsed once per batch
-    let allow = port.dynamic.then(|| AllowList::new(&port.allow_address));
     for d in batch {
-        let address = resolve_address(port, allow.as_ref(), d).await;
-        if let Ok(address) = &address {
-            if crate::forward::is_forward(address) {
-                forwards.push((d, address.clone()));
+        let route = match transports.route(port, d).await {
+            Ok(route) => route,
+            Err(e) => {
+                outcomes.insert(d.delivery_id, Outcome::failed(e, false));
                 continue;
             }
-        }
-        match outbound(shared, port, d, address, fence).await {
-            Ok((adapter, message)) => by_adapter
+        };
+        let adapter = match route.transport {
+            SendTransport::Forward(to) => {
+                forwards.push((d, to));
+                continue;
+            }
+            SendTransport::Adapter(adapter) => adapter,
+        };
+        match outbound(shared, port, d, route.address, fence).await {
+            Ok(message) => by_adapter
                 .entry(adapter.name())
                 .or_insert_with(|| (adapter.clone(), Vec::new()))
                 .1
@@ -189,7 +158,7 @@ pub(crate) async fn send_all(
             let Some(d) = batch.iter().find(|d| d.delivery_id == id) else {
                 continue;
             };
-            let (outcome, checkpoint) = send_alone(shared, port, d, fence).await;
+            let (outcome, checkpoint) = send_alone(shared, port, transports, d, fence).await;
             shared.progressed(port.id);
             if let Some(c) = checkpoint {
                 checkpoints.insert(id, c);
@@ -200,20 +169,15 @@ pub(crate) async fn send_all(
     (outcomes, checkpoints)
 }
 
-/// The message for `d` and the adapter that sends it, or the outcome that stops it before
-/// (an address or adapter refused, a body that cannot be read).
+/// The message for `d` to `address`, or the outcome that stops it before (a body that
+/// cannot be read).
 async fn outbound(
     shared: &Shared,
     port: &SendPort,
     d: &ClaimedDelivery,
-    address: Result<String, String>,
+    address: String,
     fence: Option<&Fence>,
-) -> Result<(Arc<dyn SendAdapter>, OutboundMessage), Outcome> {
-    let address = address.map_err(|e| Outcome::failed(e, false))?;
-    let adapter = shared
-        .registry
-        .send_adapter(&address)
-        .map_err(|e| Outcome::failed(e, false))?;
+) -> Result<OutboundMessage, Outcome> {
     // a body above 1 MiB is read from the MessageBox one chunk at a time as it is sent
     let body = match &d.body {
         Some(b) => Body::Bytes(b.clone()),
@@ -240,7 +204,7 @@ async fn outbound(
         // an ordered port is never solicit-response (refused at creation)
         solicit_response: port.solicit_response && !port.ordered,
     };
-    Ok((adapter, message))
+    Ok(message)
 }
 
 /// The stored chunks of a large body, for a send adapter to read one at a time.
@@ -271,11 +235,25 @@ impl ChunkSource for StoredChunks {
 async fn send_alone(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     d: &ClaimedDelivery,
     fence: Option<&Fence>,
 ) -> (Outcome, Option<String>) {
-    let address = resolve_address(port, None, d).await;
-    let (adapter, message) = match outbound(shared, port, d, address, fence).await {
+    let route = match transports.route(port, d).await {
+        Ok(route) => route,
+        Err(e) => return (Outcome::failed(e, false), None),
+    };
+    let adapter = match route.transport {
+        SendTransport::Adapter(adapter) => adapter,
+        SendTransport::Forward(to) => {
+            let mut outcomes = crate::forward::forward(shared, port, vec![(d, to)], fence).await;
+            let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
+                Outcome::failed("the forwarder reported no outcome for this message", true)
+            });
+            return (outcome, None);
+        }
+    };
+    let message = match outbound(shared, port, d, route.address, fence).await {
         Ok(m) => m,
         Err(outcome) => return (outcome, None),
     };
@@ -346,6 +324,7 @@ pub(crate) struct Sent {
 pub(crate) async fn send_batch(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     batch: Vec<ClaimedDelivery>,
 ) -> Sent {
     let started = Instant::now();
@@ -357,7 +336,7 @@ pub(crate) async fn send_batch(
         .iter()
         .map(|d| (d.delivery_id, d.published_at))
         .collect();
-    let (mut outcomes, _) = send_all(shared, port, &batch, None).await;
+    let (mut outcomes, _) = send_all(shared, port, transports, &batch, None).await;
     let mut sent = Sent::default();
     let (delivered, failures) = (&mut sent.delivered, &mut sent.failures);
     for (id, token) in &tokens {
@@ -530,6 +509,7 @@ pub(crate) async fn ordered_port_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
+    let transports = PortTransports::new(&shared.registry, &port);
     loop {
         shared.progressed(port.id);
         if *stop.borrow() || *shared.stopping.borrow() {
@@ -552,7 +532,16 @@ pub(crate) async fn ordered_port_loop(
                 metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
                     .increment(1);
                 shared.share.taken(port.id);
-                own_ordered_port(&shared, &port, instance, epoch, asked, &mut stop).await;
+                own_ordered_port(
+                    &shared,
+                    &port,
+                    &transports,
+                    instance,
+                    epoch,
+                    asked,
+                    &mut stop,
+                )
+                .await;
                 shared.share.let_go(port.id);
             }
             Ok(None) => {}
@@ -571,6 +560,7 @@ pub(crate) async fn ordered_port_loop(
 async fn own_ordered_port(
     shared: &Arc<Shared>,
     port: &SendPort,
+    transports: &PortTransports,
     instance: Uuid,
     epoch: i64,
     asked: Instant,
@@ -580,11 +570,8 @@ async fn own_ordered_port(
     let may_send = || tenure.may_act();
     let fence = tenure.fence();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
-    let forwarding = port
-        .address
-        .as_deref()
-        .is_some_and(crate::forward::is_forward);
-    if let Err(e) = restore_endpoint(shared, port, &fence).await {
+    let forwarding = transports.forwards();
+    if let Err(e) = restore_endpoint(shared, port, transports, &fence).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
         let _ = shared
@@ -649,7 +636,7 @@ async fn own_ordered_port(
             if !may_send() {
                 break 'owner;
             }
-            sent_together = Some(send_all(shared, port, &batch, Some(&fence)).await);
+            sent_together = Some(send_all(shared, port, transports, &batch, Some(&fence)).await);
         }
         for d in batch {
             if !may_send() {
@@ -658,7 +645,16 @@ async fn own_ordered_port(
             let (mut outcomes, mut checkpoints) = match sent_together.take() {
                 Some(together) => together,
                 None if forwarding => Default::default(),
-                None => send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await,
+                None => {
+                    send_all(
+                        shared,
+                        port,
+                        transports,
+                        std::slice::from_ref(&d),
+                        Some(&fence),
+                    )
+                    .await
+                }
             };
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
                 Outcome::failed("the adapter reported no outcome for this message", true)
@@ -763,7 +759,12 @@ pub(crate) async fn commit_ordered(
 
 /// A new owner puts the endpoint back to the checkpoint committed with the last
 /// completion (FILE append: truncates what a crashed owner sent but did not commit).
-async fn restore_endpoint(shared: &Shared, port: &SendPort, fence: &Fence) -> Result<(), String> {
+async fn restore_endpoint(
+    shared: &Shared,
+    port: &SendPort,
+    transports: &PortTransports,
+    fence: &Fence,
+) -> Result<(), String> {
     let may_act = || fence.allows();
     // a connection error while reading the checkpoint is retried while the lease holds:
     // giving up would leave the lease held (its release fails too) until it expires
@@ -779,15 +780,11 @@ async fn restore_endpoint(shared: &Shared, port: &SendPort, fence: &Fence) -> Re
             Err(e) => return Err(e.to_string()),
         }
     };
-    let (Some(checkpoint), Some(address)) =
-        (info.and_then(|i| i.checkpoint), port.address.as_deref())
+    // a forward has no endpoint to restore: the other group's accept is fenced instead
+    let (Some(checkpoint), Some(adapter)) = (info.and_then(|i| i.checkpoint), transports.adapter())
     else {
         return Ok(());
     };
-    let adapter = shared
-        .registry
-        .send_adapter(address)
-        .map_err(|e| e.to_string())?;
     adapter.restore(&checkpoint, fence).await
 }
 

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::delivery::{record, retry_db, send_batch, COMPLETIONS_IN_FLIGHT};
 use crate::throttle::InFlight;
+use crate::transport::PortTransports;
 use crate::{pause, Shared};
 
 /// A batch handed to a port's worker, with its share of the delivery throttle (given back
@@ -302,12 +303,9 @@ pub(crate) async fn port_worker(
     crate::metrics_catalog::port_started(&port.name);
     // a forwarding port sends a whole claim in one transaction of the other group: larger
     // batches amortise that round trip and commit
-    let forwarding = port
-        .address
-        .as_deref()
-        .is_some_and(crate::forward::is_forward);
+    let transports = PortTransports::new(&shared.registry, &port);
     let base = ClaimLimits {
-        max_count: if forwarding {
+        max_count: if transports.forwards() {
             shared.config.claim_batch * crate::forward::CLAIM_FACTOR
         } else {
             shared.config.claim_batch
@@ -327,7 +325,7 @@ pub(crate) async fn port_worker(
             handed = work.recv() => {
                 let Some(Work { instance, batch, in_flight }) = handed else { break };
                 shared.progressed(port.id);
-                let sent = send_batch(&shared, &port, batch).await;
+                let sent = send_batch(&shared, &port, &transports, batch).await;
                 while recording.len() >= COMPLETIONS_IN_FLIGHT {
                     recording.join_next().await;
                 }

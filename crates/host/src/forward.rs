@@ -274,26 +274,25 @@ impl NotSent<'_> {
     }
 }
 
-/// Whether this delivery goes to another group (it is then [`forward`]ed, not sent).
-pub(crate) fn is_forward(address: &str) -> bool {
-    GroupAddress::is_group_address(address)
-}
-
-/// Forwards deliveries (all to `mbx://` addresses) and returns one outcome each.
+/// Forwards deliveries (each with the group its port's transport forwards it to,
+/// `transport::PortTransports`) and returns one outcome each.
 pub(crate) async fn forward(
     shared: &Shared,
     port: &SendPort,
-    batch: Vec<(&ClaimedDelivery, String)>,
+    batch: Vec<(&ClaimedDelivery, GroupAddress)>,
     fence: Option<&Fence>,
 ) -> HashMap<i64, Outcome> {
     let mut outcomes = HashMap::new();
-    // one accept per destination (a dynamic port may name several)
-    let mut by_target: HashMap<String, Vec<&ClaimedDelivery>> = HashMap::new();
-    for (d, address) in batch {
-        by_target.entry(address).or_default().push(d);
+    // one accept per destination (a dynamic port may name several), in the order met
+    let mut by_target: Vec<(GroupAddress, Vec<&ClaimedDelivery>)> = Vec::new();
+    for (d, to) in batch {
+        match by_target.iter_mut().find(|(t, _)| *t == to) {
+            Some((_, deliveries)) => deliveries.push(d),
+            None => by_target.push((to, vec![d])),
+        }
     }
-    for (address, deliveries) in by_target {
-        forward_to(shared, port, &address, &deliveries, fence, &mut outcomes).await;
+    for (to, deliveries) in by_target {
+        forward_to(shared, port, &to, &deliveries, fence, &mut outcomes).await;
     }
     outcomes
 }
@@ -301,7 +300,7 @@ pub(crate) async fn forward(
 async fn forward_to(
     shared: &Shared,
     port: &SendPort,
-    address: &str,
+    to: &GroupAddress,
     deliveries: &[&ClaimedDelivery],
     fence: Option<&Fence>,
     outcomes: &mut HashMap<i64, Outcome>,
@@ -310,10 +309,6 @@ async fn forward_to(
         for d in deliveries {
             outcomes.insert(d.delivery_id, Outcome::failed(&error, retryable));
         }
-    };
-    let to = match GroupAddress::parse(address) {
-        Ok(a) => a,
-        Err(e) => return fail_all(e, false),
     };
     let identity = match shared.forward_links.identity(shared).await {
         Ok(i) => i,
@@ -440,10 +435,7 @@ async fn forward_to(
                 if matches!(e, ForwardError::Other(_)) {
                     shared.forward_links.drop_target(&to.link).await;
                 }
-                let error = format!(
-                    "forwarding to group '{}' ({address}): {e}",
-                    target.group_name
-                );
+                let error = format!("forwarding to group '{}' ({to}): {e}", target.group_name);
                 warn!(port = %port.name, %error, "forward failed");
                 return give_up.fail(&mut forget, outcomes, &error);
             }
@@ -582,7 +574,7 @@ fn links_of(port: &SendPort) -> Vec<String> {
         .into_iter()
         .flatten()
         .chain(port.allow_address.iter().map(String::as_str))
-        .filter(|a| is_forward(a))
+        .filter(|a| GroupAddress::is_group_address(a))
         .filter_map(|a| GroupAddress::parse_prefix(a).ok().map(|(link, _)| link))
         .collect();
     links.sort();

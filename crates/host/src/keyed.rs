@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::delivery::{
     commit_ordered, idle_wait, observe_latency, record, reserve, send_all, Sent,
 };
+use crate::transport::PortTransports;
 use crate::Shared;
 
 /// Most deliveries one round claims (the in-flight throttle may allow fewer).
@@ -210,6 +211,7 @@ pub(crate) async fn keyed_port_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
+    let transports = Arc::new(PortTransports::new(&shared.registry, &port));
     let port = Arc::new(port);
     let holding = Arc::new(Holding::new());
     let renewer = spawn_renewer(shared.clone(), port.clone(), holding.clone());
@@ -266,7 +268,7 @@ pub(crate) async fn keyed_port_loop(
             continue;
         }
         in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
-        let round = send_round(&shared, &port, &holding, batch).await;
+        let round = send_round(&shared, &port, &transports, &holding, batch).await;
         commit_ordered(&shared, &port, instance, 0, round.delivered, None).await;
         if !round.failures.is_empty() {
             let sent = Sent {
@@ -306,6 +308,7 @@ struct Round {
 async fn send_round(
     shared: &Arc<Shared>,
     port: &Arc<SendPort>,
+    transports: &Arc<PortTransports>,
     holding: &Arc<Holding>,
     batch: Vec<ClaimedDelivery>,
 ) -> Round {
@@ -320,15 +323,16 @@ async fn send_round(
     let permits = Arc::new(Semaphore::new(KEY_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for run in runs {
-        let (shared, port, holding, permits) = (
+        let (shared, port, transports, holding, permits) = (
             shared.clone(),
             port.clone(),
+            transports.clone(),
             holding.clone(),
             permits.clone(),
         );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok();
-            send_run(&shared, &port, &holding, run).await
+            send_run(&shared, &port, &transports, &holding, run).await
         });
     }
     let mut round = Round::default();
@@ -351,6 +355,7 @@ async fn send_round(
 async fn send_run(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     holding: &Arc<Holding>,
     run: Vec<ClaimedDelivery>,
 ) -> Round {
@@ -366,8 +371,14 @@ async fn send_run(
             break;
         }
         let fence = holding.fence(bucket, epoch);
-        let (mut outcomes, _) =
-            send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await;
+        let (mut outcomes, _) = send_all(
+            shared,
+            port,
+            transports,
+            std::slice::from_ref(&d),
+            Some(&fence),
+        )
+        .await;
         let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
             Outcome::failed("the adapter reported no outcome for this message", true)
         });

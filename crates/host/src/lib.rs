@@ -34,6 +34,7 @@ mod solicit;
 mod spool;
 mod supervisor;
 mod throttle;
+mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -321,7 +322,10 @@ pub async fn run_with_registry(
             metrics,
         )));
     }
-    tasks.push(tokio::spawn(heartbeat::heartbeat_loop(shared.clone(), machine)));
+    tasks.push(tokio::spawn(heartbeat::heartbeat_loop(
+        shared.clone(),
+        machine,
+    )));
     tasks.push(tokio::spawn(listen::listen_loop(shared.clone())));
     tasks.push(tokio::spawn(replies::reply_loop(shared.clone())));
     tasks.push(tokio::spawn(maintenance::maintenance_loop(shared.clone())));
@@ -474,4 +478,3 @@ pub(crate) async fn pause(shared: &Shared, d: Duration) -> bool {
         _ = stopping.changed() => false,
     }
 }
-
