@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::lease::{Leased, Tenure};
 use crate::transport::PortTransports;
-use crate::{pause, Shared};
+use crate::Shared;
 use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 
 /// Send timeout of HTTP sends on ordered ports: below the lease margin, so a replaced
@@ -52,8 +52,8 @@ const RECORD_ATTEMPTS_MAX: u32 = 5;
 /// than up to a poll interval later; at most the poll interval, which also
 /// stands in when the MessageBox cannot say (the claim that follows reports the error).
 pub(crate) async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
-    let poll = shared.config.poll_interval;
-    match shared.mbx.deliveries_next_due(port.id).await {
+    let poll = shared.instance.config().poll_interval;
+    match shared.instance.mbx().deliveries_next_due(port.id).await {
         Ok(Some(due)) => due.min(poll),
         Ok(None) => poll,
         Err(e) => {
@@ -133,7 +133,7 @@ pub(crate) async fn send_all(
     // every adapter reports each message once, then drops its sender; a task of the
     // adapter that panics drops its sender too, so this ends either way
     while let Some(report) = rx.recv().await {
-        shared.progressed(port.id);
+        shared.liveness.progressed(port.id);
         if let Some(c) = report.checkpoint {
             checkpoints.insert(report.delivery_id, c);
         }
@@ -159,7 +159,7 @@ pub(crate) async fn send_all(
                 continue;
             };
             let (outcome, checkpoint) = send_alone(shared, port, transports, d, fence).await;
-            shared.progressed(port.id);
+            shared.liveness.progressed(port.id);
             if let Some(c) = checkpoint {
                 checkpoints.insert(id, c);
             }
@@ -182,7 +182,7 @@ async fn outbound(
     let body = match &d.body {
         Some(b) => Body::Bytes(b.clone()),
         None => Body::Chunks(Arc::new(StoredChunks {
-            mbx: shared.mbx.clone(),
+            mbx: shared.instance.mbx().clone(),
             message_id: d.message_id,
             len: u64::try_from(d.body_size).unwrap_or(0),
         })),
@@ -403,15 +403,20 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
     let labels = [("port", port.name.clone())];
     let started = Instant::now();
     let publisher = Publisher {
-        host_id: Some(shared.host_id),
+        host_id: Some(shared.instance.host_id()),
         ..Publisher::default()
     };
     let recorded = retry_db(shared, &port.name, "recording outcomes", || async {
         let done = if responses.is_empty() {
-            shared.mbx.deliveries_complete(instance, &delivered).await?
+            shared
+                .instance
+                .mbx()
+                .deliveries_complete(instance, &delivered)
+                .await?
         } else {
             let (done, published) = shared
-                .mbx
+                .instance
+                .mbx()
                 .deliveries_complete_with_responses(
                     instance,
                     &delivered,
@@ -422,12 +427,16 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
             crate::solicit::observe_published(port, &published);
             done
         };
-        let report = shared.mbx.deliveries_fail(instance, &failures).await?;
+        let report = shared
+            .instance
+            .mbx()
+            .deliveries_fail(instance, &failures)
+            .await?;
         Ok((done, report))
     })
     .await;
     if !faults.is_empty() && recorded.is_some() {
-        match shared.mbx.publish(&publisher, faults).await {
+        match shared.instance.mbx().publish(&publisher, faults).await {
             Ok(published) => crate::solicit::observe_published(port, &published),
             Err(e) => {
                 warn!(port = %port.name, error = %e, "cannot answer waiting clients whose requests failed (they time out)")
@@ -438,7 +447,7 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
         crate::forward::completed(shared, &done);
         let done = done.len();
         metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
-        shared.count_delivered(port.id, done);
+        shared.liveness.count_delivered(port.id, done);
         metrics::counter!("mbx_delivery_failures_total", &labels).increment(failures.len() as u64);
         if done < delivered.len() || report.stale > 0 {
             warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
@@ -491,7 +500,7 @@ where
             Err(e) => {
                 let retryable = e.is_retryable();
                 error!(port, attempt, retryable, error = %e, "{what} failed");
-                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || *shared.stopping.borrow() {
+                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || shared.instance.is_stopping() {
                     return None;
                 }
                 let backoff = (200 * u64::from(attempt)).min(RETRY_BACKOFF_MAX_MS);
@@ -511,16 +520,16 @@ pub(crate) async fn ordered_port_loop(
     crate::metrics_catalog::port_started(&port.name);
     let transports = PortTransports::new(&shared.registry, &port);
     loop {
-        shared.progressed(port.id);
-        if *stop.borrow() || *shared.stopping.borrow() {
-            shared.forget_progress(port.id);
+        shared.liveness.progressed(port.id);
+        if *stop.borrow() || shared.instance.is_stopping() {
+            shared.liveness.forget_progress(port.id);
             return;
         }
-        let instance = shared.instance_id();
+        let instance = shared.instance.id();
         if !shared.share.may_take() {
             // at this instance's fair share: leave free leases to the others
             tokio::select! {
-                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
                 _ = stop.changed() => {}
             }
             continue;
@@ -548,7 +557,7 @@ pub(crate) async fn ordered_port_loop(
             Err(e) => warn!(port = %port.name, error = %e, "lease acquisition failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
             _ = stop.changed() => {}
         }
     }
@@ -575,7 +584,8 @@ async fn own_ordered_port(
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
         let _ = shared
-            .mbx
+            .instance
+            .mbx()
             .port_lease_release(instance, port.id, epoch)
             .await;
         return;
@@ -583,28 +593,29 @@ async fn own_ordered_port(
     let mut pending: Vec<(i64, Uuid)> = Vec::new();
     let mut checkpoint: Option<String> = None;
     'owner: loop {
-        shared.progressed(port.id);
-        if *stop.borrow() || *shared.stopping.borrow() || !may_send() {
+        shared.liveness.progressed(port.id);
+        if *stop.borrow() || shared.instance.is_stopping() || !may_send() {
             break;
         }
         if shared.share.should_yield(port.id) {
             info!(port = %port.name, epoch, "handing the lease over to spread ordered ports");
             break;
         }
-        let notified = shared.published.notified();
+        let notified = shared.wake.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // bounded in bytes like any claim, and given back while idle: an ordered port
         // with nothing to send must not hold the instance's in-flight budget
         let wanted = ClaimLimits {
             max_count: commit_batch,
-            max_bytes: shared.config.claim_bytes,
+            max_bytes: shared.instance.config().claim_bytes,
         };
         let Some((limits, mut in_flight)) = reserve(shared, wanted, stop).await else {
             continue;
         };
         let batch = match shared
-            .mbx
+            .instance
+            .mbx()
             .deliveries_claim_ordered(instance, port.id, epoch, limits)
             .await
         {
@@ -714,7 +725,8 @@ async fn own_ordered_port(
     if lost {
         warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
     } else if let Err(e) = shared
-        .mbx
+        .instance
+        .mbx()
         .port_lease_release(instance, port.id, epoch)
         .await
     {
@@ -736,7 +748,7 @@ pub(crate) async fn commit_ordered(
         return;
     }
     let committed = retry_db(shared, &port.name, "committing completions", || {
-        shared.mbx.deliveries_complete_ordered(
+        shared.instance.mbx().deliveries_complete_ordered(
             instance,
             &delivered,
             port.id,
@@ -749,7 +761,7 @@ pub(crate) async fn commit_ordered(
         crate::forward::completed(shared, &done);
         metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
             .increment(done.len() as u64);
-        shared.count_delivered(port.id, done.len());
+        shared.liveness.count_delivered(port.id, done.len());
         if done.len() < delivered.len() {
             warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
                   "completions fenced: the lease moved on");
@@ -769,11 +781,11 @@ async fn restore_endpoint(
     // a connection error while reading the checkpoint is retried while the lease holds:
     // giving up would leave the lease held (its release fails too) until it expires
     let info = loop {
-        match shared.mbx.port_lease_info(port.id).await {
+        match shared.instance.mbx().port_lease_info(port.id).await {
             Ok(info) => break info,
             Err(e) if e.is_retryable() && may_act() => {
                 warn!(port = %port.name, error = %e, "reading the endpoint checkpoint failed; retrying");
-                if !pause(shared, Duration::from_millis(200)).await {
+                if !shared.instance.pause(Duration::from_millis(200)).await {
                     return Err(e.to_string());
                 }
             }

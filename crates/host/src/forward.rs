@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::{pause, Shared};
+use crate::Shared;
 
 /// How long a batch that a throttled group did not take waits before it is claimed again
 /// (not an attempt: nothing failed).
@@ -158,7 +158,8 @@ impl Links {
             return Ok(known.clone());
         }
         let read = shared
-            .mbx
+            .instance
+            .mbx()
             .group_identity()
             .await
             .map_err(|e| format!("reading this group's identity: {e}"))?;
@@ -196,7 +197,12 @@ impl Links {
             }
         }
         // no lock held from here: one unreachable link must not stall the others
-        let stored = shared.mbx.link_get(link).await.map_err(|e| e.to_string())?;
+        let stored = shared
+            .instance
+            .mbx()
+            .link_get(link)
+            .await
+            .map_err(|e| e.to_string())?;
         let target = match &cached {
             Some((url, target, _, _)) if *url == stored.database_url => target.clone(),
             _ => {
@@ -386,14 +392,14 @@ async fn forward_to(
     let mut forget = shared.forward_links.take_completed(&stream);
     // claimed under this instance id: if the instance is declared dead meanwhile (its
     // claims reclaimed by another), it must not forward them late
-    let claimed_as = shared.instance_id();
+    let claimed_as = shared.instance.id();
     let started = Instant::now();
     let give_up = NotSent {
         links: &shared.forward_links,
         stream: &stream,
         sent: &sent,
     };
-    if shared.instance_id() != claimed_as {
+    if shared.instance.id() != claimed_as {
         let reason = "this instance was declared dead; its claims moved on";
         return give_up.fail(&mut forget, outcomes, reason);
     }
@@ -404,7 +410,7 @@ async fn forward_to(
     let accepted = {
         match target
             .accept(
-                &shared.mbx,
+                shared.instance.mbx(),
                 (identity.0, &identity.1),
                 &port.name,
                 &to.receive_port,
@@ -423,7 +429,8 @@ async fn forward_to(
                     .map(|d| (d.delivery_id, d.claim_token))
                     .collect();
                 if let Err(e) = shared
-                    .mbx
+                    .instance
+                    .mbx()
                     .deliveries_postpone(claimed_as, &claims, THROTTLED_RETRY_MS)
                     .await
                 {
@@ -482,8 +489,9 @@ async fn forward_to(
     metrics::counter!("mbx_forwarded_total", "port" => port.name.clone())
         .increment((accepted.len() - duplicates) as u64);
     if let Err(e) = shared
-        .mbx
-        .forward_track(port.id, shared.instance_id(), &events)
+        .instance
+        .mbx()
+        .forward_track(port.id, shared.instance.id(), &events)
         .await
     {
         debug!(port = %port.name, error = %e, "recording forwarded events failed");
@@ -497,7 +505,7 @@ async fn forward_to(
 pub(crate) async fn forget_loop(shared: Arc<Shared>) {
     let mut last_sweep = Instant::now();
     loop {
-        if !pause(&shared, FLUSH_INTERVAL).await {
+        if !shared.instance.pause(FLUSH_INTERVAL).await {
             return;
         }
         // what this instance completed and no accept carried since (a port gone quiet)
@@ -506,12 +514,12 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
             continue;
         }
         last_sweep = Instant::now();
-        let me = shared.instance_id();
-        let sweeper = match shared.mbx.instance_list().await {
+        let me = shared.instance.id();
+        let sweeper = match shared.instance.mbx().instance_list().await {
             Ok(list) => list
                 .iter()
                 .filter(|i| i.state == mbx_messagebox::states::InstanceState::Alive)
-                .filter(|i| i.host == shared.config.host)
+                .filter(|i| i.host == shared.instance.config().host)
                 .map(|i| i.id)
                 .min()
                 .is_none_or(|lowest| lowest == me),
@@ -520,14 +528,17 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
         if !sweeper {
             continue;
         }
-        let ports = match shared.mbx.send_port_list().await {
+        let ports = match shared.instance.mbx().send_port_list().await {
             Ok(list) => list,
             Err(e) => {
                 debug!(error = %e, "listing ports for receipts failed");
                 continue;
             }
         };
-        for port in ports.iter().filter(|p| p.host == shared.config.host) {
+        for port in ports
+            .iter()
+            .filter(|p| p.host == shared.instance.config().host)
+        {
             for link in links_of(port) {
                 if let Err(e) = forget_port(&shared, port, &link).await {
                     debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
@@ -608,7 +619,8 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
         };
         let ids: Vec<Uuid> = page.iter().map(|r| r.1).collect();
         let held = shared
-            .mbx
+            .instance
+            .mbx()
             .forward_still_held(port.id, &ids)
             .await
             .map_err(|e| e.to_string())?;
@@ -636,25 +648,30 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
 /// others find the inbox locked and wait for the next wake-up).
 pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
     let publisher = Publisher {
-        host_id: Some(shared.host_id),
+        host_id: Some(shared.instance.host_id()),
         receive_location_id: None,
         fence: None,
     };
     loop {
-        if *shared.stopping.borrow() {
+        if shared.instance.is_stopping() {
             return;
         }
-        let woken = shared.forwarded.notified();
+        let woken = shared.wake.forwarded();
         tokio::pin!(woken);
         woken.as_mut().enable();
         if shared.throttle.publish_throttled() {
-            let mut stopping = shared.stopping.clone();
+            let mut stopping = shared.instance.stopping();
             tokio::select! {
                 _ = shared.throttle.publish_allowed() => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
-        match shared.mbx.inbox_publish(&publisher, INBOX_BATCH).await {
+        match shared
+            .instance
+            .mbx()
+            .inbox_publish(&publisher, INBOX_BATCH)
+            .await
+        {
             Ok(n) if n as i64 == INBOX_BATCH => {
                 metrics::counter!("mbx_forwarded_in_total").increment(n as u64);
                 continue;
@@ -667,10 +684,10 @@ pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "publishing forwarded messages failed; retrying"),
         }
-        let mut stopping = shared.stopping.clone();
+        let mut stopping = shared.instance.stopping();
         tokio::select! {
             _ = &mut woken => {}
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
     }

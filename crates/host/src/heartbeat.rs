@@ -4,19 +4,114 @@
 //! instances — only once this instance has itself heartbeated on time for the dead
 //! timeout ([`Heartbeats`]).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mbx_messagebox::instances::DEAD_AFTER_S;
 use mbx_messagebox::states::InstanceState;
 use tracing::{error, info, warn};
 
-use crate::{pause, register, Shared, HEARTBEAT_INTERVAL_MS};
+use crate::instance::Instance;
+use crate::lease::Share;
+use crate::listen::Wakeups;
+use crate::{register, HEARTBEAT_INTERVAL_MS};
+
+/// What the watchdog and the heartbeat know of this instance's liveness: each delivery
+/// loop's last progress, the messages delivered per port, and this instance's own
+/// heartbeats. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub(crate) struct Liveness {
+    inner: Arc<LivenessInner>,
+}
+
+struct LivenessInner {
+    /// Last progress of each delivery loop, by port id (the watchdog reads it).
+    progress: Mutex<HashMap<i64, Instant>>,
+    /// Messages delivered per port id since this process started, written with every
+    /// heartbeat (the console's and `mbx stats --watch`'s rates).
+    delivered: Mutex<BTreeMap<i64, u64>>,
+    /// This instance's heartbeats, as the heartbeat loop saw them.
+    heartbeats: Mutex<Heartbeats>,
+    /// A delivery loop without progress for this long is stalled (`--watchdog-stall`).
+    stall: Duration,
+}
+
+impl Liveness {
+    pub fn new(stall: Duration) -> Self {
+        Self {
+            inner: Arc::new(LivenessInner {
+                progress: Mutex::default(),
+                delivered: Mutex::default(),
+                heartbeats: Mutex::default(),
+                stall,
+            }),
+        }
+    }
+
+    /// Whether this instance may take other instances for dead (and reclaim their work:
+    /// deliveries, claimed files). After a database outage every instance's heartbeat is
+    /// stale: only once this one has itself been connected, heartbeating on time, for the
+    /// dead timeout have the others had the time to heartbeat again (otherwise all would
+    /// declare each other dead and reclaim each other's work). A heartbeat held up right
+    /// now (its last success more than half the dead timeout ago) closes the gate too.
+    pub fn may_judge_dead(&self) -> bool {
+        self.inner
+            .heartbeats
+            .lock()
+            .is_ok_and(|h| h.settled(Instant::now()))
+    }
+
+    /// The heartbeat loop's word on one heartbeat: it succeeded, or it failed.
+    fn heartbeat_done(&self, ok: bool) {
+        if let Ok(mut h) = self.inner.heartbeats.lock() {
+            if ok {
+                h.ok(Instant::now());
+            } else {
+                h.failed();
+            }
+        }
+    }
+
+    /// `n` messages of port `port_id` were delivered (their completions committed).
+    pub fn count_delivered(&self, port_id: i64, n: usize) {
+        if let Ok(mut d) = self.inner.delivered.lock() {
+            *d.entry(port_id).or_default() += n as u64;
+        }
+    }
+
+    /// Messages delivered per port id so far.
+    fn delivered(&self) -> Option<BTreeMap<i64, u64>> {
+        self.inner.delivered.lock().map(|d| d.clone()).ok()
+    }
+
+    /// A delivery loop made progress (claimed, waited, or got an outcome).
+    pub fn progressed(&self, port_id: i64) {
+        if let Ok(mut p) = self.inner.progress.lock() {
+            p.insert(port_id, Instant::now());
+        }
+    }
+
+    /// The loop of a port ended: the watchdog no longer watches it.
+    pub fn forget_progress(&self, port_id: i64) {
+        if let Ok(mut p) = self.inner.progress.lock() {
+            p.remove(&port_id);
+        }
+    }
+
+    /// The port id and stall time of a delivery loop stalled past the watchdog limit.
+    fn stalled_loop(&self) -> Option<(i64, Duration)> {
+        let p = self.inner.progress.lock().ok()?;
+        p.iter()
+            .map(|(id, t)| (*id, t.elapsed()))
+            .find(|(_, d)| *d > self.inner.stall)
+    }
+}
 
 /// Since when this instance's heartbeats have succeeded without a failure or a long gap
 /// in between, and when the last one succeeded.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Heartbeats {
+struct Heartbeats {
     connected_since: Option<Instant>,
     last_ok: Option<Instant>,
 }
@@ -25,12 +120,12 @@ impl Heartbeats {
     /// The longest gap between two successful heartbeats that keeps them "on time": one
     /// that came later was cut off (e.g. waiting for a connection or a lock) as much as a
     /// failed one; a merely slow one (a busy pool) does not restart the wait.
-    pub(crate) fn gap_max() -> Duration {
+    fn gap_max() -> Duration {
         Duration::from_secs(DEAD_AFTER_S.unsigned_abs()) / 2
     }
 
     /// A heartbeat succeeded now.
-    pub(crate) fn ok(&mut self, now: Instant) {
+    fn ok(&mut self, now: Instant) {
         if !matches!(self.last_ok, Some(t) if now.saturating_duration_since(t) <= Self::gap_max()) {
             self.connected_since = Some(now);
         }
@@ -38,13 +133,13 @@ impl Heartbeats {
     }
 
     /// A heartbeat failed.
-    pub(crate) fn failed(&mut self) {
+    fn failed(&mut self) {
         self.connected_since = None;
     }
 
     /// Connected, heartbeating on time, for the dead timeout, and the last heartbeat is
     /// recent (one held up now, e.g. by a lock, counts as late).
-    pub(crate) fn settled(&self, now: Instant) -> bool {
+    fn settled(&self, now: Instant) -> bool {
         let dead_after = Duration::from_secs(DEAD_AFTER_S.unsigned_abs());
         self.connected_since
             .is_some_and(|since| now.saturating_duration_since(since) >= dead_after)
@@ -54,61 +149,67 @@ impl Heartbeats {
     }
 }
 
-pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
+pub(crate) async fn heartbeat_loop(
+    instance: Instance,
+    liveness: Liveness,
+    share: Arc<Share>,
+    wake: Wakeups,
+    machine: String,
+) {
     let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
     loop {
-        let id = shared.instance_id();
-        if let Some((port_id, stalled)) = shared.stalled_loop() {
+        let id = instance.id();
+        if let Some((port_id, stalled)) = liveness.stalled_loop() {
             error!(
                 port_id,
                 stalled_s = stalled.as_secs(),
                 "a delivery loop is stalled; heartbeat withheld so another instance takes over"
             );
-            if !pause(&shared, period).await {
+            if !instance.pause(period).await {
                 return;
             }
             continue;
         }
-        let delivered = shared.delivered.lock().map(|d| d.clone()).ok();
-        match shared
-            .mbx
+        let delivered = liveness.delivered();
+        match instance
+            .mbx()
             .instance_heartbeat_with(id, delivered.as_ref())
             .await
         {
             Ok(true) => {
-                shared.heartbeat_done(true);
+                liveness.heartbeat_done(true);
             }
             Ok(false) => {
                 warn!(instance = %id, "declared dead by another instance; re-registering");
-                match register(&shared.mbx, &shared.config, &machine).await {
+                match register(instance.mbx(), instance.config(), &machine).await {
                     Ok(new_id) => {
                         // `send` would fail (nobody subscribes) and keep the dead id
-                        shared.instance.send_replace(new_id);
+                        instance.reregistered(new_id);
                     }
                     Err(e) => error!(error = %e, "re-registration failed"),
                 }
             }
             Err(e) => {
-                shared.heartbeat_done(false);
+                liveness.heartbeat_done(false);
                 error!(error = %e, "heartbeat failed");
             }
         }
-        match shared.mbx.instance_list().await {
+        match instance.mbx().instance_list().await {
             Ok(list) => {
                 let alive = list
                     .iter()
-                    .filter(|i| i.host == shared.config.host && i.state == InstanceState::Alive)
+                    .filter(|i| i.host == instance.config().host && i.state == InstanceState::Alive)
                     .count();
-                shared.share.set_instances(alive);
+                share.set_instances(alive);
             }
             Err(e) => warn!(error = %e, "listing instances failed"),
         }
         // after a database outage, others are declared dead only once this instance has
         // itself been connected for the dead timeout (the file reclaimer waits the same)
-        let reclaimed = if shared.may_judge_dead() {
-            shared
-                .mbx
-                .instances_reclaim_dead(DEAD_AFTER_S, shared.config.max_deliveries)
+        let reclaimed = if liveness.may_judge_dead() {
+            instance
+                .mbx()
+                .instances_reclaim_dead(DEAD_AFTER_S, instance.config().max_deliveries)
                 .await
         } else {
             Ok(Default::default())
@@ -132,12 +233,12 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, machine: String) {
                     replies_suspended = r.replies_suspended,
                     "reclaimed dead instances' work"
                 );
-                shared.published.notify_waiters();
+                wake.notify_published();
             }
             Ok(_) => {}
             Err(e) => error!(error = %e, "reclaim failed"),
         }
-        if !pause(&shared, period).await {
+        if !instance.pause(period).await {
             return;
         }
     }

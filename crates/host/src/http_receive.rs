@@ -146,9 +146,9 @@ pub(crate) async fn ensure_listener(shared: &Arc<Shared>, tls: bool) -> Result<(
         }
     };
     let (addr, flag) = if tls {
-        (shared.config.https_listen, "--https-listen")
+        (shared.instance.config().https_listen, "--https-listen")
     } else {
-        (shared.config.http_listen, "--http-listen")
+        (shared.instance.config().http_listen, "--http-listen")
     };
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
@@ -432,10 +432,12 @@ async fn request_response(
     let token = uuid::Uuid::new_v4().to_string();
     let key = message.source_id.clone().unwrap_or_default();
     // waiting before the publish commits: a reply may come at once
-    let mut client = shared.waiting.register(token.clone(), shared.clone());
+    let mut client = shared
+        .waiting
+        .register(token.clone(), &shared.instance, &shared.wake);
     let requested = route
         .submitter
-        .request(message, sha256, &token, shared.instance_id())
+        .request(message, sha256, &token, shared.instance.id())
         .await;
     // published (or not): its spool file is not needed while the client waits
     drop(spooled);
@@ -480,8 +482,9 @@ async fn request_response(
                 humantime::format_duration(timeout)
             );
             if let Err(e) = shared
-                .mbx
-                .request_timed_out(message_id, shared.host_id, &detail)
+                .instance
+                .mbx()
+                .request_timed_out(message_id, shared.instance.host_id(), &detail)
                 .await
             {
                 warn!(%message_id, error = %e, "cannot record a request's timeout");

@@ -144,8 +144,9 @@ fn spawn_renewer(
             }
             let at = holding.now_ms();
             match shared
-                .mbx
-                .port_buckets_renew(shared.instance_id(), port.id, &asked, LEASE_TTL_MS)
+                .instance
+                .mbx()
+                .port_buckets_renew(shared.instance.id(), port.id, &asked, LEASE_TTL_MS)
                 .await
             {
                 Ok(kept) => {
@@ -171,7 +172,8 @@ async fn balance(shared: &Shared, port: &SendPort, holding: &Holding, instance: 
         let at = holding.now_ms();
         let want = i64::try_from(fair - held).unwrap_or(0);
         match shared
-            .mbx
+            .instance
+            .mbx()
             .port_buckets_acquire(instance, port.id, want, LEASE_TTL_MS)
             .await
         {
@@ -196,7 +198,8 @@ async fn balance(shared: &Shared, port: &SendPort, holding: &Holding, instance: 
 
 async fn release(shared: &Shared, port: &SendPort, instance: Uuid, leases: &[BucketLease]) {
     if let Err(e) = shared
-        .mbx
+        .instance
+        .mbx()
         .port_buckets_release(instance, port.id, leases)
         .await
     {
@@ -216,14 +219,14 @@ pub(crate) async fn keyed_port_loop(
     let holding = Arc::new(Holding::new());
     let renewer = spawn_renewer(shared.clone(), port.clone(), holding.clone());
     let per_key = i64::from(port.ordered_commit_batch.max(1));
-    let poll = shared.config.poll_interval;
+    let poll = shared.instance.config().poll_interval;
     let mut balanced_at: Option<Instant> = None;
     loop {
-        shared.progressed(port.id);
-        if *stop.borrow() || *shared.stopping.borrow() {
+        shared.liveness.progressed(port.id);
+        if *stop.borrow() || shared.instance.is_stopping() {
             break;
         }
-        let instance = shared.instance_id();
+        let instance = shared.instance.id();
         if balanced_at.is_none_or(|t| t.elapsed() >= poll) {
             balance(&shared, &port, &holding, instance).await;
             balanced_at = Some(Instant::now());
@@ -236,18 +239,19 @@ pub(crate) async fn keyed_port_loop(
             }
             continue;
         }
-        let notified = shared.published.notified();
+        let notified = shared.wake.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let wanted = ClaimLimits {
             max_count: KEYED_CLAIM_MAX,
-            max_bytes: shared.config.claim_bytes,
+            max_bytes: shared.instance.config().claim_bytes,
         };
         let Some((limits, mut in_flight)) = reserve(&shared, wanted, &mut stop).await else {
             continue;
         };
         let batch = match shared
-            .mbx
+            .instance
+            .mbx()
             .deliveries_claim_keyed(instance, port.id, &held, per_key, limits)
             .await
         {
@@ -281,7 +285,12 @@ pub(crate) async fn keyed_port_loop(
         // the failure is recorded: its head now waits (a retry, a held key), so nothing
         // overtakes it, and the rest no longer counts as in flight
         if !round.unsent.is_empty() {
-            if let Err(e) = shared.mbx.deliveries_release(instance, &round.unsent).await {
+            if let Err(e) = shared
+                .instance
+                .mbx()
+                .deliveries_release(instance, &round.unsent)
+                .await
+            {
                 warn!(port = %port.name, error = %e, "giving back unsent claims failed; they are taken again by the next claim");
             }
         }
@@ -289,8 +298,8 @@ pub(crate) async fn keyed_port_loop(
     renewer.abort();
     let held = holding.all();
     holding.remove(&held);
-    release(&shared, &port, shared.instance_id(), &held).await;
-    shared.forget_progress(port.id);
+    release(&shared, &port, shared.instance.id(), &held).await;
+    shared.liveness.forget_progress(port.id);
 }
 
 /// What one round (or one key's run) came to.

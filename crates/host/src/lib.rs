@@ -23,6 +23,7 @@ mod forward;
 mod heartbeat;
 mod http_receive;
 mod http_server;
+mod instance;
 mod keyed;
 mod lease;
 mod listen;
@@ -42,10 +43,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use instance::Instance;
 use mbx_adapters::Registry;
 use mbx_messagebox::instances::MAX_DELIVERIES_DEFAULT;
 use mbx_messagebox::{MessageBox, SchemaState};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -144,36 +146,23 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
-/// What the loops of one instance share.
+/// What the loops of one instance share: handles, each with one purpose.
 pub(crate) struct Shared {
-    pub mbx: MessageBox,
-    pub config: HostConfig,
+    /// The MessageBox, the configuration, this instance's id, stopping.
+    pub instance: Instance,
     pub registry: Registry,
-    /// This instance's id; replaced when it re-registers after being declared dead.
-    pub instance: watch::Sender<Uuid>,
-    /// Woken on every publish notification.
-    pub published: Notify,
-    /// Woken on every configuration-change notification.
-    pub config_changed: Notify,
-    /// Woken when another group forwarded messages into this one's inbox.
-    pub forwarded: Notify,
+    /// Publish, configuration, forwarded-in and reply wake-ups (the listener's).
+    pub wake: listen::Wakeups,
+    /// The watchdog's progress, the delivered counts, this instance's heartbeats.
+    pub liveness: heartbeat::Liveness,
     /// Connections to the groups this instance forwards to.
     pub forward_links: forward::Links,
     /// Two-way receive's clients waiting for their replies.
-    pub waiting: replies::Waiting,
-    /// Becomes true when the instance stops.
-    pub stopping: watch::Receiver<bool>,
+    pub waiting: Arc<replies::Waiting>,
     /// The HTTP receive locations this instance serves.
     pub http: http_receive::HttpReceive,
-    /// Last progress of each delivery loop, by port id (the watchdog reads it).
-    pub progress: std::sync::Mutex<HashMap<i64, std::time::Instant>>,
-    /// Messages delivered per port id since this process started, written with every
-    /// heartbeat (the console's and `mbx stats --watch`'s rates).
-    pub delivered: std::sync::Mutex<std::collections::BTreeMap<i64, u64>>,
     /// Spreading ordered ports over the host's instances (see `lease::Share`).
-    pub share: lease::Share,
-    /// The host's id (publishes are attributed to it, for its publish throttle).
-    pub host_id: i64,
+    pub share: Arc<lease::Share>,
     /// The publish and delivery throttles.
     pub throttle: Arc<throttle::Throttle>,
     /// HTTPS receive's TLS, from `--tls-cert`/`--tls-key` (none: https locations refused).
@@ -181,67 +170,6 @@ pub(crate) struct Shared {
     /// Enabled locations that cannot run on this instance, by id: (name, why). `/readyz`
     /// answers 503 while any is here; the MessageBox has the same (`mbx status`).
     pub location_problems: std::sync::Mutex<HashMap<i64, (String, String)>>,
-    /// This instance's heartbeats, as the heartbeat loop saw them (see
-    /// [`Shared::may_judge_dead`]).
-    pub heartbeats: std::sync::Mutex<heartbeat::Heartbeats>,
-}
-
-impl Shared {
-    pub fn instance_id(&self) -> Uuid {
-        *self.instance.borrow()
-    }
-
-    /// Whether this instance may take other instances for dead (and reclaim their work:
-    /// deliveries, claimed files). After a database outage every instance's heartbeat is
-    /// stale: only once this one has itself been connected, heartbeating on time, for the
-    /// dead timeout have the others had the time to heartbeat again (otherwise all would
-    /// declare each other dead and reclaim each other's work). A heartbeat held up right
-    /// now (its last success more than half the dead timeout ago) closes the gate too.
-    pub fn may_judge_dead(&self) -> bool {
-        self.heartbeats
-            .lock()
-            .is_ok_and(|h| h.settled(Instant::now()))
-    }
-
-    /// The heartbeat loop's word on one heartbeat: it succeeded, or it failed.
-    fn heartbeat_done(&self, ok: bool) {
-        if let Ok(mut h) = self.heartbeats.lock() {
-            if ok {
-                h.ok(Instant::now());
-            } else {
-                h.failed();
-            }
-        }
-    }
-
-    /// `n` messages of port `port_id` were delivered (their completions committed).
-    pub fn count_delivered(&self, port_id: i64, n: usize) {
-        if let Ok(mut d) = self.delivered.lock() {
-            *d.entry(port_id).or_default() += n as u64;
-        }
-    }
-
-    /// A delivery loop made progress (claimed, waited, or got an outcome).
-    pub fn progressed(&self, port_id: i64) {
-        if let Ok(mut p) = self.progress.lock() {
-            p.insert(port_id, std::time::Instant::now());
-        }
-    }
-
-    /// The loop of a port ended: the watchdog no longer watches it.
-    pub fn forget_progress(&self, port_id: i64) {
-        if let Ok(mut p) = self.progress.lock() {
-            p.remove(&port_id);
-        }
-    }
-
-    /// The port id and stall time of a delivery loop stalled past the watchdog limit.
-    fn stalled_loop(&self) -> Option<(i64, Duration)> {
-        let p = self.progress.lock().ok()?;
-        p.iter()
-            .map(|(id, t)| (*id, t.elapsed()))
-            .find(|(_, d)| *d > self.config.watchdog_stall)
-    }
 }
 
 /// Runs one host instance until `shutdown` resolves, then stops gracefully: stops
@@ -284,30 +212,21 @@ pub async fn run_with_registry(
     metrics_catalog::describe();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (instance_tx, _) = watch::channel(id);
     let shared = Arc::new(Shared {
-        mbx: mbx.clone(),
-        config: config.clone(),
+        instance: Instance::new(mbx.clone(), config.clone(), id, limits.host_id, stop_rx),
         registry,
-        instance: instance_tx,
-        published: Notify::new(),
-        config_changed: Notify::new(),
-        forwarded: Notify::new(),
+        wake: Default::default(),
+        liveness: heartbeat::Liveness::new(config.watchdog_stall),
         forward_links: Default::default(),
         waiting: Default::default(),
-        stopping: stop_rx,
         http: Default::default(),
-        progress: Default::default(),
-        delivered: Default::default(),
         share: Default::default(),
-        host_id: limits.host_id,
         throttle: Arc::new(throttle::Throttle::new(
             limits.throttle_publish,
             limits.throttle_inflight,
         )),
         tls,
         location_problems: Default::default(),
-        heartbeats: Default::default(),
     });
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
@@ -323,14 +242,31 @@ pub async fn run_with_registry(
         )));
     }
     tasks.push(tokio::spawn(heartbeat::heartbeat_loop(
-        shared.clone(),
+        shared.instance.clone(),
+        shared.liveness.clone(),
+        shared.share.clone(),
+        shared.wake.clone(),
         machine,
     )));
-    tasks.push(tokio::spawn(listen::listen_loop(shared.clone())));
-    tasks.push(tokio::spawn(replies::reply_loop(shared.clone())));
-    tasks.push(tokio::spawn(maintenance::maintenance_loop(shared.clone())));
-    tasks.push(tokio::spawn(maintenance::metrics_loop(shared.clone())));
-    tasks.push(tokio::spawn(throttle::monitor_loop(shared.clone())));
+    tasks.push(tokio::spawn(listen::listen_loop(
+        shared.instance.clone(),
+        shared.wake.clone(),
+    )));
+    tasks.push(tokio::spawn(replies::reply_loop(
+        shared.instance.clone(),
+        shared.waiting.clone(),
+        shared.wake.clone(),
+    )));
+    tasks.push(tokio::spawn(maintenance::maintenance_loop(
+        shared.instance.clone(),
+    )));
+    tasks.push(tokio::spawn(maintenance::metrics_loop(
+        shared.instance.clone(),
+    )));
+    tasks.push(tokio::spawn(throttle::monitor_loop(
+        shared.instance.clone(),
+        shared.throttle.clone(),
+    )));
     tasks.push(tokio::spawn(forward::inbox_loop(shared.clone())));
     tasks.push(tokio::spawn(forward::forget_loop(shared.clone())));
     let supervisor = tokio::spawn(supervisor::supervisor_loop(shared.clone()));
@@ -338,7 +274,7 @@ pub async fn run_with_registry(
     shutdown.await;
     info!("stopping: no more receiving; finishing in-flight batches");
     let _ = stop_tx.send(true);
-    shared.published.notify_waiters();
+    shared.wake.notify_published();
     if tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_S), supervisor)
         .await
         .is_err()
@@ -349,7 +285,7 @@ pub async fn run_with_registry(
         t.abort();
     }
     let released = mbx
-        .instance_deregister(shared.instance_id())
+        .instance_deregister(shared.instance.id())
         .await
         .context("deregistering")?;
     info!(released, "host instance stopped");
@@ -465,16 +401,4 @@ pub(crate) async fn register(mbx: &MessageBox, config: &HostConfig, machine: &st
     register_once(mbx, config, machine)
         .await
         .with_context(|| format!("registering an instance of host '{}'", config.host))
-}
-
-/// Sleeps `d` unless the instance is stopping; returns false when it is.
-pub(crate) async fn pause(shared: &Shared, d: Duration) -> bool {
-    let mut stopping = shared.stopping.clone();
-    if *stopping.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => !*stopping.borrow(),
-        _ = stopping.changed() => false,
-    }
 }

@@ -54,11 +54,13 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
     let dispatching = tokio::spawn(dispatch::dispatch_loop(shared.clone(), dispatcher.clone()));
     let mut locations: Loops = HashMap::new();
     loop {
-        match shared.mbx.send_port_list().await {
+        match shared.instance.mbx().send_port_list().await {
             Ok(list) => {
                 let wanted: HashMap<i64, _> = list
                     .into_iter()
-                    .filter(|p| p.host == shared.config.host && p.state == PortState::Started)
+                    .filter(|p| {
+                        p.host == shared.instance.config().host && p.state == PortState::Started
+                    })
                     .map(|p| (p.id, (p.name.clone(), p)))
                     .collect();
                 shared.share.set_ordered_ports(
@@ -84,13 +86,13 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "reading send ports failed"),
         }
-        match shared.mbx.receive_location_list().await {
+        match shared.instance.mbx().receive_location_list().await {
             Ok(list) => {
                 // a POST to a disabled location's path is told to come back (503), not
                 // that nothing is there (404: senders give up on it)
                 shared.http.set_disabled(
                     list.iter()
-                        .filter(|l| l.host == shared.config.host && !l.enabled)
+                        .filter(|l| l.host == shared.instance.config().host && !l.enabled)
                         .filter_map(|l| {
                             let path = http_receive::path_of(&l.address)?;
                             Some(((l.address.starts_with("https:"), path), l.name.clone()))
@@ -99,7 +101,7 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
                 );
                 let wanted = list
                     .into_iter()
-                    .filter(|l| l.host == shared.config.host && l.enabled)
+                    .filter(|l| l.host == shared.instance.config().host && l.enabled)
                     .map(|l| (l.id, (l.name.clone(), l)))
                     .collect();
                 reconcile(&mut locations, wanted, "receive location", |loc, stop| {
@@ -109,15 +111,15 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
             Err(e) => warn!(error = %e, "reading receive locations failed"),
         }
         // a port that was started again may have waiting deliveries: let loops look now
-        shared.published.notify_waiters();
+        shared.wake.notify_published();
         // the next look: on a configuration notification, or after the poll interval
-        let mut stopping = shared.stopping.clone();
+        let mut stopping = shared.instance.stopping();
         if *stopping.borrow() {
             break;
         }
         tokio::select! {
-            _ = shared.config_changed.notified() => {}
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = shared.wake.config_changed() => {}
+            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
             _ = stopping.changed() => break,
         }
     }
