@@ -50,7 +50,7 @@ pub use body::{Body, ChunkSource, BODY_IN_MEMORY_MAX_BYTES};
 pub use context::{system, MessageContext};
 pub use error::Side;
 pub use error::{ConfigError, ReceiveError, RegistryError, SubmitError};
-pub use registry::{adapters_help, Registry, Scheme};
+pub use registry::{adapters_help, Registry, Scheme, SendTransport};
 pub use settings::Settings;
 
 /// A promoted value is at most this many bytes.

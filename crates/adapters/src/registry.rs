@@ -1,8 +1,9 @@
 //! The closed registry of adapters, keyed by URI scheme.
 //!
 //! Adding an adapter = one module plus one row in [`SCHEMES`] and one arm in each of
-//! [`Registry::send_adapter`] and [`Registry::receive_adapter`]. Nothing else in the
-//! engine knows adapter names.
+//! [`Registry::send_transport`] and [`Registry::receive_adapter`]. Nothing else in the
+//! engine knows adapter names. `mbx://` (forwarding into another group) is checked here
+//! but has no send adapter: it resolves to [`SendTransport::Forward`].
 
 use std::sync::Arc;
 
@@ -11,7 +12,6 @@ use crate::error::{RegistryError, Side};
 use crate::file::{FileReceiveAdapter, FileReceiveConfig, FileSendAdapter};
 use crate::http::HttpSendAdapter;
 use crate::http::{HttpListener, HttpReceiveAdapter, HttpReceiveConfig};
-use crate::mbx::GroupForwardAdapter;
 use crate::mqtt::{MqttReceiveAdapter, MqttReceiveConfig, MqttSendAdapter};
 use crate::null::NullSendAdapter;
 use crate::pipeline::{Pipeline, PipelineKind, Promotion};
@@ -28,7 +28,8 @@ pub enum Scheme {
     Http,
     Https,
     Mailto,
-    /// Forwarding into another group: checked here, sent by the host's forwarder.
+    /// Forwarding into another group: checked here, sent by the host's forwarder (no send
+    /// adapter: [`SendTransport::Forward`]).
     Mbx,
     Mqtt,
     Mqtts,
@@ -197,6 +198,23 @@ pub fn adapters_help(side: Side) -> String {
     lines.join("\n")
 }
 
+/// How the messages to one address leave: through a send adapter, or forwarded into
+/// another group by the host (`mbx://`, which no adapter sends).
+#[derive(Clone)]
+pub enum SendTransport {
+    Adapter(Arc<dyn SendAdapter>),
+    Forward(mbx_vocabulary::GroupAddress),
+}
+
+impl std::fmt::Debug for SendTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendTransport::Adapter(a) => f.debug_tuple("Adapter").field(&a.name()).finish(),
+            SendTransport::Forward(to) => f.debug_tuple("Forward").field(to).finish(),
+        }
+    }
+}
+
 /// One instance of each send adapter, shared by every port of a host instance, and the
 /// constructor of receive adapters.
 #[derive(Clone)]
@@ -205,7 +223,6 @@ pub struct Registry {
     file_send: Arc<dyn SendAdapter>,
     http_send: Arc<dyn SendAdapter>,
     null_send: Arc<dyn SendAdapter>,
-    mbx_send: Arc<dyn SendAdapter>,
     mqtt_send: Arc<dyn SendAdapter>,
     smtp_send: Arc<dyn SendAdapter>,
     /// Where HTTP receive locations mount their paths: the host's shared listener
@@ -230,7 +247,6 @@ impl Registry {
             file_send: Arc::new(FileSendAdapter::new()),
             http_send: Arc::new(HttpSendAdapter::new()?),
             null_send: Arc::new(NullSendAdapter::new()),
-            mbx_send: Arc::new(GroupForwardAdapter),
             mqtt_send: Arc::new(MqttSendAdapter::new()),
             smtp_send: Arc::new(SmtpSendAdapter::new()),
             http_listener: None,
@@ -247,30 +263,48 @@ impl Registry {
     /// Serves the sends of `scheme` (`http` and `https` share one adapter) with `adapter`
     /// instead of the built-in one. It exists so tests can inject faults (an adapter that
     /// panics) into a real host; `mbx-host` itself only ever uses [`Registry::new`].
+    /// `Scheme::Mbx` has no send adapter (the host forwards): the registry is returned
+    /// unchanged.
     pub fn with_send_adapter(mut self, scheme: Scheme, adapter: Arc<dyn SendAdapter>) -> Self {
         match scheme {
             Scheme::Amqp | Scheme::Amqps => self.amqp_send = adapter,
             Scheme::File => self.file_send = adapter,
             Scheme::Http | Scheme::Https => self.http_send = adapter,
             Scheme::Null => self.null_send = adapter,
-            Scheme::Mbx => self.mbx_send = adapter,
+            Scheme::Mbx => {}
             Scheme::Mqtt | Scheme::Mqtts => self.mqtt_send = adapter,
             Scheme::Mailto => self.smtp_send = adapter,
         }
         self
     }
 
-    /// The send adapter for `address`'s scheme.
-    pub fn send_adapter(&self, address: &str) -> Result<Arc<dyn SendAdapter>, RegistryError> {
-        Ok(match Scheme::of_address(address)? {
+    /// How messages to `address` leave: its scheme's send adapter, or for `mbx://` the
+    /// group they are forwarded to (the address checked).
+    pub fn send_transport(&self, address: &str) -> Result<SendTransport, RegistryError> {
+        Ok(SendTransport::Adapter(match Scheme::of_address(address)? {
             Scheme::Amqp | Scheme::Amqps => self.amqp_send.clone(),
             Scheme::File => self.file_send.clone(),
             Scheme::Http | Scheme::Https => self.http_send.clone(),
             Scheme::Null => self.null_send.clone(),
-            Scheme::Mbx => self.mbx_send.clone(),
+            Scheme::Mbx => {
+                let to = crate::mbx::parse(address, &Settings::new())?;
+                return Ok(SendTransport::Forward(to));
+            }
             Scheme::Mqtt | Scheme::Mqtts => self.mqtt_send.clone(),
             Scheme::Mailto => self.smtp_send.clone(),
-        })
+        }))
+    }
+
+    /// The send adapter for `address`'s scheme; `mbx://` has none (the host forwards).
+    pub fn send_adapter(&self, address: &str) -> Result<Arc<dyn SendAdapter>, RegistryError> {
+        match self.send_transport(address)? {
+            SendTransport::Adapter(adapter) => Ok(adapter),
+            SendTransport::Forward(_) => Err(RegistryError::Unsupported {
+                adapter: "MBX",
+                side: Side::Send,
+                hint: ": mbx:// addresses are forwarded into the other group by mbx-host",
+            }),
+        }
     }
 
     /// Every send adapter, once, with a scheme it serves (for the conformance test and
@@ -281,7 +315,6 @@ impl Registry {
             (Scheme::File, self.file_send.clone()),
             (Scheme::Http, self.http_send.clone()),
             (Scheme::Null, self.null_send.clone()),
-            (Scheme::Mbx, self.mbx_send.clone()),
             (Scheme::Mqtt, self.mqtt_send.clone()),
             (Scheme::Mailto, self.smtp_send.clone()),
         ]
@@ -299,7 +332,12 @@ impl Registry {
         settings: &Settings,
     ) -> Result<Scheme, RegistryError> {
         let scheme = Scheme::of_address(address)?;
-        self.send_adapter(address)?.validate(address, settings)?;
+        match self.send_transport(address)? {
+            SendTransport::Adapter(adapter) => adapter.validate(address, settings)?,
+            SendTransport::Forward(_) => {
+                crate::mbx::parse(address, settings)?;
+            }
+        }
         Ok(scheme)
     }
 

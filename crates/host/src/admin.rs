@@ -52,7 +52,7 @@ pub(crate) async fn serve(
 /// receive location of the host runs here (an HTTP listener whose address is taken, an
 /// https location without TLS, an unreadable secret: the balancer should send elsewhere).
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
-    if let Err(e) = s.shared.mbx.check_schema().await {
+    if let Err(e) = s.shared.instance.mbx().check_schema().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"));
     }
     let problems: Vec<String> = match s.shared.location_problems.lock() {

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mbx_adapters::{
-    AllowList, Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender,
-    SendAdapter,
+    Body, ChunkSource, Fence, MessageContext, OutboundMessage, Outcome, OutcomeSender, SendAdapter,
+    SendTransport,
 };
 use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
@@ -28,7 +28,8 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::lease::{Leased, Tenure};
-use crate::{pause, Shared};
+use crate::transport::PortTransports;
+use crate::Shared;
 use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 
 /// Send timeout of HTTP sends on ordered ports: below the lease margin, so a replaced
@@ -52,8 +53,8 @@ const RECORD_ATTEMPTS_MAX: u32 = 5;
 /// than up to a poll interval later; at most the poll interval, which also
 /// stands in when the MessageBox cannot say (the claim that follows reports the error).
 pub(crate) async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
-    let poll = shared.config.poll_interval;
-    match shared.mbx.deliveries_next_due(port.id).await {
+    let poll = shared.instance.config().poll_interval;
+    match shared.instance.mbx().deliveries_next_due(port.id).await {
         Ok(Some(due)) => due.min(poll),
         Ok(None) => poll,
         Err(e) => {
@@ -77,49 +78,12 @@ fn adapter_context(port: &SendPort, d: &ClaimedDelivery) -> MessageContext {
     ctx
 }
 
-/// The address of one delivery: the port's, or for a dynamic port the message's
-/// `mbx.OutboundTransportLocation` if the port's allow-list allows it, compared parsed
-/// (`mbx_adapters::allow`) and, for a `file:` address, with its folder resolved on disk.
-async fn resolve_address(
-    port: &SendPort,
-    allow: Option<&AllowList>,
-    d: &ClaimedDelivery,
-) -> Result<String, String> {
-    if let Some(a) = &d.address {
-        return Ok(a.clone());
-    }
-    let Some(p) = d.context.get(system::OUTBOUND_TRANSPORT_LOCATION) else {
-        return Err(format!(
-            "dynamic send port '{}': the message has no {}",
-            port.name,
-            system::OUTBOUND_TRANSPORT_LOCATION
-        ));
-    };
-    let address = p.value.to_plain_string();
-    let refused = |why: String| {
-        format!(
-            "dynamic send port '{}': address '{address}' is not under an allowed prefix: {why}",
-            port.name
-        )
-    };
-    let built;
-    let allow = match allow {
-        Some(a) => a,
-        None => {
-            built = AllowList::new(&port.allow_address);
-            &built
-        }
-    };
-    allow.permits(&address).map_err(refused)?;
-    allow.permits_on_disk(&address).await.map_err(refused)?;
-    Ok(address)
-}
-
 /// Sends claimed deliveries through their adapters and collects one outcome each. On an
 /// ordered port, HTTP sends time out within the lease margin unless the port says less.
 pub(crate) async fn send_all(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     batch: &[ClaimedDelivery],
     fence: Option<&Fence>,
 ) -> (HashMap<i64, Outcome>, HashMap<i64, String>) {
@@ -129,18 +93,23 @@ pub(crate) async fn send_all(
         HashMap::new();
     // deliveries to another group are forwarded by the host itself, not by an adapter
     let mut forwards = Vec::new();
-    // a dynamic port's allow-list, parsed once per batch
-    let allow = port.dynamic.then(|| AllowList::new(&port.allow_address));
     for d in batch {
-        let address = resolve_address(port, allow.as_ref(), d).await;
-        if let Ok(address) = &address {
-            if crate::forward::is_forward(address) {
-                forwards.push((d, address.clone()));
+        let route = match transports.route(port, d).await {
+            Ok(route) => route,
+            Err(e) => {
+                outcomes.insert(d.delivery_id, Outcome::failed(e, false));
                 continue;
             }
-        }
-        match outbound(shared, port, d, address, fence).await {
-            Ok((adapter, message)) => by_adapter
+        };
+        let adapter = match route.transport {
+            SendTransport::Forward(to) => {
+                forwards.push((d, to));
+                continue;
+            }
+            SendTransport::Adapter(adapter) => adapter,
+        };
+        match outbound(shared, port, d, route.address, fence).await {
+            Ok(message) => by_adapter
                 .entry(adapter.name())
                 .or_insert_with(|| (adapter.clone(), Vec::new()))
                 .1
@@ -165,7 +134,7 @@ pub(crate) async fn send_all(
     // every adapter reports each message once, then drops its sender; a task of the
     // adapter that panics drops its sender too, so this ends either way
     while let Some(report) = rx.recv().await {
-        shared.progressed(port.id);
+        shared.liveness.progressed(port.id);
         if let Some(c) = report.checkpoint {
             checkpoints.insert(report.delivery_id, c);
         }
@@ -190,8 +159,8 @@ pub(crate) async fn send_all(
             let Some(d) = batch.iter().find(|d| d.delivery_id == id) else {
                 continue;
             };
-            let (outcome, checkpoint) = send_alone(shared, port, d, fence).await;
-            shared.progressed(port.id);
+            let (outcome, checkpoint) = send_alone(shared, port, transports, d, fence).await;
+            shared.liveness.progressed(port.id);
             if let Some(c) = checkpoint {
                 checkpoints.insert(id, c);
             }
@@ -201,25 +170,20 @@ pub(crate) async fn send_all(
     (outcomes, checkpoints)
 }
 
-/// The message for `d` and the adapter that sends it, or the outcome that stops it before
-/// (an address or adapter refused, a body that cannot be read).
+/// The message for `d` to `address`, or the outcome that stops it before (a body that
+/// cannot be read).
 async fn outbound(
     shared: &Shared,
     port: &SendPort,
     d: &ClaimedDelivery,
-    address: Result<String, String>,
+    address: String,
     fence: Option<&Fence>,
-) -> Result<(Arc<dyn SendAdapter>, OutboundMessage), Outcome> {
-    let address = address.map_err(|e| Outcome::failed(e, false))?;
-    let adapter = shared
-        .registry
-        .send_adapter(&address)
-        .map_err(|e| Outcome::failed(e, false))?;
+) -> Result<OutboundMessage, Outcome> {
     // a body above 1 MiB is read from the MessageBox one chunk at a time as it is sent
     let body = match &d.body {
         Some(b) => Body::Bytes(b.clone()),
         None => Body::Chunks(Arc::new(StoredChunks {
-            mbx: shared.mbx.clone(),
+            mbx: shared.instance.mbx().clone(),
             message_id: d.message_id,
             len: u64::try_from(d.body_size).unwrap_or(0),
         })),
@@ -241,7 +205,7 @@ async fn outbound(
         // an ordered port is never solicit-response (refused at creation)
         solicit_response: port.solicit_response && !port.ordered,
     };
-    Ok((adapter, message))
+    Ok(message)
 }
 
 /// The stored chunks of a large body, for a send adapter to read one at a time.
@@ -272,11 +236,25 @@ impl ChunkSource for StoredChunks {
 async fn send_alone(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     d: &ClaimedDelivery,
     fence: Option<&Fence>,
 ) -> (Outcome, Option<String>) {
-    let address = resolve_address(port, None, d).await;
-    let (adapter, message) = match outbound(shared, port, d, address, fence).await {
+    let route = match transports.route(port, d).await {
+        Ok(route) => route,
+        Err(e) => return (Outcome::failed(e, false), None),
+    };
+    let adapter = match route.transport {
+        SendTransport::Adapter(adapter) => adapter,
+        SendTransport::Forward(to) => {
+            let mut outcomes = crate::forward::forward(shared, port, vec![(d, to)], fence).await;
+            let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
+                Outcome::failed("the forwarder reported no outcome for this message", true)
+            });
+            return (outcome, None);
+        }
+    };
+    let message = match outbound(shared, port, d, route.address, fence).await {
         Ok(m) => m,
         Err(outcome) => return (outcome, None),
     };
@@ -347,6 +325,7 @@ pub(crate) struct Sent {
 pub(crate) async fn send_batch(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     batch: Vec<ClaimedDelivery>,
 ) -> Sent {
     let started = Instant::now();
@@ -358,7 +337,7 @@ pub(crate) async fn send_batch(
         .iter()
         .map(|d| (d.delivery_id, d.published_at))
         .collect();
-    let (mut outcomes, _) = send_all(shared, port, &batch, None).await;
+    let (mut outcomes, _) = send_all(shared, port, transports, &batch, None).await;
     let mut sent = Sent::default();
     let (delivered, failures) = (&mut sent.delivered, &mut sent.failures);
     for (id, token) in &tokens {
@@ -425,15 +404,20 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
     let labels = [("port", port.name.clone())];
     let started = Instant::now();
     let publisher = Publisher {
-        host_id: Some(shared.host_id),
+        host_id: Some(shared.instance.host_id()),
         ..Publisher::default()
     };
     let recorded = retry_db(shared, &port.name, "recording outcomes", || async {
         let done = if responses.is_empty() {
-            shared.mbx.deliveries_complete(instance, &delivered).await?
+            shared
+                .instance
+                .mbx()
+                .deliveries_complete(instance, &delivered)
+                .await?
         } else {
             let (done, published) = shared
-                .mbx
+                .instance
+                .mbx()
                 .deliveries_complete_with_responses(
                     instance,
                     &delivered,
@@ -444,12 +428,16 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
             crate::solicit::observe_published(port, &published);
             done
         };
-        let report = shared.mbx.deliveries_fail(instance, &failures).await?;
+        let report = shared
+            .instance
+            .mbx()
+            .deliveries_fail(instance, &failures)
+            .await?;
         Ok((done, report))
     })
     .await;
     if !faults.is_empty() && recorded.is_some() {
-        match shared.mbx.publish(&publisher, faults).await {
+        match shared.instance.mbx().publish(&publisher, faults).await {
             Ok(published) => crate::solicit::observe_published(port, &published),
             Err(e) => {
                 warn!(port = %port.name, error = %e, "cannot answer waiting clients whose requests failed (they time out)")
@@ -460,7 +448,7 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
         crate::forward::completed(shared, &done);
         let done = done.len();
         metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
-        shared.count_delivered(port.id, done);
+        shared.liveness.count_delivered(port.id, done);
         metrics::counter!("mbx_delivery_failures_total", &labels).increment(failures.len() as u64);
         if done < delivered.len() || report.stale > 0 {
             warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
@@ -517,7 +505,7 @@ where
             Err(e) => {
                 let retryable = e.is_retryable();
                 error!(port, attempt, retryable, error = %e, "{what} failed");
-                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || *shared.stopping.borrow() {
+                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || shared.instance.is_stopping() {
                     return None;
                 }
                 tokio::time::sleep(backoff.next_wait()).await;
@@ -534,17 +522,18 @@ pub(crate) async fn ordered_port_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
+    let transports = PortTransports::new(&shared.registry, &port);
     loop {
-        shared.progressed(port.id);
-        if *stop.borrow() || *shared.stopping.borrow() {
-            shared.forget_progress(port.id);
+        shared.liveness.progressed(port.id);
+        if *stop.borrow() || shared.instance.is_stopping() {
+            shared.liveness.forget_progress(port.id);
             return;
         }
-        let instance = shared.instance_id();
+        let instance = shared.instance.id();
         if !shared.share.may_take() {
             // at this instance's fair share: leave free leases to the others
             tokio::select! {
-                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
                 _ = stop.changed() => {}
             }
             continue;
@@ -556,14 +545,23 @@ pub(crate) async fn ordered_port_loop(
                 metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
                     .increment(1);
                 shared.share.taken(port.id);
-                own_ordered_port(&shared, &port, instance, epoch, asked, &mut stop).await;
+                own_ordered_port(
+                    &shared,
+                    &port,
+                    &transports,
+                    instance,
+                    epoch,
+                    asked,
+                    &mut stop,
+                )
+                .await;
                 shared.share.let_go(port.id);
             }
             Ok(None) => {}
             Err(e) => warn!(port = %port.name, error = %e, "lease acquisition failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
             _ = stop.changed() => {}
         }
     }
@@ -575,6 +573,7 @@ pub(crate) async fn ordered_port_loop(
 async fn own_ordered_port(
     shared: &Arc<Shared>,
     port: &SendPort,
+    transports: &PortTransports,
     instance: Uuid,
     epoch: i64,
     asked: Instant,
@@ -584,15 +583,13 @@ async fn own_ordered_port(
     let may_send = || tenure.may_act();
     let fence = tenure.fence();
     let commit_batch = i64::from(port.ordered_commit_batch.max(1));
-    let forwarding = port
-        .address
-        .as_deref()
-        .is_some_and(crate::forward::is_forward);
-    if let Err(e) = restore_endpoint(shared, port, &fence).await {
+    let forwarding = transports.forwards();
+    if let Err(e) = restore_endpoint(shared, port, transports, &fence).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
         let _ = shared
-            .mbx
+            .instance
+            .mbx()
             .port_lease_release(instance, port.id, epoch)
             .await;
         return;
@@ -600,28 +597,29 @@ async fn own_ordered_port(
     let mut pending: Vec<(i64, Uuid)> = Vec::new();
     let mut checkpoint: Option<String> = None;
     'owner: loop {
-        shared.progressed(port.id);
-        if *stop.borrow() || *shared.stopping.borrow() || !may_send() {
+        shared.liveness.progressed(port.id);
+        if *stop.borrow() || shared.instance.is_stopping() || !may_send() {
             break;
         }
         if shared.share.should_yield(port.id) {
             info!(port = %port.name, epoch, "handing the lease over to spread ordered ports");
             break;
         }
-        let notified = shared.published.notified();
+        let notified = shared.wake.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // bounded in bytes like any claim, and given back while idle: an ordered port
         // with nothing to send must not hold the instance's in-flight budget
         let wanted = ClaimLimits {
             max_count: commit_batch,
-            max_bytes: shared.config.claim_bytes,
+            max_bytes: shared.instance.config().claim_bytes,
         };
         let Some((limits, mut in_flight)) = reserve(shared, wanted, stop).await else {
             continue;
         };
         let batch = match shared
-            .mbx
+            .instance
+            .mbx()
             .deliveries_claim_ordered(instance, port.id, epoch, limits)
             .await
         {
@@ -653,7 +651,7 @@ async fn own_ordered_port(
             if !may_send() {
                 break 'owner;
             }
-            sent_together = Some(send_all(shared, port, &batch, Some(&fence)).await);
+            sent_together = Some(send_all(shared, port, transports, &batch, Some(&fence)).await);
         }
         for d in batch {
             if !may_send() {
@@ -662,7 +660,16 @@ async fn own_ordered_port(
             let (mut outcomes, mut checkpoints) = match sent_together.take() {
                 Some(together) => together,
                 None if forwarding => Default::default(),
-                None => send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await,
+                None => {
+                    send_all(
+                        shared,
+                        port,
+                        transports,
+                        std::slice::from_ref(&d),
+                        Some(&fence),
+                    )
+                    .await
+                }
             };
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
                 Outcome::failed("the adapter reported no outcome for this message", true)
@@ -722,7 +729,8 @@ async fn own_ordered_port(
     if lost {
         warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
     } else if let Err(e) = shared
-        .mbx
+        .instance
+        .mbx()
         .port_lease_release(instance, port.id, epoch)
         .await
     {
@@ -744,7 +752,7 @@ pub(crate) async fn commit_ordered(
         return;
     }
     let committed = retry_db(shared, &port.name, "committing completions", || {
-        shared.mbx.deliveries_complete_ordered(
+        shared.instance.mbx().deliveries_complete_ordered(
             instance,
             &delivered,
             port.id,
@@ -757,7 +765,7 @@ pub(crate) async fn commit_ordered(
         crate::forward::completed(shared, &done);
         metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
             .increment(done.len() as u64);
-        shared.count_delivered(port.id, done.len());
+        shared.liveness.count_delivered(port.id, done.len());
         if done.len() < delivered.len() {
             warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
                   "completions fenced: the lease moved on");
@@ -767,31 +775,32 @@ pub(crate) async fn commit_ordered(
 
 /// A new owner puts the endpoint back to the checkpoint committed with the last
 /// completion (FILE append: truncates what a crashed owner sent but did not commit).
-async fn restore_endpoint(shared: &Shared, port: &SendPort, fence: &Fence) -> Result<(), String> {
+async fn restore_endpoint(
+    shared: &Shared,
+    port: &SendPort,
+    transports: &PortTransports,
+    fence: &Fence,
+) -> Result<(), String> {
     let may_act = || fence.allows();
     // a connection error while reading the checkpoint is retried while the lease holds:
     // giving up would leave the lease held (its release fails too) until it expires
     let info = loop {
-        match shared.mbx.port_lease_info(port.id).await {
+        match shared.instance.mbx().port_lease_info(port.id).await {
             Ok(info) => break info,
             Err(e) if e.is_retryable() && may_act() => {
                 warn!(port = %port.name, error = %e, "reading the endpoint checkpoint failed; retrying");
-                if !pause(shared, Duration::from_millis(200)).await {
+                if !shared.instance.pause(Duration::from_millis(200)).await {
                     return Err(e.to_string());
                 }
             }
             Err(e) => return Err(e.to_string()),
         }
     };
-    let (Some(checkpoint), Some(address)) =
-        (info.and_then(|i| i.checkpoint), port.address.as_deref())
+    // a forward has no endpoint to restore: the other group's accept is fenced instead
+    let (Some(checkpoint), Some(adapter)) = (info.and_then(|i| i.checkpoint), transports.adapter())
     else {
         return Ok(());
     };
-    let adapter = shared
-        .registry
-        .send_adapter(address)
-        .map_err(|e| e.to_string())?;
     adapter.restore(&checkpoint, fence).await
 }
 

@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::delivery::{record, retry_db, send_batch, COMPLETIONS_IN_FLIGHT};
 use crate::throttle::InFlight;
-use crate::{pause, Shared};
+use crate::transport::PortTransports;
+use crate::Shared;
 
 /// A batch handed to a port's worker, with its share of the delivery throttle (given back
 /// once its outcomes are recorded).
@@ -125,7 +126,7 @@ impl Dispatcher {
 
 /// The instance's claimer of unordered work: one claim per round for every free port.
 pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatcher>) {
-    let mut stopping = shared.stopping.clone();
+    let mut stopping = shared.instance.stopping();
     // the last port the delivery throttle's room reached
     let mut after = i64::MIN;
     loop {
@@ -133,7 +134,7 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
             return;
         }
         // register for the wake-ups before claiming, so none in between is missed
-        let published = shared.published.notified();
+        let published = shared.wake.published();
         let changed = dispatcher.changed.notified();
         tokio::pin!(published, changed);
         published.as_mut().enable();
@@ -149,7 +150,7 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
         let mut wants = Vec::with_capacity(free.len());
         let mut reserved: HashMap<i64, InFlight> = HashMap::with_capacity(free.len());
         for (port, base) in &free {
-            shared.progressed(port.id);
+            shared.liveness.progressed(port.id);
             // the delivery throttle: claim no more than in-flight work leaves room for
             if let Some((limits, in_flight)) = shared.throttle.reserve(*base) {
                 wants.push(Want {
@@ -170,7 +171,11 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
         let claimed = claim(&shared, &wants).await;
         let Some((instance, claimed)) = claimed else {
             drop(reserved);
-            if !pause(&shared, shared.config.poll_interval).await {
+            if !shared
+                .instance
+                .pause(shared.instance.config().poll_interval)
+                .await
+            {
                 return;
             }
             continue;
@@ -224,10 +229,10 @@ async fn claim(
     shared: &Shared,
     wants: &[Want],
 ) -> Option<(Uuid, mbx_messagebox::subscribers::Claimed)> {
-    let instance = shared.instance_id();
+    let instance = shared.instance.id();
     let token = Uuid::new_v4();
     let started = Instant::now();
-    match shared.mbx.claim(instance, wants, token).await {
+    match shared.instance.mbx().claim(instance, wants, token).await {
         Ok(claimed) => {
             if !claimed.is_empty() {
                 debug!(
@@ -246,7 +251,12 @@ async fn claim(
                     shared,
                     "(dispatcher)",
                     "giving back an unknown claim",
-                    || shared.mbx.deliveries_release_token(instance, token),
+                    || {
+                        shared
+                            .instance
+                            .mbx()
+                            .deliveries_release_token(instance, token)
+                    },
                 )
                 .await;
             }
@@ -270,7 +280,12 @@ async fn give_back(shared: &Shared, work: Work) {
         shared,
         &port,
         "giving back claims of a stopped port",
-        || shared.mbx.deliveries_release(work.instance, &claims),
+        || {
+            shared
+                .instance
+                .mbx()
+                .deliveries_release(work.instance, &claims)
+        },
     )
     .await;
 }
@@ -279,8 +294,8 @@ async fn give_back(shared: &Shared, work: Work) {
 /// of its free ports falls due, at most the poll interval (which also stands in when the
 /// MessageBox cannot say; the claim that follows reports the error).
 async fn idle_wait(shared: &Shared, subscribers: &[Subscriber]) -> Duration {
-    let poll = shared.config.poll_interval;
-    match shared.mbx.next_due(subscribers).await {
+    let poll = shared.instance.config().poll_interval;
+    match shared.instance.mbx().next_due(subscribers).await {
         Ok(Some(due)) => due.min(poll),
         Ok(None) => poll,
         Err(e) => {
@@ -302,22 +317,19 @@ pub(crate) async fn port_worker(
     crate::metrics_catalog::port_started(&port.name);
     // a forwarding port sends a whole claim in one transaction of the other group: larger
     // batches amortise that round trip and commit
-    let forwarding = port
-        .address
-        .as_deref()
-        .is_some_and(crate::forward::is_forward);
+    let transports = PortTransports::new(&shared.registry, &port);
     let base = ClaimLimits {
-        max_count: if forwarding {
-            shared.config.claim_batch * crate::forward::CLAIM_FACTOR
+        max_count: if transports.forwards() {
+            shared.instance.config().claim_batch * crate::forward::CLAIM_FACTOR
         } else {
-            shared.config.claim_batch
+            shared.instance.config().claim_batch
         },
-        max_bytes: shared.config.claim_bytes,
+        max_bytes: shared.instance.config().claim_bytes,
     };
-    shared.progressed(port.id);
+    shared.liveness.progressed(port.id);
     let port = Arc::new(port);
     let mut work = dispatcher.join(port.clone(), base);
-    let mut stopping = shared.stopping.clone();
+    let mut stopping = shared.instance.stopping();
     let mut recording = tokio::task::JoinSet::new();
     loop {
         if *stop.borrow() || *stopping.borrow() {
@@ -326,8 +338,8 @@ pub(crate) async fn port_worker(
         tokio::select! {
             handed = work.recv() => {
                 let Some(Work { instance, batch, in_flight }) = handed else { break };
-                shared.progressed(port.id);
-                let sent = send_batch(&shared, &port, batch).await;
+                shared.liveness.progressed(port.id);
+                let sent = send_batch(&shared, &port, &transports, batch).await;
                 while recording.len() >= COMPLETIONS_IN_FLIGHT {
                     recording.join_next().await;
                 }
@@ -353,5 +365,5 @@ pub(crate) async fn port_worker(
     }
     // outcomes already known are recorded before the worker ends
     while recording.join_next().await.is_some() {}
-    shared.forget_progress(port.id);
+    shared.liveness.forget_progress(port.id);
 }

@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::{pause, Shared};
+use crate::Shared;
 
 /// How long a batch that a throttled group did not take waits before it is claimed again
 /// (not an attempt: nothing failed).
@@ -158,7 +158,8 @@ impl Links {
             return Ok(known.clone());
         }
         let read = shared
-            .mbx
+            .instance
+            .mbx()
             .group_identity()
             .await
             .map_err(|e| format!("reading this group's identity: {e}"))?;
@@ -196,7 +197,12 @@ impl Links {
             }
         }
         // no lock held from here: one unreachable link must not stall the others
-        let stored = shared.mbx.link_get(link).await.map_err(|e| e.to_string())?;
+        let stored = shared
+            .instance
+            .mbx()
+            .link_get(link)
+            .await
+            .map_err(|e| e.to_string())?;
         let target = match &cached {
             Some((url, target, _, _)) if *url == stored.database_url => target.clone(),
             _ => {
@@ -274,26 +280,25 @@ impl NotSent<'_> {
     }
 }
 
-/// Whether this delivery goes to another group (it is then [`forward`]ed, not sent).
-pub(crate) fn is_forward(address: &str) -> bool {
-    GroupAddress::is_group_address(address)
-}
-
-/// Forwards deliveries (all to `mbx://` addresses) and returns one outcome each.
+/// Forwards deliveries (each with the group its port's transport forwards it to,
+/// `transport::PortTransports`) and returns one outcome each.
 pub(crate) async fn forward(
     shared: &Shared,
     port: &SendPort,
-    batch: Vec<(&ClaimedDelivery, String)>,
+    batch: Vec<(&ClaimedDelivery, GroupAddress)>,
     fence: Option<&Fence>,
 ) -> HashMap<i64, Outcome> {
     let mut outcomes = HashMap::new();
-    // one accept per destination (a dynamic port may name several)
-    let mut by_target: HashMap<String, Vec<&ClaimedDelivery>> = HashMap::new();
-    for (d, address) in batch {
-        by_target.entry(address).or_default().push(d);
+    // one accept per destination (a dynamic port may name several), in the order met
+    let mut by_target: Vec<(GroupAddress, Vec<&ClaimedDelivery>)> = Vec::new();
+    for (d, to) in batch {
+        match by_target.iter_mut().find(|(t, _)| *t == to) {
+            Some((_, deliveries)) => deliveries.push(d),
+            None => by_target.push((to, vec![d])),
+        }
     }
-    for (address, deliveries) in by_target {
-        forward_to(shared, port, &address, &deliveries, fence, &mut outcomes).await;
+    for (to, deliveries) in by_target {
+        forward_to(shared, port, &to, &deliveries, fence, &mut outcomes).await;
     }
     outcomes
 }
@@ -301,7 +306,7 @@ pub(crate) async fn forward(
 async fn forward_to(
     shared: &Shared,
     port: &SendPort,
-    address: &str,
+    to: &GroupAddress,
     deliveries: &[&ClaimedDelivery],
     fence: Option<&Fence>,
     outcomes: &mut HashMap<i64, Outcome>,
@@ -310,10 +315,6 @@ async fn forward_to(
         for d in deliveries {
             outcomes.insert(d.delivery_id, Outcome::failed(&error, retryable));
         }
-    };
-    let to = match GroupAddress::parse(address) {
-        Ok(a) => a,
-        Err(e) => return fail_all(e, false),
     };
     let identity = match shared.forward_links.identity(shared).await {
         Ok(i) => i,
@@ -391,14 +392,14 @@ async fn forward_to(
     let mut forget = shared.forward_links.take_completed(&stream);
     // claimed under this instance id: if the instance is declared dead meanwhile (its
     // claims reclaimed by another), it must not forward them late
-    let claimed_as = shared.instance_id();
+    let claimed_as = shared.instance.id();
     let started = Instant::now();
     let give_up = NotSent {
         links: &shared.forward_links,
         stream: &stream,
         sent: &sent,
     };
-    if shared.instance_id() != claimed_as {
+    if shared.instance.id() != claimed_as {
         let reason = "this instance was declared dead; its claims moved on";
         return give_up.fail(&mut forget, outcomes, reason);
     }
@@ -409,7 +410,7 @@ async fn forward_to(
     let accepted = {
         match target
             .accept(
-                &shared.mbx,
+                shared.instance.mbx(),
                 (identity.0, &identity.1),
                 &port.name,
                 &to.receive_port,
@@ -428,7 +429,8 @@ async fn forward_to(
                     .map(|d| (d.delivery_id, d.claim_token))
                     .collect();
                 if let Err(e) = shared
-                    .mbx
+                    .instance
+                    .mbx()
                     .deliveries_postpone(claimed_as, &claims, THROTTLED_RETRY_MS)
                     .await
                 {
@@ -440,10 +442,7 @@ async fn forward_to(
                 if matches!(e, ForwardError::Other(_)) {
                     shared.forward_links.drop_target(&to.link).await;
                 }
-                let error = format!(
-                    "forwarding to group '{}' ({address}): {e}",
-                    target.group_name
-                );
+                let error = format!("forwarding to group '{}' ({to}): {e}", target.group_name);
                 warn!(port = %port.name, %error, "forward failed");
                 return give_up.fail(&mut forget, outcomes, &error);
             }
@@ -490,8 +489,9 @@ async fn forward_to(
     metrics::counter!("mbx_forwarded_total", "port" => port.name.clone())
         .increment((accepted.len() - duplicates) as u64);
     if let Err(e) = shared
-        .mbx
-        .forward_track(port.id, shared.instance_id(), &events)
+        .instance
+        .mbx()
+        .forward_track(port.id, shared.instance.id(), &events)
         .await
     {
         debug!(port = %port.name, error = %e, "recording forwarded events failed");
@@ -505,7 +505,7 @@ async fn forward_to(
 pub(crate) async fn forget_loop(shared: Arc<Shared>) {
     let mut last_sweep = Instant::now();
     loop {
-        if !pause(&shared, FLUSH_INTERVAL).await {
+        if !shared.instance.pause(FLUSH_INTERVAL).await {
             return;
         }
         // what this instance completed and no accept carried since (a port gone quiet)
@@ -514,12 +514,12 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
             continue;
         }
         last_sweep = Instant::now();
-        let me = shared.instance_id();
-        let sweeper = match shared.mbx.instance_list().await {
+        let me = shared.instance.id();
+        let sweeper = match shared.instance.mbx().instance_list().await {
             Ok(list) => list
                 .iter()
                 .filter(|i| i.state == mbx_messagebox::states::InstanceState::Alive)
-                .filter(|i| i.host == shared.config.host)
+                .filter(|i| i.host == shared.instance.config().host)
                 .map(|i| i.id)
                 .min()
                 .is_none_or(|lowest| lowest == me),
@@ -528,14 +528,17 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
         if !sweeper {
             continue;
         }
-        let ports = match shared.mbx.send_port_list().await {
+        let ports = match shared.instance.mbx().send_port_list().await {
             Ok(list) => list,
             Err(e) => {
                 debug!(error = %e, "listing ports for receipts failed");
                 continue;
             }
         };
-        for port in ports.iter().filter(|p| p.host == shared.config.host) {
+        for port in ports
+            .iter()
+            .filter(|p| p.host == shared.instance.config().host)
+        {
             for link in links_of(port) {
                 if let Err(e) = forget_port(&shared, port, &link).await {
                     debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
@@ -582,7 +585,7 @@ fn links_of(port: &SendPort) -> Vec<String> {
         .into_iter()
         .flatten()
         .chain(port.allow_address.iter().map(String::as_str))
-        .filter(|a| is_forward(a))
+        .filter(|a| GroupAddress::is_group_address(a))
         .filter_map(|a| GroupAddress::parse_prefix(a).ok().map(|(link, _)| link))
         .collect();
     links.sort();
@@ -616,7 +619,8 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
         };
         let ids: Vec<Uuid> = page.iter().map(|r| r.1).collect();
         let held = shared
-            .mbx
+            .instance
+            .mbx()
             .forward_still_held(port.id, &ids)
             .await
             .map_err(|e| e.to_string())?;
@@ -644,25 +648,30 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
 /// others find the inbox locked and wait for the next wake-up).
 pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
     let publisher = Publisher {
-        host_id: Some(shared.host_id),
+        host_id: Some(shared.instance.host_id()),
         receive_location_id: None,
         fence: None,
     };
     loop {
-        if *shared.stopping.borrow() {
+        if shared.instance.is_stopping() {
             return;
         }
-        let woken = shared.forwarded.notified();
+        let woken = shared.wake.forwarded();
         tokio::pin!(woken);
         woken.as_mut().enable();
         if shared.throttle.publish_throttled() {
-            let mut stopping = shared.stopping.clone();
+            let mut stopping = shared.instance.stopping();
             tokio::select! {
                 _ = shared.throttle.publish_allowed() => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
-        match shared.mbx.inbox_publish(&publisher, INBOX_BATCH).await {
+        match shared
+            .instance
+            .mbx()
+            .inbox_publish(&publisher, INBOX_BATCH)
+            .await
+        {
             Ok(n) if n as i64 == INBOX_BATCH => {
                 metrics::counter!("mbx_forwarded_in_total").increment(n as u64);
                 continue;
@@ -675,10 +684,10 @@ pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "publishing forwarded messages failed; retrying"),
         }
-        let mut stopping = shared.stopping.clone();
+        let mut stopping = shared.instance.stopping();
         tokio::select! {
             _ = &mut woken => {}
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
     }

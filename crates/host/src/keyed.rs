@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::delivery::{
     commit_ordered, idle_wait, observe_latency, record, reserve, send_all, Sent,
 };
+use crate::transport::PortTransports;
 use crate::Shared;
 
 /// Most deliveries one round claims (the in-flight throttle may allow fewer).
@@ -143,8 +144,9 @@ fn spawn_renewer(
             }
             let at = holding.now_ms();
             match shared
-                .mbx
-                .port_buckets_renew(shared.instance_id(), port.id, &asked, LEASE_TTL_MS)
+                .instance
+                .mbx()
+                .port_buckets_renew(shared.instance.id(), port.id, &asked, LEASE_TTL_MS)
                 .await
             {
                 Ok(kept) => {
@@ -170,7 +172,8 @@ async fn balance(shared: &Shared, port: &SendPort, holding: &Holding, instance: 
         let at = holding.now_ms();
         let want = i64::try_from(fair - held).unwrap_or(0);
         match shared
-            .mbx
+            .instance
+            .mbx()
             .port_buckets_acquire(instance, port.id, want, LEASE_TTL_MS)
             .await
         {
@@ -195,7 +198,8 @@ async fn balance(shared: &Shared, port: &SendPort, holding: &Holding, instance: 
 
 async fn release(shared: &Shared, port: &SendPort, instance: Uuid, leases: &[BucketLease]) {
     if let Err(e) = shared
-        .mbx
+        .instance
+        .mbx()
         .port_buckets_release(instance, port.id, leases)
         .await
     {
@@ -210,18 +214,19 @@ pub(crate) async fn keyed_port_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
+    let transports = Arc::new(PortTransports::new(&shared.registry, &port));
     let port = Arc::new(port);
     let holding = Arc::new(Holding::new());
     let renewer = spawn_renewer(shared.clone(), port.clone(), holding.clone());
     let per_key = i64::from(port.ordered_commit_batch.max(1));
-    let poll = shared.config.poll_interval;
+    let poll = shared.instance.config().poll_interval;
     let mut balanced_at: Option<Instant> = None;
     loop {
-        shared.progressed(port.id);
-        if *stop.borrow() || *shared.stopping.borrow() {
+        shared.liveness.progressed(port.id);
+        if *stop.borrow() || shared.instance.is_stopping() {
             break;
         }
-        let instance = shared.instance_id();
+        let instance = shared.instance.id();
         if balanced_at.is_none_or(|t| t.elapsed() >= poll) {
             balance(&shared, &port, &holding, instance).await;
             balanced_at = Some(Instant::now());
@@ -234,18 +239,19 @@ pub(crate) async fn keyed_port_loop(
             }
             continue;
         }
-        let notified = shared.published.notified();
+        let notified = shared.wake.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let wanted = ClaimLimits {
             max_count: KEYED_CLAIM_MAX,
-            max_bytes: shared.config.claim_bytes,
+            max_bytes: shared.instance.config().claim_bytes,
         };
         let Some((limits, mut in_flight)) = reserve(&shared, wanted, &mut stop).await else {
             continue;
         };
         let batch = match shared
-            .mbx
+            .instance
+            .mbx()
             .deliveries_claim_keyed(instance, port.id, &held, per_key, limits)
             .await
         {
@@ -266,7 +272,7 @@ pub(crate) async fn keyed_port_loop(
             continue;
         }
         in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
-        let round = send_round(&shared, &port, &holding, batch).await;
+        let round = send_round(&shared, &port, &transports, &holding, batch).await;
         commit_ordered(&shared, &port, instance, 0, round.delivered, None).await;
         if !round.failures.is_empty() {
             let sent = Sent {
@@ -279,7 +285,12 @@ pub(crate) async fn keyed_port_loop(
         // the failure is recorded: its head now waits (a retry, a held key), so nothing
         // overtakes it, and the rest no longer counts as in flight
         if !round.unsent.is_empty() {
-            if let Err(e) = shared.mbx.deliveries_release(instance, &round.unsent).await {
+            if let Err(e) = shared
+                .instance
+                .mbx()
+                .deliveries_release(instance, &round.unsent)
+                .await
+            {
                 warn!(port = %port.name, error = %e, "giving back unsent claims failed; they are taken again by the next claim");
             }
         }
@@ -287,8 +298,8 @@ pub(crate) async fn keyed_port_loop(
     renewer.abort();
     let held = holding.all();
     holding.remove(&held);
-    release(&shared, &port, shared.instance_id(), &held).await;
-    shared.forget_progress(port.id);
+    release(&shared, &port, shared.instance.id(), &held).await;
+    shared.liveness.forget_progress(port.id);
 }
 
 /// What one round (or one key's run) came to.
@@ -306,6 +317,7 @@ struct Round {
 async fn send_round(
     shared: &Arc<Shared>,
     port: &Arc<SendPort>,
+    transports: &Arc<PortTransports>,
     holding: &Arc<Holding>,
     batch: Vec<ClaimedDelivery>,
 ) -> Round {
@@ -320,15 +332,16 @@ async fn send_round(
     let permits = Arc::new(Semaphore::new(KEY_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for run in runs {
-        let (shared, port, holding, permits) = (
+        let (shared, port, transports, holding, permits) = (
             shared.clone(),
             port.clone(),
+            transports.clone(),
             holding.clone(),
             permits.clone(),
         );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok();
-            send_run(&shared, &port, &holding, run).await
+            send_run(&shared, &port, &transports, &holding, run).await
         });
     }
     let mut round = Round::default();
@@ -351,6 +364,7 @@ async fn send_round(
 async fn send_run(
     shared: &Shared,
     port: &SendPort,
+    transports: &PortTransports,
     holding: &Arc<Holding>,
     run: Vec<ClaimedDelivery>,
 ) -> Round {
@@ -366,8 +380,14 @@ async fn send_run(
             break;
         }
         let fence = holding.fence(bucket, epoch);
-        let (mut outcomes, _) =
-            send_all(shared, port, std::slice::from_ref(&d), Some(&fence)).await;
+        let (mut outcomes, _) = send_all(
+            shared,
+            port,
+            transports,
+            std::slice::from_ref(&d),
+            Some(&fence),
+        )
+        .await;
         let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
             Outcome::failed("the adapter reported no outcome for this message", true)
         });

@@ -30,13 +30,15 @@ impl Leased {
         match self {
             Leased::Port(id) => {
                 shared
-                    .mbx
+                    .instance
+                    .mbx()
                     .port_lease_acquire(instance, id, LEASE_TTL_MS)
                     .await
             }
             Leased::Location(id) => {
                 shared
-                    .mbx
+                    .instance
+                    .mbx()
                     .location_lease_acquire(instance, id, LEASE_TTL_MS)
                     .await
             }
@@ -52,13 +54,15 @@ impl Leased {
         match self {
             Leased::Port(id) => {
                 shared
-                    .mbx
+                    .instance
+                    .mbx()
                     .port_lease_renew(instance, id, epoch, LEASE_TTL_MS)
                     .await
             }
             Leased::Location(id) => {
                 shared
-                    .mbx
+                    .instance
+                    .mbx()
                     .location_lease_renew(instance, id, epoch, LEASE_TTL_MS)
                     .await
             }
@@ -72,8 +76,20 @@ impl Leased {
         epoch: i64,
     ) -> mbx_messagebox::Result<()> {
         match self {
-            Leased::Port(id) => shared.mbx.port_lease_release(instance, id, epoch).await,
-            Leased::Location(id) => shared.mbx.location_lease_release(instance, id, epoch).await,
+            Leased::Port(id) => {
+                shared
+                    .instance
+                    .mbx()
+                    .port_lease_release(instance, id, epoch)
+                    .await
+            }
+            Leased::Location(id) => {
+                shared
+                    .instance
+                    .mbx()
+                    .location_lease_release(instance, id, epoch)
+                    .await
+            }
         }
     }
 }

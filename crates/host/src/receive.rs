@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::lease::{Leased, Tenure};
-use crate::{pause, Shared};
+use crate::Shared;
 
 /// Runs one enabled location until it is stopped; whether it runs here, or why not, is
 /// recorded for `mbx status` and `/readyz` while it is wanted, and forgotten after.
@@ -40,8 +40,9 @@ pub(crate) async fn location_loop(
         p.remove(&id);
     }
     if let Err(e) = shared
-        .mbx
-        .location_run_clear(id, shared.instance_id())
+        .instance
+        .mbx()
+        .location_run_clear(id, shared.instance.id())
         .await
     {
         tracing::debug!(location_id = id, error = %e, "cannot clear the location's run record");
@@ -68,8 +69,9 @@ async fn report_run(shared: &Shared, loc: &ReceiveLocation, problem: Option<&str
         _ => {}
     }
     if let Err(e) = shared
-        .mbx
-        .location_run_report(loc.id, shared.instance_id(), problem)
+        .instance
+        .mbx()
+        .location_run_report(loc.id, shared.instance.id(), problem)
         .await
     {
         tracing::debug!(location = %loc.name, error = %e, "cannot record the location's run");
@@ -92,7 +94,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         Ok(s) => Arc::new(s),
         Err(e) => {
             report_run(&shared, &loc, Some(&format!("{e:#}"))).await;
-            until_stopped(stop, shared.stopping.clone()).await;
+            until_stopped(stop, shared.instance.stopping()).await;
             return;
         }
     };
@@ -103,7 +105,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         // order (the FILE adapter submits its next batch after the previous committed);
         // so does an MQTT location, ordered or not (one subscription per location)
         let tenure = if leased_run {
-            let instance = shared.instance_id();
+            let instance = shared.instance.id();
             let leased = Leased::Location(loc.id);
             let asked = std::time::Instant::now();
             match leased.acquire(&shared, instance).await {
@@ -131,7 +133,12 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             None
         };
         if leased_run && tenure.is_none() {
-            if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
+            if *stop.borrow()
+                || !shared
+                    .instance
+                    .pause(shared.instance.config().poll_interval)
+                    .await
+            {
                 return;
             }
             continue;
@@ -139,7 +146,7 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         // the adapter claims files under the instance id: when the instance registers
         // again (declared dead by another), it restarts under the new id, or its claims
         // would look like a dead instance's and be put back while it publishes them
-        let mut ids = shared.instance.subscribe();
+        let mut ids = shared.instance.ids();
         let started_as = *ids.borrow_and_update();
         let mut settings = loc.settings.0.clone();
         settings.insert(
@@ -158,11 +165,11 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             Ok(a) => a,
             Err(e) => {
                 report_run(&shared, &loc, Some(&e.to_string())).await;
-                until_stopped(stop, shared.stopping.clone()).await;
+                until_stopped(stop, shared.instance.stopping()).await;
                 return;
             }
         };
-        let stopped = until_stopped(stop.clone(), shared.stopping.clone());
+        let stopped = until_stopped(stop.clone(), shared.instance.stopping());
         let registered_again = async move {
             let _ = ids.changed().await;
         };
@@ -186,7 +193,11 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         let reclaimer = async {
             loop {
                 reclaim_dead_claims(&shared, adapter.as_ref(), submitter.as_ref(), &loc.name).await;
-                if !pause(&shared, Duration::from_secs(DEAD_AFTER_S as u64)).await {
+                if !shared
+                    .instance
+                    .pause(Duration::from_secs(DEAD_AFTER_S as u64))
+                    .await
+                {
                     return;
                 }
             }
@@ -207,22 +218,31 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
                     .await;
             }
         }
-        let stopping = *stop.borrow() || *shared.stopping.borrow();
-        if !stopping && shared.instance_id() != started_as {
+        let stopping = *stop.borrow() || shared.instance.is_stopping();
+        if !stopping && shared.instance.id() != started_as {
             info!(location = %loc.name, "instance registered again; restarting the location under its new id");
             continue;
         }
         match result {
             // an ordered location whose lease ended tries to take it again
             Ok(()) if leased_run && !stopping => {
-                if !pause(&shared, shared.config.poll_interval).await {
+                if !shared
+                    .instance
+                    .pause(shared.instance.config().poll_interval)
+                    .await
+                {
                     return;
                 }
             }
             Ok(()) => return,
             Err(e) => {
                 error!(location = %loc.name, error = %e, "receive location failed; restarting");
-                if *stop.borrow() || !pause(&shared, shared.config.poll_interval).await {
+                if *stop.borrow()
+                    || !shared
+                        .instance
+                        .pause(shared.instance.config().poll_interval)
+                        .await
+                {
                     return;
                 }
             }
@@ -249,11 +269,11 @@ async fn reclaim_dead_claims(
     submitter: &dyn Submitter,
     location: &str,
 ) {
-    if !shared.may_judge_dead() {
+    if !shared.liveness.may_judge_dead() {
         tracing::debug!(location = %location, "not connected for the dead timeout yet: no instance taken for dead");
         return;
     }
-    match shared.mbx.instance_list().await {
+    match shared.instance.mbx().instance_list().await {
         Ok(list) => {
             let alive: HashSet<String> = list
                 .iter()
@@ -319,20 +339,20 @@ impl LocationSubmitter {
             .collect();
         let pipeline = Pipeline::new(kind, promotions)?;
         Ok(Self {
-            mbx: shared.mbx.clone(),
+            mbx: shared.instance.mbx().clone(),
             location: loc.clone(),
             pipeline,
             publisher: Publisher {
-                host_id: Some(shared.host_id),
+                host_id: Some(shared.instance.host_id()),
                 receive_location_id: Some(loc.id),
                 fence: None,
             },
-            declared: shared.mbx.property_types().await?,
+            declared: shared.instance.mbx().property_types().await?,
             throttle: shared.throttle.clone(),
-            stopping: shared.stopping.clone(),
+            stopping: shared.instance.stopping(),
             fence: std::sync::Mutex::new(None),
             shared: Arc::downgrade(shared),
-            instance: shared.instance.subscribe(),
+            instance: shared.instance.ids(),
         })
     }
 
@@ -665,9 +685,11 @@ impl Submitter for LocationSubmitter {
             .ok_or_else(|| SubmitError::new("the host is stopping"))?;
         let token = uuid::Uuid::new_v4().to_string();
         // waiting before the publish commits: a reply may come at once
-        let mut client = shared.waiting.register(token.clone(), shared.clone());
+        let mut client = shared
+            .waiting
+            .register(token.clone(), &shared.instance, &shared.wake);
         let message_id = match self
-            .publish_request(m, &token, shared.instance_id())
+            .publish_request(m, &token, shared.instance.id())
             .await?
         {
             Ok(told) => return Ok(told),
@@ -693,8 +715,9 @@ impl Submitter for LocationSubmitter {
             humantime::format_duration(timeout)
         );
         if let Err(e) = shared
-            .mbx
-            .request_timed_out(message_id, shared.host_id, &detail)
+            .instance
+            .mbx()
+            .request_timed_out(message_id, shared.instance.host_id(), &detail)
             .await
         {
             warn!(%message_id, error = %e, "cannot record a request's timeout");

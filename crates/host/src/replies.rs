@@ -10,17 +10,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use mbx_messagebox::replies::Reply;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::Shared;
+use crate::instance::Instance;
+use crate::listen::Wakeups;
 
 /// The clients this instance holds, by correlation token.
 #[derive(Default)]
 pub(crate) struct Waiting {
     clients: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
-    /// Woken when replies may be waiting for this instance.
-    pub wake: Notify,
 }
 
 impl Waiting {
@@ -29,13 +28,20 @@ impl Waiting {
     }
 
     /// Registers a client before its request is published (a reply may come at once).
-    pub fn register(&self, token: String, shared: Arc<Shared>) -> Client {
+    pub fn register(
+        self: &Arc<Self>,
+        token: String,
+        instance: &Instance,
+        wake: &Wakeups,
+    ) -> Client {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(token.clone(), tx);
         Client {
             token,
             reply: Some(rx),
-            shared,
+            waiting: self.clone(),
+            instance: instance.clone(),
+            wake: wake.clone(),
         }
     }
 
@@ -54,7 +60,9 @@ impl Waiting {
 pub(crate) struct Client {
     pub token: String,
     reply: Option<oneshot::Receiver<Reply>>,
-    shared: Arc<Shared>,
+    waiting: Arc<Waiting>,
+    instance: Instance,
+    wake: Wakeups,
 }
 
 impl Client {
@@ -73,17 +81,17 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if self.shared.waiting.take(&self.token).is_none() && self.reply.is_none() {
+        if self.waiting.take(&self.token).is_none() && self.reply.is_none() {
             // answered: the reply took the subscription
             return;
         }
-        let shared = self.shared.clone();
+        let (instance, wake) = (self.instance.clone(), self.wake.clone());
         let token = std::mem::take(&mut self.token);
         // a reply handed over just as the client left is suspended as late, not lost
         let unread = self.reply.as_mut().and_then(|rx| rx.try_recv().ok());
         tokio::spawn(async move {
             if let Some(reply) = unread {
-                match shared.mbx.reply_suspend_late(reply.message_id).await {
+                match instance.mbx().reply_suspend_late(reply.message_id).await {
                     Ok(n) => count_late(n),
                     Err(e) => {
                         warn!(message_id = %reply.message_id, error = %e, "cannot suspend a late reply")
@@ -91,10 +99,10 @@ impl Drop for Client {
                 }
                 return;
             }
-            match shared.mbx.reply_cancel(&token).await {
+            match instance.mbx().reply_cancel(&token).await {
                 Ok(true) => debug!(%token, "client left; its instance subscription is cancelled"),
                 // a reply took it meanwhile: the reply task suspends it as late
-                Ok(false) => shared.waiting.wake.notify_one(),
+                Ok(false) => wake.notify_replied(),
                 // the subscription stays until this instance is declared dead
                 Err(e) => warn!(%token, error = %e, "cannot cancel a left client's subscription"),
             }
@@ -104,13 +112,13 @@ impl Drop for Client {
 
 /// Takes the replies routed to this instance whenever it is woken, for as long as the
 /// instance runs.
-pub(crate) async fn reply_loop(shared: Arc<Shared>) {
-    let mut stopping = shared.stopping.clone();
+pub(crate) async fn reply_loop(instance: Instance, waiting: Arc<Waiting>, wake: Wakeups) {
+    let mut stopping = instance.stopping();
     loop {
-        let woken = shared.waiting.wake.notified();
+        let woken = wake.replied();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        take_replies(&shared).await;
+        take_replies(&instance, &waiting).await;
         tokio::select! {
             _ = &mut woken => {}
             _ = stopping.wait_for(|s| *s) => return,
@@ -118,11 +126,11 @@ pub(crate) async fn reply_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn take_replies(shared: &Shared) {
-    let instance = shared.instance_id();
-    let taken = shared
-        .mbx
-        .replies_take(instance, |token| shared.waiting.waits(token))
+async fn take_replies(instance: &Instance, waiting: &Waiting) {
+    let id = instance.id();
+    let taken = instance
+        .mbx()
+        .replies_take(id, |token| waiting.waits(token))
         .await;
     let (replies, late) = match taken {
         Ok(t) => t,
@@ -135,13 +143,13 @@ async fn take_replies(shared: &Shared) {
     count_late(late);
     for reply in replies {
         let message_id = reply.message_id;
-        let delivered = match shared.waiting.take(&reply.correlation_token) {
+        let delivered = match waiting.take(&reply.correlation_token) {
             Some(client) => client.send(reply).is_ok(),
             None => false,
         };
         if !delivered {
             // the client left between the take and now
-            match shared.mbx.reply_suspend_late(message_id).await {
+            match instance.mbx().reply_suspend_late(message_id).await {
                 Ok(n) => count_late(n),
                 Err(e) => warn!(%message_id, error = %e, "cannot suspend a late reply"),
             }

@@ -23,7 +23,7 @@ use mbx_messagebox::delivery::ClaimLimits;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::Shared;
+use crate::instance::Instance;
 
 /// Body bytes in flight per instance before it claims no more (256MiB).
 pub const INFLIGHT_BYTES_MAX: i64 = 256 * 1024 * 1024;
@@ -271,16 +271,15 @@ impl Drop for InFlight {
 /// [`DATABASE_SIZE_CHECK_INTERVAL`] reads the database's size, and on every tick judges
 /// the database-size throttle by the last size read (a changed threshold applies at
 /// once); exports the gauges and records the instance's throttle state when it changes.
-pub(crate) async fn monitor_loop(shared: Arc<Shared>) {
-    let throttle = shared.throttle.clone();
+pub(crate) async fn monitor_loop(instance: Instance, throttle: Arc<Throttle>) {
     let mut recorded: Option<String> = None;
-    let mut stopping = shared.stopping.clone();
+    let mut stopping = instance.stopping();
     let mut database_size: Option<i64> = None;
     let mut size_read_at: Option<tokio::time::Instant> = None;
     loop {
         if size_read_at.is_none_or(|at| at.elapsed() >= DATABASE_SIZE_CHECK_INTERVAL) {
             // read even while off: the gauge shows the growth before a threshold is set
-            match shared.mbx.database_size().await {
+            match instance.mbx().database_size().await {
                 Ok(size) => {
                     metrics::gauge!("mbx_database_size_bytes").set(size as f64);
                     database_size = Some(size);
@@ -289,7 +288,7 @@ pub(crate) async fn monitor_loop(shared: Arc<Shared>) {
                 Err(e) => warn!(error = %e, "reading the database's size failed"),
             }
         }
-        match shared.mbx.host_limits(&shared.config.host).await {
+        match instance.mbx().host_limits(&instance.config().host).await {
             Ok(limits) => {
                 throttle
                     .publish_max
@@ -316,8 +315,8 @@ pub(crate) async fn monitor_loop(shared: Arc<Shared>) {
                         );
                     }
                 }
-                match shared
-                    .mbx
+                match instance
+                    .mbx()
                     .publish_backlog(limits.host_id, limits.throttle_publish)
                     .await
                 {
@@ -350,9 +349,9 @@ pub(crate) async fn monitor_loop(shared: Arc<Shared>) {
             .set(throttle.inflight_msgs.load(Ordering::Acquire) as f64);
         let state = throttle.state();
         if state != recorded {
-            match shared
-                .mbx
-                .instance_set_throttle(shared.instance_id(), state.as_deref())
+            match instance
+                .mbx()
+                .instance_set_throttle(instance.id(), state.as_deref())
                 .await
             {
                 Ok(()) => recorded = state,

@@ -241,13 +241,7 @@ async fn every_registered_send_adapter_honours_the_contract() {
                 check_send_contract(adapter, good, Vec::new(), &|_| true).await;
             }
             Scheme::Mbx => {
-                // forwarding is the host's (tests/group_forward.rs, against two real
-                // MessageBoxes); the registry's entry only checks addresses and, if handed
-                // a message anyway, fails it for good with one outcome each
-                let bad: Vec<_> = (0..2)
-                    .map(|_| message("mbx://managers/from-broker", Settings::new(), "x"))
-                    .collect();
-                check_send_contract(adapter, Vec::new(), bad, &|_| false).await;
+                panic!("mbx:// has no send adapter: the registry resolves it to SendTransport::Forward")
             }
         }
     }
@@ -322,6 +316,36 @@ fn the_registry_is_keyed_by_scheme() {
     );
     assert!(registry
         .validate_receive("null://x", &Settings::new())
+        .is_err());
+    // forwarding: the address is checked, and it resolves to the host's forwarder, never
+    // to an adapter
+    match registry
+        .send_transport("mbx://managers/from-broker")
+        .unwrap()
+    {
+        mbx_adapters::SendTransport::Forward(to) => {
+            assert_eq!(
+                (to.link.as_str(), to.receive_port.as_str()),
+                ("managers", "from-broker")
+            )
+        }
+        other => panic!("mbx:// resolved to {other:?}"),
+    }
+    assert!(registry.send_adapter("mbx://managers/from-broker").is_err());
+    assert!(registry
+        .validate_send("mbx://managers/from-broker", &Settings::new())
+        .is_ok());
+    assert!(registry
+        .validate_send("mbx://managers", &Settings::new())
+        .is_err());
+    assert!(registry
+        .validate_send(
+            "mbx://managers/from-broker",
+            &[("timeout".to_owned(), "1s".to_owned())].into()
+        )
+        .is_err());
+    assert!(registry
+        .validate_receive("mbx://managers/from-broker", &Settings::new())
         .is_err());
     let err = registry.send_adapter("gopher://x/y").err().unwrap();
     assert!(

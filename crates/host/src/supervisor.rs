@@ -1,0 +1,138 @@
+//! The supervisor: starts and stops the loops of the host's started send ports and
+//! enabled receive locations as the configuration changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mbx_messagebox::states::PortState;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::{delivery, dispatch, http_receive, keyed, receive, Shared};
+
+/// Running loops by object id: the object's configuration as it was started (its
+/// serialized form), task, and its stop signal.
+type Loops = HashMap<i64, (String, JoinHandle<()>, watch::Sender<bool>)>;
+
+/// Makes `loops` match `wanted`: stops loops of objects no longer wanted, changed in place
+/// (`mbx … update`: started again with the new configuration) or whose task ended; starts
+/// loops for new ones.
+fn reconcile<T: serde::Serialize>(
+    loops: &mut Loops,
+    wanted: HashMap<i64, (String, T)>,
+    kind: &str,
+    spawn: impl Fn(T, watch::Receiver<bool>) -> JoinHandle<()>,
+) {
+    let config = |object: &T| serde_json::to_string(object).unwrap_or_default();
+    loops.retain(|id, (started_with, handle, stop)| {
+        let keep = wanted
+            .get(id)
+            .is_some_and(|(_, object)| config(object) == *started_with)
+            && !handle.is_finished();
+        if !keep {
+            info!(%kind, id, "loop stopping");
+            let _ = stop.send(true);
+        }
+        keep
+    });
+    for (id, (name, object)) in wanted {
+        if let std::collections::hash_map::Entry::Vacant(slot) = loops.entry(id) {
+            info!(%kind, name = %name, "loop starting");
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let started_with = config(&object);
+            slot.insert((started_with, spawn(object, stop_rx), stop_tx));
+        }
+    }
+}
+
+/// Starts and stops the loops of ports and locations as the configuration changes.
+pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
+    let mut ports: Loops = HashMap::new();
+    // one claim per round for every unordered port's worker
+    let dispatcher = Arc::new(dispatch::Dispatcher::default());
+    let dispatching = tokio::spawn(dispatch::dispatch_loop(shared.clone(), dispatcher.clone()));
+    let mut locations: Loops = HashMap::new();
+    loop {
+        match shared.instance.mbx().send_port_list().await {
+            Ok(list) => {
+                let wanted: HashMap<i64, _> = list
+                    .into_iter()
+                    .filter(|p| {
+                        p.host == shared.instance.config().host && p.state == PortState::Started
+                    })
+                    .map(|p| (p.id, (p.name.clone(), p)))
+                    .collect();
+                shared.share.set_ordered_ports(
+                    wanted
+                        .values()
+                        .filter(|(_, p)| p.ordered && p.ordered_by.is_none())
+                        .count(),
+                );
+                reconcile(&mut ports, wanted, "send port", |port, stop| {
+                    if port.ordered_by.is_some() {
+                        tokio::spawn(keyed::keyed_port_loop(shared.clone(), port, stop))
+                    } else if port.ordered {
+                        tokio::spawn(delivery::ordered_port_loop(shared.clone(), port, stop))
+                    } else {
+                        tokio::spawn(dispatch::port_worker(
+                            shared.clone(),
+                            dispatcher.clone(),
+                            port,
+                            stop,
+                        ))
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "reading send ports failed"),
+        }
+        match shared.instance.mbx().receive_location_list().await {
+            Ok(list) => {
+                // a POST to a disabled location's path is told to come back (503), not
+                // that nothing is there (404: senders give up on it)
+                shared.http.set_disabled(
+                    list.iter()
+                        .filter(|l| l.host == shared.instance.config().host && !l.enabled)
+                        .filter_map(|l| {
+                            let path = http_receive::path_of(&l.address)?;
+                            Some(((l.address.starts_with("https:"), path), l.name.clone()))
+                        })
+                        .collect(),
+                );
+                let wanted = list
+                    .into_iter()
+                    .filter(|l| l.host == shared.instance.config().host && l.enabled)
+                    .map(|l| (l.id, (l.name.clone(), l)))
+                    .collect();
+                reconcile(&mut locations, wanted, "receive location", |loc, stop| {
+                    tokio::spawn(receive::location_loop(shared.clone(), loc, stop))
+                });
+            }
+            Err(e) => warn!(error = %e, "reading receive locations failed"),
+        }
+        // a port that was started again may have waiting deliveries: let loops look now
+        shared.wake.notify_published();
+        // the next look: on a configuration notification, or after the poll interval
+        let mut stopping = shared.instance.stopping();
+        if *stopping.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = shared.wake.config_changed() => {}
+            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
+            _ = stopping.changed() => break,
+        }
+    }
+    // stopping: receive first, then let delivery loops finish their batch
+    for (_, (_, handle, stop)) in locations.drain() {
+        let _ = stop.send(true);
+        let _ = handle.await;
+    }
+    for (_, (_, _, stop)) in ports.iter() {
+        let _ = stop.send(true);
+    }
+    for (_, (_, handle, _)) in ports.drain() {
+        let _ = handle.await;
+    }
+    let _ = dispatching.await;
+}
