@@ -369,27 +369,64 @@ impl MessageBox {
             return Ok(report);
         }
         let mut tx = self.pool.begin().await?;
+        let rows = FailRow::lock(&mut tx, instance, failures).await?;
+        report.stale = (failures.len() - rows.len()) as u64;
+        let fates = FailFates::decide(rows, failures, &mut report)?;
+        fates.reschedule(&mut tx, instance).await?;
+        if !fates.sus_ids.is_empty() {
+            crate::suspended::suspend_deliveries(
+                self,
+                &mut tx,
+                &fates.sus_ids,
+                &fates.sus_kind,
+                &fates.sus_error,
+                Some(instance),
+                true,
+            )
+            .await?;
+        }
+        if !fates.hold_ports.is_empty() {
+            report.keys_held = fates.hold_keys(&mut tx).await?;
+        }
+        if !fates.ports_to_suspend.is_empty() {
+            report.ports_suspended = fates.suspend_ports(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+/// A failed delivery still claimed as its failure says, with its port's retry policy.
+#[derive(sqlx::FromRow)]
+struct FailRow {
+    id: i64,
+    transport: String,
+    retries: i32,
+    retry_count: i32,
+    retry_interval_s: i64,
+    exponential: bool,
+    retry_max_interval_s: i64,
+    has_backup: bool,
+    backup_retry_count: i32,
+    backup_retry_interval_s: i64,
+    ordered: bool,
+    stop_on_failure: bool,
+    port_id: i64,
+    order_key: Option<String>,
+    keyed: bool,
+}
+
+impl FailRow {
+    /// Locks the deliveries of `failures` still claimed by `instance` with their claim
+    /// token (and, for an ordered port, under the lease of the claim's epoch), in id order.
+    async fn lock(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        instance: Uuid,
+        failures: &[Failure],
+    ) -> Result<Vec<FailRow>> {
         let ids: Vec<i64> = failures.iter().map(|f| f.delivery_id).collect();
         let tokens: Vec<Uuid> = failures.iter().map(|f| f.claim_token).collect();
-        #[derive(sqlx::FromRow)]
-        struct FailRow {
-            id: i64,
-            transport: String,
-            retries: i32,
-            retry_count: i32,
-            retry_interval_s: i64,
-            exponential: bool,
-            retry_max_interval_s: i64,
-            has_backup: bool,
-            backup_retry_count: i32,
-            backup_retry_interval_s: i64,
-            ordered: bool,
-            stop_on_failure: bool,
-            port_id: i64,
-            order_key: Option<String>,
-            keyed: bool,
-        }
-        let rows = sqlx::query_as::<_, FailRow>(
+        Ok(sqlx::query_as::<_, FailRow>(
             "SELECT d.id, d.transport, d.retries, p.retry_count, p.retry_interval_s,
                     p.retry_backoff = 'exponential' AS exponential, p.retry_max_interval_s,
                     p.backup_address IS NOT NULL AS has_backup, p.backup_retry_count,
@@ -407,172 +444,203 @@ impl MessageBox {
         .bind(&ids)
         .bind(&tokens)
         .bind(instance)
-        .fetch_all(&mut *tx)
-        .await?;
-        report.stale = (failures.len() - rows.len()) as u64;
+        .fetch_all(&mut **tx)
+        .await?)
+    }
 
-        let mut upd_ids = Vec::new();
-        let mut upd_retries = Vec::new();
-        let mut upd_delay = Vec::new();
-        let mut upd_transport = Vec::new();
-        let mut upd_error = Vec::new();
-        // the tracking event after `attempt-failed`, if any
-        let mut upd_event: Vec<Option<&str>> = Vec::new();
-        let mut sus_ids = Vec::new();
-        let mut sus_kind = Vec::new();
-        let mut sus_error = Vec::new();
-        let mut ports_to_suspend = Vec::new();
-        let (mut hold_ports, mut hold_keys, mut hold_errors) = (Vec::new(), Vec::new(), Vec::new());
+    /// What [`decide_failure`] needs to know of this delivery, failed with `retryable`.
+    fn facts(&self, transport: Transport, retryable: bool) -> FailFacts {
+        FailFacts {
+            transport,
+            retries: self.retries,
+            retryable,
+            primary: RetryPolicy {
+                count: self.retry_count,
+                interval_s: self.retry_interval_s,
+                exponential: self.exponential,
+                max_interval_s: self.retry_max_interval_s,
+            },
+            backup: self.has_backup.then_some(RetryPolicy {
+                count: self.backup_retry_count,
+                interval_s: self.backup_retry_interval_s,
+                exponential: false,
+                max_interval_s: self.backup_retry_interval_s,
+            }),
+            ordered: self.ordered,
+            stop_on_failure: self.stop_on_failure,
+        }
+    }
+}
+
+/// The fates [`decide_failure`] gave a batch of failed deliveries, one vector per column
+/// of the statement that applies each (bound to `unnest`).
+#[derive(Default)]
+struct FailFates {
+    // made ready again: to retry later, on the backup, or kept as a suspended port's head
+    upd_ids: Vec<i64>,
+    upd_retries: Vec<i32>,
+    upd_delay: Vec<f64>,
+    upd_transport: Vec<&'static str>,
+    upd_error: Vec<String>,
+    /// The tracking event after `attempt-failed`, if any.
+    upd_event: Vec<Option<&'static str>>,
+    // suspended
+    sus_ids: Vec<i64>,
+    sus_kind: Vec<&'static str>,
+    sus_error: Vec<String>,
+    /// Ordered ports (as a whole) to suspend.
+    ports_to_suspend: Vec<i64>,
+    // keys of ports ordered by a property to hold: (port, key, error)
+    hold_ports: Vec<i64>,
+    hold_keys: Vec<String>,
+    hold_errors: Vec<String>,
+}
+
+impl FailFates {
+    /// Decides the fate of each locked row, counting it in `report`.
+    fn decide(rows: Vec<FailRow>, failures: &[Failure], report: &mut FailReport) -> Result<Self> {
+        let mut fates = Self::default();
         for row in rows {
             let id = row.id;
             let Some(failure) = failures.iter().find(|f| f.delivery_id == id) else {
                 continue;
             };
             let transport = Transport::parse(&row.transport)?;
-            let facts = FailFacts {
-                transport,
-                retries: row.retries,
-                retryable: failure.retryable,
-                primary: RetryPolicy {
-                    count: row.retry_count,
-                    interval_s: row.retry_interval_s,
-                    exponential: row.exponential,
-                    max_interval_s: row.retry_max_interval_s,
-                },
-                backup: row.has_backup.then_some(RetryPolicy {
-                    count: row.backup_retry_count,
-                    interval_s: row.backup_retry_interval_s,
-                    exponential: false,
-                    max_interval_s: row.backup_retry_interval_s,
-                }),
-                ordered: row.ordered,
-                stop_on_failure: row.stop_on_failure,
-            };
+            let facts = row.facts(transport, failure.retryable);
             let error = truncate_error(&failure.error);
             match decide_failure(&facts) {
                 FailDecision::Retry { retries, delay_s } => {
                     report.retried += 1;
-                    upd_ids.push(id);
-                    upd_retries.push(retries);
-                    upd_delay.push(delay_s as f64);
-                    upd_transport.push(if transport == Transport::Primary {
+                    let transport = if transport == Transport::Primary {
                         "primary"
                     } else {
                         "backup"
-                    });
-                    upd_error.push(error);
-                    upd_event.push(Some("retry-scheduled"));
+                    };
+                    let event = Some("retry-scheduled");
+                    fates.ready(id, retries, delay_s as f64, transport, error, event);
                 }
                 FailDecision::ToBackup => {
                     report.moved_to_backup += 1;
-                    upd_ids.push(id);
-                    upd_retries.push(0);
-                    upd_delay.push(0.0);
-                    upd_transport.push("backup");
-                    upd_error.push(error);
-                    upd_event.push(Some("moved-to-backup"));
+                    let event = Some("moved-to-backup");
+                    fates.ready(id, 0, 0.0, "backup", error, event);
                 }
                 FailDecision::SuspendPort => {
                     // the head stays in place, unclaimed, until resume or skip
-                    upd_ids.push(id);
-                    upd_retries.push(facts.retries);
-                    upd_delay.push(0.0);
-                    upd_transport.push("primary");
                     let port_id = row.port_id;
                     if row.keyed {
                         // a port ordered by a property holds only this key
-                        hold_ports.push(port_id);
-                        hold_keys.push(row.order_key.unwrap_or_default());
-                        hold_errors.push(error.clone());
-                    } else if !ports_to_suspend.contains(&port_id) {
-                        ports_to_suspend.push(port_id);
+                        fates.hold_ports.push(port_id);
+                        fates.hold_keys.push(row.order_key.unwrap_or_default());
+                        fates.hold_errors.push(error.clone());
+                    } else if !fates.ports_to_suspend.contains(&port_id) {
+                        fates.ports_to_suspend.push(port_id);
                     }
-                    upd_error.push(error);
-                    upd_event.push(None);
+                    fates.ready(id, facts.retries, 0.0, "primary", error, None);
                 }
                 FailDecision::Suspend { resumable } => {
                     report.suspended += 1;
-                    sus_ids.push(id);
-                    sus_kind.push(if resumable { "failed" } else { "failed-final" });
-                    sus_error.push(error);
+                    fates.sus_ids.push(id);
+                    let kind = if resumable { "failed" } else { "failed-final" };
+                    fates.sus_kind.push(kind);
+                    fates.sus_error.push(error);
                 }
             }
         }
-        if !upd_ids.is_empty() {
-            sqlx::query(
-                "WITH u AS (
-                    UPDATE deliveries d
-                       SET state = 'ready', claimed_by = NULL, claim_token = NULL, claimed_at = NULL,
-                           retries = c.retries, transport = c.transport,
-                           not_before = now() + make_interval(secs => c.delay),
-                           errors = d.errors || jsonb_build_array(jsonb_build_object(
-                               'at', now(), 'transport', d.transport, 'attempt', d.retries + 1,
-                               'instance', $6::uuid, 'error', c.error))
-                      FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::text[], $5::text[], $7::text[])
-                           AS c(id, retries, delay, transport, error, event)
-                     WHERE d.id = c.id
-                    RETURNING d.id, d.message_id, d.port_id, d.transport, d.not_before,
-                              jsonb_array_length(d.errors) AS n, c.error, c.event)
-                 INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
-                 SELECT u.message_id, 'published', u.port_id, NULL, 'routed to ' || p.name
-                   FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
-                  WHERE u.n = 1 AND coalesce(p.tracking, h.tracking) = 'failures'
-                 UNION ALL
-                 SELECT u.message_id, 'attempt-failed', u.port_id, $6, u.error
-                   FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
-                  WHERE coalesce(p.tracking, h.tracking) <> 'off'
-                 UNION ALL
-                 SELECT u.message_id, u.event, u.port_id, $6,
-                        u.transport || ' transport at ' || to_char(u.not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-                   FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
-                  WHERE coalesce(p.tracking, h.tracking) <> 'off' AND u.event IS NOT NULL",
-            )
-            .bind(&upd_ids)
-            .bind(&upd_retries)
-            .bind(&upd_delay)
-            .bind(&upd_transport)
-            .bind(&upd_error)
-            .bind(instance)
-            .bind(&upd_event)
-            .execute(&mut *tx)
-            .await?;
+        Ok(fates)
+    }
+
+    /// One delivery made ready again, and the tracking event after its `attempt-failed`.
+    fn ready(
+        &mut self,
+        id: i64,
+        retries: i32,
+        delay_s: f64,
+        transport: &'static str,
+        error: String,
+        event: Option<&'static str>,
+    ) {
+        self.upd_ids.push(id);
+        self.upd_retries.push(retries);
+        self.upd_delay.push(delay_s);
+        self.upd_transport.push(transport);
+        self.upd_error.push(error);
+        self.upd_event.push(event);
+    }
+
+    /// Makes the deliveries to try again ready at their `not_before`, recording the
+    /// attempt's error; tracks the attempt and what follows it.
+    async fn reschedule(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        instance: Uuid,
+    ) -> Result<()> {
+        if self.upd_ids.is_empty() {
+            return Ok(());
         }
-        if !sus_ids.is_empty() {
-            crate::suspended::suspend_deliveries(
-                self,
-                &mut tx,
-                &sus_ids,
-                &sus_kind,
-                &sus_error,
-                Some(instance),
-                true,
-            )
-            .await?;
-        }
-        if !hold_ports.is_empty() {
-            report.keys_held = sqlx::query(
-                "INSERT INTO ordered_holds (port_id, order_key, error)
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[])
-                 ON CONFLICT (port_id, order_key) DO NOTHING",
-            )
-            .bind(&hold_ports)
-            .bind(&hold_keys)
-            .bind(&hold_errors)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        if !ports_to_suspend.is_empty() {
-            report.ports_suspended = sqlx::query(
-                "UPDATE send_ports SET state = 'suspended' WHERE id = ANY($1) AND state <> 'suspended'",
-            )
-            .bind(&ports_to_suspend)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        tx.commit().await?;
-        Ok(report)
+        sqlx::query(
+            "WITH u AS (
+                UPDATE deliveries d
+                   SET state = 'ready', claimed_by = NULL, claim_token = NULL, claimed_at = NULL,
+                       retries = c.retries, transport = c.transport,
+                       not_before = now() + make_interval(secs => c.delay),
+                       errors = d.errors || jsonb_build_array(jsonb_build_object(
+                           'at', now(), 'transport', d.transport, 'attempt', d.retries + 1,
+                           'instance', $6::uuid, 'error', c.error))
+                  FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::text[], $5::text[], $7::text[])
+                       AS c(id, retries, delay, transport, error, event)
+                 WHERE d.id = c.id
+                RETURNING d.id, d.message_id, d.port_id, d.transport, d.not_before,
+                          jsonb_array_length(d.errors) AS n, c.error, c.event)
+             INSERT INTO tracking_events (message_id, event, port_id, instance_id, detail)
+             SELECT u.message_id, 'published', u.port_id, NULL, 'routed to ' || p.name
+               FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
+              WHERE u.n = 1 AND coalesce(p.tracking, h.tracking) = 'failures'
+             UNION ALL
+             SELECT u.message_id, 'attempt-failed', u.port_id, $6, u.error
+               FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
+              WHERE coalesce(p.tracking, h.tracking) <> 'off'
+             UNION ALL
+             SELECT u.message_id, u.event, u.port_id, $6,
+                    u.transport || ' transport at ' || to_char(u.not_before AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+               FROM u JOIN send_ports p ON p.id = u.port_id JOIN hosts h ON h.id = p.host_id
+              WHERE coalesce(p.tracking, h.tracking) <> 'off' AND u.event IS NOT NULL",
+        )
+        .bind(&self.upd_ids)
+        .bind(&self.upd_retries)
+        .bind(&self.upd_delay)
+        .bind(&self.upd_transport)
+        .bind(&self.upd_error)
+        .bind(instance)
+        .bind(&self.upd_event)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Holds the keys of ports ordered by a property; returns how many were not held yet.
+    async fn hold_keys(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<u64> {
+        Ok(sqlx::query(
+            "INSERT INTO ordered_holds (port_id, order_key, error)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[])
+             ON CONFLICT (port_id, order_key) DO NOTHING",
+        )
+        .bind(&self.hold_ports)
+        .bind(&self.hold_keys)
+        .bind(&self.hold_errors)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+    }
+
+    /// Suspends the ordered ports; returns how many were not suspended yet.
+    async fn suspend_ports(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE send_ports SET state = 'suspended' WHERE id = ANY($1) AND state <> 'suspended'",
+        )
+        .bind(&self.ports_to_suspend)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
     }
 }
 

@@ -565,113 +565,20 @@ impl MessageBox {
         if !mine {
             return Ok(0);
         }
-        #[derive(sqlx::FromRow)]
-        struct InboxRow {
-            id: i64,
-            source_group: Uuid,
-            source_group_name: String,
-            send_port: String,
-            source_message_id: Uuid,
-            message_id: Uuid,
-            receive_port: String,
-            content_type: Option<String>,
-            context: Option<serde_json::Value>,
-            body: Option<Vec<u8>>,
-            body_size: i64,
-            chunked: bool,
-        }
-        let rows = sqlx::query_as::<_, InboxRow>(
-            // at most `max` rows and about INBOX_BATCH_BYTES of inline bodies (always the
-            // first row)
-            "SELECT id, source_group, source_group_name, send_port, source_message_id, message_id,
-                    receive_port, content_type, context, body, body_size, chunked
-               FROM (SELECT f.*, sum(coalesce(length(f.body), 0)) OVER (ORDER BY f.id) AS running
-                       FROM forward_inbox f WHERE NOT f.published ORDER BY f.id LIMIT $1) w
-              WHERE w.running - coalesce(length(w.body), 0) < $2
-              ORDER BY id",
-        )
-        .bind(max)
-        .bind(INBOX_BATCH_BYTES)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = InboxRow::waiting(&mut tx, max).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let mut inbox_ids = Vec::with_capacity(rows.len());
         let mut messages = Vec::with_capacity(rows.len());
+        // (message, how it was received) of each, to track
         let mut received: Vec<(Uuid, String)> = Vec::with_capacity(rows.len());
         for row in rows {
-            let source_name = row.source_group_name;
-            let send_port = row.send_port;
-            let source_message = row.source_message_id;
-            let message_id = row.message_id;
-            let receive_port = row.receive_port;
-            let stored = row.context;
-            let body = row.body;
-            // What the sender sent is input: one row this group cannot read must not wedge
-            // the inbox. A context that does not parse, or a property that is not valid
-            // here, is dropped (logged) and the message published with what remains; the
-            // engine's properties are this group's to set, never the sender's.
-            let sent = match stored.map(serde_json::from_value::<Context>) {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    tracing::warn!(%source_message, %send_port, error = %e,
-                        "a forwarded message's context cannot be read; published without it");
-                    Context::new()
-                }
-                None => Context::new(),
-            };
-            let mut context = Context::new();
-            for (name, p) in sent.iter() {
-                if system::is_engine_property(name) {
-                    continue;
-                }
-                let put = if p.promoted {
-                    context.promote(name, p.value.clone())
-                } else {
-                    context.write(name, p.value.clone())
-                };
-                if let Err(e) = put {
-                    tracing::warn!(%source_message, property = name, error = %e,
-                        "a forwarded property is not valid here; dropped");
-                }
-            }
-            let origin = format!("mbx://{source_name}/{send_port}");
-            context.promote(
-                system::RECEIVE_PORT_NAME,
-                Value::String(receive_port.clone()),
-            )?;
-            context.promote(system::INBOUND_TRANSPORT_TYPE, Value::String("mbx".into()))?;
-            context.promote(system::INBOUND_TRANSPORT_LOCATION, Value::String(origin))?;
-            let content_type = row
-                .content_type
-                .unwrap_or_else(|| "application/octet-stream".into());
-            context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
             inbox_ids.push(row.id);
-            received.push((
-                message_id,
-                format!(
-                    "forwarded from group '{source_name}' by send port '{send_port}' (message {source_message} there) to receive port '{receive_port}'"
-                ),
-            ));
-            messages.push(NewMessage {
-                id: Some(message_id),
-                body: if row.chunked {
-                    NewBody::Staged {
-                        source_group: row.source_group,
-                        send_port: send_port.clone(),
-                        source_message_id: source_message,
-                        len: u64::try_from(row.body_size).unwrap_or(0),
-                    }
-                } else {
-                    NewBody::Bytes(Bytes::from(body.unwrap_or_default()))
-                },
-                content_type,
-                context,
-                source: None,
-                source_identity: None,
-                routing: Default::default(),
-            });
+            let message_id = row.message_id;
+            let (message, detail) = row.into_message()?;
+            received.push((message_id, detail));
+            messages.push(message);
         }
         let n = messages.len();
         let (outcomes, replies) = self.publish_in(&mut tx, publisher, messages).await?;
@@ -707,6 +614,124 @@ impl MessageBox {
                 .await?,
         )
     }
+}
+
+/// A forwarded message waiting in this group's inbox.
+#[derive(sqlx::FromRow)]
+struct InboxRow {
+    id: i64,
+    source_group: Uuid,
+    source_group_name: String,
+    send_port: String,
+    source_message_id: Uuid,
+    message_id: Uuid,
+    receive_port: String,
+    content_type: Option<String>,
+    context: Option<serde_json::Value>,
+    body: Option<Vec<u8>>,
+    body_size: i64,
+    chunked: bool,
+}
+
+impl InboxRow {
+    /// The next messages of the inbox to publish, in the order they came: at most `max`,
+    /// and about [`INBOX_BATCH_BYTES`] of inline bodies (always the first).
+    async fn waiting(tx: &mut Transaction<'_, Postgres>, max: i64) -> Result<Vec<InboxRow>> {
+        Ok(sqlx::query_as::<_, InboxRow>(
+            // at most `max` rows and about INBOX_BATCH_BYTES of inline bodies (always the
+            // first row)
+            "SELECT id, source_group, source_group_name, send_port, source_message_id, message_id,
+                    receive_port, content_type, context, body, body_size, chunked
+               FROM (SELECT f.*, sum(coalesce(length(f.body), 0)) OVER (ORDER BY f.id) AS running
+                       FROM forward_inbox f WHERE NOT f.published ORDER BY f.id LIMIT $1) w
+              WHERE w.running - coalesce(length(w.body), 0) < $2
+              ORDER BY id",
+        )
+        .bind(max)
+        .bind(INBOX_BATCH_BYTES)
+        .fetch_all(&mut **tx)
+        .await?)
+    }
+
+    /// The message to publish, as received on its receive port, and how it was received
+    /// (the detail of its `received` tracking event).
+    fn into_message(self) -> Result<(NewMessage, String)> {
+        let source_name = self.source_group_name;
+        let send_port = self.send_port;
+        let source_message = self.source_message_id;
+        let receive_port = self.receive_port;
+        let mut context = forwarded_context(self.context, source_message, &send_port);
+        let origin = format!("mbx://{source_name}/{send_port}");
+        context.promote(
+            system::RECEIVE_PORT_NAME,
+            Value::String(receive_port.clone()),
+        )?;
+        context.promote(system::INBOUND_TRANSPORT_TYPE, Value::String("mbx".into()))?;
+        context.promote(system::INBOUND_TRANSPORT_LOCATION, Value::String(origin))?;
+        let content_type = self
+            .content_type
+            .unwrap_or_else(|| "application/octet-stream".into());
+        context.write(system::CONTENT_TYPE, Value::String(content_type.clone()))?;
+        let detail = format!(
+            "forwarded from group '{source_name}' by send port '{send_port}' (message {source_message} there) to receive port '{receive_port}'"
+        );
+        let message = NewMessage {
+            id: Some(self.message_id),
+            body: if self.chunked {
+                NewBody::Staged {
+                    source_group: self.source_group,
+                    send_port,
+                    source_message_id: source_message,
+                    len: u64::try_from(self.body_size).unwrap_or(0),
+                }
+            } else {
+                NewBody::Bytes(Bytes::from(self.body.unwrap_or_default()))
+            },
+            content_type,
+            context,
+            source: None,
+            source_identity: None,
+            routing: Default::default(),
+        };
+        Ok((message, detail))
+    }
+}
+
+/// The context a forwarded message was sent with (`stored`), as this group takes it.
+/// What the sender sent is input: one row this group cannot read must not wedge the
+/// inbox. A context that does not parse, or a property that is not valid here, is dropped
+/// (logged) and the message published with what remains; the engine's properties are this
+/// group's to set, never the sender's.
+fn forwarded_context(
+    stored: Option<serde_json::Value>,
+    source_message: Uuid,
+    send_port: &str,
+) -> Context {
+    let sent = match stored.map(serde_json::from_value::<Context>) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::warn!(%source_message, %send_port, error = %e,
+                "a forwarded message's context cannot be read; published without it");
+            Context::new()
+        }
+        None => Context::new(),
+    };
+    let mut context = Context::new();
+    for (name, p) in sent.iter() {
+        if system::is_engine_property(name) {
+            continue;
+        }
+        let put = if p.promoted {
+            context.promote(name, p.value.clone())
+        } else {
+            context.write(name, p.value.clone())
+        };
+        if let Err(e) = put {
+            tracing::warn!(%source_message, property = name, error = %e,
+                "a forwarded property is not valid here; dropped");
+        }
+    }
+    context
 }
 
 /// The send ports that forward through link `name`.

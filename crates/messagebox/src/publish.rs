@@ -10,7 +10,8 @@ use bytes::Bytes;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::routing::RouteTarget;
+use crate::ordered::Slot;
+use crate::routing::{RouteTarget, RoutingTable};
 use crate::{Context, Error, MessageBox, Result};
 
 /// Bodies up to this size live in the message row; larger ones are stored in chunks.
@@ -283,6 +284,11 @@ impl MessageBox {
     /// Publishes `messages` in `tx`: their outcomes, and the instances an instance
     /// subscription routed a reply to (to wake with [`MessageBox::notify_replies`] once
     /// `tx` committed).
+    ///
+    /// The steps, in this order inside `tx`: the dedup window drops what it has seen, the
+    /// fresh messages and their bodies are inserted, routed under the shared routing lock
+    /// (to ports and to waiting clients), ordered ports take their sequences, the
+    /// deliveries are inserted, and a message nothing matched is kept as a routing failure.
     pub(crate) async fn publish_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -298,73 +304,17 @@ impl MessageBox {
             .collect();
         let dedup = dedup_sources(tx, &ids, &messages).await?;
         let fresh: Vec<bool> = dedup.iter().map(|d| *d == Dedup::Fresh).collect();
-        // what a message not published becomes
-        let not_published: Vec<Published> = dedup
-            .iter()
-            .map(|d| match d {
-                Dedup::Reused => Published::SourceReused,
-                Dedup::Fresh | Dedup::Duplicate => Published::Duplicate,
-            })
-            .collect();
+        let mut outcomes: Vec<Published> = dedup.iter().map(Dedup::not_published).collect();
 
         // 1. messages and bodies (before the routing lock, so a large body never stalls a
         //    subscription change)
-        let mut m_ids = Vec::new();
-        let mut m_types = Vec::new();
-        let mut m_bodies: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut m_sizes = Vec::new();
-        let mut m_contexts = Vec::new();
-        let mut chunked = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            if !fresh[i] {
-                continue;
-            }
-            m_ids.push(ids[i]);
-            m_types.push(m.content_type.clone());
-            m_sizes.push(i64::try_from(m.body.len()).unwrap_or(i64::MAX));
-            m_contexts
-                .push(serde_json::to_value(&m.context).map_err(|e| Error::Invalid(e.to_string()))?);
-            let inline = m.body.inline().await?;
-            if inline.is_none() {
-                chunked.push(i);
-            }
-            m_bodies.push(inline);
-        }
-        if m_ids.is_empty() {
-            return Ok((not_published, Vec::new()));
-        }
-        sqlx::query(
-            "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
-             SELECT id, ct, body, size, body IS NULL, ctx, $6, $7
-               FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int8[], $5::jsonb[]) AS t(id, ct, body, size, ctx)",
-        )
-        .bind(&m_ids)
-        .bind(&m_types)
-        .bind(&m_bodies)
-        .bind(&m_sizes)
-        .bind(&m_contexts)
-        .bind(publisher.host_id)
-        .bind(publisher.receive_location_id)
-        .execute(&mut **tx)
-        .await?;
-        for &i in &chunked {
-            store_chunks(tx, ids[i], &messages[i].body).await?;
+        if !insert_messages(tx, publisher, &ids, &messages, &fresh).await? {
+            return Ok((outcomes, Vec::new()));
         }
 
         // 2. route under the shared routing lock
         let table = self.routing_for_publish(tx).await?;
-        let mut routes: Vec<(usize, Vec<RouteTarget>)> = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            if fresh[i] {
-                let mut targets = table.route(&m.context);
-                match m.routing {
-                    Routing::All | Routing::ErrorReport => {}
-                    Routing::NotToPort(port) => targets.retain(|t| t.port_id != port),
-                    Routing::ReplyOnly => targets.clear(),
-                }
-                routes.push((i, targets));
-            }
-        }
+        let routes = route_fresh(&table, &messages, &fresh);
         // replies to waiting request-response clients (their instance subscriptions)
         let replied = crate::replies::route_replies(tx, &ids, &messages, &fresh).await?;
 
@@ -374,136 +324,47 @@ impl MessageBox {
             .iter()
             .flat_map(|(i, targets)| targets.iter().map(|t| (t.port_id, &messages[*i].context)))
             .collect();
-        let mut slots = crate::ordered::take_sequences(tx, &table, &wanted)
-            .await?
-            .into_iter();
+        let slots = crate::ordered::take_sequences(tx, &table, &wanted).await?;
 
         // 4. deliveries (and their tracking events, in the same statement)
-        let mut d_msg = Vec::new();
-        let mut d_port = Vec::new();
-        let mut d_via_port = Vec::new();
-        let mut d_via_groups = Vec::new();
-        let mut d_seq: Vec<Option<i64>> = Vec::new();
-        let mut d_key: Vec<Option<String>> = Vec::new();
-        let mut d_bucket: Vec<i32> = Vec::new();
-        let mut no_key = Vec::new();
-        let mut d_size = Vec::new();
-        let mut failures = Vec::new();
-        let mut outcomes = not_published;
-        let mut unsubscribed = Vec::new();
-        for (i, targets) in &routes {
-            let to_instance = usize::from(replied.contains_key(i));
-            if targets.is_empty() && to_instance == 0 {
-                if messages[*i].routing == Routing::ErrorReport {
-                    unsubscribed.push(ids[*i]);
-                    outcomes[*i] = Published::Unsubscribed;
-                } else {
-                    failures.push(*i);
-                }
-                continue;
-            }
-            outcomes[*i] = Published::Routed {
-                message_id: ids[*i],
-                deliveries: targets.len() + to_instance,
-            };
-            for t in targets {
-                // one slot per routed target, taken in this order
-                let Some(slot) = slots.next() else {
-                    return Err(Error::Corrupt(
-                        "fewer sequence slots than routed deliveries".into(),
-                    ));
-                };
-                if let crate::ordered::Slot::NoKey { property } = &slot {
-                    let size = i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX);
-                    no_key.push((ids[*i], t.clone(), size, property.clone()));
-                    continue;
-                }
-                d_msg.push(ids[*i]);
-                d_port.push(t.port_id);
-                d_via_port.push(t.via_port);
-                d_via_groups.push(pg_bigint_array(&t.via_groups));
-                d_size.push(i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX));
-                d_seq.push(slot.seq());
-                d_key.push(slot.key().map(str::to_owned));
-                d_bucket.push(slot.bucket());
-            }
-        }
-        if !d_msg.is_empty() {
-            sqlx::query(
-                "WITH d AS (
-                    INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size, bucket)
-                    SELECT m, p, vp, vg::bigint[], s, k, sz, b
-                      FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::int8[],
-                                  $7::text[], $8::int4[])
-                           AS t(m, p, vp, vg, s, sz, k, b)
-                    RETURNING message_id, port_id)
-                 INSERT INTO tracking_events (message_id, event, port_id, detail)
-                 SELECT d.message_id, 'published', d.port_id, 'routed to ' || p.name
-                   FROM d JOIN send_ports p ON p.id = d.port_id JOIN hosts h ON h.id = p.host_id
-                  WHERE coalesce(p.tracking, h.tracking) = 'all'",
-            )
-            .bind(&d_msg)
-            .bind(&d_port)
-            .bind(&d_via_port)
-            .bind(&d_via_groups)
-            .bind(&d_seq)
-            .bind(&d_size)
-            .bind(&d_key)
-            .bind(&d_bucket)
-            .execute(&mut **tx)
-            .await?;
-        }
+        let plan = Distribution::plan(&ids, &messages, &routes, &replied, slots, &mut outcomes)?;
+        insert_deliveries(tx, &plan.deliveries).await?;
         // a port ordered by a property the message does not carry: that delivery is
         // suspended failed-final in the same transaction (the other ports still get theirs)
-        if !no_key.is_empty() {
-            crate::ordered::suspend_without_key(self, tx, &no_key).await?;
+        if !plan.no_key.is_empty() {
+            crate::ordered::suspend_without_key(self, tx, &plan.no_key).await?;
         }
-
         // an error report nobody subscribes to is not kept
-        if !unsubscribed.is_empty() {
+        if !plan.unsubscribed.is_empty() {
             sqlx::query("DELETE FROM messages WHERE id = ANY($1)")
-                .bind(&unsubscribed)
+                .bind(&plan.unsubscribed)
                 .execute(&mut **tx)
                 .await?;
         }
 
         // 5. routing failures
-        if !failures.is_empty() {
-            let f_ids: Vec<Uuid> = failures.iter().map(|&i| ids[i]).collect();
-            let reasons: Vec<String> = failures
-                .iter()
-                .map(|&i| routing_failure_reason(&messages[i].context))
-                .collect();
-            let suspended: Vec<(Uuid, i64)> = sqlx::query_as(
-                "WITH s AS (
-                    INSERT INTO suspended_items (message_id, kind, reason, receive_location_id)
-                    SELECT m, 'routing-failure', r, $3 FROM unnest($1::uuid[], $2::text[]) AS t(m, r)
-                    RETURNING id, message_id, reason),
-                 ev AS (
-                    INSERT INTO tracking_events (message_id, event, detail)
-                    SELECT s.message_id, 'routing-failed', s.reason FROM s
-                     WHERE coalesce((SELECT tracking FROM hosts WHERE id = $4), 'failures') <> 'off')
-                 SELECT message_id, id FROM s",
-            )
-            .bind(&f_ids)
-            .bind(&reasons)
-            .bind(publisher.receive_location_id)
-            .bind(publisher.host_id)
-            .fetch_all(&mut **tx)
+        let failures = &plan.failures;
+        suspend_routing_failures(tx, publisher, &ids, &messages, failures, &mut outcomes).await?;
+        self.report_routing_failed(tx, publisher, &messages, &outcomes)
             .await?;
-            for (message_id, suspended_id) in suspended {
-                if let Some(i) = failures.iter().copied().find(|&i| ids[i] == message_id) {
-                    outcomes[i] = Published::RoutingFailure {
-                        message_id,
-                        suspended_id,
-                    };
-                }
-            }
-        }
-        // receive ports with --route-failed report their routing failures
+        let mut wake: Vec<Uuid> = replied.into_values().collect();
+        wake.sort_unstable();
+        wake.dedup();
+        Ok((outcomes, wake))
+    }
+
+    /// Receive ports with `--route-failed` report their routing failures: each message
+    /// `outcomes` names a routing failure gets an error report, published in `tx`.
+    async fn report_routing_failed(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        publisher: &Publisher,
+        messages: &[NewMessage],
+        outcomes: &[Published],
+    ) -> Result<()> {
         let routing_failed: Vec<(Uuid, String)> = outcomes
             .iter()
-            .zip(&messages)
+            .zip(messages)
             .filter_map(|(o, m)| match o {
                 Published::RoutingFailure { message_id, .. } => {
                     Some((*message_id, routing_failure_reason(&m.context)))
@@ -511,24 +372,266 @@ impl MessageBox {
                 _ => None,
             })
             .collect();
-        if !routing_failed.is_empty() {
-            if let Some(location) = publisher.receive_location_id {
-                let reported = Box::pin(crate::error_report::report_routing_failures(
-                    self,
-                    tx,
-                    publisher,
-                    location,
-                    &routing_failed,
-                ))
-                .await?;
-                self.count_dropped_reports(reported.dropped);
+        if routing_failed.is_empty() {
+            return Ok(());
+        }
+        let Some(location) = publisher.receive_location_id else {
+            return Ok(());
+        };
+        let reported = Box::pin(crate::error_report::report_routing_failures(
+            self,
+            tx,
+            publisher,
+            location,
+            &routing_failed,
+        ))
+        .await?;
+        self.count_dropped_reports(reported.dropped);
+        Ok(())
+    }
+}
+
+/// Inserts the fresh messages (those `fresh` marks) with their contexts and bodies: a
+/// small body in its row, a large one in chunks. Returns whether any was fresh (else
+/// nothing was inserted).
+async fn insert_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    publisher: &Publisher,
+    ids: &[Uuid],
+    messages: &[NewMessage],
+    fresh: &[bool],
+) -> Result<bool> {
+    let mut m_ids = Vec::new();
+    let mut m_types = Vec::new();
+    let mut m_bodies: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut m_sizes = Vec::new();
+    let mut m_contexts = Vec::new();
+    let mut chunked = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if !fresh[i] {
+            continue;
+        }
+        m_ids.push(ids[i]);
+        m_types.push(m.content_type.clone());
+        m_sizes.push(i64::try_from(m.body.len()).unwrap_or(i64::MAX));
+        m_contexts
+            .push(serde_json::to_value(&m.context).map_err(|e| Error::Invalid(e.to_string()))?);
+        let inline = m.body.inline().await?;
+        if inline.is_none() {
+            chunked.push(i);
+        }
+        m_bodies.push(inline);
+    }
+    if m_ids.is_empty() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, content_type, body, body_size, chunked, context, publisher_host_id, receive_location_id)
+         SELECT id, ct, body, size, body IS NULL, ctx, $6, $7
+           FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int8[], $5::jsonb[]) AS t(id, ct, body, size, ctx)",
+    )
+    .bind(&m_ids)
+    .bind(&m_types)
+    .bind(&m_bodies)
+    .bind(&m_sizes)
+    .bind(&m_contexts)
+    .bind(publisher.host_id)
+    .bind(publisher.receive_location_id)
+    .execute(&mut **tx)
+    .await?;
+    for &i in &chunked {
+        store_chunks(tx, ids[i], &messages[i].body).await?;
+    }
+    Ok(true)
+}
+
+/// The ports each fresh message goes to, by `table` and the message's [`Routing`]: (its
+/// index, its targets), in message order.
+fn route_fresh(
+    table: &RoutingTable,
+    messages: &[NewMessage],
+    fresh: &[bool],
+) -> Vec<(usize, Vec<RouteTarget>)> {
+    let mut routes = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if fresh[i] {
+            let mut targets = table.route(&m.context);
+            match m.routing {
+                Routing::All | Routing::ErrorReport => {}
+                Routing::NotToPort(port) => targets.retain(|t| t.port_id != port),
+                Routing::ReplyOnly => targets.clear(),
+            }
+            routes.push((i, targets));
+        }
+    }
+    routes
+}
+
+/// What routing made of the fresh messages, to store.
+#[derive(Default)]
+struct Distribution {
+    /// The deliveries to insert.
+    deliveries: DeliveryRows,
+    /// Deliveries to a port ordered by a property the message does not carry: (message,
+    /// target, body size, the property).
+    no_key: Vec<(Uuid, RouteTarget, i64, String)>,
+    /// The messages (indexes) nothing matched: routing failures.
+    failures: Vec<usize>,
+    /// The error reports nothing subscribes to: dropped.
+    unsubscribed: Vec<Uuid>,
+}
+
+impl Distribution {
+    /// Sorts each routed message's targets into deliveries, each with the sequence slot
+    /// taken for it (`slots`: one per target, in order); sets the outcome of each message
+    /// routed, and of each error report nobody subscribes to.
+    fn plan(
+        ids: &[Uuid],
+        messages: &[NewMessage],
+        routes: &[(usize, Vec<RouteTarget>)],
+        replied: &HashMap<usize, Uuid>,
+        slots: Vec<Slot>,
+        outcomes: &mut [Published],
+    ) -> Result<Self> {
+        let mut plan = Self::default();
+        let mut slots = slots.into_iter();
+        for (i, targets) in routes {
+            let to_instance = usize::from(replied.contains_key(i));
+            if targets.is_empty() && to_instance == 0 {
+                if messages[*i].routing == Routing::ErrorReport {
+                    plan.unsubscribed.push(ids[*i]);
+                    outcomes[*i] = Published::Unsubscribed;
+                } else {
+                    plan.failures.push(*i);
+                }
+                continue;
+            }
+            outcomes[*i] = Published::Routed {
+                message_id: ids[*i],
+                deliveries: targets.len() + to_instance,
+            };
+            let size = i64::try_from(messages[*i].body.len()).unwrap_or(i64::MAX);
+            for t in targets {
+                // one slot per routed target, taken in this order
+                let Some(slot) = slots.next() else {
+                    return Err(Error::Corrupt(
+                        "fewer sequence slots than routed deliveries".into(),
+                    ));
+                };
+                if let Slot::NoKey { property } = &slot {
+                    plan.no_key
+                        .push((ids[*i], t.clone(), size, property.clone()));
+                    continue;
+                }
+                plan.deliveries.push(ids[*i], t, size, &slot);
             }
         }
-        let mut wake: Vec<Uuid> = replied.into_values().collect();
-        wake.sort_unstable();
-        wake.dedup();
-        Ok((outcomes, wake))
+        Ok(plan)
     }
+}
+
+/// The deliveries a publish inserts, one vector per column (bound to `unnest`).
+#[derive(Default)]
+struct DeliveryRows {
+    message: Vec<Uuid>,
+    port: Vec<i64>,
+    via_port: Vec<bool>,
+    via_groups: Vec<String>,
+    seq: Vec<Option<i64>>,
+    key: Vec<Option<String>>,
+    bucket: Vec<i32>,
+    size: Vec<i64>,
+}
+
+impl DeliveryRows {
+    fn push(&mut self, message: Uuid, target: &RouteTarget, size: i64, slot: &Slot) {
+        self.message.push(message);
+        self.port.push(target.port_id);
+        self.via_port.push(target.via_port);
+        self.via_groups.push(pg_bigint_array(&target.via_groups));
+        self.size.push(size);
+        self.seq.push(slot.seq());
+        self.key.push(slot.key().map(str::to_owned));
+        self.bucket.push(slot.bucket());
+    }
+}
+
+/// Inserts `rows`, and in the same statement a `published` tracking event for each whose
+/// port (or its host) tracks everything.
+async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, rows: &DeliveryRows) -> Result<()> {
+    if rows.message.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH d AS (
+            INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, body_size, bucket)
+            SELECT m, p, vp, vg::bigint[], s, k, sz, b
+              FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::int8[],
+                          $7::text[], $8::int4[])
+                   AS t(m, p, vp, vg, s, sz, k, b)
+            RETURNING message_id, port_id)
+         INSERT INTO tracking_events (message_id, event, port_id, detail)
+         SELECT d.message_id, 'published', d.port_id, 'routed to ' || p.name
+           FROM d JOIN send_ports p ON p.id = d.port_id JOIN hosts h ON h.id = p.host_id
+          WHERE coalesce(p.tracking, h.tracking) = 'all'",
+    )
+    .bind(&rows.message)
+    .bind(&rows.port)
+    .bind(&rows.via_port)
+    .bind(&rows.via_groups)
+    .bind(&rows.seq)
+    .bind(&rows.size)
+    .bind(&rows.key)
+    .bind(&rows.bucket)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Keeps each of `failures` (the messages nothing matched) as a routing-failure suspended
+/// item, tracked unless the publishing host's tracking is off, and sets its outcome.
+async fn suspend_routing_failures(
+    tx: &mut Transaction<'_, Postgres>,
+    publisher: &Publisher,
+    ids: &[Uuid],
+    messages: &[NewMessage],
+    failures: &[usize],
+    outcomes: &mut [Published],
+) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let f_ids: Vec<Uuid> = failures.iter().map(|&i| ids[i]).collect();
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|&i| routing_failure_reason(&messages[i].context))
+        .collect();
+    let suspended: Vec<(Uuid, i64)> = sqlx::query_as(
+        "WITH s AS (
+            INSERT INTO suspended_items (message_id, kind, reason, receive_location_id)
+            SELECT m, 'routing-failure', r, $3 FROM unnest($1::uuid[], $2::text[]) AS t(m, r)
+            RETURNING id, message_id, reason),
+         ev AS (
+            INSERT INTO tracking_events (message_id, event, detail)
+            SELECT s.message_id, 'routing-failed', s.reason FROM s
+             WHERE coalesce((SELECT tracking FROM hosts WHERE id = $4), 'failures') <> 'off')
+         SELECT message_id, id FROM s",
+    )
+    .bind(&f_ids)
+    .bind(&reasons)
+    .bind(publisher.receive_location_id)
+    .bind(publisher.host_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (message_id, suspended_id) in suspended {
+        if let Some(i) = failures.iter().copied().find(|&i| ids[i] == message_id) {
+            outcomes[i] = Published::RoutingFailure {
+                message_id,
+                suspended_id,
+            };
+        }
+    }
+    Ok(())
 }
 
 /// The fence of an ordered location's publish, as the last statement before its commit:
@@ -589,6 +692,17 @@ enum Dedup {
     Reused,
 }
 
+impl Dedup {
+    /// What a message not published becomes (a fresh one's outcome is set once it is
+    /// routed).
+    fn not_published(&self) -> Published {
+        match self {
+            Dedup::Reused => Published::SourceReused,
+            Dedup::Fresh | Dedup::Duplicate => Published::Duplicate,
+        }
+    }
+}
+
 /// Records source ids; returns per message whether it is fresh (not a duplicate within
 /// the dedup window), a duplicate, or a reuse of its source id with another body (both
 /// digests known and different). Duplicates inside the batch keep only their first
@@ -599,78 +713,20 @@ async fn dedup_sources(
     messages: &[NewMessage],
 ) -> Result<Vec<Dedup>> {
     let mut fresh = vec![Dedup::Fresh; messages.len()];
-    // the first message of the batch with each (location, source id)
-    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
-    // (a later one, the first one) of the batch with the same (location, source id)
-    let mut in_batch = Vec::new();
-    let mut locs = Vec::new();
-    let mut srcs = Vec::new();
-    let mut mids = Vec::new();
-    let mut digests: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut idents: Vec<Option<String>> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        if let Some(src) = &m.source {
-            if let Some(&first) = first_of.get(&(src.location_id, src.id.as_str())) {
-                in_batch.push((i, first));
-                continue;
-            }
-            first_of.insert((src.location_id, src.id.as_str()), i);
-            locs.push(src.location_id);
-            srcs.push(src.id.clone());
-            mids.push(ids[i]);
-            digests.push(src.body_sha256.map(|d| d.to_vec()));
-            idents.push(m.source_identity.clone());
-        }
-    }
-    if locs.is_empty() {
+    let batch = SourceBatch::of(ids, messages);
+    if batch.locs.is_empty() {
         return Ok(fresh);
     }
-    let accepted: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-        "INSERT INTO received_sources (receive_location_id, source_id, message_id, body_sha256, source_identity)
-         SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[], $5::bytea[], $6::text[])
-         ON CONFLICT (receive_location_id, source_id) DO UPDATE
-            SET message_id = excluded.message_id, published_at = now(),
-                body_sha256 = excluded.body_sha256, source_identity = excluded.source_identity
-          WHERE received_sources.published_at < now() - make_interval(secs => $4)
-         RETURNING message_id",
-    )
-    .bind(&locs)
-    .bind(&srcs)
-    .bind(&mids)
-    .bind(DEDUP_WINDOW_S as f64)
-    .bind(&digests)
-    .bind(&idents)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
+    let accepted = batch.record(tx).await?;
     // the first of the batch with a source id seen before: compared with the digest the
     // source id was published with first
-    let repeated: Vec<usize> = first_of
+    let repeated: Vec<usize> = batch
+        .first_of
         .values()
         .copied()
         .filter(|&i| !accepted.contains(&ids[i]))
         .collect();
-    let mut stored: HashMap<(i64, String), Option<[u8; 32]>> = HashMap::new();
-    if !repeated.is_empty() {
-        let (r_locs, r_srcs): (Vec<i64>, Vec<String>) = repeated
-            .iter()
-            .filter_map(|&i| messages[i].source.as_ref())
-            .map(|s| (s.location_id, s.id.clone()))
-            .unzip();
-        stored = sqlx::query_as::<_, (i64, String, Option<Vec<u8>>)>(
-            "SELECT r.receive_location_id, r.source_id, r.body_sha256
-               FROM unnest($1::int8[], $2::text[]) AS t(loc, src)
-               JOIN received_sources r ON r.receive_location_id = t.loc AND r.source_id = t.src",
-        )
-        .bind(&r_locs)
-        .bind(&r_srcs)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|(loc, src, d)| ((loc, src), d.and_then(|d| <[u8; 32]>::try_from(d).ok())))
-        .collect();
-    }
+    let stored = stored_digests(tx, messages, &repeated).await?;
     // the digest a source id was published with first: stored before, or of this batch
     let published_with = |first: usize| -> Option<[u8; 32]> {
         let src = messages[first].source.as_ref()?;
@@ -687,34 +743,141 @@ async fn dedup_sources(
         let digest = messages[i].source.as_ref().and_then(|s| s.body_sha256);
         fresh[i] = repeat_of(published_with(i), digest);
     }
-    for &(i, first) in &in_batch {
+    for &(i, first) in &batch.in_batch {
         let digest = messages[i].source.as_ref().and_then(|s| s.body_sha256);
         fresh[i] = repeat_of(published_with(first), digest);
     }
+    track_duplicates(tx, messages, &fresh).await?;
+    Ok(fresh)
+}
+
+/// The source ids of a batch to record: the first message of the batch with each
+/// (location, source id), one vector per column (bound to `unnest`).
+struct SourceBatch<'a> {
+    /// The first message of the batch with each (location, source id).
+    first_of: HashMap<(i64, &'a str), usize>,
+    /// (a later one, the first one) of the batch with the same (location, source id).
+    in_batch: Vec<(usize, usize)>,
+    locs: Vec<i64>,
+    srcs: Vec<String>,
+    mids: Vec<Uuid>,
+    digests: Vec<Option<Vec<u8>>>,
+    idents: Vec<Option<String>>,
+}
+
+impl<'a> SourceBatch<'a> {
+    fn of(ids: &[Uuid], messages: &'a [NewMessage]) -> Self {
+        let mut batch = SourceBatch {
+            first_of: HashMap::new(),
+            in_batch: Vec::new(),
+            locs: Vec::new(),
+            srcs: Vec::new(),
+            mids: Vec::new(),
+            digests: Vec::new(),
+            idents: Vec::new(),
+        };
+        for (i, m) in messages.iter().enumerate() {
+            if let Some(src) = &m.source {
+                if let Some(&first) = batch.first_of.get(&(src.location_id, src.id.as_str())) {
+                    batch.in_batch.push((i, first));
+                    continue;
+                }
+                batch.first_of.insert((src.location_id, src.id.as_str()), i);
+                batch.locs.push(src.location_id);
+                batch.srcs.push(src.id.clone());
+                batch.mids.push(ids[i]);
+                batch.digests.push(src.body_sha256.map(|d| d.to_vec()));
+                batch.idents.push(m.source_identity.clone());
+            }
+        }
+        batch
+    }
+
+    /// Records each source id not seen within the dedup window (a new one, or one whose
+    /// record has expired); returns the messages whose source id was recorded.
+    async fn record(&self, tx: &mut Transaction<'_, Postgres>) -> Result<HashSet<Uuid>> {
+        Ok(sqlx::query_scalar::<_, Uuid>(
+            "INSERT INTO received_sources (receive_location_id, source_id, message_id, body_sha256, source_identity)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[], $5::bytea[], $6::text[])
+             ON CONFLICT (receive_location_id, source_id) DO UPDATE
+                SET message_id = excluded.message_id, published_at = now(),
+                    body_sha256 = excluded.body_sha256, source_identity = excluded.source_identity
+              WHERE received_sources.published_at < now() - make_interval(secs => $4)
+             RETURNING message_id",
+        )
+        .bind(&self.locs)
+        .bind(&self.srcs)
+        .bind(&self.mids)
+        .bind(DEDUP_WINDOW_S as f64)
+        .bind(&self.digests)
+        .bind(&self.idents)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect())
+    }
+}
+
+/// The body digests the source ids of `repeated` (messages whose source id was seen
+/// before) were recorded with, by (location, source id).
+async fn stored_digests(
+    tx: &mut Transaction<'_, Postgres>,
+    messages: &[NewMessage],
+    repeated: &[usize],
+) -> Result<HashMap<(i64, String), Option<[u8; 32]>>> {
+    if repeated.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (r_locs, r_srcs): (Vec<i64>, Vec<String>) = repeated
+        .iter()
+        .filter_map(|&i| messages[i].source.as_ref())
+        .map(|s| (s.location_id, s.id.clone()))
+        .unzip();
+    Ok(sqlx::query_as::<_, (i64, String, Option<Vec<u8>>)>(
+        "SELECT r.receive_location_id, r.source_id, r.body_sha256
+           FROM unnest($1::int8[], $2::text[]) AS t(loc, src)
+           JOIN received_sources r ON r.receive_location_id = t.loc AND r.source_id = t.src",
+    )
+    .bind(&r_locs)
+    .bind(&r_srcs)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|(loc, src, d)| ((loc, src), d.and_then(|d| <[u8; 32]>::try_from(d).ok())))
+    .collect())
+}
+
+/// Never silent: the message published first with a source id records each duplicate
+/// of it `dedup` drops.
+async fn track_duplicates(
+    tx: &mut Transaction<'_, Postgres>,
+    messages: &[NewMessage],
+    dedup: &[Dedup],
+) -> Result<()> {
     let (dup_locs, dup_srcs): (Vec<i64>, Vec<String>) = messages
         .iter()
-        .zip(&fresh)
+        .zip(dedup)
         .filter(|(_, d)| **d == Dedup::Duplicate)
         .filter_map(|(m, _)| m.source.as_ref())
         .map(|s| (s.location_id, s.id.clone()))
         .unzip();
-    if !dup_locs.is_empty() {
-        // never silent: the message published first records each repeat
-        sqlx::query(
-            "INSERT INTO tracking_events (message_id, event, detail)
-             SELECT r.message_id, 'duplicate-dropped',
-                    'source ' || t.src || ' received again by ' || coalesce(l.name, 'a deleted location')
-                    || ' within the dedup window; dropped, not published again'
-               FROM unnest($1::int8[], $2::text[]) AS t(loc, src)
-               JOIN received_sources r ON r.receive_location_id = t.loc AND r.source_id = t.src
-               LEFT JOIN receive_locations l ON l.id = t.loc",
-        )
-        .bind(&dup_locs)
-        .bind(&dup_srcs)
-        .execute(&mut **tx)
-        .await?;
+    if dup_locs.is_empty() {
+        return Ok(());
     }
-    Ok(fresh)
+    sqlx::query(
+        "INSERT INTO tracking_events (message_id, event, detail)
+         SELECT r.message_id, 'duplicate-dropped',
+                'source ' || t.src || ' received again by ' || coalesce(l.name, 'a deleted location')
+                || ' within the dedup window; dropped, not published again'
+           FROM unnest($1::int8[], $2::text[]) AS t(loc, src)
+           JOIN received_sources r ON r.receive_location_id = t.loc AND r.source_id = t.src
+           LEFT JOIN receive_locations l ON l.id = t.loc",
+    )
+    .bind(&dup_locs)
+    .bind(&dup_srcs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// A source id seen before (with `first`'s digest) comes again with `again`'s: a

@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::ordered::Slot;
 use crate::publish::pg_bigint_array;
 use crate::{Context, Error, MessageBox, Result};
 
@@ -204,7 +205,7 @@ impl MessageBox {
         let mut report = ResumeReport::default();
         let mut tx = self.pool.begin().await?;
         let rows = bind_selector(
-            sqlx::query_as::<_, (i64, Uuid, String, Option<i64>, bool, Vec<i64>, Option<String>, Option<i64>, serde_json::Value)>(
+            sqlx::query_as::<_, ResumeRow>(
                 &format!(
                     "SELECT s.id, s.message_id, s.kind, s.port_id, s.via_port, s.via_groups, s.order_key, s.seq,
                             (SELECT context FROM messages m WHERE m.id = s.message_id)
@@ -238,110 +239,71 @@ impl MessageBox {
             }
         }
         if !failed_ids.is_empty() {
-            let n = sqlx::query(
-                "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING *),
-                 d AS (
-                    INSERT INTO deliveries (message_id, port_id, via_port, via_groups, order_key, seq, body_size)
-                    SELECT s.message_id, s.port_id,
-                           s.via_port OR cardinality(s.via_groups) = 0, s.via_groups, s.order_key, s.seq,
-                           (SELECT body_size FROM messages m WHERE m.id = s.message_id)
-                      FROM s
-                    RETURNING message_id, port_id)
-                 INSERT INTO tracking_events (message_id, event, port_id, detail)
-                 SELECT d.message_id, 'resumed', d.port_id, 'by operator' FROM d
-                   JOIN send_ports p ON p.id = d.port_id JOIN hosts h ON h.id = p.host_id
-                  WHERE coalesce(p.tracking, h.tracking) <> 'off'",
-            )
-            .bind(&failed_ids)
-            .execute(&mut *tx)
-            .await?;
-            let _ = n;
-            record_settled(&mut tx, &failed_ids, Settled::Resumed).await?;
+            resume_failed(&mut tx, &failed_ids).await?;
             report.resumed += failed_ids.len() as u64;
             report.deliveries += failed_ids.len() as u64;
         }
         if !reroute.is_empty() {
-            let table = self.routing_for_publish(&mut tx).await?;
-            let mut routed_items = Vec::new();
-            // (message, target, context) of every delivery the re-route makes
-            let mut routed: Vec<(Uuid, crate::routing::RouteTarget, &Context)> = Vec::new();
-            for (id, message_id, context) in &reroute {
-                let targets = table.route(context);
-                if targets.is_empty() {
-                    report.still_unrouted += 1;
-                    continue;
-                }
-                routed_items.push(*id);
-                routed.extend(targets.into_iter().map(|t| (*message_id, t, context)));
-            }
-            if !routed_items.is_empty() {
-                // ordered ports: the re-routed message takes the next sequence of its port
-                // (or key); a port ordered by a property it lacks suspends it again
-                let wanted: Vec<(i64, &Context)> =
-                    routed.iter().map(|(_, t, c)| (t.port_id, *c)).collect();
-                let slots = crate::ordered::take_sequences(&mut tx, &table, &wanted).await?;
-                let mut no_key = Vec::new();
-                let (mut i_msg, mut i_port, mut i_vp, mut i_vg, mut i_seq, mut i_key, mut i_bucket) = (
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                );
-                for ((message_id, target, _), slot) in routed.into_iter().zip(slots) {
-                    if let crate::ordered::Slot::NoKey { property } = slot {
-                        no_key.push((message_id, target, 0, property));
-                        continue;
-                    }
-                    i_msg.push(message_id);
-                    i_port.push(target.port_id);
-                    i_vp.push(target.via_port);
-                    i_vg.push(pg_bigint_array(&target.via_groups));
-                    i_seq.push(slot.seq());
-                    i_key.push(slot.key().map(str::to_owned));
-                    i_bucket.push(slot.bucket());
-                }
-                let created = sqlx::query(
-                    "INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, bucket, body_size)
-                     SELECT m, p, vp, vg::bigint[], s, k, b, (SELECT body_size FROM messages x WHERE x.id = m)
-                       FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::text[], $7::int4[])
-                            AS t(m, p, vp, vg, s, k, b)",
-                )
-                .bind(&i_msg)
-                .bind(&i_port)
-                .bind(&i_vp)
-                .bind(&i_vg)
-                .bind(&i_seq)
-                .bind(&i_key)
-                .bind(&i_bucket)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if !no_key.is_empty() {
-                    crate::ordered::suspend_without_key(self, &mut tx, &no_key).await?;
-                }
-                sqlx::query(
-                    "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
-                     INSERT INTO tracking_events (message_id, event, detail)
-                     SELECT s.message_id, 'resumed', 'routed again by operator' FROM s
-                       JOIN messages m ON m.id = s.message_id LEFT JOIN hosts h ON h.id = m.publisher_host_id
-                      WHERE coalesce(h.tracking, 'failures') <> 'off'",
-                )
-                .bind(&routed_items)
-                .execute(&mut *tx)
-                .await?;
-                record_settled(&mut tx, &routed_items, Settled::Resumed).await?;
-                report.resumed += routed_items.len() as u64;
-                report.deliveries += created;
-            }
+            self.route_again(&mut tx, &reroute, &mut report).await?;
         }
         tx.commit().await?;
         if report.deliveries > 0 {
             self.notify_published().await;
         }
         Ok(report)
+    }
+
+    /// Routes the routing failures `reroute` ((item, message, context)) again under the
+    /// shared routing lock: one that matches now leaves the suspended items for its
+    /// deliveries; one that still matches nothing stays.
+    async fn route_again(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        reroute: &[(i64, Uuid, Context)],
+        report: &mut ResumeReport,
+    ) -> Result<()> {
+        let table = self.routing_for_publish(tx).await?;
+        let mut routed_items = Vec::new();
+        // (message, target, context) of every delivery the re-route makes
+        let mut routed: Vec<(Uuid, crate::routing::RouteTarget, &Context)> = Vec::new();
+        for (id, message_id, context) in reroute {
+            let targets = table.route(context);
+            if targets.is_empty() {
+                report.still_unrouted += 1;
+                continue;
+            }
+            routed_items.push(*id);
+            routed.extend(targets.into_iter().map(|t| (*message_id, t, context)));
+        }
+        if routed_items.is_empty() {
+            return Ok(());
+        }
+        // ordered ports: the re-routed message takes the next sequence of its port
+        // (or key); a port ordered by a property it lacks suspends it again
+        let wanted: Vec<(i64, &Context)> = routed.iter().map(|(_, t, c)| (t.port_id, *c)).collect();
+        let slots = crate::ordered::take_sequences(tx, &table, &wanted).await?;
+        let mut rows = RoutedAgain::default();
+        for ((message_id, target, _), slot) in routed.into_iter().zip(slots) {
+            rows.push(message_id, target, slot);
+        }
+        let created = rows.insert(tx).await?;
+        if !rows.no_key.is_empty() {
+            crate::ordered::suspend_without_key(self, tx, &rows.no_key).await?;
+        }
+        sqlx::query(
+            "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
+             INSERT INTO tracking_events (message_id, event, detail)
+             SELECT s.message_id, 'resumed', 'routed again by operator' FROM s
+               JOIN messages m ON m.id = s.message_id LEFT JOIN hosts h ON h.id = m.publisher_host_id
+              WHERE coalesce(h.tracking, 'failures') <> 'off'",
+        )
+        .bind(&routed_items)
+        .execute(&mut **tx)
+        .await?;
+        record_settled(tx, &routed_items, Settled::Resumed).await?;
+        report.resumed += routed_items.len() as u64;
+        report.deliveries += created;
+        Ok(())
     }
 
     /// Terminates the selected items: removes them, and their message when nothing else
@@ -492,6 +454,94 @@ impl Settled {
             Settled::Resumed => "resumed",
             Settled::Terminated => "terminated",
         }
+    }
+}
+
+/// A suspended item selected to resume: (id, message, kind, port, via port, via groups,
+/// order key, sequence, the message's context).
+type ResumeRow = (
+    i64,
+    Uuid,
+    String,
+    Option<i64>,
+    bool,
+    Vec<i64>,
+    Option<String>,
+    Option<i64>,
+    serde_json::Value,
+);
+
+/// Puts the `failed` items `ids` back as fresh deliveries (retries reset, primary
+/// transport), tracked, and records them resumed.
+async fn resume_failed(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<()> {
+    sqlx::query(
+        "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING *),
+         d AS (
+            INSERT INTO deliveries (message_id, port_id, via_port, via_groups, order_key, seq, body_size)
+            SELECT s.message_id, s.port_id,
+                   s.via_port OR cardinality(s.via_groups) = 0, s.via_groups, s.order_key, s.seq,
+                   (SELECT body_size FROM messages m WHERE m.id = s.message_id)
+              FROM s
+            RETURNING message_id, port_id)
+         INSERT INTO tracking_events (message_id, event, port_id, detail)
+         SELECT d.message_id, 'resumed', d.port_id, 'by operator' FROM d
+           JOIN send_ports p ON p.id = d.port_id JOIN hosts h ON h.id = p.host_id
+          WHERE coalesce(p.tracking, h.tracking) <> 'off'",
+    )
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
+    record_settled(tx, ids, Settled::Resumed).await
+}
+
+/// The deliveries routing failures routed again make, one vector per column (bound to
+/// `unnest`), and those to ports ordered by a property the message lacks.
+#[derive(Default)]
+struct RoutedAgain {
+    msg: Vec<Uuid>,
+    port: Vec<i64>,
+    via_port: Vec<bool>,
+    via_groups: Vec<String>,
+    seq: Vec<Option<i64>>,
+    key: Vec<Option<String>>,
+    bucket: Vec<i32>,
+    /// (message, target, body size (unknown here: 0), the property).
+    no_key: Vec<(Uuid, crate::routing::RouteTarget, i64, String)>,
+}
+
+impl RoutedAgain {
+    fn push(&mut self, message_id: Uuid, target: crate::routing::RouteTarget, slot: Slot) {
+        if let Slot::NoKey { property } = slot {
+            self.no_key.push((message_id, target, 0, property));
+            return;
+        }
+        self.msg.push(message_id);
+        self.port.push(target.port_id);
+        self.via_port.push(target.via_port);
+        self.via_groups.push(pg_bigint_array(&target.via_groups));
+        self.seq.push(slot.seq());
+        self.key.push(slot.key().map(str::to_owned));
+        self.bucket.push(slot.bucket());
+    }
+
+    /// Inserts the deliveries; returns how many.
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<u64> {
+        Ok(sqlx::query(
+            "INSERT INTO deliveries (message_id, port_id, via_port, via_groups, seq, order_key, bucket, body_size)
+             SELECT m, p, vp, vg::bigint[], s, k, b, (SELECT body_size FROM messages x WHERE x.id = m)
+               FROM unnest($1::uuid[], $2::int8[], $3::bool[], $4::text[], $5::int8[], $6::text[], $7::int4[])
+                    AS t(m, p, vp, vg, s, k, b)",
+        )
+        .bind(&self.msg)
+        .bind(&self.port)
+        .bind(&self.via_port)
+        .bind(&self.via_groups)
+        .bind(&self.seq)
+        .bind(&self.key)
+        .bind(&self.bucket)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
     }
 }
 
