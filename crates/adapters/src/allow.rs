@@ -347,15 +347,7 @@ fn parse_prefix(prefix: &str) -> Result<Target, BadPrefix> {
         },
         example: WEB_EXAMPLE,
     })?;
-    let example = match scheme {
-        Scheme::File => FILE_EXAMPLE,
-        Scheme::Http | Scheme::Https => WEB_EXAMPLE,
-        Scheme::Amqp | Scheme::Amqps => AMQP_EXAMPLE,
-        Scheme::Mqtt | Scheme::Mqtts => MQTT_EXAMPLE,
-        Scheme::Mailto => MAIL_EXAMPLE,
-        Scheme::Mbx => GROUP_EXAMPLE,
-        Scheme::Null => NULL_EXAMPLE,
-    };
+    let example = prefix_example(scheme);
     let bad = |problem: String| BadPrefix {
         prefix: shown.clone(),
         problem,
@@ -365,77 +357,93 @@ fn parse_prefix(prefix: &str) -> Result<Target, BadPrefix> {
         return Err(bad("holds a control character".into()));
     }
     match scheme {
-        Scheme::File => {
-            let path = file_path(prefix).map_err(bad)?;
-            for c in ['?', '#', '%', '\\'] {
-                if path.contains(c) {
-                    return Err(bad(format!(
-                        "holds '{c}': a folder prefix is compared as written, without a query, fragment, escape or backslash"
-                    )));
-                }
-            }
-            let folder = segments(path);
-            if folder.iter().any(|s| s == "." || s == "..") {
-                return Err(bad(
-                    "holds a '.' or '..' segment: name the folder itself".into()
-                ));
-            }
-            Ok(Target::File { folder, name: None })
-        }
-        Scheme::Http | Scheme::Https => {
-            // a URL parser takes `https:///api/` as the host `api`
-            let authority = prefix.split_once("://").map_or("", |(_, r)| r);
-            if authority.is_empty() || authority.starts_with(['/', '\\']) {
-                return Err(bad("has no host".into()));
-            }
-            if raw_has_dot_segment(prefix) {
-                return Err(bad(
-                    "holds a '.' or '..' segment: name the path itself".into()
-                ));
-            }
-            let url = Url::parse(prefix).map_err(|e| bad(format!("is not a URL: {e}")))?;
-            if url.query().is_some() || url.fragment().is_some() {
-                return Err(bad(
-                    "has a query or fragment: a prefix is a host and a path".into(),
-                ));
-            }
-            web(&url).map_err(bad)
-        }
-        Scheme::Amqp | Scheme::Amqps => {
-            if prefix.contains('#') {
-                return Err(bad("has a fragment".into()));
-            }
-            let target = amqp(prefix, example).map_err(|p| bad(format!("is refused: {p}")))?;
-            if let Target::Amqp { query, .. } = &target {
-                if let Some((k, _)) = query
-                    .iter()
-                    .find(|(k, _)| !matches!(k.as_str(), "queue" | "exchange" | "routing_key"))
-                {
-                    return Err(bad(format!(
-                        "has the query key '{k}': a prefix may give queue, exchange or routing_key"
-                    )));
-                }
-            }
-            Ok(target)
-        }
+        Scheme::File => file_prefix(prefix),
+        Scheme::Http | Scheme::Https => web_prefix(prefix),
+        Scheme::Amqp | Scheme::Amqps => amqp_prefix(prefix, example),
         Scheme::Mqtt | Scheme::Mqtts => {
-            mqtt(prefix, example).map_err(|p| bad(format!("is refused: {p}")))
+            mqtt(prefix, example).map_err(|p| format!("is refused: {p}"))
         }
-        Scheme::Mailto => {
-            let recipients = mail(prefix, true).map_err(bad)?;
-            if recipients.len() != 1 {
-                return Err(bad(
-                    "names several recipients: give one per --allow-address".into(),
-                ));
-            }
-            Ok(Target::Mail(recipients))
-        }
-        Scheme::Mbx => {
-            let (link, port) = mbx_vocabulary::GroupAddress::parse_prefix(prefix).map_err(bad)?;
-            Ok(Target::Group { link, port })
-        }
+        Scheme::Mailto => mail_prefix(prefix),
+        Scheme::Mbx => mbx_vocabulary::GroupAddress::parse_prefix(prefix)
+            .map(|(link, port)| Target::Group { link, port }),
         Scheme::Null => Ok(Target::Null(prefix.to_owned())),
     }
+    .map_err(bad)
+}
+
+/// The example a refused prefix of `scheme` is shown with.
+fn prefix_example(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::File => FILE_EXAMPLE,
+        Scheme::Http | Scheme::Https => WEB_EXAMPLE,
+        Scheme::Amqp | Scheme::Amqps => AMQP_EXAMPLE,
+        Scheme::Mqtt | Scheme::Mqtts => MQTT_EXAMPLE,
+        Scheme::Mailto => MAIL_EXAMPLE,
+        Scheme::Mbx => GROUP_EXAMPLE,
+        Scheme::Null => NULL_EXAMPLE,
+    }
+}
+
+/// A FILE prefix: a folder, compared as written (no query, escape, `.` or `..`).
+fn file_prefix(prefix: &str) -> Result<Target, String> {
+    let path = file_path(prefix)?;
+    for c in ['?', '#', '%', '\\'] {
+        if path.contains(c) {
+            return Err(format!(
+                "holds '{c}': a folder prefix is compared as written, without a query, fragment, escape or backslash"
+            ));
+        }
+    }
+    let folder = segments(path);
+    if folder.iter().any(|s| s == "." || s == "..") {
+        return Err("holds a '.' or '..' segment: name the folder itself".into());
+    }
+    Ok(Target::File { folder, name: None })
+}
+
+/// An HTTP(S) prefix: a host and a path, without `.`/`..` segments, query or fragment.
+fn web_prefix(prefix: &str) -> Result<Target, String> {
+    // a URL parser takes `https:///api/` as the host `api`
+    let authority = prefix.split_once("://").map_or("", |(_, r)| r);
+    if authority.is_empty() || authority.starts_with(['/', '\\']) {
+        return Err("has no host".into());
+    }
+    if raw_has_dot_segment(prefix) {
+        return Err("holds a '.' or '..' segment: name the path itself".into());
+    }
+    let url = Url::parse(prefix).map_err(|e| format!("is not a URL: {e}"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("has a query or fragment: a prefix is a host and a path".into());
+    }
+    web(&url)
+}
+
+/// An AMQP prefix: no fragment; its query may give queue, exchange or routing_key.
+fn amqp_prefix(prefix: &str, example: &'static str) -> Result<Target, String> {
+    if prefix.contains('#') {
+        return Err("has a fragment".into());
+    }
+    let target = amqp(prefix, example).map_err(|p| format!("is refused: {p}"))?;
+    if let Target::Amqp { query, .. } = &target {
+        if let Some((k, _)) = query
+            .iter()
+            .find(|(k, _)| !matches!(k.as_str(), "queue" | "exchange" | "routing_key"))
+        {
+            return Err(format!(
+                "has the query key '{k}': a prefix may give queue, exchange or routing_key"
+            ));
+        }
+    }
+    Ok(target)
+}
+
+/// A `mailto:` prefix: one recipient, or a whole domain (`@domain`).
+fn mail_prefix(prefix: &str) -> Result<Target, String> {
+    let recipients = mail(prefix, true)?;
+    if recipients.len() != 1 {
+        return Err("names several recipients: give one per --allow-address".into());
+    }
+    Ok(Target::Mail(recipients))
 }
 
 /// `address` with a password in it replaced by `***` (a refusal never repeats a secret).

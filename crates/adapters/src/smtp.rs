@@ -92,23 +92,7 @@ fn expand(template: &Template, m: &OutboundMessage) -> Result<String, String> {
 impl SmtpSendConfig {
     pub fn parse(address: &str, settings: &Settings) -> Result<Self, ConfigError> {
         settings::check_known("SMTP", settings, SMTP_SEND_SETTINGS)?;
-        let bad = |p: String| ConfigError::address(address, p, SEND_EXAMPLE);
-        let rest = address
-            .strip_prefix("mailto:")
-            .ok_or_else(|| bad("expected mailto:ADDRESS".into()))?;
-        if rest.contains('?') {
-            return Err(bad(
-                "headers in a mailto: address are not taken; use --set subject=…".into(),
-            ));
-        }
-        let decoded = crate::broker::percent_decode(rest)
-            .ok_or_else(|| bad("not valid percent-encoded UTF-8".into()))?;
-        header_safe("the recipient", &decoded).map_err(bad)?;
-        let to: Vec<String> = decoded.split(',').map(|s| s.trim().to_owned()).collect();
-        for a in &to {
-            a.parse::<lettre::Address>()
-                .map_err(|e| bad(format!("{a:?} is not a mail address: {e}")))?;
-        }
+        let to = parse_recipients(address)?;
         let server_raw = settings.get("smtp_server").ok_or_else(|| {
             ConfigError::setting(
                 "smtp_server",
@@ -116,87 +100,15 @@ impl SmtpSendConfig {
                 "required: the mail server, e.g. --set smtp_server=smtp.example.org:587",
             )
         })?;
-        let tls = match settings
-            .get("tls")
-            .map(|t| t.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("starttls") => SmtpTls::StartTls,
-            Some("implicit") => SmtpTls::Implicit,
-            Some("none") => SmtpTls::None,
-            Some(t) => {
-                return Err(ConfigError::setting(
-                    "tls",
-                    t,
-                    "expected starttls, implicit or none",
-                ))
-            }
-        };
-        let default_port = match tls {
-            SmtpTls::StartTls => 587,
-            SmtpTls::Implicit => 465,
-            SmtpTls::None => 25,
-        };
-        let (server, port) = match server_raw.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_owned(),
-                p.parse::<u16>().map_err(|_| {
-                    ConfigError::setting("smtp_server", server_raw, "expected HOST or HOST:PORT")
-                })?,
-            ),
-            None => (server_raw.clone(), default_port),
-        };
-        if server.is_empty()
-            || server.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
-        {
-            return Err(ConfigError::setting(
-                "smtp_server",
-                server_raw,
-                "expected HOST or HOST:PORT",
-            ));
-        }
-        let from = settings
-            .get("from")
-            .ok_or_else(|| {
-                ConfigError::setting(
-                    "from",
-                    "",
-                    "required: the sender, e.g. --set from=mbx@example.org",
-                )
-            })?
-            .clone();
-        let from_template = parse_template("from", &from)?;
-        if !from.contains('%') {
-            from.parse::<Mailbox>().map_err(|e| {
-                ConfigError::setting("from", &from, format!("not a mail address: {e}"))
-            })?;
-        }
+        let tls = parse_tls(settings)?;
+        let (server, port) = parse_server(server_raw, tls)?;
+        let from = parse_from(settings)?;
         let subject = settings
             .get("subject")
             .cloned()
             .unwrap_or_else(|| DEFAULT_SUBJECT.to_owned());
         let subject = parse_template("subject", &subject)?;
-        let user = settings.get("user").cloned();
-        let password = settings
-            .get("password")
-            .map(|r| {
-                SecretRef::parse("password", r).map_err(|problem| ConfigError::Secret { problem })
-            })
-            .transpose()?;
-        if password.is_some() != user.is_some() {
-            return Err(ConfigError::setting(
-                if user.is_some() { "user" } else { "password" },
-                "",
-                "user and password go together (--set user=mbx --set password=env:SMTP_PASSWORD)",
-            ));
-        }
-        if user.is_some() && tls == SmtpTls::None {
-            return Err(ConfigError::setting(
-                "tls",
-                "none",
-                "credentials are never sent in cleartext; use starttls or implicit",
-            ));
-        }
+        let (user, password) = parse_credentials(settings, tls)?;
         let timeout = settings::get_duration(
             settings,
             "timeout",
@@ -211,7 +123,7 @@ impl SmtpSendConfig {
             server,
             port,
             tls,
-            from: from_template,
+            from,
             subject,
             user,
             password,
@@ -219,6 +131,121 @@ impl SmtpSendConfig {
             ca_file,
         })
     }
+}
+
+/// The recipients of a `mailto:` address: comma-separated mail addresses, no headers.
+fn parse_recipients(address: &str) -> Result<Vec<String>, ConfigError> {
+    let bad = |p: String| ConfigError::address(address, p, SEND_EXAMPLE);
+    let rest = address
+        .strip_prefix("mailto:")
+        .ok_or_else(|| bad("expected mailto:ADDRESS".into()))?;
+    if rest.contains('?') {
+        return Err(bad(
+            "headers in a mailto: address are not taken; use --set subject=…".into(),
+        ));
+    }
+    let decoded = crate::broker::percent_decode(rest)
+        .ok_or_else(|| bad("not valid percent-encoded UTF-8".into()))?;
+    header_safe("the recipient", &decoded).map_err(bad)?;
+    let to: Vec<String> = decoded.split(',').map(|s| s.trim().to_owned()).collect();
+    for a in &to {
+        a.parse::<lettre::Address>()
+            .map_err(|e| bad(format!("{a:?} is not a mail address: {e}")))?;
+    }
+    Ok(to)
+}
+
+/// `tls=starttls|implicit|none` (STARTTLS when not set).
+fn parse_tls(settings: &Settings) -> Result<SmtpTls, ConfigError> {
+    match settings
+        .get("tls")
+        .map(|t| t.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("starttls") => Ok(SmtpTls::StartTls),
+        Some("implicit") => Ok(SmtpTls::Implicit),
+        Some("none") => Ok(SmtpTls::None),
+        Some(t) => Err(ConfigError::setting(
+            "tls",
+            t,
+            "expected starttls, implicit or none",
+        )),
+    }
+}
+
+/// `smtp_server=HOST[:PORT]`; without a port, the one of `tls`'s protocol.
+fn parse_server(server_raw: &str, tls: SmtpTls) -> Result<(String, u16), ConfigError> {
+    let default_port = match tls {
+        SmtpTls::StartTls => 587,
+        SmtpTls::Implicit => 465,
+        SmtpTls::None => 25,
+    };
+    let (server, port) = match server_raw.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_owned(),
+            p.parse::<u16>().map_err(|_| {
+                ConfigError::setting("smtp_server", server_raw, "expected HOST or HOST:PORT")
+            })?,
+        ),
+        None => (server_raw.to_owned(), default_port),
+    };
+    if server.is_empty()
+        || server.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(ConfigError::setting(
+            "smtp_server",
+            server_raw,
+            "expected HOST or HOST:PORT",
+        ));
+    }
+    Ok((server, port))
+}
+
+/// `from=…`, required: a template, and a mail address when it has no macro.
+fn parse_from(settings: &Settings) -> Result<Template, ConfigError> {
+    let from = settings
+        .get("from")
+        .ok_or_else(|| {
+            ConfigError::setting(
+                "from",
+                "",
+                "required: the sender, e.g. --set from=mbx@example.org",
+            )
+        })?
+        .clone();
+    let from_template = parse_template("from", &from)?;
+    if !from.contains('%') {
+        from.parse::<Mailbox>()
+            .map_err(|e| ConfigError::setting("from", &from, format!("not a mail address: {e}")))?;
+    }
+    Ok(from_template)
+}
+
+/// `user=…` and `password=env:NAME|file:PATH`, both or neither, never over cleartext.
+fn parse_credentials(
+    settings: &Settings,
+    tls: SmtpTls,
+) -> Result<(Option<String>, Option<SecretRef>), ConfigError> {
+    let user = settings.get("user").cloned();
+    let password = settings
+        .get("password")
+        .map(|r| SecretRef::parse("password", r).map_err(|problem| ConfigError::Secret { problem }))
+        .transpose()?;
+    if password.is_some() != user.is_some() {
+        return Err(ConfigError::setting(
+            if user.is_some() { "user" } else { "password" },
+            "",
+            "user and password go together (--set user=mbx --set password=env:SMTP_PASSWORD)",
+        ));
+    }
+    if user.is_some() && tls == SmtpTls::None {
+        return Err(ConfigError::setting(
+            "tls",
+            "none",
+            "credentials are never sent in cleartext; use starttls or implicit",
+        ));
+    }
+    Ok((user, password))
 }
 
 /// The mail for `m`, or why it can never be sent.

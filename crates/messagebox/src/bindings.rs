@@ -412,7 +412,6 @@ impl MessageBox {
     /// application's ports, locations and groups, and the hosts and links they use (every
     /// property declaration: filters in other groups may compare them).
     pub async fn export_bindings(&self, application: Option<&str>) -> Result<Bindings> {
-        let mine = |app: &str| application.is_none_or(|a| a == app);
         let mut doc = Bindings {
             mbx_bindings: BINDINGS_VERSION,
             ..Default::default()
@@ -420,6 +419,16 @@ impl MessageBox {
         for (name, ty) in self.property_list().await? {
             doc.properties.insert(name, ty);
         }
+        self.export_receive(&mut doc, application).await?;
+        self.export_send(&mut doc, application).await?;
+        self.export_hosts(&mut doc, application).await?;
+        self.export_links(&mut doc, application).await?;
+        Ok(doc)
+    }
+
+    /// The application's receive ports and locations into `doc`.
+    async fn export_receive(&self, doc: &mut Bindings, application: Option<&str>) -> Result<()> {
+        let mine = |app: &str| application.is_none_or(|a| a == app);
         for p in self.receive_port_list().await? {
             if mine(&p.application) {
                 doc.receive_ports.insert(
@@ -451,6 +460,12 @@ impl MessageBox {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The application's send ports and send port groups into `doc`.
+    async fn export_send(&self, doc: &mut Bindings, application: Option<&str>) -> Result<()> {
+        let mine = |app: &str| application.is_none_or(|a| a == app);
         // a port's own tracking level (the list shows the effective one)
         #[derive(sqlx::FromRow)]
         struct OwnTracking {
@@ -488,6 +503,12 @@ impl MessageBox {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Into `doc`, every host (or, for one application, the hosts its ports and
+    /// locations run on).
+    async fn export_hosts(&self, doc: &mut Bindings, application: Option<&str>) -> Result<()> {
         let used_hosts: BTreeSet<String> = doc
             .send_ports
             .values()
@@ -507,6 +528,12 @@ impl MessageBox {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Into `doc`, every group link (or, for one application, the links its send ports
+    /// forward through).
+    async fn export_links(&self, doc: &mut Bindings, application: Option<&str>) -> Result<()> {
         let used_links: BTreeSet<String> = doc
             .send_ports
             .values()
@@ -525,7 +552,7 @@ impl MessageBox {
                 );
             }
         }
-        Ok(doc)
+        Ok(())
     }
 
     /// Makes the MessageBox match `doc` in one transaction (see the module header);
@@ -562,9 +589,13 @@ impl MessageBox {
         let mut tx = self.pool.begin().await?;
         // every change below may touch routing: the routing lock first, once
         begin_routing_change(&mut tx).await?;
-        apply_shared(&mut tx, doc, &existing_links, &checked_links, &mut plan).await?;
-        apply_receive(&mut tx, doc, &mut plan).await?;
-        apply_send(&mut tx, doc, &mut plan).await?;
+        apply_hosts(&mut tx, doc, &mut plan).await?;
+        apply_properties(&mut tx, doc, &mut plan).await?;
+        apply_links(&mut tx, doc, &existing_links, &checked_links, &mut plan).await?;
+        apply_receive_ports(&mut tx, doc, &mut plan).await?;
+        apply_receive_locations(&mut tx, doc, &mut plan).await?;
+        apply_send_ports(&mut tx, doc, &mut plan).await?;
+        apply_send_port_groups(&mut tx, doc, &mut plan).await?;
         if options.prune {
             prune(&mut tx, doc, options, &mut plan).await?;
         }
@@ -577,11 +608,10 @@ impl MessageBox {
     }
 }
 
-async fn apply_shared(
+/// Creates the file's new hosts and updates the others.
+async fn apply_hosts(
     tx: &mut Transaction<'_, Postgres>,
     doc: &Bindings,
-    existing_links: &BTreeMap<String, String>,
-    checked_links: &BTreeMap<String, (uuid::Uuid, String)>,
     plan: &mut Vec<Step>,
 ) -> std::result::Result<(), ApplyError> {
     let hosts: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM hosts")
@@ -615,6 +645,15 @@ async fn apply_shared(
             });
         }
     }
+    Ok(())
+}
+
+/// Declares the file's new properties; a declared one keeps its type.
+async fn apply_properties(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &Bindings,
+    plan: &mut Vec<Step>,
+) -> std::result::Result<(), ApplyError> {
     let declared: BTreeMap<String, String> = sqlx::query_as("SELECT name, type FROM properties")
         .fetch_all(&mut **tx)
         .await?
@@ -640,6 +679,18 @@ async fn apply_shared(
             }
         }
     }
+    Ok(())
+}
+
+/// Creates or re-points the group links whose URL is new (`checked_links`: those
+/// connected to before the transaction, with the group each reaches).
+async fn apply_links(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &Bindings,
+    existing_links: &BTreeMap<String, String>,
+    checked_links: &BTreeMap<String, (uuid::Uuid, String)>,
+    plan: &mut Vec<Step>,
+) -> std::result::Result<(), ApplyError> {
     for (name, link) in &doc.links {
         let Some((group_id, group_name)) = checked_links.get(name) else {
             continue;
@@ -694,7 +745,8 @@ fn push_update(plan: &mut Vec<Step>, kind: &'static str, name: &str, changes: Ve
     }
 }
 
-async fn apply_receive(
+/// Creates the file's new receive ports and updates the others.
+async fn apply_receive_ports(
     tx: &mut Transaction<'_, Postgres>,
     doc: &Bindings,
     plan: &mut Vec<Step>,
@@ -756,6 +808,16 @@ async fn apply_receive(
             }
         }
     }
+    Ok(())
+}
+
+/// Creates the file's new receive locations and updates the others, enabled or not as
+/// the file says.
+async fn apply_receive_locations(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &Bindings,
+    plan: &mut Vec<Step>,
+) -> std::result::Result<(), ApplyError> {
     let locations: BTreeMap<String, bool> =
         sqlx::query_as("SELECT name, enabled FROM receive_locations")
             .fetch_all(&mut **tx)
@@ -805,7 +867,8 @@ async fn apply_receive(
     Ok(())
 }
 
-async fn apply_send(
+/// Creates the file's new send ports and updates the others, in the state the file says.
+async fn apply_send_ports(
     tx: &mut Transaction<'_, Postgres>,
     doc: &Bindings,
     plan: &mut Vec<Step>,
@@ -853,6 +916,16 @@ async fn apply_send(
             }
         }
     }
+    Ok(())
+}
+
+/// Creates the file's new send port groups and updates the others: filter, application,
+/// state and members.
+async fn apply_send_port_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &Bindings,
+    plan: &mut Vec<Step>,
+) -> std::result::Result<(), ApplyError> {
     #[derive(sqlx::FromRow)]
     struct GroupStateRow {
         name: String,

@@ -326,6 +326,18 @@ impl SendPortSpec {
     pub(crate) fn validate(&self) -> Result<()> {
         validate_name("send port", &self.name)?;
         validate_application(&self.application)?;
+        self.validate_endpoints()?;
+        self.validate_ordering()?;
+        if self.retry_count < 0 || self.backup_retry_count < 0 {
+            return Err(Error::Invalid(
+                "--retry-count: must be 0 or more (example: 3)".into(),
+            ));
+        }
+        self.validate_setting_names()
+    }
+
+    /// The address, or a dynamic port's allowed prefixes, and the backup address.
+    fn validate_endpoints(&self) -> Result<()> {
         match &self.address {
             Some(a) => {
                 validate_address("--address", a)?;
@@ -349,6 +361,12 @@ impl SendPortSpec {
         if let Some(b) = &self.backup_address {
             validate_address("--backup-address", b)?;
         }
+        Ok(())
+    }
+
+    /// What an ordered port may and must have: a fixed address and no backup; buckets
+    /// only by a property; stop-on-failure only ordered; the commit batch in range.
+    fn validate_ordering(&self) -> Result<()> {
         if self.ordered && self.address.is_none() {
             return Err(Error::Invalid(
                 "--ordered: a dynamic send port cannot be ordered (each message may go to a different endpoint); drop --ordered or give a fixed --address".into(),
@@ -359,32 +377,7 @@ impl SendPortSpec {
                 "--backup-address: ordered ports do not use backup transports (switching endpoints would break the order); drop --backup-address".into(),
             ));
         }
-        if let Some(property) = &self.ordered_by {
-            mbx_vocabulary::validate_property_name(property).map_err(|e| {
-                Error::Invalid(format!(
-                    "--ordered-by: {e} (example: --ordered-by Order.CustomerId)"
-                ))
-            })?;
-            if !self.ordered {
-                return Err(Error::Invalid(
-                    "--ordered-by: a port ordered by a property is ordered; add --ordered".into(),
-                ));
-            }
-            if self
-                .address
-                .as_deref()
-                .is_some_and(mbx_vocabulary::GroupAddress::is_group_address)
-            {
-                return Err(Error::Invalid(
-                    "--ordered-by: forwarding to another group keeps one order per port; use --ordered".into(),
-                ));
-            }
-            if self.settings.get("append").map(String::as_str) == Some("true") {
-                return Err(Error::Invalid(
-                    "--ordered-by: FILE append mode restores one file to one writer's checkpoint, and keys are sent concurrently; use --ordered, or drop --set append=true".into(),
-                ));
-            }
-        }
+        self.validate_ordered_by()?;
         if let Some(n) = self.ordered_buckets {
             if self.ordered_by.is_none() {
                 return Err(Error::Invalid(
@@ -408,11 +401,45 @@ impl SendPortSpec {
                 self.ordered_commit_batch
             )));
         }
-        if self.retry_count < 0 || self.backup_retry_count < 0 {
+        Ok(())
+    }
+
+    /// `--ordered-by`: a property name, on an ordered port that is not forwarding and not
+    /// appending to one file.
+    fn validate_ordered_by(&self) -> Result<()> {
+        let Some(property) = &self.ordered_by else {
+            return Ok(());
+        };
+        mbx_vocabulary::validate_property_name(property).map_err(|e| {
+            Error::Invalid(format!(
+                "--ordered-by: {e} (example: --ordered-by Order.CustomerId)"
+            ))
+        })?;
+        if !self.ordered {
             return Err(Error::Invalid(
-                "--retry-count: must be 0 or more (example: 3)".into(),
+                "--ordered-by: a port ordered by a property is ordered; add --ordered".into(),
             ));
         }
+        if self
+            .address
+            .as_deref()
+            .is_some_and(mbx_vocabulary::GroupAddress::is_group_address)
+        {
+            return Err(Error::Invalid(
+                "--ordered-by: forwarding to another group keeps one order per port; use --ordered"
+                    .into(),
+            ));
+        }
+        if self.settings.get("append").map(String::as_str) == Some("true") {
+            return Err(Error::Invalid(
+                "--ordered-by: FILE append mode restores one file to one writer's checkpoint, and keys are sent concurrently; use --ordered, or drop --set append=true".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Setting names: letters, digits, `_ - .`, not starting or ending with a dot.
+    fn validate_setting_names(&self) -> Result<()> {
         for k in self.settings.keys() {
             if k.is_empty()
                 || !k

@@ -192,34 +192,57 @@ where
         return Ok(update);
     }
     if old.ordered != new.ordered {
-        let work = port_work(tx, port.id).await?;
-        if work.waiting + work.in_flight > 0 {
-            let (from, to) = if old.ordered {
-                ("ordered", "unordered")
-            } else {
-                ("unordered", "ordered")
-            };
-            return Err(Error::Refused(format!(
-                "send port '{name}' has {} waiting and {} in-flight deliveries: it cannot turn {from} → {to} with a backlog (their order would be lost or made up); stop its receive side and let it drain, or create a new {to} port with the same filter and unenlist this one",
-                work.waiting, work.in_flight
-            )));
-        }
-        if new.ordered {
-            sqlx::query(
-                "INSERT INTO ordered_sequences (port_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind(port.id)
+        change_ordering(tx, port.id, name, &new).await?;
+    }
+    send_port_write(tx, port.id, &new).await?;
+    if old.filter != new.filter && port.state != PortState::Unenlisted {
+        set_subscription(tx, "port", port.id, compiled.as_ref()).await?;
+    }
+    Ok(update)
+}
+
+/// A send port turning ordered or unordered: refused with a backlog; turning ordered,
+/// the port gets its sequence and lease rows.
+async fn change_ordering(
+    tx: &mut Transaction<'_, Postgres>,
+    port_id: i64,
+    name: &str,
+    new: &SendPortSpec,
+) -> Result<()> {
+    let work = port_work(tx, port_id).await?;
+    if work.waiting + work.in_flight > 0 {
+        let (from, to) = if new.ordered {
+            ("unordered", "ordered")
+        } else {
+            ("ordered", "unordered")
+        };
+        return Err(Error::Refused(format!(
+            "send port '{name}' has {} waiting and {} in-flight deliveries: it cannot turn {from} → {to} with a backlog (their order would be lost or made up); stop its receive side and let it drain, or create a new {to} port with the same filter and unenlist this one",
+            work.waiting, work.in_flight
+        )));
+    }
+    if new.ordered {
+        sqlx::query("INSERT INTO ordered_sequences (port_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(port_id)
             .execute(&mut **tx)
             .await?;
-            sqlx::query("INSERT INTO leases (port_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(port.id)
-                .execute(&mut **tx)
-                .await?;
-        }
-        // turning unordered keeps the lease row and the sequence: ordered again, the port
-        // goes on from its last epoch (another group fences a forwarding port's batches on
-        // it, and an epoch that went back would be refused there for good)
+        sqlx::query("INSERT INTO leases (port_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(port_id)
+            .execute(&mut **tx)
+            .await?;
     }
+    // turning unordered keeps the lease row and the sequence: ordered again, the port
+    // goes on from its last epoch (another group fences a forwarding port's batches on
+    // it, and an epoch that went back would be refused there for good)
+    Ok(())
+}
+
+/// Writes a send port's new specification to its row.
+async fn send_port_write(
+    tx: &mut Transaction<'_, Postgres>,
+    port_id: i64,
+    new: &SendPortSpec,
+) -> Result<()> {
     let host = host_id(tx, &new.host).await?;
     let settings =
         serde_json::to_value(&new.settings).map_err(|e| Error::Invalid(format!("--set: {e}")))?;
@@ -232,7 +255,7 @@ where
                 solicit_response = $19, settings = $20, application = $21
           WHERE id = $1",
     )
-    .bind(port.id)
+    .bind(port_id)
     .bind(host)
     .bind(&new.address)
     .bind(new.address.is_none())
@@ -255,10 +278,7 @@ where
     .bind(&new.application)
     .execute(&mut **tx)
     .await?;
-    if old.filter != new.filter && port.state != PortState::Unenlisted {
-        set_subscription(tx, "port", port.id, compiled.as_ref()).await?;
-    }
-    Ok(update)
+    Ok(())
 }
 
 /// Reads a receive location's specification, locking its row; with whether it is enabled.

@@ -223,77 +223,14 @@ impl HttpReceiveAdapter {
         spool: &Arc<Spool>,
         submitter: &dyn Submitter,
     ) -> Response {
-        if request.method() != Method::POST {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST".into());
-        }
-        if let Some(token) = &self.token {
-            if !bearer_ok(request.headers(), token) {
-                return plain(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token".into(),
-                );
-            }
-        }
-        if let Admission::Throttled { why, retry_after } = submitter.admit() {
-            return unavailable(&why, retry_after);
-        }
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_bytes) {
-            return self.too_large();
-        }
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        let source_id = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
-            Some(Ok(k)) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX_BYTES => {
-                Some(k.to_owned())
-            }
-            Some(_) => {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_BYTES} visible ASCII characters"
-                    ),
-                )
-            }
-            None => None,
+        let head = match self.check_head(&request, submitter) {
+            Ok(head) => head,
+            Err(refused) => return *refused,
         };
         let path = request.uri().path().to_owned();
-        // read on a task of its own (hashing and spooling a large body take CPU), while
-        // this location's other requests go on
-        let reading = tokio::spawn(read_body(
-            request.into_body(),
-            self.max_bytes,
-            declared,
-            spool.clone(),
-            source_id.is_some(),
-        ));
-        let received = match reading.await {
-            Ok(Ok(r)) => r,
-            Ok(Err(BodyError::TooLarge)) => return self.too_large(),
-            Ok(Err(BodyError::Spool(e))) => {
-                warn!(location = %self.location, folder = %spool.dir().display(), error = %e,
-                      "HTTP receive cannot spool a request body");
-                return retry_soon("this instance cannot spool the body now; retry");
-            }
-            Ok(Err(BodyError::Broken(e))) => {
-                tracing::debug!(location = %self.location, error = %e, "HTTP request body broken off");
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("the request body could not be read whole: {e}"),
-                );
-            }
-            Err(e) => {
-                warn!(location = %self.location, error = %e, "reading an HTTP request body failed");
-                return retry_soon("the body could not be read; retry");
-            }
+        let received = match self.read(request, spool, &head).await {
+            Ok(received) => received,
+            Err(refused) => return refused,
         };
         // the spool file (a body above 1 MiB) is removed when its guard `spooled` goes:
         // after the publish, or when the client leaves and this answer is dropped
@@ -302,6 +239,11 @@ impl HttpReceiveAdapter {
             spooled,
             sha256,
         } = received;
+        let Head {
+            content_type,
+            source_id,
+            ..
+        } = head;
         let key = source_id.clone().unwrap_or_default();
         let message = InboundMessage {
             body,
@@ -319,13 +261,119 @@ impl HttpReceiveAdapter {
         }
         let submitted = submitter.submit(vec![message]).await;
         drop(spooled);
+        self.one_way_answer(submitted, &key)
+    }
+
+    /// What the request's line and headers say, before its body is read; or why it is
+    /// refused (boxed: a response is large) (not POST, no or a wrong bearer token, not admitted now, too large, a bad
+    /// `Idempotency-Key`).
+    fn check_head(
+        &self,
+        request: &Request,
+        submitter: &dyn Submitter,
+    ) -> Result<Head, Box<Response>> {
+        if request.method() != Method::POST {
+            return Err(plain(StatusCode::METHOD_NOT_ALLOWED, "use POST".into()).into());
+        }
+        if let Some(token) = &self.token {
+            if !bearer_ok(request.headers(), token) {
+                return Err(plain(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token".into(),
+                )
+                .into());
+            }
+        }
+        if let Admission::Throttled { why, retry_after } = submitter.admit() {
+            return Err(unavailable(&why, retry_after).into());
+        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_bytes) {
+            return Err(self.too_large().into());
+        }
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let source_id = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
+            Some(Ok(k)) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX_BYTES => {
+                Some(k.to_owned())
+            }
+            Some(_) => {
+                return Err(plain(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_BYTES} visible ASCII characters"
+                    ),
+                )
+                .into())
+            }
+            None => None,
+        };
+        Ok(Head {
+            declared,
+            content_type,
+            source_id,
+        })
+    }
+
+    /// Reads the request's body, or answers why it could not be.
+    async fn read(
+        &self,
+        request: Request,
+        spool: &Arc<Spool>,
+        head: &Head,
+    ) -> Result<ReceivedBody, Response> {
+        // read on a task of its own (hashing and spooling a large body take CPU), while
+        // this location's other requests go on
+        let reading = tokio::spawn(read_body(
+            request.into_body(),
+            self.max_bytes,
+            head.declared,
+            spool.clone(),
+            head.source_id.is_some(),
+        ));
+        match reading.await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(BodyError::TooLarge)) => Err(self.too_large()),
+            Ok(Err(BodyError::Spool(e))) => {
+                warn!(location = %self.location, folder = %spool.dir().display(), error = %e,
+                      "HTTP receive cannot spool a request body");
+                Err(retry_soon("this instance cannot spool the body now; retry"))
+            }
+            Ok(Err(BodyError::Broken(e))) => {
+                tracing::debug!(location = %self.location, error = %e, "HTTP request body broken off");
+                Err(plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read whole: {e}"),
+                ))
+            }
+            Err(e) => {
+                warn!(location = %self.location, error = %e, "reading an HTTP request body failed");
+                Err(retry_soon("the body could not be read; retry"))
+            }
+        }
+    }
+
+    /// The response to a one-way request once the submit returned.
+    fn one_way_answer(
+        &self,
+        submitted: Result<Vec<Submitted>, crate::SubmitError>,
+        key: &str,
+    ) -> Response {
         match submitted.map(|mut s| s.pop()) {
             // a repeat of an Idempotency-Key already published with the same body is
             // accepted again, not published twice; so is one kept as a receive failure
             Ok(Some(Submitted::Accepted | Submitted::Duplicate | Submitted::ReceiveFailure)) => {
                 plain(StatusCode::ACCEPTED, "accepted".into())
             }
-            Ok(Some(Submitted::SourceReused)) => self.key_reused(&key),
+            Ok(Some(Submitted::SourceReused)) => self.key_reused(key),
             Ok(None) => {
                 warn!(location = %self.location, "HTTP receive: the submitter gave no outcome");
                 retry_soon("the MessageBox cannot take the message now; retry")
@@ -420,6 +468,15 @@ fn answer(reply: Reply) -> Response {
         r.headers_mut().insert("mbx-message-id", v);
     }
     r
+}
+
+/// What a request's headers say that the answer needs.
+struct Head {
+    /// `Content-Length`, when given.
+    declared: Option<u64>,
+    content_type: String,
+    /// The `Idempotency-Key`: the message's source id.
+    source_id: Option<String>,
 }
 
 /// A request body as it was read: in memory up to 1 MiB, else in a spool file.
