@@ -1,6 +1,8 @@
 //! HTTP receive → HTTP send through two real `mbx-host` processes: every accepted POST
 //! reaches the endpoint exactly once with its Idempotency-Key; wrong tokens, oversized
-//! bodies and unknown paths are refused and publish nothing.
+//! bodies and unknown paths are refused and publish nothing; a location that is disabled,
+//! restarting or not serving yet tells senders to come back (503), never that nothing is
+//! there (404).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
-use mbx_e2e::{database_url, free_port, start_host_with_env, wait_for, Reaped};
+use mbx_e2e::{database_url, free_port, start_host_with_env, wait_for, Mbx, Reaped};
 use mbx_messagebox::config::{InitialState, SendPortSpec};
 use mbx_messagebox::receive::ReceiveLocationSpec;
 use mbx_messagebox::MessageBox;
@@ -218,4 +220,123 @@ async fn a_disabled_location_answers_503_and_an_unknown_path_404(pool: PgPool) {
         .contains("paused-in"));
     let unknown = post("/nowhere").await.expect("an answer");
     assert_eq!(unknown.status().as_u16(), 404);
+}
+
+/// What back-to-back POSTs to `url` (no token, body `x`) were answered, by status, until
+/// one was answered `until`; whether every 503 carried `Retry-After`.
+async fn answers_until(
+    client: &reqwest::Client,
+    url: &str,
+    until: u16,
+) -> (BTreeMap<u16, usize>, bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = BTreeMap::new();
+    let mut retry_after = true;
+    while std::time::Instant::now() < deadline {
+        let answer = client
+            .post(url)
+            .body("x")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = answer.status().as_u16();
+        *seen.entry(status).or_insert(0) += 1;
+        if status == 503 {
+            retry_after &= answer.headers().contains_key("retry-after");
+        }
+        if status == until {
+            return (seen, retry_after);
+        }
+    }
+    panic!("no {until} from {url} within 30 s; answers by status: {seen:?}");
+}
+
+/// Issue 27: between a location's stop and its start again (`mbx receive-location
+/// update`) its path is not mounted on the listener, and an enabled location that cannot
+/// run (here its bearer token's variable is missing on the host) never mounts it: both
+/// answer 503 with `Retry-After` (senders retry), never 404 (senders give up on it).
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn a_restarting_or_not_yet_serving_location_answers_503_never_404(pool: PgPool) {
+    let mbx = MessageBox::from_pool(pool.clone());
+    mbx.init(None).await.expect("init");
+    mbx.receive_port_create("api", false).await.expect("port");
+    for (name, path, token) in [
+        ("live-in", "/live", "env:MBX_TEST_BEARER"),
+        ("stuck-in", "/stuck", "env:MBX_TEST_BEARER_NOT_SET"),
+    ] {
+        let mut loc = ReceiveLocationSpec::new(name, "api", &format!("http://{path}"));
+        loc.settings.insert("bearer_token".into(), token.into());
+        mbx.receive_location_create(&loc).await.expect("location");
+        mbx.receive_location_set_enabled(name, true)
+            .await
+            .expect("enable");
+    }
+    let url = database_url(&pool);
+    let http_port = free_port();
+    let _host = start_host(&url, http_port);
+    let client = reqwest::Client::new();
+    let at = |path: &str| format!("http://127.0.0.1:{http_port}{path}");
+    // live-in mounted (a POST without its token: 401, nothing published)
+    wait_for("the live location answers", Duration::from_secs(30), || {
+        let req = client.post(at("/live")).body("x");
+        async move { matches!(req.send().await, Ok(r) if r.status() == 401) }
+    })
+    .await;
+
+    // enabled but not running: come back later
+    let stuck = client
+        .post(at("/stuck"))
+        .body("x")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(stuck.status().as_u16(), 503);
+    assert!(stuck.headers().contains_key("retry-after"));
+    assert!(stuck.text().await.unwrap_or_default().contains("stuck-in"));
+    let unknown = client
+        .post(at("/nowhere"))
+        .body("x")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(unknown.status().as_u16(), 404);
+
+    // live-in is restarted without its token while POSTs keep coming: 401 until it
+    // stops, 503 while it is not mounted, 202 once it runs with the new settings
+    let cli = Mbx::new(url.clone());
+    let update = tokio::task::spawn_blocking(move || {
+        cli.ok(&[
+            "receive-location",
+            "update",
+            "live-in",
+            "--unset",
+            "bearer_token",
+        ])
+    });
+    let (seen, retry_after) = answers_until(&client, &at("/live"), 202).await;
+    update.await.expect("the update ran");
+    assert!(
+        seen.keys().all(|s| [401, 503, 202].contains(s)),
+        "answers during the restart: {seen:?}"
+    );
+    assert!(retry_after, "a 503 without Retry-After: {seen:?}");
+
+    // stuck-in gets a token the host has: 503 until it runs (401 without the token)
+    let cli = Mbx::new(url);
+    let update = tokio::task::spawn_blocking(move || {
+        cli.ok(&[
+            "receive-location",
+            "update",
+            "stuck-in",
+            "--set",
+            "bearer_token=env:MBX_TEST_BEARER",
+        ])
+    });
+    let (seen, retry_after) = answers_until(&client, &at("/stuck"), 401).await;
+    update.await.expect("the update ran");
+    assert!(
+        seen.keys().all(|s| [503, 401].contains(s)),
+        "answers while it came up: {seen:?}"
+    );
+    assert!(retry_after, "a 503 without Retry-After: {seen:?}");
 }

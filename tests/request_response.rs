@@ -69,7 +69,12 @@ async fn ask(
             Ok(r) => {
                 let (status, headers) = (r.status(), r.headers().clone());
                 let text = r.text().await.expect("answer");
-                if !(status == StatusCode::NOT_FOUND && text.starts_with("no receive location")) {
+                // not mounted yet: 503 saying so (404 before the host knows the location)
+                let not_yet = (status == StatusCode::NOT_FOUND
+                    && text.starts_with("no receive location"))
+                    || (status == StatusCode::SERVICE_UNAVAILABLE
+                        && text.contains("is not serving now"));
+                if !not_yet {
                     return (status, headers, text);
                 }
             }

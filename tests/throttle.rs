@@ -396,8 +396,14 @@ async fn a_database_past_its_size_threshold_stops_receive_while_work_in_progress
                 match client.post(&address).body("early").send().await {
                     Err(e) if e.is_connect() => {}
                     Err(e) => panic!("ask: {e}"),
-                    Ok(r) if r.status() == 404 => {}
-                    Ok(r) => return (r.status().as_u16(), r.text().await.expect("reply")),
+                    Ok(r) => {
+                        let (status, text) = (r.status().as_u16(), r.text().await.expect("reply"));
+                        // not mounted yet (the location starting: 503 saying so)
+                        if !(status == 404 || status == 503 && text.contains("is not serving now"))
+                        {
+                            return (status, text);
+                        }
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

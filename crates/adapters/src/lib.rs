@@ -364,9 +364,8 @@ pub trait Submitter: Send + Sync {
 
     /// The admission hook: whether the host takes messages now. An adapter asks before it
     /// takes work from its source; a server adapter refuses its client while it is not
-    /// [`Admission::Open`] (HTTP: 503 with `Retry-After`), a polling one may simply
-    /// submit ([`Submitter::submit`] waits while the host is throttled). The default is
-    /// always open.
+    /// [`Admission::Open`] (HTTP: 503 with `Retry-After`), a polling one waits before it
+    /// takes any ([`admitted`]), leaving it at its source. The default is always open.
     fn admit(&self) -> Admission {
         Admission::Open
     }

@@ -6,8 +6,9 @@
 //! answers its requests through its submitter. This module only binds the sockets (when
 //! the first location mounts, so instances without HTTP locations need no port), keeps
 //! the connections (`http_server.rs`) and routes each request by (listener, path) to its
-//! location: 404 where no location serves the path, 503 with `Retry-After` where the
-//! host's location for it is disabled or stopping.
+//! location. A path that is not mounted at the moment answers 503 with `Retry-After` when
+//! one of the host's locations has it (disabled, or enabled and starting, restarting or
+//! stopping: senders retry), 404 only when none has (senders give up on it).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,14 +36,25 @@ pub(crate) struct HttpReceive {
     routes: RwLock<HashMap<(bool, String), mpsc::Sender<HttpExchange>>>,
     /// Whether the plain and the TLS listener are bound.
     listening: Mutex<(bool, bool)>,
-    /// The host's disabled HTTP locations by (listener, path): name.
-    disabled: RwLock<HashMap<(bool, String), String>>,
+    /// The host's HTTP locations by (listener, path), enabled or not (the supervisor's
+    /// view): what answers a path that is not mounted now.
+    known: RwLock<HashMap<(bool, String), KnownPath>>,
     /// Where bodies above 1 MiB are written as they arrive (made with the first listener).
     spool: std::sync::OnceLock<Arc<Spool>>,
     http_listen: SocketAddr,
     https_listen: SocketAddr,
     /// HTTPS receive's TLS, from `--tls-cert`/`--tls-key` (none: https locations refused).
     tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// One of the host's HTTP receive locations, as the listener knows it while its path is
+/// not mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KnownPath {
+    pub location: String,
+    /// Enabled: it is starting, restarting (`mbx receive-location update`, its instance
+    /// registered again) or cannot run now; its path is served again once it mounts.
+    pub enabled: bool,
 }
 
 /// The path an HTTP receive address serves: `http:///orders` → `/orders`.
@@ -85,7 +97,7 @@ impl HttpReceive {
         Self {
             routes: Default::default(),
             listening: Default::default(),
-            disabled: Default::default(),
+            known: Default::default(),
             spool: Default::default(),
             http_listen,
             https_listen,
@@ -101,19 +113,43 @@ impl HttpReceive {
             .cloned()
     }
 
-    /// Replaces the set of the host's disabled HTTP locations (the supervisor's view).
-    pub fn set_disabled(&self, disabled: HashMap<(bool, String), String>) {
-        if let Ok(mut d) = self.disabled.write() {
-            *d = disabled;
+    /// Replaces the set of the host's HTTP locations by (listener, path), enabled and
+    /// disabled (the supervisor's view, set before it starts or stops their loops).
+    pub fn set_known(&self, known: HashMap<(bool, String), KnownPath>) {
+        if let Ok(mut k) = self.known.write() {
+            *k = known;
         }
     }
 
-    fn disabled(&self, tls: bool, path: &str) -> Option<String> {
-        self.disabled
+    fn known(&self, tls: bool, path: &str) -> Option<KnownPath> {
+        self.known
             .read()
             .ok()?
             .get(&(tls, path.to_owned()))
             .cloned()
+    }
+
+    /// The answer for a path no location has mounted now: 503 with `Retry-After` when
+    /// one of the host's locations has it, 404 when none has.
+    fn unmounted(&self, tls: bool, path: &str) -> Response {
+        match self.known(tls, path) {
+            Some(KnownPath {
+                location,
+                enabled: false,
+            }) => retry_soon(&format!(
+                "receive location '{location}' is disabled; retry later"
+            )),
+            Some(KnownPath {
+                location,
+                enabled: true,
+            }) => retry_soon(&format!(
+                "receive location '{location}' is not serving now (starting or restarting); retry"
+            )),
+            None => plain(
+                StatusCode::NOT_FOUND,
+                format!("no receive location serves {path}"),
+            ),
+        }
     }
 
     /// Binds the plain (`--http-listen`) or the TLS (`--https-listen`) listener once; the
@@ -224,15 +260,7 @@ fn retry_soon(why: &str) -> Response {
 async fn handle(State((http, tls)): State<(Arc<HttpReceive>, bool)>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let Some(route) = http.route(tls, &path) else {
-        if let Some(location) = http.disabled(tls, &path) {
-            return retry_soon(&format!(
-                "receive location '{location}' is disabled; retry later"
-            ));
-        }
-        return plain(
-            StatusCode::NOT_FOUND,
-            format!("no receive location serves {path}"),
-        );
+        return http.unmounted(tls, &path);
     };
     let (respond, response) = oneshot::channel();
     if route.try_send(HttpExchange { request, respond }).is_err() {
@@ -242,5 +270,120 @@ async fn handle(State((http, tls)): State<(Arc<HttpReceive>, bool)>, request: Re
         Ok(r) => r,
         // the location stopped before it took the request up
         Err(_) => retry_soon("the receive location is stopping; retry"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::header;
+
+    fn listener() -> Arc<HttpReceive> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Arc::new(HttpReceive::new(any, any, None))
+    }
+
+    async fn post(http: &Arc<HttpReceive>, tls: bool, path: &str) -> Response {
+        let request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Body::from("x"))
+            .expect("a request");
+        handle(State((http.clone(), tls)), request).await
+    }
+
+    fn known(entries: &[(bool, &str, &str, bool)]) -> HashMap<(bool, String), KnownPath> {
+        entries
+            .iter()
+            .map(|&(tls, path, location, enabled)| {
+                (
+                    (tls, path.to_owned()),
+                    KnownPath {
+                        location: location.to_owned(),
+                        enabled,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Mounts `path` as a location would, answering every request 202 until dropped.
+    fn mount_accepting(http: &Arc<HttpReceive>, tls: bool, path: &str) -> Unmount {
+        let (tx, mut rx) = mpsc::channel::<HttpExchange>(QUEUED_REQUESTS);
+        let key = (tls, path.to_owned());
+        http.routes
+            .write()
+            .expect("routes")
+            .insert(key.clone(), tx.clone());
+        tokio::spawn(async move {
+            while let Some(exchange) = rx.recv().await {
+                let _ = exchange.respond.send(StatusCode::ACCEPTED.into_response());
+            }
+        });
+        Unmount {
+            http: http.clone(),
+            key,
+            route: tx,
+        }
+    }
+
+    fn retry_after(response: &Response) -> bool {
+        response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && response.headers().contains_key(header::RETRY_AFTER)
+    }
+
+    /// Between a location's stop and its start again (`mbx receive-location update`, its
+    /// instance registered again) its path is not mounted: 503 with `Retry-After`, never
+    /// the 404 senders give up on; 404 only for a path none of the host's locations has.
+    #[tokio::test]
+    async fn a_known_path_that_is_not_mounted_answers_503_and_only_an_unknown_one_404() {
+        let http = listener();
+        http.set_known(known(&[
+            (false, "/orders", "orders-in", true),
+            (false, "/paused", "paused-in", false),
+            (true, "/secure", "secure-in", true),
+        ]));
+        let mount = mount_accepting(&http, false, "/orders");
+        assert_eq!(
+            post(&http, false, "/orders").await.status(),
+            StatusCode::ACCEPTED
+        );
+
+        // the location restarts: unmounted, not yet mounted again
+        drop(mount);
+        let restarting = post(&http, false, "/orders").await;
+        assert!(retry_after(&restarting), "{:?}", restarting.status());
+        let _mount = mount_accepting(&http, false, "/orders");
+        assert_eq!(
+            post(&http, false, "/orders").await.status(),
+            StatusCode::ACCEPTED
+        );
+
+        // not mounted yet (an enabled location starting) or disabled: come back
+        assert!(retry_after(&post(&http, true, "/secure").await));
+        assert!(retry_after(&post(&http, false, "/paused").await));
+        // no location of this host has it (on this listener): nothing here
+        for (tls, path) in [(false, "/nowhere"), (false, "/secure"), (true, "/orders")] {
+            assert_eq!(
+                post(&http, tls, path).await.status(),
+                StatusCode::NOT_FOUND,
+                "{path} (tls: {tls})"
+            );
+        }
+    }
+
+    /// A mounted location that stops before it takes a request up: 503 with `Retry-After`.
+    #[tokio::test]
+    async fn a_location_stopping_with_its_path_still_mounted_answers_503() {
+        let http = listener();
+        http.set_known(known(&[(false, "/orders", "orders-in", true)]));
+        let (tx, rx) = mpsc::channel::<HttpExchange>(1);
+        http.routes
+            .write()
+            .expect("routes")
+            .insert((false, "/orders".to_owned()), tx);
+        drop(rx);
+        assert!(retry_after(&post(&http, false, "/orders").await));
     }
 }

@@ -88,17 +88,30 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
         }
         match shared.instance.mbx().receive_location_list().await {
             Ok(list) => {
-                // a POST to a disabled location's path is told to come back (503), not
-                // that nothing is there (404: senders give up on it)
-                shared.http.set_disabled(
-                    list.iter()
-                        .filter(|l| l.host == shared.instance.config().host && !l.enabled)
-                        .filter_map(|l| {
-                            let path = http_receive::path_of(&l.address)?;
-                            Some(((l.address.starts_with("https:"), path), l.name.clone()))
-                        })
-                        .collect(),
-                );
+                // a POST to the path of a location of this host that is not mounted now
+                // (disabled, or enabled and starting or restarting: set before the loops
+                // below stop and start) is told to come back (503), not that nothing is
+                // there (404: senders give up on it); an enabled location wins a path
+                let mut known: HashMap<_, http_receive::KnownPath> = HashMap::new();
+                for l in list
+                    .iter()
+                    .filter(|l| l.host == shared.instance.config().host)
+                {
+                    let Some(path) = http_receive::path_of(&l.address) else {
+                        continue;
+                    };
+                    let key = (l.address.starts_with("https:"), path);
+                    if !known.get(&key).is_some_and(|k| k.enabled) {
+                        known.insert(
+                            key,
+                            http_receive::KnownPath {
+                                location: l.name.clone(),
+                                enabled: l.enabled,
+                            },
+                        );
+                    }
+                }
+                shared.http.set_known(known);
                 let wanted = list
                     .into_iter()
                     .filter(|l| l.host == shared.instance.config().host && l.enabled)
