@@ -194,6 +194,12 @@ impl AmqpReceiveAdapter {
                     Some(Err(e)) => return Err(e.to_string()),
                     None => return Err("the broker ended the consumer".to_owned()),
                 };
+                // the admission may have closed while this waited for a delivery: it is
+                // held, unsubmitted and unacknowledged, until the host admits again
+                tokio::select! {
+                    _ = &mut *shutdown => return Ok(Ended::Shutdown),
+                    _ = crate::admitted(submitter) => {}
+                }
                 // a batch is what has arrived already, up to the prefetch
                 let mut batch = vec![first];
                 while batch.len() < usize::from(self.config.prefetch) {

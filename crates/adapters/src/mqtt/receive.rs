@@ -137,6 +137,12 @@ impl MqttReceiveAdapter {
                 Some(Err(e)) => break Ended::Lost(e),
                 None => break Ended::Lost("the connection's task ended".into()),
             };
+            // the admission may have closed while this waited for a message: it is held,
+            // unsubmitted and unacknowledged, until the host admits again
+            tokio::select! {
+                _ = &mut *shutdown => break Ended::Shutdown,
+                _ = crate::admitted(submitter) => {}
+            }
             let mut batch = vec![first];
             while batch.len() < self.config.batch {
                 match rx.try_recv() {
