@@ -412,10 +412,7 @@ const FUNCTION_MAX_LINES: usize = 100;
 const OVER_100_PENDING: &[&str] = &[
     "crates/adapters/src/allow.rs::parse_prefix",
     "crates/adapters/src/smtp.rs::parse",
-    "crates/host/src/delivery.rs::own_ordered_port",
-    "crates/host/src/forward.rs::forward_to",
     "crates/host/src/http_receive.rs::handle",
-    "crates/host/src/receive.rs::run_location",
     "crates/messagebox/src/bindings.rs::apply_receive",
     "crates/messagebox/src/bindings.rs::apply_send",
     "crates/messagebox/src/bindings.rs::apply_shared",
@@ -434,7 +431,7 @@ const OVER_100_PENDING: &[&str] = &[
 const LONG_FUNCTION_LINES: usize = 70;
 
 /// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
-const OVER_70_MAX: usize = 49;
+const OVER_70_MAX: usize = 44;
 
 /// A function of the production code and its length.
 #[derive(Debug, PartialEq)]

@@ -580,10 +580,7 @@ async fn own_ordered_port(
     stop: &mut watch::Receiver<bool>,
 ) {
     let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch, asked);
-    let may_send = || tenure.may_act();
     let fence = tenure.fence();
-    let commit_batch = i64::from(port.ordered_commit_batch.max(1));
-    let forwarding = transports.forwards();
     if let Err(e) = restore_endpoint(shared, port, transports, &fence).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
@@ -594,33 +591,112 @@ async fn own_ordered_port(
             .await;
         return;
     }
-    let mut pending: Vec<(i64, Uuid)> = Vec::new();
-    let mut checkpoint: Option<String> = None;
-    'owner: loop {
+    let owner = Owner {
+        shared,
+        port,
+        transports,
+        tenure: &tenure,
+        fence: &fence,
+        instance,
+        epoch,
+        commit_batch: i64::from(port.ordered_commit_batch.max(1)),
+        forwarding: transports.forwards(),
+    };
+    let mut uncommitted = Uncommitted::default();
+    loop {
         shared.liveness.progressed(port.id);
-        if *stop.borrow() || shared.instance.is_stopping() || !may_send() {
+        if *stop.borrow() || shared.instance.is_stopping() || !owner.may_send() {
             break;
         }
         if shared.share.should_yield(port.id) {
             info!(port = %port.name, epoch, "handing the lease over to spread ordered ports");
             break;
         }
+        let Some((batch, mut in_flight)) = owner.claim(stop).await else {
+            continue;
+        };
+        in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
+        match owner.deliver(batch, &mut uncommitted).await {
+            Run::Done => {}
+            Run::ClaimAgain => continue,
+            Run::Stop => break,
+        }
+        owner.commit(&mut uncommitted).await;
+    }
+    owner.commit(&mut uncommitted).await;
+    let lost = !owner.may_send();
+    drop(tenure);
+    if lost {
+        warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
+    } else if let Err(e) = shared
+        .instance
+        .mbx()
+        .port_lease_release(instance, port.id, epoch)
+        .await
+    {
+        warn!(port = %port.name, error = %e, "lease release failed; it expires by itself");
+    }
+}
+
+/// An ordered port while this instance holds its lease at `epoch` (`tenure`).
+struct Owner<'a> {
+    shared: &'a Arc<Shared>,
+    port: &'a SendPort,
+    transports: &'a PortTransports,
+    tenure: &'a Tenure,
+    fence: &'a Fence,
+    instance: Uuid,
+    epoch: i64,
+    /// Delivered messages committed together at most.
+    commit_batch: i64,
+    /// The port forwards to another group (rather than sending through an adapter).
+    forwarding: bool,
+}
+
+/// What an owner delivered that awaits its commit, and the endpoint checkpoint that
+/// includes it.
+#[derive(Default)]
+struct Uncommitted {
+    pending: Vec<(i64, Uuid)>,
+    checkpoint: Option<String>,
+}
+
+/// How a run of heads ended.
+enum Run {
+    /// Every message was sent: commit, then claim the next run.
+    Done,
+    /// A message failed (its run is committed up to it): claim from the head again.
+    ClaimAgain,
+    /// The lease may no longer be acted on: stop owning.
+    Stop,
+}
+
+impl Owner<'_> {
+    fn may_send(&self) -> bool {
+        self.tenure.may_act()
+    }
+
+    /// The next run of heads to send and its share of the instance's in-flight budget;
+    /// none, after waiting while idle (or for the budget), when there is nothing to send.
+    async fn claim(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<(Vec<ClaimedDelivery>, crate::throttle::InFlight)> {
+        let (shared, port) = (self.shared, self.port);
         let notified = shared.wake.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // bounded in bytes like any claim, and given back while idle: an ordered port
         // with nothing to send must not hold the instance's in-flight budget
         let wanted = ClaimLimits {
-            max_count: commit_batch,
+            max_count: self.commit_batch,
             max_bytes: shared.instance.config().claim_bytes,
         };
-        let Some((limits, mut in_flight)) = reserve(shared, wanted, stop).await else {
-            continue;
-        };
+        let (limits, in_flight) = reserve(shared, wanted, stop).await?;
         let batch = match shared
             .instance
             .mbx()
-            .deliveries_claim_ordered(instance, port.id, epoch, limits)
+            .deliveries_claim_ordered(self.instance, port.id, self.epoch, limits)
             .await
         {
             Ok(b) => b,
@@ -638,103 +714,110 @@ async fn own_ordered_port(
                 _ = tokio::time::sleep(idle) => {}
                 _ = stop.changed() => {}
             }
-            continue;
+            return None;
         }
-        in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
+        Some((batch, in_flight))
+    }
+
+    /// Sends a run of heads in order, committing what was delivered every
+    /// `commit_batch` messages or [`ORDERED_COMMIT_INTERVAL_MS`]. A forwarding port hands
+    /// the whole run to the other group in one transaction there, fenced on this epoch
+    /// (an older owner's batch is refused); its outcomes are then taken in order as if
+    /// sent one by one. Any other adapter gets one message at a time.
+    async fn deliver(&self, batch: Vec<ClaimedDelivery>, uncommitted: &mut Uncommitted) -> Run {
+        let (shared, port, transports) = (self.shared, self.port, self.transports);
         let mut flushed_at = Instant::now();
-        // A forwarding port hands the whole run of heads to the other group in one
-        // transaction there, fenced on this epoch (an older owner's batch is refused);
-        // its outcomes are then taken in order as if sent one by one. Any other adapter
-        // gets one message at a time.
         let mut sent_together = None;
-        if forwarding {
-            if !may_send() {
-                break 'owner;
+        if self.forwarding {
+            if !self.may_send() {
+                return Run::Stop;
             }
-            sent_together = Some(send_all(shared, port, transports, &batch, Some(&fence)).await);
+            sent_together =
+                Some(send_all(shared, port, transports, &batch, Some(self.fence)).await);
         }
         for d in batch {
-            if !may_send() {
-                break 'owner;
+            if !self.may_send() {
+                return Run::Stop;
             }
             let (mut outcomes, mut checkpoints) = match sent_together.take() {
                 Some(together) => together,
-                None if forwarding => Default::default(),
+                None if self.forwarding => Default::default(),
                 None => {
-                    send_all(
-                        shared,
-                        port,
-                        transports,
-                        std::slice::from_ref(&d),
-                        Some(&fence),
-                    )
-                    .await
+                    let one = std::slice::from_ref(&d);
+                    send_all(shared, port, transports, one, Some(self.fence)).await
                 }
             };
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
                 Outcome::failed("the adapter reported no outcome for this message", true)
             });
             let checkpoint_of_d = checkpoints.remove(&d.delivery_id);
-            if forwarding {
+            if self.forwarding {
                 sent_together = Some((outcomes, checkpoints));
             }
             match outcome {
                 // (Responded only on a solicit-response port, never ordered)
                 Outcome::Delivered | Outcome::Responded(_) => {
                     observe_latency(port, d.published_at);
-                    pending.push((d.delivery_id, d.claim_token));
+                    uncommitted.pending.push((d.delivery_id, d.claim_token));
                     if let Some(c) = checkpoint_of_d {
-                        checkpoint = Some(c);
+                        uncommitted.checkpoint = Some(c);
                     }
-                    if pending.len() as i64 >= commit_batch
+                    if uncommitted.pending.len() as i64 >= self.commit_batch
                         || flushed_at.elapsed() >= Duration::from_millis(ORDERED_COMMIT_INTERVAL_MS)
                     {
-                        let done = std::mem::take(&mut pending);
-                        commit_ordered(shared, port, instance, epoch, done, checkpoint.clone())
-                            .await;
+                        self.commit(uncommitted).await;
                         flushed_at = Instant::now();
                     }
                 }
                 Outcome::Failed { error, retryable } => {
-                    // completions first, then the failure: the head is retried, suspended
-                    // or holds the port; the next claim starts from the head again
-                    let done = std::mem::take(&mut pending);
-                    commit_ordered(shared, port, instance, epoch, done, checkpoint.clone()).await;
-                    if error == crate::forward::POSTPONED {
-                        // given back due later already (another group is throttled)
-                        continue 'owner;
-                    }
-                    let failure = Failure {
-                        delivery_id: d.delivery_id,
-                        claim_token: d.claim_token,
-                        error,
-                        retryable,
-                    };
-                    let sent = Sent {
-                        failures: vec![failure],
-                        ..Sent::default()
-                    };
-                    record(shared, port, instance, sent).await;
-                    continue 'owner;
+                    self.failed(&d, error, retryable, uncommitted).await;
+                    return Run::ClaimAgain;
                 }
             }
         }
-        let done = std::mem::take(&mut pending);
-        commit_ordered(shared, port, instance, epoch, done, checkpoint.clone()).await;
+        Run::Done
     }
-    let done = std::mem::take(&mut pending);
-    commit_ordered(shared, port, instance, epoch, done, checkpoint).await;
-    let lost = !may_send();
-    drop(tenure);
-    if lost {
-        warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
-    } else if let Err(e) = shared
-        .instance
-        .mbx()
-        .port_lease_release(instance, port.id, epoch)
-        .await
-    {
-        warn!(port = %port.name, error = %e, "lease release failed; it expires by itself");
+
+    /// The head `d` failed: completions first, then the failure; the head is retried,
+    /// suspended or holds the port, and the next claim starts from it again.
+    async fn failed(
+        &self,
+        d: &ClaimedDelivery,
+        error: String,
+        retryable: bool,
+        uncommitted: &mut Uncommitted,
+    ) {
+        self.commit(uncommitted).await;
+        if error == crate::forward::POSTPONED {
+            // given back due later already (another group is throttled)
+            return;
+        }
+        let failure = Failure {
+            delivery_id: d.delivery_id,
+            claim_token: d.claim_token,
+            error,
+            retryable,
+        };
+        let sent = Sent {
+            failures: vec![failure],
+            ..Sent::default()
+        };
+        record(self.shared, self.port, self.instance, sent).await;
+    }
+
+    /// Commits what was delivered so far (see [`commit_ordered`]).
+    async fn commit(&self, uncommitted: &mut Uncommitted) {
+        let done = std::mem::take(&mut uncommitted.pending);
+        let checkpoint = uncommitted.checkpoint.clone();
+        commit_ordered(
+            self.shared,
+            self.port,
+            self.instance,
+            self.epoch,
+            done,
+            checkpoint,
+        )
+        .await;
     }
 }
 

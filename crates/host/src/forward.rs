@@ -19,7 +19,8 @@ use mbx_messagebox::config::SendPort;
 use mbx_messagebox::context::system;
 use mbx_messagebox::delivery::ClaimedDelivery;
 use mbx_messagebox::forward::{
-    context_for_target, resolve_link_url, ForwardBody, ForwardError, ForwardTarget, Forwarded,
+    context_for_target, resolve_link_url, Accepted, ForwardBody, ForwardError, ForwardTarget,
+    Forwarded,
 };
 use mbx_messagebox::publish::Publisher;
 use mbx_vocabulary::GroupAddress;
@@ -82,6 +83,9 @@ const FORGET_PER_ACCEPT_MAX: usize = 5_000;
 
 /// Where a port forwards: (link, send port).
 type Stream = (String, String);
+
+/// What a forward did to a message, recorded on it: (message, text).
+type Event = (Uuid, String);
 
 /// The connections of one instance to the groups it forwards to, by link name, and what
 /// it knows of its forwards: accepted there and awaiting completion here (by delivery
@@ -324,20 +328,78 @@ async fn forward_to(
         Ok(t) => t,
         Err(e) => return fail_all(e, true),
     };
-    // what can be forwarded; a message whose property does not fit the target's
-    // declaration fails for good, naming it (an ordered port stops there: the rest waits)
+    let (batch, sent) = batch_for_target(port, &target.group_name, &declared, deliveries, outcomes);
+    if sent.is_empty() {
+        return;
+    }
+    // an ordered port's stream: its name and id (a port created again is a new stream)
+    let stream_key = format!("{}#{}", port.name, port.id);
+    let epoch = ordered_epoch(port, sent[0]).map(|e| (stream_key.as_str(), e));
+    let stream: Stream = (to.link.clone(), port.name.clone());
+    let mut forget = shared.forward_links.take_completed(&stream);
+    // claimed under this instance id: if the instance is declared dead meanwhile (its
+    // claims reclaimed by another), it must not forward them late
+    let claimed_as = shared.instance.id();
+    let started = Instant::now();
+    let give_up = NotSent {
+        links: &shared.forward_links,
+        stream: &stream,
+        sent: &sent,
+    };
+    if shared.instance.id() != claimed_as {
+        let reason = "this instance was declared dead; its claims moved on";
+        return give_up.fail(&mut forget, outcomes, reason);
+    }
+    if fence.is_some_and(|f| !f.allows()) {
+        let reason = "the ordered port's lease moved on before forwarding";
+        return give_up.fail(&mut forget, outcomes, reason);
+    }
+    let accepted = match target
+        .accept(
+            shared.instance.mbx(),
+            (identity.0, &identity.1),
+            &port.name,
+            &to.receive_port,
+            epoch,
+            &batch,
+            &forget,
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            let reason = not_accepted(shared, port, to, &target, claimed_as, &sent, e).await;
+            return give_up.fail(&mut forget, outcomes, &reason);
+        }
+    };
+    let (events, awaiting) = settle_accepted(to, &target.group_name, &sent, &accepted, outcomes);
+    shared.forward_links.awaiting_completion(&stream, &awaiting);
+    let duplicates = accepted.iter().filter(|a| a.duplicate).count();
+    debug!(port = %port.name, messages = sent.len(), duplicates, forgotten = forget.len(),
+           accept_ms = started.elapsed().as_millis() as u64, "batch forwarded");
+    record_forwarded(shared, port, accepted.len(), duplicates, &events).await;
+}
+
+/// What of `deliveries` can be forwarded to the group `group_name` (declaring
+/// `declared`), and those deliveries. A message whose property does not fit the target's
+/// declaration fails for good, naming it (an ordered port stops there: the rest waits,
+/// each a retryable failure).
+fn batch_for_target<'a>(
+    port: &SendPort,
+    group_name: &str,
+    declared: &HashMap<String, mbx_messagebox::PropertyType>,
+    deliveries: &[&'a ClaimedDelivery],
+    outcomes: &mut HashMap<i64, Outcome>,
+) -> (Vec<Forwarded>, Vec<&'a ClaimedDelivery>) {
     let mut batch = Vec::with_capacity(deliveries.len());
     let mut sent: Vec<&ClaimedDelivery> = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        let context = match context_for_target(&d.context, &declared) {
+        let context = match context_for_target(&d.context, declared) {
             Ok(c) => c,
             Err(e) => {
                 outcomes.insert(
                     d.delivery_id,
-                    Outcome::failed(
-                        format!("forwarding to group '{}': {e}", target.group_name),
-                        false,
-                    ),
+                    Outcome::failed(format!("forwarding to group '{group_name}': {e}"), false),
                 );
                 if port.ordered {
                     break;
@@ -374,84 +436,73 @@ async fn forward_to(
             );
         }
     }
-    if sent.is_empty() {
-        return;
+    (batch, sent)
+}
+
+/// The epoch of an ordered port's batch, carried by its first message (none for an
+/// unordered port).
+fn ordered_epoch(port: &SendPort, first: &ClaimedDelivery) -> Option<i64> {
+    if !port.ordered {
+        return None;
     }
-    // an ordered port's stream: its name and id (a port created again is a new stream)
-    let stream_key = format!("{}#{}", port.name, port.id);
-    let epoch = if port.ordered {
-        sent[0]
-            .context
-            .get(system::EPOCH)
-            .and_then(|p| p.value.to_plain_string().parse::<i64>().ok())
-            .map(|e| (stream_key.as_str(), e))
-    } else {
-        None
-    };
-    let stream: Stream = (to.link.clone(), port.name.clone());
-    let mut forget = shared.forward_links.take_completed(&stream);
-    // claimed under this instance id: if the instance is declared dead meanwhile (its
-    // claims reclaimed by another), it must not forward them late
-    let claimed_as = shared.instance.id();
-    let started = Instant::now();
-    let give_up = NotSent {
-        links: &shared.forward_links,
-        stream: &stream,
-        sent: &sent,
-    };
-    if shared.instance.id() != claimed_as {
-        let reason = "this instance was declared dead; its claims moved on";
-        return give_up.fail(&mut forget, outcomes, reason);
-    }
-    if fence.is_some_and(|f| !f.allows()) {
-        let reason = "the ordered port's lease moved on before forwarding";
-        return give_up.fail(&mut forget, outcomes, reason);
-    }
-    let accepted = {
-        match target
-            .accept(
-                shared.instance.mbx(),
-                (identity.0, &identity.1),
-                &port.name,
-                &to.receive_port,
-                epoch,
-                &batch,
-                &forget,
-            )
+    first
+        .context
+        .get(system::EPOCH)
+        .and_then(|p| p.value.to_plain_string().parse::<i64>().ok())
+}
+
+/// Why the target did not accept a batch, as each of its messages' outcome. A throttled
+/// group is "later", not a failure: the claims go back due in a moment, uncounted. Any
+/// other error drops a broken connection so the next batch connects anew.
+async fn not_accepted(
+    shared: &Shared,
+    port: &SendPort,
+    to: &GroupAddress,
+    target: &ForwardTarget,
+    claimed_as: Uuid,
+    sent: &[&ClaimedDelivery],
+    error: ForwardError,
+) -> String {
+    if let ForwardError::Throttled(why) = error {
+        info!(port = %port.name, %why, "the other group is throttled; trying again later");
+        let claims: Vec<(i64, Uuid)> = sent
+            .iter()
+            .map(|d| (d.delivery_id, d.claim_token))
+            .collect();
+        if let Err(e) = shared
+            .instance
+            .mbx()
+            .deliveries_postpone(claimed_as, &claims, THROTTLED_RETRY_MS)
             .await
         {
-            Ok(a) => a,
-            Err(ForwardError::Throttled(why)) => {
-                // "later", not a failure: the claims go back due in a moment, uncounted
-                info!(port = %port.name, %why, "the other group is throttled; trying again later");
-                let claims: Vec<(i64, Uuid)> = sent
-                    .iter()
-                    .map(|d| (d.delivery_id, d.claim_token))
-                    .collect();
-                if let Err(e) = shared
-                    .instance
-                    .mbx()
-                    .deliveries_postpone(claimed_as, &claims, THROTTLED_RETRY_MS)
-                    .await
-                {
-                    debug!(port = %port.name, error = %e, "postponing failed; the claims stay until released");
-                }
-                return give_up.fail(&mut forget, outcomes, POSTPONED);
-            }
-            Err(e) => {
-                if matches!(e, ForwardError::Other(_)) {
-                    shared.forward_links.drop_target(&to.link).await;
-                }
-                let error = format!("forwarding to group '{}' ({to}): {e}", target.group_name);
-                warn!(port = %port.name, %error, "forward failed");
-                return give_up.fail(&mut forget, outcomes, &error);
-            }
+            debug!(port = %port.name, error = %e, "postponing failed; the claims stay until released");
         }
-    };
+        return POSTPONED.to_owned();
+    }
+    if matches!(error, ForwardError::Other(_)) {
+        shared.forward_links.drop_target(&to.link).await;
+    }
+    let error = format!(
+        "forwarding to group '{}' ({to}): {error}",
+        target.group_name
+    );
+    warn!(port = %port.name, %error, "forward failed");
+    error
+}
+
+/// Each sent delivery's outcome from what the target answered: the delivered ones'
+/// events (by message) and (delivery, message) pairs awaiting their completion here.
+fn settle_accepted(
+    to: &GroupAddress,
+    group_name: &str,
+    sent: &[&ClaimedDelivery],
+    accepted: &[Accepted],
+    outcomes: &mut HashMap<i64, Outcome>,
+) -> (Vec<Event>, Vec<(i64, Uuid)>) {
     let by_source: HashMap<Uuid, _> = accepted.iter().map(|a| (a.source_message_id, *a)).collect();
     let mut events = Vec::with_capacity(sent.len());
     let mut awaiting = Vec::with_capacity(sent.len());
-    for d in &sent {
+    for d in sent {
         match by_source.get(&d.message_id) {
             Some(a) => {
                 outcomes.insert(d.delivery_id, Outcome::Delivered);
@@ -460,7 +511,7 @@ async fn forward_to(
                     d.message_id,
                     format!(
                         "forwarded to group '{}' receive port '{}' as message {}{}",
-                        target.group_name,
+                        group_name,
                         to.receive_port,
                         a.message_id,
                         if a.duplicate {
@@ -479,19 +530,27 @@ async fn forward_to(
             }
         }
     }
-    shared.forward_links.awaiting_completion(&stream, &awaiting);
-    let duplicates = accepted.iter().filter(|a| a.duplicate).count();
-    debug!(port = %port.name, messages = sent.len(), duplicates, forgotten = forget.len(),
-           accept_ms = started.elapsed().as_millis() as u64, "batch forwarded");
+    (events, awaiting)
+}
+
+/// Counts a forwarded batch (`accepted` messages, `duplicates` of them resends) and
+/// records its events on the messages.
+async fn record_forwarded(
+    shared: &Shared,
+    port: &SendPort,
+    accepted: usize,
+    duplicates: usize,
+    events: &[Event],
+) {
     if duplicates > 0 {
         info!(port = %port.name, duplicates, "resent messages were in the target group already");
     }
     metrics::counter!("mbx_forwarded_total", "port" => port.name.clone())
-        .increment((accepted.len() - duplicates) as u64);
+        .increment((accepted - duplicates) as u64);
     if let Err(e) = shared
         .instance
         .mbx()
-        .forward_track(port.id, shared.instance.id(), &events)
+        .forward_track(port.id, shared.instance.id(), events)
         .await
     {
         debug!(port = %port.name, error = %e, "recording forwarded events failed");

@@ -207,7 +207,24 @@ pub async fn run_with_registry(
     info!(instance = %id, host = %config.host, "host instance registered");
     let metrics = admin::metrics_handle();
     metrics_catalog::describe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = shared_state(&config, registry, tls, mbx.clone(), &limits, id, stop_rx);
+    let tasks = spawn_loops(&shared, &config, metrics, machine).await?;
+    let supervisor = tokio::spawn(supervisor::supervisor_loop(shared.clone()));
+    shutdown.await;
+    stop_gracefully(&shared, &mbx, &stop_tx, supervisor, tasks).await
+}
 
+/// What every loop of the instance `id` shares; it stops once `stop_rx` says so.
+fn shared_state(
+    config: &HostConfig,
+    registry: Registry,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mbx: MessageBox,
+    limits: &mbx_messagebox::throttle::HostLimits,
+    id: Uuid,
+    stop_rx: watch::Receiver<bool>,
+) -> Arc<Shared> {
     // HTTP receive locations mount their paths on this instance's shared listeners
     let http = Arc::new(http_receive::HttpReceive::new(
         config.http_listen,
@@ -215,9 +232,8 @@ pub async fn run_with_registry(
         tls,
     ));
     let registry = registry.with_http_listener(Arc::new(http_receive::Listener(http.clone())));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        instance: Instance::new(mbx.clone(), config.clone(), id, limits.host_id, stop_rx),
+    Arc::new(Shared {
+        instance: Instance::new(mbx, config.clone(), id, limits.host_id, stop_rx),
         registry,
         wake: Default::default(),
         liveness: heartbeat::Liveness::new(config.watchdog_stall),
@@ -230,8 +246,17 @@ pub async fn run_with_registry(
             limits.throttle_inflight,
         )),
         location_problems: Default::default(),
-    });
+    })
+}
 
+/// Starts the admin listener (if asked for) and the instance's own loops: heartbeat,
+/// listen, replies, maintenance, metrics, throttle monitor, forwarding inbox and sweep.
+async fn spawn_loops(
+    shared: &Arc<Shared>,
+    config: &HostConfig,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    machine: String,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     if let Some(addr) = config.admin_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -272,9 +297,18 @@ pub async fn run_with_registry(
     )));
     tasks.push(tokio::spawn(forward::inbox_loop(shared.clone())));
     tasks.push(tokio::spawn(forward::forget_loop(shared.clone())));
-    let supervisor = tokio::spawn(supervisor::supervisor_loop(shared.clone()));
+    Ok(tasks)
+}
 
-    shutdown.await;
+/// Stops receiving, lets the supervised loops finish their batch within the grace
+/// period, ends the other tasks and deregisters (releasing what is left).
+async fn stop_gracefully(
+    shared: &Shared,
+    mbx: &MessageBox,
+    stop_tx: &watch::Sender<bool>,
+    supervisor: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+) -> Result<()> {
     info!("stopping: no more receiving; finishing in-flight batches");
     let _ = stop_tx.send(true);
     shared.wake.notify_published();

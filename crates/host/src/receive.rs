@@ -22,6 +22,7 @@ use mbx_messagebox::states::InstanceState;
 use mbx_messagebox::{Context, MessageBox, PropertyType, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use uuid::Uuid;
 
 use crate::lease::{Leased, Tenure};
 use crate::Shared;
@@ -79,17 +80,6 @@ async fn report_run(shared: &Shared, loc: &ReceiveLocation, problem: Option<&str
 }
 
 async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Receiver<bool>) {
-    let until_stopped = |mut stop: watch::Receiver<bool>, mut stopping: watch::Receiver<bool>| async move {
-        loop {
-            if *stop.borrow() || *stopping.borrow() {
-                return;
-            }
-            tokio::select! {
-                r = stop.changed() => if r.is_err() { return },
-                r = stopping.changed() => if r.is_err() { return },
-            }
-        }
-    };
     let submitter = match LocationSubmitter::new(&shared, &loc).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -104,35 +94,12 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         // an ordered location runs on the lease holder only, one batch at a time in name
         // order (the FILE adapter submits its next batch after the previous committed);
         // so does an MQTT location, ordered or not (one subscription per location)
-        let tenure = if leased_run {
-            let instance = shared.instance.id();
-            let leased = Leased::Location(loc.id);
-            let asked = std::time::Instant::now();
-            match leased.acquire(&shared, instance).await {
-                Ok(Some(epoch)) => {
-                    info!(location = %loc.name, epoch, "receive location lease taken");
-                    // every publish of this holding is fenced on the lease at this epoch
-                    submitter.hold(Some(LocationFence {
-                        location_id: loc.id,
-                        holder: instance,
-                        epoch,
-                    }));
-                    Some((
-                        Tenure::start(&shared, leased, instance, epoch, asked),
-                        instance,
-                        epoch,
-                    ))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    warn!(location = %loc.name, error = %e, "lease acquisition failed");
-                    None
-                }
-            }
+        let holding = if leased_run {
+            take_location_lease(&shared, &loc, &submitter).await
         } else {
             None
         };
-        if leased_run && tenure.is_none() {
+        if leased_run && holding.is_none() {
             if *stop.borrow()
                 || !shared
                     .instance
@@ -148,20 +115,10 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         // would look like a dead instance's and be put back while it publishes them
         let mut ids = shared.instance.ids();
         let started_as = *ids.borrow_and_update();
-        let mut settings = loc.settings.0.clone();
-        settings.insert(
-            "max_message_size".to_owned(),
-            loc.max_message_size.to_string(),
-        );
-        let spec = ReceiveLocationSpec {
-            location_name: loc.name.clone(),
-            address: loc.address.clone(),
-            settings,
-            instance_id: started_as.simple().to_string(),
-            ordered: loc.ordered,
-            two_way: loc.two_way,
-        };
-        let adapter = match shared.registry.receive_adapter(spec) {
+        let adapter = match shared
+            .registry
+            .receive_adapter(adapter_spec(&loc, started_as))
+        {
             Ok(a) => a,
             Err(e) => {
                 report_run(&shared, &loc, Some(&e.to_string())).await;
@@ -170,82 +127,194 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             }
         };
         let stopped = until_stopped(stop.clone(), shared.instance.stopping());
-        let registered_again = async move {
-            let _ = ids.changed().await;
-        };
-        let ended = tenure.as_ref().map(|(t, _, _)| t.ended_signal());
-        let shutdown: mbx_adapters::ShutdownSignal = Box::pin(async move {
-            let ended = async move {
-                match ended {
-                    Some(ended) => ended.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = stopped => {}
-                _ = ended => {}
-                _ = registered_again => {}
-            }
-        });
-        // files claimed by instances that are no longer alive go back to the folder (or,
-        // already published by them, are deleted), at start and then every dead-instance
-        // timeout while the location runs
-        let reclaimer = async {
-            loop {
-                reclaim_dead_claims(&shared, adapter.as_ref(), submitter.as_ref(), &loc.name).await;
-                if !shared
-                    .instance
-                    .pause(Duration::from_secs(DEAD_AFTER_S as u64))
-                    .await
-                {
-                    return;
-                }
-            }
-        };
+        let ended = holding.as_ref().map(|h| h.tenure.ended_signal());
+        let shutdown = shutdown_signal(stopped, ended, ids);
+        let reclaimer = reclaim_while_running(&shared, adapter.as_ref(), submitter.as_ref(), &loc);
         let run = adapter.run(submitter.as_ref(), shutdown);
         tokio::pin!(run);
         let result = tokio::select! {
             r = &mut run => r,
             _ = reclaimer => run.await,
         };
-        if let Some((t, instance, epoch)) = tenure {
-            submitter.hold(None);
-            let held = t.may_act();
-            drop(t);
-            if held {
-                let _ = Leased::Location(loc.id)
-                    .release(&shared, instance, epoch)
-                    .await;
-            }
+        if let Some(holding) = holding {
+            release_location_lease(&shared, &loc, &submitter, holding).await;
         }
         let stopping = *stop.borrow() || shared.instance.is_stopping();
         if !stopping && shared.instance.id() != started_as {
             info!(location = %loc.name, "instance registered again; restarting the location under its new id");
             continue;
         }
-        match result {
-            // an ordered location whose lease ended tries to take it again
-            Ok(()) if leased_run && !stopping => {
-                if !shared
+        if !runs_again(&shared, &loc, leased_run && !stopping, &stop, result).await {
+            return;
+        }
+    }
+}
+
+/// Resolves once the location's loop is stopped or the instance is stopping.
+async fn until_stopped(mut stop: watch::Receiver<bool>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() || *stopping.borrow() {
+            return;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            r = stopping.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// A leased location's holding: its lease at `epoch`, taken by `instance`.
+struct LocationHolding {
+    tenure: Tenure,
+    instance: Uuid,
+    epoch: i64,
+}
+
+/// Takes `loc`'s lease if it is free, fencing every publish of the holding on it; none
+/// when another instance holds it (or it cannot be asked for).
+async fn take_location_lease(
+    shared: &Arc<Shared>,
+    loc: &ReceiveLocation,
+    submitter: &LocationSubmitter,
+) -> Option<LocationHolding> {
+    let instance = shared.instance.id();
+    let leased = Leased::Location(loc.id);
+    let asked = std::time::Instant::now();
+    match leased.acquire(shared, instance).await {
+        Ok(Some(epoch)) => {
+            info!(location = %loc.name, epoch, "receive location lease taken");
+            // every publish of this holding is fenced on the lease at this epoch
+            submitter.hold(Some(LocationFence {
+                location_id: loc.id,
+                holder: instance,
+                epoch,
+            }));
+            Some(LocationHolding {
+                tenure: Tenure::start(shared, leased, instance, epoch, asked),
+                instance,
+                epoch,
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(location = %loc.name, error = %e, "lease acquisition failed");
+            None
+        }
+    }
+}
+
+/// Ends a holding: publishes are no longer fenced on it, and the lease is released if it
+/// was still held.
+async fn release_location_lease(
+    shared: &Arc<Shared>,
+    loc: &ReceiveLocation,
+    submitter: &LocationSubmitter,
+    holding: LocationHolding,
+) {
+    let LocationHolding {
+        tenure,
+        instance,
+        epoch,
+    } = holding;
+    submitter.hold(None);
+    let held = tenure.may_act();
+    drop(tenure);
+    if held {
+        let _ = Leased::Location(loc.id)
+            .release(shared, instance, epoch)
+            .await;
+    }
+}
+
+/// What the receive adapter of `loc` is given, running under the instance id
+/// `instance_id`.
+fn adapter_spec(loc: &ReceiveLocation, instance_id: Uuid) -> ReceiveLocationSpec {
+    let mut settings = loc.settings.0.clone();
+    settings.insert(
+        "max_message_size".to_owned(),
+        loc.max_message_size.to_string(),
+    );
+    ReceiveLocationSpec {
+        location_name: loc.name.clone(),
+        address: loc.address.clone(),
+        settings,
+        instance_id: instance_id.simple().to_string(),
+        ordered: loc.ordered,
+        two_way: loc.two_way,
+    }
+}
+
+/// The receive adapter's shutdown: the loop stopped (`stopped`), the holding ended
+/// (`ended`, for a leased location) or the instance registered again (`ids` changed).
+fn shutdown_signal(
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+    ended: Option<impl std::future::Future<Output = ()> + Send + 'static>,
+    mut ids: watch::Receiver<Uuid>,
+) -> mbx_adapters::ShutdownSignal {
+    let registered_again = async move {
+        let _ = ids.changed().await;
+    };
+    Box::pin(async move {
+        let ended = async move {
+            match ended {
+                Some(ended) => ended.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stopped => {}
+            _ = ended => {}
+            _ = registered_again => {}
+        }
+    })
+}
+
+/// Files claimed by instances that are no longer alive go back to the folder (or,
+/// already published by them, are deleted), at start and then every dead-instance
+/// timeout while the location runs; returns once the instance is stopping.
+async fn reclaim_while_running(
+    shared: &Shared,
+    adapter: &dyn ReceiveAdapter,
+    submitter: &dyn Submitter,
+    loc: &ReceiveLocation,
+) {
+    loop {
+        reclaim_dead_claims(shared, adapter, submitter, &loc.name).await;
+        if !shared
+            .instance
+            .pause(Duration::from_secs(DEAD_AFTER_S as u64))
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// After the adapter's run returned `result`: whether the location runs again (after a
+/// pause). A leased location whose lease ended (`retake`) tries to take it again; a
+/// failed run restarts unless stopped.
+async fn runs_again(
+    shared: &Shared,
+    loc: &ReceiveLocation,
+    retake: bool,
+    stop: &watch::Receiver<bool>,
+    result: Result<(), mbx_adapters::ReceiveError>,
+) -> bool {
+    match result {
+        Ok(()) if retake => {
+            shared
+                .instance
+                .pause(shared.instance.config().poll_interval)
+                .await
+        }
+        Ok(()) => false,
+        Err(e) => {
+            error!(location = %loc.name, error = %e, "receive location failed; restarting");
+            !*stop.borrow()
+                && shared
                     .instance
                     .pause(shared.instance.config().poll_interval)
                     .await
-                {
-                    return;
-                }
-            }
-            Ok(()) => return,
-            Err(e) => {
-                error!(location = %loc.name, error = %e, "receive location failed; restarting");
-                if *stop.borrow()
-                    || !shared
-                        .instance
-                        .pause(shared.instance.config().poll_interval)
-                        .await
-                {
-                    return;
-                }
-            }
         }
     }
 }
