@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mbx_messagebox::receive::ReceiveLocation;
 use mbx_messagebox::states::PortState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -88,30 +89,9 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
         }
         match shared.instance.mbx().receive_location_list().await {
             Ok(list) => {
-                // a POST to the path of a location of this host that is not mounted now
-                // (disabled, or enabled and starting or restarting: set before the loops
-                // below stop and start) is told to come back (503), not that nothing is
-                // there (404: senders give up on it); an enabled location wins a path
-                let mut known: HashMap<_, http_receive::KnownPath> = HashMap::new();
-                for l in list
-                    .iter()
-                    .filter(|l| l.host == shared.instance.config().host)
-                {
-                    let Some(path) = http_receive::path_of(&l.address) else {
-                        continue;
-                    };
-                    let key = (l.address.starts_with("https:"), path);
-                    if !known.get(&key).is_some_and(|k| k.enabled) {
-                        known.insert(
-                            key,
-                            http_receive::KnownPath {
-                                location: l.name.clone(),
-                                enabled: l.enabled,
-                            },
-                        );
-                    }
-                }
-                shared.http.set_known(known);
+                shared
+                    .http
+                    .set_known(known_http_paths(&list, &shared.instance.config().host));
                 let wanted = list
                     .into_iter()
                     .filter(|l| l.host == shared.instance.config().host && l.enabled)
@@ -148,4 +128,31 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
         let _ = handle.await;
     }
     let _ = dispatching.await;
+}
+
+/// The HTTP receive paths of `host`'s locations, for the listener: a POST to the path of a
+/// location that is not mounted now (disabled, or enabled and starting or restarting: set
+/// before the loops stop and start) is told to come back (503), not that nothing is there
+/// (404: senders give up on it); an enabled location wins a path.
+fn known_http_paths(
+    list: &[ReceiveLocation],
+    host: &str,
+) -> HashMap<(bool, String), http_receive::KnownPath> {
+    let mut known: HashMap<_, http_receive::KnownPath> = HashMap::new();
+    for l in list.iter().filter(|l| l.host == host) {
+        let Some(path) = http_receive::path_of(&l.address) else {
+            continue;
+        };
+        let key = (l.address.starts_with("https:"), path);
+        if !known.get(&key).is_some_and(|k| k.enabled) {
+            known.insert(
+                key,
+                http_receive::KnownPath {
+                    location: l.name.clone(),
+                    enabled: l.enabled,
+                },
+            );
+        }
+    }
+    known
 }

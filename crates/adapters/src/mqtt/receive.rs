@@ -78,49 +78,14 @@ impl MqttReceiveAdapter {
             }
             Err(e) => return Ended::Lost(e),
         };
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let (client, eventloop) = AsyncClient::new(options, 1024);
         let (tx, mut rx) = mpsc::channel::<Result<Publish, String>>(self.config.batch * 2);
-        let filter = self.config.filter.clone();
-        let subscriber = client.clone();
-        // the event loop must be polled all the time (keep-alive, acks): on its own task
-        let driver = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        // the session keeps the subscription; asking again is harmless
-                        if let Err(e) = subscriber.subscribe(filter.clone(), QoS::AtLeastOnce).await
-                        {
-                            let _ = tx.send(Err(format!("subscribe: {e}"))).await;
-                            return;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(Ok(p)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        if ack
-                            .return_codes
-                            .iter()
-                            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                        {
-                            let _ = tx
-                                .send(Err(format!(
-                                    "the broker refused the subscription to {filter}"
-                                )))
-                                .await;
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let driver = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            self.config.filter.clone(),
+            tx,
+        ));
         let ended = loop {
             // nothing is taken while the host admits no messages (unacknowledged, the
             // session keeps them)
@@ -229,6 +194,52 @@ impl MqttReceiveAdapter {
                 .map_err(|e| Ended::Lost(format!("acknowledging: {e}")))?;
         }
         Ok(())
+    }
+}
+
+/// Polls the connection's event loop all the time (keep-alive, acks), subscribing on each
+/// connection and passing every message received — or why the connection ended — to the
+/// session on `tx`.
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    subscriber: AsyncClient,
+    filter: String,
+    tx: mpsc::Sender<Result<Publish, String>>,
+) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // the session keeps the subscription; asking again is harmless
+                if let Err(e) = subscriber.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                    let _ = tx.send(Err(format!("subscribe: {e}"))).await;
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(Ok(p)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    let _ = tx
+                        .send(Err(format!(
+                            "the broker refused the subscription to {filter}"
+                        )))
+                        .await;
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string())).await;
+                return;
+            }
+        }
     }
 }
 
