@@ -223,16 +223,18 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
     }
 }
 
-/// One claim for `wants`; on an error, gives back what it may have claimed (a claim whose
-/// answer was lost may have committed) and returns `None`.
+/// One claim for `wants`. When it fails, whatever it may have claimed is given back (a
+/// claim whose answer was lost may have committed); then, if it was for several ports,
+/// each is claimed on its own this round, so one port whose claim cannot succeed (say its
+/// tracking insert meets a full disk) does not hold back the others. `None` when nothing
+/// could be claimed.
 async fn claim(
     shared: &Shared,
     wants: &[Want],
 ) -> Option<(Uuid, mbx_messagebox::subscribers::Claimed)> {
     let instance = shared.instance.id();
-    let token = Uuid::new_v4();
     let started = Instant::now();
-    match shared.instance.mbx().claim(instance, wants, token).await {
+    match claim_once(shared, instance, wants).await {
         Ok(claimed) => {
             if !claimed.is_empty() {
                 debug!(
@@ -244,25 +246,54 @@ async fn claim(
             }
             Some((instance, claimed))
         }
+        Err(e) if wants.len() > 1 => {
+            warn!(ports = wants.len(), error = %e, "claim failed; claiming port by port");
+            let mut claimed = mbx_messagebox::subscribers::Claimed::default();
+            let mut any = false;
+            for want in wants {
+                match claim_once(shared, instance, std::slice::from_ref(want)).await {
+                    Ok(one) => {
+                        any = true;
+                        claimed.work.extend(one.work);
+                    }
+                    Err(e) => warn!(subscriber = ?want.subscriber, error = %e, "claim failed"),
+                }
+            }
+            any.then_some((instance, claimed))
+        }
         Err(e) => {
             warn!(ports = wants.len(), error = %e, "claim failed");
-            if e.is_retryable() {
-                retry_db(
-                    shared,
-                    "(dispatcher)",
-                    "giving back an unknown claim",
-                    || {
-                        shared
-                            .instance
-                            .mbx()
-                            .deliveries_release_token(instance, token)
-                    },
-                )
-                .await;
-            }
             None
         }
     }
+}
+
+/// One claim statement under a new token; after an error, what the token may hold is
+/// given back.
+async fn claim_once(
+    shared: &Shared,
+    instance: Uuid,
+    wants: &[Want],
+) -> Result<mbx_messagebox::subscribers::Claimed, mbx_messagebox::Error> {
+    let token = Uuid::new_v4();
+    let claimed = shared.instance.mbx().claim(instance, wants, token).await;
+    if let Err(e) = &claimed {
+        if e.is_retryable() {
+            retry_db(
+                shared,
+                "(dispatcher)",
+                "giving back an unknown claim",
+                || {
+                    shared
+                        .instance
+                        .mbx()
+                        .deliveries_release_token(instance, token)
+                },
+            )
+            .await;
+        }
+    }
+    claimed
 }
 
 /// Gives back a batch its port can no longer take (the port stopped meanwhile).
