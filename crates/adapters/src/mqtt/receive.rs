@@ -14,6 +14,9 @@ use crate::{
     ShutdownSignal, Submitter,
 };
 
+/// How long a stopping location waits for its queued acknowledgements to be sent.
+const ACKS_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct MqttReceiveAdapter {
     spec: ReceiveLocationSpec,
     config: MqttReceiveConfig,
@@ -80,7 +83,7 @@ impl MqttReceiveAdapter {
         };
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (tx, mut rx) = mpsc::channel::<Result<Publish, String>>(self.config.batch * 2);
-        let driver = tokio::spawn(drive(
+        let mut driver = tokio::spawn(drive(
             eventloop,
             client.clone(),
             self.config.filter.clone(),
@@ -122,6 +125,11 @@ impl MqttReceiveAdapter {
                 break why;
             }
         };
+        // a stop sends the acknowledgements already queued (of committed messages) before
+        // it disconnects: the event loop takes requests in order, the disconnect last
+        if matches!(ended, Ended::Shutdown) && client.disconnect().await.is_ok() {
+            let _ = tokio::time::timeout(ACKS_FLUSH_MAX, &mut driver).await;
+        }
         // unacknowledged messages stay in the session for the next connection (or holder)
         driver.abort();
         ended
