@@ -83,7 +83,7 @@ impl MqttReceiveAdapter {
         };
         let (client, eventloop) = AsyncClient::new(options, 1024);
         let (tx, mut rx) = mpsc::channel::<Result<Publish, String>>(self.config.batch * 2);
-        let mut driver = tokio::spawn(drive(
+        let driver = tokio::spawn(drive(
             eventloop,
             client.clone(),
             self.config.filter.clone(),
@@ -125,13 +125,7 @@ impl MqttReceiveAdapter {
                 break why;
             }
         };
-        // a stop sends the acknowledgements already queued (of committed messages) before
-        // it disconnects: the event loop takes requests in order, the disconnect last
-        if matches!(ended, Ended::Shutdown) && client.disconnect().await.is_ok() {
-            let _ = tokio::time::timeout(ACKS_FLUSH_MAX, &mut driver).await;
-        }
-        // unacknowledged messages stay in the session for the next connection (or holder)
-        driver.abort();
+        close(&client, driver, &ended).await;
         ended
     }
 
@@ -203,6 +197,17 @@ impl MqttReceiveAdapter {
         }
         Ok(())
     }
+}
+
+/// Ends a connection. A stop sends the acknowledgements already queued (of committed
+/// messages) before it disconnects: the event loop takes requests in order, the
+/// disconnect last. Unacknowledged messages stay in the session for the next connection
+/// (or holder).
+async fn close(client: &AsyncClient, mut driver: tokio::task::JoinHandle<()>, ended: &Ended) {
+    if matches!(ended, Ended::Shutdown) && client.disconnect().await.is_ok() {
+        let _ = tokio::time::timeout(ACKS_FLUSH_MAX, &mut driver).await;
+    }
+    driver.abort();
 }
 
 /// Polls the connection's event loop all the time (keep-alive, acks), subscribing on each
