@@ -13,6 +13,8 @@
 //!   `mbx-bench` binary, so the production `mbx` links none of the benchmark's peers),
 //!   `mbx-host` not on `mbx-bench`, `mbx-adapters` not on `mbx-messagebox`,
 //!   `mbx-console` neither on `mbx-host` nor on `mbx-adapters` (only the MessageBox API),
+//!   `mbx-orchestration` neither on `mbx-host` nor on `mbx-adapters` (the engine stands on
+//!   the MessageBox API), `mbx-messagebox` not on `mbx-orchestration`,
 //!   and `mbx-vocabulary` on no mbx crate;
 //! - no production function is over 100 lines, and the count over 70 only goes down.
 
@@ -143,6 +145,9 @@ fn crates_depend_only_as_the_codemap_allows() {
         ("messagebox", "mbx-host"),
         ("console", "mbx-host"),
         ("console", "mbx-adapters"),
+        ("orchestration", "mbx-host"),
+        ("orchestration", "mbx-adapters"),
+        ("messagebox", "mbx-orchestration"),
     ];
     for (krate, dep) in forbidden {
         assert!(
