@@ -9,6 +9,7 @@
 pub mod expr;
 pub mod model;
 pub mod profile;
+pub mod runtime;
 pub mod schema;
 
 pub use model::Definition;

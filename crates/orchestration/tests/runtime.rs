@@ -1,0 +1,310 @@
+//! The interpreter, as pure logic: a state, the messages held for the instance and the
+//! step's time in; the new state, the outcome and the effects out. (The MessageBox and
+//! the hosts that run it are tested end to end in tests/orchestrations*.rs.)
+
+use mbx_orchestration::runtime::{
+    CallResponse, CallTarget, Event, Outcome, Runner, State, Subscription,
+};
+use mbx_orchestration::Definition;
+use serde_json::{json, Value};
+
+const ORDER_MANAGER: &str = include_str!("../../../demo/order-manager.yaml");
+
+fn event(id: &str, message_type: &str, order: &str, data: Value) -> Event {
+    Event {
+        id: id.to_owned(),
+        envelope: json!({
+            "specversion": "1.0", "id": id, "type": message_type, "source": "test",
+            "datacontenttype": "application/json", "data": data,
+            "properties": { "Order.Id": order, "mbx.MessageType": message_type }
+        }),
+    }
+}
+
+fn def(text: &str) -> Definition {
+    Definition::parse(text).expect("in the profile")
+}
+
+/// A definition activated by `Go` messages correlated on Order.Id, doing `tasks`.
+fn workflow(tasks: &str) -> Definition {
+    def(&format!(
+        "document: {{dsl: 1.0.3, namespace: orders, name: t, version: 1.0.0}}\n\
+         schedule:\n  on:\n    one:\n      with: {{type: Go}}\n      correlate: {{orderId: {{from: '${{ .properties[\"Order.Id\"] }}'}}}}\n\
+         do:\n{tasks}"
+    ))
+}
+
+fn ok(status: u16, body: &str) -> CallResponse {
+    CallResponse {
+        status,
+        headers: Default::default(),
+        body: body.to_owned(),
+    }
+}
+
+#[test]
+fn the_order_manager_runs_to_its_confirmation() {
+    let def = def(ORDER_MANAGER);
+    let runner = Runner::new(&def, "i-1");
+    let request = event("m1", "OrderRequest", "A-1", json!({"lines": 2}));
+    let mut state =
+        State::activate(&def, std::slice::from_ref(&request), 100.0).expect("activates");
+    assert_eq!(state.correlation["Order.Id"], "A-1");
+
+    // the quote call is prepared and saved before it is sent
+    let (outcome, fx) = runner.run(&mut state, &[], 100.0);
+    let Outcome::Call(call) = outcome else {
+        panic!("a call: {outcome:?}")
+    };
+    assert_eq!(
+        call.target,
+        CallTarget::SendPort {
+            port: "quote-svc".into()
+        }
+    );
+    assert_eq!(call.body.as_deref(), Some(r#"{"lines":2}"#));
+    assert_eq!(call.idempotency_key, "i-1-0");
+    assert!(fx.emitted.is_empty());
+
+    // a replay before the answer sends the same request again
+    let mut replay = state.clone();
+    assert_eq!(
+        runner.run(&mut replay, &[], 101.0).0,
+        Outcome::Call(call.clone())
+    );
+
+    state.answer(ok(200, r#"{"total": 42}"#));
+    let (outcome, fx) = runner.run(&mut state, &[], 102.0);
+    assert_eq!(
+        outcome,
+        Outcome::Waiting {
+            wake_at: Some(102.0 + 86_400.0)
+        }
+    );
+    assert_eq!(fx.emitted.len(), 1);
+    assert_eq!(
+        fx.emitted[0].message_type.as_deref(),
+        Some("ApprovalRequest")
+    );
+    assert_eq!(fx.emitted[0].properties["Order.Id"], "A-1");
+    assert_eq!(
+        fx.emitted[0].body.as_deref(),
+        Some(r#"{"orderId":"A-1","total":42}"#)
+    );
+
+    // the approval of another order is not this instance's; its own is
+    let other = event("m2", "OrderApproval", "B-2", json!({"approved": true}));
+    let mine = event("m3", "OrderApproval", "A-1", json!({"approved": true}));
+    let (outcome, fx) = runner.run(&mut state.clone(), std::slice::from_ref(&other), 103.0);
+    assert!(matches!(outcome, Outcome::Waiting { .. }));
+    assert!(fx.consumed.is_empty());
+    let (outcome, fx) = runner.run(&mut state, &[other, mine], 103.0);
+    assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+    assert_eq!(fx.consumed, ["m3"]);
+    assert_eq!(
+        fx.emitted[0].message_type.as_deref(),
+        Some("OrderConfirmed")
+    );
+}
+
+#[test]
+fn an_instance_subscribes_to_its_correlation_before_it_listens() {
+    let def = def(ORDER_MANAGER);
+    let runner = Runner::new(&def, "i-1");
+    let mut state = State::activate(&def, &[event("m1", "OrderRequest", "A-1", json!({}))], 0.0)
+        .expect("activates");
+    assert!(
+        runner.subscriptions(&state, 0.0).is_empty(),
+        "orderId is not in the context yet"
+    );
+    runner.run(&mut state, &[], 0.0);
+    let subs = runner.subscriptions(&state, 0.0);
+    assert_eq!(
+        subs,
+        [Subscription {
+            with: [("mbx.MessageType".to_owned(), json!("OrderApproval"))].into(),
+            correlation: vec![("Order.Id".to_owned(), json!("A-1"))],
+        }]
+    );
+}
+
+#[test]
+fn a_sequential_convoy_takes_its_messages_in_order_across_steps() {
+    let def = workflow(
+        "  - keep: {set: {id: '${ .[0].properties[\"Order.Id\"] }'}, export: {as: '${ . }'}}\n\
+         \x20 - rest:\n      listen:\n        to:\n          any:\n            - with: {type: Line}\n              correlate: {orderId: {from: '${ .properties[\"Order.Id\"] }', expect: '${ $context.id }'}}\n          until: '${ length >= 3 }'\n",
+    );
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let lines: Vec<Event> = (1..=3)
+        .map(|n| event(&format!("l{n}"), "Line", "K", json!(n)))
+        .collect();
+    let (outcome, fx) = runner.run(&mut state, &lines[..2], 1.0);
+    assert_eq!(outcome, Outcome::Waiting { wake_at: None });
+    assert_eq!(fx.consumed, ["l1", "l2"]);
+    let (outcome, fx) = runner.run(&mut state, &lines[2..], 2.0);
+    assert_eq!(fx.consumed, ["l3"]);
+    assert_eq!(outcome, Outcome::Completed(json!([1, 2, 3])));
+}
+
+#[test]
+fn a_parallel_convoy_waits_for_all() {
+    let correlate = "correlate: {orderId: {from: '${ .properties[\"Order.Id\"] }', expect: '${ $context.id }'}}";
+    let def = workflow(&format!(
+        "  - keep: {{set: {{id: '${{ .[0].properties[\"Order.Id\"] }}'}}, export: {{as: '${{ . }}'}}}}\n\
+         \x20 - both: {{listen: {{to: {{all: [{{with: {{type: A}}, {correlate}}}, {{with: {{type: B}}, {correlate}}}]}}}}}}\n"
+    ));
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let b = event("b", "B", "K", json!("b"));
+    let a = event("a", "A", "K", json!("a"));
+    let (outcome, fx) = runner.run(&mut state, std::slice::from_ref(&b), 1.0);
+    assert!(matches!(outcome, Outcome::Waiting { .. }));
+    assert!(
+        fx.consumed.is_empty(),
+        "nothing is taken until all are there"
+    );
+    let (outcome, _) = runner.run(&mut state, &[b, a], 2.0);
+    assert_eq!(outcome, Outcome::Completed(json!(["a", "b"])));
+}
+
+#[test]
+fn a_durable_timer_keeps_its_due_time() {
+    let def = workflow("  - pause: {wait: PT30S}\n  - done: {set: {ok: true}}\n");
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 1_000.0).expect("activates");
+    assert_eq!(
+        runner.run(&mut state, &[], 1_000.0).0,
+        Outcome::Waiting {
+            wake_at: Some(1_030.0)
+        }
+    );
+    // woken early (a poll), it waits for the same due time; on time, it goes on
+    assert_eq!(
+        runner.run(&mut state, &[], 1_010.0).0,
+        Outcome::Waiting {
+            wake_at: Some(1_030.0)
+        }
+    );
+    assert_eq!(
+        runner.run(&mut state, &[], 1_030.0).0,
+        Outcome::Completed(json!({"ok": true}))
+    );
+}
+
+#[test]
+fn a_failing_call_is_retried_after_its_delay_then_succeeds() {
+    let def = workflow(
+        "  - attempt:\n      try:\n        - get: {call: http, with: {method: get, endpoint: 'http://127.0.0.1:9/quote'}}\n      catch:\n        errors: {with: {type: 'https://serverlessworkflow.io/spec/1.0.0/errors/communication'}}\n        retry: {delay: {seconds: 2}, backoff: {exponential: {}}, limit: {attempt: {count: 3}}}\n",
+    );
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let mut keys = Vec::new();
+    let mut now = 0.0;
+    for wait in [2.0, 4.0] {
+        let Outcome::Call(call) = runner.run(&mut state, &[], now).0 else {
+            panic!("a call")
+        };
+        keys.push(call.idempotency_key.clone());
+        state.answer(ok(503, "busy"));
+        assert_eq!(
+            runner.run(&mut state, &[], now).0,
+            Outcome::Waiting {
+                wake_at: Some(now + wait)
+            }
+        );
+        now += wait;
+    }
+    let Outcome::Call(_) = runner.run(&mut state, &[], now).0 else {
+        panic!("a third call")
+    };
+    state.answer(ok(200, r#"{"price": 7}"#));
+    assert_eq!(
+        runner.run(&mut state, &[], now).0,
+        Outcome::Completed(json!({"price": 7}))
+    );
+    assert_eq!(keys, ["i-0", "i-1"], "each attempt its own key");
+}
+
+#[test]
+fn an_uncaught_error_faults_the_instance_at_its_task() {
+    let def = workflow("  - check: {raise: {error: {type: 'https://example.com/errors/bad-order', status: 422, title: bad order}}}\n");
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let Outcome::Faulted(e) = runner.run(&mut state, &[], 0.0).0 else {
+        panic!("faulted")
+    };
+    assert_eq!(
+        (e.type_.as_str(), e.status, e.instance.as_str()),
+        ("https://example.com/errors/bad-order", 422, "/do/0/check")
+    );
+}
+
+#[test]
+fn a_listen_that_times_out_raises_timeout_which_a_catch_handles() {
+    let def = workflow(
+        "  - guarded:\n      try:\n        - approval:\n            listen: {to: {one: {with: {type: Ok}, correlate: {o: {from: '${ .properties[\"Order.Id\"] }', expect: K}}}}}\n            timeout: {after: {seconds: 10}}\n      catch:\n        errors: {with: {status: 408}}\n        as: late\n        do:\n          - note: {set: {timedOut: '${ $late.type }'}}\n",
+    );
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    assert_eq!(
+        runner.run(&mut state, &[], 0.0).0,
+        Outcome::Waiting {
+            wake_at: Some(10.0)
+        }
+    );
+    assert_eq!(
+        runner.run(&mut state, &[], 10.0).0,
+        Outcome::Completed(
+            json!({"timedOut": "https://serverlessworkflow.io/spec/1.0.0/errors/timeout"})
+        )
+    );
+}
+
+#[test]
+fn for_switch_fork_and_flow() {
+    let def = workflow(
+        "  - sum:\n      input: {from: '${ {total: 0} }'}\n      for: {each: n, in: '${ [1, 2, 3] }'}\n      do:\n        - add: {set: '${ .total + $n }', output: {as: '${ {total: .} }'}}\n\
+         \x20 - route:\n      switch:\n        - big: {when: '${ .total > 5 }', then: fan}\n        - small: {then: end}\n\
+         \x20 - skipped: {set: {never: true}}\n\
+         \x20 - fan:\n      fork:\n        branches:\n          - a: {set: '${ .total * 2 }'}\n          - b: {set: '${ .total + 1 }'}\n",
+    );
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    assert_eq!(
+        runner.run(&mut state, &[], 0.0).0,
+        Outcome::Completed(json!([12, 7]))
+    );
+}
+
+#[test]
+fn a_state_survives_being_saved_and_read_back() {
+    let def = def(ORDER_MANAGER);
+    let runner = Runner::new(&def, "i-1");
+    let mut state = State::activate(&def, &[event("m1", "OrderRequest", "A-1", json!({}))], 0.0)
+        .expect("activates");
+    runner.run(&mut state, &[], 0.0);
+    let saved = serde_json::to_string(&state).expect("serialises");
+    let back: State = serde_json::from_str(&saved).expect("reads back");
+    assert_eq!(back, state);
+}
+
+#[test]
+fn emitting_republishes_a_consumed_message_by_id() {
+    let def = workflow(
+        "  - again: {emit: {event: {x-mbx-republish: '${ .[0].id }', with: {source: 'https://o.example', type: Again, Order.Status: seen}}}}\n",
+    );
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g1", "Go", "K", json!(null))], 0.0).expect("activates");
+    let (_, fx) = runner.run(&mut state, &[], 0.0);
+    assert_eq!(fx.emitted[0].republish.as_deref(), Some("g1"));
+    assert_eq!(fx.emitted[0].properties["Order.Status"], "seen");
+}
