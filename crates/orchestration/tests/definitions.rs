@@ -61,7 +61,7 @@ fn the_order_manager_is_in_the_profile() {
             "reject"
         ]
     );
-    assert!(matches!(&def.tasks[1].kind, TaskKind::CallPort { port, .. } if port == "quote-svc"));
+    assert!(matches!(&def.tasks[1].kind, TaskKind::CallHttp(h) if h.method == "POST"));
     let TaskKind::Listen(listen) = &def.tasks[3].kind else {
         panic!("listen")
     };
@@ -132,6 +132,11 @@ fn tasks_and_calls_outside_the_profile_are_refused_at_their_path() {
         &with_tasks("  - q: {call: myFunction}\n"),
         "/do/0/q/call",
         "NAME@mbx",
+    );
+    assert_refused(
+        &with_tasks("  - q: {call: quote-svc@mbx}\n"),
+        "/do/0/q/call",
+        "not available yet",
     );
 }
 

@@ -46,7 +46,7 @@ fn ok(status: u16, body: &str) -> CallResponse {
 fn the_order_manager_runs_to_its_confirmation() {
     let def = def(ORDER_MANAGER);
     let runner = Runner::new(&def, "i-1");
-    let request = event("m1", "OrderRequest", "A-1", json!({"lines": 2}));
+    let request = event("m1", "OrderRequest", "A-1", json!({"item": "widget"}));
     let mut state =
         State::activate(&def, std::slice::from_ref(&request), 100.0).expect("activates");
     assert_eq!(state.correlation["Order.Id"], "A-1");
@@ -58,11 +58,11 @@ fn the_order_manager_runs_to_its_confirmation() {
     };
     assert_eq!(
         call.target,
-        CallTarget::SendPort {
-            port: "quote-svc".into()
+        CallTarget::Http {
+            url: "http://127.0.0.1:9290/quote".into()
         }
     );
-    assert_eq!(call.body.as_deref(), Some(r#"{"lines":2}"#));
+    assert_eq!(call.body.as_deref(), Some(r#"{"item":"widget"}"#));
     assert_eq!(call.idempotency_key, "i-1-0");
     assert!(fx.emitted.is_empty());
 
@@ -73,7 +73,7 @@ fn the_order_manager_runs_to_its_confirmation() {
         Outcome::Call(call.clone())
     );
 
-    state.answer(ok(200, r#"{"total": 42}"#));
+    state.answer(ok(200, r#"{"item": "widget", "price": 42}"#));
     let (outcome, fx) = runner.run(&mut state, &[], 102.0);
     assert_eq!(
         outcome,
