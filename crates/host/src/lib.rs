@@ -29,6 +29,7 @@ mod lease;
 mod listen;
 mod maintenance;
 mod metrics_catalog;
+mod process;
 mod receive;
 mod replies;
 mod solicit;
@@ -294,6 +295,10 @@ async fn spawn_loops(
     tasks.push(tokio::spawn(throttle::monitor_loop(
         shared.instance.clone(),
         shared.throttle.clone(),
+    )));
+    tasks.push(tokio::spawn(process::process_loop(
+        shared.instance.clone(),
+        shared.wake.clone(),
     )));
     tasks.push(tokio::spawn(forward::inbox_loop(shared.clone())));
     tasks.push(tokio::spawn(forward::forget_loop(shared.clone())));

@@ -153,6 +153,7 @@ pub(crate) async fn load_routing_table(
             (id, how)
         })
         .collect();
+    table.processes = crate::process::load_routes(tx).await?;
     Ok(table)
 }
 

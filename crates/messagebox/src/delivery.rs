@@ -759,6 +759,7 @@ async fn complete_exec<'e, E: sqlx::PgExecutor<'e>>(
                                 WHERE x.message_id = m.id AND x.id NOT IN (SELECT id FROM done))
                AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
                AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
+               AND NOT EXISTS (SELECT 1 FROM orchestration_inbox b WHERE b.message_id = m.id)
             RETURNING m.id),
          cp AS (
             UPDATE leases l SET checkpoint = $6

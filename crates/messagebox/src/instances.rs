@@ -188,6 +188,7 @@ impl MessageBox {
             .await?;
         }
         let replies_suspended = crate::replies::reclaim_dead(&mut tx).await?;
+        crate::process::reclaim_dead(&mut tx).await?;
         tx.commit().await?;
         Ok(ReclaimReport {
             replies_suspended,

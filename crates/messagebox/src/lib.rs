@@ -16,6 +16,7 @@ pub mod instances;
 pub mod logs;
 pub mod maintenance;
 pub mod ordered;
+pub mod process;
 pub mod publish;
 pub mod receive;
 pub mod replies;

@@ -56,6 +56,7 @@ impl MessageBox {
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
                        AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
                        AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
+               AND NOT EXISTS (SELECT 1 FROM orchestration_inbox b WHERE b.message_id = m.id)
                      LIMIT $1 FOR UPDATE SKIP LOCKED)",
             )
             .bind(batch)

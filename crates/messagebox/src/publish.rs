@@ -317,6 +317,9 @@ impl MessageBox {
         let routes = route_fresh(&table, &messages, &fresh);
         // replies to waiting request-response clients (their instance subscriptions)
         let replied = crate::replies::route_replies(tx, &ids, &messages, &fresh).await?;
+        // orchestration instances: by correlation, or activating new ones
+        let processes =
+            crate::process::route_to_instances(tx, &table, &ids, &messages, &fresh).await?;
 
         // 3. ordered ports: take sequences (per port, or per key of a port ordered by a
         //    property) under their rows' locks, in (port, key) order
@@ -327,7 +330,14 @@ impl MessageBox {
         let slots = crate::ordered::take_sequences(tx, &table, &wanted).await?;
 
         // 4. deliveries (and their tracking events, in the same statement)
-        let plan = Distribution::plan(&ids, &messages, &routes, &replied, slots, &mut outcomes)?;
+        let plan = Distribution::plan(
+            &ids,
+            &messages,
+            &routes,
+            (&replied, &processes.reached),
+            slots,
+            &mut outcomes,
+        )?;
         insert_deliveries(tx, &plan.deliveries).await?;
         // a port ordered by a property the message does not carry: that delivery is
         // suspended failed-final in the same transaction (the other ports still get theirs)
@@ -489,14 +499,15 @@ impl Distribution {
         ids: &[Uuid],
         messages: &[NewMessage],
         routes: &[(usize, Vec<RouteTarget>)],
-        replied: &HashMap<usize, Uuid>,
+        (replied, processes): (&HashMap<usize, Uuid>, &HashMap<usize, usize>),
         slots: Vec<Slot>,
         outcomes: &mut [Published],
     ) -> Result<Self> {
         let mut plan = Self::default();
         let mut slots = slots.into_iter();
         for (i, targets) in routes {
-            let to_instance = usize::from(replied.contains_key(i));
+            let to_instance = usize::from(replied.contains_key(i))
+                + processes.get(i).copied().unwrap_or(0);
             if targets.is_empty() && to_instance == 0 {
                 if messages[*i].routing == Routing::ErrorReport {
                     plan.unsubscribed.push(ids[*i]);

@@ -49,6 +49,8 @@ pub struct RoutingTable {
     /// Ordered ports (their deliveries take a sequence at publish), with how each is
     /// ordered.
     pub(crate) ordered_ports: std::collections::HashMap<i64, OrderedBy>,
+    /// Orchestrations: their activations and correlation shapes (process.rs).
+    pub(crate) processes: Vec<crate::process::ProcessRoute>,
 }
 
 /// How an ordered port keeps its order.

@@ -320,6 +320,7 @@ impl MessageBox {
                    AND NOT EXISTS (SELECT 1 FROM suspended_items o
                                     WHERE o.message_id = m.id AND o.id NOT IN (SELECT id FROM gone))
                    AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
+               AND NOT EXISTS (SELECT 1 FROM orchestration_inbox b WHERE b.message_id = m.id)
                 RETURNING m.id),
              settled AS (INSERT INTO suspended_outcomes (item_id, outcome)
                          SELECT id, 'terminated' FROM gone

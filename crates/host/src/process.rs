@@ -1,0 +1,322 @@
+//! Orchestration instances on this host instance: claims the runnable ones (woken by a
+//! publish, due timers found by polling), runs each through the interpreter
+//! (`mbx_orchestration::runtime`) and commits every step with what it consumed and
+//! publishes (`MessageBox::process_commit`). A call is committed before it is sent — its
+//! request and Idempotency-Key saved — and its answer committed as the next step, so a
+//! host killed mid-call leaves an instance another host replays, resending the same
+//! bytes. Waiting instances hold nothing here: each step reads its state and messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use mbx_messagebox::process::{ClaimedInstance, HeldMessage, ProcessState, StepCommit};
+use mbx_messagebox::publish::NewMessage;
+use mbx_messagebox::{Context, MessageBox, Value};
+use mbx_orchestration::runtime::{
+    CallRequest, CallResponse, CallTarget, Emitted, Event, Outcome, Runner, State,
+};
+use mbx_orchestration::Definition;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::instance::Instance;
+use crate::listen::Wakeups;
+
+/// How many runnable instances one claim takes.
+const CLAIM_BATCH: i64 = 32;
+
+/// Calls time out after this long (the DSL's task `timeout` bounds the step as a whole).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the loop needs: this instance (the MessageBox, its id, its host, stopping) and
+/// the publish wake-ups.
+struct Processes {
+    instance: Instance,
+    mbx: MessageBox,
+    host_id: i64,
+    poll: Duration,
+}
+
+/// Compiled definitions by (orchestration, version): a version never changes.
+type Definitions = HashMap<(i64, String), Arc<Definition>>;
+
+/// Runs this host instance's share of orchestration instances until it stops.
+pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
+    let p = Processes {
+        mbx: instance.mbx().clone(),
+        host_id: instance.host_id(),
+        poll: instance.config().poll_interval,
+        instance,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(CALL_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
+    let mut defs = Definitions::new();
+    let mut stop = p.instance.stopping();
+    while !*stop.borrow() {
+        let published = wake.published();
+        tokio::pin!(published);
+        published.as_mut().enable();
+        let claimed = match p.mbx.process_claim(p.instance.id(), p.host_id, CLAIM_BATCH).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "claiming orchestration instances failed; retrying");
+                tokio::time::sleep(p.poll).await;
+                continue;
+            }
+        };
+        if !claimed.is_empty() {
+            for c in claimed {
+                let id = c.id;
+                if let Err(e) = run_instance(&p, &http, &mut defs, c).await {
+                    warn!(instance = %id, error = %format!("{e:#}"), "an orchestration step failed; it runs again when reclaimed");
+                }
+            }
+            continue;
+        }
+        let wait = idle_wait(&p).await;
+        tokio::select! {
+            _ = &mut published => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Until the next due instance (a timer), at most the poll interval.
+async fn idle_wait(p: &Processes) -> Duration {
+    match p.mbx.process_next_due(p.host_id).await {
+        Ok(Some(due)) => (due - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(p.poll),
+        _ => p.poll,
+    }
+}
+
+async fn definition(p: &Processes, defs: &mut Definitions, c: &ClaimedInstance) -> Result<Arc<Definition>> {
+    let key = (c.orchestration_id, c.version.clone());
+    if let Some(d) = defs.get(&key) {
+        return Ok(d.clone());
+    }
+    let document = p.mbx.process_document(c.orchestration_id, &c.version).await?;
+    let def = Arc::new(
+        Definition::from_document(&document)
+            .with_context(|| format!("orchestration {} version {}", c.orchestration, c.version))?,
+    );
+    defs.insert(key, def.clone());
+    Ok(def)
+}
+
+/// Runs one claimed instance until it waits, ends or faults, committing each step.
+async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definitions, c: ClaimedInstance) -> Result<()> {
+    let def = definition(p, defs, &c).await?;
+    let held = p.mbx.process_held(c.id).await?;
+    let runner = Runner::new(&def, &c.id.to_string());
+    let mut now = c.now;
+    let mut state = match &c.data {
+        Some(data) => serde_json::from_value::<State>(data.clone()).context("reading the instance's state")?,
+        None => {
+            let activating: Vec<Event> = held.iter().filter(|h| h.activating).map(event).collect();
+            match State::activate(&def, &activating, now) {
+                Ok(s) => s,
+                Err(e) => return fault_before_start(p, &c, e).await,
+            }
+        }
+    };
+    let mut pending: Vec<Event> = held.iter().filter(|h| !h.consumed && !h.activating).map(event).collect();
+    loop {
+        let (outcome, fx) = runner.run(&mut state, &pending, now);
+        pending.retain(|e| !fx.consumed.contains(&e.id));
+        let publish = fx
+            .emitted
+            .iter()
+            .map(|e| new_message(e, &held))
+            .collect::<Result<Vec<_>>>()?;
+        let subscriptions = runner
+            .subscriptions(&state, now)
+            .iter()
+            .map(|s| {
+                mbx_messagebox::process::correlation_key(
+                    s.with
+                        .iter()
+                        .chain(s.correlation.iter().map(|(k, v)| (k, v)))
+                        .map(|(k, v)| (k.as_str(), text(v))),
+                )
+            })
+            .collect();
+        let (process_state, wake_at, error, keep_claim) = match &outcome {
+            Outcome::Waiting { wake_at } => (ProcessState::Waiting, *wake_at, None, false),
+            Outcome::Call(_) => (ProcessState::Running, None, None, true),
+            Outcome::Completed(_) => (ProcessState::Completed, None, None, false),
+            Outcome::Faulted(e) => (ProcessState::Faulted, None, Some(serde_json::to_value(e)?), false),
+        };
+        let step = StepCommit {
+            instance_id: c.id,
+            claim_token: c.claim_token,
+            pokes_seen: c.pokes,
+            state: process_state,
+            data: serde_json::to_value(&state)?,
+            error,
+            wake_at,
+            keep_claim,
+            consumed: fx.consumed.iter().filter_map(|id| id.parse().ok()).collect(),
+            publish,
+            subscriptions,
+        };
+        let Some(committed_at) = p.mbx.process_commit(p.instance.id(), step).await? else {
+            debug!(instance = %c.id, "the claim was lost: another host instance runs it");
+            return Ok(());
+        };
+        let Outcome::Call(request) = outcome else { return Ok(()) };
+        let response = send(http, &request).await;
+        state.answer(response);
+        // the next step's time: the database's, at least the commit's
+        now = committed_at.max(now);
+    }
+}
+
+/// The instance could not even start (its `input.from` failed): it faults.
+async fn fault_before_start(
+    p: &Processes,
+    c: &ClaimedInstance,
+    e: mbx_orchestration::runtime::WorkflowError,
+) -> Result<()> {
+    let step = StepCommit {
+        instance_id: c.id,
+        claim_token: c.claim_token,
+        pokes_seen: c.pokes,
+        state: ProcessState::Faulted,
+        data: json!(null),
+        error: Some(serde_json::to_value(&e)?),
+        wake_at: None,
+        keep_claim: false,
+        consumed: Vec::new(),
+        publish: Vec::new(),
+        subscriptions: Vec::new(),
+    };
+    p.mbx.process_commit(p.instance.id(), step).await?;
+    Ok(())
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A held message as the instance sees it: a CloudEvent with its properties.
+fn event(h: &HeldMessage) -> Event {
+    let mut properties = serde_json::Map::new();
+    for (name, prop) in h.context.0.iter() {
+        properties.insert(name.to_owned(), property_json(&prop.value));
+    }
+    let body = h.body.as_deref().unwrap_or_default();
+    let data = if h.content_type.contains("json") {
+        serde_json::from_slice(body).unwrap_or_else(|_| json!(String::from_utf8_lossy(body)))
+    } else {
+        json!(String::from_utf8_lossy(body))
+    };
+    let message_type = h.context.0.promoted(mbx_messagebox::context::system::MESSAGE_TYPE);
+    let port = h.context.0.promoted(mbx_messagebox::context::system::RECEIVE_PORT_NAME);
+    Event {
+        id: h.message_id.to_string(),
+        envelope: json!({
+            "specversion": "1.0",
+            "id": h.message_id.to_string(),
+            "source": port.map_or_else(|| "mbx".to_owned(), |p| format!("mbx:receive-port:{}", p.to_plain_string())),
+            "type": message_type.map(Value::to_plain_string),
+            "time": h.published_at.to_rfc3339(),
+            "datacontenttype": h.content_type,
+            "data": data,
+            "properties": properties,
+        }),
+    }
+}
+
+fn property_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Integer(n) => json!(n),
+        Value::Boolean(b) => json!(b),
+        other => json!(other.to_plain_string()),
+    }
+}
+
+fn property_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) if n.is_i64() => Value::Integer(n.as_i64().unwrap_or_default()),
+        other => Value::String(text(other)),
+    }
+}
+
+/// The message an `emit` publishes; a republish copies a held message's body as it is.
+fn new_message(e: &Emitted, held: &[HeldMessage]) -> Result<NewMessage> {
+    let (body, content_type, mut context) = match &e.republish {
+        Some(id) => {
+            let h = held
+                .iter()
+                .find(|h| h.message_id.to_string() == *id)
+                .with_context(|| format!("x-mbx-republish: message {id} is not one this instance received"))?;
+            let body = h.body.clone().with_context(|| format!("x-mbx-republish: message {id} is larger than 1 MiB (not supported yet)"))?;
+            (Bytes::from(body), h.content_type.clone(), h.context.0.clone())
+        }
+        None => (
+            Bytes::from(e.body.clone().unwrap_or_default()),
+            e.content_type.clone(),
+            Context::new(),
+        ),
+    };
+    if let Some(t) = &e.message_type {
+        context.promote(mbx_messagebox::context::system::MESSAGE_TYPE, Value::String(t.clone()))?;
+    }
+    for (name, v) in &e.properties {
+        context.promote(name, property_value(v))?;
+    }
+    Ok(NewMessage::new(body, &content_type, context))
+}
+
+/// Sends a call and reads its answer; a call that cannot be sent answers status 0.
+async fn send(http: &reqwest::Client, r: &CallRequest) -> CallResponse {
+    let url = match &r.target {
+        CallTarget::Http { url } => url.clone(),
+        CallTarget::SendPort { port } => {
+            return CallResponse {
+                status: 0,
+                headers: Default::default(),
+                body: format!("call {port}@mbx: calls through send ports are not available yet"),
+            }
+        }
+    };
+    let method = reqwest::Method::from_bytes(r.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut req = http.request(method, &url).header("Idempotency-Key", &r.idempotency_key);
+    for (k, v) in &r.headers {
+        req = req.header(k, v);
+    }
+    if let Some(body) = &r.body {
+        req = req.body(body.clone());
+    }
+    match req.send().await {
+        Err(e) => CallResponse {
+            status: 0,
+            headers: Default::default(),
+            body: format!("{url}: {e}"),
+        },
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+                .collect();
+            let body = resp.text().await.unwrap_or_default();
+            CallResponse { status, headers, body }
+        }
+    }
+}

@@ -1,0 +1,744 @@
+//! Orchestration instances in the MessageBox: routing to them (activation and
+//! correlation, inside the publish), claiming the runnable ones, and committing a step —
+//! the instance's new state, the messages it consumed and those it publishes, in one
+//! transaction (a persistence point). The interpreter itself is `mbx-orchestration`'s;
+//! this module never reads a workflow document.
+//!
+//! Routing: every orchestration has *shapes* — sorted lists of the property names one of
+//! its event filters fixes — and a message that carries a shape's properties has a *key*
+//! for it (the canonical JSON of those values). An instance subscribes by key; a message
+//! whose key an instance of the orchestration holds goes to it (held in its inbox until a
+//! listen takes it); otherwise, if the orchestration is enabled and its activation
+//! matches, it activates a new instance, whose activation key is unique while it lives
+//! (the one instance of a convoy: concurrent publishes serialise on that unique index).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::filter::Filter;
+use crate::publish::{NewMessage, Publisher, Routing};
+use crate::routing::RoutingTable;
+use crate::{Context, Error, MessageBox, Result};
+
+/// One activation filter of an orchestration's current version, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivationRoute {
+    /// The normal-form filter (its exact values, type-checked when stored).
+    pub filter: Filter,
+    /// The exact values by property (text).
+    #[serde(default)]
+    pub with: BTreeMap<String, String>,
+    /// The correlation properties whose values the activating message fixes.
+    #[serde(default)]
+    pub correlate: Vec<String>,
+}
+
+impl ActivationRoute {
+    /// The activation's shape: its `with` properties and its correlations, sorted.
+    pub fn shape(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.with.keys().chain(&self.correlate).cloned().collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// What routing knows of one orchestration.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessRoute {
+    pub orchestration_id: i64,
+    pub enabled: bool,
+    /// The current version: new activations start on it.
+    pub version: String,
+    pub activations: Vec<ActivationRoute>,
+    /// Every shape of every version (instances of an older version still listen).
+    pub shapes: Vec<Vec<String>>,
+}
+
+/// The canonical key of exact values (property → text): what an instance subscribes to.
+pub fn correlation_key<'a>(values: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let map: BTreeMap<&str, String> = values.into_iter().collect();
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
+/// A message's key for `shape`, if it carries every property of it (promoted;
+/// `mbx.MessageType` included).
+fn key_of(context: &Context, shape: &[String]) -> Option<String> {
+    let mut values = Vec::with_capacity(shape.len());
+    for name in shape {
+        values.push((name.as_str(), context.promoted(name)?.to_plain_string()));
+    }
+    Some(correlation_key(values))
+}
+
+/// The states of an instance (the DSL's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessState {
+    Pending,
+    Running,
+    Waiting,
+    Suspended,
+    Faulted,
+    Cancelled,
+    Completed,
+}
+
+impl ProcessState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Pending => "pending",
+            ProcessState::Running => "running",
+            ProcessState::Waiting => "waiting",
+            ProcessState::Suspended => "suspended",
+            ProcessState::Faulted => "faulted",
+            ProcessState::Cancelled => "cancelled",
+            ProcessState::Completed => "completed",
+        }
+    }
+
+    /// Whether the instance ended (nothing more runs; its subscriptions are gone).
+    pub fn ended(self) -> bool {
+        matches!(self, ProcessState::Faulted | ProcessState::Cancelled | ProcessState::Completed)
+    }
+}
+
+/// What a publish routed to instances: per message index, how many instances. (A
+/// message routed anywhere makes the publish notify; the hosts' orchestration loops wake
+/// on that notification as their dispatchers do.)
+#[derive(Debug, Default)]
+pub(crate) struct ProcessRouting {
+    pub reached: HashMap<usize, usize>,
+}
+
+/// A message routed to an instance, in the making.
+struct Held {
+    instance: Uuid,
+    message: Uuid,
+    activating: bool,
+}
+
+/// Routes the fresh `messages` to orchestration instances (inside the publish's `tx`,
+/// under the routing lock): by correlation to the instances that subscribe to their keys,
+/// else as activations of new instances.
+pub(crate) async fn route_to_instances(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &RoutingTable,
+    ids: &[Uuid],
+    messages: &[NewMessage],
+    fresh: &[bool],
+) -> Result<ProcessRouting> {
+    let mut out = ProcessRouting::default();
+    if table.processes.is_empty() {
+        return Ok(out);
+    }
+    let routable: Vec<usize> = (0..messages.len())
+        .filter(|&i| fresh[i] && !matches!(messages[i].routing, Routing::ReplyOnly))
+        .collect();
+    let subscribed = subscribed_instances(tx, table, messages, &routable).await?;
+    let mut held: Vec<Held> = Vec::new();
+    let mut activations: Vec<Activation> = Vec::new();
+    for &i in &routable {
+        let context = &messages[i].context;
+        for p in &table.processes {
+            let mut reached: Vec<Uuid> = p
+                .shapes
+                .iter()
+                .filter_map(|s| key_of(context, s))
+                .flat_map(|k| subscribed.get(&(p.orchestration_id, k)).cloned().unwrap_or_default())
+                .collect();
+            reached.sort();
+            reached.dedup();
+            if !reached.is_empty() {
+                held.extend(reached.iter().map(|&instance| Held { instance, message: ids[i], activating: false }));
+                continue;
+            }
+            if !p.enabled {
+                continue;
+            }
+            let lookup = |name: &str| context.promoted(name);
+            if let Some(a) = p.activations.iter().find(|a| a.filter.eval(lookup)) {
+                activations.push(Activation::new(p, a, i, ids[i], context));
+            }
+        }
+    }
+    let started = start_instances(tx, table, activations, &mut held).await?;
+    hold(tx, &held).await?;
+    for h in &held {
+        if let Some(i) = ids.iter().position(|id| *id == h.message) {
+            *out.reached.entry(i).or_default() += 1;
+        }
+    }
+    wake(tx, &held, &started).await?;
+    Ok(out)
+}
+
+/// The instances subscribed to the keys the messages give, by (orchestration, key).
+async fn subscribed_instances(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &RoutingTable,
+    messages: &[NewMessage],
+    routable: &[usize],
+) -> Result<HashMap<(i64, String), Vec<Uuid>>> {
+    let mut orchestrations = Vec::new();
+    let mut keys = Vec::new();
+    let mut seen = HashSet::new();
+    for &i in routable {
+        for p in &table.processes {
+            for s in &p.shapes {
+                if let Some(k) = key_of(&messages[i].context, s) {
+                    if seen.insert((p.orchestration_id, k.clone())) {
+                        orchestrations.push(p.orchestration_id);
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+    }
+    let mut out: HashMap<(i64, String), Vec<Uuid>> = HashMap::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        orchestration_id: i64,
+        key: String,
+        instance_id: Uuid,
+    }
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT s.orchestration_id, s.key, s.instance_id
+           FROM orchestration_subscriptions s
+           JOIN unnest($1::int8[], $2::text[]) AS c(o, k) ON s.orchestration_id = c.o AND s.key = c.k",
+    )
+    .bind(&orchestrations)
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        out.entry((r.orchestration_id, r.key)).or_default().push(r.instance_id);
+    }
+    Ok(out)
+}
+
+/// A message that activates a new instance (unless its convoy key is taken).
+struct Activation {
+    orchestration_id: i64,
+    version: String,
+    message: Uuid,
+    /// The keys the new instance subscribes to (one per activation filter whose
+    /// correlation the message fixes); the first is the convoy's.
+    keys: Vec<String>,
+    correlation: BTreeMap<String, String>,
+}
+
+impl Activation {
+    fn new(p: &ProcessRoute, matched: &ActivationRoute, _index: usize, message: Uuid, context: &Context) -> Activation {
+        let mut correlation = BTreeMap::new();
+        for name in &matched.correlate {
+            if let Some(v) = context.promoted(name) {
+                correlation.insert(name.clone(), v.to_plain_string());
+            }
+        }
+        // the instance's keys: each activation filter's exact values with the values
+        // this message fixes (a parallel convoy's other messages find it by them)
+        let mut keys = Vec::new();
+        if !matched.correlate.is_empty() {
+            for a in std::iter::once(matched).chain(p.activations.iter().filter(|a| *a != matched)) {
+                if a.correlate.iter().all(|c| correlation.contains_key(c)) && !a.correlate.is_empty() {
+                    let values = a
+                        .with
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.clone()))
+                        .chain(a.correlate.iter().map(|c| (c.as_str(), correlation[c].clone())));
+                    keys.push(correlation_key(values));
+                }
+            }
+        }
+        Activation {
+            orchestration_id: p.orchestration_id,
+            version: p.version.clone(),
+            message,
+            keys,
+            correlation,
+        }
+    }
+}
+
+/// Creates the instances `activations` start — one per convoy key: a message whose key
+/// an earlier one of this publish (or a concurrent one, through the unique index) took
+/// joins that instance instead. Adds every routed message to `held`.
+async fn start_instances(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &RoutingTable,
+    activations: Vec<Activation>,
+    held: &mut Vec<Held>,
+) -> Result<Vec<Uuid>> {
+    let mut started: Vec<Uuid> = Vec::new();
+    let mut convoy: HashMap<(i64, String), Uuid> = HashMap::new();
+    let mut new_rows: Vec<(&Activation, Uuid)> = Vec::new();
+    for a in &activations {
+        if let Some(first) = a.keys.first() {
+            if let Some(&instance) = convoy.get(&(a.orchestration_id, first.clone())) {
+                held.push(Held { instance, message: a.message, activating: false });
+                continue;
+            }
+        }
+        let id = Uuid::now_v7();
+        if let Some(first) = a.keys.first() {
+            convoy.insert((a.orchestration_id, first.clone()), id);
+        }
+        new_rows.push((a, id));
+    }
+    // the convoy keys first: a key a concurrent publish took makes its message follow
+    // that instance (this statement waits for that publish to commit or roll back)
+    let (orch, keys, inst): (Vec<i64>, Vec<String>, Vec<Uuid>) = new_rows
+        .iter()
+        .filter_map(|(a, id)| a.keys.first().map(|k| (a.orchestration_id, k.clone(), *id)))
+        .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, (o, k, i)| {
+            acc.0.push(o);
+            acc.1.push(k);
+            acc.2.push(i);
+            acc
+        });
+    let won: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
+         SELECT * , true FROM unnest($1::int8[], $2::text[], $3::uuid[])
+         ON CONFLICT (orchestration_id, key) WHERE activation DO NOTHING
+         RETURNING instance_id",
+    )
+    .bind(&orch)
+    .bind(&keys)
+    .bind(&inst)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    for (a, id) in &new_rows {
+        let owner = match a.keys.first() {
+            Some(key) if !won.contains(id) => convoy_owner(tx, a.orchestration_id, key, *id).await?,
+            _ => *id,
+        };
+        if owner == *id {
+            held.push(Held { instance: *id, message: a.message, activating: true });
+            started.push(*id);
+        } else {
+            held.push(Held { instance: owner, message: a.message, activating: false });
+        }
+    }
+    insert_instances(tx, table, &new_rows, &started).await?;
+    Ok(started)
+}
+
+/// The instance that owns a convoy key another transaction took first: it, or — when it
+/// ended meanwhile and freed the key — `id`, which takes the key now.
+async fn convoy_owner(tx: &mut Transaction<'_, Postgres>, orchestration: i64, key: &str, id: Uuid) -> Result<Uuid> {
+    for _ in 0..8 {
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "SELECT instance_id FROM orchestration_subscriptions
+              WHERE orchestration_id = $1 AND key = $2 AND activation",
+        )
+        .bind(orchestration)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(owner) = existing {
+            return Ok(owner);
+        }
+        let taken: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
+             VALUES ($1, $2, $3, true) ON CONFLICT (orchestration_id, key) WHERE activation DO NOTHING
+             RETURNING instance_id",
+        )
+        .bind(orchestration)
+        .bind(key)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if taken.is_some() {
+            return Ok(id);
+        }
+    }
+    Err(Error::Refused(format!(
+        "orchestration {orchestration}: the convoy {key} kept changing owner while this publish routed to it; publish again"
+    )))
+}
+
+async fn insert_instances(
+    tx: &mut Transaction<'_, Postgres>,
+    _table: &RoutingTable,
+    rows: &[(&Activation, Uuid)],
+    started: &[Uuid],
+) -> Result<()> {
+    let mut ids = Vec::new();
+    let mut orch = Vec::new();
+    let mut versions = Vec::new();
+    let mut correlation = Vec::new();
+    let (mut sub_o, mut sub_k, mut sub_i) = (Vec::new(), Vec::new(), Vec::new());
+    for (a, id) in rows.iter().filter(|(_, id)| started.contains(id)) {
+        ids.push(*id);
+        orch.push(a.orchestration_id);
+        versions.push(a.version.clone());
+        correlation.push(serde_json::to_value(&a.correlation).unwrap_or_default());
+        for k in a.keys.iter().skip(1) {
+            sub_o.push(a.orchestration_id);
+            sub_k.push(k.clone());
+            sub_i.push(*id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO orchestration_instances (id, orchestration_id, version, state, correlation, runnable_at)
+         SELECT i, o, v, 'pending', c, now() FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::jsonb[]) AS x(i, o, v, c)",
+    )
+    .bind(&ids)
+    .bind(&orch)
+    .bind(&versions)
+    .bind(&correlation)
+    .execute(&mut **tx)
+    .await?;
+    if !sub_i.is_empty() {
+        sqlx::query(
+            "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&sub_o)
+        .bind(&sub_k)
+        .bind(&sub_i)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Holds the routed messages in their instances' inboxes, in routing order.
+async fn hold(tx: &mut Transaction<'_, Postgres>, held: &[Held]) -> Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let instances: Vec<Uuid> = held.iter().map(|h| h.instance).collect();
+    let messages: Vec<Uuid> = held.iter().map(|h| h.message).collect();
+    let activating: Vec<bool> = held.iter().map(|h| h.activating).collect();
+    sqlx::query(
+        "INSERT INTO orchestration_inbox (instance_id, message_id, activating)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) WITH ORDINALITY AS x(i, m, a, n)
+         ORDER BY n
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&instances)
+    .bind(&messages)
+    .bind(&activating)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Makes the instances that were held a message runnable now (a suspended or ended one
+/// keeps it held).
+async fn wake(tx: &mut Transaction<'_, Postgres>, held: &[Held], started: &[Uuid]) -> Result<()> {
+    // the instances started here are runnable already
+    let existing: Vec<Uuid> = held
+        .iter()
+        .map(|h| h.instance)
+        .filter(|i| !started.contains(i))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE orchestration_instances i
+            SET pokes = i.pokes + 1, runnable_at = least(coalesce(i.runnable_at, now()), now())
+          WHERE i.id = ANY($1) AND i.state IN ('pending', 'running', 'waiting')",
+    )
+    .bind(&existing)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A claimed instance, ready for a step.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedInstance {
+    pub id: Uuid,
+    pub orchestration_id: i64,
+    pub orchestration: String,
+    pub version: String,
+    pub state: ProcessState,
+    pub data: Option<serde_json::Value>,
+    pub pokes: i64,
+    pub claim_token: Uuid,
+    /// The database's time when claimed, seconds since the epoch: the step's `now`.
+    pub now: f64,
+}
+
+/// A message held for (or consumed by) an instance.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HeldMessage {
+    pub instance_id: Uuid,
+    pub message_id: Uuid,
+    pub seq: i64,
+    pub activating: bool,
+    pub consumed: bool,
+    pub content_type: String,
+    pub context: sqlx::types::Json<Context>,
+    pub published_at: DateTime<Utc>,
+    /// The body when stored inline (≤ 1 MiB); `None` when chunked.
+    pub body: Option<Vec<u8>>,
+}
+
+/// How a step ends, to commit.
+#[derive(Debug, Clone)]
+pub struct StepCommit {
+    pub instance_id: Uuid,
+    pub claim_token: Uuid,
+    pub pokes_seen: i64,
+    pub state: ProcessState,
+    pub data: serde_json::Value,
+    pub error: Option<serde_json::Value>,
+    /// When it is due again without a message (a timer, a timeout), if ever.
+    pub wake_at: Option<f64>,
+    /// The host keeps the claim (it sends a call and commits the answer next).
+    pub keep_claim: bool,
+    pub consumed: Vec<Uuid>,
+    pub publish: Vec<NewMessage>,
+    /// The correlation keys it subscribes to now (besides its activation's).
+    pub subscriptions: Vec<String>,
+}
+
+impl MessageBox {
+    /// Claims up to `limit` runnable instances of the orchestrations bound to `host_id`
+    /// for the host instance `instance`.
+    pub async fn process_claim(&self, instance: Uuid, host_id: i64, limit: i64) -> Result<Vec<ClaimedInstance>> {
+        Ok(sqlx::query_as::<_, ClaimedInstance>(
+            "WITH c AS (
+                SELECT i.id FROM orchestration_instances i
+                  JOIN orchestrations o ON o.id = i.orchestration_id
+                 WHERE i.runnable_at <= now() AND i.claimed_by IS NULL AND o.host_id = $2
+                   AND i.state IN ('pending', 'running', 'waiting')
+                 ORDER BY i.runnable_at
+                 LIMIT $3 FOR UPDATE OF i SKIP LOCKED)
+             UPDATE orchestration_instances i
+                SET claimed_by = $1, claim_token = gen_random_uuid(), runnable_at = NULL
+               FROM c, orchestrations o
+              WHERE i.id = c.id AND o.id = i.orchestration_id
+             RETURNING i.id, i.orchestration_id, o.name AS orchestration, i.version, i.state, i.data,
+                       i.pokes, i.claim_token, extract(epoch FROM now())::float8 AS now",
+        )
+        .bind(instance)
+        .bind(host_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// When the next instance of `host_id` is due (a timer, a timeout), if any is.
+    pub async fn process_next_due(&self, host_id: i64) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(i.runnable_at) FROM orchestration_instances i
+               JOIN orchestrations o ON o.id = i.orchestration_id
+              WHERE o.host_id = $1 AND i.claimed_by IS NULL AND i.runnable_at IS NOT NULL",
+        )
+        .bind(host_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// An orchestration version's document (hosts cache the compiled definition).
+    pub async fn process_document(&self, orchestration_id: i64, version: &str) -> Result<serde_json::Value> {
+        sqlx::query_scalar(
+            "SELECT document FROM orchestration_versions WHERE orchestration_id = $1 AND version = $2",
+        )
+        .bind(orchestration_id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "orchestration version",
+            name: format!("{orchestration_id}@{version}"),
+            hint: "it was deleted; the instance cannot run".into(),
+        })
+    }
+
+    /// The messages routed to `instance`, in arrival order, with their bodies.
+    pub async fn process_held(&self, instance: Uuid) -> Result<Vec<HeldMessage>> {
+        Ok(sqlx::query_as::<_, HeldMessage>(
+            "SELECT b.instance_id, b.message_id, b.seq, b.activating, b.consumed,
+                    m.content_type, m.context, m.published_at, m.body
+               FROM orchestration_inbox b JOIN messages m ON m.id = b.message_id
+              WHERE b.instance_id = $1
+              ORDER BY b.seq",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Commits a step: the instance's state (fenced by its claim), what it consumed, what
+    /// it publishes, its subscriptions — one transaction. Returns the database's time of
+    /// the commit (seconds since the epoch), or `None`: the claim was lost (another host
+    /// runs it now) and nothing changed.
+    pub async fn process_commit(&self, instance: Uuid, step: StepCommit) -> Result<Option<f64>> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE orchestration_instances
+                SET state = $3, data = $4, error = $5, steps = steps + 1, updated_at = now(),
+                    runnable_at = CASE WHEN $8 THEN NULL
+                                       WHEN state IN ('pending', 'running', 'waiting') AND $3 IN ('running', 'waiting', 'pending')
+                                            AND pokes <> $6 THEN now()
+                                       WHEN $3 IN ('running', 'waiting', 'pending') THEN to_timestamp($7)
+                                       ELSE NULL END,
+                    claimed_by = CASE WHEN $8 THEN claimed_by ELSE NULL END,
+                    claim_token = CASE WHEN $8 THEN claim_token ELSE NULL END,
+                    ended_at = CASE WHEN $3 IN ('completed', 'faulted', 'cancelled') THEN now() END
+              WHERE id = $1 AND claim_token = $2 AND claimed_by = $9",
+        )
+        .bind(step.instance_id)
+        .bind(step.claim_token)
+        .bind(step.state.as_str())
+        .bind(&step.data)
+        .bind(&step.error)
+        .bind(step.pokes_seen)
+        .bind(step.wake_at)
+        .bind(step.keep_claim)
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        self.commit_effects(&mut tx, &step).await?;
+        let now: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if !step.publish.is_empty() {
+            self.notify_published().await;
+        }
+        Ok(Some(now))
+    }
+
+    async fn commit_effects(&self, tx: &mut Transaction<'_, Postgres>, step: &StepCommit) -> Result<()> {
+        if !step.consumed.is_empty() {
+            sqlx::query("UPDATE orchestration_inbox SET consumed = true WHERE instance_id = $1 AND message_id = ANY($2)")
+                .bind(step.instance_id)
+                .bind(&step.consumed)
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM orchestration_subscriptions WHERE instance_id = $1 AND (NOT activation OR $2)")
+            .bind(step.instance_id)
+            .bind(step.state.ended())
+            .execute(&mut **tx)
+            .await?;
+        if !step.state.ended() && !step.subscriptions.is_empty() {
+            sqlx::query(
+                "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id)
+                 SELECT i.orchestration_id, k, i.id FROM orchestration_instances i, unnest($2::text[]) AS k
+                  WHERE i.id = $1 ON CONFLICT DO NOTHING",
+            )
+            .bind(step.instance_id)
+            .bind(&step.subscriptions)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !step.publish.is_empty() {
+            self.publish_in(tx, &Publisher::default(), step.publish.clone()).await?;
+        }
+        if step.state.ended() {
+            end_instance(tx, step.instance_id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// An instance ended: what it was held and did not take is a `zombie` suspended item
+/// naming it (never dropped silently); its inbox goes, and the messages nothing else
+/// references with it.
+async fn end_instance(tx: &mut Transaction<'_, Postgres>, instance: Uuid) -> Result<()> {
+    sqlx::query(
+        "WITH left_over AS (
+            DELETE FROM orchestration_inbox WHERE instance_id = $1 RETURNING message_id, consumed),
+         zombies AS (
+            INSERT INTO suspended_items (message_id, kind, reason, orchestration_instance_id)
+            SELECT message_id, 'zombie',
+                   'routed to orchestration instance ' || $1::text || ', which ended without taking it', $1
+              FROM left_over WHERE NOT consumed
+            RETURNING message_id)
+         DELETE FROM messages m
+          WHERE m.id IN (SELECT message_id FROM left_over WHERE consumed)
+            AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
+            AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
+            AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
+            AND NOT EXISTS (SELECT 1 FROM orchestration_inbox b WHERE b.message_id = m.id AND b.instance_id <> $1)",
+    )
+    .bind(instance)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Every orchestration as routing sees it (part of the routing table).
+pub(crate) async fn load_routes(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<ProcessRoute>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: i64,
+        enabled: bool,
+        current_version: String,
+        activation: sqlx::types::Json<Vec<ActivationRoute>>,
+        shapes: sqlx::types::Json<Vec<Vec<String>>>,
+    }
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT o.id, o.state = 'enabled' AS enabled, o.current_version, v.activation,
+                coalesce((SELECT jsonb_agg(DISTINCT s) FROM orchestration_versions w,
+                                 jsonb_array_elements(w.shapes) AS s
+                           WHERE w.orchestration_id = o.id), '[]') AS shapes
+           FROM orchestrations o
+           JOIN orchestration_versions v ON v.orchestration_id = o.id AND v.version = o.current_version
+          ORDER BY o.id",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut shapes = r.shapes.0;
+            for a in &r.activation.0 {
+                let s = a.shape();
+                if !a.correlate.is_empty() && !shapes.contains(&s) {
+                    shapes.push(s);
+                }
+            }
+            ProcessRoute {
+                orchestration_id: r.id,
+                enabled: r.enabled,
+                version: r.current_version,
+                activations: r.activation.0,
+                shapes,
+            }
+        })
+        .collect())
+}
+
+/// The orchestration instances a dead host instance had claimed are runnable again: the
+/// next step replays from their last persistence point (part of the reclaim of dead
+/// instances).
+pub(crate) async fn reclaim_dead(tx: &mut Transaction<'_, Postgres>) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE orchestration_instances o
+            SET claimed_by = NULL, claim_token = NULL, runnable_at = now()
+           FROM host_instances h
+          WHERE o.claimed_by = h.id AND h.state <> 'alive'",
+    )
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
