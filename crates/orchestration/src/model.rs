@@ -259,3 +259,65 @@ pub struct Definition {
     pub timeout: Option<Wait>,
     pub tasks: Vec<Task>,
 }
+
+impl EventFilter {
+    /// The filter's shape: the sorted names of the properties it fixes (its `with` and
+    /// its correlations): a message carrying them has a key routing looks up.
+    pub fn shape(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .with
+            .keys()
+            .cloned()
+            .chain(self.correlate.iter().map(|c| c.property.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The exact values as text (how routing compares them).
+    pub fn with_text(&self) -> BTreeMap<String, String> {
+        self.with
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}
+
+impl Definition {
+    /// Every shape of the definition's correlated event filters (its activation's and
+    /// its listens'), sorted: what routing computes keys for.
+    pub fn shapes(&self) -> Vec<Vec<String>> {
+        fn listens<'a>(tasks: &'a [Task], out: &mut Vec<&'a EventFilter>) {
+            for t in tasks {
+                match &t.kind {
+                    TaskKind::Listen(l) => out.extend(l.to.filters()),
+                    TaskKind::Do(inner) => listens(inner, out),
+                    TaskKind::For(f) => listens(&f.do_, out),
+                    TaskKind::Fork { branches, .. } => listens(branches, out),
+                    TaskKind::Try(t) => {
+                        listens(&t.try_, out);
+                        listens(&t.do_, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut filters: Vec<&EventFilter> = self.activation.filters().iter().collect();
+        listens(&self.tasks, &mut filters);
+        let mut shapes: Vec<Vec<String>> = filters
+            .into_iter()
+            .filter(|f| !f.correlate.is_empty())
+            .map(EventFilter::shape)
+            .collect();
+        shapes.sort();
+        shapes.dedup();
+        shapes
+    }
+}
