@@ -144,7 +144,7 @@ pub async fn apply(
             .map_err(|e| at_line(path, &text, "receive_locations", name, e))?;
     }
     let plan = mbx
-        .apply_bindings(&doc, options)
+        .apply_bindings(&doc, &[], options)
         .await
         .map_err(|e| match e {
             ApplyError::Object(o) if o.error.is_bad_input() => {
