@@ -416,7 +416,7 @@ const FUNCTION_MAX_LINES: usize = 100;
 const LONG_FUNCTION_LINES: usize = 70;
 
 /// How many functions are over `LONG_FUNCTION_LINES`: a ratchet that only goes down.
-const OVER_70_MAX: usize = 29;
+const OVER_70_MAX: usize = 28;
 
 /// A function of the production code and its length.
 #[derive(Debug, PartialEq)]

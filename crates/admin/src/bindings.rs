@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use mbx_messagebox::bindings::{ApplyError, ApplyOptions, Bindings, Step};
+use mbx_messagebox::orchestrations::OrchestrationSpec;
 use mbx_messagebox::MessageBox;
 
 use crate::output;
@@ -80,8 +81,10 @@ fn at_line(
 }
 
 /// Reads and checks a bindings file: its YAML and every field by the document's own
-/// types, then each send port and receive location as `create` would check it.
-fn read(path: &Path) -> Result<(String, Bindings)> {
+/// types, then each send port and receive location as `create` would check it, and each
+/// orchestration's definition as `mbx orchestration create` would (returned as the
+/// orchestrations to store).
+fn read(path: &Path) -> Result<(String, Bindings, Vec<OrchestrationSpec>)> {
     let cannot_read = |e: std::io::Error| {
         Usage(format!(
             "-f: cannot read {}: {e} (example: mbx apply -f group.yaml)",
@@ -127,7 +130,26 @@ fn read(path: &Path) -> Result<(String, Bindings)> {
                 .map_err(|e| at_line(path, &text, "receive_locations", name, e))?;
         }
     }
-    Ok((text, doc))
+    let mut orchestrations = Vec::with_capacity(doc.orchestrations.len());
+    for (name, o) in &doc.orchestrations {
+        let at = |e: &dyn std::fmt::Display| at_line(path, &text, "orchestrations", name, e);
+        let definition = mbx_orchestration::Definition::from_document(&o.definition)
+            .map_err(|e| at(&format_args!("definition: {e}")))?;
+        if definition.name != *name {
+            return Err(at(&format_args!(
+                "the definition's document.name is '{}': an orchestration is filed under its own name",
+                definition.name
+            ))
+            .into());
+        }
+        orchestrations.push(crate::orchestration::spec(
+            &definition,
+            &o.host,
+            false,
+            None,
+        ));
+    }
+    Ok((text, doc, orchestrations))
 }
 
 pub async fn apply(
@@ -136,7 +158,7 @@ pub async fn apply(
     options: ApplyOptions,
     json_out: bool,
 ) -> Result<()> {
-    let (text, doc) = read(path)?;
+    let (text, doc, orchestrations) = read(path)?;
     // an --ordered AMQP location's queue, asked of the broker before anything is applied
     for (name, l) in &doc.receive_locations {
         crate::validate::ordered_source(&l.spec(name))
@@ -144,7 +166,7 @@ pub async fn apply(
             .map_err(|e| at_line(path, &text, "receive_locations", name, e))?;
     }
     let plan = mbx
-        .apply_bindings(&doc, options)
+        .apply_bindings(&doc, &orchestrations, options)
         .await
         .map_err(|e| match e {
             ApplyError::Object(o) if o.error.is_bad_input() => {
@@ -210,7 +232,7 @@ pub const BINDINGS_MAX_EXPANDED: u64 = 16 << 20;
 /// Walks the document as the deserializer expands it, keeping nothing, and stops once it
 /// amounts to more than [`BINDINGS_MAX_EXPANDED`]. A syntax error is left to the real parse,
 /// which names its line.
-fn expansion_within_limit(text: &str) -> std::result::Result<(), String> {
+pub(crate) fn expansion_within_limit(text: &str) -> std::result::Result<(), String> {
     use serde::de::DeserializeSeed as _;
     let used = std::cell::Cell::new(0u64);
     let over = |used: u64| {

@@ -65,6 +65,11 @@ pub enum Command {
     /// Publish and find messages.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Orchestrations: durable business processes, each a Serverless Workflow document in
+    /// the mbx profile (docs/orchestrations.md). Definitions are stored and versioned; no
+    /// host runs them yet.
+    #[command(subcommand)]
+    Orchestration(OrchestrationCommand),
     /// Suspended items: messages held for an operator.
     #[command(subcommand)]
     Suspended(SuspendedCommand),
@@ -110,13 +115,14 @@ pub enum Command {
         message_id: String,
     },
     /// Write the group's configuration (bindings) as YAML: hosts, property declarations,
-    /// links, receive ports and locations, send ports and groups. Secrets stay references.
+    /// links, receive ports and locations, send ports and groups, orchestrations (each
+    /// with its current definition). Secrets stay references.
     #[command(
         after_help = "Examples:\n  mbx export -f group.yaml\n  mbx export --application manager-b -f manager-b.yaml"
     )]
     Export {
-        /// Only this application's ports, locations and groups (and the hosts and links
-        /// they use).
+        /// Only this application's ports, locations, groups and orchestrations (and the
+        /// hosts and links they use).
         #[arg(long)]
         application: Option<String>,
         /// Write to this file instead of stdout.
@@ -684,6 +690,64 @@ pub enum MessageCommand {
         /// Messages shown at most.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+    },
+}
+
+/// `orchestration create|update`: the definition file and where it runs.
+#[derive(Args, Debug)]
+pub struct OrchestrationDefine {
+    /// The definition: a Serverless Workflow 1.0 document in YAML (or JSON); its
+    /// `document.name` names the orchestration, `document.namespace` is its application.
+    #[arg(short = 'f', long = "file")]
+    pub file: std::path::PathBuf,
+    /// Host whose instances run it.
+    #[arg(long, default_value = "default")]
+    pub host: String,
+    /// One host instance at a time per correlation bucket (not available yet: refused).
+    #[arg(long)]
+    pub ordered: bool,
+    /// With --ordered: hash buckets of the correlation values (not available yet).
+    #[arg(long, value_name = "N", requires = "ordered")]
+    pub buckets: Option<i32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrchestrationCommand {
+    /// Create an orchestration from its definition (enabled). The definition is checked
+    /// against the DSL's schema and the mbx profile, and its activation's properties
+    /// against the declarations; a refused one changes nothing.
+    #[command(
+        after_help = "Example:\n  mbx property create Order.Id\n  mbx orchestration create -f demo/order-manager.yaml"
+    )]
+    Create(OrchestrationDefine),
+    /// Store a definition over an existing orchestration: a new document.version becomes
+    /// current and takes new activations (instances finish on theirs); the same version
+    /// with the same document changes nothing; the same version with another document is
+    /// refused.
+    #[command(
+        after_help = "Example:\n  mbx orchestration update -f demo/order-manager.yaml --host default"
+    )]
+    Update(OrchestrationDefine),
+    /// List orchestrations with their current version.
+    #[command(after_help = "Example:\n  mbx orchestration list --output json")]
+    List,
+    /// Show an orchestration: its versions, its activation, and (with --output json) its
+    /// current definition.
+    #[command(after_help = "Example:\n  mbx orchestration show order-manager --output json")]
+    Show { name: String },
+    /// Take new activations.
+    #[command(after_help = "Example:\n  mbx orchestration enable order-manager")]
+    Enable { name: String },
+    /// Take no new activations.
+    #[command(after_help = "Example:\n  mbx orchestration disable order-manager")]
+    Disable { name: String },
+    /// Delete an orchestration and every version of it.
+    #[command(after_help = "Example:\n  mbx orchestration delete order-manager")]
+    Delete {
+        name: String,
+        /// Cancel its instances first (no instances exist yet: refused).
+        #[arg(long)]
+        cancel_instances: bool,
     },
 }
 

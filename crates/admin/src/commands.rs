@@ -69,6 +69,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::SendPortGroup(c) => group(&mbx, c, json_out).await,
         Command::Group(c) => group_level(&mbx, c, json_out).await,
         Command::Message(c) => message(&mbx, c, json_out).await,
+        Command::Orchestration(c) => crate::orchestration::run(&mbx, c, json_out).await,
         Command::Suspended(c) => suspended(&mbx, c, json_out).await,
         Command::Stats { watch: false, .. } => stats(&mbx, json_out).await,
         Command::Stats {
@@ -1011,7 +1012,7 @@ pub(crate) fn filter_arg(e: mbx_messagebox::Error, arg: &str) -> anyhow::Error {
     }
 }
 
-fn print_change(c: mbx_messagebox::config::Change, json_out: bool) -> Result<()> {
+pub(crate) fn print_change(c: mbx_messagebox::config::Change, json_out: bool) -> Result<()> {
     if json_out {
         return output::json(&c);
     }

@@ -7,6 +7,7 @@ mod bench;
 mod bindings;
 mod cli;
 mod commands;
+mod orchestration;
 mod output;
 mod update;
 mod validate;

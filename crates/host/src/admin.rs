@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz` (process up), `/readyz` (MessageBox reachable and its
 //! schema current), `/metrics` (Prometheus text).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,7 +10,9 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::error;
 
-use crate::Shared;
+use mbx_messagebox::MessageBox;
+
+use crate::receive::LocationProblems;
 
 /// The process-wide Prometheus recorder (installed once; tests run several hosts in one
 /// process).
@@ -27,22 +29,30 @@ pub(crate) fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// What the admin endpoints read: the MessageBox (`/readyz`), the receive locations that
+/// cannot run here (`/readyz`), the metrics (`/metrics`).
 #[derive(Clone)]
 struct AdminState {
-    shared: Arc<Shared>,
+    mbx: MessageBox,
+    problems: LocationProblems,
     metrics: Option<PrometheusHandle>,
 }
 
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    mbx: MessageBox,
+    problems: LocationProblems,
     metrics: Option<PrometheusHandle>,
 ) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(AdminState { shared, metrics });
+        .with_state(AdminState {
+            mbx,
+            problems,
+            metrics,
+        });
     if let Err(e) = axum::serve(listener, app).await {
         error!(error = %e, "admin listener failed");
     }
@@ -52,20 +62,10 @@ pub(crate) async fn serve(
 /// receive location of the host runs here (an HTTP listener whose address is taken, an
 /// https location without TLS, an unreadable secret: the balancer should send elsewhere).
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
-    if let Err(e) = s.shared.instance.mbx().check_schema().await {
+    if let Err(e) = s.mbx.check_schema().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"));
     }
-    let problems: Vec<String> = match s.shared.location_problems.lock() {
-        Ok(p) => {
-            let mut v: Vec<String> = p
-                .values()
-                .map(|(name, why)| format!("receive location '{name}': {why}"))
-                .collect();
-            v.sort();
-            v
-        }
-        Err(_) => Vec::new(),
-    };
+    let problems = s.problems.sentences();
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {

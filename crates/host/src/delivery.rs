@@ -27,9 +27,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::lease::{Leased, Tenure};
+use crate::forward::Forwarder;
+use crate::heartbeat::Liveness;
+use crate::instance::Instance;
+use crate::lease::{Leased, Share, Tenure};
+use crate::listen::Wakeups;
+use crate::throttle::Throttle;
 use crate::transport::PortTransports;
-use crate::Shared;
 use mbx_messagebox::ordered::LEASE_MARGIN_MS;
 
 /// Send timeout of HTTP sends on ordered ports: below the lease margin, so a replaced
@@ -48,13 +52,91 @@ const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
 /// instance is declared dead and they are reclaimed).
 const RECORD_ATTEMPTS_MAX: u32 = 5;
 
+/// What the delivery loops of an instance hold (the dispatcher and its port workers,
+/// ordered and keyed ports): the handles they use and nothing of the receive side. Cheap
+/// to clone (one `Arc`).
+#[derive(Clone)]
+pub(crate) struct Delivering {
+    inner: Arc<DeliveringInner>,
+}
+
+struct DeliveringInner {
+    instance: Instance,
+    registry: mbx_adapters::Registry,
+    wake: Wakeups,
+    liveness: Liveness,
+    throttle: Arc<Throttle>,
+    forwarder: Forwarder,
+    share: Arc<Share>,
+}
+
+impl Delivering {
+    pub fn new(
+        instance: Instance,
+        registry: mbx_adapters::Registry,
+        wake: Wakeups,
+        liveness: Liveness,
+        throttle: Arc<Throttle>,
+        forwarder: Forwarder,
+        share: Arc<Share>,
+    ) -> Self {
+        let inner = DeliveringInner {
+            instance,
+            registry,
+            wake,
+            liveness,
+            throttle,
+            forwarder,
+            share,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The MessageBox, the configuration, this instance's id, stopping.
+    pub fn instance(&self) -> &Instance {
+        &self.inner.instance
+    }
+
+    /// How `port`'s messages leave: its adapters (from the registry) or forwards.
+    pub fn transports(&self, port: &SendPort) -> PortTransports {
+        PortTransports::new(&self.inner.registry, port)
+    }
+
+    /// Resolves at the next publish (or anything else that may have made work due).
+    pub fn published(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.wake.published()
+    }
+
+    /// Each loop's progress for the watchdog, and the delivered counts.
+    pub fn liveness(&self) -> &Liveness {
+        &self.inner.liveness
+    }
+
+    /// The delivery throttle: the room for in-flight work a claim reserves.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.inner.throttle
+    }
+
+    /// Where deliveries to another group go, and are told completed.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.inner.forwarder
+    }
+
+    /// Ordered ports and bucket leases spread over the host's instances.
+    pub fn share(&self) -> &Share {
+        &self.inner.share
+    }
+}
+
 /// How long a delivery loop that claimed nothing sleeps before it claims again: until the
 /// port's earliest scheduled retry falls due, so a retry is sent at its due time rather
 /// than up to a poll interval later; at most the poll interval, which also
 /// stands in when the MessageBox cannot say (the claim that follows reports the error).
-pub(crate) async fn idle_wait(shared: &Shared, port: &SendPort) -> Duration {
-    let poll = shared.instance.config().poll_interval;
-    match shared.instance.mbx().deliveries_next_due(port.id).await {
+pub(crate) async fn idle_wait(instance: &Instance, port: &SendPort) -> Duration {
+    let poll = instance.config().poll_interval;
+    match instance.mbx().deliveries_next_due(port.id).await {
         Ok(Some(due)) => due.min(poll),
         Ok(None) => poll,
         Err(e) => {
@@ -81,7 +163,7 @@ fn adapter_context(port: &SendPort, d: &ClaimedDelivery) -> MessageContext {
 /// Sends claimed deliveries through their adapters and collects one outcome each. On an
 /// ordered port, HTTP sends time out within the lease margin unless the port says less.
 pub(crate) async fn send_all(
-    shared: &Shared,
+    delivering: &Delivering,
     port: &SendPort,
     transports: &PortTransports,
     batch: &[ClaimedDelivery],
@@ -108,7 +190,7 @@ pub(crate) async fn send_all(
             }
             SendTransport::Adapter(adapter) => adapter,
         };
-        match outbound(shared, port, d, route.address, fence).await {
+        match outbound(delivering, port, d, route.address, fence).await {
             Ok(message) => by_adapter
                 .entry(adapter.name())
                 .or_insert_with(|| (adapter.clone(), Vec::new()))
@@ -120,7 +202,8 @@ pub(crate) async fn send_all(
         }
     }
     if !forwards.is_empty() {
-        outcomes.extend(crate::forward::forward(shared, port, forwards, fence).await);
+        outcomes
+            .extend(crate::forward::forward(delivering.forwarder(), port, forwards, fence).await);
     }
     // what each adapter was handed, with the panic of its `send` call if it panicked
     let mut handed: Vec<(Vec<i64>, Option<String>)> = Vec::with_capacity(by_adapter.len());
@@ -134,7 +217,7 @@ pub(crate) async fn send_all(
     // every adapter reports each message once, then drops its sender; a task of the
     // adapter that panics drops its sender too, so this ends either way
     while let Some(report) = rx.recv().await {
-        shared.liveness.progressed(port.id);
+        delivering.liveness().progressed(port.id);
         if let Some(c) = report.checkpoint {
             checkpoints.insert(report.delivery_id, c);
         }
@@ -159,8 +242,8 @@ pub(crate) async fn send_all(
             let Some(d) = batch.iter().find(|d| d.delivery_id == id) else {
                 continue;
             };
-            let (outcome, checkpoint) = send_alone(shared, port, transports, d, fence).await;
-            shared.liveness.progressed(port.id);
+            let (outcome, checkpoint) = send_alone(delivering, port, transports, d, fence).await;
+            delivering.liveness().progressed(port.id);
             if let Some(c) = checkpoint {
                 checkpoints.insert(id, c);
             }
@@ -173,7 +256,7 @@ pub(crate) async fn send_all(
 /// The message for `d` to `address`, or the outcome that stops it before (a body that
 /// cannot be read).
 async fn outbound(
-    shared: &Shared,
+    delivering: &Delivering,
     port: &SendPort,
     d: &ClaimedDelivery,
     address: String,
@@ -183,7 +266,7 @@ async fn outbound(
     let body = match &d.body {
         Some(b) => Body::Bytes(b.clone()),
         None => Body::Chunks(Arc::new(StoredChunks {
-            mbx: shared.instance.mbx().clone(),
+            mbx: delivering.instance().mbx().clone(),
             message_id: d.message_id,
             len: u64::try_from(d.body_size).unwrap_or(0),
         })),
@@ -234,7 +317,7 @@ impl ChunkSource for StoredChunks {
 /// Sends one message on its own (after its batch's adapter panicked): its outcome, or
 /// poison if the adapter panics again or reports nothing.
 async fn send_alone(
-    shared: &Shared,
+    delivering: &Delivering,
     port: &SendPort,
     transports: &PortTransports,
     d: &ClaimedDelivery,
@@ -247,14 +330,15 @@ async fn send_alone(
     let adapter = match route.transport {
         SendTransport::Adapter(adapter) => adapter,
         SendTransport::Forward(to) => {
-            let mut outcomes = crate::forward::forward(shared, port, vec![(d, to)], fence).await;
+            let mut outcomes =
+                crate::forward::forward(delivering.forwarder(), port, vec![(d, to)], fence).await;
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
                 Outcome::failed("the forwarder reported no outcome for this message", true)
             });
             return (outcome, None);
         }
     };
-    let message = match outbound(shared, port, d, route.address, fence).await {
+    let message = match outbound(delivering, port, d, route.address, fence).await {
         Ok(m) => m,
         Err(outcome) => return (outcome, None),
     };
@@ -323,7 +407,7 @@ pub(crate) struct Sent {
 
 /// Sends a claimed batch; returns what to complete and what to fail.
 pub(crate) async fn send_batch(
-    shared: &Shared,
+    delivering: &Delivering,
     port: &SendPort,
     transports: &PortTransports,
     batch: Vec<ClaimedDelivery>,
@@ -337,7 +421,7 @@ pub(crate) async fn send_batch(
         .iter()
         .map(|d| (d.delivery_id, d.published_at))
         .collect();
-    let (mut outcomes, _) = send_all(shared, port, transports, &batch, None).await;
+    let (mut outcomes, _) = send_all(delivering, port, transports, &batch, None).await;
     let mut sent = Sent::default();
     let (delivered, failures) = (&mut sent.delivered, &mut sent.failures);
     for (id, token) in &tokens {
@@ -394,7 +478,7 @@ pub(crate) fn observe_latency(port: &SendPort, published_at: chrono::DateTime<ch
         .record(latency as f64 / 1e6);
 }
 
-pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sent: Sent) {
+pub(crate) async fn record(delivering: &Delivering, port: &SendPort, instance: Uuid, sent: Sent) {
     let Sent {
         delivered,
         failures,
@@ -403,41 +487,37 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
     } = sent;
     let labels = [("port", port.name.clone())];
     let started = Instant::now();
+    let mbx = delivering.instance().mbx();
     let publisher = Publisher {
-        host_id: Some(shared.instance.host_id()),
+        host_id: Some(delivering.instance().host_id()),
         ..Publisher::default()
     };
-    let recorded = retry_db(shared, &port.name, "recording outcomes", || async {
-        let done = if responses.is_empty() {
-            shared
-                .instance
-                .mbx()
-                .deliveries_complete(instance, &delivered)
-                .await?
-        } else {
-            let (done, published) = shared
-                .instance
-                .mbx()
-                .deliveries_complete_with_responses(
-                    instance,
-                    &delivered,
-                    &publisher,
-                    responses.clone(),
-                )
-                .await?;
-            crate::solicit::observe_published(port, &published);
-            done
-        };
-        let report = shared
-            .instance
-            .mbx()
-            .deliveries_fail(instance, &failures)
-            .await?;
-        Ok((done, report))
-    })
+    let recorded = retry_db(
+        delivering.instance(),
+        &port.name,
+        "recording outcomes",
+        || async {
+            let done = if responses.is_empty() {
+                mbx.deliveries_complete(instance, &delivered).await?
+            } else {
+                let (done, published) = mbx
+                    .deliveries_complete_with_responses(
+                        instance,
+                        &delivered,
+                        &publisher,
+                        responses.clone(),
+                    )
+                    .await?;
+                crate::solicit::observe_published(port, &published);
+                done
+            };
+            let report = mbx.deliveries_fail(instance, &failures).await?;
+            Ok((done, report))
+        },
+    )
     .await;
     if !faults.is_empty() && recorded.is_some() {
-        match shared.instance.mbx().publish(&publisher, faults).await {
+        match mbx.publish(&publisher, faults).await {
             Ok(published) => crate::solicit::observe_published(port, &published),
             Err(e) => {
                 warn!(port = %port.name, error = %e, "cannot answer waiting clients whose requests failed (they time out)")
@@ -445,10 +525,10 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
         }
     }
     if let Some((done, report)) = recorded {
-        crate::forward::completed(shared, &done);
+        delivering.forwarder().completed(&done);
         let done = done.len();
         metrics::counter!("mbx_messages_delivered_total", &labels).increment(done as u64);
-        shared.liveness.count_delivered(port.id, done);
+        delivering.liveness().count_delivered(port.id, done);
         metrics::counter!("mbx_delivery_failures_total", &labels).increment(failures.len() as u64);
         if done < delivered.len() || report.stale > 0 {
             warn!(port = %port.name, stale = delivered.len() - done + report.stale as usize,
@@ -462,14 +542,14 @@ pub(crate) async fn record(shared: &Shared, port: &SendPort, instance: Uuid, sen
 /// Reserves room for a claim under the delivery throttle (at most `wanted`); at the cap,
 /// waits until in-flight work drains a little (or the loop is stopped) and returns `None`.
 pub(crate) async fn reserve(
-    shared: &Arc<Shared>,
+    throttle: &Arc<Throttle>,
     wanted: ClaimLimits,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<(ClaimLimits, crate::throttle::InFlight)> {
-    let reserved = shared.throttle.reserve(wanted);
+    let reserved = throttle.reserve(wanted);
     if reserved.is_none() {
         tokio::select! {
-            _ = shared.throttle.inflight_drained() => {}
+            _ = throttle.inflight_drained() => {}
             _ = stop.changed() => {}
         }
     }
@@ -484,7 +564,7 @@ pub(crate) async fn reserve(
 /// up: the claims then stay until this instance stops (and releases them) or is declared
 /// dead (and another reclaims them).
 pub(crate) async fn retry_db<T, F, Fut>(
-    shared: &Shared,
+    instance: &Instance,
     port: &str,
     what: &str,
     mut work: F,
@@ -505,7 +585,7 @@ where
             Err(e) => {
                 let retryable = e.is_retryable();
                 error!(port, attempt, retryable, error = %e, "{what} failed");
-                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || shared.instance.is_stopping() {
+                if (!retryable && attempt >= RECORD_ATTEMPTS_MAX) || instance.is_stopping() {
                     return None;
                 }
                 tokio::time::sleep(backoff.next_wait()).await;
@@ -517,36 +597,39 @@ where
 /// An ordered port's loop on every instance of its host: try to take the lease; while it
 /// is held, hand the adapter one message at a time in sequence order.
 pub(crate) async fn ordered_port_loop(
-    shared: Arc<Shared>,
+    delivering: Delivering,
     port: SendPort,
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
-    let transports = PortTransports::new(&shared.registry, &port);
+    let transports = delivering.transports(&port);
     loop {
-        shared.liveness.progressed(port.id);
-        if *stop.borrow() || shared.instance.is_stopping() {
-            shared.liveness.forget_progress(port.id);
+        delivering.liveness().progressed(port.id);
+        if *stop.borrow() || delivering.instance().is_stopping() {
+            delivering.liveness().forget_progress(port.id);
             return;
         }
-        let instance = shared.instance.id();
-        if !shared.share.may_take() {
+        let instance = delivering.instance().id();
+        if !delivering.share().may_take() {
             // at this instance's fair share: leave free leases to the others
             tokio::select! {
-                _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
+                _ = tokio::time::sleep(delivering.instance().config().poll_interval) => {}
                 _ = stop.changed() => {}
             }
             continue;
         }
         let asked = Instant::now();
-        match Leased::Port(port.id).acquire(&shared, instance).await {
+        match Leased::Port(port.id)
+            .acquire(delivering.instance().mbx(), instance)
+            .await
+        {
             Ok(Some(epoch)) => {
                 info!(port = %port.name, epoch, "ordered port lease taken");
                 metrics::counter!("mbx_lease_takeovers_total", "port" => port.name.clone())
                     .increment(1);
-                shared.share.taken(port.id);
+                delivering.share().taken(port.id);
                 own_ordered_port(
-                    &shared,
+                    &delivering,
                     &port,
                     &transports,
                     instance,
@@ -555,13 +638,13 @@ pub(crate) async fn ordered_port_loop(
                     &mut stop,
                 )
                 .await;
-                shared.share.let_go(port.id);
+                delivering.share().let_go(port.id);
             }
             Ok(None) => {}
             Err(e) => warn!(port = %port.name, error = %e, "lease acquisition failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
+            _ = tokio::time::sleep(delivering.instance().config().poll_interval) => {}
             _ = stop.changed() => {}
         }
     }
@@ -571,7 +654,7 @@ pub(crate) async fn ordered_port_loop(
 /// and deliver in order until the lease is lost, its last renewal is older than
 /// TTL − margin (own monotonic clock), or the loop is stopped.
 async fn own_ordered_port(
-    shared: &Arc<Shared>,
+    delivering: &Delivering,
     port: &SendPort,
     transports: &PortTransports,
     instance: Uuid,
@@ -579,20 +662,17 @@ async fn own_ordered_port(
     asked: Instant,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let tenure = Tenure::start(shared, Leased::Port(port.id), instance, epoch, asked);
+    let mbx = delivering.instance().mbx();
+    let tenure = Tenure::start(mbx, Leased::Port(port.id), instance, epoch, asked);
     let fence = tenure.fence();
-    if let Err(e) = restore_endpoint(shared, port, transports, &fence).await {
+    if let Err(e) = restore_endpoint(delivering.instance(), port, transports, &fence).await {
         error!(port = %port.name, error = %e, "cannot restore the endpoint after a takeover; not sending");
         drop(tenure);
-        let _ = shared
-            .instance
-            .mbx()
-            .port_lease_release(instance, port.id, epoch)
-            .await;
+        let _ = mbx.port_lease_release(instance, port.id, epoch).await;
         return;
     }
     let owner = Owner {
-        shared,
+        delivering,
         port,
         transports,
         tenure: &tenure,
@@ -604,11 +684,11 @@ async fn own_ordered_port(
     };
     let mut uncommitted = Uncommitted::default();
     loop {
-        shared.liveness.progressed(port.id);
-        if *stop.borrow() || shared.instance.is_stopping() || !owner.may_send() {
+        delivering.liveness().progressed(port.id);
+        if *stop.borrow() || delivering.instance().is_stopping() || !owner.may_send() {
             break;
         }
-        if shared.share.should_yield(port.id) {
+        if delivering.share().should_yield(port.id) {
             info!(port = %port.name, epoch, "handing the lease over to spread ordered ports");
             break;
         }
@@ -628,19 +708,14 @@ async fn own_ordered_port(
     drop(tenure);
     if lost {
         warn!(port = %port.name, epoch, "ordered port lease lost; stopped sending");
-    } else if let Err(e) = shared
-        .instance
-        .mbx()
-        .port_lease_release(instance, port.id, epoch)
-        .await
-    {
+    } else if let Err(e) = mbx.port_lease_release(instance, port.id, epoch).await {
         warn!(port = %port.name, error = %e, "lease release failed; it expires by itself");
     }
 }
 
 /// An ordered port while this instance holds its lease at `epoch` (`tenure`).
 struct Owner<'a> {
-    shared: &'a Arc<Shared>,
+    delivering: &'a Delivering,
     port: &'a SendPort,
     transports: &'a PortTransports,
     tenure: &'a Tenure,
@@ -682,19 +757,19 @@ impl Owner<'_> {
         &self,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<(Vec<ClaimedDelivery>, crate::throttle::InFlight)> {
-        let (shared, port) = (self.shared, self.port);
-        let notified = shared.wake.published();
+        let (delivering, port) = (self.delivering, self.port);
+        let notified = delivering.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // bounded in bytes like any claim, and given back while idle: an ordered port
         // with nothing to send must not hold the instance's in-flight budget
         let wanted = ClaimLimits {
             max_count: self.commit_batch,
-            max_bytes: shared.instance.config().claim_bytes,
+            max_bytes: delivering.instance().config().claim_bytes,
         };
-        let (limits, in_flight) = reserve(shared, wanted, stop).await?;
-        let batch = match shared
-            .instance
+        let (limits, in_flight) = reserve(delivering.throttle(), wanted, stop).await?;
+        let batch = match delivering
+            .instance()
             .mbx()
             .deliveries_claim_ordered(self.instance, port.id, self.epoch, limits)
             .await
@@ -708,7 +783,7 @@ impl Owner<'_> {
         if batch.is_empty() {
             drop(in_flight);
             // the head may be a retry: wake at its due time
-            let idle = idle_wait(shared, port).await;
+            let idle = idle_wait(delivering.instance(), port).await;
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(idle) => {}
@@ -725,7 +800,7 @@ impl Owner<'_> {
     /// (an older owner's batch is refused); its outcomes are then taken in order as if
     /// sent one by one. Any other adapter gets one message at a time.
     async fn deliver(&self, batch: Vec<ClaimedDelivery>, uncommitted: &mut Uncommitted) -> Run {
-        let (shared, port, transports) = (self.shared, self.port, self.transports);
+        let (delivering, port, transports) = (self.delivering, self.port, self.transports);
         let mut flushed_at = Instant::now();
         let mut sent_together = None;
         if self.forwarding {
@@ -733,7 +808,7 @@ impl Owner<'_> {
                 return Run::Stop;
             }
             sent_together =
-                Some(send_all(shared, port, transports, &batch, Some(self.fence)).await);
+                Some(send_all(delivering, port, transports, &batch, Some(self.fence)).await);
         }
         for d in batch {
             if !self.may_send() {
@@ -744,7 +819,7 @@ impl Owner<'_> {
                 None if self.forwarding => Default::default(),
                 None => {
                     let one = std::slice::from_ref(&d);
-                    send_all(shared, port, transports, one, Some(self.fence)).await
+                    send_all(delivering, port, transports, one, Some(self.fence)).await
                 }
             };
             let outcome = outcomes.remove(&d.delivery_id).unwrap_or_else(|| {
@@ -802,7 +877,7 @@ impl Owner<'_> {
             failures: vec![failure],
             ..Sent::default()
         };
-        record(self.shared, self.port, self.instance, sent).await;
+        record(self.delivering, self.port, self.instance, sent).await;
     }
 
     /// Commits what was delivered so far (see [`commit_ordered`]).
@@ -810,7 +885,7 @@ impl Owner<'_> {
         let done = std::mem::take(&mut uncommitted.pending);
         let checkpoint = uncommitted.checkpoint.clone();
         commit_ordered(
-            self.shared,
+            self.delivering,
             self.port,
             self.instance,
             self.epoch,
@@ -824,7 +899,7 @@ impl Owner<'_> {
 /// Commits an ordered port's delivered messages with the endpoint checkpoint that
 /// includes them (fenced on the lease); retried like `record`.
 pub(crate) async fn commit_ordered(
-    shared: &Shared,
+    delivering: &Delivering,
     port: &SendPort,
     instance: Uuid,
     epoch: i64,
@@ -834,21 +909,26 @@ pub(crate) async fn commit_ordered(
     if delivered.is_empty() {
         return;
     }
-    let committed = retry_db(shared, &port.name, "committing completions", || {
-        shared.instance.mbx().deliveries_complete_ordered(
-            instance,
-            &delivered,
-            port.id,
-            epoch,
-            checkpoint.as_deref(),
-        )
-    })
+    let committed = retry_db(
+        delivering.instance(),
+        &port.name,
+        "committing completions",
+        || {
+            delivering.instance().mbx().deliveries_complete_ordered(
+                instance,
+                &delivered,
+                port.id,
+                epoch,
+                checkpoint.as_deref(),
+            )
+        },
+    )
     .await;
     if let Some(done) = committed {
-        crate::forward::completed(shared, &done);
+        delivering.forwarder().completed(&done);
         metrics::counter!("mbx_messages_delivered_total", "port" => port.name.clone())
             .increment(done.len() as u64);
-        shared.liveness.count_delivered(port.id, done.len());
+        delivering.liveness().count_delivered(port.id, done.len());
         if done.len() < delivered.len() {
             warn!(port = %port.name, epoch, stale = delivered.len() - done.len(),
                   "completions fenced: the lease moved on");
@@ -859,7 +939,7 @@ pub(crate) async fn commit_ordered(
 /// A new owner puts the endpoint back to the checkpoint committed with the last
 /// completion (FILE append: truncates what a crashed owner sent but did not commit).
 async fn restore_endpoint(
-    shared: &Shared,
+    instance: &Instance,
     port: &SendPort,
     transports: &PortTransports,
     fence: &Fence,
@@ -868,11 +948,11 @@ async fn restore_endpoint(
     // a connection error while reading the checkpoint is retried while the lease holds:
     // giving up would leave the lease held (its release fails too) until it expires
     let info = loop {
-        match shared.instance.mbx().port_lease_info(port.id).await {
+        match instance.mbx().port_lease_info(port.id).await {
             Ok(info) => break info,
             Err(e) if e.is_retryable() && may_act() => {
                 warn!(port = %port.name, error = %e, "reading the endpoint checkpoint failed; retrying");
-                if !shared.instance.pause(Duration::from_millis(200)).await {
+                if !instance.pause(Duration::from_millis(200)).await {
                     return Err(e.to_string());
                 }
             }

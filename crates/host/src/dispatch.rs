@@ -23,10 +23,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::delivery::{record, retry_db, send_batch, COMPLETIONS_IN_FLIGHT};
+use crate::delivery::{record, retry_db, send_batch, Delivering, COMPLETIONS_IN_FLIGHT};
+use crate::instance::Instance;
 use crate::throttle::InFlight;
-use crate::transport::PortTransports;
-use crate::Shared;
 
 /// A batch handed to a port's worker, with its share of the delivery throttle (given back
 /// once its outcomes are recorded).
@@ -46,7 +45,7 @@ struct Member {
     to_worker: mpsc::Sender<Work>,
 }
 
-/// The ports of an instance's dispatcher, shared with their workers.
+/// The ports of an instance's dispatcher, delivering with their workers.
 #[derive(Default)]
 pub(crate) struct Dispatcher {
     /// By port id, in id order (the round-robin order of the delivery throttle's room).
@@ -125,8 +124,8 @@ impl Dispatcher {
 }
 
 /// The instance's claimer of unordered work: one claim per round for every free port.
-pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatcher>) {
-    let mut stopping = shared.instance.stopping();
+pub(crate) async fn dispatch_loop(delivering: Delivering, dispatcher: Arc<Dispatcher>) {
+    let mut stopping = delivering.instance().stopping();
     // the last port the delivery throttle's room reached
     let mut after = i64::MIN;
     loop {
@@ -134,7 +133,7 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
             return;
         }
         // register for the wake-ups before claiming, so none in between is missed
-        let published = shared.wake.published();
+        let published = delivering.published();
         let changed = dispatcher.changed.notified();
         tokio::pin!(published, changed);
         published.as_mut().enable();
@@ -150,9 +149,9 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
         let mut wants = Vec::with_capacity(free.len());
         let mut reserved: HashMap<i64, InFlight> = HashMap::with_capacity(free.len());
         for (port, base) in &free {
-            shared.liveness.progressed(port.id);
+            delivering.liveness().progressed(port.id);
             // the delivery throttle: claim no more than in-flight work leaves room for
-            if let Some((limits, in_flight)) = shared.throttle.reserve(*base) {
+            if let Some((limits, in_flight)) = delivering.throttle().reserve(*base) {
                 wants.push(Want {
                     subscriber: Subscriber::SendPort(port.id),
                     limits,
@@ -163,17 +162,17 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
         }
         if wants.is_empty() {
             tokio::select! {
-                _ = shared.throttle.inflight_drained() => {}
+                _ = delivering.throttle().inflight_drained() => {}
                 _ = stopping.changed() => {}
             }
             continue;
         }
-        let claimed = claim(&shared, &wants).await;
+        let claimed = claim(&delivering, &wants).await;
         let Some((instance, claimed)) = claimed else {
             drop(reserved);
-            if !shared
-                .instance
-                .pause(shared.instance.config().poll_interval)
+            if !delivering
+                .instance()
+                .pause(delivering.instance().config().poll_interval)
                 .await
             {
                 return;
@@ -193,7 +192,7 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
                 in_flight,
             };
             if let Err(work) = dispatcher.hand(port_id, work) {
-                give_back(&shared, work).await;
+                give_back(&delivering, work).await;
             }
         }
         // the ports that got nothing give their room back
@@ -213,7 +212,7 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
             .iter()
             .map(|(p, _)| Subscriber::SendPort(p.id))
             .collect();
-        let idle = idle_wait(&shared, &subscribers).await;
+        let idle = idle_wait(delivering.instance(), &subscribers).await;
         tokio::select! {
             _ = &mut published => {}
             _ = &mut changed => {}
@@ -229,12 +228,12 @@ pub(crate) async fn dispatch_loop(shared: Arc<Shared>, dispatcher: Arc<Dispatche
 /// tracking insert meets a full disk) does not hold back the others. `None` when nothing
 /// could be claimed.
 async fn claim(
-    shared: &Shared,
+    delivering: &Delivering,
     wants: &[Want],
 ) -> Option<(Uuid, mbx_messagebox::subscribers::Claimed)> {
-    let instance = shared.instance.id();
+    let instance = delivering.instance().id();
     let started = Instant::now();
-    match claim_once(shared, instance, wants).await {
+    match claim_once(delivering, instance, wants).await {
         Ok(claimed) => {
             if !claimed.is_empty() {
                 debug!(
@@ -251,7 +250,7 @@ async fn claim(
             let mut claimed = mbx_messagebox::subscribers::Claimed::default();
             let mut any = false;
             for want in wants {
-                match claim_once(shared, instance, std::slice::from_ref(want)).await {
+                match claim_once(delivering, instance, std::slice::from_ref(want)).await {
                     Ok(one) => {
                         any = true;
                         claimed.work.extend(one.work);
@@ -271,21 +270,25 @@ async fn claim(
 /// One claim statement under a new token; after an error, what the token may hold is
 /// given back.
 async fn claim_once(
-    shared: &Shared,
+    delivering: &Delivering,
     instance: Uuid,
     wants: &[Want],
 ) -> Result<mbx_messagebox::subscribers::Claimed, mbx_messagebox::Error> {
     let token = Uuid::new_v4();
-    let claimed = shared.instance.mbx().claim(instance, wants, token).await;
+    let claimed = delivering
+        .instance()
+        .mbx()
+        .claim(instance, wants, token)
+        .await;
     if let Err(e) = &claimed {
         if e.is_retryable() {
             retry_db(
-                shared,
+                delivering.instance(),
                 "(dispatcher)",
                 "giving back an unknown claim",
                 || {
-                    shared
-                        .instance
+                    delivering
+                        .instance()
                         .mbx()
                         .deliveries_release_token(instance, token)
                 },
@@ -297,7 +300,7 @@ async fn claim_once(
 }
 
 /// Gives back a batch its port can no longer take (the port stopped meanwhile).
-async fn give_back(shared: &Shared, work: Work) {
+async fn give_back(delivering: &Delivering, work: Work) {
     let claims: Vec<(i64, Uuid)> = work
         .batch
         .iter()
@@ -308,12 +311,12 @@ async fn give_back(shared: &Shared, work: Work) {
     }
     let port = work.batch[0].port_name.clone();
     retry_db(
-        shared,
+        delivering.instance(),
         &port,
         "giving back claims of a stopped port",
         || {
-            shared
-                .instance
+            delivering
+                .instance()
                 .mbx()
                 .deliveries_release(work.instance, &claims)
         },
@@ -324,9 +327,9 @@ async fn give_back(shared: &Shared, work: Work) {
 /// How long a dispatcher that claimed nothing sleeps: until the earliest scheduled retry
 /// of its free ports falls due, at most the poll interval (which also stands in when the
 /// MessageBox cannot say; the claim that follows reports the error).
-async fn idle_wait(shared: &Shared, subscribers: &[Subscriber]) -> Duration {
-    let poll = shared.instance.config().poll_interval;
-    match shared.instance.mbx().next_due(subscribers).await {
+async fn idle_wait(instance: &Instance, subscribers: &[Subscriber]) -> Duration {
+    let poll = instance.config().poll_interval;
+    match instance.mbx().next_due(subscribers).await {
         Ok(Some(due)) => due.min(poll),
         Ok(None) => poll,
         Err(e) => {
@@ -340,7 +343,7 @@ async fn idle_wait(shared: &Shared, subscribers: &[Subscriber]) -> Duration {
 /// it and records their outcomes. On stop it finishes the batch in hand, records every
 /// outcome it has, and gives back a batch handed to it meanwhile.
 pub(crate) async fn port_worker(
-    shared: Arc<Shared>,
+    delivering: Delivering,
     dispatcher: Arc<Dispatcher>,
     port: SendPort,
     mut stop: watch::Receiver<bool>,
@@ -348,19 +351,19 @@ pub(crate) async fn port_worker(
     crate::metrics_catalog::port_started(&port.name);
     // a forwarding port sends a whole claim in one transaction of the other group: larger
     // batches amortise that round trip and commit
-    let transports = PortTransports::new(&shared.registry, &port);
+    let transports = delivering.transports(&port);
     let base = ClaimLimits {
         max_count: if transports.forwards() {
-            shared.instance.config().claim_batch * crate::forward::CLAIM_FACTOR
+            delivering.instance().config().claim_batch * crate::forward::CLAIM_FACTOR
         } else {
-            shared.instance.config().claim_batch
+            delivering.instance().config().claim_batch
         },
-        max_bytes: shared.instance.config().claim_bytes,
+        max_bytes: delivering.instance().config().claim_bytes,
     };
-    shared.liveness.progressed(port.id);
+    delivering.liveness().progressed(port.id);
     let port = Arc::new(port);
     let mut work = dispatcher.join(port.clone(), base);
-    let mut stopping = shared.instance.stopping();
+    let mut stopping = delivering.instance().stopping();
     let mut recording = tokio::task::JoinSet::new();
     loop {
         if *stop.borrow() || *stopping.borrow() {
@@ -369,12 +372,12 @@ pub(crate) async fn port_worker(
         tokio::select! {
             handed = work.recv() => {
                 let Some(Work { instance, batch, in_flight }) = handed else { break };
-                shared.liveness.progressed(port.id);
-                let sent = send_batch(&shared, &port, &transports, batch).await;
+                delivering.liveness().progressed(port.id);
+                let sent = send_batch(&delivering, &port, &transports, batch).await;
                 while recording.len() >= COMPLETIONS_IN_FLIGHT {
                     recording.join_next().await;
                 }
-                let (recorder, recorded) = (shared.clone(), port.clone());
+                let (recorder, recorded) = (delivering.clone(), port.clone());
                 recording.spawn(async move {
                     record(&recorder, &recorded, instance, sent).await;
                     drop(in_flight);
@@ -392,9 +395,9 @@ pub(crate) async fn port_worker(
     dispatcher.leave(port.id);
     work.close();
     while let Ok(handed) = work.try_recv() {
-        give_back(&shared, handed).await;
+        give_back(&delivering, handed).await;
     }
     // outcomes already known are recorded before the worker ends
     while recording.join_next().await.is_some() {}
-    shared.liveness.forget_progress(port.id);
+    delivering.liveness().forget_progress(port.id);
 }

@@ -28,7 +28,9 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::Shared;
+use crate::instance::Instance;
+use crate::listen::Wakeups;
+use crate::throttle::Throttle;
 
 /// How long a batch that a throttled group did not take waits before it is claimed again
 /// (not an attempt: nothing failed).
@@ -65,12 +67,15 @@ const LINK_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// again (a forward batch must not cost two more round trips).
 const LINK_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// A target group's declared property types.
+type Declared = Arc<HashMap<String, mbx_messagebox::PropertyType>>;
+
 /// A connected link: its stored URL (a link removed and added again elsewhere is connected
 /// anew), the target, its declarations, and when they were read.
 struct Linked {
     url: String,
     target: Arc<ForwardTarget>,
-    declared: Arc<HashMap<String, mbx_messagebox::PropertyType>>,
+    declared: Declared,
     read_at: Instant,
 }
 
@@ -91,7 +96,7 @@ type Event = (Uuid, String);
 /// it knows of its forwards: accepted there and awaiting completion here (by delivery
 /// id), and completed here, whose receipts the next accept tells the target to forget.
 #[derive(Default)]
-pub(crate) struct Links {
+struct Links {
     targets: Mutex<HashMap<String, Linked>>,
     /// This group's id and name (read once).
     identity: Mutex<Option<(Uuid, String)>>,
@@ -101,23 +106,55 @@ pub(crate) struct Links {
     sweep_from: std::sync::Mutex<HashMap<Stream, i64>>,
 }
 
-/// Deliveries just completed here: those that were forwards have receipts the target may
-/// now forget (told with the next accept of their stream).
-pub(crate) fn completed(shared: &Shared, done: &[i64]) {
-    let links = &shared.forward_links;
-    let Ok(mut awaiting) = links.awaiting.lock() else {
-        return;
-    };
-    if awaiting.is_empty() {
-        return;
-    }
-    let Ok(mut completed) = links.completed.lock() else {
-        return;
-    };
-    for id in done {
-        if let Some((stream, message)) = awaiting.remove(id) {
-            completed.entry(stream).or_default().push(message);
+/// The forwarding side of an instance, for its delivery loops and the receipt sweep: its
+/// connections to the linked groups ([`Links`]) and the instance. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Forwarder {
+    instance: Instance,
+    links: Arc<Links>,
+}
+
+impl Forwarder {
+    /// The forwarding side of `instance`, connected to no group yet.
+    pub fn new(instance: Instance) -> Self {
+        Self {
+            instance,
+            links: Default::default(),
         }
+    }
+
+    /// Deliveries just completed here: those that were forwards have receipts the target
+    /// may now forget (told with the next accept of their stream).
+    pub fn completed(&self, done: &[i64]) {
+        let links = &self.links;
+        let Ok(mut awaiting) = links.awaiting.lock() else {
+            return;
+        };
+        if awaiting.is_empty() {
+            return;
+        }
+        let Ok(mut completed) = links.completed.lock() else {
+            return;
+        };
+        for id in done {
+            if let Some((stream, message)) = awaiting.remove(id) {
+                completed.entry(stream).or_default().push(message);
+            }
+        }
+    }
+
+    fn mbx(&self) -> &mbx_messagebox::MessageBox {
+        self.instance.mbx()
+    }
+
+    /// This group's id and name (read once).
+    async fn identity(&self) -> Result<(Uuid, String), String> {
+        self.links.identity(self.mbx()).await
+    }
+
+    /// The target of `link` and its declared property types (see [`Links::target`]).
+    async fn target(&self, link: &str) -> Result<(Arc<ForwardTarget>, Declared), String> {
+        self.links.target(self.mbx(), link).await
     }
 }
 
@@ -156,14 +193,12 @@ impl Links {
 }
 
 impl Links {
-    async fn identity(&self, shared: &Shared) -> Result<(Uuid, String), String> {
+    async fn identity(&self, mbx: &mbx_messagebox::MessageBox) -> Result<(Uuid, String), String> {
         let mut id = self.identity.lock().await;
         if let Some(known) = id.as_ref() {
             return Ok(known.clone());
         }
-        let read = shared
-            .instance
-            .mbx()
+        let read = mbx
             .group_identity()
             .await
             .map_err(|e| format!("reading this group's identity: {e}"))?;
@@ -175,15 +210,9 @@ impl Links {
     /// [`LINK_CACHE_TTL`] ago.
     async fn target(
         &self,
-        shared: &Shared,
+        mbx: &mbx_messagebox::MessageBox,
         link: &str,
-    ) -> Result<
-        (
-            Arc<ForwardTarget>,
-            Arc<HashMap<String, mbx_messagebox::PropertyType>>,
-        ),
-        String,
-    > {
+    ) -> Result<(Arc<ForwardTarget>, Declared), String> {
         let cached = {
             let targets = self.targets.lock().await;
             targets.get(link).map(|l| {
@@ -201,12 +230,7 @@ impl Links {
             }
         }
         // no lock held from here: one unreachable link must not stall the others
-        let stored = shared
-            .instance
-            .mbx()
-            .link_get(link)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stored = mbx.link_get(link).await.map_err(|e| e.to_string())?;
         let target = match &cached {
             Some((url, target, _, _)) if *url == stored.database_url => target.clone(),
             _ => {
@@ -287,7 +311,7 @@ impl NotSent<'_> {
 /// Forwards deliveries (each with the group its port's transport forwards it to,
 /// `transport::PortTransports`) and returns one outcome each.
 pub(crate) async fn forward(
-    shared: &Shared,
+    forwarder: &Forwarder,
     port: &SendPort,
     batch: Vec<(&ClaimedDelivery, GroupAddress)>,
     fence: Option<&Fence>,
@@ -302,13 +326,13 @@ pub(crate) async fn forward(
         }
     }
     for (to, deliveries) in by_target {
-        forward_to(shared, port, &to, &deliveries, fence, &mut outcomes).await;
+        forward_to(forwarder, port, &to, &deliveries, fence, &mut outcomes).await;
     }
     outcomes
 }
 
 async fn forward_to(
-    shared: &Shared,
+    forwarder: &Forwarder,
     port: &SendPort,
     to: &GroupAddress,
     deliveries: &[&ClaimedDelivery],
@@ -320,11 +344,11 @@ async fn forward_to(
             outcomes.insert(d.delivery_id, Outcome::failed(&error, retryable));
         }
     };
-    let identity = match shared.forward_links.identity(shared).await {
+    let identity = match forwarder.identity().await {
         Ok(i) => i,
         Err(e) => return fail_all(e, true),
     };
-    let (target, declared) = match shared.forward_links.target(shared, &to.link).await {
+    let (target, declared) = match forwarder.target(&to.link).await {
         Ok(t) => t,
         Err(e) => return fail_all(e, true),
     };
@@ -336,17 +360,17 @@ async fn forward_to(
     let stream_key = format!("{}#{}", port.name, port.id);
     let epoch = ordered_epoch(port, sent[0]).map(|e| (stream_key.as_str(), e));
     let stream: Stream = (to.link.clone(), port.name.clone());
-    let mut forget = shared.forward_links.take_completed(&stream);
+    let mut forget = forwarder.links.take_completed(&stream);
     // claimed under this instance id: if the instance is declared dead meanwhile (its
     // claims reclaimed by another), it must not forward them late
-    let claimed_as = shared.instance.id();
+    let claimed_as = forwarder.instance.id();
     let started = Instant::now();
     let give_up = NotSent {
-        links: &shared.forward_links,
+        links: &forwarder.links,
         stream: &stream,
         sent: &sent,
     };
-    if shared.instance.id() != claimed_as {
+    if forwarder.instance.id() != claimed_as {
         let reason = "this instance was declared dead; its claims moved on";
         return give_up.fail(&mut forget, outcomes, reason);
     }
@@ -356,7 +380,7 @@ async fn forward_to(
     }
     let accepted = match target
         .accept(
-            shared.instance.mbx(),
+            forwarder.instance.mbx(),
             (identity.0, &identity.1),
             &port.name,
             &to.receive_port,
@@ -368,16 +392,16 @@ async fn forward_to(
     {
         Ok(a) => a,
         Err(e) => {
-            let reason = not_accepted(shared, port, to, &target, claimed_as, &sent, e).await;
+            let reason = not_accepted(forwarder, port, to, &target, claimed_as, &sent, e).await;
             return give_up.fail(&mut forget, outcomes, &reason);
         }
     };
     let (events, awaiting) = settle_accepted(to, &target.group_name, &sent, &accepted, outcomes);
-    shared.forward_links.awaiting_completion(&stream, &awaiting);
+    forwarder.links.awaiting_completion(&stream, &awaiting);
     let duplicates = accepted.iter().filter(|a| a.duplicate).count();
     debug!(port = %port.name, messages = sent.len(), duplicates, forgotten = forget.len(),
            accept_ms = started.elapsed().as_millis() as u64, "batch forwarded");
-    record_forwarded(shared, port, accepted.len(), duplicates, &events).await;
+    record_forwarded(forwarder, port, accepted.len(), duplicates, &events).await;
 }
 
 /// What of `deliveries` can be forwarded to the group `group_name` (declaring
@@ -455,7 +479,7 @@ fn ordered_epoch(port: &SendPort, first: &ClaimedDelivery) -> Option<i64> {
 /// group is "later", not a failure: the claims go back due in a moment, uncounted. Any
 /// other error drops a broken connection so the next batch connects anew.
 async fn not_accepted(
-    shared: &Shared,
+    forwarder: &Forwarder,
     port: &SendPort,
     to: &GroupAddress,
     target: &ForwardTarget,
@@ -469,8 +493,7 @@ async fn not_accepted(
             .iter()
             .map(|d| (d.delivery_id, d.claim_token))
             .collect();
-        if let Err(e) = shared
-            .instance
+        if let Err(e) = forwarder
             .mbx()
             .deliveries_postpone(claimed_as, &claims, THROTTLED_RETRY_MS)
             .await
@@ -480,7 +503,7 @@ async fn not_accepted(
         return POSTPONED.to_owned();
     }
     if matches!(error, ForwardError::Other(_)) {
-        shared.forward_links.drop_target(&to.link).await;
+        forwarder.links.drop_target(&to.link).await;
     }
     let error = format!(
         "forwarding to group '{}' ({to}): {error}",
@@ -536,7 +559,7 @@ fn settle_accepted(
 /// Counts a forwarded batch (`accepted` messages, `duplicates` of them resends) and
 /// records its events on the messages.
 async fn record_forwarded(
-    shared: &Shared,
+    forwarder: &Forwarder,
     port: &SendPort,
     accepted: usize,
     duplicates: usize,
@@ -547,10 +570,9 @@ async fn record_forwarded(
     }
     metrics::counter!("mbx_forwarded_total", "port" => port.name.clone())
         .increment((accepted - duplicates) as u64);
-    if let Err(e) = shared
-        .instance
+    if let Err(e) = forwarder
         .mbx()
-        .forward_track(port.id, shared.instance.id(), events)
+        .forward_track(port.id, forwarder.instance.id(), events)
         .await
     {
         debug!(port = %port.name, error = %e, "recording forwarded events failed");
@@ -561,24 +583,24 @@ async fn record_forwarded(
 /// no accept carried: a receipt stays while its delivery (or a suspended item of it) is
 /// still here, so a resend of it, however late, stays a duplicate there. One instance of
 /// the host sweeps (the live one with the lowest id).
-pub(crate) async fn forget_loop(shared: Arc<Shared>) {
+pub(crate) async fn forget_loop(forwarder: Forwarder) {
     let mut last_sweep = Instant::now();
     loop {
-        if !shared.instance.pause(FLUSH_INTERVAL).await {
+        if !forwarder.instance.pause(FLUSH_INTERVAL).await {
             return;
         }
         // what this instance completed and no accept carried since (a port gone quiet)
-        flush_completed(&shared).await;
+        flush_completed(&forwarder).await;
         if last_sweep.elapsed() < FORGET_INTERVAL {
             continue;
         }
         last_sweep = Instant::now();
-        let me = shared.instance.id();
-        let sweeper = match shared.instance.mbx().instance_list().await {
+        let me = forwarder.instance.id();
+        let sweeper = match forwarder.instance.mbx().instance_list().await {
             Ok(list) => list
                 .iter()
                 .filter(|i| i.state == mbx_messagebox::states::InstanceState::Alive)
-                .filter(|i| i.host == shared.instance.config().host)
+                .filter(|i| i.host == forwarder.instance.config().host)
                 .map(|i| i.id)
                 .min()
                 .is_none_or(|lowest| lowest == me),
@@ -587,7 +609,7 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
         if !sweeper {
             continue;
         }
-        let ports = match shared.instance.mbx().send_port_list().await {
+        let ports = match forwarder.instance.mbx().send_port_list().await {
             Ok(list) => list,
             Err(e) => {
                 debug!(error = %e, "listing ports for receipts failed");
@@ -596,10 +618,10 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
         };
         for port in ports
             .iter()
-            .filter(|p| p.host == shared.instance.config().host)
+            .filter(|p| p.host == forwarder.instance.config().host)
         {
             for link in links_of(port) {
-                if let Err(e) = forget_port(&shared, port, &link).await {
+                if let Err(e) = forget_port(&forwarder, port, &link).await {
                     debug!(port = %port.name, error = %e, "clearing receipts failed; next round");
                 }
             }
@@ -609,8 +631,8 @@ pub(crate) async fn forget_loop(shared: Arc<Shared>) {
 
 /// Tells the target groups to forget the receipts of forwards this instance completed
 /// and that are still waiting for their port's next accept.
-async fn flush_completed(shared: &Shared) {
-    let streams: Vec<Stream> = match shared.forward_links.completed.lock() {
+async fn flush_completed(forwarder: &Forwarder) {
+    let streams: Vec<Stream> = match forwarder.links.completed.lock() {
         Ok(c) => c
             .iter()
             .filter(|(_, ids)| !ids.is_empty())
@@ -618,12 +640,12 @@ async fn flush_completed(shared: &Shared) {
             .collect(),
         Err(_) => return,
     };
-    let Ok((group, _)) = shared.forward_links.identity(shared).await else {
+    let Ok((group, _)) = forwarder.identity().await else {
         return;
     };
     for stream in streams {
-        let ids = shared.forward_links.take_completed(&stream);
-        let forgotten = match shared.forward_links.target(shared, &stream.0).await {
+        let ids = forwarder.links.take_completed(&stream);
+        let forgotten = match forwarder.target(&stream.0).await {
             Ok((target, _)) => target
                 .forget(group, &stream.1, &ids)
                 .await
@@ -632,7 +654,7 @@ async fn flush_completed(shared: &Shared) {
         };
         if let Err(e) = forgotten {
             debug!(port = %stream.1, error = %e, "forgetting receipts failed; next round");
-            shared.forward_links.give_back_completed(&stream, ids);
+            forwarder.links.give_back_completed(&stream, ids);
         }
     }
 }
@@ -655,12 +677,12 @@ fn links_of(port: &SendPort) -> Vec<String> {
 /// One sweep round over a port's receipts in one linked group, from where the last round
 /// stopped (so receipts still held at the front do not hide the rest), starting over once
 /// it reaches the end.
-async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(), String> {
-    let (group, _) = shared.forward_links.identity(shared).await?;
-    let (target, _) = shared.forward_links.target(shared, link).await?;
+async fn forget_port(forwarder: &Forwarder, port: &SendPort, link: &str) -> Result<(), String> {
+    let (group, _) = forwarder.identity().await?;
+    let (target, _) = forwarder.target(link).await?;
     let key: Stream = (link.to_owned(), port.name.clone());
-    let mut after = shared
-        .forward_links
+    let mut after = forwarder
+        .links
         .sweep_from
         .lock()
         .ok()
@@ -677,8 +699,7 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
             break;
         };
         let ids: Vec<Uuid> = page.iter().map(|r| r.1).collect();
-        let held = shared
-            .instance
+        let held = forwarder
             .mbx()
             .forward_still_held(port.id, &ids)
             .await
@@ -697,7 +718,7 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
         }
         after = last;
     }
-    if let Ok(mut m) = shared.forward_links.sweep_from.lock() {
+    if let Ok(mut m) = forwarder.links.sweep_from.lock() {
         m.insert(key, if reached_end { 0 } else { after });
     }
     Ok(())
@@ -705,32 +726,27 @@ async fn forget_port(shared: &Shared, port: &SendPort, link: &str) -> Result<(),
 
 /// Publishes what other groups forwarded into this one (one instance at a time; the
 /// others find the inbox locked and wait for the next wake-up).
-pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
+pub(crate) async fn inbox_loop(instance: Instance, wake: Wakeups, throttle: Arc<Throttle>) {
     let publisher = Publisher {
-        host_id: Some(shared.instance.host_id()),
+        host_id: Some(instance.host_id()),
         receive_location_id: None,
         fence: None,
     };
     loop {
-        if shared.instance.is_stopping() {
+        if instance.is_stopping() {
             return;
         }
-        let woken = shared.wake.forwarded();
+        let woken = wake.forwarded();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if shared.throttle.publish_throttled() {
-            let mut stopping = shared.instance.stopping();
+        if throttle.publish_throttled() {
+            let mut stopping = instance.stopping();
             tokio::select! {
-                _ = shared.throttle.publish_allowed() => {}
+                _ = throttle.publish_allowed() => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
-        match shared
-            .instance
-            .mbx()
-            .inbox_publish(&publisher, INBOX_BATCH)
-            .await
-        {
+        match instance.mbx().inbox_publish(&publisher, INBOX_BATCH).await {
             Ok(n) if n as i64 == INBOX_BATCH => {
                 metrics::counter!("mbx_forwarded_in_total").increment(n as u64);
                 continue;
@@ -743,10 +759,10 @@ pub(crate) async fn inbox_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "publishing forwarded messages failed; retrying"),
         }
-        let mut stopping = shared.instance.stopping();
+        let mut stopping = instance.stopping();
         tokio::select! {
             _ = &mut woken => {}
-            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
+            _ = tokio::time::sleep(instance.config().poll_interval) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
     }

@@ -26,10 +26,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::delivery::{
-    commit_ordered, idle_wait, observe_latency, record, reserve, send_all, Sent,
+    commit_ordered, idle_wait, observe_latency, record, reserve, send_all, Delivering, Sent,
 };
 use crate::transport::PortTransports;
-use crate::Shared;
 
 /// Most deliveries one round claims (the in-flight throttle may allow fewer).
 pub const KEYED_CLAIM_MAX: i64 = 1_024;
@@ -130,7 +129,7 @@ impl Holding {
 /// Renews every held bucket in one statement every TTL/3 (own task, so a slow send never
 /// delays a renewal).
 fn spawn_renewer(
-    shared: Arc<Shared>,
+    delivering: Delivering,
     port: Arc<SendPort>,
     holding: Arc<Holding>,
 ) -> tokio::task::JoinHandle<()> {
@@ -143,10 +142,10 @@ fn spawn_renewer(
                 continue;
             }
             let at = holding.now_ms();
-            match shared
-                .instance
+            match delivering
+                .instance()
                 .mbx()
-                .port_buckets_renew(shared.instance.id(), port.id, &asked, LEASE_TTL_MS)
+                .port_buckets_renew(delivering.instance().id(), port.id, &asked, LEASE_TTL_MS)
                 .await
             {
                 Ok(kept) => {
@@ -164,15 +163,15 @@ fn spawn_renewer(
 }
 
 /// Takes free buckets up to this instance's fair share, or hands the excess back.
-async fn balance(shared: &Shared, port: &SendPort, holding: &Holding, instance: Uuid) {
+async fn balance(delivering: &Delivering, port: &SendPort, holding: &Holding, instance: Uuid) {
     let total = u64::try_from(port.ordered_buckets.unwrap_or(DEFAULT_ORDERED_BUCKETS)).unwrap_or(1);
-    let fair = usize::try_from(total.div_ceil(shared.share.instances().max(1))).unwrap_or(1);
+    let fair = usize::try_from(total.div_ceil(delivering.share().instances().max(1))).unwrap_or(1);
     let held = holding.len();
     if held < fair {
         let at = holding.now_ms();
         let want = i64::try_from(fair - held).unwrap_or(0);
-        match shared
-            .instance
+        match delivering
+            .instance()
             .mbx()
             .port_buckets_acquire(instance, port.id, want, LEASE_TTL_MS)
             .await
@@ -192,13 +191,13 @@ async fn balance(shared: &Shared, port: &SendPort, holding: &Holding, instance: 
         all.truncate(held - fair);
         holding.remove(&all);
         info!(port = %port.name, buckets = all.len(), "handing bucket leases over to spread the keys");
-        release(shared, port, instance, &all).await;
+        release(delivering, port, instance, &all).await;
     }
 }
 
-async fn release(shared: &Shared, port: &SendPort, instance: Uuid, leases: &[BucketLease]) {
-    if let Err(e) = shared
-        .instance
+async fn release(delivering: &Delivering, port: &SendPort, instance: Uuid, leases: &[BucketLease]) {
+    if let Err(e) = delivering
+        .instance()
         .mbx()
         .port_buckets_release(instance, port.id, leases)
         .await
@@ -209,26 +208,26 @@ async fn release(shared: &Shared, port: &SendPort, instance: Uuid, leases: &[Buc
 
 /// The loop of a port ordered by a property on one instance.
 pub(crate) async fn keyed_port_loop(
-    shared: Arc<Shared>,
+    delivering: Delivering,
     port: SendPort,
     mut stop: watch::Receiver<bool>,
 ) {
     crate::metrics_catalog::port_started(&port.name);
-    let transports = Arc::new(PortTransports::new(&shared.registry, &port));
+    let transports = Arc::new(delivering.transports(&port));
     let port = Arc::new(port);
     let holding = Arc::new(Holding::new());
-    let renewer = spawn_renewer(shared.clone(), port.clone(), holding.clone());
+    let renewer = spawn_renewer(delivering.clone(), port.clone(), holding.clone());
     let per_key = i64::from(port.ordered_commit_batch.max(1));
-    let poll = shared.instance.config().poll_interval;
+    let poll = delivering.instance().config().poll_interval;
     let mut balanced_at: Option<Instant> = None;
     loop {
-        shared.liveness.progressed(port.id);
-        if *stop.borrow() || shared.instance.is_stopping() {
+        delivering.liveness().progressed(port.id);
+        if *stop.borrow() || delivering.instance().is_stopping() {
             break;
         }
-        let instance = shared.instance.id();
+        let instance = delivering.instance().id();
         if balanced_at.is_none_or(|t| t.elapsed() >= poll) {
-            balance(&shared, &port, &holding, instance).await;
+            balance(&delivering, &port, &holding, instance).await;
             balanced_at = Some(Instant::now());
         }
         let held = holding.live();
@@ -239,18 +238,19 @@ pub(crate) async fn keyed_port_loop(
             }
             continue;
         }
-        let notified = shared.wake.published();
+        let notified = delivering.published();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let wanted = ClaimLimits {
             max_count: KEYED_CLAIM_MAX,
-            max_bytes: shared.instance.config().claim_bytes,
+            max_bytes: delivering.instance().config().claim_bytes,
         };
-        let Some((limits, mut in_flight)) = reserve(&shared, wanted, &mut stop).await else {
+        let Some((limits, mut in_flight)) = reserve(delivering.throttle(), wanted, &mut stop).await
+        else {
             continue;
         };
-        let batch = match shared
-            .instance
+        let batch = match delivering
+            .instance()
             .mbx()
             .deliveries_claim_keyed(instance, port.id, &held, per_key, limits)
             .await
@@ -263,7 +263,7 @@ pub(crate) async fn keyed_port_loop(
         };
         if batch.is_empty() {
             drop(in_flight);
-            let idle = idle_wait(&shared, &port).await.min(poll);
+            let idle = idle_wait(delivering.instance(), &port).await.min(poll);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(idle) => {}
@@ -272,21 +272,21 @@ pub(crate) async fn keyed_port_loop(
             continue;
         }
         in_flight.settle(batch.len(), batch.iter().map(|d| d.body_size).sum());
-        let round = send_round(&shared, &port, &transports, &holding, batch).await;
-        commit_ordered(&shared, &port, instance, 0, round.delivered, None).await;
+        let round = send_round(&delivering, &port, &transports, &holding, batch).await;
+        commit_ordered(&delivering, &port, instance, 0, round.delivered, None).await;
         if !round.failures.is_empty() {
             let sent = Sent {
                 failures: round.failures,
                 ..Sent::default()
             };
-            record(&shared, &port, instance, sent).await;
+            record(&delivering, &port, instance, sent).await;
         }
         // what a key did not send behind its failure (or a lost bucket) is given back once
         // the failure is recorded: its head now waits (a retry, a held key), so nothing
         // overtakes it, and the rest no longer counts as in flight
         if !round.unsent.is_empty() {
-            if let Err(e) = shared
-                .instance
+            if let Err(e) = delivering
+                .instance()
                 .mbx()
                 .deliveries_release(instance, &round.unsent)
                 .await
@@ -298,8 +298,8 @@ pub(crate) async fn keyed_port_loop(
     renewer.abort();
     let held = holding.all();
     holding.remove(&held);
-    release(&shared, &port, shared.instance.id(), &held).await;
-    shared.liveness.forget_progress(port.id);
+    release(&delivering, &port, delivering.instance().id(), &held).await;
+    delivering.liveness().forget_progress(port.id);
 }
 
 /// What one round (or one key's run) came to.
@@ -315,7 +315,7 @@ struct Round {
 
 /// Sends one round: each key's run in order, the keys concurrently.
 async fn send_round(
-    shared: &Arc<Shared>,
+    delivering: &Delivering,
     port: &Arc<SendPort>,
     transports: &Arc<PortTransports>,
     holding: &Arc<Holding>,
@@ -332,8 +332,8 @@ async fn send_round(
     let permits = Arc::new(Semaphore::new(KEY_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for run in runs {
-        let (shared, port, transports, holding, permits) = (
-            shared.clone(),
+        let (delivering, port, transports, holding, permits) = (
+            delivering.clone(),
             port.clone(),
             transports.clone(),
             holding.clone(),
@@ -341,7 +341,7 @@ async fn send_round(
         );
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok();
-            send_run(&shared, &port, &transports, &holding, run).await
+            send_run(&delivering, &port, &transports, &holding, run).await
         });
     }
     let mut round = Round::default();
@@ -362,7 +362,7 @@ async fn send_round(
 
 /// One key's run, one message after the other, each behind its bucket's fence.
 async fn send_run(
-    shared: &Shared,
+    delivering: &Delivering,
     port: &SendPort,
     transports: &PortTransports,
     holding: &Arc<Holding>,
@@ -381,7 +381,7 @@ async fn send_run(
         }
         let fence = holding.fence(bucket, epoch);
         let (mut outcomes, _) = send_all(
-            shared,
+            delivering,
             port,
             transports,
             std::slice::from_ref(&d),

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mbx_messagebox::ordered::{LEASE_MARGIN_MS, LEASE_TTL_MS};
+use mbx_messagebox::MessageBox;
 use tokio::task::JoinHandle;
 use tracing::warn;
 use uuid::Uuid;
-
-use crate::Shared;
 
 /// What a lease belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -24,46 +23,28 @@ pub(crate) enum Leased {
 impl Leased {
     pub async fn acquire(
         self,
-        shared: &Shared,
+        mbx: &MessageBox,
         instance: Uuid,
     ) -> mbx_messagebox::Result<Option<i64>> {
         match self {
-            Leased::Port(id) => {
-                shared
-                    .instance
-                    .mbx()
-                    .port_lease_acquire(instance, id, LEASE_TTL_MS)
-                    .await
-            }
-            Leased::Location(id) => {
-                shared
-                    .instance
-                    .mbx()
-                    .location_lease_acquire(instance, id, LEASE_TTL_MS)
-                    .await
-            }
+            Leased::Port(id) => mbx.port_lease_acquire(instance, id, LEASE_TTL_MS).await,
+            Leased::Location(id) => mbx.location_lease_acquire(instance, id, LEASE_TTL_MS).await,
         }
     }
 
     async fn renew(
         self,
-        shared: &Shared,
+        mbx: &MessageBox,
         instance: Uuid,
         epoch: i64,
     ) -> mbx_messagebox::Result<bool> {
         match self {
             Leased::Port(id) => {
-                shared
-                    .instance
-                    .mbx()
-                    .port_lease_renew(instance, id, epoch, LEASE_TTL_MS)
+                mbx.port_lease_renew(instance, id, epoch, LEASE_TTL_MS)
                     .await
             }
             Leased::Location(id) => {
-                shared
-                    .instance
-                    .mbx()
-                    .location_lease_renew(instance, id, epoch, LEASE_TTL_MS)
+                mbx.location_lease_renew(instance, id, epoch, LEASE_TTL_MS)
                     .await
             }
         }
@@ -71,25 +52,13 @@ impl Leased {
 
     pub async fn release(
         self,
-        shared: &Shared,
+        mbx: &MessageBox,
         instance: Uuid,
         epoch: i64,
     ) -> mbx_messagebox::Result<()> {
         match self {
-            Leased::Port(id) => {
-                shared
-                    .instance
-                    .mbx()
-                    .port_lease_release(instance, id, epoch)
-                    .await
-            }
-            Leased::Location(id) => {
-                shared
-                    .instance
-                    .mbx()
-                    .location_lease_release(instance, id, epoch)
-                    .await
-            }
+            Leased::Port(id) => mbx.port_lease_release(instance, id, epoch).await,
+            Leased::Location(id) => mbx.location_lease_release(instance, id, epoch).await,
         }
     }
 }
@@ -118,7 +87,7 @@ impl Tenure {
     /// lease's expiry counts from a moment after that, so the holder's own view (TTL −
     /// margin from `asked`) ends before the lease can expire, however long the answer took.
     pub fn start(
-        shared: &Arc<Shared>,
+        mbx: &MessageBox,
         leased: Leased,
         instance: Uuid,
         epoch: i64,
@@ -128,13 +97,13 @@ impl Tenure {
         let renewed_ms = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
-            let (shared, renewed_ms, lost) = (shared.clone(), renewed_ms.clone(), lost.clone());
+            let (mbx, renewed_ms, lost) = (mbx.clone(), renewed_ms.clone(), lost.clone());
             tokio::spawn(async move {
                 let period = Duration::from_millis((LEASE_TTL_MS / 3) as u64);
                 loop {
                     tokio::time::sleep(period).await;
                     let asked = millis_since(clock);
-                    match leased.renew(&shared, instance, epoch).await {
+                    match leased.renew(&mbx, instance, epoch).await {
                         Ok(true) => renewed_ms.store(asked, Ordering::Release),
                         Ok(false) => {
                             lost.store(true, Ordering::Release);

@@ -37,7 +37,6 @@ mod supervisor;
 mod throttle;
 mod transport;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,28 +145,33 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
-/// What the loops of one instance share: handles, each with one purpose.
-pub(crate) struct Shared {
+/// The handles of one instance, each made once ([`handles`]) and handed to the loops that
+/// use it, never as a bundle: the delivery loops get `delivering`, the receive locations
+/// `receiving`, the supervisor those two to hand out, the admin listener the MessageBox
+/// and `problems`, the instance's own loops the few handles each uses (`spawn_loops`).
+struct Handles {
     /// The MessageBox, the configuration, this instance's id, stopping.
-    pub instance: Instance,
-    pub registry: Registry,
+    instance: Instance,
     /// Publish, configuration, forwarded-in and reply wake-ups (the listener's).
-    pub wake: listen::Wakeups,
+    wake: listen::Wakeups,
     /// The watchdog's progress, the delivered counts, this instance's heartbeats.
-    pub liveness: heartbeat::Liveness,
-    /// Connections to the groups this instance forwards to.
-    pub forward_links: forward::Links,
-    /// Two-way receive's clients waiting for their replies.
-    pub waiting: Arc<replies::Waiting>,
-    /// The shared listeners of the HTTP receive locations this instance serves.
-    pub http: Arc<http_receive::HttpReceive>,
+    liveness: heartbeat::Liveness,
     /// Spreading ordered ports over the host's instances (see `lease::Share`).
-    pub share: Arc<lease::Share>,
+    share: Arc<lease::Share>,
     /// The publish and delivery throttles.
-    pub throttle: Arc<throttle::Throttle>,
-    /// Enabled locations that cannot run on this instance, by id: (name, why). `/readyz`
-    /// answers 503 while any is here; the MessageBox has the same (`mbx status`).
-    pub location_problems: std::sync::Mutex<HashMap<i64, (String, String)>>,
+    throttle: Arc<throttle::Throttle>,
+    /// Two-way receive's clients waiting for their replies.
+    waiting: Arc<replies::Waiting>,
+    /// The shared listeners of the HTTP receive locations this instance serves.
+    http: Arc<http_receive::HttpReceive>,
+    /// Enabled locations that cannot run here (`/readyz`).
+    problems: receive::LocationProblems,
+    /// Connections to the groups this instance forwards to.
+    forwarder: forward::Forwarder,
+    /// What the delivery loops hold.
+    delivering: delivery::Delivering,
+    /// What the receive locations hold.
+    receiving: receive::Receiving,
 }
 
 /// Runs one host instance until `shutdown` resolves, then stops gracefully: stops
@@ -209,15 +213,21 @@ pub async fn run_with_registry(
     let metrics = admin::metrics_handle();
     metrics_catalog::describe();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = shared_state(&config, registry, tls, mbx.clone(), &limits, id, stop_rx);
-    let tasks = spawn_loops(&shared, &config, metrics, machine).await?;
-    let supervisor = tokio::spawn(supervisor::supervisor_loop(shared.clone()));
+    let handles = handles(&config, registry, tls, mbx.clone(), &limits, id, stop_rx);
+    let tasks = spawn_loops(&handles, &config, metrics, machine).await?;
+    let supervisor = tokio::spawn(supervisor::supervisor_loop(
+        handles.instance.clone(),
+        handles.wake.clone(),
+        handles.http.clone(),
+        handles.delivering.clone(),
+        handles.receiving.clone(),
+    ));
     shutdown.await;
-    stop_gracefully(&shared, &mbx, &stop_tx, supervisor, tasks).await
+    stop_gracefully(&handles, &mbx, &stop_tx, supervisor, tasks).await
 }
 
-/// What every loop of the instance `id` shares; it stops once `stop_rx` says so.
-fn shared_state(
+/// The handles of the instance `id`; it stops once `stop_rx` says so.
+fn handles(
     config: &HostConfig,
     registry: Registry,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -225,7 +235,7 @@ fn shared_state(
     limits: &mbx_messagebox::throttle::HostLimits,
     id: Uuid,
     stop_rx: watch::Receiver<bool>,
-) -> Arc<Shared> {
+) -> Handles {
     // HTTP receive locations mount their paths on this instance's shared listeners
     let http = Arc::new(http_receive::HttpReceive::new(
         config.http_listen,
@@ -233,27 +243,54 @@ fn shared_state(
         tls,
     ));
     let registry = registry.with_http_listener(Arc::new(http_receive::Listener(http.clone())));
-    Arc::new(Shared {
-        instance: Instance::new(mbx, config.clone(), id, limits.host_id, stop_rx),
+    let instance = Instance::new(mbx, config.clone(), id, limits.host_id, stop_rx);
+    let wake = listen::Wakeups::default();
+    let liveness = heartbeat::Liveness::new(config.watchdog_stall);
+    let share = Arc::new(lease::Share::default());
+    let throttle = Arc::new(throttle::Throttle::new(
+        limits.throttle_publish,
+        limits.throttle_inflight,
+    ));
+    let waiting = Arc::new(replies::Waiting::default());
+    let problems = receive::LocationProblems::default();
+    let forwarder = forward::Forwarder::new(instance.clone());
+    let delivering = delivery::Delivering::new(
+        instance.clone(),
+        registry.clone(),
+        wake.clone(),
+        liveness.clone(),
+        throttle.clone(),
+        forwarder.clone(),
+        share.clone(),
+    );
+    let receiving = receive::Receiving::new(
+        instance.clone(),
         registry,
-        wake: Default::default(),
-        liveness: heartbeat::Liveness::new(config.watchdog_stall),
-        forward_links: Default::default(),
-        waiting: Default::default(),
+        problems.clone(),
+        liveness.clone(),
+        throttle.clone(),
+        waiting.clone(),
+        wake.clone(),
+    );
+    Handles {
+        instance,
+        wake,
+        liveness,
+        share,
+        throttle,
+        waiting,
         http,
-        share: Default::default(),
-        throttle: Arc::new(throttle::Throttle::new(
-            limits.throttle_publish,
-            limits.throttle_inflight,
-        )),
-        location_problems: Default::default(),
-    })
+        problems,
+        forwarder,
+        delivering,
+        receiving,
+    }
 }
 
 /// Starts the admin listener (if asked for) and the instance's own loops: heartbeat,
 /// listen, replies, maintenance, metrics, throttle monitor, forwarding inbox and sweep.
 async fn spawn_loops(
-    shared: &Arc<Shared>,
+    handles: &Handles,
     config: &HostConfig,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     machine: String,
@@ -266,49 +303,56 @@ async fn spawn_loops(
         info!(address = %listener.local_addr()?, "admin listener ready");
         tasks.push(tokio::spawn(admin::serve(
             listener,
-            shared.clone(),
+            handles.instance.mbx().clone(),
+            handles.problems.clone(),
             metrics,
         )));
     }
     tasks.push(tokio::spawn(heartbeat::heartbeat_loop(
-        shared.instance.clone(),
-        shared.liveness.clone(),
-        shared.share.clone(),
-        shared.wake.clone(),
+        handles.instance.clone(),
+        handles.liveness.clone(),
+        handles.share.clone(),
+        handles.wake.clone(),
         machine,
     )));
     tasks.push(tokio::spawn(listen::listen_loop(
-        shared.instance.clone(),
-        shared.wake.clone(),
+        handles.instance.clone(),
+        handles.wake.clone(),
     )));
     tasks.push(tokio::spawn(replies::reply_loop(
-        shared.instance.clone(),
-        shared.waiting.clone(),
-        shared.wake.clone(),
+        handles.instance.clone(),
+        handles.waiting.clone(),
+        handles.wake.clone(),
     )));
     tasks.push(tokio::spawn(maintenance::maintenance_loop(
-        shared.instance.clone(),
+        handles.instance.clone(),
     )));
     tasks.push(tokio::spawn(maintenance::metrics_loop(
-        shared.instance.clone(),
+        handles.instance.clone(),
     )));
     tasks.push(tokio::spawn(throttle::monitor_loop(
-        shared.instance.clone(),
-        shared.throttle.clone(),
+        handles.instance.clone(),
+        handles.throttle.clone(),
+    )));
+    tasks.push(tokio::spawn(forward::inbox_loop(
+        handles.instance.clone(),
+        handles.wake.clone(),
+        handles.throttle.clone(),
+    )));
+    tasks.push(tokio::spawn(forward::forget_loop(
+        handles.forwarder.clone(),
     )));
     tasks.push(tokio::spawn(process::process_loop(
-        shared.instance.clone(),
-        shared.wake.clone(),
+        handles.instance.clone(),
+        handles.wake.clone(),
     )));
-    tasks.push(tokio::spawn(forward::inbox_loop(shared.clone())));
-    tasks.push(tokio::spawn(forward::forget_loop(shared.clone())));
     Ok(tasks)
 }
 
 /// Stops receiving, lets the supervised loops finish their batch within the grace
 /// period, ends the other tasks and deregisters (releasing what is left).
 async fn stop_gracefully(
-    shared: &Shared,
+    handles: &Handles,
     mbx: &MessageBox,
     stop_tx: &watch::Sender<bool>,
     supervisor: JoinHandle<()>,
@@ -316,7 +360,7 @@ async fn stop_gracefully(
 ) -> Result<()> {
     info!("stopping: no more receiving; finishing in-flight batches");
     let _ = stop_tx.send(true);
-    shared.wake.notify_published();
+    handles.wake.notify_published();
     if tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_S), supervisor)
         .await
         .is_err()
@@ -327,7 +371,7 @@ async fn stop_gracefully(
         t.abort();
     }
     let released = mbx
-        .instance_deregister(shared.instance.id())
+        .instance_deregister(handles.instance.id())
         .await
         .context("deregistering")?;
     info!(released, "host instance stopped");

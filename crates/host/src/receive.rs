@@ -24,26 +24,166 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::heartbeat::Liveness;
+use crate::instance::Instance;
 use crate::lease::{Leased, Tenure};
-use crate::Shared;
+use crate::listen::Wakeups;
+use crate::replies::{Client, Waiting};
+use crate::throttle::Throttle;
+
+/// What the receive locations of an instance hold: the handles they use and nothing of
+/// the delivery side. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub(crate) struct Receiving {
+    inner: Arc<ReceivingInner>,
+}
+
+struct ReceivingInner {
+    instance: Instance,
+    registry: mbx_adapters::Registry,
+    problems: LocationProblems,
+    liveness: Liveness,
+    throttle: Arc<Throttle>,
+    waiting: Arc<Waiting>,
+    wake: Wakeups,
+}
+
+impl Receiving {
+    pub fn new(
+        instance: Instance,
+        registry: mbx_adapters::Registry,
+        problems: LocationProblems,
+        liveness: Liveness,
+        throttle: Arc<Throttle>,
+        waiting: Arc<Waiting>,
+        wake: Wakeups,
+    ) -> Self {
+        let inner = ReceivingInner {
+            instance,
+            registry,
+            problems,
+            liveness,
+            throttle,
+            waiting,
+            wake,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The MessageBox, the configuration, this instance's id, stopping.
+    fn instance(&self) -> &Instance {
+        &self.inner.instance
+    }
+
+    /// A location's receive adapter, from the registry.
+    fn receive_adapter(
+        &self,
+        spec: ReceiveLocationSpec,
+    ) -> Result<Box<dyn ReceiveAdapter>, mbx_adapters::RegistryError> {
+        self.inner.registry.receive_adapter(spec)
+    }
+
+    /// Where whether a location runs here, or why not, is kept for `/readyz`.
+    fn problems(&self) -> &LocationProblems {
+        &self.inner.problems
+    }
+
+    /// Whether other instances may be taken for dead yet (see `Liveness::may_judge_dead`).
+    fn may_judge_dead(&self) -> bool {
+        self.inner.liveness.may_judge_dead()
+    }
+
+    /// The publish and database-size throttles a submit waits on.
+    fn throttle(&self) -> Arc<Throttle> {
+        self.inner.throttle.clone()
+    }
+
+    /// A two-way client waiting for the reply carrying `token` (registered before the
+    /// request's publish: a reply may come at once).
+    fn await_reply(&self, token: String) -> Client {
+        self.inner
+            .waiting
+            .register(token, &self.inner.instance, &self.inner.wake)
+    }
+
+    /// A reference that does not keep the receive side alive (a submitter's).
+    fn downgrade(&self) -> WeakReceiving {
+        WeakReceiving(Arc::downgrade(&self.inner))
+    }
+}
+
+/// [`Receiving`], held without keeping it alive.
+struct WeakReceiving(std::sync::Weak<ReceivingInner>);
+
+impl WeakReceiving {
+    fn upgrade(&self) -> Option<Receiving> {
+        self.0.upgrade().map(|inner| Receiving { inner })
+    }
+}
+
+/// Enabled locations that cannot run on this instance, by id: (name, why). `/readyz`
+/// answers 503 while any is here; the MessageBox has the same (`mbx status`). Cheap to
+/// clone (one `Arc`).
+#[derive(Clone, Default)]
+pub(crate) struct LocationProblems {
+    inner: Arc<std::sync::Mutex<HashMap<i64, (String, String)>>>,
+}
+
+impl LocationProblems {
+    /// Records why `loc` cannot run (`Some`), or that it runs (`None`); whether that is a
+    /// change (true as well when the record cannot be read).
+    fn report(&self, loc: &ReceiveLocation, problem: Option<&str>) -> bool {
+        match self.inner.lock() {
+            Ok(mut p) => match problem {
+                Some(why) => p
+                    .insert(loc.id, (loc.name.clone(), why.to_owned()))
+                    .is_none_or(|(_, before)| before != why),
+                None => p.remove(&loc.id).is_some(),
+            },
+            Err(_) => true,
+        }
+    }
+
+    /// The location `id` is no longer wanted here: nothing is said of it any more.
+    fn forget(&self, id: i64) {
+        if let Ok(mut p) = self.inner.lock() {
+            p.remove(&id);
+        }
+    }
+
+    /// Each problem as one sentence naming its location, sorted (what `/readyz` says).
+    pub fn sentences(&self) -> Vec<String> {
+        match self.inner.lock() {
+            Ok(p) => {
+                let mut v: Vec<String> = p
+                    .values()
+                    .map(|(name, why)| format!("receive location '{name}': {why}"))
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
 
 /// Runs one enabled location until it is stopped; whether it runs here, or why not, is
 /// recorded for `mbx status` and `/readyz` while it is wanted, and forgotten after.
 pub(crate) async fn location_loop(
-    shared: Arc<Shared>,
+    receiving: Receiving,
     loc: ReceiveLocation,
     stop: watch::Receiver<bool>,
 ) {
     let id = loc.id;
     crate::metrics_catalog::location_started(&loc.name);
-    run_location(shared.clone(), loc, stop).await;
-    if let Ok(mut p) = shared.location_problems.lock() {
-        p.remove(&id);
-    }
-    if let Err(e) = shared
-        .instance
+    run_location(receiving.clone(), loc, stop).await;
+    receiving.problems().forget(id);
+    if let Err(e) = receiving
+        .instance()
         .mbx()
-        .location_run_clear(id, shared.instance.id())
+        .location_run_clear(id, receiving.instance().id())
         .await
     {
         tracing::debug!(location_id = id, error = %e, "cannot clear the location's run record");
@@ -52,16 +192,8 @@ pub(crate) async fn location_loop(
 
 /// Records that `loc` runs on this instance (`problem: None`) or why it cannot; a problem
 /// is logged once per change.
-async fn report_run(shared: &Shared, loc: &ReceiveLocation, problem: Option<&str>) {
-    let changed = match shared.location_problems.lock() {
-        Ok(mut p) => match problem {
-            Some(why) => p
-                .insert(loc.id, (loc.name.clone(), why.to_owned()))
-                .is_none_or(|(_, before)| before != why),
-            None => p.remove(&loc.id).is_some(),
-        },
-        Err(_) => true,
-    };
+async fn report_run(receiving: &Receiving, loc: &ReceiveLocation, problem: Option<&str>) {
+    let changed = receiving.problems().report(loc, problem);
     match problem {
         Some(why) if changed => {
             error!(location = %loc.name, error = %why, "receive location cannot run")
@@ -69,41 +201,41 @@ async fn report_run(shared: &Shared, loc: &ReceiveLocation, problem: Option<&str
         None if changed => info!(location = %loc.name, "receive location runs"),
         _ => {}
     }
-    if let Err(e) = shared
-        .instance
+    if let Err(e) = receiving
+        .instance()
         .mbx()
-        .location_run_report(loc.id, shared.instance.id(), problem)
+        .location_run_report(loc.id, receiving.instance().id(), problem)
         .await
     {
         tracing::debug!(location = %loc.name, error = %e, "cannot record the location's run");
     }
 }
 
-async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Receiver<bool>) {
-    let submitter = match LocationSubmitter::new(&shared, &loc).await {
+async fn run_location(receiving: Receiving, loc: ReceiveLocation, stop: watch::Receiver<bool>) {
+    let submitter = match LocationSubmitter::new(&receiving, &loc).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            report_run(&shared, &loc, Some(&format!("{e:#}"))).await;
-            until_stopped(stop, shared.instance.stopping()).await;
+            report_run(&receiving, &loc, Some(&format!("{e:#}"))).await;
+            until_stopped(stop, receiving.instance().stopping()).await;
             return;
         }
     };
-    report_run(&shared, &loc, None).await;
+    report_run(&receiving, &loc, None).await;
     let leased_run = leased(&loc);
     loop {
         // an ordered location runs on the lease holder only, one batch at a time in name
         // order (the FILE adapter submits its next batch after the previous committed);
         // so does an MQTT location, ordered or not (one subscription per location)
         let holding = if leased_run {
-            take_location_lease(&shared, &loc, &submitter).await
+            take_location_lease(&receiving, &loc, &submitter).await
         } else {
             None
         };
         if leased_run && holding.is_none() {
             if *stop.borrow()
-                || !shared
-                    .instance
-                    .pause(shared.instance.config().poll_interval)
+                || !receiving
+                    .instance()
+                    .pause(receiving.instance().config().poll_interval)
                     .await
             {
                 return;
@@ -113,23 +245,21 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
         // the adapter claims files under the instance id: when the instance registers
         // again (declared dead by another), it restarts under the new id, or its claims
         // would look like a dead instance's and be put back while it publishes them
-        let mut ids = shared.instance.ids();
+        let mut ids = receiving.instance().ids();
         let started_as = *ids.borrow_and_update();
-        let adapter = match shared
-            .registry
-            .receive_adapter(adapter_spec(&loc, started_as))
-        {
+        let adapter = match receiving.receive_adapter(adapter_spec(&loc, started_as)) {
             Ok(a) => a,
             Err(e) => {
-                report_run(&shared, &loc, Some(&e.to_string())).await;
-                until_stopped(stop, shared.instance.stopping()).await;
+                report_run(&receiving, &loc, Some(&e.to_string())).await;
+                until_stopped(stop, receiving.instance().stopping()).await;
                 return;
             }
         };
-        let stopped = until_stopped(stop.clone(), shared.instance.stopping());
+        let stopped = until_stopped(stop.clone(), receiving.instance().stopping());
         let ended = holding.as_ref().map(|h| h.tenure.ended_signal());
         let shutdown = shutdown_signal(stopped, ended, ids);
-        let reclaimer = reclaim_while_running(&shared, adapter.as_ref(), submitter.as_ref(), &loc);
+        let reclaimer =
+            reclaim_while_running(&receiving, adapter.as_ref(), submitter.as_ref(), &loc);
         let run = adapter.run(submitter.as_ref(), shutdown);
         tokio::pin!(run);
         let result = tokio::select! {
@@ -137,14 +267,14 @@ async fn run_location(shared: Arc<Shared>, loc: ReceiveLocation, stop: watch::Re
             _ = reclaimer => run.await,
         };
         if let Some(holding) = holding {
-            release_location_lease(&shared, &loc, &submitter, holding).await;
+            release_location_lease(&receiving, &loc, &submitter, holding).await;
         }
-        let stopping = *stop.borrow() || shared.instance.is_stopping();
-        if !stopping && shared.instance.id() != started_as {
+        let stopping = *stop.borrow() || receiving.instance().is_stopping();
+        if !stopping && receiving.instance().id() != started_as {
             info!(location = %loc.name, "instance registered again; restarting the location under its new id");
             continue;
         }
-        if !runs_again(&shared, &loc, leased_run && !stopping, &stop, result).await {
+        if !runs_again(&receiving, &loc, leased_run && !stopping, &stop, result).await {
             return;
         }
     }
@@ -173,14 +303,14 @@ struct LocationHolding {
 /// Takes `loc`'s lease if it is free, fencing every publish of the holding on it; none
 /// when another instance holds it (or it cannot be asked for).
 async fn take_location_lease(
-    shared: &Arc<Shared>,
+    receiving: &Receiving,
     loc: &ReceiveLocation,
     submitter: &LocationSubmitter,
 ) -> Option<LocationHolding> {
-    let instance = shared.instance.id();
+    let instance = receiving.instance().id();
     let leased = Leased::Location(loc.id);
     let asked = std::time::Instant::now();
-    match leased.acquire(shared, instance).await {
+    match leased.acquire(receiving.instance().mbx(), instance).await {
         Ok(Some(epoch)) => {
             info!(location = %loc.name, epoch, "receive location lease taken");
             // every publish of this holding is fenced on the lease at this epoch
@@ -190,7 +320,7 @@ async fn take_location_lease(
                 epoch,
             }));
             Some(LocationHolding {
-                tenure: Tenure::start(shared, leased, instance, epoch, asked),
+                tenure: Tenure::start(receiving.instance().mbx(), leased, instance, epoch, asked),
                 instance,
                 epoch,
             })
@@ -206,7 +336,7 @@ async fn take_location_lease(
 /// Ends a holding: publishes are no longer fenced on it, and the lease is released if it
 /// was still held.
 async fn release_location_lease(
-    shared: &Arc<Shared>,
+    receiving: &Receiving,
     loc: &ReceiveLocation,
     submitter: &LocationSubmitter,
     holding: LocationHolding,
@@ -221,7 +351,7 @@ async fn release_location_lease(
     drop(tenure);
     if held {
         let _ = Leased::Location(loc.id)
-            .release(shared, instance, epoch)
+            .release(receiving.instance().mbx(), instance, epoch)
             .await;
     }
 }
@@ -273,15 +403,15 @@ fn shutdown_signal(
 /// already published by them, are deleted), at start and then every dead-instance
 /// timeout while the location runs; returns once the instance is stopping.
 async fn reclaim_while_running(
-    shared: &Shared,
+    receiving: &Receiving,
     adapter: &dyn ReceiveAdapter,
     submitter: &dyn Submitter,
     loc: &ReceiveLocation,
 ) {
     loop {
-        reclaim_dead_claims(shared, adapter, submitter, &loc.name).await;
-        if !shared
-            .instance
+        reclaim_dead_claims(receiving, adapter, submitter, &loc.name).await;
+        if !receiving
+            .instance()
             .pause(Duration::from_secs(DEAD_AFTER_S as u64))
             .await
         {
@@ -294,7 +424,7 @@ async fn reclaim_while_running(
 /// pause). A leased location whose lease ended (`retake`) tries to take it again; a
 /// failed run restarts unless stopped.
 async fn runs_again(
-    shared: &Shared,
+    receiving: &Receiving,
     loc: &ReceiveLocation,
     retake: bool,
     stop: &watch::Receiver<bool>,
@@ -302,18 +432,18 @@ async fn runs_again(
 ) -> bool {
     match result {
         Ok(()) if retake => {
-            shared
-                .instance
-                .pause(shared.instance.config().poll_interval)
+            receiving
+                .instance()
+                .pause(receiving.instance().config().poll_interval)
                 .await
         }
         Ok(()) => false,
         Err(e) => {
             error!(location = %loc.name, error = %e, "receive location failed; restarting");
             !*stop.borrow()
-                && shared
-                    .instance
-                    .pause(shared.instance.config().poll_interval)
+                && receiving
+                    .instance()
+                    .pause(receiving.instance().config().poll_interval)
                     .await
         }
     }
@@ -333,16 +463,16 @@ fn leased(loc: &ReceiveLocation) -> bool {
 /// the dead timeout (after a database outage every heartbeat is stale, the live
 /// instances' too, and their files would be put back while they publish them).
 async fn reclaim_dead_claims(
-    shared: &Shared,
+    receiving: &Receiving,
     adapter: &dyn ReceiveAdapter,
     submitter: &dyn Submitter,
     location: &str,
 ) {
-    if !shared.liveness.may_judge_dead() {
+    if !receiving.may_judge_dead() {
         tracing::debug!(location = %location, "not connected for the dead timeout yet: no instance taken for dead");
         return;
     }
-    match shared.instance.mbx().instance_list().await {
+    match receiving.instance().mbx().instance_list().await {
         Ok(list) => {
             let alive: HashSet<String> = list
                 .iter()
@@ -383,19 +513,19 @@ pub(crate) struct LocationSubmitter {
     declared: HashMap<String, PropertyType>,
     /// A submit waits here while the publish or database-size throttle is on; the
     /// admission hook tells adapters so before they take work (HTTP answers 503).
-    throttle: Arc<crate::throttle::Throttle>,
+    throttle: Arc<Throttle>,
     stopping: watch::Receiver<bool>,
     /// An ordered location: the lease this instance holds now (none: publish nothing).
     fence: std::sync::Mutex<Option<LocationFence>>,
     /// Where a problem the adapter reports goes (`report_run`), and two-way requests'
     /// clients wait for their replies; weak, as the instance's loops hold submitters.
-    shared: std::sync::Weak<Shared>,
+    receiving: WeakReceiving,
     /// This instance's id (tracked on what a reclaim finds already published).
     instance: watch::Receiver<uuid::Uuid>,
 }
 
 impl LocationSubmitter {
-    async fn new(shared: &Arc<Shared>, loc: &ReceiveLocation) -> anyhow::Result<Self> {
+    async fn new(receiving: &Receiving, loc: &ReceiveLocation) -> anyhow::Result<Self> {
         let kind: PipelineKind = loc.pipeline.parse()?;
         let promotions = loc
             .promote
@@ -408,20 +538,20 @@ impl LocationSubmitter {
             .collect();
         let pipeline = Pipeline::new(kind, promotions)?;
         Ok(Self {
-            mbx: shared.instance.mbx().clone(),
+            mbx: receiving.instance().mbx().clone(),
             location: loc.clone(),
             pipeline,
             publisher: Publisher {
-                host_id: Some(shared.instance.host_id()),
+                host_id: Some(receiving.instance().host_id()),
                 receive_location_id: Some(loc.id),
                 fence: None,
             },
-            declared: shared.instance.mbx().property_types().await?,
-            throttle: shared.throttle.clone(),
-            stopping: shared.instance.stopping(),
+            declared: receiving.instance().mbx().property_types().await?,
+            throttle: receiving.throttle(),
+            stopping: receiving.instance().stopping(),
             fence: std::sync::Mutex::new(None),
-            shared: Arc::downgrade(shared),
-            instance: shared.instance.ids(),
+            receiving: receiving.downgrade(),
+            instance: receiving.instance().ids(),
         })
     }
 
@@ -712,8 +842,8 @@ impl LocationSubmitter {
 #[async_trait]
 impl Submitter for LocationSubmitter {
     async fn problem(&self, why: Option<&str>) {
-        if let Some(shared) = self.shared.upgrade() {
-            report_run(&shared, &self.location, why).await;
+        if let Some(receiving) = self.receiving.upgrade() {
+            report_run(&receiving, &self.location, why).await;
         }
     }
 
@@ -748,17 +878,15 @@ impl Submitter for LocationSubmitter {
         m: InboundMessage,
         timeout: Duration,
     ) -> Result<Requested, SubmitError> {
-        let shared = self
-            .shared
+        let receiving = self
+            .receiving
             .upgrade()
             .ok_or_else(|| SubmitError::new("the host is stopping"))?;
         let token = uuid::Uuid::new_v4().to_string();
         // waiting before the publish commits: a reply may come at once
-        let mut client = shared
-            .waiting
-            .register(token.clone(), &shared.instance, &shared.wake);
+        let mut client = receiving.await_reply(token.clone());
         let message_id = match self
-            .publish_request(m, &token, shared.instance.id())
+            .publish_request(m, &token, receiving.instance().id())
             .await?
         {
             Ok(told) => return Ok(told),
@@ -783,10 +911,10 @@ impl Submitter for LocationSubmitter {
             self.location.name,
             humantime::format_duration(timeout)
         );
-        if let Err(e) = shared
-            .instance
+        if let Err(e) = receiving
+            .instance()
             .mbx()
-            .request_timed_out(message_id, shared.instance.host_id(), &detail)
+            .request_timed_out(message_id, receiving.instance().host_id(), &detail)
             .await
         {
             warn!(%message_id, error = %e, "cannot record a request's timeout");

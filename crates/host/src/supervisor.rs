@@ -10,7 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::{delivery, dispatch, http_receive, keyed, receive, Shared};
+use crate::delivery::{self, Delivering};
+use crate::http_receive::{self, HttpReceive};
+use crate::instance::Instance;
+use crate::listen::Wakeups;
+use crate::receive::{self, Receiving};
+use crate::{dispatch, keyed};
 
 /// Running loops by object id: the object's configuration as it was started (its
 /// serialized form), task, and its stop signal.
@@ -47,72 +52,37 @@ fn reconcile<T: serde::Serialize>(
     }
 }
 
-/// Starts and stops the loops of ports and locations as the configuration changes.
-pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
+/// Starts and stops the loops of ports and locations as the configuration changes: the
+/// delivery loops get `delivering`, the receive locations `receiving`; it tells `http` the
+/// host's HTTP paths.
+pub(crate) async fn supervisor_loop(
+    instance: Instance,
+    wake: Wakeups,
+    http: Arc<HttpReceive>,
+    delivering: Delivering,
+    receiving: Receiving,
+) {
     let mut ports: Loops = HashMap::new();
     // one claim per round for every unordered port's worker
     let dispatcher = Arc::new(dispatch::Dispatcher::default());
-    let dispatching = tokio::spawn(dispatch::dispatch_loop(shared.clone(), dispatcher.clone()));
+    let dispatching = tokio::spawn(dispatch::dispatch_loop(
+        delivering.clone(),
+        dispatcher.clone(),
+    ));
     let mut locations: Loops = HashMap::new();
     loop {
-        match shared.instance.mbx().send_port_list().await {
-            Ok(list) => {
-                let wanted: HashMap<i64, _> = list
-                    .into_iter()
-                    .filter(|p| {
-                        p.host == shared.instance.config().host && p.state == PortState::Started
-                    })
-                    .map(|p| (p.id, (p.name.clone(), p)))
-                    .collect();
-                shared.share.set_ordered_ports(
-                    wanted
-                        .values()
-                        .filter(|(_, p)| p.ordered && p.ordered_by.is_none())
-                        .count(),
-                );
-                reconcile(&mut ports, wanted, "send port", |port, stop| {
-                    if port.ordered_by.is_some() {
-                        tokio::spawn(keyed::keyed_port_loop(shared.clone(), port, stop))
-                    } else if port.ordered {
-                        tokio::spawn(delivery::ordered_port_loop(shared.clone(), port, stop))
-                    } else {
-                        tokio::spawn(dispatch::port_worker(
-                            shared.clone(),
-                            dispatcher.clone(),
-                            port,
-                            stop,
-                        ))
-                    }
-                });
-            }
-            Err(e) => warn!(error = %e, "reading send ports failed"),
-        }
-        match shared.instance.mbx().receive_location_list().await {
-            Ok(list) => {
-                shared
-                    .http
-                    .set_known(known_http_paths(&list, &shared.instance.config().host));
-                let wanted = list
-                    .into_iter()
-                    .filter(|l| l.host == shared.instance.config().host && l.enabled)
-                    .map(|l| (l.id, (l.name.clone(), l)))
-                    .collect();
-                reconcile(&mut locations, wanted, "receive location", |loc, stop| {
-                    tokio::spawn(receive::location_loop(shared.clone(), loc, stop))
-                });
-            }
-            Err(e) => warn!(error = %e, "reading receive locations failed"),
-        }
+        supervise_ports(&mut ports, &instance, &delivering, &dispatcher).await;
+        supervise_locations(&mut locations, &instance, &http, &receiving).await;
         // a port that was started again may have waiting deliveries: let loops look now
-        shared.wake.notify_published();
+        wake.notify_published();
         // the next look: on a configuration notification, or after the poll interval
-        let mut stopping = shared.instance.stopping();
+        let mut stopping = instance.stopping();
         if *stopping.borrow() {
             break;
         }
         tokio::select! {
-            _ = shared.wake.config_changed() => {}
-            _ = tokio::time::sleep(shared.instance.config().poll_interval) => {}
+            _ = wake.config_changed() => {}
+            _ = tokio::time::sleep(instance.config().poll_interval) => {}
             _ = stopping.changed() => break,
         }
     }
@@ -128,6 +98,75 @@ pub(crate) async fn supervisor_loop(shared: Arc<Shared>) {
         let _ = handle.await;
     }
     let _ = dispatching.await;
+}
+
+/// Makes the port loops match the host's started send ports: a keyed loop for a port
+/// ordered by a property, an ordered loop for an ordered one, a worker fed by
+/// `dispatcher` for the others; each is handed `delivering`.
+async fn supervise_ports(
+    ports: &mut Loops,
+    instance: &Instance,
+    delivering: &Delivering,
+    dispatcher: &Arc<dispatch::Dispatcher>,
+) {
+    let list = match instance.mbx().send_port_list().await {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(error = %e, "reading send ports failed");
+            return;
+        }
+    };
+    let wanted: HashMap<i64, _> = list
+        .into_iter()
+        .filter(|p| p.host == instance.config().host && p.state == PortState::Started)
+        .map(|p| (p.id, (p.name.clone(), p)))
+        .collect();
+    delivering.share().set_ordered_ports(
+        wanted
+            .values()
+            .filter(|(_, p)| p.ordered && p.ordered_by.is_none())
+            .count(),
+    );
+    reconcile(ports, wanted, "send port", |port, stop| {
+        if port.ordered_by.is_some() {
+            tokio::spawn(keyed::keyed_port_loop(delivering.clone(), port, stop))
+        } else if port.ordered {
+            tokio::spawn(delivery::ordered_port_loop(delivering.clone(), port, stop))
+        } else {
+            tokio::spawn(dispatch::port_worker(
+                delivering.clone(),
+                dispatcher.clone(),
+                port,
+                stop,
+            ))
+        }
+    });
+}
+
+/// Makes the location loops match the host's enabled receive locations, each handed
+/// `receiving`; first tells `http` the paths of all the host's HTTP locations.
+async fn supervise_locations(
+    locations: &mut Loops,
+    instance: &Instance,
+    http: &HttpReceive,
+    receiving: &Receiving,
+) {
+    let list = match instance.mbx().receive_location_list().await {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(error = %e, "reading receive locations failed");
+            return;
+        }
+    };
+    http.set_known(known_http_paths(&list, &instance.config().host));
+    let wanted = list
+        .into_iter()
+        .filter(|l| l.host == instance.config().host && l.enabled)
+        .map(|l| (l.id, (l.name.clone(), l)))
+        .collect();
+    reconcile(locations, wanted, "receive location", |loc, stop| {
+        tokio::spawn(receive::location_loop(receiving.clone(), loc, stop))
+    });
 }
 
 /// The HTTP receive paths of `host`'s locations, for the listener: a POST to the path of a

@@ -1,9 +1,13 @@
 //! Bindings as code: the configuration of a group as one document — hosts, property
-//! declarations, group links, receive ports and locations, send ports and send port groups
-//! — that [`MessageBox::export_bindings`] writes and [`MessageBox::apply_bindings`] makes
+//! declarations, group links, receive ports and locations, send ports and send port
+//! groups, orchestrations — that [`MessageBox::export_bindings`] writes and [`MessageBox::apply_bindings`] makes
 //! the MessageBox match, in one transaction, returning the plan it carried out (a dry run
 //! rolls it back). Maps keyed by name, so the order is stable and diffs are small. Secrets
 //! appear only as the references they are stored as. The YAML form is the CLI's.
+//!
+//! An orchestration appears with its current definition; applying one needs the
+//! definition checked by `mbx-orchestration` (which this crate does not depend on): the
+//! caller passes each as an [`OrchestrationSpec`] beside the document.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 
 use crate::config::{self, Backoff, HostSpec, InitialState, SendPortSpec, DEFAULT_APPLICATION};
+use crate::orchestrations::{self, OrchestrationSpec};
 use crate::receive::ReceiveLocationSpec;
-use crate::states::{GroupState, PortState};
+use crate::states::{GroupState, OrchestrationState, PortState};
 use crate::update::{self, diff, FieldChange, GroupSpec};
 use crate::{begin_routing_change, Error, MessageBox, PropertyType, Result, TrackingLevel};
 
@@ -51,6 +56,25 @@ pub struct Bindings {
     pub send_ports: BTreeMap<String, SendPortBinding>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub send_port_groups: BTreeMap<String, GroupBinding>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub orchestrations: BTreeMap<String, OrchestrationBinding>,
+}
+
+/// An orchestration: its host, whether it takes new activations, and its current
+/// definition (the Serverless Workflow document, as a mapping; its `document.namespace`
+/// is the application).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestrationBinding {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    pub definition: serde_json::Value,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,6 +445,7 @@ impl MessageBox {
         }
         self.export_receive(&mut doc, application).await?;
         self.export_send(&mut doc, application).await?;
+        self.export_orchestrations(&mut doc, application).await?;
         self.export_hosts(&mut doc, application).await?;
         self.export_links(&mut doc, application).await?;
         Ok(doc)
@@ -506,14 +531,36 @@ impl MessageBox {
         Ok(())
     }
 
-    /// Into `doc`, every host (or, for one application, the hosts its ports and
-    /// locations run on).
+    /// The application's orchestrations, each with its current definition, into `doc`.
+    async fn export_orchestrations(
+        &self,
+        doc: &mut Bindings,
+        application: Option<&str>,
+    ) -> Result<()> {
+        for o in orchestrations::current_documents(&self.pool).await? {
+            if application.is_none_or(|a| a == o.application) {
+                doc.orchestrations.insert(
+                    o.name,
+                    OrchestrationBinding {
+                        host: o.host,
+                        enabled: o.state == OrchestrationState::Enabled,
+                        definition: o.document.0,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Into `doc`, every host (or, for one application, the hosts its ports,
+    /// locations and orchestrations run on).
     async fn export_hosts(&self, doc: &mut Bindings, application: Option<&str>) -> Result<()> {
         let used_hosts: BTreeSet<String> = doc
             .send_ports
             .values()
             .map(|p| p.host.clone())
             .chain(doc.receive_locations.values().map(|l| l.host.clone()))
+            .chain(doc.orchestrations.values().map(|o| o.host.clone()))
             .collect();
         for h in self.host_list().await? {
             if application.is_none() || used_hosts.contains(&h.name) {
@@ -557,9 +604,11 @@ impl MessageBox {
 
     /// Makes the MessageBox match `doc` in one transaction (see the module header);
     /// returns the plan. New links are checked (connected to) before the transaction.
+    /// `orchestrations` are the document's orchestrations, checked, one per entry.
     pub async fn apply_bindings(
         &self,
         doc: &Bindings,
+        orchestrations: &[OrchestrationSpec],
         options: ApplyOptions,
     ) -> std::result::Result<Vec<Step>, ApplyError> {
         if doc.mbx_bindings != BINDINGS_VERSION {
@@ -596,8 +645,17 @@ impl MessageBox {
         apply_receive_locations(&mut tx, doc, &mut plan).await?;
         apply_send_ports(&mut tx, doc, &mut plan).await?;
         apply_send_port_groups(&mut tx, doc, &mut plan).await?;
+        apply_orchestrations(&mut tx, doc, orchestrations, &mut plan).await?;
         if options.prune {
-            prune(&mut tx, doc, options, &mut plan).await?;
+            // the applications of everything in the file, orchestrations' included
+            let apps: Vec<String> = file_applications(doc)
+                .into_iter()
+                .chain(orchestrations.iter().map(|s| s.application.clone()))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            prune(&mut tx, doc, &apps, options, &mut plan).await?;
+            prune_orchestrations(&mut tx, doc, &apps, &mut plan).await?;
         }
         if options.dry_run {
             tx.rollback().await?;
@@ -995,15 +1053,94 @@ async fn apply_send_port_groups(
     Ok(())
 }
 
-/// Deletes what the file's applications have here and the file does not.
-async fn prune(
+/// Creates the file's new orchestrations and stores the definitions of the others (a new
+/// version becomes current), enabled or not as the file says.
+async fn apply_orchestrations(
     tx: &mut Transaction<'_, Postgres>,
     doc: &Bindings,
-    options: ApplyOptions,
+    specs: &[OrchestrationSpec],
     plan: &mut Vec<Step>,
 ) -> std::result::Result<(), ApplyError> {
-    let apps: Vec<String> = doc
-        .receive_ports
+    let existing: BTreeSet<String> = sqlx::query_scalar("SELECT name FROM orchestrations")
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+    for (name, o) in &doc.orchestrations {
+        let spec = specs
+            .iter()
+            .find(|s| s.name == *name && s.host == o.host && s.document == o.definition)
+            .ok_or_else(|| {
+                at("orchestrations", name)(Error::Invalid(
+                    "its definition was not checked (no specification of it was given with the document)".into(),
+                ))
+            })?;
+        let mut changes = if existing.contains(name) {
+            orchestrations::orchestration_update_in(tx, spec)
+                .await
+                .map_err(at("orchestrations", name))?
+                .changes
+        } else {
+            orchestrations::orchestration_create_in(tx, spec)
+                .await
+                .map_err(at("orchestrations", name))?;
+            plan.push(Step::Create {
+                kind: "orchestration",
+                name: name.clone(),
+            });
+            Vec::new()
+        };
+        let state = if o.enabled {
+            OrchestrationState::Enabled
+        } else {
+            OrchestrationState::Disabled
+        };
+        let c = orchestrations::orchestration_set_state_in(tx, name, state)
+            .await
+            .map_err(at("orchestrations", name))?;
+        if c.from != c.to && existing.contains(name) {
+            changes.push(FieldChange {
+                field: "state".into(),
+                from: c.from,
+                to: c.to,
+            });
+        }
+        push_update(plan, "orchestration", name, changes);
+    }
+    Ok(())
+}
+
+/// Deletes the orchestrations of the file's applications that the file does not have.
+async fn prune_orchestrations(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &Bindings,
+    apps: &[String],
+    plan: &mut Vec<Step>,
+) -> std::result::Result<(), ApplyError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM orchestrations WHERE application = ANY($1) ORDER BY name",
+    )
+    .bind(apps)
+    .fetch_all(&mut **tx)
+    .await?;
+    for name in names {
+        if !doc.orchestrations.contains_key(&name) {
+            orchestrations::orchestration_delete_in(tx, &name)
+                .await
+                .map_err(at("orchestrations", &name))?;
+            plan.push(Step::Delete {
+                kind: "orchestration",
+                name,
+                messages: 0,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The applications of the file's ports, locations and groups.
+fn file_applications(doc: &Bindings) -> BTreeSet<String> {
+    doc.receive_ports
         .values()
         .map(|p| p.application.clone())
         .chain(
@@ -1013,16 +1150,24 @@ async fn prune(
         )
         .chain(doc.send_ports.values().map(|p| p.application.clone()))
         .chain(doc.send_port_groups.values().map(|g| g.application.clone()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+        .collect()
+}
+
+/// Deletes what the file's applications (`apps`) have here and the file does not.
+async fn prune(
+    tx: &mut Transaction<'_, Postgres>,
+    doc: &Bindings,
+    apps: &[String],
+    options: ApplyOptions,
+    plan: &mut Vec<Step>,
+) -> std::result::Result<(), ApplyError> {
     let gone =
         |table: &str| format!("SELECT name FROM {table} WHERE application = ANY($1) ORDER BY name");
     let names = |rows: Vec<String>, keep: &dyn Fn(&str) -> bool| -> Vec<String> {
         rows.into_iter().filter(|n| !keep(n)).collect()
     };
     let groups: Vec<String> = sqlx::query_scalar(&gone("send_port_groups"))
-        .bind(&apps)
+        .bind(apps)
         .fetch_all(&mut **tx)
         .await?;
     for name in names(groups, &|n| doc.send_port_groups.contains_key(n)) {
@@ -1041,7 +1186,7 @@ async fn prune(
         });
     }
     let ports: Vec<String> = sqlx::query_scalar(&gone("send_ports"))
-        .bind(&apps)
+        .bind(apps)
         .fetch_all(&mut **tx)
         .await?;
     for name in names(ports, &|n| doc.send_ports.contains_key(n)) {
@@ -1061,7 +1206,7 @@ async fn prune(
         });
     }
     let locations: Vec<String> = sqlx::query_scalar(&gone("receive_locations"))
-        .bind(&apps)
+        .bind(apps)
         .fetch_all(&mut **tx)
         .await?;
     for name in names(locations, &|n| doc.receive_locations.contains_key(n)) {
@@ -1076,7 +1221,7 @@ async fn prune(
         });
     }
     let receive_ports: Vec<String> = sqlx::query_scalar(&gone("receive_ports"))
-        .bind(&apps)
+        .bind(apps)
         .fetch_all(&mut **tx)
         .await?;
     for name in names(receive_ports, &|n| doc.receive_ports.contains_key(n)) {

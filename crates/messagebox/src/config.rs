@@ -672,23 +672,26 @@ impl MessageBox {
         struct Bound {
             ports: i64,
             locations: i64,
+            orchestrations: i64,
             alive: i64,
         }
         let Bound {
             ports,
             locations,
+            orchestrations,
             alive,
         } = sqlx::query_as(
             "SELECT (SELECT count(*) FROM send_ports WHERE host_id = $1) AS ports,
                     (SELECT count(*) FROM receive_locations WHERE host_id = $1) AS locations,
+                    (SELECT count(*) FROM orchestrations WHERE host_id = $1) AS orchestrations,
                     (SELECT count(*) FROM host_instances WHERE host_id = $1 AND state = 'alive') AS alive",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        if ports + locations + alive > 0 {
+        if ports + locations + orchestrations + alive > 0 {
             return Err(Error::Refused(format!(
-                "host '{name}' still has {ports} send port(s), {locations} receive location(s) and {alive} live instance(s); move or delete them first"
+                "host '{name}' still has {ports} send port(s), {locations} receive location(s), {orchestrations} orchestration(s) and {alive} live instance(s); move or delete them first"
             )));
         }
         sqlx::query("DELETE FROM host_instances WHERE host_id = $1")
@@ -721,7 +724,8 @@ impl MessageBox {
         Ok(self.property_list().await?.into_iter().collect())
     }
 
-    /// Deletes a declaration; refused while a filter compares the property.
+    /// Deletes a declaration; refused while a filter compares the property or an
+    /// orchestration's activation (any version of it) filters on it or correlates by it.
     pub async fn property_delete(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let found = sqlx::query("DELETE FROM properties WHERE name = $1")
@@ -758,6 +762,13 @@ impl MessageBox {
             return Err(Error::Refused(format!(
                 "property '{name}' is used by the filters of {}; change those filters first",
                 users.join(", ")
+            )));
+        }
+        let orchestrations = crate::orchestrations::property_users(&mut tx, name).await?;
+        if !orchestrations.is_empty() {
+            return Err(Error::Refused(format!(
+                "property '{name}' is used by the activation of orchestration(s) {}; delete them first",
+                orchestrations.join(", ")
             )));
         }
         tx.commit().await?;

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod instances;
 pub mod logs;
 pub mod maintenance;
+pub mod orchestrations;
 pub mod ordered;
 pub mod process;
 pub mod publish;

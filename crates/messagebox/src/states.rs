@@ -129,6 +129,14 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// An orchestration's state: whether it takes new activations.
+    OrchestrationState ("orchestration state") {
+        Enabled = "enabled",
+        Disabled = "disabled",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
