@@ -55,6 +55,7 @@ pub fn spec(
         ordered,
         buckets,
         activation: activation(&definition.activation),
+        shapes: definition.shapes(),
     }
 }
 

@@ -119,19 +119,32 @@ async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definiti
     let held = p.mbx.process_held(c.id).await?;
     let runner = Runner::new(&def, &c.id.to_string());
     let mut now = c.now;
+    let mut first_consumed: Vec<String> = Vec::new();
     let mut state = match &c.data {
-        Some(data) => serde_json::from_value::<State>(data.clone()).context("reading the instance's state")?,
-        None => {
-            let activating: Vec<Event> = held.iter().filter(|h| h.activating).map(event).collect();
+        Some(data) if !data.is_null() => {
+            serde_json::from_value::<State>(data.clone()).context("reading the instance's state")?
+        }
+        _ => {
+            let Some(activating) = activating_events(&def, &held) else {
+                // `all`: not every activating message is here yet
+                return commit_pending(p, &c).await;
+            };
+            first_consumed = activating.iter().map(|e| e.id.clone()).collect();
             match State::activate(&def, &activating, now) {
                 Ok(s) => s,
                 Err(e) => return fault_before_start(p, &c, e).await,
             }
         }
     };
-    let mut pending: Vec<Event> = held.iter().filter(|h| !h.consumed && !h.activating).map(event).collect();
+    let mut pending: Vec<Event> = held
+        .iter()
+        .filter(|h| !h.consumed && !h.activating)
+        .map(event)
+        .filter(|e| !first_consumed.contains(&e.id))
+        .collect();
     loop {
-        let (outcome, fx) = runner.run(&mut state, &pending, now);
+        let (outcome, mut fx) = runner.run(&mut state, &pending, now);
+        fx.consumed.append(&mut first_consumed);
         pending.retain(|e| !fx.consumed.contains(&e.id));
         let publish = fx
             .emitted
@@ -179,6 +192,45 @@ async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definiti
         // the next step's time: the database's, at least the commit's
         now = committed_at.max(now);
     }
+}
+
+/// The messages that activate the instance: the one routed as its activation, or — for
+/// `schedule.on.all` — one held message for each filter, in the filters' order (`None`
+/// while one is missing).
+fn activating_events(def: &Definition, held: &[HeldMessage]) -> Option<Vec<Event>> {
+    use mbx_orchestration::model::Consume;
+    let events: Vec<Event> = held.iter().filter(|h| !h.consumed).map(event).collect();
+    let Consume::All(filters) = &def.activation else {
+        return Some(held.iter().filter(|h| h.activating).map(event).collect());
+    };
+    let mut picked: Vec<Event> = Vec::new();
+    for f in filters {
+        let e = events
+            .iter()
+            .find(|e| e.matches(&f.with) && !picked.iter().any(|p| p.id == e.id))?;
+        picked.push(e.clone());
+    }
+    Some(picked)
+}
+
+/// An `all` activation still gathering its messages: nothing to run until another
+/// arrives (its arrival makes the instance runnable again).
+async fn commit_pending(p: &Processes, c: &ClaimedInstance) -> Result<()> {
+    let step = StepCommit {
+        instance_id: c.id,
+        claim_token: c.claim_token,
+        pokes_seen: c.pokes,
+        state: ProcessState::Pending,
+        data: json!(null),
+        error: None,
+        wake_at: None,
+        keep_claim: false,
+        consumed: Vec::new(),
+        publish: Vec::new(),
+        subscriptions: Vec::new(),
+    };
+    p.mbx.process_commit(p.instance.id(), step).await?;
+    Ok(())
 }
 
 /// The instance could not even start (its `input.from` failed): it faults.

@@ -53,6 +53,9 @@ pub struct OrchestrationSpec {
     pub buckets: Option<i32>,
     /// The activation's event filters, in the order written.
     pub activation: Vec<ActivationFilter>,
+    /// The shapes of its correlated event filters (activation and listens): the sorted
+    /// property names routing computes keys for.
+    pub shapes: Vec<Vec<String>>,
 }
 
 impl OrchestrationSpec {
@@ -87,12 +90,24 @@ impl OrchestrationSpec {
 /// Longest version text, in bytes (a semver with pre-release and build parts fits).
 pub const VERSION_MAX_BYTES: usize = 128;
 
-/// An activation filter as stored: its normal form (what routing will evaluate) and the
-/// promoted properties its correlation reads.
+/// An activation filter as stored: its normal form (what routing evaluates), its exact
+/// values as text, and the promoted properties its correlation reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activation {
     pub filter: Filter,
+    #[serde(default)]
+    pub with: BTreeMap<String, String>,
     pub correlate: Vec<String>,
+}
+
+impl Activation {
+    /// Its shape: its `with` properties and its correlations, sorted (process.rs).
+    pub fn shape(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.with.keys().chain(&self.correlate).cloned().collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// An orchestration as `list` shows it.
@@ -247,8 +262,20 @@ async fn compile_activation(
                 f.at, e.message
             ))
         })?;
+        let with = f
+            .with
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
         out.push(Activation {
             filter,
+            with,
             correlate: f.correlate.clone(),
         });
     }
@@ -293,14 +320,15 @@ async fn insert_version(
     activation: &[Activation],
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO orchestration_versions (orchestration_id, version, document, digest, activation)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO orchestration_versions (orchestration_id, version, document, digest, activation, shapes)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(&spec.version)
     .bind(Json(&spec.document))
     .bind(digest)
     .bind(Json(activation))
+    .bind(Json(&spec.shapes))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -312,6 +340,8 @@ pub(crate) async fn orchestration_create_in(
     spec: &OrchestrationSpec,
 ) -> Result<()> {
     spec.validate()?;
+    // activations are subscriptions: every host's routing table reloads
+    crate::begin_routing_change(tx).await?;
     let host_id = config::host_id(tx, &spec.host).await?;
     let activation = compile_activation(tx, spec).await?;
     let res = sqlx::query_scalar::<_, i64>(
@@ -348,6 +378,7 @@ pub(crate) async fn orchestration_update_in(
     spec: &OrchestrationSpec,
 ) -> Result<Update> {
     spec.validate()?;
+    crate::begin_routing_change(tx).await?;
     let old = lock(tx, &spec.name).await?;
     let host_id = config::host_id(tx, &spec.host).await?;
     let digest = digest(&spec.document);
@@ -410,6 +441,7 @@ pub(crate) async fn orchestration_set_state_in(
     name: &str,
     to: OrchestrationState,
 ) -> Result<Change> {
+    crate::begin_routing_change(tx).await?;
     let old = lock(tx, name).await?;
     if old.state != to {
         sqlx::query("UPDATE orchestrations SET state = $2, updated_at = now() WHERE id = $1")
@@ -431,7 +463,25 @@ pub(crate) async fn orchestration_delete_in(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
 ) -> Result<()> {
+    crate::begin_routing_change(tx).await?;
     let old = lock(tx, name).await?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orchestration_instances
+          WHERE orchestration_id = $1 AND state NOT IN ('completed', 'faulted', 'cancelled')",
+    )
+    .bind(old.id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if live > 0 {
+        return Err(Error::Refused(format!(
+            "orchestration '{name}' has {live} instances that have not ended; disable it (`mbx orchestration disable {name}`) and wait for them to end"
+        )));
+    }
+    // ended instances go with it (their inboxes and subscriptions went when they ended)
+    sqlx::query("DELETE FROM orchestration_instances WHERE orchestration_id = $1")
+        .bind(old.id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("DELETE FROM orchestrations WHERE id = $1")
         .bind(old.id)
         .execute(&mut **tx)

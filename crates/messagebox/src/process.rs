@@ -19,33 +19,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::filter::Filter;
+use crate::orchestrations::Activation;
 use crate::publish::{NewMessage, Publisher, Routing};
 use crate::routing::RoutingTable;
 use crate::{Context, Error, MessageBox, Result};
-
-/// One activation filter of an orchestration's current version, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActivationRoute {
-    /// The normal-form filter (its exact values, type-checked when stored).
-    pub filter: Filter,
-    /// The exact values by property (text).
-    #[serde(default)]
-    pub with: BTreeMap<String, String>,
-    /// The correlation properties whose values the activating message fixes.
-    #[serde(default)]
-    pub correlate: Vec<String>,
-}
-
-impl ActivationRoute {
-    /// The activation's shape: its `with` properties and its correlations, sorted.
-    pub fn shape(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.with.keys().chain(&self.correlate).cloned().collect();
-        names.sort();
-        names.dedup();
-        names
-    }
-}
 
 /// What routing knows of one orchestration.
 #[derive(Debug, Clone)]
@@ -54,7 +31,7 @@ pub(crate) struct ProcessRoute {
     pub enabled: bool,
     /// The current version: new activations start on it.
     pub version: String,
-    pub activations: Vec<ActivationRoute>,
+    pub activations: Vec<Activation>,
     /// Every shape of every version (instances of an older version still listen).
     pub shapes: Vec<Vec<String>>,
 }
@@ -142,7 +119,7 @@ pub(crate) async fn route_to_instances(
         .collect();
     let subscribed = subscribed_instances(tx, table, messages, &routable).await?;
     let mut held: Vec<Held> = Vec::new();
-    let mut activations: Vec<Activation> = Vec::new();
+    let mut activations: Vec<Starting> = Vec::new();
     for &i in &routable {
         let context = &messages[i].context;
         for p in &table.processes {
@@ -163,7 +140,7 @@ pub(crate) async fn route_to_instances(
             }
             let lookup = |name: &str| context.promoted(name);
             if let Some(a) = p.activations.iter().find(|a| a.filter.eval(lookup)) {
-                activations.push(Activation::new(p, a, i, ids[i], context));
+                activations.push(Starting::new(p, a, ids[i], context));
             }
         }
     }
@@ -226,7 +203,7 @@ async fn subscribed_instances(
 }
 
 /// A message that activates a new instance (unless its convoy key is taken).
-struct Activation {
+struct Starting {
     orchestration_id: i64,
     version: String,
     message: Uuid,
@@ -236,8 +213,8 @@ struct Activation {
     correlation: BTreeMap<String, String>,
 }
 
-impl Activation {
-    fn new(p: &ProcessRoute, matched: &ActivationRoute, _index: usize, message: Uuid, context: &Context) -> Activation {
+impl Starting {
+    fn new(p: &ProcessRoute, matched: &Activation, message: Uuid, context: &Context) -> Starting {
         let mut correlation = BTreeMap::new();
         for name in &matched.correlate {
             if let Some(v) = context.promoted(name) {
@@ -259,7 +236,7 @@ impl Activation {
                 }
             }
         }
-        Activation {
+        Starting {
             orchestration_id: p.orchestration_id,
             version: p.version.clone(),
             message,
@@ -275,12 +252,12 @@ impl Activation {
 async fn start_instances(
     tx: &mut Transaction<'_, Postgres>,
     table: &RoutingTable,
-    activations: Vec<Activation>,
+    activations: Vec<Starting>,
     held: &mut Vec<Held>,
 ) -> Result<Vec<Uuid>> {
     let mut started: Vec<Uuid> = Vec::new();
     let mut convoy: HashMap<(i64, String), Uuid> = HashMap::new();
-    let mut new_rows: Vec<(&Activation, Uuid)> = Vec::new();
+    let mut new_rows: Vec<(&Starting, Uuid)> = Vec::new();
     for a in &activations {
         if let Some(first) = a.keys.first() {
             if let Some(&instance) = convoy.get(&(a.orchestration_id, first.clone())) {
@@ -371,7 +348,7 @@ async fn convoy_owner(tx: &mut Transaction<'_, Postgres>, orchestration: i64, ke
 async fn insert_instances(
     tx: &mut Transaction<'_, Postgres>,
     _table: &RoutingTable,
-    rows: &[(&Activation, Uuid)],
+    rows: &[(&Starting, Uuid)],
     started: &[Uuid],
 ) -> Result<()> {
     let mut ids = Vec::new();
@@ -405,8 +382,8 @@ async fn insert_instances(
     .await?;
     if !sub_i.is_empty() {
         sqlx::query(
-            "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id)
-             SELECT * FROM unnest($1::int8[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
+             SELECT *, true FROM unnest($1::int8[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
         )
         .bind(&sub_o)
         .bind(&sub_k)
@@ -693,7 +670,7 @@ pub(crate) async fn load_routes(tx: &mut Transaction<'_, Postgres>) -> Result<Ve
         id: i64,
         enabled: bool,
         current_version: String,
-        activation: sqlx::types::Json<Vec<ActivationRoute>>,
+        activation: sqlx::types::Json<Vec<Activation>>,
         shapes: sqlx::types::Json<Vec<Vec<String>>>,
     }
     let rows = sqlx::query_as::<_, Row>(

@@ -285,6 +285,7 @@ fn orchestration(version: &str, with: serde_json::Value) -> OrchestrationSpec {
             with: serde_json::from_value(with).unwrap(),
             correlate: vec!["Order.Id".into()],
         }],
+        shapes: vec![vec!["Order.Id".into(), "mbx.MessageType".into()]],
     }
 }
 
