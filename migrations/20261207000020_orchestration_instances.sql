@@ -45,7 +45,9 @@ CREATE INDEX orchestration_instances_orchestration ON orchestration_instances (o
 CREATE TABLE orchestration_subscriptions (
     orchestration_id bigint NOT NULL REFERENCES orchestrations (id),
     key              text NOT NULL,
-    instance_id      uuid NOT NULL REFERENCES orchestration_instances (id) ON DELETE CASCADE,
+    -- no foreign key: the convoy key is taken before its instance's row is inserted (in
+    -- the same transaction); an instance's rows go when it ends
+    instance_id      uuid NOT NULL,
     activation       boolean NOT NULL DEFAULT false,
     PRIMARY KEY (orchestration_id, key, instance_id)
 );

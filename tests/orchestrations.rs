@@ -7,7 +7,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mbx_e2e::{bodies_in, count, database_url, messagebox, serve_on_loopback, start_host, wait_for, Mbx, FAST_HOST};
+use mbx_e2e::{
+    bodies_in, count, database_url, messagebox, serve_on_loopback, start_host, wait_for, Mbx,
+    FAST_HOST,
+};
 use mbx_messagebox::publish::{NewMessage, Publisher};
 use mbx_messagebox::{Context, MessageBox, Value};
 use sqlx::PgPool;
@@ -36,7 +39,12 @@ fn bind(cli: &Mbx, dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
     cli.ok(&["property", "create", "Order.Id", "--type", "string"]);
     let file = dir.join("flow.yaml");
     std::fs::write(&file, yaml).expect("write definition");
-    cli.ok(&["orchestration", "create", "-f", file.to_str().expect("path")]);
+    cli.ok(&[
+        "orchestration",
+        "create",
+        "-f",
+        file.to_str().expect("path"),
+    ]);
     let out = dir.join("out");
     std::fs::create_dir_all(&out).expect("out/");
     cli.ok(&[
@@ -71,34 +79,99 @@ async fn an_order_manager_calls_out_waits_for_its_approval_and_confirms(pool: Pg
         axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
             let seen = seen.clone();
             async move {
-                let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
                 seen.lock().expect("keys").push(key);
                 let item: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                axum::Json(serde_json::json!({"item": item["item"], "price": 12.5}))
+                let answer = serde_json::json!({"item": item["item"], "price": 12.5});
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    answer.to_string(),
+                )
             }
         }),
     );
     let port = serve_on_loopback(app).await;
-    let out = bind(&cli, dir.path(), &order_manager(&format!("http://127.0.0.1:{port}/quote")));
+    let out = bind(
+        &cli,
+        dir.path(),
+        &order_manager(&format!("http://127.0.0.1:{port}/quote")),
+    );
+    // the approval requests it publishes go to the approvers (here: nowhere, delivered)
+    cli.ok(&[
+        "send-port",
+        "create",
+        "approvers",
+        "--start",
+        "--filter",
+        "mbx.MessageType == 'ApprovalRequest'",
+        "--address",
+        "null://",
+    ]);
     let _host = start_host(&url, FAST_HOST);
 
-    publish(&mbx, vec![message("OrderRequest", "A-1", serde_json::json!({"item": "widget"}))]).await;
+    publish(
+        &mbx,
+        vec![message(
+            "OrderRequest",
+            "A-1",
+            serde_json::json!({"item": "widget"}),
+        )],
+    )
+    .await;
     wait_for("the approval request", Duration::from_secs(30), || async {
-        count(&pool, "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'").await == 1
+        count(
+            &pool,
+            "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
+        )
+        .await
+            == 1
     })
     .await;
     assert_eq!(keys.lock().expect("keys").len(), 1, "one call");
-    // an approval for another order is not this instance's: nothing waits for it
-    publish(&mbx, vec![message("OrderApproval", "A-1", serde_json::json!({"approved": true}))]).await;
-    wait_for("the confirmation", Duration::from_secs(30), || async { !bodies_in(&out, "json").is_empty() }).await;
-    let confirmation: serde_json::Value = serde_json::from_str(&bodies_in(&out, "json")[0]).expect("json");
-    assert_eq!(confirmation, serde_json::json!({"orderId": "A-1", "total": 12.5}));
-    wait_for("the instance completed", Duration::from_secs(30), || async {
-        count(&pool, "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'").await == 1
+    publish(
+        &mbx,
+        vec![message(
+            "OrderApproval",
+            "A-1",
+            serde_json::json!({"approved": true}),
+        )],
+    )
+    .await;
+    wait_for("the confirmation", Duration::from_secs(30), || async {
+        !bodies_in(&out, "json").is_empty()
     })
     .await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM orchestration_subscriptions").await, 0);
-    assert_eq!(count(&pool, "SELECT count(*) FROM suspended_items").await, 0);
+    let confirmation: serde_json::Value =
+        serde_json::from_str(&bodies_in(&out, "json")[0]).expect("json");
+    assert_eq!(
+        confirmation,
+        serde_json::json!({"orderId": "A-1", "total": 12.5})
+    );
+    wait_for(
+        "the instance completed",
+        Duration::from_secs(30),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM orchestration_subscriptions").await,
+        0
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM suspended_items").await,
+        0
+    );
 }
 
 /// A definition that keeps its order id, waits `pause`, then takes its `Go` by
@@ -144,18 +217,36 @@ async fn each_follow_up_reaches_its_own_instance_among_many_waiting(pool: PgPool
     let out = bind(&cli, dir.path(), &wait_then_listen("PT0S"));
     let _host = start_host(&url, FAST_HOST);
     for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        let starts = chunk.iter().map(|i| message("Start", &format!("O-{i}"), serde_json::json!({}))).collect();
+        let starts = chunk
+            .iter()
+            .map(|i| message("Start", &format!("O-{i}"), serde_json::json!({})))
+            .collect();
         publish(&mbx, starts).await;
     }
-    wait_for("every instance waiting", Duration::from_secs(300), || async {
-        count(&pool, "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'").await == N as i64
-    })
+    wait_for(
+        "every instance waiting",
+        Duration::from_secs(300),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
+            )
+            .await
+                == N as i64
+        },
+    )
     .await;
     // the follow-ups in reverse order, each saying which order it was for
     for chunk in (0..N).rev().collect::<Vec<_>>().chunks(100) {
         let gos = chunk
             .iter()
-            .map(|i| message("Go", &format!("O-{i}"), serde_json::json!({"said": format!("O-{i}")})))
+            .map(|i| {
+                message(
+                    "Go",
+                    &format!("O-{i}"),
+                    serde_json::json!({"said": format!("O-{i}")}),
+                )
+            })
             .collect();
         publish(&mbx, gos).await;
     }
@@ -165,9 +256,15 @@ async fn each_follow_up_reaches_its_own_instance_among_many_waiting(pool: PgPool
     .await;
     for body in bodies_in(&out, "json") {
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(v["orderId"], v["said"], "a follow-up went to another instance: {v}");
+        assert_eq!(
+            v["orderId"], v["said"],
+            "a follow-up went to another instance: {v}"
+        );
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM suspended_items").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM suspended_items").await,
+        0
+    );
 }
 
 #[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
@@ -180,17 +277,37 @@ async fn a_follow_up_that_arrives_before_its_listen_still_reaches_it(pool: PgPoo
     let _host = start_host(&url, FAST_HOST);
     publish(&mbx, vec![message("Start", "E-1", serde_json::json!({}))]).await;
     // the instance's first step fixed its order id and subscribed by it: it waits on its timer
-    wait_for("the instance waiting on its timer", Duration::from_secs(30), || async {
-        count(&pool, "SELECT count(*) FROM orchestration_subscriptions WHERE NOT activation").await == 1
-    })
+    wait_for(
+        "the instance waiting on its timer",
+        Duration::from_secs(30),
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM orchestration_subscriptions WHERE NOT activation",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
-    publish(&mbx, vec![message("Go", "E-1", serde_json::json!({"said": "early"}))]).await;
+    publish(
+        &mbx,
+        vec![message("Go", "E-1", serde_json::json!({"said": "early"}))],
+    )
+    .await;
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM orchestration_inbox WHERE NOT consumed AND NOT activating").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM orchestration_inbox WHERE NOT consumed AND NOT activating"
+        )
+        .await,
         1,
         "held for the instance, not a routing failure"
     );
-    wait_for("the confirmation", Duration::from_secs(30), || async { bodies_in(&out, "json").len() == 1 }).await;
+    wait_for("the confirmation", Duration::from_secs(30), || async {
+        bodies_in(&out, "json").len() == 1
+    })
+    .await;
     let v: serde_json::Value = serde_json::from_str(&bodies_in(&out, "json")[0]).expect("json");
     assert_eq!(v["said"], "early");
 }
@@ -204,17 +321,27 @@ async fn a_timer_fires_after_its_host_was_killed_and_another_started(pool: PgPoo
     let out = bind(&cli, dir.path(), &wait_then_listen("PT4S"));
     let mut host = start_host(&url, FAST_HOST);
     publish(&mbx, vec![message("Start", "T-1", serde_json::json!({}))]).await;
-    publish(&mbx, vec![message("Go", "T-1", serde_json::json!({"said": "after the timer"}))]).await;
     wait_for("the instance waiting on its timer", Duration::from_secs(30), || async {
         count(&pool, "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting' AND runnable_at IS NOT NULL").await == 1
     })
+    .await;
+    publish(
+        &mbx,
+        vec![message(
+            "Go",
+            "T-1",
+            serde_json::json!({"said": "after the timer"}),
+        )],
+    )
     .await;
     host.0.kill().expect("kill -9");
     let _ = host.0.wait();
     assert!(bodies_in(&out, "json").is_empty(), "not before its timer");
     let _again = start_host(&url, FAST_HOST);
-    wait_for("the confirmation after the restart", Duration::from_secs(60), || async {
-        bodies_in(&out, "json").len() == 1
-    })
+    wait_for(
+        "the confirmation after the restart",
+        Duration::from_secs(60),
+        || async { bodies_in(&out, "json").len() == 1 },
+    )
     .await;
 }

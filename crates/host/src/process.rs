@@ -62,7 +62,11 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
         let published = wake.published();
         tokio::pin!(published);
         published.as_mut().enable();
-        let claimed = match p.mbx.process_claim(p.instance.id(), p.host_id, CLAIM_BATCH).await {
+        let claimed = match p
+            .mbx
+            .process_claim(p.instance.id(), p.host_id, CLAIM_BATCH)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "claiming orchestration instances failed; retrying");
@@ -99,12 +103,19 @@ async fn idle_wait(p: &Processes) -> Duration {
     }
 }
 
-async fn definition(p: &Processes, defs: &mut Definitions, c: &ClaimedInstance) -> Result<Arc<Definition>> {
+async fn definition(
+    p: &Processes,
+    defs: &mut Definitions,
+    c: &ClaimedInstance,
+) -> Result<Arc<Definition>> {
     let key = (c.orchestration_id, c.version.clone());
     if let Some(d) = defs.get(&key) {
         return Ok(d.clone());
     }
-    let document = p.mbx.process_document(c.orchestration_id, &c.version).await?;
+    let document = p
+        .mbx
+        .process_document(c.orchestration_id, &c.version)
+        .await?;
     let def = Arc::new(
         Definition::from_document(&document)
             .with_context(|| format!("orchestration {} version {}", c.orchestration, c.version))?,
@@ -114,7 +125,12 @@ async fn definition(p: &Processes, defs: &mut Definitions, c: &ClaimedInstance) 
 }
 
 /// Runs one claimed instance until it waits, ends or faults, committing each step.
-async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definitions, c: ClaimedInstance) -> Result<()> {
+async fn run_instance(
+    p: &Processes,
+    http: &reqwest::Client,
+    defs: &mut Definitions,
+    c: ClaimedInstance,
+) -> Result<()> {
     let def = definition(p, defs, &c).await?;
     let held = p.mbx.process_held(c.id).await?;
     let runner = Runner::new(&def, &c.id.to_string());
@@ -167,7 +183,12 @@ async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definiti
             Outcome::Waiting { wake_at } => (ProcessState::Waiting, *wake_at, None, false),
             Outcome::Call(_) => (ProcessState::Running, None, None, true),
             Outcome::Completed(_) => (ProcessState::Completed, None, None, false),
-            Outcome::Faulted(e) => (ProcessState::Faulted, None, Some(serde_json::to_value(e)?), false),
+            Outcome::Faulted(e) => (
+                ProcessState::Faulted,
+                None,
+                Some(serde_json::to_value(e)?),
+                false,
+            ),
         };
         let step = StepCommit {
             instance_id: c.id,
@@ -178,7 +199,11 @@ async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definiti
             error,
             wake_at,
             keep_claim,
-            consumed: fx.consumed.iter().filter_map(|id| id.parse().ok()).collect(),
+            consumed: fx
+                .consumed
+                .iter()
+                .filter_map(|id| id.parse().ok())
+                .collect(),
             publish,
             subscriptions,
         };
@@ -186,7 +211,9 @@ async fn run_instance(p: &Processes, http: &reqwest::Client, defs: &mut Definiti
             debug!(instance = %c.id, "the claim was lost: another host instance runs it");
             return Ok(());
         };
-        let Outcome::Call(request) = outcome else { return Ok(()) };
+        let Outcome::Call(request) = outcome else {
+            return Ok(());
+        };
         let response = send(http, &request).await;
         state.answer(response);
         // the next step's time: the database's, at least the commit's
@@ -275,8 +302,14 @@ fn event(h: &HeldMessage) -> Event {
     } else {
         json!(String::from_utf8_lossy(body))
     };
-    let message_type = h.context.0.promoted(mbx_messagebox::context::system::MESSAGE_TYPE);
-    let port = h.context.0.promoted(mbx_messagebox::context::system::RECEIVE_PORT_NAME);
+    let message_type = h
+        .context
+        .0
+        .promoted(mbx_messagebox::context::system::MESSAGE_TYPE);
+    let port = h
+        .context
+        .0
+        .promoted(mbx_messagebox::context::system::RECEIVE_PORT_NAME);
     Event {
         id: h.message_id.to_string(),
         envelope: json!({
@@ -303,7 +336,9 @@ fn property_json(v: &Value) -> serde_json::Value {
 fn property_value(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Bool(b) => Value::Boolean(*b),
-        serde_json::Value::Number(n) if n.is_i64() => Value::Integer(n.as_i64().unwrap_or_default()),
+        serde_json::Value::Number(n) if n.is_i64() => {
+            Value::Integer(n.as_i64().unwrap_or_default())
+        }
         other => Value::String(text(other)),
     }
 }
@@ -315,9 +350,17 @@ fn new_message(e: &Emitted, held: &[HeldMessage]) -> Result<NewMessage> {
             let h = held
                 .iter()
                 .find(|h| h.message_id.to_string() == *id)
-                .with_context(|| format!("x-mbx-republish: message {id} is not one this instance received"))?;
-            let body = h.body.clone().with_context(|| format!("x-mbx-republish: message {id} is larger than 1 MiB (not supported yet)"))?;
-            (Bytes::from(body), h.content_type.clone(), h.context.0.clone())
+                .with_context(|| {
+                    format!("x-mbx-republish: message {id} is not one this instance received")
+                })?;
+            let body = h.body.clone().with_context(|| {
+                format!("x-mbx-republish: message {id} is larger than 1 MiB (not supported yet)")
+            })?;
+            (
+                Bytes::from(body),
+                h.content_type.clone(),
+                h.context.0.clone(),
+            )
         }
         None => (
             Bytes::from(e.body.clone().unwrap_or_default()),
@@ -326,7 +369,10 @@ fn new_message(e: &Emitted, held: &[HeldMessage]) -> Result<NewMessage> {
         ),
     };
     if let Some(t) = &e.message_type {
-        context.promote(mbx_messagebox::context::system::MESSAGE_TYPE, Value::String(t.clone()))?;
+        context.promote(
+            mbx_messagebox::context::system::MESSAGE_TYPE,
+            Value::String(t.clone()),
+        )?;
     }
     for (name, v) in &e.properties {
         context.promote(name, property_value(v))?;
@@ -347,7 +393,9 @@ async fn send(http: &reqwest::Client, r: &CallRequest) -> CallResponse {
         }
     };
     let method = reqwest::Method::from_bytes(r.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-    let mut req = http.request(method, &url).header("Idempotency-Key", &r.idempotency_key);
+    let mut req = http
+        .request(method, &url)
+        .header("Idempotency-Key", &r.idempotency_key);
     for (k, v) in &r.headers {
         req = req.header(k, v);
     }
@@ -368,7 +416,11 @@ async fn send(http: &reqwest::Client, r: &CallRequest) -> CallResponse {
                 .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
                 .collect();
             let body = resp.text().await.unwrap_or_default();
-            CallResponse { status, headers, body }
+            CallResponse {
+                status,
+                headers,
+                body,
+            }
         }
     }
 }

@@ -81,7 +81,10 @@ impl ProcessState {
 
     /// Whether the instance ended (nothing more runs; its subscriptions are gone).
     pub fn ended(self) -> bool {
-        matches!(self, ProcessState::Faulted | ProcessState::Cancelled | ProcessState::Completed)
+        matches!(
+            self,
+            ProcessState::Faulted | ProcessState::Cancelled | ProcessState::Completed
+        )
     }
 }
 
@@ -127,12 +130,21 @@ pub(crate) async fn route_to_instances(
                 .shapes
                 .iter()
                 .filter_map(|s| key_of(context, s))
-                .flat_map(|k| subscribed.get(&(p.orchestration_id, k)).cloned().unwrap_or_default())
+                .flat_map(|k| {
+                    subscribed
+                        .get(&(p.orchestration_id, k))
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .collect();
             reached.sort();
             reached.dedup();
             if !reached.is_empty() {
-                held.extend(reached.iter().map(|&instance| Held { instance, message: ids[i], activating: false }));
+                held.extend(reached.iter().map(|&instance| Held {
+                    instance,
+                    message: ids[i],
+                    activating: false,
+                }));
                 continue;
             }
             if !p.enabled {
@@ -197,7 +209,9 @@ async fn subscribed_instances(
     .fetch_all(&mut **tx)
     .await?;
     for r in rows {
-        out.entry((r.orchestration_id, r.key)).or_default().push(r.instance_id);
+        out.entry((r.orchestration_id, r.key))
+            .or_default()
+            .push(r.instance_id);
     }
     Ok(out)
 }
@@ -225,13 +239,16 @@ impl Starting {
         // this message fixes (a parallel convoy's other messages find it by them)
         let mut keys = Vec::new();
         if !matched.correlate.is_empty() {
-            for a in std::iter::once(matched).chain(p.activations.iter().filter(|a| *a != matched)) {
-                if a.correlate.iter().all(|c| correlation.contains_key(c)) && !a.correlate.is_empty() {
-                    let values = a
-                        .with
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.clone()))
-                        .chain(a.correlate.iter().map(|c| (c.as_str(), correlation[c].clone())));
+            for a in std::iter::once(matched).chain(p.activations.iter().filter(|a| *a != matched))
+            {
+                if a.correlate.iter().all(|c| correlation.contains_key(c))
+                    && !a.correlate.is_empty()
+                {
+                    let values = a.with.iter().map(|(k, v)| (k.as_str(), v.clone())).chain(
+                        a.correlate
+                            .iter()
+                            .map(|c| (c.as_str(), correlation[c].clone())),
+                    );
                     keys.push(correlation_key(values));
                 }
             }
@@ -261,7 +278,11 @@ async fn start_instances(
     for a in &activations {
         if let Some(first) = a.keys.first() {
             if let Some(&instance) = convoy.get(&(a.orchestration_id, first.clone())) {
-                held.push(Held { instance, message: a.message, activating: false });
+                held.push(Held {
+                    instance,
+                    message: a.message,
+                    activating: false,
+                });
                 continue;
             }
         }
@@ -276,12 +297,15 @@ async fn start_instances(
     let (orch, keys, inst): (Vec<i64>, Vec<String>, Vec<Uuid>) = new_rows
         .iter()
         .filter_map(|(a, id)| a.keys.first().map(|k| (a.orchestration_id, k.clone(), *id)))
-        .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, (o, k, i)| {
-            acc.0.push(o);
-            acc.1.push(k);
-            acc.2.push(i);
-            acc
-        });
+        .fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |mut acc, (o, k, i)| {
+                acc.0.push(o);
+                acc.1.push(k);
+                acc.2.push(i);
+                acc
+            },
+        );
     let won: HashSet<Uuid> = sqlx::query_scalar(
         "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
          SELECT * , true FROM unnest($1::int8[], $2::text[], $3::uuid[])
@@ -297,14 +321,24 @@ async fn start_instances(
     .collect();
     for (a, id) in &new_rows {
         let owner = match a.keys.first() {
-            Some(key) if !won.contains(id) => convoy_owner(tx, a.orchestration_id, key, *id).await?,
+            Some(key) if !won.contains(id) => {
+                convoy_owner(tx, a.orchestration_id, key, *id).await?
+            }
             _ => *id,
         };
         if owner == *id {
-            held.push(Held { instance: *id, message: a.message, activating: true });
+            held.push(Held {
+                instance: *id,
+                message: a.message,
+                activating: true,
+            });
             started.push(*id);
         } else {
-            held.push(Held { instance: owner, message: a.message, activating: false });
+            held.push(Held {
+                instance: owner,
+                message: a.message,
+                activating: false,
+            });
         }
     }
     insert_instances(tx, table, &new_rows, &started).await?;
@@ -313,7 +347,12 @@ async fn start_instances(
 
 /// The instance that owns a convoy key another transaction took first: it, or — when it
 /// ended meanwhile and freed the key — `id`, which takes the key now.
-async fn convoy_owner(tx: &mut Transaction<'_, Postgres>, orchestration: i64, key: &str, id: Uuid) -> Result<Uuid> {
+async fn convoy_owner(
+    tx: &mut Transaction<'_, Postgres>,
+    orchestration: i64,
+    key: &str,
+    id: Uuid,
+) -> Result<Uuid> {
     for _ in 0..8 {
         let existing: Option<Uuid> = sqlx::query_scalar(
             "SELECT instance_id FROM orchestration_subscriptions
@@ -404,7 +443,7 @@ async fn hold(tx: &mut Transaction<'_, Postgres>, held: &[Held]) -> Result<()> {
     let activating: Vec<bool> = held.iter().map(|h| h.activating).collect();
     sqlx::query(
         "INSERT INTO orchestration_inbox (instance_id, message_id, activating)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) WITH ORDINALITY AS x(i, m, a, n)
+         SELECT i, m, a FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) WITH ORDINALITY AS x(i, m, a, n)
          ORDER BY n
          ON CONFLICT DO NOTHING",
     )
@@ -493,7 +532,12 @@ pub struct StepCommit {
 impl MessageBox {
     /// Claims up to `limit` runnable instances of the orchestrations bound to `host_id`
     /// for the host instance `instance`.
-    pub async fn process_claim(&self, instance: Uuid, host_id: i64, limit: i64) -> Result<Vec<ClaimedInstance>> {
+    pub async fn process_claim(
+        &self,
+        instance: Uuid,
+        host_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedInstance>> {
         Ok(sqlx::query_as::<_, ClaimedInstance>(
             "WITH c AS (
                 SELECT i.id FROM orchestration_instances i
@@ -529,7 +573,11 @@ impl MessageBox {
     }
 
     /// An orchestration version's document (hosts cache the compiled definition).
-    pub async fn process_document(&self, orchestration_id: i64, version: &str) -> Result<serde_json::Value> {
+    pub async fn process_document(
+        &self,
+        orchestration_id: i64,
+        version: &str,
+    ) -> Result<serde_json::Value> {
         sqlx::query_scalar(
             "SELECT document FROM orchestration_versions WHERE orchestration_id = $1 AND version = $2",
         )
@@ -603,7 +651,11 @@ impl MessageBox {
         Ok(Some(now))
     }
 
-    async fn commit_effects(&self, tx: &mut Transaction<'_, Postgres>, step: &StepCommit) -> Result<()> {
+    async fn commit_effects(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        step: &StepCommit,
+    ) -> Result<()> {
         if !step.consumed.is_empty() {
             sqlx::query("UPDATE orchestration_inbox SET consumed = true WHERE instance_id = $1 AND message_id = ANY($2)")
                 .bind(step.instance_id)
@@ -628,7 +680,8 @@ impl MessageBox {
             .await?;
         }
         if !step.publish.is_empty() {
-            self.publish_in(tx, &Publisher::default(), step.publish.clone()).await?;
+            self.publish_in(tx, &Publisher::default(), step.publish.clone())
+                .await?;
         }
         if step.state.ended() {
             end_instance(tx, step.instance_id).await?;

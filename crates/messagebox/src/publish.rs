@@ -506,8 +506,8 @@ impl Distribution {
         let mut plan = Self::default();
         let mut slots = slots.into_iter();
         for (i, targets) in routes {
-            let to_instance = usize::from(replied.contains_key(i))
-                + processes.get(i).copied().unwrap_or(0);
+            let to_instance =
+                usize::from(replied.contains_key(i)) + processes.get(i).copied().unwrap_or(0);
             if targets.is_empty() && to_instance == 0 {
                 if messages[*i].routing == Routing::ErrorReport {
                     plan.unsubscribed.push(ids[*i]);

@@ -186,6 +186,7 @@ mod tests {
                 },
             ],
             ordered_ports: Default::default(),
+            processes: Vec::new(),
         };
         let targets = table.route(&ctx("EU"));
         assert_eq!(
