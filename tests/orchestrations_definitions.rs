@@ -127,7 +127,7 @@ async fn refused_definitions_and_flags_store_nothing(pool: PgPool) {
         dir.path(),
         "run.yaml",
         &[(
-            "      call: quote-svc@mbx\n      with:\n        body: '${ $context.order }'\n",
+            "      call: http\n      with:\n        method: post\n        endpoint: http://127.0.0.1:9290/quote\n        body: '${ { item: $context.order.item } }'\n",
             "      run:\n        shell:\n          command: quote\n",
         )],
     );
@@ -250,7 +250,7 @@ async fn orchestrations_round_trip_through_export_and_apply(pool: PgPool) {
         assert_eq!(list[1]["name"], "returns");
         assert_eq!(list[1]["state"], "disabled");
         // a definition the profile refuses names its line and applies nothing
-        let bad = exported.replace("call: quote-svc@mbx", "call: grpc");
+        let bad = exported.replace("call: http", "call: grpc");
         assert_ne!(bad, exported);
         let bad_file = dir.path().join("bad.yaml");
         std::fs::write(&bad_file, &bad).unwrap();
