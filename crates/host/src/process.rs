@@ -16,7 +16,7 @@ use mbx_messagebox::process::{ClaimedInstance, HeldMessage, ProcessState, StepCo
 use mbx_messagebox::publish::NewMessage;
 use mbx_messagebox::{Context, MessageBox, Value};
 use mbx_orchestration::runtime::{
-    CallRequest, CallResponse, CallTarget, Emitted, Event, Outcome, Runner, State,
+    CallRequest, CallResponse, CallTarget, Effects, Emitted, Event, Outcome, Runner, State,
 };
 use mbx_orchestration::Definition;
 use serde_json::json;
@@ -162,51 +162,7 @@ async fn run_instance(
         let (outcome, mut fx) = runner.run(&mut state, &pending, now);
         fx.consumed.append(&mut first_consumed);
         pending.retain(|e| !fx.consumed.contains(&e.id));
-        let publish = fx
-            .emitted
-            .iter()
-            .map(|e| new_message(e, &held))
-            .collect::<Result<Vec<_>>>()?;
-        let subscriptions = runner
-            .subscriptions(&state, now)
-            .iter()
-            .map(|s| {
-                mbx_messagebox::process::correlation_key(
-                    s.with
-                        .iter()
-                        .chain(s.correlation.iter().map(|(k, v)| (k, v)))
-                        .map(|(k, v)| (k.as_str(), text(v))),
-                )
-            })
-            .collect();
-        let (process_state, wake_at, error, keep_claim) = match &outcome {
-            Outcome::Waiting { wake_at } => (ProcessState::Waiting, *wake_at, None, false),
-            Outcome::Call(_) => (ProcessState::Running, None, None, true),
-            Outcome::Completed(_) => (ProcessState::Completed, None, None, false),
-            Outcome::Faulted(e) => (
-                ProcessState::Faulted,
-                None,
-                Some(serde_json::to_value(e)?),
-                false,
-            ),
-        };
-        let step = StepCommit {
-            instance_id: c.id,
-            claim_token: c.claim_token,
-            pokes_seen: c.pokes,
-            state: process_state,
-            data: serde_json::to_value(&state)?,
-            error,
-            wake_at,
-            keep_claim,
-            consumed: fx
-                .consumed
-                .iter()
-                .filter_map(|id| id.parse().ok())
-                .collect(),
-            publish,
-            subscriptions,
-        };
+        let step = step_commit(&c, &runner, &state, &outcome, &fx, &held, now)?;
         let Some(committed_at) = p.mbx.process_commit(p.instance.id(), step).await? else {
             debug!(instance = %c.id, "the claim was lost: another host instance runs it");
             return Ok(());
@@ -219,6 +175,64 @@ async fn run_instance(
         // the next step's time: the database's, at least the commit's
         now = committed_at.max(now);
     }
+}
+
+/// What a step commits: the state, how the step ended, what it consumed and publishes,
+/// the correlations it subscribes to now.
+fn step_commit(
+    c: &ClaimedInstance,
+    runner: &Runner<'_>,
+    state: &State,
+    outcome: &Outcome,
+    fx: &Effects,
+    held: &[HeldMessage],
+    now: f64,
+) -> Result<StepCommit> {
+    let publish = fx
+        .emitted
+        .iter()
+        .map(|e| new_message(e, held))
+        .collect::<Result<Vec<_>>>()?;
+    let subscriptions = runner
+        .subscriptions(state, now)
+        .iter()
+        .map(|s| {
+            mbx_messagebox::process::correlation_key(
+                s.with
+                    .iter()
+                    .chain(s.correlation.iter().map(|(k, v)| (k, v)))
+                    .map(|(k, v)| (k.as_str(), text(v))),
+            )
+        })
+        .collect();
+    let (process_state, wake_at, error, keep_claim) = match outcome {
+        Outcome::Waiting { wake_at } => (ProcessState::Waiting, *wake_at, None, false),
+        Outcome::Call(_) => (ProcessState::Running, None, None, true),
+        Outcome::Completed(_) => (ProcessState::Completed, None, None, false),
+        Outcome::Faulted(e) => (
+            ProcessState::Faulted,
+            None,
+            Some(serde_json::to_value(e)?),
+            false,
+        ),
+    };
+    Ok(StepCommit {
+        instance_id: c.id,
+        claim_token: c.claim_token,
+        pokes_seen: c.pokes,
+        state: process_state,
+        data: serde_json::to_value(state)?,
+        error,
+        wake_at,
+        keep_claim,
+        consumed: fx
+            .consumed
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect(),
+        publish,
+        subscriptions,
+    })
 }
 
 /// The messages that activate the instance: the one routed as its activation, or — for

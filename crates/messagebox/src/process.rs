@@ -294,31 +294,7 @@ async fn start_instances(
     }
     // the convoy keys first: a key a concurrent publish took makes its message follow
     // that instance (this statement waits for that publish to commit or roll back)
-    let (orch, keys, inst): (Vec<i64>, Vec<String>, Vec<Uuid>) = new_rows
-        .iter()
-        .filter_map(|(a, id)| a.keys.first().map(|k| (a.orchestration_id, k.clone(), *id)))
-        .fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |mut acc, (o, k, i)| {
-                acc.0.push(o);
-                acc.1.push(k);
-                acc.2.push(i);
-                acc
-            },
-        );
-    let won: HashSet<Uuid> = sqlx::query_scalar(
-        "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
-         SELECT * , true FROM unnest($1::int8[], $2::text[], $3::uuid[])
-         ON CONFLICT (orchestration_id, key) WHERE activation DO NOTHING
-         RETURNING instance_id",
-    )
-    .bind(&orch)
-    .bind(&keys)
-    .bind(&inst)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
+    let won = take_convoy_keys(tx, &new_rows).await?;
     for (a, id) in &new_rows {
         let owner = match a.keys.first() {
             Some(key) if !won.contains(id) => {
@@ -343,6 +319,34 @@ async fn start_instances(
     }
     insert_instances(tx, table, &new_rows, &started).await?;
     Ok(started)
+}
+
+/// Takes the convoy keys of the instances about to start; returns those that got theirs.
+async fn take_convoy_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    new_rows: &[(&Starting, Uuid)],
+) -> Result<HashSet<Uuid>> {
+    let (mut orch, mut keys, mut inst) = (Vec::new(), Vec::new(), Vec::new());
+    for (a, id) in new_rows {
+        if let Some(k) = a.keys.first() {
+            orch.push(a.orchestration_id);
+            keys.push(k.clone());
+            inst.push(*id);
+        }
+    }
+    Ok(sqlx::query_scalar(
+        "INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
+         SELECT * , true FROM unnest($1::int8[], $2::text[], $3::uuid[])
+         ON CONFLICT (orchestration_id, key) WHERE activation DO NOTHING
+         RETURNING instance_id",
+    )
+    .bind(&orch)
+    .bind(&keys)
+    .bind(&inst)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect())
 }
 
 /// The instance that owns a convoy key another transaction took first: it, or — when it

@@ -312,32 +312,22 @@ impl MessageBox {
             return Ok((outcomes, Vec::new()));
         }
 
-        // 2. route under the shared routing lock
+        // 2. route under the shared routing lock: to ports, to waiting request-response
+        //    clients (their instance subscriptions), to orchestration instances
         let table = self.routing_for_publish(tx).await?;
         let routes = route_fresh(&table, &messages, &fresh);
-        // replies to waiting request-response clients (their instance subscriptions)
         let replied = crate::replies::route_replies(tx, &ids, &messages, &fresh).await?;
-        // orchestration instances: by correlation, or activating new ones
         let processes =
             crate::process::route_to_instances(tx, &table, &ids, &messages, &fresh).await?;
+        let reached = (&replied, &processes.reached);
 
         // 3. ordered ports: take sequences (per port, or per key of a port ordered by a
         //    property) under their rows' locks, in (port, key) order
-        let wanted: Vec<(i64, &Context)> = routes
-            .iter()
-            .flat_map(|(i, targets)| targets.iter().map(|t| (t.port_id, &messages[*i].context)))
-            .collect();
+        let wanted = ordered_wants(&routes, &messages);
         let slots = crate::ordered::take_sequences(tx, &table, &wanted).await?;
 
         // 4. deliveries (and their tracking events, in the same statement)
-        let plan = Distribution::plan(
-            &ids,
-            &messages,
-            &routes,
-            (&replied, &processes.reached),
-            slots,
-            &mut outcomes,
-        )?;
+        let plan = Distribution::plan(&ids, &messages, &routes, reached, slots, &mut outcomes)?;
         insert_deliveries(tx, &plan.deliveries).await?;
         // a port ordered by a property the message does not carry: that delivery is
         // suspended failed-final in the same transaction (the other ports still get theirs)
@@ -453,6 +443,18 @@ async fn insert_messages(
         store_chunks(tx, ids[i], &messages[i].body).await?;
     }
     Ok(true)
+}
+
+/// Each routed target's port with its message's context: what ordered ports take
+/// sequences for, in routing order.
+fn ordered_wants<'a>(
+    routes: &[(usize, Vec<RouteTarget>)],
+    messages: &'a [NewMessage],
+) -> Vec<(i64, &'a Context)> {
+    routes
+        .iter()
+        .flat_map(|(i, targets)| targets.iter().map(|t| (t.port_id, &messages[*i].context)))
+        .collect()
 }
 
 /// The ports each fresh message goes to, by `table` and the message's [`Routing`]: (its

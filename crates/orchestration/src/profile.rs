@@ -570,42 +570,7 @@ fn call(map: &Map<String, Value>, path: &str, cx: &Cx) -> Result<TaskKind> {
         None => Map::new(),
     };
     if target == "http" {
-        only(
-            &with,
-            &with_path,
-            &[
-                "method", "endpoint", "headers", "body", "query", "output", "redirect",
-            ],
-            "",
-        )?;
-        let endpoint = match &with["endpoint"] {
-            Value::Object(e) => {
-                only(e, &format!("{with_path}/endpoint"), &["uri"], ": endpoint authentication is not supported yet (put credentials in `headers` from the context)")?;
-                template(&e["uri"], &format!("{with_path}/endpoint/uri"), cx)?
-            }
-            other => template(other, &format!("{with_path}/endpoint"), cx)?,
-        };
-        let opt = |key: &str| {
-            with.get(key)
-                .map(|v| template(v, &format!("{with_path}/{key}"), cx))
-                .transpose()
-        };
-        return Ok(TaskKind::CallHttp(Box::new(HttpCall {
-            method: text(&with["method"]).to_ascii_uppercase(),
-            endpoint,
-            headers: opt("headers")?,
-            query: opt("query")?,
-            body: opt("body")?,
-            output: match with.get("output").and_then(Value::as_str) {
-                Some("response") => HttpOutput::Response,
-                Some("raw") => HttpOutput::Raw,
-                _ => HttpOutput::Content,
-            },
-            redirect: with
-                .get("redirect")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        })));
+        return call_http(&with, &with_path, cx);
     }
     if let Some(port) = target.strip_suffix("@mbx") {
         mbx_vocabulary::validate_name("send port", port)
@@ -635,6 +600,46 @@ fn call(map: &Map<String, Value>, path: &str, cx: &Cx) -> Result<TaskKind> {
         &format!("{path}/call"),
         format!("`call: {target}` is not in the mbx profile: use `call: http`, or `call: NAME@mbx` for a solicit-response send port"),
     )
+}
+
+/// `call: http`'s `with`.
+fn call_http(with: &Map<String, Value>, with_path: &str, cx: &Cx) -> Result<TaskKind> {
+    only(
+        with,
+        with_path,
+        &[
+            "method", "endpoint", "headers", "body", "query", "output", "redirect",
+        ],
+        "",
+    )?;
+    let endpoint = match &with["endpoint"] {
+        Value::Object(e) => {
+            only(e, &format!("{with_path}/endpoint"), &["uri"], ": endpoint authentication is not supported yet (put credentials in `headers` from the context)")?;
+            template(&e["uri"], &format!("{with_path}/endpoint/uri"), cx)?
+        }
+        other => template(other, &format!("{with_path}/endpoint"), cx)?,
+    };
+    let opt = |key: &str| {
+        with.get(key)
+            .map(|v| template(v, &format!("{with_path}/{key}"), cx))
+            .transpose()
+    };
+    Ok(TaskKind::CallHttp(Box::new(HttpCall {
+        method: text(&with["method"]).to_ascii_uppercase(),
+        endpoint,
+        headers: opt("headers")?,
+        query: opt("query")?,
+        body: opt("body")?,
+        output: match with.get("output").and_then(Value::as_str) {
+            Some("response") => HttpOutput::Response,
+            Some("raw") => HttpOutput::Raw,
+            _ => HttpOutput::Content,
+        },
+        redirect: with
+            .get("redirect")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })))
 }
 
 fn for_task(map: &Map<String, Value>, path: &str, cx: &Cx) -> Result<For> {
