@@ -314,8 +314,8 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     assert!(again.stdout.contains("already running"), "{}", again.stdout);
     assert_eq!(cluster.host_pids().len(), 2);
     assert_eq!(alive_pids(&mbx), pids, "no extra host instance");
-    // the file flow and the request-response flow (demo-in, quotes-http; demo-out,
-    // demo-ordered, quote-svc)
+    // the file flow, the request-response flow and the orchestration's outputs (demo-in,
+    // quotes-http; demo-out, demo-ordered, quote-svc, demo-approvals, demo-orders)
     assert_eq!(
         mbx.json(&["receive-location", "list"])
             .as_array()
@@ -324,7 +324,11 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     );
     assert_eq!(
         mbx.json(&["send-port", "list"]).as_array().map(Vec::len),
-        Some(3)
+        Some(5)
+    );
+    assert_eq!(
+        mbx.json(&["orchestration", "list"])[0]["name"],
+        "order-manager"
     );
 
     let status = cluster.ok(&["status"]);
@@ -384,6 +388,38 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     );
     assert!(answer.contains(r#""item": "widget""#), "{answer}");
     assert!(answer.contains("application/json"), "{answer}");
+    // the orchestration demo, as the README says: a request, then its approval
+    for (kind, body) in [
+        ("OrderRequest", r#"{"item":"widget"}"#),
+        ("OrderApproval", r#"{"approved":true}"#),
+    ] {
+        let typed = format!("mbx.MessageType={kind}");
+        let published = mbx.run_with_stdin(
+            &[
+                "message",
+                "publish",
+                "--content-type",
+                "application/json",
+                "--promote",
+                &typed,
+                "--promote",
+                "Order.Id=A-1",
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(published.code, 0, "{}", published.stderr);
+        if kind == "OrderRequest" {
+            // the approval is for the instance waiting for it (its correlation fixed)
+            wait_for("the approval request", limit, || {
+                !files_in(&home.join("demo/approvals")).is_empty()
+            });
+        }
+    }
+    wait_for("the order confirmed", limit, || {
+        !files_in(&home.join("demo/orders")).is_empty()
+    });
+    let confirmed = std::fs::read_to_string(&files_in(&home.join("demo/orders"))[0]).expect("read");
+    assert!(confirmed.contains(r#""orderId":"A-1""#), "{confirmed}");
     // the web console, as the output says
     let console: u16 = std::fs::read_to_string(home.join(".mbx/run/console.port"))
         .expect("the console's port recorded")

@@ -1112,10 +1112,10 @@ async fn build_context(
     ] {
         for item in items {
             let (name, text) = key_value(arg, item, "Order.Region=EU")?;
-            if name.starts_with("mbx.") && name != system::OUTBOUND_TRANSPORT_LOCATION {
+            if system::is_engine_property(name) && !system::OPERATOR_PROMOTABLE.contains(&name) {
                 return Err(Usage(format!(
                     "{arg} {name}: the mbx namespace is set by the engine; only {} may be given (example: {arg} Order.Region=EU)",
-                    system::OUTBOUND_TRANSPORT_LOCATION
+                    system::OPERATOR_PROMOTABLE.join(", ")
                 ))
                 .into());
             }
