@@ -257,21 +257,7 @@ fn activating_events(def: &Definition, held: &[HeldMessage]) -> Option<Vec<Event
 /// An `all` activation still gathering its messages: nothing to run until another
 /// arrives (its arrival makes the instance runnable again).
 async fn commit_pending(p: &Processes, c: &ClaimedInstance) -> Result<()> {
-    let step = StepCommit {
-        instance_id: c.id,
-        claim_token: c.claim_token,
-        pokes_seen: c.pokes,
-        state: ProcessState::Pending,
-        data: json!(null),
-        error: None,
-        wake_at: None,
-        keep_claim: false,
-        consumed: Vec::new(),
-        publish: Vec::new(),
-        subscriptions: Vec::new(),
-    };
-    p.mbx.process_commit(p.instance.id(), step).await?;
-    Ok(())
+    commit_unstarted(p, c, ProcessState::Pending, None).await
 }
 
 /// The instance could not even start (its `input.from` failed): it faults.
@@ -280,13 +266,23 @@ async fn fault_before_start(
     c: &ClaimedInstance,
     e: mbx_orchestration::runtime::WorkflowError,
 ) -> Result<()> {
+    commit_unstarted(p, c, ProcessState::Faulted, Some(serde_json::to_value(&e)?)).await
+}
+
+/// Commits an instance that has no saved state yet: its new state, and its error.
+async fn commit_unstarted(
+    p: &Processes,
+    c: &ClaimedInstance,
+    state: ProcessState,
+    error: Option<serde_json::Value>,
+) -> Result<()> {
     let step = StepCommit {
         instance_id: c.id,
         claim_token: c.claim_token,
         pokes_seen: c.pokes,
-        state: ProcessState::Faulted,
+        state,
         data: json!(null),
-        error: Some(serde_json::to_value(&e)?),
+        error,
         wake_at: None,
         keep_claim: false,
         consumed: Vec::new(),

@@ -106,26 +106,12 @@ impl Expr {
             code: program.as_str(),
             path: (),
         };
-        let modules = loader.load(&arena, file).map_err(|errs| {
-            describe(
-                &errs
-                    .into_iter()
-                    .map(|(_, e)| format!("{e:?}"))
-                    .collect::<Vec<_>>(),
-            )
-        })?;
+        let modules = loader.load(&arena, file).map_err(describe)?;
         let filter = Compiler::default()
             .with_funs(funs)
             .with_global_vars(ARGUMENTS.into_iter().chain(vars.iter().map(String::as_str)))
             .compile(modules)
-            .map_err(|errs| {
-                describe(
-                    &errs
-                        .into_iter()
-                        .map(|(_, e)| format!("{e:?}"))
-                        .collect::<Vec<_>>(),
-                )
-            })?;
+            .map_err(describe)?;
         Ok(Expr {
             text: code.trim().to_owned(),
             scope: scope.to_vec(),
@@ -183,8 +169,9 @@ fn to_val(value: &serde_json::Value) -> Val {
     serde_json::from_value(value.clone()).unwrap_or(Val::Null)
 }
 
-/// jaq's reports, shortened to one line.
-fn describe(errors: &[String]) -> String {
+/// jaq's reports (of loading or of compiling), shortened to one line.
+fn describe<F, E: std::fmt::Debug>(errors: Vec<(F, E)>) -> String {
+    let errors: Vec<String> = errors.into_iter().map(|(_, e)| format!("{e:?}")).collect();
     let mut text = errors.join("; ");
     text = text.replace('\n', " ");
     if text.len() > 300 {
