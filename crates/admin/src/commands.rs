@@ -1112,10 +1112,10 @@ async fn build_context(
     ] {
         for item in items {
             let (name, text) = key_value(arg, item, "Order.Region=EU")?;
-            if system::is_engine_property(name) && !system::OPERATOR_PROMOTABLE.contains(&name) {
+            if system::is_engine_property(name) && !system::OPERATOR_SETTABLE.contains(&name) {
                 return Err(Usage(format!(
                     "{arg} {name}: the mbx namespace is set by the engine; only {} may be given (example: {arg} Order.Region=EU)",
-                    system::OPERATOR_PROMOTABLE.join(", ")
+                    system::OPERATOR_SETTABLE.join(", ")
                 ))
                 .into());
             }

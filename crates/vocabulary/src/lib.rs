@@ -43,10 +43,14 @@ pub mod system {
     /// The system namespace: set by the engine and adapters only.
     pub const NAMESPACE: &str = "mbx";
 
-    /// The system properties an operator may promote, by explicit choice: a dynamic send
-    /// port's address, and the message type (a JSON body has no root name to give it; an
-    /// orchestration activates on it).
-    pub const OPERATOR_PROMOTABLE: &[&str] = &[OUTBOUND_TRANSPORT_LOCATION, MESSAGE_TYPE];
+    /// The one system property an operator may promote from a body, by explicit choice
+    /// (a dynamic send port's address).
+    pub const OPERATOR_PROMOTABLE: &[&str] = &[OUTBOUND_TRANSPORT_LOCATION];
+
+    /// The system properties an operator may give by hand (`mbx message publish`): what
+    /// may be promoted from a body, and the message type (a JSON message has no root name
+    /// to give it one; an orchestration activates on it). Never a payload's.
+    pub const OPERATOR_SETTABLE: &[&str] = &[OUTBOUND_TRANSPORT_LOCATION, MESSAGE_TYPE];
 
     /// Whether `name` is in the engine's namespace (`mbx.…`).
     pub fn is_engine_property(name: &str) -> bool {
