@@ -66,8 +66,8 @@ pub enum Command {
     #[command(subcommand)]
     Message(MessageCommand),
     /// Orchestrations: durable business processes, each a Serverless Workflow document in
-    /// the mbx profile (docs/orchestrations.md). Definitions are stored and versioned; no
-    /// host runs them yet.
+    /// the mbx profile (docs/orchestrations.md). Definitions are stored and versioned; the
+    /// instances of their `--host` run them.
     #[command(subcommand)]
     Orchestration(OrchestrationCommand),
     /// Suspended items: messages held for an operator.

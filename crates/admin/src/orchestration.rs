@@ -104,7 +104,7 @@ pub async fn run(mbx: &MessageBox, c: OrchestrationCommand, json_out: bool) -> R
         } => {
             if cancel_instances {
                 return Err(Usage(
-                    "--cancel-instances: orchestration instances do not exist yet (no host runs orchestrations); delete without it".into(),
+                    "--cancel-instances: not available yet; disable the orchestration, let its instances end, then delete it without it".into(),
                 )
                 .into());
             }

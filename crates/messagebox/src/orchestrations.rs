@@ -70,7 +70,7 @@ impl OrchestrationSpec {
         }
         if self.ordered {
             return Err(Error::Invalid(
-                "--ordered: ordered orchestrations are not available yet (no host runs orchestrations yet); leave it out".into(),
+                "--ordered: ordered orchestrations are not available yet; leave it out".into(),
             ));
         }
         if self.buckets.is_some() {
