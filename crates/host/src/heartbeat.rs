@@ -1,8 +1,8 @@
 //! The heartbeat: renews this instance's heartbeat on the database clock (withheld while a
 //! delivery loop is stalled: the watchdog), re-registers an instance declared dead, counts
-//! the host's live instances for `lease::Share`, and puts back the claims of dead
-//! instances — only once this instance has itself heartbeated on time for the dead
-//! timeout ([`Heartbeats`]).
+//! the host's live instances for `lease::Share`; on a task of its own, the reclaimer puts
+//! back the claims of dead instances — only once this instance has itself heartbeated on
+//! time for the dead timeout ([`Heartbeats`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -153,7 +153,6 @@ pub(crate) async fn heartbeat_loop(
     instance: Instance,
     liveness: Liveness,
     share: Arc<Share>,
-    wake: Wakeups,
     machine: String,
 ) {
     let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
@@ -204,6 +203,19 @@ pub(crate) async fn heartbeat_loop(
             }
             Err(e) => warn!(error = %e, "listing instances failed"),
         }
+        if !instance.pause(period).await {
+            return;
+        }
+    }
+}
+
+/// Declares instances dead whose heartbeat is older than the dead timeout and puts back
+/// their work. Its own task, apart from the heartbeat: a reclaim slowed by a deep backlog
+/// must neither delay this instance's heartbeat nor make it look cut off (which would
+/// close the gate that lets it judge others, so nothing would ever be reclaimed).
+pub(crate) async fn reclaim_loop(instance: Instance, liveness: Liveness, wake: Wakeups) {
+    let period = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+    loop {
         // after a database outage, others are declared dead only once this instance has
         // itself been connected for the dead timeout (the file reclaimer waits the same)
         let reclaimed = if liveness.may_judge_dead() {

@@ -312,8 +312,12 @@ async fn spawn_loops(
         handles.instance.clone(),
         handles.liveness.clone(),
         handles.share.clone(),
-        handles.wake.clone(),
         machine,
+    )));
+    tasks.push(tokio::spawn(heartbeat::reclaim_loop(
+        handles.instance.clone(),
+        handles.liveness.clone(),
+        handles.wake.clone(),
     )));
     tasks.push(tokio::spawn(listen::listen_loop(
         handles.instance.clone(),
