@@ -108,6 +108,10 @@ impl Liveness {
     }
 }
 
+/// The longest one reclaim pass may take: its statements are each bounded by the
+/// server's statement timeout; this bounds a pass whose connection went silent.
+const RECLAIM_TIMEOUT: Duration = Duration::from_millis(2 * mbx_messagebox::STATEMENT_TIMEOUT_MS);
+
 /// Since when this instance's heartbeats have succeeded without a failure or a long gap
 /// in between, and when the last one succeeded.
 #[derive(Debug, Default, Clone, Copy)]
@@ -170,11 +174,22 @@ pub(crate) async fn heartbeat_loop(
             continue;
         }
         let delivered = liveness.delivered();
-        match instance
-            .mbx()
-            .instance_heartbeat_with(id, delivered.as_ref())
-            .await
-        {
+        // a heartbeat whose answer never comes (a connection lost without a word) is a
+        // failed one, retried on another connection, not a loop stuck for good
+        let beat = tokio::time::timeout(
+            Heartbeats::gap_max(),
+            instance
+                .mbx()
+                .instance_heartbeat_with(id, delivered.as_ref()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(mbx_messagebox::Error::Refused(format!(
+                "no answer within {:?}",
+                Heartbeats::gap_max()
+            )))
+        });
+        match beat {
             Ok(true) => {
                 liveness.heartbeat_done(true);
             }
@@ -219,10 +234,21 @@ pub(crate) async fn reclaim_loop(instance: Instance, liveness: Liveness, wake: W
         // after a database outage, others are declared dead only once this instance has
         // itself been connected for the dead timeout (the file reclaimer waits the same)
         let reclaimed = if liveness.may_judge_dead() {
-            instance
-                .mbx()
-                .instances_reclaim_dead(DEAD_AFTER_S, instance.config().max_deliveries)
-                .await
+            metrics::counter!("mbx_reclaim_passes_total").increment(1);
+            // bounded like the heartbeat: a pass whose answer never comes is abandoned
+            // (its transaction rolls back) and the next one runs on another connection
+            tokio::time::timeout(
+                RECLAIM_TIMEOUT,
+                instance
+                    .mbx()
+                    .instances_reclaim_dead(DEAD_AFTER_S, instance.config().max_deliveries),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(mbx_messagebox::Error::Refused(format!(
+                    "no answer within {RECLAIM_TIMEOUT:?}"
+                )))
+            })
         } else {
             Ok(Default::default())
         };
