@@ -182,16 +182,27 @@ async fn refused_definitions_and_flags_store_nothing(pool: PgPool) {
     assert!(line.contains("host 'nowhere' does not exist"), "{line}");
     assert_eq!(stored(&pool).await, (0, 0), "nothing stored");
     cli.ok(&["orchestration", "create", "-f", demo]);
+    // instance commands: a selection is required, ids must be instances
+    let line = cli.fails(&["orchestration", "instance", "cancel"], 2);
+    assert!(line.contains("--orchestration"), "{line}");
     let line = cli.fails(
         &[
             "orchestration",
-            "delete",
-            "order-manager",
-            "--cancel-instances",
+            "instance",
+            "resume",
+            "0190f1c2-0000-7000-8000-000000000000",
         ],
         2,
     );
-    assert!(line.contains("--cancel-instances"), "{line}");
+    assert!(line.contains("does not exist"), "{line}");
+    let line = cli.fails(
+        &["orchestration", "instance", "list", "--state", "asleep"],
+        2,
+    );
+    assert!(
+        line.contains("--state") && line.contains("waiting"),
+        "{line}"
+    );
     assert_eq!(stored(&pool).await, (1, 1));
 }
 

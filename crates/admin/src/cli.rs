@@ -741,13 +741,100 @@ pub enum OrchestrationCommand {
     /// Take no new activations.
     #[command(after_help = "Example:\n  mbx orchestration disable order-manager")]
     Disable { name: String },
-    /// Delete an orchestration and every version of it.
-    #[command(after_help = "Example:\n  mbx orchestration delete order-manager")]
+    /// Delete an orchestration and every version of it. Refused while instances of it
+    /// have not ended, unless --cancel-instances.
+    #[command(
+        after_help = "Example:\n  mbx orchestration delete order-manager --cancel-instances"
+    )]
     Delete {
         name: String,
-        /// Cancel its instances first (no instances exist yet: refused).
+        /// Cancel its instances that have not ended first, in the same transaction (what
+        /// they were held becomes zombie suspended items).
         #[arg(long)]
         cancel_instances: bool,
+    },
+    /// Orchestration instances: find them, look into one, suspend, resume or cancel them.
+    #[command(subcommand)]
+    Instance(ProcessInstanceCommand),
+}
+
+/// Which orchestration instances (`mbx orchestration instance list|suspend|resume|cancel`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProcessInstanceFilter {
+    /// Only instances of this orchestration.
+    #[arg(long)]
+    pub orchestration: Option<String>,
+    /// pending, running, waiting, suspended, faulted, cancelled or completed.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only instances with this correlation value (K=V, e.g. Order.Id=A-1); repeatable.
+    #[arg(long, value_name = "K=V")]
+    pub correlation: Vec<String>,
+    /// Started at least this long ago (s, m, h, d).
+    #[arg(long)]
+    pub older_than: Option<String>,
+    /// At most N instances (default 1000).
+    #[arg(long)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProcessInstanceCommand {
+    /// List instances, oldest first.
+    #[command(
+        after_help = "Example:\n  mbx orchestration instance list --orchestration order-manager --state waiting\n  mbx orchestration instance list --correlation Order.Id=A-1 --output json"
+    )]
+    List {
+        #[command(flatten)]
+        filter: ProcessInstanceFilter,
+    },
+    /// Show one instance: its state, the task it stands on and what it waits for, its
+    /// error, its messages and its correlations (with --output json, its saved state).
+    #[command(after_help = "Example:\n  mbx orchestration instance show 0190f1c2-…")]
+    Show { id: String },
+    /// An instance's history, step by step: the messages that activated it or that it
+    /// consumed, those it published, how each step ended (waiting, calling, completed,
+    /// faulted, at which task) and an operator's suspend, resume and cancel.
+    #[command(
+        after_help = "Example:\n  mbx orchestration instance history 0190f1c2-… --output json"
+    )]
+    History { id: String },
+    /// Suspend pending, running or waiting instances: nothing of them runs until resumed
+    /// (messages for them are held; a step in flight commits nothing and runs again).
+    #[command(
+        after_help = "Example:\n  mbx orchestration instance suspend 0190f1c2-…\n  mbx orchestration instance suspend --orchestration order-manager --state waiting"
+    )]
+    Suspend {
+        /// Instance ids (or select with --orchestration).
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: ProcessInstanceFilter,
+    },
+    /// Resume suspended or faulted instances (a faulted one from its failed task),
+    /// optionally on another version of their orchestration.
+    #[command(
+        after_help = "Example:\n  mbx orchestration instance resume 0190f1c2-…\n  mbx orchestration instance resume --orchestration order-manager --state faulted --to-version 1.0.1"
+    )]
+    Resume {
+        /// Instance ids (or select with --orchestration).
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: ProcessInstanceFilter,
+        /// Go on on this version of the orchestration (refused for an instance whose task
+        /// path that version lacks).
+        #[arg(long, value_name = "V")]
+        to_version: Option<String>,
+    },
+    /// Cancel instances that have not ended: what they were held and did not take
+    /// becomes zombie suspended items.
+    #[command(
+        after_help = "Example:\n  mbx orchestration instance cancel 0190f1c2-…\n  mbx orchestration instance cancel --orchestration order-manager --state faulted"
+    )]
+    Cancel {
+        /// Instance ids (or select with --orchestration).
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: ProcessInstanceFilter,
     },
 }
 
@@ -756,7 +843,7 @@ pub struct SuspendedFilter {
     /// Only items of this send port.
     #[arg(long)]
     pub port: Option<String>,
-    /// routing-failure, receive-failure, failed or failed-final.
+    /// routing-failure, receive-failure, failed, failed-final or zombie.
     #[arg(long)]
     pub kind: Option<String>,
     /// Reason or an attempt's error contains TEXT (case-insensitive).

@@ -1579,6 +1579,44 @@ fn print_stats(
         headers.push("DELIVERED/S");
     }
     table(&headers, &rows);
+    print_orchestration_stats(s);
+}
+
+/// The orchestrations' instances by state, under the ports' table.
+fn print_orchestration_stats(s: &mbx_messagebox::stats::Stats) {
+    if s.orchestrations.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .orchestrations
+        .iter()
+        .map(|o| {
+            let counts = [
+                o.pending,
+                o.running,
+                o.waiting,
+                o.suspended,
+                o.faulted,
+                o.due,
+            ];
+            std::iter::once(o.name.clone())
+                .chain(counts.iter().map(i64::to_string))
+                .collect()
+        })
+        .collect();
+    table(
+        &[
+            "ORCHESTRATION",
+            "PENDING",
+            "RUNNING",
+            "WAITING",
+            "SUSPENDED",
+            "FAULTED",
+            "DUE",
+        ],
+        &rows,
+    );
 }
 
 async fn status(mbx: &MessageBox, json_out: bool) -> Result<()> {

@@ -8,6 +8,7 @@ mod bindings;
 mod cli;
 mod commands;
 mod orchestration;
+mod orchestration_instance;
 mod output;
 mod update;
 mod validate;

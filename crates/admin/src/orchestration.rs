@@ -102,18 +102,15 @@ pub async fn run(mbx: &MessageBox, c: OrchestrationCommand, json_out: bool) -> R
             name,
             cancel_instances,
         } => {
-            if cancel_instances {
-                return Err(Usage(
-                    "--cancel-instances: not available yet; disable the orchestration, let its instances end, then delete it without it".into(),
-                )
-                .into());
-            }
-            mbx.orchestration_delete(&name).await?;
+            mbx.orchestration_delete(&name, cancel_instances).await?;
             if json_out {
                 return output::json(&serde_json::json!({"deleted": name}));
             }
             println!("deleted orchestration '{name}' and its versions");
             Ok(())
+        }
+        OrchestrationCommand::Instance(c) => {
+            crate::orchestration_instance::run(mbx, c, json_out).await
         }
     }
 }

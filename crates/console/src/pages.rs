@@ -519,7 +519,7 @@ fn suspended_filters(p: &HashMap<String, String>) -> Markup {
             label { " Kind "
                 select name="kind" {
                     option value="" { "any" }
-                    @for k in ["routing-failure", "receive-failure", "failed", "failed-final"] {
+                    @for k in ["routing-failure", "receive-failure", "failed", "failed-final", "zombie"] {
                         option value=(k) selected[p.get("kind").map(String::as_str) == Some(k)] { (k) }
                     }
                 }

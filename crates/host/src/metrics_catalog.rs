@@ -10,6 +10,10 @@ const INSTANCE_COUNTERS: &[(&str, &str)] = &[
         "Deliveries of dead instances this instance put back",
     ),
     (
+        "mbx_reclaim_passes_total",
+        "Passes of this instance's reclaim of dead instances (it runs once the instance has heartbeated on time for the dead timeout)",
+    ),
+    (
         "mbx_http_connections_evicted_total",
         "HTTP receive connections closed at the connection cap to make room",
     ),
@@ -125,12 +129,30 @@ const GAUGES: &[(&str, &str)] = &[
         "1 while this instance is throttled, by kind (publish, database-size, inflight)",
     ),
     (
+        "mbx_orchestration_instances",
+        "Orchestration instances that have not ended, by orchestration and state (group-wide)",
+    ),
+    (
+        "mbx_orchestration_due",
+        "Orchestration instances runnable now and not yet claimed (a message arrived, a timer is due), by orchestration (group-wide)",
+    ),
+    (
         "mbx_database_size_bytes",
         "Size of the MessageBox database (pg_database_size, read every 5 s; database-size throttle input)",
     ),
 ];
 
+/// Counters by `orchestration`.
+const ORCHESTRATION_COUNTERS: &[(&str, &str)] = &[(
+    "mbx_orchestration_steps_total",
+    "Orchestration steps this instance committed, by orchestration",
+)];
+
 const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "mbx_orchestration_step_latency_seconds",
+        "Time from an orchestration instance becoming runnable (its activating or correlated message published, its timer due) to its step's commit, by orchestration and cause (activation, resumed)",
+    ),
     (
         "mbx_delivery_latency_seconds",
         "Time from publish to confirmed delivery, by send port",
@@ -147,6 +169,7 @@ pub(crate) fn describe() {
         .iter()
         .chain(PORT_COUNTERS)
         .chain(LOCATION_COUNTERS)
+        .chain(ORCHESTRATION_COUNTERS)
     {
         metrics::describe_counter!(*name, *help);
     }
@@ -188,5 +211,34 @@ pub(crate) fn port_gauges(stats: &mbx_messagebox::stats::Stats, reporter: bool) 
         metrics::gauge!("mbx_port_retrying", "port" => port.clone()).set(v(p.retrying));
         metrics::gauge!("mbx_port_in_flight", "port" => port.clone()).set(v(p.in_flight));
         metrics::gauge!("mbx_port_suspended", "port" => port).set(v(p.suspended));
+    }
+    for o in &stats.orchestrations {
+        let states = [
+            ("pending", o.pending),
+            ("running", o.running),
+            ("waiting", o.waiting),
+            ("suspended", o.suspended),
+            ("faulted", o.faulted),
+        ];
+        for (state, n) in states {
+            metrics::gauge!("mbx_orchestration_instances", "orchestration" => o.name.clone(), "state" => state)
+                .set(v(n));
+        }
+        metrics::gauge!("mbx_orchestration_due", "orchestration" => o.name.clone()).set(v(o.due));
+    }
+}
+
+/// An orchestration step committed: `latency` from when its instance became runnable.
+pub(crate) fn orchestration_step(orchestration: &str, activation: bool, latency: Option<f64>) {
+    metrics::counter!("mbx_orchestration_steps_total", "orchestration" => orchestration.to_owned())
+        .increment(1);
+    if let Some(l) = latency {
+        let cause = if activation { "activation" } else { "resumed" };
+        metrics::histogram!(
+            "mbx_orchestration_step_latency_seconds",
+            "orchestration" => orchestration.to_owned(),
+            "cause" => cause
+        )
+        .record(l.max(0.0));
     }
 }

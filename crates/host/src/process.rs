@@ -7,7 +7,7 @@
 //! bytes. Waiting instances hold nothing here: each step reads its state and messages.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::instance::Instance;
 use crate::listen::Wakeups;
+use crate::metrics_catalog;
 
 /// How many runnable instances one claim takes.
 const CLAIM_BATCH: i64 = 32;
@@ -31,13 +32,22 @@ const CLAIM_BATCH: i64 = 32;
 /// Calls time out after this long (the DSL's task `timeout` bounds the step as a whole).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the loop needs: this instance (the MessageBox, its id, its host, stopping) and
-/// the publish wake-ups.
+/// A step that failed to commit runs again after this long.
+const RETRY_AFTER_S: f64 = 1.0;
+
+/// How many claimed instances one host instance runs at once (each step is mostly
+/// waiting for the database).
+const CONCURRENT_INSTANCES: usize = 4;
+
+/// What the loop's steps share: this instance (the MessageBox, its id, its host,
+/// stopping), the HTTP client of calls, and the compiled definitions.
 struct Processes {
     instance: Instance,
     mbx: MessageBox,
     host_id: i64,
     poll: Duration,
+    http: reqwest::Client,
+    definitions: Mutex<Definitions>,
 }
 
 /// Compiled definitions by (orchestration, version): a version never changes.
@@ -45,18 +55,18 @@ type Definitions = HashMap<(i64, String), Arc<Definition>>;
 
 /// Runs this host instance's share of orchestration instances until it stops.
 pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
-    let p = Processes {
+    let p = Arc::new(Processes {
         mbx: instance.mbx().clone(),
         host_id: instance.host_id(),
         poll: instance.config().poll_interval,
         instance,
-    };
-    let http = reqwest::Client::builder()
-        .timeout(CALL_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
-    let mut defs = Definitions::new();
+        http: reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default(),
+        definitions: Mutex::default(),
+    });
     let mut stop = p.instance.stopping();
     while !*stop.borrow() {
         let published = wake.published();
@@ -75,12 +85,7 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
             }
         };
         if !claimed.is_empty() {
-            for c in claimed {
-                let id = c.id;
-                if let Err(e) = run_instance(&p, &http, &mut defs, c).await {
-                    warn!(instance = %id, error = %format!("{e:#}"), "an orchestration step failed; it runs again when reclaimed");
-                }
-            }
+            run_claimed(&p, claimed).await;
             continue;
         }
         let wait = idle_wait(&p).await;
@@ -90,6 +95,29 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
             _ = stop.changed() => {}
         }
     }
+}
+
+/// Runs the claimed instances, [`CONCURRENT_INSTANCES`] at a time.
+async fn run_claimed(p: &Arc<Processes>, claimed: Vec<ClaimedInstance>) {
+    let mut running = tokio::task::JoinSet::new();
+    for c in claimed {
+        while running.len() >= CONCURRENT_INSTANCES {
+            running.join_next().await;
+        }
+        let p = p.clone();
+        running.spawn(async move {
+            let (id, token) = (c.id, c.claim_token);
+            if let Err(e) = run_instance(&p, c).await {
+                warn!(instance = %id, error = %format!("{e:#}"), "an orchestration step failed; it runs again from its last persistence point");
+                // the claim goes back (a step that did commit cleared it already); if even
+                // that fails, the reclaim of this instance's claims does it when it dies
+                if let Err(e) = p.mbx.process_release(id, token, RETRY_AFTER_S).await {
+                    warn!(instance = %id, error = %e, "giving back the claim failed");
+                }
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
 }
 
 /// Until the next due instance (a timer), at most the poll interval.
@@ -103,14 +131,11 @@ async fn idle_wait(p: &Processes) -> Duration {
     }
 }
 
-async fn definition(
-    p: &Processes,
-    defs: &mut Definitions,
-    c: &ClaimedInstance,
-) -> Result<Arc<Definition>> {
+async fn definition(p: &Processes, c: &ClaimedInstance) -> Result<Arc<Definition>> {
     let key = (c.orchestration_id, c.version.clone());
-    if let Some(d) = defs.get(&key) {
-        return Ok(d.clone());
+    let cached = p.definitions.lock().ok().and_then(|d| d.get(&key).cloned());
+    if let Some(d) = cached {
+        return Ok(d);
     }
     let document = p
         .mbx
@@ -120,18 +145,15 @@ async fn definition(
         Definition::from_document(&document)
             .with_context(|| format!("orchestration {} version {}", c.orchestration, c.version))?,
     );
-    defs.insert(key, def.clone());
+    if let Ok(mut d) = p.definitions.lock() {
+        d.insert(key, def.clone());
+    }
     Ok(def)
 }
 
 /// Runs one claimed instance until it waits, ends or faults, committing each step.
-async fn run_instance(
-    p: &Processes,
-    http: &reqwest::Client,
-    defs: &mut Definitions,
-    c: ClaimedInstance,
-) -> Result<()> {
-    let def = definition(p, defs, &c).await?;
+async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
+    let def = definition(p, &c).await?;
     let held = p.mbx.process_held(c.id).await?;
     let runner = Runner::new(&def, &c.id.to_string());
     let mut now = c.now;
@@ -158,19 +180,28 @@ async fn run_instance(
         .map(event)
         .filter(|e| !first_consumed.contains(&e.id))
         .collect();
+    // the first step's latency counts from when the instance became runnable
+    let mut since = Some(c.due);
+    let activation = c.data.as_ref().is_none_or(serde_json::Value::is_null);
     loop {
         let (outcome, mut fx) = runner.run(&mut state, &pending, now);
         fx.consumed.append(&mut first_consumed);
         pending.retain(|e| !fx.consumed.contains(&e.id));
-        let step = step_commit(&c, &runner, &state, &outcome, &fx, &held, now)?;
+        let mut step = step_commit(&c, &runner, &state, &outcome, &fx, &held, now)?;
+        step.task = state.task_path(&def);
         let Some(committed_at) = p.mbx.process_commit(p.instance.id(), step).await? else {
             debug!(instance = %c.id, "the claim was lost: another host instance runs it");
             return Ok(());
         };
+        metrics_catalog::orchestration_step(
+            &c.orchestration,
+            activation,
+            since.take().map(|t| committed_at - t),
+        );
         let Outcome::Call(request) = outcome else {
             return Ok(());
         };
-        let response = send(http, &request).await;
+        let response = send(&p.http, &request).await;
         state.answer(response);
         // the next step's time: the database's, at least the commit's
         now = committed_at.max(now);
@@ -232,6 +263,7 @@ fn step_commit(
             .collect(),
         publish,
         subscriptions,
+        task: None,
     })
 }
 
@@ -288,6 +320,7 @@ async fn commit_unstarted(
         consumed: Vec::new(),
         publish: Vec::new(),
         subscriptions: Vec::new(),
+        task: None,
     };
     p.mbx.process_commit(p.instance.id(), step).await?;
     Ok(())

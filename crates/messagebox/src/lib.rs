@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod orchestrations;
 pub mod ordered;
 pub mod process;
+pub mod process_admin;
 pub mod publish;
 pub mod receive;
 pub mod replies;

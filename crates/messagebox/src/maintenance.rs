@@ -23,6 +23,8 @@ pub struct MaintenanceReport {
     pub tracking_events_purged: u64,
     pub dedup_records_purged: u64,
     pub instances_forgotten: u64,
+    /// Completed or cancelled orchestration instances past the tracking retention.
+    pub instances_ended_purged: u64,
 }
 
 impl MessageBox {
@@ -76,6 +78,11 @@ impl MessageBox {
                 batch,
             )
             .await?;
+        let (events, ended) = self
+            .purge_orchestrations(tracking_retention_s, batch)
+            .await?;
+        report.tracking_events_purged += events;
+        report.instances_ended_purged = ended;
         // what became of suspended items is kept as long as their tracking events
         self.purge_older(
             "DELETE FROM suspended_outcomes WHERE item_id IN (
@@ -111,6 +118,29 @@ impl MessageBox {
 
     /// Runs `delete` (older than `$1` seconds, at most `$2` rows) until a pass deletes
     /// fewer than `batch` rows; returns how many went.
+    /// Orchestration instances' histories, and ended instances, past the tracking
+    /// retention: (events, instances) purged.
+    async fn purge_orchestrations(&self, retention_s: i64, batch: i64) -> Result<(u64, u64)> {
+        let events = self
+            .purge_older(
+                "DELETE FROM orchestration_events WHERE id IN (
+                    SELECT id FROM orchestration_events WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+                retention_s,
+                batch,
+            )
+            .await?;
+        let ended = self
+            .purge_older(
+                "DELETE FROM orchestration_instances WHERE id IN (
+                    SELECT id FROM orchestration_instances
+                     WHERE ended_at < now() - make_interval(secs => $1) LIMIT $2)",
+                retention_s,
+                batch,
+            )
+            .await?;
+        Ok((events, ended))
+    }
+
     async fn purge_older(&self, delete: &str, older_than_s: i64, batch: i64) -> Result<u64> {
         let mut total = 0;
         loop {

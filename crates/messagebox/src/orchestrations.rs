@@ -467,14 +467,14 @@ pub(crate) async fn orchestration_delete_in(
     let old = lock(tx, name).await?;
     let live: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orchestration_instances
-          WHERE orchestration_id = $1 AND state NOT IN ('completed', 'faulted', 'cancelled')",
+          WHERE orchestration_id = $1 AND state NOT IN ('completed', 'cancelled')",
     )
     .bind(old.id)
     .fetch_one(&mut **tx)
     .await?;
     if live > 0 {
         return Err(Error::Refused(format!(
-            "orchestration '{name}' has {live} instances that have not ended; disable it (`mbx orchestration disable {name}`) and wait for them to end"
+            "orchestration '{name}' has {live} instances that have not ended; disable it (`mbx orchestration disable {name}`) and wait for them to end, or cancel them (`mbx orchestration delete {name} --cancel-instances`)"
         )));
     }
     // ended instances go with it (their inboxes and subscriptions went when they ended)
@@ -640,9 +640,14 @@ impl MessageBox {
         Ok(change)
     }
 
-    /// Deletes an orchestration and every version of it.
-    pub async fn orchestration_delete(&self, name: &str) -> Result<()> {
+    /// Deletes an orchestration and every version of it; with `cancel_instances`, its
+    /// instances that have not ended are cancelled first, in the same transaction (what
+    /// they were held becomes zombies).
+    pub async fn orchestration_delete(&self, name: &str, cancel_instances: bool) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if cancel_instances {
+            crate::process_admin::cancel_all_of(&mut tx, name).await?;
+        }
         orchestration_delete_in(&mut tx, name).await?;
         tx.commit().await?;
         Ok(())

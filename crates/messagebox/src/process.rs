@@ -79,12 +79,10 @@ impl ProcessState {
         }
     }
 
-    /// Whether the instance ended (nothing more runs; its subscriptions are gone).
+    /// Whether the instance ended (nothing more runs; its subscriptions are gone). A
+    /// faulted instance has not: it can be resumed, and messages for it are held.
     pub fn ended(self) -> bool {
-        matches!(
-            self,
-            ProcessState::Faulted | ProcessState::Cancelled | ProcessState::Completed
-        )
+        matches!(self, ProcessState::Cancelled | ProcessState::Completed)
     }
 }
 
@@ -103,28 +101,63 @@ struct Held {
     activating: bool,
 }
 
-/// Routes the fresh `messages` to orchestration instances (inside the publish's `tx`,
-/// under the routing lock): by correlation to the instances that subscribe to their keys,
-/// else as activations of new instances.
+/// The contexts of the messages of a publish that route to orchestration instances:
+/// the fresh ones that are not replies only (`None` for the others).
+pub(crate) fn routable<'m>(messages: &'m [NewMessage], fresh: &[bool]) -> Vec<Option<&'m Context>> {
+    messages
+        .iter()
+        .zip(fresh)
+        .map(|(m, f)| (*f && !matches!(m.routing, Routing::ReplyOnly)).then_some(&m.context))
+        .collect()
+}
+
+/// The routing table, or only orchestration `only`'s part of it.
+fn only_orchestration(
+    table: &RoutingTable,
+    only: Option<i64>,
+) -> std::borrow::Cow<'_, RoutingTable> {
+    use std::borrow::Cow;
+    match only {
+        None => Cow::Borrowed(table),
+        Some(o) => Cow::Owned(RoutingTable {
+            processes: table
+                .processes
+                .iter()
+                .filter(|p| p.orchestration_id == o)
+                .cloned()
+                .collect(),
+            ..RoutingTable::default()
+        }),
+    }
+}
+
+/// Routes messages (`ids`, with their contexts; `None`: not routed) to orchestration
+/// instances (inside the publish's `tx`, under the routing lock): by correlation to the
+/// instances that subscribe to their keys, else as activations of new instances. `only`:
+/// to that orchestration's instances alone (a message routed again, which the others had
+/// when it was published).
 pub(crate) async fn route_to_instances(
     tx: &mut Transaction<'_, Postgres>,
     table: &RoutingTable,
     ids: &[Uuid],
-    messages: &[NewMessage],
-    fresh: &[bool],
+    contexts: &[Option<&Context>],
+    only: Option<i64>,
 ) -> Result<ProcessRouting> {
     let mut out = ProcessRouting::default();
+    let table = only_orchestration(table, only);
+    let table = table.as_ref();
     if table.processes.is_empty() {
         return Ok(out);
     }
-    let routable: Vec<usize> = (0..messages.len())
-        .filter(|&i| fresh[i] && !matches!(messages[i].routing, Routing::ReplyOnly))
+    let routable: Vec<(usize, &Context)> = contexts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, (*c)?)))
         .collect();
-    let subscribed = subscribed_instances(tx, table, messages, &routable).await?;
+    let subscribed = subscribed_instances(tx, table, &routable).await?;
     let mut held: Vec<Held> = Vec::new();
     let mut activations: Vec<Starting> = Vec::new();
-    for &i in &routable {
-        let context = &messages[i].context;
+    for &(i, context) in &routable {
         for p in &table.processes {
             let mut reached: Vec<Uuid> = p
                 .shapes
@@ -171,16 +204,15 @@ pub(crate) async fn route_to_instances(
 async fn subscribed_instances(
     tx: &mut Transaction<'_, Postgres>,
     table: &RoutingTable,
-    messages: &[NewMessage],
-    routable: &[usize],
+    routable: &[(usize, &Context)],
 ) -> Result<HashMap<(i64, String), Vec<Uuid>>> {
     let mut orchestrations = Vec::new();
     let mut keys = Vec::new();
     let mut seen = HashSet::new();
-    for &i in routable {
+    for &(_, context) in routable {
         for p in &table.processes {
             for s in &p.shapes {
-                if let Some(k) = key_of(&messages[i].context, s) {
+                if let Some(k) = key_of(context, s) {
                     if seen.insert((p.orchestration_id, k.clone())) {
                         orchestrations.push(p.orchestration_id);
                         keys.push(k);
@@ -199,10 +231,18 @@ async fn subscribed_instances(
         key: String,
         instance_id: Uuid,
     }
+    // the instances are locked (in id order) before anything is held for them: a step
+    // ending one concurrently holds its row from its first statement, so this waits for
+    // it and then sees it ended (and holds nothing for it) — never a message held for an
+    // instance whose leftovers were already settled
     let rows = sqlx::query_as::<_, Row>(
         "SELECT s.orchestration_id, s.key, s.instance_id
            FROM orchestration_subscriptions s
-           JOIN unnest($1::int8[], $2::text[]) AS c(o, k) ON s.orchestration_id = c.o AND s.key = c.k",
+           JOIN unnest($1::int8[], $2::text[]) AS c(o, k) ON s.orchestration_id = c.o AND s.key = c.k
+           JOIN orchestration_instances i ON i.id = s.instance_id
+          WHERE i.state NOT IN ('completed', 'cancelled')
+          ORDER BY s.instance_id
+            FOR NO KEY UPDATE OF i",
     )
     .bind(&orchestrations)
     .bind(&keys)
@@ -497,6 +537,9 @@ pub struct ClaimedInstance {
     pub claim_token: Uuid,
     /// The database's time when claimed, seconds since the epoch: the step's `now`.
     pub now: f64,
+    /// Since when it was runnable (seconds since the epoch): its message's arrival, its
+    /// timer's due time — the start of its step's latency.
+    pub due: f64,
 }
 
 /// A message held for (or consumed by) an instance.
@@ -531,6 +574,8 @@ pub struct StepCommit {
     pub publish: Vec<NewMessage>,
     /// The correlation keys it subscribes to now (besides its activation's).
     pub subscriptions: Vec<String>,
+    /// The task path it stands on after the step (its history names it).
+    pub task: Option<String>,
 }
 
 impl MessageBox {
@@ -544,7 +589,7 @@ impl MessageBox {
     ) -> Result<Vec<ClaimedInstance>> {
         Ok(sqlx::query_as::<_, ClaimedInstance>(
             "WITH c AS (
-                SELECT i.id FROM orchestration_instances i
+                SELECT i.id, i.runnable_at FROM orchestration_instances i
                   JOIN orchestrations o ON o.id = i.orchestration_id
                  WHERE i.runnable_at <= now() AND i.claimed_by IS NULL AND o.host_id = $2
                    AND i.state IN ('pending', 'running', 'waiting')
@@ -555,7 +600,8 @@ impl MessageBox {
                FROM c, orchestrations o
               WHERE i.id = c.id AND o.id = i.orchestration_id
              RETURNING i.id, i.orchestration_id, o.name AS orchestration, i.version, i.state, i.data,
-                       i.pokes, i.claim_token, extract(epoch FROM now())::float8 AS now",
+                       i.pokes, i.claim_token, extract(epoch FROM now())::float8 AS now,
+                       extract(epoch FROM c.runnable_at)::float8 AS due",
         )
         .bind(instance)
         .bind(host_id)
@@ -574,6 +620,24 @@ impl MessageBox {
         .bind(host_id)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Gives back the claim of a step that could not commit (a lost connection, a
+    /// deadlock): the instance runs again from its last persistence point after `delay_s`
+    /// on another claim. A claim the step did commit (and so cleared) is not touched.
+    pub async fn process_release(&self, id: Uuid, claim_token: Uuid, delay_s: f64) -> Result<()> {
+        sqlx::query(
+            "UPDATE orchestration_instances
+                SET claimed_by = NULL, claim_token = NULL,
+                    runnable_at = now() + make_interval(secs => $3)
+              WHERE id = $1 AND claim_token = $2",
+        )
+        .bind(id)
+        .bind(claim_token)
+        .bind(delay_s)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// An orchestration version's document (hosts cache the compiled definition).
@@ -626,7 +690,7 @@ impl MessageBox {
                                        ELSE NULL END,
                     claimed_by = CASE WHEN $8 THEN claimed_by ELSE NULL END,
                     claim_token = CASE WHEN $8 THEN claim_token ELSE NULL END,
-                    ended_at = CASE WHEN $3 IN ('completed', 'faulted', 'cancelled') THEN now() END
+                    ended_at = CASE WHEN $3 IN ('completed', 'cancelled') THEN now() END
               WHERE id = $1 AND claim_token = $2 AND claimed_by = $9",
         )
         .bind(step.instance_id)
@@ -683,28 +747,141 @@ impl MessageBox {
             .execute(&mut **tx)
             .await?;
         }
-        if !step.publish.is_empty() {
+        let published = if step.publish.is_empty() {
+            Vec::new()
+        } else {
             self.publish_in(tx, &Publisher::default(), step.publish.clone())
-                .await?;
+                .await?
+                .0
+        };
+        record_step(tx, step, &published).await?;
+        if step.state == ProcessState::Completed {
+            self.reactivate_leftovers(tx, step.instance_id).await?;
         }
         if step.state.ended() {
-            end_instance(tx, step.instance_id).await?;
+            end_instances(tx, &[step.instance_id]).await?;
         }
+        Ok(())
+    }
+
+    /// A convoy that completed with messages held for it that it did not take: each is
+    /// routed again as if just published — to another instance that subscribes to it, or
+    /// activating a new instance (the convoy's key is free now) — and only one that
+    /// reaches nothing stays behind to become a zombie.
+    async fn reactivate_leftovers(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        instance: Uuid,
+    ) -> Result<()> {
+        let left: Vec<(Uuid, sqlx::types::Json<Context>)> = sqlx::query_as(
+            "SELECT b.message_id, m.context FROM orchestration_inbox b JOIN messages m ON m.id = b.message_id
+              WHERE b.instance_id = $1 AND NOT b.consumed ORDER BY b.seq",
+        )
+        .bind(instance)
+        .fetch_all(&mut **tx)
+        .await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM orchestration_subscriptions WHERE instance_id = $1")
+            .bind(instance)
+            .execute(&mut **tx)
+            .await?;
+        let table = self.routing_for_publish(tx).await?;
+        let ids: Vec<Uuid> = left.iter().map(|(id, _)| *id).collect();
+        let contexts: Vec<Option<&Context>> = left.iter().map(|(_, c)| Some(&c.0)).collect();
+        let only = sqlx::query_scalar(
+            "SELECT orchestration_id FROM orchestration_instances WHERE id = $1",
+        )
+        .bind(instance)
+        .fetch_one(&mut **tx)
+        .await?;
+        let routed = route_to_instances(tx, &table, &ids, &contexts, Some(only)).await?;
+        let taken: Vec<Uuid> = routed.reached.keys().map(|&i| ids[i]).collect();
+        sqlx::query(
+            "DELETE FROM orchestration_inbox WHERE instance_id = $1 AND message_id = ANY($2)",
+        )
+        .bind(instance)
+        .bind(&taken)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }
 
-/// An instance ended: what it was held and did not take is a `zombie` suspended item
-/// naming it (never dropped silently); its inbox goes, and the messages nothing else
-/// references with it.
-async fn end_instance(tx: &mut Transaction<'_, Postgres>, instance: Uuid) -> Result<()> {
+/// The step's history: the messages it consumed (or was activated by), those it
+/// published, and how it ended — one statement.
+async fn record_step(
+    tx: &mut Transaction<'_, Postgres>,
+    step: &StepCommit,
+    published: &[crate::publish::Published],
+) -> Result<()> {
+    use crate::publish::Published;
+    let published: Vec<Uuid> = published
+        .iter()
+        .filter_map(|p| match p {
+            Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
+                Some(*message_id)
+            }
+            _ => None,
+        })
+        .collect();
+    let outcome = match step.state {
+        ProcessState::Running if step.keep_claim => "calling",
+        ProcessState::Completed => "completed",
+        ProcessState::Faulted => "faulted",
+        ProcessState::Cancelled => "cancelled",
+        _ => "waiting",
+    };
+    let detail = step.error.as_ref().map(|e| {
+        e["title"]
+            .as_str()
+            .or(e["detail"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    });
+    sqlx::query(
+        "WITH i AS (SELECT steps FROM orchestration_instances WHERE id = $1)
+         INSERT INTO orchestration_events (instance_id, step, event, task, message_id, detail)
+         SELECT $1, i.steps, CASE WHEN b.activating THEN 'activated' ELSE 'consumed' END,
+                NULL::text, b.message_id, NULL::text
+           FROM i, orchestration_inbox b WHERE b.instance_id = $1 AND b.message_id = ANY($2)
+         UNION ALL
+         SELECT $1, i.steps, 'published', NULL::text, p, NULL::text FROM i, unnest($3::uuid[]) AS p
+         UNION ALL
+         SELECT $1, i.steps, $4::text, $5::text, NULL::uuid, $6::text FROM i",
+    )
+    .bind(step.instance_id)
+    .bind(&step.consumed)
+    .bind(&published)
+    .bind(outcome)
+    .bind(&step.task)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Instances ended: what each was held and did not take is a `zombie` suspended item
+/// naming it (never dropped silently); their subscriptions and inboxes go, and the
+/// messages nothing else references with them.
+pub(crate) async fn end_instances(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM orchestration_subscriptions WHERE instance_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "WITH left_over AS (
-            DELETE FROM orchestration_inbox WHERE instance_id = $1 RETURNING message_id, consumed),
+            DELETE FROM orchestration_inbox WHERE instance_id = ANY($1)
+            RETURNING instance_id, message_id, consumed),
          zombies AS (
             INSERT INTO suspended_items (message_id, kind, reason, orchestration_instance_id)
             SELECT message_id, 'zombie',
-                   'routed to orchestration instance ' || $1::text || ', which ended without taking it', $1
+                   'routed to orchestration instance ' || instance_id::text || ', which ended without taking it',
+                   instance_id
               FROM left_over WHERE NOT consumed
             RETURNING message_id)
          DELETE FROM messages m
@@ -712,9 +889,10 @@ async fn end_instance(tx: &mut Transaction<'_, Postgres>, instance: Uuid) -> Res
             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id)
             AND NOT EXISTS (SELECT 1 FROM suspended_items s WHERE s.message_id = m.id)
             AND NOT EXISTS (SELECT 1 FROM instance_deliveries r WHERE r.message_id = m.id)
-            AND NOT EXISTS (SELECT 1 FROM orchestration_inbox b WHERE b.message_id = m.id AND b.instance_id <> $1)",
+            AND NOT EXISTS (SELECT 1 FROM orchestration_inbox b
+                             WHERE b.message_id = m.id AND b.instance_id <> ALL($1))",
     )
-    .bind(instance)
+    .bind(ids)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -317,8 +317,14 @@ impl MessageBox {
         let table = self.routing_for_publish(tx).await?;
         let routes = route_fresh(&table, &messages, &fresh);
         let replied = crate::replies::route_replies(tx, &ids, &messages, &fresh).await?;
-        let processes =
-            crate::process::route_to_instances(tx, &table, &ids, &messages, &fresh).await?;
+        let processes = crate::process::route_to_instances(
+            tx,
+            &table,
+            &ids,
+            &crate::process::routable(&messages, &fresh),
+            None,
+        )
+        .await?;
         let reached = (&replied, &processes.reached);
 
         // 3. ordered ports: take sequences (per port, or per key of a port ordered by a

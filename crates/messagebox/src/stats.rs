@@ -1,5 +1,5 @@
 //! The operator's counters (backlog, retrying, in flight, suspended), per port and
-//! group-wide, in one query each.
+//! group-wide, and orchestration instances by state, in one query each.
 
 use serde::Serialize;
 
@@ -20,12 +20,26 @@ pub struct PortStats {
     pub suspended: i64,
 }
 
+/// Per-orchestration counts of the instances that have not ended, by state.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OrchestrationStats {
+    pub name: String,
+    pub pending: i64,
+    pub running: i64,
+    pub waiting: i64,
+    pub suspended: i64,
+    pub faulted: i64,
+    /// Runnable now and not yet claimed: a message arrived, a timer or timeout is due.
+    pub due: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     /// Messages still referenced by a delivery or suspended item.
     pub spool_messages: i64,
     pub suspended_total: i64,
     pub ports: Vec<PortStats>,
+    pub orchestrations: Vec<OrchestrationStats>,
 }
 
 impl MessageBox {
@@ -82,11 +96,28 @@ impl MessageBox {
         )
         .fetch_one(&mut *tx)
         .await?;
+        let orchestrations = sqlx::query_as::<_, OrchestrationStats>(
+            "SELECT o.name,
+                    count(i.id) FILTER (WHERE i.state = 'pending') AS pending,
+                    count(i.id) FILTER (WHERE i.state = 'running') AS running,
+                    count(i.id) FILTER (WHERE i.state = 'waiting') AS waiting,
+                    count(i.id) FILTER (WHERE i.state = 'suspended') AS suspended,
+                    count(i.id) FILTER (WHERE i.state = 'faulted') AS faulted,
+                    count(i.id) FILTER (WHERE i.runnable_at <= now() AND i.claimed_by IS NULL
+                                          AND i.state IN ('pending', 'running', 'waiting')) AS due
+               FROM orchestrations o
+               LEFT JOIN orchestration_instances i
+                      ON i.orchestration_id = o.id AND i.state NOT IN ('completed', 'cancelled')
+              GROUP BY o.name ORDER BY o.name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Stats {
             spool_messages,
             suspended_total,
             ports,
+            orchestrations,
         })
     }
 }

@@ -21,6 +21,9 @@ crate::states::text_enum! {
         Failed = "failed",
         /// A delivery that can never succeed (a bad address, a poison message).
         FailedFinal = "failed-final",
+        /// Routed to an orchestration instance that ended without taking it; resumable
+        /// (routed again, e.g. to a newer instance of its correlation).
+        Zombie = "zombie",
     }
 }
 
@@ -208,7 +211,9 @@ impl MessageBox {
             sqlx::query_as::<_, ResumeRow>(
                 &format!(
                     "SELECT s.id, s.message_id, s.kind, s.port_id, s.via_port, s.via_groups, s.order_key, s.seq,
-                            (SELECT context FROM messages m WHERE m.id = s.message_id)
+                            (SELECT context FROM messages m WHERE m.id = s.message_id),
+                            (SELECT i.orchestration_id FROM orchestration_instances i
+                              WHERE i.id = s.orchestration_instance_id)
                      {SELECT_WHERE} ORDER BY s.id LIMIT $6 FOR UPDATE OF s"
                 ),
             ),
@@ -227,14 +232,16 @@ impl MessageBox {
         }
         let mut failed_ids = Vec::new();
         let mut reroute = Vec::new();
-        for (id, message_id, kind, _port, _vp, _vg, _ok, _seq, ctx) in rows {
+        let mut zombies = Vec::new();
+        for (id, message_id, kind, _port, _vp, _vg, _ok, _seq, ctx, orchestration) in rows {
+            let context = || -> Result<Context> {
+                serde_json::from_value(ctx.clone())
+                    .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))
+            };
             match kind.as_str() {
                 "failed" => failed_ids.push(id),
-                "routing-failure" => {
-                    let context: Context = serde_json::from_value(ctx)
-                        .map_err(|e| Error::Corrupt(format!("context of {message_id}: {e}")))?;
-                    reroute.push((id, message_id, context));
-                }
+                "routing-failure" => reroute.push((id, message_id, context()?)),
+                "zombie" => zombies.push((id, message_id, context()?, orchestration)),
                 _ => report.not_resumable += 1,
             }
         }
@@ -246,8 +253,12 @@ impl MessageBox {
         if !reroute.is_empty() {
             self.route_again(&mut tx, &reroute, &mut report).await?;
         }
+        if !zombies.is_empty() {
+            self.route_zombies(&mut tx, &zombies, &mut report).await?;
+        }
         tx.commit().await?;
-        if report.deliveries > 0 {
+        if report.deliveries > 0 || report.resumed > 0 {
+            // deliveries, or messages held for orchestration instances: wake the hosts
             self.notify_published().await;
         }
         Ok(report)
@@ -263,12 +274,18 @@ impl MessageBox {
         report: &mut ResumeReport,
     ) -> Result<()> {
         let table = self.routing_for_publish(tx).await?;
+        // orchestration instances first: an activation or a waiting instance may take it
+        let messages: Vec<Uuid> = reroute.iter().map(|(_, m, _)| *m).collect();
+        let contexts: Vec<Option<&Context>> = reroute.iter().map(|(_, _, c)| Some(c)).collect();
+        let processes =
+            crate::process::route_to_instances(tx, &table, &messages, &contexts, None).await?;
         let mut routed_items = Vec::new();
         // (message, target, context) of every delivery the re-route makes
         let mut routed: Vec<(Uuid, crate::routing::RouteTarget, &Context)> = Vec::new();
-        for (id, message_id, context) in reroute {
+        for (n, (id, message_id, context)) in reroute.iter().enumerate() {
             let targets = table.route(context);
-            if targets.is_empty() {
+            let to_instances = processes.reached.get(&n).copied().unwrap_or_default();
+            if targets.is_empty() && to_instances == 0 {
                 report.still_unrouted += 1;
                 continue;
             }
@@ -290,19 +307,48 @@ impl MessageBox {
         if !rows.no_key.is_empty() {
             crate::ordered::suspend_without_key(self, tx, &rows.no_key).await?;
         }
-        sqlx::query(
-            "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
-             INSERT INTO tracking_events (message_id, event, detail)
-             SELECT s.message_id, 'resumed', 'routed again by operator' FROM s
-               JOIN messages m ON m.id = s.message_id LEFT JOIN hosts h ON h.id = m.publisher_host_id
-              WHERE coalesce(h.tracking, 'failures') <> 'off'",
-        )
-        .bind(&routed_items)
-        .execute(&mut **tx)
-        .await?;
-        record_settled(tx, &routed_items, Settled::Resumed).await?;
+        settle_routed_again(tx, &routed_items).await?;
         report.resumed += routed_items.len() as u64;
         report.deliveries += created;
+        Ok(())
+    }
+
+    /// Routes zombies ((item, message, context, the orchestration of the instance it was
+    /// held for)) again, to that orchestration's instances only — a waiting instance of
+    /// its correlation, or an activation — never to send ports, which had their deliveries
+    /// when it was published. One that reaches nothing stays.
+    async fn route_zombies(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        zombies: &[(i64, Uuid, Context, Option<i64>)],
+        report: &mut ResumeReport,
+    ) -> Result<()> {
+        let table = self.routing_for_publish(tx).await?;
+        let mut routed_items = Vec::new();
+        for (id, message_id, context, orchestration) in zombies {
+            let reached = match orchestration {
+                Some(o) => {
+                    crate::process::route_to_instances(
+                        tx,
+                        &table,
+                        &[*message_id],
+                        &[Some(context)],
+                        Some(*o),
+                    )
+                    .await?
+                    .reached
+                }
+                // its instance and orchestration are gone
+                None => Default::default(),
+            };
+            if reached.is_empty() {
+                report.still_unrouted += 1;
+            } else {
+                routed_items.push(*id);
+            }
+        }
+        settle_routed_again(tx, &routed_items).await?;
+        report.resumed += routed_items.len() as u64;
         Ok(())
     }
 
@@ -470,7 +516,27 @@ type ResumeRow = (
     Option<String>,
     Option<i64>,
     serde_json::Value,
+    // a zombie's orchestration
+    Option<i64>,
 );
+
+/// Suspended items routed again leave, tracked and recorded resumed.
+async fn settle_routed_again(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH s AS (DELETE FROM suspended_items WHERE id = ANY($1) RETURNING message_id)
+         INSERT INTO tracking_events (message_id, event, detail)
+         SELECT s.message_id, 'resumed', 'routed again by operator' FROM s
+           JOIN messages m ON m.id = s.message_id LEFT JOIN hosts h ON h.id = m.publisher_host_id
+          WHERE coalesce(h.tracking, 'failures') <> 'off'",
+    )
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
+    record_settled(tx, ids, Settled::Resumed).await
+}
 
 /// Puts the `failed` items `ids` back as fresh deliveries (retries reset, primary
 /// transport), tracked, and records them resumed.

@@ -375,7 +375,7 @@ async fn an_orchestration_is_stored_versioned_exported_applied_and_deleted(pool:
     ))
     .await
     .unwrap();
-    mbx.orchestration_delete("om").await.unwrap();
+    mbx.orchestration_delete("om", false).await.unwrap();
     assert!(mbx
         .orchestration_show("om")
         .await

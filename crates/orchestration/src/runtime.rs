@@ -103,7 +103,8 @@ pub struct State {
     /// The workflow's raw input (the activating messages).
     pub input: Value,
     pub started_at: f64,
-    /// The task lists being run, innermost last; empty once the instance ended.
+    /// The task lists being run, innermost last; empty once the instance completed (a
+    /// faulted one keeps them, standing on its failed task, for a resume).
     pub stack: Vec<Frame>,
     /// How many external calls this instance has prepared (idempotency keys).
     pub calls: u64,
@@ -255,6 +256,38 @@ enum Step {
 }
 
 impl State {
+    /// The task path the instance stands on (the top frame's task), if it has not ended.
+    pub fn task_path(&self, def: &Definition) -> Option<String> {
+        let runner = Runner::new(def, "");
+        let top = self.stack.last()?;
+        Some(
+            runner
+                .list(&top.list)
+                .get(top.index)
+                .map_or_else(|| top.list.clone(), |t| t.reference.clone()),
+        )
+    }
+
+    /// Whether the instance, standing where it does in `from`, can go on in `to` (an
+    /// operator's resume onto another version): every frame's list exists there and its
+    /// task has the same path. `Err` names the first path `to` lacks.
+    pub fn fits(&self, from: &Definition, to: &Definition) -> Result<(), String> {
+        let (old, new) = (Runner::new(from, ""), Runner::new(to, ""));
+        for f in &self.stack {
+            let path = |r: &Runner<'_>| r.list(&f.list).get(f.index).map(|t| t.reference.clone());
+            let was = path(&old);
+            let fits = match &was {
+                Some(_) => path(&new) == was,
+                // past its list's end: the list only has to exist with at least as many tasks
+                None => !new.list(&f.list).is_empty() && new.list(&f.list).len() >= f.index,
+            };
+            if !fits {
+                return Err(was.unwrap_or_else(|| f.list.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// A new instance's state, activated by `events` at `now`.
     pub fn activate(def: &Definition, events: &[Event], now: f64) -> Result<State, WorkflowError> {
         let raw: Value = events.iter().map(|e| e.envelope.clone()).collect();
@@ -1114,10 +1147,24 @@ fn answered(request: &CallRequest, r: CallResponse, reference: &str) -> Step {
     Step::Done(output, None)
 }
 
+/// No `try` caught `error`: the instance faults, standing at the failed task (`stack`
+/// as it was), which a resume runs again from its input (its call prepared anew, its
+/// wait started again).
+fn faulted(state: &mut State, stack: Vec<Frame>, error: WorkflowError) -> Outcome {
+    state.stack = stack;
+    if let Some(top) = state.stack.last_mut() {
+        top.began = None;
+        top.pending = None;
+        top.not_before = None;
+    }
+    Outcome::Faulted(error)
+}
+
 impl Runner<'_> {
     /// An error at the top frame: the nearest `try` that catches it handles it (a retry
     /// after its delay, its `catch.do`, or nothing); none does — the instance faults.
     fn unwind(&self, state: &mut State, error: WorkflowError, now: f64) -> Option<Outcome> {
+        let at_fault = state.stack.clone();
         while let Some(frame) = state.stack.pop() {
             let FrameKind::Try {
                 attempt,
@@ -1180,8 +1227,7 @@ impl Runner<'_> {
             ));
             return None;
         }
-        state.stack.clear();
-        Some(Outcome::Faulted(error))
+        Some(faulted(state, at_fault, error))
     }
 
     /// The correlations this instance is subscribed by now: each listen's filters whose

@@ -243,6 +243,37 @@ fn an_uncaught_error_faults_the_instance_at_its_task() {
         (e.type_.as_str(), e.status, e.instance.as_str()),
         ("https://example.com/errors/bad-order", 422, "/do/0/check")
     );
+    assert_eq!(
+        state.task_path(&def).as_deref(),
+        Some("/do/0/check"),
+        "a faulted instance stands on its failed task"
+    );
+}
+
+#[test]
+fn a_faulted_instance_resumes_at_its_task_also_on_a_version_that_has_it() {
+    let broken = workflow(
+        "  - first: {set: {n: 1}}\n  - check: {set: '${ .n + \"x\" }'}\n  - last: {set: {done: true}}\n",
+    );
+    let runner = Runner::new(&broken, "i");
+    let mut state =
+        State::activate(&broken, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let Outcome::Faulted(e) = runner.run(&mut state, &[], 0.0).0 else {
+        panic!("faulted")
+    };
+    assert_eq!(e.instance, "/do/1/check");
+    // the fixed version has the same path; one without `check` does not fit
+    let fixed = workflow(
+        "  - first: {set: {n: 1}}\n  - check: {set: '${ {n: (.n + 1)} }'}\n  - last: {set: '${ . + {done: true} }'}\n",
+    );
+    let renamed = workflow("  - first: {set: {n: 1}}\n  - verify: {set: {n: 2}}\n");
+    assert_eq!(state.fits(&broken, &fixed), Ok(()));
+    assert_eq!(state.fits(&broken, &renamed), Err("/do/1/check".to_owned()));
+    assert_eq!(
+        Runner::new(&fixed, "i").run(&mut state, &[], 1.0).0,
+        Outcome::Completed(json!({"n": 2, "done": true})),
+        "resumed from the failed task with its input"
+    );
 }
 
 #[test]
