@@ -32,6 +32,21 @@ const CLAIM_BATCH: i64 = 32;
 /// Calls time out after this long (the DSL's task `timeout` bounds the step as a whole).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest a MessageBox call of a step may take: its statements are each bounded by
+/// the server's statement timeout; this bounds a call whose connection went silent.
+const DB_TIMEOUT: Duration = Duration::from_millis(2 * mbx_messagebox::STATEMENT_TIMEOUT_MS);
+
+/// A MessageBox call bounded on the client: one whose answer never comes fails (its
+/// transaction is dropped, so rolled back) instead of holding the loop for good.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = mbx_messagebox::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(DB_TIMEOUT, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("the MessageBox did not answer within {DB_TIMEOUT:?}"),
+    }
+}
+
 /// A step that failed to commit runs again after this long.
 const RETRY_AFTER_S: f64 = 1.0;
 
@@ -72,18 +87,15 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
         let published = wake.published();
         tokio::pin!(published);
         published.as_mut().enable();
-        let claimed = match p
-            .mbx
-            .process_claim(p.instance.id(), p.host_id, CLAIM_BATCH)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "claiming orchestration instances failed; retrying");
-                tokio::time::sleep(p.poll).await;
-                continue;
-            }
-        };
+        let claimed =
+            match bounded(p.mbx.process_claim(p.instance.id(), p.host_id, CLAIM_BATCH)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "claiming orchestration instances failed; retrying");
+                    tokio::time::sleep(p.poll).await;
+                    continue;
+                }
+            };
         if !claimed.is_empty() {
             run_claimed(&p, claimed).await;
             continue;
@@ -137,10 +149,7 @@ async fn definition(p: &Processes, c: &ClaimedInstance) -> Result<Arc<Definition
     if let Some(d) = cached {
         return Ok(d);
     }
-    let document = p
-        .mbx
-        .process_document(c.orchestration_id, &c.version)
-        .await?;
+    let document = bounded(p.mbx.process_document(c.orchestration_id, &c.version)).await?;
     let def = Arc::new(
         Definition::from_document(&document)
             .with_context(|| format!("orchestration {} version {}", c.orchestration, c.version))?,
@@ -154,7 +163,7 @@ async fn definition(p: &Processes, c: &ClaimedInstance) -> Result<Arc<Definition
 /// Runs one claimed instance until it waits, ends or faults, committing each step.
 async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
     let def = definition(p, &c).await?;
-    let held = p.mbx.process_held(c.id).await?;
+    let held = bounded(p.mbx.process_held(c.id)).await?;
     let runner = Runner::new(&def, &c.id.to_string());
     let mut now = c.now;
     let mut first_consumed: Vec<String> = Vec::new();
@@ -189,7 +198,7 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
         pending.retain(|e| !fx.consumed.contains(&e.id));
         let mut step = step_commit(&c, &runner, &state, &outcome, &fx, &held, now)?;
         step.task = state.task_path(&def);
-        let Some(committed_at) = p.mbx.process_commit(p.instance.id(), step).await? else {
+        let Some(committed_at) = bounded(p.mbx.process_commit(p.instance.id(), step)).await? else {
             debug!(instance = %c.id, "the claim was lost: another host instance runs it");
             return Ok(());
         };
@@ -322,7 +331,7 @@ async fn commit_unstarted(
         subscriptions: Vec::new(),
         task: None,
     };
-    p.mbx.process_commit(p.instance.id(), step).await?;
+    bounded(p.mbx.process_commit(p.instance.id(), step)).await?;
     Ok(())
 }
 
