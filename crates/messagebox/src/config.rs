@@ -1315,17 +1315,14 @@ pub(crate) async fn send_port_create_in(
     .bind(spec.buckets())
     .fetch_one(&mut **tx)
     .await;
-    let id = match res {
-        Ok(id) => id,
-        Err(e) if crate::error::is_unique_violation(&e) => {
-            return Err(Error::AlreadyExists {
-                kind: "send port",
-                name: spec.name.clone(),
-                hint: "choose another name or delete it first".into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let id = res.map_err(|e| {
+        crate::error::exists_or(
+            e,
+            "send port",
+            &spec.name,
+            "choose another name or delete it first",
+        )
+    })?;
     if spec.ordered {
         sqlx::query("INSERT INTO ordered_sequences (port_id) VALUES ($1)")
             .bind(id)
@@ -1368,17 +1365,8 @@ pub(crate) async fn group_create_tx(
     .bind(application)
     .fetch_one(&mut **tx)
     .await;
-    let id = match res {
-        Ok(id) => id,
-        Err(e) if crate::error::is_unique_violation(&e) => {
-            return Err(Error::AlreadyExists {
-                kind: "send port group",
-                name: name.to_owned(),
-                hint: "choose another name".into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let id = res
+        .map_err(|e| crate::error::exists_or(e, "send port group", name, "choose another name"))?;
     if state != InitialState::Unenlisted {
         set_subscription(tx, "group", id, compiled.as_ref()).await?;
     }
@@ -1399,15 +1387,9 @@ pub(crate) async fn host_insert(conn: &mut sqlx::PgConnection, spec: &HostSpec) 
     .bind(spec.throttle_database_size.and_then(|t| t.column()))
     .execute(&mut *conn)
     .await;
-    match res {
-        Ok(_) => Ok(()),
-        Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
-            kind: "host",
-            name: spec.name.clone(),
-            hint: "`mbx host list` shows the hosts".into(),
-        }),
-        Err(e) => Err(e.into()),
-    }
+    res.map(|_| ()).map_err(|e| {
+        crate::error::exists_or(e, "host", &spec.name, "`mbx host list` shows the hosts")
+    })
 }
 
 pub(crate) async fn property_insert(
@@ -1426,15 +1408,9 @@ pub(crate) async fn property_insert(
         .bind(ty.as_str())
         .execute(&mut *conn)
         .await;
-    match res {
-        Ok(_) => Ok(()),
-        Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
-            kind: "property",
-            name: name.to_owned(),
-            hint: "delete it first to change its type".into(),
-        }),
-        Err(e) => Err(e.into()),
-    }
+    res.map(|_| ()).map_err(|e| {
+        crate::error::exists_or(e, "property", name, "delete it first to change its type")
+    })
 }
 
 /// Deletes a send port inside `tx`. Refused, with the counts, while it has deliveries or

@@ -107,6 +107,20 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// What an INSERT of a named object failed with: `AlreadyExists` ("`kind` '`name`'
+/// already exists; `hint`") for a unique violation, else the database error.
+pub(crate) fn exists_or(e: sqlx::Error, kind: &'static str, name: &str, hint: &str) -> Error {
+    if is_unique_violation(&e) {
+        Error::AlreadyExists {
+            kind,
+            name: name.to_owned(),
+            hint: hint.to_owned(),
+        }
+    } else {
+        e.into()
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error and its causes on one line ("context: cause: cause"), each cause left out

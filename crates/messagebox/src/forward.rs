@@ -444,15 +444,14 @@ impl MessageBox {
         .bind(&group_name)
         .fetch_one(&self.pool)
         .await;
-        match res {
-            Ok(link) => Ok(link),
-            Err(e) if crate::error::is_unique_violation(&e) => Err(Error::AlreadyExists {
-                kind: "group link",
-                name: name.to_owned(),
-                hint: "remove it first to point it elsewhere".into(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        res.map_err(|e| {
+            crate::error::exists_or(
+                e,
+                "group link",
+                name,
+                "remove it first to point it elsewhere",
+            )
+        })
     }
 
     pub async fn link_list(&self) -> Result<Vec<GroupLink>> {

@@ -357,17 +357,14 @@ pub(crate) async fn orchestration_create_in(
     .bind(&spec.version)
     .fetch_one(&mut **tx)
     .await;
-    let id = match res {
-        Ok(id) => id,
-        Err(e) if crate::error::is_unique_violation(&e) => {
-            return Err(Error::AlreadyExists {
-                kind: "orchestration",
-                name: spec.name.clone(),
-                hint: "add a version with `mbx orchestration update -f FILE`".into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let id = res.map_err(|e| {
+        crate::error::exists_or(
+            e,
+            "orchestration",
+            &spec.name,
+            "add a version with `mbx orchestration update -f FILE`",
+        )
+    })?;
     insert_version(tx, id, spec, &digest(&spec.document), &activation).await
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::{host_id, validate_address, validate_name};
-use crate::error::is_unique_violation;
+use crate::error::exists_or;
 use crate::publish::MAX_MESSAGE_SIZE_DEFAULT_BYTES;
 use crate::{Error, MessageBox, Result, DEFAULT_HOST};
 
@@ -255,12 +255,7 @@ pub(crate) async fn receive_port_insert(
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
-            kind: "receive port",
-            name: name.to_owned(),
-            hint: "choose another name".into(),
-        }),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(exists_or(e, "receive port", name, "choose another name")),
     }
 }
 
@@ -330,17 +325,14 @@ pub(crate) async fn receive_location_create_in(
     .bind(&spec.application)
     .execute(&mut **tx)
     .await;
-    match res {
-        Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => {
-            return Err(Error::AlreadyExists {
-                kind: "receive location",
-                name: spec.name.clone(),
-                hint: "choose another name or delete it first".into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    }
+    res.map_err(|e| {
+        exists_or(
+            e,
+            "receive location",
+            &spec.name,
+            "choose another name or delete it first",
+        )
+    })?;
     if spec.ordered {
         // one instance at a time receives an ordered location
         sqlx::query(
