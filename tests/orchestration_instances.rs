@@ -10,29 +10,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use mbx_e2e::{bodies_in, count, database_url, messagebox, start_host, wait_for, Mbx, FAST_HOST};
-use mbx_messagebox::publish::{NewMessage, Publisher};
-use mbx_messagebox::{Context, MessageBox, Value};
+use mbx_messagebox::publish::NewMessage;
+use mbx_messagebox::MessageBox;
 use sqlx::PgPool;
 
 fn message(message_type: &str, order: &str) -> NewMessage {
-    let mut context = Context::new();
-    context
-        .promote("mbx.MessageType", Value::String(message_type.to_owned()))
-        .expect("type");
-    context
-        .promote("Order.Id", Value::String(order.to_owned()))
-        .expect("order id");
-    NewMessage::new(
-        serde_json::json!({ "order": order }).to_string(),
-        "application/json",
-        context,
-    )
+    mbx_e2e::orders::message(message_type, order, serde_json::json!({ "order": order }))
 }
 
 async fn publish(mbx: &MessageBox, m: NewMessage) {
-    mbx.publish(&Publisher::default(), vec![m])
-        .await
-        .expect("publish");
+    mbx_e2e::orders::publish(mbx, vec![m]).await
 }
 
 /// An order checker, version `version`, whose second task is `check` (`raise`: it

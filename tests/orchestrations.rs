@@ -9,31 +9,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mbx_e2e::orders::{message, publish};
 use mbx_e2e::{
     bodies_in, count, database_url, messagebox, serve_on_loopback, start_host, wait_for, Mbx,
     FAST_HOST,
 };
-use mbx_messagebox::publish::{NewMessage, Publisher};
-use mbx_messagebox::{Context, MessageBox, Value};
 use sqlx::PgPool;
-
-/// A message of `message_type` for order `order`, its body JSON `data`.
-fn message(message_type: &str, order: &str, data: serde_json::Value) -> NewMessage {
-    let mut context = Context::new();
-    context
-        .promote("mbx.MessageType", Value::String(message_type.to_owned()))
-        .expect("type");
-    context
-        .promote("Order.Id", Value::String(order.to_owned()))
-        .expect("order id");
-    NewMessage::new(data.to_string(), "application/json", context)
-}
-
-async fn publish(mbx: &MessageBox, messages: Vec<NewMessage>) {
-    mbx.publish(&Publisher::default(), messages)
-        .await
-        .expect("publish");
-}
 
 /// Declares `Order.Id`, creates the orchestration `yaml` (written to a file) and a FILE
 /// port writing every `OrderConfirmed` and `OrderRejected` to `out`.

@@ -15,6 +15,7 @@ pub mod browser;
 pub mod certs;
 pub mod fault_proxy;
 pub mod load;
+pub mod orders;
 pub mod pg_cluster;
 pub mod rabbit_node;
 pub mod sink;

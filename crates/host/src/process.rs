@@ -166,22 +166,9 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
     let held = bounded(p.mbx.process_held(c.id)).await?;
     let runner = Runner::new(&def, &c.id.to_string());
     let mut now = c.now;
-    let mut first_consumed: Vec<String> = Vec::new();
-    let mut state = match &c.data {
-        Some(data) if !data.is_null() => {
-            serde_json::from_value::<State>(data.clone()).context("reading the instance's state")?
-        }
-        _ => {
-            let Some(activating) = activating_events(&def, &held) else {
-                // `all`: not every activating message is here yet
-                return commit_pending(p, &c).await;
-            };
-            first_consumed = activating.iter().map(|e| e.id.clone()).collect();
-            match State::activate(&def, &activating, now) {
-                Ok(s) => s,
-                Err(e) => return fault_before_start(p, &c, e).await,
-            }
-        }
+    let Some((mut state, mut first_consumed)) = saved_or_activated(p, &c, &def, &held).await?
+    else {
+        return Ok(());
     };
     let mut pending: Vec<Event> = held
         .iter()
@@ -192,11 +179,32 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
     // the first step's latency counts from when the instance became runnable
     let mut since = Some(c.due);
     let activation = c.data.as_ref().is_none_or(serde_json::Value::is_null);
+    // effects of a run whose port call could not be made (they commit with the next run's)
+    let mut carried = Effects::default();
     loop {
         let (outcome, mut fx) = runner.run(&mut state, &pending, now);
         fx.consumed.append(&mut first_consumed);
         pending.retain(|e| !fx.consumed.contains(&e.id));
+        let fx = carried.then(fx);
+        carried = Effects::default();
+        let request = match &outcome {
+            Outcome::Call(r) => match port_request(p, &c, r).await? {
+                Ok(m) => m,
+                Err(reason) => {
+                    // nothing was sent: the call fails as a communication error at once
+                    state.answer(CallResponse {
+                        status: 0,
+                        headers: Default::default(),
+                        body: reason,
+                    });
+                    carried = fx;
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let mut step = step_commit(&c, &runner, &state, &outcome, &fx, &held, now)?;
+        step.publish.extend(request.clone());
         step.task = state.task_path(&def);
         let Some(committed_at) = bounded(p.mbx.process_commit(p.instance.id(), step)).await? else {
             debug!(instance = %c.id, "the claim was lost: another host instance runs it");
@@ -207,13 +215,77 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
             activation,
             since.take().map(|t| committed_at - t),
         );
-        let Outcome::Call(request) = outcome else {
+        let Outcome::Call(
+            request @ CallRequest {
+                target: CallTarget::Http { url },
+                ..
+            },
+        ) = &outcome
+        else {
+            // a call through a send port went with the commit: its answer wakes the instance
             return Ok(());
         };
-        let response = send(&p.http, &request).await;
+        let response = send(&p.http, url, request).await;
         state.answer(response);
         // the next step's time: the database's, at least the commit's
         now = committed_at.max(now);
+    }
+}
+
+/// The request message of a call through a send port (`None` for an HTTP call), or why
+/// the port cannot be called.
+async fn port_request(
+    p: &Processes,
+    c: &ClaimedInstance,
+    r: &CallRequest,
+) -> Result<std::result::Result<Option<NewMessage>, String>> {
+    let CallTarget::SendPort { port } = &r.target else {
+        return Ok(Ok(None));
+    };
+    let port_id = match bounded(p.mbx.process_call_port(port)).await? {
+        Ok(id) => id,
+        Err(reason) => return Ok(Err(format!("call {port}@mbx: {reason}"))),
+    };
+    let content_type = r
+        .headers
+        .get("content-type")
+        .map_or("application/json", String::as_str);
+    let body = r.body.clone().unwrap_or_default().into_bytes();
+    Ok(Ok(Some(mbx_messagebox::process_calls::call_request(
+        port_id,
+        c.id,
+        &r.idempotency_key,
+        body,
+        content_type,
+    )?)))
+}
+
+/// The instance's saved state, or — for a new instance — its state as activated by its
+/// held messages, with the ids of the messages that activated it (`None`: nothing to run
+/// yet, or it could not start; either was committed here).
+async fn saved_or_activated(
+    p: &Processes,
+    c: &ClaimedInstance,
+    def: &Definition,
+    held: &[HeldMessage],
+) -> Result<Option<(State, Vec<String>)>> {
+    if let Some(data) = c.data.as_ref().filter(|d| !d.is_null()) {
+        let state = serde_json::from_value::<State>(data.clone())
+            .context("reading the instance's state")?;
+        return Ok(Some((state, Vec::new())));
+    }
+    let Some(activating) = activating_events(def, held) else {
+        // `all`: not every activating message is here yet
+        commit_pending(p, c).await?;
+        return Ok(None);
+    };
+    let first_consumed = activating.iter().map(|e| e.id.clone()).collect();
+    match State::activate(def, &activating, c.now) {
+        Ok(s) => Ok(Some((s, first_consumed))),
+        Err(e) => {
+            fault_before_start(p, c, e).await?;
+            Ok(None)
+        }
     }
 }
 
@@ -247,6 +319,11 @@ fn step_commit(
         .collect();
     let (process_state, wake_at, error, keep_claim) = match outcome {
         Outcome::Waiting { wake_at } => (ProcessState::Waiting, *wake_at, None, false),
+        // a call through a send port: its request goes with this commit, its answer wakes it
+        Outcome::Call(CallRequest {
+            target: CallTarget::SendPort { .. },
+            ..
+        }) => (ProcessState::Waiting, None, None, false),
         Outcome::Call(_) => (ProcessState::Running, None, None, true),
         Outcome::Completed(_) => (ProcessState::Completed, None, None, false),
         Outcome::Faulted(e) => (
@@ -432,21 +509,12 @@ fn new_message(e: &Emitted, held: &[HeldMessage]) -> Result<NewMessage> {
     Ok(NewMessage::new(body, &content_type, context))
 }
 
-/// Sends a call and reads its answer; a call that cannot be sent answers status 0.
-async fn send(http: &reqwest::Client, r: &CallRequest) -> CallResponse {
-    let url = match &r.target {
-        CallTarget::Http { url } => url.clone(),
-        CallTarget::SendPort { port } => {
-            return CallResponse {
-                status: 0,
-                headers: Default::default(),
-                body: format!("call {port}@mbx: calls through send ports are not available yet"),
-            }
-        }
-    };
+/// Sends an HTTP call to `url` and reads its answer; a call that cannot be sent answers
+/// status 0.
+async fn send(http: &reqwest::Client, url: &str, r: &CallRequest) -> CallResponse {
     let method = reqwest::Method::from_bytes(r.method.as_bytes()).unwrap_or(reqwest::Method::POST);
     let mut req = http
-        .request(method, &url)
+        .request(method, url)
         .header("Idempotency-Key", &r.idempotency_key);
     for (k, v) in &r.headers {
         req = req.header(k, v);

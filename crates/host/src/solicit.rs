@@ -15,7 +15,7 @@ use mbx_messagebox::publish::{NewBody, NewMessage, Published, Routing};
 use mbx_messagebox::{Context, Value};
 
 /// The response's status code (HTTP: the endpoint's status).
-pub const STATUS_CODE: &str = "http.StatusCode";
+pub const STATUS_CODE: &str = mbx_vocabulary::STATUS_CODE;
 
 /// The status a waiting client gets when the request failed for good.
 pub const FAULT_STATUS: u16 = 502;

@@ -19,6 +19,7 @@ pub mod orchestrations;
 pub mod ordered;
 pub mod process;
 pub mod process_admin;
+pub mod process_calls;
 pub mod publish;
 pub mod receive;
 pub mod replies;

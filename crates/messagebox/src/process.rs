@@ -107,7 +107,10 @@ pub(crate) fn routable<'m>(messages: &'m [NewMessage], fresh: &[bool]) -> Vec<Op
     messages
         .iter()
         .zip(fresh)
-        .map(|(m, f)| (*f && !matches!(m.routing, Routing::ReplyOnly)).then_some(&m.context))
+        .map(|(m, f)| {
+            (*f && !matches!(m.routing, Routing::ReplyOnly | Routing::OnlyPort(_)))
+                .then_some(&m.context)
+        })
         .collect()
 }
 

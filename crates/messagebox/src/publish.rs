@@ -154,6 +154,13 @@ pub enum Routing {
     /// An error report: to its subscribers; with none it is dropped (never a
     /// routing failure, never reported again, so reports cannot loop).
     ErrorReport,
+    /// An orchestration instance's request through a solicit-response port (`call:
+    /// NAME@mbx`): to that port (this id) only, whatever its filter says, never to an
+    /// orchestration or a waiting client.
+    OnlyPort(i64),
+    /// The answer to an orchestration instance whose request was suspended: to the
+    /// instance waiting for its token only; with none waiting, a routing failure.
+    InstancesOnly,
 }
 
 impl NewMessage {
@@ -477,7 +484,14 @@ fn route_fresh(
             match m.routing {
                 Routing::All | Routing::ErrorReport => {}
                 Routing::NotToPort(port) => targets.retain(|t| t.port_id != port),
-                Routing::ReplyOnly => targets.clear(),
+                Routing::ReplyOnly | Routing::InstancesOnly => targets.clear(),
+                Routing::OnlyPort(port) => {
+                    targets = vec![RouteTarget {
+                        port_id: port,
+                        via_port: true,
+                        via_groups: Vec::new(),
+                    }]
+                }
             }
             routes.push((i, targets));
         }

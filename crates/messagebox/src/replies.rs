@@ -52,7 +52,13 @@ pub(crate) async fn route_replies(
     let wanted: Vec<(usize, String)> = messages
         .iter()
         .enumerate()
-        .filter(|(i, _)| fresh[*i])
+        .filter(|(i, m)| {
+            fresh[*i]
+                && !matches!(
+                    m.routing,
+                    crate::publish::Routing::OnlyPort(_) | crate::publish::Routing::InstancesOnly
+                )
+        })
         .filter_map(|(i, m)| reply_token(&m.context).map(|t| (i, t)))
         .collect();
     if wanted.is_empty() {

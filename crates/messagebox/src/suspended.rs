@@ -651,6 +651,7 @@ pub(crate) async fn suspend_deliveries(
     instance: Option<Uuid>,
     attempt: bool,
 ) -> Result<u64> {
+    crate::process_calls::answer_suspended_calls(mbx, tx, ids, errors).await?;
     let reporting: Vec<(Uuid, String, Option<String>, String, String)> = sqlx::query_as(
         "WITH c AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[]) AS c(id, kind, error)),
          d AS (DELETE FROM deliveries d USING c WHERE d.id = c.id

@@ -316,8 +316,29 @@ impl Definition {
             .filter(|f| !f.correlate.is_empty())
             .map(EventFilter::shape)
             .collect();
+        if self.calls_ports() {
+            // a call through a send port waits for the answer carrying its token
+            shapes.push(vec![mbx_vocabulary::system::CORRELATION_TOKEN.to_owned()]);
+        }
         shapes.sort();
         shapes.dedup();
         shapes
+    }
+
+    /// Whether a task calls through a send port (`call: NAME@mbx`).
+    pub fn calls_ports(&self) -> bool {
+        fn any(tasks: &[Task]) -> bool {
+            tasks.iter().any(|t| match &t.kind {
+                TaskKind::CallPort { .. } => true,
+                TaskKind::Do(inner)
+                | TaskKind::Fork {
+                    branches: inner, ..
+                } => any(inner),
+                TaskKind::For(f) => any(&f.do_),
+                TaskKind::Try(t) => any(&t.try_) || any(&t.do_),
+                _ => false,
+            })
+        }
+        any(&self.tasks)
     }
 }

@@ -33,10 +33,6 @@ fn refuse<T>(path: &str, message: impl Into<String>) -> Result<T> {
     })
 }
 
-/// Whether `call: NAME@mbx` runs yet (the hosts do not send through a port for an
-/// instance yet: until they do, such a definition is refused, not half-run).
-const PORT_CALLS: bool = false;
-
 /// The prefix every mbx extension key carries (non-portable, named in the conformance table).
 pub const EXTENSION_PREFIX: &str = "x-mbx-";
 
@@ -575,12 +571,6 @@ fn call(map: &Map<String, Value>, path: &str, cx: &Cx) -> Result<TaskKind> {
     if let Some(port) = target.strip_suffix("@mbx") {
         mbx_vocabulary::validate_name("send port", port)
             .or_else(|e| refuse(&format!("{path}/call"), e))?;
-        if !PORT_CALLS {
-            return refuse(
-                &format!("{path}/call"),
-                format!("calls through a send port (`call: {target}`) are not available yet: call the endpoint with `call: http`"),
-            );
-        }
         only(
             &with,
             &with_path,

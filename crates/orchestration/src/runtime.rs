@@ -112,6 +112,11 @@ pub struct State {
     /// that activated the instance: what makes it the one instance of a convoy.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub correlation: BTreeMap<String, Value>,
+    /// The tokens of calls through send ports that failed here (their requests
+    /// suspended): an answer from an operator's later resume still reaches the instance,
+    /// which never takes it, so it becomes a zombie naming the instance when it ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_answers: Vec<String>,
 }
 
 /// One task list being run and the position in it.
@@ -231,6 +236,15 @@ pub struct Effects {
     pub consumed: Vec<String>,
 }
 
+impl Effects {
+    /// These effects, then `later`'s.
+    pub fn then(mut self, mut later: Effects) -> Effects {
+        self.emitted.append(&mut later.emitted);
+        self.consumed.append(&mut later.consumed);
+        self
+    }
+}
+
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -298,6 +312,7 @@ impl State {
             stack: Vec::new(),
             calls: 0,
             correlation: BTreeMap::new(),
+            late_answers: Vec::new(),
         };
         for c in def.activation.filters().iter().flat_map(|f| &f.correlate) {
             if let Some(v) = events.iter().find_map(|e| e.property(&c.property)) {
@@ -763,7 +778,9 @@ impl Runner<'_> {
             TaskKind::Raise(e) => Step::Fail(raised(e, input, &args, reference)),
             TaskKind::Wait(w) => self.wait(state, task, w, input, &args, now),
             TaskKind::Listen(l) => self.listen(state, task, l, input, held, now, fx),
-            TaskKind::CallHttp(_) | TaskKind::CallPort { .. } => self.call(state, task, input, now),
+            TaskKind::CallHttp(_) | TaskKind::CallPort { .. } => {
+                self.call(state, task, input, held, now, fx)
+            }
         }
     }
 
@@ -1013,14 +1030,43 @@ impl Runner<'_> {
         Step::Wait(deadline)
     }
 
-    /// A call: prepared (and saved) first, sent by the host, then its answer read.
-    fn call(&self, state: &mut State, task: &Task, input: &Value, now: f64) -> Step {
+    /// A call: prepared (and saved) first, sent by the host, then its answer read. A
+    /// call through a send port is sent by the step's commit (its request published to
+    /// the port); its answer is a message carrying the call's token.
+    fn call(
+        &self,
+        state: &mut State,
+        task: &Task,
+        input: &Value,
+        held: &[Event],
+        now: f64,
+        fx: &mut Effects,
+    ) -> Step {
         let reference = &task.reference;
         match state.stack.last().and_then(|f| f.pending.clone()) {
             Some(Pending::Call {
                 response: Some(r),
                 request,
             }) => answered(&request, r, reference),
+            Some(Pending::Call {
+                request,
+                response: None,
+            }) if matches!(request.target, CallTarget::SendPort { .. }) => {
+                let token = &request.idempotency_key;
+                let Some(answer) = held.iter().find(|e| {
+                    !fx.consumed.contains(&e.id)
+                        && e.property(mbx_vocabulary::system::CORRELATION_TOKEN)
+                            .is_some_and(|v| v.as_str() == Some(token))
+                }) else {
+                    return Step::Wait(None);
+                };
+                fx.consumed.push(answer.id.clone());
+                let response = port_answer(answer);
+                if answered(&request, response.clone(), reference).is_fail() {
+                    state.late_answers.push(token.clone());
+                }
+                answered(&request, response, reference)
+            }
             Some(Pending::Call {
                 request,
                 response: None,
@@ -1046,6 +1092,55 @@ impl Runner<'_> {
     }
 }
 
+/// A send port's answer as a call's response: its status (`http.StatusCode`; a port's
+/// answer to a suspended request says 502) and its body.
+fn port_answer(answer: &Event) -> CallResponse {
+    let status = answer
+        .property(mbx_vocabulary::STATUS_CODE)
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(200);
+    let body = match &answer.envelope["data"] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    CallResponse {
+        status,
+        headers: BTreeMap::new(),
+        body,
+    }
+}
+
+impl Step {
+    fn is_fail(&self) -> bool {
+        matches!(self, Step::Fail(_))
+    }
+}
+
+/// A call through send port `port` with `body`: its content type says what the body is.
+fn port_call(port: &str, body: Option<Value>, idempotency_key: String) -> CallRequest {
+    let content_type = match &body {
+        Some(Value::String(s)) if s.trim_start().starts_with('<') => "application/xml",
+        Some(Value::String(_)) => "text/plain; charset=utf-8",
+        _ => "application/json",
+    };
+    CallRequest {
+        target: CallTarget::SendPort {
+            port: port.to_owned(),
+        },
+        method: "POST".to_owned(),
+        headers: BTreeMap::from([("content-type".to_owned(), content_type.to_owned())]),
+        body: body.map(|v| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        }),
+        idempotency_key,
+        output: "content".to_owned(),
+        redirect: false,
+    }
+}
+
 /// The request a call task sends, its expressions evaluated now.
 fn prepare(
     task: &Task,
@@ -1062,15 +1157,11 @@ fn prepare(
         other => other.to_string(),
     };
     match &task.kind {
-        TaskKind::CallPort { port, body } => Ok(CallRequest {
-            target: CallTarget::SendPort { port: port.clone() },
-            method: "POST".to_owned(),
-            headers: BTreeMap::new(),
-            body: body.as_ref().map(eval).transpose()?.map(body_text),
+        TaskKind::CallPort { port, body } => Ok(port_call(
+            port,
+            body.as_ref().map(eval).transpose()?,
             idempotency_key,
-            output: "content".to_owned(),
-            redirect: false,
-        }),
+        )),
         TaskKind::CallHttp(h) => {
             let mut url = body_text(eval(&h.endpoint)?);
             let mut headers = BTreeMap::new();
@@ -1256,6 +1347,28 @@ impl Runner<'_> {
                         out.push(sub);
                     }
                 }
+            }
+        }
+        // the answers of calls through send ports: waited for, or late
+        let waited = state.stack.iter().filter_map(|f| match &f.pending {
+            Some(Pending::Call {
+                request,
+                response: None,
+            }) if matches!(request.target, CallTarget::SendPort { .. }) => {
+                Some(request.idempotency_key.clone())
+            }
+            _ => None,
+        });
+        for token in waited.chain(state.late_answers.iter().cloned()) {
+            let sub = Subscription {
+                with: BTreeMap::new(),
+                correlation: vec![(
+                    mbx_vocabulary::system::CORRELATION_TOKEN.to_owned(),
+                    Value::String(token),
+                )],
+            };
+            if !out.contains(&sub) {
+                out.push(sub);
             }
         }
         out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));

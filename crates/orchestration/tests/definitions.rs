@@ -134,9 +134,14 @@ fn tasks_and_calls_outside_the_profile_are_refused_at_their_path() {
         "NAME@mbx",
     );
     assert_refused(
-        &with_tasks("  - q: {call: quote-svc@mbx}\n"),
+        &with_tasks("  - q: {call: quote-svc@mbx, with: {headers: {a: b}}}\n"),
+        "/do/0/q/with/headers",
+        "with.body",
+    );
+    assert_refused(
+        &with_tasks("  - q: {call: Bad Name@mbx}\n"),
         "/do/0/q/call",
-        "not available yet",
+        "send port",
     );
 }
 

@@ -339,3 +339,102 @@ fn emitting_republishes_a_consumed_message_by_id() {
     assert_eq!(fx.emitted[0].republish.as_deref(), Some("g1"));
     assert_eq!(fx.emitted[0].properties["Order.Status"], "seen");
 }
+
+/// A send port's answer to call `token`: its status and body.
+fn port_answer(id: &str, token: &str, status: i64, data: Value) -> Event {
+    Event {
+        id: id.to_owned(),
+        envelope: json!({
+            "specversion": "1.0", "id": id, "source": "mbx", "type": null,
+            "datacontenttype": "application/json", "data": data,
+            "properties": { "mbx.CorrelationToken": token, "http.StatusCode": status,
+                            "mbx.IsSolicitResponse": true, "mbx.SendPortName": "quote-svc" }
+        }),
+    }
+}
+
+#[test]
+fn a_call_through_a_send_port_waits_for_its_answer_by_token() {
+    let def = workflow(
+        "  - quote: {call: quote-svc@mbx, with: {body: {item: widget}}}\n  - done: {set: {price: '${ .price }'}}\n",
+    );
+    assert!(def
+        .shapes()
+        .contains(&vec!["mbx.CorrelationToken".to_owned()]));
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let Outcome::Call(call) = runner.run(&mut state, &[], 0.0).0 else {
+        panic!("a call")
+    };
+    assert_eq!(
+        call.target,
+        CallTarget::SendPort {
+            port: "quote-svc".into()
+        }
+    );
+    assert_eq!(call.body.as_deref(), Some(r#"{"item":"widget"}"#));
+    assert_eq!(call.headers["content-type"], "application/json");
+    // the request went with the step's commit: a replay waits for the answer, it does not
+    // publish the request again
+    let mut replay = state.clone();
+    assert_eq!(
+        runner.run(&mut replay, &[], 1.0).0,
+        Outcome::Waiting { wake_at: None }
+    );
+    let waits = runner.subscriptions(&state, 1.0);
+    assert!(waits.contains(&Subscription {
+        with: Default::default(),
+        correlation: vec![("mbx.CorrelationToken".into(), json!("i-0"))],
+    }));
+    // an answer to another call is not this one's
+    let other = port_answer("a0", "j-0", 200, json!({"price": 1}));
+    assert_eq!(
+        runner.run(&mut replay, std::slice::from_ref(&other), 1.0).0,
+        Outcome::Waiting { wake_at: None }
+    );
+    let answer = port_answer("a1", "i-0", 200, json!({"price": 42}));
+    let (outcome, fx) = runner.run(&mut state, &[other, answer], 2.0);
+    assert_eq!(outcome, Outcome::Completed(json!({"price": 42})));
+    assert_eq!(
+        fx.consumed,
+        ["a1"],
+        "the answer is consumed, the other left"
+    );
+}
+
+#[test]
+fn a_suspended_port_request_raises_communication_and_keeps_listening_for_a_late_answer() {
+    let def = workflow(
+        "  - attempt:\n      try:\n        - quote: {call: quote-svc@mbx, with: {body: '<q/>'}}\n      catch:\n        errors: {with: {type: 'https://serverlessworkflow.io/spec/1.0.0/errors/communication'}}\n        as: err\n        do:\n          - failed: {set: {failed: '${ $err.status }'}}\n  - later: {wait: {seconds: 60}}\n",
+    );
+    let runner = Runner::new(&def, "i");
+    let mut state =
+        State::activate(&def, &[event("g", "Go", "K", json!(null))], 0.0).expect("activates");
+    let Outcome::Call(call) = runner.run(&mut state, &[], 0.0).0 else {
+        panic!("a call")
+    };
+    assert_eq!(call.headers["content-type"], "application/xml");
+    let fault = port_answer(
+        "f",
+        "i-0",
+        502,
+        json!("send port 'quote-svc' suspended the request"),
+    );
+    let (outcome, fx) = runner.run(&mut state, &[fault], 1.0);
+    assert_eq!(
+        outcome,
+        Outcome::Waiting {
+            wake_at: Some(61.0)
+        },
+        "the catch handled the communication error"
+    );
+    assert_eq!(fx.consumed, ["f"]);
+    assert_eq!(state.late_answers, ["i-0"]);
+    // the instance still subscribes to the token: an answer after an operator's resume
+    // reaches it (never taken, a zombie naming it when it ends)
+    assert!(runner
+        .subscriptions(&state, 1.0)
+        .iter()
+        .any(|s| s.correlation == vec![("mbx.CorrelationToken".to_owned(), json!("i-0"))]));
+}

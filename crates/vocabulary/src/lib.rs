@@ -40,6 +40,10 @@ pub mod system {
     pub const IS_REQUEST_RESPONSE: &str = "mbx.IsRequestResponse";
     /// Set on a response published by a solicit-response send port.
     pub const IS_SOLICIT_RESPONSE: &str = "mbx.IsSolicitResponse";
+    /// Written (not promoted) on a request an orchestration instance sends through a
+    /// solicit-response send port (`call: NAME@mbx`): the instance's id. A suspension of
+    /// that request answers the instance.
+    pub const CALLED_BY: &str = "mbx.CalledBy";
     /// The system namespace: set by the engine and adapters only.
     pub const NAMESPACE: &str = "mbx";
 
@@ -57,6 +61,10 @@ pub mod system {
         name.split_once('.').is_some_and(|(ns, _)| ns == NAMESPACE)
     }
 }
+
+/// A solicit-response port's answer's status code (HTTP: the endpoint's status; 502 when
+/// the request was suspended).
+pub const STATUS_CODE: &str = "http.StatusCode";
 
 /// Longest value, in bytes of its text form, that can be promoted.
 pub const PROMOTED_VALUE_MAX_BYTES: usize = 256;
