@@ -1,7 +1,8 @@
 //! Orchestration definitions through the real `mbx`: the demo's order manager is created
 //! once its correlation property is declared, then listed and shown; a definition outside
 //! the mbx profile, one whose activation filters on an undeclared property, the same
-//! version with other content, and `--ordered` are refused with exit 2 and store nothing;
+//! version with other content, `--buckets` out of range or without `--ordered`, and an
+//! update that changes the ordering are refused with exit 2 and store nothing;
 //! a new version becomes current with both versions kept; export → apply into an empty
 //! group → export is the same document; delete removes it.
 
@@ -154,14 +155,9 @@ async fn refused_definitions_and_flags_store_nothing(pool: PgPool) {
     cli.ok(&["property", "create", "Order.Region", "--type", "integer"]);
     let line = cli.fails(&["orchestration", "create", "-f", &undeclared], 2);
     assert!(line.contains("declared integer"), "{line}");
-    // flags for what does not run yet are refused, not ignored
+    // buckets out of range, or without --ordered, are refused
     let demo = demo();
     let demo = demo.to_str().unwrap();
-    let line = cli.fails(&["orchestration", "create", "-f", demo, "--ordered"], 2);
-    assert!(
-        line.contains("--ordered: ordered orchestrations are not available yet"),
-        "{line}"
-    );
     let line = cli.fails(
         &[
             "orchestration",
@@ -170,8 +166,16 @@ async fn refused_definitions_and_flags_store_nothing(pool: PgPool) {
             demo,
             "--ordered",
             "--buckets",
-            "8",
+            "0",
         ],
+        2,
+    );
+    assert!(
+        line.contains("--buckets: 0 is out of range 1..1024"),
+        "{line}"
+    );
+    let line = cli.fails(
+        &["orchestration", "create", "-f", demo, "--buckets", "8"],
         2,
     );
     assert!(line.contains("--ordered"), "{line}");
@@ -182,6 +186,8 @@ async fn refused_definitions_and_flags_store_nothing(pool: PgPool) {
     assert!(line.contains("host 'nowhere' does not exist"), "{line}");
     assert_eq!(stored(&pool).await, (0, 0), "nothing stored");
     cli.ok(&["orchestration", "create", "-f", demo]);
+    let line = cli.fails(&["orchestration", "update", "-f", demo, "--ordered"], 2);
+    assert!(line.contains("ordering does not change"), "{line}");
     // instance commands: a selection is required, ids must be instances
     let line = cli.fails(&["orchestration", "instance", "cancel"], 2);
     assert!(line.contains("--orchestration"), "{line}");

@@ -145,8 +145,8 @@ fn read(path: &Path) -> Result<(String, Bindings, Vec<OrchestrationSpec>)> {
         orchestrations.push(crate::orchestration::spec(
             &definition,
             &o.host,
-            false,
-            None,
+            o.ordered,
+            o.buckets,
         ));
     }
     Ok((text, doc, orchestrations))

@@ -703,10 +703,13 @@ pub struct OrchestrationDefine {
     /// Host whose instances run it.
     #[arg(long, default_value = "default")]
     pub host: String,
-    /// One host instance at a time per correlation bucket (not available yet: refused).
+    /// A sequential convoy's order survives host failures: each convoy key's instances run
+    /// on one host instance at a time, under a fenced lease per bucket of keys (as a port's
+    /// --ordered-by). Fixed at creation: an update gives the same flags.
     #[arg(long)]
     pub ordered: bool,
-    /// With --ordered: hash buckets of the correlation values (not available yet).
+    /// With --ordered: hash buckets of the convoy keys, each under its own lease (1..1024;
+    /// default 64).
     #[arg(long, value_name = "N", requires = "ordered")]
     pub buckets: Option<i32>,
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use mbx_messagebox::process::{ClaimedInstance, HeldMessage, ProcessState, StepCommit};
+use mbx_messagebox::process_leases::ProcessLease;
 use mbx_messagebox::publish::NewMessage;
 use mbx_messagebox::{Context, MessageBox, Value};
 use mbx_orchestration::runtime::{
@@ -47,6 +48,16 @@ async fn bounded<T>(
     }
 }
 
+/// The lease of a bucket of an ordered orchestration (as an ordered port's).
+const LEASE_TTL_MS: i64 = mbx_messagebox::ordered::LEASE_TTL_MS;
+
+/// Most buckets of ordered orchestrations one instance holds, and takes per claim.
+const LEASES_MAX: i64 = 256;
+const LEASES_PER_CLAIM: i64 = 16;
+
+/// How many times a claim is offered back before it is left to the reclaim.
+const RELEASE_ATTEMPTS: u32 = 10;
+
 /// A step that failed to commit runs again after this long.
 const RETRY_AFTER_S: f64 = 1.0;
 
@@ -63,6 +74,8 @@ struct Processes {
     poll: Duration,
     http: reqwest::Client,
     definitions: Mutex<Definitions>,
+    /// The buckets of ordered orchestrations this instance holds (process_leases.rs).
+    leases: Mutex<Vec<ProcessLease>>,
 }
 
 /// Compiled definitions by (orchestration, version): a version never changes.
@@ -81,21 +94,22 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
             .build()
             .unwrap_or_default(),
         definitions: Mutex::default(),
+        leases: Mutex::default(),
     });
+    let renewing = tokio::spawn(renew_loop(p.clone()));
     let mut stop = p.instance.stopping();
     while !*stop.borrow() {
         let published = wake.published();
         tokio::pin!(published);
         published.as_mut().enable();
-        let claimed =
-            match bounded(p.mbx.process_claim(p.instance.id(), p.host_id, CLAIM_BATCH)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "claiming orchestration instances failed; retrying");
-                    tokio::time::sleep(p.poll).await;
-                    continue;
-                }
-            };
+        let claimed = match claim(&p).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "claiming orchestration instances failed; retrying");
+                tokio::time::sleep(p.poll).await;
+                continue;
+            }
+        };
         if !claimed.is_empty() {
             run_claimed(&p, claimed).await;
             continue;
@@ -106,6 +120,98 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
+    }
+    renewing.abort();
+    let held = std::mem::take(&mut *lock(&p.leases));
+    if let Err(e) = p
+        .mbx
+        .process_leases_renew(p.instance.id(), &held, None)
+        .await
+    {
+        warn!(error = %e, "handing back the buckets of ordered orchestrations failed (they expire)");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Claims runnable instances: of unordered orchestrations, and — after taking the free
+/// buckets of ordered ones that have work — of the buckets this instance holds.
+async fn claim(p: &Processes) -> Result<Vec<ClaimedInstance>> {
+    let me = p.instance.id();
+    let mut claimed = bounded(p.mbx.process_claim(me, p.host_id, CLAIM_BATCH)).await?;
+    let room = LEASES_MAX - lock(&p.leases).len() as i64;
+    let taken = bounded(p.mbx.process_leases_acquire(
+        me,
+        p.host_id,
+        room.min(LEASES_PER_CLAIM),
+        LEASE_TTL_MS,
+    ))
+    .await?;
+    if !taken.is_empty() {
+        debug!(
+            buckets = taken.len(),
+            "took buckets of ordered orchestrations"
+        );
+        lock(&p.leases).extend(taken);
+    }
+    if !lock(&p.leases).is_empty() {
+        let limit = CLAIM_BATCH - claimed.len() as i64;
+        if limit > 0 {
+            claimed.extend(bounded(p.mbx.process_claim_ordered(me, limit)).await?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Renews the buckets held every third of the lease's TTL and hands back those without
+/// work; a bucket whose renewal fails is dropped here (its lease expires, its claims'
+/// commits are refused by the MessageBox).
+async fn renew_loop(p: Arc<Processes>) {
+    let period = Duration::from_millis((LEASE_TTL_MS / 3) as u64);
+    loop {
+        tokio::time::sleep(period).await;
+        let held = lock(&p.leases).clone();
+        if held.is_empty() {
+            continue;
+        }
+        let me = p.instance.id();
+        let renewed = match bounded(p.mbx.process_leases_renew(me, &held, Some(LEASE_TTL_MS))).await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "renewing the buckets of ordered orchestrations failed; retrying");
+                continue;
+            }
+        };
+        let idle = bounded(p.mbx.process_leases_idle(&renewed))
+            .await
+            .unwrap_or_default();
+        if !idle.is_empty() {
+            if let Err(e) = bounded(p.mbx.process_leases_renew(me, &idle, None)).await {
+                warn!(error = %e, "handing back idle buckets failed (they expire)");
+            }
+        }
+        let lost = held.len() - renewed.len();
+        if lost > 0 {
+            warn!(
+                lost,
+                "buckets of ordered orchestrations expired or moved to another instance"
+            );
+        }
+        let mut leases = lock(&p.leases);
+        // keep what was renewed, less what went back, plus what was taken meanwhile
+        let taken: Vec<ProcessLease> = leases
+            .iter()
+            .filter(|l| !held.contains(l))
+            .copied()
+            .collect();
+        *leases = renewed
+            .into_iter()
+            .filter(|l| !idle.contains(l))
+            .chain(taken)
+            .collect();
     }
 }
 
@@ -121,15 +227,27 @@ async fn run_claimed(p: &Arc<Processes>, claimed: Vec<ClaimedInstance>) {
             let (id, token) = (c.id, c.claim_token);
             if let Err(e) = run_instance(&p, c).await {
                 warn!(instance = %id, error = %format!("{e:#}"), "an orchestration step failed; it runs again from its last persistence point");
-                // the claim goes back (a step that did commit cleared it already); if even
-                // that fails, the reclaim of this instance's claims does it when it dies
-                if let Err(e) = p.mbx.process_release(id, token, RETRY_AFTER_S).await {
-                    warn!(instance = %id, error = %e, "giving back the claim failed");
-                }
+                // the claim goes back (a step that did commit cleared it already)
+                give_back(&p, id, token).await;
             }
         });
     }
     while running.join_next().await.is_some() {}
+}
+
+/// Gives a claim back, retrying while the MessageBox refuses (a lock timeout behind a
+/// busy publish): a claim left here would hold its instance until this host instance
+/// dies. After the last attempt, the reclaim of this instance's claims does it then.
+async fn give_back(p: &Processes, id: uuid::Uuid, token: uuid::Uuid) {
+    for attempt in 1..=RELEASE_ATTEMPTS {
+        match bounded(p.mbx.process_release(id, token, RETRY_AFTER_S)).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(instance = %id, attempt, error = %format!("{e:#}"), "giving back the claim failed");
+                tokio::time::sleep(p.poll).await;
+            }
+        }
+    }
 }
 
 /// Until the next due instance (a timer), at most the poll interval.
@@ -192,11 +310,7 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
                 Ok(m) => m,
                 Err(reason) => {
                     // nothing was sent: the call fails as a communication error at once
-                    state.answer(CallResponse {
-                        status: 0,
-                        headers: Default::default(),
-                        body: reason,
-                    });
+                    state.answer(unsent(reason));
                     carried = fx;
                     continue;
                 }
@@ -207,7 +321,10 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
         step.publish.extend(request.clone());
         step.task = state.task_path(&def);
         let Some(committed_at) = bounded(p.mbx.process_commit(p.instance.id(), step)).await? else {
-            debug!(instance = %c.id, "the claim was lost: another host instance runs it");
+            // another host instance runs it now, or (ordered) this one's bucket lease
+            // lapsed: the claim goes back if it is still this one's (the token fences it)
+            warn!(instance = %c.id, "a step could not commit: its claim or its bucket's lease was lost");
+            give_back(p, c.id, c.claim_token).await;
             return Ok(());
         };
         metrics_catalog::orchestration_step(
@@ -229,6 +346,15 @@ async fn run_instance(p: &Processes, c: ClaimedInstance) -> Result<()> {
         state.answer(response);
         // the next step's time: the database's, at least the commit's
         now = committed_at.max(now);
+    }
+}
+
+/// The answer of a call that could not be sent.
+fn unsent(reason: String) -> CallResponse {
+    CallResponse {
+        status: 0,
+        headers: Default::default(),
+        body: reason,
     }
 }
 

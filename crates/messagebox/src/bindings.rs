@@ -70,6 +70,12 @@ pub struct OrchestrationBinding {
     pub host: String,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// One host instance at a time per bucket of convoy keys (`--ordered`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
+    /// An ordered orchestration's buckets (`--buckets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<i32>,
     pub definition: serde_json::Value,
 }
 
@@ -544,6 +550,8 @@ impl MessageBox {
                     OrchestrationBinding {
                         host: o.host,
                         enabled: o.state == OrchestrationState::Enabled,
+                        ordered: o.ordered,
+                        buckets: o.buckets,
                         definition: o.document.0,
                     },
                 );

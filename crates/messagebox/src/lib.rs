@@ -20,6 +20,7 @@ pub mod ordered;
 pub mod process;
 pub mod process_admin;
 pub mod process_calls;
+pub mod process_leases;
 pub mod publish;
 pub mod receive;
 pub mod replies;

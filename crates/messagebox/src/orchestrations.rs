@@ -48,8 +48,11 @@ pub struct OrchestrationSpec {
     pub document: serde_json::Value,
     /// The host whose instances run it.
     pub host: String,
-    /// One host instance at a time per correlation bucket: not available yet (refused).
+    /// One host instance at a time per bucket of convoy keys, each bucket under its own
+    /// fenced lease (`--ordered`).
     pub ordered: bool,
+    /// How many buckets an ordered orchestration's convoy keys hash into (`--buckets`,
+    /// default [`config::DEFAULT_ORDERED_BUCKETS`]).
     pub buckets: Option<i32>,
     /// The activation's event filters, in the order written.
     pub activation: Vec<ActivationFilter>,
@@ -59,6 +62,12 @@ pub struct OrchestrationSpec {
 }
 
 impl OrchestrationSpec {
+    /// An ordered orchestration's buckets (`None` when it is not ordered).
+    pub fn ordered_buckets(&self) -> Option<i32> {
+        self.ordered
+            .then(|| self.buckets.unwrap_or(config::DEFAULT_ORDERED_BUCKETS))
+    }
+
     fn validate(&self) -> Result<()> {
         config::validate_name("orchestration", &self.name)?;
         config::validate_application(&self.application)?;
@@ -68,15 +77,18 @@ impl OrchestrationSpec {
                 self.version
             )));
         }
-        if self.ordered {
-            return Err(Error::Invalid(
-                "--ordered: ordered orchestrations are not available yet; leave it out".into(),
-            ));
-        }
-        if self.buckets.is_some() {
-            return Err(Error::Invalid(
-                "--buckets: only with --ordered, which is not available yet; leave it out".into(),
-            ));
+        match (self.ordered, self.buckets) {
+            (false, Some(_)) => {
+                return Err(Error::Invalid(
+                    "--buckets: only an ordered orchestration has buckets; add --ordered".into(),
+                ))
+            }
+            (true, Some(n)) if !(1..=1024).contains(&n) => {
+                return Err(Error::Invalid(format!(
+                    "--buckets: {n} is out of range 1..1024 (example: 64)"
+                )))
+            }
+            _ => {}
         }
         if self.activation.is_empty() {
             return Err(Error::Invalid(
@@ -290,11 +302,13 @@ struct Locked {
     host: String,
     state: OrchestrationState,
     current_version: String,
+    ordered: bool,
+    buckets: Option<i32>,
 }
 
 async fn lock(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Locked> {
     sqlx::query_as::<_, Locked>(
-        "SELECT o.id, o.application, h.name AS host, o.state, o.current_version
+        "SELECT o.id, o.application, h.name AS host, o.state, o.current_version, o.ordered, o.buckets
            FROM orchestrations o JOIN hosts h ON h.id = o.host_id
           WHERE o.name = $1 FOR UPDATE OF o",
     )
@@ -353,7 +367,7 @@ pub(crate) async fn orchestration_create_in(
     .bind(&spec.application)
     .bind(host_id)
     .bind(spec.ordered)
-    .bind(spec.buckets)
+    .bind(spec.ordered_buckets())
     .bind(&spec.version)
     .fetch_one(&mut **tx)
     .await;
@@ -365,7 +379,31 @@ pub(crate) async fn orchestration_create_in(
             "add a version with `mbx orchestration update -f FILE`",
         )
     })?;
+    if let Some(buckets) = spec.ordered_buckets() {
+        sqlx::query("INSERT INTO leases (orchestration_id, bucket) SELECT $1, b FROM generate_series(0, $2 - 1) AS b")
+            .bind(id)
+            .bind(buckets)
+            .execute(&mut **tx)
+            .await?;
+    }
     insert_version(tx, id, spec, &digest(&spec.document), &activation).await
+}
+
+/// An update keeps the orchestration's ordering (its buckets hold its instances).
+fn same_ordering(old: &Locked, spec: &OrchestrationSpec) -> Result<()> {
+    if (old.ordered, old.buckets) != (spec.ordered, spec.ordered_buckets()) {
+        let shown = |ordered: bool, buckets: Option<i32>| match (ordered, buckets) {
+            (true, Some(n)) => format!("ordered with {n} buckets"),
+            _ => "not ordered".to_owned(),
+        };
+        return Err(Error::Invalid(format!(
+            "--ordered/--buckets: orchestration '{}' is {}, this update asks for {}: an orchestration's ordering does not change (give the same flags, or delete it and create it again)",
+            spec.name,
+            shown(old.ordered, old.buckets),
+            shown(spec.ordered, spec.ordered_buckets())
+        )));
+    }
+    Ok(())
 }
 
 /// Stores a definition over an existing orchestration inside `tx` (see the module
@@ -377,6 +415,7 @@ pub(crate) async fn orchestration_update_in(
     spec.validate()?;
     crate::begin_routing_change(tx).await?;
     let old = lock(tx, &spec.name).await?;
+    same_ordering(&old, spec)?;
     let host_id = config::host_id(tx, &spec.host).await?;
     let digest = digest(&spec.document);
     let stored: Option<String> = sqlx::query_scalar(
@@ -500,12 +539,14 @@ pub(crate) struct CurrentDocument {
     pub(crate) host: String,
     pub(crate) application: String,
     pub(crate) state: OrchestrationState,
+    pub(crate) ordered: bool,
+    pub(crate) buckets: Option<i32>,
     pub(crate) document: Json<serde_json::Value>,
 }
 
 pub(crate) async fn current_documents(pool: &sqlx::PgPool) -> Result<Vec<CurrentDocument>> {
     Ok(sqlx::query_as::<_, CurrentDocument>(
-        "SELECT o.name, h.name AS host, o.application, o.state, v.document
+        "SELECT o.name, h.name AS host, o.application, o.state, o.ordered, o.buckets, v.document
            FROM orchestrations o
            JOIN hosts h ON h.id = o.host_id
            JOIN orchestration_versions v

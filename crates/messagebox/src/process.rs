@@ -34,6 +34,8 @@ pub(crate) struct ProcessRoute {
     pub activations: Vec<Activation>,
     /// Every shape of every version (instances of an older version still listen).
     pub shapes: Vec<Vec<String>>,
+    /// An ordered orchestration's buckets: each new instance takes its convoy key's.
+    pub buckets: Option<i32>,
 }
 
 /// The canonical key of exact values (property → text): what an instance subscribes to.
@@ -433,7 +435,7 @@ async fn convoy_owner(
 
 async fn insert_instances(
     tx: &mut Transaction<'_, Postgres>,
-    _table: &RoutingTable,
+    table: &RoutingTable,
     rows: &[(&Starting, Uuid)],
     started: &[Uuid],
 ) -> Result<()> {
@@ -441,10 +443,22 @@ async fn insert_instances(
     let mut orch = Vec::new();
     let mut versions = Vec::new();
     let mut correlation = Vec::new();
+    let mut buckets: Vec<Option<i32>> = Vec::new();
     let (mut sub_o, mut sub_k, mut sub_i) = (Vec::new(), Vec::new(), Vec::new());
     for (a, id) in rows.iter().filter(|(_, id)| started.contains(id)) {
         ids.push(*id);
         orch.push(a.orchestration_id);
+        // an ordered orchestration's instance: its convoy key's bucket (an instance
+        // without correlation is a convoy of its own)
+        let ordered = table
+            .processes
+            .iter()
+            .find(|p| p.orchestration_id == a.orchestration_id)
+            .and_then(|p| p.buckets);
+        buckets.push(ordered.map(|n| {
+            let key = a.keys.first().cloned().unwrap_or_else(|| id.to_string());
+            crate::routing::key_bucket(&key, n)
+        }));
         versions.push(a.version.clone());
         correlation.push(serde_json::to_value(&a.correlation).unwrap_or_default());
         for k in a.keys.iter().skip(1) {
@@ -457,13 +471,15 @@ async fn insert_instances(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO orchestration_instances (id, orchestration_id, version, state, correlation, runnable_at)
-         SELECT i, o, v, 'pending', c, now() FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::jsonb[]) AS x(i, o, v, c)",
+        "INSERT INTO orchestration_instances (id, orchestration_id, version, state, correlation, runnable_at, bucket)
+         SELECT i, o, v, 'pending', c, now(), b
+           FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::jsonb[], $5::int4[]) AS x(i, o, v, c, b)",
     )
     .bind(&ids)
     .bind(&orch)
     .bind(&versions)
     .bind(&correlation)
+    .bind(&buckets)
     .execute(&mut **tx)
     .await?;
     if !sub_i.is_empty() {
@@ -595,7 +611,7 @@ impl MessageBox {
                 SELECT i.id, i.runnable_at FROM orchestration_instances i
                   JOIN orchestrations o ON o.id = i.orchestration_id
                  WHERE i.runnable_at <= now() AND i.claimed_by IS NULL AND o.host_id = $2
-                   AND i.state IN ('pending', 'running', 'waiting')
+                   AND i.state IN ('pending', 'running', 'waiting') AND i.bucket IS NULL
                  ORDER BY i.runnable_at
                  LIMIT $3 FOR UPDATE OF i SKIP LOCKED)
              UPDATE orchestration_instances i
@@ -694,7 +710,15 @@ impl MessageBox {
                     claimed_by = CASE WHEN $8 THEN claimed_by ELSE NULL END,
                     claim_token = CASE WHEN $8 THEN claim_token ELSE NULL END,
                     ended_at = CASE WHEN $3 IN ('completed', 'cancelled') THEN now() END
-              WHERE id = $1 AND claim_token = $2 AND claimed_by = $9",
+              WHERE id = $1 AND claim_token = $2 AND claimed_by = $9
+                -- an ordered orchestration's step: only under its bucket's lease, at the
+                -- epoch of its claim (locked: the bucket cannot move until this commits)
+                AND (bucket IS NULL OR EXISTS (
+                     SELECT 1 FROM leases l
+                      WHERE l.orchestration_id = orchestration_instances.orchestration_id
+                        AND l.bucket = orchestration_instances.bucket AND l.holder = $9
+                        AND l.epoch = orchestration_instances.claim_epoch AND l.expires_at > now()
+                        FOR SHARE))",
         )
         .bind(step.instance_id)
         .bind(step.claim_token)
@@ -910,9 +934,11 @@ pub(crate) async fn load_routes(tx: &mut Transaction<'_, Postgres>) -> Result<Ve
         current_version: String,
         activation: sqlx::types::Json<Vec<Activation>>,
         shapes: sqlx::types::Json<Vec<Vec<String>>>,
+        buckets: Option<i32>,
     }
     let rows = sqlx::query_as::<_, Row>(
         "SELECT o.id, o.state = 'enabled' AS enabled, o.current_version, v.activation,
+                CASE WHEN o.ordered THEN o.buckets END AS buckets,
                 coalesce((SELECT jsonb_agg(DISTINCT s) FROM orchestration_versions w,
                                  jsonb_array_elements(w.shapes) AS s
                            WHERE w.orchestration_id = o.id), '[]') AS shapes
@@ -938,6 +964,7 @@ pub(crate) async fn load_routes(tx: &mut Transaction<'_, Postgres>) -> Result<Ve
                 version: r.current_version,
                 activations: r.activation.0,
                 shapes,
+                buckets: r.buckets,
             }
         })
         .collect())
@@ -948,10 +975,15 @@ pub(crate) async fn load_routes(tx: &mut Transaction<'_, Postgres>) -> Result<Ve
 /// instances).
 pub(crate) async fn reclaim_dead(tx: &mut Transaction<'_, Postgres>) -> Result<u64> {
     Ok(sqlx::query(
-        "UPDATE orchestration_instances o
+        // rows a publish or a step holds are skipped (the next pass takes them): locking
+        // them in another order than the publishes' (by id) could deadlock
+        "WITH dead AS (
+            SELECT o.id FROM orchestration_instances o JOIN host_instances h ON h.id = o.claimed_by
+             WHERE h.state <> 'alive'
+             ORDER BY o.id FOR UPDATE OF o SKIP LOCKED)
+         UPDATE orchestration_instances o
             SET claimed_by = NULL, claim_token = NULL, runnable_at = now()
-           FROM host_instances h
-          WHERE o.claimed_by = h.id AND h.state <> 'alive'",
+           FROM dead WHERE o.id = dead.id",
     )
     .execute(&mut **tx)
     .await?
