@@ -26,7 +26,7 @@ impl std::error::Error for Usage {}
     version,
     args_override_self = true,
     about = "Benchmark mbx end to end with its peers in the same run: creates its own databases on the server of --database-url and drops them after. `mbx bench ARGS` runs this binary.",
-    after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n  mbx bench --workload ordered,ordered-by --endpoint-latency 5ms --peers '' --scaling '' --backlog 0\n  mbx bench --workload unordered --ports 100 --body-size 65536 --peers '' --scaling '' --backlog 0\n\nBuild with --release first (`cargo build --release --bins`): mbx bench runs mbx-bench, which\nruns the mbx-host, both next to the mbx binary."
+    after_help = "Examples:\n  mbx bench                       # everything, ~10 minutes\n  mbx bench --workload unordered --duration 10s --peers pgmq,rabbitmq --json\n  mbx bench --runs 3 --backlog 1000000\n  mbx bench --workload ordered,ordered-by --endpoint-latency 5ms --peers '' --scaling '' --backlog 0\n  mbx bench --workload unordered --ports 100 --body-size 65536 --peers '' --scaling '' --backlog 0\n  mbx bench --workload orchestration --peers dbos,ceiling --waiting 100000 --duration 10s\n\nBuild with --release first (`cargo build --release --bins`): mbx bench runs mbx-bench, which\nruns the mbx-host, both next to the mbx binary."
 )]
 pub struct BenchArgs {
     /// PostgreSQL URL of a server the benchmark may create and drop databases on.
@@ -35,7 +35,9 @@ pub struct BenchArgs {
     /// Workloads: unordered (a), ordered (b), fanout (c), many-ordered (d), ordered-by (one
     /// port ordered by a property, 1,000 keys, 64 buckets), forward (group A → group B on
     /// the same server, counted where B delivers), request-response, amqp (a RabbitMQ
-    /// queue → mbx → another queue, beside the rabbitmq peer), or all.
+    /// queue → mbx → another queue, beside the rabbitmq peer), orchestration (instances
+    /// activated by a message, one HTTP call, one correlated message awaited, a result
+    /// emitted; beside the dbos and ceiling peers; not in all), or all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     pub workload: Vec<String>,
     /// Measured time of each run, after the warm-up.
@@ -47,7 +49,9 @@ pub struct BenchArgs {
     /// Host instances of the main runs.
     #[arg(long, default_value_t = 2)]
     pub instances: usize,
-    /// Peers measured on the unordered workload: pgmq, rabbitmq, ceiling (empty: none).
+    /// Peers: pgmq, rabbitmq, ceiling beside the unordered workload; dbos (a Python DBOS
+    /// app in a virtualenv the run creates with pip) and ceiling (its own script) beside the
+    /// orchestration workload (empty: none).
     #[arg(long, default_value = "pgmq,rabbitmq,ceiling", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Instance counts of the scaling runs (empty: none).
@@ -80,6 +84,10 @@ pub struct BenchArgs {
     /// an endpoint with a latency does (default: none).
     #[arg(long, value_name = "DUR")]
     pub endpoint_latency: Option<String>,
+    /// Orchestration instances left waiting for the waiting-instances run of the
+    /// orchestration workload (default 10000; 0: no such run; up to 1000000).
+    #[arg(long, value_name = "N")]
+    pub waiting: Option<u64>,
     /// Skip the 50%-load latency runs.
     #[arg(long)]
     pub no_half_load: bool,
@@ -179,18 +187,18 @@ fn body_size(n: usize) -> Result<usize> {
 
 pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
     let workloads = if args.workload.iter().any(|w| w.trim() == "all") {
-        Workload::ALL.to_vec()
+        Workload::ALL.into_iter().filter(|w| w.in_all()).collect()
     } else {
         list(
             "--workload",
             &args.workload,
             Workload::parse,
-            "unordered, ordered, fanout, many-ordered, ordered-by, forward, request-response, amqp, all",
+            "unordered, ordered, fanout, many-ordered, ordered-by, forward, request-response, amqp, orchestration, all",
         )?
     };
     if workloads.is_empty() {
         return Err(Usage(
-            "--workload: empty; use one of unordered, ordered, fanout, many-ordered, ordered-by, forward, request-response, amqp, all".into(),
+            "--workload: empty; use one of unordered, ordered, fanout, many-ordered, ordered-by, forward, request-response, amqp, orchestration, all".into(),
         )
         .into());
     }
@@ -198,8 +206,9 @@ pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
         "--peers",
         &args.peers,
         Peer::parse,
-        "pgmq, rabbitmq, ceiling",
+        "pgmq, rabbitmq, ceiling, dbos",
     )?;
+    let waiting = waiting(args.waiting, &workloads)?;
     let scaling = list(
         "--scaling",
         &args.scaling,
@@ -272,5 +281,74 @@ pub fn options(args: &BenchArgs, url: &str) -> Result<Options> {
         host_bin,
         half_load: !args.no_half_load,
         tracking_all: !args.no_tracking_all,
+        waiting,
     })
+}
+
+/// `--waiting`: 0..=1,000,000, only with the orchestration workload (default 10,000).
+fn waiting(value: Option<u64>, workloads: &[Workload]) -> Result<u64> {
+    let Some(n) = value else {
+        return Ok(10_000);
+    };
+    if n > 1_000_000 {
+        return Err(Usage(format!(
+            "--waiting: {n} is out of range; use 0..1000000 (example: --waiting 100000)"
+        ))
+        .into());
+    }
+    if !workloads.contains(&Workload::Orchestration) {
+        return Err(Usage(
+            "--waiting: shapes only the orchestration workload; add --workload orchestration"
+                .into(),
+        )
+        .into());
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_of(args: &[&str]) -> Result<Options> {
+        let args =
+            BenchArgs::try_parse_from(std::iter::once("mbx-bench").chain(args.iter().copied()))?;
+        options(&args, "postgres://postgres@127.0.0.1:5432/postgres")
+    }
+
+    fn usage_of(args: &[&str]) -> String {
+        match options_of(args) {
+            Ok(o) => panic!("accepted {args:?}: {o:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_orchestration_workload_is_asked_for_by_name_with_its_peers() {
+        let o = options_of(&["--workload", "orchestration", "--peers", "dbos,ceiling"]).unwrap();
+        assert_eq!(o.workloads, vec![Workload::Orchestration]);
+        assert_eq!(o.peers, vec![Peer::Dbos, Peer::Ceiling]);
+        assert_eq!(o.waiting, 10_000, "the default number of waiting instances");
+        let o = options_of(&["--workload", "orchestration", "--waiting", "1000000"]).unwrap();
+        assert_eq!(o.waiting, 1_000_000);
+        let o = options_of(&["--workload", "orchestration", "--waiting", "0"]).unwrap();
+        assert_eq!(o.waiting, 0);
+        // `all` is every workload but the orchestration one
+        let o = options_of(&["--workload", "all"]).unwrap();
+        assert!(!o.workloads.contains(&Workload::Orchestration));
+        assert_eq!(o.workloads.len(), Workload::ALL.len() - 1);
+    }
+
+    #[test]
+    fn waiting_is_refused_out_of_range_or_without_the_orchestration_workload() {
+        let line = usage_of(&["--workload", "orchestration", "--waiting", "1000001"]);
+        assert!(
+            line.starts_with("--waiting: 1000001 is out of range"),
+            "{line}"
+        );
+        let line = usage_of(&["--workload", "unordered", "--waiting", "10"]);
+        assert!(line.contains("add --workload orchestration"), "{line}");
+        let line = usage_of(&["--peers", "temporal"]);
+        assert!(line.contains("pgmq, rabbitmq, ceiling, dbos"), "{line}");
+    }
 }

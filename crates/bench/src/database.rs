@@ -73,3 +73,113 @@ impl Scratch {
         }
     }
 }
+
+/// A connection pool for the benchmark's own measurements on one database (the rows and
+/// WAL a run writes, the orchestration instances it follows): statements about the
+/// benchmark, never the product's (those are the MessageBox's).
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pool: sqlx::PgPool,
+}
+
+/// What the server had written when it was read: WAL position and row changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Activity {
+    /// `pg_current_wal_lsn()` in bytes (server-wide).
+    pub wal_bytes: i64,
+    /// Σ n_tup_ins + n_tup_upd + n_tup_del of this database's user tables.
+    pub rows: i64,
+}
+
+impl Activity {
+    /// Per unit of work since `before`: (rows, WAL bytes).
+    pub fn per(&self, before: &Activity, units: u64) -> Option<(f64, f64)> {
+        (units > 0).then(|| {
+            (
+                (self.rows - before.rows) as f64 / units as f64,
+                (self.wal_bytes - before.wal_bytes) as f64 / units as f64,
+            )
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ActivityRow {
+    wal_bytes: i64,
+    rows: i64,
+}
+
+/// An instance waiting for a message: its `Order.Id`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Waiting {
+    pub order_id: String,
+}
+
+impl Probe {
+    pub async fn connect(url: &str) -> Result<Self, BenchError> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await
+            .map_err(|e| BenchError::Setup(format!("cannot connect to {}: {e}", redact(url))))?;
+        Ok(Self { pool })
+    }
+
+    /// The WAL position and this database's row changes so far (the statistics a backend
+    /// reports at most about once a second).
+    pub async fn activity(&self) -> Result<Activity, BenchError> {
+        let row: ActivityRow = sqlx::query_as(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS wal_bytes,
+                    coalesce((SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)
+                                FROM pg_stat_user_tables), 0)::bigint AS rows",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Activity {
+            wal_bytes: row.wal_bytes,
+            rows: row.rows,
+        })
+    }
+
+    /// The id of orchestration `name`.
+    pub async fn orchestration_id(&self, name: &str) -> Result<i64, BenchError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM orchestrations WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Instances of orchestration `id` in `state` (through its (orchestration, state) index).
+    pub async fn instances_in(&self, id: i64, state: &str) -> Result<i64, BenchError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM orchestration_instances WHERE orchestration_id = $1 AND state = $2",
+        )
+        .bind(id)
+        .bind(state)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The instances of orchestration `id` waiting now, by their `Order.Id`.
+    pub async fn waiting(&self, id: i64) -> Result<Vec<Waiting>, BenchError> {
+        Ok(sqlx::query_as(
+            "SELECT correlation->>'Order.Id' AS order_id FROM orchestration_instances
+              WHERE orchestration_id = $1 AND state = 'waiting' AND correlation ? 'Order.Id'",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Runs one statement of the benchmark's own (a peer's set-up).
+    pub async fn execute(&self, sql: &str) -> Result<(), BenchError> {
+        sqlx::query(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}

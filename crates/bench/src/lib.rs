@@ -7,6 +7,7 @@ pub mod database;
 pub mod error;
 pub mod mbx;
 pub mod measure;
+pub mod orchestration;
 pub mod peers;
 pub mod report;
 pub mod request_response;
@@ -60,4 +61,7 @@ pub struct Measured {
     pub peak_rss_mb: Option<f64>,
     /// How the figure was obtained, where it differs from the common method.
     pub notes: Vec<String>,
+    /// Figures of a workload of its own (the orchestration's rows and WAL per instance,
+    /// the hosts' RSS around the waiting instances).
+    pub details: Option<serde_json::Value>,
 }

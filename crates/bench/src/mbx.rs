@@ -48,10 +48,13 @@ pub enum Workload {
     /// A RabbitMQ queue → an AMQP receive location → an AMQP send port → another queue,
     /// counted by the same consumers as the rabbitmq peer.
     Amqp,
+    /// Orchestration instances: activated by a message, one HTTP call, one correlated
+    /// message awaited, one result emitted; counted as instances completed. Not in `all`.
+    Orchestration,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Unordered,
         Workload::Ordered,
         Workload::Fanout,
@@ -60,7 +63,14 @@ impl Workload {
         Workload::Forward,
         Workload::RequestResponse,
         Workload::Amqp,
+        Workload::Orchestration,
     ];
+
+    /// What `--workload all` runs: every workload but the orchestration one (its peer
+    /// needs Python and PyPI; ask for it by name).
+    pub fn in_all(self) -> bool {
+        self != Workload::Orchestration
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -72,6 +82,7 @@ impl Workload {
             Workload::Forward => "forward",
             Workload::RequestResponse => "request-response",
             Workload::Amqp => "amqp",
+            Workload::Orchestration => "orchestration",
         }
     }
 
@@ -86,7 +97,8 @@ impl Workload {
             | Workload::OrderedBy
             | Workload::Forward
             | Workload::RequestResponse
-            | Workload::Amqp => 1,
+            | Workload::Amqp
+            | Workload::Orchestration => 1,
             Workload::Fanout => 10,
             Workload::ManyOrdered => 100,
         }
@@ -141,6 +153,8 @@ pub struct MbxRun {
     pub host_bin: PathBuf,
     /// Shown in the progress line.
     pub label: String,
+    /// Orchestration instances left waiting before the orchestration workload is measured.
+    pub waiting: u64,
 }
 
 /// Keys of the ordered-by workload.
@@ -162,6 +176,9 @@ pub async fn run(
     }
     if run.workload == Workload::Amqp {
         return crate::amqp_relay::run(spec, run, progress).await;
+    }
+    if run.workload == Workload::Orchestration {
+        return crate::orchestration::run(spec, run, progress).await;
     }
     let db = database::Scratch::create(&spec.database_url, "mbx").await?;
     let far = match run.workload {
@@ -251,6 +268,7 @@ async fn run_in(
         latency,
         peak_rss_mb,
         notes: run_notes(spec, run),
+        details: None,
     })
 }
 
@@ -791,9 +809,55 @@ impl Hosts {
         self.children
             .iter()
             .filter_map(|(c, _)| c.id())
-            .filter_map(peak_rss_kb)
+            .filter_map(|pid| status_kb(pid, "VmHWM:"))
             .max()
             .map(|kb| kb as f64 / 1024.0)
+    }
+
+    /// The current RSS (VmRSS) of the largest instance, in MB.
+    pub(crate) fn rss_mb(&self) -> Option<f64> {
+        self.children
+            .iter()
+            .filter_map(|(c, _)| c.id())
+            .filter_map(|pid| status_kb(pid, "VmRSS:"))
+            .max()
+            .map(|kb| kb as f64 / 1024.0)
+    }
+
+    /// The worst p50/p99/max over instances of `mbx_orchestration_step_latency_seconds`
+    /// with `cause` (activation, resumed).
+    pub(crate) async fn step_latency(&self, cause: &str) -> Option<crate::measure::LatencySummary> {
+        let texts = self.metrics().await;
+        let name = "mbx_orchestration_step_latency_seconds";
+        let label = format!("cause=\"{cause}\"");
+        let of_cause: Vec<String> = texts
+            .iter()
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.contains(&label))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect();
+        let q = |quantile: &str| {
+            of_cause
+                .iter()
+                .flat_map(|t| quantiles(t, name, quantile))
+                .fold(None::<f64>, |acc, v| Some(acc.map_or(v, |a| a.max(v))))
+        };
+        let count: f64 = of_cause
+            .iter()
+            .map(|t| sum_metric(t, &format!("{name}_count")))
+            .sum();
+        Some(
+            crate::measure::LatencySummary {
+                p50_ms: q("0.5")? * 1e3,
+                p99_ms: q("0.99")? * 1e3,
+                max_ms: q("1")? * 1e3,
+                samples: count as u64,
+            }
+            .monotone(),
+        )
     }
 
     pub(crate) async fn stop(mut self) {
@@ -826,12 +890,12 @@ pub(crate) fn free_port() -> Result<u16, BenchError> {
     ))
 }
 
-/// VmHWM of a process, in KiB.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
+/// A field of a process's `/proc/<pid>/status` (VmHWM:, VmRSS:), in KiB.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

@@ -14,23 +14,35 @@ use crate::mbx::{self, Drain, MbxRun, Workload};
 use crate::measure::{thousands, LatencySummary, Progress};
 use crate::{peers, BenchError, Measured, RunSpec};
 
-/// A peer measured beside mbx on workload (a).
+/// A peer measured beside mbx: pgmq, RabbitMQ and the ceiling on workload (a); DBOS and
+/// the ceiling (its own script) on the orchestration workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Peer {
     Pgmq,
     Rabbitmq,
     Ceiling,
+    Dbos,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 3] = [Peer::Pgmq, Peer::Rabbitmq, Peer::Ceiling];
+    pub const ALL: [Peer; 4] = [Peer::Pgmq, Peer::Rabbitmq, Peer::Ceiling, Peer::Dbos];
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Pgmq => "pgmq",
             Peer::Rabbitmq => "rabbitmq",
             Peer::Ceiling => "ceiling",
+            Peer::Dbos => "dbos",
+        }
+    }
+
+    /// Whether this peer is measured beside mbx on `workload`.
+    pub fn measures(self, workload: Workload) -> bool {
+        match workload {
+            Workload::Unordered => self != Peer::Dbos,
+            Workload::Orchestration => matches!(self, Peer::Dbos | Peer::Ceiling),
+            _ => false,
         }
     }
 
@@ -38,15 +50,24 @@ impl Peer {
         Peer::ALL.into_iter().find(|p| p.name() == s)
     }
 
-    async fn run(self, spec: &RunSpec, progress: &Progress) -> Result<Measured, BenchError> {
+    async fn run(
+        self,
+        workload: Workload,
+        spec: &RunSpec,
+        progress: &Progress,
+    ) -> Result<Measured, BenchError> {
         match self {
             Peer::Rabbitmq => peers::rabbitmq::run(spec, progress).await,
-            Peer::Pgmq | Peer::Ceiling => {
+            Peer::Pgmq | Peer::Ceiling | Peer::Dbos => {
                 let db = Scratch::create(&spec.database_url, self.name()).await?;
                 let mut spec = spec.clone();
                 spec.database_url = db.url().to_owned();
-                let r = match self {
-                    Peer::Pgmq => peers::pgmq::run(&spec, progress).await,
+                let r = match (self, workload) {
+                    (Peer::Pgmq, _) => peers::pgmq::run(&spec, progress).await,
+                    (Peer::Dbos, _) => peers::dbos::run(&spec, progress).await,
+                    (_, Workload::Orchestration) => {
+                        peers::ceiling::run_orchestration(&spec, progress).await
+                    }
                     _ => peers::ceiling::run(&spec, progress).await,
                 };
                 db.drop_now().await;
@@ -88,6 +109,8 @@ pub struct Options {
     pub half_load: bool,
     /// Also run workload (a) at tracking level `all`.
     pub tracking_all: bool,
+    /// Orchestration instances left waiting for the waiting-instances run (0: none).
+    pub waiting: u64,
 }
 
 /// One row: one workload on one system.
@@ -108,6 +131,8 @@ pub struct ResultRow {
     pub peak_rss_mb: Option<f64>,
     pub runs: usize,
     pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,8 +169,17 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
+/// The medians of several runs of one measurement (notes and details: the first run's).
+type Combined = (
+    f64,
+    Option<LatencySummary>,
+    Option<f64>,
+    Vec<String>,
+    Option<serde_json::Value>,
+);
+
 /// The medians of several runs of one measurement.
-fn combine(runs: &[Measured]) -> (f64, Option<LatencySummary>, Option<f64>, Vec<String>) {
+fn combine(runs: &[Measured]) -> Combined {
     let rate = median(
         runs.iter()
             .filter_map(|m| m.throughput.map(|t| t.per_second()))
@@ -168,7 +202,8 @@ fn combine(runs: &[Measured]) -> (f64, Option<LatencySummary>, Option<f64>, Vec<
     };
     let rss = median(runs.iter().filter_map(|m| m.peak_rss_mb).collect());
     let notes = runs.first().map(|m| m.notes.clone()).unwrap_or_default();
-    (rate, latency, rss, notes)
+    let details = runs.first().and_then(|m| m.details.clone());
+    (rate, latency, rss, notes, details)
 }
 
 impl Options {
@@ -201,6 +236,7 @@ impl Options {
             instances,
             tracking,
             host_bin: self.host_bin.clone(),
+            waiting: 0,
             label: format!(
                 "{}/mbx{}{}",
                 workload.name(),
@@ -266,31 +302,32 @@ async fn measure_workloads(
         let r = measure_mbx(options, workload, options.instances, None, progress, runs).await?;
         // mbx's row first, then what is measured beside it on the same workload
         let mut beside = Vec::new();
-        if workload == Workload::Unordered {
-            for &peer in &options.peers {
-                let p = measure_peer(options, peer, progress, runs).await?;
-                if p.msgs_per_s > 0.0 {
-                    ratios.push(Ratio {
-                        workload: workload.name().to_owned(),
-                        peer: peer.name().to_owned(),
-                        ratio: r.msgs_per_s / p.msgs_per_s,
-                    });
-                }
-                beside.push(p);
+        for &peer in options.peers.iter().filter(|p| p.measures(workload)) {
+            let p = measure_peer(options, workload, peer, progress, runs).await?;
+            if p.msgs_per_s > 0.0 {
+                ratios.push(Ratio {
+                    workload: workload.name().to_owned(),
+                    peer: peer.name().to_owned(),
+                    ratio: r.msgs_per_s / p.msgs_per_s,
+                });
             }
-            if options.tracking_all {
-                let mut t = measure_mbx(
-                    options,
-                    workload,
-                    options.instances,
-                    Some(TrackingLevel::All),
-                    progress,
-                    runs,
-                )
-                .await?;
-                t.workload = format!("{}-tracking-all", workload.name());
-                beside.push(t);
-            }
+            beside.push(p);
+        }
+        if workload == Workload::Orchestration && options.waiting > 0 {
+            beside.push(measure_waiting(options, &r, progress).await?);
+        }
+        if workload == Workload::Unordered && options.tracking_all {
+            let mut t = measure_mbx(
+                options,
+                workload,
+                options.instances,
+                Some(TrackingLevel::All),
+                progress,
+                runs,
+            )
+            .await?;
+            t.workload = format!("{}-tracking-all", workload.name());
+            beside.push(t);
         }
         results.push(r);
         results.extend(beside);
@@ -320,7 +357,7 @@ async fn measure_scaling(
                     let run = options.mbx_run(Workload::Unordered, n, None);
                     all.push(mbx::run(&spec, &run, progress).await?);
                 }
-                let (rate, _, rss, _) = combine(&all);
+                let (rate, _, rss, _, _) = combine(&all);
                 (rate, rss)
             }
         };
@@ -370,7 +407,7 @@ async fn measure_mbx(
     for _ in 0..runs {
         at_max.push(mbx::run(&options.spec(instances, None), &run, progress).await?);
     }
-    let (deliveries, lat_max, rss, notes) = combine(&at_max);
+    let (deliveries, lat_max, rss, notes, details) = combine(&at_max);
     let mut half = Vec::new();
     if options.half_load && deliveries > 0.0 {
         let rate = deliveries / workload.fan_out_in(&options.spec(instances, None)) as f64 / 2.0;
@@ -380,7 +417,7 @@ async fn measure_mbx(
             half.push(mbx::run(&options.spec(instances, Some(rate)), &r, progress).await?);
         }
     }
-    let (_, lat_half, rss_half, _) = combine(&half);
+    let (_, lat_half, rss_half, _, _) = combine(&half);
     let row = ResultRow {
         workload: workload.name().to_owned(),
         system: "mbx".to_owned(),
@@ -396,6 +433,7 @@ async fn measure_mbx(
         },
         runs,
         notes,
+        details,
     };
     progress.done(&format!(
         "{}: {} msg/s{}",
@@ -408,37 +446,80 @@ async fn measure_mbx(
     Ok(row)
 }
 
+/// The waiting-instances run: the orchestration workload at the same paced rate as its
+/// 50%-load run, with `options.waiting` instances of another orchestration left waiting.
+async fn measure_waiting(
+    options: &Options,
+    empty: &ResultRow,
+    progress: &Progress,
+) -> Result<ResultRow, BenchError> {
+    let mut run = options.mbx_run(Workload::Orchestration, options.instances, None);
+    run.waiting = options.waiting;
+    run.label = format!(
+        "{} with {} waiting",
+        run.label,
+        thousands(options.waiting as f64)
+    );
+    let rate = (empty.msgs_per_s > 0.0).then_some(empty.msgs_per_s / 2.0);
+    let m = mbx::run(&options.spec(options.instances, rate), &run, progress).await?;
+    let (rate, latency, rss, notes, mut details) = combine(std::slice::from_ref(&m));
+    if let Some(serde_json::Value::Object(d)) = details.as_mut() {
+        d.insert("p50_ms_empty".into(), empty.p50_ms.into());
+        d.insert("p99_ms_empty".into(), empty.p99_ms.into());
+        let ratio = latency.zip(empty.p50_ms).map(|(l, e)| l.p50_ms / e);
+        d.insert("p50_ratio_to_empty".into(), ratio.into());
+    }
+    progress.done(&format!(
+        "{}: p50 {} ms (empty: {} ms)",
+        run.label,
+        opt(latency.map(|l| l.p50_ms), 1),
+        opt(empty.p50_ms, 1)
+    ));
+    Ok(ResultRow {
+        workload: format!("{}-waiting", Workload::Orchestration.name()),
+        system: "mbx".to_owned(),
+        msgs_per_s: rate,
+        deliveries_per_s: rate,
+        p50_ms: latency.map(|l| l.p50_ms),
+        p99_ms: latency.map(|l| l.p99_ms),
+        max_ms: latency.map(|l| l.max_ms),
+        at_max_rate: None,
+        peak_rss_mb: rss,
+        runs: 1,
+        notes,
+        details,
+    })
+}
+
 async fn measure_peer(
     options: &Options,
+    workload: Workload,
     peer: Peer,
     progress: &Progress,
     runs: usize,
 ) -> Result<ResultRow, BenchError> {
     let mut at_max = Vec::new();
     for _ in 0..runs {
-        at_max.push(
-            peer.run(&options.spec(options.instances, None), progress)
-                .await?,
-        );
+        let spec = options.spec(options.instances, None);
+        at_max.push(peer.run(workload, &spec, progress).await?);
     }
-    let (rate, lat_max, _, notes) = combine(&at_max);
+    let (rate, lat_max, _, notes, details) = combine(&at_max);
     let mut half = Vec::new();
     if options.half_load && rate > 0.0 && peer != Peer::Ceiling {
         for _ in 0..runs {
-            half.push(
-                peer.run(&options.spec(options.instances, Some(rate / 2.0)), progress)
-                    .await?,
-            );
+            let spec = options.spec(options.instances, Some(rate / 2.0));
+            half.push(peer.run(workload, &spec, progress).await?);
         }
     }
-    let (_, lat_half, _, _) = combine(&half);
+    let (_, lat_half, _, _, _) = combine(&half);
     progress.done(&format!(
-        "unordered/{}: {} msg/s",
+        "{}/{}: {} msg/s",
+        workload.name(),
         peer.name(),
         thousands(rate)
     ));
     Ok(ResultRow {
-        workload: Workload::Unordered.name().to_owned(),
+        workload: workload.name().to_owned(),
         system: peer.name().to_owned(),
         msgs_per_s: rate,
         deliveries_per_s: rate,
@@ -449,6 +530,7 @@ async fn measure_peer(
         peak_rss_mb: None,
         runs,
         notes,
+        details,
     })
 }
 
@@ -549,6 +631,11 @@ fn write_results(out: &mut String, results: &[ResultRow]) {
 pub fn render_table(r: &Report) -> String {
     let mut out = String::new();
     write_results(&mut out, &r.results);
+    for row in &r.results {
+        if let Some(d) = &row.details {
+            let _ = writeln!(out, "{} / {}: {d}", row.workload, row.system);
+        }
+    }
     if !r.ratios.is_empty() {
         let _ = writeln!(out);
         for ratio in &r.ratios {

@@ -137,6 +137,7 @@ async fn run_in(
         latency: latencies.summary(),
         peak_rss_mb,
         notes,
+        details: None,
     })
 }
 

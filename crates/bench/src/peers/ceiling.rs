@@ -107,7 +107,6 @@ async fn measure(
     let clients = (spec.producers + spec.consumers).max(1);
     let threads = clients.min(2);
     let prefill = (spec.window as usize).max(2 * batch * clients);
-
     let body = body_expr(spec.body_size);
     create_table(pool, table, &body, prefill).await?;
     std::fs::write(script, script_text(table, &body, batch)).map_err(|e| {
@@ -162,6 +161,7 @@ async fn measure(
         latency: None,
         peak_rss_mb: None,
         notes,
+        details: None,
     })
 }
 
@@ -483,6 +483,119 @@ impl Pgbench<'_> {
         })
     }
 }
+
+/// The orchestration workload's ceiling: the same row work per instance as an
+/// orchestration engine on PostgreSQL needs at the least, with nothing else — the
+/// instance row inserted (activation), updated with the call's answer (now waiting), the
+/// follow-up inserted into an inbox, then in one transaction the instance updated
+/// (consumed it, completed) and the result inserted: four commits, five row writes per
+/// instance. `producers + consumers` pgbench clients, one script = one
+/// instance; no hand-off, so no latency.
+pub async fn run_orchestration(
+    spec: &RunSpec,
+    progress: &Progress,
+) -> Result<Measured, BenchError> {
+    let pgbench = find_pgbench()?;
+    let options = PgConnectOptions::from_str(&spec.database_url).map_err(|e| {
+        BenchError::peer(
+            PEER,
+            format!("bad database URL {}: {e}", redact_url(&spec.database_url)),
+        )
+    })?;
+    create_orchestration_tables(&options).await?;
+    let script = std::env::temp_dir().join(format!(
+        "mbx-bench-{}.sql",
+        crate::database::unique_name("orchestration_ceiling")
+    ));
+    std::fs::write(&script, ORCHESTRATION_SCRIPT).map_err(|e| {
+        BenchError::peer(
+            PEER,
+            format!("writing the pgbench script {}: {e}", script.display()),
+        )
+    })?;
+    let clients = (spec.producers + spec.consumers).max(1);
+    let run = Pgbench {
+        pgbench: &pgbench,
+        options: &options,
+        password: url_password(&spec.database_url),
+        script: &script,
+        clients,
+        threads: clients.min(2),
+        rate: spec.rate.filter(|r| *r > 0.0),
+        batch: 1,
+        total: (spec.warmup + spec.duration).as_secs_f64(),
+    };
+    let warm_secs = spec.warmup.as_secs_f64().ceil() as u64;
+    let secs = (spec.duration.as_secs_f64().round() as u64).max(1);
+    let result = async {
+        if warm_secs > 0 {
+            run.run(warm_secs, 0.0, progress).await?;
+        }
+        run.run(secs, spec.warmup.as_secs_f64(), progress).await
+    }
+    .await;
+    let _ = std::fs::remove_file(&script);
+    let summary = result?;
+    Ok(Measured {
+        throughput: Some(Throughput {
+            count: summary.transactions,
+            seconds: if summary.tps > 0.0 {
+                summary.transactions as f64 / summary.tps
+            } else {
+                secs as f64
+            },
+        }),
+        latency: None,
+        peak_rss_mb: None,
+        notes: vec![format!(
+            "pgbench -M prepared, {clients} clients; one script = one instance: insert instance, \
+             update it (call answered), insert inbox message, then one transaction updating the \
+             instance (consumed) and inserting the result (4 commits, 5 row writes); \
+             measured run {secs}s after a {warm_secs}s warm-up run; no latency"
+        )],
+        details: None,
+    })
+}
+
+/// Creates [`ORCHESTRATION_TABLES`].
+async fn create_orchestration_tables(options: &PgConnectOptions) -> Result<(), BenchError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.clone())
+        .await
+        .map_err(db("connecting for the orchestration ceiling"))?;
+    for statement in ORCHESTRATION_TABLES {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .map_err(db("creating the orchestration ceiling's tables"))?;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+/// The orchestration ceiling's tables (in the peer's own scratch database).
+const ORCHESTRATION_TABLES: &[&str] = &[
+    "CREATE TABLE instances (id bigserial PRIMARY KEY, order_id text NOT NULL, state text NOT NULL, \
+     data jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX instances_state ON instances (state)",
+    "CREATE TABLE inbox (id bigserial PRIMARY KEY, instance_id bigint NOT NULL, \
+     body jsonb NOT NULL, consumed boolean NOT NULL DEFAULT false)",
+    "CREATE INDEX inbox_instance ON inbox (instance_id)",
+    "CREATE TABLE results (id bigserial PRIMARY KEY, instance_id bigint NOT NULL, body jsonb NOT NULL)",
+];
+
+/// One instance's row work, as pgbench runs it.
+const ORCHESTRATION_SCRIPT: &str = "\
+\\set order random(1, 1000000000)
+INSERT INTO instances (order_id, state, data) VALUES (:order::text, 'calling', '{\"task\": \"quote\"}') RETURNING id AS instance \\gset
+UPDATE instances SET state = 'waiting', data = '{\"task\": \"awaitApproval\", \"quote\": {\"price\": 42}}', updated_at = now() WHERE id = :instance;
+INSERT INTO inbox (instance_id, body) VALUES (:instance, '{\"approved\": true}');
+BEGIN;
+UPDATE instances SET state = 'completed', updated_at = now() WHERE id = :instance;
+INSERT INTO results (instance_id, body) VALUES (:instance, '{\"price\": 42}');
+COMMIT;
+";
 
 #[cfg(test)]
 mod tests {

@@ -4,5 +4,6 @@
 //! docs/PERFORMANCE.md, "Peers and how they are tuned").
 
 pub mod ceiling;
+pub mod dbos;
 pub mod pgmq;
 pub mod rabbitmq;

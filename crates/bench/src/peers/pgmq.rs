@@ -182,6 +182,7 @@ async fn measure(
              delete_batch of the ids read, vt {VT_SECONDS}s, 1 ms sleep after an empty read; \
              latency from enqueued_at (the insert's now())"
         )],
+        details: None,
     })
 }
 

@@ -188,6 +188,7 @@ pub(crate) async fn measure_between(
              batch of {batch}; prefetch {prefetch}, manual ack multiple per {batch} or after 1 ms \
              idle; latency from the producer's clock just before publish"
         )],
+        details: None,
     })
 }
 
