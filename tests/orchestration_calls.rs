@@ -115,19 +115,7 @@ fn bind(cli: &Mbx, dir: &std::path::Path, service: u16, retries: &str) -> std::p
         "-f",
         file.to_str().expect("path"),
     ]);
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).expect("out/");
-    cli.ok(&[
-        "send-port",
-        "create",
-        "results",
-        "--start",
-        "--filter",
-        "mbx.MessageType == 'OrderConfirmed' or mbx.MessageType == 'OrderRejected'",
-        "--address",
-        &format!("file://{}/%MessageID%.json", out.display()),
-    ]);
-    out
+    mbx_e2e::orders::results_port(cli, dir, &["OrderConfirmed", "OrderRejected"])
 }
 
 async fn results(out: &std::path::Path, n: usize) -> Vec<serde_json::Value> {

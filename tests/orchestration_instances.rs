@@ -46,19 +46,7 @@ do:\n\
 /// Declares `Order.Id` and a FILE port writing every confirmation to `<dir>/out`.
 fn results(cli: &Mbx, dir: &Path) -> std::path::PathBuf {
     cli.ok(&["property", "create", "Order.Id", "--type", "string"]);
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).expect("out/");
-    cli.ok(&[
-        "send-port",
-        "create",
-        "results",
-        "--start",
-        "--filter",
-        "mbx.MessageType == 'OrderConfirmed'",
-        "--address",
-        &format!("file://{}/%MessageID%.json", out.display()),
-    ]);
-    out
+    mbx_e2e::orders::results_port(cli, dir, &["OrderConfirmed"])
 }
 
 fn define(cli: &Mbx, dir: &Path, verb: &str, yaml: &str) {

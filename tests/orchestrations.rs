@@ -16,31 +16,10 @@ use mbx_e2e::{
 };
 use sqlx::PgPool;
 
-/// Declares `Order.Id`, creates the orchestration `yaml` (written to a file) and a FILE
-/// port writing every `OrderConfirmed` and `OrderRejected` to `out`.
+/// Declares `Order.Id`, creates the orchestration `yaml` and a FILE port writing every
+/// `OrderConfirmed` and `OrderRejected` to `out`.
 fn bind(cli: &Mbx, dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
-    cli.ok(&["property", "create", "Order.Id", "--type", "string"]);
-    let file = dir.join("flow.yaml");
-    std::fs::write(&file, yaml).expect("write definition");
-    cli.ok(&[
-        "orchestration",
-        "create",
-        "-f",
-        file.to_str().expect("path"),
-    ]);
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).expect("out/");
-    cli.ok(&[
-        "send-port",
-        "create",
-        "results",
-        "--start",
-        "--filter",
-        "mbx.MessageType == 'OrderConfirmed' or mbx.MessageType == 'OrderRejected'",
-        "--address",
-        &format!("file://{}/%MessageID%.json", out.display()),
-    ]);
-    out
+    mbx_e2e::orders::bind(cli, dir, yaml, &["OrderConfirmed", "OrderRejected"])
 }
 
 /// The order manager of the docs, calling `quote` for its price.

@@ -22,3 +22,47 @@ pub async fn publish(mbx: &MessageBox, messages: Vec<NewMessage>) {
         .await
         .expect("publish");
 }
+
+/// Declares `Order.Id`, creates the orchestration `yaml` (written to `dir/flow.yaml`), and
+/// a started FILE port `results` writing every message whose type is one of `types` to
+/// `dir/out/` (returned).
+pub fn bind(
+    cli: &crate::Mbx,
+    dir: &std::path::Path,
+    yaml: &str,
+    types: &[&str],
+) -> std::path::PathBuf {
+    cli.ok(&["property", "create", "Order.Id", "--type", "string"]);
+    let file = dir.join("flow.yaml");
+    std::fs::write(&file, yaml).expect("write definition");
+    cli.ok(&[
+        "orchestration",
+        "create",
+        "-f",
+        file.to_str().expect("path"),
+    ]);
+    results_port(cli, dir, types)
+}
+
+/// A started FILE port `results` writing every message whose type is one of `types` to
+/// `dir/out/` (returned).
+pub fn results_port(cli: &crate::Mbx, dir: &std::path::Path, types: &[&str]) -> std::path::PathBuf {
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).expect("out/");
+    let filter = types
+        .iter()
+        .map(|t| format!("mbx.MessageType == '{t}'"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    cli.ok(&[
+        "send-port",
+        "create",
+        "results",
+        "--start",
+        "--filter",
+        &filter,
+        "--address",
+        &format!("file://{}/%MessageID%.json", out.display()),
+    ]);
+    out
+}
