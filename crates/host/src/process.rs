@@ -96,7 +96,9 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
         definitions: Mutex::default(),
         leases: Mutex::default(),
     });
-    let renewing = tokio::spawn(renew_loop(p.clone()));
+    // aborted when this loop ends or is itself aborted (a stopping host aborts its
+    // tasks): a renewer left running would keep the MessageBox's pool open for ever
+    let _renewing = AbortOnDrop(tokio::spawn(renew_loop(p.clone())));
     let mut stop = p.instance.stopping();
     while !*stop.borrow() {
         let published = wake.published();
@@ -121,7 +123,6 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
             _ = stop.changed() => {}
         }
     }
-    renewing.abort();
     let held = std::mem::take(&mut *lock(&p.leases));
     if let Err(e) = p
         .mbx
@@ -129,6 +130,15 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
         .await
     {
         warn!(error = %e, "handing back the buckets of ordered orchestrations failed (they expire)");
+    }
+}
+
+/// A spawned task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

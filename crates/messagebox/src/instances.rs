@@ -113,6 +113,27 @@ impl MessageBox {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // its orchestration claims and the buckets of ordered orchestrations it holds go
+        // back now (a step still in flight can no longer commit: its claim token is gone)
+        sqlx::query(
+            // by id, skipping rows a publish holds (as reclaim_dead: no deadlock with the
+            // publishes; what is skipped the reclaim of stopped instances takes)
+            "WITH c AS (SELECT id FROM orchestration_instances WHERE claimed_by = $1
+                         ORDER BY id FOR UPDATE SKIP LOCKED)
+             UPDATE orchestration_instances o
+                SET claimed_by = NULL, claim_token = NULL, runnable_at = now()
+               FROM c WHERE o.id = c.id",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE leases SET expires_at = now()
+              WHERE holder = $1 AND orchestration_id IS NOT NULL AND expires_at > now()",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE host_instances SET state = 'stopped' WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
