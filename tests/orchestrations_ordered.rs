@@ -135,6 +135,8 @@ async fn an_ordered_convoy_keeps_each_keys_order_through_a_kill_and_a_pause_past
     let cli = Mbx::new(url.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     cli.ok(&["property", "create", "Order.Id", "--type", "string"]);
+    // every step's events recorded: the test counts the re-publications in the histories
+    cli.ok(&["host", "update", "default", "--tracking", "all"]);
     let file = dir.path().join("lines.yaml");
     std::fs::write(&file, convoy()).expect("write definition");
     cli.ok(&[

@@ -836,6 +836,10 @@ impl MessageBox {
     }
 }
 
+/// The events a running instance's trail keeps at the `failures` tracking level (the last
+/// ones; a longer history is not rewritten with every step of a long convoy).
+const TRAIL_EVENTS: i32 = 32;
+
 /// The step's history: the messages it consumed (or was activated by), those it
 /// published, and how it ended — one statement.
 async fn record_step(
@@ -868,15 +872,51 @@ async fn record_step(
             .to_owned()
     });
     sqlx::query(
-        "WITH i AS (SELECT steps FROM orchestration_instances WHERE id = $1)
-         INSERT INTO orchestration_events (instance_id, step, event, task, message_id, detail)
-         SELECT $1, i.steps, CASE WHEN b.activating THEN 'activated' ELSE 'consumed' END,
-                NULL::text, b.message_id, NULL::text
-           FROM i, orchestration_inbox b WHERE b.instance_id = $1 AND b.message_id = ANY($2)
-         UNION ALL
-         SELECT $1, i.steps, 'published', NULL::text, p, NULL::text FROM i, unnest($3::uuid[]) AS p
-         UNION ALL
-         SELECT $1, i.steps, $4::text, $5::text, NULL::uuid, $6::text FROM i",
+        // at `all` (or once tracked) the events are written; at `failures` they go to the
+        // instance's trail, written out with it when it faults, only the final state
+        // when it ends cleanly; at `off` nothing
+        "WITH i AS (SELECT i.steps, i.trail, i.tracked, coalesce(h.tracking, 'failures') AS level
+                      FROM orchestration_instances i JOIN orchestrations o ON o.id = i.orchestration_id
+                      JOIN hosts h ON h.id = o.host_id WHERE i.id = $1),
+              m AS (SELECT CASE WHEN level = 'off' THEN 'none'
+                                WHEN level = 'all' OR tracked THEN 'write'
+                                WHEN $4 = 'faulted' THEN 'flush'
+                                WHEN $4 IN ('completed', 'cancelled') THEN 'final'
+                                ELSE 'keep' END AS mode, steps, trail FROM i),
+              ev AS (
+                SELECT m.steps AS step, CASE WHEN b.activating THEN 'activated' ELSE 'consumed' END AS event,
+                       NULL::text AS task, b.message_id, NULL::text AS detail, 1 AS ord
+                  FROM m, orchestration_inbox b WHERE b.instance_id = $1 AND b.message_id = ANY($2)
+                UNION ALL
+                SELECT m.steps, 'published', NULL::text, p, NULL::text, 2 FROM m, unnest($3::uuid[]) AS p
+                UNION ALL
+                SELECT m.steps, $4::text, $5::text, NULL::uuid, $6::text, 3 FROM m),
+              grown AS (
+                SELECT coalesce(m.trail, '[]') || (SELECT jsonb_agg(jsonb_build_object(
+                           'at', clock_timestamp(), 'step', ev.step, 'event', ev.event, 'task', ev.task,
+                           'message_id', ev.message_id, 'detail', ev.detail) ORDER BY ev.ord) FROM ev) AS t
+                  FROM m WHERE m.mode = 'keep'),
+              kept AS (
+                -- the trail keeps the last $7 events (a flight recorder: never a row per step)
+                UPDATE orchestration_instances SET
+                       trail = (SELECT CASE WHEN jsonb_array_length(g.t) <= $7 THEN g.t
+                                            ELSE (SELECT jsonb_agg(a.e ORDER BY a.n)
+                                                    FROM jsonb_array_elements(g.t) WITH ORDINALITY AS a(e, n)
+                                                   WHERE a.n > jsonb_array_length(g.t) - $7) END
+                                  FROM grown g),
+                       tracked = tracked OR (SELECT mode FROM m) = 'flush'
+                 WHERE id = $1 AND (trail IS NOT NULL OR (SELECT mode FROM m) IN ('keep', 'flush')))
+         INSERT INTO orchestration_events (instance_id, at, step, event, task, message_id, detail)
+         SELECT $1, x.at, x.step, x.event, x.task, x.message_id, x.detail FROM (
+             SELECT 0 AS grp, t.n AS ord, t.at, t.step, t.event, t.task, t.message_id, t.detail
+               FROM m, ROWS FROM (jsonb_to_recordset(m.trail) AS (at timestamptz, step bigint, event text,
+                                  task text, message_id uuid, detail text))
+                       WITH ORDINALITY AS t(at, step, event, task, message_id, detail, n)
+              WHERE m.mode IN ('flush', 'write')
+             UNION ALL
+             SELECT 1, ev.ord, clock_timestamp(), ev.step, ev.event, ev.task, ev.message_id, ev.detail
+               FROM m, ev WHERE m.mode IN ('write', 'flush') OR (m.mode = 'final' AND ev.ord = 3)) x
+          ORDER BY x.grp, x.ord",
     )
     .bind(step.instance_id)
     .bind(&step.consumed)
@@ -884,6 +924,7 @@ async fn record_step(
     .bind(outcome)
     .bind(&step.task)
     .bind(detail)
+    .bind(TRAIL_EVENTS)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -336,8 +336,25 @@ async fn record(
     detail: &str,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO orchestration_events (instance_id, step, event, detail)
-         SELECT id, steps, $2, $3 FROM orchestration_instances WHERE id = ANY($1)",
+        // an operator's change is recorded at every tracking level but `off`, with the
+        // trail a `failures` level kept before it; a suspended (and so resumed) instance
+        // has every later event recorded
+        "WITH i AS (SELECT i.id, i.steps, i.trail, coalesce(h.tracking, 'failures') AS level
+                      FROM orchestration_instances i JOIN orchestrations o ON o.id = i.orchestration_id
+                      JOIN hosts h ON h.id = o.host_id WHERE i.id = ANY($1)),
+              u AS (UPDATE orchestration_instances o
+                       SET trail = NULL, tracked = o.tracked OR $2 IN ('suspended', 'resumed')
+                      FROM i WHERE o.id = i.id AND i.level <> 'off')
+         INSERT INTO orchestration_events (instance_id, at, step, event, task, message_id, detail)
+         SELECT x.id, x.at, x.step, x.event, x.task, x.message_id, x.detail FROM (
+             SELECT i.id, 0 AS grp, t.n AS ord, t.at, t.step, t.event, t.task, t.message_id, t.detail
+               FROM i, ROWS FROM (jsonb_to_recordset(i.trail) AS (at timestamptz, step bigint, event text,
+                                  task text, message_id uuid, detail text))
+                       WITH ORDINALITY AS t(at, step, event, task, message_id, detail, n)
+              WHERE i.level <> 'off'
+             UNION ALL
+             SELECT i.id, 1, 0, clock_timestamp(), i.steps, $2, NULL, NULL, $3 FROM i WHERE i.level <> 'off') x
+          ORDER BY x.id, x.grp, x.ord",
     )
     .bind(ids)
     .bind(event)
@@ -363,10 +380,20 @@ impl MessageBox {
     /// An instance's history, oldest first (kept for the tracking retention).
     pub async fn process_instance_history(&self, id: Uuid) -> Result<Vec<InstanceEvent>> {
         let events = sqlx::query_as::<_, InstanceEvent>(
+            // the events written, then those a running instance's trail still keeps
             "SELECT e.at, e.step, e.event, e.task, e.message_id,
                     m.context -> 'mbx.MessageType' -> 'value' ->> 'string' AS message_type, e.detail
-               FROM orchestration_events e LEFT JOIN messages m ON m.id = e.message_id
-              WHERE e.instance_id = $1 ORDER BY e.id",
+               FROM (SELECT 0 AS grp, e.id AS ord, e.at, e.step, e.event, e.task, e.message_id, e.detail
+                       FROM orchestration_events e WHERE e.instance_id = $1
+                     UNION ALL
+                     SELECT 1, t.n, t.at, t.step, t.event, t.task, t.message_id, t.detail
+                       FROM orchestration_instances i,
+                            ROWS FROM (jsonb_to_recordset(i.trail) AS (at timestamptz, step bigint,
+                                       event text, task text, message_id uuid, detail text))
+                            WITH ORDINALITY AS t(at, step, event, task, message_id, detail, n)
+                      WHERE i.id = $1) e
+               LEFT JOIN messages m ON m.id = e.message_id
+              ORDER BY e.grp, e.ord",
         )
         .bind(id)
         .fetch_all(&self.pool)
