@@ -267,7 +267,7 @@ struct Starting {
     version: String,
     message: Uuid,
     /// The keys the new instance subscribes to (one per activation filter whose
-    /// correlation the message fixes); the first is the convoy's.
+    /// correlation the message fixes), sorted: the first is the convoy's.
     keys: Vec<String>,
     correlation: BTreeMap<String, String>,
 }
@@ -297,6 +297,11 @@ impl Starting {
                     keys.push(correlation_key(values));
                 }
             }
+            // the convoy's key (the first) is the least of them, whichever filter matched:
+            // the messages of a `schedule.on.all` (or `any`) with the same correlation
+            // values then share one instance, in one publish or in several
+            keys.sort();
+            keys.dedup();
         }
         Starting {
             orchestration_id: p.orchestration_id,
