@@ -662,3 +662,108 @@ async fn a_timer_and_a_message_for_one_wait_resolve_to_exactly_one_outcome(pool:
         0
     );
 }
+
+/// The events of instance `order`'s history, as `mbx orchestration instance history`
+/// shows them, and how many of them are rows of their own.
+async fn history(cli: &Mbx, pool: &PgPool, order: &str) -> (Vec<String>, i64) {
+    let id: String = sqlx::query_scalar(
+        "SELECT id::text FROM orchestration_instances WHERE correlation::text LIKE '%' || $1 || '%'",
+    )
+    .bind(format!("\"{order}\""))
+    .fetch_one(pool)
+    .await
+    .expect("the instance");
+    let shown = cli.json(&["orchestration", "instance", "history", &id]);
+    let events = shown
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_owned))
+        .collect();
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orchestration_events WHERE instance_id = $1::text::uuid",
+    )
+    .bind(&id)
+    .fetch_one(pool)
+    .await
+    .expect("rows");
+    (events, rows)
+}
+
+/// Instance events follow the host's tracking level: `failures` (the default) keeps a
+/// running instance's events in its row — shown by `history`, no row of their own — and
+/// records only the final state of one that ends cleanly; `all` records every event;
+/// `off` none.
+#[sqlx::test(migrator = "mbx_messagebox::MIGRATOR")]
+async fn instance_events_follow_the_hosts_tracking_level(pool: PgPool) {
+    let mbx = messagebox(&pool).await;
+    let url = database_url(&pool);
+    let cli = Mbx::new(url.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bind(&cli, dir.path(), &wait_then_listen("PT0S"));
+    let _host = start_host(&url, FAST_HOST);
+    let waiting = |n: i64| {
+        let pool = pool.clone();
+        async move {
+            wait_for("the instances waiting", Duration::from_secs(30), || async {
+                count(
+                    &pool,
+                    "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
+                )
+                .await
+                    == n
+            })
+            .await
+        }
+    };
+    let confirmed = |n: usize| {
+        let out = out.clone();
+        async move {
+            wait_for("the confirmations", Duration::from_secs(30), || async {
+                bodies_in(&out, "json").len() == n
+            })
+            .await
+        }
+    };
+    let go = |order: &str| message("Go", order, serde_json::json!({"said": order}));
+
+    // failures: the trail while it runs, then only its final state
+    publish(&mbx, vec![message("Start", "T-1", serde_json::json!({}))]).await;
+    waiting(1).await;
+    let (events, rows) = history(&cli, &pool, "T-1").await;
+    assert_eq!(events.first().map(String::as_str), Some("activated"));
+    assert_eq!(events.last().map(String::as_str), Some("waiting"));
+    assert_eq!(rows, 0, "a running instance's events are kept in its row");
+    publish(&mbx, vec![go("T-1")]).await;
+    confirmed(1).await;
+    assert_eq!(
+        history(&cli, &pool, "T-1").await,
+        (vec!["completed".to_owned()], 1)
+    );
+
+    // all: every event, each a row
+    cli.ok(&["host", "update", "default", "--tracking", "all"]);
+    publish(&mbx, vec![message("Start", "T-2", serde_json::json!({}))]).await;
+    waiting(1).await;
+    publish(&mbx, vec![go("T-2")]).await;
+    confirmed(2).await;
+    let (events, rows) = history(&cli, &pool, "T-2").await;
+    assert_eq!(events.first().map(String::as_str), Some("activated"));
+    assert!(
+        events.ends_with(&[
+            "consumed".to_owned(),
+            "published".to_owned(),
+            "completed".to_owned()
+        ]),
+        "{events:?}"
+    );
+    assert_eq!(rows, events.len() as i64);
+
+    // off: nothing
+    cli.ok(&["host", "update", "default", "--tracking", "off"]);
+    publish(&mbx, vec![message("Start", "T-3", serde_json::json!({}))]).await;
+    waiting(1).await;
+    publish(&mbx, vec![go("T-3")]).await;
+    confirmed(3).await;
+    assert_eq!(history(&cli, &pool, "T-3").await, (Vec::new(), 0));
+}
