@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use mbx_e2e::orders::{bind, message, publish};
+use mbx_e2e::orders::{bind, instances_in, message, publish, wait_instances};
 use mbx_e2e::{bodies_in, count, database_url, messagebox, start_host, wait_for, Mbx, FAST_HOST};
 use sqlx::PgPool;
 
@@ -142,11 +142,7 @@ async fn an_all_activation_starts_one_instance_once_every_message_is_there(pool:
         ]
     );
     assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'"
-        )
-        .await,
+        instances_in(&pool, "completed").await,
         3,
         "one instance per order"
     );
@@ -189,15 +185,7 @@ do:
     let out = bind(&cli, dir.path(), &yaml, &["Done"]);
     let _host = start_host(&url, FAST_HOST);
     publish(&mbx, vec![message("Order", "P-1", serde_json::json!({}))]).await;
-    let waiting = || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-        )
-        .await
-            == 1
-    };
-    wait_for("P-1 waiting", Duration::from_secs(30), waiting).await;
+    wait_instances(&pool, "waiting", 1, Duration::from_secs(30)).await;
     // the shipment first: held, not taken, the instance still waits
     publish(
         &mbx,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mbx_e2e::orders::{message, publish};
+use mbx_e2e::orders::{message, publish, wait_instances};
 use mbx_e2e::{
     bodies_in, count, database_url, messagebox, serve_on_loopback, start_host, wait_for, Mbx,
     FAST_HOST,
@@ -157,19 +157,7 @@ async fn a_port_call_is_retried_by_its_port_past_endpoint_failures_and_answers_t
         3,
         "two failures, then the answer"
     );
-    wait_for(
-        "the instance to complete",
-        Duration::from_secs(30),
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'",
-            )
-            .await
-                == 1
-        },
-    )
-    .await;
+    wait_instances(&pool, "completed", 1, Duration::from_secs(30)).await;
     assert_eq!(
         count(&pool, "SELECT count(*) FROM suspended_items").await,
         0,

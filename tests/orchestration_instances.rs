@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use mbx_e2e::orders::{instances_in, wait_instances};
 use mbx_e2e::{bodies_in, count, database_url, messagebox, start_host, wait_for, Mbx, FAST_HOST};
 use mbx_messagebox::publish::NewMessage;
 use mbx_messagebox::MessageBox;
@@ -94,19 +95,7 @@ async fn a_faulted_instance_is_resumed_onto_a_version_that_fixes_its_task(pool: 
     let _host = start_host(&url, FAST_HOST);
     publish(&mbx, message("OrderRequest", "F-1")).await;
     publish(&mbx, message("OrderRequest", "F-2")).await;
-    wait_for(
-        "both instances faulted",
-        Duration::from_secs(30),
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'faulted'",
-            )
-            .await
-                == 2
-        },
-    )
-    .await;
+    wait_instances(&pool, "faulted", 2, Duration::from_secs(30)).await;
 
     let f1 = instance(&cli, "checker", "F-1");
     let id = f1["id"].as_str().expect("id").to_owned();
@@ -219,14 +208,7 @@ async fn suspended_instances_hold_their_messages_and_a_zombie_is_resumed_to_the_
     let _host = start_host(&url, FAST_HOST);
     let waiting = |n: i64| {
         let pool = pool.clone();
-        async move {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-            )
-            .await
-                == n
-        }
+        async move { instances_in(&pool, "waiting").await == n }
     };
 
     // suspended: its approval is held, nothing runs; resumed: it confirms

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mbx_e2e::orders::{message, publish};
+use mbx_e2e::orders::{instances_in, message, publish, wait_instances};
 use mbx_e2e::{
     bodies_in, count, database_url, messagebox, serve_on_loopback, start_host, wait_for, Mbx,
     FAST_HOST,
@@ -84,15 +84,7 @@ async fn an_order_manager_calls_out_waits_for_its_approval_and_confirms(pool: Pg
         )],
     )
     .await;
-    wait_for("the approval request", Duration::from_secs(30), || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    wait_instances(&pool, "waiting", 1, Duration::from_secs(30)).await;
     assert_eq!(keys.lock().expect("keys").len(), 1, "one call");
     publish(
         &mbx,
@@ -113,19 +105,7 @@ async fn an_order_manager_calls_out_waits_for_its_approval_and_confirms(pool: Pg
         confirmation,
         serde_json::json!({"orderId": "A-1", "total": 12.5})
     );
-    wait_for(
-        "the instance completed",
-        Duration::from_secs(30),
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'",
-            )
-            .await
-                == 1
-        },
-    )
-    .await;
+    wait_instances(&pool, "completed", 1, Duration::from_secs(30)).await;
     assert_eq!(
         count(&pool, "SELECT count(*) FROM orchestration_subscriptions").await,
         0
@@ -185,19 +165,7 @@ async fn each_follow_up_reaches_its_own_instance_among_many_waiting(pool: PgPool
             .collect();
         publish(&mbx, starts).await;
     }
-    wait_for(
-        "every instance waiting",
-        Duration::from_secs(300),
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-            )
-            .await
-                == N as i64
-        },
-    )
-    .await;
+    wait_instances(&pool, "waiting", N as i64, Duration::from_secs(300)).await;
     // the follow-ups in reverse order, each saying which order it was for
     for chunk in (0..N).rev().collect::<Vec<_>>().chunks(100) {
         let gos = chunk
@@ -441,14 +409,7 @@ async fn kills_in_the_middle_of_steps_repeat_no_step_and_resend_calls_byte_ident
         "the approval request was published once (delivered {} times): {requests:?}",
         requests.len()
     );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'"
-        )
-        .await,
-        1
-    );
+    assert_eq!(instances_in(&pool, "completed").await, 1);
     let confirmed: serde_json::Value =
         serde_json::from_str(&bodies_in(&out, "json")[0]).expect("json");
     assert_eq!(confirmed["total"], 12.5);
@@ -504,13 +465,7 @@ async fn a_message_left_by_a_completing_convoy_activates_the_next_instance(pool:
         "the first pair, and the next instance waiting",
         Duration::from_secs(30),
         || async {
-            bodies_in(&out, "json").len() == 1
-                && count(
-                    &pool,
-                    "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-                )
-                .await
-                    == 1
+            bodies_in(&out, "json").len() == 1 && instances_in(&pool, "waiting").await == 1
         },
     )
     .await;
@@ -594,19 +549,7 @@ async fn a_timer_and_a_message_for_one_wait_resolve_to_exactly_one_outcome(pool:
         .map(|i| message("Start", &format!("R-{i}"), serde_json::json!({})))
         .collect();
     publish(&mbx, starts).await;
-    wait_for(
-        "every instance waiting",
-        Duration::from_secs(30),
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-            )
-            .await
-                == N as i64
-        },
-    )
-    .await;
+    wait_instances(&pool, "waiting", N as i64, Duration::from_secs(30)).await;
     // the messages go out when the timeouts fall due (the race is placed, not awaited)
     let until_due: f64 = sqlx::query_scalar(
         "SELECT greatest(extract(epoch FROM avg(runnable_at - now())), 0)::float8
@@ -624,13 +567,7 @@ async fn a_timer_and_a_message_for_one_wait_resolve_to_exactly_one_outcome(pool:
         "every instance ended, its outcome delivered",
         Duration::from_secs(60),
         || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'",
-            )
-            .await
-                == N as i64
-                && bodies_in(&out, "json").len() >= N
+            instances_in(&pool, "completed").await == N as i64 && bodies_in(&out, "json").len() >= N
         },
     )
     .await;
@@ -702,20 +639,7 @@ async fn instance_events_follow_the_hosts_tracking_level(pool: PgPool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = bind(&cli, dir.path(), &wait_then_listen("PT0S"));
     let _host = start_host(&url, FAST_HOST);
-    let waiting = |n: i64| {
-        let pool = pool.clone();
-        async move {
-            wait_for("the instances waiting", Duration::from_secs(30), || async {
-                count(
-                    &pool,
-                    "SELECT count(*) FROM orchestration_instances WHERE state = 'waiting'",
-                )
-                .await
-                    == n
-            })
-            .await
-        }
-    };
+    let waiting = |n: i64| wait_instances(&pool, "waiting", n, Duration::from_secs(30));
     let confirmed = |n: usize| {
         let out = out.clone();
         async move {

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mbx_e2e::orders::wait_instances;
 use mbx_e2e::sink::{start_sink, Request};
 use mbx_e2e::{
     count, database_url, eventually, messagebox, signal, start_host, wait_for, wait_for_alive, Mbx,
@@ -280,18 +281,6 @@ async fn an_ordered_convoy_keeps_each_keys_order_through_a_kill_and_a_pause_past
         total as i64,
         "each line re-published exactly once"
     );
-    wait_for(
-        "every convoy to complete",
-        Duration::from_secs(60),
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM orchestration_instances WHERE state = 'completed'",
-            )
-            .await
-                == KEYS as i64
-        },
-    )
-    .await;
+    wait_instances(&pool, "completed", KEYS as i64, Duration::from_secs(60)).await;
     drop(hosts);
 }

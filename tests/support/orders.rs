@@ -66,3 +66,20 @@ pub fn results_port(cli: &crate::Mbx, dir: &std::path::Path, types: &[&str]) -> 
     ]);
     out
 }
+
+/// How many orchestration instances are in `state`.
+pub async fn instances_in(pool: &sqlx::PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orchestration_instances WHERE state = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .expect("count the instances")
+}
+
+/// Waits up to `within` until exactly `n` orchestration instances are in `state`.
+pub async fn wait_instances(pool: &sqlx::PgPool, state: &str, n: i64, within: std::time::Duration) {
+    crate::wait_for(&format!("{n} instance(s) {state}"), within, || async {
+        instances_in(pool, state).await == n
+    })
+    .await
+}
