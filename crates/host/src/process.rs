@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -76,7 +76,14 @@ struct Processes {
     definitions: Mutex<Definitions>,
     /// The buckets of ordered orchestrations this instance holds (process_leases.rs).
     leases: Mutex<Vec<ProcessLease>>,
+    /// Whether the host runs ordered orchestrations, and when that was read: buckets
+    /// are looked for only then (a query fewer per claim otherwise).
+    ordered: Mutex<Option<(Instant, bool)>>,
 }
+
+/// How long whether the host runs ordered orchestrations is taken as known: an ordered
+/// orchestration created meanwhile is run within this long.
+const ORDERED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Compiled definitions by (orchestration, version): a version never changes.
 type Definitions = HashMap<(i64, String), Arc<Definition>>;
@@ -95,6 +102,7 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
             .unwrap_or_default(),
         definitions: Mutex::default(),
         leases: Mutex::default(),
+        ordered: Mutex::default(),
     });
     // aborted when this loop ends or is itself aborted (a stopping host aborts its
     // tasks): a renewer left running would keep the MessageBox's pool open for ever
@@ -151,6 +159,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn claim(p: &Processes) -> Result<Vec<ClaimedInstance>> {
     let me = p.instance.id();
     let mut claimed = bounded(p.mbx.process_claim(me, p.host_id, CLAIM_BATCH)).await?;
+    if !runs_ordered(p).await? {
+        return Ok(claimed);
+    }
     let room = LEASES_MAX - lock(&p.leases).len() as i64;
     let taken = bounded(p.mbx.process_leases_acquire(
         me,
@@ -173,6 +184,22 @@ async fn claim(p: &Processes) -> Result<Vec<ClaimedInstance>> {
         }
     }
     Ok(claimed)
+}
+
+/// Whether the host runs ordered orchestrations (or this instance still holds buckets),
+/// read again every [`ORDERED_RECHECK`].
+async fn runs_ordered(p: &Processes) -> Result<bool> {
+    if !lock(&p.leases).is_empty() {
+        return Ok(true);
+    }
+    if let Some((at, known)) = *lock(&p.ordered) {
+        if at.elapsed() < ORDERED_RECHECK {
+            return Ok(known);
+        }
+    }
+    let known = bounded(p.mbx.process_has_ordered(p.host_id)).await?;
+    *lock(&p.ordered) = Some((Instant::now(), known));
+    Ok(known)
 }
 
 /// Renews the buckets held every third of the lease's TTL and hands back those without

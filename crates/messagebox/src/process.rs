@@ -704,7 +704,7 @@ impl MessageBox {
     /// runs it now) and nothing changed.
     pub async fn process_commit(&self, instance: Uuid, step: StepCommit) -> Result<Option<f64>> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
+        let updated: Option<f64> = sqlx::query_scalar(
             "UPDATE orchestration_instances
                 SET state = $3, data = $4, error = $5, steps = steps + 1, updated_at = now(),
                     runnable_at = CASE WHEN $8 THEN NULL
@@ -723,7 +723,8 @@ impl MessageBox {
                       WHERE l.orchestration_id = orchestration_instances.orchestration_id
                         AND l.bucket = orchestration_instances.bucket AND l.holder = $9
                         AND l.epoch = orchestration_instances.claim_epoch AND l.expires_at > now()
-                        FOR SHARE))",
+                        FOR SHARE))
+             RETURNING extract(epoch FROM now())::float8",
         )
         .bind(step.instance_id)
         .bind(step.claim_token)
@@ -734,16 +735,13 @@ impl MessageBox {
         .bind(step.wake_at)
         .bind(step.keep_claim)
         .bind(instance)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        // the transaction's time (the step's commit, as the database counts it)
+        let Some(now) = updated else {
             return Ok(None);
-        }
+        };
         self.commit_effects(&mut tx, &step).await?;
-        let now: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
-            .fetch_one(&mut *tx)
-            .await?;
         tx.commit().await?;
         if !step.publish.is_empty() {
             self.notify_published().await;

@@ -24,6 +24,16 @@ pub struct ProcessLease {
 }
 
 impl MessageBox {
+    /// Whether `host_id` runs an ordered orchestration (whose buckets are then taken).
+    pub async fn process_has_ordered(&self, host_id: i64) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orchestrations WHERE host_id = $1 AND ordered)",
+        )
+        .bind(host_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Takes up to `max` free or expired buckets of the ordered orchestrations of
     /// `host_id` that have live instances (runnable, or still claimed by a former holder);
     /// each moves to epoch + 1 under `instance` for `ttl_ms`.
