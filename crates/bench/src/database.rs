@@ -173,6 +173,61 @@ impl Probe {
         .await?)
     }
 
+    /// Copies the waiting instances of orchestration `id` the engine made (order ids
+    /// `w-N`) into instances `c-K` for K in `from..to`: each a copy of template `K mod
+    /// templates` — its row, its correlation subscriptions and its inbox rows — with the
+    /// order id replaced in its data, correlation and keys. The rows a million waiting
+    /// instances leave, in minutes instead of the hours the engine takes to activate
+    /// them one step each.
+    pub async fn copy_waiting(&self, id: i64, from: i64, to: i64) -> Result<(), BenchError> {
+        sqlx::query(
+            "WITH tpl AS (
+                SELECT i.id, i.correlation->>'Order.Id' AS ord, row_number() OVER (ORDER BY i.id) - 1 AS n
+                  FROM orchestration_instances i
+                 WHERE i.orchestration_id = $1 AND i.state = 'waiting'
+                   AND i.correlation->>'Order.Id' LIKE 'w-%'),
+             b AS (SELECT count(*) AS b FROM tpl),
+             g AS (SELECT s AS k, gen_random_uuid() AS nid, tpl.id AS tid,
+                          '\"' || tpl.ord || '\"' AS old, '\"c-' || s || '\"' AS new
+                     FROM generate_series($2::int8, $3::int8 - 1) AS s, b, tpl
+                    WHERE b.b > 0 AND tpl.n = s % b.b),
+             ins AS (
+                INSERT INTO orchestration_instances (id, orchestration_id, version, state, data,
+                                                     correlation, pokes, steps, bucket)
+                SELECT g.nid, i.orchestration_id, i.version, i.state,
+                       replace(i.data::text, g.old, g.new)::jsonb,
+                       replace(i.correlation::text, g.old, g.new)::jsonb, i.pokes, i.steps, i.bucket
+                  FROM g JOIN orchestration_instances i ON i.id = g.tid
+                RETURNING id),
+             sub AS (
+                INSERT INTO orchestration_subscriptions (orchestration_id, key, instance_id, activation)
+                SELECT s.orchestration_id, replace(s.key, g.old, g.new), g.nid, s.activation
+                  FROM g JOIN orchestration_subscriptions s ON s.instance_id = g.tid)
+             INSERT INTO orchestration_inbox (instance_id, message_id, activating, consumed)
+             SELECT g.nid, x.message_id, x.activating, x.consumed
+               FROM g JOIN orchestration_inbox x ON x.instance_id = g.tid",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lets the server settle after a bulk load, before a measured run: the orchestration
+    /// tables vacuumed and analysed (fresh statistics, a visibility map), the dirty pages
+    /// written by a checkpoint (not by the measured run's commits).
+    pub async fn settle(&self) -> Result<(), BenchError> {
+        sqlx::query(
+            "VACUUM (ANALYZE) orchestration_instances, orchestration_subscriptions, orchestration_inbox",
+        )
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("CHECKPOINT").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Runs one statement of the benchmark's own (a peer's set-up).
     pub async fn execute(&self, sql: &str) -> Result<(), BenchError> {
         sqlx::query(sql).execute(&self.pool).await?;

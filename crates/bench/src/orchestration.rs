@@ -8,7 +8,8 @@
 //!
 //! Publishers stand in for receive locations: `spec.producers` tasks publish activating
 //! messages in batches of `spec.batch` (closed loop: at most [`in_flight`] instances
-//! started and not completed; paced in the 50%-load run). A follower polls the
+//! started and not completed; paced in the 50%-load run, one message per publish: orders
+//! arriving one by one, as the DBOS peer starts its workflows). A follower polls the
 //! instances that *wait* (state `waiting`, every 10 ms, through the instances'
 //! (orchestration, state) index) and publishes each one's follow-up once, all the new
 //! ones in one transaction: every follow-up arrives at an instance already waiting.
@@ -21,7 +22,8 @@
 //! the scratch database's tables) and WAL bytes (`pg_current_wal_lsn()`, server-wide)
 //! per completed instance over the interval. With `waiting` > 0 (the waiting-instances
 //! run), that many instances of a second orchestration of the same shape are started
-//! first and left waiting; the hosts' RSS (VmRSS) is read before and after.
+//! first and left waiting (the first 10,000 activated by the engine, the rest copies of
+//! their rows made by SQL); the hosts' RSS (VmRSS) is read before and after.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -51,6 +53,12 @@ const BALLAST: &str = "bench-ballast";
 pub fn in_flight(spec: &RunSpec) -> u64 {
     2 * spec.batch.max(1) as u64
 }
+
+/// Of the instances left waiting, how many the engine activates (a step each; ~200/s):
+/// the others are copies of them ([`Probe::copy_waiting`]), made by SQL in chunks of
+/// [`COPY_CHUNK`].
+const ACTIVATED_WAITING: u64 = 10_000;
+const COPY_CHUNK: u64 = 50_000;
 
 /// How often the follower looks for instances that wait.
 const FOLLOW_EVERY: Duration = Duration::from_millis(10);
@@ -264,6 +272,7 @@ async fn measure(
             thousands(run.waiting as f64),
             started.elapsed().as_secs_f64()
         ));
+        probe.settle().await?;
         rss.with_waiting = hosts.rss_mb();
     }
     let (throughput, activity) = drive(spec, run, progress, mbx, probe, id).await?;
@@ -273,7 +282,8 @@ async fn measure(
     let peak_rss_mb = hosts.peak_rss_mb();
     let mut notes = vec![format!(
         "{} instance(s), activations in batches of {}, follow-ups published once their instance waits; latency: follow-up publish → the commit of the step that consumed it (hosts' mbx_orchestration_step_latency_seconds, cause resumed)",
-        run.instances, spec.batch
+        run.instances,
+        activation_batch(spec)
     )];
     if spec.rate.is_some() {
         notes.push("paced".to_owned());
@@ -309,12 +319,13 @@ async fn leave_waiting(
 ) -> Result<(), BenchError> {
     let publisher = Publisher::default();
     let batch = spec.batch.max(1) as u64;
+    let made = count.min(ACTIVATED_WAITING);
     let mut sent = 0u64;
     let mut waiting = 0;
-    while (waiting as u64) < count {
+    while (waiting as u64) < made {
         // at most a window's worth not yet waiting
-        while sent < count && sent < waiting as u64 + spec.window {
-            let n = batch.min(count - sent);
+        while sent < made && sent < waiting as u64 + spec.window {
+            let n = batch.min(made - sent);
             let msgs = (sent..sent + n)
                 .map(|i| order_message("BallastOrder", &format!("w-{i}")))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -327,6 +338,21 @@ async fn leave_waiting(
             "orchestration: {}/{} instances waiting",
             thousands(waiting as f64),
             thousands(count as f64)
+        ));
+    }
+    // the rest: copies of those the engine made
+    let mut copied = made;
+    while copied < count {
+        let n = COPY_CHUNK.min(count - copied);
+        probe
+            .copy_waiting(ballast, copied as i64, (copied + n) as i64)
+            .await?;
+        copied += n;
+        progress.update(&format!(
+            "orchestration: {}/{} instances waiting (copies of the first {})",
+            thousands(copied as f64),
+            thousands(count as f64),
+            thousands(made as f64)
         ));
     }
     Ok(())
@@ -366,7 +392,18 @@ async fn drive(
     counted
 }
 
-/// One publisher of activations: batches of `spec.batch`, paced and windowed.
+/// How many activations one publish carries: `spec.batch` at the saturated rate; one
+/// when paced — orders arriving one by one, as the DBOS peer starts its workflows (a
+/// paced burst of 100 queued each follow-up behind up to 100 activations: ~1 s).
+fn activation_batch(spec: &RunSpec) -> usize {
+    if spec.rate.is_some() {
+        1
+    } else {
+        spec.batch
+    }
+}
+
+/// One publisher of activations: batches of [`activation_batch`], paced and windowed.
 async fn activate_until(
     mbx: &MessageBox,
     spec: &RunSpec,
@@ -377,19 +414,20 @@ async fn activate_until(
     let publisher = Publisher::default();
     let rate = spec.rate.map(|r| r / spec.producers.max(1) as f64);
     let mut pacer = Pacer::new(rate);
+    let size = activation_batch(spec) as u64;
     let mut n = 0u64;
     while Instant::now() < deadline {
         window.admit(deadline).await;
-        pacer.wait(spec.batch as u64).await;
+        pacer.wait(size).await;
         if Instant::now() >= deadline {
             break;
         }
-        let batch = (0..spec.batch as u64)
+        let batch = (0..size)
             .map(|i| order_message("BenchOrder", &format!("o-{index}-{}", n + i)))
             .collect::<Result<Vec<_>, _>>()?;
-        n += spec.batch as u64;
+        n += size;
         mbx.publish(&publisher, batch).await?;
-        window.add_produced(spec.batch as u64);
+        window.add_produced(size);
     }
     Ok(())
 }
