@@ -839,46 +839,11 @@ impl MessageBox {
     }
 }
 
-/// The events a running instance's trail keeps at the `failures` tracking level (the last
-/// ones; a longer history is not rewritten with every step of a long convoy).
-const TRAIL_EVENTS: i32 = 32;
-
-/// The step's history: the messages it consumed (or was activated by), those it
-/// published, and how it ended — one statement.
-async fn record_step(
-    tx: &mut Transaction<'_, Postgres>,
-    step: &StepCommit,
-    published: &[crate::publish::Published],
-) -> Result<()> {
-    use crate::publish::Published;
-    let published: Vec<Uuid> = published
-        .iter()
-        .filter_map(|p| match p {
-            Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
-                Some(*message_id)
-            }
-            _ => None,
-        })
-        .collect();
-    let outcome = match step.state {
-        ProcessState::Running if step.keep_claim => "calling",
-        ProcessState::Completed => "completed",
-        ProcessState::Faulted => "faulted",
-        ProcessState::Cancelled => "cancelled",
-        _ => "waiting",
-    };
-    let detail = step.error.as_ref().map(|e| {
-        e["title"]
-            .as_str()
-            .or(e["detail"].as_str())
-            .unwrap_or("")
-            .to_owned()
-    });
-    sqlx::query(
-        // at `all` (or once tracked) the events are written; at `failures` they go to the
-        // instance's trail, written out with it when it faults, only the final state
-        // when it ends cleanly; at `off` nothing
-        "WITH i AS (SELECT i.steps, i.trail, i.tracked, coalesce(h.tracking, 'failures') AS level
+/// A step's events by the host's tracking level: at `all` (or once tracked) they are
+/// written; at `failures` they go to the instance's trail, written out with it when it
+/// faults, only the final state when it ends cleanly; at `off` nothing. $1 instance, $2
+/// consumed, $3 published, $4 outcome, $5 task, $6 detail, $7 the trail's length.
+const RECORD_STEP: &str = "WITH i AS (SELECT i.steps, i.trail, i.tracked, coalesce(h.tracking, 'failures') AS level
                       FROM orchestration_instances i JOIN orchestrations o ON o.id = i.orchestration_id
                       JOIN hosts h ON h.id = o.host_id WHERE i.id = $1),
               m AS (SELECT CASE WHEN level = 'off' THEN 'none'
@@ -919,17 +884,53 @@ async fn record_step(
              UNION ALL
              SELECT 1, ev.ord, clock_timestamp(), ev.step, ev.event, ev.task, ev.message_id, ev.detail
                FROM m, ev WHERE m.mode IN ('write', 'flush') OR (m.mode = 'final' AND ev.ord = 3)) x
-          ORDER BY x.grp, x.ord",
-    )
-    .bind(step.instance_id)
-    .bind(&step.consumed)
-    .bind(&published)
-    .bind(outcome)
-    .bind(&step.task)
-    .bind(detail)
-    .bind(TRAIL_EVENTS)
-    .execute(&mut **tx)
-    .await?;
+          ORDER BY x.grp, x.ord";
+
+/// The events a running instance's trail keeps at the `failures` tracking level (the last
+/// ones; a longer history is not rewritten with every step of a long convoy).
+const TRAIL_EVENTS: i32 = 32;
+
+/// The step's history: the messages it consumed (or was activated by), those it
+/// published, and how it ended — one statement.
+async fn record_step(
+    tx: &mut Transaction<'_, Postgres>,
+    step: &StepCommit,
+    published: &[crate::publish::Published],
+) -> Result<()> {
+    use crate::publish::Published;
+    let published: Vec<Uuid> = published
+        .iter()
+        .filter_map(|p| match p {
+            Published::Routed { message_id, .. } | Published::RoutingFailure { message_id, .. } => {
+                Some(*message_id)
+            }
+            _ => None,
+        })
+        .collect();
+    let outcome = match step.state {
+        ProcessState::Running if step.keep_claim => "calling",
+        ProcessState::Completed => "completed",
+        ProcessState::Faulted => "faulted",
+        ProcessState::Cancelled => "cancelled",
+        _ => "waiting",
+    };
+    let detail = step.error.as_ref().map(|e| {
+        e["title"]
+            .as_str()
+            .or(e["detail"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    });
+    sqlx::query(RECORD_STEP)
+        .bind(step.instance_id)
+        .bind(&step.consumed)
+        .bind(&published)
+        .bind(outcome)
+        .bind(&step.task)
+        .bind(detail)
+        .bind(TRAIL_EVENTS)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
