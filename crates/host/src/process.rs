@@ -27,9 +27,6 @@ use crate::instance::Instance;
 use crate::listen::Wakeups;
 use crate::metrics_catalog;
 
-/// How many runnable instances one claim takes.
-const CLAIM_BATCH: i64 = 32;
-
 /// Calls time out after this long (the DSL's task `timeout` bounds the step as a whole).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -61,8 +58,8 @@ const RELEASE_ATTEMPTS: u32 = 10;
 /// A step that failed to commit runs again after this long.
 const RETRY_AFTER_S: f64 = 1.0;
 
-/// How many claimed instances one host instance runs at once (each step is mostly
-/// waiting for the database).
+/// How many instances one host instance runs at once (each step is mostly waiting for
+/// the database); a claim takes as many as there are free slots.
 const CONCURRENT_INSTANCES: usize = 4;
 
 /// What the loop's steps share: this instance (the MessageBox, its id, its host,
@@ -108,29 +105,50 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
     // tasks): a renewer left running would keep the MessageBox's pool open for ever
     let _renewing = AbortOnDrop(tokio::spawn(renew_loop(p.clone())));
     let mut stop = p.instance.stopping();
+    let mut running = tokio::task::JoinSet::new();
+    // a publish's wake, kept across turns of the loop (a wake that lands while a run
+    // ends is not lost) and renewed once taken
+    let mut published = Box::pin(wake.published());
+    published.as_mut().enable();
+    // whether runnable instances may be waiting: at the start, after a wake or a poll,
+    // and while claims fill every free slot
+    let mut look = true;
     while !*stop.borrow() {
-        let published = wake.published();
-        tokio::pin!(published);
-        published.as_mut().enable();
-        let claimed = match claim(&p).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "claiming orchestration instances failed; retrying");
-                tokio::time::sleep(p.poll).await;
-                continue;
+        let free = CONCURRENT_INSTANCES.saturating_sub(running.len());
+        if look && free > 0 {
+            match claim(&p, free as i64).await {
+                Ok(claimed) => {
+                    // an instance is claimed as a slot frees, not after a whole batch: a
+                    // follow-up never queues behind instances claimed before it
+                    look = claimed.len() >= free;
+                    for c in claimed {
+                        running.spawn(run_one(p.clone(), c));
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "claiming orchestration instances failed; retrying");
+                    tokio::time::sleep(p.poll).await;
+                    continue;
+                }
             }
-        };
-        if !claimed.is_empty() {
-            run_claimed(&p, claimed).await;
-            continue;
         }
-        let wait = idle_wait(&p).await;
+        let wait = if running.is_empty() {
+            idle_wait(&p).await
+        } else {
+            p.poll
+        };
         tokio::select! {
-            _ = &mut published => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = &mut published => {
+                look = true;
+                published.set(wake.published());
+                published.as_mut().enable();
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = tokio::time::sleep(wait) => look = true,
             _ = stop.changed() => {}
         }
     }
+    while running.join_next().await.is_some() {}
     let held = std::mem::take(&mut *lock(&p.leases));
     if let Err(e) = p
         .mbx
@@ -156,9 +174,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Claims runnable instances: of unordered orchestrations, and — after taking the free
 /// buckets of ordered ones that have work — of the buckets this instance holds.
-async fn claim(p: &Processes) -> Result<Vec<ClaimedInstance>> {
+async fn claim(p: &Processes, limit: i64) -> Result<Vec<ClaimedInstance>> {
     let me = p.instance.id();
-    let mut claimed = bounded(p.mbx.process_claim(me, p.host_id, CLAIM_BATCH)).await?;
+    let mut claimed = bounded(p.mbx.process_claim(me, p.host_id, limit)).await?;
     if !runs_ordered(p).await? {
         return Ok(claimed);
     }
@@ -178,7 +196,7 @@ async fn claim(p: &Processes) -> Result<Vec<ClaimedInstance>> {
         lock(&p.leases).extend(taken);
     }
     if !lock(&p.leases).is_empty() {
-        let limit = CLAIM_BATCH - claimed.len() as i64;
+        let limit = limit - claimed.len() as i64;
         if limit > 0 {
             claimed.extend(bounded(p.mbx.process_claim_ordered(me, limit)).await?);
         }
@@ -253,23 +271,14 @@ async fn renew_loop(p: Arc<Processes>) {
 }
 
 /// Runs the claimed instances, [`CONCURRENT_INSTANCES`] at a time.
-async fn run_claimed(p: &Arc<Processes>, claimed: Vec<ClaimedInstance>) {
-    let mut running = tokio::task::JoinSet::new();
-    for c in claimed {
-        while running.len() >= CONCURRENT_INSTANCES {
-            running.join_next().await;
-        }
-        let p = p.clone();
-        running.spawn(async move {
-            let (id, token) = (c.id, c.claim_token);
-            if let Err(e) = run_instance(&p, c).await {
-                warn!(instance = %id, error = %format!("{e:#}"), "an orchestration step failed; it runs again from its last persistence point");
-                // the claim goes back (a step that did commit cleared it already)
-                give_back(&p, id, token).await;
-            }
-        });
+/// Runs one claimed instance; a step that fails gives its claim back.
+async fn run_one(p: Arc<Processes>, c: ClaimedInstance) {
+    let (id, token) = (c.id, c.claim_token);
+    if let Err(e) = run_instance(&p, c).await {
+        warn!(instance = %id, error = %format!("{e:#}"), "an orchestration step failed; it runs again from its last persistence point");
+        // the claim goes back (a step that did commit cleared it already)
+        give_back(&p, id, token).await;
     }
-    while running.join_next().await.is_some() {}
 }
 
 /// Gives a claim back, retrying while the MessageBox refuses (a lock timeout behind a

@@ -939,7 +939,7 @@ fn emitted(
         }
     }
     m.body = data.map(|d| match d {
-        Value::String(s) if !m.content_type.contains("json") => s,
+        Value::String(s) if !is_json_document(&m.content_type) => s,
         other => other.to_string(),
     });
     if let Some(r) = &e.republish {
@@ -949,6 +949,14 @@ fn emitted(
         });
     }
     Ok(m)
+}
+
+/// Whether a content type is one JSON document, so that a string `data` is written as a
+/// JSON string; JSON lines (`application/x-ndjson`, `application/jsonl`) and text types
+/// take the string's text as it is.
+fn is_json_document(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.contains("json") && !essence.ends_with("ndjson") && !essence.ends_with("jsonl")
 }
 
 /// The values a message's properties must have for `filter` on this instance: each
