@@ -28,8 +28,9 @@ RUN groupadd --system --gid 10001 mbx \
 COPY --from=build /out/mbx /out/mbx-host /usr/local/bin/
 COPY scripts/mbx-local /usr/local/bin/mbx-local
 # The demo folders; a named volume mounted on /demo starts with this content and owner.
-COPY demo/sample-order.xml demo/order-manager.yaml /demo/
-RUN mkdir -p /demo/in /demo/out /demo/ordered /demo/far /demo/approvals /demo/orders \
+COPY demo/sample-order.xml demo/order-manager.yaml demo/sample-order.json demo/sample-payment.json /demo/
+COPY demo/orchestrations /demo/orchestrations
+RUN mkdir -p /demo/in /demo/out /demo/ordered /demo/far /demo/approvals /demo/orders /demo/drop \
     && chmod 0755 /usr/local/bin/mbx-local \
     && chown -R mbx:mbx /demo
 ENV MBX_BIN_DIR=/usr/local/bin \

@@ -1493,3 +1493,86 @@ fn the_command_reference_in_docs_is_the_binarys() {
         "docs/cli.md differs from the binary's reference: run `target/debug/mbx reference > docs/cli.md`"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_location_stamps_its_message_type_and_an_xml_one_is_refused_it(pool: PgPool) {
+    let mbx = init(&pool);
+    mbx.ok(&["receive-port", "create", "orders"]);
+    // the xml pipeline names the type from the root element: refused, nothing stored
+    let err = mbx.fails(
+        &[
+            "receive-location",
+            "create",
+            "xml-in",
+            "--port",
+            "orders",
+            "--address",
+            "file:///data/in/*.xml",
+            "--pipeline",
+            "xml",
+            "--message-type",
+            "Order",
+        ],
+        2,
+    );
+    assert!(err.contains("--message-type Order"), "{err}");
+    assert!(err.contains("root element"), "{err}");
+    assert_eq!(
+        mbx.json(&["receive-location", "list"]),
+        serde_json::json!([])
+    );
+    mbx.ok(&[
+        "receive-location",
+        "create",
+        "payments-in",
+        "--port",
+        "orders",
+        "--address",
+        "file:///data/in/*payment*.json",
+        "--pipeline",
+        "json",
+        "--message-type",
+        "Payment",
+        "--promote",
+        "Order.Id=/payment_for",
+    ]);
+    assert_eq!(
+        mbx.json(&["receive-location", "list"])[0]["message_type"],
+        "Payment"
+    );
+    assert!(mbx
+        .ok(&["receive-location", "list"])
+        .contains("json (type Payment)"));
+    // bindings as code carry it
+    let exported = mbx.ok(&["export"]);
+    assert!(exported.contains("message_type: Payment"), "{exported}");
+    let err = mbx.fails(
+        &[
+            "receive-location",
+            "update",
+            "payments-in",
+            "--message-type",
+            "bad\ttype",
+        ],
+        2,
+    );
+    assert!(err.contains("control characters"), "{err}");
+    let out = mbx.ok(&[
+        "receive-location",
+        "update",
+        "payments-in",
+        "--message-type",
+        "Settlement",
+    ]);
+    assert!(out.contains("Payment → Settlement"), "{out}");
+    mbx.ok(&[
+        "receive-location",
+        "update",
+        "payments-in",
+        "--no-message-type",
+    ]);
+    assert_eq!(
+        mbx.json(&["receive-location", "list"])[0]["message_type"],
+        serde_json::Value::Null
+    );
+}

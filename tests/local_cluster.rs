@@ -314,21 +314,36 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     assert!(again.stdout.contains("already running"), "{}", again.stdout);
     assert_eq!(cluster.host_pids().len(), 2);
     assert_eq!(alive_pids(&mbx), pids, "no extra host instance");
-    // the file flow, the request-response flow and the orchestration's outputs (demo-in,
-    // quotes-http; demo-out, demo-ordered, quote-svc, demo-approvals, demo-orders)
+    // the file flow, the request-response flow, the order scenario and the orchestration
+    // demo's outputs (demo-in, quotes-http, orders-in, payments-in; demo-out,
+    // demo-ordered, quote-svc, manager-a-results, manager-b-results, demo-approvals,
+    // demo-orders)
     assert_eq!(
         mbx.json(&["receive-location", "list"])
             .as_array()
             .map(Vec::len),
-        Some(2)
+        Some(4)
     );
     assert_eq!(
         mbx.json(&["send-port", "list"]).as_array().map(Vec::len),
-        Some(5)
+        Some(7)
     );
+    let mut orchestrations: Vec<String> = mbx
+        .json(&["orchestration", "list"])
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    orchestrations.sort();
     assert_eq!(
-        mbx.json(&["orchestration", "list"])[0]["name"],
-        "order-manager"
+        orchestrations,
+        [
+            "order-broker",
+            "order-manager",
+            "order-manager-a",
+            "order-manager-b"
+        ]
     );
 
     let status = cluster.ok(&["status"]);
@@ -420,6 +435,27 @@ fn mbx_local_up_runs_the_demo_flow_and_down_stops_everything() {
     });
     let confirmed = std::fs::read_to_string(&files_in(&home.join("demo/orders"))[0]).expect("read");
     assert!(confirmed.contains(r#""orderId":"A-1""#), "{confirmed}");
+    // the seeds' scenario, as the README says: the sample order and its payment dropped,
+    // order manager A confirms it (the broker paired them; the amount is below 1000)
+    let dropped = Instant::now();
+    for sample in ["sample-order.json", "sample-payment.json"] {
+        let tmp = home.join(format!("demo/drop/.{sample}"));
+        std::fs::copy(home.join("demo").join(sample), &tmp).expect("copy the sample");
+        std::fs::rename(&tmp, home.join("demo/drop").join(sample)).expect("drop the sample");
+    }
+    let ledger = home.join("demo/out/manager-A.jsonl");
+    wait_for("order 1001 confirmed by manager A", limit, || {
+        std::fs::read_to_string(&ledger).is_ok_and(|l| l.contains(r#""result":"confirmed""#))
+    });
+    eprintln!(
+        "the sample order confirmed {:?} after it was dropped",
+        dropped.elapsed()
+    );
+    let line = std::fs::read_to_string(&ledger).expect("manager A's ledger");
+    let result: Json = serde_json::from_str(line.trim_end()).expect("one JSON line");
+    assert_eq!(result["orderId"], 1001, "{line}");
+    assert_eq!(result["customer"], "Fabrikam", "{line}");
+    assert!(line.ends_with('\n'), "a JSON line: {line:?}");
     // the web console, as the output says
     let console: u16 = std::fs::read_to_string(home.join(".mbx/run/console.port"))
         .expect("the console's port recorded")

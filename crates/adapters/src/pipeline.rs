@@ -180,7 +180,8 @@ impl Pipeline {
         })
     }
 
-    /// Sets `mbx.MessageType` for every message of a `json` pipeline (JSON has no root name).
+    /// Sets `mbx.MessageType` for every message of a `json` or `passthru` pipeline (neither
+    /// body has a root name; the `xml` pipeline takes it from the root element).
     pub fn with_message_type(mut self, message_type: impl Into<String>) -> Self {
         self.message_type = Some(message_type.into());
         self
@@ -193,7 +194,10 @@ impl Pipeline {
     /// Disassembles one body.
     pub fn run(&self, body: &[u8]) -> Result<PipelineOutput, PipelineError> {
         match self.kind {
-            PipelineKind::Passthru => Ok(PipelineOutput::default()),
+            PipelineKind::Passthru => Ok(PipelineOutput {
+                message_type: self.message_type.clone(),
+                ..PipelineOutput::default()
+            }),
             PipelineKind::Json => self.run_json(body),
             PipelineKind::Xml => self.run_xml(body),
         }

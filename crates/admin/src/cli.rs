@@ -962,6 +962,10 @@ pub struct ReceiveLocationCreate {
     /// Promote PROP=PATH from the body: a JSON pointer or an XML element path (repeatable).
     #[arg(long = "promote")]
     pub promote: Vec<String>,
+    /// Set mbx.MessageType on every message received, e.g. Payment (json and passthru
+    /// pipelines; xml takes it from the root element).
+    #[arg(long)]
+    pub message_type: Option<String>,
     /// Receive in order on one instance at a time (pull adapters).
     #[arg(long)]
     pub ordered: bool,
@@ -995,6 +999,12 @@ pub struct ReceiveLocationUpdate {
     /// Remove every promotion.
     #[arg(long, conflicts_with = "promote")]
     pub no_promote: bool,
+    /// Set mbx.MessageType on every message received (json and passthru pipelines).
+    #[arg(long)]
+    pub message_type: Option<String>,
+    /// Stop setting mbx.MessageType.
+    #[arg(long, conflicts_with = "message_type")]
+    pub no_message_type: bool,
     /// true or false; only on a disabled location.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub ordered: Option<bool>,

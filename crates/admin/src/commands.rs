@@ -703,6 +703,7 @@ async fn receive_location_create(
         address: a.address.clone(),
         pipeline: a.pipeline.clone(),
         promote: key_values("--promote", &a.promote, "Order.Region=/region")?,
+        message_type: a.message_type.clone(),
         settings: key_values("--set", &a.set, "mask=*.xml")?,
         ordered: a.ordered,
         max_message_size: size,
@@ -742,7 +743,10 @@ async fn receive_location_list(mbx: &MessageBox, json_out: bool) -> Result<()> {
                 l.port.clone(),
                 if l.enabled { "enabled" } else { "disabled" }.to_owned(),
                 l.host.clone(),
-                l.pipeline.clone(),
+                match &l.message_type {
+                    Some(t) => format!("{} (type {t})", l.pipeline),
+                    None => l.pipeline.clone(),
+                },
                 l.address.clone(),
             ]
         })

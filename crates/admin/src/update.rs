@@ -231,6 +231,11 @@ fn change_location(
     } else if !promote.is_empty() {
         spec.promote = promote.clone();
     }
+    if a.no_message_type {
+        spec.message_type = None;
+    } else if let Some(t) = &a.message_type {
+        spec.message_type = Some(t.clone());
+    }
     if let Some(v) = a.ordered {
         spec.ordered = v;
     }
@@ -264,6 +269,8 @@ pub async fn receive_location(
         || a.pipeline.is_some()
         || !promote.is_empty()
         || a.no_promote
+        || a.message_type.is_some()
+        || a.no_message_type
         || a.ordered.is_some()
         || max.is_some()
         || !set.is_empty()

@@ -149,6 +149,12 @@ pub(crate) async fn process_loop(instance: Instance, wake: Wakeups) {
         }
     }
     while running.join_next().await.is_some() {}
+    hand_back_buckets(&p).await;
+}
+
+/// A stopping instance hands back the buckets of ordered orchestrations it holds (they
+/// would expire within the lease otherwise).
+async fn hand_back_buckets(p: &Processes) {
     let held = std::mem::take(&mut *lock(&p.leases));
     if let Err(e) = p
         .mbx

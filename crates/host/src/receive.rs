@@ -536,7 +536,10 @@ impl LocationSubmitter {
                 path: path.clone(),
             })
             .collect();
-        let pipeline = Pipeline::new(kind, promotions)?;
+        let mut pipeline = Pipeline::new(kind, promotions)?;
+        if let Some(t) = &loc.message_type {
+            pipeline = pipeline.with_message_type(t.clone());
+        }
         Ok(Self {
             mbx: receiving.instance().mbx().clone(),
             location: loc.clone(),

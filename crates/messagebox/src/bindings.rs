@@ -129,6 +129,8 @@ pub struct LocationBinding {
     pub pipeline: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub promote: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -333,6 +335,7 @@ impl LocationBinding {
             address: self.address.clone(),
             pipeline: self.pipeline.clone(),
             promote: self.promote.clone(),
+            message_type: self.message_type.clone(),
             settings: self.settings.clone(),
             ordered: self.ordered,
             max_message_size: self.max_message_size,
@@ -483,6 +486,7 @@ impl MessageBox {
                         address: l.address.clone(),
                         pipeline: l.pipeline.clone(),
                         promote: l.promote.0.clone(),
+                        message_type: l.message_type.clone(),
                         settings: l.settings.0.clone(),
                         ordered: l.ordered,
                         max_message_size: u64::try_from(l.max_message_size).unwrap_or(0),

@@ -21,6 +21,8 @@ pub struct ReceiveLocationSpec {
     pub pipeline: String,
     /// Property name → path in the body (JSON pointer or XML element path).
     pub promote: BTreeMap<String, String>,
+    /// `mbx.MessageType` stamped on every message (json and passthru pipelines).
+    pub message_type: Option<String>,
     pub settings: BTreeMap<String, String>,
     pub ordered: bool,
     pub max_message_size: u64,
@@ -37,6 +39,7 @@ impl ReceiveLocationSpec {
             address: address.to_owned(),
             pipeline: "passthru".to_owned(),
             promote: BTreeMap::new(),
+            message_type: None,
             settings: BTreeMap::new(),
             ordered: false,
             max_message_size: MAX_MESSAGE_SIZE_DEFAULT_BYTES,
@@ -55,6 +58,9 @@ impl ReceiveLocationSpec {
             mbx_vocabulary::validate_promotion_target(prop)
                 .map_err(|e| Error::Invalid(format!("--promote: {e}")))?;
         }
+        if let Some(t) = &self.message_type {
+            validate_message_type(&self.pipeline, t)?;
+        }
         if self.max_message_size == 0 {
             return Err(Error::Invalid(
                 "--max-message-size: must be above 0 (example: 100MB)".into(),
@@ -62,6 +68,25 @@ impl ReceiveLocationSpec {
         }
         Ok(())
     }
+}
+
+/// Most bytes of a location's `--message-type`.
+const MESSAGE_TYPE_MAX_BYTES: usize = 256;
+
+/// A location's message type: text without control characters, on a pipeline whose body
+/// has no root name to take it from.
+fn validate_message_type(pipeline: &str, t: &str) -> Result<()> {
+    if pipeline == "xml" {
+        return Err(Error::Invalid(format!(
+            "--message-type {t}: the xml pipeline takes mbx.MessageType from the root element (namespace#root); drop --message-type, or use --pipeline json"
+        )));
+    }
+    if t.is_empty() || t.len() > MESSAGE_TYPE_MAX_BYTES || t.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "--message-type {t:?}: 1 to {MESSAGE_TYPE_MAX_BYTES} bytes without control characters (example: --message-type Payment)"
+        )));
+    }
+    Ok(())
 }
 
 /// A receive location as `list` reports it and hosts read it.
@@ -75,6 +100,7 @@ pub struct ReceiveLocation {
     pub address: String,
     pub pipeline: String,
     pub promote: sqlx::types::Json<BTreeMap<String, String>>,
+    pub message_type: Option<String>,
     pub settings: sqlx::types::Json<BTreeMap<String, String>>,
     pub ordered: bool,
     pub max_message_size: i64,
@@ -95,7 +121,8 @@ pub struct ReceivePort {
 
 pub(crate) const LOCATION_SELECT: &str = "
     SELECT l.id, l.name, r.name AS port, r.two_way, h.name AS host, l.address, l.pipeline,
-           l.promote, l.settings, l.ordered, l.max_message_size, l.enabled, l.application
+           l.promote, l.message_type, l.settings, l.ordered, l.max_message_size, l.enabled,
+           l.application
       FROM receive_locations l
       JOIN receive_ports r ON r.id = l.receive_port_id
       JOIN hosts h ON h.id = l.host_id";
@@ -310,8 +337,8 @@ pub(crate) async fn receive_location_create_in(
         .map_err(|_| Error::Invalid("--max-message-size: too large (example: 100MB)".into()))?;
     let res = sqlx::query(
         "INSERT INTO receive_locations (name, receive_port_id, host_id, address, pipeline, promote, settings,
-                                        ordered, max_message_size, application)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                        ordered, max_message_size, application, message_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&spec.name)
     .bind(port_id)
@@ -323,6 +350,7 @@ pub(crate) async fn receive_location_create_in(
     .bind(spec.ordered)
     .bind(max)
     .bind(&spec.application)
+    .bind(&spec.message_type)
     .execute(&mut **tx)
     .await;
     res.map_err(|e| {

@@ -296,6 +296,7 @@ async fn location_spec(
         address: String,
         pipeline: String,
         promote: sqlx::types::Json<BTreeMap<String, String>>,
+        message_type: Option<String>,
         settings: sqlx::types::Json<BTreeMap<String, String>>,
         ordered: bool,
         max_message_size: i64,
@@ -303,7 +304,7 @@ async fn location_spec(
     }
     let row = sqlx::query_as::<_, LocationSpecRow>(
         "SELECT l.id, l.enabled, l.name, r.name AS port, h.name AS host, l.address, l.pipeline,
-                l.promote, l.settings, l.ordered, l.max_message_size, l.application
+                l.promote, l.message_type, l.settings, l.ordered, l.max_message_size, l.application
            FROM receive_locations l
            JOIN receive_ports r ON r.id = l.receive_port_id
            JOIN hosts h ON h.id = l.host_id
@@ -323,6 +324,7 @@ async fn location_spec(
             address: row.address,
             pipeline: row.pipeline,
             promote: row.promote.0,
+            message_type: row.message_type,
             settings: row.settings.0,
             ordered: row.ordered,
             max_message_size: u64::try_from(row.max_message_size).unwrap_or(0),
@@ -390,7 +392,7 @@ where
     sqlx::query(
         "UPDATE receive_locations SET receive_port_id = $2, host_id = $3, address = $4,
                 pipeline = $5, promote = $6, settings = $7, ordered = $8, max_message_size = $9,
-                application = $10
+                application = $10, message_type = $11
           WHERE id = $1",
     )
     .bind(id)
@@ -403,6 +405,7 @@ where
     .bind(new.ordered)
     .bind(max)
     .bind(&new.application)
+    .bind(&new.message_type)
     .execute(&mut **tx)
     .await?;
     Ok(update)
