@@ -556,6 +556,47 @@ fn mbx_local_with_two_groups_forwards_the_demo_into_the_second() {
             && second.json(&["stats"])["spool_messages"] == 0
     });
     assert_eq!(files_in(&far).len(), 1, "exactly once in the second group");
+
+    // order manager B runs in the second group only: an order of 1000 or more goes there
+    let names = |mbx: &Mbx| -> Vec<String> {
+        mbx.json(&["orchestration", "list"])
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert!(!names(&first).contains(&"order-manager-b".to_owned()));
+    assert_eq!(names(&second), ["order-manager-b"]);
+    let drop = home.join("demo/drop");
+    for (name, body) in [
+        (
+            "big-order.json",
+            r#"{"id": 2002, "customer": "Contoso", "amount": 4000}"#,
+        ),
+        ("big-payment.json", r#"{"payment_for": 2002}"#),
+    ] {
+        std::fs::write(drop.join(format!(".{name}")), body).expect("write");
+        std::fs::rename(drop.join(format!(".{name}")), drop.join(name)).expect("drop");
+    }
+    let ledger = home.join("demo/out/manager-B.jsonl");
+    wait_for(
+        "order 2002 confirmed by manager B",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&ledger).is_ok_and(|l| l.contains(r#""orderId":2002"#)),
+    );
+    let result = std::fs::read_to_string(&ledger).expect("manager B's ledger");
+    assert!(result.contains(r#""result":"confirmed""#), "{result}");
+    let completed = second.json(&[
+        "orchestration",
+        "instance",
+        "list",
+        "--orchestration",
+        "order-manager-b",
+        "--state",
+        "completed",
+    ]);
+    assert_eq!(completed.as_array().map(Vec::len), Some(1), "{completed}");
     let status = cluster.ok(&["status"]);
     assert!(
         status.stdout.contains("host-3: running"),

@@ -272,3 +272,188 @@ async fn the_order_scenario_runs_as_shipped_through_kills_and_a_postgres_restart
     assert_eq!(suspended, 0, "no suspended item, no zombie");
     std::mem::drop(hosts);
 }
+
+/// The move's timeouts: a broker sends an order alone after 3 s (so manager B's
+/// instances wait in group A when B moves) and stays 2 min to send its late payment on;
+/// the managers wait 5 min for a payment, and 20 s for the order of a payment that came
+/// alone (a forwarded copy whose order is finished in group A).
+const MOVE: &[(&str, &str)] = &[
+    ("MBX_DEMO_PAYMENT_WAIT", "PT3S"),
+    ("MBX_DEMO_ORDER_WAIT", "PT10M"),
+    ("MBX_DEMO_LINGER", "PT2M"),
+    ("MBX_DEMO_MANAGER_TIMEOUT", "PT5M"),
+    ("MBX_DEMO_MANAGER_ORDER_WAIT", "PT20S"),
+];
+
+/// Instances of `orchestration` in `state` (any state when `None`).
+async fn instances_of(pool: &PgPool, orchestration: &str, state: Option<&str>) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM orchestration_instances i JOIN orchestrations o ON o.id = i.orchestration_id
+          WHERE o.name = $1 AND ($2::text IS NULL OR i.state = $2)",
+    )
+    .bind(orchestration)
+    .bind(state)
+    .fetch_one(pool)
+    .await
+    .expect("count instances")
+}
+
+/// Manager B moves to the group `managers` by configuration alone, with instances of it
+/// waiting in group A: they finish there (their payments still reach them; the copy
+/// forwarded to group B finds no order and ends unmatched), and every later order of
+/// manager B is confirmed by group B's hosts — through a kill -9 in each group and a
+/// restart of the server both groups' databases live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_b_moves_to_a_second_group_by_configuration_alone() {
+    let cluster = PgCluster::start();
+    let (url, url_b) = (cluster.url("postgres"), cluster.url("managers"));
+    let home = tempfile::tempdir().expect("tempdir");
+    let demo = home.path().join("demo");
+    init_demo(&url, home.path(), &demo, MOVE);
+    let (drop, out) = (demo.join("drop"), demo.join("out"));
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let mbx = mbx_messagebox::MessageBox::connect(&url, 2)
+        .await
+        .expect("connect");
+    let (cli, there) = (Mbx::new(url.clone()), Mbx::new(url_b.clone()));
+    let mut hosts = vec![start_host(&url, FAST_HOST), start_host(&url, FAST_HOST)];
+    wait_for_alive(&mbx, 2).await;
+
+    // orders of manager B without their payments: their brokers send them on alone, and
+    // manager B's instances wait for the payments in group A
+    let waiting: Vec<usize> = (1..).filter(|n| manager(*n) == "B").take(10).collect();
+    for n in &waiting {
+        drop_order(&drop, *n);
+    }
+    wait_for(
+        "manager B's instances waiting in group A",
+        Duration::from_secs(60),
+        || async { instances_of(&pool, "order-manager-b", Some("waiting")).await == 10 },
+    )
+    .await;
+
+    // the move, by configuration alone (docs/orchestrations.md, "Moving manager B")
+    there.ok(&["init", "--group", "managers"]);
+    let file = home.path().join("order-manager-b.yaml");
+    let f = file.to_str().expect("utf-8").to_owned();
+    cli.ok(&["export", "--application", "order-manager-b", "-f", &f]);
+    there.ok(&["apply", "-f", &f]);
+    there.ok(&["receive-port", "create", "from-group-a"]);
+    cli.ok(&["group", "link", "add", "managers", "--target-url", &url_b]);
+    for location in ["orders-in", "payments-in"] {
+        cli.ok(&["receive-location", "disable", location]);
+    }
+    cli.ok(&[
+        "send-port",
+        "create",
+        "to-manager-b",
+        "--address",
+        "mbx://managers/from-group-a",
+        "--filter",
+        "Order.ManagerId == \"B\"",
+        "--start",
+    ]);
+    cli.ok(&["orchestration", "disable", "order-manager-b"]);
+    for location in ["orders-in", "payments-in"] {
+        cli.ok(&["receive-location", "enable", location]);
+    }
+    let mut far = start_host(&url_b, FAST_HOST);
+
+    // the waiting instances' payments: they finish in group A
+    for n in &waiting {
+        drop_payment(&drop, *n, 1);
+    }
+    wait_for(
+        "the waiting orders confirmed in group A",
+        Duration::from_secs(120),
+        || async { instances_of(&pool, "order-manager-b", Some("completed")).await == 10 },
+    )
+    .await;
+    assert_eq!(lines(&out), waiting.len(), "{:?}", ledgers(&out));
+    // its instances ended, manager B's application leaves group A (the port first: it
+    // appends to the same ledger file as group B's here, on one machine)
+    for step in ["stop", "unenlist", "delete"] {
+        cli.ok(&["send-port", step, "manager-b-results"]);
+    }
+    cli.ok(&["orchestration", "delete", "order-manager-b"]);
+
+    // a second batch in the new layout, with a fault in each group and a server restart
+    let batch: Vec<usize> = (1001..=1000 + ORDERS - UNPAID).collect();
+    let part = batch.len().div_ceil(3);
+    for (i, chunk) in batch.chunks(part).enumerate() {
+        for &n in chunk {
+            if n - 1000 <= EARLY {
+                drop_payment(&drop, n, 1);
+            }
+            drop_order(&drop, n);
+            if n - 1000 > EARLY {
+                drop_payment(&drop, n, 1);
+            }
+        }
+        let started = waiting.len() + i * part + part / 4;
+        wait_for(
+            &format!("{started} results before fault {i}"),
+            Duration::from_secs(180),
+            || async { lines(&out) >= started },
+        )
+        .await;
+        match i {
+            0 => kill_and_restart(&mut hosts, 0, &url),
+            1 => {
+                cluster.stop("fast");
+                cluster.start_again();
+            }
+            _ => {
+                far.0.kill().expect("SIGKILL");
+                far.0.wait().expect("reap");
+                far = start_host(&url_b, FAST_HOST);
+            }
+        }
+    }
+    wait_for(
+        "the drop folder emptied",
+        Duration::from_secs(120),
+        || async { all_taken(&drop) },
+    )
+    .await;
+    for n in 1000 + EARLY + 1..=1000 + EARLY + TWICE {
+        drop_payment(&drop, n, 2);
+    }
+    let total = waiting.len() + batch.len();
+    wait_for("every result", Duration::from_secs(300), || async {
+        lines(&out) >= total
+    })
+    .await;
+    let pool_b = PgPool::connect(&url_b).await.expect("connect group B");
+    wait_for(
+        "every instance completed in both groups",
+        Duration::from_secs(240),
+        || async { not_completed(&pool).await == 0 && not_completed(&pool_b).await == 0 },
+    )
+    .await;
+
+    let results = ledgers(&out);
+    assert_eq!(results.len(), total, "every order has a result");
+    for (id, lines) in &results {
+        let n = *id as usize;
+        assert_eq!(lines.len(), 1, "order {id} exactly once: {lines:?}");
+        assert_eq!(
+            lines[0],
+            (manager(n).to_owned(), "confirmed".to_owned()),
+            "order {id} (amount {})",
+            amount(n)
+        );
+    }
+    // group B ran manager B for the second batch (and, unmatched, for the copies of the
+    // payments of the orders that finished in group A)
+    let of_b = batch.iter().filter(|n| manager(**n) == "B").count() as i64;
+    assert_eq!(
+        instances_of(&pool_b, "order-manager-b", None).await,
+        of_b + 10
+    );
+    for (group, p) in [("A", &pool), ("B", &pool_b)] {
+        let suspended = count(p, "SELECT count(*) FROM suspended_items").await;
+        assert_eq!(suspended, 0, "group {group}: no suspended item, no zombie");
+    }
+    std::mem::drop((hosts, far));
+}

@@ -363,7 +363,8 @@ async fn send_chunks(
 }
 
 /// A forwarded message's context as the target declares its properties: every property
-/// outside the engine's namespace, promoted or written as in the source, its value parsed
+/// that crosses groups (outside the engine's namespace, and `mbx.MessageType`), promoted
+/// or written as in the source, its value parsed
 /// as the target's declared type (undeclared: a string). The error names the property
 /// that does not fit.
 pub fn context_for_target(
@@ -372,7 +373,7 @@ pub fn context_for_target(
 ) -> std::result::Result<Context, String> {
     let mut out = Context::new();
     for (name, p) in source.iter() {
-        if system::is_engine_property(name) {
+        if !system::crosses_groups(name) {
             continue;
         }
         let ty = declared.get(name).copied().unwrap_or(PropertyType::String);
@@ -700,7 +701,8 @@ impl InboxRow {
 /// What the sender sent is input: one row this group cannot read must not wedge the
 /// inbox. A context that does not parse, or a property that is not valid here, is dropped
 /// (logged) and the message published with what remains; the engine's properties are this
-/// group's to set, never the sender's.
+/// group's to set, never the sender's — except the message type, which names what the
+/// message is (`system::crosses_groups`).
 fn forwarded_context(
     stored: Option<serde_json::Value>,
     source_message: Uuid,
@@ -717,7 +719,7 @@ fn forwarded_context(
     };
     let mut context = Context::new();
     for (name, p) in sent.iter() {
-        if system::is_engine_property(name) {
+        if !system::crosses_groups(name) {
             continue;
         }
         let put = if p.promoted {

@@ -60,6 +60,15 @@ pub mod system {
     pub fn is_engine_property(name: &str) -> bool {
         name.split_once('.').is_some_and(|(ns, _)| ns == NAMESPACE)
     }
+
+    /// Whether a forwarded message keeps `name` in the group it is forwarded to: every
+    /// property outside the engine's namespace, and of the engine's the message type (it
+    /// names what the message is, as a schema would; an orchestration or a filter there
+    /// selects by it). What a group's engine sets about transport, delivery and routing
+    /// (ports, locations, sequences, tokens) is set anew there.
+    pub fn crosses_groups(name: &str) -> bool {
+        !is_engine_property(name) || name == MESSAGE_TYPE
+    }
 }
 
 /// A solicit-response port's answer's status code (HTTP: the endpoint's status; 502 when
@@ -158,6 +167,20 @@ mod tests {
         assert!(validate_property_name("mbx.MessageType").is_ok());
         let long = format!("A.{}", "b".repeat(PROPERTY_NAME_MAX_BYTES));
         assert!(validate_property_name(&long).is_err());
+    }
+
+    #[test]
+    fn a_forwarded_message_keeps_its_type_and_properties_not_its_transport() {
+        assert!(system::crosses_groups("Order.Id"));
+        assert!(system::crosses_groups(system::MESSAGE_TYPE));
+        for engine in [
+            system::RECEIVE_PORT_NAME,
+            system::CORRELATION_TOKEN,
+            system::SEQUENCE,
+            system::MESSAGE_ID,
+        ] {
+            assert!(!system::crosses_groups(engine), "{engine}");
+        }
     }
 
     #[test]
