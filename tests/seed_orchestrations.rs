@@ -140,6 +140,51 @@ fn kill_and_restart(hosts: &mut [Reaped], i: usize, url: &str) {
     hosts[i] = start_host(url, FAST_HOST);
 }
 
+/// Drops the orders of `batch`, each paid — the payments of its first EARLY orders just
+/// before them, the others after — in three parts; each part's `fault(i)` runs once a
+/// quarter of the part's results are out (over the `before` results already there), so
+/// instances, deliveries and the receive of the rest are in flight. Then, once every
+/// file was taken, a second copy of the payments of the next TWICE orders.
+async fn paid_batch(
+    drop: &Path,
+    out: &Path,
+    batch: &[usize],
+    before: usize,
+    mut fault: impl FnMut(usize),
+) {
+    let part = batch.len().div_ceil(3);
+    for (i, chunk) in batch.chunks(part).enumerate() {
+        for (k, &n) in chunk.iter().enumerate() {
+            let early = i * part + k < EARLY;
+            if early {
+                drop_payment(drop, n, 1);
+            }
+            drop_order(drop, n);
+            if !early {
+                drop_payment(drop, n, 1);
+            }
+        }
+        let started = before + i * part + part / 4;
+        wait_for(
+            &format!("{started} results before fault {i}"),
+            Duration::from_secs(180),
+            || async { lines(out) >= started },
+        )
+        .await;
+        fault(i);
+        eprintln!("fault {i} with {} results out", lines(out));
+    }
+    wait_for(
+        "the drop folder emptied",
+        Duration::from_secs(120),
+        || async { all_taken(drop) },
+    )
+    .await;
+    for &n in &batch[EARLY..EARLY + TWICE] {
+        drop_payment(drop, n, 2);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_scenario_runs_as_shipped_through_kills_and_a_postgres_restart() {
     let cluster = PgCluster::start();
@@ -158,51 +203,17 @@ async fn the_order_scenario_runs_as_shipped_through_kills_and_a_postgres_restart
 
     // phase 1: every order paid; some payments first, some twice; faults meanwhile
     let paid = ORDERS - UNPAID;
-    for n in 1..=EARLY {
-        drop_payment(&drop, n, 1);
-    }
-    // in three parts; each fault lands once the part's results have started to come out,
-    // so the instances, the deliveries and the receive of the rest are in flight
-    let part = paid / 3;
-    for (i, fault) in ["kill host 1", "restart PostgreSQL", "kill host 2"]
-        .into_iter()
-        .enumerate()
-    {
-        let last = if i == 2 { paid } else { (i + 1) * part };
-        for n in i * part + 1..=last {
-            drop_order(&drop, n);
-            if n > EARLY {
-                drop_payment(&drop, n, 1);
-            }
+    let batch: Vec<usize> = (1..=paid).collect();
+    paid_batch(&drop, &out, &batch, 0, |i| match i {
+        0 => kill_and_restart(&mut hosts, 0, &url),
+        // sessions cut, a clean restart
+        1 => {
+            cluster.stop("fast");
+            cluster.start_again();
         }
-        let started = i * part + part / 4;
-        wait_for(
-            &format!("{started} results before the fault ({fault})"),
-            Duration::from_secs(180),
-            || async { lines(&out) >= started },
-        )
-        .await;
-        match i {
-            0 => kill_and_restart(&mut hosts, 0, &url),
-            // sessions cut, a clean restart
-            1 => {
-                cluster.stop("fast");
-                cluster.start_again();
-            }
-            _ => kill_and_restart(&mut hosts, 1, &url),
-        }
-        eprintln!("{fault} with {} results out", lines(&out));
-    }
-    // the second copies, once the first ones were taken
-    wait_for(
-        "the drop folder emptied",
-        Duration::from_secs(120),
-        || async { all_taken(&drop) },
-    )
+        _ => kill_and_restart(&mut hosts, 1, &url),
+    })
     .await;
-    for n in EARLY + 1..=EARLY + TWICE {
-        drop_payment(&drop, n, 2);
-    }
     wait_for(
         "every paid order's result",
         Duration::from_secs(300),
@@ -379,46 +390,19 @@ async fn manager_b_moves_to_a_second_group_by_configuration_alone() {
 
     // a second batch in the new layout, with a fault in each group and a server restart
     let batch: Vec<usize> = (1001..=1000 + ORDERS - UNPAID).collect();
-    let part = batch.len().div_ceil(3);
-    for (i, chunk) in batch.chunks(part).enumerate() {
-        for &n in chunk {
-            if n - 1000 <= EARLY {
-                drop_payment(&drop, n, 1);
-            }
-            drop_order(&drop, n);
-            if n - 1000 > EARLY {
-                drop_payment(&drop, n, 1);
-            }
+    paid_batch(&drop, &out, &batch, waiting.len(), |i| match i {
+        0 => kill_and_restart(&mut hosts, 0, &url),
+        1 => {
+            cluster.stop("fast");
+            cluster.start_again();
         }
-        let started = waiting.len() + i * part + part / 4;
-        wait_for(
-            &format!("{started} results before fault {i}"),
-            Duration::from_secs(180),
-            || async { lines(&out) >= started },
-        )
-        .await;
-        match i {
-            0 => kill_and_restart(&mut hosts, 0, &url),
-            1 => {
-                cluster.stop("fast");
-                cluster.start_again();
-            }
-            _ => {
-                far.0.kill().expect("SIGKILL");
-                far.0.wait().expect("reap");
-                far = start_host(&url_b, FAST_HOST);
-            }
+        _ => {
+            far.0.kill().expect("SIGKILL");
+            far.0.wait().expect("reap");
+            far = start_host(&url_b, FAST_HOST);
         }
-    }
-    wait_for(
-        "the drop folder emptied",
-        Duration::from_secs(120),
-        || async { all_taken(&drop) },
-    )
+    })
     .await;
-    for n in 1000 + EARLY + 1..=1000 + EARLY + TWICE {
-        drop_payment(&drop, n, 2);
-    }
     let total = waiting.len() + batch.len();
     wait_for("every result", Duration::from_secs(300), || async {
         lines(&out) >= total
