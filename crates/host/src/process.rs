@@ -276,7 +276,6 @@ async fn renew_loop(p: Arc<Processes>) {
     }
 }
 
-/// Runs the claimed instances, [`CONCURRENT_INSTANCES`] at a time.
 /// Runs one claimed instance; a step that fails gives its claim back.
 async fn run_one(p: Arc<Processes>, c: ClaimedInstance) {
     let (id, token) = (c.id, c.claim_token);

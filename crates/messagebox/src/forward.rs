@@ -364,9 +364,8 @@ async fn send_chunks(
 
 /// A forwarded message's context as the target declares its properties: every property
 /// that crosses groups (outside the engine's namespace, and `mbx.MessageType`), promoted
-/// or written as in the source, its value parsed
-/// as the target's declared type (undeclared: a string). The error names the property
-/// that does not fit.
+/// or written as in the source, its value parsed as the target's declared type
+/// (undeclared: a string). The error names the property that does not fit.
 pub fn context_for_target(
     source: &Context,
     declared: &HashMap<String, PropertyType>,

@@ -70,9 +70,6 @@ impl ReceiveLocationSpec {
     }
 }
 
-/// Most bytes of a location's `--message-type`.
-const MESSAGE_TYPE_MAX_BYTES: usize = 256;
-
 /// A location's message type: text without control characters, on a pipeline whose body
 /// has no root name to take it from.
 fn validate_message_type(pipeline: &str, t: &str) -> Result<()> {
@@ -81,9 +78,11 @@ fn validate_message_type(pipeline: &str, t: &str) -> Result<()> {
             "--message-type {t}: the xml pipeline takes mbx.MessageType from the root element (namespace#root); drop --message-type, or use --pipeline json"
         )));
     }
-    if t.is_empty() || t.len() > MESSAGE_TYPE_MAX_BYTES || t.chars().any(char::is_control) {
+    // it is promoted on every message: a promoted value's bound holds
+    let max = mbx_vocabulary::PROMOTED_VALUE_MAX_BYTES;
+    if t.is_empty() || t.len() > max || t.chars().any(char::is_control) {
         return Err(Error::Invalid(format!(
-            "--message-type {t:?}: 1 to {MESSAGE_TYPE_MAX_BYTES} bytes without control characters (example: --message-type Payment)"
+            "--message-type {t:?}: 1 to {max} bytes without control characters (example: --message-type Payment)"
         )));
     }
     Ok(())
